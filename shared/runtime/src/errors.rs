@@ -1,0 +1,203 @@
+//! The one mapping from service errors to gRPC status codes.
+//!
+//! Domain and storage code return [`ServiceError`]; transport code converts it
+//! with `?` into a `tonic::Status`. `Internal` never reaches the caller with its
+//! text: it is logged with the trace id, and the caller gets that trace id only.
+
+use std::fmt;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::telemetry::current_trace_id;
+
+/// One offending request field, reported in `google.rpc.BadRequest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid request: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{resource} {id} not found")]
+    NotFound { resource: &'static str, id: String },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A concurrent change won; the client may retry with the same idempotency key.
+    #[error("{0}")]
+    Aborted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ServiceError {
+    pub fn not_found(resource: &'static str, id: impl fmt::Display) -> Self {
+        Self::NotFound {
+            resource,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+
+    pub fn internal(error: impl fmt::Display) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Self {
+        let message = error.to_string();
+        match error {
+            ServiceError::InvalidArgument(violations) => {
+                let details = ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+                        .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            ServiceError::NotFound { .. } => Status::not_found(message),
+            ServiceError::FailedPrecondition(_) => Status::failed_precondition(message),
+            ServiceError::PermissionDenied(_) => Status::permission_denied(message),
+            ServiceError::AlreadyExists(_) => Status::already_exists(message),
+            ServiceError::Aborted(_) => Status::aborted(message),
+            ServiceError::Unavailable(_) => Status::unavailable(message),
+            ServiceError::Internal(detail) => {
+                let trace_id = current_trace_id();
+                tracing::error!(error = %detail, %trace_id, "internal error");
+                Status::internal(format!("internal error; trace id {trace_id}"))
+            }
+        }
+    }
+}
+
+/// Storage errors by SQLSTATE: conflicts the client can act on get their own
+/// code, anything else is internal.
+impl From<sqlx::Error> for ServiceError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Self::Unavailable("the database is unavailable; retry later".into())
+            }
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // serialization_failure, deadlock_detected
+                Some("40001") | Some("40P01") => {
+                    Self::Aborted("a concurrent change won; retry the request".into())
+                }
+                // lock_not_available, query_canceled (statement timeout)
+                Some("55P03") | Some("57014") => {
+                    Self::Unavailable("the database is busy; retry later".into())
+                }
+                _ => Self::Internal(error.to_string()),
+            },
+            _ => Self::Internal(error.to_string()),
+        }
+    }
+}
+
+/// Collects field violations of one request, to report all of them at once.
+#[derive(Default, Debug)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    /// Records a violation unless `ok` holds.
+    pub fn require(&mut self, ok: bool, field: &str, description: &str) {
+        if !ok {
+            self.add(field, description);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(value)` when nothing was violated, else `InvalidArgument`.
+    pub fn finish<T>(self, value: T) -> Result<T, ServiceError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ServiceError::InvalidArgument(self.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_every_field_violation() {
+        let mut v = Violations::new();
+        v.add("legal_name", "must not be empty");
+        v.add("contacts[0].email", "is not an email address");
+        let status: Status = v.finish(()).unwrap_err().into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("legal_name: must not be empty"));
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("bad request details");
+        let fields: Vec<_> = bad.field_violations.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["legal_name", "contacts[0].email"]);
+    }
+
+    #[test]
+    fn internal_text_never_reaches_the_caller() {
+        let status: Status = ServiceError::internal("relation secret_table does not exist").into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret_table"));
+        assert!(status.message().contains("trace id"));
+    }
+
+    #[test]
+    fn each_kind_has_its_code() {
+        let cases = [
+            (ServiceError::not_found("supplier", "s-1"), Code::NotFound),
+            (ServiceError::FailedPrecondition("x".into()), Code::FailedPrecondition),
+            (ServiceError::PermissionDenied("x".into()), Code::PermissionDenied),
+            (ServiceError::AlreadyExists("x".into()), Code::AlreadyExists),
+            (ServiceError::Aborted("x".into()), Code::Aborted),
+            (ServiceError::Unavailable("x".into()), Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error).code(), code);
+        }
+        assert_eq!(
+            Status::from(ServiceError::not_found("supplier", "s-1")).message(),
+            "supplier s-1 not found"
+        );
+    }
+}

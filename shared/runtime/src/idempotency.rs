@@ -1,0 +1,163 @@
+//! Idempotency keys, Stripe style: the first request under a key runs and its
+//! response is stored in the same transaction as its effects; a retry with the
+//! same key and body replays that response and changes nothing; the same key
+//! with another body is refused.
+//!
+//! Keys are scoped to (principal, method). Each service keeps them in its own
+//! schema's `idempotency_keys` table (same shape everywhere, created by the
+//! service's first migration):
+//!
+//! ```sql
+//! CREATE TABLE <schema>.idempotency_keys (
+//!     principal_id text NOT NULL,
+//!     method       text NOT NULL,
+//!     key          text NOT NULL,
+//!     request      bytea NOT NULL,
+//!     response     bytea NOT NULL,
+//!     created_at   timestamptz NOT NULL DEFAULT now(),
+//!     PRIMARY KEY (principal_id, method, key)
+//! );
+//! ```
+//!
+//! Only successes are stored: a failed request rolls back, so it changed
+//! nothing and a retry simply runs again.
+
+use prost::Message;
+// The only dynamic SQL: the schema name, a service's own constant.
+use sqlx::{AssertSqlSafe, PgConnection};
+
+use crate::errors::{ServiceError, Violations};
+
+/// Checks the key's shape: 1-128 characters of `[A-Za-z0-9._:-]`.
+pub fn validate_key(key: &str, violations: &mut Violations) {
+    if key.is_empty() {
+        violations.add("idempotency_key", "is required on every mutating call");
+    } else if key.len() > 128
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        violations.add(
+            "idempotency_key",
+            "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'",
+        );
+    }
+}
+
+/// The idempotency table of one service's schema.
+#[derive(Clone, Debug)]
+pub struct IdempotencyKeys {
+    claim_sql: String,
+    lookup_sql: String,
+    store_sql: String,
+}
+
+/// Who is asking, under which key, for which method.
+pub struct KeyScope<'a> {
+    pub principal_id: &'a str,
+    pub method: &'a str,
+    pub key: &'a str,
+}
+
+/// The outcome of claiming a key inside the caller's transaction.
+pub enum Claim<R> {
+    /// First use: do the work, then [`IdempotencyKeys::store`] the response.
+    Fresh,
+    /// Already done: return this response and change nothing.
+    Replay(R),
+}
+
+impl IdempotencyKeys {
+    /// `schema` is the service's own schema name (a constant, never user input).
+    pub fn new(schema: &'static str) -> Self {
+        Self {
+            // Holds a row lock until our transaction ends, so a concurrent retry
+            // under the same key waits for our outcome instead of running twice.
+            claim_sql: format!(
+                "INSERT INTO {schema}.idempotency_keys (principal_id, method, key, request, response) \
+                 VALUES ($1, $2, $3, $4, ''::bytea) ON CONFLICT DO NOTHING"
+            ),
+            lookup_sql: format!(
+                "SELECT request, response FROM {schema}.idempotency_keys \
+                 WHERE principal_id = $1 AND method = $2 AND key = $3"
+            ),
+            store_sql: format!(
+                "UPDATE {schema}.idempotency_keys SET response = $4 \
+                 WHERE principal_id = $1 AND method = $2 AND key = $3"
+            ),
+        }
+    }
+
+    /// Claims the key for `request` in the caller's transaction.
+    pub async fn claim<Q: Message, R: Message + Default>(
+        &self,
+        tx: &mut PgConnection,
+        scope: &KeyScope<'_>,
+        request: &Q,
+    ) -> Result<Claim<R>, ServiceError> {
+        let request_bytes = request.encode_to_vec();
+        let inserted = sqlx::query(AssertSqlSafe(self.claim_sql.as_str()))
+            .bind(scope.principal_id)
+            .bind(scope.method)
+            .bind(scope.key)
+            .bind(&request_bytes)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if inserted == 1 {
+            return Ok(Claim::Fresh);
+        }
+        let (stored_request, response): (Vec<u8>, Vec<u8>) = sqlx::query_as(AssertSqlSafe(self.lookup_sql.as_str()))
+            .bind(scope.principal_id)
+            .bind(scope.method)
+            .bind(scope.key)
+            .fetch_one(&mut *tx)
+            .await?;
+        if stored_request != request_bytes {
+            return Err(ServiceError::AlreadyExists(format!(
+                "idempotency key `{}` was already used for a different {} request",
+                scope.key, scope.method
+            )));
+        }
+        R::decode(response.as_slice())
+            .map(Claim::Replay)
+            .map_err(|e| ServiceError::internal(format!("stored response undecodable: {e}")))
+    }
+
+    /// Stores the response of a fresh claim, in the same transaction as the work.
+    pub async fn store<R: Message>(
+        &self,
+        tx: &mut PgConnection,
+        scope: &KeyScope<'_>,
+        response: &R,
+    ) -> Result<(), ServiceError> {
+        sqlx::query(AssertSqlSafe(self.store_sql.as_str()))
+            .bind(scope.principal_id)
+            .bind(scope.method)
+            .bind(scope.key)
+            .bind(response.encode_to_vec())
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked_for_shape() {
+        for good in ["a", "order-42", "2026-11-24T10:00:00.123_x", &"k".repeat(128)] {
+            let mut v = Violations::new();
+            validate_key(good, &mut v);
+            assert!(v.is_empty(), "{good} should be accepted");
+        }
+        for bad in ["", "with space", "ünïcode", &"k".repeat(129)] {
+            let mut v = Violations::new();
+            validate_key(bad, &mut v);
+            let err = v.finish(()).unwrap_err().to_string();
+            assert!(err.contains("idempotency_key"), "{bad} should be refused");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Money as integer minor units of an ISO 4217 currency, and ISO 3166 country
+//! codes. There is no floating point anywhere near money.
+
+use std::fmt;
+
+use ta_proto::common;
+
+use crate::errors::Violations;
+
+/// Active ISO 4217 alphabetic codes.
+const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND \
+BOB BRL BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB \
+EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY \
+KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR \
+MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF \
+SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS \
+UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW ZWG";
+
+/// Officially assigned ISO 3166-1 alpha-2 codes.
+const ISO_3166: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI \
+BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ \
+DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ \
+GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN \
+KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS \
+MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT \
+PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF \
+TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
+
+pub fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && ISO_4217.split_whitespace().any(|c| c == code)
+}
+
+pub fn is_country_code(code: &str) -> bool {
+    code.len() == 2 && ISO_3166.split_whitespace().any(|c| c == code)
+}
+
+/// An ISO 4217 currency code, validated on construction.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Currency([u8; 3]);
+
+impl Currency {
+    pub fn parse(code: &str) -> Option<Self> {
+        is_currency_code(code).then(|| {
+            let b = code.as_bytes();
+            Self([b[0], b[1], b[2]])
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever built from validated ASCII.
+        std::str::from_utf8(&self.0).unwrap_or("XXX")
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An amount of integer minor units in one currency.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Money {
+    pub amount_minor: i64,
+    pub currency: Currency,
+}
+
+impl Money {
+    pub fn new(amount_minor: i64, currency: Currency) -> Self {
+        Self {
+            amount_minor,
+            currency,
+        }
+    }
+
+    pub fn zero(currency: Currency) -> Self {
+        Self::new(0, currency)
+    }
+
+    /// Validates a request's money field: present, known currency, positive amount.
+    /// Records violations under `field` and returns `None` when invalid.
+    pub fn positive_from_proto(
+        field: &str,
+        money: Option<&common::Money>,
+        violations: &mut Violations,
+    ) -> Option<Self> {
+        let Some(money) = money else {
+            violations.add(field, "is required");
+            return None;
+        };
+        let currency = Currency::parse(&money.currency_code);
+        if currency.is_none() {
+            violations.add(
+                format!("{field}.currency_code"),
+                "must be an ISO 4217 currency code such as USD",
+            );
+        }
+        if money.amount_minor <= 0 {
+            violations.add(
+                format!("{field}.amount_minor"),
+                "must be a positive number of minor units",
+            );
+            return None;
+        }
+        currency.map(|currency| Self::new(money.amount_minor, currency))
+    }
+
+    pub fn to_proto(self) -> common::Money {
+        common::Money {
+            currency_code: self.currency.to_string(),
+            amount_minor: self.amount_minor,
+        }
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} minor units", self.currency, self.amount_minor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn currency_codes_are_iso_4217() {
+        assert!(Currency::parse("USD").is_some());
+        assert!(Currency::parse("CNY").is_some());
+        assert!(Currency::parse("usd").is_none());
+        assert!(Currency::parse("XYZ").is_none());
+        assert!(Currency::parse("US").is_none());
+        assert_eq!(Currency::parse("EUR").map(|c| c.to_string()), Some("EUR".into()));
+    }
+
+    #[test]
+    fn country_codes_are_iso_3166() {
+        assert!(is_country_code("CN"));
+        assert!(is_country_code("DE"));
+        assert!(!is_country_code("XX"));
+        assert!(!is_country_code("cn"));
+        assert!(!is_country_code("CHN"));
+    }
+
+    #[test]
+    fn positive_money_reports_each_bad_part() {
+        let mut v = Violations::new();
+        let bad = common::Money {
+            currency_code: "DOLLARS".into(),
+            amount_minor: -5,
+        };
+        assert_eq!(Money::positive_from_proto("amount", Some(&bad), &mut v), None);
+        assert_eq!(Money::positive_from_proto("limit", None, &mut v), None);
+        let err = v.finish(()).unwrap_err().to_string();
+        assert!(err.contains("amount.currency_code"));
+        assert!(err.contains("amount.amount_minor"));
+        assert!(err.contains("limit: is required"));
+
+        let mut v = Violations::new();
+        let good = common::Money {
+            currency_code: "USD".into(),
+            amount_minor: 12_500,
+        };
+        let money = Money::positive_from_proto("amount", Some(&good), &mut v).unwrap();
+        assert!(v.is_empty());
+        assert_eq!(money.to_proto(), good);
+    }
+}

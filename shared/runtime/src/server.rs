@@ -1,0 +1,277 @@
+//! Server bootstrap shared by every service.
+//!
+//! Start-up: telemetry, config, pool, bind, health NOT_SERVING, serve; a
+//! background task runs the migrations as soon as the database answers and only
+//! then reports SERVING. The `liveness` health service answers SERVING as long
+//! as the process serves, whatever the database does, so Kubernetes restarts a
+//! hung process but not one waiting for its database.
+//!
+//! Shutdown on SIGTERM or Ctrl-C: NOT_SERVING, stop accepting, drain in-flight
+//! requests (bounded by the grace period), close the pool, flush telemetry, exit 0.
+
+use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
+
+use sqlx::{PgPool, migrate::Migrator};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    auth::{AuthLayer, MethodPolicy, TokenVerifier},
+    config::{CommonConfig, ServerConfig},
+    db, telemetry,
+};
+
+/// The health service name that reports liveness only.
+pub const LIVENESS: &str = "liveness";
+
+/// How often a ready server re-checks that its database answers.
+const READINESS_RECHECK: Duration = Duration::from_secs(5);
+
+/// What distinguishes one service's process from another's.
+pub struct ServiceSpec {
+    /// Binary and telemetry name, e.g. `supplier-registry`.
+    pub name: &'static str,
+    /// Local port used when `GRPC_LISTEN_ADDR` is not set.
+    pub default_port: u16,
+    /// Fully-qualified gRPC services served, listed by reflection and health.
+    pub grpc_services: &'static [&'static str],
+    /// The service's own migrations (its own schema and migration table).
+    pub migrator: &'static Migrator,
+}
+
+/// The routes and the per-method authorization policy a service contributes.
+pub struct Api {
+    pub routes: Routes,
+    pub policy: MethodPolicy,
+}
+
+/// The whole life of a service process, for `main`: telemetry, pool, bind,
+/// serve until SIGTERM or Ctrl-C, orderly shutdown. `build` gets the pool and
+/// returns the service's API.
+pub async fn run(
+    spec: ServiceSpec,
+    config: CommonConfig,
+    build: impl FnOnce(PgPool) -> Api,
+) -> ExitCode {
+    let telemetry = match telemetry::init(spec.name, &config.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            eprintln!("{}: {message}", spec.name);
+            return ExitCode::from(2);
+        }
+    };
+    let code = match start(&spec, &config, build).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!(service = spec.name, error = %message, "service stopped with an error");
+            ExitCode::FAILURE
+        }
+    };
+    telemetry.shutdown();
+    code
+}
+
+async fn start(
+    spec: &ServiceSpec,
+    config: &CommonConfig,
+    build: impl FnOnce(PgPool) -> Api,
+) -> Result<(), String> {
+    let pool = db::lazy_pool(&config.database)?;
+    let address = config.server.listen_addr_or(spec.default_port);
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("GRPC_LISTEN_ADDR: cannot listen on {address}: {e}"))?;
+    tracing::info!(service = spec.name, %address, "listening");
+    let api = build(pool.clone());
+    serve(spec, config, listener, pool, api, shutdown_signal()).await
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains and closes the
+/// pool. Used by [`run`] and by in-process tests (with a listener on port 0).
+pub async fn serve(
+    spec: &ServiceSpec,
+    config: &CommonConfig,
+    listener: TcpListener,
+    pool: PgPool,
+    api: Api,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let verifier = Arc::new(TokenVerifier::from_config(&config.auth).map_err(|e| e.to_string())?);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_readiness(&health, spec, ServingStatus::NotServing).await;
+    health
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
+
+    let readiness = tokio::spawn(track_readiness(
+        health.clone(),
+        pool.clone(),
+        spec.migrator,
+        spec.grpc_services,
+    ));
+
+    let (drain_started_tx, mut drain_started) = tokio::sync::watch::channel(false);
+    let health_on_shutdown = health.clone();
+    let grpc_services = spec.grpc_services;
+    let on_shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: draining in-flight requests");
+        for name in std::iter::once("").chain(grpc_services.iter().copied()) {
+            health_on_shutdown
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        let _ = drain_started_tx.send(true);
+    };
+
+    let reflection_v1 = reflection_builder(spec, "grpc.reflection.v1.ServerReflection")
+        .build_v1()
+        .map_err(|e| format!("reflection v1: {e}"))?;
+    let reflection_v1alpha = reflection_builder(spec, "grpc.reflection.v1alpha.ServerReflection")
+        .build_v1alpha()
+        .map_err(|e| format!("reflection v1alpha: {e}"))?;
+    let server = middleware(&config.server, verifier, Arc::new(api.policy))
+        .add_routes(api.routes)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown);
+
+    let grace = config.server.shutdown_grace_period;
+    let result = tokio::select! {
+        result = server => result.map_err(|e| format!("gRPC server failed: {e}")),
+        _ = async {
+            while !*drain_started.borrow_and_update() {
+                if drain_started.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(?grace, "grace period over: closing the connections still open");
+            Ok(())
+        }
+    };
+    readiness.abort();
+    pool.close().await;
+    tracing::info!("stopped");
+    result
+}
+
+/// The whole middleware stack, outermost first.
+fn middleware(
+    config: &ServerConfig,
+    verifier: Arc<TokenVerifier>,
+    policy: Arc<MethodPolicy>,
+) -> tonic::transport::Server<tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>> {
+    tonic::transport::Server::builder()
+        // A request without a shorter grpc-timeout ends with DEADLINE_EXCEEDED here.
+        .timeout(config.request_timeout)
+        // Bound the work one connection can pile up...
+        .concurrency_limit_per_connection(config.concurrency_limit)
+        // ...and answer UNAVAILABLE at the bound instead of queueing.
+        .load_shed(true)
+        // Detect dead peers so drained connections do not linger.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Continue the caller's W3C trace: the span's parent is set before it is entered.
+        .trace_fn(telemetry::server_span)
+        // Authentication (JWT) and per-method role authorization; health and reflection are public.
+        .layer(AuthLayer::new(verifier, policy))
+}
+
+/// Reflection v1 and v1alpha (grpcurl before 1.8.8 speaks only v1alpha) list
+/// only the services this process really serves; every message of the platform
+/// can still be described.
+fn reflection_builder(
+    spec: &ServiceSpec,
+    reflection_service: &str,
+) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ta_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name(reflection_service);
+    for name in spec.grpc_services {
+        builder = builder.with_service_name(*name);
+    }
+    builder
+}
+
+async fn set_readiness(health: &HealthReporter, spec: &ServiceSpec, status: ServingStatus) {
+    for name in std::iter::once("").chain(spec.grpc_services.iter().copied()) {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// NOT_SERVING until the database answers and this service's migrations ran;
+/// afterwards follows the database's availability.
+async fn track_readiness(
+    health: HealthReporter,
+    pool: PgPool,
+    migrator: &'static Migrator,
+    grpc_services: &'static [&'static str],
+) {
+    let set = |status| {
+        let health = health.clone();
+        async move {
+            for name in std::iter::once("").chain(grpc_services.iter().copied()) {
+                health.set_service_status(name, status).await;
+            }
+        }
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match migrator.run(&pool).await {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "database not ready or migrations failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::info!("migrations applied: serving");
+    set(ServingStatus::Serving).await;
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(READINESS_RECHECK).await;
+        let answers = sqlx::query("SELECT 1").execute(&pool).await.is_ok();
+        if answers != serving {
+            serving = answers;
+            if serving {
+                tracing::info!("database answers again: serving");
+                set(ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("database does not answer: not serving");
+                set(ServingStatus::NotServing).await;
+            }
+        }
+    }
+}
+
+/// Completes on SIGTERM (Kubernetes) or Ctrl-C (a terminal).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
