@@ -21,7 +21,25 @@ pub mod tradeassurance {
             tonic::include_proto!("tradeassurance.supplier.v1");
         }
     }
+    pub mod contract {
+        pub mod v1 {
+            tonic::include_proto!("tradeassurance.contract.v1");
+        }
+    }
+    pub mod escrow {
+        pub mod v1 {
+            tonic::include_proto!("tradeassurance.escrow.v1");
+        }
+    }
+    pub mod dispute {
+        pub mod v1 {
+            tonic::include_proto!("tradeassurance.dispute.v1");
+        }
+    }
 }
 
 pub use tradeassurance::common::v1 as common;
 pub use tradeassurance::supplier::v1 as supplier;
+pub use tradeassurance::contract::v1 as contract;
+pub use tradeassurance::escrow::v1 as escrow;
+pub use tradeassurance::dispute::v1 as dispute;

@@ -1,1 +1,15 @@
-pub fn x(){}
+//! The common runtime of every Trade Assurance service: configuration,
+//! telemetry, authentication, error mapping, money, Postgres, idempotency and
+//! the gRPC server bootstrap. Written once here, used by all four services.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod errors;
+pub mod idempotency;
+pub mod money;
+pub mod server;
+pub mod telemetry;
+
+pub use errors::{ServiceError, Violations};

@@ -1,0 +1,127 @@
+//! `mint-token`: prints an HS256 bearer token for local development and tests.
+//!
+//! ```text
+//! AUTH_JWT_HS256_SECRET=... mint-token --subject buyer-1 --role buyer --ttl 8h
+//! ```
+//!
+//! Only the token goes to stdout; errors go to stderr with exit code 2.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ta_runtime::auth::{AuthConfig, DEFAULT_AUDIENCE, DEFAULT_ISSUER, Role, TokenIssuer};
+
+/// Mint an HS256 bearer token for Trade Assurance services.
+#[derive(Parser)]
+#[command(name = "mint-token", version)]
+struct Cli {
+    /// Subject (`sub` claim): the user, supplier or service id.
+    #[arg(long)]
+    subject: String,
+
+    /// Role (`role` claim).
+    #[arg(long, value_enum, ignore_case = true)]
+    role: Role,
+
+    /// Lifetime of the token: a number with an optional s, m, h or d suffix
+    /// (seconds by default).
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: Duration,
+
+    /// Shared HS256 secret, at least 16 bytes (prefer the environment
+    /// variable over the flag, which shows up in the process list).
+    #[arg(
+        long = "auth-jwt-hs256-secret",
+        env = "AUTH_JWT_HS256_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    secret: String,
+
+    /// `iss` claim; must match the services' AUTH_JWT_ISSUER.
+    #[arg(long = "auth-jwt-issuer", env = "AUTH_JWT_ISSUER", default_value = DEFAULT_ISSUER)]
+    issuer: String,
+
+    /// `aud` claim; must match the services' AUTH_JWT_AUDIENCE.
+    #[arg(
+        long = "auth-jwt-audience",
+        env = "AUTH_JWT_AUDIENCE",
+        default_value = DEFAULT_AUDIENCE
+    )]
+    audience: String,
+}
+
+/// `90`, `90s`, `15m`, `8h`, `7d`; zero is refused.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_lowercase()),
+        _ => (text, 's'),
+    };
+    let multiplier: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(format!("unknown unit `{unit}` (use s, m, h or d)")),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 30s, 15m, 8h or 7d"))?;
+    match value.checked_mul(multiplier) {
+        Some(0) => Err("the ttl must be positive".to_owned()),
+        Some(seconds) => Ok(Duration::from_secs(seconds)),
+        None => Err("the ttl is too large".to_owned()),
+    }
+}
+
+fn main() -> ExitCode {
+    // Usage errors (unknown role, bad ttl, missing secret, ...) exit with 2.
+    let cli = Cli::parse();
+    let config = AuthConfig {
+        issuer: cli.issuer,
+        audience: cli.audience,
+        hs256_secret: Some(cli.secret),
+        ..AuthConfig::default()
+    };
+    let token = TokenIssuer::from_config(&config)
+        .map_err(|err| err.to_string())
+        .and_then(|issuer| {
+            issuer
+                .mint(&cli.subject, cli.role, cli.ttl)
+                .map_err(|err| err.to_string())
+        });
+    match token {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("mint-token: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_units() {
+        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_ttl("1H"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["", "h", "0s", "-1h", "1w", "1.5h", "99999999999999999999d"] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}
