@@ -39,7 +39,7 @@ pub mod tradeassurance {
 }
 
 pub use tradeassurance::common::v1 as common;
-pub use tradeassurance::supplier::v1 as supplier;
 pub use tradeassurance::contract::v1 as contract;
-pub use tradeassurance::escrow::v1 as escrow;
 pub use tradeassurance::dispute::v1 as dispute;
+pub use tradeassurance::escrow::v1 as escrow;
+pub use tradeassurance::supplier::v1 as supplier;

@@ -37,8 +37,12 @@ pub struct ServerConfig {
           default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
     /// Requests served at once per connection; beyond it requests are shed with UNAVAILABLE.
-    #[arg(long, env = "GRPC_CONCURRENCY_LIMIT", value_name = "GRPC_CONCURRENCY_LIMIT",
-          default_value_t = 256)]
+    #[arg(
+        long,
+        env = "GRPC_CONCURRENCY_LIMIT",
+        value_name = "GRPC_CONCURRENCY_LIMIT",
+        default_value_t = 256
+    )]
     pub concurrency_limit: usize,
     /// After SIGTERM, how long in-flight requests may take before connections are closed.
     #[arg(long, env = "SHUTDOWN_GRACE_PERIOD", value_name = "SHUTDOWN_GRACE_PERIOD",
@@ -57,11 +61,20 @@ impl ServerConfig {
 #[derive(Args, Clone, Debug)]
 pub struct DatabaseConfig {
     /// Postgres connection URL, e.g. postgres://user@127.0.0.1:5432/trade_assurance.
-    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// Connections in this service's pool.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", value_name = "DATABASE_MAX_CONNECTIONS",
-          default_value_t = 10)]
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        value_name = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10
+    )]
     pub database_max_connections: u32,
     /// How long a request waits for a pooled connection before failing with UNAVAILABLE.
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", value_name = "DATABASE_ACQUIRE_TIMEOUT",
@@ -72,7 +85,12 @@ pub struct DatabaseConfig {
 #[derive(Args, Clone, Debug)]
 pub struct TelemetryConfig {
     /// Log filter in `tracing` EnvFilter syntax, e.g. "info,sqlx=warn".
-    #[arg(long, env = "LOG_LEVEL", value_name = "LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        env = "LOG_LEVEL",
+        value_name = "LOG_LEVEL",
+        default_value = "info"
+    )]
     pub log_level: String,
     /// Log format: json (default, for machines) or text (for people).
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "json",
@@ -125,8 +143,16 @@ mod tests {
     #[test]
     fn rejects_garbage_with_a_readable_reason() {
         assert!(parse_duration("").unwrap_err().contains("not a duration"));
-        assert!(parse_duration("ten").unwrap_err().contains("not a duration"));
+        assert!(
+            parse_duration("ten")
+                .unwrap_err()
+                .contains("not a duration")
+        );
         assert!(parse_duration("10w").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("99999999999999999d").unwrap_err().contains("too long"));
+        assert!(
+            parse_duration("99999999999999999d")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 }

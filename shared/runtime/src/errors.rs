@@ -170,7 +170,11 @@ mod tests {
         assert!(status.message().contains("legal_name: must not be empty"));
         let details = status.get_error_details();
         let bad = details.bad_request().expect("bad request details");
-        let fields: Vec<_> = bad.field_violations.iter().map(|f| f.field.as_str()).collect();
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|f| f.field.as_str())
+            .collect();
         assert_eq!(fields, ["legal_name", "contacts[0].email"]);
     }
 
@@ -186,8 +190,14 @@ mod tests {
     fn each_kind_has_its_code() {
         let cases = [
             (ServiceError::not_found("supplier", "s-1"), Code::NotFound),
-            (ServiceError::FailedPrecondition("x".into()), Code::FailedPrecondition),
-            (ServiceError::PermissionDenied("x".into()), Code::PermissionDenied),
+            (
+                ServiceError::FailedPrecondition("x".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                ServiceError::PermissionDenied("x".into()),
+                Code::PermissionDenied,
+            ),
             (ServiceError::AlreadyExists("x".into()), Code::AlreadyExists),
             (ServiceError::Aborted("x".into()), Code::Aborted),
             (ServiceError::Unavailable("x".into()), Code::Unavailable),

@@ -24,7 +24,7 @@
 
 use prost::Message;
 // The only dynamic SQL: the schema name, a service's own constant.
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use crate::errors::{ServiceError, Violations};
 
@@ -107,12 +107,13 @@ impl IdempotencyKeys {
         if inserted == 1 {
             return Ok(Claim::Fresh);
         }
-        let (stored_request, response): (Vec<u8>, Vec<u8>) = sqlx::query_as(AssertSqlSafe(self.lookup_sql.as_str()))
-            .bind(scope.principal_id)
-            .bind(scope.method)
-            .bind(scope.key)
-            .fetch_one(&mut *tx)
-            .await?;
+        let (stored_request, response): (Vec<u8>, Vec<u8>) =
+            sqlx::query_as(AssertSqlSafe(self.lookup_sql.as_str()))
+                .bind(scope.principal_id)
+                .bind(scope.method)
+                .bind(scope.key)
+                .fetch_one(&mut *tx)
+                .await?;
         if stored_request != request_bytes {
             return Err(ServiceError::AlreadyExists(format!(
                 "idempotency key `{}` was already used for a different {} request",
@@ -142,13 +143,45 @@ impl IdempotencyKeys {
     }
 }
 
+impl IdempotencyKeys {
+    /// Runs `work` once per key in one transaction with the key's claim, or
+    /// replays the stored response of the first run.
+    pub async fn run<Q, R>(
+        &self,
+        pool: &PgPool,
+        scope: &KeyScope<'_>,
+        request: &Q,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<R, ServiceError>,
+    ) -> Result<R, ServiceError>
+    where
+        Q: Message,
+        R: Message + Default,
+    {
+        let mut tx = pool.begin().await?;
+        match self.claim(&mut tx, scope, request).await? {
+            Claim::Replay(response) => Ok(response),
+            Claim::Fresh => {
+                let response = work(&mut tx).await?;
+                self.store(&mut tx, scope, &response).await?;
+                tx.commit().await?;
+                Ok(response)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn keys_are_checked_for_shape() {
-        for good in ["a", "order-42", "2026-11-24T10:00:00.123_x", &"k".repeat(128)] {
+        for good in [
+            "a",
+            "order-42",
+            "2026-11-24T10:00:00.123_x",
+            &"k".repeat(128),
+        ] {
             let mut v = Violations::new();
             validate_key(good, &mut v);
             assert!(v.is_empty(), "{good} should be accepted");

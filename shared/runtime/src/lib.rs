@@ -11,5 +11,6 @@ pub mod idempotency;
 pub mod money;
 pub mod server;
 pub mod telemetry;
+pub mod timestamps;
 
 pub use errors::{ServiceError, Violations};

@@ -130,7 +130,10 @@ mod tests {
         assert!(Currency::parse("usd").is_none());
         assert!(Currency::parse("XYZ").is_none());
         assert!(Currency::parse("US").is_none());
-        assert_eq!(Currency::parse("EUR").map(|c| c.to_string()), Some("EUR".into()));
+        assert_eq!(
+            Currency::parse("EUR").map(|c| c.to_string()),
+            Some("EUR".into())
+        );
     }
 
     #[test]
@@ -149,7 +152,10 @@ mod tests {
             currency_code: "DOLLARS".into(),
             amount_minor: -5,
         };
-        assert_eq!(Money::positive_from_proto("amount", Some(&bad), &mut v), None);
+        assert_eq!(
+            Money::positive_from_proto("amount", Some(&bad), &mut v),
+            None
+        );
         assert_eq!(Money::positive_from_proto("limit", None, &mut v), None);
         let err = v.finish(()).unwrap_err().to_string();
         assert!(err.contains("amount.currency_code"));

@@ -11,9 +11,9 @@ use opentelemetry::{
     propagation::{Extractor, Injector},
     trace::{TraceContextExt, TracerProvider as _},
 };
-use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider, Resource};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::TelemetryConfig;
 
@@ -46,7 +46,9 @@ pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<Tele
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
-            .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter: {e}"))?;
+            .map_err(|e| {
+                format!("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter: {e}")
+            })?;
         provider = provider.with_batch_exporter(exporter);
     }
     let provider = provider.build();
@@ -125,7 +127,8 @@ impl Injector for MetadataInjector<'_> {
 /// The server span of one gRPC call, parented on the caller's `traceparent`
 /// before it is entered (used as tonic's `trace_fn`).
 pub fn server_span(request: &http::Request<()>) -> tracing::Span {
-    let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    let parent =
+        global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
     let span = tracing::info_span!(
         "grpc.request",
         otel.name = %request.uri().path(),
@@ -145,5 +148,7 @@ pub fn server_span(request: &http::Request<()>) -> tracing::Span {
 /// Writes the current span's context as W3C `traceparent` into outgoing metadata.
 pub fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
     let context = tracing::Span::current().context();
-    global::get_text_map_propagator(|p| p.inject_context(&context, &mut MetadataInjector(metadata)));
+    global::get_text_map_propagator(|p| {
+        p.inject_context(&context, &mut MetadataInjector(metadata))
+    });
 }

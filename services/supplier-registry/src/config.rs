@@ -1,0 +1,32 @@
+//! The supplier registry's configuration: the common runtime's plus its policy.
+
+use clap::Parser;
+use ta_runtime::config::CommonConfig;
+
+use crate::domain::PenaltyPolicy;
+
+/// Supplier registry: suppliers, verification, Trade Assurance enrolment and
+/// cover, reviews, response rate and penalty points.
+#[derive(Parser, Debug)]
+#[command(name = "supplier-registry", version)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonConfig,
+    /// Penalty points at which a supplier is restricted.
+    #[arg(long, env = "PENALTY_RESTRICTION_THRESHOLD", value_name = "PENALTY_RESTRICTION_THRESHOLD",
+          default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..))]
+    pub penalty_restriction_threshold: u32,
+    /// Percentage taken off the TA limit when a supplier reaches the threshold.
+    #[arg(long, env = "PENALTY_LIMIT_REDUCTION_PERCENT", value_name = "PENALTY_LIMIT_REDUCTION_PERCENT",
+          default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub penalty_limit_reduction_percent: u8,
+}
+
+impl Config {
+    pub fn penalty_policy(&self) -> PenaltyPolicy {
+        PenaltyPolicy {
+            restriction_threshold: self.penalty_restriction_threshold,
+            limit_reduction_percent: self.penalty_limit_reduction_percent,
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! Postgres storage of the registry. Every table is qualified with the
+//! service's own schema, `supplier_registry`.
+//!
+//! Mutations run in the caller's transaction and lock the supplier row first
+//! (`lock_supplier`), so concurrent changes to one supplier (50 reservations at
+//! once, say) serialize and can never over-reserve its limit.
+
+use sqlx::{FromRow, PgConnection, PgPool, migrate::Migrator, types::Json};
+use ta_runtime::{
+    ServiceError,
+    idempotency::IdempotencyKeys,
+    money::{Currency, Money},
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::{Contact, Status, Supplier, Verification};
+
+pub const SCHEMA: &str = "supplier_registry";
+
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+pub fn idempotency_keys() -> IdempotencyKeys {
+    IdempotencyKeys::new(SCHEMA)
+}
+
+const SUPPLIER_COLUMNS: &str = "id, owner_principal_id, legal_name, country_code, \
+    business_licence_number, contacts, verification, verification_rejection_reason, status, \
+    status_reason, ta_limit_currency, ta_limit_minor, cover_reserved_minor, rating_sum, \
+    review_count, inquiry_count, replied_inquiry_count, penalty_points, created_at, updated_at";
+
+#[derive(FromRow)]
+struct SupplierRow {
+    id: Uuid,
+    owner_principal_id: String,
+    legal_name: String,
+    country_code: String,
+    business_licence_number: String,
+    contacts: Json<Vec<Contact>>,
+    verification: String,
+    verification_rejection_reason: String,
+    status: String,
+    status_reason: String,
+    ta_limit_currency: Option<String>,
+    ta_limit_minor: i64,
+    cover_reserved_minor: i64,
+    rating_sum: i64,
+    review_count: i64,
+    inquiry_count: i64,
+    replied_inquiry_count: i64,
+    penalty_points: i32,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl TryFrom<SupplierRow> for Supplier {
+    type Error = ServiceError;
+
+    fn try_from(row: SupplierRow) -> Result<Self, ServiceError> {
+        let corrupt =
+            |what: &str| ServiceError::internal(format!("supplier {}: bad {what}", row.id));
+        let ta_limit = match &row.ta_limit_currency {
+            Some(code) => Some(Money::new(
+                row.ta_limit_minor,
+                Currency::parse(code).ok_or_else(|| corrupt("currency"))?,
+            )),
+            None => None,
+        };
+        Ok(Supplier {
+            verification: Verification::parse(&row.verification)
+                .ok_or_else(|| corrupt("verification"))?,
+            status: Status::parse(&row.status).ok_or_else(|| corrupt("status"))?,
+            id: row.id,
+            owner_principal_id: row.owner_principal_id,
+            legal_name: row.legal_name,
+            country_code: row.country_code,
+            business_licence_number: row.business_licence_number,
+            contacts: row.contacts.0,
+            verification_rejection_reason: row.verification_rejection_reason,
+            status_reason: row.status_reason,
+            ta_limit,
+            cover_reserved_minor: row.cover_reserved_minor,
+            rating_sum: row.rating_sum,
+            review_count: row.review_count,
+            inquiry_count: row.inquiry_count,
+            replied_inquiry_count: row.replied_inquiry_count,
+            penalty_points: row.penalty_points,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+pub async fn insert_supplier(tx: &mut PgConnection, s: &Supplier) -> Result<(), ServiceError> {
+    let result = sqlx::query(
+        "INSERT INTO supplier_registry.suppliers (id, owner_principal_id, legal_name, country_code, \
+         business_licence_number, contacts, verification, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+    )
+    .bind(s.id)
+    .bind(&s.owner_principal_id)
+    .bind(&s.legal_name)
+    .bind(&s.country_code)
+    .bind(&s.business_licence_number)
+    .bind(Json(&s.contacts))
+    .bind(s.verification.as_str())
+    .bind(s.status.as_str())
+    .bind(s.created_at)
+    .execute(tx)
+    .await;
+    match result {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(ServiceError::AlreadyExists(format!(
+                "a supplier with business licence {} in {} is already registered",
+                s.business_licence_number, s.country_code
+            )))
+        }
+        other => other.map(|_| ()).map_err(Into::into),
+    }
+}
+
+/// Writes back every mutable field of a supplier read with [`lock_supplier`].
+pub async fn update_supplier(tx: &mut PgConnection, s: &mut Supplier) -> Result<(), ServiceError> {
+    s.updated_at = OffsetDateTime::now_utc();
+    sqlx::query(
+        "UPDATE supplier_registry.suppliers SET contacts = $2, verification = $3, \
+         verification_rejection_reason = $4, status = $5, status_reason = $6, enrolled = $7, \
+         ta_limit_currency = $8, ta_limit_minor = $9, cover_reserved_minor = $10, rating_sum = $11, \
+         review_count = $12, inquiry_count = $13, replied_inquiry_count = $14, penalty_points = $15, \
+         updated_at = $16 WHERE id = $1",
+    )
+    .bind(s.id)
+    .bind(Json(&s.contacts))
+    .bind(s.verification.as_str())
+    .bind(&s.verification_rejection_reason)
+    .bind(s.status.as_str())
+    .bind(&s.status_reason)
+    .bind(s.ta_limit.is_some())
+    .bind(s.ta_limit.map(|m| m.currency.to_string()))
+    .bind(s.ta_limit.map_or(0, |m| m.amount_minor))
+    .bind(s.cover_reserved_minor)
+    .bind(s.rating_sum)
+    .bind(s.review_count)
+    .bind(s.inquiry_count)
+    .bind(s.replied_inquiry_count)
+    .bind(s.penalty_points)
+    .bind(s.updated_at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Reads a supplier and holds its row lock until the transaction ends.
+pub async fn lock_supplier(tx: &mut PgConnection, id: Uuid) -> Result<Supplier, ServiceError> {
+    let sql = format!(
+        "SELECT {SUPPLIER_COLUMNS} FROM supplier_registry.suppliers WHERE id = $1 FOR UPDATE"
+    );
+    fetch_supplier(tx, &sql, id).await
+}
+
+pub async fn get_supplier(pool: &PgPool, id: Uuid) -> Result<Supplier, ServiceError> {
+    let mut conn = pool.acquire().await?;
+    let sql = format!("SELECT {SUPPLIER_COLUMNS} FROM supplier_registry.suppliers WHERE id = $1");
+    fetch_supplier(&mut conn, &sql, id).await
+}
+
+async fn fetch_supplier(
+    conn: &mut PgConnection,
+    sql: &str,
+    id: Uuid,
+) -> Result<Supplier, ServiceError> {
+    sqlx::query_as::<_, SupplierRow>(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("supplier", id))?
+        .try_into()
+}
+
+/// Filters of a supplier search; `None` means "any".
+#[derive(Default, Debug)]
+pub struct SearchFilter {
+    pub has_badge: Option<bool>,
+    pub verified: Option<bool>,
+    pub country_code: Option<String>,
+    pub min_average_rating_centi: Option<i64>,
+    pub min_cover_remaining: Option<Money>,
+    pub after_id: Option<Uuid>,
+    pub limit: i64,
+}
+
+pub async fn search_suppliers(
+    pool: &PgPool,
+    f: &SearchFilter,
+) -> Result<Vec<Supplier>, ServiceError> {
+    let sql = format!(
+        "SELECT {SUPPLIER_COLUMNS} FROM supplier_registry.suppliers s WHERE \
+         ($1::boolean IS NULL OR (s.verification = 'verified' AND s.enrolled AND s.status = 'active') = $1) \
+         AND ($2::boolean IS NULL OR (s.verification = 'verified') = $2) \
+         AND ($3::text IS NULL OR s.country_code = $3) \
+         AND ($4::bigint IS NULL OR (s.review_count > 0 AND s.rating_sum * 100 >= $4 * s.review_count)) \
+         AND ($5::text IS NULL OR (s.ta_limit_currency = $5 \
+              AND GREATEST(s.ta_limit_minor - s.cover_reserved_minor, 0) >= $6)) \
+         AND ($7::uuid IS NULL OR s.id > $7) \
+         ORDER BY s.id LIMIT $8"
+    );
+    let rows = sqlx::query_as::<_, SupplierRow>(sqlx::AssertSqlSafe(sql))
+        .bind(f.has_badge)
+        .bind(f.verified)
+        .bind(&f.country_code)
+        .bind(f.min_average_rating_centi)
+        .bind(f.min_cover_remaining.map(|m| m.currency.to_string()))
+        .bind(f.min_cover_remaining.map_or(0, |m| m.amount_minor))
+        .bind(f.after_id)
+        .bind(f.limit)
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter().map(Supplier::try_from).collect()
+}
+
+#[derive(Clone, Debug, PartialEq, FromRow)]
+pub struct Reservation {
+    pub contract_id: String,
+    pub supplier_id: Uuid,
+    pub currency: String,
+    pub amount_minor: i64,
+    pub status: String,
+    pub reserved_at: OffsetDateTime,
+    pub released_at: Option<OffsetDateTime>,
+}
+
+impl Reservation {
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+}
+
+const RESERVATION_COLUMNS: &str =
+    "contract_id, supplier_id, currency, amount_minor, status, reserved_at, released_at";
+
+pub async fn find_reservation(
+    tx: &mut PgConnection,
+    contract_id: &str,
+) -> Result<Option<Reservation>, ServiceError> {
+    let sql = format!(
+        "SELECT {RESERVATION_COLUMNS} FROM supplier_registry.cover_reservations WHERE contract_id = $1"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(contract_id)
+        .fetch_optional(tx)
+        .await?)
+}
+
+pub async fn insert_reservation(
+    tx: &mut PgConnection,
+    r: &Reservation,
+) -> Result<(), ServiceError> {
+    sqlx::query(
+        "INSERT INTO supplier_registry.cover_reservations \
+         (contract_id, supplier_id, currency, amount_minor, status, reserved_at) \
+         VALUES ($1, $2, $3, $4, 'active', $5)",
+    )
+    .bind(&r.contract_id)
+    .bind(r.supplier_id)
+    .bind(&r.currency)
+    .bind(r.amount_minor)
+    .bind(r.reserved_at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks an active reservation released; at most once (the status guard).
+pub async fn release_reservation(
+    tx: &mut PgConnection,
+    contract_id: &str,
+    at: OffsetDateTime,
+) -> Result<bool, ServiceError> {
+    let released = sqlx::query(
+        "UPDATE supplier_registry.cover_reservations SET status = 'released', released_at = $2 \
+         WHERE contract_id = $1 AND status = 'active'",
+    )
+    .bind(contract_id)
+    .bind(at)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(released == 1)
+}
+
+pub async fn active_reservations(
+    pool: &PgPool,
+    supplier_id: Uuid,
+) -> Result<Vec<Reservation>, ServiceError> {
+    let sql = format!(
+        "SELECT {RESERVATION_COLUMNS} FROM supplier_registry.cover_reservations \
+         WHERE supplier_id = $1 AND status = 'active' ORDER BY reserved_at, contract_id"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(supplier_id)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Records a completed contract; false when it was already recorded.
+pub async fn insert_completed_contract(
+    tx: &mut PgConnection,
+    contract_id: &str,
+    supplier_id: Uuid,
+    buyer_principal_id: &str,
+) -> Result<bool, ServiceError> {
+    let existing: Option<(Uuid, String)> = sqlx::query_as(
+        "SELECT supplier_id, buyer_principal_id FROM supplier_registry.completed_contracts \
+         WHERE contract_id = $1",
+    )
+    .bind(contract_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((supplier, buyer)) = existing {
+        if supplier != supplier_id || buyer != buyer_principal_id {
+            return Err(ServiceError::AlreadyExists(format!(
+                "contract {contract_id} is already recorded as completed with another supplier or buyer"
+            )));
+        }
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO supplier_registry.completed_contracts \
+         (contract_id, supplier_id, buyer_principal_id, completed_at) VALUES ($1, $2, $3, now())",
+    )
+    .bind(contract_id)
+    .bind(supplier_id)
+    .bind(buyer_principal_id)
+    .execute(tx)
+    .await?;
+    Ok(true)
+}
+
+/// The supplier and buyer of a completed contract.
+pub async fn completed_contract(
+    tx: &mut PgConnection,
+    contract_id: &str,
+) -> Result<Option<(Uuid, String)>, ServiceError> {
+    Ok(sqlx::query_as(
+        "SELECT supplier_id, buyer_principal_id FROM supplier_registry.completed_contracts \
+         WHERE contract_id = $1",
+    )
+    .bind(contract_id)
+    .fetch_optional(tx)
+    .await?)
+}
+
+#[derive(Clone, Debug, PartialEq, FromRow)]
+pub struct ReviewRow {
+    pub contract_id: String,
+    pub supplier_id: Uuid,
+    pub buyer_principal_id: String,
+    pub rating: i16,
+    pub comment: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// Inserts a review; false when the contract was already reviewed.
+pub async fn insert_review(tx: &mut PgConnection, r: &ReviewRow) -> Result<bool, ServiceError> {
+    let inserted = sqlx::query(
+        "INSERT INTO supplier_registry.reviews \
+         (contract_id, supplier_id, buyer_principal_id, rating, comment, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (contract_id) DO NOTHING",
+    )
+    .bind(&r.contract_id)
+    .bind(r.supplier_id)
+    .bind(&r.buyer_principal_id)
+    .bind(r.rating)
+    .bind(&r.comment)
+    .bind(r.created_at)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Reviews newest first; the page continues after (`created_at`, `contract_id`).
+pub async fn list_reviews(
+    pool: &PgPool,
+    supplier_id: Uuid,
+    after: Option<(OffsetDateTime, String)>,
+    limit: i64,
+) -> Result<Vec<ReviewRow>, ServiceError> {
+    let (after_at, after_contract) = after.unzip();
+    Ok(sqlx::query_as(
+        "SELECT contract_id, supplier_id, buyer_principal_id, rating, comment, created_at \
+         FROM supplier_registry.reviews WHERE supplier_id = $1 \
+         AND ($2::timestamptz IS NULL OR (created_at, contract_id) < ($2, $3)) \
+         ORDER BY created_at DESC, contract_id DESC LIMIT $4",
+    )
+    .bind(supplier_id)
+    .bind(after_at)
+    .bind(after_contract)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Records an inquiry; false when it was already recorded.
+pub async fn insert_inquiry(
+    tx: &mut PgConnection,
+    supplier_id: Uuid,
+    inquiry_id: &str,
+) -> Result<bool, ServiceError> {
+    let inserted = sqlx::query(
+        "INSERT INTO supplier_registry.inquiries (supplier_id, inquiry_id, received_at) \
+         VALUES ($1, $2, now()) ON CONFLICT DO NOTHING",
+    )
+    .bind(supplier_id)
+    .bind(inquiry_id)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Marks an inquiry replied. `None`: no such inquiry; `Some(false)`: already replied.
+pub async fn mark_inquiry_replied(
+    tx: &mut PgConnection,
+    supplier_id: Uuid,
+    inquiry_id: &str,
+) -> Result<Option<bool>, ServiceError> {
+    let marked = sqlx::query(
+        "UPDATE supplier_registry.inquiries SET replied_at = now() \
+         WHERE supplier_id = $1 AND inquiry_id = $2 AND replied_at IS NULL",
+    )
+    .bind(supplier_id)
+    .bind(inquiry_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if marked == 1 {
+        return Ok(Some(true));
+    }
+    let exists: Option<(i32,)> = sqlx::query_as(
+        "SELECT 1 FROM supplier_registry.inquiries WHERE supplier_id = $1 AND inquiry_id = $2",
+    )
+    .bind(supplier_id)
+    .bind(inquiry_id)
+    .fetch_optional(tx)
+    .await?;
+    Ok(exists.map(|_| false))
+}
+
+/// Records a dispute's penalty once. Returns the supplier already penalised for
+/// this dispute, if any, with the points recorded then.
+pub async fn insert_penalty(
+    tx: &mut PgConnection,
+    dispute_id: &str,
+    supplier_id: Uuid,
+    points: i32,
+    reason: &str,
+) -> Result<Option<(Uuid, i32)>, ServiceError> {
+    let inserted = sqlx::query(
+        "INSERT INTO supplier_registry.penalties (dispute_id, supplier_id, points, reason, recorded_at) \
+         VALUES ($1, $2, $3, $4, now()) ON CONFLICT (dispute_id) DO NOTHING",
+    )
+    .bind(dispute_id)
+    .bind(supplier_id)
+    .bind(points)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(None);
+    }
+    Ok(sqlx::query_as(
+        "SELECT supplier_id, points FROM supplier_registry.penalties WHERE dispute_id = $1",
+    )
+    .bind(dispute_id)
+    .fetch_optional(tx)
+    .await?)
+}
