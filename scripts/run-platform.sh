@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Run the four services locally, in the foreground, until Ctrl-C or SIGTERM.
+# Normally started by `make run`, which builds them and provides DATABASE_URL.
+#
+# Starts supplier-registry, contract, escrow and dispute from $BIN_DIR, waits until
+# each answers grpc.health.v1.Health/Check with SERVING, prints how to call them,
+# then waits. On Ctrl-C / SIGTERM it sends SIGTERM to the four, waits for them (up
+# to $SHUTDOWN_TIMEOUT s, then SIGKILL) and exits 0. If any service dies, or one
+# is not ready within $READY_TIMEOUT s, the others are stopped and it exits 1.
+#
+# Environment (all optional except DATABASE_URL):
+#   DATABASE_URL              shared Postgres database (scripts/dev-postgres.sh)
+#   SUPPLIER_REGISTRY_ADDR    default 127.0.0.1:50051
+#   CONTRACT_ADDR             default 127.0.0.1:50052
+#   ESCROW_ADDR               default 127.0.0.1:50053
+#   DISPUTE_ADDR              default 127.0.0.1:50054
+#       Each becomes that service's GRPC_LISTEN_ADDR. All four, and the same
+#       addresses as http:// URLs (SUPPLIER_REGISTRY_URL, ...), are exported to
+#       every service, for the ones that call others.
+#   AUTH_JWT_HS256_SECRET     default dev-only-secret-change-me
+#   AUTH_JWT_ISSUER, AUTH_JWT_AUDIENCE   passed through when set
+#   BIN_DIR                   default $CARGO_TARGET_DIR/debug
+#   CARGO_TARGET_DIR          default ~/.cache/trade-assurance/target (as the Makefile)
+#   GRPCURL                   default .venv/bin/grpcurl, else grpcurl on PATH
+#   TA_LOG_DIR                service logs, default .data/logs
+#   READY_TIMEOUT             seconds, default 120
+#   SHUTDOWN_TIMEOUT          seconds, default 20
+set -euo pipefail
+
+log() { printf 'run-platform: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+
+: "${DATABASE_URL:?DATABASE_URL must be set (export DATABASE_URL=\$(scripts/dev-postgres.sh), or use make run)}"
+export DATABASE_URL
+export AUTH_JWT_HS256_SECRET="${AUTH_JWT_HS256_SECRET:-dev-only-secret-change-me}"
+
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/trade-assurance/target}"
+BIN_DIR="${BIN_DIR:-$CARGO_TARGET_DIR/debug}"
+LOG_DIR="${TA_LOG_DIR:-$REPO_ROOT/.data/logs}"
+READY_TIMEOUT="${READY_TIMEOUT:-120}"
+SHUTDOWN_TIMEOUT="${SHUTDOWN_TIMEOUT:-20}"
+
+if [[ -z ${GRPCURL:-} ]]; then
+  if [[ -x $REPO_ROOT/.venv/bin/grpcurl ]]; then
+    GRPCURL="$REPO_ROOT/.venv/bin/grpcurl"
+  elif command -v grpcurl >/dev/null 2>&1; then
+    GRPCURL="$(command -v grpcurl)"
+  else
+    die "grpcurl not found: run scripts/install-tools.sh"
+  fi
+fi
+
+export SUPPLIER_REGISTRY_ADDR="${SUPPLIER_REGISTRY_ADDR:-127.0.0.1:50051}"
+export CONTRACT_ADDR="${CONTRACT_ADDR:-127.0.0.1:50052}"
+export ESCROW_ADDR="${ESCROW_ADDR:-127.0.0.1:50053}"
+export DISPUTE_ADDR="${DISPUTE_ADDR:-127.0.0.1:50054}"
+export SUPPLIER_REGISTRY_URL="${SUPPLIER_REGISTRY_URL:-http://$SUPPLIER_REGISTRY_ADDR}"
+export CONTRACT_URL="${CONTRACT_URL:-http://$CONTRACT_ADDR}"
+export ESCROW_URL="${ESCROW_URL:-http://$ESCROW_ADDR}"
+export DISPUTE_URL="${DISPUTE_URL:-http://$DISPUTE_ADDR}"
+
+# Leaves first: supplier-registry and escrow call no one.
+NAMES=(supplier-registry escrow contract dispute)
+ADDRS=("$SUPPLIER_REGISTRY_ADDR" "$ESCROW_ADDR" "$CONTRACT_ADDR" "$DISPUTE_ADDR")
+PIDS=()
+
+# --- helpers ---------------------------------------------------------------------
+
+# host and port of "host:port" / "[v6]:port"
+addr_host() { local h="${1%:*}"; h="${h#[}"; printf '%s' "${h%]}"; }
+addr_port() { printf '%s' "${1##*:}"; }
+
+port_in_use() {
+  (exec 3<>"/dev/tcp/$(addr_host "$1")/$(addr_port "$1")") 2>/dev/null
+}
+
+alive() { # pid; a reaped or zombie child counts as dead
+  kill -0 "$1" 2>/dev/null || return 1
+  local state
+  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo Z)"
+  [[ $state != Z ]]
+}
+
+LAST_HEALTH_OUTPUT=""
+healthy() { # addr
+  LAST_HEALTH_OUTPUT="$("$GRPCURL" -plaintext -connect-timeout 2 -max-time 5 \
+    "$1" grpc.health.v1.Health/Check 2>&1)" || return 1
+  [[ $LAST_HEALTH_OUTPUT == *'"status": "SERVING"'* ]]
+}
+
+stop_all() {
+  local i pid any=0
+  for pid in "${PIDS[@]}"; do
+    if alive "$pid"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      any=1
+    fi
+  done
+  ((any)) || return 0
+  log "sent SIGTERM to the services; waiting up to ${SHUTDOWN_TIMEOUT}s"
+  local deadline=$((SECONDS + SHUTDOWN_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    any=0
+    for pid in "${PIDS[@]}"; do alive "$pid" && any=1; done
+    ((any)) || break
+    sleep 0.2
+  done
+  for i in "${!PIDS[@]}"; do
+    if alive "${PIDS[$i]}"; then
+      log "${NAMES[$i]} (pid ${PIDS[$i]}) still running after ${SHUTDOWN_TIMEOUT}s: SIGKILL"
+      kill -KILL "${PIDS[$i]}" 2>/dev/null || true
+    fi
+  done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+
+report_death() { # index
+  local i=$1 status=0
+  wait "${PIDS[$i]}" 2>/dev/null || status=$?
+  log "${NAMES[$i]} (pid ${PIDS[$i]}) exited with status $status; last lines of $LOG_DIR/${NAMES[$i]}.log:"
+  tail -n 30 "$LOG_DIR/${NAMES[$i]}.log" >&2 2>/dev/null || true
+}
+
+# Index of a dead service, or return 1.
+find_dead() {
+  local i
+  for i in "${!PIDS[@]}"; do
+    if ! alive "${PIDS[$i]}"; then
+      printf '%s' "$i"
+      return 0
+    fi
+  done
+  return 1
+}
+
+on_signal() {
+  trap - INT TERM
+  log "stopping"
+  stop_all
+  log "stopped"
+  exit 0
+}
+trap on_signal INT TERM
+trap 'stop_all' EXIT
+
+# --- start -----------------------------------------------------------------------
+
+for i in "${!NAMES[@]}"; do
+  [[ -x $BIN_DIR/${NAMES[$i]} ]] || die "$BIN_DIR/${NAMES[$i]} not found: build first (make build, or make run)"
+  port_in_use "${ADDRS[$i]}" && die "${ADDRS[$i]} (${NAMES[$i]}) is already in use: another make run? (or set its *_ADDR)"
+done
+
+mkdir -p "$LOG_DIR"
+for i in "${!NAMES[@]}"; do
+  name=${NAMES[$i]}
+  GRPC_LISTEN_ADDR="${ADDRS[$i]}" "$BIN_DIR/$name" >"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  PIDS+=("$!")
+  log "started $name (pid $!) on ${ADDRS[$i]}, log $LOG_DIR/$name.log"
+done
+
+deadline=$((SECONDS + READY_TIMEOUT))
+for i in "${!NAMES[@]}"; do
+  until healthy "${ADDRS[$i]}"; do
+    if dead="$(find_dead)"; then
+      report_death "$dead"
+      stop_all
+      exit 1
+    fi
+    if ((SECONDS >= deadline)); then
+      log "${NAMES[$i]} not SERVING on ${ADDRS[$i]} after ${READY_TIMEOUT}s; last health check said:"
+      printf '%s\n' "$LAST_HEALTH_OUTPUT" >&2
+      log "last lines of $LOG_DIR/${NAMES[$i]}.log:"
+      tail -n 30 "$LOG_DIR/${NAMES[$i]}.log" >&2 2>/dev/null || true
+      stop_all
+      exit 1
+    fi
+    sleep 0.5
+  done
+  log "${NAMES[$i]} SERVING on ${ADDRS[$i]}"
+done
+
+# --- how to call ---------------------------------------------------------------------
+
+rel_log_dir="${LOG_DIR#"$REPO_ROOT"/}"
+idem_key="$(cat /proc/sys/kernel/random/uuid 2>/dev/null || echo "demo-$RANDOM-$RANDOM")"
+cat <<EOF
+
+Trade Assurance platform is running (Ctrl-C stops it):
+  supplier-registry  $SUPPLIER_REGISTRY_ADDR
+  contract           $CONTRACT_ADDR
+  escrow             $ESCROW_ADDR
+  dispute            $DISPUTE_ADDR
+  database           $DATABASE_URL
+  logs               $rel_log_dir/<service>.log  (tail -f $rel_log_dir/*.log)
+
+In another terminal, from $REPO_ROOT:
+
+  export PATH="\$PWD/.venv/bin:\$PATH"        # grpcurl 1.8.6
+
+  # a token (roles: buyer, supplier, inspector, operator, service; TTL=1h by default)
+  TOKEN=\$(make token ROLE=operator SUBJECT=ops-1)
+
+  # what is there (reflection)
+  grpcurl -plaintext $SUPPLIER_REGISTRY_ADDR list
+  grpcurl -plaintext $SUPPLIER_REGISTRY_ADDR describe tradeassurance.supplier.v1.SupplierRegistryService
+  grpcurl -plaintext $SUPPLIER_REGISTRY_ADDR describe tradeassurance.supplier.v1.RegisterSupplierRequest
+
+  # health of all four
+  for a in $SUPPLIER_REGISTRY_ADDR $CONTRACT_ADDR $ESCROW_ADDR $DISPUTE_ADDR; do
+    grpcurl -plaintext "\$a" grpc.health.v1.Health/Check
+  done
+
+  # register a supplier (as an operator, on behalf of supplier principal supplier-1)
+  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{
+    "idempotency_key": "$idem_key",
+    "legal_name": "Shenzhen Example Electronics Co., Ltd.",
+    "country_code": "CN",
+    "business_licence_number": "91440300MA5EXAMPLE1",
+    "contacts": [{"name": "Li Wei", "email": "li.wei@example.com"}],
+    "owner_principal_id": "supplier-1"
+  }' $SUPPLIER_REGISTRY_ADDR tradeassurance.supplier.v1.SupplierRegistryService/RegisterSupplier
+
+EOF
+
+# --- wait ------------------------------------------------------------------------------
+
+while :; do
+  if dead="$(find_dead)"; then
+    report_death "$dead"
+    log "stopping the others"
+    stop_all
+    exit 1
+  fi
+  # Sleep in the background so a signal is handled at once.
+  sleep 1 &
+  wait $! || true
+done
