@@ -278,7 +278,7 @@ impl SupplierRegistryService for Registry {
                 &req.idempotency_key,
                 &req,
                 async |tx| {
-                    let supplier = Supplier::register(new, owner, OffsetDateTime::now_utc());
+                    let supplier = Supplier::register(new, owner, timestamps::now());
                     storage::insert_supplier(tx, &supplier).await?;
                     tracing::info!(supplier_id = %supplier.id, "supplier registered");
                     Ok(pb::RegisterSupplierResponse {
@@ -602,7 +602,7 @@ impl SupplierRegistryService for Registry {
                                 currency: amount.currency.to_string(),
                                 amount_minor: amount.amount_minor,
                                 status: "active".into(),
-                                reserved_at: OffsetDateTime::now_utc(),
+                                reserved_at: timestamps::now(),
                                 released_at: None,
                             };
                             storage::insert_reservation(tx, &reservation).await?;
@@ -649,7 +649,7 @@ impl SupplierRegistryService for Registry {
                             )
                         })?;
                     // A hold resolves at most once: releasing again returns it unchanged.
-                    let now = OffsetDateTime::now_utc();
+                    let now = timestamps::now();
                     if storage::release_reservation(tx, &req.contract_id, now).await? {
                         let currency = supplier.cover_reserved().currency;
                         supplier.release_cover(Money::new(reservation.amount_minor, currency));
@@ -769,7 +769,7 @@ impl SupplierRegistryService for Registry {
                         buyer_principal_id: buyer,
                         rating: i16::from(rating),
                         comment: req.comment.trim().to_string(),
-                        created_at: OffsetDateTime::now_utc(),
+                        created_at: timestamps::now(),
                     };
                     if !storage::insert_review(tx, &review).await? {
                         return Err(ServiceError::AlreadyExists(format!(

@@ -10,6 +10,7 @@ use ta_runtime::{
     ServiceError,
     idempotency::IdempotencyKeys,
     money::{Currency, Money},
+    timestamps,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -121,7 +122,7 @@ pub async fn insert_supplier(tx: &mut PgConnection, s: &Supplier) -> Result<(), 
 
 /// Writes back every mutable field of a supplier read with [`lock_supplier`].
 pub async fn update_supplier(tx: &mut PgConnection, s: &mut Supplier) -> Result<(), ServiceError> {
-    s.updated_at = OffsetDateTime::now_utc();
+    s.updated_at = timestamps::now();
     sqlx::query(
         "UPDATE supplier_registry.suppliers SET contacts = $2, verification = $3, \
          verification_rejection_reason = $4, status = $5, status_reason = $6, enrolled = $7, \

@@ -1,0 +1,222 @@
+//! Cover (TA limit) over real gRPC and real Postgres: concurrency, idempotency,
+//! release at most once.
+
+mod common;
+
+use common::*;
+use sqlx::PgPool;
+use ta_proto::supplier as pb;
+use ta_runtime::auth::Role;
+use tonic::Code;
+
+fn reserve(
+    key: &str,
+    supplier_id: &str,
+    contract_id: &str,
+    amount: i64,
+) -> tonic::Request<pb::ReserveCoverRequest> {
+    as_role(
+        pb::ReserveCoverRequest {
+            idempotency_key: key.into(),
+            supplier_id: supplier_id.into(),
+            contract_id: contract_id.into(),
+            amount: usd(amount),
+        },
+        SERVICE,
+        Role::Service,
+    )
+}
+
+#[sqlx::test(migrations = false)]
+async fn fifty_concurrent_reservations_never_exceed_the_limit(pool: PgPool) {
+    let Registry { server, mut client } = start(pool.clone()).await;
+    // Room for exactly 20 reservations of 500.00 USD.
+    let id = badged_supplier(&mut client, "LIC-CONCURRENT", 1_000_000).await;
+
+    let attempts = (0..50).map(|i| {
+        let mut client = client.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            client
+                .reserve_cover(reserve(
+                    &format!("r-{i}"),
+                    &id,
+                    &format!("contract-{i}"),
+                    50_000,
+                ))
+                .await
+                .map(|r| r.into_inner())
+        })
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let mut granted = 0;
+    for result in results {
+        match result.expect("task") {
+            Ok(_) => granted += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                assert!(
+                    status.message().contains("exceeds the remaining TA limit"),
+                    "{status:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(granted, 20);
+
+    let cover = client
+        .get_cover(as_role(
+            pb::GetCoverRequest {
+                supplier_id: id.clone(),
+            },
+            OPERATOR,
+            Role::Operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cover.cover_reserved.unwrap().amount_minor, 1_000_000);
+    assert_eq!(cover.cover_remaining.unwrap().amount_minor, 0);
+    assert_eq!(cover.active_reservations.len(), 20);
+
+    let (sum,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(SUM(amount_minor), 0)::bigint FROM supplier_registry.cover_reservations WHERE status = 'active'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        sum, 1_000_000,
+        "the ledger of reservations agrees with the supplier row"
+    );
+    server.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_retried_reservation_changes_nothing(pool: PgPool) {
+    let Registry { server, mut client } = start(pool).await;
+    let id = badged_supplier(&mut client, "LIC-RETRY", 100_000).await;
+
+    let first = client
+        .reserve_cover(reserve("k-1", &id, "contract-a", 30_000))
+        .await
+        .unwrap()
+        .into_inner();
+    // The same key and body: replayed.
+    let replay = client
+        .reserve_cover(reserve("k-1", &id, "contract-a", 30_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, replay);
+    // Another key, same contract and amount: idempotent per contract.
+    let again = client
+        .reserve_cover(reserve("k-2", &id, "contract-a", 30_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.reservation, first.reservation);
+    assert_eq!(again.cover_remaining.unwrap().amount_minor, 70_000);
+    // Same key, different body: refused.
+    let reused = client
+        .reserve_cover(reserve("k-1", &id, "contract-b", 10_000))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists);
+    // Same contract, different amount: refused.
+    let conflict = client
+        .reserve_cover(reserve("k-3", &id, "contract-a", 40_000))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), Code::AlreadyExists);
+
+    let supplier = client
+        .get_supplier(as_role(
+            pb::GetSupplierRequest {
+                supplier_id: id.clone(),
+            },
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .supplier
+        .unwrap();
+    assert_eq!(supplier.cover_reserved.unwrap().amount_minor, 30_000);
+    server.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn cover_is_released_at_most_once(pool: PgPool) {
+    let Registry { server, mut client } = start(pool).await;
+    let id = badged_supplier(&mut client, "LIC-RELEASE", 100_000).await;
+    client
+        .reserve_cover(reserve("k-1", &id, "contract-a", 60_000))
+        .await
+        .unwrap();
+    client
+        .reserve_cover(reserve("k-2", &id, "contract-b", 40_000))
+        .await
+        .unwrap();
+
+    let release = |key: &str| {
+        as_role(
+            pb::ReleaseCoverRequest {
+                idempotency_key: key.into(),
+                supplier_id: id.clone(),
+                contract_id: "contract-a".into(),
+            },
+            SERVICE,
+            Role::Service,
+        )
+    };
+    let first = client
+        .release_cover(release("rel-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        first.reservation.as_ref().unwrap().status(),
+        pb::CoverReservationStatus::Released
+    );
+    assert_eq!(first.cover_remaining.as_ref().unwrap().amount_minor, 60_000);
+    // A second release under another key returns the released hold, freeing nothing more.
+    let second = client
+        .release_cover(release("rel-2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.reservation, first.reservation);
+    assert_eq!(second.cover_remaining.unwrap().amount_minor, 60_000);
+    // A released contract cannot take cover again.
+    let status = client
+        .reserve_cover(reserve("k-4", &id, "contract-a", 60_000))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("was released"));
+    server.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn cover_needs_the_badge(pool: PgPool) {
+    let Registry { server, mut client } = start(pool).await;
+    let id = register(&mut client, "LIC-NOBADGE").await;
+    let status = client
+        .reserve_cover(reserve("k-1", &id, "contract-a", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("no Trade Assurance badge"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("verification unverified"),
+        "{}",
+        status.message()
+    );
+    server.stop().await.unwrap();
+}

@@ -1,0 +1,175 @@
+//! Test support shared by every service's tests and the end-to-end tests:
+//! a service served in-process on `127.0.0.1:0`, tokens for each role, and
+//! waiting for health.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use sqlx::PgPool;
+use ta_runtime::{
+    auth::{Role, TokenIssuer, bearer_metadata},
+    config::CommonConfig,
+    server::{Api, ServiceSpec},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// The HS256 secret every test server and token uses.
+pub const TEST_SECRET: &str = "test-secret-at-least-16-bytes";
+pub const TEST_ISSUER: &str = "trade-assurance";
+pub const TEST_AUDIENCE: &str = "trade-assurance";
+
+#[derive(Parser)]
+struct TestConfig {
+    #[command(flatten)]
+    common: CommonConfig,
+}
+
+/// The common configuration a test server runs with; `extra` are more flags.
+pub fn common_config(database_url: &str, extra: &[&str]) -> CommonConfig {
+    let mut args = vec![
+        "test-service",
+        "--database-url",
+        database_url,
+        "--auth-jwt-hs256-secret",
+        TEST_SECRET,
+        "--log-format",
+        "text",
+        "--shutdown-grace-period",
+        "5s",
+    ];
+    args.extend_from_slice(extra);
+    TestConfig::try_parse_from(args)
+        .unwrap_or_else(|e| panic!("test configuration: {e}"))
+        .common
+}
+
+/// Signs test tokens.
+pub fn issuer() -> TokenIssuer {
+    TokenIssuer::new(TEST_SECRET, TEST_ISSUER, TEST_AUDIENCE)
+}
+
+/// `Bearer <jwt>` for `subject` acting as `role`, valid for an hour.
+pub fn bearer(subject: &str, role: Role) -> MetadataValue<Ascii> {
+    let token = issuer()
+        .mint(subject, role, Duration::from_secs(3_600))
+        .expect("test token");
+    bearer_metadata(&token)
+}
+
+/// `Bearer <jwt>` of a token that expired an hour ago.
+pub fn expired_bearer(subject: &str, role: Role) -> MetadataValue<Ascii> {
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        - 3_600;
+    let token = issuer()
+        .mint_expiring_at(subject, role, an_hour_ago)
+        .expect("test token");
+    bearer_metadata(&token)
+}
+
+/// A request carrying `authorization` for `subject` as `role`.
+pub fn authorized<T>(message: T, subject: &str, role: Role) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer(subject, role));
+    request
+}
+
+/// A service running in this process on loopback.
+pub struct RunningService {
+    pub address: SocketAddr,
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), String>>,
+}
+
+impl RunningService {
+    /// Serves `api` on a free loopback port and waits until health is SERVING.
+    pub async fn start(
+        spec: &'static ServiceSpec,
+        config: CommonConfig,
+        pool: PgPool,
+        api: Api,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let address = listener.local_addr().expect("local address");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            ta_runtime::server::serve(spec, &config, listener, pool, api, async {
+                let _ = stop.await;
+            })
+            .await
+        });
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .expect("endpoint")
+            .connect_lazy();
+        let service = Self {
+            address,
+            channel,
+            shutdown: Some(shutdown),
+            task,
+        };
+        wait_for_health(
+            service.channel.clone(),
+            "",
+            ServingStatus::Serving,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|last| panic!("service never became SERVING; last status {last:?}"));
+        service
+    }
+
+    /// Stops the server as SIGTERM would and returns how serving ended.
+    pub async fn stop(mut self) -> Result<(), String> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        (&mut self.task).await.map_err(|e| e.to_string())?
+    }
+}
+
+/// The current status of `service` on `channel`, or the error code if the check failed.
+pub async fn health_status(channel: Channel, service: &str) -> Result<ServingStatus, tonic::Code> {
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map(|r| r.into_inner().status())
+        .map_err(|s| s.code())
+}
+
+/// Polls health until `service` reports `wanted`; returns the last status seen on timeout.
+pub async fn wait_for_health(
+    channel: Channel,
+    service: &str,
+    wanted: ServingStatus,
+    timeout: Duration,
+) -> Result<(), Result<ServingStatus, tonic::Code>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let status = health_status(channel.clone(), service).await;
+        if status == Ok(wanted) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub use tonic_health::pb::health_check_response::ServingStatus as HealthStatus;
