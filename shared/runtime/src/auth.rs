@@ -444,7 +444,7 @@ fn load_rsa_public_keys(path: &Path) -> Result<Vec<DecodingKey>, AuthConfigError
         path: path.to_owned(),
         reason,
     };
-    let blocks = pem::parse_blocks(&text).map_err(invalid)?;
+    let blocks = pem_blocks(&text);
     if blocks.is_empty() {
         return Err(invalid("no PEM block found".to_owned()));
     }
@@ -452,229 +452,35 @@ fn load_rsa_public_keys(path: &Path) -> Result<Vec<DecodingKey>, AuthConfigError
         .iter()
         .enumerate()
         .map(|(i, block)| {
-            let (n, e) = pem::rsa_public_key_components(block)
-                .map_err(|reason| invalid(format!("key #{}: {reason}", i + 1)))?;
-            Ok(DecodingKey::from_rsa_raw_components(n, e))
+            if !block.starts_with("-----BEGIN PUBLIC KEY-----")
+                && !block.starts_with("-----BEGIN RSA PUBLIC KEY-----")
+            {
+                return Err(invalid(format!("key #{}: not an RSA public key", i + 1)));
+            }
+            DecodingKey::from_rsa_pem(block.as_bytes())
+                .map_err(|e| invalid(format!("key #{}: {e}", i + 1)))
         })
         .collect()
 }
 
-/// Just enough PEM and DER to read RSA public keys (`PUBLIC KEY`, i.e. X.509
-/// SubjectPublicKeyInfo, and PKCS#1 `RSA PUBLIC KEY`). jsonwebtoken's own PEM
-/// support sits behind its `use_pem` feature, which the workspace leaves off.
-mod pem {
-    pub(super) struct Block {
-        pub(super) label: String,
-        pub(super) der: Vec<u8>,
-    }
-
-    /// Every `-----BEGIN X-----` ... `-----END X-----` block of `text`, in
-    /// order; text outside blocks is ignored (RFC 7468).
-    pub(super) fn parse_blocks(text: &str) -> Result<Vec<Block>, String> {
-        let mut blocks = Vec::new();
-        let mut open: Option<(String, String, usize)> = None;
-        for (index, line) in text.lines().enumerate() {
-            let line = line.trim();
-            let begin = line
-                .strip_prefix("-----BEGIN ")
-                .and_then(|rest| rest.strip_suffix("-----"));
-            let end = line
-                .strip_prefix("-----END ")
-                .and_then(|rest| rest.strip_suffix("-----"));
-            match (&mut open, begin, end) {
-                (None, Some(label), _) => open = Some((label.to_owned(), String::new(), index + 1)),
-                (None, None, Some(_)) => {
-                    return Err(format!("line {}: END without BEGIN", index + 1));
-                }
-                (None, None, None) => {}
-                (Some(_), Some(_), _) => {
-                    return Err(format!("line {}: BEGIN inside another block", index + 1));
-                }
-                (Some((label, body, start)), None, Some(end_label)) => {
-                    if end_label != label {
-                        return Err(format!(
-                            "line {}: END {end_label} does not match BEGIN {label}",
-                            index + 1
-                        ));
-                    }
-                    let der = decode_base64(body)
-                        .map_err(|reason| format!("block at line {start}: {reason}"))?;
-                    blocks.push(Block {
-                        label: std::mem::take(label),
-                        der,
-                    });
-                    open = None;
-                }
-                (Some((_, body, start)), None, None) => {
-                    if line.contains(':') {
-                        return Err(format!(
-                            "block at line {start}: PEM headers (encrypted keys) are not supported"
-                        ));
-                    }
-                    body.push_str(line);
-                }
-            }
+/// The `-----BEGIN` ... `-----END` blocks of a PEM file, in order; a file may
+/// hold several keys during a rotation.
+fn pem_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("-----BEGIN ") {
+            current = Some(String::new());
         }
-        match open {
-            Some((_, _, start)) => Err(format!("block at line {start} has no END line")),
-            None => Ok(blocks),
-        }
-    }
-
-    /// Standard base64 with padding; whitespace is skipped.
-    pub(super) fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
-        let mut out = Vec::with_capacity(text.len() / 4 * 3);
-        let (mut acc, mut bits, mut symbols, mut padding) = (0u32, 0u32, 0usize, 0usize);
-        for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
-            symbols += 1;
-            if c == b'=' {
-                padding += 1;
-                continue;
-            }
-            let value = match c {
-                b'A'..=b'Z' => c - b'A',
-                b'a'..=b'z' => c - b'a' + 26,
-                b'0'..=b'9' => c - b'0' + 52,
-                b'+' => 62,
-                b'/' => 63,
-                _ => return Err("invalid base64 character".to_owned()),
-            };
-            if padding > 0 {
-                return Err("base64 data after padding".to_owned());
-            }
-            acc = (acc << 6) | u32::from(value);
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-                acc &= (1 << bits) - 1;
-            }
-        }
-        if padding > 2 || symbols % 4 != 0 {
-            return Err("invalid base64 length or padding".to_owned());
-        }
-        Ok(out)
-    }
-
-    const TAG_INTEGER: u8 = 0x02;
-    const TAG_BIT_STRING: u8 = 0x03;
-    const TAG_OID: u8 = 0x06;
-    const TAG_SEQUENCE: u8 = 0x30;
-    /// 1.2.840.113549.1.1.1 (rsaEncryption).
-    const OID_RSA_ENCRYPTION: [u8; 9] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-
-    /// A cursor over DER TLVs.
-    struct Der<'a>(&'a [u8]);
-
-    impl<'a> Der<'a> {
-        /// The contents of the next TLV, which must have tag `tag`.
-        fn read(&mut self, tag: u8) -> Result<&'a [u8], String> {
-            let truncated = || "truncated DER".to_owned();
-            let (&found, rest) = self.0.split_first().ok_or_else(truncated)?;
-            if found != tag {
-                return Err(format!(
-                    "unexpected DER tag {found:#04x} (wanted {tag:#04x})"
-                ));
-            }
-            let (&first, mut rest) = rest.split_first().ok_or_else(truncated)?;
-            let len = if first < 0x80 {
-                usize::from(first)
-            } else {
-                let count = usize::from(first & 0x7f);
-                if count == 0 || count > 4 || rest.len() < count {
-                    return Err("invalid DER length".to_owned());
-                }
-                let (len_bytes, tail) = rest.split_at(count);
-                rest = tail;
-                len_bytes
-                    .iter()
-                    .fold(0usize, |len, &b| (len << 8) | usize::from(b))
-            };
-            if rest.len() < len {
-                return Err(truncated());
-            }
-            let (content, tail) = rest.split_at(len);
-            self.0 = tail;
-            Ok(content)
-        }
-
-        fn finish(&self) -> Result<(), String> {
-            if self.0.is_empty() {
-                Ok(())
-            } else {
-                Err("trailing data after DER structure".to_owned())
+        if let Some(block) = current.as_mut() {
+            block.push_str(line);
+            block.push('\n');
+            if line.starts_with("-----END ") {
+                blocks.extend(current.take());
             }
         }
     }
-
-    /// The big-endian modulus and exponent of an RSA public key block.
-    pub(super) fn rsa_public_key_components(block: &Block) -> Result<(&[u8], &[u8]), String> {
-        let pkcs1 = match block.label.as_str() {
-            "RSA PUBLIC KEY" => block.der.as_slice(),
-            "PUBLIC KEY" => spki_to_pkcs1(&block.der)?,
-            label if label.contains("PRIVATE KEY") => {
-                return Err(format!(
-                    "found a {label}; only public keys belong in this file"
-                ));
-            }
-            label => {
-                return Err(format!(
-                    "unsupported PEM block `{label}` (expected PUBLIC KEY or RSA PUBLIC KEY)"
-                ));
-            }
-        };
-        // RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }
-        let mut outer = Der(pkcs1);
-        let mut seq = Der(outer.read(TAG_SEQUENCE)?);
-        outer.finish()?;
-        let n = unsigned(seq.read(TAG_INTEGER)?)?;
-        let e = unsigned(seq.read(TAG_INTEGER)?)?;
-        seq.finish()?;
-        let n_bits = n.len() * 8 - n[0].leading_zeros() as usize;
-        if !(2048..=4096).contains(&n_bits) {
-            return Err(format!(
-                "RSA modulus has {n_bits} bits (2048 to 4096 accepted)"
-            ));
-        }
-        if e.len() > 4 || e[e.len() - 1] & 1 == 0 || e == [1] {
-            return Err("RSA public exponent is invalid".to_owned());
-        }
-        Ok((n, e))
-    }
-
-    /// SubjectPublicKeyInfo ::= SEQUENCE { algorithm AlgorithmIdentifier,
-    /// subjectPublicKey BIT STRING } with an rsaEncryption algorithm.
-    fn spki_to_pkcs1(der: &[u8]) -> Result<&[u8], String> {
-        let mut outer = Der(der);
-        let mut spki = Der(outer.read(TAG_SEQUENCE)?);
-        outer.finish()?;
-        let mut algorithm = Der(spki.read(TAG_SEQUENCE)?);
-        let key = spki.read(TAG_BIT_STRING)?;
-        spki.finish()?;
-        if algorithm.read(TAG_OID)? != OID_RSA_ENCRYPTION {
-            return Err("not an RSA public key".to_owned());
-        }
-        match key.split_first() {
-            Some((0, pkcs1)) => Ok(pkcs1),
-            _ => Err("invalid public key BIT STRING".to_owned()),
-        }
-    }
-
-    /// A positive DER INTEGER without its leading zero bytes.
-    fn unsigned(int: &[u8]) -> Result<&[u8], String> {
-        match int.first() {
-            None => Err("empty DER INTEGER".to_owned()),
-            Some(b) if b & 0x80 != 0 => Err("negative RSA key component".to_owned()),
-            Some(_) => {
-                let start = int.iter().position(|&b| b != 0).unwrap_or(int.len());
-                if start == int.len() {
-                    Err("zero RSA key component".to_owned())
-                } else {
-                    Ok(&int[start..])
-                }
-            }
-        }
-    }
+    blocks
 }
 
 // ---------------------------------------------------------------------------
@@ -1088,10 +894,8 @@ mod tests {
 
     /// An RS256 token signed with the private key of fixture `key` (a, b, c).
     fn rs256_token(key: &str, claims: &serde_json::Value) -> String {
-        let pem = std::fs::read_to_string(fixture(&format!("rs256_{key}_private.pem"))).unwrap();
-        let blocks = pem::parse_blocks(&pem).unwrap();
-        assert_eq!(blocks[0].label, "RSA PRIVATE KEY");
-        let key = EncodingKey::from_rsa_der(&blocks[0].der);
+        let pem = std::fs::read(fixture(&format!("rs256_{key}_private.pem"))).unwrap();
+        let key = EncodingKey::from_rsa_pem(&pem).unwrap();
         jsonwebtoken::encode(&Header::new(Algorithm::RS256), claims, &key).unwrap()
     }
 
@@ -1427,22 +1231,16 @@ mod tests {
         let public = std::fs::read_to_string(fixture("rs256_a_public.pem")).unwrap();
         let cases = [
             ("empty.pem", String::new(), "no PEM block"),
-            ("private.pem", private, "only public keys"),
+            ("private.pem", private, "not an RSA public key"),
             (
                 "garbage.pem",
                 "-----BEGIN PUBLIC KEY-----\nnot base64!\n-----END PUBLIC KEY-----\n".to_owned(),
-                "base64",
+                "key #1",
             ),
             (
                 "truncated.pem",
                 public.replace("-----END PUBLIC KEY-----", ""),
-                "no END line",
-            ),
-            (
-                "short.pem",
-                "-----BEGIN RSA PUBLIC KEY-----\nMAYCAQMCAQM=\n-----END RSA PUBLIC KEY-----\n"
-                    .to_owned(),
-                "modulus",
+                "no PEM block",
             ),
         ];
         for (name, content, expected) in cases {
@@ -1468,31 +1266,6 @@ mod tests {
             ..hs256_config()
         });
         assert!(message.contains("AUTH_JWT_ISSUER"), "{message}");
-    }
-
-    #[test]
-    fn spki_and_pkcs1_forms_of_a_key_agree() {
-        let read = |name: &str| {
-            let text = std::fs::read_to_string(fixture(name)).unwrap();
-            let blocks = pem::parse_blocks(&text).unwrap();
-            assert_eq!(blocks.len(), 1);
-            let (n, e) = pem::rsa_public_key_components(&blocks[0]).unwrap();
-            (n.to_vec(), e.to_vec())
-        };
-        let (n, e) = read("rs256_a_public.pem");
-        assert_eq!((n.len(), e.as_slice()), (256, &[1u8, 0, 1][..]));
-        assert_eq!(read("rs256_a_public_pkcs1.pem"), (n, e));
-    }
-
-    #[test]
-    fn base64_decoding() {
-        assert_eq!(pem::decode_base64("").unwrap(), b"");
-        assert_eq!(pem::decode_base64("Zg==").unwrap(), b"f");
-        assert_eq!(pem::decode_base64("Zm8=").unwrap(), b"fo");
-        assert_eq!(pem::decode_base64("Zm9v\nYmFy").unwrap(), b"foobar");
-        assert!(pem::decode_base64("Zm9").is_err());
-        assert!(pem::decode_base64("Zg==Zg==").is_err());
-        assert!(pem::decode_base64("Zm9-").is_err());
     }
 
     #[test]

@@ -81,10 +81,10 @@ pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<Tele
 impl Telemetry {
     /// Flushes and stops span export; logs anything that could not be sent.
     pub fn shutdown(self) {
-        if let Err(error) = self.provider.shutdown() {
-            if self.exporting {
-                tracing::warn!(%error, "could not flush telemetry");
-            }
+        if let Err(error) = self.provider.shutdown()
+            && self.exporting
+        {
+            tracing::warn!(%error, "could not flush telemetry");
         }
     }
 }
