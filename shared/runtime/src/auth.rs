@@ -1269,6 +1269,19 @@ mod tests {
     }
 
     #[test]
+    fn pkcs1_public_keys_verify_like_spki_ones() {
+        let verifier = TokenVerifier::from_config(&AuthConfig {
+            rs256_public_keys_file: Some(fixture("rs256_a_public_pkcs1.pem")),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let principal = verifier
+            .verify(&rs256_token("a", &claims_json("operator")))
+            .unwrap();
+        assert_eq!(principal.role, Role::Operator);
+    }
+
+    #[test]
     fn debug_output_hides_the_secret() {
         let config = hs256_config();
         assert!(!format!("{config:?}").contains(SECRET));
