@@ -192,6 +192,8 @@ fn reflection_builder(
     let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ta_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // google.rpc.BadRequest and friends, so grpcurl can print error details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name("grpc.health.v1.Health")
         .with_service_name(reflection_service);
     for name in spec.grpc_services {
