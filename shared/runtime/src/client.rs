@@ -53,3 +53,23 @@ pub fn lazy_channel(url: &str, request_timeout: Duration) -> Result<Channel, Str
         .tcp_nodelay(true)
         .connect_lazy())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outgoing_calls_carry_the_bearer_token() {
+        let mut call = OutgoingCall::with_bearer("abc.def.ghi").unwrap();
+        let request = call.call(tonic::Request::new(())).unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer abc.def.ghi"
+        );
+    }
+
+    #[test]
+    fn endpoints_are_validated() {
+        assert!(lazy_channel("not a url", Duration::from_secs(1)).is_err());
+    }
+}

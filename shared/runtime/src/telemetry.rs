@@ -152,3 +152,71 @@ pub fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
         p.inject_context(&context, &mut MetadataInjector(metadata))
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    fn with_tracing<T>(f: impl FnOnce() -> T) -> T {
+        global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, f)
+    }
+
+    #[test]
+    fn the_server_span_continues_the_callers_trace() {
+        with_tracing(|| {
+            let request = http::Request::builder()
+                .uri("/tradeassurance.supplier.v1.SupplierRegistryService/GetSupplier")
+                .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+                .body(())
+                .unwrap();
+            let span = server_span(&request);
+            let _entered = span.enter();
+            assert_eq!(current_trace_id(), TRACE_ID);
+        });
+    }
+
+    #[test]
+    fn outgoing_calls_carry_the_current_trace() {
+        with_tracing(|| {
+            let request = http::Request::builder()
+                .uri("/x.v1.Y/Z")
+                .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+                .body(())
+                .unwrap();
+            let span = server_span(&request);
+            let _entered = span.enter();
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            inject_trace_context(&mut metadata);
+            let traceparent = metadata.get("traceparent").unwrap().to_str().unwrap();
+            assert!(
+                traceparent.starts_with(&format!("00-{TRACE_ID}-")),
+                "{traceparent}"
+            );
+            assert!(
+                !traceparent.contains("00f067aa0ba902b7"),
+                "a new span id for the hop"
+            );
+        });
+    }
+
+    #[test]
+    fn a_call_without_context_starts_a_new_trace() {
+        with_tracing(|| {
+            let request = http::Request::builder().uri("/x.v1.Y/Z").body(()).unwrap();
+            let span = server_span(&request);
+            let _entered = span.enter();
+            let trace_id = current_trace_id();
+            assert_eq!(trace_id.len(), 32);
+            assert_ne!(trace_id, "0".repeat(32));
+        });
+    }
+}
