@@ -145,13 +145,19 @@ pub struct Claims {
 #[derive(clap::Args, Clone)]
 pub struct AuthConfig {
     /// Expected `iss` (issuer) claim of bearer tokens.
-    #[arg(long = "auth-jwt-issuer", env = "AUTH_JWT_ISSUER", default_value = DEFAULT_ISSUER)]
+    #[arg(
+        long = "auth-jwt-issuer",
+        env = "AUTH_JWT_ISSUER",
+        value_name = "AUTH_JWT_ISSUER",
+        default_value = DEFAULT_ISSUER
+    )]
     pub issuer: String,
 
     /// Expected `aud` (audience) claim of bearer tokens.
     #[arg(
         long = "auth-jwt-audience",
         env = "AUTH_JWT_AUDIENCE",
+        value_name = "AUTH_JWT_AUDIENCE",
         default_value = DEFAULT_AUDIENCE
     )]
     pub audience: String,
@@ -162,7 +168,7 @@ pub struct AuthConfig {
         long = "auth-jwt-hs256-secret",
         env = "AUTH_JWT_HS256_SECRET",
         hide_env_values = true,
-        value_name = "SECRET"
+        value_name = "AUTH_JWT_HS256_SECRET"
     )]
     pub hs256_secret: Option<String>,
 
@@ -172,7 +178,7 @@ pub struct AuthConfig {
     #[arg(
         long = "auth-jwt-rs256-public-keys-file",
         env = "AUTH_JWT_RS256_PUBLIC_KEYS_FILE",
-        value_name = "PATH"
+        value_name = "AUTH_JWT_RS256_PUBLIC_KEYS_FILE"
     )]
     pub rs256_public_keys_file: Option<PathBuf>,
 
@@ -181,7 +187,7 @@ pub struct AuthConfig {
         long = "auth-jwt-leeway-seconds",
         env = "AUTH_JWT_LEEWAY_SECONDS",
         default_value_t = DEFAULT_LEEWAY_SECONDS,
-        value_name = "SECONDS"
+        value_name = "AUTH_JWT_LEEWAY_SECONDS"
     )]
     pub leeway_seconds: u64,
 }

@@ -78,6 +78,8 @@ async fn start(
     config: &CommonConfig,
     build: impl FnOnce(PgPool) -> Api,
 ) -> Result<(), String> {
+    // Fail fast on configuration before taking the port.
+    let verifier = TokenVerifier::from_config(&config.auth).map_err(|e| e.to_string())?;
     let pool = db::lazy_pool(&config.database)?;
     let address = config.server.listen_addr_or(spec.default_port);
     let listener = TcpListener::bind(address)
@@ -85,7 +87,16 @@ async fn start(
         .map_err(|e| format!("GRPC_LISTEN_ADDR: cannot listen on {address}: {e}"))?;
     tracing::info!(service = spec.name, %address, "listening");
     let api = build(pool.clone());
-    serve(spec, config, listener, pool, api, shutdown_signal()).await
+    serve(
+        spec,
+        config,
+        verifier,
+        listener,
+        pool,
+        api,
+        shutdown_signal(),
+    )
+    .await
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains and closes the
@@ -93,12 +104,12 @@ async fn start(
 pub async fn serve(
     spec: &ServiceSpec,
     config: &CommonConfig,
+    verifier: TokenVerifier,
     listener: TcpListener,
     pool: PgPool,
     api: Api,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let verifier = Arc::new(TokenVerifier::from_config(&config.auth).map_err(|e| e.to_string())?);
     let (health, health_service) = tonic_health::server::health_reporter();
     set_readiness(&health, spec, ServingStatus::NotServing).await;
     health
@@ -132,7 +143,7 @@ pub async fn serve(
     let reflection_v1alpha = reflection_builder(spec, "grpc.reflection.v1alpha.ServerReflection")
         .build_v1alpha()
         .map_err(|e| format!("reflection v1alpha: {e}"))?;
-    let server = middleware(&config.server, verifier, Arc::new(api.policy))
+    let server = middleware(&config.server, Arc::new(verifier), Arc::new(api.policy))
         .add_routes(api.routes)
         .add_service(health_service)
         .add_service(reflection_v1)

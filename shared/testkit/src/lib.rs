@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Parser;
 use sqlx::PgPool;
 use ta_runtime::{
-    auth::{Role, TokenIssuer, bearer_metadata},
+    auth::{Role, TokenIssuer, TokenVerifier, bearer_metadata},
     config::CommonConfig,
     server::{Api, ServiceSpec},
 };
@@ -106,8 +106,9 @@ impl RunningService {
             .expect("bind loopback");
         let address = listener.local_addr().expect("local address");
         let (shutdown, stop) = oneshot::channel::<()>();
+        let verifier = TokenVerifier::from_config(&config.auth).expect("test auth configuration");
         let task = tokio::spawn(async move {
-            ta_runtime::server::serve(spec, &config, listener, pool, api, async {
+            ta_runtime::server::serve(spec, &config, verifier, listener, pool, api, async {
                 let _ = stop.await;
             })
             .await
