@@ -137,3 +137,291 @@ pub async fn badged_supplier(client: &mut Client, licence: &str, limit_minor: i6
         .expect("enrol");
     id
 }
+
+/// The tables of the registry's schema, for "nothing was written" checks.
+pub const TABLES: [&str; 7] = [
+    "suppliers",
+    "cover_reservations",
+    "completed_contracts",
+    "reviews",
+    "inquiries",
+    "penalties",
+    "idempotency_keys",
+];
+
+/// Row count and a digest of the contents of every registry table: equal
+/// snapshots mean nothing was inserted, updated or deleted in between.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot(Vec<(&'static str, i64, String)>);
+
+impl Snapshot {
+    pub async fn take(pool: &PgPool) -> Self {
+        let mut tables = Vec::new();
+        for table in TABLES {
+            let sql = format!(
+                "SELECT count(*), COALESCE(md5(string_agg(t::text, '|' ORDER BY t::text)), '') \
+                 FROM supplier_registry.{table} t"
+            );
+            let (count, digest): (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_one(pool)
+                .await
+                .expect("snapshot");
+            tables.push((table, count, digest));
+        }
+        Self(tables)
+    }
+
+    pub fn rows(&self, table: &str) -> i64 {
+        self.0
+            .iter()
+            .find(|(name, _, _)| *name == table)
+            .map(|(_, count, _)| *count)
+            .expect("known table")
+    }
+}
+
+/// The fields named by the `google.rpc.BadRequest` details of `status`, sorted.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let bad_request = details
+        .bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest details in {status:?}"));
+    for violation in &bad_request.field_violations {
+        assert!(
+            !violation.description.is_empty(),
+            "violation of {} without a description",
+            violation.field
+        );
+    }
+    let mut fields: Vec<String> = bad_request
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    fields.sort();
+    fields
+}
+
+/// How a raw request authenticates.
+#[derive(Clone, Copy, Debug)]
+pub enum Auth<'a> {
+    /// No `authorization` header at all.
+    Missing,
+    /// A valid token for this subject and role.
+    Valid(&'a str, Role),
+    /// A correctly signed token that expired an hour ago.
+    Expired(&'a str, Role),
+    /// This exact `authorization` header value.
+    Header(&'static str),
+}
+
+impl Auth<'_> {
+    pub fn request<T>(self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let value = match self {
+            Auth::Missing => return request,
+            Auth::Valid(subject, role) => ta_testkit::bearer(subject, role),
+            Auth::Expired(subject, role) => ta_testkit::expired_bearer(subject, role),
+            Auth::Header(value) => value.parse().expect("ascii header"),
+        };
+        request.metadata_mut().insert("authorization", value);
+        request
+    }
+}
+
+macro_rules! calls {
+    ($($rpc:ident($request:ident) => $method:ident),+ $(,)?) => {
+        /// One call of any RPC of the registry, for table-driven tests.
+        #[derive(Clone, Debug)]
+        pub enum Call {
+            $($rpc(pb::$request)),+
+        }
+
+        /// Every RPC of `SupplierRegistryService`.
+        pub const RPCS: &[&str] = &[$(stringify!($rpc)),+];
+
+        impl Call {
+            /// The RPC's name, as in the proto.
+            pub fn rpc(&self) -> &'static str {
+                match self {
+                    $(Call::$rpc(_) => stringify!($rpc)),+
+                }
+            }
+
+            /// Sends the call; the response itself is dropped.
+            pub async fn send(self, client: &mut Client, auth: Auth<'_>) -> Result<(), tonic::Status> {
+                match self {
+                    $(Call::$rpc(message) => client.$method(auth.request(message)).await.map(drop)),+
+                }
+            }
+        }
+    };
+}
+
+calls! {
+    RegisterSupplier(RegisterSupplierRequest) => register_supplier,
+    GetSupplier(GetSupplierRequest) => get_supplier,
+    UpdateSupplierContacts(UpdateSupplierContactsRequest) => update_supplier_contacts,
+    SubmitVerification(SubmitVerificationRequest) => submit_verification,
+    VerifySupplier(VerifySupplierRequest) => verify_supplier,
+    RejectVerification(RejectVerificationRequest) => reject_verification,
+    EnrollTradeAssurance(EnrollTradeAssuranceRequest) => enroll_trade_assurance,
+    SetTradeAssuranceLimit(SetTradeAssuranceLimitRequest) => set_trade_assurance_limit,
+    SetSupplierStatus(SetSupplierStatusRequest) => set_supplier_status,
+    SearchSuppliers(SearchSuppliersRequest) => search_suppliers,
+    ReserveCover(ReserveCoverRequest) => reserve_cover,
+    ReleaseCover(ReleaseCoverRequest) => release_cover,
+    GetCover(GetCoverRequest) => get_cover,
+    RecordCompletedContract(RecordCompletedContractRequest) => record_completed_contract,
+    SubmitReview(SubmitReviewRequest) => submit_review,
+    ListReviews(ListReviewsRequest) => list_reviews,
+    RecordInquiry(RecordInquiryRequest) => record_inquiry,
+    RecordInquiryReply(RecordInquiryReplyRequest) => record_inquiry_reply,
+    RecordPenalty(RecordPenaltyRequest) => record_penalty,
+}
+
+/// A contact that passes validation.
+pub fn contact() -> pb::Contact {
+    pb::Contact {
+        name: "Wang Fang".into(),
+        email: "wang.fang@acme.example".into(),
+        phone: String::new(),
+    }
+}
+
+/// One well-formed call of every RPC, in proto order, naming `supplier_id`
+/// wherever a supplier is named; idempotency keys start with `key`.
+pub fn every_call(supplier_id: &str, key: &str) -> Vec<Call> {
+    let id = || supplier_id.to_string();
+    let key = |rpc: &str| format!("{key}-{rpc}");
+    vec![
+        Call::RegisterSupplier(pb::RegisterSupplierRequest {
+            owner_principal_id: SUPPLIER.into(),
+            ..registration(&key("register"), &format!("LIC-{}", key("register")))
+        }),
+        Call::GetSupplier(pb::GetSupplierRequest { supplier_id: id() }),
+        Call::UpdateSupplierContacts(pb::UpdateSupplierContactsRequest {
+            idempotency_key: key("contacts"),
+            supplier_id: id(),
+            contacts: vec![contact()],
+        }),
+        Call::SubmitVerification(pb::SubmitVerificationRequest {
+            idempotency_key: key("submit"),
+            supplier_id: id(),
+        }),
+        Call::VerifySupplier(pb::VerifySupplierRequest {
+            idempotency_key: key("verify"),
+            supplier_id: id(),
+        }),
+        Call::RejectVerification(pb::RejectVerificationRequest {
+            idempotency_key: key("reject"),
+            supplier_id: id(),
+            reason: "licence scan unreadable".into(),
+        }),
+        Call::EnrollTradeAssurance(pb::EnrollTradeAssuranceRequest {
+            idempotency_key: key("enrol"),
+            supplier_id: id(),
+            ta_limit: usd(100_000),
+        }),
+        Call::SetTradeAssuranceLimit(pb::SetTradeAssuranceLimitRequest {
+            idempotency_key: key("limit"),
+            supplier_id: id(),
+            ta_limit: usd(200_000),
+        }),
+        Call::SetSupplierStatus(pb::SetSupplierStatusRequest {
+            idempotency_key: key("status"),
+            supplier_id: id(),
+            status: pb::SupplierStatus::Suspended as i32,
+            reason: "fraud investigation".into(),
+        }),
+        Call::SearchSuppliers(pb::SearchSuppliersRequest::default()),
+        Call::ReserveCover(pb::ReserveCoverRequest {
+            idempotency_key: key("reserve"),
+            supplier_id: id(),
+            contract_id: "contract-1".into(),
+            amount: usd(1_000),
+        }),
+        Call::ReleaseCover(pb::ReleaseCoverRequest {
+            idempotency_key: key("release"),
+            supplier_id: id(),
+            contract_id: "contract-1".into(),
+        }),
+        Call::GetCover(pb::GetCoverRequest { supplier_id: id() }),
+        Call::RecordCompletedContract(pb::RecordCompletedContractRequest {
+            idempotency_key: key("completed"),
+            supplier_id: id(),
+            contract_id: "contract-1".into(),
+            buyer_principal_id: BUYER.into(),
+        }),
+        Call::SubmitReview(pb::SubmitReviewRequest {
+            idempotency_key: key("review"),
+            supplier_id: id(),
+            contract_id: "contract-1".into(),
+            rating: 5,
+            comment: "on time".into(),
+        }),
+        Call::ListReviews(pb::ListReviewsRequest {
+            supplier_id: id(),
+            page: None,
+        }),
+        Call::RecordInquiry(pb::RecordInquiryRequest {
+            idempotency_key: key("inquiry"),
+            supplier_id: id(),
+            inquiry_id: "inquiry-1".into(),
+        }),
+        Call::RecordInquiryReply(pb::RecordInquiryReplyRequest {
+            idempotency_key: key("reply"),
+            supplier_id: id(),
+            inquiry_id: "inquiry-1".into(),
+        }),
+        Call::RecordPenalty(pb::RecordPenaltyRequest {
+            idempotency_key: key("penalty"),
+            supplier_id: id(),
+            dispute_id: "dispute-1".into(),
+            points: 3,
+            reason: "quality mismatch upheld".into(),
+        }),
+    ]
+}
+
+/// Reads a supplier as an operator.
+pub async fn supplier(client: &mut Client, id: &str) -> pb::Supplier {
+    client
+        .get_supplier(as_role(
+            pb::GetSupplierRequest {
+                supplier_id: id.into(),
+            },
+            OPERATOR,
+            Role::Operator,
+        ))
+        .await
+        .expect("get supplier")
+        .into_inner()
+        .supplier
+        .expect("supplier")
+}
+
+/// `message` from the operator.
+pub fn operator<T>(message: T) -> tonic::Request<T> {
+    as_role(message, OPERATOR, Role::Operator)
+}
+
+/// `message` from the contract service.
+pub fn service<T>(message: T) -> tonic::Request<T> {
+    as_role(message, SERVICE, Role::Service)
+}
+
+pub fn money(currency: &str, amount_minor: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: currency.into(),
+        amount_minor,
+    })
+}
+
+pub fn page(page_size: i32, page_token: &str) -> Option<ta_proto::common::PageRequest> {
+    Some(ta_proto::common::PageRequest {
+        page_size,
+        page_token: page_token.into(),
+    })
+}
