@@ -213,7 +213,7 @@ pub enum Auth<'a> {
     /// A correctly signed token that expired an hour ago.
     Expired(&'a str, Role),
     /// This exact `authorization` header value.
-    Header(&'static str),
+    Header(&'a str),
 }
 
 impl Auth<'_> {
