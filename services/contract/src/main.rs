@@ -26,6 +26,7 @@ async fn main() -> ExitCode {
     let config = Config::parse();
     let spec = ServiceSpec {
         name: "contract",
+        schema: "contract",
         default_port: 50052,
         grpc_services: &[],
         migrator: &MIGRATOR,

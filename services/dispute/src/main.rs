@@ -26,6 +26,7 @@ async fn main() -> ExitCode {
     let config = Config::parse();
     let spec = ServiceSpec {
         name: "dispute",
+        schema: "dispute",
         default_port: 50054,
         grpc_services: &[],
         migrator: &MIGRATOR,

@@ -26,6 +26,7 @@ async fn main() -> ExitCode {
     let config = Config::parse();
     let spec = ServiceSpec {
         name: "escrow",
+        schema: "escrow",
         default_port: 50053,
         grpc_services: &[],
         migrator: &MIGRATOR,

@@ -11,6 +11,7 @@ use ta_runtime::server::{Api, ServiceSpec};
 
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "supplier-registry",
+    schema: storage::SCHEMA,
     default_port: 50051,
     grpc_services: &["tradeassurance.supplier.v1.SupplierRegistryService"],
     migrator: &storage::MIGRATOR,

@@ -80,6 +80,10 @@ pub struct DatabaseConfig {
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", value_name = "DATABASE_ACQUIRE_TIMEOUT",
           default_value = "5s", value_parser = parse_duration)]
     pub database_acquire_timeout: Duration,
+    /// How long idempotency keys are kept; a retry after that runs again.
+    #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION", value_name = "IDEMPOTENCY_KEY_RETENTION",
+          default_value = "7d", value_parser = parse_duration)]
+    pub idempotency_key_retention: Duration,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -89,7 +93,7 @@ pub struct TelemetryConfig {
         long,
         env = "LOG_LEVEL",
         value_name = "LOG_LEVEL",
-        default_value = "info"
+        default_value = "info,sqlx=warn"
     )]
     pub log_level: String,
     /// Log format: json (default, for machines) or text (for people).

@@ -50,6 +50,7 @@ pub struct IdempotencyKeys {
     claim_sql: String,
     lookup_sql: String,
     store_sql: String,
+    purge_sql: String,
 }
 
 /// Who is asking, under which key, for which method.
@@ -80,6 +81,9 @@ impl IdempotencyKeys {
             lookup_sql: format!(
                 "SELECT request, response FROM {schema}.idempotency_keys \
                  WHERE principal_id = $1 AND method = $2 AND key = $3"
+            ),
+            purge_sql: format!(
+                "DELETE FROM {schema}.idempotency_keys WHERE created_at < now() - $1::interval"
             ),
             store_sql: format!(
                 "UPDATE {schema}.idempotency_keys SET response = $4 \
@@ -144,6 +148,20 @@ impl IdempotencyKeys {
 }
 
 impl IdempotencyKeys {
+    /// Forgets keys older than `retention`; returns how many.
+    pub async fn purge(
+        &self,
+        pool: &PgPool,
+        retention: std::time::Duration,
+    ) -> Result<u64, ServiceError> {
+        let interval = format!("{} milliseconds", retention.as_millis());
+        Ok(sqlx::query(AssertSqlSafe(self.purge_sql.as_str()))
+            .bind(interval)
+            .execute(pool)
+            .await?
+            .rows_affected())
+    }
+
     /// Runs `work` once per key in one transaction with the key's claim, or
     /// replays the stored response of the first run.
     pub async fn run<Q, R>(

@@ -20,7 +20,9 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     auth::{AuthLayer, MethodPolicy, TokenVerifier},
     config::{CommonConfig, ServerConfig},
-    db, telemetry,
+    db,
+    idempotency::IdempotencyKeys,
+    telemetry,
 };
 
 /// The health service name that reports liveness only.
@@ -33,6 +35,8 @@ const READINESS_RECHECK: Duration = Duration::from_secs(5);
 pub struct ServiceSpec {
     /// Binary and telemetry name, e.g. `supplier-registry`.
     pub name: &'static str,
+    /// The Postgres schema the service owns (its tables, migrations, idempotency keys).
+    pub schema: &'static str,
     /// Local port used when `GRPC_LISTEN_ADDR` is not set.
     pub default_port: u16,
     /// Fully-qualified gRPC services served, listed by reflection and health.
@@ -122,6 +126,11 @@ pub async fn serve(
         spec.migrator,
         spec.grpc_services,
     ));
+    let purge = tokio::spawn(purge_idempotency_keys(
+        IdempotencyKeys::new(spec.schema),
+        pool.clone(),
+        config.database.idempotency_key_retention,
+    ));
 
     let (drain_started_tx, mut drain_started) = tokio::sync::watch::channel(false);
     let health_on_shutdown = health.clone();
@@ -166,6 +175,7 @@ pub async fn serve(
         }
     };
     readiness.abort();
+    purge.abort();
     pool.close().await;
     tracing::info!("stopped");
     result
@@ -261,6 +271,21 @@ async fn track_readiness(
                 tracing::warn!("database does not answer: not serving");
                 set(ServingStatus::NotServing).await;
             }
+        }
+    }
+}
+
+/// Forgets expired idempotency keys once an hour. Replicas may overlap: the
+/// delete is harmless to repeat.
+async fn purge_idempotency_keys(keys: IdempotencyKeys, pool: PgPool, retention: Duration) {
+    let mut every_hour = tokio::time::interval(Duration::from_secs(3_600));
+    loop {
+        every_hour.tick().await;
+        match keys.purge(&pool, retention).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
+            // Before migrations ran the table may not exist yet; try next hour.
+            Err(error) => tracing::debug!(?error, "idempotency key purge skipped"),
         }
     }
 }
