@@ -17,6 +17,8 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/trade-assurance/target
 BUF_VERSION ?= 1.75.0
 # Extra arguments for cargo nextest run, e.g. NEXTEST_ARGS='-E "test(ledger)"'.
 NEXTEST_ARGS ?=
+# What `make test` builds and runs: the whole workspace, or e.g. TEST_SCOPE="-p supplier-registry".
+TEST_SCOPE ?= --workspace
 # make token ROLE=... SUBJECT=... [TTL=1h]
 ROLE ?=
 SUBJECT ?=
@@ -60,11 +62,13 @@ token: ## Print a dev JWT: make token ROLE=operator SUBJECT=ops-1 [TTL=1h]
 	cargo build --quiet --workspace --bin mint-token >&2
 	exec "$$CARGO_TARGET_DIR/debug/mint-token" --subject "$(SUBJECT)" --role "$(ROLE)" --ttl "$(TTL)"
 
-test: tools ## Run every test (cargo nextest) against the dev Postgres; NEXTEST_ARGS=... adds arguments
+test: tools ## Run every test (cargo nextest) against the dev Postgres; TEST_SCOPE="-p crate", NEXTEST_ARGS=... narrow it
 	@export DATABASE_URL="$$(scripts/dev-postgres.sh)"
 	export PATH="$(CURDIR)/.venv/bin:$$PATH"
 	echo "DATABASE_URL=$$DATABASE_URL; grpcurl: $$(command -v grpcurl)"
-	cargo nextest run --workspace --no-fail-fast $(NEXTEST_ARGS)
+	# The end-to-end tests start the real binaries: build them all first.
+	cargo build --workspace --bins
+	cargo nextest run $(TEST_SCOPE) --no-fail-fast $(NEXTEST_ARGS)
 
 lint: ## cargo fmt --check, buf lint (proto/), clippy -D warnings
 	cargo fmt --all -- --check

@@ -32,9 +32,6 @@ const MAX_PAGE_SIZE: i32 = 100;
 pub fn method_policy() -> MethodPolicy {
     use Role::*;
     const ALL: &[Role] = &[Buyer, Supplier, Inspector, Operator, Service];
-    let path = |method: &str| -> &'static str {
-        Box::leak(format!("/{SERVICE}/{method}").into_boxed_str())
-    };
     [
         ("RegisterSupplier", &[Supplier, Operator][..]),
         ("GetSupplier", ALL),
@@ -58,7 +55,7 @@ pub fn method_policy() -> MethodPolicy {
     ]
     .into_iter()
     .fold(MethodPolicy::new(), |policy, (method, roles)| {
-        policy.allow(path(method), roles)
+        policy.allow(format!("/{SERVICE}/{method}"), roles)
     })
 }
 

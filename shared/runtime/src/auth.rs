@@ -607,7 +607,7 @@ pub fn is_public_path(path: &str) -> bool {
 /// Which roles may call which gRPC method; methods not listed are denied.
 #[derive(Clone, Debug, Default)]
 pub struct MethodPolicy {
-    methods: HashMap<&'static str, Vec<Role>>,
+    methods: HashMap<String, Vec<Role>>,
 }
 
 impl MethodPolicy {
@@ -626,9 +626,10 @@ impl MethodPolicy {
     /// If `path` is not of the form `/package.Service/Method`: a typo would
     /// otherwise silently deny the method.
     #[must_use]
-    pub fn allow(mut self, path: &'static str, roles: &[Role]) -> Self {
+    pub fn allow(mut self, path: impl Into<String>, roles: &[Role]) -> Self {
+        let path = path.into();
         assert!(
-            is_method_path(path),
+            is_method_path(&path),
             "MethodPolicy::allow: `{path}` is not a gRPC method path (/package.Service/Method)"
         );
         let allowed = self.methods.entry(path).or_default();
@@ -750,11 +751,15 @@ impl<S> AuthService<S> {
             listed = self.policy.allowed(path).is_some(),
             "call denied by method policy"
         );
-        Err(Rejection::PermissionDenied(format!(
-            "role {} may not call {}",
-            principal.role,
-            short_method_name(path)
-        )))
+        let method = short_method_name(path);
+        Err(Rejection::PermissionDenied(
+            if self.policy.allowed(path).is_some() {
+                format!("role {} may not call {method}", principal.role)
+            } else {
+                // Deny by default, and say why: no role may call it here.
+                format!("{method} is not served by this server")
+            },
+        ))
     }
 }
 
@@ -1555,7 +1560,7 @@ mod tests {
         assert_eq!(grpc_status(&response), Some("7"));
         assert_eq!(
             status(&response).message(),
-            "role operator may not call SupplierRegistryService/DeleteEverything"
+            "SupplierRegistryService/DeleteEverything is not served by this server"
         );
         assert_eq!(seen, None);
     }
