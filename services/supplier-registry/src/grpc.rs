@@ -189,9 +189,9 @@ fn supplier_to_proto(s: &Supplier) -> pb::Supplier {
         status_reason: s.status_reason.clone(),
         enrolled: s.enrolled(),
         trade_assurance_badge: s.has_badge(),
-        ta_limit: Some(s.ta_limit_or_zero().to_proto()),
-        cover_reserved: Some(s.cover_reserved().to_proto()),
-        cover_remaining: Some(s.cover_remaining().to_proto()),
+        ta_limit: s.cover().map(|c| c.limit.to_proto()),
+        cover_reserved: s.cover().map(|c| c.reserved.to_proto()),
+        cover_remaining: s.cover().map(|c| c.remaining.to_proto()),
         review_count: u32::try_from(s.review_count).unwrap_or(u32::MAX),
         average_rating_centi: s.average_rating_centi(),
         inquiry_count: u32::try_from(s.inquiry_count).unwrap_or(u32::MAX),
@@ -211,13 +211,10 @@ fn status_to_proto(status: SupplierStatus) -> pb::SupplierStatus {
 }
 
 fn reservation_to_proto(r: &Reservation) -> Result<pb::CoverReservation, ServiceError> {
-    let currency = Currency::parse(&r.currency).ok_or_else(|| {
-        ServiceError::internal(format!("reservation {}: bad currency", r.contract_id))
-    })?;
     Ok(pb::CoverReservation {
         supplier_id: r.supplier_id.to_string(),
         contract_id: r.contract_id.clone(),
-        amount: Some(Money::new(r.amount_minor, currency).to_proto()),
+        amount: Some(r.amount()?.to_proto()),
         status: if r.is_active() {
             pb::CoverReservationStatus::Active
         } else {
@@ -609,7 +606,7 @@ impl SupplierRegistryService for Registry {
                     };
                     Ok(pb::ReserveCoverResponse {
                         reservation: Some(reservation_to_proto(&reservation)?),
-                        cover_remaining: Some(supplier.cover_remaining().to_proto()),
+                        cover_remaining: supplier.cover().map(|c| c.remaining.to_proto()),
                     })
                 },
             )
@@ -648,15 +645,14 @@ impl SupplierRegistryService for Registry {
                     // A hold resolves at most once: releasing again returns it unchanged.
                     let now = timestamps::now();
                     if storage::release_reservation(tx, &req.contract_id, now).await? {
-                        let currency = supplier.cover_reserved().currency;
-                        supplier.release_cover(Money::new(reservation.amount_minor, currency));
+                        supplier.release_cover(reservation.amount()?);
                         storage::update_supplier(tx, &mut supplier).await?;
                         reservation.status = "released".into();
                         reservation.released_at = Some(now);
                     }
                     Ok(pb::ReleaseCoverResponse {
                         reservation: Some(reservation_to_proto(&reservation)?),
-                        cover_remaining: Some(supplier.cover_remaining().to_proto()),
+                        cover_remaining: supplier.cover().map(|c| c.remaining.to_proto()),
                     })
                 },
             )
@@ -676,9 +672,9 @@ impl SupplierRegistryService for Registry {
         ensure_may_act(&principal, &supplier)?;
         let active = storage::active_reservations(&self.pool, id).await?;
         Ok(Response::new(pb::GetCoverResponse {
-            ta_limit: Some(supplier.ta_limit_or_zero().to_proto()),
-            cover_reserved: Some(supplier.cover_reserved().to_proto()),
-            cover_remaining: Some(supplier.cover_remaining().to_proto()),
+            ta_limit: supplier.cover().map(|c| c.limit.to_proto()),
+            cover_reserved: supplier.cover().map(|c| c.reserved.to_proto()),
+            cover_remaining: supplier.cover().map(|c| c.remaining.to_proto()),
             active_reservations: active
                 .iter()
                 .map(reservation_to_proto)

@@ -234,6 +234,14 @@ impl Reservation {
     pub fn is_active(&self) -> bool {
         self.status == "active"
     }
+
+    pub fn amount(&self) -> Result<Money, ServiceError> {
+        Currency::parse(&self.currency)
+            .map(|currency| Money::new(self.amount_minor, currency))
+            .ok_or_else(|| {
+                ServiceError::internal(format!("reservation {}: bad currency", self.contract_id))
+            })
+    }
 }
 
 const RESERVATION_COLUMNS: &str =

@@ -26,6 +26,15 @@ pub enum ServiceError {
     NotFound { resource: &'static str, id: String },
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A refusal other services act on: `reason` is a stable code (e.g.
+    /// `TA_LIMIT_EXCEEDED`) sent as google.rpc.PreconditionFailure, `subject`
+    /// what it is about (e.g. `suppliers/<id>`).
+    #[error("{message}")]
+    Refused {
+        reason: &'static str,
+        subject: String,
+        message: String,
+    },
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
@@ -82,6 +91,13 @@ impl From<ServiceError> for Status {
             }
             ServiceError::NotFound { .. } => Status::not_found(message),
             ServiceError::FailedPrecondition(_) => Status::failed_precondition(message),
+            ServiceError::Refused {
+                reason, subject, ..
+            } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message.clone(),
+                ErrorDetails::with_precondition_failure_violation(reason, subject, message),
+            ),
             ServiceError::PermissionDenied(_) => Status::permission_denied(message),
             ServiceError::AlreadyExists(_) => Status::already_exists(message),
             ServiceError::Aborted(_) => Status::aborted(message),
@@ -176,6 +192,22 @@ mod tests {
             .map(|f| f.field.as_str())
             .collect();
         assert_eq!(fields, ["legal_name", "contacts[0].email"]);
+    }
+
+    #[test]
+    fn refusals_carry_a_machine_readable_reason() {
+        let status: Status = ServiceError::Refused {
+            reason: "TA_LIMIT_EXCEEDED",
+            subject: "suppliers/s-1".into(),
+            message: "cannot reserve cover: too much".into(),
+        }
+        .into();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.message(), "cannot reserve cover: too much");
+        let details = status.get_error_details();
+        let violation = &details.precondition_failure().expect("details").violations[0];
+        assert_eq!(violation.r#type, "TA_LIMIT_EXCEEDED");
+        assert_eq!(violation.subject, "suppliers/s-1");
     }
 
     #[test]

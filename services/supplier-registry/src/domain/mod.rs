@@ -15,10 +15,7 @@
 
 mod validation;
 
-use ta_runtime::{
-    ServiceError,
-    money::{Currency, Money},
-};
+use ta_runtime::{ServiceError, money::Money};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -111,6 +108,14 @@ pub struct PenaltyPolicy {
     pub limit_reduction_percent: u8,
 }
 
+/// A supplier's Trade Assurance cover, all in the limit's currency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cover {
+    pub limit: Money,
+    pub reserved: Money,
+    pub remaining: Money,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Supplier {
     pub id: Uuid,
@@ -175,33 +180,20 @@ impl Supplier {
             && self.status == Status::Active
     }
 
-    /// The limit's currency with zero amounts before enrolment; USD is only a
-    /// placeholder currency for a supplier without any limit.
-    fn limit_currency(&self) -> Currency {
-        self.ta_limit
-            .map(|m| m.currency)
-            .or_else(|| Currency::parse("USD"))
-            .expect("USD is an ISO 4217 code")
-    }
-
-    pub fn ta_limit_or_zero(&self) -> Money {
-        self.ta_limit.unwrap_or(Money::zero(self.limit_currency()))
-    }
-
-    pub fn cover_reserved(&self) -> Money {
-        Money::new(self.cover_reserved_minor, self.limit_currency())
-    }
-
-    /// max(0, limit - reserved): a lowered limit may sit below what is reserved.
-    pub fn cover_remaining(&self) -> Money {
-        let limit = self.ta_limit_or_zero();
-        Money::new(
-            limit
-                .amount_minor
-                .saturating_sub(self.cover_reserved_minor)
-                .max(0),
-            limit.currency,
-        )
+    /// The TA limit, the cover reserved and what remains; `None` until enrolled.
+    pub fn cover(&self) -> Option<Cover> {
+        self.ta_limit.map(|limit| Cover {
+            limit,
+            reserved: Money::new(self.cover_reserved_minor, limit.currency),
+            // A lowered limit may sit below what is already reserved.
+            remaining: Money::new(
+                limit
+                    .amount_minor
+                    .saturating_sub(self.cover_reserved_minor)
+                    .max(0),
+                limit.currency,
+            ),
+        })
     }
 
     /// Average rating times 100, rounded half up; 0 without reviews.
@@ -291,13 +283,16 @@ impl Supplier {
         self.status_reason = reason;
     }
 
-    /// Reserves cover; the caller holds the supplier's row lock.
+    /// Reserves cover; the caller holds the supplier's row lock. Refusals
+    /// carry a reason code the contract service acts on.
     pub fn reserve_cover(&mut self, amount: Money) -> Result<(), ServiceError> {
         if !self.has_badge() {
-            return Err(refused(
-                "reserve cover",
-                format_args!(
-                    "the supplier has no Trade Assurance badge (verification {}, {}, status {})",
+            return Err(ServiceError::Refused {
+                reason: "NO_TRADE_ASSURANCE_BADGE",
+                subject: format!("suppliers/{}", self.id),
+                message: format!(
+                    "cannot reserve cover: the supplier has no Trade Assurance badge \
+                     (verification {}, {}, status {})",
                     self.verification.as_str(),
                     if self.enrolled() {
                         "enrolled"
@@ -306,9 +301,11 @@ impl Supplier {
                     },
                     self.status.as_str()
                 ),
-            ));
+            });
         }
-        let remaining = self.cover_remaining();
+        let Some(Cover { remaining, .. }) = self.cover() else {
+            unreachable!("the badge implies enrolment");
+        };
         if amount.currency != remaining.currency {
             return Err(ServiceError::invalid(
                 "amount.currency_code",
@@ -319,10 +316,13 @@ impl Supplier {
             ));
         }
         if amount.amount_minor > remaining.amount_minor {
-            return Err(refused(
-                "reserve cover",
-                format_args!("{} exceeds the remaining TA limit of {}", amount, remaining),
-            ));
+            return Err(ServiceError::Refused {
+                reason: "TA_LIMIT_EXCEEDED",
+                subject: format!("suppliers/{}", self.id),
+                message: format!(
+                    "cannot reserve cover: {amount} exceeds the remaining TA limit of {remaining}"
+                ),
+            });
         }
         self.cover_reserved_minor += amount.amount_minor;
         Ok(())

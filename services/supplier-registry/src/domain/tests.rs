@@ -95,14 +95,14 @@ fn badge_needs_verified_enrolled_and_active() {
 fn cover_is_reserved_only_within_the_remaining_limit() {
     let mut s = badged(10_000);
     s.reserve_cover(usd(6_000)).unwrap();
-    assert_eq!(s.cover_remaining(), usd(4_000));
+    assert_eq!(s.cover().unwrap().remaining, usd(4_000));
     let error = s.reserve_cover(usd(4_001)).unwrap_err().to_string();
     assert!(error.contains("exceeds the remaining TA limit"), "{error}");
     assert_eq!(s.cover_reserved_minor, 6_000, "a refusal changes nothing");
     s.reserve_cover(usd(4_000)).unwrap();
-    assert_eq!(s.cover_remaining(), usd(0));
+    assert_eq!(s.cover().unwrap().remaining, usd(0));
     s.release_cover(usd(6_000));
-    assert_eq!(s.cover_remaining(), usd(6_000));
+    assert_eq!(s.cover().unwrap().remaining, usd(6_000));
 }
 
 #[test]
@@ -121,7 +121,7 @@ fn a_lowered_limit_leaves_reservations_but_no_room() {
     let mut s = badged(10_000);
     s.reserve_cover(usd(8_000)).unwrap();
     s.set_limit(usd(5_000)).unwrap();
-    assert_eq!(s.cover_remaining(), usd(0));
+    assert_eq!(s.cover().unwrap().remaining, usd(0));
     assert!(s.reserve_cover(usd(1)).is_err());
 }
 
