@@ -48,6 +48,11 @@ pub struct ServerConfig {
     #[arg(long, env = "SHUTDOWN_GRACE_PERIOD", value_name = "SHUTDOWN_GRACE_PERIOD",
           default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace_period: Duration,
+    /// After SIGTERM, how long to keep accepting requests while reporting NOT_SERVING,
+    /// so load balancers stop routing here first (e.g. 5s on Kubernetes).
+    #[arg(long, env = "SHUTDOWN_READINESS_DELAY", value_name = "SHUTDOWN_READINESS_DELAY",
+          default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_readiness_delay: Duration,
 }
 
 impl ServerConfig {

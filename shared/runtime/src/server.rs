@@ -135,14 +135,22 @@ pub async fn serve(
     let (drain_started_tx, mut drain_started) = tokio::sync::watch::channel(false);
     let health_on_shutdown = health.clone();
     let grpc_services = spec.grpc_services;
+    let readiness_delay = config.server.shutdown_readiness_delay;
     let on_shutdown = async move {
         shutdown.await;
-        tracing::info!("shutdown requested: draining in-flight requests");
         for name in std::iter::once("").chain(grpc_services.iter().copied()) {
             health_on_shutdown
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
         }
+        if !readiness_delay.is_zero() {
+            tracing::info!(
+                ?readiness_delay,
+                "shutdown requested: not serving, still accepting"
+            );
+            tokio::time::sleep(readiness_delay).await;
+        }
+        tracing::info!("shutdown requested: draining in-flight requests");
         let _ = drain_started_tx.send(true);
     };
 
