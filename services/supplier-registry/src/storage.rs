@@ -190,6 +190,9 @@ pub struct SearchFilter {
     pub limit: i64,
 }
 
+/// The minimum rating is compared with the average as shown
+/// ([`Supplier::average_rating_centi`], rounded half up), so a supplier shown
+/// with 467 is found by a minimum of 467.
 pub async fn search_suppliers(
     pool: &PgPool,
     f: &SearchFilter,
@@ -199,7 +202,8 @@ pub async fn search_suppliers(
          ($1::boolean IS NULL OR (s.verification = 'verified' AND s.enrolled AND s.status = 'active') = $1) \
          AND ($2::boolean IS NULL OR (s.verification = 'verified') = $2) \
          AND ($3::text IS NULL OR s.country_code = $3) \
-         AND ($4::bigint IS NULL OR (s.review_count > 0 AND s.rating_sum * 100 >= $4 * s.review_count)) \
+         AND ($4::bigint IS NULL OR (s.review_count > 0 \
+              AND (s.rating_sum * 200 + s.review_count) / NULLIF(2 * s.review_count, 0) >= $4)) \
          AND ($5::text IS NULL OR (s.ta_limit_currency = $5 \
               AND GREATEST(s.ta_limit_minor - s.cover_reserved_minor, 0) >= $6)) \
          AND ($7::uuid IS NULL OR s.id > $7) \
