@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        NewSupplier, PenaltyPolicy, Status as SupplierStatus, Supplier, Verification,
+        NewSupplier, PenaltyPolicy, Status as SupplierStatus, Supplier, Verification, is_storable,
         validate_contacts, validate_reference,
     },
     storage::{self, Reservation, ReviewRow, SearchFilter},
@@ -140,9 +140,9 @@ fn parse_id(field: &str, value: &str, violations: &mut Violations) -> Uuid {
 fn require_text(field: &str, value: &str, max: usize, violations: &mut Violations) -> String {
     let value = value.trim();
     violations.require(
-        !value.is_empty() && value.chars().count() <= max,
+        !value.is_empty() && value.chars().count() <= max && is_storable(value),
         field,
-        &format!("is required, at most {max} characters"),
+        &format!("is required, at most {max} characters, no NUL"),
     );
     value.to_string()
 }
@@ -730,9 +730,9 @@ impl SupplierRegistryService for Registry {
             v.add("rating", "must be 1-5");
         }
         v.require(
-            req.comment.chars().count() <= 2000,
+            req.comment.chars().count() <= 2000 && is_storable(&req.comment),
             "comment",
-            "must be at most 2000 characters",
+            "must be at most 2000 characters, no NUL",
         );
         let rating = v.finish(rating)?.unwrap_or(1);
         let response = self
@@ -795,7 +795,10 @@ impl SupplierRegistryService for Registry {
             None
         } else {
             let parsed = token.split_once('.').and_then(|(nanos, contract)| {
-                let at = OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().ok()?).ok()?;
+                // Unsigned: a review is never older than 1970, and a forged time
+                // Postgres cannot represent would otherwise fail as INTERNAL.
+                let nanos = nanos.parse::<u64>().ok()?;
+                let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).ok()?;
                 Some((at, contract.to_string()))
             });
             if parsed.is_none() {

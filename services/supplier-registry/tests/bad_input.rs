@@ -141,6 +141,28 @@ fn cases(id: &str) -> Vec<Case> {
             }),
             &["idempotency_key"],
         ),
+        case(
+            "registration with NUL characters, which Postgres cannot store",
+            Call::RegisterSupplier(pb::RegisterSupplierRequest {
+                legal_name: "Acme\0Co".into(),
+                contacts: vec![pb::Contact {
+                    name: "Li\0".into(),
+                    email: "li\0wei@acme.example".into(),
+                    phone: String::new(),
+                }],
+                owner_principal_id: SUPPLIER.into(),
+                ..registration("reg-nul", "LIC-NEW-5")
+            }),
+            &["contacts[0].email", "contacts[0].name", "legal_name"],
+        ),
+        case(
+            "operator registration for an owner with a NUL",
+            Call::RegisterSupplier(pb::RegisterSupplierRequest {
+                owner_principal_id: "supplier\0acme".into(),
+                ..registration("reg-nul-owner", "LIC-NEW-6")
+            }),
+            &["owner_principal_id"],
+        ),
         // GetSupplier
         case(
             "get with a non-UUID supplier id",
@@ -175,6 +197,18 @@ fn cases(id: &str) -> Vec<Case> {
                 }],
             }),
             &["contacts[0].email"],
+        ),
+        case(
+            "contacts update with a NUL in a name",
+            Call::UpdateSupplierContacts(pb::UpdateSupplierContactsRequest {
+                idempotency_key: "contacts-2".into(),
+                supplier_id: id(),
+                contacts: vec![pb::Contact {
+                    name: "Wang\0Fang".into(),
+                    ..contact()
+                }],
+            }),
+            &["contacts[0].name"],
         ),
         // SubmitVerification
         case(
@@ -232,6 +266,15 @@ fn cases(id: &str) -> Vec<Case> {
                 idempotency_key: "reject-2".into(),
                 supplier_id: id(),
                 reason: long(1001),
+            }),
+            &["reason"],
+        ),
+        case(
+            "rejection with a NUL in the reason",
+            Call::RejectVerification(pb::RejectVerificationRequest {
+                idempotency_key: "reject-3".into(),
+                supplier_id: id(),
+                reason: "blurry\0scan".into(),
             }),
             &["reason"],
         ),
@@ -325,6 +368,16 @@ fn cases(id: &str) -> Vec<Case> {
                 reason: String::new(),
             }),
             &["idempotency_key", "reason"],
+        ),
+        case(
+            "status change with a NUL in the reason",
+            Call::SetSupplierStatus(pb::SetSupplierStatusRequest {
+                idempotency_key: "status-3".into(),
+                supplier_id: id(),
+                status: pb::SupplierStatus::Restricted as i32,
+                reason: "\0".into(),
+            }),
+            &["reason"],
         ),
         // SearchSuppliers
         case(
@@ -462,6 +515,16 @@ fn cases(id: &str) -> Vec<Case> {
             }),
             &["supplier_id"],
         ),
+        case(
+            "completed contract with a NUL in the buyer id",
+            Call::RecordCompletedContract(pb::RecordCompletedContractRequest {
+                idempotency_key: "completed-2".into(),
+                supplier_id: id(),
+                contract_id: "contract-10".into(),
+                buyer_principal_id: "buyer\0".into(),
+            }),
+            &["buyer_principal_id"],
+        ),
         // SubmitReview
         case(
             "review rated 0",
@@ -504,6 +567,17 @@ fn cases(id: &str) -> Vec<Case> {
             }),
             &["contract_id", "idempotency_key", "supplier_id"],
         ),
+        case(
+            "review with a NUL in the comment",
+            Call::SubmitReview(pb::SubmitReviewRequest {
+                idempotency_key: "review-4".into(),
+                supplier_id: id(),
+                contract_id: "contract-seed".into(),
+                rating: 4,
+                comment: "fine\0".into(),
+            }),
+            &["comment"],
+        ),
         // ListReviews
         case(
             "reviews of a non-UUID",
@@ -534,6 +608,14 @@ fn cases(id: &str) -> Vec<Case> {
             Call::ListReviews(pb::ListReviewsRequest {
                 supplier_id: id(),
                 page: page(5, "noon.contract-seed"),
+            }),
+            &["page.page_token"],
+        ),
+        case(
+            "reviews with a token from 9000 BC, which Postgres cannot represent",
+            Call::ListReviews(pb::ListReviewsRequest {
+                supplier_id: id(),
+                page: page(5, "-346000000000000000000.contract-seed"),
             }),
             &["page.page_token"],
         ),
@@ -608,6 +690,17 @@ fn cases(id: &str) -> Vec<Case> {
                 reason: "\n".into(),
             }),
             &["dispute_id", "idempotency_key", "reason"],
+        ),
+        case(
+            "penalty with a NUL in the reason",
+            Call::RecordPenalty(pb::RecordPenaltyRequest {
+                idempotency_key: "penalty-3".into(),
+                supplier_id: id(),
+                dispute_id: "dispute-4".into(),
+                points: 5,
+                reason: "upheld\0".into(),
+            }),
+            &["reason"],
         ),
     ]
 }

@@ -19,7 +19,7 @@ use ta_runtime::{ServiceError, money::Money};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub use validation::{NewSupplier, validate_contacts, validate_reference};
+pub use validation::{NewSupplier, is_storable, validate_contacts, validate_reference};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Contact {

@@ -20,9 +20,9 @@ impl NewSupplier {
     pub fn validate(request: &pb::RegisterSupplierRequest, violations: &mut Violations) -> Self {
         let legal_name = request.legal_name.trim().to_string();
         violations.require(
-            (2..=200).contains(&legal_name.chars().count()),
+            (2..=200).contains(&legal_name.chars().count()) && is_storable(&legal_name),
             "legal_name",
-            "must be 2-200 characters",
+            "must be 2-200 characters, no NUL",
         );
         violations.require(
             is_country_code(&request.country_code),
@@ -58,9 +58,9 @@ pub fn validate_contacts(contacts: &[pb::Contact], violations: &mut Violations) 
         .map(|(i, c)| {
             let name = c.name.trim().to_string();
             violations.require(
-                (1..=120).contains(&name.chars().count()),
+                (1..=120).contains(&name.chars().count()) && is_storable(&name),
                 &format!("contacts[{i}].name"),
-                "must be 1-120 characters",
+                "must be 1-120 characters, no NUL",
             );
             violations.require(
                 is_email(&c.email),
@@ -79,6 +79,11 @@ pub fn validate_contacts(contacts: &[pb::Contact], violations: &mut Violations) 
             }
         })
         .collect()
+}
+
+/// Postgres text (and jsonb) cannot hold NUL: refused as input, not failed on insert.
+pub fn is_storable(text: &str) -> bool {
+    !text.contains('\0')
 }
 
 /// Ids that other systems give us (contracts, disputes, inquiries).
@@ -102,7 +107,9 @@ fn is_email(text: &str) -> bool {
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
-        && !text.chars().any(|c| c.is_whitespace() || c == ',')
+        && !text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',')
         && !domain.contains('@')
 }
 
