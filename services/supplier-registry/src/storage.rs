@@ -279,7 +279,18 @@ pub async fn insert_reservation(
     .bind(r.amount_minor)
     .bind(r.reserved_at)
     .execute(tx)
-    .await?;
+    .await
+    .map_err(|e| match e {
+        // Another supplier's reservation of this contract committed after our
+        // lookup (one supplier's reservations serialize on its row lock).
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            ServiceError::AlreadyExists(format!(
+                "contract {} already holds cover with another supplier",
+                r.contract_id
+            ))
+        }
+        other => other.into(),
+    })?;
     Ok(())
 }
 
@@ -322,6 +333,11 @@ pub async fn insert_completed_contract(
     supplier_id: Uuid,
     buyer_principal_id: &str,
 ) -> Result<bool, ServiceError> {
+    let conflict = || {
+        ServiceError::AlreadyExists(format!(
+            "contract {contract_id} is already recorded as completed with another supplier or buyer"
+        ))
+    };
     let existing: Option<(Uuid, String)> = sqlx::query_as(
         "SELECT supplier_id, buyer_principal_id FROM supplier_registry.completed_contracts \
          WHERE contract_id = $1",
@@ -331,9 +347,7 @@ pub async fn insert_completed_contract(
     .await?;
     if let Some((supplier, buyer)) = existing {
         if supplier != supplier_id || buyer != buyer_principal_id {
-            return Err(ServiceError::AlreadyExists(format!(
-                "contract {contract_id} is already recorded as completed with another supplier or buyer"
-            )));
+            return Err(conflict());
         }
         return Ok(false);
     }
@@ -345,7 +359,13 @@ pub async fn insert_completed_contract(
     .bind(supplier_id)
     .bind(buyer_principal_id)
     .execute(tx)
-    .await?;
+    .await
+    .map_err(|e| match e {
+        // Another supplier's completion of this contract committed after our
+        // lookup (one supplier's calls serialize on its row lock).
+        sqlx::Error::Database(db) if db.is_unique_violation() => conflict(),
+        other => other.into(),
+    })?;
     Ok(true)
 }
 
