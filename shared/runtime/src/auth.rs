@@ -35,6 +35,8 @@ pub const DEFAULT_AUDIENCE: &str = "trade-assurance";
 pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 /// Shortest accepted HS256 secret, in bytes.
 pub const MIN_HS256_SECRET_LEN: usize = 16;
+/// Longest accepted `sub` claim, in bytes.
+pub const MAX_SUBJECT_LEN: usize = 128;
 
 const ENV_ISSUER: &str = "AUTH_JWT_ISSUER";
 const ENV_AUDIENCE: &str = "AUTH_JWT_AUDIENCE";
@@ -404,7 +406,14 @@ impl TokenVerifier {
             (alg, _) => return Err(AuthError::UnsupportedAlgorithm(format!("{alg:?}"))),
         };
         let subject = match claims.sub {
-            Some(sub) if !sub.trim().is_empty() => sub,
+            // Subjects are stored (owners, idempotency scopes): printable and bounded.
+            Some(sub)
+                if !sub.trim().is_empty()
+                    && sub.len() <= MAX_SUBJECT_LEN
+                    && !sub.chars().any(char::is_control) =>
+            {
+                sub
+            }
             _ => return Err(AuthError::InvalidClaim("sub".to_owned())),
         };
         let role = match claims.role {
@@ -1143,6 +1152,23 @@ mod tests {
             verifier.verify(&hs256_token(&claims)),
             Err(AuthError::MissingClaim("role".to_owned()))
         );
+    }
+
+    #[test]
+    fn unprintable_or_overlong_subjects_are_rejected() {
+        let verifier = hs256_verifier();
+        for bad in [
+            "ops\u{0}1".to_owned(),
+            "line\nbreak".to_owned(),
+            "x".repeat(129),
+        ] {
+            let mut claims = claims_json("buyer");
+            claims["sub"] = bad.into();
+            assert_eq!(
+                verifier.verify(&hs256_token(&claims)),
+                Err(AuthError::InvalidClaim("sub".to_owned()))
+            );
+        }
     }
 
     #[test]

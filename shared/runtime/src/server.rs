@@ -168,8 +168,8 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown);
 
     let grace = config.server.shutdown_grace_period;
-    let result = tokio::select! {
-        result = server => result.map_err(|e| format!("gRPC server failed: {e}")),
+    let (result, drained) = tokio::select! {
+        result = server => (result.map_err(|e| format!("gRPC server failed: {e}")), true),
         _ = async {
             while !*drain_started.borrow_and_update() {
                 if drain_started.changed().await.is_err() {
@@ -178,13 +178,19 @@ pub async fn serve(
             }
             tokio::time::sleep(grace).await;
         } => {
-            tracing::warn!(?grace, "grace period over: closing the connections still open");
-            Ok(())
+            tracing::warn!(?grace, "grace period over: abandoning the requests still running");
+            (Ok(()), false)
         }
     };
     readiness.abort();
     purge.abort();
-    pool.close().await;
+    if drained {
+        pool.close().await;
+    } else {
+        // Requests still running hold connections; closing the pool would wait
+        // for them. They are cancelled when the runtime stops, right after this.
+        let _ = tokio::time::timeout(Duration::from_millis(500), pool.close()).await;
+    }
     tracing::info!("stopped");
     result
 }

@@ -261,9 +261,6 @@ fn sigterm_drains_the_request_in_flight_then_exits_zero() {
 }
 
 #[test]
-#[ignore = "bug in shared/runtime/src/server.rs `serve`: once SHUTDOWN_GRACE_PERIOD is over, \
-            `pool.close().await` waits for the connection the hung request holds, so the \
-            process exits only when the request ends or GRPC_REQUEST_TIMEOUT cancels it"]
 fn sigterm_exits_after_the_grace_period_even_if_a_request_hangs() {
     // The request timeout (which would cancel the hung request) is beyond every wait here.
     let mut held = InFlight::start(&[

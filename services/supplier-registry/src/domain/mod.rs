@@ -345,29 +345,29 @@ impl Supplier {
         self.replied_inquiry_count += 1;
     }
 
-    /// Adds penalty points; returns true when this penalty crossed the
-    /// threshold, which restricts the supplier and lowers its TA limit.
+    /// Adds penalty points. Crossing the threshold lowers the TA limit and
+    /// restricts an active supplier (a suspended one stays suspended, with its
+    /// reason); returns true when this penalty restricted the supplier.
     pub fn record_penalty(&mut self, points: u32, policy: PenaltyPolicy) -> bool {
         let before = u32::try_from(self.penalty_points).unwrap_or(0);
         let after = before.saturating_add(points);
         self.penalty_points = i32::try_from(after).unwrap_or(i32::MAX);
         let crossed =
             before < policy.restriction_threshold && after >= policy.restriction_threshold;
-        if crossed {
-            if self.status == Status::Active {
-                self.status = Status::Restricted;
-            }
+        let restricted = crossed && self.status == Status::Active;
+        if restricted {
+            self.status = Status::Restricted;
             self.status_reason = format!(
                 "{after} penalty points reached the restriction threshold of {}",
                 policy.restriction_threshold
             );
-            if let Some(limit) = self.ta_limit.as_mut() {
-                let keep = 100 - i64::from(policy.limit_reduction_percent.min(100));
-                limit.amount_minor =
-                    limit.amount_minor / 100 * keep + limit.amount_minor % 100 * keep / 100;
-            }
         }
-        crossed
+        if crossed && let Some(limit) = self.ta_limit.as_mut() {
+            let keep = 100 - i64::from(policy.limit_reduction_percent.min(100));
+            limit.amount_minor =
+                limit.amount_minor / 100 * keep + limit.amount_minor % 100 * keep / 100;
+        }
+        restricted
     }
 }
 

@@ -146,6 +146,19 @@ fn penalties_restrict_at_the_threshold_and_halve_the_limit() {
 }
 
 #[test]
+fn a_suspended_supplier_stays_suspended_but_loses_limit() {
+    let mut s = badged(10_000);
+    s.set_status(Status::Suspended, "fraud review".into());
+    assert!(
+        !s.record_penalty(30, POLICY),
+        "not restricted: it is suspended"
+    );
+    assert_eq!(s.status, Status::Suspended);
+    assert_eq!(s.status_reason, "fraud review");
+    assert_eq!(s.ta_limit, Some(usd(5_000)));
+}
+
+#[test]
 fn ratings_and_response_rate_are_integers() {
     let mut s = supplier();
     assert_eq!(s.average_rating_centi(), 0);
@@ -189,3 +202,22 @@ fn registration_input_is_validated_field_by_field() {
 }
 
 use ta_proto::supplier as pb;
+
+#[test]
+fn licence_numbers_are_compared_without_case() {
+    let request = pb::RegisterSupplierRequest {
+        legal_name: "Acme".into(),
+        country_code: "CN".into(),
+        business_licence_number: " lic-42/a ".into(),
+        contacts: vec![pb::Contact {
+            name: "Li".into(),
+            email: "li@acme.example".into(),
+            phone: String::new(),
+        }],
+        ..Default::default()
+    };
+    let mut v = ta_runtime::Violations::new();
+    let new = NewSupplier::validate(&request, &mut v);
+    assert!(v.is_empty());
+    assert_eq!(new.business_licence_number, "LIC-42/A");
+}

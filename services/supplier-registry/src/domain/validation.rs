@@ -29,7 +29,8 @@ impl NewSupplier {
             "country_code",
             "must be an ISO 3166-1 alpha-2 code such as CN",
         );
-        let licence = request.business_licence_number.trim().to_string();
+        // Upper case: licence numbers are compared without regard to case.
+        let licence = request.business_licence_number.trim().to_ascii_uppercase();
         violations.require(
             (3..=64).contains(&licence.len())
                 && licence
