@@ -130,6 +130,14 @@ fn ensure_may_act(principal: &Principal, supplier: &Supplier) -> Result<(), Serv
     Ok(())
 }
 
+/// Starts validating a mutation of one supplier: its idempotency key and id.
+fn keyed_supplier_request(key: &str, supplier_id: &str) -> (Violations, Uuid) {
+    let mut violations = Violations::new();
+    validate_key(key, &mut violations);
+    let id = parse_id("supplier_id", supplier_id, &mut violations);
+    (violations, id)
+}
+
 fn parse_id(field: &str, value: &str, violations: &mut Violations) -> Uuid {
     Uuid::parse_str(value).unwrap_or_else(|_| {
         violations.add(field, "must be a supplier id (UUID)");
@@ -303,9 +311,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::UpdateSupplierContactsResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         let contacts = validate_contacts(&req.contacts, &mut v);
         v.finish(())?;
         let supplier = self
@@ -332,9 +338,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::SubmitVerificationResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         v.finish(())?;
         let supplier = self
             .change_supplier(
@@ -357,9 +361,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::VerifySupplierResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         v.finish(())?;
         let supplier = self
             .change_supplier(
@@ -382,9 +384,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::RejectVerificationResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         let reason = require_text("reason", &req.reason, 1000, &mut v);
         v.finish(())?;
         let supplier = self
@@ -408,9 +408,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::EnrollTradeAssuranceResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         let limit = Money::positive_from_proto("ta_limit", req.ta_limit.as_ref(), &mut v);
         let limit = v
             .finish(limit)?
@@ -436,9 +434,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::SetTradeAssuranceLimitResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         let limit = Money::positive_from_proto("ta_limit", req.ta_limit.as_ref(), &mut v);
         let limit = v
             .finish(limit)?
@@ -464,9 +460,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::SetSupplierStatusResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         let status = match pb::SupplierStatus::try_from(req.status) {
             Ok(pb::SupplierStatus::Active) => Some(SupplierStatus::Active),
             Ok(pb::SupplierStatus::Restricted) => Some(SupplierStatus::Restricted),
@@ -569,9 +563,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::ReserveCoverResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         validate_reference("contract_id", &req.contract_id, &mut v);
         let amount = Money::positive_from_proto("amount", req.amount.as_ref(), &mut v);
         let amount = v
@@ -620,9 +612,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::ReleaseCoverResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         validate_reference("contract_id", &req.contract_id, &mut v);
         v.finish(())?;
         let response = self
@@ -688,9 +678,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::RecordCompletedContractResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         validate_reference("contract_id", &req.contract_id, &mut v);
         let buyer = require_text("buyer_principal_id", &req.buyer_principal_id, 128, &mut v);
         v.finish(())?;
@@ -719,9 +707,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::SubmitReviewResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         validate_reference("contract_id", &req.contract_id, &mut v);
         let rating = u8::try_from(req.rating)
             .ok()
@@ -830,9 +816,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::RecordInquiryResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         validate_reference("inquiry_id", &req.inquiry_id, &mut v);
         v.finish(())?;
         let response = self
@@ -862,9 +846,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::RecordInquiryReplyResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         validate_reference("inquiry_id", &req.inquiry_id, &mut v);
         v.finish(())?;
         let response = self
@@ -899,9 +881,7 @@ impl SupplierRegistryService for Registry {
     ) -> Answer<pb::RecordPenaltyResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        validate_key(&req.idempotency_key, &mut v);
-        let id = parse_id("supplier_id", &req.supplier_id, &mut v);
+        let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         validate_reference("dispute_id", &req.dispute_id, &mut v);
         v.require((1..=100).contains(&req.points), "points", "must be 1-100");
         let reason = require_text("reason", &req.reason, 1000, &mut v);
