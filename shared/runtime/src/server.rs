@@ -16,11 +16,13 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::layer::util::{Identity, Stack};
 
 use crate::{
     auth::{AuthLayer, MethodPolicy, TokenVerifier},
     config::{CommonConfig, ServerConfig},
     db,
+    deadline::DeadlineLayer,
     idempotency::IdempotencyKeys,
     telemetry,
 };
@@ -200,10 +202,8 @@ fn middleware(
     config: &ServerConfig,
     verifier: Arc<TokenVerifier>,
     policy: Arc<MethodPolicy>,
-) -> tonic::transport::Server<tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>> {
+) -> tonic::transport::Server<Stack<AuthLayer, Stack<DeadlineLayer, Identity>>> {
     tonic::transport::Server::builder()
-        // A request without a shorter grpc-timeout ends with DEADLINE_EXCEEDED here.
-        .timeout(config.request_timeout)
         // Bound the work one connection can pile up...
         .concurrency_limit_per_connection(config.concurrency_limit)
         // ...and answer UNAVAILABLE at the bound instead of queueing.
@@ -213,6 +213,8 @@ fn middleware(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // Continue the caller's W3C trace: the span's parent is set before it is entered.
         .trace_fn(telemetry::server_span)
+        // The caller's grpc-timeout, capped by ours; past it, DEADLINE_EXCEEDED.
+        .layer(DeadlineLayer::new(config.request_timeout))
         // Authentication (JWT) and per-method role authorization; health and reflection are public.
         .layer(AuthLayer::new(verifier, policy))
 }

@@ -27,8 +27,13 @@ pub struct Registry {
 
 /// Starts the registry over `pool`'s database (migrations run by the server).
 pub async fn start(pool: PgPool) -> Registry {
+    start_with(pool, &[]).await
+}
+
+/// Like [`start`], with more configuration flags (e.g. `--request-timeout 1s`).
+pub async fn start_with(pool: PgPool, flags: &[&str]) -> Registry {
     let url = database_url(&pool);
-    let config = Config::try_parse_from([
+    let mut args = vec![
         "supplier-registry",
         "--database-url",
         &url,
@@ -36,8 +41,9 @@ pub async fn start(pool: PgPool) -> Registry {
         ta_testkit::TEST_SECRET,
         "--log-format",
         "text",
-    ])
-    .expect("config");
+    ];
+    args.extend_from_slice(flags);
+    let config = Config::try_parse_from(args).expect("config");
     let common = config.common.clone();
     let service_api = api(&config, pool.clone());
     let server = RunningService::start(&SPEC, common, pool, service_api).await;

@@ -1,0 +1,149 @@
+//! Request deadlines: the caller's `grpc-timeout`, capped by the server's own
+//! limit. A request past its deadline is answered DEADLINE_EXCEEDED (tonic's
+//! built-in timeout answers CANCELLED, which clients do not treat as a
+//! deadline) and its work is dropped, which rolls back any open transaction.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+/// Applies [`Deadline`] to every request.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadlineLayer {
+    limit: Duration,
+}
+
+impl DeadlineLayer {
+    pub fn new(limit: Duration) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Deadline<S> {
+    inner: S,
+    limit: Duration,
+}
+
+type DeadlineFuture<E> =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Deadline<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = DeadlineFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let budget = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map_or(self.limit, |asked| asked.min(self.limit));
+        let work = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout(budget, work).await {
+                Ok(result) => result,
+                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                    "deadline of {budget:?} exceeded"
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+/// `grpc-timeout` is 1-8 digits and a unit: H, M, S, m (milli), u (micro), n (nano).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3_600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7_200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("9n"), Some(Duration::from_nanos(9)));
+        for bad in ["", "S", "10", "10x", "123456789S", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    /// A handler that would answer in an hour.
+    async fn slow(
+        _request: http::Request<()>,
+    ) -> Result<http::Response<tonic::body::Body>, Infallible> {
+        tokio::time::sleep(Duration::from_secs(3_600)).await;
+        Ok(http::Response::new(tonic::body::Body::empty()))
+    }
+
+    fn grpc_status(response: &http::Response<tonic::body::Body>) -> &str {
+        response.headers()["grpc-status"].to_str().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_server_limit_ends_slow_requests_with_deadline_exceeded() {
+        let service = DeadlineLayer::new(Duration::from_secs(30)).layer(tower::service_fn(slow));
+        let response = service.oneshot(http::Request::new(())).await.unwrap();
+        assert_eq!(grpc_status(&response), "4");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_caller_deadline_wins() {
+        let service = DeadlineLayer::new(Duration::from_secs(30)).layer(tower::service_fn(slow));
+        let request = http::Request::builder()
+            .header("grpc-timeout", "100m")
+            .body(())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(grpc_status(&response), "4");
+        let message = response.headers()["grpc-message"].to_str().unwrap();
+        assert!(message.contains("100ms"), "{message}");
+    }
+}
