@@ -521,6 +521,17 @@ impl SupplierRegistryService for Registry {
                 None
             }
         };
+        let min_response_rate = match req.min_response_rate_basis_points {
+            0 => None,
+            n @ 1..=10_000 => Some(i64::from(n)),
+            _ => {
+                v.add(
+                    "min_response_rate_basis_points",
+                    "must be 0 (any) or 1-10000",
+                );
+                None
+            }
+        };
         let min_cover = req.min_cover_remaining.as_ref().and_then(|m| {
             let currency = Currency::parse(&m.currency_code);
             if currency.is_none() {
@@ -541,6 +552,7 @@ impl SupplierRegistryService for Registry {
             country_code: (!req.country_code.is_empty()).then(|| req.country_code.clone()),
             min_average_rating_centi: min_rating,
             min_cover_remaining: min_cover,
+            min_response_rate_basis_points: min_response_rate,
             after_id,
             limit: limit + 1,
         };

@@ -186,6 +186,7 @@ pub struct SearchFilter {
     pub country_code: Option<String>,
     pub min_average_rating_centi: Option<i64>,
     pub min_cover_remaining: Option<Money>,
+    pub min_response_rate_basis_points: Option<i64>,
     pub after_id: Option<Uuid>,
     pub limit: i64,
 }
@@ -207,6 +208,8 @@ pub async fn search_suppliers(
          AND ($5::text IS NULL OR (s.ta_limit_currency = $5 \
               AND GREATEST(s.ta_limit_minor - s.cover_reserved_minor, 0) >= $6)) \
          AND ($7::uuid IS NULL OR s.id > $7) \
+         AND ($9::bigint IS NULL OR (s.inquiry_count > 0 \
+              AND s.replied_inquiry_count * 10000 / s.inquiry_count >= $9)) \
          ORDER BY s.id LIMIT $8"
     );
     let rows = sqlx::query_as::<_, SupplierRow>(sqlx::AssertSqlSafe(sql))
@@ -218,6 +221,7 @@ pub async fn search_suppliers(
         .bind(f.min_cover_remaining.map_or(0, |m| m.amount_minor))
         .bind(f.after_id)
         .bind(f.limit)
+        .bind(f.min_response_rate_basis_points)
         .fetch_all(pool)
         .await?;
     rows.into_iter().map(Supplier::try_from).collect()

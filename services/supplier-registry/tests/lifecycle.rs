@@ -1156,6 +1156,44 @@ async fn search_filters_by_minimum_average_rating(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn search_filters_by_minimum_response_rate(pool: PgPool) {
+    let Registry { server, mut client } = start(pool).await;
+    let always = register(&mut client, "LIC-S-RR-ALL").await;
+    let half = register(&mut client, "LIC-S-RR-HALF").await;
+    let silent = register(&mut client, "LIC-S-RR-NONE").await;
+    for (id, replied) in [(&always, 2), (&half, 1), (&silent, 0)] {
+        for n in 0..2 {
+            let inquiry_id = format!("inq-{n}");
+            inquiry(&mut client, id, &inquiry_id).await;
+            if n < replied {
+                reply(&mut client, id, &inquiry_id).await;
+            }
+        }
+    }
+    let never_asked = register(&mut client, "LIC-S-RR-NEW").await;
+
+    let with = |min| pb::SearchSuppliersRequest {
+        min_response_rate_basis_points: min,
+        ..Default::default()
+    };
+    assert_eq!(
+        found(&mut client, with(0)).await,
+        ids([&always, &half, &silent, &never_asked])
+    );
+    assert_eq!(found(&mut client, with(1)).await, ids([&always, &half]));
+    assert_eq!(found(&mut client, with(5_000)).await, ids([&always, &half]));
+    assert_eq!(found(&mut client, with(5_001)).await, ids([&always]));
+    assert_eq!(found(&mut client, with(10_000)).await, ids([&always]));
+    let status = client
+        .search_suppliers(as_role(with(10_001), BUYER, Role::Buyer))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("min_response_rate_basis_points"));
+    server.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
 async fn search_filters_by_minimum_remaining_cover(pool: PgPool) {
     let Registry { server, mut client } = start(pool).await;
     let roomy = badged_supplier(&mut client, "LIC-S-ROOMY", 100_000).await;
