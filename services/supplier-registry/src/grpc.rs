@@ -410,9 +410,7 @@ impl SupplierRegistryService for Registry {
         let req = request.into_inner();
         let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         let limit = Money::positive_from_proto("ta_limit", req.ta_limit.as_ref(), &mut v);
-        let limit = v
-            .finish(limit)?
-            .ok_or_else(|| ServiceError::invalid("ta_limit", "is invalid"))?;
+        let limit = v.finish_some("ta_limit", limit)?;
         let supplier = self
             .change_supplier(
                 &principal,
@@ -436,9 +434,7 @@ impl SupplierRegistryService for Registry {
         let req = request.into_inner();
         let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         let limit = Money::positive_from_proto("ta_limit", req.ta_limit.as_ref(), &mut v);
-        let limit = v
-            .finish(limit)?
-            .ok_or_else(|| ServiceError::invalid("ta_limit", "is invalid"))?;
+        let limit = v.finish_some("ta_limit", limit)?;
         let supplier = self
             .change_supplier(
                 &principal,
@@ -471,9 +467,7 @@ impl SupplierRegistryService for Registry {
             }
         };
         let reason = require_text("reason", &req.reason, 1000, &mut v);
-        let status = v
-            .finish(status)?
-            .ok_or_else(|| ServiceError::invalid("status", "is invalid"))?;
+        let status = v.finish_some("status", status)?;
         let supplier = self
             .change_supplier(
                 &principal,
@@ -578,9 +572,7 @@ impl SupplierRegistryService for Registry {
         let (mut v, id) = keyed_supplier_request(&req.idempotency_key, &req.supplier_id);
         validate_reference("contract_id", &req.contract_id, &mut v);
         let amount = Money::positive_from_proto("amount", req.amount.as_ref(), &mut v);
-        let amount = v
-            .finish(amount)?
-            .ok_or_else(|| ServiceError::invalid("amount", "is invalid"))?;
+        let amount = v.finish_some("amount", amount)?;
         let response = self
             .once(
                 &principal,
@@ -732,7 +724,7 @@ impl SupplierRegistryService for Registry {
             "comment",
             "must be at most 2000 characters, no NUL",
         );
-        let rating = v.finish(rating)?.unwrap_or(1);
+        let rating = v.finish_some("rating", rating)?;
         let response = self
             .once(
                 &principal,

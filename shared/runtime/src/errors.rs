@@ -162,6 +162,19 @@ impl Violations {
         self.0.is_empty()
     }
 
+    /// The value a field parsed to, when nothing was violated. A parser
+    /// returns `None` only after recording why; `field` covers one that did not.
+    pub fn finish_some<T>(mut self, field: &str, value: Option<T>) -> Result<T, ServiceError> {
+        match value {
+            Some(value) if self.0.is_empty() => Ok(value),
+            None if self.0.is_empty() => {
+                self.add(field, "is invalid");
+                Err(ServiceError::InvalidArgument(self.0))
+            }
+            _ => Err(ServiceError::InvalidArgument(self.0)),
+        }
+    }
+
     /// `Ok(value)` when nothing was violated, else `InvalidArgument`.
     pub fn finish<T>(self, value: T) -> Result<T, ServiceError> {
         if self.0.is_empty() {
