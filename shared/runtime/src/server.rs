@@ -117,16 +117,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    set_readiness(&health, spec, ServingStatus::NotServing).await;
+    let readiness = Readiness {
+        health: health.clone(),
+        grpc_services: spec.grpc_services,
+    };
+    readiness.set(ServingStatus::NotServing).await;
     health
         .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
 
-    let readiness = tokio::spawn(track_readiness(
-        health.clone(),
+    let tracking = tokio::spawn(track_readiness(
+        readiness.clone(),
         pool.clone(),
         spec.migrator,
-        spec.grpc_services,
     ));
     let purge = tokio::spawn(purge_idempotency_keys(
         IdempotencyKeys::new(spec.schema),
@@ -135,16 +138,10 @@ pub async fn serve(
     ));
 
     let (drain_started_tx, mut drain_started) = tokio::sync::watch::channel(false);
-    let health_on_shutdown = health.clone();
-    let grpc_services = spec.grpc_services;
     let readiness_delay = config.server.shutdown_readiness_delay;
     let on_shutdown = async move {
         shutdown.await;
-        for name in std::iter::once("").chain(grpc_services.iter().copied()) {
-            health_on_shutdown
-                .set_service_status(name, ServingStatus::NotServing)
-                .await;
-        }
+        readiness.set(ServingStatus::NotServing).await;
         if !readiness_delay.is_zero() {
             tracing::info!(
                 ?readiness_delay,
@@ -184,7 +181,7 @@ pub async fn serve(
             (Ok(()), false)
         }
     };
-    readiness.abort();
+    tracking.abort();
     purge.abort();
     if drained {
         pool.close().await;
@@ -239,28 +236,24 @@ fn reflection_builder(
     builder
 }
 
-async fn set_readiness(health: &HealthReporter, spec: &ServiceSpec, status: ServingStatus) {
-    for name in std::iter::once("").chain(spec.grpc_services.iter().copied()) {
-        health.set_service_status(name, status).await;
+/// The readiness statuses: the server as a whole (`""`) and each served service.
+#[derive(Clone)]
+struct Readiness {
+    health: HealthReporter,
+    grpc_services: &'static [&'static str],
+}
+
+impl Readiness {
+    async fn set(&self, status: ServingStatus) {
+        for name in std::iter::once("").chain(self.grpc_services.iter().copied()) {
+            self.health.set_service_status(name, status).await;
+        }
     }
 }
 
 /// NOT_SERVING until the database answers and this service's migrations ran;
 /// afterwards follows the database's availability.
-async fn track_readiness(
-    health: HealthReporter,
-    pool: PgPool,
-    migrator: &'static Migrator,
-    grpc_services: &'static [&'static str],
-) {
-    let set = |status| {
-        let health = health.clone();
-        async move {
-            for name in std::iter::once("").chain(grpc_services.iter().copied()) {
-                health.set_service_status(name, status).await;
-            }
-        }
-    };
+async fn track_readiness(readiness: Readiness, pool: PgPool, migrator: &'static Migrator) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match migrator.run(&pool).await {
@@ -273,7 +266,7 @@ async fn track_readiness(
         }
     }
     tracing::info!("migrations applied: serving");
-    set(ServingStatus::Serving).await;
+    readiness.set(ServingStatus::Serving).await;
     let mut serving = true;
     loop {
         tokio::time::sleep(READINESS_RECHECK).await;
@@ -282,10 +275,10 @@ async fn track_readiness(
             serving = answers;
             if serving {
                 tracing::info!("database answers again: serving");
-                set(ServingStatus::Serving).await;
+                readiness.set(ServingStatus::Serving).await;
             } else {
                 tracing::warn!("database does not answer: not serving");
-                set(ServingStatus::NotServing).await;
+                readiness.set(ServingStatus::NotServing).await;
             }
         }
     }
