@@ -4,36 +4,18 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use ta_runtime::{
-    auth::MethodPolicy,
-    config::CommonConfig,
-    server::{Api, ServiceSpec},
-};
+use ta_runtime::server::{ServiceSpec, run_without_api};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
-/// The dispute service of the Trade Assurance platform.
-#[derive(Parser, Debug)]
-#[command(name = "dispute", version)]
-struct Config {
-    #[command(flatten)]
-    common: CommonConfig,
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
-    let spec = ServiceSpec {
+    run_without_api(ServiceSpec {
         name: "dispute",
         schema: "dispute",
         default_port: 50054,
         grpc_services: &[],
         migrator: &MIGRATOR,
-    };
-    ta_runtime::server::run(spec, config.common, |_pool| Api {
-        routes: tonic::service::Routes::default(),
-        policy: MethodPolicy::new(),
     })
     .await
 }

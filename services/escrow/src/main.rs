@@ -4,36 +4,18 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use ta_runtime::{
-    auth::MethodPolicy,
-    config::CommonConfig,
-    server::{Api, ServiceSpec},
-};
+use ta_runtime::server::{ServiceSpec, run_without_api};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
-/// The escrow service of the Trade Assurance platform.
-#[derive(Parser, Debug)]
-#[command(name = "escrow", version)]
-struct Config {
-    #[command(flatten)]
-    common: CommonConfig,
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
-    let spec = ServiceSpec {
+    run_without_api(ServiceSpec {
         name: "escrow",
         schema: "escrow",
         default_port: 50053,
         grpc_services: &[],
         migrator: &MIGRATOR,
-    };
-    ta_runtime::server::run(spec, config.common, |_pool| Api {
-        routes: tonic::service::Routes::default(),
-        policy: MethodPolicy::new(),
     })
     .await
 }

@@ -171,6 +171,7 @@ fn page_token(page: Option<&ta_proto::common::PageRequest>) -> &str {
 }
 
 fn supplier_to_proto(s: &Supplier) -> pb::Supplier {
+    let cover = s.cover();
     pb::Supplier {
         supplier_id: s.id.to_string(),
         owner_principal_id: s.owner_principal_id.clone(),
@@ -197,9 +198,9 @@ fn supplier_to_proto(s: &Supplier) -> pb::Supplier {
         status_reason: s.status_reason.clone(),
         enrolled: s.enrolled(),
         trade_assurance_badge: s.has_badge(),
-        ta_limit: s.cover().map(|c| c.limit.to_proto()),
-        cover_reserved: s.cover().map(|c| c.reserved.to_proto()),
-        cover_remaining: s.cover().map(|c| c.remaining.to_proto()),
+        ta_limit: cover.map(|c| c.limit.to_proto()),
+        cover_reserved: cover.map(|c| c.reserved.to_proto()),
+        cover_remaining: cover.map(|c| c.remaining.to_proto()),
         review_count: u32::try_from(s.review_count).unwrap_or(u32::MAX),
         average_rating_centi: s.average_rating_centi(),
         inquiry_count: u32::try_from(s.inquiry_count).unwrap_or(u32::MAX),
@@ -665,10 +666,11 @@ impl SupplierRegistryService for Registry {
         let supplier = storage::get_supplier(&self.pool, id).await?;
         ensure_may_act(&principal, &supplier)?;
         let active = storage::active_reservations(&self.pool, id).await?;
+        let cover = supplier.cover();
         Ok(Response::new(pb::GetCoverResponse {
-            ta_limit: supplier.cover().map(|c| c.limit.to_proto()),
-            cover_reserved: supplier.cover().map(|c| c.reserved.to_proto()),
-            cover_remaining: supplier.cover().map(|c| c.remaining.to_proto()),
+            ta_limit: cover.map(|c| c.limit.to_proto()),
+            cover_reserved: cover.map(|c| c.reserved.to_proto()),
+            cover_remaining: cover.map(|c| c.remaining.to_proto()),
             active_reservations: active
                 .iter()
                 .map(reservation_to_proto)

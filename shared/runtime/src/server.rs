@@ -79,6 +79,33 @@ pub async fn run(
     code
 }
 
+/// [`run`] for a service whose API is not built yet: it parses the common
+/// configuration under the service's own name, owns and migrates its schema,
+/// and serves health and reflection only (no method is in its policy).
+pub async fn run_without_api(spec: ServiceSpec) -> ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+
+    #[derive(clap::Parser)]
+    struct Config {
+        #[command(flatten)]
+        common: CommonConfig,
+    }
+
+    let command = Config::command()
+        .name(spec.name)
+        .bin_name(spec.name)
+        .about(format!(
+            "The {} service of the Trade Assurance platform (health and reflection only, until its API is built)",
+            spec.name
+        ));
+    let config = Config::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    run(spec, config.common, |_pool| Api {
+        routes: Routes::default(),
+        policy: MethodPolicy::new(),
+    })
+    .await
+}
+
 async fn start(
     spec: &ServiceSpec,
     config: &CommonConfig,

@@ -4,7 +4,6 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::Parser;
 use sqlx::PgPool;
 use ta_runtime::{
     auth::{Role, TokenIssuer, TokenVerifier, bearer_metadata},
@@ -24,31 +23,6 @@ use tonic_health::pb::{
 pub const TEST_SECRET: &str = "test-secret-at-least-16-bytes";
 pub const TEST_ISSUER: &str = "trade-assurance";
 pub const TEST_AUDIENCE: &str = "trade-assurance";
-
-#[derive(Parser)]
-struct TestConfig {
-    #[command(flatten)]
-    common: CommonConfig,
-}
-
-/// The common configuration a test server runs with; `extra` are more flags.
-pub fn common_config(database_url: &str, extra: &[&str]) -> CommonConfig {
-    let mut args = vec![
-        "test-service",
-        "--database-url",
-        database_url,
-        "--auth-jwt-hs256-secret",
-        TEST_SECRET,
-        "--log-format",
-        "text",
-        "--shutdown-grace-period",
-        "5s",
-    ];
-    args.extend_from_slice(extra);
-    TestConfig::try_parse_from(args)
-        .unwrap_or_else(|e| panic!("test configuration: {e}"))
-        .common
-}
 
 /// Signs test tokens.
 pub fn issuer() -> TokenIssuer {
