@@ -7,7 +7,7 @@
 
 use sqlx::{FromRow, PgConnection, PgPool, migrate::Migrator, types::Json};
 use ta_runtime::{
-    ServiceError,
+    OrConflict, ServiceError,
     idempotency::IdempotencyKeys,
     money::{Currency, Money},
     timestamps,
@@ -93,7 +93,7 @@ impl TryFrom<SupplierRow> for Supplier {
 }
 
 pub async fn insert_supplier(tx: &mut PgConnection, s: &Supplier) -> Result<(), ServiceError> {
-    let result = sqlx::query(
+    sqlx::query(
         "INSERT INTO supplier_registry.suppliers (id, owner_principal_id, legal_name, country_code, \
          business_licence_number, contacts, verification, status, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
@@ -108,16 +108,14 @@ pub async fn insert_supplier(tx: &mut PgConnection, s: &Supplier) -> Result<(), 
     .bind(s.status.as_str())
     .bind(s.created_at)
     .execute(tx)
-    .await;
-    match result {
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            Err(ServiceError::AlreadyExists(format!(
-                "a supplier with business licence {} in {} is already registered",
-                s.business_licence_number, s.country_code
-            )))
-        }
-        other => other.map(|_| ()).map_err(Into::into),
-    }
+    .await
+    .or_conflict(|| {
+        ServiceError::AlreadyExists(format!(
+            "a supplier with business licence {} in {} is already registered",
+            s.business_licence_number, s.country_code
+        ))
+    })?;
+    Ok(())
 }
 
 /// Writes back every mutable field of a supplier read with [`lock_supplier`].
@@ -284,16 +282,13 @@ pub async fn insert_reservation(
     .bind(r.reserved_at)
     .execute(tx)
     .await
-    .map_err(|e| match e {
-        // Another supplier's reservation of this contract committed after our
-        // lookup (one supplier's reservations serialize on its row lock).
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            ServiceError::AlreadyExists(format!(
-                "contract {} already holds cover with another supplier",
-                r.contract_id
-            ))
-        }
-        other => other.into(),
+    // Another supplier's reservation of this contract committed after our
+    // lookup (one supplier's reservations serialize on its row lock).
+    .or_conflict(|| {
+        ServiceError::AlreadyExists(format!(
+            "contract {} already holds cover with another supplier",
+            r.contract_id
+        ))
     })?;
     Ok(())
 }
@@ -364,12 +359,9 @@ pub async fn insert_completed_contract(
     .bind(buyer_principal_id)
     .execute(tx)
     .await
-    .map_err(|e| match e {
-        // Another supplier's completion of this contract committed after our
-        // lookup (one supplier's calls serialize on its row lock).
-        sqlx::Error::Database(db) if db.is_unique_violation() => conflict(),
-        other => other.into(),
-    })?;
+    // Another supplier's completion of this contract committed after our
+    // lookup (one supplier's calls serialize on its row lock).
+    .or_conflict(conflict)?;
     Ok(true)
 }
 

@@ -135,6 +135,22 @@ impl From<sqlx::Error> for ServiceError {
     }
 }
 
+/// For inserts that may meet a concurrent twin: a unique violation becomes the
+/// caller's own conflict (with a message naming what exists); any other error
+/// maps as usual.
+pub trait OrConflict<T> {
+    fn or_conflict(self, conflict: impl FnOnce() -> ServiceError) -> Result<T, ServiceError>;
+}
+
+impl<T> OrConflict<T> for Result<T, sqlx::Error> {
+    fn or_conflict(self, conflict: impl FnOnce() -> ServiceError) -> Result<T, ServiceError> {
+        self.map_err(|error| match error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => conflict(),
+            other => other.into(),
+        })
+    }
+}
+
 /// Collects field violations of one request, to report all of them at once.
 #[derive(Default, Debug)]
 pub struct Violations(Vec<FieldViolation>);

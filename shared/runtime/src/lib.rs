@@ -14,4 +14,4 @@ pub mod server;
 pub mod telemetry;
 pub mod timestamps;
 
-pub use errors::{ServiceError, Violations};
+pub use errors::{OrConflict, ServiceError, Violations};
