@@ -14,9 +14,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -721,10 +719,6 @@ pub struct AuthService<S> {
     policy: Arc<MethodPolicy>,
 }
 
-/// The future of [`AuthService`].
-pub type AuthFuture<E> =
-    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
-
 /// Why [`AuthService`] answers a call itself.
 enum Rejection {
     Unauthenticated(AuthError),
@@ -780,7 +774,7 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = AuthFuture<S::Error>;
+    type Future = crate::server::ResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

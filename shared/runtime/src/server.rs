@@ -27,6 +27,10 @@ use crate::{
     telemetry,
 };
 
+/// The future of the server's own middleware (authentication, deadlines).
+pub type ResponseFuture<E> =
+    std::pin::Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
+
 /// The health service name that reports liveness only.
 pub const LIVENESS: &str = "liveness";
 
