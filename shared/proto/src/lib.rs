@@ -39,6 +39,41 @@ pub mod tradeassurance {
 }
 
 pub use tradeassurance::common::v1 as common;
+
+/// Who may call one RPC, from its `tradeassurance.common.v1.access` option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodAccess {
+    /// `/package.Service/Method`.
+    pub path: &'static str,
+    /// User roles allowed (never `Role::Service`).
+    pub roles: &'static [common::Role],
+    /// Service principals allowed, by name (the token's subject).
+    pub services: &'static [&'static str],
+}
+
+/// Every RPC of the platform with who may call it, generated from the protos.
+pub mod access {
+    use super::{MethodAccess, common::Role};
+
+    include!(concat!(env!("OUT_DIR"), "/access.rs"));
+
+    /// The declarations of the RPCs of one gRPC service (its full name).
+    pub fn of_service(service: &str) -> impl Iterator<Item = &'static MethodAccess> + '_ {
+        METHOD_ACCESS.iter().filter(move |m| {
+            m.path
+                .strip_prefix('/')
+                .and_then(|p| p.split_once('/'))
+                .is_some_and(|(s, _)| s == service)
+        })
+    }
+}
+
+/// A mutating request: it carries the client-chosen idempotency key.
+pub trait IdempotentRequest: prost::Message + Default {
+    fn idempotency_key(&self) -> &str;
+}
+
+include!(concat!(env!("OUT_DIR"), "/keyed.rs"));
 pub use tradeassurance::contract::v1 as contract;
 pub use tradeassurance::dispute::v1 as dispute;
 pub use tradeassurance::escrow::v1 as escrow;
