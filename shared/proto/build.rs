@@ -121,7 +121,9 @@ fn keyed_requests(pool: &DescriptorPool) -> String {
         let Some(package) = message.package_name().strip_prefix("tradeassurance.") else {
             continue;
         };
-        if message.parent_message().is_some() || message.get_field_by_name("idempotency_key").is_none() {
+        if message.parent_message().is_some()
+            || message.get_field_by_name("idempotency_key").is_none()
+        {
             continue;
         }
         let module = package.replace('.', "::");

@@ -1,13 +1,18 @@
-//! The supplier registry service: `domain` (pure rules), `storage` (Postgres),
-//! `grpc` (transport), and the wiring below.
+//! The supplier registry service: `domain` (pure rules), `app` (use cases in
+//! one transaction), `storage` (Postgres), `grpc` (transport), and the wiring
+//! below.
 
+pub mod app;
 pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod storage;
 
 use ta_proto::supplier::supplier_registry_service_server::SupplierRegistryServiceServer;
-use ta_runtime::server::{Api, ServiceSpec};
+use ta_runtime::{
+    auth::MethodPolicy,
+    server::{Api, ServiceSpec},
+};
 
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "supplier-registry",
@@ -20,12 +25,14 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 /// The service's routes and authorization policy over `pool`.
 pub fn api(config: &config::Config, pool: sqlx::PgPool) -> Api {
     let limit = config.common.server.max_message_bytes;
-    let service =
-        SupplierRegistryServiceServer::new(grpc::Registry::new(pool, config.penalty_policy()))
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
+    let service = SupplierRegistryServiceServer::new(grpc::RegistryService::new(
+        pool,
+        config.penalty_policy(),
+    ))
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
     Api {
         routes: tonic::service::Routes::new(service),
-        policy: grpc::method_policy(),
+        policy: MethodPolicy::declared_for(SPEC.grpc_services),
     }
 }

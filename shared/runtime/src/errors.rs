@@ -11,6 +11,11 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::telemetry::current_trace_id;
 
+/// The `domain` of the platform's google.rpc.ErrorInfo details.
+pub const ERROR_DOMAIN: &str = "tradeassurance";
+/// ErrorInfo reason: an idempotency key reused for a different request.
+pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+
 /// One offending request field, reported in `google.rpc.BadRequest`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldViolation {
@@ -35,6 +40,12 @@ pub enum ServiceError {
         subject: String,
         message: String,
     },
+    /// The idempotency key was used before for a different request of the
+    /// same method: a client bug, not a duplicate. INVALID_ARGUMENT with the
+    /// machine-readable reason `IDEMPOTENCY_KEY_REUSED` (google.rpc.ErrorInfo),
+    /// so clients can tell it from a real conflict.
+    #[error("idempotency key `{key}` was already used for a different {method} request")]
+    IdempotencyKeyReused { key: String, method: String },
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
@@ -98,6 +109,20 @@ impl From<ServiceError> for Status {
                 message.clone(),
                 ErrorDetails::with_precondition_failure_violation(reason, subject, message),
             ),
+            ServiceError::IdempotencyKeyReused { method, .. } => {
+                let mut details = ErrorDetails::with_error_info(
+                    IDEMPOTENCY_KEY_REUSED,
+                    ERROR_DOMAIN,
+                    [("method".to_owned(), method)]
+                        .into_iter()
+                        .collect::<std::collections::HashMap<_, _>>(),
+                );
+                details.add_bad_request_violation(
+                    "idempotency_key",
+                    "was already used for a different request; choose a new key per request",
+                );
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
             ServiceError::PermissionDenied(_) => Status::permission_denied(message),
             ServiceError::AlreadyExists(_) => Status::already_exists(message),
             ServiceError::Aborted(_) => Status::aborted(message),
@@ -176,6 +201,15 @@ impl Violations {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    pub fn extend(&mut self, more: impl IntoIterator<Item = FieldViolation>) {
+        self.0.extend(more);
+    }
+
+    /// The `InvalidArgument` error reporting every violation collected.
+    pub fn into_error(self) -> ServiceError {
+        ServiceError::InvalidArgument(self.0)
     }
 
     /// The value a field parsed to, when nothing was violated. A parser

@@ -1,9 +1,10 @@
 //! Idempotency keys, Stripe style: the first request under a key runs and its
 //! response is stored in the same transaction as its effects; a retry with the
 //! same key and body replays that response and changes nothing; the same key
-//! with another body is refused.
+//! with another body is refused (INVALID_ARGUMENT, reason IDEMPOTENCY_KEY_REUSED).
 //!
-//! Keys are scoped to (principal, method). Each service keeps them in its own
+//! Keys are scoped to (principal, method path): the method comes from the
+//! route (see `pipeline`), never from a hand-typed name. Each service keeps them in its own
 //! schema's `idempotency_keys` table (same shape everywhere, created by the
 //! service's first migration):
 //!
@@ -119,10 +120,15 @@ impl IdempotencyKeys {
                 .fetch_one(&mut *tx)
                 .await?;
         if stored_request != request_bytes {
-            return Err(ServiceError::AlreadyExists(format!(
-                "idempotency key `{}` was already used for a different {} request",
-                scope.key, scope.method
-            )));
+            return Err(ServiceError::IdempotencyKeyReused {
+                key: scope.key.to_owned(),
+                method: scope
+                    .method
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(scope.method)
+                    .to_owned(),
+            });
         }
         R::decode(response.as_slice())
             .map(Claim::Replay)

@@ -10,6 +10,8 @@ pub mod deadline;
 pub mod errors;
 pub mod idempotency;
 pub mod money;
+pub mod paging;
+pub mod pipeline;
 pub mod server;
 pub mod telemetry;
 pub mod timestamps;

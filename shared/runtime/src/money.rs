@@ -7,15 +7,6 @@ use ta_proto::common;
 
 use crate::errors::Violations;
 
-/// Active ISO 4217 alphabetic codes.
-const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND \
-BOB BRL BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB \
-EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY \
-KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR \
-MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF \
-SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS \
-UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW ZWG";
-
 /// Officially assigned ISO 3166-1 alpha-2 codes.
 const ISO_3166: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI \
 BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ \
@@ -26,29 +17,33 @@ MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL
 PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF \
 TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
 
-pub fn is_currency_code(code: &str) -> bool {
-    code.len() == 3 && ISO_4217.split_whitespace().any(|c| c == code)
-}
-
 pub fn is_country_code(code: &str) -> bool {
     code.len() == 2 && ISO_3166.split_whitespace().any(|c| c == code)
 }
 
-/// An ISO 4217 currency code, validated on construction.
+/// An ISO 4217 currency in which money changes hands: its data (code, minor
+/// unit exponent) comes from the `iso_currency` tables, never from an
+/// assumption of two decimals (JPY has none, KWD three). Funds codes and
+/// special codes without a minor unit (gold, testing, "no currency") are
+/// refused.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct Currency([u8; 3]);
+pub struct Currency(iso_currency::Currency);
 
 impl Currency {
     pub fn parse(code: &str) -> Option<Self> {
-        is_currency_code(code).then(|| {
-            let b = code.as_bytes();
-            Self([b[0], b[1], b[2]])
-        })
+        iso_currency::Currency::from_code(code)
+            .filter(|c| c.exponent().is_some() && !c.is_fund())
+            .map(Self)
     }
 
-    pub fn as_str(&self) -> &str {
-        // Only ever built from validated ASCII.
-        std::str::from_utf8(&self.0).unwrap_or("XXX")
+    pub fn as_str(&self) -> &'static str {
+        self.0.code()
+    }
+
+    /// Digits after the decimal point of one major unit: 2 for USD, 0 for
+    /// JPY, 3 for KWD.
+    pub fn minor_unit_exponent(&self) -> u16 {
+        self.0.exponent().unwrap_or(0)
     }
 }
 
@@ -130,6 +125,12 @@ mod tests {
         assert!(Currency::parse("usd").is_none());
         assert!(Currency::parse("XYZ").is_none());
         assert!(Currency::parse("US").is_none());
+        assert!(Currency::parse("XAU").is_none(), "gold has no minor unit");
+        assert!(Currency::parse("XTS").is_none(), "testing code");
+        let exponent = |code| Currency::parse(code).map(|c| c.minor_unit_exponent());
+        assert_eq!(exponent("USD"), Some(2));
+        assert_eq!(exponent("JPY"), Some(0));
+        assert_eq!(exponent("KWD"), Some(3));
         assert_eq!(
             Currency::parse("EUR").map(|c| c.to_string()),
             Some("EUR".into())

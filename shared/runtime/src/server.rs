@@ -116,7 +116,8 @@ async fn start(
     build: impl FnOnce(PgPool) -> Api,
 ) -> Result<(), String> {
     // Fail fast on configuration before taking the port.
-    let verifier = TokenVerifier::from_config(&config.auth).map_err(|e| e.to_string())?;
+    let verifier =
+        TokenVerifier::from_config(&config.auth, spec.name).map_err(|e| e.to_string())?;
     let pool = db::lazy_pool(&config.database)?;
     let address = config.server.listen_addr_or(spec.default_port);
     let listener = TcpListener::bind(address)

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use sqlx::PgPool;
 use ta_runtime::{
-    auth::{Role, TokenIssuer, TokenVerifier, bearer_metadata},
+    auth::{PLATFORM_AUDIENCE, Role, TokenIssuer, TokenVerifier, bearer_metadata},
     config::CommonConfig,
     server::{Api, ServiceSpec},
 };
@@ -22,19 +22,41 @@ use tonic_health::pb::{
 /// The HS256 secret every test server and token uses.
 pub const TEST_SECRET: &str = "test-secret-at-least-16-bytes";
 pub const TEST_ISSUER: &str = "trade-assurance";
-pub const TEST_AUDIENCE: &str = "trade-assurance";
 
 /// Signs test tokens.
 pub fn issuer() -> TokenIssuer {
-    TokenIssuer::new(TEST_SECRET, TEST_ISSUER, TEST_AUDIENCE)
+    TokenIssuer::hs256(TEST_SECRET, TEST_ISSUER)
 }
 
-/// `Bearer <jwt>` for `subject` acting as `role`, valid for an hour.
+/// `Bearer <jwt>` for a person, `subject` acting as `role` (any but
+/// `Role::Service`: see [`service_bearer`]), valid for an hour.
 pub fn bearer(subject: &str, role: Role) -> MetadataValue<Ascii> {
+    assert_ne!(
+        role,
+        Role::Service,
+        "service tokens name their audience: use service_bearer"
+    );
     let token = issuer()
-        .mint(subject, role, Duration::from_secs(3_600))
+        .mint(subject, role, PLATFORM_AUDIENCE, Duration::from_secs(3_600))
         .expect("test token");
     bearer_metadata(&token)
+}
+
+/// `Bearer <jwt>` of the service `caller` calling the service `called`.
+pub fn service_bearer(caller: &str, called: &str) -> MetadataValue<Ascii> {
+    let token = issuer()
+        .mint(caller, Role::Service, called, Duration::from_secs(3_600))
+        .expect("test token");
+    bearer_metadata(&token)
+}
+
+/// A request from the service `caller` to the service `called`.
+pub fn from_service<T>(message: T, caller: &str, called: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", service_bearer(caller, called));
+    request
 }
 
 /// `Bearer <jwt>` of a token that expired an hour ago.
@@ -45,7 +67,7 @@ pub fn expired_bearer(subject: &str, role: Role) -> MetadataValue<Ascii> {
         .as_secs()
         - 3_600;
     let token = issuer()
-        .mint_expiring_at(subject, role, an_hour_ago)
+        .mint_expiring_at(subject, role, PLATFORM_AUDIENCE, an_hour_ago)
         .expect("test token");
     bearer_metadata(&token)
 }
@@ -80,7 +102,8 @@ impl RunningService {
             .expect("bind loopback");
         let address = listener.local_addr().expect("local address");
         let (shutdown, stop) = oneshot::channel::<()>();
-        let verifier = TokenVerifier::from_config(&config.auth).expect("test auth configuration");
+        let verifier =
+            TokenVerifier::from_config(&config.auth, spec.name).expect("test auth configuration");
         let task = tokio::spawn(async move {
             ta_runtime::server::serve(spec, &config, verifier, listener, pool, api, async {
                 let _ = stop.await;

@@ -304,7 +304,9 @@ impl Supplier {
             });
         }
         let Some(Cover { remaining, .. }) = self.cover() else {
-            unreachable!("the badge implies enrolment");
+            return Err(ServiceError::internal(
+                "a supplier with the badge has no TA limit",
+            ));
         };
         if amount.currency != remaining.currency {
             return Err(ServiceError::invalid(
@@ -328,8 +330,17 @@ impl Supplier {
         Ok(())
     }
 
-    pub fn release_cover(&mut self, amount: Money) {
-        self.cover_reserved_minor = (self.cover_reserved_minor - amount.amount_minor).max(0);
+    /// Gives a reservation's cover back. Releasing more than is reserved means
+    /// the counter drifted from the reservations: an error, never clamped away.
+    pub fn release_cover(&mut self, amount: Money) -> Result<(), ServiceError> {
+        if amount.amount_minor > self.cover_reserved_minor {
+            return Err(ServiceError::internal(format!(
+                "supplier {}: releasing {amount} but only {} minor units are reserved",
+                self.id, self.cover_reserved_minor
+            )));
+        }
+        self.cover_reserved_minor -= amount.amount_minor;
+        Ok(())
     }
 
     pub fn record_review(&mut self, rating: u8) {
@@ -345,16 +356,18 @@ impl Supplier {
         self.replied_inquiry_count += 1;
     }
 
-    /// Adds penalty points. Crossing the threshold lowers the TA limit and
-    /// restricts an active supplier (a suspended one stays suspended, with its
-    /// reason); returns true when this penalty restricted the supplier.
+    /// Adds penalty points. At or above the threshold an active supplier is
+    /// restricted (also one an operator reactivated while above it; a
+    /// suspended one stays suspended, with its reason); crossing the threshold
+    /// lowers the TA limit once. Returns true when this penalty restricted the
+    /// supplier.
     pub fn record_penalty(&mut self, points: u32, policy: PenaltyPolicy) -> bool {
         let before = u32::try_from(self.penalty_points).unwrap_or(0);
         let after = before.saturating_add(points);
         self.penalty_points = i32::try_from(after).unwrap_or(i32::MAX);
         let crossed =
             before < policy.restriction_threshold && after >= policy.restriction_threshold;
-        let restricted = crossed && self.status == Status::Active;
+        let restricted = after >= policy.restriction_threshold && self.status == Status::Active;
         if restricted {
             self.status = Status::Restricted;
             self.status_reason = format!(

@@ -101,8 +101,17 @@ fn cover_is_reserved_only_within_the_remaining_limit() {
     assert_eq!(s.cover_reserved_minor, 6_000, "a refusal changes nothing");
     s.reserve_cover(usd(4_000)).unwrap();
     assert_eq!(s.cover().unwrap().remaining, usd(0));
-    s.release_cover(usd(6_000));
+    s.release_cover(usd(6_000)).unwrap();
     assert_eq!(s.cover().unwrap().remaining, usd(6_000));
+}
+
+#[test]
+fn releasing_more_than_is_reserved_is_drift_not_zero() {
+    let mut s = badged(10_000);
+    s.reserve_cover(usd(1_000)).unwrap();
+    let error = s.release_cover(usd(1_001)).unwrap_err();
+    assert!(matches!(error, ServiceError::Internal(_)), "{error:?}");
+    assert_eq!(s.cover_reserved_minor, 1_000, "nothing was changed");
 }
 
 #[test]
@@ -139,10 +148,23 @@ fn penalties_restrict_at_the_threshold_and_halve_the_limit() {
     assert!(!s.has_badge());
     assert!(
         !s.record_penalty(6, POLICY),
-        "only the crossing lowers the limit"
+        "already restricted; only the crossing lowers the limit"
     );
     assert_eq!(s.ta_limit, Some(usd(5_000)));
     assert_eq!(s.penalty_points, 30);
+}
+
+#[test]
+fn a_supplier_reactivated_above_the_threshold_is_restricted_by_its_next_penalty() {
+    let mut s = badged(10_000);
+    assert!(s.record_penalty(30, POLICY));
+    s.set_status(Status::Active, "appeal granted".into());
+    assert!(
+        s.record_penalty(1, POLICY),
+        "31 points are above the threshold: restricted again"
+    );
+    assert_eq!(s.status, Status::Restricted);
+    assert_eq!(s.ta_limit, Some(usd(5_000)), "the limit is lowered once");
 }
 
 #[test]

@@ -1,7 +1,10 @@
-//! `mint-token`: prints an HS256 bearer token for local development and tests.
+//! `mint-token`: prints a bearer token for local development and tests:
+//! HS256 with the dev secret, or RS256 with a private key and its `kid`.
 //!
 //! ```text
 //! AUTH_JWT_HS256_SECRET=... mint-token --subject buyer-1 --role buyer --ttl 8h
+//! AUTH_JWT_HS256_SECRET=... mint-token --subject contract --role service --audience escrow
+//! mint-token --subject ops-1 --role operator --signing-key-file key.pem --kid ops-2026
 //! ```
 //!
 //! Only the token goes to stdout; errors go to stderr with exit code 2.
@@ -10,9 +13,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ta_runtime::auth::{AuthConfig, DEFAULT_AUDIENCE, DEFAULT_ISSUER, Role, TokenIssuer};
+use ta_runtime::auth::{AuthConfig, DEFAULT_ISSUER, PLATFORM_AUDIENCE, Role, TokenIssuer};
 
-/// Mint an HS256 bearer token for Trade Assurance services.
+/// Mint a bearer token for Trade Assurance services.
 #[derive(Parser)]
 #[command(name = "mint-token", version)]
 struct Cli {
@@ -35,20 +38,31 @@ struct Cli {
         long = "auth-jwt-hs256-secret",
         env = "AUTH_JWT_HS256_SECRET",
         hide_env_values = true,
-        value_name = "SECRET"
+        value_name = "SECRET",
+        required_unless_present = "signing_key_file"
     )]
-    secret: String,
+    secret: Option<String>,
+
+    /// Sign with RS256 and this PEM private key instead (needs --kid).
+    #[arg(
+        long,
+        value_name = "PEM_FILE",
+        requires = "kid",
+        conflicts_with = "secret"
+    )]
+    signing_key_file: Option<std::path::PathBuf>,
+
+    /// The `kid` under which the services' JWK set publishes the key.
+    #[arg(long)]
+    kid: Option<String>,
 
     /// `iss` claim; must match the services' AUTH_JWT_ISSUER.
     #[arg(long = "auth-jwt-issuer", env = "AUTH_JWT_ISSUER", default_value = DEFAULT_ISSUER)]
     issuer: String,
 
-    /// `aud` claim; must match the services' AUTH_JWT_AUDIENCE.
-    #[arg(
-        long = "auth-jwt-audience",
-        env = "AUTH_JWT_AUDIENCE",
-        default_value = DEFAULT_AUDIENCE
-    )]
+    /// `aud` claim: the platform audience for people; for a service token,
+    /// the called service's name (e.g. escrow), which it then requires.
+    #[arg(long, default_value = PLATFORM_AUDIENCE)]
     audience: String,
 }
 
@@ -79,19 +93,27 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     // Usage errors (unknown role, bad ttl, missing secret, ...) exit with 2.
     let cli = Cli::parse();
-    let config = AuthConfig {
-        issuer: cli.issuer,
-        audience: cli.audience,
-        hs256_secret: Some(cli.secret),
-        ..AuthConfig::default()
+    if cli.role == Role::Service && cli.audience == PLATFORM_AUDIENCE {
+        eprintln!(
+            "mint-token: a service token names the service it calls: add --audience <service>, \
+             e.g. --audience supplier-registry"
+        );
+        return ExitCode::from(2);
+    }
+    let issuer = match (&cli.signing_key_file, cli.kid) {
+        (Some(path), Some(kid)) => TokenIssuer::rs256_from_file(path, kid, cli.issuer),
+        _ => TokenIssuer::from_config(&AuthConfig {
+            issuer: cli.issuer,
+            hs256_secret: cli.secret,
+            ..AuthConfig::default()
+        })
+        .map_err(|err| err.to_string()),
     };
-    let token = TokenIssuer::from_config(&config)
-        .map_err(|err| err.to_string())
-        .and_then(|issuer| {
-            issuer
-                .mint(&cli.subject, cli.role, cli.ttl)
-                .map_err(|err| err.to_string())
-        });
+    let token = issuer.and_then(|issuer| {
+        issuer
+            .mint(&cli.subject, cli.role, &cli.audience, cli.ttl)
+            .map_err(|err| err.to_string())
+    });
     match token {
         Ok(token) => {
             println!("{token}");

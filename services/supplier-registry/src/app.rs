@@ -1,0 +1,357 @@
+//! The registry's use cases: each runs in the transaction the shared pipeline
+//! opened, loads what it needs with row locks, applies the domain rules and
+//! saves. Business rules that need storage live here (one reservation per
+//! contract, a release resolves once, one penalty per dispute, who may review),
+//! not in the transport.
+
+use sqlx::PgConnection;
+use ta_runtime::{
+    ServiceError,
+    auth::{Principal, Role},
+    money::Money,
+    timestamps,
+};
+use uuid::Uuid;
+
+use crate::{
+    domain::{Contact, NewSupplier, PenaltyPolicy, Status, Supplier},
+    storage::{self, Reservation, ReviewRow},
+};
+
+/// A change to one supplier's profile, verification, enrolment or status.
+#[derive(Clone, Debug)]
+pub enum SupplierChange {
+    Contacts(Vec<Contact>),
+    SubmitVerification,
+    Verify,
+    RejectVerification { reason: String },
+    Enroll { limit: Money },
+    SetLimit { limit: Money },
+    SetStatus { status: Status, reason: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct Register {
+    pub supplier: NewSupplier,
+    pub owner_principal_id: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReserveCover {
+    pub supplier_id: Uuid,
+    pub contract_id: String,
+    pub amount: Money,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReleaseCover {
+    pub supplier_id: Uuid,
+    pub contract_id: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompletedContract {
+    pub supplier_id: Uuid,
+    pub contract_id: String,
+    pub buyer_principal_id: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewReview {
+    pub supplier_id: Uuid,
+    pub contract_id: String,
+    pub rating: u8,
+    pub comment: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Inquiry {
+    pub supplier_id: Uuid,
+    pub inquiry_id: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Penalty {
+    pub supplier_id: Uuid,
+    pub dispute_id: String,
+    pub points: u32,
+    pub reason: String,
+}
+
+/// Suppliers act only on what they own; every other role the method's
+/// access declaration lets in may act on any supplier.
+pub fn ensure_may_act(principal: &Principal, supplier: &Supplier) -> Result<(), ServiceError> {
+    if principal.role == Role::Supplier && principal.subject != supplier.owner_principal_id {
+        return Err(ServiceError::PermissionDenied(format!(
+            "supplier {} belongs to another account",
+            supplier.id
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `principal` sees the private view of `supplier` (contacts,
+/// licence number, owner): its owner, operators and services.
+pub fn sees_private_view(principal: &Principal, supplier: &Supplier) -> bool {
+    principal.is_staff_or_service()
+        || (principal.role == Role::Supplier && principal.subject == supplier.owner_principal_id)
+}
+
+/// The registry's rules that depend on configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Registry {
+    pub penalty_policy: PenaltyPolicy,
+}
+
+impl Registry {
+    pub async fn register(
+        &self,
+        tx: &mut PgConnection,
+        command: &Register,
+    ) -> Result<Supplier, ServiceError> {
+        let supplier = Supplier::register(
+            command.supplier.clone(),
+            command.owner_principal_id.clone(),
+            timestamps::now(),
+        );
+        storage::insert_supplier(tx, &supplier).await?;
+        tracing::info!(supplier_id = %supplier.id, "supplier registered");
+        Ok(supplier)
+    }
+
+    /// Locks the supplier, checks the caller may act on it, applies the change.
+    pub async fn change(
+        &self,
+        tx: &mut PgConnection,
+        principal: &Principal,
+        supplier_id: Uuid,
+        change: &SupplierChange,
+    ) -> Result<Supplier, ServiceError> {
+        let mut supplier = storage::lock_supplier(tx, supplier_id).await?;
+        ensure_may_act(principal, &supplier)?;
+        match change.clone() {
+            SupplierChange::Contacts(contacts) => supplier.contacts = contacts,
+            SupplierChange::SubmitVerification => supplier.submit_verification()?,
+            SupplierChange::Verify => supplier.verify()?,
+            SupplierChange::RejectVerification { reason } => {
+                supplier.reject_verification(reason)?;
+            }
+            SupplierChange::Enroll { limit } => supplier.enroll(limit)?,
+            SupplierChange::SetLimit { limit } => supplier.set_limit(limit)?,
+            SupplierChange::SetStatus { status, reason } => supplier.set_status(status, reason),
+        }
+        storage::update_supplier(tx, &mut supplier).await?;
+        Ok(supplier)
+    }
+
+    /// Reserves a contract's cover once: the same contract, supplier and
+    /// amount again (whatever the idempotency key) answers the existing
+    /// reservation; anything else about that contract is refused.
+    pub async fn reserve_cover(
+        &self,
+        tx: &mut PgConnection,
+        command: &ReserveCover,
+    ) -> Result<(Reservation, Supplier), ServiceError> {
+        let amount = command.amount;
+        let mut supplier = storage::lock_supplier(tx, command.supplier_id).await?;
+        if let Some(existing) = storage::find_reservation(tx, &command.contract_id).await? {
+            return Ok((
+                same_reservation(existing, command.supplier_id, amount)?,
+                supplier,
+            ));
+        }
+        supplier.reserve_cover(amount)?;
+        let reservation = Reservation {
+            contract_id: command.contract_id.clone(),
+            supplier_id: command.supplier_id,
+            currency: amount.currency.to_string(),
+            amount_minor: amount.amount_minor,
+            status: "active".into(),
+            reserved_at: timestamps::now(),
+            released_at: None,
+        };
+        storage::insert_reservation(tx, &reservation).await?;
+        storage::update_supplier(tx, &mut supplier).await?;
+        Ok((reservation, supplier))
+    }
+
+    /// Releases a contract's cover; a hold resolves at most once, so
+    /// releasing again answers the released reservation unchanged.
+    pub async fn release_cover(
+        &self,
+        tx: &mut PgConnection,
+        command: &ReleaseCover,
+    ) -> Result<(Reservation, Supplier), ServiceError> {
+        let mut supplier = storage::lock_supplier(tx, command.supplier_id).await?;
+        let mut reservation = storage::find_reservation(tx, &command.contract_id)
+            .await?
+            .filter(|r| r.supplier_id == command.supplier_id)
+            .ok_or_else(|| {
+                ServiceError::not_found("cover reservation for contract", &command.contract_id)
+            })?;
+        let now = timestamps::now();
+        if storage::release_reservation(tx, &command.contract_id, now).await? {
+            supplier.release_cover(reservation.amount()?)?;
+            storage::update_supplier(tx, &mut supplier).await?;
+            reservation.status = "released".into();
+            reservation.released_at = Some(now);
+        }
+        Ok((reservation, supplier))
+    }
+
+    pub async fn record_completed_contract(
+        &self,
+        tx: &mut PgConnection,
+        command: &CompletedContract,
+    ) -> Result<(), ServiceError> {
+        storage::lock_supplier(tx, command.supplier_id).await?;
+        storage::insert_completed_contract(
+            tx,
+            &command.contract_id,
+            command.supplier_id,
+            &command.buyer_principal_id,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Only the buyer of a completed contract reviews it, once.
+    pub async fn submit_review(
+        &self,
+        tx: &mut PgConnection,
+        principal: &Principal,
+        command: &NewReview,
+    ) -> Result<(ReviewRow, Supplier), ServiceError> {
+        let mut supplier = storage::lock_supplier(tx, command.supplier_id).await?;
+        let (supplier_of_contract, buyer) = storage::completed_contract(tx, &command.contract_id)
+            .await?
+            .filter(|(supplier_id, _)| *supplier_id == command.supplier_id)
+            .ok_or_else(|| ServiceError::not_found("completed contract", &command.contract_id))?;
+        if buyer != principal.subject {
+            return Err(ServiceError::PermissionDenied(format!(
+                "only the buyer of contract {} may review it",
+                command.contract_id
+            )));
+        }
+        let review = ReviewRow {
+            contract_id: command.contract_id.clone(),
+            supplier_id: supplier_of_contract,
+            buyer_principal_id: buyer,
+            rating: i16::from(command.rating),
+            comment: command.comment.clone(),
+            created_at: timestamps::now(),
+        };
+        if !storage::insert_review(tx, &review).await? {
+            return Err(ServiceError::AlreadyExists(format!(
+                "contract {} has already been reviewed",
+                command.contract_id
+            )));
+        }
+        supplier.record_review(command.rating);
+        storage::update_supplier(tx, &mut supplier).await?;
+        Ok((review, supplier))
+    }
+
+    /// Counts an inquiry once per inquiry id.
+    pub async fn record_inquiry(
+        &self,
+        tx: &mut PgConnection,
+        command: &Inquiry,
+    ) -> Result<Supplier, ServiceError> {
+        let mut supplier = storage::lock_supplier(tx, command.supplier_id).await?;
+        if storage::insert_inquiry(tx, command.supplier_id, &command.inquiry_id).await? {
+            supplier.record_inquiry();
+            storage::update_supplier(tx, &mut supplier).await?;
+        }
+        Ok(supplier)
+    }
+
+    /// Counts a reply once per inquiry.
+    pub async fn record_inquiry_reply(
+        &self,
+        tx: &mut PgConnection,
+        principal: &Principal,
+        command: &Inquiry,
+    ) -> Result<Supplier, ServiceError> {
+        let mut supplier = storage::lock_supplier(tx, command.supplier_id).await?;
+        ensure_may_act(principal, &supplier)?;
+        match storage::mark_inquiry_replied(tx, command.supplier_id, &command.inquiry_id).await? {
+            None => return Err(ServiceError::not_found("inquiry", &command.inquiry_id)),
+            Some(true) => {
+                supplier.record_inquiry_reply();
+                storage::update_supplier(tx, &mut supplier).await?;
+            }
+            Some(false) => {}
+        }
+        Ok(supplier)
+    }
+
+    /// Records a dispute's penalty once: the same penalty again changes
+    /// nothing; a different one for the same dispute is refused. Returns
+    /// whether this penalty restricted the supplier.
+    pub async fn record_penalty(
+        &self,
+        tx: &mut PgConnection,
+        command: &Penalty,
+    ) -> Result<(Supplier, bool), ServiceError> {
+        let mut supplier = storage::lock_supplier(tx, command.supplier_id).await?;
+        let points = i32::try_from(command.points).unwrap_or(i32::MAX);
+        let recorded = storage::insert_penalty(
+            tx,
+            &command.dispute_id,
+            command.supplier_id,
+            points,
+            &command.reason,
+        )
+        .await?;
+        let restricted = match recorded {
+            None => {
+                let restricted = supplier.record_penalty(command.points, self.penalty_policy);
+                storage::update_supplier(tx, &mut supplier).await?;
+                if restricted {
+                    tracing::warn!(supplier_id = %supplier.id, points = supplier.penalty_points,
+                        "supplier restricted by penalty points");
+                }
+                restricted
+            }
+            Some((same_supplier, same_points))
+                if same_supplier == command.supplier_id && same_points == points =>
+            {
+                false
+            }
+            Some(_) => {
+                return Err(ServiceError::AlreadyExists(format!(
+                    "dispute {} already has a different penalty recorded",
+                    command.dispute_id
+                )));
+            }
+        };
+        Ok((supplier, restricted))
+    }
+}
+
+/// A contract's existing reservation: the same request again is answered with
+/// it; a released one or one with other terms is refused, saying which.
+fn same_reservation(
+    existing: Reservation,
+    supplier_id: Uuid,
+    amount: Money,
+) -> Result<Reservation, ServiceError> {
+    if !existing.is_active() {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "cannot reserve cover: contract {} already reserved cover with supplier {} and it \
+             was released; a contract reserves cover once",
+            existing.contract_id, existing.supplier_id
+        )));
+    }
+    if existing.supplier_id != supplier_id
+        || existing.amount_minor != amount.amount_minor
+        || existing.currency != amount.currency.as_str()
+    {
+        return Err(ServiceError::AlreadyExists(format!(
+            "contract {} already holds cover of {} {} minor units with supplier {}",
+            existing.contract_id, existing.currency, existing.amount_minor, existing.supplier_id
+        )));
+    }
+    Ok(existing)
+}

@@ -1,0 +1,166 @@
+//! Authentication and authorization of gRPC calls.
+//!
+//! * [`TokenVerifier`] checks bearer JWTs: RS256 against a JWK set whose keys
+//!   are picked by `kid` (re-read when the file changes, so keys rotate without
+//!   a restart), and HS256 with a shared secret for local runs only (off in any
+//!   deployment configured with a JWK set unless explicitly allowed).
+//! * Audiences: each service has its own (`AUTH_JWT_AUDIENCE`, by default its
+//!   name). A service principal's token must name the called service; a
+//!   person's token may name it or the platform audience.
+//! * [`MethodPolicy`] is derived from the `access` option declared on each RPC
+//!   in `proto/`: the roles of people allowed, and the services allowed by name.
+//! * [`AuthLayer`] answers `UNAUTHENTICATED` / `PERMISSION_DENIED` itself and
+//!   hands the [`Caller`] (principal and method) to handlers through the request
+//!   extensions, where [`caller`] and [`principal`] read it.
+//! * [`TokenIssuer`] mints tokens for the `mint-token` CLI, tests, and services
+//!   calling each other (HS256 in development, RS256 with a `kid` elsewhere).
+
+mod config;
+mod issuer;
+mod keys;
+mod layer;
+mod policy;
+mod verifier;
+
+#[cfg(test)]
+mod tests;
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+pub use config::{AuthConfig, AuthConfigError};
+pub use issuer::{MintError, TokenIssuer};
+pub use layer::{AuthLayer, AuthService, bearer_metadata, caller, is_public_path, principal};
+pub use policy::{Decision, MethodPolicy};
+pub use verifier::{AuthError, TokenVerifier};
+
+/// Default expected `iss` claim.
+pub const DEFAULT_ISSUER: &str = "trade-assurance";
+/// The platform-wide audience people's tokens may carry (services' tokens
+/// must name the service they call).
+pub const PLATFORM_AUDIENCE: &str = "trade-assurance";
+/// Default clock-skew tolerance for `exp` / `nbf`, in seconds.
+pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
+/// Shortest accepted HS256 secret, in bytes.
+pub const MIN_HS256_SECRET_LEN: usize = 16;
+/// Longest accepted `sub` claim, in bytes.
+pub const MAX_SUBJECT_LEN: usize = 128;
+
+/// What a caller is, as carried in the `role` claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Buyer,
+    Supplier,
+    Inspector,
+    Operator,
+    /// Another Trade Assurance service calling on its own behalf; its subject
+    /// is the service's name (`contract`, `dispute`, ...).
+    Service,
+}
+
+impl Role {
+    /// Every role, in declaration order.
+    pub const ALL: [Role; 5] = [
+        Role::Buyer,
+        Role::Supplier,
+        Role::Inspector,
+        Role::Operator,
+        Role::Service,
+    ];
+
+    /// The wire name, as in the `role` claim (`"buyer"`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Buyer => "buyer",
+            Role::Supplier => "supplier",
+            Role::Inspector => "inspector",
+            Role::Operator => "operator",
+            Role::Service => "service",
+        }
+    }
+
+    /// The role of an access declaration in `proto/`.
+    pub fn from_proto(role: ta_proto::common::Role) -> Option<Role> {
+        use ta_proto::common::Role as Pb;
+        match role {
+            Pb::Buyer => Some(Role::Buyer),
+            Pb::Supplier => Some(Role::Supplier),
+            Pb::Inspector => Some(Role::Inspector),
+            Pb::Operator => Some(Role::Operator),
+            Pb::Service => Some(Role::Service),
+            Pb::Unspecified => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The string is not the (lowercase) name of a [`Role`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role `{0}` (expected one of buyer, supplier, inspector, operator, service)")]
+pub struct ParseRoleError(pub String);
+
+impl FromStr for Role {
+    type Err = ParseRoleError;
+
+    /// Exact, lowercase match, as in tokens.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| ParseRoleError(s.to_owned()))
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The `sub` claim: a user, supplier or service id.
+    pub subject: String,
+    pub role: Role,
+}
+
+impl Principal {
+    /// Operators and services see everything (the private view of a
+    /// resource); people see what they own or what is public.
+    pub fn is_staff_or_service(&self) -> bool {
+        matches!(self.role, Role::Operator | Role::Service)
+    }
+}
+
+/// Who called which method: set by [`AuthLayer`] on every authenticated call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub principal: Principal,
+    /// The full gRPC method path, `/package.Service/Method`: idempotency keys
+    /// are scoped by it, so no two RPCs can share a key by accident.
+    pub method: String,
+}
+
+/// The claims of a Trade Assurance token, as minted by [`TokenIssuer`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: Role,
+    pub iss: String,
+    pub aud: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issue time, seconds since the Unix epoch.
+    pub iat: u64,
+    /// Not-before, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

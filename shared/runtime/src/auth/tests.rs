@@ -1,0 +1,577 @@
+use std::{
+    convert::Infallible,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+use tower::{Layer, ServiceExt};
+
+use super::*;
+
+const SECRET: &str = "0123456789abcdef-test-secret";
+const SERVICE: &str = "supplier-registry";
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const GET_SUPPLIER: &str = "/tradeassurance.supplier.v1.SupplierRegistryService/GetSupplier";
+const VERIFY_SUPPLIER: &str = "/tradeassurance.supplier.v1.SupplierRegistryService/VerifySupplier";
+const RESERVE_COVER: &str = "/tradeassurance.supplier.v1.SupplierRegistryService/ReserveCover";
+const RECORD_PENALTY: &str = "/tradeassurance.supplier.v1.SupplierRegistryService/RecordPenalty";
+
+fn private_pem(key: &str) -> Vec<u8> {
+    std::fs::read(Path::new(FIXTURES).join(format!("rs256_{key}_private.pem"))).unwrap()
+}
+
+/// A scratch directory of this test process, removed by the caller.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ta-auth-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes a JWK set with the public halves of fixture keys, each under `kid`.
+fn write_jwks(path: &Path, keys: &[(&str, &str)]) {
+    let keys: Vec<Jwk> = keys
+        .iter()
+        .map(|(key, kid)| {
+            let encoding = EncodingKey::from_rsa_pem(&private_pem(key)).unwrap();
+            let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).unwrap();
+            jwk.common.key_id = Some((*kid).to_owned());
+            jwk
+        })
+        .collect();
+    std::fs::write(path, serde_json::json!({ "keys": keys }).to_string()).unwrap();
+}
+
+fn hs256_config() -> AuthConfig {
+    AuthConfig::hs256(SECRET)
+}
+
+fn jwks_config(path: &Path) -> AuthConfig {
+    AuthConfig {
+        jwks_file: Some(path.to_owned()),
+        ..AuthConfig::default()
+    }
+}
+
+fn hs256_issuer() -> TokenIssuer {
+    TokenIssuer::hs256(SECRET, DEFAULT_ISSUER)
+}
+
+fn rs256_issuer(key: &str, kid: &str) -> TokenIssuer {
+    TokenIssuer::rs256(&private_pem(key), kid, DEFAULT_ISSUER).unwrap()
+}
+
+fn hs256_verifier() -> TokenVerifier {
+    TokenVerifier::from_config(&hs256_config(), SERVICE).unwrap()
+}
+
+fn token(issuer: &TokenIssuer, subject: &str, role: Role, audience: &str) -> String {
+    issuer
+        .mint(subject, role, audience, Duration::from_secs(600))
+        .unwrap()
+}
+
+fn claims_json(role: &str) -> serde_json::Value {
+    serde_json::json!({
+        "sub": "user-1",
+        "role": role,
+        "iss": DEFAULT_ISSUER,
+        "aud": PLATFORM_AUDIENCE,
+        "exp": unix_now() + 3600,
+        "iat": unix_now(),
+    })
+}
+
+fn hs256_token(claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+// --- roles -------------------------------------------------------------------
+
+#[test]
+fn role_round_trips_through_str_and_serde() {
+    for role in Role::ALL {
+        assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        let json = serde_json::to_string(&role).unwrap();
+        assert_eq!(json, format!("\"{}\"", role.as_str()));
+        assert_eq!(serde_json::from_str::<Role>(&json).unwrap(), role);
+    }
+    assert!("Buyer".parse::<Role>().is_err());
+    assert!("admin".parse::<Role>().is_err());
+}
+
+// --- verification ------------------------------------------------------------
+
+#[test]
+fn people_may_carry_the_platform_or_the_service_audience() {
+    let verifier = hs256_verifier();
+    for audience in [PLATFORM_AUDIENCE, SERVICE] {
+        let principal = verifier
+            .verify(&token(&hs256_issuer(), "buyer-42", Role::Buyer, audience))
+            .unwrap();
+        assert_eq!(principal.subject, "buyer-42");
+        assert_eq!(principal.role, Role::Buyer);
+    }
+    let elsewhere = token(&hs256_issuer(), "buyer-42", Role::Buyer, "escrow");
+    assert_eq!(verifier.verify(&elsewhere), Err(AuthError::WrongAudience));
+}
+
+#[test]
+fn a_service_token_must_name_the_called_service() {
+    let verifier = hs256_verifier();
+    let mine = token(&hs256_issuer(), "contract", Role::Service, SERVICE);
+    assert_eq!(verifier.verify(&mine).unwrap().subject, "contract");
+    for audience in [PLATFORM_AUDIENCE, "escrow"] {
+        let other = token(&hs256_issuer(), "contract", Role::Service, audience);
+        assert_eq!(
+            verifier.verify(&other),
+            Err(AuthError::WrongAudience),
+            "{audience}"
+        );
+    }
+    // The configured audience replaces the service name.
+    let config = AuthConfig {
+        audience: Some("registry.prod".into()),
+        ..hs256_config()
+    };
+    let verifier = TokenVerifier::from_config(&config, SERVICE).unwrap();
+    let token = token(&hs256_issuer(), "contract", Role::Service, "registry.prod");
+    assert!(verifier.verify(&token).is_ok());
+}
+
+#[test]
+fn rs256_keys_are_picked_by_kid() {
+    let dir = scratch("kid");
+    let jwks = dir.join("jwks.json");
+    write_jwks(&jwks, &[("a", "key-a"), ("b", "key-b")]);
+    let verifier = TokenVerifier::from_config(&jwks_config(&jwks), SERVICE).unwrap();
+    for (key, kid) in [("a", "key-a"), ("b", "key-b")] {
+        let t = token(
+            &rs256_issuer(key, kid),
+            "ops-1",
+            Role::Operator,
+            PLATFORM_AUDIENCE,
+        );
+        assert_eq!(verifier.verify(&t).unwrap().role, Role::Operator);
+    }
+    // Key a's signature under key b's kid, an unknown kid, and no kid at all.
+    let swapped = token(
+        &rs256_issuer("a", "key-b"),
+        "ops-1",
+        Role::Operator,
+        PLATFORM_AUDIENCE,
+    );
+    assert_eq!(verifier.verify(&swapped), Err(AuthError::BadSignature));
+    let unknown = token(
+        &rs256_issuer("c", "key-c"),
+        "ops-1",
+        Role::Operator,
+        PLATFORM_AUDIENCE,
+    );
+    assert_eq!(verifier.verify(&unknown), Err(AuthError::UnknownKey));
+    let pem = private_pem("a");
+    let no_kid = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims_json("operator"),
+        &EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(verifier.verify(&no_kid), Err(AuthError::UnknownKey));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_rotated_key_set_is_picked_up_without_a_restart() {
+    let dir = scratch("rotate");
+    let jwks = dir.join("jwks.json");
+    write_jwks(&jwks, &[("a", "key-a")]);
+    let verifier = TokenVerifier::from_config(&jwks_config(&jwks), SERVICE).unwrap();
+    let new_key = token(
+        &rs256_issuer("c", "key-c"),
+        "ops-1",
+        Role::Operator,
+        PLATFORM_AUDIENCE,
+    );
+    assert_eq!(verifier.verify(&new_key), Err(AuthError::UnknownKey));
+
+    // Rotate: c joins, a leaves. The file is looked at again after a second.
+    write_jwks(&jwks, &[("c", "key-c")]);
+    let old_key = token(
+        &rs256_issuer("a", "key-a"),
+        "ops-1",
+        Role::Operator,
+        PLATFORM_AUDIENCE,
+    );
+    let mut picked_up = false;
+    for _ in 0..40 {
+        if verifier.verify(&new_key).is_ok() {
+            picked_up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(picked_up, "the new key was never accepted");
+    assert_eq!(verifier.verify(&old_key), Err(AuthError::UnknownKey));
+
+    // A broken file keeps the last good keys.
+    std::fs::write(&jwks, "{ not json").unwrap();
+    std::thread::sleep(Duration::from_millis(1_100));
+    assert!(verifier.verify(&new_key).is_ok());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn hs256_is_off_where_a_key_set_is_configured_unless_allowed() {
+    let dir = scratch("hs256-off");
+    let jwks = dir.join("jwks.json");
+    write_jwks(&jwks, &[("a", "key-a")]);
+    let both = AuthConfig {
+        hs256_secret: Some(SECRET.into()),
+        ..jwks_config(&jwks)
+    };
+    let message = TokenVerifier::from_config(&both, SERVICE)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("AUTH_JWT_ALLOW_HS256"), "{message}");
+    assert!(!message.contains(SECRET));
+
+    let hs = hs256_token(&claims_json("operator"));
+    let rs_only = TokenVerifier::from_config(&jwks_config(&jwks), SERVICE).unwrap();
+    assert_eq!(
+        rs_only.verify(&hs),
+        Err(AuthError::UnsupportedAlgorithm("HS256".into()))
+    );
+    let allowed = TokenVerifier::from_config(
+        &AuthConfig {
+            allow_hs256: true,
+            ..both
+        },
+        SERVICE,
+    )
+    .unwrap();
+    assert!(allowed.verify(&hs).is_ok());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_tokens_are_refused_with_their_reason() {
+    let verifier = hs256_verifier();
+    let mut claims = claims_json("buyer");
+    claims["exp"] = serde_json::json!(unix_now() - 3600);
+    assert_eq!(
+        verifier.verify(&hs256_token(&claims)),
+        Err(AuthError::Expired)
+    );
+    let mut claims = claims_json("buyer");
+    claims["iss"] = serde_json::json!("someone-else");
+    assert_eq!(
+        verifier.verify(&hs256_token(&claims)),
+        Err(AuthError::WrongIssuer)
+    );
+    let mut claims = claims_json("buyer");
+    claims["role"] = serde_json::json!("admin");
+    assert_eq!(
+        verifier.verify(&hs256_token(&claims)),
+        Err(AuthError::UnknownRole("admin".into()))
+    );
+    let mut claims = claims_json("buyer");
+    claims.as_object_mut().unwrap().remove("role");
+    assert_eq!(
+        verifier.verify(&hs256_token(&claims)),
+        Err(AuthError::MissingClaim("role".into()))
+    );
+    for sub in [" ", "tab\there", &"x".repeat(MAX_SUBJECT_LEN + 1)] {
+        let mut claims = claims_json("buyer");
+        claims["sub"] = serde_json::json!(sub);
+        assert_eq!(
+            verifier.verify(&hs256_token(&claims)),
+            Err(AuthError::InvalidClaim("sub".into()))
+        );
+    }
+    let wrong_secret = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims_json("buyer"),
+        &EncodingKey::from_secret(b"another-secret-of-16-bytes"),
+    )
+    .unwrap();
+    assert_eq!(verifier.verify(&wrong_secret), Err(AuthError::BadSignature));
+    let hs512 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS512),
+        &claims_json("buyer"),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        verifier.verify(&hs512),
+        Err(AuthError::UnsupportedAlgorithm("HS512".into()))
+    );
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let alg_none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&claims_json("operator").to_string())
+    );
+    assert_eq!(verifier.verify(&alg_none), Err(AuthError::Malformed));
+    assert_eq!(verifier.verify("garbage"), Err(AuthError::Malformed));
+}
+
+// --- configuration -------------------------------------------------------------
+
+fn config_error(config: AuthConfig) -> String {
+    TokenVerifier::from_config(&config, SERVICE)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn configuration_errors_name_the_variable() {
+    let message = config_error(AuthConfig::default());
+    assert!(message.contains("AUTH_JWT_HS256_SECRET") && message.contains("AUTH_JWT_JWKS_FILE"));
+    let message = config_error(AuthConfig::hs256("short-secret"));
+    assert!(message.contains("AUTH_JWT_HS256_SECRET") && !message.contains("short-secret"));
+    let message = config_error(AuthConfig {
+        issuer: " ".into(),
+        ..hs256_config()
+    });
+    assert!(message.contains("AUTH_JWT_ISSUER"), "{message}");
+    let message = config_error(AuthConfig {
+        audience: Some(String::new()),
+        ..hs256_config()
+    });
+    assert!(message.contains("AUTH_JWT_AUDIENCE"), "{message}");
+
+    let dir = scratch("bad-jwks");
+    let missing = dir.join("missing.json");
+    let message = config_error(jwks_config(&missing));
+    assert!(message.contains("AUTH_JWT_JWKS_FILE") && message.contains("missing.json"));
+    let encoding = EncodingKey::from_rsa_pem(&private_pem("a")).unwrap();
+    let without_kid = Jwk::from_encoding_key(&encoding, Algorithm::RS256).unwrap();
+    let hmac = Jwk::from_encoding_key(&EncodingKey::from_secret(b"k"), Algorithm::HS256).unwrap();
+    let mut hmac_with_kid = hmac.clone();
+    hmac_with_kid.common.key_id = Some("k1".into());
+    for (name, content, expected) in [
+        ("garbage", "not json".to_owned(), "not a usable JWK set"),
+        ("empty", r#"{"keys":[]}"#.to_owned(), "holds no key"),
+        (
+            "no-kid",
+            serde_json::json!({ "keys": [without_kid] }).to_string(),
+            "no `kid`",
+        ),
+        (
+            "hmac",
+            serde_json::json!({ "keys": [hmac_with_kid] }).to_string(),
+            "not an RSA key",
+        ),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        let message = config_error(jwks_config(&path));
+        assert!(message.contains("AUTH_JWT_JWKS_FILE"), "{name}: {message}");
+        assert!(message.contains(expected), "{name}: {message}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn debug_output_hides_the_secret() {
+    assert!(!format!("{:?}", hs256_config()).contains(SECRET));
+    assert!(!format!("{:?}", hs256_issuer()).contains(SECRET));
+    assert!(!format!("{:?}", hs256_verifier()).contains(SECRET));
+}
+
+#[test]
+fn clap_reads_the_environment_names_and_defaults() {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        auth: AuthConfig,
+    }
+    let cli =
+        <Cli as clap::Parser>::try_parse_from(["svc", "--auth-jwt-hs256-secret", SECRET]).unwrap();
+    assert_eq!(cli.auth.issuer, DEFAULT_ISSUER);
+    assert_eq!(cli.auth.own_audience(SERVICE), SERVICE);
+    assert!(!cli.auth.allow_hs256);
+    let command = <Cli as clap::CommandFactory>::command();
+    let envs: Vec<_> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()))
+        .collect();
+    for env in [
+        "AUTH_JWT_ISSUER",
+        "AUTH_JWT_AUDIENCE",
+        "AUTH_JWT_PLATFORM_AUDIENCE",
+        "AUTH_JWT_HS256_SECRET",
+        "AUTH_JWT_ALLOW_HS256",
+        "AUTH_JWT_JWKS_FILE",
+        "AUTH_JWT_LEEWAY_SECONDS",
+    ] {
+        assert!(envs.iter().any(|e| e == env), "{env} missing");
+    }
+    assert!(
+        <Cli as clap::Parser>::try_parse_from(["svc", "--auth-jwt-leeway-seconds", "99999"])
+            .is_err()
+    );
+}
+
+#[test]
+fn minted_claims_are_complete() {
+    let token = hs256_issuer()
+        .mint(
+            "supplier-7",
+            Role::Supplier,
+            "escrow",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let claims: Claims = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
+    assert_eq!(claims.sub, "supplier-7");
+    assert_eq!(claims.role, Role::Supplier);
+    assert_eq!(claims.iss, DEFAULT_ISSUER);
+    assert_eq!(claims.aud, "escrow");
+    assert_eq!(claims.exp - claims.iat, 3600);
+    assert!(matches!(
+        hs256_issuer().mint(" ", Role::Buyer, "escrow", Duration::from_secs(1)),
+        Err(MintError::EmptySubject)
+    ));
+    let header = jsonwebtoken::decode_header(&token(
+        &rs256_issuer("a", "key-a"),
+        "contract",
+        Role::Service,
+        "escrow",
+    ))
+    .unwrap();
+    assert_eq!(header.kid.as_deref(), Some("key-a"));
+}
+
+// --- policy ------------------------------------------------------------------
+
+fn principal(subject: &str, role: Role) -> Principal {
+    Principal {
+        subject: subject.into(),
+        role,
+    }
+}
+
+#[test]
+fn the_declared_policy_names_services_one_by_one() {
+    let policy =
+        MethodPolicy::declared_for(&["tradeassurance.supplier.v1.SupplierRegistryService"]);
+    let contract = principal("contract", Role::Service);
+    let dispute = principal("dispute", Role::Service);
+    assert_eq!(policy.decide(RESERVE_COVER, &contract), Decision::Allowed);
+    assert_eq!(policy.decide(RESERVE_COVER, &dispute), Decision::Denied);
+    assert_eq!(policy.decide(RECORD_PENALTY, &dispute), Decision::Allowed);
+    assert_eq!(policy.decide(RECORD_PENALTY, &contract), Decision::Denied);
+    assert_eq!(
+        policy.decide(RESERVE_COVER, &principal("ops", Role::Operator)),
+        Decision::Allowed
+    );
+    assert_eq!(
+        policy.decide(RESERVE_COVER, &principal("b", Role::Buyer)),
+        Decision::Denied
+    );
+    assert_eq!(
+        policy.decide(
+            "/tradeassurance.escrow.v1.EscrowService/FundEscrow",
+            &principal("b", Role::Buyer)
+        ),
+        Decision::NotServed
+    );
+}
+
+#[test]
+#[should_panic(expected = "not a gRPC method path")]
+fn policy_rejects_malformed_paths() {
+    let _ = MethodPolicy::new().allow("GetSupplier", &[Role::Buyer]);
+}
+
+// --- layer -------------------------------------------------------------------
+
+/// What the inner service saw: `None` if it was not called, else the caller
+/// in the request extensions (if any).
+type Seen = Arc<Mutex<Option<Option<Caller>>>>;
+
+async fn call(
+    authorization: Option<String>,
+    path: &str,
+) -> (tonic::Status, Option<Option<Caller>>) {
+    let seen = Seen::default();
+    let recorder = Arc::clone(&seen);
+    let inner = tower::service_fn(move |request: http::Request<tonic::body::Body>| {
+        let seen = Arc::clone(&recorder);
+        async move {
+            *seen.lock().unwrap() = Some(request.extensions().get::<Caller>().cloned());
+            Ok::<_, Infallible>(tonic::Status::ok("").into_http())
+        }
+    });
+    let policy = MethodPolicy::new()
+        .allow(GET_SUPPLIER, &[Role::Buyer])
+        .allow(VERIFY_SUPPLIER, &[Role::Operator])
+        .allow_services(VERIFY_SUPPLIER, &["contract"]);
+    let service = AuthLayer::new(Arc::new(hs256_verifier()), Arc::new(policy)).layer(inner);
+    let mut builder = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://localhost{path}"))
+        .header("content-type", "application/grpc");
+    if let Some(value) = authorization {
+        builder = builder.header("authorization", value);
+    }
+    let response = service
+        .oneshot(builder.body(tonic::body::Body::default()).unwrap())
+        .await
+        .unwrap();
+    let status = tonic::Status::from_header_map(response.headers()).expect("grpc-status");
+    let seen = seen.lock().unwrap().clone();
+    (status, seen)
+}
+
+fn bearer(subject: &str, role: Role) -> Option<String> {
+    Some(format!(
+        "Bearer {}",
+        token(&hs256_issuer(), subject, role, SERVICE)
+    ))
+}
+
+#[tokio::test]
+async fn the_layer_authenticates_then_authorizes() {
+    let (status, seen) = call(None, "/grpc.health.v1.Health/Check").await;
+    assert_eq!(status.code(), tonic::Code::Ok);
+    assert_eq!(seen, Some(None), "public paths pass without a caller");
+
+    let (status, seen) = call(None, GET_SUPPLIER).await;
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_eq!(seen, None);
+    for header in ["Basic abc", "Bearer", "Bearer a b", "Bearer not.a.jwt"] {
+        let (status, seen) = call(Some(header.into()), GET_SUPPLIER).await;
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{header}");
+        assert_eq!(seen, None);
+    }
+
+    let (status, seen) = call(bearer("ops", Role::Operator), GET_SUPPLIER).await;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        "role operator may not call SupplierRegistryService/GetSupplier"
+    );
+    assert_eq!(seen, None);
+    let (status, _) = call(bearer("dispute", Role::Service), VERIFY_SUPPLIER).await;
+    assert_eq!(
+        status.message(),
+        "service dispute may not call SupplierRegistryService/VerifySupplier"
+    );
+    let (status, _) = call(bearer("b", Role::Buyer), "/x.v1.Other/Thing").await;
+    assert_eq!(status.message(), "Other/Thing is not served by this server");
+
+    let (status, seen) = call(bearer("contract", Role::Service), VERIFY_SUPPLIER).await;
+    assert_eq!(status.code(), tonic::Code::Ok);
+    let caller = seen.flatten().expect("the caller reaches the handler");
+    assert_eq!(caller.principal, principal("contract", Role::Service));
+    assert_eq!(caller.method, VERIFY_SUPPLIER);
+}

@@ -1,0 +1,224 @@
+//! Checking bearer tokens.
+
+use std::fmt;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind as JwtErrorKind};
+use serde::Deserialize;
+
+use super::{
+    MAX_SUBJECT_LEN, Principal, Role,
+    config::{
+        AuthConfig, AuthConfigError, ENV_AUDIENCE, ENV_ISSUER, ENV_PLATFORM_AUDIENCE,
+        checked_secret, non_empty,
+    },
+    keys::KeySet,
+};
+
+/// Why a request was not authenticated. The `Display` text is sent to the
+/// client in the `UNAUTHENTICATED` status, so it never contains the token,
+/// a secret or key material.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error("authorization header must be `Bearer <token>`")]
+    InvalidAuthorizationHeader,
+    #[error("malformed token")]
+    Malformed,
+    #[error("token algorithm {0} is not accepted")]
+    UnsupportedAlgorithm(String),
+    #[error("token key id (kid) is missing or unknown")]
+    UnknownKey,
+    #[error("invalid token signature")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token issuer is not accepted")]
+    WrongIssuer,
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("token lacks the `{0}` claim")]
+    MissingClaim(String),
+    #[error("token claim `{0}` is invalid")]
+    InvalidClaim(String),
+    #[error("unknown role `{0}` in token")]
+    UnknownRole(String),
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(err: AuthError) -> Self {
+        tonic::Status::unauthenticated(err.to_string())
+    }
+}
+
+fn map_jwt_error(err: &jsonwebtoken::errors::Error) -> AuthError {
+    match err.kind() {
+        JwtErrorKind::InvalidSignature => AuthError::BadSignature,
+        JwtErrorKind::ExpiredSignature => AuthError::Expired,
+        JwtErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        JwtErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+        JwtErrorKind::InvalidAudience => AuthError::WrongAudience,
+        JwtErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
+        JwtErrorKind::InvalidClaimFormat(claim) => AuthError::InvalidClaim(claim.clone()),
+        // Whatever else (bad base64/JSON, wrong shape, ...) is a malformed
+        // token; the details stay in the debug log.
+        _ => AuthError::Malformed,
+    }
+}
+
+/// The claims read by [`TokenVerifier::verify`]; `exp`, `nbf`, `iss` and `aud`
+/// are checked by jsonwebtoken itself (it accepts `aud` as string or array).
+/// Lenient so that a missing or unknown role gets its own error.
+#[derive(Deserialize)]
+struct VerifiedClaims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    aud: Audience,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+    #[default]
+    None,
+}
+
+impl Audience {
+    fn contains(&self, wanted: &str) -> bool {
+        match self {
+            Audience::One(aud) => aud == wanted,
+            Audience::Many(auds) => auds.iter().any(|aud| aud == wanted),
+            Audience::None => false,
+        }
+    }
+}
+
+/// Checks bearer tokens. Build it once with [`TokenVerifier::from_config`]
+/// and share it (`Arc`).
+pub struct TokenVerifier {
+    hs256: Option<DecodingKey>,
+    rs256: Option<KeySet>,
+    own_audience: String,
+    hs256_validation: Validation,
+    rs256_validation: Validation,
+}
+
+impl fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("hs256", &self.hs256.is_some())
+            .field("rs256_keys", &self.rs256.as_ref().map_or(0, KeySet::len))
+            .field("own_audience", &self.own_audience)
+            .field("issuer", &self.rs256_validation.iss)
+            .finish()
+    }
+}
+
+impl TokenVerifier {
+    /// Loads the keys named by `config` for the service `service_name` (its
+    /// default audience).
+    ///
+    /// Fails, naming the variable, when no key is configured, when the secret
+    /// is shorter than 16 bytes, when HS256 is configured beside a JWK set
+    /// without `AUTH_JWT_ALLOW_HS256`, when issuer or audience is empty, or
+    /// when the JWK set cannot be read or holds an unusable key.
+    pub fn from_config(config: &AuthConfig, service_name: &str) -> Result<Self, AuthConfigError> {
+        let issuer = non_empty(&config.issuer, ENV_ISSUER)?;
+        let own_audience = non_empty(config.own_audience(service_name), ENV_AUDIENCE)?;
+        let platform_audience = non_empty(&config.platform_audience, ENV_PLATFORM_AUDIENCE)?;
+        let rs256 = config.jwks_file.as_deref().map(KeySet::load).transpose()?;
+        let hs256 = checked_secret(config.hs256_secret.as_deref())?.map(DecodingKey::from_secret);
+        if hs256.is_some() && rs256.is_some() && !config.allow_hs256 {
+            return Err(AuthConfigError::Hs256BesideJwks);
+        }
+        if hs256.is_none() && rs256.is_none() {
+            return Err(AuthConfigError::NoVerificationKey);
+        }
+        let validation = |alg| {
+            let mut v = Validation::new(alg);
+            v.leeway = config.leeway_seconds;
+            v.validate_exp = true;
+            v.validate_nbf = true;
+            v.validate_aud = true;
+            v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            v.set_issuer(&[issuer]);
+            // Either audience passes here; who may use which is checked after.
+            v.set_audience(&[own_audience, platform_audience]);
+            v
+        };
+        Ok(Self {
+            hs256,
+            rs256,
+            own_audience: own_audience.to_owned(),
+            hs256_validation: validation(Algorithm::HS256),
+            rs256_validation: validation(Algorithm::RS256),
+        })
+    }
+
+    /// Verifies `token` (without the `Bearer ` prefix): signature (HS256, or
+    /// RS256 with the key its `kid` names), `exp`/`nbf` with leeway, `iss`,
+    /// `aud`, a non-empty `sub` and a known `role`. A service principal's
+    /// token must name this service's own audience.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        // `alg: none` and unknown algorithms fail to parse here.
+        let header = jsonwebtoken::decode_header(token).map_err(|err| {
+            tracing::debug!(error = %err, "unparseable token header");
+            AuthError::Malformed
+        })?;
+        let claims = match (header.alg, &self.hs256, &self.rs256) {
+            (Algorithm::HS256, Some(key), _) => decode(token, key, &self.hs256_validation)?,
+            (Algorithm::RS256, _, Some(keys)) => {
+                let key = header
+                    .kid
+                    .as_deref()
+                    .and_then(|kid| keys.get(kid))
+                    .ok_or(AuthError::UnknownKey)?;
+                decode(token, &key, &self.rs256_validation)?
+            }
+            (alg, _, _) => return Err(AuthError::UnsupportedAlgorithm(format!("{alg:?}"))),
+        };
+        let subject = match claims.sub {
+            // Subjects are stored (owners, idempotency scopes): printable and bounded.
+            Some(sub)
+                if !sub.trim().is_empty()
+                    && sub.len() <= MAX_SUBJECT_LEN
+                    && !sub.chars().any(char::is_control) =>
+            {
+                sub
+            }
+            _ => return Err(AuthError::InvalidClaim("sub".to_owned())),
+        };
+        let role: Role = match claims.role {
+            None => return Err(AuthError::MissingClaim("role".to_owned())),
+            Some(role) => role.parse().map_err(|_| AuthError::UnknownRole(role))?,
+        };
+        // A token one service got for calling another must not work here.
+        if role == Role::Service && !claims.aud.contains(&self.own_audience) {
+            return Err(AuthError::WrongAudience);
+        }
+        Ok(Principal { subject, role })
+    }
+}
+
+fn decode(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<VerifiedClaims, AuthError> {
+    jsonwebtoken::decode::<VerifiedClaims>(token, key, validation)
+        .map(|data| data.claims)
+        .map_err(|err| {
+            if !matches!(err.kind(), JwtErrorKind::InvalidSignature) {
+                tracing::debug!(error = %err, "token rejected");
+            }
+            map_jwt_error(&err)
+        })
+}

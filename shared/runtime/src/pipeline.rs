@@ -1,0 +1,136 @@
+//! The one pipeline every mutating RPC of every service runs through:
+//!
+//! 1. the caller (principal and method path) set by the auth layer;
+//! 2. the idempotency key's shape, and the handler's parsing of the request
+//!    into a domain command, all field violations reported together;
+//! 3. one transaction: claim the key under (principal, method path), apply the
+//!    command, store the answer; a serialization failure or deadlock (a
+//!    concurrent change won) reruns the transaction a bounded number of times;
+//! 4. the stored answer, or the replayed one for a retried key.
+//!
+//! A handler is then two steps: `prepare` with its parse function (pure), and
+//! `execute` with its apply function (domain + storage).
+//! The key scope comes from the route, never from a hand-typed method name, so
+//! two RPCs whose requests encode alike cannot share keys.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+use ta_proto::IdempotentRequest;
+
+use crate::{
+    ServiceError, Violations,
+    auth::{self, Caller, Principal},
+    idempotency::{IdempotencyKeys, KeyScope, validate_key},
+};
+
+/// How many times a transaction that lost to a concurrent one is rerun.
+const SERIALIZATION_RETRIES: u32 = 3;
+
+/// Runs keyed mutations over one service's pool and idempotency table.
+#[derive(Clone, Debug)]
+pub struct Mutations {
+    pool: PgPool,
+    keys: IdempotencyKeys,
+}
+
+impl Mutations {
+    /// `schema` is the service's own schema (its `idempotency_keys` table).
+    pub fn new(pool: PgPool, schema: &'static str) -> Self {
+        Self {
+            pool,
+            keys: IdempotencyKeys::new(schema),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Checks a mutating request: the caller, the key's shape, and `parse`,
+    /// which turns the request into a command and records every bad field in
+    /// the violations it is given (it may return early with
+    /// `InvalidArgument(vec![])` once it recorded why).
+    pub fn prepare<Q, C>(
+        &self,
+        request: tonic::Request<Q>,
+        parse: impl FnOnce(&Q, &Principal, &mut Violations) -> Result<C, ServiceError>,
+    ) -> Result<Prepared<Q, C>, tonic::Status>
+    where
+        Q: IdempotentRequest,
+    {
+        let caller = auth::caller(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        validate_key(request.idempotency_key(), &mut violations);
+        let parsed = parse(&request, &caller.principal, &mut violations);
+        if let Err(ServiceError::InvalidArgument(more)) = &parsed {
+            violations.extend(more.iter().cloned());
+        }
+        if !violations.is_empty() {
+            return Err(violations.into_error().into());
+        }
+        Ok(Prepared {
+            caller,
+            request,
+            command: parsed?,
+        })
+    }
+
+    /// Runs a prepared mutation once under its key: the function `apply`
+    /// returns changes the service's state in the transaction and builds the
+    /// answer. A rerun after a lost race asks `apply` for a fresh one.
+    // `apply` makes an `AsyncFnOnce` rather than being an `AsyncFn`: the
+    // futures of the latter are not provably `Send` for tonic today.
+    pub async fn execute<Q, C, R, A>(
+        &self,
+        prepared: &Prepared<Q, C>,
+        apply: impl Fn() -> A,
+    ) -> Result<tonic::Response<R>, tonic::Status>
+    where
+        Q: IdempotentRequest,
+        R: prost::Message + Default,
+        A: AsyncFnOnce(&mut PgConnection) -> Result<R, ServiceError>,
+    {
+        let scope = KeyScope {
+            principal_id: &prepared.caller.principal.subject,
+            method: &prepared.caller.method,
+            key: prepared.request.idempotency_key(),
+        };
+        let mut attempt = 0;
+        loop {
+            let outcome = self
+                .keys
+                .run(&self.pool, &scope, &prepared.request, apply())
+                .await;
+            match outcome {
+                Err(ServiceError::Aborted(reason)) if attempt < SERIALIZATION_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(%reason, attempt, "transaction lost to a concurrent one; rerunning");
+                    tokio::time::sleep(jitter(attempt)).await;
+                }
+                outcome => return outcome.map(tonic::Response::new).map_err(Into::into),
+            }
+        }
+    }
+}
+
+/// A checked mutating request: who asks, what they sent, what it means.
+pub struct Prepared<Q, C> {
+    caller: Caller,
+    request: Q,
+    pub command: C,
+}
+
+impl<Q, C> Prepared<Q, C> {
+    pub fn principal(&self) -> &Principal {
+        &self.caller.principal
+    }
+}
+
+/// A few milliseconds, growing with the attempt and spread so that two
+/// transactions that collided do not collide again in step.
+fn jitter(attempt: u32) -> Duration {
+    let spread = u64::from(uuid::Uuid::new_v4().as_u128() as u8 % 8);
+    Duration::from_millis(u64::from(attempt) * 5 + spread)
+}
