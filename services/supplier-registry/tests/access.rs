@@ -1,6 +1,8 @@
-//! Who may call what: the roles listed per RPC in the proto, suppliers acting
-//! only on their own profiles, buyers reviewing only their own contracts, and a
-//! valid token on every call but health.
+//! Who may call what: the access matrix derived from the one declaration (the
+//! `access` option on each RPC in the proto), every person's role and every
+//! service principal against every RPC; suppliers acting only on their own
+//! profiles, buyers reviewing only their own contracts, and a valid token on
+//! every call but health.
 
 mod common;
 
@@ -17,82 +19,117 @@ const UNKNOWN_ID: &str = "0190c5a2-7a2b-7c3d-8e4f-5a6b7c8d9e0f";
 const OTHER_SUPPLIER: &str = "supplier-globex";
 const OTHER_BUYER: &str = "buyer-2";
 
-/// The roles each RPC allows, as documented in supplier_registry.proto.
-fn allowed_roles(rpc: &str) -> &'static [Role] {
-    use Role::*;
-    const ALL: &[Role] = &[Buyer, Supplier, Inspector, Operator, Service];
-    match rpc {
-        "RegisterSupplier" | "UpdateSupplierContacts" | "SubmitVerification" => {
-            &[Supplier, Operator]
+/// Every kind of caller: the people's roles, and each service principal of
+/// the platform (and the outside ones the protos name).
+const PEOPLE: [Role; 4] = [Role::Buyer, Role::Supplier, Role::Inspector, Role::Operator];
+const SERVICES: [&str; 6] = [
+    "contract",
+    "escrow",
+    "dispute",
+    "supplier-registry",
+    "messaging",
+    "payment-gateway",
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Caller {
+    Person(Role),
+    Service(&'static str),
+}
+
+impl Caller {
+    fn all() -> impl Iterator<Item = Caller> {
+        PEOPLE
+            .into_iter()
+            .map(Caller::Person)
+            .chain(SERVICES.into_iter().map(Caller::Service))
+    }
+
+    /// The supplier role acts as the owner of the supplier under test, so
+    /// only the role can be what is refused.
+    fn auth(self) -> Auth<'static> {
+        match self {
+            Caller::Person(Role::Buyer) => Auth::Valid(BUYER, Role::Buyer),
+            Caller::Person(Role::Supplier) => Auth::Valid(SUPPLIER, Role::Supplier),
+            Caller::Person(Role::Operator) => Auth::Valid(OPERATOR, Role::Operator),
+            Caller::Person(role) => Auth::Valid("inspector-1", role),
+            Caller::Service(name) => Auth::Valid(name, Role::Service),
         }
-        "GetSupplier" | "SearchSuppliers" | "ListReviews" => ALL,
-        "VerifySupplier"
-        | "RejectVerification"
-        | "EnrollTradeAssurance"
-        | "SetTradeAssuranceLimit"
-        | "SetSupplierStatus" => &[Operator],
-        "ReserveCover"
-        | "ReleaseCover"
-        | "RecordCompletedContract"
-        | "RecordInquiry"
-        | "RecordPenalty" => &[Service, Operator],
-        "GetCover" | "RecordInquiryReply" => &[Supplier, Service, Operator],
-        "SubmitReview" => &[Buyer],
-        other => panic!("unknown RPC {other}"),
+    }
+
+    /// Whether the access option of `rpc` in the proto lets this caller in.
+    fn declared_for(self, rpc: &str) -> bool {
+        match self {
+            Caller::Person(role) => declared_roles(rpc).contains(&role),
+            Caller::Service(name) => declared_services(rpc).contains(&name),
+        }
+    }
+
+    fn refusal(self, rpc: &str) -> String {
+        match self {
+            Caller::Person(role) => {
+                format!("role {role} may not call SupplierRegistryService/{rpc}")
+            }
+            Caller::Service(name) => {
+                format!("service {name} may not call SupplierRegistryService/{rpc}")
+            }
+        }
     }
 }
 
-/// The subject of a test token for `role`; the supplier is the owner of the
-/// supplier under test, so only the role can be what is refused.
-fn subject(role: Role) -> &'static str {
-    match role {
-        Role::Buyer => BUYER,
-        Role::Supplier => SUPPLIER,
-        Role::Inspector => "inspector-1",
-        Role::Operator => OPERATOR,
-        Role::Service => SERVICE,
-    }
+#[test]
+fn every_rpc_of_the_service_declares_who_may_call_it() {
+    let mut declared: Vec<&str> = ta_proto::access::of_service(REGISTRY_SERVICE)
+        .map(|m| m.path.rsplit('/').next().unwrap())
+        .collect();
+    let mut rpcs = RPCS.to_vec();
+    declared.sort_unstable();
+    rpcs.sort_unstable();
+    assert_eq!(declared, rpcs, "the declarations cover exactly the RPCs");
 }
 
 #[sqlx::test(migrations = false)]
-async fn roles_the_proto_does_not_list_are_permission_denied(pool: PgPool) {
+async fn callers_the_proto_does_not_declare_are_permission_denied(pool: PgPool) {
     let Registry { server, mut client } = start(pool.clone()).await;
     let id = badged_supplier(&mut client, "LIC-ROLES", 100_000).await;
     let before = Snapshot::take(&pool).await;
 
-    let mut refused = 0;
+    let (mut refused, mut cells) = (0, 0);
     for call in every_call(&id, "k") {
         let rpc = call.rpc();
-        for role in Role::ALL {
-            if allowed_roles(rpc).contains(&role) {
+        for caller in Caller::all() {
+            cells += 1;
+            if caller.declared_for(rpc) {
                 continue;
             }
             let status = call
                 .clone()
-                .send(&mut client, Auth::Valid(subject(role), role))
+                .send(&mut client, caller.auth())
                 .await
-                .expect_err(&format!("{role} may call {rpc}"));
-            assert_eq!(status.code(), Code::PermissionDenied, "{role} {rpc}");
-            assert!(
-                status
-                    .message()
-                    .starts_with(&format!("role {role} may not call"))
-                    && status.message().ends_with(&format!("/{rpc}")),
-                "{role} {rpc}: {}",
-                status.message()
-            );
+                .expect_err(&format!("{caller:?} may call {rpc}"));
+            assert_eq!(status.code(), Code::PermissionDenied, "{caller:?} {rpc}");
+            assert_eq!(status.message(), caller.refusal(rpc), "{caller:?} {rpc}");
             refused += 1;
         }
     }
-    // 5 roles x 19 RPCs minus the 43 (RPC, role) pairs the proto lists.
-    assert_eq!(refused, 95 - 43);
+    assert_eq!(cells, 19 * 10);
+    // Least privilege: most cells are refused, each service calls only its own.
+    assert!(refused > cells / 2, "{refused} of {cells} refused");
+    for service in ["escrow", "supplier-registry", "payment-gateway"] {
+        assert!(
+            RPCS.iter()
+                .all(|rpc| !Caller::Service(service).declared_for(rpc)),
+            "{service} calls nothing here"
+        );
+    }
     assert_eq!(Snapshot::take(&pool).await, before, "a refused call wrote");
     server.stop().await.unwrap();
 }
 
 #[sqlx::test(migrations = false)]
-async fn roles_the_proto_lists_get_past_authorization(pool: PgPool) {
+async fn callers_the_proto_declares_get_past_authorization(pool: PgPool) {
     let Registry { server, mut client } = start(pool.clone()).await;
+    let mut admitted = 0;
     for call in every_call(UNKNOWN_ID, "k") {
         let rpc = call.rpc();
         // A registration that fails validation, so it writes nothing either.
@@ -105,20 +142,19 @@ async fn roles_the_proto_lists_get_past_authorization(pool: PgPool) {
             }
             other => other,
         };
-        for &role in allowed_roles(rpc) {
-            let outcome = call
-                .clone()
-                .send(&mut client, Auth::Valid(subject(role), role))
-                .await;
+        for caller in Caller::all().filter(|c| c.declared_for(rpc)) {
+            let outcome = call.clone().send(&mut client, caller.auth()).await;
             let code = outcome.err().map_or(Code::Ok, |s| s.code());
             let expected = match rpc {
                 "RegisterSupplier" => Code::InvalidArgument,
                 "SearchSuppliers" => Code::Ok,
                 _ => Code::NotFound,
             };
-            assert_eq!(code, expected, "{role} calling {rpc}");
+            assert_eq!(code, expected, "{caller:?} calling {rpc}");
+            admitted += 1;
         }
     }
+    assert!(admitted >= 19, "every RPC admits someone");
     assert_eq!(Snapshot::take(&pool).await.rows("idempotency_keys"), 0);
     server.stop().await.unwrap();
 }
@@ -270,13 +306,14 @@ async fn every_rpc_needs_a_valid_token(pool: PgPool) {
     let before = Snapshot::take(&pool).await;
 
     let forged = ta_runtime::auth::bearer_metadata(
-        &TokenIssuer::new(
-            "some-other-secret-of-enough-bytes",
-            ta_testkit::TEST_ISSUER,
-            ta_testkit::TEST_AUDIENCE,
-        )
-        .mint(OPERATOR, Role::Operator, Duration::from_secs(3_600))
-        .unwrap(),
+        &TokenIssuer::hs256("some-other-secret-of-enough-bytes", ta_testkit::TEST_ISSUER)
+            .mint(
+                OPERATOR,
+                Role::Operator,
+                ta_runtime::auth::PLATFORM_AUDIENCE,
+                Duration::from_secs(3_600),
+            )
+            .unwrap(),
     );
     let forged = forged.to_str().unwrap();
 
@@ -284,11 +321,16 @@ async fn every_rpc_needs_a_valid_token(pool: PgPool) {
     assert_eq!(calls.len(), 19);
     for call in calls {
         let rpc = call.rpc();
-        // A role the RPC allows, so only the token is wrong.
-        let role = allowed_roles(rpc)[0];
+        // A caller the RPC admits, so only the token is wrong.
+        let (subject, role) = match declared_roles(rpc).first() {
+            Some(Role::Buyer) => (BUYER, Role::Buyer),
+            Some(Role::Supplier) => (SUPPLIER, Role::Supplier),
+            Some(&role) => (OPERATOR, role),
+            None => (declared_services(rpc)[0], Role::Service),
+        };
         let cases = [
             (Auth::Missing, "missing bearer token"),
-            (Auth::Expired(subject(role), role), "token has expired"),
+            (Auth::Expired(subject, role), "token has expired"),
             (Auth::Header(forged), "invalid token signature"),
             (Auth::Header("Bearer not.a.jwt"), "malformed token"),
             (

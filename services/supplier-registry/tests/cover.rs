@@ -122,7 +122,14 @@ async fn a_retried_reservation_changes_nothing(pool: PgPool) {
         .reserve_cover(reserve("k-1", &id, "contract-b", 10_000))
         .await
         .unwrap_err();
-    assert_eq!(reused.code(), Code::AlreadyExists);
+    assert_eq!(reused.code(), Code::InvalidArgument);
+    assert_eq!(
+        tonic_types::StatusExt::get_error_details(&reused)
+            .error_info()
+            .map(|info| info.reason.clone()),
+        Some("IDEMPOTENCY_KEY_REUSED".to_owned()),
+        "a reused key is told apart from a real conflict"
+    );
     // Same contract, different amount: refused.
     let conflict = client
         .reserve_cover(reserve("k-3", &id, "contract-a", 40_000))

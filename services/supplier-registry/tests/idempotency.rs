@@ -61,8 +61,15 @@ async fn the_first_run_is_replayed_and_a_different_body_refused(pool: PgPool) {
         .await
         .unwrap_err();
     assert!(
-        matches!(refused, ServiceError::AlreadyExists(_)),
+        matches!(refused, ServiceError::IdempotencyKeyReused { .. }),
         "{refused:?}"
+    );
+    let status = tonic::Status::from(refused);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let details = tonic_types::StatusExt::get_error_details(&status);
+    assert_eq!(
+        details.error_info().map(|info| info.reason.as_str()),
+        Some("IDEMPOTENCY_KEY_REUSED")
     );
 
     // Keys are scoped per principal.
@@ -107,29 +114,65 @@ async fn a_failed_run_stores_nothing_and_may_be_retried(pool: PgPool) {
 async fn concurrent_retries_run_the_work_once(pool: PgPool) {
     let keys = supplier_registry::storage::idempotency_keys();
     let runs = Arc::new(AtomicUsize::new(0));
-    let attempts = (0..10).map(|i| {
-        let runs = runs.clone();
-        let keys = keys.clone();
-        let pool = pool.clone();
+    let (claimed_tx, claimed) = tokio::sync::oneshot::channel::<()>();
+    let release = Arc::new(tokio::sync::Notify::new());
+
+    // The first attempt claims the key and holds its transaction open...
+    let first = {
+        let (runs, keys, pool, release) =
+            (runs.clone(), keys.clone(), pool.clone(), release.clone());
         tokio::spawn(async move {
             keys.run(&pool, &SCOPE, &request("a"), async |_tx| {
                 runs.fetch_add(1, Ordering::SeqCst);
-                // Hold the claim a moment so the others really wait on it.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok(response(&format!("run-{i}")))
+                let _ = claimed_tx.send(());
+                release.notified().await;
+                Ok(response("run-0"))
             })
             .await
         })
-    });
-    let results: Vec<_> = futures_util::future::join_all(attempts)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap().unwrap())
+    };
+    claimed.await.expect("the first attempt claimed the key");
+    // ...while three retries arrive and queue on its claim (the test pool holds
+    // five connections: each waiting retry holds one).
+    let retries: Vec<_> = (1..4)
+        .map(|i| {
+            let (runs, keys, pool) = (runs.clone(), keys.clone(), pool.clone());
+            tokio::spawn(async move {
+                keys.run(&pool, &SCOPE, &request("a"), async |_tx| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok(response(&format!("run-{i}")))
+                })
+                .await
+            })
+        })
         .collect();
-    assert!(
-        results.iter().all(|r| *r == results[0]),
-        "every retry saw the first result"
-    );
+    let mut waiting = 0;
+    for _ in 0..600 {
+        (waiting,) = sqlx::query_as::<_, (i64,)>(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(waiting, 3, "every retry waits on the first claim");
+    release.notify_one();
+
+    let first = first.await.unwrap().unwrap();
+    for retry in futures_util::future::join_all(retries).await {
+        assert_eq!(
+            retry.unwrap().unwrap(),
+            first,
+            "every retry replays the first result"
+        );
+    }
+    assert_eq!(first, response("run-0"));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the work ran once");
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

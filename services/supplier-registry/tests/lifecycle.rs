@@ -425,8 +425,15 @@ async fn a_retried_registration_returns_the_same_supplier(pool: PgPool) {
         .register_supplier(owner(registration("reg-retry", "LIC-RETRY-2")))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("reg-retry"), "{status:?}");
+    assert_eq!(
+        tonic_types::StatusExt::get_error_details(&status)
+            .error_info()
+            .map(|info| info.reason.clone()),
+        Some("IDEMPOTENCY_KEY_REUSED".to_owned()),
+        "a reused key is told apart from a real conflict"
+    );
     assert_eq!(Snapshot::take(&pool).await, after);
     server.stop().await.unwrap();
 }

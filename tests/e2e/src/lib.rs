@@ -28,6 +28,7 @@ use std::{
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 pub use serde_json::{Value, json};
+use ta_runtime::auth::PLATFORM_AUDIENCE;
 pub use ta_runtime::auth::Role;
 pub use ta_testkit::TEST_SECRET;
 
@@ -577,10 +578,18 @@ pub fn wait_serving(port: u16, service: &str) {
     );
 }
 
-/// A token signed with [`TEST_SECRET`] for `subject` acting as `role`, valid an hour.
+/// A person's token signed with [`TEST_SECRET`] for `subject` acting as
+/// `role`, valid an hour, for the platform audience.
 pub fn mint(subject: &str, role: Role) -> String {
     ta_testkit::issuer()
-        .mint(subject, role, Duration::from_secs(3_600))
+        .mint(subject, role, PLATFORM_AUDIENCE, Duration::from_secs(3_600))
+        .expect("test token")
+}
+
+/// The token of the service `caller` calling the service `called`.
+pub fn mint_service(caller: &str, called: &str) -> String {
+    ta_testkit::issuer()
+        .mint(caller, Role::Service, called, Duration::from_secs(3_600))
         .expect("test token")
 }
 

@@ -32,7 +32,7 @@ fn a_supplier_from_registration_to_search_through_grpcurl() {
     let supplier = mint(supplier_principal, Role::Supplier);
     // The operator's token comes from the mint-token CLI, as a developer gets one.
     let operator = mint_with_cli("ops-e2e-1", Role::Operator);
-    let service = mint("contract-service", Role::Service);
+    let service = mint_service("contract", "supplier-registry");
     let buyer_principal = "buyer-e2e-1";
     let buyer = mint(buyer_principal, Role::Buyer);
 

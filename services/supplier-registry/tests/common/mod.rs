@@ -17,7 +17,11 @@ pub type Client = SupplierRegistryServiceClient<Channel>;
 
 pub const OPERATOR: &str = "ops-1";
 pub const SUPPLIER: &str = "supplier-acme";
-pub const SERVICE: &str = "contract-service";
+/// The service principal that reserves cover: the contract service.
+pub const SERVICE: &str = "contract";
+/// The registry's own name: the audience service principals' tokens name.
+pub const REGISTRY: &str = "supplier-registry";
+pub const REGISTRY_SERVICE: &str = "tradeassurance.supplier.v1.SupplierRegistryService";
 pub const BUYER: &str = "buyer-1";
 
 pub struct Registry {
@@ -70,7 +74,11 @@ pub fn usd(amount_minor: i64) -> Option<Money> {
 }
 
 pub fn as_role<T>(message: T, subject: &str, role: Role) -> tonic::Request<T> {
-    authorized(message, subject, role)
+    if role == Role::Service {
+        ta_testkit::from_service(message, subject, REGISTRY)
+    } else {
+        authorized(message, subject, role)
+    }
 }
 
 pub fn registration(key: &str, licence: &str) -> pb::RegisterSupplierRequest {
@@ -214,7 +222,8 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
 pub enum Auth<'a> {
     /// No `authorization` header at all.
     Missing,
-    /// A valid token for this subject and role.
+    /// A valid token for this subject and role (for `Role::Service`, the
+    /// subject is the calling service and the token names the registry).
     Valid(&'a str, Role),
     /// A correctly signed token that expired an hour ago.
     Expired(&'a str, Role),
@@ -227,6 +236,7 @@ impl Auth<'_> {
         let mut request = tonic::Request::new(message);
         let value = match self {
             Auth::Missing => return request,
+            Auth::Valid(subject, Role::Service) => ta_testkit::service_bearer(subject, REGISTRY),
             Auth::Valid(subject, role) => ta_testkit::bearer(subject, role),
             Auth::Expired(subject, role) => ta_testkit::expired_bearer(subject, role),
             Auth::Header(value) => value.parse().expect("ascii header"),
@@ -413,9 +423,41 @@ pub fn operator<T>(message: T) -> tonic::Request<T> {
     as_role(message, OPERATOR, Role::Operator)
 }
 
-/// `message` from the contract service.
+/// `message` from the service the access declaration in the proto names
+/// for its RPC (the contract service reserves cover, the dispute service
+/// records penalties, ...).
 pub fn service<T>(message: T) -> tonic::Request<T> {
-    as_role(message, SERVICE, Role::Service)
+    let rpc = std::any::type_name::<T>()
+        .rsplit("::")
+        .next()
+        .and_then(|name| name.strip_suffix("Request"))
+        .expect("a request message");
+    let caller = declared_services(rpc)
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("no service may call {rpc}"));
+    as_role(message, caller, Role::Service)
+}
+
+/// The service principals the proto lets call `rpc`.
+pub fn declared_services(rpc: &str) -> &'static [&'static str] {
+    ta_proto::access::of_service(REGISTRY_SERVICE)
+        .find(|m| m.path.ends_with(&format!("/{rpc}")))
+        .map(|m| m.services)
+        .unwrap_or_else(|| panic!("{rpc} is not declared"))
+}
+
+/// The user roles the proto lets call `rpc`.
+pub fn declared_roles(rpc: &str) -> Vec<Role> {
+    ta_proto::access::of_service(REGISTRY_SERVICE)
+        .find(|m| m.path.ends_with(&format!("/{rpc}")))
+        .map(|m| {
+            m.roles
+                .iter()
+                .filter_map(|r| Role::from_proto(*r))
+                .collect()
+        })
+        .unwrap_or_else(|| panic!("{rpc} is not declared"))
 }
 
 pub fn money(currency: &str, amount_minor: i64) -> Option<Money> {

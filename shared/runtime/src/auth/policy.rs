@@ -108,8 +108,7 @@ impl MethodPolicy {
             return Decision::NotServed;
         };
         let allowed = access.roles.contains(&principal.role)
-            || (principal.role == Role::Service
-                && access.services.iter().any(|s| *s == principal.subject));
+            || (principal.role == Role::Service && access.services.contains(&principal.subject));
         if allowed {
             Decision::Allowed
         } else {

@@ -422,7 +422,7 @@ fn clap_reads_the_environment_names_and_defaults() {
 
 #[test]
 fn minted_claims_are_complete() {
-    let token = hs256_issuer()
+    let minted = hs256_issuer()
         .mint(
             "supplier-7",
             Role::Supplier,
@@ -430,7 +430,7 @@ fn minted_claims_are_complete() {
             Duration::from_secs(3600),
         )
         .unwrap();
-    let claims: Claims = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
+    let claims: Claims = jsonwebtoken::dangerous::insecure_decode_claims(&minted).unwrap();
     assert_eq!(claims.sub, "supplier-7");
     assert_eq!(claims.role, Role::Supplier);
     assert_eq!(claims.iss, DEFAULT_ISSUER);
@@ -440,7 +440,7 @@ fn minted_claims_are_complete() {
         hs256_issuer().mint(" ", Role::Buyer, "escrow", Duration::from_secs(1)),
         Err(MintError::EmptySubject)
     ));
-    let header = jsonwebtoken::decode_header(&token(
+    let header = jsonwebtoken::decode_header(token(
         &rs256_issuer("a", "key-a"),
         "contract",
         Role::Service,
