@@ -19,10 +19,11 @@ BUF_VERSION ?= 1.75.0
 NEXTEST_ARGS ?=
 # What `make test` builds and runs: the whole workspace, or e.g. TEST_SCOPE="-p supplier-registry".
 TEST_SCOPE ?= --workspace
-# make token ROLE=... SUBJECT=... [TTL=1h]
+# make token ROLE=... SUBJECT=... [TTL=1h] [AUDIENCE=<called service>, for ROLE=service]
 ROLE ?=
 SUBJECT ?=
 TTL ?= 1h
+AUDIENCE ?= trade-assurance
 # Dev-only signing secret shared by `make run` and `make token`.
 AUTH_JWT_HS256_SECRET ?= dev-only-secret-change-me
 
@@ -54,13 +55,13 @@ run: tools ## Build and run the four services on 127.0.0.1:50051-50054 (Ctrl-C s
 	cargo build --workspace --bins
 	exec scripts/run-platform.sh
 
-token: ## Print a dev JWT: make token ROLE=operator SUBJECT=ops-1 [TTL=1h]
+token: ## Print a dev JWT: make token ROLE=operator SUBJECT=ops-1 [TTL=1h] [AUDIENCE=escrow]
 	@if [[ -z "$(ROLE)" || -z "$(SUBJECT)" ]]; then
-	  echo "usage: make token ROLE=<buyer|supplier|inspector|operator|service> SUBJECT=<id> [TTL=1h]" >&2
+	  echo "usage: make token ROLE=<buyer|supplier|inspector|operator|service> SUBJECT=<id> [TTL=1h] [AUDIENCE=<service called>]" >&2
 	  exit 2
 	fi
 	cargo build --quiet --workspace --bin mint-token >&2
-	exec "$$CARGO_TARGET_DIR/debug/mint-token" --subject "$(SUBJECT)" --role "$(ROLE)" --ttl "$(TTL)"
+	exec "$$CARGO_TARGET_DIR/debug/mint-token" --subject "$(SUBJECT)" --role "$(ROLE)" --ttl "$(TTL)" --audience "$(AUDIENCE)"
 
 test: tools ## Run every test (cargo nextest) against the dev Postgres; TEST_SCOPE="-p crate", NEXTEST_ARGS=... narrow it
 	@export DATABASE_URL="$$(scripts/dev-postgres.sh)"

@@ -18,7 +18,8 @@
 #       addresses as http:// URLs (SUPPLIER_REGISTRY_URL, ...), are exported to
 #       every service, for the ones that call others.
 #   AUTH_JWT_HS256_SECRET     default dev-only-secret-change-me
-#   AUTH_JWT_ISSUER, AUTH_JWT_AUDIENCE   passed through when set
+#   AUTH_JWT_ISSUER           passed through when set (AUTH_JWT_AUDIENCE is not:
+#                             each service's audience is its own name)
 #   BIN_DIR                   default $CARGO_TARGET_DIR/debug
 #   CARGO_TARGET_DIR          default ~/.cache/trade-assurance/target (as the Makefile)
 #   GRPCURL                   default .venv/bin/grpcurl, else grpcurl on PATH
@@ -35,6 +36,8 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 : "${DATABASE_URL:?DATABASE_URL must be set (export DATABASE_URL=\$(scripts/dev-postgres.sh), or use make run)}"
 export DATABASE_URL
 export AUTH_JWT_HS256_SECRET="${AUTH_JWT_HS256_SECRET:-dev-only-secret-change-me}"
+# One audience for all four would let a token meant for one service work on all.
+unset AUTH_JWT_AUDIENCE
 
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/trade-assurance/target}"
 BIN_DIR="${BIN_DIR:-$CARGO_TARGET_DIR/debug}"
@@ -186,6 +189,9 @@ done
 
 rel_log_dir="${LOG_DIR#"$REPO_ROOT"/}"
 idem_key="$(cat /proc/sys/kernel/random/uuid 2>/dev/null || echo "demo-$RANDOM-$RANDOM")"
+# A licence number of its own, so the README's walk-through (which registers
+# another) can follow the banner's example.
+demo_licence="DEMO-$(printf '%s' "${idem_key//-/}" | cut -c1-12 | tr 'a-z' 'A-Z')"
 cat <<EOF
 
 Trade Assurance platform is running (Ctrl-C stops it):
@@ -200,7 +206,8 @@ In another terminal, from $REPO_ROOT:
 
   export PATH="\$PWD/.venv/bin:\$PATH"        # grpcurl 1.8.6
 
-  # a token (roles: buyer, supplier, inspector, operator, service; TTL=1h by default)
+  # a token (roles: buyer, supplier, inspector, operator, service; TTL=1h by default;
+  # a service's token names the service it calls: AUDIENCE=supplier-registry)
   TOKEN=\$(make token ROLE=operator SUBJECT=ops-1)
 
   # what is there (reflection)
@@ -218,7 +225,7 @@ In another terminal, from $REPO_ROOT:
     "idempotency_key": "$idem_key",
     "legal_name": "Shenzhen Example Electronics Co., Ltd.",
     "country_code": "CN",
-    "business_licence_number": "91440300MA5EXAMPLE1",
+    "business_licence_number": "$demo_licence",
     "contacts": [{"name": "Li Wei", "email": "li.wei@example.com"}],
     "owner_principal_id": "supplier-1"
   }' $SUPPLIER_REGISTRY_ADDR tradeassurance.supplier.v1.SupplierRegistryService/RegisterSupplier
