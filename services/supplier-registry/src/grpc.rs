@@ -112,6 +112,13 @@ fn positive_money(
         .ok_or(ServiceError::InvalidArgument(Vec::new()))
 }
 
+fn inquiry(supplier_id: &str, inquiry_id: &str, violations: &mut Violations) -> Inquiry {
+    Inquiry {
+        supplier_id: parse_id("supplier_id", supplier_id, violations),
+        inquiry_id: reference("inquiry_id", inquiry_id, violations),
+    }
+}
+
 fn supplier_to_proto(s: &Supplier, private: bool) -> pb::Supplier {
     let cover = s.cover();
     let private_text = |text: &str| {
@@ -669,10 +676,7 @@ impl SupplierRegistryService for RegistryService {
         request: Request<pb::RecordInquiryRequest>,
     ) -> Answer<pb::RecordInquiryResponse> {
         let prepared = self.mutations.prepare(request, |req, _, v| {
-            Ok(Inquiry {
-                supplier_id: parse_id("supplier_id", &req.supplier_id, v),
-                inquiry_id: reference("inquiry_id", &req.inquiry_id, v),
-            })
+            Ok(inquiry(&req.supplier_id, &req.inquiry_id, v))
         })?;
         self.mutations
             .execute(&prepared, || {
@@ -693,10 +697,7 @@ impl SupplierRegistryService for RegistryService {
         request: Request<pb::RecordInquiryReplyRequest>,
     ) -> Answer<pb::RecordInquiryReplyResponse> {
         let prepared = self.mutations.prepare(request, |req, _, v| {
-            Ok(Inquiry {
-                supplier_id: parse_id("supplier_id", &req.supplier_id, v),
-                inquiry_id: reference("inquiry_id", &req.inquiry_id, v),
-            })
+            Ok(inquiry(&req.supplier_id, &req.inquiry_id, v))
         })?;
         self.mutations
             .execute(&prepared, || {
