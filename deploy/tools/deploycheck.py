@@ -1,0 +1,555 @@
+"""The deploy checks: render, lint, validate and scan the Helm chart.
+
+Used by scripts/deploy-check.py (`make render`, `make deploy-check`) and by the
+tests beside this file. Everything runs offline:
+
+- Helm's own library (PyPI helm-python-sdk) loads, lints and renders the chart;
+  rendering applies values.schema.json, as `helm install` does.
+- kubernetes-validate checks every rendered object, strictly (unknown fields
+  refused), against the lowest Kubernetes version Chart.yaml's kubeVersion
+  allows, and the newest one the validator knows.
+- The NetworkPolicies are compared with the call graph read from the `access`
+  options in proto/: who may call whom, and nothing else.
+- checkov scans the rendered manifests and the Dockerfile; any skip is declared
+  where it applies, with its reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "trade-assurance"
+K8S_DIR = REPO / "deploy" / "k8s"
+PROTO_DIR = REPO / "proto"
+DOCKERFILE = REPO / "Dockerfile"
+RELEASE = "trade-assurance"
+NAMESPACE = "trade-assurance"
+# deploy/k8s/<environment>/ is rendered with these values files (None: the
+# chart's defaults only).
+ENVIRONMENTS: dict[str, Path | None] = {
+    "default": None,
+    "staging": CHART / "values-staging.yaml",
+}
+SERVICES = ("supplier-registry", "contract", "escrow", "dispute")
+# proto package tradeassurance.<x>.v1 -> the binaries that serve its service. A
+# new package fails the check until it is added here.
+PACKAGE_SERVERS = {
+    "supplier": ["supplier-registry"],
+    "contract": ["contract"],
+    "escrow": ["escrow"],
+    "dispute": ["dispute"],
+    # The operators' workflow admin API: every service process serves it.
+    "ops": list(SERVICES),
+    # Served only by the tests of shared/workflow, never deployed.
+    "testing": [],
+}
+COMPONENT = "app.kubernetes.io/component"
+HEADER = (
+    "# Rendered from deploy/helm/trade-assurance by `make render` ({env} values,\n"
+    "# release {release}, namespace {namespace}). Do not edit: `make deploy-check`\n"
+    "# fails when this file and the chart drift.\n"
+)
+FORBIDDEN_SETTINGS = ("AUTH_JWT_HS256_SECRET", "AUTH_JWT_ALLOW_HS256")
+
+
+class CheckFailed(Exception):
+    """One check failed; the message says what and where."""
+
+
+def _helm():
+    import helm_python
+
+    return helm_python
+
+
+# --------------------------------------------------------------------------
+# Rendering
+
+
+def environment_values(env: str) -> dict[str, Any]:
+    path = ENVIRONMENTS[env]
+    if path is None:
+        return {}
+    return _helm().values_from_yaml(path.read_text())
+
+
+def render(values: dict[str, Any], chart: Path = CHART) -> dict[str, str]:
+    """Template path -> rendered text of the manifests (NOTES.txt left out).
+
+    Raises HelmValuesError when the values break values.schema.json and
+    HelmRenderError when a template refuses them.
+    """
+    helm = _helm()
+    with helm.Chart.load(str(chart)) as loaded:
+        rendered = loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return {path: text for path, text in rendered.items() if path.endswith(".yaml")}
+
+
+def manifest_files(env: str, values: dict[str, Any] | None = None,
+                   chart: Path = CHART) -> dict[str, str]:
+    """deploy/k8s/<env>/ as it must be: file name -> content."""
+    if values is None:
+        values = environment_values(env)
+    files: dict[str, str] = {}
+    for template, text in sorted(render(values, chart).items()):
+        if not template.endswith(".yaml") or not text.strip():
+            continue
+        body = text.strip("\n")
+        # Helm's output starts with a document separator; keep one per object.
+        if not body.startswith("---"):
+            body = "---\n" + body
+        header = HEADER.format(env=env, release=RELEASE, namespace=NAMESPACE)
+        files[Path(template).name] = f"{header}# Source: {template}\n{body}\n"
+    return files
+
+
+def write_manifests(k8s_dir: Path = K8S_DIR) -> list[Path]:
+    written = []
+    for env in ENVIRONMENTS:
+        out = k8s_dir / env
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        for name, content in manifest_files(env).items():
+            (out / name).write_text(content)
+            written.append(out / name)
+    return written
+
+
+def drift(k8s_dir: Path = K8S_DIR) -> list[str]:
+    """Differences between deploy/k8s and the chart, as diff lines (empty: none)."""
+    problems: list[str] = []
+    for env in ENVIRONMENTS:
+        expected = manifest_files(env)
+        directory = k8s_dir / env
+        actual = {p.name: p.read_text() for p in sorted(directory.glob("*"))} if directory.is_dir() else {}
+        for name in sorted(set(expected) | set(actual)):
+            rel = f"deploy/k8s/{env}/{name}"
+            if name not in actual:
+                problems.append(f"{rel}: missing")
+            elif name not in expected:
+                problems.append(f"{rel}: not rendered from the chart")
+            elif actual[name] != expected[name]:
+                problems.extend(difflib.unified_diff(
+                    actual[name].splitlines(), expected[name].splitlines(),
+                    fromfile=f"{rel} (committed)", tofile=f"{rel} (rendered)", lineterm="", n=1))
+    return problems
+
+
+def load_objects(texts: Iterable[str]) -> list[dict[str, Any]]:
+    objects = []
+    for text in texts:
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                objects.append(doc)
+    return objects
+
+
+# --------------------------------------------------------------------------
+# Lint and schema validation of the rendered objects
+
+
+def lint(values: dict[str, Any] | None = None) -> list[str]:
+    """`helm lint --strict`: every warning or error is a problem."""
+    report = _helm().lint(str(CHART), values, strict=True, namespace=NAMESPACE,
+                          kube_version="v" + kube_versions()[0])
+    problems = [f"{m['path']}: {m['error']}" for m in report.get("messages", []) if m["severity"] >= 2]
+    problems += list(report.get("errors") or [])
+    return problems
+
+
+def kube_versions() -> list[str]:
+    """The lowest Kubernetes version Chart.yaml allows, and the newest one the
+    validator has schemas for."""
+    import kubernetes_validate.utils as kv
+
+    declared = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    match = re.fullmatch(r">=\s*v?(\d+)\.(\d+)\.(\d+)(-0)?", declared.strip())
+    if not match:
+        raise CheckFailed(f"Chart.yaml kubeVersion {declared!r} is not of the form '>=X.Y.Z-0'")
+    lowest = ".".join(match.group(i) for i in (1, 2, 3))
+    newest = kv.latest_version()
+    return [lowest] if lowest == newest else [lowest, newest]
+
+
+def validate_objects(objects: list[dict[str, Any]], versions: list[str] | None = None) -> list[str]:
+    """kubernetes-validate --strict on every object, for every version."""
+    import kubernetes_validate.utils as kv
+
+    problems = []
+    for version in versions or kube_versions():
+        for obj in objects:
+            where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')} (Kubernetes {version})"
+            try:
+                kv.validate(obj, version, strict=True)
+            except kv.ValidationError as error:
+                path = "/".join(str(p) for p in error.path)
+                problems.append(f"{where}: {path}: {error.message}")
+            except (kv.SchemaNotFoundError, kv.InvalidSchemaError, kv.VersionNotSupportedError) as error:
+                problems.append(f"{where}: {error}")
+    return problems
+
+
+# --------------------------------------------------------------------------
+# The call graph in proto/
+
+
+def _strip_comments(text: str) -> str:
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    return re.sub(r"//[^\n]*", "", text)
+
+
+def _block(text: str, open_at: int) -> str:
+    """The text inside the braces that open at text[open_at]."""
+    depth = 0
+    for i in range(open_at, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_at + 1:i]
+    raise CheckFailed("unbalanced braces in a proto file")
+
+
+def proto_access(proto_dir: Path = PROTO_DIR) -> list[dict[str, Any]]:
+    """Every RPC's access option: [{server, rpc, roles, services}]."""
+    rpcs = []
+    for path in sorted(proto_dir.glob("tradeassurance/*/v1/*.proto")):
+        text = _strip_comments(path.read_text())
+        if not re.search(r"\bservice\s+\w+\s*\{", text):
+            continue
+        package = re.search(r"^\s*package\s+tradeassurance\.(\w+)\.v1\s*;", text, re.M)
+        if not package or package.group(1) not in PACKAGE_SERVERS:
+            raise CheckFailed(f"{path.relative_to(proto_dir.parent)}: no server known for its package; "
+                              "add it to PACKAGE_SERVERS in deploy/tools/deploycheck.py")
+        servers = PACKAGE_SERVERS[package.group(1)]
+        for rpc in re.finditer(r"\brpc\s+(\w+)\s*\([^)]*\)\s*returns\s*\([^)]*\)\s*([{;])", text):
+            name = rpc.group(1)
+            if rpc.group(2) == ";":
+                raise CheckFailed(f"{path.name}: rpc {name} declares no access option")
+            body = _block(text, rpc.end() - 1)
+            option = re.search(r"option\s*\(\s*tradeassurance\.common\.v1\.access\s*\)\s*=\s*\{", body)
+            if not option:
+                raise CheckFailed(f"{path.name}: rpc {name} declares no access option")
+            access = _block(body, option.end() - 1)
+            lists = {}
+            for field in ("roles", "services"):
+                values = []
+                for m in re.finditer(rf"\b{field}\s*:\s*(\[[^\]]*\]|\"[^\"]*\"|\w+)", access):
+                    values += re.findall(r"\"([^\"]*)\"|(\w+)", m.group(1).strip("[]"))
+                lists[field] = sorted({a or b for a, b in values})
+            rpcs += [{"server": server, "rpc": name, **lists} for server in servers]
+    if not rpcs:
+        raise CheckFailed(f"no RPC with an access option found under {proto_dir}")
+    return rpcs
+
+
+def proto_call_graph(proto_dir: Path = PROTO_DIR) -> dict[str, Any]:
+    """internal: {(caller, callee)}; external: {caller: {callees}};
+    client_facing: the services some RPC of which people may call."""
+    internal: set[tuple[str, str]] = set()
+    external: dict[str, set[str]] = defaultdict(set)
+    client_facing: set[str] = set()
+    for rpc in proto_access(proto_dir):
+        if rpc["roles"]:
+            client_facing.add(rpc["server"])
+        for caller in rpc["services"]:
+            if caller in SERVICES:
+                if caller != rpc["server"]:
+                    internal.add((caller, rpc["server"]))
+            else:
+                external[caller].add(rpc["server"])
+    return {"internal": internal, "external": dict(external), "client_facing": client_facing}
+
+
+def chart_call_graph(chart: Path = CHART) -> dict[str, Any]:
+    data = yaml.safe_load((chart / "call-graph.yaml").read_text()) or {}
+    internal = {(caller, callee) for caller, callees in (data.get("internal") or {}).items() for callee in callees}
+    external = {caller: set(callees) for caller, callees in (data.get("external") or {}).items()}
+    return {"internal": internal, "external": external}
+
+
+def _edges(edges: Iterable[tuple[str, str]]) -> str:
+    return ", ".join(f"{a} -> {b}" for a, b in sorted(edges)) or "none"
+
+
+def compare_call_graph_file(proto: dict[str, Any], chart: Path = CHART) -> list[str]:
+    declared = chart_call_graph(chart)
+    problems = []
+    if declared["internal"] != proto["internal"]:
+        problems.append("call-graph.yaml internal calls differ from the protos' access options: "
+                        f"missing {_edges(proto['internal'] - declared['internal'])}; "
+                        f"extra {_edges(declared['internal'] - proto['internal'])}")
+    if declared["external"] != proto["external"]:
+        problems.append(f"call-graph.yaml external callers {sorted((k, sorted(v)) for k, v in declared['external'].items())} "
+                        f"differ from the protos' {sorted((k, sorted(v)) for k, v in proto['external'].items())}")
+    return problems
+
+
+# --------------------------------------------------------------------------
+# NetworkPolicies against the call graph
+
+
+def _selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    selector = selector or {}
+    if selector.get("matchExpressions"):
+        raise CheckFailed("the check does not evaluate matchExpressions in the chart's own selectors")
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def _key(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+def network_policy_problems(objects: list[dict[str, Any]], values: dict[str, Any],
+                            graph: dict[str, Any]) -> list[str]:
+    """The rendered NetworkPolicies allow exactly: the internal calls of the
+    call graph (ingress at the callee and egress at the caller, on the callee's
+    gRPC port); the clients and the external callers into the services the
+    protos give them; DNS, Postgres and the collector out. Every pod of the
+    release is isolated in both directions."""
+    problems: list[str] = []
+    pods: dict[str, dict[str, str]] = {}
+    ports: dict[str, int] = {}
+    for obj in objects:
+        if obj["kind"] == "Deployment":
+            component = obj["metadata"]["labels"][COMPONENT]
+            pods[component] = obj["spec"]["template"]["metadata"]["labels"]
+            container = obj["spec"]["template"]["spec"]["containers"][0]
+            ports[component] = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    if not policies:
+        return ["no NetworkPolicy rendered"]
+
+    isolated = {"Ingress": set(), "Egress": set()}
+    ingress_edges: set[tuple[str, str]] = set()
+    egress_edges: set[tuple[str, str]] = set()
+    ingress_peers: dict[str, set[str]] = defaultdict(set)   # peer+ports -> targets
+    egress_peers: dict[str, set[str]] = defaultdict(set)    # peer+ports -> sources
+
+    def port_ok(rule_ports: list[dict[str, Any]] | None, target: str) -> bool:
+        return bool(rule_ports) and all(p.get("port") in ("grpc", ports[target]) and p.get("protocol", "TCP") == "TCP"
+                                        for p in rule_ports)
+
+    for policy in policies:
+        name = policy["metadata"]["name"]
+        spec = policy["spec"]
+        selected = {c for c, labels in pods.items() if _selects(spec.get("podSelector"), labels)}
+        for kind in spec.get("policyTypes") or []:
+            isolated[kind] |= selected
+        for rule in spec.get("ingress") or []:
+            if not rule.get("from"):
+                problems.append(f"NetworkPolicy {name}: an ingress rule allows every source")
+                continue
+            for target in selected:
+                if not port_ok(rule.get("ports"), target):
+                    problems.append(f"NetworkPolicy {name}: ingress to {target} is not limited to its gRPC port")
+            for peer in rule["from"]:
+                internal = set()
+                if set(peer) == {"podSelector"}:
+                    internal = {c for c, labels in pods.items() if _selects(peer["podSelector"], labels)}
+                if internal:
+                    ingress_edges |= {(caller, target) for caller in internal for target in selected}
+                else:
+                    ingress_peers[_key(peer)] |= selected
+        for rule in spec.get("egress") or []:
+            if not rule.get("to"):
+                problems.append(f"NetworkPolicy {name}: an egress rule allows every destination")
+                continue
+            for peer in rule["to"]:
+                internal = set()
+                if set(peer) == {"podSelector"}:
+                    internal = {c for c, labels in pods.items() if _selects(peer["podSelector"], labels)}
+                if internal:
+                    for callee in internal:
+                        if not port_ok(rule.get("ports"), callee):
+                            problems.append(f"NetworkPolicy {name}: egress to {callee} is not limited to its gRPC port")
+                    egress_edges |= {(source, callee) for source in selected for callee in internal}
+                else:
+                    egress_peers[_key([peer, rule.get("ports")])] |= selected
+
+    every = set(pods)
+    for kind, got in isolated.items():
+        if got != every:
+            problems.append(f"{kind} is not denied by default for {sorted(every - got)}")
+    for direction, got in (("ingress", ingress_edges), ("egress", egress_edges)):
+        if got != graph["internal"]:
+            problems.append(f"NetworkPolicy {direction} between services differs from the protos' call graph: "
+                            f"missing {_edges(graph['internal'] - got)}; extra {_edges(got - graph['internal'])}")
+
+    # Into the services: the clients everywhere people may call, each external
+    # caller exactly where the protos name it.
+    np_values = values["networkPolicy"]
+    expected_in: dict[str, set[str]] = defaultdict(set)
+    for peer in np_values.get("clients") or []:
+        expected_in[_key(peer)] |= graph["client_facing"]
+    configured = np_values.get("externalCallers") or {}
+    for caller in set(configured) - set(graph["external"]):
+        problems.append(f"networkPolicy.externalCallers.{caller}: the protos name no such caller")
+    for caller, targets in graph["external"].items():
+        for peer in configured.get(caller) or []:
+            expected_in[_key(peer)] |= targets
+    if dict(ingress_peers) != dict(expected_in):
+        for peer in sorted(set(ingress_peers) | set(expected_in)):
+            got, want = ingress_peers.get(peer, set()), expected_in.get(peer, set())
+            if got != want:
+                problems.append(f"ingress from {peer}: allowed into {sorted(got)}, the call graph gives {sorted(want)}")
+
+    # Out of the services: DNS, Postgres and the collector, from every pod.
+    expected_out: dict[str, set[str]] = defaultdict(set)
+    dns_ports = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    for peer in np_values["dns"]["to"]:
+        expected_out[_key([peer, dns_ports])] |= every
+    db = values["database"]["egress"]
+    for cidr in db["cidrs"]:
+        expected_out[_key([{"ipBlock": {"cidr": cidr}}, [{"port": db["port"], "protocol": "TCP"}]])] |= every
+    otlp = values["telemetry"]["otlp"]
+    if otlp["endpoint"]:
+        for peer in otlp["to"]:
+            expected_out[_key([peer, [{"port": otlp["port"], "protocol": "TCP"}]])] |= every
+    if dict(egress_peers) != dict(expected_out):
+        for peer in sorted(set(egress_peers) | set(expected_out)):
+            got, want = egress_peers.get(peer, set()), expected_out.get(peer, set())
+            if got != want:
+                problems.append(f"egress to {peer}: allowed from {sorted(got)}, expected from {sorted(want)}")
+    return problems
+
+
+# --------------------------------------------------------------------------
+# What the services need from their pods
+
+
+def _seconds(duration: str) -> float:
+    m = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", duration.strip())
+    if not m:
+        raise CheckFailed(f"not a duration: {duration!r}")
+    factor = {"ms": 0.001, None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return int(m.group(1)) * factor
+
+
+def pod_problems(objects: list[dict[str, Any]], texts: Iterable[str]) -> list[str]:
+    problems = []
+    by_kind: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for obj in objects:
+        by_kind[obj["kind"]][obj["metadata"]["name"]] = obj
+        if obj["metadata"].get("namespace") != NAMESPACE:
+            problems.append(f"{obj['kind']}/{obj['metadata']['name']}: not in namespace {NAMESPACE}")
+    if "Secret" in by_kind:
+        problems.append(f"the chart renders Secrets {sorted(by_kind['Secret'])}: secrets are referenced, never inlined")
+    for text in texts:
+        for setting in FORBIDDEN_SETTINGS:
+            if setting in text:
+                problems.append(f"{setting} appears in the rendered manifests: deployed services verify RS256 only")
+    deployments = by_kind["Deployment"]
+    if sorted(d["metadata"]["labels"][COMPONENT] for d in deployments.values()) != sorted(SERVICES):
+        problems.append(f"Deployments {sorted(deployments)} are not one per service {SERVICES}")
+    for name, deployment in deployments.items():
+        where = f"Deployment/{name}"
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        port = next((p["containerPort"] for p in container.get("ports", []) if p.get("name") == "grpc"), None)
+        if port is None:
+            problems.append(f"{where}: no container port named grpc")
+            continue
+        live = (container.get("livenessProbe") or {}).get("grpc")
+        ready = (container.get("readinessProbe") or {}).get("grpc")
+        if live != {"port": port, "service": "liveness"}:
+            problems.append(f"{where}: liveness probe must be grpc {{port: {port}, service: liveness}}, is {live}")
+        if not ready or ready.get("port") != port or ready.get("service", "") != "":
+            problems.append(f'{where}: readiness probe must be grpc {{port: {port}, service: ""}}, is {ready}')
+        psc, csc = pod.get("securityContext", {}), container.get("securityContext", {})
+        if not (psc.get("runAsNonRoot") and csc.get("runAsNonRoot", True)):
+            problems.append(f"{where}: must run as non-root")
+        if csc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{where}: root filesystem must be read-only")
+        if csc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: privilege escalation must be off")
+        if (csc.get("capabilities") or {}).get("drop") != ["ALL"] or (csc.get("capabilities") or {}).get("add"):
+            problems.append(f"{where}: all capabilities must be dropped and none added")
+        seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp != "RuntimeDefault":
+            problems.append(f"{where}: seccomp profile must be RuntimeDefault, is {seccomp}")
+        resources = container.get("resources") or {}
+        for part in ("requests", "limits"):
+            if not {"cpu", "memory"} <= set(resources.get(part) or {}):
+                problems.append(f"{where}: resources.{part} must set cpu and memory")
+        config_name = container["envFrom"][0]["configMapRef"]["name"]
+        config = by_kind["ConfigMap"].get(config_name, {}).get("data", {})
+        env = {e["name"]: e for e in container.get("env", [])}
+        if "secretKeyRef" not in (env.get("DATABASE_URL") or {}).get("valueFrom", {}):
+            problems.append(f"{where}: DATABASE_URL must come from a Secret")
+        if config.get("GRPC_LISTEN_ADDR") != f"0.0.0.0:{port}":
+            problems.append(f"{where}: GRPC_LISTEN_ADDR must be 0.0.0.0:{port}")
+        grace = pod.get("terminationGracePeriodSeconds")
+        try:
+            delay = _seconds(config["SHUTDOWN_READINESS_DELAY"])
+            drain = _seconds(config["SHUTDOWN_GRACE_PERIOD"])
+        except KeyError as missing:
+            problems.append(f"{where}: {missing.args[0]} is not set")
+            continue
+        if grace is None or not (0 < delay < grace and delay + drain < grace):
+            problems.append(f"{where}: SHUTDOWN_READINESS_DELAY ({delay}s) and, with it, SHUTDOWN_GRACE_PERIOD "
+                            f"({drain}s) must end before terminationGracePeriodSeconds ({grace})")
+        for other in ("Service", "ServiceAccount", "PodDisruptionBudget", "ConfigMap", "NetworkPolicy"):
+            if name not in by_kind[other]:
+                problems.append(f"{where}: no {other} {name}")
+        service = by_kind["Service"].get(name)
+        if service and not any(p.get("name") == "grpc" and p.get("port") == port for p in service["spec"]["ports"]):
+            problems.append(f"Service/{name}: no port named grpc on {port}")
+        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+        secret_volumes = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
+        for setting in ("AUTH_JWT_JWKS_FILE", "SERVICE_SIGNING_KEY_FILE"):
+            if setting in config:
+                directory = str(Path(config[setting]).parent)
+                if mounts.get(directory) not in secret_volumes:
+                    problems.append(f"{where}: {setting} is not in a mounted Secret")
+        if "AUTH_JWT_JWKS_FILE" not in config:
+            problems.append(f"{where}: AUTH_JWT_JWKS_FILE is not set")
+    return problems
+
+
+# --------------------------------------------------------------------------
+# checkov
+
+
+def checkov(paths: list[tuple[str, Path]]) -> list[str]:
+    """Run checkov on (framework, path) pairs; every failed check is a problem."""
+    exe = Path(sys.executable).parent / "checkov"
+    problems = []
+    for framework, path in paths:
+        flag = "-d" if path.is_dir() else "-f"
+        run = subprocess.run(
+            [str(exe), flag, str(path), "--framework", framework, "--output", "json", "--quiet", "--compact",
+             "--skip-download"],
+            capture_output=True, text=True, cwd=REPO)
+        try:
+            report = json.loads(run.stdout) if run.stdout.strip() else {}
+        except json.JSONDecodeError:
+            return [f"checkov on {path}: no JSON report (exit {run.returncode}): {run.stderr.strip()[-500:]}"]
+        reports = report if isinstance(report, list) else [report]
+        for rep in reports:
+            if not rep:
+                continue
+            summary = rep.get("summary", {})
+            for failed in rep.get("results", {}).get("failed_checks", []):
+                problems.append(f"checkov {failed['check_id']} {failed.get('check_name')}: "
+                                f"{failed.get('file_path')} {failed.get('resource')}")
+            if summary.get("parsing_errors"):
+                problems.append(f"checkov could not parse {summary['parsing_errors']} file(s) under {path}")
+            if not summary.get("passed"):
+                problems.append(f"checkov ran no check on {path}")
+        if run.returncode not in (0, 1):
+            problems.append(f"checkov on {path} exited {run.returncode}: {run.stderr.strip()[-500:]}")
+    return problems

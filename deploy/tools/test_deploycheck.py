@@ -1,0 +1,239 @@
+"""Tests of the deploy checks: each check must fail on what it is there for.
+
+Run by `make deploy-check` (pytest, in .venv).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+import deploycheck as dc
+
+helm = pytest.importorskip("helm_python")
+
+
+@pytest.fixture(scope="module")
+def default_objects():
+    return dc.load_objects(dc.render({}).values())
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return dc.proto_call_graph()
+
+
+def merged(values=None):
+    with helm.Chart.load(str(dc.CHART)) as chart:
+        return chart.merge_values(values or {})
+
+
+def find(objects, kind, name):
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+# --- values.schema.json and the templates refuse malformed values ----------
+
+# case: (values, what the refusal names)
+MALFORMED = {
+    "port is not a number": ({"services": {"contract": {"port": "50052"}}}, "/services/contract/port"),
+    "unknown top-level key": ({"replicaCount": 3}, "replicaCount"),
+    "unknown service": ({"services": {"payments": {"port": 50055}}}, "payments"),
+    "image tag latest": ({"image": {"tag": "latest"}}, "/image/tag"),
+    "digest not sha256": ({"image": {"digest": "md5:abc"}}, "/image/digest"),
+    "dev HS256 secret as extra env": ({"services": {"escrow": {"env": {"AUTH_JWT_HS256_SECRET": "dev-only-secret-change-me"}}}}, "AUTH_JWT_HS256_SECRET"),
+    "DATABASE_URL inlined as extra env": ({"services": {"escrow": {"env": {"DATABASE_URL": "postgres://u:p@db/x"}}}}, "DATABASE_URL"),
+    "caller without signing key": ({"services": {"dispute": {"signingKey": None}}}, "signingKey"),
+    "limits missing memory": ({"services": {"escrow": {"resources": {"limits": {"memory": None}}}}}, "memory"),
+    "no database egress": ({"database": {"egress": {"cidrs": []}}}, "/database/egress/cidrs"),
+    "cidr malformed": ({"database": {"egress": {"cidrs": ["10.0.0.0"]}}}, "/database/egress/cidrs/0"),
+    "log format unknown": ({"telemetry": {"logFormat": "xml"}}, "/telemetry/logFormat"),
+    "duration without unit sense": ({"grpc": {"requestTimeout": "thirty seconds"}}, "/grpc/requestTimeout"),
+    "collector without egress peers": ({"telemetry": {"otlp": {"to": []}}}, "/telemetry/otlp/to"),
+    "external caller the protos do not name": ({"networkPolicy": {"externalCallers": {"crm": []}}}, "crm"),
+    "readiness delay past the grace period": ({"shutdown": {"readinessDelaySeconds": 30}}, "terminationGracePeriodSeconds"),
+    "drain ends after SIGKILL": ({"shutdown": {"gracePeriodSeconds": 28}}, "terminationGracePeriodSeconds"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_values_are_refused(case):
+    values, names = MALFORMED[case]
+    with pytest.raises((helm.HelmValuesError, helm.HelmRenderError)) as refused:
+        dc.render(values)
+    assert names in str(refused.value)
+
+
+@pytest.mark.parametrize("env", sorted(dc.ENVIRONMENTS))
+def test_shipped_values_render(env):
+    assert dc.load_objects(dc.render(dc.environment_values(env)).values())
+
+
+# --- deploy/k8s drift -------------------------------------------------------
+
+
+@pytest.fixture()
+def k8s_copy(tmp_path):
+    target = tmp_path / "k8s"
+    shutil.copytree(dc.K8S_DIR, target)
+    return target
+
+
+def test_committed_manifests_do_not_drift(k8s_copy):
+    assert dc.drift(k8s_copy) == []
+
+
+def test_hand_edit_is_drift(k8s_copy):
+    path = k8s_copy / "default" / "deployment.yaml"
+    path.write_text(path.read_text().replace("readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", 1))
+    problems = dc.drift(k8s_copy)
+    assert any("readOnlyRootFilesystem" in p for p in problems), problems
+
+
+def test_missing_and_stray_files_are_drift(k8s_copy):
+    (k8s_copy / "staging" / "service.yaml").unlink()
+    (k8s_copy / "staging" / "extra.yaml").write_text("kind: ConfigMap\n")
+    problems = dc.drift(k8s_copy)
+    assert "deploy/k8s/staging/service.yaml: missing" in problems
+    assert "deploy/k8s/staging/extra.yaml: not rendered from the chart" in problems
+
+
+# --- kubernetes-validate --strict --------------------------------------------
+
+
+def test_rendered_objects_are_valid(default_objects):
+    assert dc.validate_objects(default_objects) == []
+
+
+@pytest.mark.parametrize("breakage", ["unknown field", "wrong type", "missing required"])
+def test_schema_breaking_manifest_is_refused(default_objects, breakage):
+    deployment = copy.deepcopy(find(default_objects, "Deployment", "trade-assurance-escrow"))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    if breakage == "unknown field":
+        container["livenessProbe"]["grpc"]["serviceName"] = "liveness"
+    elif breakage == "wrong type":
+        container["ports"][0]["containerPort"] = "grpc"
+    else:
+        del container["name"]
+    assert dc.validate_objects([deployment], versions=dc.kube_versions()[:1])
+
+
+# --- the pods -----------------------------------------------------------------
+
+
+def test_pods_pass(default_objects):
+    texts = dc.render({}).values()
+    assert dc.pod_problems(default_objects, texts) == []
+
+
+def test_wrong_probe_name_is_caught(default_objects):
+    objects = copy.deepcopy(default_objects)
+    deployment = find(objects, "Deployment", "trade-assurance-contract")
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["grpc"]["service"] = "contract"
+    assert any("liveness probe" in p for p in dc.pod_problems(objects, []))
+
+
+def test_readiness_delay_not_below_grace_period_is_caught(default_objects):
+    objects = copy.deepcopy(default_objects)
+    find(objects, "Deployment", "trade-assurance-dispute")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 5
+    assert any("SHUTDOWN_READINESS_DELAY" in p for p in dc.pod_problems(objects, []))
+
+
+def test_inlined_secret_is_caught(default_objects):
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": dc.NAMESPACE},
+              "stringData": {"url": "postgres://..."}}
+    assert any("Secrets" in p for p in dc.pod_problems(default_objects + [secret], []))
+
+
+# --- the call graph and the NetworkPolicies ------------------------------------
+
+
+def test_proto_call_graph(graph):
+    assert graph["internal"] == {
+        ("contract", "escrow"), ("contract", "supplier-registry"),
+        ("dispute", "contract"), ("dispute", "escrow"), ("dispute", "supplier-registry"),
+    }
+    assert graph["external"]["payment-gateway"] == {"escrow"}
+    assert graph["external"]["messaging"] == {"supplier-registry"}
+    assert graph["client_facing"] == set(dc.SERVICES)
+
+
+def test_call_graph_file_matches_protos(graph):
+    assert dc.compare_call_graph_file(graph) == []
+
+
+def test_new_call_in_protos_is_caught(tmp_path, graph):
+    protos = tmp_path / "proto"
+    shutil.copytree(dc.PROTO_DIR, protos)
+    path = protos / "tradeassurance" / "contract" / "v1" / "contract_service.proto"
+    text = path.read_text()
+    # The supplier registry starts calling contract's GetContract.
+    patched = text.replace('services: ["dispute"]', 'services: ["dispute", "supplier-registry"]', 1)
+    assert patched != text
+    path.write_text(patched)
+    new = dc.proto_call_graph(protos)
+    assert ("supplier-registry", "contract") in new["internal"]
+    assert dc.compare_call_graph_file(new)
+
+
+@pytest.mark.parametrize("env", sorted(dc.ENVIRONMENTS))
+def test_network_policies_equal_the_call_graph(env, graph):
+    values = dc.environment_values(env)
+    objects = dc.load_objects(dc.render(values).values())
+    assert dc.network_policy_problems(objects, merged(values), graph) == []
+
+
+def _peer(component):
+    return {"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "trade-assurance", "app.kubernetes.io/instance": dc.RELEASE,
+        "app.kubernetes.io/component": component}}}
+
+
+def test_extra_ingress_edge_is_caught(default_objects, graph):
+    objects = copy.deepcopy(default_objects)
+    policy = find(objects, "NetworkPolicy", "trade-assurance-contract")
+    policy["spec"]["ingress"].append({"from": [_peer("escrow")], "ports": [{"port": "grpc", "protocol": "TCP"}]})
+    problems = dc.network_policy_problems(objects, merged(), graph)
+    assert any("extra escrow -> contract" in p for p in problems), problems
+
+
+def test_missing_egress_edge_is_caught(default_objects, graph):
+    objects = copy.deepcopy(default_objects)
+    policy = find(objects, "NetworkPolicy", "trade-assurance-dispute")
+    policy["spec"]["egress"] = [r for r in policy["spec"]["egress"] if r["to"] != [_peer("escrow")]]
+    problems = dc.network_policy_problems(objects, merged(), graph)
+    assert any("missing dispute -> escrow" in p for p in problems), problems
+
+
+def test_external_caller_in_the_wrong_place_is_caught(default_objects, graph):
+    objects = copy.deepcopy(default_objects)
+    gateway = merged()["networkPolicy"]["externalCallers"]["payment-gateway"]
+    find(objects, "NetworkPolicy", "trade-assurance-contract")["spec"]["ingress"].append(
+        {"from": gateway, "ports": [{"port": "grpc", "protocol": "TCP"}]})
+    problems = dc.network_policy_problems(objects, merged(), graph)
+    assert any("payment-gateway" in p and "contract" in p for p in problems), problems
+
+
+def test_open_egress_and_missing_default_deny_are_caught(default_objects, graph):
+    objects = [o for o in copy.deepcopy(default_objects) if o["metadata"]["name"] != "trade-assurance-default-deny"]
+    find(objects, "NetworkPolicy", "trade-assurance-escrow")["spec"]["egress"].append({})
+    find(objects, "NetworkPolicy", "trade-assurance-escrow")["spec"]["policyTypes"] = ["Ingress"]
+    problems = dc.network_policy_problems(objects, merged(), graph)
+    assert any("allows every destination" in p for p in problems), problems
+    assert any("Egress is not denied by default" in p for p in problems), problems
+
+
+# --- checkov --------------------------------------------------------------------
+
+
+def test_checkov_fails_an_unsafe_manifest(tmp_path, default_objects):
+    deployment = copy.deepcopy(find(default_objects, "Deployment", "trade-assurance-escrow"))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"] = {"privileged": True, "allowPrivilegeEscalation": True}
+    (tmp_path / "unsafe.yaml").write_text(yaml.safe_dump(deployment))
+    problems = dc.checkov([("kubernetes", tmp_path)])
+    assert any("CKV_K8S_16" in p for p in problems), problems  # privileged container
