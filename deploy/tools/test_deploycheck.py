@@ -237,3 +237,31 @@ def test_checkov_fails_an_unsafe_manifest(tmp_path, default_objects):
     (tmp_path / "unsafe.yaml").write_text(yaml.safe_dump(deployment))
     problems = dc.checkov([("kubernetes", tmp_path)])
     assert any("CKV_K8S_16" in p for p in problems), problems  # privileged container
+
+
+# --- scripts/deploy-secrets.sh makes exactly the Secrets the chart references ---
+
+
+def test_deploy_secrets_match_the_chart(tmp_path):
+    import base64
+    import subprocess
+
+    (tmp_path / "jwks.json").write_text('{"keys": []}')
+    for service in dc.SERVICES:
+        (tmp_path / f"{service}.database-url").write_text(f"postgres://{service.replace('-', '_')}:pw@db:5432/ta\n")
+    for service in ("contract", "dispute"):
+        (tmp_path / f"{service}.pem").write_text("-----BEGIN PRIVATE KEY-----\n...\n")
+    run = subprocess.run([str(dc.REPO / "scripts" / "deploy-secrets.sh"), str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    objects = dc.load_objects([run.stdout])
+    assert dc.validate_objects(objects) == []
+    made = {(o["metadata"]["name"], key) for o in objects if o["kind"] == "Secret" for key in o["data"]}
+    values = merged()
+    wanted = {(values["auth"]["jwksSecret"]["name"], values["auth"]["jwksSecret"]["key"])}
+    for service, svc in values["services"].items():
+        wanted.add((svc["databaseSecret"]["name"], svc["databaseSecret"]["key"]))
+        if "signingKey" in svc:
+            wanted.add((svc["signingKey"]["secretName"], svc["signingKey"]["key"]))
+    assert made == wanted
+    url = next(o for o in objects if o["metadata"]["name"] == "trade-assurance-escrow-database")["data"]["url"]
+    assert base64.b64decode(url) == b"postgres://escrow:pw@db:5432/ta"
