@@ -2,11 +2,14 @@
 //! the equivalent flags) with clap, so `--help` documents every variable.
 //!
 //! Each value's placeholder is the name of its environment variable, so a bad
-//! value fails at start-up with a message that names the variable.
+//! value fails at start-up with a message that names the variable. Every
+//! number and duration has a range: a value outside it (a pool of zero
+//! connections, a zero deadline) stops the process the same way, never later
+//! as a panic.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, time::Duration};
 
-use clap::Args;
+use clap::{Args, builder::TypedValueParser};
 
 use crate::auth::AuthConfig;
 
@@ -30,28 +33,28 @@ pub struct ServerConfig {
     pub listen_addr: Option<SocketAddr>,
     /// Deadline for one request when the client sets none (e.g. 30s, 500ms).
     #[arg(long, env = "GRPC_REQUEST_TIMEOUT", value_name = "GRPC_REQUEST_TIMEOUT",
-          default_value = "30s", value_parser = parse_duration)]
+          default_value = "30s", value_parser = DurationRange::new(MILLISECOND, HOUR))]
     pub request_timeout: Duration,
-    /// Largest request or response message accepted, in bytes.
+    /// Largest request or response message accepted, in bytes (1 KiB to 64 MiB);
+    /// a larger request is answered RESOURCE_EXHAUSTED.
     #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", value_name = "GRPC_MAX_MESSAGE_BYTES",
-          default_value_t = 4 * 1024 * 1024)]
+          default_value_t = 4 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=64 * 1024 * 1024).map(|v| v as usize))]
     pub max_message_bytes: usize,
-    /// Requests served at once per connection; beyond it requests are shed with UNAVAILABLE.
-    #[arg(
-        long,
-        env = "GRPC_CONCURRENCY_LIMIT",
-        value_name = "GRPC_CONCURRENCY_LIMIT",
-        default_value_t = 256
-    )]
+    /// Requests served at once by the process (1 to 100000); beyond it requests
+    /// are shed with UNAVAILABLE. Health and reflection are not counted.
+    #[arg(long, env = "GRPC_CONCURRENCY_LIMIT", value_name = "GRPC_CONCURRENCY_LIMIT",
+          default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|v| v as usize))]
     pub concurrency_limit: usize,
     /// After SIGTERM, how long in-flight requests may take before connections are closed.
     #[arg(long, env = "SHUTDOWN_GRACE_PERIOD", value_name = "SHUTDOWN_GRACE_PERIOD",
-          default_value = "20s", value_parser = parse_duration)]
+          default_value = "20s", value_parser = DurationRange::new(Duration::ZERO, HOUR))]
     pub shutdown_grace_period: Duration,
     /// After SIGTERM, how long to keep accepting requests while reporting NOT_SERVING,
     /// so load balancers stop routing here first (e.g. 5s on Kubernetes).
     #[arg(long, env = "SHUTDOWN_READINESS_DELAY", value_name = "SHUTDOWN_READINESS_DELAY",
-          default_value = "0s", value_parser = parse_duration)]
+          default_value = "0s", value_parser = DurationRange::new(Duration::ZERO, 5 * MINUTE))]
     pub shutdown_readiness_delay: Duration,
 }
 
@@ -63,7 +66,8 @@ impl ServerConfig {
     }
 }
 
-#[derive(Args, Clone, Debug)]
+/// `Debug` shows the URL without its password.
+#[derive(Args, Clone)]
 pub struct DatabaseConfig {
     /// Postgres connection URL, e.g. postgres://user@127.0.0.1:5432/trade_assurance.
     #[arg(
@@ -73,21 +77,17 @@ pub struct DatabaseConfig {
         hide_env_values = true
     )]
     pub database_url: String,
-    /// Connections in this service's pool.
-    #[arg(
-        long,
-        env = "DATABASE_MAX_CONNECTIONS",
-        value_name = "DATABASE_MAX_CONNECTIONS",
-        default_value_t = 10
-    )]
+    /// Connections in this service's pool (1 to 1000).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", value_name = "DATABASE_MAX_CONNECTIONS",
+          default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
     /// How long a request waits for a pooled connection before failing with UNAVAILABLE.
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", value_name = "DATABASE_ACQUIRE_TIMEOUT",
-          default_value = "5s", value_parser = parse_duration)]
+          default_value = "5s", value_parser = DurationRange::new(MILLISECOND, MINUTE))]
     pub database_acquire_timeout: Duration,
     /// How long idempotency keys are kept; a retry after that runs again.
     #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION", value_name = "IDEMPOTENCY_KEY_RETENTION",
-          default_value = "7d", value_parser = parse_duration)]
+          default_value = "7d", value_parser = DurationRange::new(HOUR, 366 * DAY))]
     pub idempotency_key_retention: Duration,
 }
 
@@ -107,31 +107,116 @@ pub struct TelemetryConfig {
     pub log_format: String,
 }
 
-/// Parses durations such as `250ms`, `30s`, `5m`, `2h`, `3d`; a bare number is seconds.
+const MILLISECOND: Duration = Duration::from_millis(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3_600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("database_url", &redacted_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .field("database_acquire_timeout", &self.database_acquire_timeout)
+            .field("idempotency_key_retention", &self.idempotency_key_retention)
+            .finish()
+    }
+}
+
+/// `scheme://user:<redacted>@host/db` for a URL with a password; anything
+/// that does not look like one with credentials is shown without them.
+fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<redacted>".to_owned();
+    };
+    let (authority_end, _) = rest
+        .char_indices()
+        .find(|(_, c)| matches!(c, '/' | '?'))
+        .unwrap_or((rest.len(), ' '));
+    let (authority, path) = rest.split_at(authority_end);
+    let password_in_query = path.contains("password=");
+    let path = if password_in_query {
+        "/<redacted>"
+    } else {
+        path
+    };
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            if credentials.contains(':') {
+                format!("{scheme}://{user}:<redacted>@{host}{path}")
+            } else {
+                format!("{scheme}://{user}@{host}{path}")
+            }
+        }
+        None => format!("{scheme}://{authority}{path}"),
+    }
+}
+
+/// Parses durations the humantime way (`250ms`, `30s`, `5m`, `2h`, `7d`,
+/// `1h 30m`); a bare number is seconds, as Kubernetes manifests often write.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 30s, 5m, 2h or 3d"))?;
-    let seconds = |factor: u64| {
-        value
-            .checked_mul(factor)
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<u64>()
             .map(Duration::from_secs)
-            .ok_or_else(|| format!("`{text}` is too long"))
-    };
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "" | "s" => seconds(1),
-        "m" => seconds(60),
-        "h" => seconds(3_600),
-        "d" => seconds(86_400),
-        _ => Err(format!(
-            "`{text}` has an unknown unit `{unit}`; use ms, s, m, h or d"
-        )),
+            .map_err(|_| format!("`{text}` is too long"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration such as 500ms, 30s, 5m, 2h or 3d ({e})"))
+}
+
+/// A clap value parser for durations within `[min, max]`.
+#[derive(Clone, Copy, Debug)]
+pub struct DurationRange {
+    min: Duration,
+    max: Duration,
+}
+
+impl DurationRange {
+    pub const fn new(min: Duration, max: Duration) -> Self {
+        Self { min, max }
+    }
+
+    /// The duration in `text`, if it lies in the range.
+    pub fn check(&self, text: &str) -> Result<Duration, String> {
+        let value = parse_duration(text)?;
+        if value < self.min || value > self.max {
+            return Err(format!(
+                "`{text}` is out of range: use {} to {}",
+                humantime::format_duration(self.min),
+                humantime::format_duration(self.max)
+            ));
+        }
+        Ok(value)
+    }
+}
+
+impl TypedValueParser for DurationRange {
+    type Value = Duration;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        argument: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Duration, clap::Error> {
+        let invalid = |reason: String| {
+            let name = argument
+                .and_then(|a| a.get_value_names())
+                .and_then(|names| names.first())
+                .map_or_else(|| "value".to_owned(), |n| n.to_string());
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for {name}: {reason}\n"),
+            )
+            .with_cmd(command)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid("not valid UTF-8".to_owned()))?;
+        self.check(text).map_err(invalid)
     }
 }
 
@@ -147,21 +232,54 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
         assert_eq!(parse_duration("3d"), Ok(Duration::from_secs(259_200)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5_400)));
     }
 
     #[test]
     fn rejects_garbage_with_a_readable_reason() {
-        assert!(parse_duration("").unwrap_err().contains("not a duration"));
+        for bad in ["", "ten", "10x", "-1s", "99999999999999999999"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
         assert!(
             parse_duration("ten")
                 .unwrap_err()
                 .contains("not a duration")
         );
-        assert!(parse_duration("10w").unwrap_err().contains("unknown unit"));
-        assert!(
-            parse_duration("99999999999999999d")
-                .unwrap_err()
-                .contains("too long")
-        );
+    }
+
+    #[test]
+    fn ranges_refuse_values_outside_them() {
+        let range = DurationRange::new(MILLISECOND, HOUR);
+        assert_eq!(range.check("30s"), Ok(Duration::from_secs(30)));
+        assert!(range.check("0s").unwrap_err().contains("out of range"));
+        assert!(range.check("2h").unwrap_err().contains("out of range"));
+    }
+
+    #[test]
+    fn the_database_password_never_shows_in_debug() {
+        for (url, shown) in [
+            (
+                "postgres://app:s3cret@db.internal:5432/ta",
+                "postgres://app:<redacted>@db.internal:5432/ta",
+            ),
+            (
+                "postgres://app@127.0.0.1:5432/ta",
+                "postgres://app@127.0.0.1:5432/ta",
+            ),
+            (
+                "postgres://db/ta?user=app&password=s3cret",
+                "postgres://db/<redacted>",
+            ),
+            ("garbage with s3cret", "<redacted>"),
+        ] {
+            assert_eq!(redacted_url(url), shown);
+            let config = DatabaseConfig {
+                database_url: url.to_owned(),
+                database_max_connections: 1,
+                database_acquire_timeout: Duration::from_secs(1),
+                idempotency_key_retention: DAY,
+            };
+            assert!(!format!("{config:?}").contains("s3cret"));
+        }
     }
 }

@@ -55,6 +55,9 @@ pub enum ServiceError {
     Aborted(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The request's deadline passed while the database worked or waited.
+    #[error("the request's deadline passed before the database finished")]
+    DeadlineExceeded,
     #[error("{0}")]
     Internal(String),
 }
@@ -127,6 +130,7 @@ impl From<ServiceError> for Status {
             ServiceError::AlreadyExists(_) => Status::already_exists(message),
             ServiceError::Aborted(_) => Status::aborted(message),
             ServiceError::Unavailable(_) => Status::unavailable(message),
+            ServiceError::DeadlineExceeded => Status::deadline_exceeded(message),
             ServiceError::Internal(detail) => {
                 let trace_id = current_trace_id();
                 tracing::error!(error = %detail, %trace_id, "internal error");
@@ -136,28 +140,44 @@ impl From<ServiceError> for Status {
     }
 }
 
-/// Storage errors by SQLSTATE: conflicts the client can act on get their own
-/// code, anything else is internal.
+/// Storage errors by kind and SQLSTATE. A database that cannot be reached,
+/// is restarting, or has no room for us is `UNAVAILABLE` (the work rolled back;
+/// retry with the same key); a lost race is `ABORTED`; a statement or lock wait
+/// cut short by the request's deadline is `DEADLINE_EXCEEDED`; anything else
+/// is internal.
 impl From<sqlx::Error> for ServiceError {
     fn from(error: sqlx::Error) -> Self {
+        let unavailable = || Self::Unavailable("the database is unavailable; retry later".into());
         match &error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable("the database is unavailable; retry later".into())
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::BeginFailed => unavailable(),
             sqlx::Error::Database(db) => match db.code().as_deref() {
+                Some(code) if is_connection_level(code) => unavailable(),
                 // serialization_failure, deadlock_detected
-                Some("40001") | Some("40P01") => {
+                Some("40001" | "40P01") => {
                     Self::Aborted("a concurrent change won; retry the request".into())
                 }
-                // lock_not_available, query_canceled (statement timeout)
-                Some("55P03") | Some("57014") => {
-                    Self::Unavailable("the database is busy; retry later".into())
-                }
+                // query_canceled (statement_timeout), lock_not_available
+                // (lock_timeout): both are set from the request's deadline.
+                Some("57014" | "55P03") => Self::DeadlineExceeded,
                 _ => Self::Internal(error.to_string()),
             },
             _ => Self::Internal(error.to_string()),
         }
     }
+}
+
+/// SQLSTATEs that say the connection or the server is gone or full, not that
+/// the statement is wrong: class 08 (connection exception), 57P01-57P03
+/// (admin shutdown, crash shutdown, cannot connect now), class 53
+/// (insufficient resources, e.g. too many connections).
+fn is_connection_level(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 /// For inserts that may meet a concurrent twin: a unique violation becomes the
@@ -282,6 +302,33 @@ mod tests {
     }
 
     #[test]
+    fn connection_level_sqlstates_are_told_from_statement_errors() {
+        for code in [
+            "08000", "08003", "08006", "57P01", "57P02", "57P03", "53300", "53100",
+        ] {
+            assert!(is_connection_level(code), "{code}");
+        }
+        for code in ["23505", "40001", "57014", "55P03", "42P01", "22P02"] {
+            assert!(!is_connection_level(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_is_unavailable_never_internal() {
+        let lost = [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::WorkerCrashed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            sqlx::Error::Protocol("unexpected end of stream".into()),
+        ];
+        for error in lost {
+            let status = Status::from(ServiceError::from(error));
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        }
+    }
+
+    #[test]
     fn each_kind_has_its_code() {
         let cases = [
             (ServiceError::not_found("supplier", "s-1"), Code::NotFound),
@@ -296,6 +343,7 @@ mod tests {
             (ServiceError::AlreadyExists("x".into()), Code::AlreadyExists),
             (ServiceError::Aborted("x".into()), Code::Aborted),
             (ServiceError::Unavailable("x".into()), Code::Unavailable),
+            (ServiceError::DeadlineExceeded, Code::DeadlineExceeded),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);

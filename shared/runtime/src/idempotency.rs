@@ -181,7 +181,7 @@ impl IdempotencyKeys {
         Q: Message,
         R: Message + Default,
     {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         match self.claim(&mut tx, scope, request).await? {
             Claim::Replay(response) => Ok(response),
             Claim::Fresh => {

@@ -11,7 +11,7 @@
 
 use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
 
-use sqlx::{PgPool, migrate::Migrator};
+use sqlx::{Connection, PgConnection, PgPool, migrate::Migrator, postgres::PgConnectOptions};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -22,20 +22,19 @@ use crate::{
     auth::{AuthLayer, MethodPolicy, TokenVerifier},
     config::{CommonConfig, ServerConfig},
     db,
-    deadline::DeadlineLayer,
     idempotency::IdempotencyKeys,
+    middleware::{AdmissionLayer, DeadlineLayer, StatusHygieneLayer},
     telemetry,
 };
-
-/// The future of the server's own middleware (authentication, deadlines).
-pub type ResponseFuture<E> =
-    std::pin::Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
 
 /// The health service name that reports liveness only.
 pub const LIVENESS: &str = "liveness";
 
-/// How often a ready server re-checks that its database answers.
-const READINESS_RECHECK: Duration = Duration::from_secs(5);
+/// How often readiness re-checks that the database answers, and how long one
+/// check may take: together they bound how late readiness follows the
+/// database (about a second either way).
+const READINESS_RECHECK: Duration = Duration::from_millis(250);
+const READINESS_PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// What distinguishes one service's process from another's.
 pub struct ServiceSpec {
@@ -118,7 +117,7 @@ async fn start(
     // Fail fast on configuration before taking the port.
     let verifier =
         TokenVerifier::from_config(&config.auth, spec.name).map_err(|e| e.to_string())?;
-    let pool = db::lazy_pool(&config.database)?;
+    let pool = db::lazy_pool(&config.database, config.server.request_timeout)?;
     let address = config.server.listen_addr_or(spec.default_port);
     let listener = TcpListener::bind(address)
         .await
@@ -161,6 +160,7 @@ pub async fn serve(
     let tracking = tokio::spawn(track_readiness(
         readiness.clone(),
         pool.clone(),
+        pool.connect_options().as_ref().clone(),
         spec.migrator,
     ));
     let purge = tokio::spawn(purge_idempotency_keys(
@@ -227,24 +227,29 @@ pub async fn serve(
 }
 
 /// The whole middleware stack, outermost first.
+type Middleware = Stack<
+    AuthLayer,
+    Stack<StatusHygieneLayer, Stack<DeadlineLayer, Stack<AdmissionLayer, Identity>>>,
+>;
+
 fn middleware(
     config: &ServerConfig,
     verifier: Arc<TokenVerifier>,
     policy: Arc<MethodPolicy>,
-) -> tonic::transport::Server<Stack<AuthLayer, Stack<DeadlineLayer, Identity>>> {
+) -> tonic::transport::Server<Middleware> {
     tonic::transport::Server::builder()
-        // Bound the work one connection can pile up...
-        .concurrency_limit_per_connection(config.concurrency_limit)
-        // ...and answer UNAVAILABLE at the bound instead of queueing.
-        .load_shed(true)
         // Detect dead peers so drained connections do not linger.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // Continue the caller's W3C trace: the span's parent is set before it is entered.
         .trace_fn(telemetry::server_span)
-        // The caller's grpc-timeout, capped by ours; past it, DEADLINE_EXCEEDED.
+        // At most GRPC_CONCURRENCY_LIMIT requests at once in the process; above it UNAVAILABLE.
+        .layer(AdmissionLayer::new(config.concurrency_limit))
+        // The caller's grpc-timeout, capped by ours; past it DEADLINE_EXCEEDED, and Postgres is told.
         .layer(DeadlineLayer::new(config.request_timeout))
-        // Authentication (JWT) and per-method role authorization; health and reflection are public.
+        // Undecodable requests INVALID_ARGUMENT, oversized ones RESOURCE_EXHAUSTED (tonic says otherwise).
+        .layer(StatusHygieneLayer)
+        // Authentication (JWT) and per-method authorization; health and reflection are public.
         .layer(AuthLayer::new(verifier, policy))
 }
 
@@ -284,8 +289,17 @@ impl Readiness {
 }
 
 /// NOT_SERVING until the database answers and this service's migrations ran;
-/// afterwards follows the database's availability.
-async fn track_readiness(readiness: Readiness, pool: PgPool, migrator: &'static Migrator) {
+/// afterwards follows the database's availability within about a second.
+///
+/// The checks use a connection of their own, outside the pool: a pool that is
+/// busy under load must not make the service look down, and a dead database
+/// must be noticed without waiting out the pool's acquire timeout.
+async fn track_readiness(
+    readiness: Readiness,
+    pool: PgPool,
+    options: PgConnectOptions,
+    migrator: &'static Migrator,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match migrator.run(&pool).await {
@@ -293,16 +307,26 @@ async fn track_readiness(readiness: Readiness, pool: PgPool, migrator: &'static 
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "database not ready or migrations failed");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }
     tracing::info!("migrations applied: serving");
     readiness.set(ServingStatus::Serving).await;
     let mut serving = true;
+    let mut probe: Option<PgConnection> = None;
     loop {
         tokio::time::sleep(READINESS_RECHECK).await;
-        let answers = sqlx::query("SELECT 1").execute(&pool).await.is_ok();
+        let answers = tokio::time::timeout(
+            READINESS_PROBE_TIMEOUT,
+            database_answers(&mut probe, &options),
+        )
+        .await
+        .unwrap_or(false);
+        if !answers {
+            // A connection that failed or hung is not trusted again.
+            probe = None;
+        }
         if answers != serving {
             serving = answers;
             if serving {
@@ -313,6 +337,20 @@ async fn track_readiness(readiness: Readiness, pool: PgPool, migrator: &'static 
                 readiness.set(ServingStatus::NotServing).await;
             }
         }
+    }
+}
+
+/// One round trip on the probe connection, connecting it first if needed.
+async fn database_answers(probe: &mut Option<PgConnection>, options: &PgConnectOptions) -> bool {
+    if probe.is_none() {
+        match PgConnection::connect_with(options).await {
+            Ok(connection) => *probe = Some(connection),
+            Err(_) => return false,
+        }
+    }
+    match probe {
+        Some(connection) => connection.ping().await.is_ok(),
+        None => false,
     }
 }
 

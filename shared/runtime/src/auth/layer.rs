@@ -102,7 +102,7 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = crate::server::ResponseFuture<S::Error>;
+    type Future = crate::middleware::ResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -119,7 +119,7 @@ where
                         .insert(Caller { principal, method });
                 }
                 // The inner service stays ready (and unused) for the next call.
-                Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+                Err(status) => return crate::middleware::answer(status),
             }
         }
         // The decision is synchronous, so the inner service polled ready in

@@ -2,11 +2,32 @@
 //! limit. A request past its deadline is answered DEADLINE_EXCEEDED (tonic's
 //! built-in timeout answers CANCELLED, which clients do not treat as a
 //! deadline) and its work is dropped, which rolls back any open transaction.
+//!
+//! Dropping the work is not enough for Postgres: a statement waiting on a row
+//! lock would keep waiting (and keep its connection and its uncommitted rows)
+//! after we stopped listening. So the deadline is also made visible to the
+//! request's code ([`remaining_budget`]), and `db::begin` turns it into the
+//! transaction's `statement_timeout` and `lock_timeout`.
 
 use std::{
     task::{Context, Poll},
     time::Duration,
 };
+
+use tokio::time::Instant;
+
+tokio::task_local! {
+    /// When the request being served must be answered.
+    static DEADLINE: Instant;
+}
+
+/// The time left before the current request's deadline; `None` outside a
+/// request (background work).
+pub fn remaining_budget() -> Option<Duration> {
+    DEADLINE
+        .try_with(|deadline| deadline.saturating_duration_since(Instant::now()))
+        .ok()
+}
 
 /// Applies [`Deadline`] to every request.
 #[derive(Clone, Copy, Debug)]
@@ -45,7 +66,7 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = crate::server::ResponseFuture<S::Error>;
+    type Future = crate::middleware::ResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -58,16 +79,17 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .map_or(self.limit, |asked| asked.min(self.limit));
+        let deadline = Instant::now() + budget;
         let work = self.inner.call(request);
-        Box::pin(async move {
-            match tokio::time::timeout(budget, work).await {
+        Box::pin(DEADLINE.scope(deadline, async move {
+            match tokio::time::timeout_at(deadline, work).await {
                 Ok(result) => result,
                 Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
                     "deadline of {budget:?} exceeded"
                 ))
                 .into_http()),
             }
-        })
+        }))
     }
 }
 
@@ -127,6 +149,32 @@ mod tests {
         let service = DeadlineLayer::new(Duration::from_secs(30)).layer(tower::service_fn(slow));
         let response = service.oneshot(http::Request::new(())).await.unwrap();
         assert_eq!(grpc_status(&response), "4");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_request_sees_its_remaining_budget() {
+        async fn report(
+            _request: http::Request<()>,
+        ) -> Result<http::Response<tonic::body::Body>, Infallible> {
+            let left = remaining_budget().expect("inside a request");
+            let mut response = http::Response::new(tonic::body::Body::empty());
+            response
+                .headers_mut()
+                .insert("left-ms", left.as_millis().to_string().parse().unwrap());
+            Ok(response)
+        }
+        let service = DeadlineLayer::new(Duration::from_secs(30)).layer(tower::service_fn(report));
+        let request = http::Request::builder()
+            .header("grpc-timeout", "800m")
+            .body(())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.headers()["left-ms"], "800");
+        assert_eq!(
+            remaining_budget(),
+            None,
+            "outside a request there is no deadline"
+        );
     }
 
     #[tokio::test(start_paused = true)]
