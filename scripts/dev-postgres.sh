@@ -22,11 +22,16 @@
 # /tmp/trade-assurance-pg-<hash of the repo path>.
 #
 # Environment:
-#   TA_PG_PORT   port to listen on (default 54329). When it is not set and 54329
-#                is taken by something else (another clone's cluster), the next
-#                free port up to 54349 is used; when it is set, a taken port is an
-#                error.
+#   TA_PG_PORT   port to listen on (default 54329). A new cluster takes it, or,
+#                when it is not set and 54329 is taken by something else (another
+#                clone's cluster), the next free port up to 54349. The port is
+#                recorded with the cluster and kept on every later start, so
+#                services started against it keep finding it; if it is taken
+#                by then, start fails and says so (it never moves silently).
+#                Setting TA_PG_PORT to another port moves the cluster there.
 #   TA_PG_DB     database to create and print (default trade_assurance)
+#   TA_PG_DATA_DIR  data directory of a separate cluster (tests that stop and
+#                start their own Postgres); default as below
 set -euo pipefail
 
 log() { printf 'dev-postgres: %s\n' "$*" >&2; }
@@ -44,6 +49,16 @@ IS_ROOT=0
 REPO_DATA_DIR="$REPO_ROOT/.data/postgres"
 REPO_HASH="$(printf '%s' "$REPO_ROOT" | sha256sum | cut -c1-12)"
 TMP_DATA_DIR="/tmp/trade-assurance-pg-$REPO_HASH/data"
+LOCK_DIR="$REPO_ROOT/.data"
+if [[ -n ${TA_PG_DATA_DIR:-} ]]; then
+  # A cluster of its own, e.g. for a test: treated like the /tmp fallback
+  # (its parent is created private to the cluster's owner).
+  [[ $TA_PG_DATA_DIR == /* ]] || { printf 'dev-postgres: error: TA_PG_DATA_DIR must be absolute\n' >&2; exit 1; }
+  REPO_DATA_DIR="$TA_PG_DATA_DIR"
+  TMP_DATA_DIR="$TA_PG_DATA_DIR"
+  REPO_HASH="$(printf '%s' "$TA_PG_DATA_DIR" | sha256sum | cut -c1-12)"
+  LOCK_DIR="$(dirname "$TA_PG_DATA_DIR")"
+fi
 
 # Never let the caller's libpq settings redirect our client calls elsewhere.
 unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGSERVICE PGSERVICEFILE PGOPTIONS \
@@ -130,6 +145,10 @@ choose_data_dir() {
     printf '%s\n' "$TMP_DATA_DIR"
     return
   fi
+  if [[ -n ${TA_PG_DATA_DIR:-} ]]; then
+    printf '%s\n' "$TA_PG_DATA_DIR"
+    return
+  fi
   mkdir -p "$REPO_ROOT/.data"
   chmod 0755 "$REPO_ROOT/.data" 2>/dev/null || true
   if postgres_can_traverse "$REPO_ROOT/.data"; then
@@ -162,6 +181,32 @@ running_port() {
 
 port_in_use() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# The port recorded with the cluster in $1 (empty for a new one).
+recorded_port() {
+  cat "$1/trade-assurance-port" 2>/dev/null | tr -d '[:space:]'
+}
+
+record_port() { # $1 datadir, $2 port
+  printf '%s\n' "$2" >"$1/trade-assurance-port"
+}
+
+# The port to start the cluster in $1 on: TA_PG_PORT if set, else the one it
+# always had, else a free one.
+start_port() {
+  local recorded
+  recorded="$(recorded_port "$1")"
+  if [[ -n $recorded && -z $REQUESTED_PORT ]]; then
+    port_in_use "$recorded" && die "port $recorded, where this cluster ($1) listens, is in use by another process; \
+free it, or move the cluster with TA_PG_PORT=<port> (then restart anything started against it), or make clean-data"
+    printf '%s\n' "$recorded"
+    return
+  fi
+  if [[ -n $recorded && $REQUESTED_PORT != "$recorded" ]]; then
+    log "moving the cluster from port $recorded to TA_PG_PORT=$REQUESTED_PORT"
+  fi
+  pick_port
 }
 
 pick_port() {
@@ -275,8 +320,8 @@ lock() { # serialise concurrent invocations (make test in two terminals, say)
   if ((IS_ROOT)); then
     lockfile="/tmp/trade-assurance-pg-$REPO_HASH.lock"
   else
-    mkdir -p "$REPO_ROOT/.data"
-    lockfile="$REPO_ROOT/.data/postgres.lock"
+    mkdir -p "$LOCK_DIR"
+    lockfile="$LOCK_DIR/postgres.lock"
   fi
   exec 9>>"$lockfile"
   if command -v flock >/dev/null 2>&1; then
@@ -315,9 +360,11 @@ cmd_start() {
     if [[ -n $REQUESTED_PORT && $REQUESTED_PORT != "$port" ]]; then
       log "warning: the cluster already runs on port $port, not TA_PG_PORT=$REQUESTED_PORT; run '$0 stop' to move it"
     fi
+    [[ -n $(recorded_port "$dd") ]] || record_port "$dd" "$port"
   else
-    port="$(pick_port)"
+    port="$(start_port "$dd")"
     start_cluster "$bindir" "$dd" "$port"
+    record_port "$dd" "$port"
   fi
 
   ensure_database "$bindir" "$port"
@@ -360,13 +407,16 @@ cmd_status() {
 cmd_destroy() {
   cmd_stop
   local d
-  for d in "$REPO_DATA_DIR" "$(dirname "$TMP_DATA_DIR")"; do
+  local -a doomed=("$REPO_DATA_DIR" "$(dirname "$TMP_DATA_DIR")")
+  # A cluster of its own: only its data directory, never what holds it.
+  [[ -n ${TA_PG_DATA_DIR:-} ]] && doomed=("$TA_PG_DATA_DIR")
+  for d in "${doomed[@]}"; do
     if [[ -e $d ]]; then
       log "removing $d"
       rm -rf -- "$d"
     fi
   done
-  rm -f -- "/tmp/trade-assurance-pg-$REPO_HASH.lock" "$REPO_ROOT/.data/postgres.lock"
+  rm -f -- "/tmp/trade-assurance-pg-$REPO_HASH.lock" "$LOCK_DIR/postgres.lock"
 }
 
 case "$ACTION" in
@@ -374,6 +424,6 @@ start) cmd_start ;;
 stop) cmd_stop ;;
 status) cmd_status ;;
 destroy) cmd_destroy ;;
--h | --help | help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' >&2 ;;
+-h | --help | help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//' >&2 ;;
 *) die "unknown action '$ACTION' (start|stop|status|destroy)" ;;
 esac
