@@ -131,7 +131,11 @@ def drift(k8s_dir: Path = K8S_DIR) -> list[str]:
     """Differences between deploy/k8s and the chart, as diff lines (empty: none)."""
     problems: list[str] = []
     for env in ENVIRONMENTS:
-        expected = manifest_files(env)
+        try:
+            expected = manifest_files(env)
+        except Exception as error:  # HelmValuesError, HelmRenderError: reported by the render step too
+            problems.append(f"deploy/k8s/{env}: the chart does not render: {' '.join(str(error).split())}")
+            continue
         directory = k8s_dir / env
         actual = {p.name: p.read_text() for p in sorted(directory.glob("*"))} if directory.is_dir() else {}
         for name in sorted(set(expected) | set(actual)):
