@@ -354,18 +354,36 @@ fn a_bad_configuration_fails_at_once_naming_the_variable() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_addr = taken.local_addr().expect("addr").to_string();
 
-    // (variable, value or None to leave it unset, where the message goes)
-    let cases: [(&str, Option<&str>, &str); 9] = [
+    // (variable, value or None to leave it unset, where the message goes).
+    // Every number and duration has a range; a value outside it is refused
+    // at start-up like a malformed one.
+    let cases: [(&str, Option<&str>, &str); 25] = [
         ("GRPC_REQUEST_TIMEOUT", Some("ten"), "stderr"),
-        ("SHUTDOWN_GRACE_PERIOD", Some("10w"), "stderr"),
+        ("GRPC_REQUEST_TIMEOUT", Some("0s"), "stderr"),
+        ("GRPC_REQUEST_TIMEOUT", Some("2h"), "stderr"),
+        ("SHUTDOWN_GRACE_PERIOD", Some("10x"), "stderr"),
+        ("SHUTDOWN_GRACE_PERIOD", Some("3h"), "stderr"),
+        ("SHUTDOWN_READINESS_DELAY", Some("1h"), "stderr"),
+        ("SHUTDOWN_READINESS_DELAY", Some("-1s"), "stderr"),
         ("DATABASE_URL", None, "stderr"),
         ("GRPC_LISTEN_ADDR", Some("nowhere"), "stderr"),
         ("LOG_FORMAT", Some("xml"), "stderr"),
         ("DATABASE_MAX_CONNECTIONS", Some("many"), "stderr"),
+        ("DATABASE_MAX_CONNECTIONS", Some("0"), "stderr"),
+        ("DATABASE_MAX_CONNECTIONS", Some("100000"), "stderr"),
+        ("DATABASE_ACQUIRE_TIMEOUT", Some("0ms"), "stderr"),
+        ("DATABASE_ACQUIRE_TIMEOUT", Some("1d"), "stderr"),
+        ("IDEMPOTENCY_KEY_RETENTION", Some("1s"), "stderr"),
+        ("IDEMPOTENCY_KEY_RETENTION", Some("400d"), "stderr"),
+        ("GRPC_MAX_MESSAGE_BYTES", Some("0"), "stderr"),
+        ("GRPC_MAX_MESSAGE_BYTES", Some("99999999999"), "stderr"),
+        ("GRPC_CONCURRENCY_LIMIT", Some("0"), "stderr"),
+        ("AUTH_JWT_LEEWAY_SECONDS", Some("3600"), "stderr"),
         // Checked once parsed: reported through the log (stdout), exit 1.
         ("AUTH_JWT_HS256_SECRET", Some("short"), "log"),
         ("DATABASE_URL", Some("not a url"), "log"),
         ("GRPC_LISTEN_ADDR", Some(&taken_addr), "log"),
+        ("AUTH_JWT_JWKS_FILE", Some("/nonexistent/jwks.json"), "log"),
     ];
     for binary_name in SERVICES {
         for (variable, value, channel) in cases {
@@ -385,6 +403,8 @@ fn a_bad_configuration_fails_at_once_naming_the_variable() {
                 output.status
             );
             assert!(!output.status.success(), "{context}");
+            assert_ne!(output.status.code(), Some(101), "a panic: {context}");
+            assert!(!stderr.contains("panicked"), "{context}");
             let message = if channel == "stderr" {
                 &stderr
             } else {
@@ -406,6 +426,25 @@ fn a_bad_configuration_fails_at_once_naming_the_variable() {
         );
     }
     drop(taken);
+
+    // The supplier registry's own policy settings.
+    for (variable, value) in [
+        ("PENALTY_RESTRICTION_THRESHOLD", "0"),
+        ("PENALTY_RESTRICTION_THRESHOLD", "lots"),
+        ("PENALTY_LIMIT_REDUCTION_PERCENT", "101"),
+    ] {
+        let mut env: Vec<(&str, &str)> = good.to_vec();
+        env.push((variable, value));
+        let output = run_binary(SUPPLIER_REGISTRY, &env, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{variable}={value}: {stderr}");
+        assert_ne!(
+            output.status.code(),
+            Some(101),
+            "{variable}={value}: {stderr}"
+        );
+        assert!(stderr.contains(variable), "{variable}={value}: {stderr}");
+    }
 
     // --help documents the variables.
     for binary_name in SERVICES {
