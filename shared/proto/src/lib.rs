@@ -36,6 +36,16 @@ pub mod tradeassurance {
             tonic::include_proto!("tradeassurance.dispute.v1");
         }
     }
+    pub mod ops {
+        pub mod v1 {
+            tonic::include_proto!("tradeassurance.ops.v1");
+        }
+    }
+    pub mod testing {
+        pub mod v1 {
+            tonic::include_proto!("tradeassurance.testing.v1");
+        }
+    }
 }
 
 pub use tradeassurance::common::v1 as common;
@@ -77,4 +87,5 @@ include!(concat!(env!("OUT_DIR"), "/keyed.rs"));
 pub use tradeassurance::contract::v1 as contract;
 pub use tradeassurance::dispute::v1 as dispute;
 pub use tradeassurance::escrow::v1 as escrow;
+pub use tradeassurance::ops::v1 as ops;
 pub use tradeassurance::supplier::v1 as supplier;

@@ -1,0 +1,257 @@
+//! Event feeds: domain events appended in the same transaction as the change,
+//! and read in an order no reader can overtake.
+//!
+//! The classic bug: a `bigserial` sequence is taken when a row is inserted,
+//! not when its transaction commits. A transaction holding sequence 5 that
+//! commits after one holding 6 lets a reader see 6, move its cursor past it,
+//! and never see 5. Here, appending stores the event with its transaction id
+//! (`pg_current_xact_id()`) and no sequence. The feed's sequence is given
+//! later by one numbering writer at a time (an advisory lock per feed): it
+//! numbers, in transaction-id order, only events whose transaction id is below
+//! `pg_snapshot_xmin(pg_current_snapshot())`, that is, whose transactions have
+//! all ended. Every event numbered later belongs to a transaction that was
+//! still running or had not started, so it always gets a higher number: a
+//! reader that saw sequence n will still see every event above n. Sequences
+//! of one feed are dense (1, 2, 3, ...).
+//!
+//! The cost: while any writing transaction of the cluster stays open, events
+//! of transactions that started after it wait to be numbered. Keep
+//! transactions short.
+//!
+//! [`Feed::stream`] serves a server-streaming `Stream...Events(after_sequence)`
+//! RPC: the backlog, then live events by short polling, and a heartbeat on a
+//! stream that has been idle for the heartbeat interval.
+
+use prost::Message;
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
+use ta_runtime::ServiceError;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::{Schema, Shutdown, config::FeedConfig, trace::StoredTrace, wait_for_shutdown};
+
+/// One feed of one service, e.g. escrow's `escrow` feed.
+#[derive(Clone, Debug)]
+pub struct Feed {
+    schema: Schema,
+    name: &'static str,
+    ending_on: Option<Shutdown>,
+}
+
+/// An event as it is read back, numbered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeedEvent {
+    pub sequence: u64,
+    /// What happened, e.g. `FUNDED`.
+    pub kind: String,
+    /// What it happened to, e.g. the escrow account's id.
+    pub subject_id: String,
+    /// The encoded event, as the service appended it.
+    pub payload: Vec<u8>,
+    /// The W3C trace context of the appending transaction.
+    pub traceparent: Option<String>,
+    pub occurred_at: time::OffsetDateTime,
+}
+
+/// The stream a server-streaming feed RPC returns.
+pub type EventStream<R> = ReceiverStream<Result<R, Status>>;
+
+impl Feed {
+    pub fn new(schema: Schema, name: &'static str) -> Self {
+        Self {
+            schema,
+            name,
+            ending_on: None,
+        }
+    }
+
+    /// Ends the streams of this feed when `shutdown` trips. A feed stream
+    /// never finishes by itself, so without this a draining server waits its
+    /// whole grace period for them; ended early, consumers reconnect to
+    /// another replica from their cursors.
+    #[must_use]
+    pub fn ending_on(mut self, shutdown: Shutdown) -> Self {
+        self.ending_on = Some(shutdown);
+        self
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Appends an event in the caller's transaction; it is numbered once that
+    /// transaction (and every one older than it) has ended.
+    pub async fn append<M: Message>(
+        &self,
+        tx: &mut PgConnection,
+        kind: &str,
+        subject_id: &str,
+        event: &M,
+    ) -> Result<(), ServiceError> {
+        let trace = StoredTrace::current();
+        sqlx::query(AssertSqlSafe(self.schema.sql(
+            "INSERT INTO {schema}.workflow_feed_events (feed, kind, subject_id, payload, traceparent)
+             VALUES ($1, $2, $3, $4, $5)",
+        )))
+        .bind(self.name)
+        .bind(kind)
+        .bind(subject_id)
+        .bind(event.encode_to_vec())
+        .bind(trace.traceparent)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Numbers the events whose transactions have all ended; returns how many.
+    pub async fn number_settled(&self, pool: &PgPool) -> Result<u64, ServiceError> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("ta_workflow.feed:{}.{}", self.schema, self.name))
+            .execute(&mut *tx)
+            .await?;
+        // A new statement, so its snapshot sees the previous numberer's commit.
+        let numbered = sqlx::query(AssertSqlSafe(self.schema.sql(
+            "WITH settled AS (
+                 SELECT id, row_number() OVER (ORDER BY xid, id) AS n
+                 FROM {schema}.workflow_feed_events
+                 WHERE feed = $1 AND sequence IS NULL
+                   AND xid < pg_snapshot_xmin(pg_current_snapshot())
+             ), top AS (
+                 SELECT coalesce(max(sequence), 0) AS sequence
+                 FROM {schema}.workflow_feed_events WHERE feed = $1
+             )
+             UPDATE {schema}.workflow_feed_events e
+             SET sequence = top.sequence + settled.n
+             FROM settled, top WHERE e.id = settled.id",
+        )))
+        .bind(self.name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(numbered)
+    }
+
+    /// Up to `limit` events after `after_sequence`, in order, numbering the
+    /// settled ones first.
+    pub async fn read_after(
+        &self,
+        pool: &PgPool,
+        after_sequence: u64,
+        limit: u32,
+    ) -> Result<Vec<FeedEvent>, ServiceError> {
+        self.number_settled(pool).await?;
+        let after = i64::try_from(after_sequence).unwrap_or(i64::MAX);
+        let rows = sqlx::query(AssertSqlSafe(self.schema.sql(
+            "SELECT sequence, kind, subject_id, payload, traceparent, occurred_at
+             FROM {schema}.workflow_feed_events
+             WHERE feed = $1 AND sequence > $2
+             ORDER BY sequence LIMIT $3",
+        )))
+        .bind(self.name)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(FeedEvent {
+                    sequence: u64::try_from(row.try_get::<i64, _>("sequence")?).unwrap_or(0),
+                    kind: row.try_get("kind")?,
+                    subject_id: row.try_get("subject_id")?,
+                    payload: row.try_get("payload")?,
+                    traceparent: row.try_get("traceparent")?,
+                    occurred_at: row.try_get("occurred_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The response stream of a `Stream...Events(after_sequence)` RPC: every
+    /// event after `after_sequence` through `to_response`, then live ones, and
+    /// `heartbeat()` after each idle heartbeat interval. It ends when the
+    /// client goes away, or with UNAVAILABLE when the database fails (the
+    /// consumer reconnects from its cursor).
+    pub fn stream<R, F>(
+        &self,
+        pool: PgPool,
+        after_sequence: u64,
+        config: &FeedConfig,
+        to_response: F,
+        heartbeat: fn() -> R,
+    ) -> EventStream<R>
+    where
+        R: Send + 'static,
+        F: Fn(FeedEvent) -> Result<R, Status> + Send + 'static,
+    {
+        let (sender, receiver) = mpsc::channel(config.batch_size as usize);
+        let feed = self.clone();
+        let config = config.clone();
+        let mut ending = self.ending_on.clone();
+        tokio::spawn(async move {
+            let server_stopping = async {
+                match ending.as_mut() {
+                    Some(shutdown) => wait_for_shutdown(shutdown).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = feed.serve(pool, after_sequence, config, sender, to_response, heartbeat) => {}
+                () = server_stopping => {}
+            }
+        });
+        ReceiverStream::new(receiver)
+    }
+
+    /// Sends the backlog, then live events and heartbeats, until the client
+    /// goes away or the database fails.
+    async fn serve<R, F>(
+        &self,
+        pool: PgPool,
+        after_sequence: u64,
+        config: FeedConfig,
+        sender: mpsc::Sender<Result<R, Status>>,
+        to_response: F,
+        heartbeat: fn() -> R,
+    ) where
+        F: Fn(FeedEvent) -> Result<R, Status>,
+    {
+        let mut cursor = after_sequence;
+        let mut last_sent = Instant::now();
+        loop {
+            let events = match self.read_after(&pool, cursor, config.batch_size).await {
+                Ok(events) => events,
+                Err(error) => {
+                    tracing::warn!(%error, feed = self.name, "event stream ended: database failed");
+                    let unavailable = Status::unavailable("event feed temporarily unavailable");
+                    let _ = sender.send(Err(unavailable)).await;
+                    return;
+                }
+            };
+            let full = events.len() == config.batch_size as usize;
+            for event in events {
+                cursor = event.sequence;
+                if sender.send(to_response(event)).await.is_err() {
+                    return;
+                }
+                last_sent = Instant::now();
+            }
+            if full {
+                continue;
+            }
+            let heartbeat_due = last_sent + config.heartbeat_interval;
+            tokio::select! {
+                () = tokio::time::sleep_until((Instant::now() + config.poll_interval).min(heartbeat_due)) => {}
+                () = sender.closed() => return,
+            }
+            if Instant::now() >= heartbeat_due {
+                if sender.send(Ok(heartbeat())).await.is_err() {
+                    return;
+                }
+                last_sent = Instant::now();
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Workflow machinery shared by the services, built once:
+//!
+//! * [`outbox`]: a call to another service is written as an outbox row in the
+//!   same transaction as the state change that causes it; a [`outbox::Relay`]
+//!   in each process delivers it with its idempotency key and trace context and
+//!   hands the answer to the owning service's completion handler.
+//! * [`feed`]: domain events appended in the same transaction as the change,
+//!   numbered in commit order, streamed to consumers (backlog, then live, with
+//!   heartbeats); [`consumer`] applies them with a durable cursor.
+//! * [`timers`]: due actions claimed with `FOR UPDATE SKIP LOCKED` and fired
+//!   once, in the same transaction as the service's handler.
+//! * [`credentials`]: the token a service presents as itself to another one.
+//! * [`admin`]: the operators' RPC over all of the above.
+//!
+//! Every table lives in the owning service's schema; [`install`] creates them.
+
+pub mod admin;
+pub mod config;
+pub mod consumer;
+pub mod credentials;
+pub mod feed;
+mod install;
+pub mod outbox;
+pub mod peers;
+mod raw;
+mod retry;
+mod schema;
+pub mod timers;
+mod trace;
+
+pub use config::WorkflowConfig;
+pub use install::{INSTALLED_VERSION, install};
+pub use schema::Schema;
+
+/// What a worker waits on to stop: resolves once when the process shuts down.
+pub type Shutdown = tokio::sync::watch::Receiver<bool>;
+
+/// A shutdown signal for workers, and the sender that trips it.
+pub fn shutdown_channel() -> (tokio::sync::watch::Sender<bool>, Shutdown) {
+    tokio::sync::watch::channel(false)
+}
+
+pub(crate) async fn wait_for_shutdown(shutdown: &mut Shutdown) {
+    // A dropped sender counts as shutdown: nobody can stop us any more otherwise.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
