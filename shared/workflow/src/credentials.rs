@@ -273,12 +273,108 @@ fn changed_token(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use jsonwebtoken::{Algorithm, EncodingKey, jwk::Jwk};
+    use ta_runtime::auth::TokenVerifier;
+
     use super::*;
+
+    /// The runtime's RS256 test key pair.
+    const PRIVATE_KEY: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../runtime/tests/fixtures/rs256_a_private.pem"
+    );
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ta-workflow-{name}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn no_credentials() -> CredentialsConfig {
+        CredentialsConfig {
+            signing_key_file: None,
+            signing_key_id: None,
+            token_dir: None,
+            token_ttl: Duration::from_secs(600),
+        }
+    }
+
+    /// A JWK set publishing the fixture key's public half under `kid`.
+    fn jwks_with(dir: &Path, kid: &str) -> PathBuf {
+        let pem = std::fs::read(PRIVATE_KEY).unwrap();
+        let mut jwk =
+            Jwk::from_encoding_key(&EncodingKey::from_rsa_pem(&pem).unwrap(), Algorithm::RS256)
+                .unwrap();
+        jwk.common.key_id = Some(kid.to_owned());
+        let path = dir.join("jwks.json");
+        std::fs::write(&path, serde_json::json!({ "keys": [jwk] }).to_string()).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_services_own_key_signs_tokens_the_called_service_accepts() {
+        let dir = scratch("rs256");
+        let jwks = jwks_with(&dir, "contract-2026");
+        let config = CredentialsConfig {
+            signing_key_file: Some(PRIVATE_KEY.into()),
+            signing_key_id: Some("contract-2026".into()),
+            ..no_credentials()
+        };
+        let verifying = AuthConfig {
+            jwks_file: Some(jwks),
+            ..AuthConfig::default()
+        };
+        let credentials = ServiceCredentials::from_config("contract", &config, &verifying).unwrap();
+        let bearer = credentials.bearer("escrow").unwrap();
+        let token = bearer.to_str().unwrap().strip_prefix("Bearer ").unwrap();
+
+        let escrow = TokenVerifier::from_config(&verifying, "escrow").unwrap();
+        let principal = escrow.verify(token).unwrap();
+        assert_eq!(
+            (principal.subject.as_str(), principal.role),
+            ("contract", Role::Service)
+        );
+        let registry = TokenVerifier::from_config(&verifying, "supplier-registry").unwrap();
+        assert!(
+            registry.verify(token).is_err(),
+            "the audience is the called service"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_dev_secret_signs_only_where_tokens_are_not_verified_by_a_jwk_set() {
+        let dir = scratch("dev-secret");
+        let local = AuthConfig::hs256("test-secret-at-least-16-bytes");
+        assert!(ServiceCredentials::from_config("contract", &no_credentials(), &local).is_ok());
+
+        let deployed = AuthConfig {
+            jwks_file: Some(jwks_with(&dir, "k")),
+            ..local.clone()
+        };
+        let error =
+            ServiceCredentials::from_config("contract", &no_credentials(), &deployed).unwrap_err();
+        assert!(error.contains("SERVICE_SIGNING_KEY_FILE"), "{error}");
+
+        let error =
+            ServiceCredentials::from_config("contract", &no_credentials(), &AuthConfig::default())
+                .unwrap_err();
+        assert!(error.contains("AUTH_JWT_HS256_SECRET"), "{error}");
+
+        let missing_dir = CredentialsConfig {
+            token_dir: Some(dir.join("absent")),
+            ..no_credentials()
+        };
+        let error = ServiceCredentials::from_config("contract", &missing_dir, &local).unwrap_err();
+        assert!(error.contains("SERVICE_TOKEN_DIR"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn token_files_are_re_read_when_they_change() {
-        let dir = std::env::temp_dir().join(format!("ta-workflow-tokens-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("tokens");
         let credentials = ServiceCredentials::token_dir("contract", dir.clone());
         assert!(credentials.bearer("escrow").is_err(), "no file yet");
 

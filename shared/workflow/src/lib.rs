@@ -11,6 +11,8 @@
 //!   once, in the same transaction as the service's handler.
 //! * [`credentials`]: the token a service presents as itself to another one.
 //! * [`admin`]: the operators' RPC over all of the above.
+//! * [`workers`]: starts a service's workers once its tables are installed,
+//!   and stops them together.
 //!
 //! Every table lives in the owning service's schema; [`install`] creates them.
 
@@ -27,10 +29,12 @@ mod retry;
 mod schema;
 pub mod timers;
 mod trace;
+pub mod workers;
 
 pub use config::WorkflowConfig;
 pub use install::{INSTALLED_VERSION, install};
 pub use schema::Schema;
+pub use workers::{RunningWorkers, Workers};
 
 /// What a worker waits on to stop: resolves once when the process shuts down.
 pub type Shutdown = tokio::sync::watch::Receiver<bool>;

@@ -509,3 +509,86 @@ async fn writing_the_same_call_twice_is_one_row_and_another_request_under_its_ke
             .is_err()
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_relay_presents_the_token_mounted_for_its_audience_and_a_wrong_one_is_retried(
+    pool: PgPool,
+) {
+    prepare(&pool).await;
+    let url = database_url(&pool);
+    let calls = CallLog::default();
+    let probe = ProbeServer::start_anywhere(pool.clone(), calls.clone()).await;
+    order_effects(&pool, &["mounted-token".to_owned()], false).await;
+    let dir = std::env::temp_dir().join(format!("ta-workflow-mounted-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).expect("token dir");
+    // A token minted for another service: the probe must refuse it.
+    let wrong_audience = ta_testkit::issuer()
+        .mint(CALLER, Role::Service, "escrow", Duration::from_secs(600))
+        .expect("token");
+    std::fs::write(dir.join(PROBE), &wrong_audience).expect("token file");
+
+    let (_, config) = config(&url, &[]);
+    let credentials = Arc::new(ta_workflow::credentials::ServiceCredentials::token_dir(
+        CALLER,
+        dir.clone(),
+    ));
+    let relay = ta_workflow::outbox::Relay::new(
+        pool.clone(),
+        ta_workflow::outbox::Outbox::new(caller_schema()),
+        peers(&probe.url),
+        credentials,
+        Arc::new(RecordCompletion::default()),
+        config.outbox.clone(),
+    );
+    let running = Running::spawn(|shutdown| relay.run(shutdown));
+    eventually(
+        "the refused token retried, not taken as an answer",
+        WAIT,
+        || async {
+            count(
+                &pool,
+                "SELECT count(*) FROM caller.workflow_outbox
+             WHERE status = 'pending' AND attempts >= 2 AND last_error LIKE 'Unauthenticated%'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM caller.completions").await,
+        0
+    );
+
+    // The platform rotates the mounted token; the relay reads the new one.
+    let right_audience = ta_testkit::issuer()
+        .mint(CALLER, Role::Service, PROBE, Duration::from_secs(600))
+        .expect("token");
+    std::fs::write(dir.join(PROBE), &right_audience).expect("rotated token file");
+    eventually("delivered with the rotated token", WAIT, || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM caller.orders WHERE status = 'applied'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM probe.applied_effects").await,
+        1
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    probe.stop().await;
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    )
+}

@@ -160,3 +160,43 @@ async fn a_failing_timer_handler_is_retried_and_overdue_timers_are_visible(pool:
     );
     assert_eq!(timers.overdue(&pool).await.expect("overdue").count, 0);
 }
+
+#[sqlx::test(migrations = false)]
+async fn workers_install_their_tables_first_then_run_until_stopped(pool: PgPool) {
+    MIGRATOR.run(&pool).await.expect("test migrations");
+    let (_, config) = config(&database_url(&pool), &[]);
+    // `caller` has no workflow tables yet: the workers install them.
+    let worker = timer_worker(pool.clone(), &config);
+    let running = ta_workflow::Workers::new(pool.clone(), caller_schema())
+        .with(|shutdown| worker.run(shutdown))
+        .start();
+    eventually("the tables installed", Duration::from_secs(30), || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM information_schema.tables
+             WHERE table_schema = 'caller' AND table_name = 'workflow_timers'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let mut tx = pool.begin().await.expect("tx");
+    Timers::new(caller_schema())
+        .schedule_after(&mut tx, "deadline", "after-install", Duration::ZERO, b"")
+        .await
+        .expect("timer");
+    tx.commit().await.expect("commit");
+    eventually("the timer fired", Duration::from_secs(30), || async {
+        fired(&pool).await == vec!["after-install"]
+    })
+    .await;
+    running.stop().await;
+    // A second install (another replica starting) changes nothing.
+    ta_workflow::install(&pool, caller_schema())
+        .await
+        .expect("install again");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM caller.workflow_migrations").await,
+        i64::from(ta_workflow::INSTALLED_VERSION)
+    );
+}
