@@ -381,12 +381,21 @@ async fn rows_that_keep_failing_are_parked_visible_and_re_drivable(pool: PgPool)
     assert_eq!(row.idempotency_key, effect_key("parked"));
     assert!(!row.last_error.is_empty(), "the last error is shown");
     assert!(row.parked_at.is_some());
+    // A timer due now with no worker to fire it: overdue.
+    let mut tx = pool.begin().await.expect("tx");
+    ta_workflow::timers::Timers::new(caller_schema())
+        .schedule_after(&mut tx, "deadline", "unattended", Duration::ZERO, b"")
+        .await
+        .expect("timer");
+    tx.commit().await.expect("commit");
     let backlog = admin
         .get_workflow_backlog(operator(ops::GetWorkflowBacklogRequest {}))
         .await
         .expect("backlog")
         .into_inner();
     assert_eq!((backlog.outbox_pending, backlog.outbox_parked), (0, 1));
+    assert_eq!(backlog.timers_overdue, 1);
+    assert!(backlog.oldest_timer_overdue_age.is_some());
 
     let denied = admin
         .list_parked_outbox_rows(ta_testkit::authorized(
