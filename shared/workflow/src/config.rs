@@ -32,6 +32,7 @@ duration_parsers! {
     call_timeout: 100 * MS, 300 * S;
     heartbeat_interval: 100 * MS, 300 * S;
     token_ttl: 60 * S, 24 * 3_600 * S;
+    retention: 3_600 * S, 3_650 * 24 * 3_600 * S;
 }
 
 /// Everything the workflow machinery reads from the environment.
@@ -49,6 +50,11 @@ pub struct WorkflowConfig {
     pub credentials: CredentialsConfig,
     #[command(flatten)]
     pub peers: PeersConfig,
+    /// How long completed outbox rows and fired or cancelled timers are kept
+    /// (for operators and audits) before they are purged. Feed events are kept.
+    #[arg(long = "workflow-retention", id = "workflow-retention", env = "WORKFLOW_RETENTION",
+          value_name = "WORKFLOW_RETENTION", default_value = "30d", value_parser = retention)]
+    pub retention: Duration,
 }
 
 impl WorkflowConfig {

@@ -11,6 +11,7 @@
 //!   once, in the same transaction as the service's handler.
 //! * [`credentials`]: the token a service presents as itself to another one.
 //! * [`admin`]: the operators' RPC over all of the above.
+//! * [`janitor`]: purges finished outbox rows and timers after the retention.
 //! * [`workers`]: starts a service's workers once its tables are installed,
 //!   and stops them together.
 //!
@@ -22,6 +23,7 @@ pub mod consumer;
 pub mod credentials;
 pub mod feed;
 mod install;
+pub mod janitor;
 pub mod outbox;
 pub mod peers;
 mod raw;

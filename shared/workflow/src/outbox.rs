@@ -280,15 +280,17 @@ impl Outbox {
         }
     }
 
-    /// Rows waiting (count, oldest age) and rows parked.
+    /// Rows waiting (count, oldest age) and rows parked; each part reads
+    /// only its partial index, however many completed rows the table keeps.
     pub async fn backlog(&self, pool: &PgPool) -> Result<OutboxBacklog, ServiceError> {
         let (pending, oldest_seconds, parked): (i64, Option<f64>, i64) =
             sqlx::query_as(AssertSqlSafe(self.schema.sql(
-                "SELECT count(*) FILTER (WHERE status IN ('pending', 'answered')),
-                        extract(epoch FROM now() - min(created_at)
-                            FILTER (WHERE status IN ('pending', 'answered')))::float8,
-                        count(*) FILTER (WHERE status = 'parked')
-                 FROM {schema}.workflow_outbox",
+                "SELECT
+                     (SELECT count(*) FROM {schema}.workflow_outbox
+                      WHERE status IN ('pending', 'answered')),
+                     (SELECT extract(epoch FROM now() - min(created_at))::float8
+                      FROM {schema}.workflow_outbox WHERE status IN ('pending', 'answered')),
+                     (SELECT count(*) FROM {schema}.workflow_outbox WHERE status = 'parked')",
             )))
             .fetch_one(pool)
             .await?;
@@ -297,6 +299,22 @@ impl Outbox {
             oldest_pending_age: oldest_seconds.map(|s| Duration::from_secs_f64(s.max(0.0))),
             parked: u64::try_from(parked).unwrap_or(0),
         })
+    }
+
+    /// Deletes completed rows older than `retention`; returns how many.
+    pub async fn purge_completed(
+        &self,
+        pool: &PgPool,
+        retention: Duration,
+    ) -> Result<u64, ServiceError> {
+        Ok(sqlx::query(AssertSqlSafe(self.schema.sql(
+            "DELETE FROM {schema}.workflow_outbox
+             WHERE status = 'completed' AND completed_at < now() - make_interval(secs => $1)",
+        )))
+        .bind(retention.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected())
     }
 }
 

@@ -160,6 +160,25 @@ impl Timers {
     }
 }
 
+impl Timers {
+    /// Deletes fired and cancelled timers older than `retention`; returns how many.
+    pub async fn purge_finished(
+        &self,
+        pool: &PgPool,
+        retention: Duration,
+    ) -> Result<u64, ServiceError> {
+        Ok(sqlx::query(AssertSqlSafe(self.schema.sql(
+            "DELETE FROM {schema}.workflow_timers
+             WHERE status IN ('fired', 'cancelled')
+               AND coalesce(fired_at, created_at) < now() - make_interval(secs => $1)",
+        )))
+        .bind(retention.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected())
+    }
+}
+
 /// Fires the due timers of one service; see the module docs.
 pub struct TimerWorker<H> {
     pool: PgPool,

@@ -200,3 +200,59 @@ async fn workers_install_their_tables_first_then_run_until_stopped(pool: PgPool)
         i64::from(ta_workflow::INSTALLED_VERSION)
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_janitor_purges_finished_rows_past_the_retention_and_nothing_else(pool: PgPool) {
+    prepare(&pool).await;
+    let (_, config) = config(&database_url(&pool), &[]);
+    let timers = Timers::new(caller_schema());
+    let mut tx = pool.begin().await.expect("tx");
+    for subject in ["old-fired", "new-fired", "scheduled"] {
+        let after = if subject == "scheduled" {
+            HOUR
+        } else {
+            Duration::ZERO
+        };
+        timers
+            .schedule_after(&mut tx, "deadline", subject, after, b"")
+            .await
+            .expect("timer");
+    }
+    order_effect(&mut tx, "old-completed", false).await;
+    order_effect(&mut tx, "pending", false).await;
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        timer_worker(pool.clone(), &config)
+            .fire_due()
+            .await
+            .expect("fire"),
+        2
+    );
+    sqlx::raw_sql(
+        "UPDATE caller.workflow_timers SET fired_at = now() - interval '2 hours'
+         WHERE subject_id = 'old-fired';
+         UPDATE caller.workflow_outbox SET status = 'completed', completed_at = now() - interval '2 hours'
+         WHERE idempotency_key = 'effect-old-completed';",
+    )
+    .execute(&pool)
+    .await
+    .expect("age the finished rows");
+
+    let janitor = ta_workflow::janitor::Janitor::new(pool.clone(), caller_schema(), HOUR);
+    assert_eq!(janitor.purge().await.expect("purge"), (1, 1));
+    assert_eq!(janitor.purge().await.expect("purge again"), (0, 0));
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT subject_id FROM caller.workflow_timers ORDER BY subject_id")
+            .fetch_all(&pool)
+            .await
+            .expect("timers");
+    assert_eq!(left, vec!["new-fired", "scheduled"]);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM caller.workflow_outbox WHERE status = 'pending'"
+        )
+        .await,
+        1
+    );
+}
