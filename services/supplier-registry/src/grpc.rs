@@ -11,6 +11,7 @@ use ta_runtime::{
     money::{Currency, Money, is_country_code},
     paging,
     pipeline::Mutations,
+    text::require_text,
     timestamps,
 };
 use time::OffsetDateTime;
@@ -83,16 +84,6 @@ fn parse_id(field: &str, value: &str, violations: &mut Violations) -> Uuid {
         violations.add(field, "must be a supplier id (UUID)");
         Uuid::nil()
     })
-}
-
-fn require_text(field: &str, value: &str, max: usize, violations: &mut Violations) -> String {
-    let value = value.trim();
-    violations.require(
-        !value.is_empty() && value.chars().count() <= max && is_storable(value),
-        field,
-        &format!("is required, at most {max} characters, no NUL"),
-    );
-    value.to_string()
 }
 
 fn reference(field: &str, value: &str, violations: &mut Violations) -> String {

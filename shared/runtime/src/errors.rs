@@ -223,6 +223,12 @@ impl Violations {
         self.0.is_empty()
     }
 
+    /// How many violations were recorded so far (to tell whether a part of a
+    /// request added any).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn extend(&mut self, more: impl IntoIterator<Item = FieldViolation>) {
         self.0.extend(more);
     }

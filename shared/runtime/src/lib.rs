@@ -14,6 +14,7 @@ pub mod paging;
 pub mod pipeline;
 pub mod server;
 pub mod telemetry;
+pub mod text;
 pub mod timestamps;
 
 pub use errors::{OrConflict, ServiceError, Violations};

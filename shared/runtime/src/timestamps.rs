@@ -17,6 +17,17 @@ pub fn to_proto(at: OffsetDateTime) -> prost_types::Timestamp {
     }
 }
 
+/// A protobuf timestamp as a time, when it is one `time` can represent.
+pub fn from_proto(at: &prost_types::Timestamp) -> Option<OffsetDateTime> {
+    if !(0..1_000_000_000).contains(&at.nanos) {
+        return None;
+    }
+    OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(at.seconds) * 1_000_000_000 + i128::from(at.nanos),
+    )
+    .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +42,16 @@ mod tests {
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
         let ts = to_proto(at);
         assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 123_456_789));
+        assert_eq!(from_proto(&ts), Some(at));
+        let out_of_range = prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        };
+        assert_eq!(from_proto(&out_of_range), None);
+        let bad_nanos = prost_types::Timestamp {
+            seconds: 0,
+            nanos: -1,
+        };
+        assert_eq!(from_proto(&bad_nanos), None);
     }
 }

@@ -83,21 +83,7 @@ pub fn validate_contacts(contacts: &[pb::Contact], violations: &mut Violations) 
 }
 
 /// Postgres text (and jsonb) cannot hold NUL: refused as input, not failed on insert.
-pub fn is_storable(text: &str) -> bool {
-    !text.contains('\0')
-}
-
-/// Ids that other systems give us (contracts, disputes, inquiries).
-pub fn validate_reference(field: &str, value: &str, violations: &mut Violations) {
-    violations.require(
-        (1..=64).contains(&value.len())
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')),
-        field,
-        "must be 1-64 letters, digits, '-', '_', '.' or ':'",
-    );
-}
+pub use ta_runtime::text::{is_storable, validate_reference};
 
 fn is_email(text: &str) -> bool {
     let Some((local, domain)) = text.split_once('@') else {

@@ -1,0 +1,666 @@
+//! The terms both parties sign, validated: every bad field is named at once,
+//! and the figures the server owns (line totals, the total, each payment
+//! milestone's amount) are computed here, in integer minor units.
+
+use std::collections::HashSet;
+
+use ta_proto::contract as pb;
+use ta_runtime::{
+    Violations,
+    money::{Currency, Money, is_country_code},
+    text::require_text,
+    timestamps,
+};
+use time::{Duration, OffsetDateTime, Weekday};
+
+use super::quality::{Comparator, Decimal, Requirement};
+
+const MAX_LINE_ITEMS: usize = 200;
+const MAX_SPECIFICATIONS: usize = 200;
+const MAX_CRITERIA: usize = 100;
+const BASIS_POINTS_WHOLE: u32 = 10_000;
+/// The brief: an inspection is booked at least 7 working days before shipment.
+pub const INSPECTION_BOOKING_WORKING_DAYS: u32 = 7;
+pub const DEFAULT_CLAIM_WINDOW_DAYS: u32 = 30;
+const MAX_CLAIM_WINDOW_DAYS: u32 = 90;
+const MAX_PAYMENT_DUE_DAYS: u32 = 365;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LineItem {
+    pub sku: String,
+    pub description: String,
+    pub quantity: u64,
+    pub unit: String,
+    pub unit_price: Money,
+    pub line_total: Money,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QualityCriterion {
+    pub criterion_id: String,
+    pub name: String,
+    /// Empty: all line items.
+    pub sku: String,
+    pub metric: String,
+    pub method: String,
+    pub requirement: Requirement,
+    pub unit: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    FullPrepayment,
+    DepositAndBalance,
+    PayLater,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    AfterSigning,
+    BeforeShipmentDeadline,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PaymentMilestone {
+    pub milestone_id: String,
+    pub share_basis_points: u32,
+    pub trigger: Trigger,
+    pub due_days: u32,
+    pub amount: Money,
+}
+
+impl PaymentMilestone {
+    /// When it is due, for a contract signed at `signed_at`.
+    pub fn due_at(
+        &self,
+        signed_at: OffsetDateTime,
+        shipment_deadline: OffsetDateTime,
+    ) -> OffsetDateTime {
+        let days = Duration::days(i64::from(self.due_days));
+        match self.trigger {
+            Trigger::AfterSigning => signed_at + days,
+            Trigger::BeforeShipmentDeadline => shipment_deadline - days,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PayLater {
+    pub financing_partner_id: String,
+    pub repayment_months: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inspection {
+    None,
+    PreShipmentThirdParty {
+        agency_name: String,
+        agency_principal_id: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Terms {
+    pub title: String,
+    pub line_items: Vec<LineItem>,
+    pub quality_criteria: Vec<QualityCriterion>,
+    pub shipment_deadline: OffsetDateTime,
+    pub delivery_deadline: OffsetDateTime,
+    pub inspection: Inspection,
+    pub scheme: Scheme,
+    pub milestones: Vec<PaymentMilestone>,
+    pub pay_later: Option<PayLater>,
+    pub inspection_period_days: u32,
+    pub claim_window_days: u32,
+    pub total: Money,
+}
+
+impl Terms {
+    /// Validates `terms` as of `now`, reporting every violation under
+    /// `prefix` (e.g. `terms`). `None` when anything was violated.
+    pub fn validate(
+        terms: Option<&pb::ContractTerms>,
+        prefix: &str,
+        now: OffsetDateTime,
+        violations: &mut Violations,
+    ) -> Option<Terms> {
+        let Some(terms) = terms else {
+            violations.add(prefix, "is required");
+            return None;
+        };
+        let field = |name: &str| format!("{prefix}.{name}");
+        let before = violations.len();
+        let title = require_text(&field("title"), &terms.title, 200, violations);
+        let (line_items, total) = line_items(&terms.line_items, &field("line_items"), violations);
+        let skus: HashSet<&str> = line_items.iter().map(|l| l.sku.as_str()).collect();
+        specifications(
+            &terms.specifications,
+            &field("specifications"),
+            &skus,
+            violations,
+        );
+        let quality_criteria = criteria(
+            &terms.quality_criteria,
+            &field("quality_criteria"),
+            &skus,
+            violations,
+        );
+        let shipment_deadline = future_time(
+            terms.shipment_deadline.as_ref(),
+            &field("shipment_deadline"),
+            now,
+            violations,
+        );
+        let delivery_deadline = future_time(
+            terms.delivery_deadline.as_ref(),
+            &field("delivery_deadline"),
+            now,
+            violations,
+        );
+        if let (Some(ship), Some(deliver)) = (shipment_deadline, delivery_deadline) {
+            violations.require(
+                deliver > ship,
+                &field("delivery_deadline"),
+                "must be after the shipment deadline",
+            );
+        }
+        delivery_terms(
+            terms.delivery_terms.as_ref(),
+            &field("delivery_terms"),
+            violations,
+        );
+        let inspection = inspection(
+            terms.inspection.as_ref(),
+            &field("inspection"),
+            shipment_deadline,
+            now,
+            violations,
+        );
+        let payment = payment_terms(
+            terms.payment_terms.as_ref(),
+            &field("payment_terms"),
+            total,
+            violations,
+        );
+        violations.require(
+            (1..=30).contains(&terms.inspection_period_days),
+            &field("inspection_period_days"),
+            "must be 1-30 days",
+        );
+        let claim_window_days = match terms.claim_window_days {
+            0 => DEFAULT_CLAIM_WINDOW_DAYS,
+            days => days,
+        };
+        violations.require(
+            claim_window_days <= MAX_CLAIM_WINDOW_DAYS,
+            &field("claim_window_days"),
+            "must be 1-90 days (0 for the default of 30)",
+        );
+        if violations.len() != before {
+            return None;
+        }
+        let (scheme, milestones, pay_later) = payment?;
+        Some(Terms {
+            title,
+            line_items,
+            quality_criteria,
+            shipment_deadline: shipment_deadline?,
+            delivery_deadline: delivery_deadline?,
+            inspection: inspection?,
+            scheme,
+            milestones,
+            pay_later,
+            inspection_period_days: terms.inspection_period_days,
+            claim_window_days,
+            total: total?,
+        })
+    }
+
+    pub fn criterion(&self, criterion_id: &str) -> Option<&QualityCriterion> {
+        self.quality_criteria
+            .iter()
+            .find(|c| c.criterion_id == criterion_id)
+    }
+}
+
+fn is_code(value: &str, max: usize) -> bool {
+    (1..=max).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The line items with their totals, and the sum, all in one currency.
+fn line_items(
+    items: &[pb::LineItem],
+    field: &str,
+    violations: &mut Violations,
+) -> (Vec<LineItem>, Option<Money>) {
+    if items.is_empty() || items.len() > MAX_LINE_ITEMS {
+        violations.add(field, format!("must list 1-{MAX_LINE_ITEMS} line items"));
+    }
+    let mut seen = HashSet::new();
+    let mut currency: Option<Currency> = None;
+    let mut total: Option<i64> = Some(0);
+    let mut parsed = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = |name: &str| format!("{field}[{i}].{name}");
+        if !is_code(&item.sku, 64) {
+            violations.add(at("sku"), "must be 1-64 letters, digits, '-', '_' or '.'");
+        } else if !seen.insert(item.sku.as_str()) {
+            violations.add(at("sku"), "is used by another line item");
+        }
+        let description = require_text(&at("description"), &item.description, 500, violations);
+        violations.require(item.quantity > 0, &at("quantity"), "must be at least 1");
+        let unit = require_text(&at("unit"), &item.unit, 16, violations);
+        let Some(unit_price) =
+            Money::positive_from_proto(&at("unit_price"), item.unit_price.as_ref(), violations)
+        else {
+            total = None;
+            continue;
+        };
+        match currency {
+            None => currency = Some(unit_price.currency),
+            Some(c) if c != unit_price.currency => {
+                violations.add(
+                    at("unit_price.currency_code"),
+                    format!("must be {c}, the currency of the first line item"),
+                );
+                continue;
+            }
+            Some(_) => {}
+        }
+        let line_total = i64::try_from(item.quantity)
+            .ok()
+            .and_then(|q| q.checked_mul(unit_price.amount_minor));
+        let Some(line_total) = line_total else {
+            violations.add(
+                at("quantity"),
+                "times the unit price is too large an amount",
+            );
+            total = None;
+            continue;
+        };
+        total = total.and_then(|t| t.checked_add(line_total));
+        if total.is_none() {
+            violations.add(field, "the total is too large an amount");
+        }
+        parsed.push(LineItem {
+            sku: item.sku.clone(),
+            description,
+            quantity: item.quantity,
+            unit,
+            unit_price,
+            line_total: Money::new(line_total, unit_price.currency),
+        });
+    }
+    let total = match (total, currency) {
+        (Some(total), Some(currency)) if total > 0 => Some(Money::new(total, currency)),
+        _ => None,
+    };
+    (parsed, total)
+}
+
+fn sku_reference(field: &str, sku: &str, skus: &HashSet<&str>, violations: &mut Violations) {
+    violations.require(
+        sku.is_empty() || skus.contains(sku),
+        field,
+        "must be empty (all items) or the sku of a line item",
+    );
+}
+
+fn specifications(
+    specifications: &[pb::ProductSpecification],
+    field: &str,
+    skus: &HashSet<&str>,
+    violations: &mut Violations,
+) {
+    if specifications.len() > MAX_SPECIFICATIONS {
+        violations.add(field, format!("must list at most {MAX_SPECIFICATIONS}"));
+    }
+    for (i, spec) in specifications.iter().enumerate() {
+        let at = |name: &str| format!("{field}[{i}].{name}");
+        sku_reference(&at("sku"), &spec.sku, skus, violations);
+        require_text(&at("name"), &spec.name, 100, violations);
+        require_text(&at("value"), &spec.value, 500, violations);
+    }
+}
+
+fn criteria(
+    criteria: &[pb::QualityCriterion],
+    field: &str,
+    skus: &HashSet<&str>,
+    violations: &mut Violations,
+) -> Vec<QualityCriterion> {
+    if criteria.len() > MAX_CRITERIA {
+        violations.add(field, format!("must list at most {MAX_CRITERIA}"));
+    }
+    let mut seen = HashSet::new();
+    let mut parsed = Vec::new();
+    for (i, c) in criteria.iter().enumerate() {
+        let at = |name: &str| format!("{field}[{i}].{name}");
+        if !is_code(&c.criterion_id, 32) {
+            violations.add(
+                at("criterion_id"),
+                "must be 1-32 letters, digits, '-', '_' or '.'",
+            );
+        } else if !seen.insert(c.criterion_id.as_str()) {
+            violations.add(at("criterion_id"), "is used by another criterion");
+        }
+        let name = require_text(&at("name"), &c.name, 100, violations);
+        sku_reference(&at("sku"), &c.sku, skus, violations);
+        let metric = require_text(&at("metric"), &c.metric, 100, violations);
+        let method = require_text(&at("method"), &c.method, 500, violations);
+        let unit = require_text(&at("unit"), &c.unit, 16, violations);
+        let comparator = match c.comparator() {
+            pb::Comparator::AtLeast => Some(Comparator::AtLeast),
+            pb::Comparator::AtMost => Some(Comparator::AtMost),
+            pb::Comparator::Equal => Some(Comparator::Equal),
+            pb::Comparator::WithinTolerance => Some(Comparator::WithinTolerance),
+            pb::Comparator::Unspecified => {
+                violations.add(at("comparator"), "is required");
+                None
+            }
+        };
+        let target = Decimal::parse(c.target_value.trim());
+        if target.is_none() {
+            violations.add(
+                at("target_value"),
+                "must be a decimal number such as 1.20 (at most 18 digits)",
+            );
+        }
+        let tolerance = if comparator == Some(Comparator::WithinTolerance) {
+            let tolerance = Decimal::parse(c.tolerance.trim()).filter(|t| !t.is_negative());
+            if tolerance.is_none() {
+                violations.add(
+                    at("tolerance"),
+                    "must be a non-negative decimal number for WITHIN_TOLERANCE",
+                );
+            }
+            tolerance
+        } else {
+            violations.require(
+                c.tolerance.trim().is_empty(),
+                &at("tolerance"),
+                "is only for COMPARATOR_WITHIN_TOLERANCE",
+            );
+            None
+        };
+        if let (Some(comparator), Some(target)) = (comparator, target) {
+            parsed.push(QualityCriterion {
+                criterion_id: c.criterion_id.clone(),
+                name,
+                sku: c.sku.clone(),
+                metric,
+                method,
+                requirement: Requirement {
+                    comparator,
+                    target,
+                    tolerance,
+                },
+                unit,
+            });
+        }
+    }
+    parsed
+}
+
+fn future_time(
+    at: Option<&prost_types::Timestamp>,
+    field: &str,
+    now: OffsetDateTime,
+    violations: &mut Violations,
+) -> Option<OffsetDateTime> {
+    let Some(at) = at else {
+        violations.add(field, "is required");
+        return None;
+    };
+    match timestamps::from_proto(at) {
+        Some(at) if at > now => Some(at),
+        Some(_) => {
+            violations.add(field, "must be in the future");
+            None
+        }
+        None => {
+            violations.add(field, "is not a valid time");
+            None
+        }
+    }
+}
+
+fn delivery_terms(terms: Option<&pb::DeliveryTerms>, field: &str, violations: &mut Violations) {
+    let Some(terms) = terms else {
+        violations.add(field, "is required");
+        return;
+    };
+    violations.require(
+        terms.incoterm() != pb::Incoterm::Unspecified,
+        &format!("{field}.incoterm"),
+        "is required: an Incoterms 2020 rule such as INCOTERM_FOB",
+    );
+    require_text(
+        &format!("{field}.named_place"),
+        &terms.named_place,
+        200,
+        violations,
+    );
+    violations.require(
+        is_country_code(&terms.destination_country_code),
+        &format!("{field}.destination_country_code"),
+        "must be an ISO 3166-1 alpha-2 code such as DE",
+    );
+}
+
+/// Working days (Monday to Friday) from `from`'s date to `to`'s date.
+fn working_days_between(from: OffsetDateTime, to: OffsetDateTime) -> u32 {
+    let mut day = from.date();
+    let mut count = 0;
+    while day < to.date() && count < INSPECTION_BOOKING_WORKING_DAYS {
+        day = day.next_day().unwrap_or(day);
+        if !matches!(day.weekday(), Weekday::Saturday | Weekday::Sunday) {
+            count += 1;
+        }
+    }
+    count
+}
+
+fn inspection(
+    inspection: Option<&pb::InspectionRequirement>,
+    field: &str,
+    shipment_deadline: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+    violations: &mut Violations,
+) -> Option<Inspection> {
+    let Some(inspection) = inspection else {
+        violations.add(field, "is required (INSPECTION_KIND_NONE for none)");
+        return None;
+    };
+    match inspection.kind() {
+        pb::InspectionKind::None => {
+            violations.require(
+                inspection.agency_name.is_empty() && inspection.agency_principal_id.is_empty(),
+                &format!("{field}.agency_name"),
+                "no agency without an inspection",
+            );
+            Some(Inspection::None)
+        }
+        pb::InspectionKind::PreShipmentThirdParty => {
+            let agency_name = require_text(
+                &format!("{field}.agency_name"),
+                &inspection.agency_name,
+                100,
+                violations,
+            );
+            let agency_principal_id = require_text(
+                &format!("{field}.agency_principal_id"),
+                &inspection.agency_principal_id,
+                128,
+                violations,
+            );
+            if let Some(deadline) = shipment_deadline {
+                violations.require(
+                    working_days_between(now, deadline) >= INSPECTION_BOOKING_WORKING_DAYS,
+                    "terms.shipment_deadline",
+                    "must leave at least 7 working days to book the pre-shipment inspection",
+                );
+            }
+            Some(Inspection::PreShipmentThirdParty {
+                agency_name,
+                agency_principal_id,
+            })
+        }
+        pb::InspectionKind::Unspecified => {
+            violations.add(format!("{field}.kind"), "is required");
+            None
+        }
+    }
+}
+
+type Payment = (Scheme, Vec<PaymentMilestone>, Option<PayLater>);
+
+fn payment_terms(
+    terms: Option<&pb::PaymentTerms>,
+    field: &str,
+    total: Option<Money>,
+    violations: &mut Violations,
+) -> Option<Payment> {
+    let Some(terms) = terms else {
+        violations.add(field, "is required");
+        return None;
+    };
+    let scheme = match terms.scheme() {
+        pb::PaymentScheme::FullPrepayment => Some(Scheme::FullPrepayment),
+        pb::PaymentScheme::DepositAndBalance => Some(Scheme::DepositAndBalance),
+        pb::PaymentScheme::PayLater => Some(Scheme::PayLater),
+        pb::PaymentScheme::Unspecified => {
+            violations.add(format!("{field}.scheme"), "is required");
+            None
+        }
+    };
+    let milestones_field = format!("{field}.milestones");
+    let count = terms.milestones.len();
+    match scheme {
+        Some(Scheme::FullPrepayment | Scheme::PayLater) if count != 1 => {
+            violations.add(
+                &milestones_field,
+                "this scheme has exactly one milestone of 100 %",
+            );
+        }
+        Some(Scheme::DepositAndBalance) if !(2..=10).contains(&count) => {
+            violations.add(
+                &milestones_field,
+                "a deposit and balance needs 2-10 milestones",
+            );
+        }
+        _ => {}
+    }
+    let mut seen = HashSet::new();
+    let mut shares: u32 = 0;
+    for (i, m) in terms.milestones.iter().enumerate() {
+        let at = |name: &str| format!("{milestones_field}[{i}].{name}");
+        if !is_code(&m.milestone_id, 32) {
+            violations.add(
+                at("milestone_id"),
+                "must be 1-32 letters, digits, '-', '_' or '.'",
+            );
+        } else if !seen.insert(m.milestone_id.as_str()) {
+            violations.add(at("milestone_id"), "is used by another milestone");
+        }
+        violations.require(
+            (1..=BASIS_POINTS_WHOLE).contains(&m.share_basis_points),
+            &at("share_basis_points"),
+            "must be 1-10000 (basis points of the total)",
+        );
+        shares = shares.saturating_add(m.share_basis_points);
+        violations.require(
+            m.trigger() != pb::PaymentTrigger::Unspecified,
+            &at("trigger"),
+            "is required",
+        );
+        violations.require(
+            m.due_days <= MAX_PAYMENT_DUE_DAYS,
+            &at("due_days"),
+            "must be 0-365",
+        );
+    }
+    violations.require(
+        shares == BASIS_POINTS_WHOLE,
+        &milestones_field,
+        "the shares must sum to 10000 basis points (100 %)",
+    );
+    let pay_later = match (scheme, terms.pay_later.as_ref()) {
+        (Some(Scheme::PayLater), Some(p)) => {
+            let partner = p.financing_partner_id.trim();
+            violations.require(
+                is_code(partner, 64),
+                &format!("{field}.pay_later.financing_partner_id"),
+                "must be 1-64 letters, digits, '-', '_' or '.'",
+            );
+            violations.require(
+                (1..=6).contains(&p.repayment_months),
+                &format!("{field}.pay_later.repayment_months"),
+                "must be 1-6 months",
+            );
+            Some(PayLater {
+                financing_partner_id: partner.to_owned(),
+                repayment_months: p.repayment_months,
+            })
+        }
+        (Some(Scheme::PayLater), None) => {
+            violations.add(format!("{field}.pay_later"), "is required for Pay Later");
+            None
+        }
+        (_, Some(_)) => {
+            violations.add(
+                format!("{field}.pay_later"),
+                "is only for PAYMENT_SCHEME_PAY_LATER",
+            );
+            None
+        }
+        (_, None) => None,
+    };
+    let scheme = scheme?;
+    let total = total?;
+    let milestones = schedule(&terms.milestones, total)?;
+    for (i, m) in milestones.iter().enumerate() {
+        violations.require(
+            m.amount.amount_minor > 0,
+            &format!("{milestones_field}[{i}].share_basis_points"),
+            "is too small a share of this total: its amount rounds to zero",
+        );
+    }
+    Some((scheme, milestones, pay_later))
+}
+
+/// Each milestone's amount: its share of the total rounded down, the last one
+/// taking the remainder, so the amounts sum to the total exactly.
+fn schedule(milestones: &[pb::PaymentMilestone], total: Money) -> Option<Vec<PaymentMilestone>> {
+    let mut assigned: i64 = 0;
+    let last = milestones.len().checked_sub(1)?;
+    milestones
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let amount = if i == last {
+                total.amount_minor - assigned
+            } else {
+                let share = i128::from(total.amount_minor) * i128::from(m.share_basis_points)
+                    / i128::from(BASIS_POINTS_WHOLE);
+                i64::try_from(share).ok()?
+            };
+            assigned += amount;
+            let trigger = match m.trigger() {
+                pb::PaymentTrigger::AfterSigning => Trigger::AfterSigning,
+                pb::PaymentTrigger::BeforeShipmentDeadline => Trigger::BeforeShipmentDeadline,
+                pb::PaymentTrigger::Unspecified => return None,
+            };
+            Some(PaymentMilestone {
+                milestone_id: m.milestone_id.clone(),
+                share_basis_points: m.share_basis_points,
+                trigger,
+                due_days: m.due_days,
+                amount: Money::new(amount, total.currency),
+            })
+        })
+        .collect()
+}

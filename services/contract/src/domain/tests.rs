@@ -1,0 +1,328 @@
+//! The terms' validation and computed figures.
+
+use ta_proto::{common, contract as pb};
+use ta_runtime::{Violations, timestamps};
+use time::{Duration, OffsetDateTime, macros::datetime};
+
+use super::{
+    quality::Outcome,
+    terms::{Inspection, Scheme, Terms, Trigger},
+};
+
+/// A Monday.
+const NOW: OffsetDateTime = datetime!(2026-11-30 09:00 UTC);
+
+fn usd(amount_minor: i64) -> Option<common::Money> {
+    Some(common::Money {
+        currency_code: "USD".into(),
+        amount_minor,
+    })
+}
+
+fn at(offset: Duration) -> Option<prost_types::Timestamp> {
+    Some(timestamps::to_proto(NOW + offset))
+}
+
+fn milestone(
+    id: &str,
+    share: u32,
+    trigger: pb::PaymentTrigger,
+    due_days: u32,
+) -> pb::PaymentMilestone {
+    pb::PaymentMilestone {
+        milestone_id: id.into(),
+        share_basis_points: share,
+        trigger: trigger.into(),
+        due_days,
+        amount: None,
+    }
+}
+
+/// 1,000 mugs at 3.33 USD and 7 cartons at 12.50 USD, 30 % deposit.
+fn terms() -> pb::ContractTerms {
+    pb::ContractTerms {
+        title: "Ceramic mugs, spring collection".into(),
+        line_items: vec![
+            pb::LineItem {
+                sku: "MUG-350".into(),
+                description: "350 ml stoneware mug".into(),
+                quantity: 1_000,
+                unit: "pcs".into(),
+                unit_price: usd(333),
+                line_total: None,
+            },
+            pb::LineItem {
+                sku: "BOX-24".into(),
+                description: "Shipping carton for 24 mugs".into(),
+                quantity: 7,
+                unit: "carton".into(),
+                unit_price: usd(1_250),
+                line_total: None,
+            },
+        ],
+        specifications: vec![pb::ProductSpecification {
+            sku: "MUG-350".into(),
+            name: "glaze".into(),
+            value: "lead-free, food safe".into(),
+        }],
+        quality_criteria: vec![pb::QualityCriterion {
+            criterion_id: "QC-1".into(),
+            name: "Wall thickness".into(),
+            sku: "MUG-350".into(),
+            metric: "wall thickness".into(),
+            method: "micrometer, 5 points, ISO 2859-1 AQL 2.5".into(),
+            comparator: pb::Comparator::WithinTolerance.into(),
+            target_value: "4.0".into(),
+            tolerance: "0.3".into(),
+            unit: "mm".into(),
+        }],
+        shipment_deadline: at(Duration::days(30)),
+        delivery_deadline: at(Duration::days(60)),
+        delivery_terms: Some(pb::DeliveryTerms {
+            incoterm: pb::Incoterm::Fob.into(),
+            named_place: "Shanghai port".into(),
+            destination_country_code: "DE".into(),
+        }),
+        inspection: Some(pb::InspectionRequirement {
+            kind: pb::InspectionKind::PreShipmentThirdParty.into(),
+            agency_name: "SGS".into(),
+            agency_principal_id: "agency-sgs".into(),
+        }),
+        payment_terms: Some(pb::PaymentTerms {
+            scheme: pb::PaymentScheme::DepositAndBalance.into(),
+            milestones: vec![
+                milestone("deposit", 3_000, pb::PaymentTrigger::AfterSigning, 3),
+                milestone(
+                    "balance",
+                    7_000,
+                    pb::PaymentTrigger::BeforeShipmentDeadline,
+                    5,
+                ),
+            ],
+            pay_later: None,
+        }),
+        inspection_period_days: 7,
+        claim_window_days: 0,
+    }
+}
+
+fn validate(terms: &pb::ContractTerms) -> Result<Terms, String> {
+    let mut violations = Violations::new();
+    let parsed = Terms::validate(Some(terms), "terms", NOW, &mut violations);
+    match (parsed, violations.finish(())) {
+        (Some(parsed), Ok(())) => Ok(parsed),
+        (None, Err(error)) => Err(error.to_string()),
+        (parsed, result) => panic!("validation disagrees with itself: {parsed:?} {result:?}"),
+    }
+}
+
+#[test]
+fn valid_terms_get_their_totals_and_schedule_computed() {
+    let terms = validate(&terms()).expect("valid");
+    assert_eq!(terms.line_items[0].line_total.amount_minor, 333_000);
+    assert_eq!(terms.line_items[1].line_total.amount_minor, 8_750);
+    assert_eq!(terms.total.amount_minor, 341_750);
+    assert_eq!(terms.total.currency.as_str(), "USD");
+    assert_eq!(terms.scheme, Scheme::DepositAndBalance);
+    // 30 % rounded down; the balance takes the remainder, so they sum exactly.
+    let amounts: Vec<i64> = terms
+        .milestones
+        .iter()
+        .map(|m| m.amount.amount_minor)
+        .collect();
+    assert_eq!(amounts, [102_525, 239_225]);
+    assert_eq!(amounts.iter().sum::<i64>(), terms.total.amount_minor);
+    assert_eq!(terms.claim_window_days, 30, "0 means the default");
+    assert!(matches!(
+        terms.inspection,
+        Inspection::PreShipmentThirdParty { .. }
+    ));
+    let balance = &terms.milestones[1];
+    assert_eq!(balance.trigger, Trigger::BeforeShipmentDeadline);
+    assert_eq!(
+        balance.due_at(NOW, terms.shipment_deadline),
+        terms.shipment_deadline - Duration::days(5)
+    );
+    let criterion = terms.criterion("QC-1").expect("criterion");
+    let measured = super::quality::Decimal::parse("4.31").unwrap();
+    assert_eq!(criterion.requirement.judge(measured), Outcome::Fail);
+}
+
+#[test]
+fn an_uneven_share_still_sums_to_the_total_exactly() {
+    let mut t = terms();
+    t.line_items.truncate(1);
+    t.line_items[0].quantity = 1;
+    t.line_items[0].unit_price = usd(100);
+    t.payment_terms.as_mut().unwrap().milestones = vec![
+        milestone("a", 3_333, pb::PaymentTrigger::AfterSigning, 1),
+        milestone("b", 3_333, pb::PaymentTrigger::AfterSigning, 2),
+        milestone("c", 3_334, pb::PaymentTrigger::BeforeShipmentDeadline, 1),
+    ];
+    let terms = validate(&t).expect("valid");
+    let amounts: Vec<i64> = terms
+        .milestones
+        .iter()
+        .map(|m| m.amount.amount_minor)
+        .collect();
+    assert_eq!(amounts, [33, 33, 34]);
+}
+
+#[test]
+fn every_bad_field_is_named_at_once() {
+    let mut t = terms();
+    t.title = " ".into();
+    t.line_items[1].sku = "MUG-350".into();
+    t.line_items[1].unit_price = Some(common::Money {
+        currency_code: "EUR".into(),
+        amount_minor: 100,
+    });
+    t.line_items[0].quantity = 0;
+    t.specifications[0].sku = "NOPE".into();
+    t.quality_criteria[0].tolerance = "-1".into();
+    t.quality_criteria.push(pb::QualityCriterion {
+        criterion_id: "QC-1".into(),
+        comparator: pb::Comparator::AtLeast.into(),
+        target_value: "1,5".into(),
+        tolerance: "0.1".into(),
+        ..t.quality_criteria[0].clone()
+    });
+    t.delivery_deadline = at(Duration::days(10));
+    t.delivery_terms = Some(pb::DeliveryTerms {
+        incoterm: pb::Incoterm::Unspecified.into(),
+        named_place: String::new(),
+        destination_country_code: "XX".into(),
+    });
+    t.payment_terms.as_mut().unwrap().milestones[1].share_basis_points = 6_000;
+    t.inspection_period_days = 31;
+    t.claim_window_days = 400;
+    let message = validate(&t).unwrap_err();
+    for field in [
+        "terms.title",
+        "terms.line_items[1].sku",
+        "terms.line_items[1].unit_price.currency_code",
+        "terms.line_items[0].quantity",
+        "terms.specifications[0].sku",
+        "terms.quality_criteria[0].tolerance",
+        "terms.quality_criteria[1].criterion_id",
+        "terms.quality_criteria[1].target_value",
+        "terms.quality_criteria[1].tolerance",
+        "terms.delivery_deadline",
+        "terms.delivery_terms.incoterm",
+        "terms.delivery_terms.named_place",
+        "terms.delivery_terms.destination_country_code",
+        "terms.payment_terms.milestones",
+        "terms.inspection_period_days",
+        "terms.claim_window_days",
+    ] {
+        assert!(
+            message.contains(&format!("{field}:")),
+            "{field} missing from: {message}"
+        );
+    }
+}
+
+#[test]
+fn schemes_constrain_their_milestones_and_pay_later_terms() {
+    let mut full = terms();
+    full.payment_terms.as_mut().unwrap().scheme = pb::PaymentScheme::FullPrepayment.into();
+    let message = validate(&full).unwrap_err();
+    assert!(message.contains("exactly one milestone"), "{message}");
+
+    let mut pay_later = terms();
+    pay_later.payment_terms = Some(pb::PaymentTerms {
+        scheme: pb::PaymentScheme::PayLater.into(),
+        milestones: vec![milestone(
+            "all",
+            10_000,
+            pb::PaymentTrigger::AfterSigning,
+            2,
+        )],
+        pay_later: None,
+    });
+    let message = validate(&pay_later).unwrap_err();
+    assert!(
+        message.contains("terms.payment_terms.pay_later: is required"),
+        "{message}"
+    );
+    pay_later.payment_terms.as_mut().unwrap().pay_later = Some(pb::PayLaterTerms {
+        financing_partner_id: "fin-partner-1".into(),
+        repayment_months: 7,
+    });
+    let message = validate(&pay_later).unwrap_err();
+    assert!(message.contains("repayment_months"), "{message}");
+    pay_later
+        .payment_terms
+        .as_mut()
+        .unwrap()
+        .pay_later
+        .as_mut()
+        .unwrap()
+        .repayment_months = 6;
+    let parsed = validate(&pay_later).expect("valid pay later");
+    assert_eq!(parsed.scheme, Scheme::PayLater);
+    assert_eq!(parsed.pay_later.unwrap().repayment_months, 6);
+
+    let mut stray = terms();
+    stray.payment_terms.as_mut().unwrap().pay_later = Some(pb::PayLaterTerms {
+        financing_partner_id: "fin-partner-1".into(),
+        repayment_months: 3,
+    });
+    assert!(
+        validate(&stray)
+            .unwrap_err()
+            .contains("only for PAYMENT_SCHEME_PAY_LATER")
+    );
+}
+
+#[test]
+fn a_pre_shipment_inspection_needs_seven_working_days() {
+    let mut t = terms();
+    // Monday to the next Tuesday: 6 working days.
+    t.shipment_deadline = at(Duration::days(8));
+    t.delivery_deadline = at(Duration::days(20));
+    let message = validate(&t).unwrap_err();
+    assert!(message.contains("7 working days"), "{message}");
+    // To the next Wednesday: 7.
+    t.shipment_deadline = at(Duration::days(9));
+    validate(&t).expect("seven working days suffice");
+    t.shipment_deadline = at(Duration::days(2));
+    t.inspection = Some(pb::InspectionRequirement {
+        kind: pb::InspectionKind::None.into(),
+        agency_name: String::new(),
+        agency_principal_id: String::new(),
+    });
+    validate(&t).expect("no inspection, no booking lead time");
+}
+
+#[test]
+fn amounts_that_overflow_are_refused_not_wrapped() {
+    let mut t = terms();
+    t.line_items[0].quantity = u64::MAX;
+    let message = validate(&t).unwrap_err();
+    assert!(message.contains("too large"), "{message}");
+    let mut t = terms();
+    t.line_items[0].quantity = 2;
+    t.line_items[0].unit_price = usd(i64::MAX / 2 + 1);
+    assert!(validate(&t).unwrap_err().contains("too large"));
+}
+
+#[test]
+fn deadlines_must_lie_ahead() {
+    let mut t = terms();
+    t.shipment_deadline = at(-Duration::days(1));
+    t.delivery_deadline = None;
+    let message = validate(&t).unwrap_err();
+    assert!(
+        message.contains("terms.shipment_deadline: must be in the future"),
+        "{message}"
+    );
+    assert!(
+        message.contains("terms.delivery_deadline: is required"),
+        "{message}"
+    );
+    assert!(validate(&pb::ContractTerms::default()).is_err());
+    let mut violations = Violations::new();
+    assert!(Terms::validate(None, "terms", NOW, &mut violations).is_none());
+    assert!(!violations.is_empty());
+}
