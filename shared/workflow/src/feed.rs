@@ -81,7 +81,9 @@ impl Feed {
     }
 
     /// Appends an event in the caller's transaction; it is numbered once that
-    /// transaction (and every one older than it) has ended.
+    /// transaction (and every one older than it) has ended. The event is
+    /// stored as given: a `sequence` field in it is meaningless until the
+    /// stream's `to_response` sets it from [`FeedEvent::sequence`].
     pub async fn append<M: Message>(
         &self,
         tx: &mut PgConnection,

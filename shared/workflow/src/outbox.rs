@@ -401,10 +401,14 @@ impl<H: CompletionHandler> Relay<H> {
                 return;
             }
             let pause = match self.deliver_due().await {
-                Ok(claimed) if claimed == self.config.batch_size as usize => Duration::ZERO,
-                Ok(_) => {
+                Ok(done) => {
                     failures = 0;
-                    self.config.poll_interval
+                    // A full batch suggests more is due: look again at once.
+                    if done == self.config.batch_size as usize {
+                        Duration::ZERO
+                    } else {
+                        self.config.poll_interval
+                    }
                 }
                 Err(error) => {
                     failures += 1;
@@ -515,7 +519,18 @@ impl<H: CompletionHandler> Relay<H> {
         request.set_timeout(self.config.call_timeout);
         request.metadata_mut().insert("authorization", bearer);
         ta_runtime::telemetry::inject_trace_context(request.metadata_mut());
-        match grpc.unary(request, path, RawCodec).await {
+        // grpc-timeout tells the receiver; this bounds our own wait too.
+        let answered = tokio::time::timeout(
+            self.config.call_timeout,
+            grpc.unary(request, path, RawCodec),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(
+                "no answer within the call timeout",
+            ))
+        });
+        match answered {
             Ok(response) => Ok(Answer::Accepted(response.into_inner())),
             Err(status) if is_refusal(status.code()) => {
                 tracing::info!(code = ?status.code(), message = status.message(), "call refused");

@@ -206,10 +206,14 @@ impl<H: TimerHandler> TimerWorker<H> {
                 return;
             }
             let pause = match self.fire_due().await {
-                Ok(fired) if fired == self.config.batch_size as usize => Duration::ZERO,
-                Ok(_) => {
+                Ok(done) => {
                     failures = 0;
-                    self.config.poll_interval
+                    // A full batch suggests more is due: look again at once.
+                    if done == self.config.batch_size as usize {
+                        Duration::ZERO
+                    } else {
+                        self.config.poll_interval
+                    }
                 }
                 Err(error) => {
                     failures += 1;

@@ -416,9 +416,7 @@ pub fn credentials() -> Arc<ServiceCredentials> {
 }
 
 pub fn peers(probe_url: &str) -> Peers {
-    Peers::new()
-        .with(PROBE, probe_url, Duration::from_secs(5))
-        .expect("probe URL")
+    Peers::new().with(PROBE, probe_url).expect("probe URL")
 }
 
 pub fn effect_key(effect_id: &str) -> String {
