@@ -1,0 +1,217 @@
+//! Negotiation: every change of terms is a new version, and both parties sign
+//! the same, latest version. A revision voids the signatures on the version
+//! it replaces; a stale edit or signature is refused, so neither party can
+//! sign something other than what it read.
+
+use ta_runtime::ServiceError;
+use time::OffsetDateTime;
+
+use super::status::{Action, Status};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Party {
+    Buyer,
+    Supplier,
+}
+
+impl Party {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Party::Buyer => "buyer",
+            Party::Supplier => "supplier",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protection {
+    /// Escrow, cover and claims.
+    TradeAssurance,
+    /// Paid outside the platform: recorded and shown as unprotected.
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature {
+    pub party: Party,
+    pub principal_id: String,
+    pub version: u32,
+    pub signed_at: OffsetDateTime,
+}
+
+/// What a signature did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signed {
+    /// The first party signed; the other's signature is awaited.
+    First,
+    /// Both signed a Trade Assurance contract: cover and escrow are requested
+    /// (the contract is `activating` until supplier registry answers).
+    BothProtected,
+    /// Both signed an unprotected contract: it is in force as it is.
+    BothUnprotected,
+}
+
+/// The negotiation state of one contract.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiation {
+    pub status: Status,
+    pub protection: Protection,
+    pub latest_version: u32,
+    /// The version both signed; 0 until then.
+    pub signed_version: u32,
+    /// Signatures on the latest version.
+    pub signatures: Vec<Signature>,
+}
+
+impl Negotiation {
+    /// A new contract: version 1, a draft nobody signed.
+    pub fn new(protection: Protection) -> Self {
+        Self {
+            status: Status::Draft,
+            protection,
+            latest_version: 1,
+            signed_version: 0,
+            signatures: Vec::new(),
+        }
+    }
+
+    /// Replaces the terms with a new version based on `base_version`; returns
+    /// the new version. A base that is no longer the latest is ABORTED (a
+    /// concurrent edit won: reread and revise again).
+    pub fn revise(&mut self, base_version: u32) -> Result<u32, ServiceError> {
+        let next = self.status.next(Action::Revise)?;
+        if base_version != self.latest_version {
+            return Err(ServiceError::Aborted(format!(
+                "version {base_version} is no longer the latest (version {} is); read it and revise again",
+                self.latest_version
+            )));
+        }
+        self.latest_version += 1;
+        self.signatures.clear();
+        self.status = next;
+        Ok(self.latest_version)
+    }
+
+    /// `party`'s signature on `version`, which must be the latest.
+    pub fn sign(
+        &mut self,
+        party: Party,
+        principal_id: &str,
+        version: u32,
+        at: OffsetDateTime,
+    ) -> Result<Signed, ServiceError> {
+        let (action, signed) = match (self.signatures.is_empty(), self.protection) {
+            (true, _) => (Action::SignFirst, Signed::First),
+            (false, Protection::TradeAssurance) => {
+                (Action::SignSecondProtected, Signed::BothProtected)
+            }
+            (false, Protection::None) => (Action::SignSecondUnprotected, Signed::BothUnprotected),
+        };
+        let next = self.status.next(action)?;
+        if version != self.latest_version {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "version {version} is not the latest: version {} is; read it before signing",
+                self.latest_version
+            )));
+        }
+        if self.signatures.iter().any(|s| s.party == party) {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "the {} already signed version {version}; the other party's signature is awaited",
+                party.as_str()
+            )));
+        }
+        self.signatures.push(Signature {
+            party,
+            principal_id: principal_id.to_owned(),
+            version,
+            signed_at: at,
+        });
+        if signed != Signed::First {
+            self.signed_version = version;
+        }
+        self.status = next;
+        Ok(signed)
+    }
+
+    /// Cover and escrow are in place: the contract awaits payment.
+    pub fn activated(&mut self) -> Result<(), ServiceError> {
+        self.status = self.status.next(Action::Activated)?;
+        Ok(())
+    }
+
+    /// Supplier registry refused the cover (no badge, restricted, over the
+    /// limit): back to a draft both must sign again, nothing left half-done.
+    pub fn activation_refused(&mut self) -> Result<(), ServiceError> {
+        self.status = self.status.next(Action::ActivationRefused)?;
+        self.signatures.clear();
+        self.signed_version = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AT: OffsetDateTime = time::macros::datetime!(2026-12-01 10:00 UTC);
+
+    #[test]
+    fn both_sign_the_latest_version_then_cover_is_requested() {
+        let mut n = Negotiation::new(Protection::TradeAssurance);
+        assert_eq!(
+            n.sign(Party::Buyer, "buyer-1", 1, AT).unwrap(),
+            Signed::First
+        );
+        assert_eq!(n.status, Status::AwaitingSignatures);
+        assert_eq!(
+            n.sign(Party::Supplier, "owner-1", 1, AT).unwrap(),
+            Signed::BothProtected
+        );
+        assert_eq!((n.status, n.signed_version), (Status::Activating, 1));
+        n.activated().unwrap();
+        assert_eq!(n.status, Status::AwaitingPayment);
+    }
+
+    #[test]
+    fn a_revision_voids_the_signatures_on_the_version_it_replaces() {
+        let mut n = Negotiation::new(Protection::TradeAssurance);
+        n.sign(Party::Supplier, "owner-1", 1, AT).unwrap();
+        assert_eq!(n.revise(1).unwrap(), 2);
+        assert_eq!((n.status, n.signatures.len()), (Status::Draft, 0));
+        // A signature on what is no longer the latest version is refused.
+        let stale = n.sign(Party::Buyer, "buyer-1", 1, AT).unwrap_err();
+        assert!(stale.to_string().contains("version 2 is"), "{stale}");
+        // So is an edit based on it: the concurrent edit is not lost.
+        assert!(matches!(n.revise(1), Err(ServiceError::Aborted(_))));
+        assert_eq!(n.latest_version, 2);
+    }
+
+    #[test]
+    fn a_party_signs_once_and_nobody_signs_or_revises_after_both_did() {
+        let mut n = Negotiation::new(Protection::None);
+        n.sign(Party::Buyer, "buyer-1", 1, AT).unwrap();
+        let twice = n.sign(Party::Buyer, "buyer-1", 1, AT).unwrap_err();
+        assert!(twice.to_string().contains("already signed"), "{twice}");
+        assert_eq!(
+            n.sign(Party::Supplier, "owner-1", 1, AT).unwrap(),
+            Signed::BothUnprotected
+        );
+        assert_eq!(n.status, Status::SignedUnprotected);
+        let late = n.revise(1).unwrap_err();
+        assert!(late.to_string().contains("signed_unprotected"), "{late}");
+        assert!(n.sign(Party::Buyer, "buyer-1", 1, AT).is_err());
+    }
+
+    #[test]
+    fn a_refused_cover_returns_to_a_draft_without_signatures() {
+        let mut n = Negotiation::new(Protection::TradeAssurance);
+        n.sign(Party::Buyer, "buyer-1", 1, AT).unwrap();
+        n.sign(Party::Supplier, "owner-1", 1, AT).unwrap();
+        n.activation_refused().unwrap();
+        assert_eq!(n, Negotiation::new(Protection::TradeAssurance));
+        assert!(
+            n.activated().is_err(),
+            "only an activating contract activates"
+        );
+    }
+}
