@@ -3,10 +3,12 @@
 //! - [`status`]: the contract's life as a state machine (its table is there).
 //! - [`terms`]: the agreement as signed, validated, with the figures the
 //!   server computes (line totals, total, each payment milestone's amount).
+//! - [`fulfilment`]: inspection reports, shipment, and whether a claim opens.
 //! - [`negotiation`]: versions and signatures; both sign the latest version.
 //! - [`quality`]: measurable quality criteria and exact decimal judgement of
 //!   a measured value, which inspection reports and claims point at.
 
+pub mod fulfilment;
 pub mod negotiation;
 pub mod quality;
 pub mod status;

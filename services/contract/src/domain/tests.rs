@@ -326,3 +326,175 @@ fn deadlines_must_lie_ahead() {
     assert!(Terms::validate(None, "terms", NOW, &mut violations).is_none());
     assert!(!violations.is_empty());
 }
+
+mod fulfilment {
+    use super::*;
+    use crate::domain::{
+        fulfilment::{
+            ClaimFacts, ClaimReason, check_claim, check_inspection_results, check_shipment,
+        },
+        negotiation::Protection,
+        status::Status,
+    };
+    use ta_runtime::ServiceError;
+
+    fn result(id: &str, outcome: pb::CriterionOutcome, measured: &str) -> pb::CriterionResult {
+        pb::CriterionResult {
+            criterion_id: id.into(),
+            outcome: outcome.into(),
+            measured_value: measured.into(),
+            note: String::new(),
+            evidence_refs: vec![],
+        }
+    }
+
+    fn reason_of(error: ServiceError) -> &'static str {
+        match error {
+            ServiceError::Refused { reason, .. } => reason,
+            other => panic!("not a refusal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_report_has_one_result_per_criterion_that_agrees_with_its_measurement() {
+        let terms = validate(&terms()).unwrap();
+        let mut v = Violations::new();
+        let report = check_inspection_results(
+            &[result("QC-1", pb::CriterionOutcome::Pass, "4.2")],
+            &terms,
+            &mut v,
+        )
+        .expect("valid report");
+        assert!(report.passed);
+        let failed = check_inspection_results(
+            &[result("QC-1", pb::CriterionOutcome::Fail, "4.5")],
+            &terms,
+            &mut v,
+        )
+        .expect("valid failing report");
+        assert!(!failed.passed);
+        assert!(v.is_empty());
+
+        // A pass that its own measurement contradicts, an unknown criterion,
+        // a duplicate: all named.
+        let mut v = Violations::new();
+        let refused = check_inspection_results(
+            &[
+                result("QC-1", pb::CriterionOutcome::Pass, "4.5"),
+                result("QC-9", pb::CriterionOutcome::Pass, "1"),
+            ],
+            &terms,
+            &mut v,
+        );
+        assert!(refused.is_none());
+        let message = v.finish(()).unwrap_err().to_string();
+        assert!(
+            message.contains("results[0].outcome: contradicts"),
+            "{message}"
+        );
+        assert!(message.contains("results[1].criterion_id"), "{message}");
+        let mut v = Violations::new();
+        assert!(check_inspection_results(&[], &terms, &mut v).is_none());
+        assert!(
+            v.finish(())
+                .unwrap_err()
+                .to_string()
+                .contains("missing: QC-1")
+        );
+    }
+
+    #[test]
+    fn shipment_waits_for_a_passing_inspection_and_records_lateness() {
+        let terms = validate(&terms()).unwrap();
+        let before = terms.shipment_deadline - Duration::days(1);
+        let after = terms.shipment_deadline + Duration::hours(1);
+        assert_eq!(
+            reason_of(check_shipment(&terms, None, before).unwrap_err()),
+            "INSPECTION_REQUIRED"
+        );
+        assert_eq!(
+            reason_of(check_shipment(&terms, Some(false), before).unwrap_err()),
+            "INSPECTION_FAILED"
+        );
+        assert!(!check_shipment(&terms, Some(true), before).unwrap());
+        assert!(check_shipment(&terms, Some(true), after).unwrap(), "late");
+    }
+
+    #[test]
+    fn claims_open_only_when_protected_held_and_in_their_window() {
+        let terms = validate(&terms()).unwrap();
+        let received = terms.shipment_deadline + Duration::days(10);
+        let facts = ClaimFacts {
+            protection: Protection::TradeAssurance,
+            status: Status::Delivered,
+            open_claim_id: None,
+            terms: &terms,
+            shipped_at: Some(terms.shipment_deadline - Duration::days(2)),
+            received_at: Some(received),
+        };
+        let within = received + Duration::days(30);
+        let after_window = received + Duration::days(31);
+        check_claim(&facts, ClaimReason::QualityMismatch, within).expect("within the window");
+        assert_eq!(
+            reason_of(check_claim(&facts, ClaimReason::Damaged, after_window).unwrap_err()),
+            "CLAIM_WINDOW_CLOSED"
+        );
+        assert_eq!(
+            reason_of(check_claim(&facts, ClaimReason::LateShipment, within).unwrap_err()),
+            "NOT_LATE"
+        );
+        let open = ClaimFacts {
+            open_claim_id: Some("claim-1"),
+            ..facts.clone()
+        };
+        assert_eq!(
+            reason_of(check_claim(&open, ClaimReason::Damaged, within).unwrap_err()),
+            "CLAIM_ALREADY_OPEN"
+        );
+        let unprotected = ClaimFacts {
+            protection: Protection::None,
+            ..facts.clone()
+        };
+        assert_eq!(
+            reason_of(check_claim(&unprotected, ClaimReason::Damaged, within).unwrap_err()),
+            "NOT_PROTECTED"
+        );
+        let completed = ClaimFacts {
+            status: Status::Completed,
+            ..facts.clone()
+        };
+        assert_eq!(
+            reason_of(check_claim(&completed, ClaimReason::Damaged, within).unwrap_err()),
+            "NOTHING_HELD"
+        );
+
+        // Before shipment: late shipment once the deadline passed unshipped;
+        // non-delivery only after the delivery deadline.
+        let unshipped = ClaimFacts {
+            status: Status::Funded,
+            shipped_at: None,
+            received_at: None,
+            ..facts.clone()
+        };
+        let past_shipment = terms.shipment_deadline + Duration::days(1);
+        check_claim(&unshipped, ClaimReason::LateShipment, past_shipment).expect("late");
+        assert_eq!(
+            reason_of(
+                check_claim(&unshipped, ClaimReason::NotReceived, past_shipment).unwrap_err()
+            ),
+            "DELIVERY_NOT_OVERDUE"
+        );
+        check_claim(
+            &unshipped,
+            ClaimReason::NotReceived,
+            terms.delivery_deadline + Duration::days(1),
+        )
+        .expect("not delivered in time");
+        assert_eq!(
+            reason_of(
+                check_claim(&unshipped, ClaimReason::QualityMismatch, past_shipment).unwrap_err()
+            ),
+            "NOT_RECEIVED_YET"
+        );
+    }
+}
