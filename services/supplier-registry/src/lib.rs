@@ -31,8 +31,8 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool) -> Api {
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
-    Api {
-        routes: tonic::service::Routes::new(service),
-        policy: MethodPolicy::declared_for(SPEC.grpc_services),
-    }
+    Api::new(
+        tonic::service::Routes::new(service),
+        MethodPolicy::declared_for(SPEC.grpc_services),
+    )
 }

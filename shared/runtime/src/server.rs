@@ -11,8 +11,9 @@
 
 use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
 
+use futures_util::future::BoxFuture;
 use sqlx::{Connection, PgConnection, PgPool, migrate::Migrator, postgres::PgConnectOptions};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -50,10 +51,59 @@ pub struct ServiceSpec {
     pub migrator: &'static Migrator,
 }
 
-/// The routes and the per-method authorization policy a service contributes.
+/// A step a service runs once its migrations applied and before it reports
+/// SERVING (e.g. installing the shared workflow tables); retried with backoff
+/// like the migrations.
+pub type Prepare = Box<dyn Fn(PgPool) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Work a service runs in the background while it serves (outbox relay,
+/// timer worker, feed consumers). It starts once the service is prepared and
+/// must return soon after its [`Draining`] signal trips; the server waits
+/// for it (within the grace period) before closing the pool.
+pub type Background = Box<dyn FnOnce(Draining) -> BoxFuture<'static, ()> + Send>;
+
+/// Trips (becomes `true`) when the server starts to drain.
+pub type Draining = watch::Receiver<bool>;
+
+/// What a service contributes to its process: routes, the per-method
+/// authorization policy, and optionally a preparation step and background work.
 pub struct Api {
     pub routes: Routes,
     pub policy: MethodPolicy,
+    prepare: Option<Prepare>,
+    background: Vec<Background>,
+}
+
+impl Api {
+    pub fn new(routes: Routes, policy: MethodPolicy) -> Self {
+        Self {
+            routes,
+            policy,
+            prepare: None,
+            background: Vec::new(),
+        }
+    }
+
+    /// Runs `step` after the migrations and before SERVING.
+    #[must_use]
+    pub fn prepared_by<F>(mut self, step: impl Fn(PgPool) -> F + Send + Sync + 'static) -> Self
+    where
+        F: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.prepare = Some(Box::new(move |pool| Box::pin(step(pool))));
+        self
+    }
+
+    /// Runs `work` in the background once the service is prepared.
+    #[must_use]
+    pub fn with_background<F>(mut self, work: impl FnOnce(Draining) -> F + Send + 'static) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.background
+            .push(Box::new(move |draining| Box::pin(work(draining))));
+        self
+    }
 }
 
 /// The whole life of a service process, for `main`: telemetry, pool, bind,
@@ -102,9 +152,8 @@ pub async fn run_without_api(spec: ServiceSpec) -> ExitCode {
             spec.name
         ));
     let config = Config::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
-    run(spec, config.common, |_pool| Api {
-        routes: Routes::default(),
-        policy: MethodPolicy::new(),
+    run(spec, config.common, |_pool| {
+        Api::new(Routes::default(), MethodPolicy::new())
     })
     .await
 }
@@ -157,19 +206,30 @@ pub async fn serve(
         .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
 
+    let (draining_tx, draining) = watch::channel(false);
+    let (prepared_tx, prepared) = tokio::sync::oneshot::channel::<()>();
+    let Api {
+        routes,
+        policy,
+        prepare,
+        background,
+    } = api;
     let tracking = tokio::spawn(track_readiness(
         readiness.clone(),
         pool.clone(),
         pool.connect_options().as_ref().clone(),
         spec.migrator,
+        prepare,
+        prepared_tx,
     ));
+    let mut drain_started = draining.clone();
+    let background = tokio::spawn(run_background(background, prepared, draining));
     let purge = tokio::spawn(purge_idempotency_keys(
         IdempotencyKeys::new(spec.schema),
         pool.clone(),
         config.database.idempotency_key_retention,
     ));
 
-    let (drain_started_tx, mut drain_started) = tokio::sync::watch::channel(false);
     let readiness_delay = config.server.shutdown_readiness_delay;
     let on_shutdown = async move {
         shutdown.await;
@@ -182,7 +242,7 @@ pub async fn serve(
             tokio::time::sleep(readiness_delay).await;
         }
         tracing::info!("shutdown requested: draining in-flight requests");
-        let _ = drain_started_tx.send(true);
+        let _ = draining_tx.send(true);
     };
 
     let reflection_v1 = reflection_builder(spec, "grpc.reflection.v1.ServerReflection")
@@ -191,8 +251,8 @@ pub async fn serve(
     let reflection_v1alpha = reflection_builder(spec, "grpc.reflection.v1alpha.ServerReflection")
         .build_v1alpha()
         .map_err(|e| format!("reflection v1alpha: {e}"))?;
-    let server = middleware(&config.server, Arc::new(verifier), Arc::new(api.policy))
-        .add_routes(api.routes)
+    let server = middleware(&config.server, Arc::new(verifier), Arc::new(policy))
+        .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -215,6 +275,16 @@ pub async fn serve(
     };
     tracking.abort();
     purge.abort();
+    // Background work saw the drain signal with the listener; it may finish its
+    // current step within the grace period (briefly, if that is already over).
+    let bound = if drained {
+        grace
+    } else {
+        Duration::from_millis(500)
+    };
+    if tokio::time::timeout(bound, background).await.is_err() {
+        tracing::warn!("background work did not stop within the grace period");
+    }
     if drained {
         pool.close().await;
     } else {
@@ -299,18 +369,28 @@ async fn track_readiness(
     pool: PgPool,
     options: PgConnectOptions,
     migrator: &'static Migrator,
+    prepare: Option<Prepare>,
+    prepared: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match migrator.run(&pool).await {
+        let step = match migrator.run(&pool).await {
+            Ok(()) => match &prepare {
+                Some(prepare) => prepare(pool.clone()).await,
+                None => Ok(()),
+            },
+            Err(error) => Err(error.to_string()),
+        };
+        match step {
             Ok(()) => break,
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "database not ready or migrations failed");
+                tracing::warn!(%error, retry_in = ?backoff, "database not ready, or migrations or preparation failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }
+    let _ = prepared.send(());
     tracing::info!("migrations applied: serving");
     readiness.set(ServingStatus::Serving).await;
     let mut serving = true;
@@ -351,6 +431,31 @@ async fn database_answers(probe: &mut Option<PgConnection>, options: &PgConnectO
     match probe {
         Some(connection) => connection.ping().await.is_ok(),
         None => false,
+    }
+}
+
+/// Starts the service's background work once it is prepared, and waits for
+/// all of it to end (it ends when draining starts).
+async fn run_background(
+    work: Vec<Background>,
+    prepared: tokio::sync::oneshot::Receiver<()>,
+    mut draining: Draining,
+) {
+    if work.is_empty() {
+        return;
+    }
+    tokio::select! {
+        ready = prepared => if ready.is_err() { return },
+        _ = draining.wait_for(|drain| *drain) => return,
+    }
+    let tasks: Vec<_> = work
+        .into_iter()
+        .map(|work| tokio::spawn(work(draining.clone())))
+        .collect();
+    for task in tasks {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "background work stopped abnormally");
+        }
     }
 }
 

@@ -50,7 +50,7 @@ fn health_is_not_serving_until_the_database_exists_and_is_migrated() {
 
     // It serves (liveness), but is not ready: it tried the database and failed.
     registry.wait_health("liveness", "SERVING");
-    registry.wait_log("database not ready or migrations failed");
+    registry.wait_log("database not ready, or migrations or preparation failed");
     assert_eq!(registry.health("").as_deref(), Ok("NOT_SERVING"));
     assert_eq!(
         registry.health(SUPPLIER_SERVICE).as_deref(),

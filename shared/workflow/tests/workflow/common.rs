@@ -347,10 +347,7 @@ impl ProbeServer {
         };
         let routes = tonic::service::Routes::new(WorkflowProbeServiceServer::new(probe))
             .add_service(admin::WorkflowAdmin::new(pool.clone(), caller_schema()).into_server());
-        let api = Api {
-            routes,
-            policy: MethodPolicy::declared_for(SPEC.grpc_services),
-        };
+        let api = Api::new(routes, MethodPolicy::declared_for(SPEC.grpc_services));
         let verifier = TokenVerifier::from_config(&common.auth, SPEC.name).expect("verifier");
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
