@@ -81,6 +81,14 @@ pub async fn start_funding(
             ),
         ));
     }
+    // Checked for every method, a declined card too: a payment with a
+    // pending attempt waits for that attempt's answer.
+    if accounts::has_pending_attempt(conn, account.id, &command.milestone_id).await? {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "cannot fund: payment {} has a pending attempt",
+            command.milestone_id
+        )));
+    }
     if command.expires_at <= now {
         return Err(ServiceError::invalid("expires_at", "must be in the future"));
     }

@@ -322,6 +322,21 @@ pub async fn get_attempt(
         .try_into()
 }
 
+pub async fn has_pending_attempt(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    milestone_id: &str,
+) -> Result<bool, ServiceError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM escrow.funding_attempts \
+         WHERE escrow_account_id = $1 AND milestone_id = $2 AND status = 'pending')",
+    )
+    .bind(account_id)
+    .bind(milestone_id)
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
 pub async fn pending_attempts(
     conn: &mut PgConnection,
     account_id: Uuid,
