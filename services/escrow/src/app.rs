@@ -40,12 +40,13 @@ pub async fn open_account(
         .ok_or_else(|| ServiceError::internal(format!("contract {contract_id}: account vanished")))
 }
 
-/// The balance of the account's `escrow_held`.
+/// What the account's `escrow_held` has available: its posted balance
+/// (no hold debits it today, but a reservation would count).
 pub async fn held(conn: &mut PgConnection, account: &EscrowAccount) -> Result<i64, ServiceError> {
     Ok(
         ledger::balance(conn, &AccountKey::escrow_held(account.id, account.currency))
             .await?
-            .posted,
+            .available(),
     )
 }
 
@@ -170,7 +171,10 @@ fn suspense_leg(currency: Currency, amount_minor: i64) -> Leg {
     }
 }
 
-/// Parks money no attempt can take in suspense, once per credit.
+/// Parks money no attempt can take in suspense, once per credit. Callers
+/// hold the account's row lock, so a twin of this credit has committed
+/// before the purpose is checked: it is seen by the check, never met as a
+/// unique violation (which would abort the transaction under us).
 async fn park(
     conn: &mut PgConnection,
     account: &EscrowAccount,

@@ -271,13 +271,15 @@ pub async fn transfer(
             }
         }
     }
-    let bounded: Vec<(AccountKey, Uuid)> = ledger::bounded_debits(&request.legs)
+    let id_of = |key: &AccountKey| {
+        ids.get(key)
+            .copied()
+            .ok_or_else(|| corrupt(format!("account {key} was not resolved")))
+    };
+    let bounded = ledger::bounded_debits(&request.legs)
         .into_iter()
-        .map(|key| {
-            let id = ids[&key];
-            (key, id)
-        })
-        .collect();
+        .map(|key| id_of(&key).map(|id| (key, id)))
+        .collect::<Result<Vec<_>, _>>()?;
     let available = lock_and_read_available(conn, &bounded).await?;
     ledger::plan_debits(&request.legs, &available)?;
     insert_transfer(conn, request.id, &request.purpose, request.escrow_account).await?;
@@ -294,11 +296,11 @@ pub async fn transfer(
                 request.id,
                 Side {
                     key: debit,
-                    id: ids[debit],
+                    id: id_of(debit)?,
                 },
                 Side {
                     key: credit,
-                    id: ids[credit],
+                    id: id_of(credit)?,
                 },
                 *amount_minor,
                 None,
