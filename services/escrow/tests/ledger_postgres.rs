@@ -266,3 +266,57 @@ async fn releases_to_a_supplier_never_wait_for_its_payable_row(pool: PgPool) {
     assert_eq!((balance.posted, balance.pending_debits), (1_050, 1_000));
     assert_sound(&mut l).await;
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn roll_ups_beside_concurrent_releases_and_payouts_lose_nothing(pool: PgPool) {
+    let mut work = Vec::new();
+    for i in 0..24 {
+        let pool = pool.clone();
+        work.push(tokio::spawn(async move {
+            if i % 3 == 2 {
+                // A payout of what is there so far, racing the releases.
+                let id = Uuid::now_v7();
+                let mut tx = pool.begin().await.unwrap();
+                let placed = ledger::hold(
+                    &mut tx,
+                    &HoldRequest {
+                        id,
+                        purpose: Purpose::payout("s-busy", id),
+                        escrow_account: None,
+                        debit: AccountKey::supplier_payable("s-busy", usd()),
+                        credit: AccountKey::gateway_clearing(usd()),
+                        amount_minor: 15,
+                        expires_at: ta_runtime::timestamps::now() + Duration::hours(1),
+                    },
+                )
+                .await;
+                if placed.is_ok() {
+                    ledger::post_hold(&mut tx, id, None, ta_runtime::timestamps::now())
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                    return 15;
+                }
+                return 0;
+            }
+            if i % 3 == 1 {
+                let mut conn = pool.acquire().await.unwrap();
+                ledger::roll_up(&mut conn, 10).await.unwrap();
+                return 0;
+            }
+            funded_and_released(&pool, "s-busy", 10).await;
+            0
+        }));
+    }
+    let mut paid = 0;
+    for task in work {
+        paid += task.await.unwrap();
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    ledger::roll_up(&mut conn, 100).await.unwrap();
+    let mut l = PgLedger::new(pool.clone());
+    let payable = posted(&mut l, &AccountKey::supplier_payable("s-busy", usd())).await;
+    assert_eq!(payable, 8 * 10 - paid, "released minus paid out");
+    assert!(payable >= 0);
+    assert_sound(&mut l).await;
+}
