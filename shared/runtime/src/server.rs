@@ -24,7 +24,7 @@ use crate::{
     config::{CommonConfig, ServerConfig},
     db,
     idempotency::IdempotencyKeys,
-    middleware::{AdmissionLayer, DeadlineLayer, StatusHygieneLayer},
+    middleware::{AdmissionLayer, DeadlineLayer, RpcMetricsLayer, StatusHygieneLayer},
     telemetry,
 };
 
@@ -299,7 +299,10 @@ pub async fn serve(
 /// The whole middleware stack, outermost first.
 type Middleware = Stack<
     AuthLayer,
-    Stack<StatusHygieneLayer, Stack<DeadlineLayer, Stack<AdmissionLayer, Identity>>>,
+    Stack<
+        StatusHygieneLayer,
+        Stack<DeadlineLayer, Stack<AdmissionLayer, Stack<RpcMetricsLayer, Identity>>>,
+    >,
 >;
 
 fn middleware(
@@ -313,6 +316,11 @@ fn middleware(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // Continue the caller's W3C trace: the span's parent is set before it is entered.
         .trace_fn(telemetry::server_span)
+        // Per-method count, errors and duration by final status (shed calls too), and the status on the span.
+        .layer(RpcMetricsLayer::new(
+            &telemetry::meter(),
+            policy.methods().map(str::to_owned),
+        ))
         // At most GRPC_CONCURRENCY_LIMIT requests at once in the process; above it UNAVAILABLE.
         .layer(AdmissionLayer::new(config.concurrency_limit))
         // The caller's grpc-timeout, capped by ours; past it DEADLINE_EXCEEDED, and Postgres is told.
