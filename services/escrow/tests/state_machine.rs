@@ -1059,7 +1059,7 @@ fn escrow_follows_its_reference_model() {
     };
     let mut runner = TestRunner::new(config.clone());
     let result = runner.run(
-        &Reference::sequential_strategy(1..50),
+        &Reference::sequential_strategy(1..40),
         |(initial, steps, seen)| {
             EscrowTest::test_sequential(config.clone(), initial, steps, seen);
             Ok(())
