@@ -44,6 +44,14 @@ pub struct ReserveCover {
 }
 
 #[derive(Clone, Debug)]
+pub struct AdjustCover {
+    pub supplier_id: Uuid,
+    pub contract_id: String,
+    pub amount: Money,
+    pub contract_version: u32,
+}
+
+#[derive(Clone, Debug)]
 pub struct ReleaseCover {
     pub supplier_id: Uuid,
     pub contract_id: String,
@@ -169,9 +177,62 @@ impl Registry {
             status: "active".into(),
             reserved_at: timestamps::now(),
             released_at: None,
+            contract_version: 1,
         };
         storage::insert_reservation(tx, &reservation).await?;
         storage::update_supplier(tx, &mut supplier).await?;
+        Ok((reservation, supplier))
+    }
+
+    /// Moves an active reservation to the amended amount: the difference is
+    /// reserved (within the remaining limit, under the badge) or released, in
+    /// the supplier's row lock like every cover change. A version not newer
+    /// than the applied one changes nothing.
+    pub async fn adjust_cover(
+        &self,
+        tx: &mut PgConnection,
+        command: &AdjustCover,
+    ) -> Result<(Reservation, Supplier), ServiceError> {
+        let mut supplier = storage::lock_supplier(tx, command.supplier_id).await?;
+        let mut reservation = storage::find_reservation(tx, &command.contract_id)
+            .await?
+            .filter(|r| r.supplier_id == command.supplier_id)
+            .ok_or_else(|| {
+                ServiceError::not_found("cover reservation for contract", &command.contract_id)
+            })?;
+        if !reservation.is_active() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "the cover of contract {} was released; released cover is not adjusted",
+                command.contract_id
+            )));
+        }
+        let version = i32::try_from(command.contract_version).unwrap_or(i32::MAX);
+        if version <= reservation.contract_version {
+            return Ok((reservation, supplier));
+        }
+        let current = reservation.amount()?;
+        if command.amount.currency != current.currency {
+            return Err(ServiceError::invalid(
+                "amount.currency_code",
+                format!("must be {}, the reservation's currency", current.currency),
+            ));
+        }
+        let delta = command.amount.amount_minor - current.amount_minor;
+        match delta.signum() {
+            1 => supplier.reserve_cover(Money::new(delta, current.currency))?,
+            -1 => supplier.release_cover(Money::new(-delta, current.currency))?,
+            _ => {}
+        }
+        storage::adjust_reservation(
+            tx,
+            &command.contract_id,
+            command.amount.amount_minor,
+            version,
+        )
+        .await?;
+        storage::update_supplier(tx, &mut supplier).await?;
+        reservation.amount_minor = command.amount.amount_minor;
+        reservation.contract_version = version;
         Ok((reservation, supplier))
     }
 

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use crate::{
     app::{
-        self, CompletedContract, Inquiry, NewReview, Penalty, Register, ReleaseCover, ReserveCover,
-        SupplierChange,
+        self, AdjustCover, CompletedContract, Inquiry, NewReview, Penalty, Register, ReleaseCover,
+        ReserveCover, SupplierChange,
     },
     domain::{
         NewSupplier, PenaltyPolicy, Status as SupplierStatus, Supplier, Verification, is_storable,
@@ -187,6 +187,7 @@ fn reservation_to_proto(r: &Reservation) -> Result<pb::CoverReservation, Service
         } as i32,
         reserved_at: Some(timestamps::to_proto(r.reserved_at)),
         released_at: r.released_at.map(timestamps::to_proto),
+        contract_version: u32::try_from(r.contract_version).unwrap_or(1),
     })
 }
 
@@ -498,6 +499,37 @@ impl SupplierRegistryService for RegistryService {
                     let command = &prepared.command;
                     let (reservation, supplier) = self.registry.reserve_cover(tx, command).await?;
                     Ok(pb::ReserveCoverResponse {
+                        reservation: Some(reservation_to_proto(&reservation)?),
+                        cover_remaining: supplier.cover().map(|c| c.remaining.to_proto()),
+                    })
+                }
+            })
+            .await
+    }
+
+    async fn adjust_cover(
+        &self,
+        request: Request<pb::AdjustCoverRequest>,
+    ) -> Answer<pb::AdjustCoverResponse> {
+        let prepared = self.mutations.prepare(request, |req, _, v| {
+            v.require(
+                req.contract_version >= 2,
+                "contract_version",
+                "must be the signed amendment's version (2 or more)",
+            );
+            Ok(AdjustCover {
+                supplier_id: parse_id("supplier_id", &req.supplier_id, v),
+                contract_id: reference("contract_id", &req.contract_id, v),
+                amount: positive_money("amount", req.amount.as_ref(), v)?,
+                contract_version: req.contract_version,
+            })
+        })?;
+        self.mutations
+            .execute(&prepared, || {
+                async |tx| {
+                    let command = &prepared.command;
+                    let (reservation, supplier) = self.registry.adjust_cover(tx, command).await?;
+                    Ok(pb::AdjustCoverResponse {
                         reservation: Some(reservation_to_proto(&reservation)?),
                         cover_remaining: supplier.cover().map(|c| c.remaining.to_proto()),
                     })

@@ -234,6 +234,7 @@ pub struct Reservation {
     pub status: String,
     pub reserved_at: OffsetDateTime,
     pub released_at: Option<OffsetDateTime>,
+    pub contract_version: i32,
 }
 
 impl Reservation {
@@ -250,8 +251,8 @@ impl Reservation {
     }
 }
 
-const RESERVATION_COLUMNS: &str =
-    "contract_id, supplier_id, currency, amount_minor, status, reserved_at, released_at";
+const RESERVATION_COLUMNS: &str = "contract_id, supplier_id, currency, amount_minor, status, \
+     reserved_at, released_at, contract_version";
 
 pub async fn find_reservation(
     tx: &mut PgConnection,
@@ -294,6 +295,27 @@ pub async fn insert_reservation(
 }
 
 /// Marks an active reservation released; at most once (the status guard).
+/// Moves an active reservation to `amount_minor` for `contract_version`;
+/// false when it is no longer active.
+pub async fn adjust_reservation(
+    tx: &mut PgConnection,
+    contract_id: &str,
+    amount_minor: i64,
+    contract_version: i32,
+) -> Result<bool, ServiceError> {
+    let adjusted = sqlx::query(
+        "UPDATE supplier_registry.cover_reservations SET amount_minor = $2, contract_version = $3 \
+         WHERE contract_id = $1 AND status = 'active'",
+    )
+    .bind(contract_id)
+    .bind(amount_minor)
+    .bind(contract_version)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(adjusted == 1)
+}
+
 pub async fn release_reservation(
     tx: &mut PgConnection,
     contract_id: &str,

@@ -471,6 +471,29 @@ fn cases(id: &str) -> Vec<Case> {
             }),
             &["amount.currency_code"],
         ),
+        // AdjustCover
+        case(
+            "adjustment without key, id, contract, amount or version",
+            Call::AdjustCover(pb::AdjustCoverRequest::default()),
+            &[
+                "amount",
+                "contract_id",
+                "contract_version",
+                "idempotency_key",
+                "supplier_id",
+            ],
+        ),
+        case(
+            "adjustment to a negative amount",
+            Call::AdjustCover(pb::AdjustCoverRequest {
+                idempotency_key: "adjust-1".into(),
+                supplier_id: id(),
+                contract_id: "contract-1".into(),
+                amount: money("USD", -5),
+                contract_version: 2,
+            }),
+            &["amount.amount_minor"],
+        ),
         // ReleaseCover
         case(
             "release without key, id or contract",
@@ -718,7 +741,7 @@ async fn every_rpc_refuses_invalid_fields_and_writes_nothing(pool: PgPool) {
     let covered: BTreeSet<&str> = cases.iter().map(|c| c.call.rpc()).collect();
     let all: BTreeSet<&str> = RPCS.iter().copied().collect();
     assert_eq!(covered, all, "every RPC has a bad-input case");
-    assert_eq!(all.len(), 19);
+    assert_eq!(all.len(), RPCS.len());
 
     for Case { what, call, fields } in cases {
         let auth = match call {

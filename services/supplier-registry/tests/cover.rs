@@ -227,3 +227,137 @@ async fn cover_needs_the_badge(pool: PgPool) {
     );
     server.stop().await.unwrap();
 }
+
+fn adjust(
+    key: &str,
+    supplier_id: &str,
+    contract_id: &str,
+    amount: i64,
+    version: u32,
+) -> tonic::Request<pb::AdjustCoverRequest> {
+    as_role(
+        pb::AdjustCoverRequest {
+            idempotency_key: key.into(),
+            supplier_id: supplier_id.into(),
+            contract_id: contract_id.into(),
+            amount: usd(amount),
+            contract_version: version,
+        },
+        SERVICE,
+        Role::Service,
+    )
+}
+
+async fn reserved(pool: &PgPool, supplier_id: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT s.cover_reserved_minor, \
+                (SELECT coalesce(sum(amount_minor), 0)::bigint FROM supplier_registry.cover_reservations r \
+                 WHERE r.supplier_id = s.id AND r.status = 'active') \
+         FROM supplier_registry.suppliers s WHERE s.id = $1::uuid",
+    )
+    .bind(supplier_id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_amendment_moves_the_cover_within_the_limit_and_in_version_order(pool: PgPool) {
+    let Registry { server, mut client } = start(pool.clone()).await;
+    let id = badged_supplier(&mut client, "LIC-AMEND", 100_000).await;
+    client
+        .reserve_cover(reserve("r-1", &id, "contract-a", 40_000))
+        .await
+        .unwrap();
+    client
+        .reserve_cover(reserve("r-2", &id, "contract-b", 30_000))
+        .await
+        .unwrap();
+
+    // Version 2 raises contract-a within what is left.
+    let raised = client
+        .adjust_cover(adjust("a-2", &id, "contract-a", 65_000, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    let reservation = raised.reservation.unwrap();
+    assert_eq!(reservation.amount.unwrap().amount_minor, 65_000);
+    assert_eq!(reservation.contract_version, 2);
+    assert_eq!(raised.cover_remaining.unwrap().amount_minor, 5_000);
+
+    // Version 3 would exceed the limit: refused with the reason, nothing moves.
+    let status = client
+        .adjust_cover(adjust("a-3", &id, "contract-a", 75_001, 3))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let details = tonic_types::StatusExt::get_error_details(&status);
+    assert_eq!(
+        details.precondition_failure().unwrap().violations[0].r#type,
+        "TA_LIMIT_EXCEEDED"
+    );
+    assert_eq!(reserved(&pool, &id).await, (95_000, 95_000));
+
+    // Version 4 lowers it and frees the difference.
+    let lowered = client
+        .adjust_cover(adjust("a-4", &id, "contract-a", 20_000, 4))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lowered.cover_remaining.unwrap().amount_minor, 50_000);
+
+    // A late redelivery of version 2 (another key) does not undo version 4.
+    let stale = client
+        .adjust_cover(adjust("a-2-again", &id, "contract-a", 65_000, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    let reservation = stale.reservation.unwrap();
+    assert_eq!(
+        (
+            reservation.amount.unwrap().amount_minor,
+            reservation.contract_version
+        ),
+        (20_000, 4)
+    );
+    assert_eq!(reserved(&pool, &id).await, (50_000, 50_000));
+
+    // Another currency is refused; released cover is not adjusted.
+    let mut eur = adjust("a-5", &id, "contract-a", 1_000, 5);
+    eur.get_mut().amount = Some(ta_proto::common::Money {
+        currency_code: "EUR".into(),
+        amount_minor: 1_000,
+    });
+    assert_eq!(
+        client.adjust_cover(eur).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    client
+        .release_cover(as_role(
+            pb::ReleaseCoverRequest {
+                idempotency_key: "rel-b".into(),
+                supplier_id: id.clone(),
+                contract_id: "contract-b".into(),
+            },
+            SERVICE,
+            Role::Service,
+        ))
+        .await
+        .unwrap();
+    let status = client
+        .adjust_cover(adjust("b-2", &id, "contract-b", 10_000, 2))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("was released"), "{status:?}");
+    assert_eq!(
+        client
+            .adjust_cover(adjust("c-2", &id, "contract-none", 10_000, 2))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(reserved(&pool, &id).await, (20_000, 20_000));
+    server.stop().await.unwrap();
+}

@@ -287,6 +287,7 @@ calls! {
     SetSupplierStatus(SetSupplierStatusRequest) => set_supplier_status,
     SearchSuppliers(SearchSuppliersRequest) => search_suppliers,
     ReserveCover(ReserveCoverRequest) => reserve_cover,
+    AdjustCover(AdjustCoverRequest) => adjust_cover,
     ReleaseCover(ReleaseCoverRequest) => release_cover,
     GetCover(GetCoverRequest) => get_cover,
     RecordCompletedContract(RecordCompletedContractRequest) => record_completed_contract,
@@ -357,6 +358,13 @@ pub fn every_call(supplier_id: &str, key: &str) -> Vec<Call> {
             supplier_id: id(),
             contract_id: "contract-1".into(),
             amount: usd(1_000),
+        }),
+        Call::AdjustCover(pb::AdjustCoverRequest {
+            idempotency_key: key("adjust"),
+            supplier_id: id(),
+            contract_id: "contract-1".into(),
+            amount: usd(2_000),
+            contract_version: 2,
         }),
         Call::ReleaseCover(pb::ReleaseCoverRequest {
             idempotency_key: key("release"),
