@@ -556,6 +556,7 @@ fn settles(release: bool) -> impl Strategy<Value = Settles> {
     if release {
         prop_oneof![
             (0u8..3).prop_map(|m| Settles::Milestone(format!("d{m}"))),
+            Just(Settles::Acceptance),
             claim
         ]
         .boxed()

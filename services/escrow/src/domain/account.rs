@@ -126,8 +126,10 @@ impl ScheduledPayment {
 /// purpose moves money at most once.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Settles {
-    /// A contract milestone (goods accepted, say).
+    /// A payment milestone's share (the deposit, say).
     Milestone(String),
+    /// The goods were accepted (releases only).
+    Acceptance,
     /// A claim's outcome.
     Claim(String),
     /// The contract's cancellation (refunds only).
@@ -284,12 +286,15 @@ impl EscrowAccount {
             (Action::Release, Settles::Milestone(m)) => {
                 ("release", Purpose::release_milestone(self.id, m))
             }
+            (Action::Release, Settles::Acceptance) => {
+                ("release", Purpose::release_acceptance(self.id))
+            }
             (Action::Release, Settles::Claim(c)) => ("release", Purpose::release_claim(self.id, c)),
             (Action::Refund, Settles::Claim(c)) => ("refund", Purpose::refund_claim(self.id, c)),
             (Action::Refund, Settles::Cancellation) => {
                 ("refund", Purpose::refund_cancellation(self.id))
             }
-            (Action::Refund, Settles::Milestone(_)) => {
+            (Action::Refund, Settles::Milestone(_) | Settles::Acceptance) => {
                 return Err(ServiceError::invalid(
                     "purpose",
                     "a refund settles a claim or the cancellation",

@@ -193,6 +193,11 @@ impl Purpose {
         Self::escrow(escrow_account, format!("release:milestone:{milestone_id}"))
     }
 
+    /// The goods were accepted: everything held goes to the supplier.
+    pub fn release_acceptance(escrow_account: Uuid) -> Self {
+        Self::escrow(escrow_account, "release:acceptance".into())
+    }
+
     pub fn release_claim(escrow_account: Uuid, claim_id: &str) -> Self {
         Self::escrow(escrow_account, format!("release:claim:{claim_id}"))
     }

@@ -263,6 +263,14 @@ fn purposes_fit_their_direction() {
         a.authorize_outflow(Action::Release, &Settles::Cancellation),
         Err(ServiceError::InvalidArgument(_))
     ));
+    assert!(matches!(
+        a.authorize_outflow(Action::Refund, &Settles::Acceptance),
+        Err(ServiceError::InvalidArgument(_))
+    ));
+    let purpose = a
+        .authorize_outflow(Action::Release, &Settles::Acceptance)
+        .unwrap();
+    assert_eq!(purpose.key, "release:acceptance");
 }
 
 #[test]
