@@ -13,7 +13,10 @@ use ta_runtime::{
 };
 use time::{Duration, OffsetDateTime, Weekday};
 
-use super::quality::{Comparator, Decimal, Requirement};
+use super::{
+    negotiation::Protection,
+    quality::{Comparator, Decimal, Requirement},
+};
 
 const MAX_LINE_ITEMS: usize = 200;
 const MAX_SPECIFICATIONS: usize = 200;
@@ -101,6 +104,7 @@ pub enum Inspection {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Terms {
+    pub protection: Protection,
     pub title: String,
     pub line_items: Vec<LineItem>,
     pub quality_criteria: Vec<QualityCriterion>,
@@ -130,6 +134,17 @@ impl Terms {
         };
         let field = |name: &str| format!("{prefix}.{name}");
         let before = violations.len();
+        let protection = match terms.protection() {
+            pb::Protection::TradeAssurance => Some(Protection::TradeAssurance),
+            pb::Protection::None => Some(Protection::None),
+            pb::Protection::Unspecified => {
+                violations.add(
+                    field("protection"),
+                    "is required: PROTECTION_TRADE_ASSURANCE or PROTECTION_NONE",
+                );
+                None
+            }
+        };
         let title = require_text(&field("title"), &terms.title, 200, violations);
         let (line_items, total) = line_items(&terms.line_items, &field("line_items"), violations);
         let skus: HashSet<&str> = line_items.iter().map(|l| l.sku.as_str()).collect();
@@ -201,6 +216,7 @@ impl Terms {
         }
         let (scheme, milestones, pay_later) = payment?;
         Some(Terms {
+            protection: protection?,
             title,
             line_items,
             quality_criteria,

@@ -103,6 +103,7 @@ fn terms() -> pb::ContractTerms {
         }),
         inspection_period_days: 7,
         claim_window_days: 0,
+        protection: pb::Protection::TradeAssurance.into(),
     }
 }
 
@@ -196,6 +197,7 @@ fn every_bad_field_is_named_at_once() {
     t.payment_terms.as_mut().unwrap().milestones[1].share_basis_points = 6_000;
     t.inspection_period_days = 31;
     t.claim_window_days = 400;
+    t.protection = pb::Protection::Unspecified.into();
     let message = validate(&t).unwrap_err();
     for field in [
         "terms.title",
@@ -214,6 +216,7 @@ fn every_bad_field_is_named_at_once() {
         "terms.payment_terms.milestones",
         "terms.inspection_period_days",
         "terms.claim_window_days",
+        "terms.protection",
     ] {
         assert!(
             message.contains(&format!("{field}:")),
@@ -344,7 +347,7 @@ mod fulfilment {
             outcome: outcome.into(),
             measured_value: measured.into(),
             note: String::new(),
-            evidence_refs: vec![],
+            evidence_sha256: vec![],
         }
     }
 
