@@ -18,6 +18,10 @@
 //! `grpc-status` of the body's trailers, so the layer wraps the body. A body
 //! dropped before its trailers (the caller went away) counts as CANCELLED.
 //!
+//! tonic enters a request's span only while it polls the response future, so
+//! this layer (the outermost) calls the layers inside from that future: what
+//! they log (a refused token, a shed request) carries the request's ids.
+//!
 //! Health checks and reflection are not API traffic: they are neither counted
 //! nor timed (probes would drown the figures). A path that is not one of the
 //! served methods is labelled `_OTHER`, so unknown paths cannot blow up the
@@ -292,9 +296,13 @@ pub struct RpcMetrics<S> {
 
 impl<S, B> tower::Service<http::Request<B>> for RpcMetrics<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -307,19 +315,24 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
         let path = request.uri().path();
-        if is_infrastructure(path) {
-            return Box::pin(self.inner.call(request));
-        }
-        let (service, method) = match split_path(path) {
-            Some(names) if self.served.contains(path) => names,
-            _ => (OTHER, OTHER),
-        };
-        let (service, method) = (service.to_owned(), method.to_owned());
+        let labels = (!is_infrastructure(path)).then(|| match split_path(path) {
+            Some((service, method)) if self.served.contains(path) => {
+                (service.to_owned(), method.to_owned())
+            }
+            _ => (OTHER.to_owned(), OTHER.to_owned()),
+        });
         let instruments = self.instruments.clone();
-        let work = self.inner.call(request);
+        // tonic enters the request's span (`trace_fn`) only while polling
+        // this future, not while the service is called. The layers inside
+        // are called from the future, so their log lines (a refused token,
+        // a shed request) belong to the request's span too; the service
+        // that was polled ready goes into the future, a clone stays.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            // tonic enters the request's span (`trace_fn`) only while polling
-            // this future, not while the service is called: take it here.
+            let Some((service, method)) = labels else {
+                return inner.call(request).await;
+            };
             let mut call = Call::start(
                 instruments,
                 &service,
@@ -327,7 +340,7 @@ where
                 started,
                 tracing::Span::current(),
             );
-            match work.await {
+            match inner.call(request).await {
                 Ok(response) => Ok(call.observe(response)),
                 Err(error) => {
                     // tonic answers an error of the stack with UNKNOWN.
@@ -560,6 +573,34 @@ mod tests {
             .collect();
         assert_eq!(requests.len(), 1);
         assert_eq!(requests[0].3, Code::Cancelled as i64);
+    }
+
+    #[tokio::test]
+    async fn the_layers_inside_are_called_in_the_requests_span() {
+        use tracing::Instrument as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        let metrics = Metrics::new();
+        let service = tower::service_fn(|_request: http::Request<()>| {
+            let span = tracing::Span::current()
+                .metadata()
+                .map(|m| m.name())
+                .unwrap_or("none");
+            async move {
+                assert_eq!(span, "grpc.request");
+                Ok::<_, Infallible>(tonic::Status::not_found("no").into_http())
+            }
+        });
+        let _default = tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::INFO),
+        );
+        let call = metrics.layer().layer(service).oneshot(request(GET));
+        // As tonic does: the span is entered while the future is polled.
+        let response = call
+            .instrument(tracing::info_span!("grpc.request"))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["grpc-status"], "5");
     }
 
     #[test]
