@@ -50,3 +50,64 @@ pub(crate) async fn wait_for_shutdown(shutdown: &mut Shutdown) {
     // A dropped sender counts as shutdown: nobody can stop us any more otherwise.
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
+
+/// Publishes the figures of this service's workflow tables as OpenTelemetry
+/// gauges, sampled every `every` until `shutdown` (a worker for
+/// [`Workers::with`]): `ta.workflow.outbox.pending` and `.parked` (calls),
+/// `ta.workflow.outbox.oldest_pending_age` (s), `ta.workflow.timers.overdue`
+/// (timers) and `ta.workflow.timers.oldest_overdue_age` (s). A failed sample
+/// is logged and the previous values stay.
+pub async fn report_gauges(
+    pool: sqlx::PgPool,
+    schema: Schema,
+    every: std::time::Duration,
+    shutdown: Shutdown,
+) {
+    use ta_runtime::telemetry::{gauge, sample_every};
+    let pending = gauge(
+        "ta.workflow.outbox.pending",
+        "Outbox calls not yet delivered",
+        "{call}",
+    );
+    let parked = gauge(
+        "ta.workflow.outbox.parked",
+        "Outbox calls parked after their attempts",
+        "{call}",
+    );
+    let oldest_pending = gauge(
+        "ta.workflow.outbox.oldest_pending_age",
+        "Age of the oldest undelivered outbox call",
+        "s",
+    );
+    let overdue = gauge(
+        "ta.workflow.timers.overdue",
+        "Scheduled timers past their due time",
+        "{timer}",
+    );
+    let oldest_overdue = gauge(
+        "ta.workflow.timers.oldest_overdue_age",
+        "How long ago the oldest overdue timer was due",
+        "s",
+    );
+    let (outbox, timers) = (outbox::Outbox::new(schema), timers::Timers::new(schema));
+    let seconds = |age: Option<std::time::Duration>| age.map_or(0.0, |age| age.as_secs_f64());
+    #[allow(clippy::cast_precision_loss)]
+    sample_every(every, shutdown, || async {
+        match outbox.backlog(&pool).await {
+            Ok(backlog) => {
+                pending.set(backlog.pending as f64, &[]);
+                parked.set(backlog.parked as f64, &[]);
+                oldest_pending.set(seconds(backlog.oldest_pending_age), &[]);
+            }
+            Err(error) => tracing::debug!(?error, "outbox backlog not sampled"),
+        }
+        match timers.overdue(&pool).await {
+            Ok(late) => {
+                overdue.set(late.count as f64, &[]);
+                oldest_overdue.set(seconds(late.oldest_age), &[]);
+            }
+            Err(error) => tracing::debug!(?error, "overdue timers not sampled"),
+        }
+    })
+    .await;
+}
