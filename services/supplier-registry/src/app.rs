@@ -194,12 +194,7 @@ impl Registry {
         command: &AdjustCover,
     ) -> Result<(Reservation, Supplier), ServiceError> {
         let mut supplier = storage::lock_supplier(tx, command.supplier_id).await?;
-        let mut reservation = storage::find_reservation(tx, &command.contract_id)
-            .await?
-            .filter(|r| r.supplier_id == command.supplier_id)
-            .ok_or_else(|| {
-                ServiceError::not_found("cover reservation for contract", &command.contract_id)
-            })?;
+        let mut reservation = reservation_of(tx, command.supplier_id, &command.contract_id).await?;
         if !reservation.is_active() {
             return Err(ServiceError::FailedPrecondition(format!(
                 "the cover of contract {} was released; released cover is not adjusted",
@@ -244,12 +239,7 @@ impl Registry {
         command: &ReleaseCover,
     ) -> Result<(Reservation, Supplier), ServiceError> {
         let mut supplier = storage::lock_supplier(tx, command.supplier_id).await?;
-        let mut reservation = storage::find_reservation(tx, &command.contract_id)
-            .await?
-            .filter(|r| r.supplier_id == command.supplier_id)
-            .ok_or_else(|| {
-                ServiceError::not_found("cover reservation for contract", &command.contract_id)
-            })?;
+        let mut reservation = reservation_of(tx, command.supplier_id, &command.contract_id).await?;
         let now = timestamps::now();
         if storage::release_reservation(tx, &command.contract_id, now).await? {
             supplier.release_cover(reservation.amount()?)?;
@@ -389,6 +379,19 @@ impl Registry {
         };
         Ok((supplier, restricted))
     }
+}
+
+/// The supplier's reservation for `contract_id` (NOT_FOUND for another
+/// supplier's: its existence is not the caller's business).
+async fn reservation_of(
+    tx: &mut PgConnection,
+    supplier_id: Uuid,
+    contract_id: &str,
+) -> Result<Reservation, ServiceError> {
+    storage::find_reservation(tx, contract_id)
+        .await?
+        .filter(|r| r.supplier_id == supplier_id)
+        .ok_or_else(|| ServiceError::not_found("cover reservation for contract", contract_id))
 }
 
 /// A contract's existing reservation: the same request again is answered with

@@ -42,8 +42,13 @@ use tonic::{Code, codegen::http::uri::PathAndQuery};
 use tracing::Instrument;
 
 use crate::{
-    Schema, Shutdown, config::OutboxConfig, credentials::ServiceCredentials, peers::Peers,
-    raw::RawCodec, retry::backoff, trace::StoredTrace, wait_for_shutdown,
+    Schema, Shutdown,
+    config::OutboxConfig,
+    credentials::ServiceCredentials,
+    peers::Peers,
+    raw::RawCodec,
+    retry::{Pace, backoff, poll_until_shutdown},
+    trace::StoredTrace,
 };
 
 /// A relay's claim outlives the call's deadline by this much, so the answer
@@ -394,37 +399,14 @@ impl<H: CompletionHandler> Relay<H> {
     /// Delivers until `shutdown`: a batch at a time, waiting the poll interval
     /// only when nothing was due. A batch in flight is finished first (each
     /// call is bounded by its deadline).
-    pub async fn run(self, mut shutdown: Shutdown) {
-        let mut failures = 0;
-        loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            let pause = match self.deliver_due().await {
-                Ok(done) => {
-                    failures = 0;
-                    // A full batch suggests more is due: look again at once.
-                    if done == self.config.batch_size as usize {
-                        Duration::ZERO
-                    } else {
-                        self.config.poll_interval
-                    }
-                }
-                Err(error) => {
-                    failures += 1;
-                    let pause =
-                        backoff(failures, self.config.poll_interval, self.config.backoff_cap);
-                    tracing::warn!(%error, retry_in = ?pause, schema = %self.outbox.schema, "outbox relay cannot claim rows");
-                    pause
-                }
-            };
-            if !pause.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = wait_for_shutdown(&mut shutdown) => return,
-                }
-            }
-        }
+    pub async fn run(self, shutdown: Shutdown) {
+        let pace = Pace {
+            poll_interval: self.config.poll_interval,
+            backoff_cap: self.config.backoff_cap,
+            batch_size: self.config.batch_size as usize,
+        };
+        let what = format!("outbox relay of {} cannot claim rows", self.outbox.schema);
+        poll_until_shutdown(shutdown, pace, &what, || self.deliver_due()).await;
     }
 
     /// Claims one batch of due rows and delivers them concurrently; returns

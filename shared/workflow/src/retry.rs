@@ -1,7 +1,61 @@
 //! Capped exponential backoff with jitter, shared by the relay, the timer
-//! worker and the consumer.
+//! worker and the consumer, and the polling loop of the first two.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
+
+use ta_runtime::ServiceError;
+
+use crate::{Shutdown, wait_for_shutdown};
+
+/// How a polling worker paces itself.
+pub(crate) struct Pace {
+    pub poll_interval: Duration,
+    pub backoff_cap: Duration,
+    pub batch_size: usize,
+}
+
+/// Runs `step` (one batch; returns how many items it claimed) until
+/// `shutdown`: again at once after a full batch (more is probably due), after
+/// the poll interval otherwise, and with backoff while it fails. `what` names
+/// the worker in the warning logged on a failure.
+pub(crate) async fn poll_until_shutdown<F, Fut>(
+    mut shutdown: Shutdown,
+    pace: Pace,
+    what: &str,
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<usize, ServiceError>>,
+{
+    let mut failures = 0;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let pause = match step().await {
+            Ok(done) => {
+                failures = 0;
+                if done == pace.batch_size {
+                    Duration::ZERO
+                } else {
+                    pace.poll_interval
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                let pause = backoff(failures, pace.poll_interval, pace.backoff_cap);
+                tracing::warn!(%error, retry_in = ?pause, "{what}");
+                pause
+            }
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = wait_for_shutdown(&mut shutdown) => return,
+            }
+        }
+    }
+}
 
 /// The delay before attempt `failures + 1`: `base * 2^(failures-1)`, capped,
 /// then drawn uniformly from its upper half ("equal jitter"), so replicas that

@@ -19,7 +19,10 @@ use ta_runtime::ServiceError;
 use tracing::Instrument;
 
 use crate::{
-    Schema, Shutdown, config::TimerConfig, retry::backoff, trace::StoredTrace, wait_for_shutdown,
+    Schema, Shutdown,
+    config::TimerConfig,
+    retry::{Pace, backoff, poll_until_shutdown},
+    trace::StoredTrace,
 };
 
 /// The timers table of one service's schema.
@@ -199,36 +202,16 @@ impl<H: TimerHandler> TimerWorker<H> {
 
     /// Fires due timers until `shutdown`, waiting the poll interval only when
     /// none was due.
-    pub async fn run(self, mut shutdown: Shutdown) {
-        let mut failures = 0;
-        loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            let pause = match self.fire_due().await {
-                Ok(done) => {
-                    failures = 0;
-                    // A full batch suggests more is due: look again at once.
-                    if done == self.config.batch_size as usize {
-                        Duration::ZERO
-                    } else {
-                        self.config.poll_interval
-                    }
-                }
-                Err(error) => {
-                    failures += 1;
-                    let pause = backoff(failures, self.config.poll_interval, self.config.retry_cap);
-                    tracing::warn!(%error, retry_in = ?pause, "timer worker cannot claim timers");
-                    pause
-                }
-            };
-            if !pause.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = wait_for_shutdown(&mut shutdown) => return,
-                }
-            }
-        }
+    pub async fn run(self, shutdown: Shutdown) {
+        let pace = Pace {
+            poll_interval: self.config.poll_interval,
+            backoff_cap: self.config.retry_cap,
+            batch_size: self.config.batch_size as usize,
+        };
+        poll_until_shutdown(shutdown, pace, "timer worker cannot claim timers", || {
+            self.fire_due()
+        })
+        .await;
     }
 
     /// Fires up to a batch of due timers, one transaction each; returns how
