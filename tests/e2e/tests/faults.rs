@@ -33,17 +33,17 @@ const AMOUNT_MINOR: i64 = 100;
 /// one (so it can be stopped without disturbing other tests). Destroyed on drop.
 struct PrivateCluster {
     data_dir: TempDir,
-    port: u16,
     url: String,
 }
 
 impl PrivateCluster {
     fn start() -> Self {
         let data_dir = TempDir::new("pg-restart");
-        let port = free_port();
+        // The script picks a free port and records it with the cluster, so a
+        // restart comes back on the same one (a port chosen here could be
+        // taken by another test before the script binds it).
         let mut cluster = Self {
             url: String::new(),
-            port,
             data_dir,
         };
         let output = cluster.script("start");
@@ -69,7 +69,7 @@ impl PrivateCluster {
             .arg(action)
             .env_remove("DATABASE_URL")
             .env("TA_PG_DATA_DIR", self.data_path())
-            .env("TA_PG_PORT", self.port.to_string())
+            .env_remove("TA_PG_PORT")
             .output()
             .expect("run dev-postgres.sh");
         assert!(
@@ -271,12 +271,11 @@ fn a_postgres_restart_under_load_is_unavailable_and_every_retried_call_applies_o
 
         let stopping = tokio::task::spawn_blocking({
             let data_path = cluster.data_path();
-            let port = cluster.port;
             move || {
                 let output = Command::new(repo_root().join("scripts/dev-postgres.sh"))
                     .arg("stop")
                     .env("TA_PG_DATA_DIR", data_path)
-                    .env("TA_PG_PORT", port.to_string())
+                    .env_remove("TA_PG_PORT")
                     .output()
                     .expect("stop");
                 assert!(output.status.success(), "{output:?}");
@@ -289,13 +288,12 @@ fn a_postgres_restart_under_load_is_unavailable_and_every_retried_call_applies_o
         tokio::time::sleep(Duration::from_secs(2)).await;
         let starting = tokio::task::spawn_blocking({
             let data_path = cluster.data_path();
-            let port = cluster.port;
             move || {
                 let output = Command::new(repo_root().join("scripts/dev-postgres.sh"))
                     .arg("start")
                     .env_remove("DATABASE_URL")
+                    .env_remove("TA_PG_PORT")
                     .env("TA_PG_DATA_DIR", data_path)
-                    .env("TA_PG_PORT", port.to_string())
                     .output()
                     .expect("start");
                 assert!(output.status.success(), "{output:?}");
