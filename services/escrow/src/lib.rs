@@ -5,4 +5,6 @@
 
 pub mod app;
 pub mod domain;
+pub mod gateway;
 pub mod storage;
+pub mod webhook;
