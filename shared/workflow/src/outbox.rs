@@ -493,7 +493,8 @@ impl<H: CompletionHandler> Relay<H> {
             .map_err(|e| e.to_string())?;
         let path = PathAndQuery::try_from(delivery.method.as_str())
             .map_err(|e| format!("malformed method path: {e}"))?;
-        let mut grpc = tonic::client::Grpc::new(channel);
+        // A client span and client metrics per call, like any other call.
+        let mut grpc = tonic::client::Grpc::new(ta_runtime::client::traced(channel));
         grpc.ready()
             .await
             .map_err(|e| format!("UNAVAILABLE: {e}"))?;

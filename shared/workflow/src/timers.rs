@@ -255,7 +255,8 @@ impl<H: TimerHandler> TimerWorker<H> {
             timer.kind = %timer.kind,
             timer.subject_id = %timer.subject_id,
         );
-        trace.parent(&span);
+        // A trace of its own, linked to the one that set the timer.
+        trace.link(&span);
         async {
             // Marked first, so a handler that schedules the same kind for the
             // same subject again creates a new timer instead of editing this one.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use opentelemetry::{global, propagation::Extractor};
+use opentelemetry::{global, propagation::Extractor, trace::TraceContextExt};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The W3C trace context of the span current when a row was written.
@@ -33,6 +33,23 @@ impl StoredTrace {
         let parent = global::get_text_map_propagator(|p| p.extract(self));
         // Fails only without an OpenTelemetry layer; then there is no trace to join.
         let _ = span.set_parent(parent);
+    }
+}
+
+impl StoredTrace {
+    /// Links `span` to the stored context without joining its trace: for work
+    /// that runs long after what caused it (a timer firing days later), a
+    /// trace of its own that points back is easier to read than one trace
+    /// spanning days.
+    pub fn link(&self, span: &tracing::Span) {
+        if self.traceparent.is_none() {
+            return;
+        }
+        let context = global::get_text_map_propagator(|p| p.extract(self));
+        let cause = context.span().span_context().clone();
+        if cause.is_valid() {
+            span.add_link(cause);
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! The trace context travels with the work: a call written in a trace is
 //! delivered in it, the receiver's feed event carries it, the consumer applies
-//! that event in it, and a timer scheduled in it fires in it.
+//! that event in it, and a timer scheduled in it fires in a trace of its own
+//! linked to it.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use opentelemetry::trace::TracerProvider as _;
 use sqlx::PgPool;
@@ -15,11 +16,19 @@ use crate::common::*;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
+/// The spans this test process finished.
+fn exported() -> &'static opentelemetry_sdk::trace::InMemorySpanExporter {
+    static EXPORTER: OnceLock<opentelemetry_sdk::trace::InMemorySpanExporter> = OnceLock::new();
+    EXPORTER.get_or_init(opentelemetry_sdk::trace::InMemorySpanExporter::default)
+}
+
 fn install_tracing() {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exported().clone())
+        .build();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("workflow-tests")));
     // Another test of this process may have installed it already.
@@ -97,9 +106,19 @@ async fn work_continues_the_trace_that_caused_it(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .expect("fired");
-    assert_eq!(
-        fired, TRACE_ID,
-        "the timer fired in the trace that scheduled it"
+    assert_ne!(fired, TRACE_ID, "the timer fired in a trace of its own");
+    let spans = exported().get_finished_spans().expect("spans");
+    let fire = spans
+        .iter()
+        .find(|span| span.name == "timer deadline")
+        .expect("the timer's span was exported");
+    assert_eq!(fire.span_context.trace_id().to_string(), fired);
+    assert!(
+        fire.links
+            .iter()
+            .any(|link| link.span_context.trace_id().to_string() == TRACE_ID),
+        "the timer's span links to the trace that scheduled it: {:?}",
+        fire.links
     );
     probe.stop().await;
 }
