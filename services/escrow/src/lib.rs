@@ -1,10 +1,92 @@
-//! The escrow service's library: `domain` (pure rules: the ledger and the
-//! escrow account's state machine), `storage` (the Postgres ledger and
-//! accounts) and `app` (use cases, each inside the caller's transaction).
-//! The gRPC API is not served yet (see `main.rs`).
+//! The escrow service: `domain` (pure rules: the ledger and the escrow
+//! account's state machine), `storage` (the Postgres ledger, accounts and
+//! the API's records), `app` (use cases, each inside the caller's
+//! transaction), `gateway` (the payment gateway and its sandbox), `webhook`
+//! (signature checks), `flows` (events, deadlines, payouts), `grpc` (the
+//! transport), and the wiring below.
 
 pub mod app;
+pub mod config;
 pub mod domain;
+pub mod flows;
 pub mod gateway;
+pub mod grpc;
 pub mod storage;
 pub mod webhook;
+
+use std::sync::Arc;
+
+use ta_proto::escrow::escrow_service_server::EscrowServiceServer;
+use ta_runtime::{
+    auth::MethodPolicy,
+    server::{Api, ServiceSpec},
+};
+use ta_workflow::{
+    admin::{self, WorkflowAdmin},
+    feed::Feed,
+    timers::{TimerWorker, Timers},
+};
+
+use crate::{
+    flows::{EscrowTimers, Flows},
+    gateway::PaymentGateway,
+};
+
+pub const ESCROW_SERVICE: &str = "tradeassurance.escrow.v1.EscrowService";
+
+pub const SPEC: ServiceSpec = ServiceSpec {
+    name: "escrow",
+    schema: storage::SCHEMA,
+    default_port: 50053,
+    grpc_services: &[ESCROW_SERVICE, admin::SERVICE_NAME],
+    migrator: &storage::MIGRATOR,
+};
+
+/// The service's routes, policy, preparation (the workflow tables, the
+/// first payout run) and background work (the timer worker) over `pool`,
+/// paying through `gateway`.
+pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn PaymentGateway>) -> Api {
+    let schema = flows::schema();
+    let (stop_streams, streams_end) = ta_workflow::shutdown_channel();
+    let flows = Arc::new(Flows {
+        gateway,
+        feed: Feed::new(schema, flows::FEED).ending_on(streams_end),
+        timers: Timers::new(schema),
+        settings: config.settings(),
+    });
+    let limit = config.common.server.max_message_bytes;
+    let escrow = EscrowServiceServer::new(grpc::EscrowApi::new(
+        pool.clone(),
+        flows.clone(),
+        config.workflow.feed.clone(),
+    ))
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let admin = WorkflowAdmin::new(pool.clone(), schema).into_server();
+    let mut routes = tonic::service::Routes::new(escrow);
+    routes = routes.add_service(admin);
+    let worker = TimerWorker::new(
+        pool,
+        Timers::new(schema),
+        Arc::new(EscrowTimers {
+            flows: flows.clone(),
+        }),
+        config.workflow.timers.clone(),
+    );
+    let payout_interval = config.payout_interval;
+    Api::new(routes, MethodPolicy::declared_for(SPEC.grpc_services))
+        .prepared_by(move |pool| async move {
+            ta_workflow::install(&pool, schema)
+                .await
+                .map_err(|e| e.to_string())?;
+            flows::ensure_payout_timer(&pool, &Timers::new(schema), payout_interval)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .with_background(move |draining| worker.run(draining))
+        .with_background(move |mut draining| async move {
+            // Open event streams end when the server drains.
+            let _ = draining.wait_for(|d| *d).await;
+            let _ = stop_streams.send(true);
+        })
+}

@@ -1,21 +1,13 @@
-//! The escrow service. Its API (`proto/tradeassurance/escrow/v1`) is not served
-//! yet: until it is, the process owns and migrates its schema and answers
-//! health and reflection only, so the platform's shape and ports are real.
+use std::{process::ExitCode, sync::Arc};
 
-use std::process::ExitCode;
-
-use ta_runtime::server::{ServiceSpec, run_without_api};
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+use clap::Parser;
+use escrow::{SPEC, api, config::Config, gateway::SandboxGateway};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    run_without_api(ServiceSpec {
-        name: "escrow",
-        schema: "escrow",
-        default_port: 50053,
-        grpc_services: &[],
-        migrator: &MIGRATOR,
-    })
-    .await
+    let config = Config::parse();
+    let common = config.common.clone();
+    // The sandbox is the only gateway adapter so far (see gateway.rs).
+    let gateway = Arc::new(SandboxGateway::new());
+    ta_runtime::server::run(SPEC, common, |pool| api(&config, pool, gateway)).await
 }

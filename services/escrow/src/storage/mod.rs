@@ -2,6 +2,7 @@
 //! own schema, `escrow`.
 
 pub mod accounts;
+pub mod api;
 pub mod ledger;
 
 use sqlx::migrate::Migrator;

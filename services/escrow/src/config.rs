@@ -1,0 +1,112 @@
+//! Escrow's configuration: the common runtime's, the workflow machinery's,
+//! and its own (the gateway webhook secret and the deadlines of money in
+//! flight).
+
+use std::time::Duration;
+
+use clap::Parser;
+use ta_runtime::config::CommonConfig;
+use ta_workflow::WorkflowConfig;
+
+use crate::{flows::Settings, webhook::WebhookSecret};
+
+/// Escrow: one account per contract holding the buyer's money in a
+/// double-entry ledger until it is released to the supplier or refunded.
+#[derive(Parser, Debug)]
+#[command(name = "escrow", version)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonConfig,
+    #[command(flatten)]
+    pub workflow: WorkflowConfig,
+    /// The secret the payment gateway signs its webhooks with (HMAC-SHA256),
+    /// at least 32 bytes. Required: no default outside development scripts.
+    #[arg(long, env = "ESCROW_WEBHOOK_SECRET", value_name = "ESCROW_WEBHOOK_SECRET",
+          hide_env_values = true, value_parser = webhook_secret)]
+    pub webhook_secret: WebhookSecret,
+    /// How far a webhook's signed timestamp may be from now.
+    #[arg(long, env = "ESCROW_WEBHOOK_TOLERANCE", value_name = "ESCROW_WEBHOOK_TOLERANCE",
+          default_value = "5m", value_parser = within(Duration::from_secs(1), Duration::from_secs(3600)))]
+    pub webhook_tolerance: Duration,
+    /// How long a bank transfer may take before its attempt expires.
+    #[arg(long, env = "ESCROW_BANK_TRANSFER_EXPIRY", value_name = "ESCROW_BANK_TRANSFER_EXPIRY",
+          default_value = "7d", value_parser = within(Duration::from_secs(1), Duration::from_secs(90 * 86_400)))]
+    pub bank_transfer_expiry: Duration,
+    /// How long the financing partner may take to disburse a Pay Later payment.
+    #[arg(long, env = "ESCROW_PAY_LATER_EXPIRY", value_name = "ESCROW_PAY_LATER_EXPIRY",
+          default_value = "2d", value_parser = within(Duration::from_secs(1), Duration::from_secs(30 * 86_400)))]
+    pub pay_later_expiry: Duration,
+    /// How often money owed to suppliers and buyers is paid out.
+    #[arg(long, env = "ESCROW_PAYOUT_INTERVAL", value_name = "ESCROW_PAYOUT_INTERVAL",
+          default_value = "1h", value_parser = within(Duration::from_secs(1), Duration::from_secs(7 * 86_400)))]
+    pub payout_interval: Duration,
+    /// How long the gateway may take to report a payout or refund paid;
+    /// after that its hold is voided and the money is owed again.
+    #[arg(long, env = "ESCROW_PAYOUT_EXPIRY", value_name = "ESCROW_PAYOUT_EXPIRY",
+          default_value = "3d", value_parser = within(Duration::from_secs(1), Duration::from_secs(30 * 86_400)))]
+    pub payout_expiry: Duration,
+}
+
+fn webhook_secret(text: &str) -> Result<WebhookSecret, String> {
+    WebhookSecret::new(text.as_bytes().to_vec())
+}
+
+fn within(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+        if value < min || value > max {
+            return Err(format!(
+                "must be from {} to {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ));
+        }
+        Ok(value)
+    }
+}
+
+impl Config {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            webhook_secret: self.webhook_secret.clone(),
+            webhook_tolerance: self.webhook_tolerance,
+            bank_transfer_expiry: self.bank_transfer_expiry,
+            pay_later_expiry: self.pay_later_expiry,
+            payout_interval: self.payout_interval,
+            payout_expiry: self.payout_expiry,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_0123456789abcdef0123456789abcdef";
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["escrow", "--database-url", "postgres://localhost/x"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_webhook_secret_is_required_and_long_enough() {
+        let missing = parse(&[]).unwrap_err();
+        assert!(missing.contains("ESCROW_WEBHOOK_SECRET"), "{missing}");
+        let short = parse(&["--webhook-secret", "short"]).unwrap_err();
+        assert!(short.contains("at least 32 bytes"), "{short}");
+        let config = parse(&["--webhook-secret", SECRET]).unwrap();
+        assert_eq!(config.webhook_tolerance, Duration::from_secs(300));
+        assert_eq!(config.bank_transfer_expiry, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn durations_out_of_range_name_their_variable() {
+        let err = parse(&["--webhook-secret", SECRET, "--payout-interval", "0s"]).unwrap_err();
+        assert!(err.contains("ESCROW_PAYOUT_INTERVAL"), "{err}");
+    }
+}

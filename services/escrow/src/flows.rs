@@ -1,0 +1,628 @@
+//! What the API and the timers share: the gateway, the event feed, the
+//! timers, the proto views of accounts and attempts, and the flows that
+//! span them (payouts, deadlines). Everything here runs in the caller's
+//! transaction, so an event or a timer changes together with the state.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::PgConnection;
+use ta_proto::{common::Money as PbMoney, escrow as pb};
+use ta_runtime::{
+    ServiceError,
+    money::{Currency, Money},
+    timestamps,
+};
+use ta_workflow::{
+    feed::Feed,
+    timers::{DueTimer, TimerHandler, Timers},
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    app,
+    domain::{AccountKey, AccountKind, EscrowAccount, Status, funding::AttemptStatus},
+    gateway::PaymentGateway,
+    storage::{
+        accounts,
+        api::{self, AttemptView, Scheme, TransferRow},
+        ledger,
+    },
+    webhook::WebhookSecret,
+};
+
+/// The feed consumers read (`StreamEscrowEvents`).
+pub const FEED: &str = "escrow";
+/// A scheduled payment's deadline: subject `<account>/<milestone>`.
+pub const PAYMENT_DUE: &str = "payment_due";
+/// A pending funding attempt's expiry: subject the attempt's id.
+pub const ATTEMPT_EXPIRY: &str = "attempt_expiry";
+/// The periodic payout run: subject [`PAYOUT_SUBJECT`].
+pub const PAYOUT_RUN: &str = "payout_run";
+pub const PAYOUT_SUBJECT: &str = "all";
+/// Transfers one payout pass expires or starts at most.
+const PAYOUT_BATCH: i64 = 200;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub webhook_secret: WebhookSecret,
+    pub webhook_tolerance: Duration,
+    pub bank_transfer_expiry: Duration,
+    pub pay_later_expiry: Duration,
+    pub payout_interval: Duration,
+    pub payout_expiry: Duration,
+}
+
+pub struct Flows {
+    pub gateway: Arc<dyn PaymentGateway>,
+    pub feed: Feed,
+    pub timers: Timers,
+    pub settings: Settings,
+}
+
+pub fn schema() -> ta_workflow::Schema {
+    // A constant that is a plain identifier.
+    ta_workflow::Schema::new(crate::storage::SCHEMA).unwrap_or_else(|_| unreachable!())
+}
+
+pub fn money(amount_minor: i64, currency: Currency) -> PbMoney {
+    Money::new(amount_minor, currency).to_proto()
+}
+
+pub fn after(duration: Duration, now: OffsetDateTime) -> OffsetDateTime {
+    now + time::Duration::try_from(duration).unwrap_or(time::Duration::DAY)
+}
+
+fn until(at: OffsetDateTime, now: OffsetDateTime) -> Duration {
+    Duration::try_from(at - now).unwrap_or(Duration::ZERO)
+}
+
+pub fn status_to_proto(status: Status) -> pb::EscrowAccountStatus {
+    match status {
+        Status::AwaitingFunding => pb::EscrowAccountStatus::AwaitingFunding,
+        Status::PartiallyFunded => pb::EscrowAccountStatus::PartiallyFunded,
+        Status::Funded => pb::EscrowAccountStatus::Funded,
+        Status::Closed => pb::EscrowAccountStatus::Closed,
+    }
+}
+
+pub fn kind_to_proto(kind: &str) -> pb::LedgerAccountKind {
+    match AccountKind::parse(kind) {
+        Some(AccountKind::EscrowHeld) => pb::LedgerAccountKind::EscrowHeld,
+        Some(AccountKind::BuyerRefundPayable) => pb::LedgerAccountKind::BuyerRefundPayable,
+        Some(AccountKind::SupplierPayable) => pb::LedgerAccountKind::SupplierPayable,
+        Some(AccountKind::GatewayClearing) => pb::LedgerAccountKind::GatewayClearing,
+        Some(AccountKind::Suspense) => pb::LedgerAccountKind::Suspense,
+        Some(AccountKind::Fees) => pb::LedgerAccountKind::Fees,
+        Some(AccountKind::FinancingPartner) => pb::LedgerAccountKind::FinancingPartner,
+        None => pb::LedgerAccountKind::Unspecified,
+    }
+}
+
+/// A ledger account as the API names it.
+pub fn ledger_account(id: Uuid, kind: &str, owner: &str, currency: &str) -> pb::LedgerAccount {
+    let proto_kind = kind_to_proto(kind);
+    let mut account = pb::LedgerAccount {
+        ledger_account_id: id.to_string(),
+        kind: proto_kind as i32,
+        currency_code: currency.to_owned(),
+        ..Default::default()
+    };
+    match proto_kind {
+        pb::LedgerAccountKind::EscrowHeld | pb::LedgerAccountKind::BuyerRefundPayable => {
+            account.escrow_account_id = owner.to_owned();
+        }
+        pb::LedgerAccountKind::SupplierPayable => account.supplier_id = owner.to_owned(),
+        pb::LedgerAccountKind::FinancingPartner => {
+            account.financing_partner_id = owner.to_owned();
+        }
+        _ => {}
+    }
+    account
+}
+
+/// The account as the API shows it, read in `conn`'s transaction.
+pub async fn account_proto(
+    conn: &mut PgConnection,
+    account: &EscrowAccount,
+) -> Result<pb::EscrowAccount, ServiceError> {
+    let terms = api::terms(conn, account.id).await?;
+    let totals = api::totals(conn, account.id).await?;
+    let freezes = api::active_freezes(conn, account.id).await?;
+    let updated_at = api::updated_at(conn, account.id).await?;
+    let c = account.currency;
+    let next_due = account
+        .schedule
+        .iter()
+        .filter(|p| !p.is_funded())
+        .map(|p| p.due_at)
+        .min()
+        .filter(|_| account.status != Status::Closed);
+    Ok(pb::EscrowAccount {
+        payment_scheme: match terms.scheme {
+            Scheme::Direct => pb::EscrowPaymentScheme::Direct,
+            Scheme::PayLater => pb::EscrowPaymentScheme::PayLater,
+        } as i32,
+        financing_partner_id: terms.financing_partner_id,
+        escrow_account_id: account.id.to_string(),
+        contract_id: account.contract_id.clone(),
+        buyer_principal_id: account.buyer_principal_id.clone(),
+        supplier_id: account.supplier_id.clone(),
+        currency_code: c.to_string(),
+        status: status_to_proto(account.status) as i32,
+        expected_total: Some(money(
+            account.schedule.iter().map(|p| p.amount_minor).sum(),
+            c,
+        )),
+        schedule: account
+            .schedule
+            .iter()
+            .map(|p| pb::ScheduledPayment {
+                milestone_id: p.milestone_id.clone(),
+                amount: Some(money(p.amount_minor, c)),
+                due_at: Some(timestamps::to_proto(p.due_at)),
+                funded_at: None,
+            })
+            .collect(),
+        next_payment_due_at: next_due.map(timestamps::to_proto),
+        held: Some(money(totals.held, c)),
+        funded_total: Some(money(totals.funded, c)),
+        released_total: Some(money(totals.released, c)),
+        refunded_total: Some(money(totals.refunded, c)),
+        active_freezes: freezes
+            .into_iter()
+            .map(|(claim_id, reason, at)| pb::Freeze {
+                claim_id,
+                reason,
+                frozen_at: Some(timestamps::to_proto(at)),
+            })
+            .collect(),
+        created_at: Some(timestamps::to_proto(account.created_at)),
+        updated_at: Some(timestamps::to_proto(updated_at)),
+        closed_at: account.closed_at.map(timestamps::to_proto),
+        supplier_owner_principal_id: terms.supplier_owner_principal_id,
+    })
+}
+
+pub fn attempt_proto(a: &AttemptView) -> pb::FundingAttempt {
+    let currency = Currency::parse(&a.currency);
+    pb::FundingAttempt {
+        funding_attempt_id: a.id.to_string(),
+        escrow_account_id: a.escrow_account_id.to_string(),
+        milestone_id: a.milestone_id.clone(),
+        method: match a.method.as_str() {
+            "card" => pb::FundingMethod::Card,
+            "bank_transfer" => pb::FundingMethod::BankTransfer,
+            _ => pb::FundingMethod::PayLater,
+        } as i32,
+        amount: currency.map(|c| money(a.amount_minor, c)),
+        status: match AttemptStatus::parse(&a.status) {
+            Some(AttemptStatus::Pending) => pb::FundingStatus::Pending,
+            Some(AttemptStatus::Succeeded) => pb::FundingStatus::Succeeded,
+            Some(AttemptStatus::Failed) => pb::FundingStatus::Failed,
+            None => pb::FundingStatus::Unspecified,
+        } as i32,
+        gateway_reference: a.gateway_reference.clone().unwrap_or_default(),
+        failure_code: a.failure_code.clone(),
+        failure_message: a.failure_message.clone().unwrap_or_default(),
+        bank_transfer_instructions: a.iban.as_ref().map(|iban| pb::BankTransferInstructions {
+            beneficiary_name: a.beneficiary_name.clone().unwrap_or_default(),
+            iban: iban.clone(),
+            bic: a.bic.clone().unwrap_or_default(),
+            payment_reference: a.payment_reference.clone().unwrap_or_default(),
+        }),
+        financing_partner_id: a.financing_partner_id.clone().unwrap_or_default(),
+        loan_reference: a.loan_reference.clone().unwrap_or_default(),
+        hold_id: a.hold_id.map(|h| h.to_string()).unwrap_or_default(),
+        expires_at: Some(timestamps::to_proto(a.expires_at)),
+        created_at: Some(timestamps::to_proto(a.created_at)),
+        resolved_at: a.resolved_at.map(timestamps::to_proto),
+    }
+}
+
+pub fn transfer_proto(t: &TransferRow) -> pb::GatewayTransfer {
+    pb::GatewayTransfer {
+        gateway_transfer_id: t.id.to_string(),
+        direction: if t.direction == "payout" {
+            pb::GatewayTransferDirection::Payout
+        } else {
+            pb::GatewayTransferDirection::BuyerRefund
+        } as i32,
+        status: match t.status.as_str() {
+            "pending" => pb::GatewayTransferStatus::Pending,
+            "paid" => pb::GatewayTransferStatus::Paid,
+            _ => pb::GatewayTransferStatus::Failed,
+        } as i32,
+        amount: Currency::parse(&t.currency).map(|c| money(t.amount_minor, c)),
+        supplier_id: t.supplier_id.clone().unwrap_or_default(),
+        escrow_account_id: t
+            .escrow_account_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        gateway_reference: t.gateway_reference.clone(),
+        hold_id: t.id.to_string(),
+        failure_code: t.failure_code.clone(),
+        created_at: Some(timestamps::to_proto(t.created_at)),
+        resolved_at: t.resolved_at.map(timestamps::to_proto),
+    }
+}
+
+/// What an event says beside its type and account.
+#[derive(Default)]
+pub struct EventFacts<'a> {
+    pub amount_minor: Option<i64>,
+    pub milestone_id: &'a str,
+    pub funding_attempt_id: Option<Uuid>,
+    pub claim_id: &'a str,
+}
+
+impl Flows {
+    /// Appends an event about `account` (re-read, as it is after the change)
+    /// in the caller's transaction.
+    pub async fn emit(
+        &self,
+        conn: &mut PgConnection,
+        kind: pb::EscrowEventType,
+        account_id: Uuid,
+        facts: EventFacts<'_>,
+    ) -> Result<pb::EscrowAccount, ServiceError> {
+        let account = accounts::get_account(conn, account_id).await?;
+        let view = account_proto(conn, &account).await?;
+        let event = pb::EscrowEvent {
+            sequence: 0,
+            r#type: kind as i32,
+            occurred_at: Some(timestamps::to_proto(timestamps::now())),
+            escrow_account_id: account.id.to_string(),
+            contract_id: account.contract_id.clone(),
+            amount: facts.amount_minor.map(|a| money(a, account.currency)),
+            milestone_id: facts.milestone_id.to_owned(),
+            funding_attempt_id: facts
+                .funding_attempt_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            claim_id: facts.claim_id.to_owned(),
+            account: Some(view.clone()),
+        };
+        let name = kind
+            .as_str_name()
+            .trim_start_matches("ESCROW_EVENT_TYPE_")
+            .to_owned();
+        self.feed
+            .append(conn, &name, &account.id.to_string(), &event)
+            .await?;
+        Ok(view)
+    }
+
+    /// Emits FUNDED when the account just became fully funded.
+    pub async fn emit_funding(
+        &self,
+        conn: &mut PgConnection,
+        before: Status,
+        attempt: &AttemptView,
+        posted_minor: i64,
+    ) -> Result<(), ServiceError> {
+        self.emit(
+            conn,
+            pb::EscrowEventType::PaymentSucceeded,
+            attempt.escrow_account_id,
+            EventFacts {
+                amount_minor: Some(posted_minor),
+                milestone_id: &attempt.milestone_id,
+                funding_attempt_id: Some(attempt.id),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let account = accounts::get_account(conn, attempt.escrow_account_id).await?;
+        if account.status == Status::Funded && before != Status::Funded {
+            self.emit(
+                conn,
+                pb::EscrowEventType::Funded,
+                account.id,
+                EventFacts::default(),
+            )
+            .await?;
+        }
+        if account.schedule.iter().all(|p| p.is_funded()) || posted_minor > 0 {
+            self.sync_deadlines(conn, &account).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn emit_payment_failed(
+        &self,
+        conn: &mut PgConnection,
+        attempt: &AttemptView,
+    ) -> Result<(), ServiceError> {
+        self.emit(
+            conn,
+            pb::EscrowEventType::PaymentFailed,
+            attempt.escrow_account_id,
+            EventFacts {
+                milestone_id: &attempt.milestone_id,
+                funding_attempt_id: Some(attempt.id),
+                ..Default::default()
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// One deadline timer per unfunded payment of an open account; funded
+    /// ones (and all of a closed account) cancelled.
+    pub async fn sync_deadlines(
+        &self,
+        conn: &mut PgConnection,
+        account: &EscrowAccount,
+    ) -> Result<(), ServiceError> {
+        let now = timestamps::now();
+        for payment in &account.schedule {
+            let subject = format!("{}/{}", account.id, payment.milestone_id);
+            if payment.is_funded() || account.status == Status::Closed {
+                self.timers.cancel(conn, PAYMENT_DUE, &subject).await?;
+            } else {
+                self.timers
+                    .schedule_after(conn, PAYMENT_DUE, &subject, until(payment.due_at, now), &[])
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn cancel_deadline(
+        &self,
+        conn: &mut PgConnection,
+        account_id: Uuid,
+        milestone_id: &str,
+    ) -> Result<(), ServiceError> {
+        self.timers
+            .cancel(conn, PAYMENT_DUE, &format!("{account_id}/{milestone_id}"))
+            .await
+            .map(drop)
+    }
+
+    /// Sends what is owed to suppliers (all, or one supplier or currency)
+    /// through the gateway: one payout per supplier and currency, each a
+    /// hold on its payable. `key` makes the gateway calls idempotent.
+    pub async fn run_payouts(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        supplier_id: Option<&str>,
+        currency: Option<Currency>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<TransferRow>, ServiceError> {
+        let mut sent = Vec::new();
+        for payable in
+            api::payable_accounts(conn, AccountKind::SupplierPayable, supplier_id, currency).await?
+        {
+            let available = ledger::balance(conn, &payable).await?.available();
+            if available <= 0 {
+                continue;
+            }
+            let payout_id = Uuid::now_v7();
+            let amount = Money::new(available, payable.currency);
+            app::start_payout(
+                conn,
+                &payable.owner,
+                payable.currency,
+                payout_id,
+                available,
+                after(self.settings.payout_expiry, now),
+            )
+            .await?;
+            let gateway_key = format!("{key}:payout:{}:{}", payable.owner, payable.currency);
+            let reference = self
+                .gateway
+                .send_transfer(&gateway_key, &payable.owner, amount)
+                .await?;
+            let row = TransferRow {
+                id: payout_id,
+                direction: "payout".into(),
+                status: "pending".into(),
+                supplier_id: Some(payable.owner.clone()),
+                escrow_account_id: None,
+                currency: payable.currency.to_string(),
+                amount_minor: available,
+                gateway_reference: reference,
+                failure_code: String::new(),
+                created_at: now,
+                resolved_at: None,
+            };
+            api::insert_transfer(conn, &row).await?;
+            sent.push(row);
+        }
+        Ok(sent)
+    }
+
+    /// Pays refunds owed to buyers back out through the gateway.
+    pub async fn run_buyer_refunds(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<TransferRow>, ServiceError> {
+        let mut sent = Vec::new();
+        for payable in
+            api::payable_accounts(conn, AccountKind::BuyerRefundPayable, None, None).await?
+        {
+            let Ok(account_id) = Uuid::parse_str(&payable.owner) else {
+                continue;
+            };
+            let available = ledger::balance(conn, &payable).await?.available();
+            if available <= 0 {
+                continue;
+            }
+            let refund_id = Uuid::now_v7();
+            app::start_buyer_refund_payout(
+                conn,
+                account_id,
+                refund_id,
+                available,
+                after(self.settings.payout_expiry, now),
+            )
+            .await?;
+            let gateway_key = format!("{key}:refund:{account_id}");
+            let reference = self
+                .gateway
+                .send_transfer(
+                    &gateway_key,
+                    &account_id.to_string(),
+                    Money::new(available, payable.currency),
+                )
+                .await?;
+            let row = TransferRow {
+                id: refund_id,
+                direction: "buyer_refund".into(),
+                status: "pending".into(),
+                supplier_id: None,
+                escrow_account_id: Some(account_id),
+                currency: payable.currency.to_string(),
+                amount_minor: available,
+                gateway_reference: reference,
+                failure_code: String::new(),
+                created_at: now,
+                resolved_at: None,
+            };
+            api::insert_transfer(conn, &row).await?;
+            sent.push(row);
+        }
+        Ok(sent)
+    }
+
+    /// Fails payouts and refunds the gateway never reported back on: their
+    /// holds are voided, the money is owed again.
+    pub async fn expire_transfers(
+        &self,
+        conn: &mut PgConnection,
+        now: OffsetDateTime,
+    ) -> Result<usize, ServiceError> {
+        let due = api::claim_expired_transfers(conn, now, PAYOUT_BATCH).await?;
+        for id in &due {
+            ledger::void_hold(conn, *id, now).await?;
+            api::resolve_transfer(conn, *id, false, "expired", now).await?;
+        }
+        Ok(due.len())
+    }
+
+    /// Refunds money parked in suspense for `attempt` at once, through the
+    /// gateway; returns the gateway's reference of the refund.
+    pub async fn refund_suspended(
+        &self,
+        conn: &mut PgConnection,
+        attempt: &AttemptView,
+        credit_id: &str,
+        amount_minor: i64,
+    ) -> Result<String, ServiceError> {
+        let currency = Currency::parse(&attempt.currency)
+            .ok_or_else(|| ServiceError::internal("attempt in an unknown currency"))?;
+        let reference = self
+            .gateway
+            .send_transfer(
+                &format!("suspense-refund:{credit_id}"),
+                attempt.gateway_reference.as_deref().unwrap_or_default(),
+                Money::new(amount_minor, currency),
+            )
+            .await?;
+        app::refund_suspended_credit(conn, attempt.id, credit_id, amount_minor).await?;
+        Ok(reference)
+    }
+}
+
+/// The escrow's timers: payment deadlines, attempt expiries and payouts.
+pub struct EscrowTimers {
+    pub flows: Arc<Flows>,
+}
+
+impl TimerHandler for EscrowTimers {
+    async fn fire(&self, tx: &mut PgConnection, timer: &DueTimer) -> Result<(), ServiceError> {
+        let now = timestamps::now();
+        match timer.kind.as_str() {
+            PAYMENT_DUE => {
+                let Some((account, milestone)) = timer.subject_id.split_once('/') else {
+                    return Err(ServiceError::internal(
+                        "payment_due timer without a milestone",
+                    ));
+                };
+                let account_id = Uuid::parse_str(account).map_err(ServiceError::internal)?;
+                let account = accounts::lock_account(tx, account_id).await?;
+                let unpaid = account
+                    .payment(milestone)
+                    .map(|p| !p.is_funded())
+                    .unwrap_or(false);
+                if unpaid && account.status != Status::Closed {
+                    self.flows
+                        .emit(
+                            tx,
+                            pb::EscrowEventType::PaymentOverdue,
+                            account_id,
+                            EventFacts {
+                                milestone_id: milestone,
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                }
+                Ok(())
+            }
+            ATTEMPT_EXPIRY => {
+                let attempt_id =
+                    Uuid::parse_str(&timer.subject_id).map_err(ServiceError::internal)?;
+                if app::fail_funding(tx, attempt_id, "expired", now).await? {
+                    let attempt = api::attempt_view(tx, attempt_id).await?;
+                    self.flows.emit_payment_failed(tx, &attempt).await?;
+                }
+                Ok(())
+            }
+            PAYOUT_RUN => {
+                let key = format!("payout-run:{}", timer.id);
+                self.flows.expire_transfers(tx, now).await?;
+                self.flows.run_payouts(tx, &key, None, None, now).await?;
+                self.flows.run_buyer_refunds(tx, &key, now).await?;
+                self.flows
+                    .timers
+                    .schedule_after(
+                        tx,
+                        PAYOUT_RUN,
+                        PAYOUT_SUBJECT,
+                        self.flows.settings.payout_interval,
+                        &[],
+                    )
+                    .await?;
+                Ok(())
+            }
+            other => Err(ServiceError::internal(format!(
+                "unknown escrow timer kind {other}"
+            ))),
+        }
+    }
+}
+
+/// Schedules the first payout run unless one is scheduled.
+pub async fn ensure_payout_timer(
+    pool: &sqlx::PgPool,
+    timers: &Timers,
+    interval: Duration,
+) -> Result<(), ServiceError> {
+    let mut tx = pool.begin().await?;
+    let scheduled: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM escrow.workflow_timers \
+         WHERE kind = $1 AND subject_id = $2 AND status = 'scheduled')",
+    )
+    .bind(PAYOUT_RUN)
+    .bind(PAYOUT_SUBJECT)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !scheduled {
+        timers
+            .schedule_after(&mut tx, PAYOUT_RUN, PAYOUT_SUBJECT, interval, &[])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The key a supplier's or escrow account's ledger account has.
+pub fn held_key(account: &EscrowAccount) -> AccountKey {
+    AccountKey::escrow_held(account.id, account.currency)
+}
