@@ -1044,6 +1044,9 @@ async fn create_database() -> (PgPool, String, String) {
     (pool, name, url)
 }
 
+/// Sequences from this seed reach every kind of outcome.
+const SEED: u64 = 1;
+
 #[test]
 fn escrow_follows_its_reference_model() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1053,10 +1056,18 @@ fn escrow_follows_its_reference_model() {
         .unwrap();
     let (pool, name, url) = runtime.block_on(create_database());
     assert!(SHARED.set(Shared { runtime, pool }).is_ok());
+    // A fixed seed (unless PROPTEST_RNG_SEED picks another), so the check
+    // below that every kind of outcome happened cannot fail by chance; run
+    // with PROPTEST_RNG_SEED=<n> to explore other sequences.
+    let defaults = Config::default();
     let config = Config {
         cases: 64,
         failure_persistence: None,
-        ..Config::default()
+        rng_seed: match defaults.rng_seed {
+            proptest::test_runner::RngSeed::Random => proptest::test_runner::RngSeed::Fixed(SEED),
+            chosen => chosen,
+        },
+        ..defaults
     };
     let mut runner = TestRunner::new(config.clone());
     let result = runner.run(
