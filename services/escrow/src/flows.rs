@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     app,
-    domain::{AccountKey, AccountKind, EscrowAccount, Status, funding::AttemptStatus},
+    domain::{AccountKind, EscrowAccount, Status, funding::AttemptStatus},
     gateway::PaymentGateway,
     storage::{
         accounts,
@@ -620,9 +620,4 @@ pub async fn ensure_payout_timer(
     }
     tx.commit().await?;
     Ok(())
-}
-
-/// The key a supplier's or escrow account's ledger account has.
-pub fn held_key(account: &EscrowAccount) -> AccountKey {
-    AccountKey::escrow_held(account.id, account.currency)
 }
