@@ -61,6 +61,20 @@ pub struct Negotiation {
     pub signed_version: u32,
     /// Signatures on the latest version.
     pub signatures: Vec<Signature>,
+    /// An amendment to the signed terms awaiting signatures (0 when none).
+    pub pending_amendment: u32,
+    /// Signatures on the pending amendment.
+    pub amendment_signatures: Vec<Signature>,
+}
+
+/// What a signature on an amendment did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Amended {
+    /// One party signed; the other's signature is awaited.
+    First,
+    /// Both signed: the amendment is the signed version (cover and escrow
+    /// follow its total).
+    Both,
 }
 
 impl Negotiation {
@@ -72,7 +86,94 @@ impl Negotiation {
             latest_version: 1,
             signed_version: 0,
             signatures: Vec::new(),
+            pending_amendment: 0,
+            amendment_signatures: Vec::new(),
         }
+    }
+
+    /// Signed terms can be amended while the order is under way, until the
+    /// goods are received: afterwards only a claim changes what is owed.
+    fn amendable(&self) -> Result<(), ServiceError> {
+        match self.status {
+            Status::AwaitingPayment
+            | Status::PartiallyFunded
+            | Status::Funded
+            | Status::SignedUnprotected
+            | Status::Shipped => Ok(()),
+            other => Err(ServiceError::FailedPrecondition(format!(
+                "the contract is {}: only a signed contract not yet received can be amended",
+                other.as_str()
+            ))),
+        }
+    }
+
+    /// Proposes an amendment of the signed version `base_version`; returns
+    /// the amendment's version. A newer proposal replaces a pending one (its
+    /// signatures are void).
+    pub fn propose_amendment(&mut self, base_version: u32) -> Result<u32, ServiceError> {
+        self.amendable()?;
+        if base_version != self.signed_version {
+            return Err(ServiceError::Aborted(format!(
+                "version {base_version} is not the signed version (version {} is); read it and propose again",
+                self.signed_version
+            )));
+        }
+        self.latest_version += 1;
+        self.pending_amendment = self.latest_version;
+        self.amendment_signatures.clear();
+        Ok(self.latest_version)
+    }
+
+    /// `party`'s signature on the pending amendment `version`.
+    pub fn sign_amendment(
+        &mut self,
+        party: Party,
+        principal_id: &str,
+        version: u32,
+        at: OffsetDateTime,
+    ) -> Result<Amended, ServiceError> {
+        self.amendable()?;
+        if self.pending_amendment == 0 || version != self.pending_amendment {
+            return Err(ServiceError::FailedPrecondition(
+                match self.pending_amendment {
+                    0 => "no amendment is pending".to_owned(),
+                    pending => format!(
+                        "version {version} is not the pending amendment (version {pending} is)"
+                    ),
+                },
+            ));
+        }
+        if self.amendment_signatures.iter().any(|s| s.party == party) {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "the {} already signed amendment {version}",
+                party.as_str()
+            )));
+        }
+        self.amendment_signatures.push(Signature {
+            party,
+            principal_id: principal_id.to_owned(),
+            version,
+            signed_at: at,
+        });
+        if self.amendment_signatures.len() < 2 {
+            return Ok(Amended::First);
+        }
+        self.signed_version = version;
+        self.signatures = std::mem::take(&mut self.amendment_signatures);
+        self.pending_amendment = 0;
+        Ok(Amended::Both)
+    }
+
+    /// Withdraws the pending amendment; the signed version stays in force.
+    pub fn withdraw_amendment(&mut self, version: u32) -> Result<(), ServiceError> {
+        if self.pending_amendment == 0 || version != self.pending_amendment {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "version {version} is not a pending amendment"
+            )));
+        }
+        self.pending_amendment = 0;
+        self.amendment_signatures.clear();
+        Ok(())
     }
 
     /// Replaces the terms with a new version based on `base_version`; returns
@@ -200,6 +301,63 @@ mod tests {
         let late = n.revise(1).unwrap_err();
         assert!(late.to_string().contains("signed_unprotected"), "{late}");
         assert!(n.sign(Party::Buyer, "buyer-1", 1, AT).is_err());
+    }
+
+    fn signed_and_funded() -> Negotiation {
+        let mut n = Negotiation::new(Protection::TradeAssurance);
+        n.sign(Party::Buyer, "buyer-1", 1, AT).unwrap();
+        n.sign(Party::Supplier, "owner-1", 1, AT).unwrap();
+        n.activated().unwrap();
+        n.status = n
+            .status
+            .next(super::super::status::Action::FullyFunded)
+            .unwrap();
+        n
+    }
+
+    #[test]
+    fn an_amendment_becomes_the_signed_version_once_both_sign_it() {
+        let mut n = signed_and_funded();
+        assert_eq!(n.propose_amendment(1).unwrap(), 2);
+        assert_eq!(
+            n.sign_amendment(Party::Supplier, "owner-1", 2, AT).unwrap(),
+            Amended::First
+        );
+        assert_eq!(n.signed_version, 1, "in force until both signed");
+        assert!(n.sign_amendment(Party::Supplier, "owner-1", 2, AT).is_err());
+        assert_eq!(
+            n.sign_amendment(Party::Buyer, "buyer-1", 2, AT).unwrap(),
+            Amended::Both
+        );
+        assert_eq!(
+            (n.signed_version, n.pending_amendment, n.status),
+            (2, 0, Status::Funded)
+        );
+        // The next amendment builds on version 2; one based on 1 is stale.
+        assert!(matches!(
+            n.propose_amendment(1),
+            Err(ServiceError::Aborted(_))
+        ));
+        assert_eq!(n.propose_amendment(2).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_new_proposal_replaces_the_pending_one_and_withdrawal_keeps_the_signed_terms() {
+        let mut n = signed_and_funded();
+        n.propose_amendment(1).unwrap();
+        n.sign_amendment(Party::Buyer, "buyer-1", 2, AT).unwrap();
+        assert_eq!(n.propose_amendment(1).unwrap(), 3);
+        assert!(
+            n.amendment_signatures.is_empty(),
+            "the replaced amendment's signature is void"
+        );
+        assert!(n.sign_amendment(Party::Supplier, "owner-1", 2, AT).is_err());
+        n.withdraw_amendment(3).unwrap();
+        assert_eq!((n.signed_version, n.pending_amendment), (1, 0));
+        assert!(n.sign_amendment(Party::Buyer, "buyer-1", 3, AT).is_err());
+        // Drafts and finished contracts are not amended.
+        let mut draft = Negotiation::new(Protection::TradeAssurance);
+        assert!(draft.propose_amendment(0).is_err());
     }
 
     #[test]
