@@ -3,3 +3,4 @@
 //! health and reflection only.
 
 pub mod domain;
+pub mod storage;
