@@ -561,7 +561,13 @@ impl EscrowApi {
             EventAction::Ignored => {}
             EventAction::Credit | EventAction::PaymentFailed => {
                 match api::attempt_by_reference(conn, reference).await? {
-                    None => result.unmatched = Some("UNKNOWN_REFERENCE"),
+                    None => {
+                        result.unmatched = Some("UNKNOWN_REFERENCE");
+                        result.amount = event
+                            .data
+                            .amount_minor
+                            .zip(event.data.currency_code.as_deref());
+                    }
                     Some(attempt_id) => {
                         result.funding_attempt_id = Some(attempt_id);
                         let attempt = api::attempt_view(conn, attempt_id).await?;

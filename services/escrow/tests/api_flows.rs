@@ -351,6 +351,7 @@ async fn a_bank_transfer_waits_for_a_signed_credit_and_forged_or_replayed_ones_c
         .items;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].kind, "UNKNOWN_REFERENCE");
+    assert_eq!(minor(&items[0].amount), 100);
     assert_sound(&mut client).await;
 }
 
