@@ -582,3 +582,98 @@ async fn refunds_close_and_amendments_keep_the_ledger_sound(pool: PgPool) {
     );
     assert_sound(&mut client).await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_payout_timer_pays_refunds_and_suppliers_out_and_the_gateway_settles_them(
+    pool: PgPool,
+) {
+    let Escrow {
+        mut client,
+        server: _server,
+        ..
+    } = start_with(pool, &["--payout-interval", "1s"]).await;
+    let id = funded(&mut client, "c-timer", 8_000).await;
+    client
+        .release_to_supplier(contract(pb::ReleaseToSupplierRequest {
+            idempotency_key: "part".into(),
+            escrow_account_id: id.clone(),
+            amount: usd(5_000),
+            reason: "deposit share".into(),
+            purpose: purpose(pb::purpose::Purpose::MilestoneId("full".into())),
+        }))
+        .await
+        .unwrap();
+    client
+        .refund_to_buyer(contract(pb::RefundToBuyerRequest {
+            idempotency_key: "rest".into(),
+            escrow_account_id: id.clone(),
+            amount: None,
+            reason: "short shipment".into(),
+            purpose: purpose(pb::purpose::Purpose::Cancellation(true)),
+        }))
+        .await
+        .unwrap();
+    // The timer sends both out within a few runs (bounded wait).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let transfers = loop {
+        let listed = client
+            .list_gateway_transfers(operator(pb::ListGatewayTransfersRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .transfers;
+        if listed.len() == 2 {
+            break listed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "payout timer never sent both: {listed:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    for t in &transfers {
+        assert_eq!(t.status, pb::GatewayTransferStatus::Pending as i32);
+        let (kind, amount) = if t.direction == pb::GatewayTransferDirection::Payout as i32 {
+            ("payout.paid", 5_000)
+        } else {
+            ("refund.paid", 3_000)
+        };
+        assert_eq!(minor(&t.amount), amount, "{t:?}");
+        let answer = client
+            .handle_gateway_webhook(gateway(webhook(
+                &format!("evt-{}", t.gateway_transfer_id),
+                kind,
+                &t.gateway_reference,
+                None,
+            )))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.outcome, pb::WebhookOutcome::Applied as i32);
+    }
+    let paid = client
+        .list_gateway_transfers(operator(pb::ListGatewayTransfersRequest {
+            status: pb::GatewayTransferStatus::Paid as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .transfers;
+    assert_eq!(paid.len(), 2);
+    let trial = client
+        .get_trial_balance(operator(pb::GetTrialBalanceRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    for line in &trial.currencies[0].lines {
+        let kind = line.kind;
+        if kind == pb::LedgerAccountKind::SupplierPayable as i32
+            || kind == pb::LedgerAccountKind::BuyerRefundPayable as i32
+            || kind == pb::LedgerAccountKind::GatewayClearing as i32
+        {
+            assert_eq!(minor(&line.posted), 0, "{line:?}: everything paid out");
+        }
+    }
+    assert_sound(&mut client).await;
+}

@@ -36,8 +36,13 @@ pub struct Escrow {
 }
 
 pub async fn start(pool: PgPool) -> Escrow {
+    start_with(pool, &[]).await
+}
+
+/// Like [`start`], with more configuration flags (e.g. `--payout-interval 1s`).
+pub async fn start_with(pool: PgPool, flags: &[&str]) -> Escrow {
     let url = database_url(&pool);
-    let args = vec![
+    let mut args = vec![
         "escrow",
         "--database-url",
         &url,
@@ -52,6 +57,7 @@ pub async fn start(pool: PgPool) -> Escrow {
         "--workflow-feed-poll-interval",
         "50ms",
     ];
+    args.extend_from_slice(flags);
     let config = Config::try_parse_from(args).expect("config");
     let gateway = SandboxGateway::new();
     let service_api = api(&config, pool.clone(), Arc::new(gateway.clone()));
