@@ -18,6 +18,7 @@
 #       addresses as http:// URLs (SUPPLIER_REGISTRY_URL, ...), are exported to
 #       every service, for the ones that call others.
 #   AUTH_JWT_HS256_SECRET     default dev-only-secret-change-me
+#   ESCROW_WEBHOOK_SECRET     default dev-only-webhook-secret-change-me-0123 (gateway webhooks)
 #   AUTH_JWT_ISSUER           passed through when set (AUTH_JWT_AUDIENCE is not:
 #                             each service's audience is its own name)
 #   BIN_DIR                   default $CARGO_TARGET_DIR/debug
@@ -36,6 +37,8 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 : "${DATABASE_URL:?DATABASE_URL must be set (export DATABASE_URL=\$(scripts/dev-postgres.sh), or use make run)}"
 export DATABASE_URL
 export AUTH_JWT_HS256_SECRET="${AUTH_JWT_HS256_SECRET:-dev-only-secret-change-me}"
+# Signs the sandbox gateway's webhooks; the README's escrow examples sign with it.
+export ESCROW_WEBHOOK_SECRET="${ESCROW_WEBHOOK_SECRET:-dev-only-webhook-secret-change-me-0123}"
 # One audience for all four would let a token meant for one service work on all.
 unset AUTH_JWT_AUDIENCE
 

@@ -32,6 +32,9 @@ use ta_runtime::auth::PLATFORM_AUDIENCE;
 pub use ta_runtime::auth::Role;
 pub use ta_testkit::TEST_SECRET;
 
+/// The webhook signing secret the escrow binary gets in these tests.
+pub const TEST_WEBHOOK_SECRET: &str = "e2e-webhook-secret-of-at-least-32-bytes";
+
 /// Binary names, as `cargo build --workspace --bins` writes them.
 pub const SUPPLIER_REGISTRY: &str = "supplier-registry";
 pub const CONTRACT: &str = "contract";
@@ -640,6 +643,7 @@ impl Service {
             .env_clear()
             .env("GRPC_LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("AUTH_JWT_HS256_SECRET", TEST_SECRET)
+            .env("ESCROW_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET)
             .env("LOG_FORMAT", "text")
             .env("LOG_LEVEL", "info")
             .env("SHUTDOWN_GRACE_PERIOD", "10s")

@@ -345,11 +345,12 @@ fn a_bad_configuration_fails_at_once_naming_the_variable() {
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     // Nothing listens on port 1: no case below may need the database.
-    let good: [(&str, &str); 4] = [
+    let good: [(&str, &str); 5] = [
         ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/never_used"),
         ("GRPC_LISTEN_ADDR", &listen),
         ("AUTH_JWT_HS256_SECRET", TEST_SECRET),
         ("LOG_FORMAT", "text"),
+        ("ESCROW_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET),
     ];
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_addr = taken.local_addr().expect("addr").to_string();
@@ -426,6 +427,23 @@ fn a_bad_configuration_fails_at_once_naming_the_variable() {
         );
     }
     drop(taken);
+
+    // Escrow's webhook secret: required, and long enough to resist guessing.
+    for value in [None, Some("short")] {
+        let mut env: Vec<(&str, &str)> = good
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "ESCROW_WEBHOOK_SECRET")
+            .collect();
+        if let Some(value) = value {
+            env.push(("ESCROW_WEBHOOK_SECRET", value));
+        }
+        let output = run_binary(ESCROW, &env, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{value:?}: {stderr}");
+        assert_ne!(output.status.code(), Some(101), "{value:?}: {stderr}");
+        assert!(stderr.contains("ESCROW_WEBHOOK_SECRET"), "{value:?}: {stderr}");
+    }
 
     // The supplier registry's own policy settings.
     for (variable, value) in [
