@@ -13,16 +13,20 @@ use std::{env, fmt::Write as _, fs, path::PathBuf};
 
 use protox::prost_reflect::{DescriptorPool, Value};
 
+/// Relative to this crate; made absolute below so that `rerun-if-changed`
+/// names the files of this checkout even when several checkouts share one
+/// target directory.
 const PROTO_ROOT: &str = "../../proto";
 const ACCESS_OPTION: &str = "tradeassurance.common.v1.access";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(PROTO_ROOT);
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join(PROTO_ROOT);
+    let root = root.canonicalize().unwrap_or(root);
     let mut files = Vec::new();
     collect_protos(&root, &mut files)?;
     files.sort();
 
-    println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    println!("cargo:rerun-if-changed={}", root.display());
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }
