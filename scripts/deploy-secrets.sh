@@ -11,6 +11,7 @@
 #   <service>.database-url         one per service: postgres://<its role>:<password>@<host>:5432/<db>
 #                                  (roles and schemas: deploy/postgres/roles.sql)
 #   contract.pem, dispute.pem      the RS256 private keys those two sign their calls with
+#   escrow.webhook-secret          the payment gateway's webhook signing secret (32+ bytes)
 #
 # Nothing is written to disk; the output holds the secrets, so pipe it straight
 # into kubectl. Secret names follow the chart's defaults (prefix trade-assurance-).
@@ -66,3 +67,6 @@ done
 for service in contract dispute; do
   secret "trade-assurance-$service-signing-key" private.pem "$dir/$service.pem"
 done
+# The payment gateway's webhook signing secret, as the gateway was given it.
+need "$dir/escrow.webhook-secret"
+secret trade-assurance-escrow-webhook secret "$dir/escrow.webhook-secret"

@@ -251,6 +251,7 @@ def test_deploy_secrets_match_the_chart(tmp_path):
         (tmp_path / f"{service}.database-url").write_text(f"postgres://{service.replace('-', '_')}:pw@db:5432/ta\n")
     for service in ("contract", "dispute"):
         (tmp_path / f"{service}.pem").write_text("-----BEGIN PRIVATE KEY-----\n...\n")
+    (tmp_path / "escrow.webhook-secret").write_text("a-webhook-secret-of-at-least-32-bytes")
     run = subprocess.run([str(dc.REPO / "scripts" / "deploy-secrets.sh"), str(tmp_path)],
                          capture_output=True, text=True, check=True)
     objects = dc.load_objects([run.stdout])
@@ -262,6 +263,8 @@ def test_deploy_secrets_match_the_chart(tmp_path):
         wanted.add((svc["databaseSecret"]["name"], svc["databaseSecret"]["key"]))
         if "signingKey" in svc:
             wanted.add((svc["signingKey"]["secretName"], svc["signingKey"]["key"]))
+        if "webhookSecret" in svc:
+            wanted.add((svc["webhookSecret"]["name"], svc["webhookSecret"]["key"]))
     assert made == wanted
     url = next(o for o in objects if o["metadata"]["name"] == "trade-assurance-escrow-database")["data"]["url"]
     assert base64.b64decode(url) == b"postgres://escrow:pw@db:5432/ta"
