@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use ta_runtime::config::CommonConfig;
+use ta_runtime::config::{CommonConfig, DurationRange};
 use ta_workflow::WorkflowConfig;
 
 use crate::{flows::Settings, webhook::WebhookSecret};
@@ -26,46 +26,29 @@ pub struct Config {
     pub webhook_secret: WebhookSecret,
     /// How far a webhook's signed timestamp may be from now.
     #[arg(long, env = "ESCROW_WEBHOOK_TOLERANCE", value_name = "ESCROW_WEBHOOK_TOLERANCE",
-          default_value = "5m", value_parser = within(Duration::from_secs(1), Duration::from_secs(3600)))]
+          default_value = "5m", value_parser = DurationRange::new(Duration::from_secs(1), Duration::from_secs(3600)))]
     pub webhook_tolerance: Duration,
     /// How long a bank transfer may take before its attempt expires.
     #[arg(long, env = "ESCROW_BANK_TRANSFER_EXPIRY", value_name = "ESCROW_BANK_TRANSFER_EXPIRY",
-          default_value = "7d", value_parser = within(Duration::from_secs(1), Duration::from_secs(90 * 86_400)))]
+          default_value = "7d", value_parser = DurationRange::new(Duration::from_secs(1), Duration::from_secs(90 * 86_400)))]
     pub bank_transfer_expiry: Duration,
     /// How long the financing partner may take to disburse a Pay Later payment.
     #[arg(long, env = "ESCROW_PAY_LATER_EXPIRY", value_name = "ESCROW_PAY_LATER_EXPIRY",
-          default_value = "2d", value_parser = within(Duration::from_secs(1), Duration::from_secs(30 * 86_400)))]
+          default_value = "2d", value_parser = DurationRange::new(Duration::from_secs(1), Duration::from_secs(30 * 86_400)))]
     pub pay_later_expiry: Duration,
     /// How often money owed to suppliers and buyers is paid out.
     #[arg(long, env = "ESCROW_PAYOUT_INTERVAL", value_name = "ESCROW_PAYOUT_INTERVAL",
-          default_value = "1h", value_parser = within(Duration::from_secs(1), Duration::from_secs(7 * 86_400)))]
+          default_value = "1h", value_parser = DurationRange::new(Duration::from_secs(1), Duration::from_secs(7 * 86_400)))]
     pub payout_interval: Duration,
     /// How long the gateway may take to report a payout or refund paid;
     /// after that its hold is voided and the money is owed again.
     #[arg(long, env = "ESCROW_PAYOUT_EXPIRY", value_name = "ESCROW_PAYOUT_EXPIRY",
-          default_value = "3d", value_parser = within(Duration::from_secs(1), Duration::from_secs(30 * 86_400)))]
+          default_value = "3d", value_parser = DurationRange::new(Duration::from_secs(1), Duration::from_secs(30 * 86_400)))]
     pub payout_expiry: Duration,
 }
 
 fn webhook_secret(text: &str) -> Result<WebhookSecret, String> {
     WebhookSecret::new(text.as_bytes().to_vec())
-}
-
-fn within(
-    min: Duration,
-    max: Duration,
-) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
-    move |text| {
-        let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
-        if value < min || value > max {
-            return Err(format!(
-                "must be from {} to {}",
-                humantime::format_duration(min),
-                humantime::format_duration(max)
-            ));
-        }
-        Ok(value)
-    }
 }
 
 impl Config {
