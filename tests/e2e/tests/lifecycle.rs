@@ -442,7 +442,10 @@ fn a_bad_configuration_fails_at_once_naming_the_variable() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{value:?}: {stderr}");
         assert_ne!(output.status.code(), Some(101), "{value:?}: {stderr}");
-        assert!(stderr.contains("ESCROW_WEBHOOK_SECRET"), "{value:?}: {stderr}");
+        assert!(
+            stderr.contains("ESCROW_WEBHOOK_SECRET"),
+            "{value:?}: {stderr}"
+        );
     }
 
     // The supplier registry's own policy settings.
