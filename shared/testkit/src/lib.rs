@@ -24,6 +24,19 @@ pub const TEST_SECRET: &str = "test-secret-at-least-16-bytes";
 pub const TEST_ISSUER: &str = "trade-assurance";
 
 /// Signs test tokens.
+/// The URL of the database behind `pool` (a `#[sqlx::test]` database), for
+/// a service's `--database-url`.
+pub fn database_url(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("postgres")
+    )
+}
+
 pub fn issuer() -> TokenIssuer {
     TokenIssuer::hs256(TEST_SECRET, TEST_ISSUER)
 }

@@ -34,14 +34,7 @@ struct Config {
 }
 
 fn config(pool: &PgPool) -> CommonConfig {
-    let options = pool.connect_options();
-    let url = format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or("postgres")
-    );
+    let url = ta_testkit::database_url(pool);
     Config::try_parse_from([
         "hooks-probe",
         "--database-url",

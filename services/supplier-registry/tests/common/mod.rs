@@ -55,16 +55,7 @@ pub async fn start_with(pool: PgPool, flags: &[&str]) -> Registry {
     Registry { server, client }
 }
 
-fn database_url(pool: &PgPool) -> String {
-    let options = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or("postgres")
-    )
-}
+use ta_testkit::database_url;
 
 pub fn usd(amount_minor: i64) -> Option<Money> {
     Some(Money {

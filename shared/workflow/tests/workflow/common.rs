@@ -104,16 +104,7 @@ const FAST: &[&str] = &[
     "200ms",
 ];
 
-pub fn database_url(pool: &PgPool) -> String {
-    let options = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or("postgres")
-    )
-}
+pub use ta_testkit::database_url;
 
 /// The common and workflow configuration of the test services, with `extra` flags.
 pub fn config(database_url: &str, extra: &[&str]) -> (CommonConfig, WorkflowConfig) {
