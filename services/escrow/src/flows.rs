@@ -294,6 +294,23 @@ impl Flows {
     }
 
     /// Emits FUNDED when the account just became fully funded.
+    /// The account as a call answers it: announced in the feed when the call
+    /// changed it, read as it is when it did not (a repeated freeze, say).
+    pub async fn emit_if_changed(
+        &self,
+        conn: &mut PgConnection,
+        changed: bool,
+        kind: pb::EscrowEventType,
+        account: &EscrowAccount,
+        facts: EventFacts<'_>,
+    ) -> Result<pb::EscrowAccount, ServiceError> {
+        if changed {
+            self.emit(conn, kind, account.id, facts).await
+        } else {
+            account_proto(conn, account).await
+        }
+    }
+
     pub async fn emit_funding(
         &self,
         conn: &mut PgConnection,

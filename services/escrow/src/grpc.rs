@@ -1377,25 +1377,17 @@ impl EscrowService for EscrowApi {
                         timestamps::now(),
                     )
                     .await?;
-                    if !before.freezes.contains(&cmd.claim_id) {
-                        let view = self
-                            .flows
-                            .emit(
-                                tx,
-                                pb::EscrowEventType::Frozen,
-                                account.id,
-                                EventFacts {
-                                    claim_id: &cmd.claim_id,
-                                    ..Default::default()
-                                },
-                            )
-                            .await?;
-                        return Ok(pb::FreezeEscrowResponse {
-                            account: Some(view),
-                        });
-                    }
+                    let facts = EventFacts {
+                        claim_id: &cmd.claim_id,
+                        ..Default::default()
+                    };
+                    let changed = !before.freezes.contains(&cmd.claim_id);
+                    let view = self
+                        .flows
+                        .emit_if_changed(tx, changed, pb::EscrowEventType::Frozen, &account, facts)
+                        .await?;
                     Ok(pb::FreezeEscrowResponse {
-                        account: Some(account_proto(tx, &account).await?),
+                        account: Some(view),
                     })
                 }
             })
@@ -1416,25 +1408,23 @@ impl EscrowService for EscrowApi {
                     let before = accounts::lock_account(tx, cmd.account_id).await?;
                     let account =
                         app::unfreeze(tx, cmd.account_id, &cmd.claim_id, timestamps::now()).await?;
-                    if before.freezes.contains(&cmd.claim_id) {
-                        let view = self
-                            .flows
-                            .emit(
-                                tx,
-                                pb::EscrowEventType::Unfrozen,
-                                account.id,
-                                EventFacts {
-                                    claim_id: &cmd.claim_id,
-                                    ..Default::default()
-                                },
-                            )
-                            .await?;
-                        return Ok(pb::UnfreezeEscrowResponse {
-                            account: Some(view),
-                        });
-                    }
+                    let facts = EventFacts {
+                        claim_id: &cmd.claim_id,
+                        ..Default::default()
+                    };
+                    let changed = before.freezes.contains(&cmd.claim_id);
+                    let view = self
+                        .flows
+                        .emit_if_changed(
+                            tx,
+                            changed,
+                            pb::EscrowEventType::Unfrozen,
+                            &account,
+                            facts,
+                        )
+                        .await?;
                     Ok(pb::UnfreezeEscrowResponse {
-                        account: Some(account_proto(tx, &account).await?),
+                        account: Some(view),
                     })
                 }
             })
