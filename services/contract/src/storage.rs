@@ -39,8 +39,29 @@ pub struct ContractRecord {
     pub open_claim_id: Option<String>,
     pub activation_refusal: String,
     pub cancellation_reason: String,
+    pub progress: Progress,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+}
+
+/// Where a signed contract stands beyond its status: the facts its deadlines,
+/// claims and acceptance are decided from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub signed_at: Option<OffsetDateTime>,
+    pub claim_pending: bool,
+    pub claim_reason: Option<String>,
+    pub received_at: Option<OffsetDateTime>,
+    pub accepted_at: Option<OffsetDateTime>,
+    /// `explicit`, `automatic` or `claim_outcome`.
+    pub acceptance: Option<String>,
+    pub acceptance_due_at: Option<OffsetDateTime>,
+    /// The shipment deadline in force.
+    pub shipment_deadline: Option<OffsetDateTime>,
+    pub agreed_shipment_deadline: Option<OffsetDateTime>,
+    pub shipment_overdue: bool,
+    pub paused_at: Option<OffsetDateTime>,
+    pub inspection_agency: String,
 }
 
 /// One immutable version of the terms.
@@ -72,7 +93,9 @@ pub struct TimelineEntry {
 const CONTRACT_COLUMNS: &str = "contract_id, buyer_principal_id, supplier_id, \
     supplier_principal_id, protection, status, status_before_dispute, latest_version, \
     signed_version, pending_amendment, currency, total_minor, escrow_account_id, open_claim_id, \
-    activation_refusal, cancellation_reason, created_at, updated_at";
+    activation_refusal, cancellation_reason, created_at, updated_at, signed_at, claim_pending, \
+    claim_reason, received_at, accepted_at, acceptance, acceptance_due_at, shipment_deadline, \
+    agreed_shipment_deadline, shipment_overdue, paused_at, inspection_agency";
 
 #[derive(FromRow)]
 struct ContractRow {
@@ -94,6 +117,18 @@ struct ContractRow {
     cancellation_reason: String,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
+    signed_at: Option<OffsetDateTime>,
+    claim_pending: bool,
+    claim_reason: Option<String>,
+    received_at: Option<OffsetDateTime>,
+    accepted_at: Option<OffsetDateTime>,
+    acceptance: Option<String>,
+    acceptance_due_at: Option<OffsetDateTime>,
+    shipment_deadline: Option<OffsetDateTime>,
+    agreed_shipment_deadline: Option<OffsetDateTime>,
+    shipment_overdue: bool,
+    paused_at: Option<OffsetDateTime>,
+    inspection_agency: String,
 }
 
 fn corrupt(what: &str) -> ServiceError {
@@ -196,6 +231,20 @@ impl ContractRow {
             open_claim_id: self.open_claim_id,
             activation_refusal: self.activation_refusal,
             cancellation_reason: self.cancellation_reason,
+            progress: Progress {
+                signed_at: self.signed_at,
+                claim_pending: self.claim_pending,
+                claim_reason: self.claim_reason,
+                received_at: self.received_at,
+                accepted_at: self.accepted_at,
+                acceptance: self.acceptance,
+                acceptance_due_at: self.acceptance_due_at,
+                shipment_deadline: self.shipment_deadline,
+                agreed_shipment_deadline: self.agreed_shipment_deadline,
+                shipment_overdue: self.shipment_overdue,
+                paused_at: self.paused_at,
+                inspection_agency: self.inspection_agency,
+            },
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -318,7 +367,11 @@ pub async fn save_contract(
         "UPDATE contract.contracts SET status = $2, status_before_dispute = $3, \
          latest_version = $4, signed_version = $5, pending_amendment = $6, currency = $7, \
          total_minor = $8, escrow_account_id = $9, open_claim_id = $10, \
-         activation_refusal = $11, cancellation_reason = $12, updated_at = $13 \
+         activation_refusal = $11, cancellation_reason = $12, updated_at = $13, \
+         signed_at = $14, claim_pending = $15, claim_reason = $16, received_at = $17, \
+         accepted_at = $18, acceptance = $19, acceptance_due_at = $20, shipment_deadline = $21, \
+         agreed_shipment_deadline = $22, shipment_overdue = $23, paused_at = $24, \
+         inspection_agency = $25 \
          WHERE contract_id = $1",
     )
     .bind(contract.contract_id)
@@ -334,12 +387,31 @@ pub async fn save_contract(
     .bind(&contract.activation_refusal)
     .bind(&contract.cancellation_reason)
     .bind(at)
+    .bind(contract.progress.signed_at)
+    .bind(contract.progress.claim_pending)
+    .bind(&contract.progress.claim_reason)
+    .bind(contract.progress.received_at)
+    .bind(contract.progress.accepted_at)
+    .bind(&contract.progress.acceptance)
+    .bind(contract.progress.acceptance_due_at)
+    .bind(contract.progress.shipment_deadline)
+    .bind(contract.progress.agreed_shipment_deadline)
+    .bind(contract.progress.shipment_overdue)
+    .bind(contract.progress.paused_at)
+    .bind(&contract.progress.inspection_agency)
     .execute(&mut *tx)
     .await?;
     if n.signed_version == 0 && n.signatures.is_empty() {
         sqlx::query("DELETE FROM contract.signatures WHERE contract_id = $1 AND version = $2")
             .bind(contract.contract_id)
             .bind(db_version(n.latest_version))
+            .execute(&mut *tx)
+            .await?;
+    }
+    if n.pending_amendment != 0 && n.amendment_signatures.is_empty() {
+        sqlx::query("DELETE FROM contract.signatures WHERE contract_id = $1 AND version = $2")
+            .bind(contract.contract_id)
+            .bind(db_version(n.pending_amendment))
             .execute(&mut *tx)
             .await?;
     }
@@ -468,4 +540,361 @@ pub async fn timeline(
             })
         })
         .collect()
+}
+
+// ---- Funding projection, reports, shipments ---------------------------------
+
+/// One payment milestone as the contract knows it from escrow's feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payment {
+    pub milestone_id: String,
+    pub amount_minor: i64,
+    pub due_at: OffsetDateTime,
+    pub funded_at: Option<OffsetDateTime>,
+    pub overdue: bool,
+}
+
+/// Replaces the schedule: at activation, or with escrow's schedule (and what
+/// it funded) after an amendment.
+pub async fn replace_payments(
+    tx: &mut PgConnection,
+    contract_id: Uuid,
+    payments: &[Payment],
+) -> Result<(), ServiceError> {
+    sqlx::query("DELETE FROM contract.payments WHERE contract_id = $1")
+        .bind(contract_id)
+        .execute(&mut *tx)
+        .await?;
+    for (position, p) in payments.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO contract.payments (contract_id, milestone_id, position, amount_minor, \
+             due_at, funded_at, overdue) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(contract_id)
+        .bind(&p.milestone_id)
+        .bind(i32::try_from(position).unwrap_or(i32::MAX))
+        .bind(p.amount_minor)
+        .bind(p.due_at)
+        .bind(p.funded_at)
+        .bind(p.overdue)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+#[derive(FromRow)]
+struct PaymentRow {
+    milestone_id: String,
+    amount_minor: i64,
+    due_at: OffsetDateTime,
+    funded_at: Option<OffsetDateTime>,
+    overdue: bool,
+}
+
+pub async fn payments(
+    conn: &mut PgConnection,
+    contract_id: Uuid,
+) -> Result<Vec<Payment>, ServiceError> {
+    let rows: Vec<PaymentRow> = sqlx::query_as(
+        "SELECT milestone_id, amount_minor, due_at, funded_at, overdue FROM contract.payments \
+         WHERE contract_id = $1 ORDER BY position",
+    )
+    .bind(contract_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Payment {
+            milestone_id: r.milestone_id,
+            amount_minor: r.amount_minor,
+            due_at: r.due_at,
+            funded_at: r.funded_at,
+            overdue: r.overdue,
+        })
+        .collect())
+}
+
+/// Records a milestone funded (first time only); whether it changed anything.
+pub async fn mark_funded(
+    tx: &mut PgConnection,
+    contract_id: Uuid,
+    milestone_id: &str,
+    at: OffsetDateTime,
+) -> Result<bool, ServiceError> {
+    let done = sqlx::query(
+        "UPDATE contract.payments SET funded_at = $3, overdue = false \
+         WHERE contract_id = $1 AND milestone_id = $2 AND funded_at IS NULL",
+    )
+    .bind(contract_id)
+    .bind(milestone_id)
+    .bind(at)
+    .execute(tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn mark_overdue(
+    tx: &mut PgConnection,
+    contract_id: Uuid,
+    milestone_id: &str,
+) -> Result<bool, ServiceError> {
+    let done = sqlx::query(
+        "UPDATE contract.payments SET overdue = true \
+         WHERE contract_id = $1 AND milestone_id = $2 AND funded_at IS NULL AND NOT overdue",
+    )
+    .bind(contract_id)
+    .bind(milestone_id)
+    .execute(tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// One stored inspection report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportRecord {
+    pub report_id: Uuid,
+    pub contract_version: u32,
+    /// The encoded `InspectionReport`.
+    pub report: Vec<u8>,
+    pub passed: bool,
+    pub submitted_at: OffsetDateTime,
+}
+
+pub async fn insert_report(
+    tx: &mut PgConnection,
+    contract_id: Uuid,
+    report: &ReportRecord,
+) -> Result<(), ServiceError> {
+    sqlx::query(
+        "INSERT INTO contract.inspection_reports (report_id, contract_id, contract_version, \
+         report, passed, submitted_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(report.report_id)
+    .bind(contract_id)
+    .bind(db_version(report.contract_version))
+    .bind(&report.report)
+    .bind(report.passed)
+    .bind(report.submitted_at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+#[derive(FromRow)]
+struct ReportRow {
+    report_id: Uuid,
+    contract_version: i32,
+    report: Vec<u8>,
+    passed: bool,
+    submitted_at: OffsetDateTime,
+}
+
+/// Reports oldest first, after the report `after` (`None` from the start).
+pub async fn reports(
+    conn: &mut PgConnection,
+    contract_id: Uuid,
+    after: Option<(OffsetDateTime, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ReportRecord>, ServiceError> {
+    let (after_at, after_id) = after.unwrap_or((OffsetDateTime::UNIX_EPOCH, Uuid::nil()));
+    let rows: Vec<ReportRow> = sqlx::query_as(
+        "SELECT report_id, contract_version, report, passed, submitted_at \
+         FROM contract.inspection_reports WHERE contract_id = $1 \
+         AND (submitted_at, report_id) > ($2, $3) ORDER BY submitted_at, report_id LIMIT $4",
+    )
+    .bind(contract_id)
+    .bind(after_at)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(ReportRecord {
+                report_id: r.report_id,
+                contract_version: version_number(r.contract_version)?,
+                report: r.report,
+                passed: r.passed,
+                submitted_at: r.submitted_at,
+            })
+        })
+        .collect()
+}
+
+pub async fn latest_report(
+    conn: &mut PgConnection,
+    contract_id: Uuid,
+) -> Result<Option<ReportRecord>, ServiceError> {
+    let row: Option<ReportRow> = sqlx::query_as(
+        "SELECT report_id, contract_version, report, passed, submitted_at \
+         FROM contract.inspection_reports WHERE contract_id = $1 \
+         ORDER BY submitted_at DESC, report_id DESC LIMIT 1",
+    )
+    .bind(contract_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| {
+        Ok(ReportRecord {
+            report_id: r.report_id,
+            contract_version: version_number(r.contract_version)?,
+            report: r.report,
+            passed: r.passed,
+            submitted_at: r.submitted_at,
+        })
+    })
+    .transpose()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+pub struct ShipmentRecord {
+    pub carrier: String,
+    pub tracking_number: String,
+    pub shipped_at: OffsetDateTime,
+    pub late: bool,
+    pub r#final: bool,
+}
+
+pub async fn insert_shipment(
+    tx: &mut PgConnection,
+    contract_id: Uuid,
+    shipment: &ShipmentRecord,
+) -> Result<(), ServiceError> {
+    sqlx::query(
+        "INSERT INTO contract.shipments (contract_id, seq, carrier, tracking_number, shipped_at, \
+         late, final) SELECT $1, coalesce(max(seq), 0) + 1, $2, $3, $4, $5, $6 \
+         FROM contract.shipments WHERE contract_id = $1",
+    )
+    .bind(contract_id)
+    .bind(&shipment.carrier)
+    .bind(&shipment.tracking_number)
+    .bind(shipment.shipped_at)
+    .bind(shipment.late)
+    .bind(shipment.r#final)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn shipments(
+    conn: &mut PgConnection,
+    contract_id: Uuid,
+) -> Result<Vec<ShipmentRecord>, ServiceError> {
+    Ok(sqlx::query_as(
+        "SELECT carrier, tracking_number, shipped_at, late, final AS \"final\" \
+         FROM contract.shipments WHERE contract_id = $1 ORDER BY seq",
+    )
+    .bind(contract_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+// ---- Listings ----------------------------------------------------------------
+
+/// Which contracts a listing wants.
+#[derive(Clone, Debug, Default)]
+pub struct ContractFilter {
+    pub buyer_principal_id: Option<String>,
+    pub supplier_id: Option<Uuid>,
+    /// The supplier owner's contracts (a supplier caller sees only these).
+    pub supplier_principal_id: Option<String>,
+    pub statuses: Vec<Status>,
+    pub protection: Option<Protection>,
+}
+
+/// Contracts newest first, after the cursor `(created_at, contract_id)`.
+pub async fn list_contracts(
+    conn: &mut PgConnection,
+    filter: &ContractFilter,
+    after: Option<(OffsetDateTime, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ContractRecord>, ServiceError> {
+    let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+    let (after_at, after_id) = after.unwrap_or((
+        OffsetDateTime::now_utc() + time::Duration::days(36_500),
+        Uuid::max(),
+    ));
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT contract_id FROM contract.contracts \
+         WHERE ($1::text IS NULL OR buyer_principal_id = $1) \
+           AND ($2::uuid IS NULL OR supplier_id = $2) \
+           AND (cardinality($3::text[]) = 0 OR status = ANY($3)) \
+           AND ($4::text IS NULL OR protection = $4) \
+           AND ($8::text IS NULL OR supplier_principal_id = $8) \
+           AND (created_at, contract_id) < ($5, $6) \
+         ORDER BY created_at DESC, contract_id DESC LIMIT $7",
+    )
+    .bind(&filter.buyer_principal_id)
+    .bind(filter.supplier_id)
+    .bind(&statuses)
+    .bind(filter.protection.map(protection_name))
+    .bind(after_at)
+    .bind(after_id)
+    .bind(limit)
+    .bind(&filter.supplier_principal_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(get_contract(&mut *conn, id).await?);
+    }
+    Ok(out)
+}
+
+/// Contracts awaiting `agency`'s passing pre-shipment inspection (signed,
+/// not shipped), soonest shipment deadline first, after the cursor.
+pub async fn inspection_assignments(
+    conn: &mut PgConnection,
+    agency: &str,
+    after: Option<(OffsetDateTime, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ContractRecord>, ServiceError> {
+    let (after_at, after_id) = after.unwrap_or((OffsetDateTime::UNIX_EPOCH, Uuid::nil()));
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT c.contract_id FROM contract.contracts c \
+         WHERE c.inspection_agency = $1 \
+           AND c.status IN ('awaiting_payment', 'partially_funded', 'funded', 'signed_unprotected') \
+           AND NOT coalesce((SELECT r.passed FROM contract.inspection_reports r \
+                    WHERE r.contract_id = c.contract_id \
+                    ORDER BY r.submitted_at DESC, r.report_id DESC LIMIT 1), false) \
+           AND (c.shipment_deadline, c.contract_id) > ($2, $3) \
+         ORDER BY c.shipment_deadline, c.contract_id LIMIT $4",
+    )
+    .bind(agency)
+    .bind(after_at)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(get_contract(&mut *conn, id).await?);
+    }
+    Ok(out)
+}
+
+pub async fn exists(conn: &mut PgConnection, contract_id: Uuid) -> Result<bool, ServiceError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM contract.contracts WHERE contract_id = $1)",
+    )
+    .bind(contract_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The contract of an escrow account, locked.
+pub async fn find_by_escrow_account(
+    tx: &mut PgConnection,
+    escrow_account_id: &str,
+) -> Result<Option<ContractRecord>, ServiceError> {
+    let id: Option<Uuid> = sqlx::query_scalar(
+        "SELECT contract_id FROM contract.contracts WHERE escrow_account_id = $1",
+    )
+    .bind(escrow_account_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match id {
+        Some(id) => Ok(Some(lock_contract(tx, id).await?)),
+        None => Ok(None),
+    }
 }

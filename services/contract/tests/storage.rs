@@ -8,7 +8,7 @@ use contract::{
         negotiation::{Negotiation, Party, Protection},
         status::Status,
     },
-    storage::{self, ContractRecord, TimelineEntry, VersionRecord},
+    storage::{self, ContractRecord, Progress, TimelineEntry, VersionRecord},
 };
 use sqlx::PgPool;
 use ta_runtime::{
@@ -39,6 +39,7 @@ fn draft() -> (ContractRecord, VersionRecord) {
         open_claim_id: None,
         activation_refusal: String::new(),
         cancellation_reason: String::new(),
+        progress: Progress::default(),
         created_at: now,
         updated_at: now,
     };

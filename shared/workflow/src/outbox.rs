@@ -95,7 +95,10 @@ impl Delivery {
 pub enum Answer {
     /// It did what was asked; the encoded response.
     Accepted(Vec<u8>),
-    /// It refused for good: its verdict on the request.
+    /// It refused for good: its verdict on the request. A refusal that named
+    /// a machine-readable reason (a `google.rpc.PreconditionFailure`
+    /// violation type, e.g. `TA_LIMIT_EXCEEDED`) carries it at the start of
+    /// the message, `REASON: message`, so it survives being stored.
     Refused { code: Code, message: String },
 }
 
@@ -135,6 +138,22 @@ pub trait CompletionHandler: Send + Sync + 'static {
         delivery: &Delivery,
         answer: &Answer,
     ) -> impl Future<Output = Result<(), ServiceError>> + Send;
+}
+
+/// The refusal's message, led by its precondition reason when it names one.
+fn refusal_text(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let reason = status
+        .get_error_details()
+        .precondition_failure()
+        .and_then(|failure| failure.violations.first().map(|v| v.r#type.clone()))
+        .filter(|reason| !reason.is_empty());
+    match reason {
+        Some(reason) if !status.message().starts_with(&reason) => {
+            format!("{reason}: {}", status.message())
+        }
+        _ => status.message().to_owned(),
+    }
 }
 
 /// Whether a status is the receiver's verdict on the request, as opposed to a
@@ -519,7 +538,7 @@ impl<H: CompletionHandler> Relay<H> {
                 tracing::info!(code = ?status.code(), message = status.message(), "call refused");
                 Ok(Answer::Refused {
                     code: status.code(),
-                    message: status.message().to_owned(),
+                    message: refusal_text(&status),
                 })
             }
             Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),

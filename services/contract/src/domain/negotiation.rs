@@ -72,8 +72,9 @@ pub struct Negotiation {
 pub enum Amended {
     /// One party signed; the other's signature is awaited.
     First,
-    /// Both signed: the amendment is the signed version (cover and escrow
-    /// follow its total).
+    /// Both signed: the amendment becomes the signed version once
+    /// [`Negotiation::apply_amendment`] runs (at once when unprotected; once
+    /// cover and escrow followed its total under Trade Assurance).
     Both,
 }
 
@@ -112,6 +113,7 @@ impl Negotiation {
     /// signatures are void).
     pub fn propose_amendment(&mut self, base_version: u32) -> Result<u32, ServiceError> {
         self.amendable()?;
+        self.not_while_applying()?;
         if base_version != self.signed_version {
             return Err(ServiceError::Aborted(format!(
                 "version {base_version} is not the signed version (version {} is); read it and propose again",
@@ -158,14 +160,46 @@ impl Negotiation {
         if self.amendment_signatures.len() < 2 {
             return Ok(Amended::First);
         }
-        self.signed_version = version;
+        Ok(Amended::Both)
+    }
+
+    /// Both signed the pending amendment and are waiting for it to apply.
+    pub fn amendment_signed_by_both(&self) -> bool {
+        self.pending_amendment != 0 && self.amendment_signatures.len() == 2
+    }
+
+    fn not_while_applying(&self) -> Result<(), ServiceError> {
+        if self.amendment_signed_by_both() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "amendment {} is signed by both and being applied (cover and escrow follow it)",
+                self.pending_amendment
+            )));
+        }
+        Ok(())
+    }
+
+    /// The amendment both signed becomes the signed version.
+    pub fn apply_amendment(&mut self) -> Result<u32, ServiceError> {
+        if !self.amendment_signed_by_both() {
+            return Err(ServiceError::FailedPrecondition(
+                "no amendment is signed by both parties".into(),
+            ));
+        }
+        self.signed_version = self.pending_amendment;
         self.signatures = std::mem::take(&mut self.amendment_signatures);
         self.pending_amendment = 0;
-        Ok(Amended::Both)
+        Ok(self.signed_version)
+    }
+
+    /// Supplier registry refused the cover the amendment needs: it stays
+    /// proposed and unsigned, the signed version stays in force.
+    pub fn amendment_refused(&mut self) {
+        self.amendment_signatures.clear();
     }
 
     /// Withdraws the pending amendment; the signed version stays in force.
     pub fn withdraw_amendment(&mut self, version: u32) -> Result<(), ServiceError> {
+        self.not_while_applying()?;
         if self.pending_amendment == 0 || version != self.pending_amendment {
             return Err(ServiceError::FailedPrecondition(format!(
                 "version {version} is not a pending amendment"
@@ -329,6 +363,8 @@ mod tests {
             n.sign_amendment(Party::Buyer, "buyer-1", 2, AT).unwrap(),
             Amended::Both
         );
+        assert!(n.propose_amendment(1).is_err(), "not while it is applied");
+        assert_eq!(n.apply_amendment().unwrap(), 2);
         assert_eq!(
             (n.signed_version, n.pending_amendment, n.status),
             (2, 0, Status::Funded)

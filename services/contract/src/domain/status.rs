@@ -14,6 +14,7 @@
 //! | activation refused      | activating                                   | draft               |
 //! | payment received        | awaiting_payment, partially_funded           | partially_funded    |
 //! | fully funded            | awaiting_payment, partially_funded           | funded              |
+//! | more due (amendment)    | funded                                       | partially_funded    |
 //! | ship                    | funded, signed_unprotected                   | shipped             |
 //! | confirm receipt         | shipped                                      | delivered           |
 //! | accept                  | shipped, delivered                           | completed           |
@@ -58,6 +59,8 @@ pub enum Action {
     ActivationRefused,
     PaymentReceived,
     FullyFunded,
+    /// A signed amendment raised the total: more money is due.
+    MoreDue,
     Ship,
     ConfirmReceipt,
     Accept,
@@ -143,6 +146,7 @@ impl Status {
             (A::ActivationRefused, S::Activating) => S::Draft,
             (A::PaymentReceived, S::AwaitingPayment | S::PartiallyFunded) => S::PartiallyFunded,
             (A::FullyFunded, S::AwaitingPayment | S::PartiallyFunded) => S::Funded,
+            (A::MoreDue, S::Funded) => S::PartiallyFunded,
             (A::Ship, S::Funded | S::SignedUnprotected) => S::Shipped,
             (A::ConfirmReceipt, S::Shipped) => S::Delivered,
             (A::Accept, S::Shipped | S::Delivered) => S::Completed,
@@ -185,6 +189,7 @@ impl Action {
             }
             Action::Activated | Action::ActivationRefused => "activation",
             Action::PaymentReceived | Action::FullyFunded => "receiving a payment",
+            Action::MoreDue => "asking for more money",
             Action::Ship => "recording a shipment",
             Action::ConfirmReceipt => "confirming receipt",
             Action::Accept => "accepting the goods",
@@ -211,6 +216,7 @@ mod tests {
             A::ActivationRefused,
             A::PaymentReceived,
             A::FullyFunded,
+            A::MoreDue,
             A::Ship,
             A::ConfirmReceipt,
             A::Accept,
@@ -242,6 +248,7 @@ mod tests {
                 (S::AwaitingPayment, S::Funded),
                 (S::PartiallyFunded, S::Funded),
             ],
+            A::MoreDue => &[(S::Funded, S::PartiallyFunded)],
             A::Ship => &[(S::Funded, S::Shipped), (S::SignedUnprotected, S::Shipped)],
             A::ConfirmReceipt => &[(S::Shipped, S::Delivered)],
             A::Accept => &[(S::Shipped, S::Completed), (S::Delivered, S::Completed)],

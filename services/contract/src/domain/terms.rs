@@ -73,13 +73,15 @@ pub struct PaymentMilestone {
 }
 
 impl PaymentMilestone {
-    /// When it is due, for a contract signed at `signed_at`.
+    /// When it is due, for a contract signed at `signed_at`; `day` is how
+    /// long one day of the terms lasts (a day, except in tests and demos).
     pub fn due_at(
         &self,
         signed_at: OffsetDateTime,
         shipment_deadline: OffsetDateTime,
+        day: Duration,
     ) -> OffsetDateTime {
-        let days = Duration::days(i64::from(self.due_days));
+        let days = day * self.due_days;
         match self.trigger {
             Trigger::AfterSigning => signed_at + days,
             Trigger::BeforeShipmentDeadline => shipment_deadline - days,
@@ -230,6 +232,31 @@ impl Terms {
             claim_window_days,
             total: total?,
         })
+    }
+
+    /// Writes the figures the server owns into the terms as sent: each line
+    /// total, each milestone's amount, and the claim window's default.
+    pub fn stamp(&self, terms: &mut pb::ContractTerms) {
+        for (sent, line) in terms.line_items.iter_mut().zip(&self.line_items) {
+            sent.line_total = Some(line.line_total.to_proto());
+        }
+        if let Some(payment) = terms.payment_terms.as_mut() {
+            for (sent, milestone) in payment.milestones.iter_mut().zip(&self.milestones) {
+                sent.amount = Some(milestone.amount.to_proto());
+            }
+        }
+        terms.claim_window_days = self.claim_window_days;
+    }
+
+    /// The agency that must inspect before shipment, if any.
+    pub fn inspection_agency(&self) -> &str {
+        match &self.inspection {
+            Inspection::None => "",
+            Inspection::PreShipmentThirdParty {
+                agency_principal_id,
+                ..
+            } => agency_principal_id,
+        }
     }
 
     pub fn criterion(&self, criterion_id: &str) -> Option<&QualityCriterion> {

@@ -141,7 +141,7 @@ fn valid_terms_get_their_totals_and_schedule_computed() {
     let balance = &terms.milestones[1];
     assert_eq!(balance.trigger, Trigger::BeforeShipmentDeadline);
     assert_eq!(
-        balance.due_at(NOW, terms.shipment_deadline),
+        balance.due_at(NOW, terms.shipment_deadline, Duration::days(1)),
         terms.shipment_deadline - Duration::days(5)
     );
     let criterion = terms.criterion("QC-1").expect("criterion");
@@ -434,6 +434,7 @@ mod fulfilment {
             terms: &terms,
             shipped_at: Some(terms.shipment_deadline - Duration::days(2)),
             received_at: Some(received),
+            day: Duration::days(1),
         };
         let within = received + Duration::days(30);
         let after_window = received + Duration::days(31);

@@ -1,0 +1,248 @@
+//! How the contract reacts to what happens elsewhere: the answers of its
+//! outbox calls, escrow's event feed, and its own timers. Each reaction runs
+//! in the transaction that records the answer, advances the feed cursor or
+//! fires the timer, so it happens exactly once.
+
+use std::sync::Arc;
+
+use sqlx::PgConnection;
+use ta_proto::{escrow as escrow_pb, supplier as supplier_pb};
+use ta_runtime::{ServiceError, money::Money, timestamps};
+use ta_workflow::{
+    consumer::{EventHandler, FeedItem, Subscription},
+    outbox::{Answer, CompletionHandler, Delivery},
+    timers::{DueTimer, TimerHandler},
+};
+use uuid::Uuid;
+
+use crate::{
+    app,
+    flows::{ACCEPTANCE_DUE, Actor, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, completion},
+    storage,
+};
+
+fn contract_id(text: &str) -> Result<Uuid, ServiceError> {
+    Uuid::parse_str(text)
+        .map_err(|_| ServiceError::internal(format!("`{text}` is not a contract id")))
+}
+
+fn refusal(answer: &Answer) -> Option<&str> {
+    match answer {
+        Answer::Accepted(_) => None,
+        Answer::Refused { message, .. } => Some(message),
+    }
+}
+
+pub struct Completions {
+    pub flows: Arc<Flows>,
+}
+
+impl CompletionHandler for Completions {
+    async fn complete(
+        &self,
+        tx: &mut PgConnection,
+        delivery: &Delivery,
+        answer: &Answer,
+    ) -> Result<(), ServiceError> {
+        let now = timestamps::now();
+        let flows = &self.flows;
+        match delivery.completion.as_str() {
+            completion::COVER_RESERVED => {
+                let request: supplier_pb::ReserveCoverRequest = delivery.decode_request()?;
+                app::cover_reserved(
+                    tx,
+                    flows,
+                    contract_id(&request.contract_id)?,
+                    refusal(answer),
+                    now,
+                )
+                .await
+            }
+            completion::ESCROW_OPENED => {
+                let request: escrow_pb::OpenEscrowAccountRequest = delivery.decode_request()?;
+                let outcome = match answer {
+                    Answer::Accepted(_) => Ok(answer.decode()?),
+                    Answer::Refused { message, .. } => Err(message.clone()),
+                };
+                app::escrow_opened(tx, flows, contract_id(&request.contract_id)?, outcome, now)
+                    .await
+            }
+            completion::COVER_ADJUSTED => {
+                let request: supplier_pb::AdjustCoverRequest = delivery.decode_request()?;
+                app::cover_adjusted(
+                    tx,
+                    flows,
+                    contract_id(&request.contract_id)?,
+                    request.contract_version,
+                    refusal(answer),
+                    now,
+                )
+                .await
+            }
+            completion::SCHEDULE_AMENDED => {
+                let request: escrow_pb::AmendEscrowScheduleRequest = delivery.decode_request()?;
+                let Some(mut contract) =
+                    storage::find_by_escrow_account(tx, &request.escrow_account_id).await?
+                else {
+                    return Err(ServiceError::internal(
+                        "schedule amended for an unknown account",
+                    ));
+                };
+                if contract.negotiation.pending_amendment != request.contract_version
+                    || !contract.negotiation.amendment_signed_by_both()
+                {
+                    return Ok(());
+                }
+                match answer {
+                    Answer::Accepted(_) => {
+                        let response: escrow_pb::AmendEscrowScheduleResponse = answer.decode()?;
+                        let schedule = response.account.map(|a| a.schedule).unwrap_or_default();
+                        app::apply_amendment(
+                            tx,
+                            flows,
+                            &mut contract,
+                            &Actor::system(),
+                            Some(&schedule),
+                            now,
+                        )
+                        .await?;
+                    }
+                    Answer::Refused { message, .. } => {
+                        // Cover already follows the amendment; an operator
+                        // must reconcile it with the unchanged escrow.
+                        tracing::error!(
+                            contract_id = %contract.contract_id,
+                            message,
+                            "escrow refused an amended schedule whose cover was adjusted"
+                        );
+                        contract.negotiation.amendment_refused();
+                        storage::save_contract(tx, &mut contract, now).await?;
+                    }
+                }
+                Ok(())
+            }
+            completion::MONEY_MOVED => {
+                let (account, reason) = match delivery.method.rsplit('/').next() {
+                    Some("ReleaseToSupplier") => {
+                        let r: escrow_pb::ReleaseToSupplierRequest = delivery.decode_request()?;
+                        (r.escrow_account_id, r.reason)
+                    }
+                    _ => {
+                        let r: escrow_pb::RefundToBuyerRequest = delivery.decode_request()?;
+                        (r.escrow_account_id, r.reason)
+                    }
+                };
+                if let Some(message) = refusal(answer) {
+                    tracing::warn!(account, message, "escrow refused to move the money held");
+                }
+                let Some(contract) = storage::find_by_escrow_account(tx, &account).await? else {
+                    return Err(ServiceError::internal("money moved for an unknown account"));
+                };
+                flows.close_escrow(tx, &contract, &reason).await
+            }
+            _ => {
+                if let Some(message) = refusal(answer) {
+                    tracing::warn!(
+                        method = delivery.method,
+                        message,
+                        "a follow-up call was refused; an operator should look at it"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Escrow's feed, as the contract follows it: funding and overdue payments.
+pub fn escrow_subscription()
+-> Subscription<escrow_pb::StreamEscrowEventsRequest, escrow_pb::StreamEscrowEventsResponse> {
+    Subscription {
+        cursor: "escrow",
+        producer: crate::flows::ESCROW,
+        method: "/tradeassurance.escrow.v1.EscrowService/StreamEscrowEvents",
+        request: |after_sequence| escrow_pb::StreamEscrowEventsRequest { after_sequence },
+        item: |response| {
+            response.event.as_ref().map(|event| FeedItem {
+                sequence: event.sequence,
+                traceparent: Some(response.traceparent.clone()).filter(|t| !t.is_empty()),
+            })
+        },
+    }
+}
+
+pub struct EscrowEvents {
+    pub flows: Arc<Flows>,
+}
+
+impl EventHandler<escrow_pb::StreamEscrowEventsResponse> for EscrowEvents {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        _sequence: u64,
+        response: &escrow_pb::StreamEscrowEventsResponse,
+    ) -> Result<(), ServiceError> {
+        let Some(event) = &response.event else {
+            return Ok(());
+        };
+        let Ok(id) = Uuid::parse_str(&event.contract_id) else {
+            return Ok(());
+        };
+        if !storage::exists(tx, id).await? {
+            // Another platform's account (or a test's): not ours to follow.
+            return Ok(());
+        }
+        let now = timestamps::now();
+        match escrow_pb::EscrowEventType::try_from(event.r#type) {
+            Ok(escrow_pb::EscrowEventType::PaymentSucceeded) => {
+                let amount = event.amount.as_ref().and_then(|m| {
+                    let mut v = ta_runtime::Violations::new();
+                    Money::positive_from_proto("amount", Some(m), &mut v)
+                });
+                app::payment_received(tx, &self.flows, id, &event.milestone_id, amount, now).await
+            }
+            Ok(escrow_pb::EscrowEventType::PaymentOverdue) => {
+                app::payment_overdue(tx, &self.flows, id, &event.milestone_id, now).await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+pub struct Timers {
+    pub flows: Arc<Flows>,
+}
+
+impl TimerHandler for Timers {
+    async fn fire(&self, tx: &mut PgConnection, timer: &DueTimer) -> Result<(), ServiceError> {
+        let now = timestamps::now();
+        let id = contract_id(&timer.subject_id)?;
+        match timer.kind.as_str() {
+            SHIPMENT_DUE => app::shipment_due(tx, &self.flows, id, now).await,
+            ACCEPTANCE_DUE => app::acceptance_due(tx, &self.flows, id, now).await,
+            CLAIM_CONFIRMATION => {
+                let mut contract = storage::lock_contract(tx, id).await?;
+                let Some(claim) = contract.open_claim_id.clone() else {
+                    return Ok(());
+                };
+                if !contract.progress.claim_pending {
+                    return Ok(());
+                }
+                app::abandon_claim_opening(
+                    tx,
+                    &self.flows,
+                    &mut contract,
+                    &Actor::system(),
+                    &claim,
+                    "dispute did not confirm it in time",
+                    now,
+                )
+                .await?;
+                Ok(())
+            }
+            other => Err(ServiceError::internal(format!(
+                "unknown contract timer kind {other}"
+            ))),
+        }
+    }
+}
