@@ -25,6 +25,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+pub mod platform;
+
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 pub use serde_json::{Value, json};
@@ -686,6 +688,15 @@ impl Service {
     }
 
     /// Sends SIGTERM.
+    /// Kills the process at once (SIGKILL: no shutdown, nothing flushed) and
+    /// waits for it to be gone.
+    pub fn kill(&mut self) {
+        if self.exit_status().is_none() {
+            let _ = self.child.kill();
+            self.exit = self.child.wait().ok();
+        }
+    }
+
     pub fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])

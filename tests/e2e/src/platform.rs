@@ -1,0 +1,328 @@
+//! The platform as the journey tests meet it: supplier-registry, escrow and
+//! contract as real processes on one fresh database (each in its own schema),
+//! wired to each other by their `*_URL` settings, plus the steps every story
+//! starts with (a verified supplier with a Trade Assurance limit, terms).
+
+use std::time::{Duration, SystemTime};
+
+use crate::*;
+
+pub const CONTRACT_SERVICE: &str = "tradeassurance.contract.v1.ContractService";
+pub const ESCROW_SERVICE: &str = "tradeassurance.escrow.v1.EscrowService";
+
+pub fn registry_method(name: &str) -> String {
+    format!("{SUPPLIER_SERVICE}/{name}")
+}
+pub fn contract_method(name: &str) -> String {
+    format!("{CONTRACT_SERVICE}/{name}")
+}
+pub fn escrow_method(name: &str) -> String {
+    format!("{ESCROW_SERVICE}/{name}")
+}
+
+pub fn usd(amount_minor: i64) -> Value {
+    json!({ "currency_code": "USD", "amount_minor": amount_minor })
+}
+
+/// RFC 3339 for `now + offset` (negative offsets are in the past).
+pub fn at(offset: Duration) -> String {
+    humantime::format_rfc3339_millis(SystemTime::now() + offset).to_string()
+}
+
+pub fn days(n: u64) -> Duration {
+    Duration::from_secs(n * 86_400)
+}
+
+/// The three services a contract's life needs.
+pub struct Platform {
+    pub database: TestDatabase,
+    pub registry: Service,
+    pub escrow: Service,
+    pub contract: Service,
+    contract_env: Vec<(String, String)>,
+    pub operator: String,
+}
+
+impl Platform {
+    /// `contract_env` adds to the contract's settings, e.g.
+    /// `CONTRACT_TERM_DAY=1s` so a term's days pass in seconds.
+    pub fn start(contract_env: &[(&str, &str)]) -> Self {
+        let database = fresh_database();
+        let fast = [
+            ("DATABASE_URL", database.url.as_str()),
+            ("WORKFLOW_OUTBOX_POLL_INTERVAL", "100ms"),
+            ("WORKFLOW_TIMER_POLL_INTERVAL", "100ms"),
+        ];
+        let mut registry = Service::spawn(SUPPLIER_REGISTRY, &fast);
+        let mut escrow = Service::spawn(ESCROW, &fast);
+        registry.wait_serving();
+        escrow.wait_serving();
+        let mut env: Vec<(String, String)> = fast
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        env.push((
+            "SUPPLIER_REGISTRY_URL".into(),
+            format!("http://{}", registry.addr()),
+        ));
+        env.push(("ESCROW_URL".into(), format!("http://{}", escrow.addr())));
+        for (k, v) in contract_env {
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let contract = spawn_with(CONTRACT, &env);
+        let mut platform = Self {
+            database,
+            registry,
+            escrow,
+            contract,
+            contract_env: env,
+            operator: mint("ops-journey", Role::Operator),
+        };
+        platform.contract.wait_serving();
+        platform
+    }
+
+    /// Another contract process on the same database (a second replica, or
+    /// one restarted after a kill), with the same settings plus `extra`.
+    pub fn spawn_contract(&self, extra: &[(&str, &str)]) -> Service {
+        let mut env = self.contract_env.clone();
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let mut service = spawn_with(CONTRACT, &env);
+        service.wait_serving();
+        service
+    }
+
+    pub fn session(&self) -> Session {
+        self.database.session()
+    }
+
+    /// A verified supplier owned by `owner`; enrolled with `limit_minor` USD
+    /// of Trade Assurance cover when given. Returns its id.
+    pub fn supplier(&self, owner: &str, limit_minor: Option<i64>) -> String {
+        let token = mint(owner, Role::Supplier);
+        let registered = self.registry.call_ok(
+            &registry_method("RegisterSupplier"),
+            Some(&token),
+            &json!({
+                "idempotency_key": format!("register-{owner}"),
+                "legal_name": format!("{owner} Manufacturing Co."),
+                "country_code": "CN",
+                "business_licence_number": licence_number(owner),
+                "contacts": [{ "name": "Li Wei", "email": "sales@example.com" }]
+            }),
+        );
+        let id = registered["supplier"]["supplierId"]
+            .as_str()
+            .expect("supplierId")
+            .to_owned();
+        self.registry.call_ok(
+            &registry_method("SubmitVerification"),
+            Some(&token),
+            &json!({ "idempotency_key": "submit", "supplier_id": id }),
+        );
+        self.registry.call_ok(
+            &registry_method("VerifySupplier"),
+            Some(&self.operator),
+            &json!({ "idempotency_key": format!("verify-{id}"), "supplier_id": id }),
+        );
+        if let Some(limit) = limit_minor {
+            self.registry.call_ok(
+                &registry_method("EnrollTradeAssurance"),
+                Some(&self.operator),
+                &json!({ "idempotency_key": format!("enrol-{id}"), "supplier_id": id, "ta_limit": usd(limit) }),
+            );
+        }
+        id
+    }
+
+    /// The cover figures of a supplier: (reserved, remaining) in minor units.
+    pub fn cover(&self, supplier_id: &str) -> (i64, i64) {
+        let cover = self.registry.call_ok(
+            &registry_method("GetCover"),
+            Some(&self.operator),
+            &json!({ "supplier_id": supplier_id }),
+        );
+        (
+            int(&cover["coverReserved"]["amountMinor"]),
+            int(&cover["coverRemaining"]["amountMinor"]),
+        )
+    }
+
+    pub fn contract_call(
+        &self,
+        method: &str,
+        token: &str,
+        body: &Value,
+    ) -> Result<Value, RpcError> {
+        self.contract
+            .call(&contract_method(method), Some(token), body)
+    }
+
+    pub fn contract_ok(&self, method: &str, token: &str, body: &Value) -> Value {
+        self.contract
+            .call_ok(&contract_method(method), Some(token), body)
+    }
+
+    pub fn get_contract(&self, contract_id: &str) -> Value {
+        self.contract_ok(
+            "GetContract",
+            &self.operator,
+            &json!({ "contract_id": contract_id }),
+        )["contract"]
+            .clone()
+    }
+
+    /// Waits until the contract's status is `status` (the outbox, the feed
+    /// and the timers move it in the background); returns the contract.
+    pub fn wait_status(&self, contract_id: &str, status: &str) -> Value {
+        wait_until(
+            PATIENCE,
+            &format!("contract {contract_id} to be {status}"),
+            || {
+                let contract = self.get_contract(contract_id);
+                if contract["status"] == status {
+                    Ok(contract)
+                } else {
+                    Err(format!("status {}", contract["status"]))
+                }
+            },
+        )
+    }
+
+    /// The actions of the contract's timeline, oldest first.
+    pub fn timeline_actions(&self, contract_id: &str) -> Vec<String> {
+        let timeline = self.contract_ok(
+            "GetContractTimeline",
+            &self.operator,
+            &json!({ "contract_id": contract_id, "page": { "page_size": 100 } }),
+        );
+        timeline["entries"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn escrow_account(&self, contract_id: &str) -> Value {
+        self.escrow.call_ok(
+            &escrow_method("GetEscrowAccount"),
+            Some(&self.operator),
+            &json!({ "contract_id": contract_id }),
+        )
+    }
+
+    /// Pays one milestone by card (approved), as the buyer.
+    pub fn pay_by_card(&self, buyer: &str, account_id: &str, milestone: &str, amount_minor: i64) {
+        let funded = self.escrow.call_ok(
+            &escrow_method("FundEscrow"),
+            Some(buyer),
+            &json!({
+                "idempotency_key": format!("pay-{account_id}-{milestone}"),
+                "escrow_account_id": account_id,
+                "milestone_id": milestone,
+                "amount": usd(amount_minor),
+                "card": { "card_token": "tok_visa" }
+            }),
+        );
+        assert_eq!(
+            funded["fundingAttempt"]["status"], "FUNDING_STATUS_SUCCEEDED",
+            "{funded:#}"
+        );
+    }
+
+    /// The ledger holds together: every currency sums to zero, no balance
+    /// is negative or differs from its postings.
+    pub fn assert_ledger_reconciles(&self) {
+        let report = self.escrow.call_ok(
+            &escrow_method("ReconcileLedger"),
+            Some(&self.operator),
+            &json!({}),
+        );
+        let differences = report["differences"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(differences.is_empty(), "ledger differences: {report:#}");
+    }
+}
+
+/// A business licence number of its own for each owner name.
+fn licence_number(owner: &str) -> String {
+    let hash = owner
+        .bytes()
+        .fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    format!("9131{:010}", hash % 10_000_000_000)
+}
+
+fn spawn_with(binary: &str, env: &[(String, String)]) -> Service {
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Service::spawn(binary, &pairs)
+}
+
+/// Terms a buyer and supplier agree on: 1,000 mugs at 3.00 USD and 10
+/// cartons at 10.00 USD (3,100.00 USD), FOB Shanghai, 30 % deposit after
+/// signing and the balance before shipment, no inspection, unless changed.
+pub fn terms(protection: &str) -> Value {
+    json!({
+        "title": "Stoneware mugs, spring collection",
+        "line_items": [
+            { "sku": "MUG-350", "description": "350 ml stoneware mug", "quantity": 1000, "unit": "pcs", "unit_price": usd(300) },
+            { "sku": "BOX-24", "description": "Carton for 24 mugs", "quantity": 10, "unit": "carton", "unit_price": usd(1000) }
+        ],
+        "specifications": [{ "sku": "MUG-350", "name": "glaze", "value": "lead-free, food safe" }],
+        "quality_criteria": [{
+            "criterion_id": "QC-1", "name": "Wall thickness", "sku": "MUG-350",
+            "metric": "wall thickness", "method": "micrometer, 5 points, ISO 2859-1 AQL 2.5",
+            "comparator": "COMPARATOR_WITHIN_TOLERANCE", "target_value": "4.0", "tolerance": "0.3", "unit": "mm"
+        }],
+        "shipment_deadline": at(days(20)),
+        "delivery_deadline": at(days(45)),
+        "delivery_terms": { "incoterm": "INCOTERM_FOB", "named_place": "Shanghai port", "destination_country_code": "DE" },
+        "inspection": { "kind": "INSPECTION_KIND_NONE" },
+        "payment_terms": {
+            "scheme": "PAYMENT_SCHEME_DEPOSIT_AND_BALANCE",
+            "milestones": [
+                { "milestone_id": "deposit", "share_basis_points": 3000, "trigger": "PAYMENT_TRIGGER_AFTER_SIGNING", "due_days": 3 },
+                { "milestone_id": "balance", "share_basis_points": 7000, "trigger": "PAYMENT_TRIGGER_BEFORE_SHIPMENT_DEADLINE", "due_days": 2 }
+            ]
+        },
+        "inspection_period_days": 7,
+        "claim_window_days": 0,
+        "protection": protection
+    })
+}
+
+/// A contract both parties signed on `terms`: created by the buyer, signed
+/// by the supplier and then the buyer. Returns its id.
+pub fn signed_contract(
+    platform: &Platform,
+    buyer: &str,
+    supplier: &str,
+    supplier_id: &str,
+    terms: &Value,
+) -> String {
+    let created = platform.contract_ok(
+        "CreateContractDraft",
+        buyer,
+        &json!({ "idempotency_key": unique_name("draft"), "supplier_id": supplier_id, "terms": terms }),
+    );
+    let id = created["contract"]["contractId"]
+        .as_str()
+        .expect("contractId")
+        .to_owned();
+    for (who, key) in [(supplier, "sign-supplier"), (buyer, "sign-buyer")] {
+        platform.contract_ok(
+            "SignContract",
+            who,
+            &json!({ "idempotency_key": format!("{key}-{id}"), "contract_id": id, "version": 1 }),
+        );
+    }
+    id
+}
