@@ -104,8 +104,9 @@ impl ServiceCredentials {
         }
         if auth.jwks_file.is_some() && !auth.allow_hs256 {
             return Err(
-                "set SERVICE_SIGNING_KEY_FILE or SERVICE_TOKEN_DIR: the dev secret \
-                 AUTH_JWT_HS256_SECRET signs service tokens in local runs only"
+                "AUTH_JWT_JWKS_FILE is set (production tokens): set SERVICE_SIGNING_KEY_FILE \
+                 or SERVICE_TOKEN_DIR, the dev secret AUTH_JWT_HS256_SECRET signs service \
+                 tokens in local runs only"
                     .into(),
             );
         }

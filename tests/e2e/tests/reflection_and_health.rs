@@ -172,7 +172,11 @@ fn reflection_and_health_of_the_four_services() {
                 "tradeassurance.escrow.v1.EscrowService",
                 "tradeassurance.ops.v1.WorkflowAdminService",
             ],
-            // Contract and dispute: their APIs are not served yet.
+            CONTRACT => &[
+                "tradeassurance.contract.v1.ContractService",
+                "tradeassurance.ops.v1.WorkflowAdminService",
+            ],
+            // Dispute: its API is not served yet.
             _ => &[],
         };
         let listed = list(&service.addr());
