@@ -608,3 +608,123 @@ fn two_replicas_fire_every_timer_exactly_once() {
     );
     assert!(second.log().contains("contract"), "the second replica ran");
 }
+
+#[test]
+fn a_claim_pauses_the_timers_and_an_unconfirmed_one_is_dropped() {
+    let platform = Platform::start(&[
+        ("CONTRACT_TERM_DAY", "1s"),
+        ("CONTRACT_CLAIM_CONFIRMATION_TIMEOUT", "2s"),
+    ]);
+    let owner = "supplier-claims";
+    let (buyer, supplier) = tokens(owner);
+    let dispute = mint_service("dispute", "contract");
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let mut prepaid = terms("PROTECTION_TRADE_ASSURANCE");
+    prepaid["payment_terms"] = json!({
+        "scheme": "PAYMENT_SCHEME_FULL_PREPAYMENT",
+        "milestones": [{ "milestone_id": "full", "share_basis_points": 10000, "trigger": "PAYMENT_TRIGGER_AFTER_SIGNING", "due_days": 300 }]
+    });
+    prepaid["inspection_period_days"] = json!(4);
+    prepaid["claim_window_days"] = json!(4);
+    let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &prepaid);
+    let active = platform.wait_status(&id, "CONTRACT_STATUS_AWAITING_PAYMENT");
+    let account = active["escrowAccountId"]
+        .as_str()
+        .expect("account")
+        .to_owned();
+    let claim = |key: &str, claim_id: &str, reason: &str| {
+        platform.contract_call(
+            "RecordClaimOpened",
+            &dispute,
+            &json!({ "idempotency_key": key, "contract_id": id, "claim_id": claim_id, "reason": reason }),
+        )
+    };
+    let nothing_held = claim("c0", "claim-0", "CLAIM_REASON_DAMAGE").expect_err("nothing funded");
+    assert!(
+        nothing_held.message.contains("no money is held"),
+        "{nothing_held:#?}"
+    );
+
+    platform.pay_by_card(&buyer, &account, "full", 310_000);
+    platform.wait_status(&id, "CONTRACT_STATUS_FUNDED");
+    platform.contract_ok(
+        "RecordShipment",
+        &supplier,
+        &json!({ "idempotency_key": "ship", "contract_id": id, "carrier": "DHL", "tracking_number": "JD7", "final": true }),
+    );
+    let too_early = claim("c1", "claim-1", "CLAIM_REASON_DAMAGE").expect_err("not received yet");
+    assert!(
+        too_early
+            .message
+            .contains("after the buyer confirmed receipt"),
+        "{too_early:#?}"
+    );
+    platform.contract_ok(
+        "ConfirmReceipt",
+        &buyer,
+        &json!({ "idempotency_key": "receipt", "contract_id": id }),
+    );
+
+    // Phase one without phase two: dropped by its timer, the contract resumes.
+    let pending = claim("c2", "claim-2", "CLAIM_REASON_DAMAGE").expect("within the window");
+    assert_eq!(pending["contract"]["status"], "CONTRACT_STATUS_IN_DISPUTE");
+    assert_eq!(pending["contract"]["claimPendingConfirmation"], true);
+    let other = claim("c3", "claim-3", "CLAIM_REASON_DAMAGE").expect_err("one open claim");
+    assert!(other.message.contains("already open"), "{other:#?}");
+    let resumed = platform.wait_status(&id, "CONTRACT_STATUS_DELIVERED");
+    assert_eq!(resumed["openClaimId"], "");
+
+    // Confirmed, then withdrawn: the acceptance deadline moved by the pause.
+    let due_before = platform.get_contract(&id)["milestones"]
+        .as_array()
+        .and_then(|m| {
+            m.iter()
+                .find(|m| m["kind"] == "MILESTONE_KIND_ACCEPTANCE")
+                .cloned()
+        })
+        .expect("acceptance milestone")["dueAt"]
+        .clone();
+    claim("c4", "claim-4", "CLAIM_REASON_QUALITY_MISMATCH").expect("opens");
+    platform.contract_ok(
+        "ConfirmClaimOpened",
+        &dispute,
+        &json!({ "idempotency_key": "c4-confirm", "contract_id": id, "claim_id": "claim-4" }),
+    );
+    // Paused: the acceptance deadline passes while the claim is open.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        platform.get_contract(&id)["status"],
+        "CONTRACT_STATUS_IN_DISPUTE"
+    );
+    let withdrawn = platform.contract_ok(
+        "RecordClaimClosed",
+        &dispute,
+        &json!({ "idempotency_key": "c4-close", "contract_id": id, "claim_id": "claim-4", "closure": "CLAIM_CLOSURE_WITHDRAWN" }),
+    );
+    assert_eq!(withdrawn["contract"]["status"], "CONTRACT_STATUS_DELIVERED");
+    let due_after = withdrawn["contract"]["milestones"]
+        .as_array()
+        .and_then(|m| {
+            m.iter()
+                .find(|m| m["kind"] == "MILESTONE_KIND_ACCEPTANCE")
+                .cloned()
+        })
+        .expect("acceptance milestone")["dueAt"]
+        .clone();
+    assert!(
+        due_after.as_str() > due_before.as_str(),
+        "{due_before} -> {due_after}"
+    );
+    let completed = platform.wait_status(&id, "CONTRACT_STATUS_COMPLETED");
+    assert_eq!(completed["acceptance"], "ACCEPTANCE_KIND_AUTOMATIC");
+    let actions = platform.timeline_actions(&id);
+    for action in [
+        "claim.recorded",
+        "claim.abandoned",
+        "claim.opened",
+        "claim.withdrawn",
+        "goods.accepted",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
+}
