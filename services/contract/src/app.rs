@@ -18,6 +18,7 @@ use crate::{
     },
     flows::{
         self, ACCEPTANCE_DUE, Actor, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, Step, load_terms,
+        readable, readable_time,
     },
     storage::{self, ContractRecord, Payment},
 };
@@ -74,7 +75,7 @@ pub async fn both_signed(
                     "contract.signed",
                     format!(
                         "both parties signed version {version}; reserving {} of cover with supplier-registry before escrow opens",
-                        contract.total
+                        readable(contract.total)
                     ),
                 ),
                 now,
@@ -141,7 +142,7 @@ pub async fn cover_reserved(
             kind: "cover.reserved".into(),
             description: format!(
                 "supplier-registry reserved {} of the supplier's Trade Assurance limit; opening the escrow account",
-                contract.total
+                readable(contract.total)
             ),
             money: Some(contract.total),
         },
@@ -206,7 +207,10 @@ pub async fn escrow_opened(
                 format!(
                     "cover reserved and escrow account {} opened; the buyer pays into escrow{}",
                     account,
-                    first_due.map_or(String::new(), |d| format!(", first payment due {d}"))
+                    first_due.map_or(String::new(), |d| format!(
+                        ", first payment due {}",
+                        readable_time(d)
+                    ))
                 ),
             ),
             now,
@@ -279,7 +283,7 @@ pub async fn payment_received(
             tracing::warn!(%contract_id, status = target.as_str(), "payment for a contract not awaiting it");
         }
     }
-    let funded = Money::new(funded_minor(&payments), contract.total.currency);
+    let funded = readable(Money::new(funded_minor(&payments), contract.total.currency));
     let detail = if all_funded {
         format!(
             "payment {milestone_id} received in escrow; fully funded ({funded}): the supplier can produce and ship"
@@ -287,7 +291,7 @@ pub async fn payment_received(
     } else {
         format!(
             "payment {milestone_id} received in escrow; {funded} of {} funded",
-            contract.total
+            readable(contract.total)
         )
     };
     flows
@@ -379,7 +383,7 @@ pub async fn cancel(
     let detail = if funded > 0 {
         format!(
             "cancelled: {reason}; {} refunded from escrow, cover released",
-            Money::new(funded, contract.total.currency)
+            readable(Money::new(funded, contract.total.currency))
         )
     } else if had_cover {
         format!("cancelled: {reason}; nothing was funded; cover released, escrow closed")
@@ -441,7 +445,10 @@ pub async fn accept(
         format!(" (\"{note}\")")
     };
     let detail = if protected {
-        format!("{how}{note}; {held} released to the supplier, cover freed, completed")
+        format!(
+            "{how}{note}; {} released to the supplier, cover freed, completed",
+            readable(held)
+        )
     } else {
         format!("{how}{note}; completed")
     };
@@ -819,7 +826,8 @@ pub async fn record_claim_closed(
                 "claim.settled",
                 match refunded {
                     Some(m) => format!(
-                        "claim {claim_id} decided: {m} refunded, the rest released to the supplier; goods accepted, completed"
+                        "claim {claim_id} decided: {} refunded, the rest released to the supplier; goods accepted, completed",
+                        readable(m)
                     ),
                     None => format!(
                         "claim {claim_id} decided for the supplier: everything released; goods accepted, completed"
@@ -842,10 +850,13 @@ pub async fn record_claim_closed(
                 "claim.settled",
                 format!(
                     "claim {claim_id} decided{}{}; the contract resumes",
-                    refunded.map_or(String::new(), |m| format!(": {m} refunded")),
+                    refunded.map_or(String::new(), |m| format!(": {} refunded", readable(m))),
                     closed
                         .new_shipment_deadline
-                        .map_or(String::new(), |d| format!(", new shipment deadline {d}"))
+                        .map_or(String::new(), |d| format!(
+                            ", new shipment deadline {}",
+                            readable_time(d)
+                        ))
                 ),
             )
         }
@@ -988,8 +999,10 @@ pub async fn apply_amendment(
                 pb::ContractEventType::Amended,
                 "contract.amended",
                 format!(
-                    "amendment {version} signed by both is in force (\"{}\"); total {previous_total} -> {}",
-                    loaded.version.change_note, contract.total
+                    "amendment {version} signed by both is in force (\"{}\"); total {} -> {}",
+                    loaded.version.change_note,
+                    readable(previous_total),
+                    readable(contract.total)
                 ),
             ),
             now,

@@ -152,6 +152,41 @@ pub fn current_version(contract: &ContractRecord) -> u32 {
     }
 }
 
+/// Money as people read it in the timeline: `3,100.00 USD`.
+pub fn readable(m: Money) -> String {
+    let exponent = u32::from(m.currency.minor_unit_exponent());
+    let scale = 10_i64.pow(exponent);
+    let (sign, minor) = if m.amount_minor < 0 {
+        ("-", -(m.amount_minor as i128))
+    } else {
+        ("", m.amount_minor as i128)
+    };
+    let whole = (minor / i128::from(scale)).to_string();
+    let mut grouped = String::new();
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    let fraction = if exponent == 0 {
+        String::new()
+    } else {
+        format!(
+            ".{:0width$}",
+            minor % i128::from(scale),
+            width = exponent as usize
+        )
+    };
+    format!("{sign}{grouped}{fraction} {}", m.currency)
+}
+
+/// A moment as people read it in the timeline: `2026-12-31 14:05 UTC`.
+pub fn readable_time(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!("{} {:02}:{:02} UTC", at.date(), at.hour(), at.minute())
+}
+
 pub fn money(amount_minor: i64, currency: ta_runtime::money::Currency) -> PbMoney {
     Money::new(amount_minor, currency).to_proto()
 }
@@ -737,5 +772,22 @@ impl Flows {
             )
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ta_runtime::money::{Currency, Money};
+
+    use super::readable;
+
+    #[test]
+    fn money_reads_in_major_units_with_its_currency() {
+        let usd = Currency::parse("USD").unwrap();
+        let jpy = Currency::parse("JPY").unwrap();
+        assert_eq!(readable(Money::new(310_000, usd)), "3,100.00 USD");
+        assert_eq!(readable(Money::new(5, usd)), "0.05 USD");
+        assert_eq!(readable(Money::new(123_456_789, jpy)), "123,456,789 JPY");
+        assert_eq!(readable(Money::new(-1_050, usd)), "-10.50 USD");
     }
 }

@@ -442,7 +442,7 @@ impl ContractService for ContractApi {
                                     "draft \"{}\" created by the {}: {} ({})",
                                     cmd.terms.title,
                                     principal.role,
-                                    cmd.terms.total,
+                                    flows::readable(cmd.terms.total),
                                     match cmd.terms.protection {
                                         Protection::TradeAssurance => "Trade Assurance",
                                         Protection::None => "unprotected",
@@ -514,7 +514,9 @@ impl ContractService for ContractApi {
                             "draft.revised",
                             format!(
                                 "the {} revised the draft to version {version} ({}): {}; signatures on earlier versions are void",
-                                principal.role, cmd.terms.total, cmd.change_note
+                                principal.role,
+                                flows::readable(cmd.terms.total),
+                                cmd.change_note
                             ),
                         ),
                         now,
@@ -749,7 +751,10 @@ impl ContractService for ContractApi {
                                 "amendment.proposed",
                                 format!(
                                     "the {} proposed amendment {version} ({} -> {}): {}",
-                                    principal.role, old_total, cmd.terms.total, cmd.change_note
+                                    principal.role,
+                                    flows::readable(old_total),
+                                    flows::readable(cmd.terms.total),
+                                    cmd.change_note
                                 ),
                             ),
                             now,
@@ -813,7 +818,8 @@ impl ContractService for ContractApi {
                                     "amendment.signed",
                                     format!(
                                         "both parties signed amendment {}; cover moves to {} and the escrow schedule follows",
-                                        cmd.version, amended.version.total
+                                        cmd.version,
+                                        flows::readable(amended.version.total)
                                     ),
                                 ),
                                 now,
@@ -1216,7 +1222,9 @@ impl ContractService for ContractApi {
                             .await?;
                         format!(
                             "shipped{lateness} with {} ({}); the goods must arrive by {}",
-                            cmd.carrier, cmd.tracking_number, loaded.terms.delivery_deadline
+                            cmd.carrier,
+                            cmd.tracking_number,
+                            flows::readable_time(loaded.terms.delivery_deadline)
                         )
                     } else {
                         format!(
@@ -1296,7 +1304,9 @@ impl ContractService for ContractApi {
                             pb::ContractEventType::ReceiptConfirmed,
                             "goods.received",
                             format!(
-                                "the buyer confirmed receipt; claims about the goods are possible until {window_ends}, and the goods count as accepted at {due} unless claimed"
+                                "the buyer confirmed receipt; claims about the goods are possible until {}, and the goods count as accepted at {} unless claimed",
+                                flows::readable_time(window_ends),
+                                flows::readable_time(due)
                             ),
                         ),
                         now,
