@@ -17,8 +17,8 @@ use crate::{
         status::{Action, Status},
     },
     flows::{
-        self, ACCEPTANCE_DUE, Actor, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, Step, load_terms,
-        readable, readable_time,
+        self, ACCEPTANCE_DUE, Actor, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, Step,
+        UNSHIPPED_CANCEL, load_terms, readable, readable_time,
     },
     storage::{self, ContractRecord, Payment},
 };
@@ -488,10 +488,19 @@ pub async fn shipment_due(
         return Ok(());
     }
     contract.progress.shipment_overdue = true;
-    let detail = if contract.negotiation.protection == Protection::TradeAssurance {
-        "the shipment deadline passed unshipped: late; the buyer may cancel with a full refund or claim"
+    let protected = contract.negotiation.protection == Protection::TradeAssurance;
+    let detail = if protected {
+        let loaded = load_terms(tx, contract_id, flows::current_version(&contract)).await?;
+        let give_up = now + flows.settings.day * loaded.terms.claim_window_days;
+        flows
+            .schedule_at(tx, UNSHIPPED_CANCEL, contract_id, give_up, now)
+            .await?;
+        format!(
+            "the shipment deadline passed unshipped: late; the buyer may cancel with a full refund or claim; unless the goods ship by {}, the contract is cancelled and the buyer refunded",
+            readable_time(give_up)
+        )
     } else {
-        "the shipment deadline passed unshipped: late"
+        "the shipment deadline passed unshipped: late".to_owned()
     };
     flows
         .record(
@@ -501,11 +510,39 @@ pub async fn shipment_due(
             step(
                 pb::ContractEventType::DeadlinePassed,
                 "deadline.shipment_passed",
-                detail.into(),
+                detail,
             ),
             now,
         )
         .await?;
+    Ok(())
+}
+
+/// A claim window after the shipment deadline, the goods still have not
+/// shipped: the order is given up, the buyer refunded.
+pub async fn unshipped_cancel(
+    tx: &mut PgConnection,
+    flows: &Flows,
+    contract_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<(), ServiceError> {
+    let mut contract = storage::lock_contract(tx, contract_id).await?;
+    if !matches!(
+        contract.negotiation.status,
+        Status::AwaitingPayment | Status::PartiallyFunded | Status::Funded
+    ) || !contract.progress.shipment_overdue
+    {
+        return Ok(());
+    }
+    cancel(
+        tx,
+        flows,
+        &mut contract,
+        &Actor::system(),
+        "nothing shipped within the claim window after the shipment deadline",
+        now,
+    )
+    .await?;
     Ok(())
 }
 
@@ -589,6 +626,7 @@ pub async fn record_claim_opened(
     contract.progress.paused_at = Some(now);
     let subject = contract.contract_id.to_string();
     flows.timers.cancel(tx, SHIPMENT_DUE, &subject).await?;
+    flows.timers.cancel(tx, UNSHIPPED_CANCEL, &subject).await?;
     flows.timers.cancel(tx, ACCEPTANCE_DUE, &subject).await?;
     flows
         .schedule_at(
@@ -694,10 +732,18 @@ async fn resume(
                     .await?;
             }
         }
+        _ if contract.progress.shipment_overdue => {
+            // Still unshipped after a claim about it: a whole claim window
+            // more before the order is given up.
+            let loaded =
+                load_terms(tx, contract.contract_id, flows::current_version(contract)).await?;
+            let give_up = now + flows.settings.day * loaded.terms.claim_window_days;
+            flows
+                .schedule_at(tx, UNSHIPPED_CANCEL, contract.contract_id, give_up, now)
+                .await?;
+        }
         _ => {
-            if !contract.progress.shipment_overdue
-                && let Some(deadline) = contract.progress.shipment_deadline
-            {
+            if let Some(deadline) = contract.progress.shipment_deadline {
                 flows
                     .schedule_at(tx, SHIPMENT_DUE, contract.contract_id, deadline, now)
                     .await?;

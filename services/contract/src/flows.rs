@@ -32,6 +32,9 @@ use crate::{
 pub const FEED: &str = "contract";
 /// The shipment deadline of a signed contract: subject the contract id.
 pub const SHIPMENT_DUE: &str = "shipment_due";
+/// Nothing shipped within the claim window after the shipment deadline: the
+/// contract is cancelled and the buyer refunded. Subject the contract id.
+pub const UNSHIPPED_CANCEL: &str = "unshipped_cancel";
 /// When the goods count as accepted: subject the contract id.
 pub const ACCEPTANCE_DUE: &str = "acceptance_due";
 /// A claim recorded but not yet confirmed by dispute: subject the contract id.
@@ -493,7 +496,12 @@ impl Flows {
         contract_id: Uuid,
     ) -> Result<(), ServiceError> {
         let subject = contract_id.to_string();
-        for kind in [SHIPMENT_DUE, ACCEPTANCE_DUE, CLAIM_CONFIRMATION] {
+        for kind in [
+            SHIPMENT_DUE,
+            UNSHIPPED_CANCEL,
+            ACCEPTANCE_DUE,
+            CLAIM_CONFIRMATION,
+        ] {
             self.timers.cancel(tx, kind, &subject).await?;
         }
         Ok(())

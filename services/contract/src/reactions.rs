@@ -17,7 +17,10 @@ use uuid::Uuid;
 
 use crate::{
     app,
-    flows::{ACCEPTANCE_DUE, Actor, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, completion},
+    flows::{
+        ACCEPTANCE_DUE, Actor, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, UNSHIPPED_CANCEL,
+        completion,
+    },
     storage,
 };
 
@@ -220,6 +223,7 @@ impl TimerHandler for Timers {
         match timer.kind.as_str() {
             SHIPMENT_DUE => app::shipment_due(tx, &self.flows, id, now).await,
             ACCEPTANCE_DUE => app::acceptance_due(tx, &self.flows, id, now).await,
+            UNSHIPPED_CANCEL => app::unshipped_cancel(tx, &self.flows, id, now).await,
             CLAIM_CONFIRMATION => {
                 let mut contract = storage::lock_contract(tx, id).await?;
                 let Some(claim) = contract.open_claim_id.clone() else {

@@ -728,3 +728,44 @@ fn a_claim_pauses_the_timers_and_an_unconfirmed_one_is_dropped() {
         assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
     }
 }
+
+#[test]
+fn an_order_still_unshipped_a_claim_window_after_its_deadline_is_cancelled_and_refunded() {
+    let platform = Platform::start(&[("CONTRACT_TERM_DAY", "1s")]);
+    let owner = "supplier-never";
+    let (buyer, supplier) = tokens(owner);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let mut never = terms("PROTECTION_TRADE_ASSURANCE");
+    never["shipment_deadline"] = json!(at(Duration::from_secs(6)));
+    never["delivery_deadline"] = json!(at(days(30)));
+    never["claim_window_days"] = json!(3);
+    never["payment_terms"] = json!({
+        "scheme": "PAYMENT_SCHEME_FULL_PREPAYMENT",
+        "milestones": [{ "milestone_id": "full", "share_basis_points": 10000, "trigger": "PAYMENT_TRIGGER_AFTER_SIGNING", "due_days": 300 }]
+    });
+    let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &never);
+    let active = platform.wait_status(&id, "CONTRACT_STATUS_AWAITING_PAYMENT");
+    let account = active["escrowAccountId"].as_str().expect("account").to_owned();
+    platform.pay_by_card(&buyer, &account, "full", 310_000);
+    platform.wait_status(&id, "CONTRACT_STATUS_FUNDED");
+    let cancelled = platform.wait_status(&id, "CONTRACT_STATUS_CANCELLED");
+    assert!(
+        cancelled["cancellationReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("nothing shipped")),
+        "{cancelled:#}"
+    );
+    wait_until(PATIENCE, "the refund and the closed account", || {
+        match (
+            platform.escrow_account(&id)["account"]["status"].as_str(),
+            platform.cover(&supplier_id),
+        ) {
+            (Some("ESCROW_ACCOUNT_STATUS_CLOSED"), (0, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let actions = platform.timeline_actions(&id);
+    let tail: Vec<&str> = actions.iter().rev().take(2).rev().map(String::as_str).collect();
+    assert_eq!(tail, ["deadline.shipment_passed", "contract.cancelled"], "{actions:?}");
+    platform.assert_ledger_reconciles();
+}
