@@ -745,7 +745,10 @@ fn an_order_still_unshipped_a_claim_window_after_its_deadline_is_cancelled_and_r
     });
     let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &never);
     let active = platform.wait_status(&id, "CONTRACT_STATUS_AWAITING_PAYMENT");
-    let account = active["escrowAccountId"].as_str().expect("account").to_owned();
+    let account = active["escrowAccountId"]
+        .as_str()
+        .expect("account")
+        .to_owned();
     platform.pay_by_card(&buyer, &account, "full", 310_000);
     platform.wait_status(&id, "CONTRACT_STATUS_FUNDED");
     let cancelled = platform.wait_status(&id, "CONTRACT_STATUS_CANCELLED");
@@ -765,7 +768,17 @@ fn an_order_still_unshipped_a_claim_window_after_its_deadline_is_cancelled_and_r
         }
     });
     let actions = platform.timeline_actions(&id);
-    let tail: Vec<&str> = actions.iter().rev().take(2).rev().map(String::as_str).collect();
-    assert_eq!(tail, ["deadline.shipment_passed", "contract.cancelled"], "{actions:?}");
+    let tail: Vec<&str> = actions
+        .iter()
+        .rev()
+        .take(2)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        tail,
+        ["deadline.shipment_passed", "contract.cancelled"],
+        "{actions:?}"
+    );
     platform.assert_ledger_reconciles();
 }
