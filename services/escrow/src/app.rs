@@ -399,7 +399,8 @@ pub async fn refund(
     Ok(postings)
 }
 
-/// Freezes the account for a claim; idempotent per claim.
+/// Freezes the account for a claim; idempotent per claim. The first active
+/// freeze pauses the hold deadline.
 pub async fn freeze(
     conn: &mut PgConnection,
     account_id: Uuid,
@@ -408,14 +409,15 @@ pub async fn freeze(
     now: OffsetDateTime,
 ) -> Result<EscrowAccount, ServiceError> {
     let mut account = accounts::lock_account(conn, account_id).await?;
-    if account.freeze(claim_id)? {
+    if account.freeze(claim_id, now)? {
         accounts::insert_freeze(conn, account.id, claim_id, reason, now).await?;
         accounts::save_account(conn, &account, now).await?;
     }
     Ok(account)
 }
 
-/// Lifts a claim's freeze; idempotent.
+/// Lifts a claim's freeze; idempotent. Lifting the last one resumes the
+/// hold deadline, moved later by the time spent frozen.
 pub async fn unfreeze(
     conn: &mut PgConnection,
     account_id: Uuid,
@@ -423,7 +425,7 @@ pub async fn unfreeze(
     now: OffsetDateTime,
 ) -> Result<EscrowAccount, ServiceError> {
     let mut account = accounts::lock_account(conn, account_id).await?;
-    if account.unfreeze(claim_id)? {
+    if account.unfreeze(claim_id, now)? {
         accounts::lift_freeze(conn, account.id, claim_id, now).await?;
         accounts::save_account(conn, &account, now).await?;
     }

@@ -1,7 +1,8 @@
 //! What the API and the timers share: the gateway, the event feed, the
 //! timers, the proto views of accounts and attempts, and the flows that
-//! span them (payouts, deadlines). Everything here runs in the caller's
-//! transaction, so an event or a timer changes together with the state.
+//! span them (payouts, deadlines, the hold deadline, gateway events).
+//! Everything here runs in the caller's transaction, so an event or a timer
+//! changes together with the state.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,14 +22,17 @@ use uuid::Uuid;
 
 use crate::{
     app,
-    domain::{AccountKind, EscrowAccount, Status, funding::AttemptStatus},
+    domain::{
+        AccountKind, EscrowAccount, Status,
+        funding::{AttemptStatus, CreditOutcome},
+    },
     gateway::PaymentGateway,
     storage::{
         accounts,
-        api::{self, AttemptView, Scheme, TransferRow},
+        api::{self, AttemptView, EventResult, Scheme, TransferRow},
         ledger,
     },
-    webhook::WebhookSecret,
+    webhook::{EventAction, GatewayEvent, SignatureError, WebhookSecret},
 };
 
 /// The feed consumers read (`StreamEscrowEvents`).
@@ -37,6 +41,8 @@ pub const FEED: &str = "escrow";
 pub const PAYMENT_DUE: &str = "payment_due";
 /// A pending funding attempt's expiry: subject the attempt's id.
 pub const ATTEMPT_EXPIRY: &str = "attempt_expiry";
+/// An account's hold deadline (`hold_until`): subject the account's id.
+pub const HOLD_DEADLINE: &str = "hold_deadline";
 /// The periodic payout run: subject [`PAYOUT_SUBJECT`].
 pub const PAYOUT_RUN: &str = "payout_run";
 pub const PAYOUT_SUBJECT: &str = "all";
@@ -181,6 +187,7 @@ pub async fn account_proto(
         updated_at: Some(timestamps::to_proto(updated_at)),
         closed_at: account.closed_at.map(timestamps::to_proto),
         supplier_owner_principal_id: terms.supplier_owner_principal_id,
+        hold_until: Some(timestamps::to_proto(account.hold_until)),
     })
 }
 
@@ -293,7 +300,6 @@ impl Flows {
         Ok(view)
     }
 
-    /// Emits FUNDED when the account just became fully funded.
     /// The account as a call answers it: announced in the feed when the call
     /// changed it, read as it is when it did not (a repeated freeze, say).
     pub async fn emit_if_changed(
@@ -311,6 +317,8 @@ impl Flows {
         }
     }
 
+    /// Announces a funding that posted `posted_minor`, and FUNDED when the
+    /// account just became fully funded.
     pub async fn emit_funding(
         &self,
         conn: &mut PgConnection,
@@ -384,6 +392,64 @@ impl Flows {
             }
         }
         Ok(())
+    }
+
+    /// The hold deadline timer of `account` as its state asks: scheduled at
+    /// `hold_until` while the deadline runs (open, not frozen), cancelled
+    /// otherwise (frozen: paused; closed: nothing is held any more).
+    pub async fn sync_hold_deadline(
+        &self,
+        conn: &mut PgConnection,
+        account: &EscrowAccount,
+    ) -> Result<(), ServiceError> {
+        let subject = account.id.to_string();
+        if account.hold_deadline_runs() {
+            let after = until(account.hold_until, timestamps::now());
+            self.timers
+                .schedule_after(conn, HOLD_DEADLINE, &subject, after, &[])
+                .await?;
+        } else {
+            self.timers.cancel(conn, HOLD_DEADLINE, &subject).await?;
+        }
+        Ok(())
+    }
+
+    /// The hold deadline of `account_id` passed: when the account, open and
+    /// not frozen, still holds money, announces HOLD_DEADLINE_PASSED with
+    /// what is held and logs a warning. Moves no money; returns what it
+    /// announced.
+    pub async fn fire_hold_deadline(
+        &self,
+        conn: &mut PgConnection,
+        account_id: Uuid,
+    ) -> Result<Option<i64>, ServiceError> {
+        let account = accounts::lock_account(conn, account_id).await?;
+        if !account.hold_deadline_runs() {
+            return Ok(None);
+        }
+        let held = app::held(conn, &account).await?;
+        if held <= 0 {
+            return Ok(None);
+        }
+        tracing::warn!(
+            escrow_account_id = %account.id,
+            contract_id = %account.contract_id,
+            held_minor = held,
+            currency = %account.currency,
+            hold_until = %account.hold_until,
+            "the hold deadline passed with money still held; the contract has neither released nor refunded it"
+        );
+        self.emit(
+            conn,
+            pb::EscrowEventType::HoldDeadlinePassed,
+            account.id,
+            EventFacts {
+                amount_minor: Some(held),
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(Some(held))
     }
 
     pub async fn cancel_deadline(
@@ -544,9 +610,185 @@ impl Flows {
         app::refund_suspended_credit(conn, attempt.id, credit_id, amount_minor).await?;
         Ok(reference)
     }
+
+    /// Checks a webhook's signature header over `payload` at `now` (Unix
+    /// seconds) with the gateway's secret and tolerance.
+    ///
+    /// # Errors
+    /// Unsigned, badly signed or stale: see [`SignatureError`].
+    pub fn authenticate_webhook(
+        &self,
+        signature: &str,
+        payload: &[u8],
+        now: i64,
+    ) -> Result<(), SignatureError> {
+        let tolerance = i64::try_from(self.settings.webhook_tolerance.as_secs()).unwrap_or(300);
+        self.settings
+            .webhook_secret
+            .verify(signature, payload, now, tolerance)
+    }
+
+    /// Applies an authenticated gateway event at `now`, once per event id: a
+    /// credit posts its attempt's hold (money beyond it, or for an attempt
+    /// that ended, is parked in suspense and refunded at once), a failure
+    /// voids it, a payout or refund report settles its transfer. An event id
+    /// seen before changes nothing and answers DUPLICATE.
+    pub async fn apply_gateway_event(
+        &self,
+        conn: &mut PgConnection,
+        event: &GatewayEvent,
+        now: OffsetDateTime,
+    ) -> Result<pb::HandleGatewayWebhookResponse, ServiceError> {
+        let reference = event.data.reference.as_str();
+        let attempt_of = async |conn: &mut PgConnection, id: Option<Uuid>| match id {
+            Some(id) => {
+                Ok::<_, ServiceError>(Some(attempt_proto(&api::attempt_view(conn, id).await?)))
+            }
+            None => Ok(None),
+        };
+        if !api::record_event(conn, &event.id, &event.kind, reference, now).await? {
+            let id = api::event_attempt(conn, &event.id).await?;
+            return Ok(pb::HandleGatewayWebhookResponse {
+                outcome: pb::WebhookOutcome::Duplicate as i32,
+                funding_attempt: attempt_of(conn, id).await?,
+            });
+        }
+        let mut result = EventResult {
+            outcome: "ignored",
+            unmatched: None,
+            amount: None,
+            funding_attempt_id: None,
+            refund_reference: None,
+        };
+        let currency_text;
+        let refund_reference;
+        match event.action() {
+            EventAction::Ignored => {}
+            EventAction::Credit | EventAction::PaymentFailed => {
+                match api::attempt_by_reference(conn, reference).await? {
+                    None => {
+                        result.unmatched = Some("UNKNOWN_REFERENCE");
+                        result.amount = event
+                            .data
+                            .amount_minor
+                            .zip(event.data.currency_code.as_deref());
+                    }
+                    Some(attempt_id) => {
+                        result.funding_attempt_id = Some(attempt_id);
+                        let attempt = api::attempt_view(conn, attempt_id).await?;
+                        if event.action() == EventAction::PaymentFailed {
+                            let code = event
+                                .data
+                                .failure_code
+                                .clone()
+                                .unwrap_or_else(|| event.kind.replace('.', "_"));
+                            if app::fail_funding(conn, attempt_id, &code, now).await? {
+                                result.outcome = "applied";
+                                let view = api::attempt_view(conn, attempt_id).await?;
+                                self.emit_payment_failed(conn, &view).await?;
+                                self.timers
+                                    .cancel(conn, ATTEMPT_EXPIRY, &attempt_id.to_string())
+                                    .await?;
+                            } else {
+                                result.outcome = "duplicate";
+                            }
+                        } else {
+                            if let Some(c) = &event.data.currency_code
+                                && *c != attempt.currency
+                            {
+                                return Err(ServiceError::invalid(
+                                    "payload.data.currency_code",
+                                    format!("must be the payment's currency, {}", attempt.currency),
+                                ));
+                            }
+                            let received = event.data.amount_minor.unwrap_or(attempt.amount_minor);
+                            currency_text = attempt.currency.clone();
+                            result.amount = Some((received, &currency_text));
+                            let before = accounts::get_account(conn, attempt.escrow_account_id)
+                                .await?
+                                .status;
+                            let outcome =
+                                app::confirm_funding(conn, attempt_id, &event.id, received, now)
+                                    .await?;
+                            let (posted, parked) = match outcome {
+                                CreditOutcome::Applied {
+                                    posted,
+                                    to_suspense,
+                                } => (posted, to_suspense),
+                                CreditOutcome::Suspended { to_suspense } => (0, to_suspense),
+                                CreditOutcome::Duplicate => (0, 0),
+                            };
+                            if outcome == CreditOutcome::Duplicate {
+                                result.outcome = "duplicate";
+                            } else {
+                                result.outcome = "applied";
+                            }
+                            if posted > 0 {
+                                let view = api::attempt_view(conn, attempt_id).await?;
+                                self.emit_funding(conn, before, &view, posted).await?;
+                                self.timers
+                                    .cancel(conn, ATTEMPT_EXPIRY, &attempt_id.to_string())
+                                    .await?;
+                            }
+                            if parked > 0 {
+                                result.unmatched = Some("LATE_CREDIT");
+                                refund_reference = self
+                                    .refund_suspended(conn, &attempt, &event.id, parked)
+                                    .await?;
+                                result.refund_reference = Some(&refund_reference);
+                                self.emit(
+                                    conn,
+                                    pb::EscrowEventType::LateCreditSuspended,
+                                    attempt.escrow_account_id,
+                                    EventFacts {
+                                        amount_minor: Some(parked),
+                                        milestone_id: &attempt.milestone_id,
+                                        funding_attempt_id: Some(attempt.id),
+                                        ..Default::default()
+                                    },
+                                )
+                                .await?;
+                            }
+                        }
+                    }
+                }
+            }
+            action @ (EventAction::TransferPaid | EventAction::TransferFailed) => {
+                match api::lock_transfer_by_reference(conn, reference).await? {
+                    None => result.unmatched = Some("UNKNOWN_REFERENCE"),
+                    Some(t) if t.status != "pending" => result.outcome = "duplicate",
+                    Some(t) => {
+                        let paid = action == EventAction::TransferPaid;
+                        app::settle_payout(conn, t.id, paid, now).await?;
+                        let code = if paid {
+                            String::new()
+                        } else {
+                            event
+                                .data
+                                .failure_code
+                                .clone()
+                                .unwrap_or_else(|| "failed".into())
+                        };
+                        api::resolve_transfer(conn, t.id, paid, &code, now).await?;
+                        result.outcome = "applied";
+                    }
+                }
+            }
+        }
+        api::finish_event(conn, &event.id, &result).await?;
+        Ok(pb::HandleGatewayWebhookResponse {
+            outcome: match result.outcome {
+                "applied" => pb::WebhookOutcome::Applied,
+                "duplicate" => pb::WebhookOutcome::Duplicate,
+                _ => pb::WebhookOutcome::Ignored,
+            } as i32,
+            funding_attempt: attempt_of(conn, result.funding_attempt_id).await?,
+        })
+    }
 }
 
-/// The escrow's timers: payment deadlines, attempt expiries and payouts.
+/// The escrow's timers: payment deadlines, hold deadlines, attempt expiries
+/// and payouts.
 pub struct EscrowTimers {
     pub flows: Arc<Flows>,
 }
@@ -580,6 +822,12 @@ impl TimerHandler for EscrowTimers {
                         )
                         .await?;
                 }
+                Ok(())
+            }
+            HOLD_DEADLINE => {
+                let account_id =
+                    Uuid::parse_str(&timer.subject_id).map_err(ServiceError::internal)?;
+                self.flows.fire_hold_deadline(tx, account_id).await?;
                 Ok(())
             }
             ATTEMPT_EXPIRY => {
@@ -637,4 +885,38 @@ pub async fn ensure_payout_timer(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Schedules the hold deadline timer of every open, unfrozen account whose
+/// deadline is still ahead and has none (accounts opened before hold
+/// deadlines existed, or a timer lost by hand); returns how many.
+pub async fn ensure_hold_deadlines(
+    pool: &sqlx::PgPool,
+    timers: &Timers,
+) -> Result<usize, ServiceError> {
+    let mut tx = pool.begin().await?;
+    let missing: Vec<(Uuid, OffsetDateTime)> = sqlx::query_as(
+        "SELECT e.id, e.hold_until FROM escrow.escrow_accounts e \
+         WHERE e.status <> 'closed' AND e.hold_paused_at IS NULL AND e.hold_until > now() \
+           AND NOT EXISTS (SELECT 1 FROM escrow.workflow_timers t \
+             WHERE t.kind = $1 AND t.subject_id = e.id::text AND t.status = 'scheduled') \
+         FOR UPDATE OF e SKIP LOCKED",
+    )
+    .bind(HOLD_DEADLINE)
+    .fetch_all(&mut *tx)
+    .await?;
+    let now = timestamps::now();
+    for (id, hold_until) in &missing {
+        timers
+            .schedule_after(
+                &mut tx,
+                HOLD_DEADLINE,
+                &id.to_string(),
+                until(*hold_until, now),
+                &[],
+            )
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(missing.len())
 }

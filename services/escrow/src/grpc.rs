@@ -37,8 +37,8 @@ use crate::{
     domain::{
         AccountKey, EscrowAccount, Leg, NewAccount, Purpose, Settles, Status as AccountStatus,
         TransferRequest,
-        account::split_refund,
-        funding::{AttemptStatus, CreditOutcome, FundingMethod},
+        account::{hold_until_problem, split_refund},
+        funding::{AttemptStatus, FundingMethod},
     },
     flows::{
         self, ATTEMPT_EXPIRY, EventFacts, Flows, account_proto, attempt_proto, ledger_account,
@@ -47,7 +47,7 @@ use crate::{
     gateway::CardOutcome,
     storage::{
         self, accounts,
-        api::{self, AttemptGateway, EventResult, Scheme, Terms, TransferFilter},
+        api::{self, AttemptGateway, Scheme, Terms, TransferFilter},
         ledger,
     },
     webhook::{EventAction, GatewayEvent},
@@ -130,6 +130,36 @@ fn schedule(
         }
     }
     out
+}
+
+/// The hold deadline of a request: in the future and after the last due
+/// date of `schedule`; `required` when unset is a violation (otherwise it
+/// keeps the current one).
+fn hold_until(
+    at: Option<&prost_types::Timestamp>,
+    schedule: &[(String, Money, OffsetDateTime)],
+    required: bool,
+    now: OffsetDateTime,
+    v: &mut Violations,
+) -> Option<OffsetDateTime> {
+    let Some(at) = at else {
+        if required {
+            v.add("hold_until", "is required");
+        }
+        return None;
+    };
+    let Some(at) = timestamps::from_proto(at) else {
+        v.add("hold_until", "is not a valid timestamp");
+        return None;
+    };
+    let last_due = schedule.iter().map(|(_, _, due)| *due).max();
+    match hold_until_problem(at, last_due, now) {
+        Some(problem) => {
+            v.add("hold_until", problem);
+            None
+        }
+        None => Some(at),
+    }
 }
 
 fn settles(purpose: Option<&pb::Purpose>, v: &mut Violations) -> Option<Settles> {
@@ -250,6 +280,8 @@ struct ClaimCommand {
 struct Amend {
     account_id: Uuid,
     schedule: Vec<(String, Money, OffsetDateTime)>,
+    /// Unset keeps the current hold deadline.
+    hold_until: Option<OffsetDateTime>,
     version: i32,
 }
 
@@ -528,163 +560,6 @@ impl EscrowApi {
         })
     }
 
-    async fn webhook_in_tx(
-        &self,
-        conn: &mut PgConnection,
-        event: &GatewayEvent,
-    ) -> Result<pb::HandleGatewayWebhookResponse, ServiceError> {
-        let now = timestamps::now();
-        let reference = event.data.reference.as_str();
-        let attempt_of = async |conn: &mut PgConnection, id: Option<Uuid>| match id {
-            Some(id) => {
-                Ok::<_, ServiceError>(Some(attempt_proto(&api::attempt_view(conn, id).await?)))
-            }
-            None => Ok(None),
-        };
-        if !api::record_event(conn, &event.id, &event.kind, reference, now).await? {
-            let id = api::event_attempt(conn, &event.id).await?;
-            return Ok(pb::HandleGatewayWebhookResponse {
-                outcome: pb::WebhookOutcome::Duplicate as i32,
-                funding_attempt: attempt_of(conn, id).await?,
-            });
-        }
-        let mut result = EventResult {
-            outcome: "ignored",
-            unmatched: None,
-            amount: None,
-            funding_attempt_id: None,
-            refund_reference: None,
-        };
-        let currency_text;
-        let refund_reference;
-        match event.action() {
-            EventAction::Ignored => {}
-            EventAction::Credit | EventAction::PaymentFailed => {
-                match api::attempt_by_reference(conn, reference).await? {
-                    None => {
-                        result.unmatched = Some("UNKNOWN_REFERENCE");
-                        result.amount = event
-                            .data
-                            .amount_minor
-                            .zip(event.data.currency_code.as_deref());
-                    }
-                    Some(attempt_id) => {
-                        result.funding_attempt_id = Some(attempt_id);
-                        let attempt = api::attempt_view(conn, attempt_id).await?;
-                        if event.action() == EventAction::PaymentFailed {
-                            let code = event
-                                .data
-                                .failure_code
-                                .clone()
-                                .unwrap_or_else(|| event.kind.replace('.', "_"));
-                            if app::fail_funding(conn, attempt_id, &code, now).await? {
-                                result.outcome = "applied";
-                                let view = api::attempt_view(conn, attempt_id).await?;
-                                self.flows.emit_payment_failed(conn, &view).await?;
-                                self.flows
-                                    .timers
-                                    .cancel(conn, ATTEMPT_EXPIRY, &attempt_id.to_string())
-                                    .await?;
-                            } else {
-                                result.outcome = "duplicate";
-                            }
-                        } else {
-                            if let Some(c) = &event.data.currency_code
-                                && *c != attempt.currency
-                            {
-                                return Err(ServiceError::invalid(
-                                    "payload.data.currency_code",
-                                    format!("must be the payment's currency, {}", attempt.currency),
-                                ));
-                            }
-                            let received = event.data.amount_minor.unwrap_or(attempt.amount_minor);
-                            currency_text = attempt.currency.clone();
-                            result.amount = Some((received, &currency_text));
-                            let before = accounts::get_account(conn, attempt.escrow_account_id)
-                                .await?
-                                .status;
-                            let outcome =
-                                app::confirm_funding(conn, attempt_id, &event.id, received, now)
-                                    .await?;
-                            let (posted, parked) = match outcome {
-                                CreditOutcome::Applied {
-                                    posted,
-                                    to_suspense,
-                                } => (posted, to_suspense),
-                                CreditOutcome::Suspended { to_suspense } => (0, to_suspense),
-                                CreditOutcome::Duplicate => (0, 0),
-                            };
-                            if outcome == CreditOutcome::Duplicate {
-                                result.outcome = "duplicate";
-                            } else {
-                                result.outcome = "applied";
-                            }
-                            if posted > 0 {
-                                let view = api::attempt_view(conn, attempt_id).await?;
-                                self.flows.emit_funding(conn, before, &view, posted).await?;
-                                self.flows
-                                    .timers
-                                    .cancel(conn, ATTEMPT_EXPIRY, &attempt_id.to_string())
-                                    .await?;
-                            }
-                            if parked > 0 {
-                                result.unmatched = Some("LATE_CREDIT");
-                                refund_reference = self
-                                    .flows
-                                    .refund_suspended(conn, &attempt, &event.id, parked)
-                                    .await?;
-                                result.refund_reference = Some(&refund_reference);
-                                self.flows
-                                    .emit(
-                                        conn,
-                                        pb::EscrowEventType::LateCreditSuspended,
-                                        attempt.escrow_account_id,
-                                        EventFacts {
-                                            amount_minor: Some(parked),
-                                            milestone_id: &attempt.milestone_id,
-                                            funding_attempt_id: Some(attempt.id),
-                                            ..Default::default()
-                                        },
-                                    )
-                                    .await?;
-                            }
-                        }
-                    }
-                }
-            }
-            action @ (EventAction::TransferPaid | EventAction::TransferFailed) => {
-                match api::lock_transfer_by_reference(conn, reference).await? {
-                    None => result.unmatched = Some("UNKNOWN_REFERENCE"),
-                    Some(t) if t.status != "pending" => result.outcome = "duplicate",
-                    Some(t) => {
-                        let paid = action == EventAction::TransferPaid;
-                        app::settle_payout(conn, t.id, paid, now).await?;
-                        let code = if paid {
-                            String::new()
-                        } else {
-                            event
-                                .data
-                                .failure_code
-                                .clone()
-                                .unwrap_or_else(|| "failed".into())
-                        };
-                        api::resolve_transfer(conn, t.id, paid, &code, now).await?;
-                        result.outcome = "applied";
-                    }
-                }
-            }
-        }
-        api::finish_event(conn, &event.id, &result).await?;
-        Ok(pb::HandleGatewayWebhookResponse {
-            outcome: match result.outcome {
-                "applied" => pb::WebhookOutcome::Applied,
-                "duplicate" => pb::WebhookOutcome::Duplicate,
-                _ => pb::WebhookOutcome::Ignored,
-            } as i32,
-            funding_attempt: attempt_of(conn, result.funding_attempt_id).await?,
-        })
-    }
-
     async fn outflow_in_tx(
         &self,
         conn: &mut PgConnection,
@@ -757,7 +632,8 @@ impl EscrowApi {
         if cmd.release_rest && app::held(conn, &account).await? > 0 {
             postings.extend(app::release(conn, account.id, None, &settles, now).await?);
         }
-        app::unfreeze(conn, account.id, &cmd.claim_id, now).await?;
+        let unfrozen = app::unfreeze(conn, account.id, &cmd.claim_id, now).await?;
+        self.flows.sync_hold_deadline(conn, &unfrozen).await?;
         let protos = noted_postings(conn, account.id, &postings, &cmd.reason, principal).await?;
         let view = self
             .flows
@@ -796,6 +672,19 @@ impl EscrowApi {
         if account.status == AccountStatus::Closed {
             return Err(ServiceError::FailedPrecondition(
                 "cannot amend: the account is closed".into(),
+            ));
+        }
+        let last_due = cmd.schedule.iter().map(|(_, _, due)| *due).max();
+        if cmd.hold_until.is_none()
+            && let Some(due) = last_due
+            && account.hold_until <= due
+        {
+            return Err(ServiceError::invalid(
+                "hold_until",
+                format!(
+                    "is required: the current hold deadline, {}, is not after the amended schedule's last due date, {due}",
+                    account.hold_until
+                ),
             ));
         }
         let mut seen = std::collections::HashSet::new();
@@ -876,6 +765,11 @@ impl EscrowApi {
         };
         api::set_status(conn, account.id, status, now).await?;
         api::set_contract_version(conn, account.id, cmd.version).await?;
+        if let Some(at) = cmd.hold_until {
+            let mut deadline = account.clone();
+            deadline.set_hold_until(at, now);
+            accounts::save_hold_deadline(conn, &deadline).await?;
+        }
         for old in &account.schedule {
             if !seen.contains(&old.milestone_id) {
                 self.flows
@@ -885,6 +779,9 @@ impl EscrowApi {
         }
         let amended = accounts::get_account(conn, account.id).await?;
         self.flows.sync_deadlines(conn, &amended).await?;
+        if cmd.hold_until.is_some() {
+            self.flows.sync_hold_deadline(conn, &amended).await?;
+        }
         let reason = format!("schedule amended to contract version {}", cmd.version);
         let protos = noted_postings(conn, account.id, &postings, &reason, principal).await?;
         if excess > 0 {
@@ -1015,6 +912,13 @@ impl EscrowService for EscrowApi {
                 v,
             );
             let schedule = schedule("schedule", &req.schedule, v);
+            let hold_until = hold_until(
+                req.hold_until.as_ref(),
+                &schedule,
+                true,
+                timestamps::now(),
+                v,
+            );
             let scheme = match pb::EscrowPaymentScheme::try_from(req.payment_scheme) {
                 Ok(pb::EscrowPaymentScheme::Direct) => Some(Scheme::Direct),
                 Ok(pb::EscrowPaymentScheme::PayLater) => Some(Scheme::PayLater),
@@ -1039,6 +943,7 @@ impl EscrowService for EscrowApi {
                     buyer_principal_id: buyer,
                     supplier_id: supplier,
                     schedule,
+                    hold_until: hold_until.ok_or_else(invalid)?,
                 },
                 terms: Terms {
                     scheme: scheme.ok_or_else(invalid)?,
@@ -1062,6 +967,7 @@ impl EscrowService for EscrowApi {
                 if fresh {
                     api::insert_terms(tx, account.id, &cmd.terms).await?;
                     self.flows.sync_deadlines(tx, &account).await?;
+                    self.flows.sync_hold_deadline(tx, &account).await?;
                     let view = self
                         .flows
                         .emit(
@@ -1132,6 +1038,13 @@ impl EscrowService for EscrowApi {
         let prepared = self.mutations.prepare(request, |req, _, v| {
             let account_id = parse_id("escrow_account_id", &req.escrow_account_id, v);
             let schedule = schedule("schedule", &req.schedule, v);
+            let hold_until = hold_until(
+                req.hold_until.as_ref(),
+                &schedule,
+                false,
+                timestamps::now(),
+                v,
+            );
             if req.contract_version < 2 {
                 v.add(
                     "contract_version",
@@ -1141,6 +1054,7 @@ impl EscrowService for EscrowApi {
             Ok(Amend {
                 account_id,
                 schedule,
+                hold_until,
                 version: i32::try_from(req.contract_version)
                     .map_err(|_| ServiceError::invalid("contract_version", "is too large"))?,
             })
@@ -1225,15 +1139,11 @@ impl EscrowService for EscrowApi {
         // The signature first: nothing of an unauthenticated event is read.
         {
             let req = request.get_ref();
-            let settings = &self.flows.settings;
-            let tolerance = i64::try_from(settings.webhook_tolerance.as_secs()).unwrap_or(300);
-            settings
-                .webhook_secret
-                .verify(
+            self.flows
+                .authenticate_webhook(
                     &req.signature,
                     &req.payload,
                     timestamps::now().unix_timestamp(),
-                    tolerance,
                 )
                 .map_err(|e| Status::unauthenticated(e.to_string()))?;
         }
@@ -1268,7 +1178,11 @@ impl EscrowService for EscrowApi {
         })?;
         self.mutations
             .execute(&prepared, || {
-                async |tx| self.webhook_in_tx(tx, &prepared.command).await
+                async |tx| {
+                    self.flows
+                        .apply_gateway_event(tx, &prepared.command, timestamps::now())
+                        .await
+                }
             })
             .await
     }
@@ -1382,6 +1296,9 @@ impl EscrowService for EscrowApi {
                         ..Default::default()
                     };
                     let changed = !before.freezes.contains(&cmd.claim_id);
+                    if changed {
+                        self.flows.sync_hold_deadline(tx, &account).await?;
+                    }
                     let view = self
                         .flows
                         .emit_if_changed(tx, changed, pb::EscrowEventType::Frozen, &account, facts)
@@ -1413,6 +1330,9 @@ impl EscrowService for EscrowApi {
                         ..Default::default()
                     };
                     let changed = before.freezes.contains(&cmd.claim_id);
+                    if changed {
+                        self.flows.sync_hold_deadline(tx, &account).await?;
+                    }
                     let view = self
                         .flows
                         .emit_if_changed(
@@ -1449,6 +1369,7 @@ impl EscrowService for EscrowApi {
                     let pending = accounts::pending_attempts(tx, *id).await?;
                     let account = app::close(tx, *id, timestamps::now()).await?;
                     self.flows.sync_deadlines(tx, &account).await?;
+                    self.flows.sync_hold_deadline(tx, &account).await?;
                     if before.status == AccountStatus::Closed {
                         return Ok(pb::CloseEscrowAccountResponse {
                             account: Some(account_proto(tx, &account).await?),
@@ -1663,7 +1584,8 @@ impl EscrowService for EscrowApi {
     ) -> Result<Response<pb::ReconcileLedgerResponse>, Status> {
         auth::principal(&request)?;
         self.read(async |conn| {
-            let found = ledger::reconcile(conn).await?;
+            let mut found = ledger::reconcile(conn).await?;
+            found.extend(api::held_without_deadline(conn).await?);
             let (accounts_checked, postings, holds) = api::ledger_counts(conn).await?;
             let differences = found.iter().map(difference_proto).collect();
             Ok(Response::new(pb::ReconcileLedgerResponse {
@@ -1873,6 +1795,16 @@ fn difference_proto(d: &crate::domain::Discrepancy) -> pb::LedgerDifference {
         D::PostingCurrency { posting } => pb::LedgerDifference {
             kind: "POSTING_CURRENCY".into(),
             detail: format!("posting {posting} is in another currency than its accounts"),
+            ..Default::default()
+        },
+        D::HeldWithoutDeadline { account, held } => pb::LedgerDifference {
+            kind: "HELD_WITHOUT_DEADLINE".into(),
+            account: Some(key_proto(account)),
+            actual: Some(money(*held, account.currency)),
+            detail: format!(
+                "escrow account {} holds {held} with no scheduled timer (hold_deadline or payment_due) and no active freeze",
+                account.owner
+            ),
             ..Default::default()
         },
     }

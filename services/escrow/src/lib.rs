@@ -43,7 +43,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 };
 
 /// The service's routes, policy, preparation (the workflow tables, the
-/// first payout run) and background work (the timer worker) over `pool`,
+/// first payout run, missing hold deadline timers) and background work (the timer worker) over `pool`,
 /// paying through `gateway`.
 pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn PaymentGateway>) -> Api {
     let schema = flows::schema();
@@ -81,6 +81,10 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
                 .map_err(|e| e.to_string())?;
             flows::ensure_payout_timer(&pool, &Timers::new(schema), payout_interval)
                 .await
+                .map_err(|e| e.to_string())?;
+            flows::ensure_hold_deadlines(&pool, &Timers::new(schema))
+                .await
+                .map(drop)
                 .map_err(|e| e.to_string())
         })
         .with_background(move |draining| worker.run(draining))

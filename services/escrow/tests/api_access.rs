@@ -137,6 +137,7 @@ fn every_call(id: &str, key: &str) -> Vec<Call> {
             escrow_account_id: id(),
             schedule: vec![payment("full", 100)],
             contract_version: 2,
+            hold_until: None,
         }),
         Call::FundEscrow(card(&id(), "full", 100, "tok_visa", &key("fund"))),
         Call::HandleGatewayWebhook(webhook(&key("evt"), "customer.created", "x", None)),

@@ -42,6 +42,7 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
         payment_scheme: 0,
         financing_partner_id: String::new(),
         supplier_owner_principal_id: String::new(),
+        hold_until: None,
     };
     cases.push((
         "open",
@@ -49,6 +50,7 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
         vec![
             "buyer_principal_id",
             "contract_id",
+            "hold_until",
             "idempotency_key",
             "payment_scheme",
             "schedule[0].amount.amount_minor",
@@ -234,10 +236,11 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
                 escrow_account_id: id.clone(),
                 schedule: vec![],
                 contract_version: 1,
+                hold_until: due_in(-1),
             }))
             .await
             .map(drop),
-        vec!["contract_version", "schedule"],
+        vec!["contract_version", "hold_until", "schedule"],
     ));
     cases.push((
         "payouts",

@@ -532,6 +532,7 @@ async fn refunds_close_and_amendments_keep_the_ledger_sound(pool: PgPool) {
             escrow_account_id: id.clone(),
             schedule: vec![payment("deposit", 2_000), payment("balance", 6_000)],
             contract_version: 2,
+            hold_until: None,
         }))
         .await
         .unwrap()
@@ -548,6 +549,7 @@ async fn refunds_close_and_amendments_keep_the_ledger_sound(pool: PgPool) {
             escrow_account_id: id.clone(),
             schedule: vec![payment("deposit", 9_000)],
             contract_version: 2,
+            hold_until: None,
         }))
         .await
         .unwrap()

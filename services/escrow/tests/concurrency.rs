@@ -42,6 +42,7 @@ async fn conflicting_calls_on_one_account(pool: PgPool) {
             ("deposit".into(), Money::new(10_000, usd()), now),
             ("balance".into(), Money::new(5_000, usd()), now),
         ],
+        hold_until: now + Duration::days(30),
     };
     let account = in_tx(&pool, async |c| app::open_account(c, new, now).await)
         .await

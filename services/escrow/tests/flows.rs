@@ -35,6 +35,7 @@ async fn open(pool: &PgPool, payments: &[i64]) -> Uuid {
         buyer_principal_id: "buyer-1".into(),
         supplier_id: "supplier-1".into(),
         schedule,
+        hold_until: now + Duration::days(30),
     };
     in_tx(pool, async |c| app::open_account(c, new, now).await)
         .await
@@ -78,6 +79,7 @@ async fn opening_again_returns_the_existing_account(pool: PgPool) {
         buyer_principal_id: "buyer-1".into(),
         supplier_id: "supplier-1".into(),
         schedule: vec![("deposit".into(), Money::new(300, usd()), now)],
+        hold_until: now + Duration::days(30),
     };
     let first = in_tx(&pool, async |c| {
         app::open_account(c, new.clone(), now).await

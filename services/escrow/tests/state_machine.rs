@@ -173,6 +173,7 @@ fn new_account(i: usize, contract: String, supplier: String) -> NewAccount {
             .enumerate()
             .map(|(m, a)| (format!("m{m}"), usd_money(*a), base()))
             .collect(),
+        hold_until: base() + Duration::days(1),
     }
 }
 
@@ -493,9 +494,9 @@ impl Model {
                 let result = self.account(*account).and_then(|mut a| {
                     let claim = format!("c{claim}");
                     if freeze {
-                        a.freeze(&claim)?
+                        a.freeze(&claim, now)?
                     } else {
-                        a.unfreeze(&claim)?
+                        a.unfreeze(&claim, now)?
                     };
                     self.accounts[*account] = Some(a);
                     Ok(())

@@ -23,6 +23,12 @@
 //! - close needs nothing held and no active freeze. The account does not
 //!   close by itself when it runs empty: the contract decides that the last
 //!   release was the last (a later milestone may still be funded).
+//!
+//! Every account has a hold deadline (`hold_until`): the latest time by
+//! which the contract will have released or refunded what is held, after
+//! the last payment's due date. It is paused while any freeze is active:
+//! the first freeze records when the pause began (`hold_paused_at`), and
+//! lifting the last one moves `hold_until` later by the time spent frozen.
 
 use std::collections::BTreeSet;
 
@@ -147,6 +153,10 @@ pub struct EscrowAccount {
     pub schedule: Vec<ScheduledPayment>,
     /// Claims whose freeze is active.
     pub freezes: BTreeSet<String>,
+    /// The hold deadline (see the module docs).
+    pub hold_until: OffsetDateTime,
+    /// Since when the hold deadline is paused: set while any freeze is active.
+    pub hold_paused_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub closed_at: Option<OffsetDateTime>,
 }
@@ -158,6 +168,26 @@ pub struct NewAccount {
     pub buyer_principal_id: String,
     pub supplier_id: String,
     pub schedule: Vec<(String, Money, OffsetDateTime)>,
+    /// The hold deadline: in the future and after every payment's due date.
+    pub hold_until: OffsetDateTime,
+}
+
+/// What is wrong with `hold_until` as the hold deadline of a schedule whose
+/// last payment is due at `last_due`, at `now`; `None` when it is fine.
+pub fn hold_until_problem(
+    hold_until: OffsetDateTime,
+    last_due: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Option<String> {
+    if hold_until <= now {
+        return Some("must be in the future".into());
+    }
+    match last_due {
+        Some(due) if hold_until <= due => {
+            Some(format!("must be after the last payment's due date, {due}"))
+        }
+        _ => None,
+    }
 }
 
 fn refused(action: &str, state: impl std::fmt::Display) -> ServiceError {
@@ -165,8 +195,8 @@ fn refused(action: &str, state: impl std::fmt::Display) -> ServiceError {
 }
 
 impl EscrowAccount {
-    /// Validates the schedule: at least one payment, positive amounts, one
-    /// currency, distinct milestone ids.
+    /// Validates the schedule (at least one payment, positive amounts, one
+    /// currency, distinct milestone ids) and the hold deadline.
     pub fn open(id: Uuid, new: NewAccount, now: OffsetDateTime) -> Result<Self, ServiceError> {
         let Some((_, first, _)) = new.schedule.first() else {
             return Err(ServiceError::invalid(
@@ -203,6 +233,10 @@ impl EscrowAccount {
                 funded_minor: 0,
             });
         }
+        let last_due = schedule.iter().map(|p| p.due_at).max();
+        if let Some(problem) = hold_until_problem(new.hold_until, last_due, now) {
+            return Err(ServiceError::invalid("hold_until", problem));
+        }
         Ok(Self {
             id,
             contract_id: new.contract_id,
@@ -212,6 +246,8 @@ impl EscrowAccount {
             status: Status::AwaitingFunding,
             schedule,
             freezes: BTreeSet::new(),
+            hold_until: new.hold_until,
+            hold_paused_at: None,
             created_at: now,
             closed_at: None,
         })
@@ -331,16 +367,44 @@ impl EscrowAccount {
         Ok(purpose)
     }
 
-    /// Idempotent per claim: returns whether this call froze it.
-    pub fn freeze(&mut self, claim_id: &str) -> Result<bool, ServiceError> {
+    /// Idempotent per claim: returns whether this call froze it. The first
+    /// active freeze pauses the hold deadline.
+    pub fn freeze(&mut self, claim_id: &str, now: OffsetDateTime) -> Result<bool, ServiceError> {
         self.step(Action::Freeze, "freeze")?;
-        Ok(self.freezes.insert(claim_id.to_owned()))
+        let froze = self.freezes.insert(claim_id.to_owned());
+        if froze && self.hold_paused_at.is_none() {
+            self.hold_paused_at = Some(now);
+        }
+        Ok(froze)
     }
 
     /// Idempotent: returns whether this call lifted an active freeze.
-    pub fn unfreeze(&mut self, claim_id: &str) -> Result<bool, ServiceError> {
+    /// Lifting the last one resumes the hold deadline, later by the time
+    /// spent frozen.
+    pub fn unfreeze(&mut self, claim_id: &str, now: OffsetDateTime) -> Result<bool, ServiceError> {
         self.step(Action::Unfreeze, "unfreeze")?;
-        Ok(self.freezes.remove(claim_id))
+        let lifted = self.freezes.remove(claim_id);
+        if self.freezes.is_empty()
+            && let Some(since) = self.hold_paused_at.take()
+        {
+            self.hold_until += (now - since).max(time::Duration::ZERO);
+        }
+        Ok(lifted)
+    }
+
+    /// Whether the hold deadline runs: the account is open and not frozen.
+    pub fn hold_deadline_runs(&self) -> bool {
+        self.status != Status::Closed && self.hold_paused_at.is_none()
+    }
+
+    /// Sets a new hold deadline (an amendment). While paused, the pause
+    /// starts again now: the new deadline is moved only by the time frozen
+    /// from here on.
+    pub fn set_hold_until(&mut self, hold_until: OffsetDateTime, now: OffsetDateTime) {
+        self.hold_until = hold_until;
+        if self.hold_paused_at.is_some() {
+            self.hold_paused_at = Some(now);
+        }
     }
 
     /// Closes an account that holds nothing and is not frozen.

@@ -579,6 +579,12 @@ pub enum Discrepancy {
     HoldMismatch { hold: Uuid, detail: String },
     /// A posting whose accounts are not both in its currency.
     PostingCurrency { posting: Uuid },
+    /// An escrow account's `escrow_held` holds money (`held`) while nothing
+    /// will ever move it: no scheduled timer of its own (hold deadline,
+    /// payment deadline) and no active freeze. Found by the service's
+    /// reconciliation, which sees accounts, freezes and timers; the ledger
+    /// alone never reports it.
+    HeldWithoutDeadline { account: AccountKey, held: i64 },
 }
 
 /// Checks that need only the recomputed balances: per currency they sum to

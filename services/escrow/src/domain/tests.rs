@@ -11,6 +11,10 @@ fn usd() -> Currency {
     Currency::parse("USD").unwrap()
 }
 
+fn t0() -> OffsetDateTime {
+    OffsetDateTime::UNIX_EPOCH
+}
+
 fn account(payments: &[i64]) -> EscrowAccount {
     let schedule = payments
         .iter()
@@ -30,6 +34,7 @@ fn account(payments: &[i64]) -> EscrowAccount {
             buyer_principal_id: "buyer-1".into(),
             supplier_id: "s-1".into(),
             schedule,
+            hold_until: OffsetDateTime::UNIX_EPOCH + Duration::days(30),
         },
         OffsetDateTime::UNIX_EPOCH,
     )
@@ -168,6 +173,7 @@ fn a_schedule_needs_positive_amounts_in_one_currency() {
                 buyer_principal_id: "b".into(),
                 supplier_id: "s".into(),
                 schedule,
+                hold_until: OffsetDateTime::UNIX_EPOCH + Duration::days(30),
             },
             OffsetDateTime::UNIX_EPOCH,
         )
@@ -197,9 +203,9 @@ fn a_schedule_needs_positive_amounts_in_one_currency() {
 fn a_frozen_account_moves_money_only_for_a_freezing_claim() {
     let mut a = account(&[1_000]);
     a.record_funding("m0", 1_000).unwrap();
-    assert!(a.freeze("claim-1").unwrap());
-    assert!(!a.freeze("claim-1").unwrap(), "idempotent per claim");
-    assert!(a.freeze("claim-2").unwrap());
+    assert!(a.freeze("claim-1", t0()).unwrap());
+    assert!(!a.freeze("claim-1", t0()).unwrap(), "idempotent per claim");
+    assert!(a.freeze("claim-2", t0()).unwrap());
     let milestone = Settles::Milestone("delivery".into());
     let error = a
         .authorize_outflow(Action::Release, &milestone)
@@ -222,12 +228,73 @@ fn a_frozen_account_moves_money_only_for_a_freezing_claim() {
         .unwrap();
     assert_eq!(purpose.key, "refund:claim:claim-2");
     assert!(a.close(0, OffsetDateTime::UNIX_EPOCH).is_err(), "frozen");
-    assert!(a.unfreeze("claim-1").unwrap());
-    assert!(!a.unfreeze("claim-1").unwrap(), "idempotent");
-    assert!(a.unfreeze("claim-2").unwrap());
+    assert!(a.unfreeze("claim-1", t0()).unwrap());
+    assert!(!a.unfreeze("claim-1", t0()).unwrap(), "idempotent");
+    assert!(a.unfreeze("claim-2", t0()).unwrap());
     let purpose = a.authorize_outflow(Action::Release, &milestone).unwrap();
     assert_eq!(purpose.key, "release:milestone:delivery");
     assert_eq!(purpose.scope, format!("escrow:{}", a.id));
+}
+
+#[test]
+fn the_hold_deadline_is_after_the_schedule_and_in_the_future() {
+    let due = t0() + Duration::days(10);
+    let open = |hold_until| {
+        EscrowAccount::open(
+            Uuid::now_v7(),
+            NewAccount {
+                contract_id: "c".into(),
+                buyer_principal_id: "b".into(),
+                supplier_id: "s".into(),
+                schedule: vec![("m".into(), Money::new(1, usd()), due)],
+                hold_until,
+            },
+            t0(),
+        )
+    };
+    for bad in [t0() - Duration::days(1), t0(), due - Duration::days(1), due] {
+        let error = open(bad).unwrap_err();
+        assert!(
+            matches!(&error, ServiceError::InvalidArgument(v) if v[0].field == "hold_until"),
+            "{bad}: {error:?}"
+        );
+    }
+    let a = open(due + Duration::seconds(1)).unwrap();
+    assert_eq!(a.hold_until, due + Duration::seconds(1));
+    assert!(a.hold_deadline_runs());
+}
+
+#[test]
+fn freezes_pause_the_hold_deadline_for_the_time_spent_frozen() {
+    let mut a = account(&[1_000]);
+    let until = a.hold_until;
+    let hour = Duration::hours(1);
+    assert!(a.freeze("claim-1", t0() + hour).unwrap());
+    assert!(!a.hold_deadline_runs(), "paused while frozen");
+    assert!(a.freeze("claim-2", t0() + 2 * hour).unwrap());
+    assert!(!a.freeze("claim-2", t0() + 3 * hour).unwrap());
+    assert_eq!(a.hold_paused_at, Some(t0() + hour), "from the first freeze");
+    assert!(a.unfreeze("claim-1", t0() + 4 * hour).unwrap());
+    assert_eq!(a.hold_until, until, "still frozen for claim-2");
+    assert!(!a.hold_deadline_runs());
+    assert!(a.unfreeze("claim-2", t0() + 6 * hour).unwrap());
+    assert_eq!(a.hold_until, until + 5 * hour, "frozen from 1h to 6h");
+    assert_eq!(a.hold_paused_at, None);
+    assert!(a.hold_deadline_runs());
+    assert!(!a.unfreeze("claim-2", t0() + 9 * hour).unwrap());
+    assert_eq!(
+        a.hold_until,
+        until + 5 * hour,
+        "a repeated unfreeze moves nothing"
+    );
+    // An amendment while frozen: the new deadline moves only by the time
+    // frozen after it.
+    a.freeze("claim-3", t0() + 10 * hour).unwrap();
+    a.set_hold_until(until + 100 * hour, t0() + 12 * hour);
+    a.unfreeze("claim-3", t0() + 13 * hour).unwrap();
+    assert_eq!(a.hold_until, until + 101 * hour);
+    a.close(0, t0()).unwrap();
+    assert!(!a.hold_deadline_runs(), "closed");
 }
 
 #[test]
@@ -242,7 +309,7 @@ fn close_needs_an_empty_account_and_is_final() {
     );
     a.close(0, OffsetDateTime::UNIX_EPOCH).unwrap();
     assert_eq!(a.status, Status::Closed);
-    assert!(a.freeze("claim").is_err());
+    assert!(a.freeze("claim", t0()).is_err());
     assert!(a.due_for("m0").is_err());
     assert!(
         a.authorize_outflow(Action::Release, &Settles::Claim("c".into()))

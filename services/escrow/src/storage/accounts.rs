@@ -23,12 +23,14 @@ struct AccountRow {
     supplier_id: String,
     currency: String,
     status: String,
+    hold_until: OffsetDateTime,
+    hold_paused_at: Option<OffsetDateTime>,
     created_at: OffsetDateTime,
     closed_at: Option<OffsetDateTime>,
 }
 
-const ACCOUNT_COLUMNS: &str =
-    "id, contract_id, buyer_principal_id, supplier_id, currency, status, created_at, closed_at";
+const ACCOUNT_COLUMNS: &str = "id, contract_id, buyer_principal_id, supplier_id, currency, \
+     status, hold_until, hold_paused_at, created_at, closed_at";
 
 /// Inserts a new account unless its contract has one; returns whether it did.
 pub async fn insert_account(
@@ -37,7 +39,8 @@ pub async fn insert_account(
 ) -> Result<bool, ServiceError> {
     let inserted = sqlx::query(
         "INSERT INTO escrow.escrow_accounts (id, contract_id, buyer_principal_id, supplier_id, \
-         currency, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+         currency, status, hold_until, hold_paused_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
          ON CONFLICT (contract_id) DO NOTHING",
     )
     .bind(account.id)
@@ -46,6 +49,8 @@ pub async fn insert_account(
     .bind(&account.supplier_id)
     .bind(account.currency.as_str())
     .bind(account.status.as_str())
+    .bind(account.hold_until)
+    .bind(account.hold_paused_at)
     .bind(account.created_at)
     .execute(&mut *conn)
     .await?
@@ -118,6 +123,8 @@ async fn load(
             )
             .collect(),
         freezes: freezes.into_iter().collect::<BTreeSet<_>>(),
+        hold_until: row.hold_until,
+        hold_paused_at: row.hold_paused_at,
         id: row.id,
         contract_id: row.contract_id,
         buyer_principal_id: row.buyer_principal_id,
@@ -150,20 +157,23 @@ pub async fn find_by_contract(
     load(conn, "contract_id = $1", contract_id.to_owned(), false).await
 }
 
-/// Writes back the status and what each scheduled payment received, of an
-/// account read with [`lock_account`].
+/// Writes back the status, the hold deadline and what each scheduled
+/// payment received, of an account read with [`lock_account`].
 pub async fn save_account(
     conn: &mut PgConnection,
     account: &EscrowAccount,
     now: OffsetDateTime,
 ) -> Result<(), ServiceError> {
     sqlx::query(
-        "UPDATE escrow.escrow_accounts SET status = $2, closed_at = $3, updated_at = $4 WHERE id = $1",
+        "UPDATE escrow.escrow_accounts SET status = $2, closed_at = $3, updated_at = $4, \
+         hold_until = $5, hold_paused_at = $6 WHERE id = $1",
     )
     .bind(account.id)
     .bind(account.status.as_str())
     .bind(account.closed_at)
     .bind(now)
+    .bind(account.hold_until)
+    .bind(account.hold_paused_at)
     .execute(&mut *conn)
     .await?;
     for payment in &account.schedule {
@@ -177,6 +187,23 @@ pub async fn save_account(
         .execute(&mut *conn)
         .await?;
     }
+    Ok(())
+}
+
+/// Writes back the hold deadline alone (an amendment, whose schedule is
+/// written by `api::replace_schedule`).
+pub async fn save_hold_deadline(
+    conn: &mut PgConnection,
+    account: &EscrowAccount,
+) -> Result<(), ServiceError> {
+    sqlx::query(
+        "UPDATE escrow.escrow_accounts SET hold_until = $2, hold_paused_at = $3 WHERE id = $1",
+    )
+    .bind(account.id)
+    .bind(account.hold_until)
+    .bind(account.hold_paused_at)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use ta_runtime::{ServiceError, money::Currency};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::{AccountKey, AccountKind, HoldStatus};
+use crate::domain::{AccountKey, AccountKind, Discrepancy, HoldStatus};
 
 /// How the contract lets the buyer pay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -772,6 +772,36 @@ pub async fn held_accounts(
     .await?)
 }
 
+/// Escrow accounts holding money that nothing will move: a positive
+/// `escrow_held` balance, no scheduled timer of their own (hold deadline,
+/// payment deadline) and no active freeze.
+pub async fn held_without_deadline(
+    conn: &mut PgConnection,
+) -> Result<Vec<Discrepancy>, ServiceError> {
+    let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
+        "SELECT e.id, l.currency, l.balance_minor FROM escrow.escrow_accounts e \
+         JOIN escrow.ledger_accounts l ON l.kind = 'escrow_held' AND l.owner = e.id::text \
+         WHERE l.balance_minor > 0 \
+           AND NOT EXISTS (SELECT 1 FROM escrow.freezes f \
+             WHERE f.escrow_account_id = e.id AND f.lifted_at IS NULL) \
+           AND NOT EXISTS (SELECT 1 FROM escrow.workflow_timers t WHERE t.status = 'scheduled' \
+             AND ((t.kind = 'hold_deadline' AND t.subject_id = e.id::text) \
+               OR (t.kind = 'payment_due' AND t.subject_id LIKE e.id::text || '/%'))) \
+         ORDER BY e.created_at, e.id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, currency, held)| {
+            Currency::parse(&currency).map(|c| Discrepancy::HeldWithoutDeadline {
+                account: AccountKey::escrow_held(id, c),
+                held,
+            })
+        })
+        .collect())
+}
+
 pub async fn created_at(
     conn: &mut PgConnection,
     account_id: Uuid,
@@ -784,8 +814,8 @@ pub async fn created_at(
     )
 }
 
-/// The earliest scheduled timer or pending hold expiry that will move the
-/// account's money, with its kind.
+/// The earliest deadline on the account's money (a scheduled payment
+/// deadline or hold deadline timer, a pending hold's expiry), with its kind.
 pub async fn next_deadline(
     conn: &mut PgConnection,
     account_id: Uuid,
@@ -794,6 +824,8 @@ pub async fn next_deadline(
         "SELECT at, kind FROM ( \
            SELECT due_at AS at, 'payment_due' AS kind FROM escrow.workflow_timers \
              WHERE status = 'scheduled' AND kind = 'payment_due' AND subject_id LIKE $1 || '/%' \
+           UNION ALL SELECT due_at, 'hold_deadline' FROM escrow.workflow_timers \
+             WHERE status = 'scheduled' AND kind = 'hold_deadline' AND subject_id = $1 \
            UNION ALL SELECT expires_at, 'hold_expiry' FROM escrow.holds \
              WHERE escrow_account_id = $2 AND status = 'pending') d \
          ORDER BY at LIMIT 1",

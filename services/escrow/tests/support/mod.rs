@@ -138,6 +138,7 @@ pub fn open_request(
         payment_scheme: pb::EscrowPaymentScheme::Direct as i32,
         financing_partner_id: String::new(),
         supplier_owner_principal_id: SUPPLIER_OWNER.into(),
+        hold_until: due_in(30),
     }
 }
 
