@@ -295,3 +295,96 @@ fn the_second_signature_sent_thirty_times_at_once_activates_once() {
         1
     );
 }
+
+#[test]
+fn the_event_feed_streams_every_step_in_order_from_a_cursor() {
+    let platform = Platform::start(&[]);
+    let owner = "supplier-feed";
+    let buyer = mint(BUYER, Role::Buyer);
+    let supplier = mint(owner, Role::Supplier);
+    let supplier_id = platform.supplier(owner, None);
+    let id = signed_contract(
+        &platform,
+        &buyer,
+        &supplier,
+        &supplier_id,
+        &terms("PROTECTION_NONE"),
+    );
+    let stream = |after: u64| {
+        let mut args = call_args(
+            &platform.contract.addr(),
+            &contract_method("StreamContractEvents"),
+            Some(&platform.operator),
+            &json!({ "after_sequence": after }),
+        );
+        // The feed stays open for new events; three seconds read the backlog.
+        let at = args
+            .iter()
+            .position(|a| a == "-max-time")
+            .expect("-max-time");
+        args[at + 1] = "3".into();
+        let output = grpcurl(&args);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        // grpcurl prints one JSON object per message.
+        let mut events = Vec::new();
+        let mut depth = 0;
+        let mut current = String::new();
+        for c in text.chars() {
+            if c == '{' {
+                depth += 1;
+            }
+            if depth > 0 {
+                current.push(c);
+            }
+            if c == '}' {
+                depth -= 1;
+                if depth == 0 {
+                    let value: Value = serde_json::from_str(&current).expect("a feed message");
+                    if !value["event"].is_null() {
+                        events.push(value["event"].clone());
+                    }
+                    current.clear();
+                }
+            }
+        }
+        events
+    };
+    let events = wait_until(PATIENCE, "the feed to number three events", || {
+        let events = stream(0);
+        if events.len() >= 3 {
+            Ok(events)
+        } else {
+            Err(format!("{} events", events.len()))
+        }
+    });
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "CONTRACT_EVENT_TYPE_DRAFT_CREATED",
+            "CONTRACT_EVENT_TYPE_SIGNED",
+            "CONTRACT_EVENT_TYPE_ACTIVATED"
+        ]
+    );
+    let sequences: Vec<i64> = events.iter().map(|e| int(&e["sequence"])).collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+    assert_eq!(events[2]["contract"]["contractId"], id.as_str());
+    assert_eq!(
+        events[2]["contract"]["status"],
+        "CONTRACT_STATUS_SIGNED_UNPROTECTED"
+    );
+    // From a cursor: only what follows it.
+    let after_first = stream(u64::try_from(sequences[0]).expect("positive"));
+    assert_eq!(after_first.len(), 2);
+    let denied = platform
+        .contract_call(
+            "StreamContractEvents",
+            &buyer,
+            &json!({ "after_sequence": 0 }),
+        )
+        .expect_err("operators and services only");
+    assert_eq!(denied.code, "PermissionDenied", "{denied:#?}");
+}
