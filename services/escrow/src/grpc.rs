@@ -323,6 +323,10 @@ fn purpose_proto(purpose: &str) -> Option<pb::Purpose> {
     Some(pb::Purpose { purpose: Some(p) })
 }
 
+fn leg_account(a: &api::LegAccount, currency: &str) -> pb::LedgerAccount {
+    ledger_account(a.id, &a.kind, &a.owner, currency)
+}
+
 fn posting_proto(p: &api::PostingRow) -> pb::Posting {
     let currency = Currency::parse(&p.currency);
     pb::Posting {
@@ -332,18 +336,8 @@ fn posting_proto(p: &api::PostingRow) -> pb::Posting {
             .map(|id| id.to_string())
             .unwrap_or_default(),
         kind: kind_of_purpose(&p.purpose) as i32,
-        debit_account: Some(ledger_account(
-            p.debit_id,
-            &p.debit_kind,
-            &p.debit_owner,
-            &p.currency,
-        )),
-        credit_account: Some(ledger_account(
-            p.credit_id,
-            &p.credit_kind,
-            &p.credit_owner,
-            &p.currency,
-        )),
+        debit_account: Some(leg_account(&p.leg.debit, &p.currency)),
+        credit_account: Some(leg_account(&p.leg.credit, &p.currency)),
         amount: currency.map(|c| money(p.amount_minor, c)),
         hold_id: p.hold_id.map(|h| h.to_string()).unwrap_or_default(),
         funding_attempt_id: p
@@ -1428,18 +1422,8 @@ impl EscrowService for EscrowApi {
                     let c = Currency::parse(&h.currency);
                     pb::Hold {
                         hold_id: h.id.to_string(),
-                        debit_account: Some(ledger_account(
-                            h.debit_id,
-                            &h.debit_kind,
-                            &h.debit_owner,
-                            &h.currency,
-                        )),
-                        credit_account: Some(ledger_account(
-                            h.credit_id,
-                            &h.credit_kind,
-                            &h.credit_owner,
-                            &h.currency,
-                        )),
+                        debit_account: Some(leg_account(&h.leg.debit, &h.currency)),
+                        credit_account: Some(leg_account(&h.leg.credit, &h.currency)),
                         amount: c.map(|c| money(h.amount_minor, c)),
                         status: match api::hold_status(&h.status) {
                             crate::domain::HoldStatus::Pending => pb::HoldStatus::Pending,

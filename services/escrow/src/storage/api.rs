@@ -3,7 +3,7 @@
 //! gateway transfers and events, and the read models (statement, trial
 //! balance, held accounts).
 
-use sqlx::{FromRow, PgConnection};
+use sqlx::{FromRow, PgConnection, Row, postgres::PgRow};
 use ta_runtime::{ServiceError, money::Currency};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -565,18 +565,46 @@ pub async fn list_unmatched(
 
 // ---- Statement -----------------------------------------------------------
 
+/// A ledger account a posting or hold names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegAccount {
+    pub id: Uuid,
+    pub kind: String,
+    pub owner: String,
+}
+
+/// The two ledger accounts of a posting or hold, read from its row's
+/// `debit_id, debit_kind, debit_owner, credit_id, credit_kind, credit_owner`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegRow {
+    pub debit: LegAccount,
+    pub credit: LegAccount,
+}
+
+impl<'r> FromRow<'r, PgRow> for LegRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let side = |prefix: &str| {
+            Ok::<_, sqlx::Error>(LegAccount {
+                id: row.try_get(format!("{prefix}_id").as_str())?,
+                kind: row.try_get(format!("{prefix}_kind").as_str())?,
+                owner: row.try_get(format!("{prefix}_owner").as_str())?,
+            })
+        };
+        Ok(Self {
+            debit: side("debit")?,
+            credit: side("credit")?,
+        })
+    }
+}
+
 #[derive(Clone, Debug, FromRow)]
 pub struct PostingRow {
     pub seq: i64,
     pub id: Uuid,
     pub transfer_id: Uuid,
     pub escrow_account_id: Option<Uuid>,
-    pub debit_id: Uuid,
-    pub debit_kind: String,
-    pub debit_owner: String,
-    pub credit_id: Uuid,
-    pub credit_kind: String,
-    pub credit_owner: String,
+    #[sqlx(flatten)]
+    pub leg: LegRow,
     pub currency: String,
     pub amount_minor: i64,
     pub hold_id: Option<Uuid>,
@@ -670,12 +698,8 @@ pub async fn statement_balances(
 #[derive(Clone, Debug, FromRow)]
 pub struct HoldRow {
     pub id: Uuid,
-    pub debit_id: Uuid,
-    pub debit_kind: String,
-    pub debit_owner: String,
-    pub credit_id: Uuid,
-    pub credit_kind: String,
-    pub credit_owner: String,
+    #[sqlx(flatten)]
+    pub leg: LegRow,
     pub currency: String,
     pub amount_minor: i64,
     pub status: String,
