@@ -1,5 +1,129 @@
-//! The dispute service. Its domain is written first (pure rules, tested);
-//! evidence storage, persistence, transport and wiring follow, and until they
-//! do `main` serves health and reflection only.
+//! The dispute service: `domain` (pure rules: the claim state machine,
+//! windows, offers, decisions), `storage` (Postgres), `evidence` (the
+//! content-addressed file store), `flows` (the feed, timeline, views and
+//! outbox calls), `app` (use cases), `reactions` (outbox answers, the
+//! escalation timer), `grpc` (the transport), and the wiring below.
 
+pub mod app;
+pub mod config;
 pub mod domain;
+pub mod evidence;
+pub mod flows;
+pub mod grpc;
+pub mod reactions;
+pub mod storage;
+
+use std::sync::Arc;
+
+use ta_proto::dispute::dispute_service_server::DisputeServiceServer;
+use ta_runtime::{
+    auth::MethodPolicy,
+    server::{Api, ServiceSpec},
+};
+use ta_workflow::{
+    admin::{self, WorkflowAdmin},
+    credentials::ServiceCredentials,
+    feed::Feed,
+    janitor::Janitor,
+    outbox::{Outbox, Relay},
+    peers::Peers,
+    timers::{TimerWorker, Timers},
+};
+
+use crate::{evidence::EvidenceStore, flows::Flows};
+
+pub const DISPUTE_SERVICE: &str = "tradeassurance.dispute.v1.DisputeService";
+
+pub const SPEC: ServiceSpec = ServiceSpec {
+    name: "dispute",
+    schema: storage::SCHEMA,
+    default_port: 50054,
+    grpc_services: &[DISPUTE_SERVICE, admin::SERVICE_NAME],
+    migrator: &storage::MIGRATOR,
+};
+
+/// What the process needs from outside besides its pool: its peers, how it
+/// proves it is the dispute service to them, and the evidence store.
+pub struct Links {
+    pub peers: Peers,
+    pub credentials: Arc<ServiceCredentials>,
+    pub store: EvidenceStore,
+}
+
+impl Links {
+    /// # Errors
+    /// A message naming the variables at fault.
+    pub fn from_config(config: &config::Config) -> Result<Self, String> {
+        config.check()?;
+        Ok(Self {
+            peers: Peers::from_config(&config.workflow.peers)?,
+            credentials: Arc::new(ServiceCredentials::from_config(
+                SPEC.name,
+                &config.workflow.credentials,
+                &config.common.auth,
+            )?),
+            store: EvidenceStore::local(&config.evidence_dir, config.limits())?,
+        })
+    }
+}
+
+/// The service's routes, policy, preparation (the workflow tables) and
+/// background work (outbox relay, timers, janitor).
+pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
+    let schema = flows::schema();
+    let (stop_streams, streams_end) = ta_workflow::shutdown_channel();
+    let flows = Arc::new(Flows {
+        feed: Feed::new(schema, flows::FEED).ending_on(streams_end),
+        timers: Timers::new(schema),
+        outbox: Outbox::new(schema),
+        settings: config.settings(),
+    });
+    let limit = config.common.server.max_message_bytes;
+    let dispute = DisputeServiceServer::new(grpc::DisputeApi::new(
+        pool.clone(),
+        flows.clone(),
+        grpc::Reads {
+            peers: links.peers.clone(),
+            credentials: links.credentials.clone(),
+            timeout: config.peer_timeout,
+        },
+        links.store,
+        config.workflow.feed.clone(),
+    ))
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let admin = WorkflowAdmin::new(pool.clone(), schema).into_server();
+    let routes = tonic::service::Routes::new(dispute).add_service(admin);
+
+    let relay = Relay::new(
+        pool.clone(),
+        Outbox::new(schema),
+        links.peers,
+        links.credentials,
+        Arc::new(reactions::Completions {
+            flows: flows.clone(),
+        }),
+        config.workflow.outbox.clone(),
+    );
+    let timers = TimerWorker::new(
+        pool.clone(),
+        Timers::new(schema),
+        Arc::new(reactions::Timers { flows }),
+        config.workflow.timers.clone(),
+    );
+    let janitor = Janitor::new(pool.clone(), schema, config.workflow.retention);
+    Api::new(routes, MethodPolicy::declared_for(SPEC.grpc_services))
+        .prepared_by(move |pool| async move {
+            ta_workflow::install(&pool, schema)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .with_background(move |draining| relay.run(draining))
+        .with_background(move |draining| timers.run(draining))
+        .with_background(move |draining| janitor.run(draining))
+        .with_background(move |mut draining| async move {
+            // Open event streams end when the server drains.
+            let _ = draining.wait_for(|d| *d).await;
+            let _ = stop_streams.send(true);
+        })
+}

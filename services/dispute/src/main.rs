@@ -1,21 +1,18 @@
-//! The dispute service. Its API (`proto/tradeassurance/dispute/v1`) is not served
-//! yet: until it is, the process owns and migrates its schema and answers
-//! health and reflection only, so the platform's shape and ports are real.
-
 use std::process::ExitCode;
 
-use ta_runtime::server::{ServiceSpec, run_without_api};
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+use clap::Parser;
+use dispute::{Links, SPEC, api, config::Config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    run_without_api(ServiceSpec {
-        name: "dispute",
-        schema: "dispute",
-        default_port: 50054,
-        grpc_services: &[],
-        migrator: &MIGRATOR,
-    })
-    .await
+    let config = Config::parse();
+    let links = match Links::from_config(&config) {
+        Ok(links) => links,
+        Err(message) => {
+            eprintln!("dispute: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let common = config.common.clone();
+    ta_runtime::server::run(SPEC, common, |pool| api(&config, pool, links)).await
 }

@@ -57,6 +57,53 @@ pub struct Offer {
     pub made_at: OffsetDateTime,
     pub responded_at: Option<OffsetDateTime>,
     pub rejection_reason: String,
+    /// Shown to the buyer.
+    pub message: String,
+    /// The buyer's counter-evidence when rejected.
+    pub counter_evidence_ids: Vec<String>,
+}
+
+/// Why the buyer claims: it decides the contract's window (see contract's
+/// RecordClaimOpened).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    LateShipment,
+    NonDelivery,
+    QualityMismatch,
+    Damage,
+    ShortQuantity,
+    Other,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::LateShipment,
+        Reason::NonDelivery,
+        Reason::QualityMismatch,
+        Reason::Damage,
+        Reason::ShortQuantity,
+        Reason::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::LateShipment => "late_shipment",
+            Reason::NonDelivery => "non_delivery",
+            Reason::QualityMismatch => "quality_mismatch",
+            Reason::Damage => "damage",
+            Reason::ShortQuantity => "short_quantity",
+            Reason::Other => "other",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// Claims about the goods themselves, filed after receipt.
+    pub fn about_the_goods(self) -> bool {
+        !matches!(self, Reason::LateShipment | Reason::NonDelivery)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +147,8 @@ fn refused(reason: &'static str, message: String) -> ServiceError {
 }
 
 impl Claim {
-    /// A new claim for `amount_claimed` (at most what is held).
+    /// A new claim for `amount_claimed` (at most what is held), `opening`
+    /// until the contract recorded it and escrow froze the money.
     pub fn file(
         amount_claimed: Money,
         held: Money,
@@ -123,7 +171,7 @@ impl Claim {
             ));
         }
         Ok(Claim {
-            status: Status::Negotiating,
+            status: Status::Opening,
             filed_at: now,
             negotiation_ends_at: now + policy.negotiation_window,
             auto_escalate_at: now + policy.auto_escalation_after,
@@ -133,6 +181,41 @@ impl Claim {
             escalated_at: None,
             resolution: None,
         })
+    }
+
+    /// The contract recorded the claim and escrow froze `held`: negotiation
+    /// starts, and its windows run from now.
+    pub fn opened(
+        &mut self,
+        held: Money,
+        now: OffsetDateTime,
+        policy: &Policy,
+    ) -> Result<(), ServiceError> {
+        let next = self.status.next(Action::Opened)?;
+        if held.currency == self.held.currency && held.amount_minor > 0 {
+            self.held = held;
+        }
+        self.negotiation_ends_at = now + policy.negotiation_window;
+        self.auto_escalate_at = now + policy.auto_escalation_after;
+        self.status = next;
+        Ok(())
+    }
+
+    /// The contract refused the claim (or escrow could not freeze): final.
+    pub fn refuse(&mut self) -> Result<(), ServiceError> {
+        self.status = self.status.next(Action::Refuse)?;
+        Ok(())
+    }
+
+    /// The supplier rejects the claim; negotiation goes on until escalation.
+    pub fn reject_claim(&mut self) -> Result<(), ServiceError> {
+        self.status = self.status.next(Action::RejectClaim)?;
+        Ok(())
+    }
+
+    /// The open offer, if any.
+    pub fn open_offer(&self) -> Option<&Offer> {
+        self.offers.iter().find(|o| o.status == OfferStatus::Open)
     }
 
     fn open_offer_mut(&mut self) -> Option<&mut Offer> {
@@ -215,6 +298,8 @@ impl Claim {
             made_at: now,
             responded_at: None,
             rejection_reason: String::new(),
+            message: String::new(),
+            counter_evidence_ids: Vec::new(),
         });
         self.status = next;
         Ok(())
@@ -346,7 +431,27 @@ mod tests {
     }
 
     fn claim() -> Claim {
-        Claim::file(usd(40_000), usd(100_000), FILED, &Policy::default()).unwrap()
+        let mut c = Claim::file(usd(40_000), usd(100_000), FILED, &Policy::default()).unwrap();
+        c.opened(usd(100_000), FILED, &Policy::default()).unwrap();
+        c
+    }
+
+    #[test]
+    fn an_opening_claim_waits_for_the_contract_and_a_refusal_is_final() {
+        let policy = Policy::default();
+        let mut c = Claim::file(usd(40_000), usd(100_000), FILED, &policy).unwrap();
+        assert_eq!(c.status, Status::Opening);
+        assert!(c.make_offer("o", Outcome::FullRefund, FILED).is_err());
+        assert!(c.withdraw(FILED).is_err());
+        let later = FILED + Duration::hours(1);
+        c.opened(usd(90_000), later, &policy).unwrap();
+        assert_eq!(c.held, usd(90_000), "what escrow froze");
+        assert_eq!(c.negotiation_ends_at, later + Duration::days(3));
+        assert!(c.opened(usd(90_000), later, &policy).is_err());
+        let mut refused = Claim::file(usd(40_000), usd(100_000), FILED, &policy).unwrap();
+        refused.refuse().unwrap();
+        assert_eq!(refused.status, Status::Refused);
+        assert!(refused.opened(usd(1), FILED, &policy).is_err());
     }
 
     fn reason_of(error: ServiceError) -> &'static str {

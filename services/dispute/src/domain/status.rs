@@ -1,20 +1,26 @@
 //! The claim's life as a state machine.
 //!
 //! Each action, by the state it is taken in; `-` is refused with
-//! FAILED_PRECONDITION naming the current state. Settled, decided and
-//! withdrawn are final: a withdrawn claim cannot be reopened.
+//! FAILED_PRECONDITION naming the current state. Refused, settled, decided
+//! and withdrawn are final: a withdrawn claim cannot be reopened.
 //!
-//! | action                        | negotiating | escalated | settled | decided | withdrawn |
-//! |-------------------------------|-------------|-----------|---------|---------|-----------|
-//! | make offer (supplier)         | negotiating | -         | -       | -       | -         |
-//! | reject claim (supplier)       | negotiating | -         | -       | -       | -         |
-//! | reject offer (buyer)          | negotiating | -         | -       | -       | -         |
-//! | accept offer (buyer)          | settled     | -         | -       | -       | -         |
-//! | escalate (buyer, after window)| escalated   | -         | -       | -       | -         |
-//! | escalate (operator, any time) | escalated   | -         | -       | -       | -         |
-//! | escalate (timer)              | escalated   | -         | -       | -       | -         |
-//! | decide (arbiter)              | -           | decided   | -       | -       | -         |
-//! | withdraw (buyer)              | withdrawn   | withdrawn | -       | -       | -         |
+//! A claim is filed `opening`: the contract is asked (it decides, so a claim
+//! and an acceptance never both win) and escrow frozen; then it negotiates, or
+//! is refused with the contract's reason.
+//!
+//! | action                        | opening     | negotiating | escalated | refused | settled | decided | withdrawn |
+//! |-------------------------------|-------------|-------------|-----------|---------|---------|---------|-----------|
+//! | opened (contract, escrow)     | negotiating | -           | -         | -       | -       | -       | -         |
+//! | refuse (contract)             | refused     | -           | -         | -       | -       | -       | -         |
+//! | make offer (supplier)         | -           | negotiating | -         | -       | -       | -       | -         |
+//! | reject claim (supplier)       | -           | negotiating | -         | -       | -       | -       | -         |
+//! | reject offer (buyer)          | -           | negotiating | -         | -       | -       | -       | -         |
+//! | accept offer (buyer)          | -           | settled     | -         | -       | -       | -       | -         |
+//! | escalate (buyer, after window)| -           | escalated   | -         | -       | -       | -       | -         |
+//! | escalate (operator, any time) | -           | escalated   | -         | -       | -       | -       | -         |
+//! | escalate (timer)              | -           | escalated   | -         | -       | -       | -       | -         |
+//! | decide (arbiter)              | -           | -           | decided   | -       | -       | -       | -         |
+//! | withdraw (buyer)              | -           | withdrawn   | withdrawn | -       | -       | -       | -         |
 //!
 //! Whether the buyer's escalation is due yet is the claim's rule (see
 //! `claim::Claim::escalate`), not the table's: the table says where an
@@ -24,15 +30,19 @@ use ta_runtime::ServiceError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Status {
+    Opening,
     Negotiating,
     Escalated,
     Settled,
     Decided,
     Withdrawn,
+    Refused,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
+    Opened,
+    Refuse,
     MakeOffer,
     RejectClaim,
     RejectOffer,
@@ -43,21 +53,25 @@ pub enum Action {
 }
 
 impl Status {
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 7] = [
+        Status::Opening,
         Status::Negotiating,
         Status::Escalated,
         Status::Settled,
         Status::Decided,
         Status::Withdrawn,
+        Status::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Opening => "opening",
             Status::Negotiating => "negotiating",
             Status::Escalated => "escalated",
             Status::Settled => "settled",
             Status::Decided => "decided",
             Status::Withdrawn => "withdrawn",
+            Status::Refused => "refused",
         }
     }
 
@@ -66,7 +80,10 @@ impl Status {
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, Status::Settled | Status::Decided | Status::Withdrawn)
+        matches!(
+            self,
+            Status::Settled | Status::Decided | Status::Withdrawn | Status::Refused
+        )
     }
 
     /// The state an action leads to, or why it is refused here.
@@ -74,6 +91,8 @@ impl Status {
         use Action as A;
         use Status as S;
         match (action, self) {
+            (A::Opened, S::Opening) => Ok(S::Negotiating),
+            (A::Refuse, S::Opening) => Ok(S::Refused),
             (A::MakeOffer | A::RejectClaim | A::RejectOffer, S::Negotiating) => Ok(S::Negotiating),
             (A::AcceptOffer, S::Negotiating) => Ok(S::Settled),
             (A::Escalate, S::Negotiating) => Ok(S::Escalated),
@@ -89,7 +108,9 @@ impl Status {
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 9] = [
+        Action::Opened,
+        Action::Refuse,
         Action::MakeOffer,
         Action::RejectClaim,
         Action::RejectOffer,
@@ -101,6 +122,8 @@ impl Action {
 
     fn describe(self) -> &'static str {
         match self {
+            Action::Opened => "opening",
+            Action::Refuse => "refusing",
             Action::MakeOffer => "making an offer",
             Action::RejectClaim => "rejecting the claim",
             Action::RejectOffer => "rejecting the offer",
@@ -118,6 +141,8 @@ mod tests {
 
     /// The module doc's table, as data: (action, from, to).
     const ALLOWED: &[(A, S, S)] = &[
+        (A::Opened, S::Opening, S::Negotiating),
+        (A::Refuse, S::Opening, S::Refused),
         (A::MakeOffer, S::Negotiating, S::Negotiating),
         (A::RejectClaim, S::Negotiating, S::Negotiating),
         (A::RejectOffer, S::Negotiating, S::Negotiating),
