@@ -12,7 +12,7 @@ pub mod grpc;
 pub mod reactions;
 pub mod storage;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use ta_proto::contract::contract_service_server::ContractServiceServer;
 use ta_runtime::{
@@ -120,6 +120,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
         config.workflow.timers.clone(),
     );
     let janitor = Janitor::new(pool.clone(), schema, config.workflow.retention);
+    let gauges_pool = pool;
     Api::new(routes, MethodPolicy::declared_for(SPEC.grpc_services))
         .prepared_by(move |pool| async move {
             ta_workflow::install(&pool, schema)
@@ -130,6 +131,9 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
         .with_background(move |draining| consumer.run(draining))
         .with_background(move |draining| timers.run(draining))
         .with_background(move |draining| janitor.run(draining))
+        .with_background(move |draining| {
+            ta_workflow::report_gauges(gauges_pool, schema, Duration::from_secs(15), draining)
+        })
         .with_background(move |mut draining| async move {
             // Open event streams end when the server drains.
             let _ = draining.wait_for(|d| *d).await;

@@ -236,7 +236,9 @@ pub async fn sample_every<F, Fut>(
     loop {
         tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => return,
+            // The guard `wait_for` answers is dropped at once: held in the
+            // select's output it would make this future `!Send`.
+            () = async { let _ = stop.wait_for(|stop| *stop).await; } => return,
             _ = ticks.tick() => sample().await,
         }
     }
