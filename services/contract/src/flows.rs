@@ -510,6 +510,44 @@ impl Flows {
     // ---- Calls through the outbox (keys derive from the contract, so a
     // repeated step writes the same call once) ------------------------------
 
+    async fn call_registry<Q: ta_proto::IdempotentRequest>(
+        &self,
+        tx: &mut PgConnection,
+        method: &str,
+        request: &Q,
+        completion: &str,
+    ) -> Result<(), ServiceError> {
+        self.outbox
+            .enqueue(
+                tx,
+                SUPPLIER_REGISTRY,
+                &format!("{REGISTRY_PATH}{method}"),
+                request,
+                completion,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn call_escrow<Q: ta_proto::IdempotentRequest>(
+        &self,
+        tx: &mut PgConnection,
+        method: &str,
+        request: &Q,
+        completion: &str,
+    ) -> Result<(), ServiceError> {
+        self.outbox
+            .enqueue(
+                tx,
+                ESCROW,
+                &format!("{ESCROW_PATH}{method}"),
+                request,
+                completion,
+            )
+            .await
+            .map(|_| ())
+    }
+
     pub async fn reserve_cover(
         &self,
         tx: &mut PgConnection,
@@ -524,16 +562,8 @@ impl Flows {
             contract_id: contract.contract_id.to_string(),
             amount: Some(contract.total.to_proto()),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                SUPPLIER_REGISTRY,
-                &format!("{REGISTRY_PATH}ReserveCover"),
-                &request,
-                completion::COVER_RESERVED,
-            )
-            .await?;
-        Ok(())
+        self.call_registry(tx, "ReserveCover", &request, completion::COVER_RESERVED)
+            .await
     }
 
     pub async fn open_escrow(
@@ -572,16 +602,8 @@ impl Flows {
             supplier_owner_principal_id: contract.supplier_principal_id.clone(),
             hold_until: Some(timestamps::to_proto(hold_until(terms, self.settings.day))),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                ESCROW,
-                &format!("{ESCROW_PATH}OpenEscrowAccount"),
-                &request,
-                completion::ESCROW_OPENED,
-            )
-            .await?;
-        Ok(())
+        self.call_escrow(tx, "OpenEscrowAccount", &request, completion::ESCROW_OPENED)
+            .await
     }
 
     pub async fn adjust_cover(
@@ -598,16 +620,8 @@ impl Flows {
             amount: Some(total.to_proto()),
             contract_version: version,
         };
-        self.outbox
-            .enqueue(
-                tx,
-                SUPPLIER_REGISTRY,
-                &format!("{REGISTRY_PATH}AdjustCover"),
-                &request,
-                completion::COVER_ADJUSTED,
-            )
-            .await?;
-        Ok(())
+        self.call_registry(tx, "AdjustCover", &request, completion::COVER_ADJUSTED)
+            .await
     }
 
     pub async fn amend_escrow_schedule(
@@ -637,16 +651,13 @@ impl Flows {
             contract_version: version,
             hold_until: Some(timestamps::to_proto(hold_until(terms, self.settings.day))),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                ESCROW,
-                &format!("{ESCROW_PATH}AmendEscrowSchedule"),
-                &request,
-                completion::SCHEDULE_AMENDED,
-            )
-            .await?;
-        Ok(())
+        self.call_escrow(
+            tx,
+            "AmendEscrowSchedule",
+            &request,
+            completion::SCHEDULE_AMENDED,
+        )
+        .await
     }
 
     pub async fn release_cover(
@@ -659,16 +670,8 @@ impl Flows {
             supplier_id: contract.supplier_id.to_string(),
             contract_id: contract.contract_id.to_string(),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                SUPPLIER_REGISTRY,
-                &format!("{REGISTRY_PATH}ReleaseCover"),
-                &request,
-                completion::NOTHING,
-            )
-            .await?;
-        Ok(())
+        self.call_registry(tx, "ReleaseCover", &request, completion::NOTHING)
+            .await
     }
 
     pub async fn record_completed(
@@ -682,16 +685,8 @@ impl Flows {
             contract_id: contract.contract_id.to_string(),
             buyer_principal_id: contract.buyer_principal_id.clone(),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                SUPPLIER_REGISTRY,
-                &format!("{REGISTRY_PATH}RecordCompletedContract"),
-                &request,
-                completion::NOTHING,
-            )
-            .await?;
-        Ok(())
+        self.call_registry(tx, "RecordCompletedContract", &request, completion::NOTHING)
+            .await
     }
 
     /// Everything held goes to the supplier (the goods were accepted).
@@ -713,16 +708,8 @@ impl Flows {
                 purpose: Some(escrow_pb::purpose::Purpose::Acceptance(true)),
             }),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                ESCROW,
-                &format!("{ESCROW_PATH}ReleaseToSupplier"),
-                &request,
-                completion::MONEY_MOVED,
-            )
-            .await?;
-        Ok(())
+        self.call_escrow(tx, "ReleaseToSupplier", &request, completion::MONEY_MOVED)
+            .await
     }
 
     /// Everything held goes back (the contract was cancelled).
@@ -744,16 +731,8 @@ impl Flows {
                 purpose: Some(escrow_pb::purpose::Purpose::Cancellation(true)),
             }),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                ESCROW,
-                &format!("{ESCROW_PATH}RefundToBuyer"),
-                &request,
-                completion::MONEY_MOVED,
-            )
-            .await?;
-        Ok(())
+        self.call_escrow(tx, "RefundToBuyer", &request, completion::MONEY_MOVED)
+            .await
     }
 
     pub async fn close_escrow(
@@ -770,16 +749,8 @@ impl Flows {
             escrow_account_id: account.clone(),
             reason: reason.into(),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                ESCROW,
-                &format!("{ESCROW_PATH}CloseEscrowAccount"),
-                &request,
-                completion::NOTHING,
-            )
-            .await?;
-        Ok(())
+        self.call_escrow(tx, "CloseEscrowAccount", &request, completion::NOTHING)
+            .await
     }
 }
 

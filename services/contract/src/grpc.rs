@@ -264,6 +264,31 @@ struct Revise {
     change_note: String,
 }
 
+impl Revise {
+    /// A new version's request: the contract, the version it builds on, the
+    /// whole terms and why they change.
+    fn parse(
+        contract: &str,
+        base_version: u32,
+        sent: Option<&pb::ContractTerms>,
+        change_note: &str,
+        now: OffsetDateTime,
+        v: &mut Violations,
+    ) -> Result<Self, ServiceError> {
+        let contract_id = contract_id(contract, v);
+        let base_version = version_number("base_version", base_version, v);
+        let change_note = require_text("change_note", change_note, MAX_NOTE, v);
+        let terms = Terms::validate(sent, "terms", now, v).ok_or_else(recorded)?;
+        Ok(Self {
+            contract_id,
+            base_version,
+            proto: terms_proto_with_figures(&terms, sent),
+            terms,
+            change_note,
+        })
+    }
+}
+
 struct ById {
     contract_id: Uuid,
     version: u32,
@@ -471,18 +496,14 @@ impl ContractService for ContractApi {
     ) -> Result<Response<pb::ReviseContractDraftResponse>, Status> {
         let now = timestamps::now();
         let prepared = self.mutations.prepare(request, |req, _, v| {
-            let contract_id = contract_id(&req.contract_id, v);
-            let base_version = version_number("base_version", req.base_version, v);
-            let change_note = require_text("change_note", &req.change_note, MAX_NOTE, v);
-            let terms = Terms::validate(req.terms.as_ref(), "terms", now, v);
-            let terms = terms.ok_or_else(recorded)?;
-            Ok(Revise {
-                contract_id,
-                base_version,
-                proto: terms_proto_with_figures(&terms, req.terms.as_ref()),
-                terms,
-                change_note,
-            })
+            Revise::parse(
+                &req.contract_id,
+                req.base_version,
+                req.terms.as_ref(),
+                &req.change_note,
+                now,
+                v,
+            )
         })?;
         self.mutations
             .execute(&prepared, || async |tx| {
@@ -693,18 +714,14 @@ impl ContractService for ContractApi {
     ) -> Result<Response<pb::ProposeAmendmentResponse>, Status> {
         let now = timestamps::now();
         let prepared = self.mutations.prepare(request, |req, _, v| {
-            let contract_id = contract_id(&req.contract_id, v);
-            let base_version = version_number("base_version", req.base_version, v);
-            let change_note = require_text("change_note", &req.change_note, MAX_NOTE, v);
-            let terms = Terms::validate(req.terms.as_ref(), "terms", now, v);
-            let terms = terms.ok_or_else(recorded)?;
-            Ok(Revise {
-                contract_id,
-                base_version,
-                proto: terms_proto_with_figures(&terms, req.terms.as_ref()),
-                terms,
-                change_note,
-            })
+            Revise::parse(
+                &req.contract_id,
+                req.base_version,
+                req.terms.as_ref(),
+                &req.change_note,
+                now,
+                v,
+            )
         })?;
         self.mutations
             .execute(&prepared, || {

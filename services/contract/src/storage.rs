@@ -791,6 +791,17 @@ pub async fn shipments(
 
 // ---- Listings ----------------------------------------------------------------
 
+async fn load_each(
+    conn: &mut PgConnection,
+    ids: Vec<Uuid>,
+) -> Result<Vec<ContractRecord>, ServiceError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(get_contract(&mut *conn, id).await?);
+    }
+    Ok(out)
+}
+
 /// Which contracts a listing wants.
 #[derive(Clone, Debug, Default)]
 pub struct ContractFilter {
@@ -834,11 +845,7 @@ pub async fn list_contracts(
     .bind(&filter.supplier_principal_id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        out.push(get_contract(&mut *conn, id).await?);
-    }
-    Ok(out)
+    load_each(conn, ids).await
 }
 
 /// Contracts awaiting `agency`'s passing pre-shipment inspection (signed,
@@ -866,11 +873,7 @@ pub async fn inspection_assignments(
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        out.push(get_contract(&mut *conn, id).await?);
-    }
-    Ok(out)
+    load_each(conn, ids).await
 }
 
 pub async fn exists(conn: &mut PgConnection, contract_id: Uuid) -> Result<bool, ServiceError> {

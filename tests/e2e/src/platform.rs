@@ -299,6 +299,15 @@ pub fn terms(protection: &str) -> Value {
     })
 }
 
+/// Payment terms of one milestone, `full`, 100 % due `due_days` after signing.
+pub fn full_prepayment(due_days: u32) -> Value {
+    json!({
+        "scheme": "PAYMENT_SCHEME_FULL_PREPAYMENT",
+        "milestones": [{ "milestone_id": "full", "share_basis_points": 10000,
+                         "trigger": "PAYMENT_TRIGGER_AFTER_SIGNING", "due_days": due_days }]
+    })
+}
+
 /// A contract both parties signed on `terms`: created by the buyer, signed
 /// by the supplier and then the buyer. Returns its id.
 pub fn signed_contract(
@@ -325,4 +334,88 @@ pub fn signed_contract(
         );
     }
     id
+}
+
+pub const DISPUTE_SERVICE: &str = "tradeassurance.dispute.v1.DisputeService";
+
+pub fn dispute_method(name: &str) -> String {
+    format!("{DISPUTE_SERVICE}/{name}")
+}
+
+impl Platform {
+    /// The dispute service on the platform's database, calling its contract,
+    /// escrow and supplier-registry, with its evidence in `evidence_dir` and
+    /// `extra` settings (e.g. `DISPUTE_TERM_DAY=1s`). Serving when returned.
+    pub fn spawn_dispute(&self, evidence_dir: &std::path::Path, extra: &[(&str, &str)]) -> Service {
+        let mut env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), self.database.url.clone()),
+            ("WORKFLOW_OUTBOX_POLL_INTERVAL".into(), "100ms".into()),
+            ("WORKFLOW_TIMER_POLL_INTERVAL".into(), "100ms".into()),
+            (
+                "SUPPLIER_REGISTRY_URL".into(),
+                format!("http://{}", self.registry.addr()),
+            ),
+            (
+                "CONTRACT_URL".into(),
+                format!("http://{}", self.contract.addr()),
+            ),
+            (
+                "ESCROW_URL".into(),
+                format!("http://{}", self.escrow.addr()),
+            ),
+            (
+                "DISPUTE_EVIDENCE_DIR".into(),
+                evidence_dir.display().to_string(),
+            ),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let mut service = spawn_with(DISPUTE, &env);
+        service.wait_serving();
+        service
+    }
+
+    /// A Trade Assurance contract paid in full (310,000 minor units) by card,
+    /// shipped and received: DELIVERED, its escrow account holding it all.
+    /// Returns (contract id, escrow account id).
+    pub fn delivered_contract(
+        &self,
+        buyer: &str,
+        supplier: &str,
+        supplier_id: &str,
+        claim_window_days: u32,
+        inspection_period_days: u32,
+    ) -> (String, String) {
+        let mut prepaid = terms("PROTECTION_TRADE_ASSURANCE");
+        prepaid["payment_terms"] = json!({
+            "scheme": "PAYMENT_SCHEME_FULL_PREPAYMENT",
+            "milestones": [{ "milestone_id": "full", "share_basis_points": 10000,
+                             "trigger": "PAYMENT_TRIGGER_AFTER_SIGNING", "due_days": 300 }]
+        });
+        prepaid["claim_window_days"] = json!(claim_window_days);
+        prepaid["inspection_period_days"] = json!(inspection_period_days);
+        let id = signed_contract(self, buyer, supplier, supplier_id, &prepaid);
+        let active = self.wait_status(&id, "CONTRACT_STATUS_AWAITING_PAYMENT");
+        let account = active["escrowAccountId"]
+            .as_str()
+            .expect("escrow account")
+            .to_owned();
+        self.pay_by_card(buyer, &account, "full", 310_000);
+        self.wait_status(&id, "CONTRACT_STATUS_FUNDED");
+        self.contract_ok(
+            "RecordShipment",
+            supplier,
+            &json!({ "idempotency_key": format!("ship-{id}"), "contract_id": id,
+                     "carrier": "DHL", "tracking_number": "JD014600006281", "final": true }),
+        );
+        self.contract_ok(
+            "ConfirmReceipt",
+            buyer,
+            &json!({ "idempotency_key": format!("receipt-{id}"), "contract_id": id }),
+        );
+        self.wait_status(&id, "CONTRACT_STATUS_DELIVERED");
+        (id, account)
+    }
 }

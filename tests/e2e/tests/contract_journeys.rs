@@ -212,10 +212,7 @@ fn timers_cancel_an_unfunded_order_and_accept_received_goods_automatically() {
     // Funded and received: accepted when the inspection period and claim
     // window (one "day" each) lapse without a claim.
     let mut prepaid = terms("PROTECTION_TRADE_ASSURANCE");
-    prepaid["payment_terms"] = json!({
-        "scheme": "PAYMENT_SCHEME_FULL_PREPAYMENT",
-        "milestones": [{ "milestone_id": "full", "share_basis_points": 10000, "trigger": "PAYMENT_TRIGGER_AFTER_SIGNING", "due_days": 300 }]
-    });
+    prepaid["payment_terms"] = full_prepayment(300);
     prepaid["inspection_period_days"] = json!(1);
     prepaid["claim_window_days"] = json!(2);
     let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &prepaid);
@@ -269,10 +266,7 @@ fn a_late_shipment_lets_the_buyer_cancel_with_a_full_refund() {
     let mut late = terms("PROTECTION_TRADE_ASSURANCE");
     late["shipment_deadline"] = json!(at(Duration::from_secs(8)));
     late["delivery_deadline"] = json!(at(days(30)));
-    late["payment_terms"] = json!({
-        "scheme": "PAYMENT_SCHEME_FULL_PREPAYMENT",
-        "milestones": [{ "milestone_id": "full", "share_basis_points": 10000, "trigger": "PAYMENT_TRIGGER_AFTER_SIGNING", "due_days": 3 }]
-    });
+    late["payment_terms"] = full_prepayment(3);
     let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &late);
     let active = platform.wait_status(&id, "CONTRACT_STATUS_AWAITING_PAYMENT");
     let account = active["escrowAccountId"]
@@ -620,10 +614,7 @@ fn a_claim_pauses_the_timers_and_an_unconfirmed_one_is_dropped() {
     let dispute = mint_service("dispute", "contract");
     let supplier_id = platform.supplier(owner, Some(1_000_000));
     let mut prepaid = terms("PROTECTION_TRADE_ASSURANCE");
-    prepaid["payment_terms"] = json!({
-        "scheme": "PAYMENT_SCHEME_FULL_PREPAYMENT",
-        "milestones": [{ "milestone_id": "full", "share_basis_points": 10000, "trigger": "PAYMENT_TRIGGER_AFTER_SIGNING", "due_days": 300 }]
-    });
+    prepaid["payment_terms"] = full_prepayment(300);
     prepaid["inspection_period_days"] = json!(4);
     prepaid["claim_window_days"] = json!(4);
     let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &prepaid);
@@ -739,10 +730,7 @@ fn an_order_still_unshipped_a_claim_window_after_its_deadline_is_cancelled_and_r
     never["shipment_deadline"] = json!(at(Duration::from_secs(6)));
     never["delivery_deadline"] = json!(at(days(30)));
     never["claim_window_days"] = json!(3);
-    never["payment_terms"] = json!({
-        "scheme": "PAYMENT_SCHEME_FULL_PREPAYMENT",
-        "milestones": [{ "milestone_id": "full", "share_basis_points": 10000, "trigger": "PAYMENT_TRIGGER_AFTER_SIGNING", "due_days": 300 }]
-    });
+    never["payment_terms"] = full_prepayment(300);
     let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &never);
     let active = platform.wait_status(&id, "CONTRACT_STATUS_AWAITING_PAYMENT");
     let account = active["escrowAccountId"]
