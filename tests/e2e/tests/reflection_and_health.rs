@@ -176,8 +176,10 @@ fn reflection_and_health_of_the_four_services() {
                 "tradeassurance.contract.v1.ContractService",
                 "tradeassurance.ops.v1.WorkflowAdminService",
             ],
-            // Dispute: its API is not served yet.
-            _ => &[],
+            _ => &[
+                "tradeassurance.dispute.v1.DisputeService",
+                "tradeassurance.ops.v1.WorkflowAdminService",
+            ],
         };
         let listed = list(&service.addr());
         assert!(

@@ -1,0 +1,138 @@
+//! The dispute service's configuration: the common runtime's, the workflow
+//! machinery's (outbox, feed, timers, credentials, peers), and its own:
+//! windows, penalty points, the evidence store and its limits.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+use ta_runtime::config::{CommonConfig, DurationRange};
+use ta_workflow::WorkflowConfig;
+
+use crate::{domain::claim::Policy, evidence::Limits, flows::Settings};
+
+/// Dispute: a buyer's claim against a Trade Assurance contract, its evidence,
+/// the negotiation, escalation and the arbiter's decision.
+#[derive(Parser, Debug)]
+#[command(name = "dispute", version)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonConfig,
+    #[command(flatten)]
+    pub workflow: WorkflowConfig,
+    /// How long one day of the claim windows lasts. A day in production;
+    /// shorter only in tests and demos, so the windows pass in seconds.
+    #[arg(long, env = "DISPUTE_TERM_DAY", value_name = "DISPUTE_TERM_DAY",
+          default_value = "1d", value_parser = DurationRange::new(Duration::from_secs(1), Duration::from_secs(86_400)))]
+    pub term_day: Duration,
+    /// Days of negotiation after a claim opened; the buyer may escalate after.
+    #[arg(long, env = "DISPUTE_NEGOTIATION_DAYS", value_name = "DISPUTE_NEGOTIATION_DAYS",
+          default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub negotiation_days: u32,
+    /// Days after a claim opened when it escalates by itself while still
+    /// negotiating; at least the negotiation days.
+    #[arg(long, env = "DISPUTE_AUTO_ESCALATION_DAYS", value_name = "DISPUTE_AUTO_ESCALATION_DAYS",
+          default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=90))]
+    pub auto_escalation_days: u32,
+    /// Days an arbiter has for an escalated claim (the decision target).
+    #[arg(long, env = "DISPUTE_DECISION_DAYS", value_name = "DISPUTE_DECISION_DAYS",
+          default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=90))]
+    pub decision_days: u32,
+    /// Penalty points a decided full refund records against the supplier.
+    #[arg(long, env = "DISPUTE_PENALTY_POINTS_FULL_REFUND", value_name = "DISPUTE_PENALTY_POINTS_FULL_REFUND",
+          default_value_t = 12, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub full_refund_points: u32,
+    /// Penalty points a decided partial refund records against the supplier.
+    #[arg(long, env = "DISPUTE_PENALTY_POINTS_PARTIAL_REFUND", value_name = "DISPUTE_PENALTY_POINTS_PARTIAL_REFUND",
+          default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub partial_refund_points: u32,
+    /// Directory of the evidence store (created when missing).
+    #[arg(
+        long,
+        env = "DISPUTE_EVIDENCE_DIR",
+        value_name = "DISPUTE_EVIDENCE_DIR",
+        default_value = ".data/evidence"
+    )]
+    pub evidence_dir: PathBuf,
+    /// Largest photo, in bytes.
+    #[arg(long, env = "DISPUTE_EVIDENCE_MAX_PHOTO_BYTES", value_name = "DISPUTE_EVIDENCE_MAX_PHOTO_BYTES",
+          default_value_t = 25 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1 << 34)))]
+    pub max_photo_bytes: u64,
+    /// Largest video, in bytes.
+    #[arg(long, env = "DISPUTE_EVIDENCE_MAX_VIDEO_BYTES", value_name = "DISPUTE_EVIDENCE_MAX_VIDEO_BYTES",
+          default_value_t = 500 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1 << 34)))]
+    pub max_video_bytes: u64,
+    /// Largest document or inspection report, in bytes.
+    #[arg(long, env = "DISPUTE_EVIDENCE_MAX_DOCUMENT_BYTES", value_name = "DISPUTE_EVIDENCE_MAX_DOCUMENT_BYTES",
+          default_value_t = 25 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1 << 34)))]
+    pub max_document_bytes: u64,
+    /// How long FileClaim's reads of the contract and its escrow account may take.
+    #[arg(long, env = "DISPUTE_PEER_TIMEOUT", value_name = "DISPUTE_PEER_TIMEOUT",
+          default_value = "5s", value_parser = DurationRange::new(Duration::from_millis(100), Duration::from_secs(60)))]
+    pub peer_timeout: Duration,
+}
+
+impl Config {
+    /// # Errors
+    /// A message naming the variables at fault.
+    pub fn check(&self) -> Result<(), String> {
+        if self.auto_escalation_days < self.negotiation_days {
+            return Err(
+                "DISPUTE_AUTO_ESCALATION_DAYS must not be less than DISPUTE_NEGOTIATION_DAYS"
+                    .into(),
+            );
+        }
+        self.workflow.check()
+    }
+
+    pub fn settings(&self) -> Settings {
+        let day = time::Duration::try_from(self.term_day).unwrap_or(time::Duration::DAY);
+        Settings {
+            policy: Policy {
+                negotiation_window: day * self.negotiation_days,
+                auto_escalation_after: day * self.auto_escalation_days,
+                full_refund_penalty_points: self.full_refund_points,
+                partial_refund_penalty_points: self.partial_refund_points,
+            },
+            decision_target: day * self.decision_days,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            photo_bytes: self.max_photo_bytes,
+            video_bytes: self.max_video_bytes,
+            document_bytes: self.max_document_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["dispute", "--database-url", "postgres://localhost/x"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_windows_follow_the_brief_unless_configured() {
+        let config = parse(&[]).unwrap();
+        let settings = config.settings();
+        assert_eq!(settings.policy, Policy::default());
+        let fast = parse(&["--term-day", "2s", "--negotiation-days", "1"]).unwrap();
+        let policy = fast.settings().policy;
+        assert_eq!(policy.negotiation_window, time::Duration::seconds(2));
+        assert_eq!(policy.auto_escalation_after, time::Duration::seconds(14));
+        let err = parse(&["--term-day", "2d"]).unwrap_err();
+        assert!(err.contains("DISPUTE_TERM_DAY"), "{err}");
+        let inverted = parse(&["--negotiation-days", "9"]).unwrap();
+        assert!(
+            inverted
+                .check()
+                .unwrap_err()
+                .contains("DISPUTE_AUTO_ESCALATION_DAYS")
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! How a claim reacts to what happens elsewhere: the answers of its outbox
+//! calls, each naming the next step (opening: RecordClaimOpened, then
+//! FreezeEscrow, then ConfirmClaimOpened; a resolution: SettleClaim, then
+//! RecordClaimClosed, then RecordPenalty; a withdrawal: UnfreezeEscrow, then
+//! RecordClaimClosed), and its automatic escalation timer. Each reaction runs
+//! in the transaction that records the answer or fires the timer, so it
+//! happens exactly once.
+
+use std::sync::Arc;
+
+use sqlx::PgConnection;
+use ta_proto::{contract as contract_pb, escrow as escrow_pb, supplier as supplier_pb};
+use ta_runtime::{
+    ServiceError,
+    money::{Currency, Money},
+    timestamps,
+};
+use ta_workflow::{
+    outbox::{Answer, CompletionHandler, Delivery},
+    timers::{DueTimer, TimerHandler},
+};
+use uuid::Uuid;
+
+use crate::{
+    app,
+    domain::{claim::Escalator, status::Status},
+    flows::{AUTO_ESCALATION, Actor, Flows, completion},
+    storage,
+};
+
+fn claim_id(text: &str) -> Result<Uuid, ServiceError> {
+    Uuid::parse_str(text).map_err(|_| ServiceError::internal(format!("`{text}` is not a claim id")))
+}
+
+fn refusal(answer: &Answer) -> Option<&str> {
+    match answer {
+        Answer::Accepted(_) => None,
+        Answer::Refused { message, .. } => Some(message),
+    }
+}
+
+fn held_of(account: Option<&escrow_pb::EscrowAccount>) -> Option<Money> {
+    let held = account?.held.as_ref()?;
+    Some(Money::new(
+        held.amount_minor,
+        Currency::parse(&held.currency_code)?,
+    ))
+}
+
+pub struct Completions {
+    pub flows: Arc<Flows>,
+}
+
+impl CompletionHandler for Completions {
+    async fn complete(
+        &self,
+        tx: &mut PgConnection,
+        delivery: &Delivery,
+        answer: &Answer,
+    ) -> Result<(), ServiceError> {
+        let now = timestamps::now();
+        let flows = &self.flows;
+        let method = delivery.method.rsplit('/').next().unwrap_or_default();
+        match delivery.completion.as_str() {
+            completion::CLAIM_RECORDED => {
+                let r: contract_pb::RecordClaimOpenedRequest = delivery.decode_request()?;
+                app::claim_recorded(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now).await
+            }
+            completion::ESCROW_FROZEN => {
+                let r: escrow_pb::FreezeEscrowRequest = delivery.decode_request()?;
+                let outcome = match answer {
+                    Answer::Accepted(_) => {
+                        let response: escrow_pb::FreezeEscrowResponse = answer.decode()?;
+                        Ok(held_of(response.account.as_ref()))
+                    }
+                    Answer::Refused { message, .. } => Err(message.as_str()),
+                };
+                app::escrow_frozen(tx, flows, claim_id(&r.claim_id)?, outcome, now).await
+            }
+            completion::CLAIM_CONFIRMED => {
+                let r: contract_pb::ConfirmClaimOpenedRequest = delivery.decode_request()?;
+                app::claim_confirmed(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now).await
+            }
+            completion::SETTLED | completion::UNFROZEN => {
+                let id = if method == "SettleClaim" {
+                    let r: escrow_pb::SettleClaimRequest = delivery.decode_request()?;
+                    r.claim_id
+                } else {
+                    let r: escrow_pb::UnfreezeEscrowRequest = delivery.decode_request()?;
+                    r.claim_id
+                };
+                app::money_done(tx, flows, claim_id(&id)?, refusal(answer), now).await
+            }
+            completion::CLAIM_CLOSED => {
+                let r: contract_pb::RecordClaimClosedRequest = delivery.decode_request()?;
+                app::contract_closed(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now).await
+            }
+            completion::PENALTY_RECORDED => {
+                let r: supplier_pb::RecordPenaltyRequest = delivery.decode_request()?;
+                app::penalty_recorded(tx, flows, claim_id(&r.dispute_id)?, refusal(answer), now)
+                    .await
+            }
+            _ => {
+                if let Some(message) = refusal(answer) {
+                    tracing::warn!(
+                        method = delivery.method,
+                        message,
+                        "a follow-up call was refused; an operator should look at it"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+pub struct Timers {
+    pub flows: Arc<Flows>,
+}
+
+impl TimerHandler for Timers {
+    async fn fire(&self, tx: &mut PgConnection, timer: &DueTimer) -> Result<(), ServiceError> {
+        let now = timestamps::now();
+        match timer.kind.as_str() {
+            AUTO_ESCALATION => {
+                let mut claim = storage::lock_claim(tx, claim_id(&timer.subject_id)?).await?;
+                if claim.claim.status != Status::Negotiating {
+                    return Ok(());
+                }
+                // The timer is due at `auto_escalate_at`; a clock a hair
+                // behind the database's must not refuse it.
+                let at = now.max(claim.claim.auto_escalate_at);
+                app::escalate(
+                    tx,
+                    &self.flows,
+                    &mut claim,
+                    &Actor::system(),
+                    Escalator::Timer,
+                    "the negotiation window ran out without a settlement",
+                    at,
+                )
+                .await?;
+                Ok(())
+            }
+            other => Err(ServiceError::internal(format!(
+                "unknown dispute timer kind {other}"
+            ))),
+        }
+    }
+}
