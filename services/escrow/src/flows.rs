@@ -136,6 +136,7 @@ pub async fn account_proto(
     let totals = api::totals(conn, account.id).await?;
     let freezes = api::active_freezes(conn, account.id).await?;
     let updated_at = api::updated_at(conn, account.id).await?;
+    let funded_at = api::funded_times(conn, account.id).await?;
     let c = account.currency;
     let next_due = account
         .schedule
@@ -167,7 +168,10 @@ pub async fn account_proto(
                 milestone_id: p.milestone_id.clone(),
                 amount: Some(money(p.amount_minor, c)),
                 due_at: Some(timestamps::to_proto(p.due_at)),
-                funded_at: None,
+                funded_at: funded_at
+                    .get(&p.milestone_id)
+                    .copied()
+                    .map(timestamps::to_proto),
             })
             .collect(),
         next_payment_due_at: next_due.map(timestamps::to_proto),

@@ -376,6 +376,43 @@ fn amendments_move_the_cover_within_the_limit_and_are_refused_beyond_it() {
         .sum();
     assert_eq!(due, 316_000, "escrow's schedule follows: {account:#}");
 
+    // Funded in full, then lowered to 900 mugs (2,800.00 USD): the excess is
+    // refunded, the cover follows down, the contract stays funded.
+    let escrow_id = account["account"]["escrowAccountId"]
+        .as_str()
+        .expect("account id")
+        .to_owned();
+    platform.pay_by_card(&buyer, &escrow_id, "deposit", 94_800);
+    platform.pay_by_card(&buyer, &escrow_id, "balance", 221_200);
+    platform.wait_status(&id, "CONTRACT_STATUS_FUNDED");
+    let lowered = amend(v2, 900, "lower");
+    wait_until(PATIENCE, "the lowering amendment to apply", || {
+        let c = platform.get_contract(&id);
+        if c["signedVersion"] == lowered {
+            Ok(c)
+        } else {
+            Err(format!("signed {}", c["signedVersion"]))
+        }
+    });
+    let c = platform.get_contract(&id);
+    assert_eq!(c["status"], "CONTRACT_STATUS_FUNDED", "{c:#}");
+    assert_eq!(int(&c["total"]["amountMinor"]), 280_000);
+    assert_eq!(platform.cover(&supplier_id), (280_000, 120_000));
+    let statement = platform.escrow.call_ok(
+        &escrow_method("GetEscrowStatement"),
+        Some(&platform.operator),
+        &json!({ "escrow_account_id": escrow_id }),
+    );
+    let refunded: i64 = statement["postings"]
+        .as_array()
+        .expect("postings")
+        .iter()
+        .filter(|p| p["kind"] == "POSTING_KIND_REFUND")
+        .map(|p| int(&p["amount"]["amountMinor"]))
+        .sum();
+    assert_eq!(refunded, 36_000, "the excess went back: {statement:#}");
+    let v2 = lowered;
+
     // Beyond it: 2,000 mugs, 6,100.00 USD.
     let v3 = amend(v2, 2000, "beyond");
     wait_until(PATIENCE, "the amendment to be refused", || {
@@ -395,7 +432,8 @@ fn amendments_move_the_cover_within_the_limit_and_are_refused_beyond_it() {
             .is_none_or(Vec::is_empty),
         "{c:#}"
     );
-    assert_eq!(platform.cover(&supplier_id), (316_000, 84_000));
+    assert_eq!(platform.cover(&supplier_id), (280_000, 120_000));
+    platform.assert_ledger_reconciles();
 }
 
 #[test]

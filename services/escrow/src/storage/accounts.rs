@@ -178,7 +178,8 @@ pub async fn save_account(
     .await?;
     for payment in &account.schedule {
         sqlx::query(
-            "UPDATE escrow.scheduled_payments SET funded_minor = $3 \
+            "UPDATE escrow.scheduled_payments SET funded_minor = $3, \
+             funded_at = CASE WHEN $3 >= amount_minor THEN coalesce(funded_at, now()) END \
              WHERE escrow_account_id = $1 AND milestone_id = $2 AND funded_minor <> $3",
         )
         .bind(account.id)

@@ -889,10 +889,13 @@ pub async fn replace_schedule(
     for (position, (milestone, amount, funded, due)) in schedule.iter().enumerate() {
         sqlx::query(
             "INSERT INTO escrow.scheduled_payments (escrow_account_id, milestone_id, position, \
-             amount_minor, funded_minor, due_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             amount_minor, funded_minor, due_at, funded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $5 >= $4 THEN now() END) \
              ON CONFLICT (escrow_account_id, milestone_id) DO UPDATE SET position = EXCLUDED.position, \
              amount_minor = EXCLUDED.amount_minor, funded_minor = EXCLUDED.funded_minor, \
-             due_at = EXCLUDED.due_at",
+             due_at = EXCLUDED.due_at, \
+             funded_at = CASE WHEN EXCLUDED.funded_minor >= EXCLUDED.amount_minor \
+                 THEN coalesce(escrow.scheduled_payments.funded_at, now()) END"
         )
         .bind(account_id)
         .bind(milestone)
@@ -904,6 +907,21 @@ pub async fn replace_schedule(
         .await?;
     }
     Ok(())
+}
+
+/// When each fully funded payment of an account became so.
+pub async fn funded_times(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+) -> Result<std::collections::HashMap<String, OffsetDateTime>, ServiceError> {
+    let rows: Vec<(String, OffsetDateTime)> = sqlx::query_as(
+        "SELECT milestone_id, funded_at FROM escrow.scheduled_payments \
+         WHERE escrow_account_id = $1 AND funded_at IS NOT NULL",
+    )
+    .bind(account_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Milestones with any funding attempt.
