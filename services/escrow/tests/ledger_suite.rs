@@ -405,7 +405,12 @@ async fn expiry_voids_due_holds_and_an_expired_hold_cannot_post<L: LedgerStore>(
     let error = ledger.post_hold(soon.id, None, at).await.unwrap_err();
     assert!(matches!(error, LedgerError::HoldExpired(_)), "{error}");
     let expired = ledger.expire_due_holds(at).await.unwrap();
-    assert!(expired.contains(&soon.id));
+    assert!(
+        expired.contains(&soon.id),
+        "{expired:?} lacks {} (expires {:?}, expired at {at:?})",
+        soon.id,
+        soon.expires_at
+    );
     assert!(!expired.contains(&later.id));
     assert_eq!(
         ledger.hold_status(soon.id).await.unwrap().status,
