@@ -858,3 +858,401 @@ fn an_unsettled_claim_escalates_by_itself_and_a_release_completes_the_contract()
     );
     platform.assert_ledger_reconciles();
 }
+
+/// The feed's events from `after`, read for a few seconds (it stays open).
+fn feed_events(dispute: &Service, token: &str, after: u64) -> Vec<pb::DisputeEvent> {
+    runtime().block_on(async {
+        let mut client = client(dispute).await;
+        let mut stream = client
+            .stream_dispute_events(authorized(
+                pb::StreamDisputeEventsRequest {
+                    after_sequence: after,
+                },
+                token,
+            ))
+            .await
+            .expect("the feed opens")
+            .into_inner();
+        let mut events = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, stream.next()).await {
+            if let Some(event) = message.event {
+                events.push(event);
+            }
+        }
+        events
+    })
+}
+
+#[test]
+fn settlements_between_the_parties_refund_without_a_penalty_and_the_feed_tells_them() {
+    let platform = Platform::start(&[("CONTRACT_TERM_DAY", "1s")]);
+    let store = TempDir::new("evidence");
+    let dispute = platform.spawn_dispute(
+        store.path(),
+        &fast_dispute(&[("DISPUTE_NEGOTIATION_DAYS", "8")]),
+    );
+    let owner = "supplier-settles";
+    let buyer = mint(BUYER, Role::Buyer);
+    let supplier = mint(owner, Role::Supplier);
+    let supplier_id = platform.supplier(owner, Some(2_000_000));
+
+    // The supplier accepts the claim (a full refund offer), the buyer takes it.
+    let (full_id, _) = platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
+    let filed = file_claim(
+        &dispute,
+        &buyer,
+        "file-full",
+        &full_id,
+        "CLAIM_REASON_QUALITY_MISMATCH",
+        310_000,
+    )
+    .expect("files");
+    let full_claim = filed["claim"]["claimId"]
+        .as_str()
+        .expect("claimId")
+        .to_owned();
+    wait_status(&dispute, &buyer, &full_claim, "CLAIM_STATUS_NEGOTIATING");
+    let offered = dcall_ok(
+        &dispute,
+        "MakeOffer",
+        &supplier,
+        &json!({ "idempotency_key": "offer-full", "claim_id": full_claim, "kind": "OFFER_KIND_FULL_REFUND",
+                 "message": "we accept the claim" }),
+    );
+    assert_eq!(
+        int(&offered["offer"]["refundAmount"]["amountMinor"]),
+        310_000
+    );
+    let offer_id = offered["offer"]["offerId"]
+        .as_str()
+        .expect("offerId")
+        .to_owned();
+    let settled = dcall_ok(
+        &dispute,
+        "AcceptOffer",
+        &buyer,
+        &json!({ "idempotency_key": "accept-full", "claim_id": full_claim, "offer_id": offer_id }),
+    );
+    assert_eq!(settled["claim"]["status"], "CLAIM_STATUS_SETTLED");
+    assert_eq!(
+        settled["claim"]["resolution"]["acceptedOfferId"],
+        offer_id.as_str()
+    );
+    wait_effects(&dispute, &buyer, &full_claim);
+    platform.wait_status(&full_id, "CONTRACT_STATUS_REFUNDED");
+    let refunded = wait_until(PATIENCE, "the account to close", || {
+        let a = account(&platform, &full_id);
+        if a["status"] == "ESCROW_ACCOUNT_STATUS_CLOSED" {
+            Ok(a)
+        } else {
+            Err(format!("{a:#}"))
+        }
+    });
+    assert_eq!(int(&refunded["refundedTotal"]["amountMinor"]), 310_000);
+    assert_eq!(int(&refunded["releasedTotal"]["amountMinor"]), 0);
+
+    // A partial offer, raised, accepted: the rest goes to the supplier.
+    let (part_id, _) = platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
+    let filed = file_claim(
+        &dispute,
+        &buyer,
+        "file-part",
+        &part_id,
+        "CLAIM_REASON_SHORT_QUANTITY",
+        100_000,
+    )
+    .expect("files");
+    let part_claim = filed["claim"]["claimId"]
+        .as_str()
+        .expect("claimId")
+        .to_owned();
+    wait_status(&dispute, &buyer, &part_claim, "CLAIM_STATUS_NEGOTIATING");
+    let offer = |key: &str, amount: i64| {
+        dcall_ok(
+            &dispute,
+            "MakeOffer",
+            &supplier,
+            &json!({ "idempotency_key": key, "claim_id": part_claim, "kind": "OFFER_KIND_PARTIAL_REFUND",
+                     "refund_amount": usd(amount) }),
+        )["offer"]["offerId"]
+            .as_str()
+            .expect("offerId")
+            .to_owned()
+    };
+    let first = offer("offer-1", 60_000);
+    let second = offer("offer-2", 80_000);
+    let stale = dcall(
+        &dispute,
+        "AcceptOffer",
+        &buyer,
+        &json!({ "idempotency_key": "accept-1", "claim_id": part_claim, "offer_id": first }),
+    )
+    .expect_err("superseded");
+    assert_eq!(stale.code, "FailedPrecondition", "{stale:#?}");
+    dcall_ok(
+        &dispute,
+        "AcceptOffer",
+        &buyer,
+        &json!({ "idempotency_key": "accept-2", "claim_id": part_claim, "offer_id": second }),
+    );
+    wait_effects(&dispute, &buyer, &part_claim);
+    platform.wait_status(&part_id, "CONTRACT_STATUS_COMPLETED");
+    let split = wait_until(PATIENCE, "the account to close", || {
+        let a = account(&platform, &part_id);
+        if a["status"] == "ESCROW_ACCOUNT_STATUS_CLOSED" {
+            Ok(a)
+        } else {
+            Err(format!("{a:#}"))
+        }
+    });
+    assert_eq!(int(&split["refundedTotal"]["amountMinor"]), 80_000);
+    assert_eq!(int(&split["releasedTotal"]["amountMinor"]), 230_000);
+    assert_eq!(
+        penalty_points(&platform, &supplier_id),
+        0,
+        "settlements cost no points"
+    );
+    platform.assert_ledger_reconciles();
+
+    // The feed: operators only; every step in order, resumable from a cursor.
+    let denied = runtime().block_on(async {
+        let mut c = client(&dispute).await;
+        c.stream_dispute_events(authorized(
+            pb::StreamDisputeEventsRequest { after_sequence: 0 },
+            &buyer,
+        ))
+        .await
+        .map(|_| ())
+    });
+    assert_eq!(
+        denied.expect_err("operators only").code(),
+        tonic::Code::PermissionDenied
+    );
+    let events = feed_events(&dispute, &platform.operator, 0);
+    let of_full: Vec<pb::DisputeEventType> = events
+        .iter()
+        .filter(|e| e.claim.as_ref().is_some_and(|c| c.claim_id == full_claim))
+        .map(|e| e.r#type())
+        .collect();
+    use pb::DisputeEventType as E;
+    assert_eq!(
+        of_full,
+        [
+            E::ClaimFiled,
+            E::ClaimOpened,
+            E::OfferMade,
+            E::Settled,
+            E::EffectsCompleted
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    let later = feed_events(&dispute, &platform.operator, events[4].sequence);
+    assert_eq!(later.len(), events.len() - 5);
+}
+
+#[test]
+fn a_dispute_killed_after_a_decision_moves_the_money_once_when_restarted() {
+    let platform = Platform::start(&[("CONTRACT_TERM_DAY", "1s")]);
+    let store = TempDir::new("evidence");
+    let owner = "supplier-killed";
+    let buyer = mint(BUYER, Role::Buyer);
+    let supplier = mint(owner, Role::Supplier);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let (contract_id, _) = platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
+    let mut first = platform.spawn_dispute(store.path(), &fast_dispute(&[]));
+    let filed = file_claim(
+        &first,
+        &buyer,
+        "file-1",
+        &contract_id,
+        "CLAIM_REASON_DAMAGE",
+        200_000,
+    )
+    .expect("files");
+    let claim_id = filed["claim"]["claimId"]
+        .as_str()
+        .expect("claimId")
+        .to_owned();
+    wait_status(&first, &buyer, &claim_id, "CLAIM_STATUS_NEGOTIATING");
+    dcall_ok(
+        &first,
+        "EscalateClaim",
+        &platform.operator,
+        &json!({ "idempotency_key": "escalate", "claim_id": claim_id, "reason": "urgent" }),
+    );
+    first.kill();
+
+    // A replica whose relay waits a minute between polls: the decision is
+    // committed, its calls are in the outbox, nothing has moved yet.
+    let mut slow = platform.spawn_dispute(
+        store.path(),
+        &fast_dispute(&[("WORKFLOW_OUTBOX_POLL_INTERVAL", "60s")]),
+    );
+    dcall_ok(
+        &slow,
+        "DecideClaim",
+        &platform.operator,
+        &json!({ "idempotency_key": "decide", "claim_id": claim_id, "outcome": "CLAIM_OUTCOME_PARTIAL_REFUND",
+                 "refund_amount": usd(120_000), "reason": "half the shipment damaged" }),
+    );
+    let held = account(&platform, &contract_id);
+    assert_eq!(int(&held["refundedTotal"]["amountMinor"]), 0, "{held:#}");
+    slow.kill();
+
+    let restarted = platform.spawn_dispute(store.path(), &fast_dispute(&[]));
+    wait_effects(&restarted, &buyer, &claim_id);
+    platform.wait_status(&contract_id, "CONTRACT_STATUS_COMPLETED");
+    let settled = wait_until(PATIENCE, "the account to close", || {
+        let a = account(&platform, &contract_id);
+        if a["status"] == "ESCROW_ACCOUNT_STATUS_CLOSED" {
+            Ok(a)
+        } else {
+            Err(format!("{a:#}"))
+        }
+    });
+    assert_eq!(int(&settled["refundedTotal"]["amountMinor"]), 120_000);
+    assert_eq!(int(&settled["releasedTotal"]["amountMinor"]), 190_000);
+    assert_eq!(penalty_points(&platform, &supplier_id), 6);
+    let mut session = platform.session();
+    assert_eq!(
+        session.int(
+            "SELECT count(*) FROM dispute.workflow_outbox WHERE method LIKE '%/SettleClaim' OR method LIKE '%/RecordPenalty'"
+        ),
+        2,
+        "one settlement and one penalty call"
+    );
+    platform.assert_ledger_reconciles();
+}
+
+#[test]
+fn a_claim_racing_the_acceptance_loses_or_wins_alone_and_a_late_shipment_claim_resumes_the_contract()
+ {
+    let platform = Platform::start(&[("CONTRACT_TERM_DAY", "1s")]);
+    let store = TempDir::new("evidence");
+    let dispute = platform.spawn_dispute(store.path(), &fast_dispute(&[]));
+    let owner = "supplier-racing";
+    let buyer = mint(BUYER, Role::Buyer);
+    let supplier = mint(owner, Role::Supplier);
+    let supplier_id = platform.supplier(owner, Some(2_000_000));
+
+    // The buyer accepts the goods while its claim is being filed: exactly one
+    // of the two wins.
+    let (raced_id, _) = platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
+    let accept = grpcurl_spawn(&call_args(
+        &platform.contract.addr(),
+        &contract_method("AcceptGoods"),
+        Some(&buyer),
+        &json!({ "idempotency_key": "accept-race", "contract_id": raced_id }),
+    ));
+    let filed = file_claim(
+        &dispute,
+        &buyer,
+        "file-race",
+        &raced_id,
+        "CLAIM_REASON_DAMAGE",
+        100_000,
+    );
+    let accepted = accept.wait(PATIENCE).status.success();
+    match filed {
+        Ok(filed) => {
+            let claim_id = filed["claim"]["claimId"]
+                .as_str()
+                .expect("claimId")
+                .to_owned();
+            let settled = wait_claim(&dispute, &buyer, &claim_id, "opened or refused", |c| {
+                c["status"] == "CLAIM_STATUS_NEGOTIATING" || c["status"] == "CLAIM_STATUS_REFUSED"
+            });
+            let contract = platform.get_contract(&raced_id);
+            if settled["status"] == "CLAIM_STATUS_REFUSED" {
+                assert!(accepted, "the acceptance won");
+                assert_ne!(contract["status"], "CONTRACT_STATUS_IN_DISPUTE");
+                assert!(
+                    settled["refusalReason"]
+                        .as_str()
+                        .is_some_and(|r| !r.is_empty())
+                );
+            } else {
+                assert!(!accepted, "the claim won, the acceptance was refused");
+                assert_eq!(contract["status"], "CONTRACT_STATUS_IN_DISPUTE");
+            }
+        }
+        Err(refused) => {
+            // Accepted before the claim could even be read as open.
+            assert!(accepted, "{refused:#?}");
+            assert_eq!(refused.code, "FailedPrecondition", "{refused:#?}");
+        }
+    }
+
+    // Late shipment: nothing shipped by the deadline; a partial refund is
+    // decided and the contract resumes, the rest still held for it.
+    let mut late = terms("PROTECTION_TRADE_ASSURANCE");
+    late["shipment_deadline"] = json!(at(Duration::from_secs(6)));
+    late["claim_window_days"] = json!(60);
+    late["payment_terms"] = json!({
+        "scheme": "PAYMENT_SCHEME_FULL_PREPAYMENT",
+        "milestones": [{ "milestone_id": "full", "share_basis_points": 10000,
+                         "trigger": "PAYMENT_TRIGGER_AFTER_SIGNING", "due_days": 300 }]
+    });
+    let late_id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &late);
+    let active = platform.wait_status(&late_id, "CONTRACT_STATUS_AWAITING_PAYMENT");
+    let account_id = active["escrowAccountId"]
+        .as_str()
+        .expect("account")
+        .to_owned();
+    platform.pay_by_card(&buyer, &account_id, "full", 310_000);
+    platform.wait_status(&late_id, "CONTRACT_STATUS_FUNDED");
+    // Refused (NOT_LATE) until the deadline passed; each try is a new claim.
+    let mut attempt = 0;
+    let claim_id = wait_until(PATIENCE, "the shipment deadline to pass", || {
+        attempt += 1;
+        file_claim(
+            &dispute,
+            &buyer,
+            &format!("file-late-{attempt}"),
+            &late_id,
+            "CLAIM_REASON_LATE_SHIPMENT",
+            100_000,
+        )
+        .map_err(|e| format!("{e:#?}"))
+        .and_then(|filed| {
+            let id = filed["claim"]["claimId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let claim = wait_claim(&dispute, &buyer, &id, "opened or refused", |c| {
+                c["status"] != "CLAIM_STATUS_OPENING"
+            });
+            if claim["status"] == "CLAIM_STATUS_NEGOTIATING" {
+                Ok(id)
+            } else {
+                Err(format!("{claim:#}"))
+            }
+        })
+    });
+    dcall_ok(
+        &dispute,
+        "EscalateClaim",
+        &platform.operator,
+        &json!({ "idempotency_key": "escalate-late", "claim_id": claim_id, "reason": "late" }),
+    );
+    dcall_ok(
+        &dispute,
+        "DecideClaim",
+        &platform.operator,
+        &json!({ "idempotency_key": "decide-late", "claim_id": claim_id, "outcome": "CLAIM_OUTCOME_PARTIAL_REFUND",
+                 "refund_amount": usd(50_000), "reason": "shipped nothing by the deadline" }),
+    );
+    wait_effects(&dispute, &buyer, &claim_id);
+    platform.wait_status(&late_id, "CONTRACT_STATUS_FUNDED");
+    let held = account(&platform, &late_id);
+    assert_eq!(
+        int(&held["refundedTotal"]["amountMinor"]),
+        50_000,
+        "{held:#}"
+    );
+    assert_eq!(int(&held["releasedTotal"]["amountMinor"]), 0, "{held:#}");
+    assert_eq!(int(&held["held"]["amountMinor"]), 260_000, "{held:#}");
+    assert_eq!(freezes(&held), 0);
+    assert_eq!(penalty_points(&platform, &supplier_id), 6);
+}
