@@ -780,7 +780,8 @@ fn a_withdrawn_claim_resumes_the_contract_for_good_and_a_late_one_is_refused_wit
 }
 
 #[test]
-fn an_unsettled_claim_escalates_by_itself_and_a_release_completes_the_contract() {
+fn an_unsettled_claim_escalates_by_itself_a_release_completes_and_a_full_refund_restricts_the_supplier()
+ {
     let platform = Platform::start(&[("CONTRACT_TERM_DAY", "1s")]);
     let store = TempDir::new("evidence");
     let dispute = platform.spawn_dispute(
@@ -855,6 +856,70 @@ fn an_unsettled_claim_escalates_by_itself_and_a_release_completes_the_contract()
     assert!(
         actions.iter().any(|a| a == "claim.rejected_by_supplier"),
         "{actions:?}"
+    );
+
+    // A full refund decided against the supplier, with the points that reach
+    // the restriction threshold: the contract is refunded, the supplier
+    // restricted and its limit lowered.
+    let (refund_id, _) = platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
+    let filed = file_claim(
+        &dispute,
+        &buyer,
+        "file-2",
+        &refund_id,
+        "CLAIM_REASON_OTHER",
+        310_000,
+    )
+    .expect("files");
+    let refund_claim = filed["claim"]["claimId"]
+        .as_str()
+        .expect("claimId")
+        .to_owned();
+    wait_status(&dispute, &buyer, &refund_claim, "CLAIM_STATUS_NEGOTIATING");
+    dcall_ok(
+        &dispute,
+        "EscalateClaim",
+        &platform.operator,
+        &json!({ "idempotency_key": "escalate-2", "claim_id": refund_claim, "reason": "counterfeit goods reported" }),
+    );
+    dcall_ok(
+        &dispute,
+        "DecideClaim",
+        &platform.operator,
+        &json!({ "idempotency_key": "decide-2", "claim_id": refund_claim, "outcome": "CLAIM_OUTCOME_FULL_REFUND",
+                 "reason": "the goods are not the ones agreed", "penalty_points": 24 }),
+    );
+    let done = wait_effects(&dispute, &buyer, &refund_claim);
+    assert_eq!(
+        int(&done["resolution"]["refundAmount"]["amountMinor"]),
+        310_000
+    );
+    platform.wait_status(&refund_id, "CONTRACT_STATUS_REFUNDED");
+    let refunded = wait_until(PATIENCE, "the account to close", || {
+        let a = account(&platform, &refund_id);
+        if a["status"] == "ESCROW_ACCOUNT_STATUS_CLOSED" {
+            Ok(a)
+        } else {
+            Err(format!("{a:#}"))
+        }
+    });
+    assert_eq!(int(&refunded["refundedTotal"]["amountMinor"]), 310_000);
+    assert_eq!(int(&refunded["releasedTotal"]["amountMinor"]), 0);
+    let restricted = platform.registry.call_ok(
+        &registry_method("GetSupplier"),
+        Some(&platform.operator),
+        &json!({ "supplier_id": supplier_id }),
+    )["supplier"]
+        .clone();
+    assert_eq!(int(&restricted["penaltyPoints"]), 24, "{restricted:#}");
+    assert_eq!(
+        restricted["status"], "SUPPLIER_STATUS_RESTRICTED",
+        "{restricted:#}"
+    );
+    assert_eq!(
+        int(&restricted["taLimit"]["amountMinor"]),
+        500_000,
+        "{restricted:#}"
     );
     platform.assert_ledger_reconciles();
 }
