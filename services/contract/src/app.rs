@@ -981,20 +981,36 @@ pub async fn apply_amendment(
     now: OffsetDateTime,
 ) -> Result<pb::Contract, ServiceError> {
     let previous_total = contract.total;
+    let previous = load_terms(
+        tx,
+        contract.contract_id,
+        contract.negotiation.signed_version,
+    )
+    .await?;
     let version = contract.negotiation.apply_amendment()?;
     let loaded = load_terms(tx, contract.contract_id, version).await?;
     contract.total = loaded.version.total;
-    if contract.progress.agreed_shipment_deadline.is_none() {
-        contract.progress.shipment_deadline = Some(loaded.terms.shipment_deadline);
-        if !contract.progress.shipment_overdue
-            && matches!(
-                contract.negotiation.status,
-                Status::AwaitingPayment
-                    | Status::PartiallyFunded
-                    | Status::Funded
-                    | Status::SignedUnprotected
-            )
-        {
+    let deadline = loaded.terms.shipment_deadline;
+    let unshipped = matches!(
+        contract.negotiation.status,
+        Status::AwaitingPayment
+            | Status::PartiallyFunded
+            | Status::Funded
+            | Status::SignedUnprotected
+    );
+    if unshipped && previous.terms.shipment_deadline != deadline {
+        // Both agreed to a new shipment deadline: lateness counts from it
+        // (also over a claim's decided date, which the amendment replaces).
+        contract.progress.shipment_deadline = Some(deadline);
+        contract.progress.agreed_shipment_deadline = None;
+        if deadline > now {
+            contract.progress.shipment_overdue = false;
+            flows
+                .timers
+                .cancel(tx, UNSHIPPED_CANCEL, &contract.contract_id.to_string())
+                .await?;
+        }
+        if !contract.progress.shipment_overdue {
             flows
                 .schedule_at(
                     tx,

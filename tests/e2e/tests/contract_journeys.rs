@@ -808,3 +808,47 @@ fn an_order_still_unshipped_a_claim_window_after_its_deadline_is_cancelled_and_r
     );
     platform.assert_ledger_reconciles();
 }
+
+#[test]
+fn an_amended_shipment_deadline_lifts_the_lateness() {
+    let platform = Platform::start(&[]);
+    let owner = "supplier-later";
+    let (buyer, supplier) = tokens(owner);
+    let supplier_id = platform.supplier(owner, None);
+    let mut plain = terms("PROTECTION_NONE");
+    plain["shipment_deadline"] = json!(at(Duration::from_secs(4)));
+    let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &plain);
+    wait_until(PATIENCE, "the shipment deadline to pass", || {
+        let actions = platform.timeline_actions(&id);
+        if actions.iter().any(|a| a == "deadline.shipment_passed") {
+            Ok(())
+        } else {
+            Err(format!("{actions:?}"))
+        }
+    });
+    let mut later = plain.clone();
+    later["shipment_deadline"] = json!(at(days(10)));
+    platform.contract_ok(
+        "ProposeAmendment",
+        &supplier,
+        &json!({ "idempotency_key": "later", "contract_id": id, "base_version": 1, "terms": later,
+                 "change_note": "the factory needs ten more days" }),
+    );
+    for (who, key) in [(&supplier, "later-s"), (&buyer, "later-b")] {
+        platform.contract_ok(
+            "SignAmendment",
+            who,
+            &json!({ "idempotency_key": key, "contract_id": id, "version": 2 }),
+        );
+    }
+    let shipped = platform.contract_ok(
+        "RecordShipment",
+        &supplier,
+        &json!({ "idempotency_key": "ship", "contract_id": id, "carrier": "COSCO", "tracking_number": "CS1", "final": true }),
+    );
+    assert_eq!(shipped["contract"]["signedVersion"], 2);
+    assert_eq!(
+        shipped["contract"]["shipments"][0]["late"], false,
+        "on time by the amended deadline: {shipped:#}"
+    );
+}
