@@ -388,3 +388,26 @@ fn the_event_feed_streams_every_step_in_order_from_a_cursor() {
         .expect_err("operators and services only");
     assert_eq!(denied.code, "PermissionDenied", "{denied:#?}");
 }
+
+#[test]
+fn a_draft_waits_for_supplier_registry_and_says_unavailable_while_it_is_down() {
+    let mut platform = Platform::start(&[]);
+    let owner = "supplier-down";
+    let buyer = mint(BUYER, Role::Buyer);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    platform.registry.kill();
+    let down = platform
+        .contract_call(
+            "CreateContractDraft",
+            &buyer,
+            &json!({ "idempotency_key": "while-down", "supplier_id": supplier_id,
+                     "terms": terms("PROTECTION_TRADE_ASSURANCE") }),
+        )
+        .expect_err("the supplier cannot be looked up");
+    assert_eq!(down.code, "Unavailable", "{down:#?}");
+    assert!(
+        !down.message.contains("tcp"),
+        "no internal detail: {down:#?}"
+    );
+    assert_eq!(contracts_stored(&platform), 0);
+}
