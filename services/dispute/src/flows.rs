@@ -20,7 +20,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::{
     domain::{
-        claim::{Offer, OfferStatus, Outcome, Policy, Reason},
+        claim::{Offer, OfferStatus, Outcome, Party, Policy, Reason},
         status::Status,
     },
     storage::{self, ClaimRecord, StoredActor, TimelineEntry},
@@ -188,6 +188,10 @@ fn offer_proto(offer: &Offer, held: Money) -> pb::Offer {
         responded_at: offer.responded_at.map(timestamps::to_proto),
         rejection_reason: offer.rejection_reason.clone(),
         counter_evidence_ids: offer.counter_evidence_ids.clone(),
+        made_by: match offer.made_by {
+            Party::Supplier => pb::OfferParty::Supplier,
+            Party::Buyer => pb::OfferParty::Buyer,
+        } as i32,
     }
 }
 

@@ -38,7 +38,7 @@ use uuid::Uuid;
 use crate::{
     app,
     domain::{
-        claim::{Claim, Escalator, Outcome, Policy, Reason},
+        claim::{Claim, Escalator, Outcome, Party, Policy, Reason},
         status::Status as ClaimState,
     },
     evidence::{self, EvidenceStore, Kind},
@@ -448,6 +448,117 @@ fn respond(
     }
 }
 
+struct Proposal {
+    claim_id: Uuid,
+    outcome: Outcome,
+    message: String,
+}
+
+fn parse_offer(
+    claim: &str,
+    kind: pb::OfferKind,
+    refund_amount: Option<&ta_proto::common::Money>,
+    message: &str,
+    v: &mut Violations,
+) -> Result<Proposal, ServiceError> {
+    let claim_id = claim_id(claim, v);
+    let message = optional_text("message", message, MAX_REASON, v);
+    let outcome = match kind {
+        pb::OfferKind::FullRefund => {
+            if refund_amount.is_some() {
+                v.add("refund_amount", "must be unset for a full refund");
+            }
+            Some(Outcome::FullRefund)
+        }
+        pb::OfferKind::PartialRefund => {
+            Money::positive_from_proto("refund_amount", refund_amount, v)
+                .map(Outcome::PartialRefund)
+        }
+        pb::OfferKind::Unspecified => {
+            v.add("kind", "is required");
+            None
+        }
+    };
+    let outcome = outcome.ok_or_else(|| ServiceError::InvalidArgument(Vec::new()))?;
+    Ok(Proposal {
+        claim_id,
+        outcome,
+        message,
+    })
+}
+
+/// The caller's side of the claim: its buyer or its supplier's owner.
+fn party_of(principal: &Principal, claim: &ClaimRecord) -> Result<Party, ServiceError> {
+    match principal.role {
+        Role::Buyer if principal.subject == claim.buyer_principal_id => Ok(Party::Buyer),
+        Role::Supplier if principal.subject == claim.supplier_principal_id => Ok(Party::Supplier),
+        _ => Err(not_party()),
+    }
+}
+
+impl DisputeApi {
+    /// An offer (the supplier's) or a counter-offer (the buyer's).
+    async fn propose(
+        &self,
+        tx: &mut PgConnection,
+        principal: &Principal,
+        cmd: &Proposal,
+        by: Party,
+    ) -> Result<(Option<pb::Claim>, Option<pb::Offer>), ServiceError> {
+        let now = timestamps::now();
+        let mut claim = storage::lock_claim(tx, cmd.claim_id).await?;
+        match by {
+            Party::Supplier => require_supplier(principal, &claim)?,
+            Party::Buyer => require_buyer(principal, &claim)?,
+        }
+        let offer_id = Uuid::now_v7().to_string();
+        match by {
+            Party::Supplier => claim.claim.make_offer(&offer_id, cmd.outcome, now)?,
+            Party::Buyer => claim.claim.counter_offer(&offer_id, cmd.outcome, now)?,
+        }
+        if let Some(offer) = claim.claim.offers.last_mut() {
+            offer.message = cmd.message.clone();
+        }
+        let refund = match cmd.outcome {
+            Outcome::PartialRefund(m) => m,
+            _ => claim.claim.held,
+        };
+        let mut s = step(
+            pb::DisputeEventType::OfferMade,
+            match by {
+                Party::Supplier => "offer.made",
+                Party::Buyer => "offer.countered",
+            },
+            format!(
+                "the {} {} {} {}{}",
+                by.as_str(),
+                match by {
+                    Party::Supplier => "offers",
+                    Party::Buyer => "counter-offers",
+                },
+                if matches!(cmd.outcome, Outcome::FullRefund) {
+                    "a full refund of"
+                } else {
+                    "a partial refund of"
+                },
+                readable(refund),
+                if cmd.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", cmd.message)
+                }
+            ),
+        );
+        s.money = Some(refund);
+        let view = self
+            .flows
+            .record(tx, &mut claim, &Actor::of(principal), s, now)
+            .await?;
+        let offer = view.offers.last().cloned();
+        Ok((Some(view), offer))
+    }
+}
+
 type DownloadStream =
     Pin<Box<dyn Stream<Item = Result<pb::DownloadEvidenceResponse, Status>> + Send>>;
 
@@ -752,72 +863,46 @@ impl DisputeService for DisputeApi {
         request: Request<pb::MakeOfferRequest>,
     ) -> Result<Response<pb::MakeOfferResponse>, Status> {
         let prepared = self.mutations.prepare(request, |req, _, v| {
-            let id = claim_id(&req.claim_id, v);
-            let message = optional_text("message", &req.message, MAX_REASON, v);
-            let outcome = match req.kind() {
-                pb::OfferKind::FullRefund => {
-                    if req.refund_amount.is_some() {
-                        v.add("refund_amount", "must be unset for a full refund");
-                    }
-                    Some(Outcome::FullRefund)
-                }
-                pb::OfferKind::PartialRefund => {
-                    Money::positive_from_proto("refund_amount", req.refund_amount.as_ref(), v)
-                        .map(Outcome::PartialRefund)
-                }
-                pb::OfferKind::Unspecified => {
-                    v.add("kind", "is required");
-                    None
-                }
-            };
-            let outcome = outcome.ok_or_else(|| ServiceError::InvalidArgument(Vec::new()))?;
-            Ok((id, outcome, message))
+            parse_offer(
+                &req.claim_id,
+                req.kind(),
+                req.refund_amount.as_ref(),
+                &req.message,
+                v,
+            )
         })?;
         self.mutations
             .execute(&prepared, || {
                 async |tx| {
-                    let now = timestamps::now();
-                    let (id, outcome, message) = &prepared.command;
-                    let principal = prepared.principal();
-                    let mut claim = storage::lock_claim(tx, *id).await?;
-                    require_supplier(principal, &claim)?;
-                    let offer_id = Uuid::now_v7().to_string();
-                    claim.claim.make_offer(&offer_id, *outcome, now)?;
-                    if let Some(offer) = claim.claim.offers.last_mut() {
-                        offer.message = message.clone();
-                    }
-                    let refund = match outcome {
-                        Outcome::PartialRefund(m) => *m,
-                        _ => claim.claim.held,
-                    };
-                    let mut s = step(
-                        pb::DisputeEventType::OfferMade,
-                        "offer.made",
-                        format!(
-                            "the supplier offers {} {}{}",
-                            if matches!(outcome, Outcome::FullRefund) {
-                                "a full refund of"
-                            } else {
-                                "a partial refund of"
-                            },
-                            readable(refund),
-                            if message.is_empty() {
-                                String::new()
-                            } else {
-                                format!(": {message}")
-                            }
-                        ),
-                    );
-                    s.money = Some(refund);
-                    let view = self
-                        .flows
-                        .record(tx, &mut claim, &Actor::of(principal), s, now)
+                    let (claim, offer) = self
+                        .propose(tx, prepared.principal(), &prepared.command, Party::Supplier)
                         .await?;
-                    let offer = view.offers.last().cloned();
-                    Ok(pb::MakeOfferResponse {
-                        claim: Some(view),
-                        offer,
-                    })
+                    Ok(pb::MakeOfferResponse { claim, offer })
+                }
+            })
+            .await
+    }
+
+    async fn counter_offer(
+        &self,
+        request: Request<pb::CounterOfferRequest>,
+    ) -> Result<Response<pb::CounterOfferResponse>, Status> {
+        let prepared = self.mutations.prepare(request, |req, _, v| {
+            parse_offer(
+                &req.claim_id,
+                req.kind(),
+                req.refund_amount.as_ref(),
+                &req.message,
+                v,
+            )
+        })?;
+        self.mutations
+            .execute(&prepared, || {
+                async |tx| {
+                    let (claim, offer) = self
+                        .propose(tx, prepared.principal(), &prepared.command, Party::Buyer)
+                        .await?;
+                    Ok(pb::CounterOfferResponse { claim, offer })
                 }
             })
             .await
@@ -839,8 +924,8 @@ impl DisputeService for DisputeApi {
                     let (id, offer_id) = &prepared.command;
                     let principal = prepared.principal();
                     let mut claim = storage::lock_claim(tx, *id).await?;
-                    require_buyer(principal, &claim)?;
-                    claim.claim.accept_offer(offer_id, now)?;
+                    let by = party_of(principal, &claim)?;
+                    claim.claim.accept_offer(offer_id, by, now)?;
                     claim.accepted_offer_id = offer_id.clone();
                     let view = app::resolve(
                         tx,
@@ -880,7 +965,7 @@ impl DisputeService for DisputeApi {
                     let cmd = &prepared.command;
                     let principal = prepared.principal();
                     let mut claim = storage::lock_claim(tx, cmd.claim_id).await?;
-                    require_buyer(principal, &claim)?;
+                    let by = party_of(principal, &claim)?;
                     check_counter_evidence(
                         tx,
                         &claim,
@@ -888,7 +973,9 @@ impl DisputeService for DisputeApi {
                         &cmd.counter_evidence,
                     )
                     .await?;
-                    claim.claim.reject_offer(&cmd.offer_id, &cmd.reason, now)?;
+                    claim
+                        .claim
+                        .reject_offer(&cmd.offer_id, by, &cmd.reason, now)?;
                     if let Some(offer) = claim
                         .claim
                         .offers
@@ -908,7 +995,8 @@ impl DisputeService for DisputeApi {
                                 pb::DisputeEventType::OfferRejected,
                                 "offer.rejected",
                                 format!(
-                                    "the buyer rejected offer {}: {} ({} counter-evidence)",
+                                    "the {} rejected offer {}: {} ({} counter-evidence)",
+                                    by.as_str(),
                                     cmd.offer_id,
                                     cmd.reason,
                                     cmd.counter_evidence.len()

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::{
-    claim::{Claim, Offer, OfferStatus, Outcome, Reason, Resolution},
+    claim::{Claim, Offer, OfferStatus, Outcome, Party, Reason, Resolution},
     status::Status,
 };
 
@@ -160,6 +160,7 @@ struct ClaimRow {
 #[derive(FromRow)]
 struct OfferRow {
     offer_id: Uuid,
+    made_by: String,
     kind: String,
     refund_minor: i64,
     message: String,
@@ -185,7 +186,7 @@ async fn offers_of(
     currency: Currency,
 ) -> Result<Vec<Offer>, ServiceError> {
     let rows: Vec<OfferRow> = sqlx::query_as(
-        "SELECT offer_id, kind, refund_minor, message, status, made_at, responded_at, \
+        "SELECT offer_id, made_by, kind, refund_minor, message, status, made_at, responded_at, \
          rejection_reason, counter_evidence_ids FROM dispute.offers WHERE claim_id = $1 \
          ORDER BY position",
     )
@@ -197,6 +198,11 @@ async fn offers_of(
             let refund = Money::new(r.refund_minor, currency);
             Ok(Offer {
                 offer_id: r.offer_id.to_string(),
+                made_by: if r.made_by == "buyer" {
+                    Party::Buyer
+                } else {
+                    Party::Supplier
+                },
                 outcome: outcome_of(&r.kind, refund)?,
                 status: offer_status_of(&r.status)?,
                 made_at: r.made_at,
@@ -367,8 +373,8 @@ pub async fn save_claim(
         };
         sqlx::query(
             "INSERT INTO dispute.offers (offer_id, claim_id, position, kind, refund_minor, \
-             message, status, made_at, responded_at, rejection_reason, counter_evidence_ids) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             message, status, made_at, responded_at, rejection_reason, counter_evidence_ids, \
+             made_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (offer_id) DO UPDATE SET status = EXCLUDED.status, \
              responded_at = EXCLUDED.responded_at, rejection_reason = EXCLUDED.rejection_reason, \
              counter_evidence_ids = EXCLUDED.counter_evidence_ids",
@@ -384,6 +390,7 @@ pub async fn save_claim(
         .bind(offer.responded_at)
         .bind(&offer.rejection_reason)
         .bind(&offer.counter_evidence_ids)
+        .bind(offer.made_by.as_str())
         .execute(&mut *tx)
         .await?;
     }

@@ -539,7 +539,18 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
         &json!({ "idempotency_key": "accept-x", "claim_id": claim_id, "offer_id": offer_id }),
     )
     .expect_err("the supplier cannot accept its own offer");
-    assert_eq!(not_buyer.code, "PermissionDenied", "{not_buyer:#?}");
+    assert_eq!(not_buyer.code, "FailedPrecondition", "{not_buyer:#?}");
+    let stranger_accepts = dcall(
+        &dispute,
+        "AcceptOffer",
+        &other_supplier,
+        &json!({ "idempotency_key": "accept-y", "claim_id": claim_id, "offer_id": offer_id }),
+    )
+    .expect_err("not a party");
+    assert_eq!(
+        stranger_accepts.code, "PermissionDenied",
+        "{stranger_accepts:#?}"
+    );
     let rejected = dcall_ok(
         &dispute,
         "RejectOffer",
@@ -950,7 +961,8 @@ fn feed_events(dispute: &Service, token: &str, after: u64) -> Vec<pb::DisputeEve
 }
 
 #[test]
-fn settlements_between_the_parties_refund_without_a_penalty_and_the_feed_tells_them() {
+fn settlements_between_the_parties_and_counter_offers_refund_without_a_penalty_and_the_feed_tells_them()
+ {
     let platform = Platform::start(&[("CONTRACT_TERM_DAY", "1s")]);
     let store = TempDir::new("evidence");
     let dispute = platform.spawn_dispute(
@@ -1017,7 +1029,8 @@ fn settlements_between_the_parties_refund_without_a_penalty_and_the_feed_tells_t
     assert_eq!(int(&refunded["refundedTotal"]["amountMinor"]), 310_000);
     assert_eq!(int(&refunded["releasedTotal"]["amountMinor"]), 0);
 
-    // A partial offer, raised, accepted: the rest goes to the supplier.
+    // A partial offer, raised, countered by the buyer: the rest goes to the
+    // supplier.
     let (part_id, _) = platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
     let filed = file_claim(
         &dispute,
@@ -1046,7 +1059,7 @@ fn settlements_between_the_parties_refund_without_a_penalty_and_the_feed_tells_t
             .to_owned()
     };
     let first = offer("offer-1", 60_000);
-    let second = offer("offer-2", 80_000);
+    offer("offer-2", 80_000);
     let stale = dcall(
         &dispute,
         "AcceptOffer",
@@ -1055,11 +1068,60 @@ fn settlements_between_the_parties_refund_without_a_penalty_and_the_feed_tells_t
     )
     .expect_err("superseded");
     assert_eq!(stale.code, "FailedPrecondition", "{stale:#?}");
-    dcall_ok(
+    // The buyer counters; the supplier rejects, then accepts a lower counter.
+    let counter = |key: &str, amount: i64| {
+        dcall_ok(
+            &dispute,
+            "CounterOffer",
+            &buyer,
+            &json!({ "idempotency_key": key, "claim_id": part_claim, "kind": "OFFER_KIND_PARTIAL_REFUND",
+                     "refund_amount": usd(amount), "message": "what the missing cartons cost" }),
+        )["offer"]
+            .clone()
+    };
+    let high = counter("counter-1", 95_000);
+    assert_eq!(high["madeBy"], "OFFER_PARTY_BUYER", "{high:#}");
+    let high_id = high["offerId"].as_str().expect("offerId").to_owned();
+    let own = dcall(
         &dispute,
         "AcceptOffer",
         &buyer,
-        &json!({ "idempotency_key": "accept-2", "claim_id": part_claim, "offer_id": second }),
+        &json!({ "idempotency_key": "accept-own", "claim_id": part_claim, "offer_id": high_id }),
+    )
+    .expect_err("the supplier answers a counter-offer");
+    assert_eq!(own.code, "FailedPrecondition", "{own:#?}");
+    dcall_ok(
+        &dispute,
+        "RejectOffer",
+        &supplier,
+        &json!({ "idempotency_key": "reject-counter", "claim_id": part_claim, "offer_id": high_id,
+                 "reason": "only 8 cartons are missing" }),
+    );
+    let low_id = counter("counter-2", 85_000)["offerId"]
+        .as_str()
+        .expect("offerId")
+        .to_owned();
+    let accepted = dcall_ok(
+        &dispute,
+        "AcceptOffer",
+        &supplier,
+        &json!({ "idempotency_key": "accept-2", "claim_id": part_claim, "offer_id": low_id }),
+    );
+    assert_eq!(accepted["claim"]["status"], "CLAIM_STATUS_SETTLED");
+    let statuses: Vec<&str> = accepted["claim"]["offers"]
+        .as_array()
+        .expect("offers")
+        .iter()
+        .map(|o| o["status"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "OFFER_STATUS_SUPERSEDED",
+            "OFFER_STATUS_SUPERSEDED",
+            "OFFER_STATUS_REJECTED",
+            "OFFER_STATUS_ACCEPTED"
+        ]
     );
     wait_effects(&dispute, &buyer, &part_claim);
     platform.wait_status(&part_id, "CONTRACT_STATUS_COMPLETED");
@@ -1071,8 +1133,8 @@ fn settlements_between_the_parties_refund_without_a_penalty_and_the_feed_tells_t
             Err(format!("{a:#}"))
         }
     });
-    assert_eq!(int(&split["refundedTotal"]["amountMinor"]), 80_000);
-    assert_eq!(int(&split["releasedTotal"]["amountMinor"]), 230_000);
+    assert_eq!(int(&split["refundedTotal"]["amountMinor"]), 85_000);
+    assert_eq!(int(&split["releasedTotal"]["amountMinor"]), 225_000);
     assert_eq!(
         penalty_points(&platform, &supplier_id),
         0,

@@ -48,9 +48,26 @@ pub enum OfferStatus {
     Lapsed,
 }
 
+/// Who made an offer: the supplier, or the buyer countering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Party {
+    Supplier,
+    Buyer,
+}
+
+impl Party {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Party::Supplier => "supplier",
+            Party::Buyer => "buyer",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Offer {
     pub offer_id: String,
+    pub made_by: Party,
     /// `FullRefund` or `PartialRefund`; an offer never releases.
     pub outcome: Outcome,
     pub status: OfferStatus,
@@ -224,9 +241,14 @@ impl Claim {
             .find(|o| o.status == OfferStatus::Open)
     }
 
-    /// The open offer named `offer_id`, or why there is none.
-    fn open_offer_named(&mut self, offer_id: &str) -> Result<&mut Offer, ServiceError> {
+    /// The open offer named `offer_id`, answered by `by` (the party that did
+    /// not make it), or why there is none.
+    fn open_offer_named(&mut self, offer_id: &str, by: Party) -> Result<&mut Offer, ServiceError> {
         match self.offers.iter_mut().find(|o| o.offer_id == offer_id) {
+            Some(offer) if offer.made_by == by => Err(ServiceError::FailedPrecondition(format!(
+                "offer {offer_id} is the {}'s own: the other party answers it",
+                by.as_str()
+            ))),
             Some(offer) if offer.status == OfferStatus::Open => Ok(offer),
             Some(offer) => Err(ServiceError::FailedPrecondition(format!(
                 "offer {offer_id} is {:?}, not open",
@@ -279,6 +301,26 @@ impl Claim {
         outcome: Outcome,
         now: OffsetDateTime,
     ) -> Result<(), ServiceError> {
+        self.propose(Party::Supplier, offer_id, outcome, now)
+    }
+
+    /// The buyer's counter-offer; it replaces an open one.
+    pub fn counter_offer(
+        &mut self,
+        offer_id: &str,
+        outcome: Outcome,
+        now: OffsetDateTime,
+    ) -> Result<(), ServiceError> {
+        self.propose(Party::Buyer, offer_id, outcome, now)
+    }
+
+    fn propose(
+        &mut self,
+        by: Party,
+        offer_id: &str,
+        outcome: Outcome,
+        now: OffsetDateTime,
+    ) -> Result<(), ServiceError> {
         let next = self.status.next(Action::MakeOffer)?;
         if outcome == Outcome::ReleaseToSupplier {
             return Err(ServiceError::invalid(
@@ -293,6 +335,7 @@ impl Claim {
         }
         self.offers.push(Offer {
             offer_id: offer_id.to_owned(),
+            made_by: by,
             outcome,
             status: OfferStatus::Open,
             made_at: now,
@@ -305,29 +348,32 @@ impl Claim {
         Ok(())
     }
 
+    /// The other party rejects the open offer.
     pub fn reject_offer(
         &mut self,
         offer_id: &str,
+        by: Party,
         reason: &str,
         now: OffsetDateTime,
     ) -> Result<(), ServiceError> {
         self.status.next(Action::RejectOffer)?;
-        let offer = self.open_offer_named(offer_id)?;
+        let offer = self.open_offer_named(offer_id, by)?;
         offer.status = OfferStatus::Rejected;
         offer.responded_at = Some(now);
         offer.rejection_reason = reason.to_owned();
         Ok(())
     }
 
-    /// The buyer accepts the open offer: settled, no penalty.
+    /// The other party accepts the open offer: settled, no penalty.
     pub fn accept_offer(
         &mut self,
         offer_id: &str,
+        by: Party,
         now: OffsetDateTime,
     ) -> Result<Resolution, ServiceError> {
         let next = self.status.next(Action::AcceptOffer)?;
         let held = self.held;
-        let offer = self.open_offer_named(offer_id)?;
+        let offer = self.open_offer_named(offer_id, by)?;
         offer.status = OfferStatus::Accepted;
         offer.responded_at = Some(now);
         let outcome = offer.outcome;
@@ -338,7 +384,7 @@ impl Claim {
         let resolution = Resolution {
             outcome,
             refund,
-            reason: format!("the buyer accepted offer {offer_id}"),
+            reason: format!("the {} accepted offer {offer_id}", by.as_str()),
             penalty_points: 0,
         };
         self.status = next;
@@ -478,8 +524,15 @@ mod tests {
         c.make_offer("o-2", Outcome::PartialRefund(usd(30_000)), FILED)
             .unwrap();
         assert_eq!(c.offers[0].status, OfferStatus::Superseded);
-        assert!(c.accept_offer("o-1", FILED).is_err(), "a superseded offer");
-        let resolution = c.accept_offer("o-2", FILED).unwrap();
+        assert!(
+            c.accept_offer("o-1", Party::Buyer, FILED).is_err(),
+            "a superseded offer"
+        );
+        assert!(
+            c.accept_offer("o-2", Party::Supplier, FILED).is_err(),
+            "its own offer"
+        );
+        let resolution = c.accept_offer("o-2", Party::Buyer, FILED).unwrap();
         assert_eq!(resolution.refund, usd(30_000));
         assert_eq!(resolution.penalty_points, 0);
         assert_eq!(c.status, Status::Settled);
@@ -577,6 +630,28 @@ mod tests {
         assert_eq!(c.offers[0].status, OfferStatus::Lapsed);
         assert!(c.withdraw(FILED).is_err());
         assert!(c.escalate(Escalator::Operator, FILED).is_err());
-        assert!(c.accept_offer("o-1", FILED).is_err());
+        assert!(c.accept_offer("o-1", Party::Buyer, FILED).is_err());
+    }
+
+    #[test]
+    fn the_buyer_counters_and_the_supplier_answers_the_counter() {
+        let mut c = claim();
+        c.make_offer("o-1", Outcome::PartialRefund(usd(10_000)), FILED)
+            .unwrap();
+        c.counter_offer("o-2", Outcome::PartialRefund(usd(30_000)), FILED)
+            .unwrap();
+        assert_eq!(c.offers[0].status, OfferStatus::Superseded);
+        assert_eq!(c.offers[1].made_by, Party::Buyer);
+        assert!(
+            c.reject_offer("o-2", Party::Buyer, "no", FILED).is_err(),
+            "the buyer does not answer its own counter"
+        );
+        c.reject_offer("o-2", Party::Supplier, "too much", FILED)
+            .unwrap();
+        c.counter_offer("o-3", Outcome::PartialRefund(usd(20_000)), FILED)
+            .unwrap();
+        let settled = c.accept_offer("o-3", Party::Supplier, FILED).unwrap();
+        assert_eq!((settled.refund, settled.penalty_points), (usd(20_000), 0));
+        assert_eq!(c.status, Status::Settled);
     }
 }
