@@ -47,12 +47,19 @@ impl Platform {
     /// `contract_env` adds to the contract's settings, e.g.
     /// `CONTRACT_TERM_DAY=1s` so a term's days pass in seconds.
     pub fn start(contract_env: &[(&str, &str)]) -> Self {
+        Self::start_with(&[], contract_env)
+    }
+
+    /// [`Self::start`] with `every_env` given to every service (e.g. the
+    /// `OTEL_*` settings).
+    pub fn start_with(every_env: &[(&str, &str)], contract_env: &[(&str, &str)]) -> Self {
         let database = fresh_database();
-        let fast = [
+        let mut fast = vec![
             ("DATABASE_URL", database.url.as_str()),
             ("WORKFLOW_OUTBOX_POLL_INTERVAL", "100ms"),
             ("WORKFLOW_TIMER_POLL_INTERVAL", "100ms"),
         ];
+        fast.extend_from_slice(every_env);
         let mut registry = Service::spawn(SUPPLIER_REGISTRY, &fast);
         let mut escrow = Service::spawn(ESCROW, &fast);
         registry.wait_serving();

@@ -524,3 +524,161 @@ fn without_otel_variables_nothing_is_exported_and_nothing_connects() {
     }
     drop(runtime);
 }
+
+/// One claim decided by an operator: the decision's effects run in all four
+/// services (dispute's outbox calls escrow, contract and supplier-registry;
+/// contract's own outbox then calls supplier-registry and escrow), and every
+/// span of them belongs to the operator's trace, each server span a child of
+/// a client span of its caller.
+#[test]
+fn a_decided_claim_is_one_trace_across_the_four_services() {
+    use e2e_tests::platform::*;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let collector = Collector::default();
+    let endpoint = collector.start(&runtime);
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+    ];
+    // A term's day lasts a second (the payment is due 300 "days" after signing).
+    let platform = Platform::start_with(&otel, &[("CONTRACT_TERM_DAY", "1s")]);
+    let store = TempDir::new("evidence");
+    let dispute = platform.spawn_dispute(store.path(), &otel);
+    let owner = "supplier-traced";
+    let buyer = mint("buyer-traced", Role::Buyer);
+    let supplier = mint(owner, Role::Supplier);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let (contract_id, _) = platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
+    let filed = dispute.call_ok(
+        &dispute_method("FileClaim"),
+        Some(&buyer),
+        &json!({ "idempotency_key": "traced-claim", "contract_id": contract_id,
+                 "reason": "CLAIM_REASON_DAMAGE", "quality_criterion_ids": ["QC-1"],
+                 "amount_claimed": usd(310_000), "description": "every carton crushed" }),
+    );
+    let claim_id = filed["claim"]["claimId"]
+        .as_str()
+        .expect("claimId")
+        .to_owned();
+    let claim = |id: &str| {
+        dispute.call_ok(
+            &dispute_method("GetClaim"),
+            Some(&platform.operator),
+            &json!({ "claim_id": id }),
+        )["claim"]
+            .clone()
+    };
+    wait_until(PATIENCE, "the claim to open", || {
+        let c = claim(&claim_id);
+        if c["status"] == "CLAIM_STATUS_NEGOTIATING" {
+            Ok(())
+        } else {
+            Err(format!("{}", c["status"]))
+        }
+    });
+    dispute.call_ok(
+        &dispute_method("EscalateClaim"),
+        Some(&platform.operator),
+        &json!({ "idempotency_key": "traced-escalate", "claim_id": claim_id, "reason": "clear-cut damage" }),
+    );
+
+    // The decision, in a trace of our own.
+    let args = vec![
+        "-plaintext".to_owned(),
+        "-H".into(),
+        format!("authorization: Bearer {}", platform.operator),
+        "-H".into(),
+        format!("traceparent: 00-{TRACE_ID}-{CALLER_SPAN_ID}-01"),
+        "-d".into(),
+        json!({ "idempotency_key": "traced-decide", "claim_id": claim_id,
+                "outcome": "CLAIM_OUTCOME_FULL_REFUND", "reason": "photos show every carton crushed" })
+        .to_string(),
+        dispute.addr(),
+        dispute_method("DecideClaim"),
+    ];
+    let decided = grpcurl(&args);
+    assert!(decided.status.success(), "{decided:?}");
+    platform.wait_status(&contract_id, "CONTRACT_STATUS_REFUNDED");
+
+    let wanted = [
+        ("dispute", "DecideClaim"),
+        ("escrow", "SettleClaim"),
+        ("contract", "RecordClaimClosed"),
+        ("supplier-registry", "RecordPenalty"),
+        ("supplier-registry", "ReleaseCover"),
+        ("escrow", "CloseEscrowAccount"),
+    ];
+    let traced = wait_until(PATIENCE, "every hop's spans to arrive", || {
+        let traced: Vec<(String, Span)> = full_spans(&collector)
+            .into_iter()
+            .filter(|(_, span)| hex(&span.trace_id) == TRACE_ID)
+            .collect();
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|(service, method)| {
+                !traced.iter().any(|(s, span)| {
+                    s == service
+                        && span.kind == 2 // SERVER
+                        && attribute(&span.attributes, "rpc.method") == *method
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(traced)
+        } else {
+            Err(format!("missing {missing:?}"))
+        }
+    });
+    let services: std::collections::BTreeSet<&str> =
+        traced.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        services.into_iter().collect::<Vec<_>>(),
+        ["contract", "dispute", "escrow", "supplier-registry"]
+    );
+    // Every server span but the first hop's is the child of a client span
+    // of another service in the same trace.
+    for (service, span) in traced.iter().filter(|(_, span)| {
+        // grpcurl's own reflection calls carry our traceparent too.
+        span.kind == 2 && attribute(&span.attributes, "rpc.service").starts_with("tradeassurance.")
+    }) {
+        let method = attribute(&span.attributes, "rpc.method");
+        if service == "dispute" && method == "DecideClaim" {
+            assert_eq!(
+                hex(&span.parent_span_id),
+                CALLER_SPAN_ID,
+                "our call is the parent"
+            );
+            continue;
+        }
+        let parent = traced
+            .iter()
+            .find(|(_, candidate)| candidate.span_id == span.parent_span_id)
+            .unwrap_or_else(|| panic!("{service} {method}: no parent span in the trace"));
+        assert_eq!(
+            parent.1.kind, 3,
+            "{service} {method}: the parent is a CLIENT span"
+        );
+        assert_ne!(
+            &parent.0, service,
+            "{service} {method}: called by another service"
+        );
+    }
+    // And the metrics of every service arrived.
+    wait_until(PATIENCE, "metrics from the four services", || {
+        let exported: std::collections::BTreeSet<String> = collector
+            .metrics
+            .lock()
+            .expect("collector lock")
+            .iter()
+            .flat_map(|r| r.resource_metrics.iter())
+            .filter_map(|rm| rm.resource.as_ref())
+            .map(|r| attribute(&r.attributes, "service.name"))
+            .collect();
+        if exported.len() == 4 {
+            Ok(())
+        } else {
+            Err(format!("{exported:?}"))
+        }
+    });
+}
