@@ -94,3 +94,12 @@ deploy-check: deploy-tools ## Lint, render, validate and scan the Helm chart; fa
 	.venv/bin/python scripts/deploy-check.py check
 	# The checks themselves: each must catch what it is there for.
 	.venv/bin/python -m pytest -q -p no:cacheprovider deploy/tools
+
+# make bench BENCH_ARGS='--clients 8 --seconds 12 ...' (ta-bench --help lists them).
+BENCH_ARGS ?=
+
+.PHONY: bench
+bench: ## Benchmark (release build): escrow transfers, hot supplier, cover reservations, side by side with pgbench
+	@export DATABASE_URL="$$(scripts/dev-postgres.sh)"
+	cargo build --release --bins -p supplier-registry -p escrow -p contract -p ta-bench
+	"$$CARGO_TARGET_DIR/release/ta-bench" $(BENCH_ARGS)
