@@ -20,7 +20,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::{
     domain::{
-        claim::{Offer, OfferStatus, Outcome, Party, Policy, Reason},
+        claim::{Offer, OfferStatus, Outcome, Party, Policy, Reason, Remedy},
         status::Status,
     },
     storage::{self, ClaimRecord, StoredActor, TimelineEntry},
@@ -142,6 +142,14 @@ pub fn reason_from_proto(reason: PbReason) -> Option<Reason> {
     Reason::ALL.into_iter().find(|r| reason_proto(*r) == reason)
 }
 
+pub fn remedy_proto(remedy: Remedy) -> pb::Remedy {
+    match remedy {
+        Remedy::Refund => pb::Remedy::Refund,
+        Remedy::ReturnAndRefund => pb::Remedy::ReturnAndRefund,
+        Remedy::Reshipment => pb::Remedy::Reshipment,
+    }
+}
+
 pub fn status_proto(status: Status) -> pb::ClaimStatus {
     use pb::ClaimStatus as P;
     match status {
@@ -235,6 +243,7 @@ pub fn claim_proto(c: &ClaimRecord, evidence_count: u32) -> pb::Claim {
             accepted_offer_id: c.accepted_offer_id.clone(),
             resolved_by: c.resolved_by.as_ref().map(stored_actor_proto),
             resolved_at: ts(c.resolved_at),
+            new_shipment_deadline: ts(c.new_shipment_deadline),
         }),
         withdrawn_at: ts(c.withdrawn_at),
         withdrawal_reason: c.withdrawal_reason.clone(),
@@ -242,6 +251,7 @@ pub fn claim_proto(c: &ClaimRecord, evidence_count: u32) -> pb::Claim {
         updated_at: Some(timestamps::to_proto(c.updated_at)),
         refusal_reason: c.refusal_reason.clone(),
         supplier_principal_id: c.supplier_principal_id.clone(),
+        remedy: remedy_proto(c.remedy) as i32,
     }
 }
 
@@ -560,7 +570,7 @@ impl Flows {
             claim_id: claim.claim_id.to_string(),
             closure: closure as i32,
             refunded: refunded.map(Money::to_proto),
-            new_shipment_deadline: None,
+            new_shipment_deadline: claim.new_shipment_deadline.map(timestamps::to_proto),
         };
         self.outbox
             .enqueue(

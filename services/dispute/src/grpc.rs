@@ -38,7 +38,7 @@ use uuid::Uuid;
 use crate::{
     app,
     domain::{
-        claim::{Claim, Escalator, Outcome, Party, Policy, Reason},
+        claim::{Claim, Escalator, Outcome, Party, Policy, Reason, Remedy},
         status::Status as ClaimState,
     },
     evidence::{self, EvidenceStore, Kind},
@@ -329,6 +329,7 @@ fn evidence_proto(e: &EvidenceRecord) -> pb::Evidence {
 struct FileClaim {
     contract_id: String,
     reason: Reason,
+    remedy: Remedy,
     quality_criterion_ids: Vec<String>,
     amount: Money,
     description: String,
@@ -357,6 +358,7 @@ struct Decide {
     outcome: Outcome,
     reason: String,
     penalty_points: u32,
+    new_shipment_deadline: Option<OffsetDateTime>,
 }
 
 /// An upload's metadata, checked against the kind's limits.
@@ -585,12 +587,24 @@ impl DisputeService for DisputeApi {
             let amount =
                 Money::positive_from_proto("amount_claimed", req.amount_claimed.as_ref(), v);
             let description = require_text("description", &req.description, MAX_TEXT, v);
+            let remedy = match req.remedy() {
+                pb::Remedy::Unspecified | pb::Remedy::Refund => Remedy::Refund,
+                pb::Remedy::ReturnAndRefund => Remedy::ReturnAndRefund,
+                pb::Remedy::Reshipment => Remedy::Reshipment,
+            };
+            if remedy == Remedy::Reshipment && reason.is_some_and(Reason::about_the_goods) {
+                v.add(
+                    "remedy",
+                    "reshipment is asked for late shipment or non-delivery, not for goods received",
+                );
+            }
             let (Some(reason), Some(amount)) = (reason, amount) else {
                 return Err(ServiceError::InvalidArgument(Vec::new()));
             };
             Ok(FileClaim {
                 contract_id: req.contract_id.clone(),
                 reason,
+                remedy,
                 quality_criterion_ids,
                 amount,
                 description,
@@ -649,6 +663,7 @@ impl DisputeService for DisputeApi {
                         supplier_id: contract.supplier_id.clone(),
                         supplier_principal_id: contract.supplier_principal_id.clone(),
                         reason: cmd.reason,
+                        remedy: cmd.remedy,
                         quality_criterion_ids: cmd.quality_criterion_ids.clone(),
                         description: cmd.description.clone(),
                         goods_shipped,
@@ -666,6 +681,7 @@ impl DisputeService for DisputeApi {
                         withdrawal_reason: String::new(),
                         refusal_reason: String::new(),
                         effects_completed_at: None,
+                        new_shipment_deadline: None,
                         updated_at: now,
                     };
                     let view =
@@ -1167,11 +1183,22 @@ impl DisputeService for DisputeApi {
                 }
             };
             let outcome = outcome.ok_or_else(|| ServiceError::InvalidArgument(Vec::new()))?;
+            let new_shipment_deadline = match req.new_shipment_deadline.as_ref() {
+                None => None,
+                Some(at) => {
+                    let parsed = timestamps::from_proto(at);
+                    if parsed.is_none_or(|at| at <= timestamps::now()) {
+                        v.add("new_shipment_deadline", "must be a time in the future");
+                    }
+                    parsed
+                }
+            };
             Ok(Decide {
                 claim_id: id,
                 outcome,
                 reason,
                 penalty_points: req.penalty_points,
+                new_shipment_deadline,
             })
         })?;
         self.mutations
@@ -1186,7 +1213,22 @@ impl DisputeService for DisputeApi {
                         policy.full_refund_penalty_points = cmd.penalty_points;
                         policy.partial_refund_penalty_points = cmd.penalty_points;
                     }
+                    if cmd.new_shipment_deadline.is_some() {
+                        if claim.goods_shipped {
+                            return Err(ServiceError::invalid(
+                                "new_shipment_deadline",
+                                "only for a claim on goods not shipped yet",
+                            ));
+                        }
+                        if cmd.outcome == Outcome::FullRefund {
+                            return Err(ServiceError::invalid(
+                                "new_shipment_deadline",
+                                "a full refund ends the contract: nothing is shipped",
+                            ));
+                        }
+                    }
                     claim.claim.decide(cmd.outcome, &cmd.reason, &policy)?;
+                    claim.new_shipment_deadline = cmd.new_shipment_deadline;
                     let view = app::resolve(
                         tx,
                         &self.flows,

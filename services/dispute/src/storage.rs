@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::{
-    claim::{Claim, Offer, OfferStatus, Outcome, Party, Reason, Resolution},
+    claim::{Claim, Offer, OfferStatus, Outcome, Party, Reason, Remedy, Resolution},
     status::Status,
 };
 
@@ -38,6 +38,7 @@ pub struct ClaimRecord {
     pub supplier_id: String,
     pub supplier_principal_id: String,
     pub reason: Reason,
+    pub remedy: Remedy,
     pub quality_criterion_ids: Vec<String>,
     pub description: String,
     pub goods_shipped: bool,
@@ -55,6 +56,8 @@ pub struct ClaimRecord {
     pub withdrawal_reason: String,
     pub refusal_reason: String,
     pub effects_completed_at: Option<OffsetDateTime>,
+    /// A decided new shipment date (goods not shipped yet).
+    pub new_shipment_deadline: Option<OffsetDateTime>,
     pub updated_at: OffsetDateTime,
 }
 
@@ -155,6 +158,8 @@ struct ClaimRow {
     refusal_reason: String,
     effects_completed_at: Option<OffsetDateTime>,
     updated_at: OffsetDateTime,
+    remedy: String,
+    new_shipment_deadline: Option<OffsetDateTime>,
 }
 
 #[derive(FromRow)]
@@ -178,7 +183,8 @@ const CLAIM_COLUMNS: &str = "claim_id, contract_id, escrow_account_id, buyer_pri
     supplier_counter_evidence_ids, escalated_at, escalated_by_principal_id, escalated_by_role, \
     escalation_reason, decision_due_at, outcome, refund_minor, resolution_reason, \
     penalty_points, accepted_offer_id, resolved_by_principal_id, resolved_by_role, resolved_at, \
-    withdrawn_at, withdrawal_reason, refusal_reason, effects_completed_at, updated_at";
+    withdrawn_at, withdrawal_reason, refusal_reason, effects_completed_at, updated_at, remedy, \
+    new_shipment_deadline";
 
 async fn offers_of(
     conn: &mut PgConnection,
@@ -242,6 +248,8 @@ async fn record_of(conn: &mut PgConnection, r: ClaimRow) -> Result<ClaimRecord, 
         supplier_id: r.supplier_id,
         supplier_principal_id: r.supplier_principal_id,
         reason,
+        remedy: Remedy::parse(&r.remedy)
+            .ok_or_else(|| ServiceError::internal(format!("unknown remedy {}", r.remedy)))?,
         quality_criterion_ids: r.quality_criterion_ids,
         description: r.description,
         goods_shipped: r.goods_shipped,
@@ -269,6 +277,7 @@ async fn record_of(conn: &mut PgConnection, r: ClaimRow) -> Result<ClaimRecord, 
         withdrawal_reason: r.withdrawal_reason,
         refusal_reason: r.refusal_reason,
         effects_completed_at: r.effects_completed_at,
+        new_shipment_deadline: r.new_shipment_deadline,
         updated_at: r.updated_at,
     })
 }
@@ -280,8 +289,9 @@ pub async fn insert_claim(tx: &mut PgConnection, c: &ClaimRecord) -> Result<(), 
         "INSERT INTO dispute.claims (claim_id, contract_id, escrow_account_id, \
          buyer_principal_id, supplier_id, supplier_principal_id, reason, quality_criterion_ids, \
          currency, amount_claimed_minor, held_minor, description, status, goods_shipped, \
-         filed_at, negotiation_ends_at, auto_escalate_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+         filed_at, negotiation_ends_at, auto_escalate_at, updated_at, remedy) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+         $19)",
     )
     .bind(c.claim_id)
     .bind(&c.contract_id)
@@ -301,6 +311,7 @@ pub async fn insert_claim(tx: &mut PgConnection, c: &ClaimRecord) -> Result<(), 
     .bind(c.claim.negotiation_ends_at)
     .bind(c.claim.auto_escalate_at)
     .bind(c.updated_at)
+    .bind(c.remedy.as_str())
     .execute(tx)
     .await
     .or_conflict(|| ServiceError::Refused {
@@ -330,7 +341,8 @@ pub async fn save_claim(
          refund_minor = $15, resolution_reason = $16, penalty_points = $17, \
          accepted_offer_id = $18, resolved_by_principal_id = $19, resolved_by_role = $20, \
          resolved_at = $21, withdrawn_at = $22, withdrawal_reason = $23, refusal_reason = $24, \
-         effects_completed_at = $25, updated_at = $26 WHERE claim_id = $1",
+         effects_completed_at = $25, updated_at = $26, new_shipment_deadline = $27 \
+         WHERE claim_id = $1",
     )
     .bind(c.claim_id)
     .bind(c.claim.held.amount_minor)
@@ -358,6 +370,7 @@ pub async fn save_claim(
     .bind(&c.refusal_reason)
     .bind(c.effects_completed_at)
     .bind(c.updated_at)
+    .bind(c.new_shipment_deadline)
     .execute(&mut *tx)
     .await?;
     // Offers change status in place; a superseded one must be saved before

@@ -5,7 +5,7 @@
 
 use dispute::{
     domain::{
-        claim::{Claim, Escalator, OfferStatus, Outcome, Policy, Reason},
+        claim::{Claim, Escalator, OfferStatus, Outcome, Policy, Reason, Remedy},
         status::Status,
     },
     storage::{self, ClaimFilter, ClaimRecord, EvidenceRecord, StoredActor, TimelineEntry},
@@ -34,6 +34,7 @@ fn claim_on(contract_id: &str, buyer: &str) -> ClaimRecord {
         supplier_id: "supplier-1".into(),
         supplier_principal_id: "owner-1".into(),
         reason: Reason::Damage,
+        remedy: Remedy::ReturnAndRefund,
         quality_criterion_ids: vec!["QC-1".into()],
         description: "crushed cartons".into(),
         goods_shipped: true,
@@ -51,6 +52,7 @@ fn claim_on(contract_id: &str, buyer: &str) -> ClaimRecord {
         withdrawal_reason: String::new(),
         refusal_reason: String::new(),
         effects_completed_at: None,
+        new_shipment_deadline: None,
         updated_at: now,
     }
 }
@@ -66,6 +68,7 @@ fn truncated(mut c: ClaimRecord) -> ClaimRecord {
     c.updated_at = micros(c.updated_at);
     c.decision_due_at = c.decision_due_at.map(micros);
     c.resolved_at = c.resolved_at.map(micros);
+    c.new_shipment_deadline = c.new_shipment_deadline.map(micros);
     for o in &mut c.claim.offers {
         o.made_at = micros(o.made_at);
         o.responded_at = o.responded_at.map(micros);
@@ -114,6 +117,7 @@ async fn a_claim_round_trips_through_its_row_and_offers(pool: PgPool) {
         )
         .unwrap();
     record.resolved_at = Some(now);
+    record.new_shipment_deadline = Some(now + time::Duration::days(10));
     storage::save_claim(&mut tx, &mut record, now)
         .await
         .unwrap();

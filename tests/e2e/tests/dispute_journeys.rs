@@ -321,6 +321,15 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
     )
     .expect_err("more than is held");
     assert_eq!(too_much.code, "InvalidArgument", "{too_much:#?}");
+    let reship = dcall(
+        &dispute,
+        "FileClaim",
+        &buyer,
+        &json!({ "idempotency_key": "file-z", "contract_id": contract_id, "reason": "CLAIM_REASON_DAMAGE",
+                 "remedy": "REMEDY_RESHIPMENT", "amount_claimed": usd(1000), "description": "broken" }),
+    )
+    .expect_err("reshipment is for goods not shipped");
+    assert!(reship.message.contains("remedy"), "{reship:#?}");
 
     let filed = file_claim(
         &dispute,
@@ -1333,13 +1342,13 @@ fn a_claim_racing_the_acceptance_loses_or_wins_alone_and_a_late_shipment_claim_r
     let mut attempt = 0;
     let claim_id = wait_until(PATIENCE, "the shipment deadline to pass", || {
         attempt += 1;
-        file_claim(
+        dcall(
             &dispute,
+            "FileClaim",
             &buyer,
-            &format!("file-late-{attempt}"),
-            &late_id,
-            "CLAIM_REASON_LATE_SHIPMENT",
-            100_000,
+            &json!({ "idempotency_key": format!("file-late-{attempt}"), "contract_id": late_id,
+                     "reason": "CLAIM_REASON_LATE_SHIPMENT", "remedy": "REMEDY_RESHIPMENT",
+                     "amount_claimed": usd(100_000), "description": "nothing shipped by the deadline" }),
         )
         .map_err(|e| format!("{e:#?}"))
         .and_then(|filed| {
@@ -1368,10 +1377,18 @@ fn a_claim_racing_the_acceptance_loses_or_wins_alone_and_a_late_shipment_claim_r
         "DecideClaim",
         &platform.operator,
         &json!({ "idempotency_key": "decide-late", "claim_id": claim_id, "outcome": "CLAIM_OUTCOME_PARTIAL_REFUND",
-                 "refund_amount": usd(50_000), "reason": "shipped nothing by the deadline" }),
+                 "refund_amount": usd(50_000), "reason": "shipped nothing by the deadline",
+                 "new_shipment_deadline": at(days(10)) }),
     );
-    wait_effects(&dispute, &buyer, &claim_id);
-    platform.wait_status(&late_id, "CONTRACT_STATUS_FUNDED");
+    let decided = wait_effects(&dispute, &buyer, &claim_id);
+    assert_eq!(decided["remedy"], "REMEDY_RESHIPMENT", "{decided:#}");
+    let new_deadline = decided["resolution"]["newShipmentDeadline"].clone();
+    assert!(new_deadline.is_string(), "{decided:#}");
+    let resumed = platform.wait_status(&late_id, "CONTRACT_STATUS_FUNDED");
+    assert_eq!(
+        resumed["agreedShipmentDeadline"], new_deadline,
+        "{resumed:#}"
+    );
     let held = account(&platform, &late_id);
     assert_eq!(
         int(&held["refundedTotal"]["amountMinor"]),

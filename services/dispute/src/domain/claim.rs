@@ -80,6 +80,30 @@ pub struct Offer {
     pub counter_evidence_ids: Vec<String>,
 }
 
+/// What the buyer asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Remedy {
+    Refund,
+    ReturnAndRefund,
+    Reshipment,
+}
+
+impl Remedy {
+    pub const ALL: [Remedy; 3] = [Remedy::Refund, Remedy::ReturnAndRefund, Remedy::Reshipment];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Remedy::Refund => "refund",
+            Remedy::ReturnAndRefund => "return_and_refund",
+            Remedy::Reshipment => "reshipment",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Remedy> {
+        Remedy::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
 /// Why the buyer claims: it decides the contract's window (see contract's
 /// RecordClaimOpened).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
