@@ -32,6 +32,9 @@ use crate::{
     gateway::PaymentGateway,
 };
 
+/// How often the gauges (money held, the workflow backlog) are sampled.
+const GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
 pub const ESCROW_SERVICE: &str = "tradeassurance.escrow.v1.EscrowService";
 
 pub const SPEC: ServiceSpec = ServiceSpec {
@@ -65,6 +68,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
     let admin = WorkflowAdmin::new(pool.clone(), schema).into_server();
     let mut routes = tonic::service::Routes::new(escrow);
     routes = routes.add_service(admin);
+    let (gauges_pool, held_pool) = (pool.clone(), pool.clone());
     let worker = TimerWorker::new(
         pool,
         Timers::new(schema),
@@ -88,6 +92,12 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
                 .map_err(|e| e.to_string())
         })
         .with_background(move |draining| worker.run(draining))
+        .with_background(move |draining| {
+            ta_workflow::report_gauges(gauges_pool, schema, GAUGE_INTERVAL, draining)
+        })
+        .with_background(move |draining| {
+            flows::report_money_held(held_pool, GAUGE_INTERVAL, draining)
+        })
         .with_background(move |mut draining| async move {
             // Open event streams end when the server drains.
             let _ = draining.wait_for(|d| *d).await;

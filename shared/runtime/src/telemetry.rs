@@ -15,8 +15,11 @@
 
 use std::{collections::HashMap, fmt, future::Future, sync::Arc, time::Duration};
 
+/// The attribute type of [`Gauge::set`], so services need not name the crate.
+pub use opentelemetry::KeyValue;
+
 use opentelemetry::{
-    KeyValue, global,
+    global,
     metrics::{Meter, ObservableGauge},
     propagation::{Extractor, Injector},
     trace::{SpanId, TraceContextExt, TraceId, TracerProvider as _},

@@ -624,10 +624,22 @@ fn a_decided_claim_is_one_trace_across_the_four_services() {
                 })
             })
             .collect();
-        if missing.is_empty() {
+        // Spans leave each process in batches: wait for the callers' too.
+        let orphans = traced
+            .iter()
+            .filter(|(_, span)| span.kind == 2 && hex(&span.parent_span_id) != CALLER_SPAN_ID)
+            .filter(|(_, span)| {
+                !traced
+                    .iter()
+                    .any(|(_, candidate)| candidate.span_id == span.parent_span_id)
+            })
+            .count();
+        if missing.is_empty() && orphans == 0 {
             Ok(traced)
         } else {
-            Err(format!("missing {missing:?}"))
+            Err(format!(
+                "missing {missing:?}, {orphans} spans without their parent yet"
+            ))
         }
     });
     let services: std::collections::BTreeSet<&str> =
@@ -664,6 +676,35 @@ fn a_decided_claim_is_one_trace_across_the_four_services() {
             "{service} {method}: called by another service"
         );
     }
+    // The workflow figures worth watching (outbox backlog, overdue timers)
+    // arrive from the services with background work.
+    wait_until(PATIENCE, "the workflow gauges", || {
+        let named: std::collections::BTreeSet<(String, String)> = collector
+            .metrics
+            .lock()
+            .expect("collector lock")
+            .iter()
+            .flat_map(|r| r.resource_metrics.iter())
+            .flat_map(|rm| {
+                let service = rm
+                    .resource
+                    .as_ref()
+                    .map(|r| attribute(&r.attributes, "service.name"))
+                    .unwrap_or_default();
+                rm.scope_metrics
+                    .iter()
+                    .flat_map(|sm| sm.metrics.iter())
+                    .map(move |m| (service.clone(), m.name.clone()))
+            })
+            .collect();
+        let wanted = ["contract", "escrow"]
+            .map(|service| (service.to_owned(), "ta.workflow.timers.overdue".to_owned()));
+        if wanted.iter().all(|w| named.contains(w)) {
+            Ok(())
+        } else {
+            Err(format!("{named:?}"))
+        }
+    });
     // And the metrics of every service arrived.
     wait_until(PATIENCE, "metrics from the four services", || {
         let exported: std::collections::BTreeSet<String> = collector
