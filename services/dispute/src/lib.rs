@@ -13,7 +13,7 @@ pub mod grpc;
 pub mod reactions;
 pub mod storage;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use ta_proto::dispute::dispute_service_server::DisputeServiceServer;
 use ta_runtime::{
@@ -112,6 +112,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
         config.workflow.timers.clone(),
     );
     let janitor = Janitor::new(pool.clone(), schema, config.workflow.retention);
+    let (gauges_pool, claims_pool) = (pool.clone(), pool);
     Api::new(routes, MethodPolicy::declared_for(SPEC.grpc_services))
         .prepared_by(move |pool| async move {
             ta_workflow::install(&pool, schema)
@@ -121,9 +122,43 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
         .with_background(move |draining| relay.run(draining))
         .with_background(move |draining| timers.run(draining))
         .with_background(move |draining| janitor.run(draining))
+        .with_background(move |draining| {
+            ta_workflow::report_gauges(gauges_pool, schema, Duration::from_secs(15), draining)
+        })
+        .with_background(move |draining| report_claims(claims_pool, draining))
         .with_background(move |mut draining| async move {
             // Open event streams end when the server drains.
             let _ = draining.wait_for(|d| *d).await;
             let _ = stop_streams.send(true);
         })
+}
+
+/// `ta.dispute.claims` (claims in progress, by `status`) and
+/// `ta.dispute.decisions_overdue` (escalated claims past `decision_due_at`,
+/// for operators), sampled every 15 s.
+async fn report_claims(pool: sqlx::PgPool, draining: ta_workflow::Shutdown) {
+    use ta_runtime::telemetry::{KeyValue, gauge, sample_every};
+    let claims = gauge("ta.dispute.claims", "Claims in progress", "{claim}");
+    let overdue = gauge(
+        "ta.dispute.decisions_overdue",
+        "Escalated claims past their decision target",
+        "{claim}",
+    );
+    #[allow(clippy::cast_precision_loss)]
+    sample_every(Duration::from_secs(15), draining, || async {
+        match storage::claim_figures(&pool).await {
+            Ok((by_status, late)) => {
+                for status in ["opening", "negotiating", "escalated"] {
+                    let n = by_status
+                        .iter()
+                        .find(|(s, _)| s == status)
+                        .map_or(0, |(_, n)| *n);
+                    claims.set(n as f64, &[KeyValue::new("status", status)]);
+                }
+                overdue.set(late as f64, &[]);
+            }
+            Err(error) => tracing::debug!(?error, "claim figures not sampled"),
+        }
+    })
+    .await;
 }

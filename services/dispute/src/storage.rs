@@ -713,3 +713,22 @@ pub async fn timeline(
         })
         .collect()
 }
+
+// ---- Figures ---------------------------------------------------------------------
+
+/// Claims in progress by status, and escalated claims past their decision
+/// target.
+pub async fn claim_figures(pool: &sqlx::PgPool) -> Result<(Vec<(String, i64)>, i64), ServiceError> {
+    let by_status: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM dispute.claims \
+         WHERE status IN ('opening', 'negotiating', 'escalated') GROUP BY status",
+    )
+    .fetch_all(pool)
+    .await?;
+    let overdue: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dispute.claims WHERE status = 'escalated' AND decision_due_at < now()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((by_status, overdue))
+}

@@ -302,6 +302,10 @@ async fn listings_filter_by_party_and_status_and_page_newest_first(pool: PgPool)
             .len(),
         3
     );
+    tx.commit().await.unwrap();
+    let (by_status, overdue) = storage::claim_figures(&pool).await.unwrap();
+    assert_eq!(by_status, [("opening".to_owned(), 3)]);
+    assert_eq!(overdue, 0);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
