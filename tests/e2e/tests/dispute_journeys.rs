@@ -125,6 +125,30 @@ fn freezes(account: &Value) -> usize {
     account["activeFreezes"].as_array().map_or(0, Vec::len)
 }
 
+/// The postings of the escrow statement made for `claim_id`: (kind, amount),
+/// refunds first.
+fn claim_postings(platform: &Platform, account_id: &str, claim_id: &str) -> Vec<(String, i64)> {
+    let statement = platform.escrow.call_ok(
+        &escrow_method("GetEscrowStatement"),
+        Some(&platform.operator),
+        &json!({ "escrow_account_id": account_id, "page": { "page_size": 100 } }),
+    );
+    let mut postings: Vec<(String, i64)> = statement["postings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["purpose"]["claimId"] == claim_id)
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap_or_default().to_owned(),
+                int(&p["amount"]["amountMinor"]),
+            )
+        })
+        .collect();
+    postings.sort_by_key(|(kind, _)| kind != "POSTING_KIND_REFUND");
+    postings
+}
+
 // ---- Evidence through a raw client -----------------------------------------
 
 /// Deterministic bytes that do not compress.
@@ -297,7 +321,8 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
     let supplier = mint(owner, Role::Supplier);
     let operator = platform.operator.clone();
     let supplier_id = platform.supplier(owner, Some(1_000_000));
-    let (contract_id, _) = platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
+    let (contract_id, account_id) =
+        platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
 
     // Only the contract's buyer files.
     let stranger = mint("buyer-stranger", Role::Buyer);
@@ -639,6 +664,14 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
     assert_eq!(int(&settled["held"]["amountMinor"]), 0, "{settled:#}");
     assert_eq!(freezes(&settled), 0);
     assert_eq!(penalty_points(&platform, &supplier_id), 6);
+    assert_eq!(
+        claim_postings(&platform, &account_id, &claim_id),
+        [
+            ("POSTING_KIND_REFUND".to_owned(), 120_000),
+            ("POSTING_KIND_RELEASE".to_owned(), 190_000)
+        ],
+        "the statement: one refund and the rest released, both naming the claim"
+    );
     platform.assert_ledger_reconciles();
 
     let actions = timeline_actions(&dispute, &supplier, &claim_id);
@@ -1195,7 +1228,8 @@ fn a_dispute_killed_after_a_decision_moves_the_money_once_when_restarted() {
     let buyer = mint(BUYER, Role::Buyer);
     let supplier = mint(owner, Role::Supplier);
     let supplier_id = platform.supplier(owner, Some(1_000_000));
-    let (contract_id, _) = platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
+    let (contract_id, account_id) =
+        platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
     let mut first = platform.spawn_dispute(store.path(), &fast_dispute(&[]));
     let filed = file_claim(
         &first,
@@ -1250,6 +1284,14 @@ fn a_dispute_killed_after_a_decision_moves_the_money_once_when_restarted() {
     assert_eq!(int(&settled["refundedTotal"]["amountMinor"]), 120_000);
     assert_eq!(int(&settled["releasedTotal"]["amountMinor"]), 190_000);
     assert_eq!(penalty_points(&platform, &supplier_id), 6);
+    assert_eq!(
+        claim_postings(&platform, &account_id, &claim_id),
+        [
+            ("POSTING_KIND_REFUND".to_owned(), 120_000),
+            ("POSTING_KIND_RELEASE".to_owned(), 190_000)
+        ],
+        "the statement: one refund and the rest released, both naming the claim"
+    );
     let mut session = platform.session();
     assert_eq!(
         session.int(
