@@ -8,7 +8,40 @@ use clap::Parser;
 use ta_runtime::config::{CommonConfig, DurationRange};
 use ta_workflow::WorkflowConfig;
 
-use crate::{domain::claim::Policy, evidence::Limits, flows::Settings};
+use crate::{
+    domain::claim::{Policy, Reason},
+    evidence::Limits,
+    flows::Settings,
+};
+
+/// `reason=full/partial,...`, e.g. `non_delivery=20/10,late_shipment=8/4`:
+/// the points of a decision per claim reason, each 0-100.
+fn points_by_reason(text: &str) -> Result<[Option<(u32, u32)>; 6], String> {
+    let mut table = [None; 6];
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (reason, points) = item
+            .split_once('=')
+            .ok_or_else(|| format!("`{item}` is not reason=full/partial"))?;
+        let reason = Reason::parse(reason.trim()).ok_or_else(|| {
+            format!(
+                "`{reason}` is not a claim reason ({})",
+                Reason::ALL.map(Reason::as_str).join(", ")
+            )
+        })?;
+        let (full, partial) = points
+            .split_once('/')
+            .ok_or_else(|| format!("`{item}` is not reason=full/partial"))?;
+        let number = |p: &str| {
+            p.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= 100)
+                .ok_or_else(|| format!("`{p}` is not 0-100 points"))
+        };
+        table[reason.index()] = Some((number(full)?, number(partial)?));
+    }
+    Ok(table)
+}
 
 /// Dispute: a buyer's claim against a Trade Assurance contract, its evidence,
 /// the negotiation, escalation and the arbiter's decision.
@@ -45,12 +78,18 @@ pub struct Config {
     #[arg(long, env = "DISPUTE_PENALTY_POINTS_PARTIAL_REFUND", value_name = "DISPUTE_PENALTY_POINTS_PARTIAL_REFUND",
           default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub partial_refund_points: u32,
-    /// Directory of the evidence store (created when missing).
+    /// Points per claim reason instead of the two above, as
+    /// `reason=full/partial,...` (e.g. `non_delivery=20/10`); empty for none.
+    #[arg(long, env = "DISPUTE_PENALTY_POINTS_BY_REASON", value_name = "DISPUTE_PENALTY_POINTS_BY_REASON",
+          default_value = "", value_parser = points_by_reason)]
+    pub points_by_reason: [Option<(u32, u32)>; 6],
+    /// Directory of the evidence store (created when missing). Deployed: a
+    /// volume the replicas share.
     #[arg(
         long,
         env = "DISPUTE_EVIDENCE_DIR",
         value_name = "DISPUTE_EVIDENCE_DIR",
-        default_value = ".data/evidence"
+        default_value = "/tmp/trade-assurance-evidence"
     )]
     pub evidence_dir: PathBuf,
     /// Largest photo, in bytes.
@@ -92,6 +131,7 @@ impl Config {
                 auto_escalation_after: day * self.auto_escalation_days,
                 full_refund_penalty_points: self.full_refund_points,
                 partial_refund_penalty_points: self.partial_refund_points,
+                points_by_reason: self.points_by_reason,
             },
             decision_target: day * self.decision_days,
         }
@@ -127,6 +167,25 @@ mod tests {
         assert_eq!(policy.auto_escalation_after, time::Duration::seconds(14));
         let err = parse(&["--term-day", "2d"]).unwrap_err();
         assert!(err.contains("DISPUTE_TERM_DAY"), "{err}");
+        let by_reason = parse(&[
+            "--points-by-reason",
+            "non_delivery=20/10, late_shipment=8/4",
+        ])
+        .unwrap()
+        .settings()
+        .policy;
+        assert_eq!(
+            by_reason.points_by_reason[Reason::NonDelivery.index()],
+            Some((20, 10))
+        );
+        assert_eq!(
+            by_reason.points_by_reason[Reason::LateShipment.index()],
+            Some((8, 4))
+        );
+        for bad in ["damage=200/1", "broken=1/1", "damage=3"] {
+            let err = parse(&["--points-by-reason", bad]).unwrap_err();
+            assert!(err.contains("DISPUTE_PENALTY_POINTS_BY_REASON"), "{err}");
+        }
         let inverted = parse(&["--negotiation-days", "9"]).unwrap();
         assert!(
             inverted

@@ -1208,7 +1208,7 @@ impl DisputeService for DisputeApi {
                     let cmd = &prepared.command;
                     let principal = prepared.principal();
                     let mut claim = storage::lock_claim(tx, cmd.claim_id).await?;
-                    let mut policy = *self.policy();
+                    let mut policy = self.policy().for_reason(claim.reason);
                     if cmd.penalty_points > 0 {
                         policy.full_refund_penalty_points = cmd.penalty_points;
                         policy.partial_refund_penalty_points = cmd.penalty_points;

@@ -19,6 +19,21 @@ pub struct Policy {
     pub auto_escalation_after: Duration,
     pub full_refund_penalty_points: u32,
     pub partial_refund_penalty_points: u32,
+    /// Per reason (indexed by [`Reason::index`]), the (full refund, partial
+    /// refund) points instead of the two above.
+    pub points_by_reason: [Option<(u32, u32)>; 6],
+}
+
+impl Policy {
+    /// The policy a claim of `reason` is decided by.
+    pub fn for_reason(&self, reason: Reason) -> Policy {
+        let mut policy = *self;
+        if let Some((full, partial)) = self.points_by_reason[reason.index()] {
+            policy.full_refund_penalty_points = full;
+            policy.partial_refund_penalty_points = partial;
+        }
+        policy
+    }
 }
 
 impl Default for Policy {
@@ -28,6 +43,7 @@ impl Default for Policy {
             auto_escalation_after: Duration::days(7),
             full_refund_penalty_points: 12,
             partial_refund_penalty_points: 6,
+            points_by_reason: [None; 6],
         }
     }
 }
@@ -139,6 +155,11 @@ impl Reason {
 
     pub fn parse(text: &str) -> Option<Reason> {
         Reason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// Its position in [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
 
     /// Claims about the goods themselves, filed after receipt.
@@ -644,6 +665,27 @@ mod tests {
             .decide(Outcome::ReleaseToSupplier, "goods as agreed", &policy)
             .unwrap();
         assert_eq!((none.refund, none.penalty_points), (usd(0), 0));
+    }
+
+    #[test]
+    fn penalty_points_may_differ_by_reason() {
+        let mut policy = Policy::default();
+        policy.points_by_reason[Reason::NonDelivery.index()] = Some((20, 10));
+        let strict = policy.for_reason(Reason::NonDelivery);
+        assert_eq!(
+            (
+                strict.full_refund_penalty_points,
+                strict.partial_refund_penalty_points
+            ),
+            (20, 10)
+        );
+        assert_eq!(policy.for_reason(Reason::Damage), policy);
+        let mut c = claim();
+        c.escalate(Escalator::Operator, FILED).unwrap();
+        let decided = c
+            .decide(Outcome::FullRefund, "never came", &strict)
+            .unwrap();
+        assert_eq!(decided.penalty_points, 20);
     }
 
     #[test]
