@@ -20,6 +20,13 @@ use hdrhistogram::Histogram;
 use ta_proto::{
     common::Money,
     tradeassurance::{
+        contract::v1::{
+            AcceptGoodsRequest, ConfirmReceiptRequest, Contract, ContractStatus, ContractTerms,
+            CreateContractDraftRequest, DeliveryTerms, GetContractRequest, Incoterm,
+            InspectionKind, InspectionRequirement, LineItem, PaymentMilestone, PaymentScheme,
+            PaymentTerms, PaymentTrigger, Protection, RecordShipmentRequest, SignContractRequest,
+            contract_service_client::ContractServiceClient,
+        },
         escrow::v1::{
             self as escrow, CardPayment, EscrowPaymentScheme, FundEscrowRequest,
             OpenEscrowAccountRequest, Purpose, ReconcileLedgerRequest, ReleaseToSupplierRequest,
@@ -56,16 +63,26 @@ pub enum Scenario {
     HotSupplier,
     /// ReserveCover on one supplier, a distinct contract each time.
     ReserveCover,
+    /// Whole orders through contract: draft, both signatures, activation
+    /// (cover reserved, escrow opened), card funding, shipment, receipt,
+    /// acceptance (the release follows through contract's outbox).
+    Orders,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [Self::Transfers, Self::HotSupplier, Self::ReserveCover];
+    pub const ALL: [Scenario; 4] = [
+        Self::Transfers,
+        Self::HotSupplier,
+        Self::ReserveCover,
+        Self::Orders,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Transfers => "transfers",
             Self::HotSupplier => "hot-supplier",
             Self::ReserveCover => "reserve-cover",
+            Self::Orders => "orders",
         }
     }
 
@@ -78,6 +95,7 @@ impl Scenario {
         match self {
             Self::Transfers | Self::HotSupplier => &["FundEscrow", "ReleaseToSupplier"],
             Self::ReserveCover => &["ReserveCover"],
+            Self::Orders => &["whole order"],
         }
     }
 }
@@ -318,6 +336,8 @@ pub fn pgbench(
 pub struct Platform {
     pub registry_addr: String,
     pub escrow_addr: String,
+    /// Where contract listens, if started (the orders scenario needs it).
+    pub contract_addr: Option<String>,
     /// Started here (empty when reusing addresses).
     pub services: Vec<Service>,
     pub database: Option<Database>,
@@ -325,12 +345,14 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// supplier-registry and escrow from `bin_dir` on a fresh database of `admin_url`'s server.
+    /// supplier-registry and escrow (and contract, wired to both, when
+    /// `with_contract`) from `bin_dir` on a fresh database of `admin_url`'s server.
     pub async fn start(
         bin_dir: &Path,
         admin_url: &str,
         pool_size: u32,
         log_dir: &Path,
+        with_contract: bool,
     ) -> Result<Self> {
         fs::create_dir_all(log_dir)?;
         let database = Database::create(admin_url, "bench")?;
@@ -340,10 +362,25 @@ impl Platform {
         ];
         let registry = Service::spawn(bin_dir, "supplier-registry", &env, log_dir)?;
         let escrow = Service::spawn(bin_dir, "escrow", &env, log_dir)?;
+        let mut services = Vec::new();
+        let mut contract_addr = None;
+        if with_contract {
+            let mut contract_env = env.to_vec();
+            contract_env.push(("SUPPLIER_REGISTRY_URL", format!("http://{}", registry.addr)));
+            contract_env.push(("ESCROW_URL", format!("http://{}", escrow.addr)));
+            let contract = Service::spawn(bin_dir, "contract", &contract_env, log_dir)?;
+            contract_addr = Some(contract.addr.clone());
+            services.push(contract);
+        }
         let platform = Self {
             registry_addr: registry.addr.clone(),
             escrow_addr: escrow.addr.clone(),
-            services: vec![registry, escrow],
+            contract_addr,
+            services: {
+                services.insert(0, escrow);
+                services.insert(0, registry);
+                services
+            },
             database: Some(database),
             log_dir: log_dir.to_owned(),
         };
@@ -363,10 +400,15 @@ impl Platform {
     }
 
     /// Services already running at these addresses.
-    pub fn reuse(registry_addr: String, escrow_addr: String) -> Self {
+    pub fn reuse(
+        registry_addr: String,
+        escrow_addr: String,
+        contract_addr: Option<String>,
+    ) -> Self {
         Self {
             registry_addr,
             escrow_addr,
+            contract_addr,
             services: Vec::new(),
             database: None,
             log_dir: PathBuf::new(),
@@ -404,6 +446,12 @@ impl Platform {
         let url = self.database.as_ref().map_or(admin_url, |d| d.url.as_str());
         psql(url, "SHOW synchronous_commit")
     }
+}
+
+async fn channel_connected(addr: &str) -> Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?)
 }
 
 pub fn channel(addr: &str) -> Result<Channel> {
@@ -474,6 +522,23 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// Records one outcome of `name` that took `took`.
+    fn record(&mut self, name: &'static str, took: Duration, outcome: Result<(), String>) {
+        let stats = self.calls.entry(name).or_insert_with(CallStats::new);
+        match outcome {
+            Ok(()) => {
+                let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                stats.latency_us.saturating_record(micros.max(1));
+            }
+            Err(error) => {
+                stats.errors += 1;
+                if stats.first_error.is_none() {
+                    stats.first_error = Some(error);
+                }
+            }
+        }
+    }
+
     /// Times `call`; records it as `name`. Returns its answer if it succeeded.
     async fn time<T, F>(&mut self, name: &'static str, call: F) -> Option<T>
     where
@@ -578,10 +643,22 @@ impl ScenarioReport {
                 println!("     first error: {e}");
             }
         }
-        let total_ok: u64 = self.calls.values().map(CallStats::ok).sum();
+        // gRPC calls only: not the waits and whole orders recorded beside them.
+        let total_ok: u64 = self
+            .calls
+            .iter()
+            .filter(|(name, _)| !name.starts_with("wait: ") && **name != "whole order")
+            .map(|(_, stats)| stats.ok())
+            .sum();
+        let orders = self.calls.get("whole order").map_or(0, CallStats::ok);
         for (name, cpu) in &self.server_cpu {
+            let per_order = if orders > 0 {
+                format!(", {:.3} CPU s per order", cpu / orders as f64)
+            } else {
+                String::new()
+            };
             println!(
-                "   {name}: {cpu:.2} CPU s, {:.3} CPU s per 1000 calls",
+                "   {name}: {cpu:.2} CPU s, {:.3} CPU s per 1000 calls{per_order}",
                 cpu * 1000.0 / total_ok.max(1) as f64
             );
         }
@@ -695,12 +772,20 @@ pub async fn run_scenario(
     } = load;
     let tokens = std::sync::Arc::new(Tokens::new());
     let run = unique_name(scenario.name()).replace('_', "-");
-    let supplier_id = match scenario {
+    // reserve-cover: one supplier for all; orders: one per caller.
+    let mut suppliers: Vec<(String, String)> = Vec::new();
+    match scenario {
         Scenario::ReserveCover => {
-            Some(setup_cover_supplier(&platform.registry_addr, &tokens, &run).await?)
+            suppliers.push(setup_cover_supplier(&platform.registry_addr, &tokens, &run).await?);
         }
-        _ => None,
-    };
+        Scenario::Orders => {
+            for client in 0..clients {
+                let run = format!("{run}-s{client}");
+                suppliers.push(setup_cover_supplier(&platform.registry_addr, &tokens, &run).await?);
+            }
+        }
+        _ => {}
+    }
     let cpu_before = platform.cpu();
     let backends_before = platform.backend_cpu();
     let bench_before = cpu_seconds(std::process::id()).unwrap_or(0.0);
@@ -717,11 +802,16 @@ pub async fn run_scenario(
     for client in 0..clients {
         let tokens = tokens.clone();
         let run = run.clone();
-        let supplier_id = supplier_id.clone();
+        let supplier = suppliers.get(client).or_else(|| suppliers.first()).cloned();
         let addr = match scenario {
             Scenario::ReserveCover => platform.registry_addr.clone(),
+            Scenario::Orders => platform
+                .contract_addr
+                .clone()
+                .ok_or("the orders scenario needs contract")?,
             _ => platform.escrow_addr.clone(),
         };
+        let escrow_addr = platform.escrow_addr.clone();
         // One connection per caller, as separate clients would have.
         let channel = Channel::from_shared(format!("http://{addr}"))?
             .connect()
@@ -745,8 +835,27 @@ pub async fn run_scenario(
                     )
                     .await;
                 }
+                Scenario::Orders => {
+                    let (supplier_id, owner) = supplier.expect("set up above");
+                    match channel_connected(&escrow_addr).await {
+                        Ok(escrow) => {
+                            orders_worker(
+                                (channel, escrow),
+                                &run,
+                                (&supplier_id, &owner),
+                                client,
+                                &mut pacer,
+                                &mut recorder,
+                            )
+                            .await;
+                        }
+                        Err(e) => {
+                            recorder.record("whole order", Duration::ZERO, Err(e.to_string()))
+                        }
+                    }
+                }
                 Scenario::ReserveCover => {
-                    let supplier_id = supplier_id.expect("set up above");
+                    let (supplier_id, _) = supplier.expect("set up above");
                     cover_worker(
                         channel,
                         &tokens,
@@ -800,7 +909,7 @@ pub async fn run_scenario(
         None => BTreeMap::new(),
     };
     let (ledger_differences, ledger_checked) = match scenario {
-        Scenario::Transfers | Scenario::HotSupplier => {
+        Scenario::Transfers | Scenario::HotSupplier | Scenario::Orders => {
             let (differences, checked) = reconcile(&platform.escrow_addr, &tokens).await?;
             (Some(differences), Some(checked))
         }
@@ -948,7 +1057,12 @@ async fn transfers_worker(
 }
 
 /// A verified supplier enrolled with far more cover than the run reserves.
-async fn setup_cover_supplier(registry_addr: &str, tokens: &Tokens, run: &str) -> Result<String> {
+/// Returns (supplier id, owner principal).
+async fn setup_cover_supplier(
+    registry_addr: &str,
+    tokens: &Tokens,
+    run: &str,
+) -> Result<(String, String)> {
     let mut registry = SupplierRegistryServiceClient::new(channel(registry_addr)?);
     let owner_id = format!("{run}-owner");
     let owner = bearer(&owner_id, Role::Supplier);
@@ -1002,7 +1116,7 @@ async fn setup_cover_supplier(registry_addr: &str, tokens: &Tokens, run: &str) -
             &tokens.operator,
         ))
         .await?;
-    Ok(supplier_id)
+    Ok((supplier_id, owner_id))
 }
 
 /// A business licence number of the shape the registry accepts (18
@@ -1061,4 +1175,239 @@ async fn reconcile(escrow_addr: &str, tokens: &Tokens) -> Result<(usize, (u64, u
             answer.holds_checked,
         ),
     ))
+}
+
+/// How often an order's caller polls contract for a status the workflow
+/// reaches in the background.
+const STATUS_POLL: Duration = Duration::from_millis(20);
+/// How long an order may wait for one background step.
+const STEP_PATIENCE: Duration = Duration::from_secs(30);
+const ORDER_TOTAL_MINOR: i64 = 100_000;
+
+/// Places whole orders one after another, each timed from the draft to the
+/// accepted goods, every call timed too.
+async fn orders_worker(
+    (contract_channel, escrow_channel): (Channel, Channel),
+    run: &str,
+    (supplier_id, owner): (&str, &str),
+    client: usize,
+    pacer: &mut Pacer,
+    recorder: &mut Recorder,
+) {
+    let mut contracts = ContractServiceClient::new(contract_channel);
+    let mut escrow = EscrowServiceClient::new(escrow_channel);
+    let buyer_id = format!("{run}-order-buyer-{client}");
+    let buyer = bearer(&buyer_id, Role::Buyer);
+    let supplier = bearer(owner, Role::Supplier);
+    let mut n = 0u64;
+    while !pacer.done() {
+        n += 1;
+        pacer.wait().await;
+        let key = format!("{run}-{client}-{n}");
+        let started = Instant::now();
+        let outcome = one_order(
+            &mut contracts,
+            &mut escrow,
+            (&buyer, &supplier),
+            supplier_id,
+            &key,
+            recorder,
+        )
+        .await;
+        recorder.record("whole order", started.elapsed(), outcome);
+    }
+}
+
+async fn one_order(
+    contracts: &mut ContractServiceClient<Channel>,
+    escrow_client: &mut EscrowServiceClient<Channel>,
+    (buyer, supplier): (&MetadataValue<Ascii>, &MetadataValue<Ascii>),
+    supplier_id: &str,
+    key: &str,
+    recorder: &mut Recorder,
+) -> Result<(), String> {
+    let draft = CreateContractDraftRequest {
+        idempotency_key: format!("draft-{key}"),
+        supplier_id: supplier_id.to_owned(),
+        terms: Some(order_terms()),
+        ..Default::default()
+    };
+    let created = recorder
+        .time(
+            "CreateContractDraft",
+            contracts.create_contract_draft(authorized(draft, buyer)),
+        )
+        .await
+        .ok_or("CreateContractDraft failed")?;
+    let contract_id = created
+        .contract
+        .map(|c| c.contract_id)
+        .ok_or("no contract")?;
+    for (who, token) in [("supplier", supplier), ("buyer", buyer)] {
+        let sign = SignContractRequest {
+            idempotency_key: format!("sign-{who}-{key}"),
+            contract_id: contract_id.clone(),
+            version: 1,
+        };
+        recorder
+            .time(
+                "SignContract",
+                contracts.sign_contract(authorized(sign, token)),
+            )
+            .await
+            .ok_or("SignContract failed")?;
+    }
+    let active = wait_status(
+        contracts,
+        buyer,
+        &contract_id,
+        ContractStatus::AwaitingPayment,
+        recorder,
+        "wait: activation",
+    )
+    .await?;
+    let fund = FundEscrowRequest {
+        idempotency_key: format!("fund-{key}"),
+        escrow_account_id: active.escrow_account_id,
+        milestone_id: "full".into(),
+        amount: usd(ORDER_TOTAL_MINOR),
+        method: Some(escrow::fund_escrow_request::Method::Card(CardPayment {
+            card_token: "tok_visa".into(),
+        })),
+    };
+    recorder
+        .time(
+            "FundEscrow",
+            escrow_client.fund_escrow(authorized(fund, buyer)),
+        )
+        .await
+        .ok_or("FundEscrow failed")?;
+    wait_status(
+        contracts,
+        buyer,
+        &contract_id,
+        ContractStatus::Funded,
+        recorder,
+        "wait: funded",
+    )
+    .await?;
+    let ship = RecordShipmentRequest {
+        idempotency_key: format!("ship-{key}"),
+        contract_id: contract_id.clone(),
+        carrier: "DHL".into(),
+        tracking_number: "JD014600006281".into(),
+        r#final: true,
+        ..Default::default()
+    };
+    recorder
+        .time(
+            "RecordShipment",
+            contracts.record_shipment(authorized(ship, supplier)),
+        )
+        .await
+        .ok_or("RecordShipment failed")?;
+    let receipt = ConfirmReceiptRequest {
+        idempotency_key: format!("receipt-{key}"),
+        contract_id: contract_id.clone(),
+        ..Default::default()
+    };
+    recorder
+        .time(
+            "ConfirmReceipt",
+            contracts.confirm_receipt(authorized(receipt, buyer)),
+        )
+        .await
+        .ok_or("ConfirmReceipt failed")?;
+    let accept = AcceptGoodsRequest {
+        idempotency_key: format!("accept-{key}"),
+        contract_id: contract_id.clone(),
+        note: "all good".into(),
+    };
+    let accepted = recorder
+        .time(
+            "AcceptGoods",
+            contracts.accept_goods(authorized(accept, buyer)),
+        )
+        .await
+        .ok_or("AcceptGoods failed")?;
+    match accepted.contract.map(|c| c.status()) {
+        Some(ContractStatus::Completed) => Ok(()),
+        other => Err(format!("accepted contract is {other:?}")),
+    }
+}
+
+/// Polls GetContract until the contract is `wanted`; records the wait as `what`.
+async fn wait_status(
+    contracts: &mut ContractServiceClient<Channel>,
+    token: &MetadataValue<Ascii>,
+    contract_id: &str,
+    wanted: ContractStatus,
+    recorder: &mut Recorder,
+    what: &'static str,
+) -> Result<Contract, String> {
+    let started = Instant::now();
+    loop {
+        let request = GetContractRequest {
+            contract_id: contract_id.to_owned(),
+            version: 0,
+        };
+        let answer = contracts
+            .get_contract(authorized(request, token))
+            .await
+            .map_err(|s| format!("GetContract: {:?}: {}", s.code(), s.message()))?;
+        if let Some(contract) = answer.into_inner().contract
+            && contract.status() == wanted
+        {
+            recorder.record(what, started.elapsed(), Ok(()));
+            return Ok(contract);
+        }
+        if started.elapsed() > STEP_PATIENCE {
+            let error = format!("{contract_id} not {wanted:?} after {STEP_PATIENCE:?}");
+            recorder.record(what, started.elapsed(), Err(error.clone()));
+            return Err(error);
+        }
+        tokio::time::sleep(STATUS_POLL).await;
+    }
+}
+
+/// 10 items at 100.00 USD, paid in full by card after signing, no inspection.
+fn order_terms() -> ContractTerms {
+    let days = |n: u64| Some(timestamp_in(Duration::from_secs(n * 86_400)));
+    ContractTerms {
+        title: "Stoneware mugs".into(),
+        line_items: vec![LineItem {
+            sku: "MUG-350".into(),
+            description: "350 ml stoneware mug".into(),
+            quantity: 10,
+            unit: "pcs".into(),
+            unit_price: usd(ORDER_TOTAL_MINOR / 10),
+            line_total: None,
+        }],
+        shipment_deadline: days(20),
+        delivery_deadline: days(45),
+        delivery_terms: Some(DeliveryTerms {
+            incoterm: Incoterm::Fob as i32,
+            named_place: "Shanghai port".into(),
+            destination_country_code: "DE".into(),
+        }),
+        inspection: Some(InspectionRequirement {
+            kind: InspectionKind::None as i32,
+            ..Default::default()
+        }),
+        payment_terms: Some(PaymentTerms {
+            scheme: PaymentScheme::FullPrepayment as i32,
+            milestones: vec![PaymentMilestone {
+                milestone_id: "full".into(),
+                share_basis_points: 10_000,
+                trigger: PaymentTrigger::AfterSigning as i32,
+                due_days: 30,
+                amount: None,
+            }],
+            pay_later: None,
+        }),
+        inspection_period_days: 7,
+        claim_window_days: 0,
+        protection: Protection::TradeAssurance as i32,
+        ..Default::default()
+    }
 }

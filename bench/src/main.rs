@@ -26,8 +26,8 @@ struct Args {
     /// Seconds each pgbench run lasts; 0 skips pgbench.
     #[arg(long, default_value_t = 12)]
     pgbench_seconds: u64,
-    /// Scenarios, comma-separated: transfers, hot-supplier, reserve-cover.
-    #[arg(long, default_value = "transfers,hot-supplier,reserve-cover")]
+    /// Scenarios, comma-separated: transfers, hot-supplier, reserve-cover, orders.
+    #[arg(long, default_value = "transfers,hot-supplier,reserve-cover,orders")]
     scenarios: String,
     /// Pool size of each service (DATABASE_MAX_CONNECTIONS).
     #[arg(long, default_value_t = 10)]
@@ -36,6 +36,10 @@ struct Args {
     /// (with --escrow-addr).
     #[arg(long, requires = "escrow_addr")]
     registry_addr: Option<String>,
+    /// With --registry-addr and --escrow-addr: a running contract (wired to
+    /// them) for the orders scenario.
+    #[arg(long)]
+    contract_addr: Option<String>,
     /// Use a running escrow at this address (with --registry-addr).
     #[arg(long, requires = "registry_addr")]
     escrow_addr: Option<String>,
@@ -85,7 +89,9 @@ async fn run(args: Args) -> ta_bench::Result<bool> {
     }
     let duration = Duration::from_secs(args.seconds);
     let platform = match (args.registry_addr, args.escrow_addr) {
-        (Some(registry), Some(escrow)) => Platform::reuse(registry, escrow),
+        (Some(registry), Some(escrow)) => {
+            Platform::reuse(registry, escrow, args.contract_addr.clone())
+        }
         _ => {
             let bin_dir = args.bin_dir.unwrap_or_else(default_bin_dir);
             let log_dir = args
@@ -96,7 +102,14 @@ async fn run(args: Args) -> ta_bench::Result<bool> {
                 bin_dir.display(),
                 log_dir.display()
             );
-            Platform::start(&bin_dir, &args.database_url, args.pool_size, &log_dir).await?
+            Platform::start(
+                &bin_dir,
+                &args.database_url,
+                args.pool_size,
+                &log_dir,
+                scenarios.contains(&Scenario::Orders),
+            )
+            .await?
         }
     };
     let synchronous_commit = platform.synchronous_commit(&args.database_url)?;
@@ -163,6 +176,7 @@ async fn run(args: Args) -> ta_bench::Result<bool> {
             Scenario::Transfers => (wide, "goal >= 1.0"),
             Scenario::HotSupplier => (narrow, "goal >= 1.0"),
             Scenario::ReserveCover => (narrow, "no goal set; issue measured 0.37 from outside"),
+            Scenario::Orders => (wide, "no goal set"),
         };
         let ratio = reference.map_or(String::from("n/a"), |r| {
             format!(
