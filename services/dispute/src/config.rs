@@ -104,6 +104,10 @@ pub struct Config {
     #[arg(long, env = "DISPUTE_EVIDENCE_MAX_DOCUMENT_BYTES", value_name = "DISPUTE_EVIDENCE_MAX_DOCUMENT_BYTES",
           default_value_t = 25 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1 << 34)))]
     pub max_document_bytes: u64,
+    /// How long a cut-off resumable upload keeps what it received.
+    #[arg(long, env = "DISPUTE_UPLOAD_RESUME_WINDOW", value_name = "DISPUTE_UPLOAD_RESUME_WINDOW",
+          default_value = "1h", value_parser = DurationRange::new(Duration::from_secs(60), Duration::from_secs(7 * 86_400)))]
+    pub upload_resume_window: Duration,
     /// How long FileClaim's reads of the contract and its escrow account may take.
     #[arg(long, env = "DISPUTE_PEER_TIMEOUT", value_name = "DISPUTE_PEER_TIMEOUT",
           default_value = "5s", value_parser = DurationRange::new(Duration::from_millis(100), Duration::from_secs(60)))]

@@ -312,6 +312,8 @@ fn evidence_proto(e: &EvidenceRecord) -> pb::Evidence {
             sha256_hex: e.sha256_hex.clone(),
             description: e.description.clone(),
             quality_criterion_ids: e.quality_criterion_ids.clone(),
+            resumable: false,
+            resume_from: 0,
         }),
         uploaded_by: Some(
             Actor {
@@ -344,6 +346,8 @@ struct Upload {
     sha256_hex: String,
     description: String,
     quality_criterion_ids: Vec<String>,
+    resumable: bool,
+    resume_from: u64,
 }
 
 struct Respond {
@@ -418,6 +422,12 @@ fn parse_upload(
         &meta.quality_criterion_ids,
         v,
     );
+    if meta.resume_from > 0 && (!meta.resumable || meta.resume_from >= meta.size_bytes) {
+        v.add(
+            "metadata.resume_from",
+            "is for a resumable upload, below its size",
+        );
+    }
     let kind = kind.ok_or_else(|| ServiceError::InvalidArgument(Vec::new()))?;
     Ok(Upload {
         claim_id,
@@ -428,6 +438,8 @@ fn parse_upload(
         sha256_hex: meta.sha256_hex.clone(),
         description,
         quality_criterion_ids,
+        resumable: meta.resumable,
+        resume_from: meta.resume_from,
     })
 }
 
@@ -731,13 +743,26 @@ impl DisputeService for DisputeApi {
             Ok(())
         })
         .await?;
-        let mut upload = self.store.begin(cmd.size, &cmd.sha256_hex).await?;
+        let mut upload = if cmd.resumable {
+            self.store
+                .begin_resumable(
+                    &cmd.claim_id.to_string(),
+                    &cmd.sha256_hex,
+                    &principal.subject,
+                    cmd.size,
+                    cmd.resume_from,
+                )
+                .await?
+        } else {
+            self.store.begin(cmd.size, &cmd.sha256_hex).await?
+        };
         loop {
             let next = match stream.message().await {
                 Ok(next) => next,
                 Err(status) => {
-                    // Cut off mid-stream: nothing stays.
-                    upload.abort().await;
+                    // Cut off mid-stream: nothing stays, unless the upload
+                    // is resumable.
+                    upload.suspend().await;
                     return Err(status);
                 }
             };
@@ -809,6 +834,35 @@ impl DisputeService for DisputeApi {
                 }
             })
             .await
+    }
+
+    async fn get_upload_progress(
+        &self,
+        request: Request<pb::GetUploadProgressRequest>,
+    ) -> Result<Response<pb::GetUploadProgressResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = claim_id(&req.claim_id, &mut v);
+        if !evidence::is_sha256_hex(&req.sha256_hex) {
+            v.add(
+                "sha256_hex",
+                "must be the file's SHA-256 in 64 lower-case hex digits",
+            );
+        }
+        finish(v)?;
+        self.read(async |conn| {
+            let claim = storage::get_claim(conn, id).await?;
+            check_can_read(&principal, &claim)
+        })
+        .await?;
+        let received_bytes = self
+            .store
+            .progress(&id.to_string(), &req.sha256_hex, &principal.subject)
+            .await?;
+        Ok(Response::new(pb::GetUploadProgressResponse {
+            received_bytes,
+        }))
     }
 
     async fn list_evidence(

@@ -87,7 +87,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
             credentials: links.credentials.clone(),
             timeout: config.peer_timeout,
         },
-        links.store,
+        links.store.clone(),
         config.workflow.feed.clone(),
     ))
     .max_decoding_message_size(limit)
@@ -113,6 +113,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
     );
     let janitor = Janitor::new(pool.clone(), schema, config.workflow.retention);
     let (gauges_pool, claims_pool) = (pool.clone(), pool);
+    let resume_window = config.upload_resume_window;
     Api::new(routes, MethodPolicy::declared_for(SPEC.grpc_services))
         .prepared_by(move |pool| async move {
             ta_workflow::install(&pool, schema)
@@ -126,6 +127,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
             ta_workflow::report_gauges(gauges_pool, schema, Duration::from_secs(15), draining)
         })
         .with_background(move |draining| report_claims(claims_pool, draining))
+        .with_background(move |draining| sweep_partials(links.store, resume_window, draining))
         .with_background(move |mut draining| async move {
             // Open event streams end when the server drains.
             let _ = draining.wait_for(|d| *d).await;
@@ -159,6 +161,15 @@ async fn report_claims(pool: sqlx::PgPool, draining: ta_workflow::Shutdown) {
             }
             Err(error) => tracing::debug!(?error, "claim figures not sampled"),
         }
+    })
+    .await;
+}
+
+/// Removes resumable uploads left untouched past their window, every minute.
+async fn sweep_partials(store: EvidenceStore, window: Duration, draining: ta_workflow::Shutdown) {
+    ta_runtime::telemetry::sample_every(Duration::from_secs(60), draining, || {
+        let store = store.clone();
+        async move { store.sweep_partials(window).await }
     })
     .await;
 }

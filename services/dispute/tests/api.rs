@@ -401,3 +401,160 @@ async fn a_claim_whose_contract_cannot_be_read_is_not_filed(pool: PgPool) {
         .unwrap();
     assert_eq!(count, 0);
 }
+
+fn resumable_messages(
+    claim_id: &str,
+    key: &str,
+    sha: &str,
+    bytes: &[u8],
+    size: u64,
+    resume_from: u64,
+) -> Vec<pb::UploadEvidenceRequest> {
+    let mut messages = vec![pb::UploadEvidenceRequest {
+        idempotency_key: key.into(),
+        part: Some(upload_evidence_request::Part::Metadata(
+            pb::EvidenceMetadata {
+                claim_id: claim_id.into(),
+                kind: pb::EvidenceKind::Photo as i32,
+                filename: "carton.jpg".into(),
+                content_type: "image/jpeg".into(),
+                size_bytes: size,
+                sha256_hex: sha.into(),
+                resumable: true,
+                resume_from,
+                ..Default::default()
+            },
+        )),
+    }];
+    for chunk in bytes.chunks(10_000) {
+        messages.push(pb::UploadEvidenceRequest {
+            idempotency_key: String::new(),
+            part: Some(upload_evidence_request::Part::Chunk(chunk.to_vec())),
+        });
+    }
+    messages
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_resumable_upload_cut_off_resumes_where_the_server_stopped(pool: PgPool) {
+    let mut d = start(&pool).await;
+    let id = negotiating_claim(&pool).await.to_string();
+    let bytes: Vec<u8> = (0..60_000u32).map(|i| (i * 13 % 241) as u8).collect();
+    let sha = hex::encode(Sha256::digest(&bytes));
+    let size = bytes.len() as u64;
+    let progress = |d: &mut Dispute| {
+        let mut client = d.client.clone();
+        let (id, sha) = (id.clone(), sha.clone());
+        async move {
+            client
+                .get_upload_progress(authorized(
+                    pb::GetUploadProgressRequest {
+                        claim_id: id,
+                        sha256_hex: sha,
+                    },
+                    BUYER,
+                    Role::Buyer,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .received_bytes
+        }
+    };
+    assert_eq!(progress(&mut d).await, 0);
+
+    // Two chunks, then the client hangs up.
+    let first: Vec<_> = resumable_messages(&id, "r-1", &sha, &bytes, size, 0)
+        .into_iter()
+        .take(3)
+        .collect();
+    let stream = tokio_stream::StreamExt::chain(tokio_stream::iter(first), tokio_stream::pending());
+    let cut = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        d.client
+            .upload_evidence(authorized(stream, BUYER, Role::Buyer)),
+    )
+    .await;
+    assert!(cut.is_err(), "cut off");
+    let mut held = 0;
+    for _ in 0..50 {
+        held = progress(&mut d).await;
+        if held == 20_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let partial_dir = d.evidence_dir.join(".partial");
+    let listing: Vec<_> = std::fs::read_dir(&partial_dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| (e.path(), e.metadata().map(|m| m.len()).ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(held, 20_000, "what arrived is kept: {listing:?}");
+    // Nothing is evidence yet, and another uploader holds nothing.
+    let evidence = d
+        .client
+        .list_evidence(authorized(
+            pb::ListEvidenceRequest {
+                claim_id: id.clone(),
+                page: None,
+            },
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .evidence;
+    assert!(evidence.is_empty());
+
+    let too_far = d
+        .client
+        .upload_evidence(authorized(
+            tokio_stream::iter(resumable_messages(
+                &id,
+                "r-2",
+                &sha,
+                &bytes[30_000..],
+                size,
+                30_000,
+            )),
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .expect_err("beyond what the server holds");
+    assert_eq!(too_far.code(), Code::InvalidArgument);
+    assert!(too_far.message().contains("20000"), "{too_far:?}");
+    assert_eq!(
+        progress(&mut d).await,
+        20_000,
+        "a refused resume keeps nothing new"
+    );
+
+    let stored = d
+        .client
+        .upload_evidence(authorized(
+            tokio_stream::iter(resumable_messages(
+                &id,
+                "r-3",
+                &sha,
+                &bytes[20_000..],
+                size,
+                20_000,
+            )),
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .evidence
+        .unwrap();
+    assert_eq!(stored.metadata.unwrap().sha256_hex, sha);
+    assert_eq!(progress(&mut d).await, 0, "the partial is gone");
+    assert_eq!(files(&d.evidence_dir), 1, "only the stored file");
+    let _ = std::fs::remove_dir_all(&d.evidence_dir);
+}

@@ -241,6 +241,7 @@ fn upload_messages(u: &Upload<'_>) -> Vec<pb::UploadEvidenceRequest> {
                 sha256_hex: u.sha256_hex.clone(),
                 description: "as received".into(),
                 quality_criterion_ids: vec!["QC-1".into()],
+                ..Default::default()
             },
         )),
     }];
