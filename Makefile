@@ -99,7 +99,7 @@ deploy-check: deploy-tools ## Lint, render, validate and scan the Helm chart; fa
 BENCH_ARGS ?=
 
 .PHONY: bench
-bench: ## Benchmark (release build): escrow transfers, hot supplier, cover reservations, side by side with pgbench
+bench: ## Benchmark (release build): escrow transfers, hot supplier, cover reservations, whole orders, beside pgbench
 	@export DATABASE_URL="$$(scripts/dev-postgres.sh)"
 	cargo build --release --bins -p supplier-registry -p escrow -p contract -p ta-bench
 	"$$CARGO_TARGET_DIR/release/ta-bench" $(BENCH_ARGS)
