@@ -256,7 +256,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown);
+        .serve_with_incoming_shutdown(no_delay(listener), on_shutdown);
 
     let grace = config.server.shutdown_grace_period;
     let (result, drained) = tokio::select! {
@@ -304,6 +304,23 @@ type Middleware = Stack<
         Stack<DeadlineLayer, Stack<AdmissionLayer, Stack<RpcMetricsLayer, Identity>>>,
     >,
 >;
+
+/// The accepted connections, each with Nagle's algorithm off: a response's
+/// last small frame must not wait for the client's delayed acknowledgement
+/// (about 40 ms per call otherwise, measured by the benchmark).
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        if let Err(error) = stream.set_nodelay(true) {
+            // Slower, not broken: serve the connection anyway.
+            tracing::debug!(%error, "TCP_NODELAY not set on an accepted connection");
+        }
+        Ok(stream)
+    })
+}
 
 fn middleware(
     config: &ServerConfig,
