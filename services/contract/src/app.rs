@@ -200,7 +200,7 @@ pub async fn escrow_opened(
         .record(
             tx,
             &mut contract,
-            &Actor::system(),
+            &flows::system(),
             step(
                 pb::ContractEventType::Activated,
                 "contract.activated",
@@ -233,7 +233,7 @@ async fn activation_refused(
         .record(
             tx,
             contract,
-            &Actor::system(),
+            &flows::system(),
             step(
                 pb::ContractEventType::ActivationRefused,
                 "contract.activation_refused",
@@ -341,7 +341,7 @@ pub async fn payment_overdue(
         tx,
         flows,
         &mut contract,
-        &Actor::system(),
+        &flows::system(),
         &format!("the payment deadline of {milestone_id} passed unfunded"),
         now,
     )
@@ -506,7 +506,7 @@ pub async fn shipment_due(
         .record(
             tx,
             &mut contract,
-            &Actor::system(),
+            &flows::system(),
             step(
                 pb::ContractEventType::DeadlinePassed,
                 "deadline.shipment_passed",
@@ -538,7 +538,7 @@ pub async fn unshipped_cancel(
         tx,
         flows,
         &mut contract,
-        &Actor::system(),
+        &flows::system(),
         "nothing shipped within the claim window after the shipment deadline",
         now,
     )
@@ -564,7 +564,7 @@ pub async fn acceptance_due(
         tx,
         flows,
         &mut contract,
-        &Actor::system(),
+        &flows::system(),
         "automatic",
         "",
         now,
@@ -948,7 +948,7 @@ pub async fn cover_adjusted(
             .record(
                 tx,
                 &mut contract,
-                &Actor::system(),
+                &flows::system(),
                 step(
                     pb::ContractEventType::AmendmentRefused,
                     "amendment.refused",

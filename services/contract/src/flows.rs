@@ -6,15 +6,9 @@
 
 use sqlx::PgConnection;
 use ta_proto::{
-    common::{Actor as PbActor, Money as PbMoney, Role as PbRole},
-    contract as pb, escrow as escrow_pb, supplier as supplier_pb,
+    common::Money as PbMoney, contract as pb, escrow as escrow_pb, supplier as supplier_pb,
 };
-use ta_runtime::{
-    ServiceError, Violations,
-    auth::{Principal, Role},
-    money::Money,
-    timestamps,
-};
+use ta_runtime::{ServiceError, Violations, money::Money, timestamps};
 use ta_workflow::{feed::Feed, outbox::Outbox, timers::Timers};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -72,45 +66,13 @@ pub struct Settings {
     pub claim_confirmation: Duration,
 }
 
-/// Who did something: a principal in a role, or the contract service itself
-/// (a timer, an answer from another service).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor {
-    pub principal_id: String,
-    pub role: Role,
-}
+/// Who did something: see [`ta_runtime::auth::Actor`]; the contract service
+/// itself acts as [`system`].
+pub use ta_runtime::auth::Actor;
 
-impl Actor {
-    pub fn of(principal: &Principal) -> Self {
-        Self {
-            principal_id: principal.subject.clone(),
-            role: principal.role,
-        }
-    }
-
-    pub fn system() -> Self {
-        Self {
-            principal_id: "contract".into(),
-            role: Role::Service,
-        }
-    }
-
-    pub fn to_proto(&self) -> PbActor {
-        PbActor {
-            principal_id: self.principal_id.clone(),
-            role: role_proto(self.role) as i32,
-        }
-    }
-}
-
-pub fn role_proto(role: Role) -> PbRole {
-    match role {
-        Role::Buyer => PbRole::Buyer,
-        Role::Supplier => PbRole::Supplier,
-        Role::Inspector => PbRole::Inspector,
-        Role::Operator => PbRole::Operator,
-        Role::Service => PbRole::Service,
-    }
+/// The contract service acting on its own (a timer, another service's answer).
+pub fn system() -> Actor {
+    Actor::service("contract")
 }
 
 pub struct Flows {
@@ -404,16 +366,14 @@ pub async fn contract_proto(
 
 pub fn version_proto(loaded: &LoadedTerms) -> pb::ContractVersion {
     let v = &loaded.version;
-    let role = v.created_by_role.parse::<Role>().unwrap_or(Role::Service);
     pb::ContractVersion {
         contract_id: v.contract_id.to_string(),
         version: v.version,
         terms: Some(loaded.proto.clone()),
         total: Some(v.total.to_proto()),
-        created_by: Some(PbActor {
-            principal_id: v.created_by_principal_id.clone(),
-            role: role_proto(role) as i32,
-        }),
+        created_by: Some(
+            Actor::stored(v.created_by_principal_id.clone(), &v.created_by_role).to_proto(),
+        ),
         created_at: Some(timestamps::to_proto(v.created_at)),
         change_note: v.change_note.clone(),
     }

@@ -1403,13 +1403,7 @@ impl ContractService for ContractApi {
                     .into_iter()
                     .map(|e| PbTimelineEntry {
                         occurred_at: Some(timestamps::to_proto(e.occurred_at)),
-                        actor: Some(
-                            Actor {
-                                principal_id: e.actor_principal_id,
-                                role: e.actor_role.parse().unwrap_or(Role::Service),
-                            }
-                            .to_proto(),
-                        ),
+                        actor: Some(Actor::stored(e.actor_principal_id, &e.actor_role).to_proto()),
                         action: e.kind,
                         detail: e.description,
                         money: e.money.map(Money::to_proto),
@@ -1428,17 +1422,13 @@ impl ContractService for ContractApi {
         request: Request<pb::StreamContractEventsRequest>,
     ) -> Result<Response<Self::StreamContractEventsStream>, Status> {
         let after = request.into_inner().after_sequence;
-        let stream = self.flows.feed.stream(
+        let stream = self.flows.feed.stream_events(
             self.pool().clone(),
             after,
             &self.feed_config,
-            |event| {
-                let mut decoded = pb::ContractEvent::decode(event.payload.as_slice())
-                    .map_err(|_| Status::internal("a stored event does not decode"))?;
-                decoded.sequence = event.sequence;
-                Ok(pb::StreamContractEventsResponse {
-                    event: Some(decoded),
-                })
+            |mut event: pb::ContractEvent, sequence, _| {
+                event.sequence = sequence;
+                pb::StreamContractEventsResponse { event: Some(event) }
             },
             pb::StreamContractEventsResponse::default,
         );

@@ -18,8 +18,7 @@ use uuid::Uuid;
 use crate::{
     app,
     flows::{
-        ACCEPTANCE_DUE, Actor, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, UNSHIPPED_CANCEL,
-        completion,
+        self, ACCEPTANCE_DUE, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, UNSHIPPED_CANCEL, completion,
     },
     storage,
 };
@@ -104,7 +103,7 @@ impl CompletionHandler for Completions {
                             tx,
                             flows,
                             &mut contract,
-                            &Actor::system(),
+                            &flows::system(),
                             Some(&schedule),
                             now,
                         )
@@ -236,7 +235,7 @@ impl TimerHandler for Timers {
                     tx,
                     &self.flows,
                     &mut contract,
-                    &Actor::system(),
+                    &flows::system(),
                     &claim,
                     "dispute did not confirm it in time",
                     now,

@@ -360,15 +360,8 @@ fn posting_proto(p: &api::PostingRow) -> pb::Posting {
 }
 
 fn role_proto(role: &str) -> ta_proto::common::Role {
-    use ta_proto::common::Role as R;
-    match role {
-        "buyer" => R::Buyer,
-        "supplier" => R::Supplier,
-        "inspector" => R::Inspector,
-        "operator" => R::Operator,
-        "service" => R::Service,
-        _ => R::Unspecified,
-    }
+    role.parse::<Role>()
+        .map_or(ta_proto::common::Role::Unspecified, Role::to_proto)
 }
 
 /// The postings a request made, as proto, with its reason noted.
@@ -1720,19 +1713,16 @@ impl EscrowService for EscrowApi {
         request: Request<pb::StreamEscrowEventsRequest>,
     ) -> Result<Response<Self::StreamEscrowEventsStream>, Status> {
         let after = request.into_inner().after_sequence;
-        let stream = self.flows.feed.stream(
+        let stream = self.flows.feed.stream_events(
             self.pool().clone(),
             after,
             &self.feed_config,
-            |event| {
-                let mut decoded =
-                    <pb::EscrowEvent as prost::Message>::decode(event.payload.as_slice())
-                        .map_err(|_| Status::internal("a stored event does not decode"))?;
-                decoded.sequence = event.sequence;
-                Ok(pb::StreamEscrowEventsResponse {
-                    event: Some(decoded),
-                    traceparent: event.traceparent.unwrap_or_default(),
-                })
+            |mut event: pb::EscrowEvent, sequence, traceparent| {
+                event.sequence = sequence;
+                pb::StreamEscrowEventsResponse {
+                    event: Some(event),
+                    traceparent: traceparent.unwrap_or_default(),
+                }
             },
             pb::StreamEscrowEventsResponse::default,
         );

@@ -171,6 +171,35 @@ impl Feed {
             .collect()
     }
 
+    /// [`Feed::stream`] of events appended as `E` (the service's event
+    /// message): each is decoded and handed to `respond` with its sequence and
+    /// trace context, which builds the RPC's response. A stored event that
+    /// does not decode ends the stream with INTERNAL, saying no more.
+    pub fn stream_events<E, R>(
+        &self,
+        pool: PgPool,
+        after_sequence: u64,
+        config: &FeedConfig,
+        respond: fn(E, u64, Option<String>) -> R,
+        heartbeat: fn() -> R,
+    ) -> EventStream<R>
+    where
+        E: Message + Default + 'static,
+        R: Send + 'static,
+    {
+        self.stream(
+            pool,
+            after_sequence,
+            config,
+            move |event| {
+                let decoded = E::decode(event.payload.as_slice())
+                    .map_err(|_| Status::internal("a stored event does not decode"))?;
+                Ok(respond(decoded, event.sequence, event.traceparent))
+            },
+            heartbeat,
+        )
+    }
+
     /// The response stream of a `Stream...Events(after_sequence)` RPC: every
     /// event after `after_sequence` through `to_response`, then live ones, and
     /// `heartbeat()` after each idle heartbeat interval. It ends when the

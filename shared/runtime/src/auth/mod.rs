@@ -81,6 +81,18 @@ impl Role {
         }
     }
 
+    /// The role as the API shows it (`Actor.role`).
+    pub fn to_proto(self) -> ta_proto::common::Role {
+        use ta_proto::common::Role as Pb;
+        match self {
+            Role::Buyer => Pb::Buyer,
+            Role::Supplier => Pb::Supplier,
+            Role::Inspector => Pb::Inspector,
+            Role::Operator => Pb::Operator,
+            Role::Service => Pb::Service,
+        }
+    }
+
     /// The role of an access declaration in `proto/`.
     pub fn from_proto(role: ta_proto::common::Role) -> Option<Role> {
         use ta_proto::common::Role as Pb;
@@ -131,6 +143,48 @@ impl Principal {
     /// resource); people see what they own or what is public.
     pub fn is_staff_or_service(&self) -> bool {
         matches!(self.role, Role::Operator | Role::Service)
+    }
+}
+
+/// Who did something, as a timeline or an event records it: a principal in
+/// the role it acted in, or a service acting on its own (a timer, another
+/// service's answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub principal_id: String,
+    pub role: Role,
+}
+
+impl Actor {
+    pub fn of(principal: &Principal) -> Self {
+        Self {
+            principal_id: principal.subject.clone(),
+            role: principal.role,
+        }
+    }
+
+    /// The service `name` itself.
+    pub fn service(name: &str) -> Self {
+        Self {
+            principal_id: name.to_owned(),
+            role: Role::Service,
+        }
+    }
+
+    /// A stored actor: its principal and the role's wire name (an unknown
+    /// name reads as a service).
+    pub fn stored(principal_id: String, role: &str) -> Self {
+        Self {
+            principal_id,
+            role: role.parse().unwrap_or(Role::Service),
+        }
+    }
+
+    pub fn to_proto(&self) -> ta_proto::common::Actor {
+        ta_proto::common::Actor {
+            principal_id: self.principal_id.clone(),
+            role: self.role.to_proto() as i32,
+        }
     }
 }
 
