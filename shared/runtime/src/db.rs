@@ -37,6 +37,31 @@ pub fn lazy_pool(config: &DatabaseConfig, statement_limit: Duration) -> Result<P
 /// current request's deadline (Postgres cancels them itself: the lock and
 /// the connection are free again even though we stopped waiting). Outside a
 /// request it is a plain transaction.
+/// Ends `tx` by `outcome`: commits what succeeded, rolls back at once what
+/// failed. Dropping a failed transaction instead would leave its row locks
+/// held until the pooled connection happens to be used again.
+///
+/// # Errors
+/// `outcome`'s error, or the commit's.
+pub async fn finish<T>(
+    tx: Transaction<'static, Postgres>,
+    outcome: Result<T, ServiceError>,
+) -> Result<T, ServiceError> {
+    match outcome {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(error) => {
+            if let Err(rollback) = tx.rollback().await {
+                // The connection is broken; the server ends the transaction.
+                tracing::debug!(%rollback, "rollback after a failed transaction");
+            }
+            Err(error)
+        }
+    }
+}
+
 pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, ServiceError> {
     let Some(left) = remaining_budget() else {
         return Ok(pool.begin().await?);

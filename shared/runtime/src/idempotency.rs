@@ -182,15 +182,18 @@ impl IdempotencyKeys {
         R: Message + Default,
     {
         let mut tx = crate::db::begin(pool).await?;
-        match self.claim(&mut tx, scope, request).await? {
-            Claim::Replay(response) => Ok(response),
-            Claim::Fresh => {
-                let response = work(&mut tx).await?;
-                self.store(&mut tx, scope, &response).await?;
-                tx.commit().await?;
-                Ok(response)
+        let outcome = async {
+            match self.claim(&mut tx, scope, request).await? {
+                Claim::Replay(response) => Ok(response),
+                Claim::Fresh => {
+                    let response = work(&mut tx).await?;
+                    self.store(&mut tx, scope, &response).await?;
+                    Ok(response)
+                }
             }
         }
+        .await;
+        crate::db::finish(tx, outcome).await
     }
 }
 

@@ -568,7 +568,7 @@ impl<H: CompletionHandler> Relay<H> {
             return Ok(());
         }
         if let Err(error) = self.handler.complete(&mut tx, delivery, &answer).await {
-            drop(tx);
+            let _ = tx.rollback().await;
             tracing::warn!(%error, "completion handler failed; it runs again later");
             return self
                 .retry_later(

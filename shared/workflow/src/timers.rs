@@ -272,7 +272,7 @@ impl<H: TimerHandler> TimerWorker<H> {
                     Ok(true)
                 }
                 Err(error) => {
-                    drop(tx);
+                    let _ = tx.rollback().await;
                     let failed = timer.failed_attempts + 1;
                     let delay = backoff(failed, self.config.retry_base, self.config.retry_cap);
                     tracing::warn!(%error, retry_in = ?delay, "timer handler failed; trying again later");

@@ -654,9 +654,19 @@ impl PgLedger {
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
         let mut tx = ta_runtime::db::begin(&self.pool).await?;
-        let value = work(&mut tx).await?;
-        tx.commit().await?;
-        Ok(value)
+        let outcome = work(&mut tx).await;
+        match outcome {
+            Ok(value) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Err(error) => {
+                // At once, not when the pooled connection is next used: the
+                // failed call's row locks must not outlive it.
+                let _ = tx.rollback().await;
+                Err(error)
+            }
+        }
     }
 }
 
