@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::claim::{Escalator, Outcome},
-    flows::{Actor, Flows, Step, completion, readable, step},
+    flows::{self, Actor, Flows, Step, completion, readable, step},
     storage::{self, ClaimRecord},
 };
 
@@ -73,7 +73,7 @@ async fn refuse(
         .record(
             tx,
             claim,
-            &Actor::system(),
+            &flows::system(),
             step(
                 Event::ClaimRefused,
                 "claim.refused",
@@ -174,7 +174,7 @@ pub async fn claim_confirmed(
         .record(
             tx,
             &mut claim,
-            &Actor::system(),
+            &flows::system(),
             step(Event::ClaimOpened, "claim.opened", detail),
             now,
         )
@@ -193,7 +193,7 @@ pub async fn escalate(
     now: OffsetDateTime,
 ) -> Result<pb::Claim, ServiceError> {
     claim.claim.escalate(by, now)?;
-    claim.escalated_by = Some(actor.stored());
+    claim.escalated_by = Some(flows::stored(actor));
     claim.escalation_reason = reason.to_owned();
     claim.decision_due_at = Some(now + flows.settings.decision_target);
     flows.cancel_escalation(tx, claim).await?;
@@ -232,7 +232,7 @@ pub async fn resolve(
             "resolving a claim without a resolution",
         ));
     };
-    claim.resolved_by = Some(actor.stored());
+    claim.resolved_by = Some(flows::stored(actor));
     claim.resolved_at = Some(now);
     flows.cancel_escalation(tx, claim).await?;
     flows.settle(tx, claim).await?;
@@ -377,7 +377,7 @@ async fn effects_completed(
         .record(
             tx,
             claim,
-            &Actor::system(),
+            &flows::system(),
             step(
                 Event::EffectsCompleted,
                 "claim.effects_completed",

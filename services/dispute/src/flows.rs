@@ -6,15 +6,10 @@
 
 use sqlx::PgConnection;
 use ta_proto::{
-    common::{Actor as PbActor, ClaimReason as PbReason, Role as PbRole},
+    common::{Actor as PbActor, ClaimReason as PbReason},
     contract as contract_pb, dispute as pb, escrow as escrow_pb, supplier as supplier_pb,
 };
-use ta_runtime::{
-    ServiceError,
-    auth::{Principal, Role},
-    money::Money,
-    timestamps,
-};
+use ta_runtime::{ServiceError, money::Money, timestamps};
 use ta_workflow::{feed::Feed, outbox::Outbox, timers::Timers};
 use time::{Duration, OffsetDateTime};
 
@@ -71,60 +66,25 @@ pub struct Settings {
     pub decision_target: Duration,
 }
 
-/// Who did something: a principal in a role, or the dispute service itself
-/// (a timer, an answer from another service).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor {
-    pub principal_id: String,
-    pub role: Role,
+/// Who did something: see [`ta_runtime::auth::Actor`]; the dispute service
+/// itself acts as [`system`].
+pub use ta_runtime::auth::Actor;
+
+/// The dispute service acting on its own (a timer, another service's answer).
+pub fn system() -> Actor {
+    Actor::service("dispute")
 }
 
-impl Actor {
-    pub fn of(principal: &Principal) -> Self {
-        Self {
-            principal_id: principal.subject.clone(),
-            role: principal.role,
-        }
-    }
-
-    pub fn system() -> Self {
-        Self {
-            principal_id: "dispute".into(),
-            role: Role::Service,
-        }
-    }
-
-    pub fn stored(&self) -> StoredActor {
-        StoredActor {
-            principal_id: self.principal_id.clone(),
-            role: self.role.as_str().into(),
-        }
-    }
-
-    pub fn to_proto(&self) -> PbActor {
-        PbActor {
-            principal_id: self.principal_id.clone(),
-            role: role_proto(self.role) as i32,
-        }
-    }
-}
-
-pub fn role_proto(role: Role) -> PbRole {
-    match role {
-        Role::Buyer => PbRole::Buyer,
-        Role::Supplier => PbRole::Supplier,
-        Role::Inspector => PbRole::Inspector,
-        Role::Operator => PbRole::Operator,
-        Role::Service => PbRole::Service,
+/// An actor as a claim row keeps it.
+pub fn stored(actor: &Actor) -> StoredActor {
+    StoredActor {
+        principal_id: actor.principal_id.clone(),
+        role: actor.role.as_str().into(),
     }
 }
 
 fn stored_actor_proto(actor: &StoredActor) -> PbActor {
-    Actor {
-        principal_id: actor.principal_id.clone(),
-        role: actor.role.parse().unwrap_or(Role::Service),
-    }
-    .to_proto()
+    Actor::stored(actor.principal_id.clone(), &actor.role).to_proto()
 }
 
 pub fn reason_proto(reason: Reason) -> PbReason {

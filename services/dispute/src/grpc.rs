@@ -8,7 +8,6 @@
 use std::{pin::Pin, sync::Arc, time::Duration as StdDuration};
 
 use futures_util::{Stream, StreamExt};
-use prost::Message;
 use sqlx::PgConnection;
 use ta_proto::{
     common::TimelineEntry as PbTimelineEntry,
@@ -316,11 +315,7 @@ fn evidence_proto(e: &EvidenceRecord) -> pb::Evidence {
             resume_from: 0,
         }),
         uploaded_by: Some(
-            Actor {
-                principal_id: e.uploaded_by_principal_id.clone(),
-                role: e.uploaded_by_role.parse().unwrap_or(Role::Service),
-            }
-            .to_proto(),
+            Actor::stored(e.uploaded_by_principal_id.clone(), &e.uploaded_by_role).to_proto(),
         ),
         uploaded_at: Some(timestamps::to_proto(e.uploaded_at)),
     }
@@ -1421,13 +1416,7 @@ impl DisputeService for DisputeApi {
                     .into_iter()
                     .map(|e| PbTimelineEntry {
                         occurred_at: Some(timestamps::to_proto(e.occurred_at)),
-                        actor: Some(
-                            Actor {
-                                principal_id: e.actor_principal_id,
-                                role: e.actor_role.parse().unwrap_or(Role::Service),
-                            }
-                            .to_proto(),
-                        ),
+                        actor: Some(Actor::stored(e.actor_principal_id, &e.actor_role).to_proto()),
                         action: e.kind,
                         detail: e.description,
                         money: e.money.map(Money::to_proto),
@@ -1446,17 +1435,13 @@ impl DisputeService for DisputeApi {
         request: Request<pb::StreamDisputeEventsRequest>,
     ) -> Result<Response<Self::StreamDisputeEventsStream>, Status> {
         let after = request.into_inner().after_sequence;
-        let stream = self.flows.feed.stream(
+        let stream = self.flows.feed.stream_events(
             self.pool().clone(),
             after,
             &self.feed_config,
-            |event| {
-                let mut decoded = pb::DisputeEvent::decode(event.payload.as_slice())
-                    .map_err(|_| Status::internal("a stored event does not decode"))?;
-                decoded.sequence = event.sequence;
-                Ok(pb::StreamDisputeEventsResponse {
-                    event: Some(decoded),
-                })
+            |mut event: pb::DisputeEvent, sequence, _| {
+                event.sequence = sequence;
+                pb::StreamDisputeEventsResponse { event: Some(event) }
             },
             pb::StreamDisputeEventsResponse::default,
         );

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::{
     app,
     domain::{claim::Escalator, status::Status},
-    flows::{AUTO_ESCALATION, Actor, Flows, completion},
+    flows::{self, AUTO_ESCALATION, Flows, completion},
     storage,
 };
 
@@ -134,7 +134,7 @@ impl TimerHandler for Timers {
                     tx,
                     &self.flows,
                     &mut claim,
-                    &Actor::system(),
+                    &flows::system(),
                     Escalator::Timer,
                     "the negotiation window ran out without a settlement",
                     at,
