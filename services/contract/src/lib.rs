@@ -22,11 +22,9 @@ use ta_runtime::{
 use ta_workflow::{
     admin::{self, WorkflowAdmin},
     consumer::Consumer,
-    credentials::ServiceCredentials,
     feed::Feed,
     janitor::Janitor,
     outbox::{Outbox, Relay},
-    peers::Peers,
     timers::{TimerWorker, Timers},
 };
 
@@ -44,26 +42,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 
 /// What the process needs from outside besides its pool: who its peers are
 /// and how it proves it is the contract service to them.
-pub struct Links {
-    pub peers: Peers,
-    pub credentials: Arc<ServiceCredentials>,
-}
-
-impl Links {
-    /// # Errors
-    /// A message naming the variables at fault.
-    pub fn from_config(config: &config::Config) -> Result<Self, String> {
-        config.workflow.check()?;
-        Ok(Self {
-            peers: Peers::from_config(&config.workflow.peers)?,
-            credentials: Arc::new(ServiceCredentials::from_config(
-                SPEC.name,
-                &config.workflow.credentials,
-                &config.common.auth,
-            )?),
-        })
-    }
-}
+pub type Links = ta_workflow::Calls;
 
 /// The service's routes, policy, preparation (the workflow tables) and
 /// background work (outbox relay, escrow feed consumer, timers, janitor).

@@ -6,7 +6,7 @@ use contract::{Links, SPEC, api, config::Config};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    let links = match Links::from_config(&config) {
+    let links = match Links::from_config(SPEC.name, &config.workflow, &config.common.auth) {
         Ok(links) => links,
         Err(message) => {
             eprintln!("contract: {message}");

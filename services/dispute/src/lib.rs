@@ -22,11 +22,9 @@ use ta_runtime::{
 };
 use ta_workflow::{
     admin::{self, WorkflowAdmin},
-    credentials::ServiceCredentials,
     feed::Feed,
     janitor::Janitor,
     outbox::{Outbox, Relay},
-    peers::Peers,
     timers::{TimerWorker, Timers},
 };
 
@@ -45,8 +43,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 /// What the process needs from outside besides its pool: its peers, how it
 /// proves it is the dispute service to them, and the evidence store.
 pub struct Links {
-    pub peers: Peers,
-    pub credentials: Arc<ServiceCredentials>,
+    pub calls: ta_workflow::Calls,
     pub store: EvidenceStore,
 }
 
@@ -56,12 +53,11 @@ impl Links {
     pub fn from_config(config: &config::Config) -> Result<Self, String> {
         config.check()?;
         Ok(Self {
-            peers: Peers::from_config(&config.workflow.peers)?,
-            credentials: Arc::new(ServiceCredentials::from_config(
+            calls: ta_workflow::Calls::from_config(
                 SPEC.name,
-                &config.workflow.credentials,
+                &config.workflow,
                 &config.common.auth,
-            )?),
+            )?,
             store: EvidenceStore::local(&config.evidence_dir, config.limits())?,
         })
     }
@@ -83,8 +79,8 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
         pool.clone(),
         flows.clone(),
         grpc::Reads {
-            peers: links.peers.clone(),
-            credentials: links.credentials.clone(),
+            peers: links.calls.peers.clone(),
+            credentials: links.calls.credentials.clone(),
             timeout: config.peer_timeout,
         },
         links.store.clone(),
@@ -98,8 +94,8 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
     let relay = Relay::new(
         pool.clone(),
         Outbox::new(schema),
-        links.peers,
-        links.credentials,
+        links.calls.peers,
+        links.calls.credentials,
         Arc::new(reactions::Completions {
             flows: flows.clone(),
         }),

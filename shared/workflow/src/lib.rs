@@ -38,6 +38,36 @@ pub use install::{INSTALLED_VERSION, install};
 pub use schema::Schema;
 pub use workers::{RunningWorkers, Workers};
 
+/// How a service calls the others: where they listen and the token it shows
+/// them, both from its configuration.
+#[derive(Clone)]
+pub struct Calls {
+    pub peers: peers::Peers,
+    pub credentials: std::sync::Arc<credentials::ServiceCredentials>,
+}
+
+impl Calls {
+    /// For the service `name`; also checks the workflow settings' relations.
+    ///
+    /// # Errors
+    /// A message naming the variables at fault.
+    pub fn from_config(
+        name: &str,
+        workflow: &WorkflowConfig,
+        auth: &ta_runtime::auth::AuthConfig,
+    ) -> Result<Self, String> {
+        workflow.check()?;
+        Ok(Self {
+            peers: peers::Peers::from_config(&workflow.peers)?,
+            credentials: std::sync::Arc::new(credentials::ServiceCredentials::from_config(
+                name,
+                &workflow.credentials,
+                auth,
+            )?),
+        })
+    }
+}
+
 /// What a worker waits on to stop: resolves once when the process shuts down.
 pub type Shutdown = tokio::sync::watch::Receiver<bool>;
 
