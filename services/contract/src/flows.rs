@@ -100,8 +100,14 @@ pub async fn load_terms(
     let proto = <pb::ContractTerms as prost::Message>::decode(version.terms.as_slice())
         .map_err(|_| ServiceError::internal("stored terms do not decode"))?;
     let mut violations = Violations::new();
-    let terms = Terms::validate(Some(&proto), "terms", version.created_at, &mut violations)
-        .ok_or_else(|| ServiceError::internal("stored terms no longer validate"))?;
+    let terms = Terms::validate(
+        Some(&proto),
+        "terms",
+        version.created_at,
+        None,
+        &mut violations,
+    )
+    .ok_or_else(|| ServiceError::internal("stored terms no longer validate"))?;
     Ok(LoadedTerms {
         version,
         proto,

@@ -272,13 +272,13 @@ impl Revise {
         base_version: u32,
         sent: Option<&pb::ContractTerms>,
         change_note: &str,
-        now: OffsetDateTime,
+        (now, day): (OffsetDateTime, time::Duration),
         v: &mut Violations,
     ) -> Result<Self, ServiceError> {
         let contract_id = contract_id(contract, v);
         let base_version = version_number("base_version", base_version, v);
         let change_note = require_text("change_note", change_note, MAX_NOTE, v);
-        let terms = Terms::validate(sent, "terms", now, v).ok_or_else(recorded)?;
+        let terms = Terms::validate(sent, "terms", now, Some(day), v).ok_or_else(recorded)?;
         Ok(Self {
             contract_id,
             base_version,
@@ -379,6 +379,7 @@ impl ContractService for ContractApi {
         request: Request<pb::CreateContractDraftRequest>,
     ) -> Result<Response<pb::CreateContractDraftResponse>, Status> {
         let now = timestamps::now();
+        let day = self.day();
         let prepared = self.mutations.prepare(request, |req, principal, v| {
             let supplier_id = Uuid::parse_str(&req.supplier_id).unwrap_or_else(|_| {
                 v.add("supplier_id", "must be a supplier id (UUID)");
@@ -401,7 +402,7 @@ impl ContractService for ContractApi {
                     Some(req.buyer_principal_id.clone())
                 }
             };
-            let terms = Terms::validate(req.terms.as_ref(), "terms", now, v);
+            let terms = Terms::validate(req.terms.as_ref(), "terms", now, Some(day), v);
             let terms = terms.ok_or_else(recorded)?;
             Ok(CreateDraft {
                 supplier_id,
@@ -501,7 +502,7 @@ impl ContractService for ContractApi {
                 req.base_version,
                 req.terms.as_ref(),
                 &req.change_note,
-                now,
+                (now, self.day()),
                 v,
             )
         })?;
@@ -719,7 +720,7 @@ impl ContractService for ContractApi {
                 req.base_version,
                 req.terms.as_ref(),
                 &req.change_note,
-                now,
+                (now, self.day()),
                 v,
             )
         })?;

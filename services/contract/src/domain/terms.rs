@@ -124,10 +124,17 @@ pub struct Terms {
 impl Terms {
     /// Validates `terms` as of `now`, reporting every violation under
     /// `prefix` (e.g. `terms`). `None` when anything was violated.
+    ///
+    /// `day` is how long one day of the terms lasts: the inspection booking
+    /// rule counts working days on the terms' calendar, so a shortened term
+    /// day (tests, `make demo`) shortens it as it shortens every other
+    /// period. `None` re-reads stored terms: the rule held when they were
+    /// written, whatever a day lasts now.
     pub fn validate(
         terms: Option<&pb::ContractTerms>,
         prefix: &str,
         now: OffsetDateTime,
+        day: Option<Duration>,
         violations: &mut Violations,
     ) -> Option<Terms> {
         let Some(terms) = terms else {
@@ -189,7 +196,7 @@ impl Terms {
         let inspection = inspection(
             terms.inspection.as_ref(),
             &field("inspection"),
-            shipment_deadline,
+            shipment_deadline.zip(day),
             now,
             violations,
         );
@@ -494,23 +501,41 @@ fn delivery_terms(terms: Option<&pb::DeliveryTerms>, field: &str, violations: &m
     );
 }
 
-/// Working days (Monday to Friday) from `from`'s date to `to`'s date.
-fn working_days_between(from: OffsetDateTime, to: OffsetDateTime) -> u32 {
-    let mut day = from.date();
+/// Working days (Monday to Friday) from `from`'s date to `to`'s date, where
+/// `to` is first placed on the calendar of a term day lasting `day` (a real
+/// day leaves it where it is; a 10 s day puts 10 s later one calendar day on).
+fn working_days_between(from: OffsetDateTime, to: OffsetDateTime, day: Duration) -> u32 {
+    let to = on_calendar(from, to, day);
+    let mut date = from.date();
     let mut count = 0;
-    while day < to.date() && count < INSPECTION_BOOKING_WORKING_DAYS {
-        day = day.next_day().unwrap_or(day);
-        if !matches!(day.weekday(), Weekday::Saturday | Weekday::Sunday) {
+    while date < to.date() && count < INSPECTION_BOOKING_WORKING_DAYS {
+        date = date.next_day().unwrap_or(date);
+        if !matches!(date.weekday(), Weekday::Saturday | Weekday::Sunday) {
             count += 1;
         }
     }
     count
 }
 
+/// `to` as it falls on the calendar when one term day lasts `day`: the
+/// interval from `from` stretched by a day over `day`. Far-off results are
+/// capped (the count above stops at seven working days anyway).
+fn on_calendar(from: OffsetDateTime, to: OffsetDateTime, day: Duration) -> OffsetDateTime {
+    if day == Duration::DAY || day <= Duration::ZERO {
+        return to;
+    }
+    let stretched = (to - from).whole_nanoseconds() * Duration::DAY.whole_nanoseconds()
+        / day.whole_nanoseconds();
+    let cap = Duration::days(3_650).whole_nanoseconds();
+    let nanos = i64::try_from(stretched.clamp(-cap, cap)).unwrap_or(0);
+    from + Duration::nanoseconds(nanos)
+}
+
 fn inspection(
     inspection: Option<&pb::InspectionRequirement>,
     field: &str,
-    shipment_deadline: Option<OffsetDateTime>,
+    // The deadline and how long a term day lasts; unset for stored terms.
+    shipment_deadline: Option<(OffsetDateTime, Duration)>,
     now: OffsetDateTime,
     violations: &mut Violations,
 ) -> Option<Inspection> {
@@ -540,9 +565,9 @@ fn inspection(
                 128,
                 violations,
             );
-            if let Some(deadline) = shipment_deadline {
+            if let Some((deadline, day)) = shipment_deadline {
                 violations.require(
-                    working_days_between(now, deadline) >= INSPECTION_BOOKING_WORKING_DAYS,
+                    working_days_between(now, deadline, day) >= INSPECTION_BOOKING_WORKING_DAYS,
                     "terms.shipment_deadline",
                     "must leave at least 7 working days to book the pre-shipment inspection",
                 );

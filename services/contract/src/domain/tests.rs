@@ -109,7 +109,13 @@ fn terms() -> pb::ContractTerms {
 
 fn validate(terms: &pb::ContractTerms) -> Result<Terms, String> {
     let mut violations = Violations::new();
-    let parsed = Terms::validate(Some(terms), "terms", NOW, &mut violations);
+    let parsed = Terms::validate(
+        Some(terms),
+        "terms",
+        NOW,
+        Some(Duration::DAY),
+        &mut violations,
+    );
     match (parsed, violations.finish(())) {
         (Some(parsed), Ok(())) => Ok(parsed),
         (None, Err(error)) => Err(error.to_string()),
@@ -326,7 +332,7 @@ fn deadlines_must_lie_ahead() {
     );
     assert!(validate(&pb::ContractTerms::default()).is_err());
     let mut violations = Violations::new();
-    assert!(Terms::validate(None, "terms", NOW, &mut violations).is_none());
+    assert!(Terms::validate(None, "terms", NOW, Some(Duration::DAY), &mut violations).is_none());
     assert!(!violations.is_empty());
 }
 
@@ -501,4 +507,33 @@ mod fulfilment {
             "NOT_RECEIVED_YET"
         );
     }
+}
+
+#[test]
+fn the_booking_rule_counts_working_days_of_the_terms_calendar() {
+    let validate_with_day = |t: &pb::ContractTerms, day: Duration| {
+        let mut violations = Violations::new();
+        let parsed = Terms::validate(Some(t), "terms", NOW, Some(day), &mut violations);
+        violations
+            .finish(())
+            .map(|()| parsed)
+            .map_err(|e| e.to_string())
+    };
+    let mut t = terms();
+    // With a 10 s term day, 90 s are nine term days: Monday to the next
+    // Wednesday on the terms' calendar, seven working days.
+    t.shipment_deadline = at(Duration::seconds(90));
+    t.delivery_deadline = at(Duration::seconds(300));
+    validate_with_day(&t, Duration::seconds(10)).expect("nine 10 s days suffice");
+    // 80 s are eight: to the next Tuesday, six working days.
+    t.shipment_deadline = at(Duration::seconds(80));
+    let message = validate_with_day(&t, Duration::seconds(10)).unwrap_err();
+    assert!(message.contains("7 working days"), "{message}");
+    // On real days, 90 s are not even one.
+    t.shipment_deadline = at(Duration::seconds(90));
+    let message = validate_with_day(&t, Duration::DAY).unwrap_err();
+    assert!(message.contains("7 working days"), "{message}");
+    // Stored terms are re-read without the rule: it held when written.
+    let mut violations = Violations::new();
+    assert!(Terms::validate(Some(&t), "terms", NOW, None, &mut violations).is_some());
 }
