@@ -26,6 +26,7 @@ use std::{
 };
 
 pub mod platform;
+pub mod scenario;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 

@@ -1,0 +1,912 @@
+//! The seed guide's five steps and every question of its FAQ, each answered
+//! by what the real binaries (supplier-registry, contract, escrow, dispute on
+//! one Postgres) do when driven through the real grpcurl. Every scenario
+//! checks the money (what escrow's statement puts on the buyer's, the
+//! supplier's and escrow's ledger accounts), the contract's and the claim's
+//! states, the supplier's standing, and the timelines both parties read.
+
+use std::time::Duration;
+
+use e2e_tests::{platform::*, scenario::*, *};
+use ta_proto::dispute as pb;
+
+const AGENCY: &str = "agency-sgs";
+
+fn party_tokens(buyer: &str, owner: &str) -> (String, String) {
+    (mint(buyer, Role::Buyer), mint(owner, Role::Supplier))
+}
+
+/// Days of the dispute windows last a second; negotiation two "days",
+/// automatic escalation far off unless changed.
+fn fast_dispute(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut env = vec![
+        ("DISPUTE_TERM_DAY", "1s"),
+        ("DISPUTE_NEGOTIATION_DAYS", "2"),
+        ("DISPUTE_AUTO_ESCALATION_DAYS", "60"),
+    ];
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k, v));
+    }
+    env
+}
+
+fn with_inspection(mut terms: Value) -> Value {
+    terms["inspection"] = json!({
+        "kind": "INSPECTION_KIND_PRE_SHIPMENT_THIRD_PARTY", "agency_name": "SGS", "agency_principal_id": AGENCY
+    });
+    terms
+}
+
+/// An inspection report with one result per criterion: (criterion, measured, outcome).
+fn report(contract_id: &str, key: &str, results: &[(&str, &str, &str)]) -> Value {
+    let results: Vec<Value> = results
+        .iter()
+        .map(|(criterion, measured, outcome)| {
+            json!({ "criterion_id": criterion, "outcome": outcome, "measured_value": measured,
+                    "evidence_sha256": [format!("sha256:{}", hex(&sha256(key.as_bytes())))] })
+        })
+        .collect();
+    json!({
+        "idempotency_key": key,
+        "contract_id": contract_id,
+        "agency_reference": format!("SGS-{key}"),
+        "inspected_at": at(Duration::from_secs(0)),
+        "results": results,
+        "summary": "AQL 2.5 sampling of 125 units"
+    })
+}
+
+fn ship(platform: &Platform, supplier: &str, id: &str) -> Result<Value, RpcError> {
+    platform.contract_call(
+        "RecordShipment",
+        supplier,
+        &json!({ "idempotency_key": format!("ship-{id}"), "contract_id": id, "carrier": "Maersk",
+                 "tracking_number": "MAEU1234567", "final": true }),
+    )
+}
+
+fn receive(platform: &Platform, buyer: &str, id: &str) -> Value {
+    platform.contract_ok(
+        "ConfirmReceipt",
+        buyer,
+        &json!({ "idempotency_key": format!("receipt-{id}"), "contract_id": id }),
+    )
+}
+
+fn review(
+    platform: &Platform,
+    buyer: &str,
+    supplier_id: &str,
+    id: &str,
+    rating: u32,
+) -> Result<Value, RpcError> {
+    platform.registry.call(
+        &registry_method("SubmitReview"),
+        Some(buyer),
+        &json!({ "idempotency_key": format!("review-{id}"), "supplier_id": supplier_id, "contract_id": id,
+                 "rating": rating, "comment": "as agreed" }),
+    )
+}
+
+/// The supplier as a buyer searching with these filters finds it (or not).
+fn found_by_search(platform: &Platform, buyer: &str, filters: &Value, supplier_id: &str) -> bool {
+    let found =
+        platform
+            .registry
+            .call_ok(&registry_method("SearchSuppliers"), Some(buyer), filters);
+    found["suppliers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|s| s["supplierId"] == supplier_id)
+}
+
+// ---- The seed's five steps --------------------------------------------------------
+
+#[test]
+fn the_five_steps_verify_the_supplier_agree_the_specification_pay_into_escrow_ship_and_release_or_claim()
+ {
+    let platform = Platform::start(&[]);
+    let store = TempDir::new("evidence");
+    let dispute = platform.spawn_dispute(store.path(), &fast_dispute(&[]));
+    let owner = "supplier-five-steps";
+    let (buyer, supplier) = party_tokens("buyer-five-steps", owner);
+    let ops = platform.operator.clone();
+
+    // 1. Verify that the supplier offers Trade Assurance: registered, it has
+    // no badge; verified and enrolled with a limit, buyers find it by badge,
+    // verification and remaining limit.
+    let registered = platform.registry.call_ok(
+        &registry_method("RegisterSupplier"),
+        Some(&supplier),
+        &json!({ "idempotency_key": "register", "legal_name": "Jingdezhen Ceramics Co.", "country_code": "CN",
+                 "business_licence_number": "91360200MA35XYZ12K",
+                 "contacts": [{ "name": "Li Wei", "email": "sales@example.com" }] }),
+    );
+    let supplier_id = registered["supplier"]["supplierId"]
+        .as_str()
+        .expect("supplierId")
+        .to_owned();
+    let unverified = platform.standing(&supplier_id);
+    assert!(!unverified.badge, "{unverified:?}");
+    let badge_search = json!({ "has_trade_assurance_badge": true, "verified": true,
+                               "min_cover_remaining": usd(370_000) });
+    assert!(!found_by_search(
+        &platform,
+        &buyer,
+        &badge_search,
+        &supplier_id
+    ));
+    platform.registry.call_ok(
+        &registry_method("SubmitVerification"),
+        Some(&supplier),
+        &json!({ "idempotency_key": "submit", "supplier_id": supplier_id }),
+    );
+    platform.registry.call_ok(
+        &registry_method("VerifySupplier"),
+        Some(&ops),
+        &json!({ "idempotency_key": "verify", "supplier_id": supplier_id }),
+    );
+    platform.registry.call_ok(
+        &registry_method("EnrollTradeAssurance"),
+        Some(&ops),
+        &json!({ "idempotency_key": "enrol", "supplier_id": supplier_id, "ta_limit": usd(1_000_000) }),
+    );
+    let public = platform.registry.call_ok(
+        &registry_method("GetSupplier"),
+        Some(&buyer),
+        &json!({ "supplier_id": supplier_id }),
+    )["supplier"]
+        .clone();
+    assert_eq!(public["tradeAssuranceBadge"], true, "{public:#}");
+    assert_eq!(public["verificationStatus"], "VERIFICATION_STATUS_VERIFIED");
+    assert_eq!(int(&public["coverRemaining"]["amountMinor"]), 1_000_000);
+    assert_eq!(public["privateView"], false, "a buyer sees the public view");
+    assert!(found_by_search(
+        &platform,
+        &buyer,
+        &badge_search,
+        &supplier_id
+    ));
+
+    // 2. Review the agreement: the buyer drafts, the supplier revises the
+    // quantity and adds a specification; both sign the latest version only.
+    let mut v1 = terms("PROTECTION_TRADE_ASSURANCE");
+    v1["title"] = json!("Stoneware mugs, 1,000 pcs");
+    let created = platform.contract_ok(
+        "CreateContractDraft",
+        &buyer,
+        &json!({ "idempotency_key": "draft", "supplier_id": supplier_id, "terms": v1 }),
+    );
+    let id = created["contract"]["contractId"]
+        .as_str()
+        .expect("contractId")
+        .to_owned();
+    assert_eq!(created["contract"]["status"], "CONTRACT_STATUS_DRAFT");
+    let mut v2 = v1.clone();
+    v2["title"] = json!("Stoneware mugs, 1,200 pcs");
+    v2["line_items"][0]["quantity"] = json!(1200);
+    v2["specifications"]
+        .as_array_mut()
+        .expect("specifications")
+        .push(json!({ "sku": "MUG-350", "name": "handle", "value": "C-shaped, 2 finger" }));
+    let revised = platform.contract_ok(
+        "ReviseContractDraft",
+        &supplier,
+        &json!({ "idempotency_key": "revise", "contract_id": id, "base_version": 1, "terms": v2,
+                 "change_note": "1,200 pcs as discussed; handle shape written down" }),
+    );
+    assert_eq!(revised["version"]["version"], 2);
+    let stale = platform
+        .contract_call(
+            "SignContract",
+            &buyer,
+            &json!({ "idempotency_key": "sign-v1", "contract_id": id, "version": 1 }),
+        )
+        .expect_err("only the latest version is signed");
+    assert!(!stale.code.is_empty(), "{stale:#?}");
+    for (who, key) in [(&supplier, "sign-supplier"), (&buyer, "sign-buyer")] {
+        platform.contract_ok(
+            "SignContract",
+            who,
+            &json!({ "idempotency_key": key, "contract_id": id, "version": 2 }),
+        );
+    }
+    let account = platform.account_id_of(&id);
+    let signed = platform.contract_ok("GetContract", &buyer, &json!({ "contract_id": id }));
+    assert_eq!(signed["contract"]["signedVersion"], 2);
+    assert_eq!(int(&signed["contract"]["total"]["amountMinor"]), 370_000);
+    let signed_terms = &signed["version"]["terms"];
+    assert_eq!(
+        signed_terms["specifications"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(signed_terms["qualityCriteria"][0]["criterionId"], "QC-1");
+    assert_eq!(platform.cover(&supplier_id), (370_000, 630_000));
+    assert_eq!(
+        platform.balances(&account),
+        Balances::default(),
+        "nothing paid yet"
+    );
+
+    // 3. Make the payment through Trade Assurance: 30 % deposit, then the
+    // balance, both into escrow.
+    platform.pay_by_card(&buyer, &account, "deposit", 111_000);
+    platform.wait_status(&id, "CONTRACT_STATUS_PARTIALLY_FUNDED");
+    assert_eq!(
+        platform.balances(&account),
+        Balances {
+            escrow_held: 111_000,
+            gateway_clearing: -111_000,
+            ..Balances::default()
+        }
+    );
+    platform.pay_by_card(&buyer, &account, "balance", 259_000);
+    platform.wait_status(&id, "CONTRACT_STATUS_FUNDED");
+    let funded = Balances {
+        escrow_held: 370_000,
+        gateway_clearing: -370_000,
+        ..Balances::default()
+    };
+    assert_eq!(platform.balances(&account), funded);
+
+    // 4. The supplier ships; the buyer confirms receipt and inspects. A
+    // review waits for a completed contract.
+    let shipped = ship(&platform, &supplier, &id).expect("a funded order ships");
+    assert_eq!(shipped["contract"]["status"], "CONTRACT_STATUS_SHIPPED");
+    let received = receive(&platform, &buyer, &id);
+    assert_eq!(received["contract"]["status"], "CONTRACT_STATUS_DELIVERED");
+    assert!(received["contract"]["claimWindowEndsAt"].is_string());
+    assert_eq!(platform.balances(&account), funded, "held while inspected");
+    let early = review(&platform, &buyer, &supplier_id, &id, 5).expect_err("not completed yet");
+    assert_eq!(early.code, "NotFound", "{early:#?}");
+
+    // 5. Satisfied, the buyer accepts: the money goes to the supplier, the
+    // cover is free, and the buyer may review the supplier once.
+    let accepted = platform.contract_ok(
+        "AcceptGoods",
+        &buyer,
+        &json!({ "idempotency_key": "accept", "contract_id": id, "note": "glaze and handles as agreed" }),
+    );
+    assert_eq!(accepted["contract"]["status"], "CONTRACT_STATUS_COMPLETED");
+    assert_eq!(
+        accepted["contract"]["acceptance"],
+        "ACCEPTANCE_KIND_EXPLICIT"
+    );
+    platform.wait_account_status(&id, "ESCROW_ACCOUNT_STATUS_CLOSED");
+    assert_eq!(
+        platform.balances(&account),
+        Balances {
+            supplier_payable: 370_000,
+            gateway_clearing: -370_000,
+            ..Balances::default()
+        }
+    );
+    platform.wait_cover(&supplier_id, (0, 1_000_000));
+    let reviewed = wait_until(
+        PATIENCE,
+        "the completed contract to reach the registry",
+        || review(&platform, &buyer, &supplier_id, &id, 5).map_err(|e| format!("{e:#?}")),
+    );
+    assert_eq!(reviewed["review"]["rating"], 5);
+    let twice = platform
+        .registry
+        .call(
+            &registry_method("SubmitReview"),
+            Some(&buyer),
+            &json!({ "idempotency_key": "review-again", "supplier_id": supplier_id, "contract_id": id,
+                     "rating": 1, "comment": "changed my mind" }),
+        )
+        .expect_err("once per contract");
+    assert_eq!(twice.code, "AlreadyExists", "{twice:#?}");
+    assert_eq!(
+        platform.timeline_actions(&id),
+        [
+            "draft.created",
+            "draft.revised",
+            "contract.signed",
+            "contract.signed",
+            "cover.reserved",
+            "contract.activated",
+            "payment.received",
+            "payment.received",
+            "goods.shipped",
+            "goods.received",
+            "goods.accepted",
+        ],
+        "the contract's story in order"
+    );
+
+    // 5'. File a claim if necessary: on the next order 100 mugs are missing;
+    // the buyer claims with a photo, the supplier offers what they cost, the
+    // buyer takes it. Settled between the parties: no penalty.
+    let mut prepaid = terms("PROTECTION_TRADE_ASSURANCE");
+    prepaid["payment_terms"] = full_prepayment(5);
+    let (second, second_account) = platform.deliver(&buyer, &supplier, &supplier_id, &prepaid);
+    let claim_id = open_claim(
+        &dispute,
+        &buyer,
+        "claim-short",
+        &json!({ "contract_id": second, "reason": "CLAIM_REASON_SHORT_QUANTITY",
+                 "amount_claimed": usd(30_000), "description": "900 of 1,000 mugs arrived" }),
+    );
+    assert_eq!(
+        platform.get_contract(&second)["status"],
+        "CONTRACT_STATUS_IN_DISPUTE"
+    );
+    let photo = b"carton count photo, 9 of 10 cartons opened".repeat(100);
+    upload_evidence(
+        &dispute,
+        &buyer,
+        &EvidenceFile {
+            key: "photo",
+            claim_id: &claim_id,
+            kind: pb::EvidenceKind::Photo,
+            filename: "cartons.jpg",
+            content_type: "image/jpeg",
+            description: "the opened cartons",
+            quality_criterion_ids: &[],
+            bytes: &photo,
+        },
+    )
+    .expect("the photo uploads");
+    let offer = dcall_ok(
+        &dispute,
+        "MakeOffer",
+        &supplier,
+        &json!({ "idempotency_key": "offer", "claim_id": claim_id, "kind": "OFFER_KIND_PARTIAL_REFUND",
+                 "refund_amount": usd(30_000), "message": "we refund the 100 missing mugs" }),
+    );
+    let settled = dcall_ok(
+        &dispute,
+        "AcceptOffer",
+        &buyer,
+        &json!({ "idempotency_key": "take", "claim_id": claim_id, "offer_id": offer["offer"]["offerId"] }),
+    );
+    assert_eq!(settled["claim"]["status"], "CLAIM_STATUS_SETTLED");
+    let done = wait_claim_effects(&dispute, &buyer, &claim_id);
+    assert_eq!(done["resolution"]["penaltyPoints"], 0, "{done:#}");
+    let completed = platform.wait_status(&second, "CONTRACT_STATUS_COMPLETED");
+    assert_eq!(completed["acceptance"], "ACCEPTANCE_KIND_CLAIM_OUTCOME");
+    platform.wait_account_status(&second, "ESCROW_ACCOUNT_STATUS_CLOSED");
+    assert_eq!(
+        platform.balances(&second_account),
+        Balances {
+            buyer_refund_payable: 30_000,
+            supplier_payable: 280_000,
+            gateway_clearing: -310_000,
+            ..Balances::default()
+        }
+    );
+    assert_eq!(
+        claim_timeline(&dispute, &supplier, &claim_id),
+        [
+            "claim.filed",
+            "claim.opened",
+            "evidence.added",
+            "offer.made",
+            "claim.settled",
+            "claim.effects_completed"
+        ]
+    );
+    let actions = platform.timeline_actions(&second);
+    assert!(
+        in_order(
+            &actions,
+            &[
+                "goods.received",
+                "claim.recorded",
+                "claim.opened",
+                "claim.settled"
+            ]
+        ),
+        "{actions:?}"
+    );
+    platform.wait_cover(&supplier_id, (0, 1_000_000));
+    let standing = platform.standing(&supplier_id);
+    assert_eq!(
+        (
+            standing.status.as_str(),
+            standing.penalty_points,
+            standing.ta_limit
+        ),
+        ("SUPPLIER_STATUS_ACTIVE", 0, 1_000_000),
+        "{standing:?}"
+    );
+    assert_eq!(
+        (standing.review_count, standing.average_rating_centi),
+        (1, 500)
+    );
+    platform.assert_ledger_reconciles();
+}
+
+// ---- Can I use Trade Assurance for all transactions? What if the supplier
+// ---- doesn't offer it? -----------------------------------------------------------
+
+#[test]
+fn a_supplier_without_trade_assurance_gets_no_protected_contract_only_an_unprotected_inspected_order()
+ {
+    let platform = Platform::start(&[]);
+    let store = TempDir::new("evidence");
+    let dispute = platform.spawn_dispute(store.path(), &fast_dispute(&[]));
+    let owner = "supplier-no-ta";
+    let (buyer, supplier) = party_tokens("buyer-no-ta", owner);
+    let inspector = mint(AGENCY, Role::Inspector);
+    // Verified, but not enrolled: no badge, no limit, not found by badge.
+    let supplier_id = platform.supplier(owner, None);
+    let standing = platform.standing(&supplier_id);
+    assert!(!standing.badge, "{standing:?}");
+    assert_eq!((standing.ta_limit, standing.cover_remaining), (0, 0));
+    assert!(!found_by_search(
+        &platform,
+        &buyer,
+        &json!({ "has_trade_assurance_badge": true }),
+        &supplier_id
+    ));
+    assert!(found_by_search(
+        &platform,
+        &buyer,
+        &json!({ "has_trade_assurance_badge": false, "verified": true }),
+        &supplier_id
+    ));
+
+    // A Trade Assurance contract is refused at activation, with the reason.
+    let id = signed_contract(
+        &platform,
+        &buyer,
+        &supplier,
+        &supplier_id,
+        &terms("PROTECTION_TRADE_ASSURANCE"),
+    );
+    let refused = wait_until(PATIENCE, "the activation to be refused", || {
+        let c = platform.get_contract(&id);
+        if c["status"] == "CONTRACT_STATUS_DRAFT" && c["activationRefusal"].is_string() {
+            Ok(c)
+        } else {
+            Err(format!("{c:#}"))
+        }
+    });
+    let reason = refused["activationRefusal"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("NO_TRADE_ASSURANCE_BADGE: "),
+        "{refused:#}"
+    );
+    assert!(reason.contains("not enrolled"), "{reason}");
+    let no_escrow = platform
+        .escrow
+        .call(
+            &escrow_method("GetEscrowAccount"),
+            Some(&platform.operator),
+            &json!({ "contract_id": id }),
+        )
+        .expect_err("no escrow");
+    assert_eq!(no_escrow.code, "NotFound", "{no_escrow:#?}");
+    let unclaimable = dcall(
+        &dispute,
+        "FileClaim",
+        &buyer,
+        &json!({ "idempotency_key": "claim-draft", "contract_id": id, "reason": "CLAIM_REASON_DAMAGE",
+                 "amount_claimed": usd(1000), "description": "nothing to claim yet" }),
+    )
+    .expect_err("nothing protected");
+    assert_eq!(unclaimable.code, "FailedPrecondition", "{unclaimable:#?}");
+
+    // The FAQ's advice: an order outside Trade Assurance with a third-party
+    // inspection before shipment. Recorded as unprotected: no escrow, no cover.
+    // (A new draft: revising the refused one out of Trade Assurance does not
+    // stick, see the test below.)
+    let mut plain = with_inspection(terms("PROTECTION_NONE"));
+    plain["payment_terms"] = full_prepayment(5);
+    let refused_id = id;
+    let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &plain);
+    let unprotected = platform.get_contract(&id);
+    assert_eq!(unprotected["status"], "CONTRACT_STATUS_SIGNED_UNPROTECTED");
+    assert_eq!(unprotected["protection"], "PROTECTION_NONE");
+    assert!(
+        unprotected["escrowAccountId"]
+            .as_str()
+            .is_none_or(str::is_empty)
+    );
+    assert_eq!(platform.cover(&supplier_id), (0, 0));
+    assert_eq!(
+        platform.get_contract(&refused_id)["status"],
+        "CONTRACT_STATUS_DRAFT",
+        "the refused one stays a draft"
+    );
+
+    // The inspection still guards the shipment.
+    let assignments = platform.contract_ok("ListInspectionAssignments", &inspector, &json!({}));
+    assert_eq!(
+        assignments["contracts"][0]["contractId"],
+        id.as_str(),
+        "{assignments:#}"
+    );
+    platform.contract_ok(
+        "SubmitInspectionReport",
+        &inspector,
+        &report(&id, "r1", &[("QC-1", "3.6", "CRITERION_OUTCOME_FAIL")]),
+    );
+    let blocked = ship(&platform, &supplier, &id).expect_err("the inspection failed");
+    assert_eq!(blocked.code, "FailedPrecondition", "{blocked:#?}");
+    platform.contract_ok(
+        "SubmitInspectionReport",
+        &inspector,
+        &report(&id, "r2", &[("QC-1", "4.1", "CRITERION_OUTCOME_PASS")]),
+    );
+    ship(&platform, &supplier, &id).expect("ships after the passing report");
+    receive(&platform, &buyer, &id);
+
+    // But no claim: an unprotected order has no escrow and no cover.
+    let no_claim = dcall(
+        &dispute,
+        "FileClaim",
+        &buyer,
+        &json!({ "idempotency_key": "claim", "contract_id": id, "reason": "CLAIM_REASON_DAMAGE",
+                 "amount_claimed": usd(10_000), "description": "two cartons crushed" }),
+    )
+    .expect_err("not protected");
+    assert_eq!(no_claim.code, "FailedPrecondition", "{no_claim:#?}");
+    assert!(
+        no_claim.message.contains("Trade Assurance"),
+        "{no_claim:#?}"
+    );
+    let listed = dcall_ok(
+        &dispute,
+        "ListClaims",
+        &buyer,
+        &json!({ "contract_id": id }),
+    );
+    assert!(
+        listed["claims"].as_array().is_none_or(Vec::is_empty),
+        "nothing was filed: {listed:#}"
+    );
+    let done = platform.contract_ok(
+        "AcceptGoods",
+        &buyer,
+        &json!({ "idempotency_key": "accept", "contract_id": id }),
+    );
+    assert_eq!(done["contract"]["status"], "CONTRACT_STATUS_COMPLETED");
+
+    // No money ever entered the ledger; the supplier's standing is unchanged.
+    let trial = platform.escrow.call_ok(
+        &escrow_method("GetTrialBalance"),
+        Some(&platform.operator),
+        &json!({}),
+    );
+    let moved: i64 = trial["currencies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["lines"].as_array().cloned().unwrap_or_default())
+        .map(|l| int(&l["posted"]["amountMinor"]).abs() + int(&l["pending"]["amountMinor"]).abs())
+        .sum();
+    assert_eq!(moved, 0, "{trial:#}");
+    platform.assert_ledger_reconciles();
+    let after = platform.standing(&supplier_id);
+    assert_eq!(after, standing, "nothing changed for the supplier");
+    let actions = platform.timeline_actions(&id);
+    assert!(
+        in_order(
+            &actions,
+            &[
+                "draft.created",
+                "contract.signed",
+                "contract.signed_unprotected",
+                "inspection.reported",
+                "inspection.reported",
+                "goods.shipped",
+                "goods.received",
+                "goods.accepted"
+            ]
+        ),
+        "{actions:?}"
+    );
+}
+
+/// Revises a draft of `base` version to `terms`, then both parties sign the new version.
+fn revise_and_sign(
+    platform: &Platform,
+    buyer: &str,
+    supplier: &str,
+    id: &str,
+    base: u32,
+    terms: &Value,
+) {
+    platform.contract_ok(
+        "ReviseContractDraft",
+        buyer,
+        &json!({ "idempotency_key": format!("revise-{id}-{base}"), "contract_id": id, "base_version": base,
+                 "terms": terms, "change_note": "protection changed" }),
+    );
+    for (who, key) in [(supplier, "s"), (buyer, "b")] {
+        platform.contract_ok(
+            "SignContract",
+            who,
+            &json!({ "idempotency_key": format!("sign-{id}-{key}-{}", base + 1), "contract_id": id,
+                     "version": base + 1 }),
+        );
+    }
+}
+
+#[test]
+fn a_draft_revised_into_or_out_of_trade_assurance_is_signed_as_its_latest_version_says() {
+    let platform = Platform::start(&[]);
+    let owner = "supplier-revised";
+    let (buyer, supplier) = party_tokens("buyer-revised", owner);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+
+    // Drafted under Trade Assurance, revised out of it before signing.
+    let out = platform.contract_ok(
+        "CreateContractDraft",
+        &buyer,
+        &json!({ "idempotency_key": "draft-out", "supplier_id": supplier_id,
+                 "terms": terms("PROTECTION_TRADE_ASSURANCE") }),
+    )["contract"]["contractId"]
+        .as_str()
+        .expect("contractId")
+        .to_owned();
+    revise_and_sign(
+        &platform,
+        &buyer,
+        &supplier,
+        &out,
+        1,
+        &terms("PROTECTION_NONE"),
+    );
+    let signed = platform.contract_ok("GetContract", &buyer, &json!({ "contract_id": out }));
+    assert_eq!(signed["version"]["terms"]["protection"], "PROTECTION_NONE");
+    assert_eq!(
+        signed["contract"]["protection"], "PROTECTION_NONE",
+        "the contract follows the version both signed: {signed:#}"
+    );
+    assert_eq!(
+        signed["contract"]["status"],
+        "CONTRACT_STATUS_SIGNED_UNPROTECTED"
+    );
+
+    // Drafted unprotected, revised into Trade Assurance before signing.
+    let into = platform.contract_ok(
+        "CreateContractDraft",
+        &buyer,
+        &json!({ "idempotency_key": "draft-in", "supplier_id": supplier_id,
+                 "terms": terms("PROTECTION_NONE") }),
+    )["contract"]["contractId"]
+        .as_str()
+        .expect("contractId")
+        .to_owned();
+    revise_and_sign(
+        &platform,
+        &buyer,
+        &supplier,
+        &into,
+        1,
+        &terms("PROTECTION_TRADE_ASSURANCE"),
+    );
+    let signed = platform.contract_ok("GetContract", &buyer, &json!({ "contract_id": into }));
+    assert_eq!(
+        signed["version"]["terms"]["protection"],
+        "PROTECTION_TRADE_ASSURANCE"
+    );
+    assert_eq!(
+        signed["contract"]["protection"], "PROTECTION_TRADE_ASSURANCE",
+        "the buyer signed a protected order: {signed:#}"
+    );
+    platform.account_id_of(&into);
+    assert_eq!(platform.cover(&supplier_id), (310_000, 690_000));
+}
+
+// ---- Is Trade Assurance available for bulk orders? --------------------------------
+
+/// Terms for `mugs` mugs and `cartons` cartons, paid in full up front.
+fn bulk(mugs: u64, cartons: u64) -> Value {
+    let mut bulk = terms("PROTECTION_TRADE_ASSURANCE");
+    bulk["title"] = json!(format!("{mugs} stoneware mugs"));
+    bulk["line_items"][0]["quantity"] = json!(mugs);
+    bulk["line_items"][1]["quantity"] = json!(cartons);
+    bulk["payment_terms"] = full_prepayment(30);
+    bulk
+}
+
+fn wait_refused(platform: &Platform, id: &str) -> Value {
+    wait_until(PATIENCE, "the activation to be refused", || {
+        let c = platform.get_contract(id);
+        if c["status"] == "CONTRACT_STATUS_DRAFT" && c["activationRefusal"].is_string() {
+            Ok(c)
+        } else {
+            Err(format!("{c:#}"))
+        }
+    })
+}
+
+#[test]
+fn bulk_orders_are_covered_within_the_ta_limit_and_refused_beyond_it_with_the_figures() {
+    let platform = Platform::start(&[]);
+    let owner = "supplier-bulk";
+    let (buyer, supplier) = party_tokens("buyer-bulk", owner);
+    let supplier_id = platform.supplier(owner, Some(5_000_000));
+    let search = |min: i64| {
+        found_by_search(
+            &platform,
+            &buyer,
+            &json!({ "has_trade_assurance_badge": true, "min_cover_remaining": usd(min) }),
+            &supplier_id,
+        )
+    };
+
+    // 10,000 mugs and 400 cartons: 34,000.00 USD of the 50,000.00 USD limit.
+    let big = signed_contract(
+        &platform,
+        &buyer,
+        &supplier,
+        &supplier_id,
+        &bulk(10_000, 400),
+    );
+    let big_account = platform.account_id_of(&big);
+    assert_eq!(platform.cover(&supplier_id), (3_400_000, 1_600_000));
+    let standing = platform.standing(&supplier_id);
+    assert_eq!(
+        (
+            standing.ta_limit,
+            standing.cover_reserved,
+            standing.cover_remaining
+        ),
+        (5_000_000, 3_400_000, 1_600_000)
+    );
+    assert!(search(1_600_000), "found by what is left");
+    assert!(!search(1_600_001), "not found by more than is left");
+
+    // 6,000 mugs and 200 cartons (20,000.00 USD) exceed what is left: refused
+    // with the registry's figures, nothing reserved, no escrow.
+    let over = signed_contract(
+        &platform,
+        &buyer,
+        &supplier,
+        &supplier_id,
+        &bulk(6_000, 200),
+    );
+    let refused = wait_refused(&platform, &over);
+    let reason = refused["activationRefusal"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("TA_LIMIT_EXCEEDED: "), "{refused:#}");
+    assert!(
+        reason.contains("2000000") && reason.contains("1600000"),
+        "the order and the remaining limit: {reason}"
+    );
+    assert_eq!(platform.cover(&supplier_id), (3_400_000, 1_600_000));
+    assert!(!platform.cover_reservations(&supplier_id).contains_key(&over));
+
+    // Cut to 5,000 mugs and 100 cartons (16,000.00 USD): exactly what is left.
+    let mut fits = bulk(5_000, 100);
+    fits["title"] = json!("5,000 stoneware mugs (within the limit)");
+    platform.contract_ok(
+        "ReviseContractDraft",
+        &buyer,
+        &json!({ "idempotency_key": "cut", "contract_id": over, "base_version": 1, "terms": fits,
+                 "change_note": "cut to the supplier's remaining Trade Assurance limit" }),
+    );
+    for (who, key) in [(&supplier, "sign-s"), (&buyer, "sign-b")] {
+        platform.contract_ok(
+            "SignContract",
+            who,
+            &json!({ "idempotency_key": key, "contract_id": over, "version": 2 }),
+        );
+    }
+    platform.account_id_of(&over);
+    assert_eq!(platform.cover(&supplier_id), (5_000_000, 0));
+    assert!(!search(1), "nothing left to cover");
+
+    // A small order now finds no limit left...
+    let small = signed_contract(&platform, &buyer, &supplier, &supplier_id, &bulk(1_000, 10));
+    let small_refused = wait_refused(&platform, &small);
+    assert!(
+        small_refused["activationRefusal"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("TA_LIMIT_EXCEEDED: ")),
+        "{small_refused:#}"
+    );
+
+    // ... until the big order completes and frees its cover.
+    platform.pay_by_card(&buyer, &big_account, "full", 3_400_000);
+    platform.wait_status(&big, "CONTRACT_STATUS_FUNDED");
+    ship(&platform, &supplier, &big).expect("ships");
+    receive(&platform, &buyer, &big);
+    platform.contract_ok(
+        "AcceptGoods",
+        &buyer,
+        &json!({ "idempotency_key": "accept", "contract_id": big }),
+    );
+    platform.wait_cover(&supplier_id, (1_600_000, 3_400_000));
+    assert_eq!(
+        platform.balances(&big_account),
+        Balances {
+            supplier_payable: 3_400_000,
+            gateway_clearing: -3_400_000,
+            ..Balances::default()
+        }
+    );
+    let next = signed_contract(&platform, &buyer, &supplier, &supplier_id, &bulk(1_000, 10));
+    platform.account_id_of(&next);
+    assert_eq!(platform.cover(&supplier_id), (1_910_000, 3_090_000));
+    let reservations = platform.cover_reservations(&supplier_id);
+    assert_eq!(
+        reservations,
+        [(over.clone(), 1_600_000), (next.clone(), 310_000)]
+            .into_iter()
+            .collect(),
+        "one reservation per open order, for its total"
+    );
+    assert_eq!(
+        platform.get_contract(&small)["status"],
+        "CONTRACT_STATUS_DRAFT",
+        "the refused order holds no cover"
+    );
+    let actions = platform.timeline_actions(&over);
+    assert!(
+        in_order(
+            &actions,
+            &[
+                "contract.signed",
+                "contract.signed",
+                "contract.activation_refused",
+                "draft.revised",
+                "contract.signed",
+                "contract.signed",
+                "cover.reserved",
+                "contract.activated"
+            ]
+        ),
+        "{actions:?}"
+    );
+    platform.assert_ledger_reconciles();
+}
+
+#[test]
+fn an_order_refused_for_the_limit_activates_when_both_sign_it_again_once_cover_is_free() {
+    let platform = Platform::start(&[]);
+    let owner = "supplier-resign";
+    let (buyer, supplier) = party_tokens("buyer-resign", owner);
+    let supplier_id = platform.supplier(owner, Some(400_000));
+    let first = signed_contract(&platform, &buyer, &supplier, &supplier_id, &bulk(1_000, 10));
+    platform.account_id_of(&first);
+    let second = signed_contract(&platform, &buyer, &supplier, &supplier_id, &bulk(1_000, 10));
+    let refused = wait_refused(&platform, &second);
+    assert!(
+        refused["signatures"].as_array().is_none_or(Vec::is_empty),
+        "{refused:#}"
+    );
+
+    // The first order is cancelled before funding: its cover is free.
+    platform.contract_ok(
+        "CancelContract",
+        &buyer,
+        &json!({ "idempotency_key": "cancel", "contract_id": first, "reason": "ordered twice" }),
+    );
+    platform.wait_cover(&supplier_id, (0, 400_000));
+
+    // Both sign the refused order's version again: it activates this time.
+    for (who, key) in [(&supplier, "again-s"), (&buyer, "again-b")] {
+        platform.contract_ok(
+            "SignContract",
+            who,
+            &json!({ "idempotency_key": key, "contract_id": second, "version": 1 }),
+        );
+    }
+    // A generous bound: the outbox polls every 100 ms.
+    let activated = wait_until(
+        Duration::from_secs(20),
+        "the second activation to end",
+        || {
+            let c = platform.get_contract(&second);
+            if c["status"] == "CONTRACT_STATUS_ACTIVATING" {
+                Err(format!("{c:#}"))
+            } else {
+                Ok(c)
+            }
+        },
+    );
+    assert_eq!(
+        activated["status"], "CONTRACT_STATUS_AWAITING_PAYMENT",
+        "{activated:#}"
+    );
+    assert_eq!(platform.cover(&supplier_id), (310_000, 90_000));
+}
