@@ -773,7 +773,11 @@ fn bulk_orders_are_covered_within_the_ta_limit_and_refused_beyond_it_with_the_fi
         "the order and the remaining limit: {reason}"
     );
     assert_eq!(platform.cover(&supplier_id), (3_400_000, 1_600_000));
-    assert!(!platform.cover_reservations(&supplier_id).contains_key(&over));
+    assert!(
+        !platform
+            .cover_reservations(&supplier_id)
+            .contains_key(&over)
+    );
 
     // Cut to 5,000 mugs and 100 cartons (16,000.00 USD): exactly what is left.
     let mut fits = bulk(5_000, 100);
@@ -909,4 +913,735 @@ fn an_order_refused_for_the_limit_activates_when_both_sign_it_again_once_cover_i
         "{activated:#}"
     );
     assert_eq!(platform.cover(&supplier_id), (310_000, 90_000));
+}
+
+// ---- Can I get a refund if the products are damaged upon arrival? -----------------
+
+fn prepaid() -> Value {
+    let mut prepaid = terms("PROTECTION_TRADE_ASSURANCE");
+    prepaid["payment_terms"] = full_prepayment(5);
+    prepaid
+}
+
+fn evidence<'a>(
+    key: &'a str,
+    claim_id: &'a str,
+    kind: pb::EvidenceKind,
+    bytes: &'a [u8],
+) -> EvidenceFile<'a> {
+    let (filename, content_type) = match kind {
+        pb::EvidenceKind::Photo => ("photo.jpg", "image/jpeg"),
+        pb::EvidenceKind::Video => ("video.mp4", "video/mp4"),
+        _ => ("report.pdf", "application/pdf"),
+    };
+    EvidenceFile {
+        key,
+        claim_id,
+        kind,
+        filename,
+        content_type,
+        description: key,
+        quality_criterion_ids: &[],
+        bytes,
+    }
+}
+
+/// The buyer escalates as soon as the negotiation window allows.
+fn escalate_when_allowed(dispute: &Service, buyer: &str, claim_id: &str) -> Value {
+    wait_until(PATIENCE, "the buyer's escalation", || {
+        dcall(
+            dispute,
+            "EscalateClaim",
+            buyer,
+            &json!({ "idempotency_key": format!("escalate-{claim_id}"), "claim_id": claim_id,
+                     "reason": "no agreement" }),
+        )
+        .map_err(|e| format!("{e:#?}"))
+    })
+}
+
+#[test]
+fn products_damaged_on_arrival_are_refunded_in_full_after_a_damage_claim_with_photos() {
+    let platform = Platform::start(&[]);
+    let store = TempDir::new("evidence");
+    let dispute = platform.spawn_dispute(store.path(), &fast_dispute(&[]));
+    let owner = "supplier-damaged";
+    let (buyer, supplier) = party_tokens("buyer-damaged", owner);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let (id, account) = platform.deliver(&buyer, &supplier, &supplier_id, &prepaid());
+
+    // The buyer claims everything back and returns the goods.
+    let claim_id = open_claim(
+        &dispute,
+        &buyer,
+        "claim",
+        &json!({ "contract_id": id, "reason": "CLAIM_REASON_DAMAGE", "remedy": "REMEDY_RETURN_AND_REFUND",
+                 "amount_claimed": usd(310_000),
+                 "description": "31 of 40 cartons crushed on arrival, most mugs broken" }),
+    );
+    let open = get_claim(&dispute, &buyer, &claim_id);
+    assert_eq!(open["remedy"], "REMEDY_RETURN_AND_REFUND");
+    assert_eq!(open["supplierId"], supplier_id.as_str());
+    let frozen = platform.escrow_account(&id)["account"].clone();
+    assert_eq!(
+        frozen["activeFreezes"][0]["claimId"],
+        claim_id.as_str(),
+        "{frozen:#}"
+    );
+    assert_eq!(int(&frozen["held"]["amountMinor"]), 310_000);
+    let contract = platform.get_contract(&id);
+    assert_eq!(contract["status"], "CONTRACT_STATUS_IN_DISPUTE");
+    assert_eq!(contract["openClaimId"], claim_id.as_str());
+    let no_accept = platform
+        .contract_call(
+            "AcceptGoods",
+            &buyer,
+            &json!({ "idempotency_key": "accept", "contract_id": id }),
+        )
+        .expect_err("the claim is open");
+    assert_eq!(no_accept.code, "FailedPrecondition", "{no_accept:#?}");
+
+    // Photos and a video of the arrival; the supplier offers a part; the
+    // buyer rejects it, pointing at the photo.
+    let photo = b"crushed carton photo".repeat(2_000);
+    let video = b"unloading video frame".repeat(20_000);
+    let photo_id = upload_evidence(
+        &dispute,
+        &buyer,
+        &evidence("photo", &claim_id, pb::EvidenceKind::Photo, &photo),
+    )
+    .expect("uploads")
+    .evidence_id;
+    upload_evidence(
+        &dispute,
+        &buyer,
+        &evidence("video", &claim_id, pb::EvidenceKind::Video, &video),
+    )
+    .expect("uploads");
+    assert_eq!(
+        get_claim(&dispute, &supplier, &claim_id)["evidenceCount"],
+        2
+    );
+    let offer = dcall_ok(
+        &dispute,
+        "MakeOffer",
+        &supplier,
+        &json!({ "idempotency_key": "offer", "claim_id": claim_id, "kind": "OFFER_KIND_PARTIAL_REFUND",
+                 "refund_amount": usd(50_000), "message": "the carrier broke a few cartons" }),
+    );
+    dcall_ok(
+        &dispute,
+        "RejectOffer",
+        &buyer,
+        &json!({ "idempotency_key": "reject", "claim_id": claim_id, "offer_id": offer["offer"]["offerId"],
+                 "reason": "31 of 40 cartons, not a few", "counter_evidence_ids": [photo_id] }),
+    );
+
+    // No agreement: the buyer escalates; the arbiter looks at the photo and
+    // decides a full refund against the supplier.
+    let escalated = escalate_when_allowed(&dispute, &buyer, &claim_id);
+    assert_eq!(escalated["claim"]["status"], "CLAIM_STATUS_ESCALATED");
+    let (seen, bytes) =
+        download_evidence(&dispute, &platform.operator, &photo_id).expect("downloads");
+    assert_eq!(bytes, photo);
+    assert_eq!(
+        seen.metadata.expect("metadata").sha256_hex,
+        hex(&sha256(&photo))
+    );
+    dcall_ok(
+        &dispute,
+        "DecideClaim",
+        &platform.operator,
+        &json!({ "idempotency_key": "decide", "claim_id": claim_id, "outcome": "CLAIM_OUTCOME_FULL_REFUND",
+                 "reason": "the photos show most of the lot broken on arrival; the goods go back at the supplier's cost" }),
+    );
+    let decided = wait_claim_effects(&dispute, &buyer, &claim_id);
+    assert_eq!(decided["status"], "CLAIM_STATUS_DECIDED");
+    assert_eq!(
+        decided["resolution"]["outcome"],
+        "CLAIM_OUTCOME_FULL_REFUND"
+    );
+    assert_eq!(
+        int(&decided["resolution"]["refundAmount"]["amountMinor"]),
+        310_000
+    );
+    assert_eq!(decided["resolution"]["penaltyPoints"], 12, "{decided:#}");
+
+    // The money is back with the buyer, the cover free, the supplier penalised.
+    platform.wait_status(&id, "CONTRACT_STATUS_REFUNDED");
+    platform.wait_account_status(&id, "ESCROW_ACCOUNT_STATUS_CLOSED");
+    assert_eq!(
+        platform.balances(&account),
+        Balances {
+            buyer_refund_payable: 310_000,
+            gateway_clearing: -310_000,
+            ..Balances::default()
+        }
+    );
+    platform.wait_cover(&supplier_id, (0, 1_000_000));
+    let standing = platform.standing(&supplier_id);
+    assert_eq!(
+        (
+            standing.status.as_str(),
+            standing.penalty_points,
+            standing.ta_limit,
+            standing.badge
+        ),
+        ("SUPPLIER_STATUS_ACTIVE", 12, 1_000_000, true),
+        "{standing:?}"
+    );
+    let no_review =
+        review(&platform, &buyer, &supplier_id, &id, 1).expect_err("refunded, not completed");
+    assert_eq!(no_review.code, "NotFound", "{no_review:#?}");
+    assert_eq!(
+        claim_timeline(&dispute, &buyer, &claim_id),
+        [
+            "claim.filed",
+            "claim.opened",
+            "evidence.added",
+            "evidence.added",
+            "offer.made",
+            "offer.rejected",
+            "claim.escalated",
+            "claim.decided",
+            "claim.effects_completed"
+        ]
+    );
+    let actions = platform.timeline_actions(&id);
+    assert!(
+        in_order(
+            &actions,
+            &[
+                "goods.received",
+                "claim.recorded",
+                "claim.opened",
+                "claim.refunded"
+            ]
+        ),
+        "{actions:?}"
+    );
+    assert_eq!(actions.last().map(String::as_str), Some("claim.refunded"));
+    platform.assert_ledger_reconciles();
+}
+
+// ---- What happens if the delivery is delayed? --------------------------------------
+
+fn wait_action(platform: &Platform, id: &str, action: &str) {
+    wait_until(PATIENCE, &format!("{id}: {action}"), || {
+        let actions = platform.timeline_actions(id);
+        if actions.iter().any(|a| a == action) {
+            Ok(())
+        } else {
+            Err(format!("{actions:?}"))
+        }
+    });
+}
+
+#[test]
+fn a_delayed_order_is_claimed_after_its_deadline_and_refunded_and_the_supplier_loses_standing() {
+    let platform = Platform::start(&[]);
+    let store = TempDir::new("evidence");
+    let dispute = platform.spawn_dispute(store.path(), &fast_dispute(&[]));
+    let owner = "supplier-delayed";
+    let (buyer, supplier) = party_tokens("buyer-delayed", owner);
+    let ops = platform.operator.clone();
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let with_deadlines = |shipment: Duration, delivery: Duration| {
+        let mut t = prepaid();
+        t["shipment_deadline"] = json!(at(shipment));
+        t["delivery_deadline"] = json!(at(delivery));
+        t
+    };
+    // Never shipped; shipped late; shipped but never arrives.
+    let unshipped = signed_contract(
+        &platform,
+        &buyer,
+        &supplier,
+        &supplier_id,
+        &with_deadlines(Duration::from_secs(6), days(30)),
+    );
+    let late = signed_contract(
+        &platform,
+        &buyer,
+        &supplier,
+        &supplier_id,
+        &with_deadlines(Duration::from_secs(6), days(30)),
+    );
+    let lost = signed_contract(
+        &platform,
+        &buyer,
+        &supplier,
+        &supplier_id,
+        &with_deadlines(Duration::from_secs(12), Duration::from_secs(16)),
+    );
+    let accounts: Vec<String> = [&unshipped, &late, &lost]
+        .iter()
+        .map(|id| platform.fund_by_card(&buyer, id))
+        .collect();
+    assert_eq!(platform.cover(&supplier_id), (930_000, 70_000));
+    let shipped = ship(&platform, &supplier, &lost).expect("ships on time");
+    assert_eq!(shipped["contract"]["shipments"][0]["late"], false);
+
+    // Before the deadline a lateness claim is refused by the contract.
+    let early = dcall_ok(
+        &dispute,
+        "FileClaim",
+        &buyer,
+        &json!({ "idempotency_key": "early", "contract_id": unshipped, "reason": "CLAIM_REASON_LATE_SHIPMENT",
+                 "amount_claimed": usd(310_000), "description": "not shipped yet" }),
+    );
+    let refused = wait_claim_status(
+        &dispute,
+        &buyer,
+        &claim_id_of(&early),
+        "CLAIM_STATUS_REFUSED",
+    );
+    assert!(
+        refused["refusalReason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("NOT_LATE: ")),
+        "{refused:#}"
+    );
+
+    // The deadline passes: one still unshipped, the other ships late.
+    wait_action(&platform, &unshipped, "deadline.shipment_passed");
+    wait_action(&platform, &late, "deadline.shipment_passed");
+    let shipped_late = ship(&platform, &supplier, &late).expect("ships, late");
+    assert_eq!(
+        shipped_late["contract"]["shipments"][0]["late"], true,
+        "{shipped_late:#}"
+    );
+    receive(&platform, &buyer, &late);
+
+    // Unshipped: the buyer claims everything; the supplier rejects; the
+    // arbiter refunds it all.
+    let unshipped_claim = open_claim(
+        &dispute,
+        &buyer,
+        "claim-unshipped",
+        &json!({ "contract_id": unshipped, "reason": "CLAIM_REASON_LATE_SHIPMENT",
+                 "amount_claimed": usd(310_000), "description": "nothing shipped by the deadline" }),
+    );
+    dcall_ok(
+        &dispute,
+        "RejectClaim",
+        &supplier,
+        &json!({ "idempotency_key": "reject", "claim_id": unshipped_claim,
+                 "reason": "the factory was closed for the holidays" }),
+    );
+    escalate_when_allowed(&dispute, &buyer, &unshipped_claim);
+    dcall_ok(
+        &dispute,
+        "DecideClaim",
+        &ops,
+        &json!({ "idempotency_key": "decide-unshipped", "claim_id": unshipped_claim,
+                 "outcome": "CLAIM_OUTCOME_FULL_REFUND", "reason": "not shipped by the agreed deadline" }),
+    );
+
+    // Shipped late and received: a tenth back for the delay, the rest released.
+    let late_claim = open_claim(
+        &dispute,
+        &buyer,
+        "claim-late",
+        &json!({ "contract_id": late, "reason": "CLAIM_REASON_LATE_SHIPMENT",
+                 "amount_claimed": usd(62_000), "description": "shipped after the deadline; we missed the season" }),
+    );
+    dcall_ok(
+        &dispute,
+        "EscalateClaim",
+        &ops,
+        &json!({ "idempotency_key": "escalate-late", "claim_id": late_claim, "reason": "lateness is on record" }),
+    );
+    dcall_ok(
+        &dispute,
+        "DecideClaim",
+        &ops,
+        &json!({ "idempotency_key": "decide-late", "claim_id": late_claim, "outcome": "CLAIM_OUTCOME_PARTIAL_REFUND",
+                 "refund_amount": usd(31_000), "reason": "shipped after the deadline: 10 % back" }),
+    );
+
+    // Shipped, never arrived: after the delivery deadline, a non-delivery claim.
+    let not_yet = dcall_ok(
+        &dispute,
+        "FileClaim",
+        &buyer,
+        &json!({ "idempotency_key": "lost-early", "contract_id": lost, "reason": "CLAIM_REASON_NON_DELIVERY",
+                 "amount_claimed": usd(310_000), "description": "not here" }),
+    );
+    let refused = wait_claim_status(
+        &dispute,
+        &buyer,
+        &claim_id_of(&not_yet),
+        "CLAIM_STATUS_REFUSED",
+    );
+    assert!(
+        refused["refusalReason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("DELIVERY_NOT_OVERDUE: ")),
+        "{refused:#}"
+    );
+    let mut attempt = 0;
+    let lost_claim = wait_until(PATIENCE, "the delivery deadline to pass", || {
+        attempt += 1;
+        let filed = dcall_ok(
+            &dispute,
+            "FileClaim",
+            &buyer,
+            &json!({ "idempotency_key": format!("lost-{attempt}"), "contract_id": lost,
+                     "reason": "CLAIM_REASON_NON_DELIVERY", "amount_claimed": usd(310_000),
+                     "description": "the container never arrived" }),
+        );
+        let id = claim_id_of(&filed);
+        let claim = wait_claim(&dispute, &buyer, &id, "opened or refused", |c| {
+            c["status"] != "CLAIM_STATUS_OPENING"
+        });
+        if claim["status"] == "CLAIM_STATUS_NEGOTIATING" {
+            Ok(id)
+        } else {
+            std::thread::sleep(Duration::from_millis(500));
+            Err(format!("{claim:#}"))
+        }
+    });
+    dcall_ok(
+        &dispute,
+        "EscalateClaim",
+        &ops,
+        &json!({ "idempotency_key": "escalate-lost", "claim_id": lost_claim, "reason": "carrier has no trace" }),
+    );
+    dcall_ok(
+        &dispute,
+        "DecideClaim",
+        &ops,
+        &json!({ "idempotency_key": "decide-lost", "claim_id": lost_claim, "outcome": "CLAIM_OUTCOME_FULL_REFUND",
+                 "reason": "not delivered by the delivery deadline" }),
+    );
+
+    // The money of each: refunded, split, refunded.
+    for claim in [&unshipped_claim, &late_claim, &lost_claim] {
+        wait_claim_effects(&dispute, &buyer, claim);
+    }
+    platform.wait_status(&unshipped, "CONTRACT_STATUS_REFUNDED");
+    platform.wait_status(&late, "CONTRACT_STATUS_COMPLETED");
+    platform.wait_status(&lost, "CONTRACT_STATUS_REFUNDED");
+    for id in [&unshipped, &late, &lost] {
+        platform.wait_account_status(id, "ESCROW_ACCOUNT_STATUS_CLOSED");
+    }
+    let refunded = Balances {
+        buyer_refund_payable: 310_000,
+        gateway_clearing: -310_000,
+        ..Balances::default()
+    };
+    assert_eq!(platform.balances(&accounts[0]), refunded);
+    assert_eq!(
+        platform.balances(&accounts[1]),
+        Balances {
+            buyer_refund_payable: 31_000,
+            supplier_payable: 279_000,
+            gateway_clearing: -310_000,
+            ..Balances::default()
+        }
+    );
+    assert_eq!(platform.balances(&accounts[2]), refunded);
+
+    // 12 + 6 + 12 points reach the restriction threshold: restricted, its
+    // limit lowered, no badge, no new Trade Assurance order.
+    platform.wait_cover(&supplier_id, (0, 500_000));
+    let standing = platform.standing(&supplier_id);
+    assert_eq!(
+        (
+            standing.status.as_str(),
+            standing.penalty_points,
+            standing.ta_limit,
+            standing.badge
+        ),
+        ("SUPPLIER_STATUS_RESTRICTED", 30, 500_000, false),
+        "{standing:?}"
+    );
+    let next = signed_contract(&platform, &buyer, &supplier, &supplier_id, &prepaid());
+    let refused = wait_refused(&platform, &next);
+    assert!(
+        refused["activationRefusal"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("NO_TRADE_ASSURANCE_BADGE: ")),
+        "{refused:#}"
+    );
+
+    let actions = platform.timeline_actions(&unshipped);
+    assert!(
+        in_order(
+            &actions,
+            &[
+                "payment.received",
+                "deadline.shipment_passed",
+                "claim.recorded",
+                "claim.opened",
+                "claim.refunded"
+            ]
+        ),
+        "{actions:?}"
+    );
+    let actions = platform.timeline_actions(&late);
+    assert!(
+        in_order(
+            &actions,
+            &[
+                "deadline.shipment_passed",
+                "goods.shipped",
+                "goods.received",
+                "claim.recorded",
+                "claim.opened",
+                "claim.settled"
+            ]
+        ),
+        "{actions:?}"
+    );
+    assert!(in_order(
+        &claim_timeline(&dispute, &buyer, &unshipped_claim),
+        &[
+            "claim.filed",
+            "claim.opened",
+            "claim.rejected_by_supplier",
+            "claim.escalated",
+            "claim.decided",
+            "claim.effects_completed"
+        ]
+    ));
+    platform.assert_ledger_reconciles();
+}
+
+// ---- How can I make sure my products meet quality standards? ----------------------
+
+/// Terms with two measurable criteria: wall thickness 4.0 ± 0.3 mm (QC-1)
+/// and lead release at most 0.5 mg/L (QC-2).
+fn two_criteria(mut terms: Value) -> Value {
+    terms["quality_criteria"]
+        .as_array_mut()
+        .expect("criteria")
+        .push(json!({
+            "criterion_id": "QC-2", "name": "Lead release", "sku": "MUG-350", "metric": "lead release",
+            "method": "ISO 6486-1, 4 % acetic acid, 24 h", "comparator": "COMPARATOR_AT_MOST",
+            "target_value": "0.5", "unit": "mg/L"
+        }));
+    terms
+}
+
+#[test]
+fn quality_below_the_contract_is_claimed_against_its_criteria_with_an_inspection_report_and_decided()
+ {
+    let platform = Platform::start(&[]);
+    let store = TempDir::new("evidence");
+    let dispute = platform.spawn_dispute(
+        store.path(),
+        &fast_dispute(&[("DISPUTE_AUTO_ESCALATION_DAYS", "4")]),
+    );
+    let owner = "supplier-quality";
+    let (buyer, supplier) = party_tokens("buyer-quality", owner);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let (id, account) = platform.deliver(&buyer, &supplier, &supplier_id, &two_criteria(prepaid()));
+    let signed = platform.contract_ok("GetContract", &buyer, &json!({ "contract_id": id }));
+    let criteria: Vec<&str> = signed["version"]["terms"]["qualityCriteria"]
+        .as_array()
+        .expect("criteria")
+        .iter()
+        .map(|c| c["criterionId"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(criteria, ["QC-1", "QC-2"]);
+
+    // A quality claim names the criteria it is about.
+    let vague = dcall(
+        &dispute,
+        "FileClaim",
+        &buyer,
+        &json!({ "idempotency_key": "vague", "contract_id": id, "reason": "CLAIM_REASON_QUALITY_MISMATCH",
+                 "amount_claimed": usd(155_000), "description": "bad quality" }),
+    )
+    .expect_err("no criterion named");
+    assert_eq!(vague.code, "InvalidArgument", "{vague:#?}");
+    assert!(vague.stderr.contains("quality_criterion_ids"), "{vague:#?}");
+
+    // The buyer's lab measured the walls at 3.2 mm: QC-1 fails.
+    let claim_id = open_claim(
+        &dispute,
+        &buyer,
+        "claim",
+        &json!({ "contract_id": id, "reason": "CLAIM_REASON_QUALITY_MISMATCH", "quality_criterion_ids": ["QC-1"],
+                 "amount_claimed": usd(155_000),
+                 "description": "QC-1: walls measure 3.2 mm on average against 4.0 ± 0.3 mm; the mugs crack in the dishwasher" }),
+    );
+    let lab_report =
+        b"%PDF-1.7 independent lab report: QC-1 wall thickness 3.2 mm (n=125), FAIL".repeat(50);
+    let lab = upload_evidence(
+        &dispute,
+        &buyer,
+        &EvidenceFile {
+            quality_criterion_ids: &["QC-1"],
+            ..evidence(
+                "lab-report",
+                &claim_id,
+                pb::EvidenceKind::InspectionReport,
+                &lab_report,
+            )
+        },
+    )
+    .expect("the lab report uploads");
+    // The supplier answers with its own final inspection and rejects the claim.
+    let own_report = b"%PDF-1.7 factory QC: QC-1 wall thickness 3.9 mm (n=5), PASS".repeat(50);
+    let own = upload_evidence(
+        &dispute,
+        &supplier,
+        &EvidenceFile {
+            quality_criterion_ids: &["QC-1"],
+            ..evidence(
+                "factory-report",
+                &claim_id,
+                pb::EvidenceKind::InspectionReport,
+                &own_report,
+            )
+        },
+    )
+    .expect("the factory report uploads");
+    dcall_ok(
+        &dispute,
+        "RejectClaim",
+        &supplier,
+        &json!({ "idempotency_key": "reject", "claim_id": claim_id, "reason": "our final QC passed QC-1",
+                 "counter_evidence_ids": [own.evidence_id] }),
+    );
+
+    // Nobody escalates: the claim escalates by itself and waits for an arbiter.
+    let escalated = wait_claim_status(&dispute, &buyer, &claim_id, "CLAIM_STATUS_ESCALATED");
+    assert_eq!(
+        escalated["escalatedBy"]["role"], "ROLE_SERVICE",
+        "{escalated:#}"
+    );
+    assert_eq!(escalated["qualityCriterionIds"], json!(["QC-1"]));
+    assert_eq!(
+        escalated["supplierCounterEvidenceIds"],
+        json!([own.evidence_id])
+    );
+    let listed = dcall_ok(
+        &dispute,
+        "ListEvidence",
+        &platform.operator,
+        &json!({ "claim_id": claim_id }),
+    );
+    let listed: Vec<(String, Value)> = listed["evidence"]
+        .as_array()
+        .expect("evidence")
+        .iter()
+        .map(|e| {
+            (
+                e["metadata"]["kind"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                e["metadata"]["qualityCriterionIds"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (
+                "EVIDENCE_KIND_INSPECTION_REPORT".to_owned(),
+                json!(["QC-1"])
+            ),
+            (
+                "EVIDENCE_KIND_INSPECTION_REPORT".to_owned(),
+                json!(["QC-1"])
+            )
+        ]
+    );
+    for (evidence_id, bytes) in [
+        (&lab.evidence_id, &lab_report),
+        (&own.evidence_id, &own_report),
+    ] {
+        let (_, downloaded) =
+            download_evidence(&dispute, &platform.operator, evidence_id).expect("downloads");
+        assert_eq!(&downloaded, bytes);
+    }
+
+    // The arbiter weighs 125 samples against 5: half back, the rest released.
+    dcall_ok(
+        &dispute,
+        "DecideClaim",
+        &platform.operator,
+        &json!({ "idempotency_key": "decide", "claim_id": claim_id, "outcome": "CLAIM_OUTCOME_PARTIAL_REFUND",
+                 "refund_amount": usd(155_000),
+                 "reason": "QC-1 fails on the lab's 125 samples; the factory checked 5" }),
+    );
+    let decided = wait_claim_effects(&dispute, &buyer, &claim_id);
+    assert_eq!(decided["resolution"]["penaltyPoints"], 6, "{decided:#}");
+    assert!(
+        decided["resolution"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("QC-1"))
+    );
+    let completed = platform.wait_status(&id, "CONTRACT_STATUS_COMPLETED");
+    assert_eq!(completed["acceptance"], "ACCEPTANCE_KIND_CLAIM_OUTCOME");
+    platform.wait_account_status(&id, "ESCROW_ACCOUNT_STATUS_CLOSED");
+    assert_eq!(
+        platform.balances(&account),
+        Balances {
+            buyer_refund_payable: 155_000,
+            supplier_payable: 155_000,
+            gateway_clearing: -310_000,
+            ..Balances::default()
+        }
+    );
+    platform.wait_cover(&supplier_id, (0, 1_000_000));
+    let standing = platform.standing(&supplier_id);
+    assert_eq!(
+        (
+            standing.status.as_str(),
+            standing.penalty_points,
+            standing.ta_limit
+        ),
+        ("SUPPLIER_STATUS_ACTIVE", 6, 1_000_000),
+        "{standing:?}"
+    );
+    wait_until(
+        PATIENCE,
+        "the buyer's review of the completed order",
+        || review(&platform, &buyer, &supplier_id, &id, 2).map_err(|e| format!("{e:#?}")),
+    );
+    assert_eq!(
+        claim_timeline(&dispute, &supplier, &claim_id),
+        [
+            "claim.filed",
+            "claim.opened",
+            "evidence.added",
+            "evidence.added",
+            "claim.rejected_by_supplier",
+            "claim.escalated",
+            "claim.decided",
+            "claim.effects_completed"
+        ]
+    );
+    platform.assert_ledger_reconciles();
+}
+
+#[test]
+fn a_quality_claim_names_criteria_the_contract_has() {
+    let platform = Platform::start(&[]);
+    let store = TempDir::new("evidence");
+    let dispute = platform.spawn_dispute(store.path(), &fast_dispute(&[]));
+    let owner = "supplier-criteria";
+    let (buyer, supplier) = party_tokens("buyer-criteria", owner);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let (id, _) = platform.deliver(&buyer, &supplier, &supplier_id, &prepaid());
+    let unknown = dcall(
+        &dispute,
+        "FileClaim",
+        &buyer,
+        &json!({ "idempotency_key": "unknown", "contract_id": id, "reason": "CLAIM_REASON_QUALITY_MISMATCH",
+                 "quality_criterion_ids": ["QC-9"], "amount_claimed": usd(10_000),
+                 "description": "QC-9 is not in this contract" }),
+    );
+    let refused = unknown.expect_err("QC-9 is not one of the contract's criteria (it has QC-1)");
+    assert_eq!(refused.code, "InvalidArgument", "{refused:#?}");
+    assert!(
+        refused.message.contains("QC-9") || refused.stderr.contains("QC-9"),
+        "{refused:#?}"
+    );
 }
