@@ -29,7 +29,7 @@ AUTH_JWT_HS256_SECRET ?= dev-only-secret-change-me
 
 run token: export AUTH_JWT_HS256_SECRET := $(AUTH_JWT_HS256_SECRET)
 
-.PHONY: help tools pg pg-stop build run token test lint fmt clean-data
+.PHONY: help tools pg pg-stop build run demo token test lint fmt clean-data
 .PHONY: deploy-tools render deploy-check
 
 help: ## List the targets (default)
@@ -38,6 +38,7 @@ help: ## List the targets (default)
 	echo
 	echo "Variables: CARGO_TARGET_DIR=$(CARGO_TARGET_DIR) BUF_VERSION=$(BUF_VERSION)"
 	echo "           NEXTEST_ARGS, ROLE, SUBJECT, TTL, DATABASE_URL, TA_PG_PORT (dev Postgres, default 54329)"
+	echo "           TERM_DAY (make run: how long a day of contract and dispute terms lasts, default 10s; 1d for real days)"
 
 tools: ## Install missing dev tools: grpcurl 1.8.6 in .venv, cargo-nextest
 	@scripts/install-tools.sh
@@ -51,10 +52,13 @@ pg-stop: ## Stop the project-local Postgres
 build: ## Build the workspace (libraries and binaries)
 	cargo build --workspace
 
-run: tools ## Build and run the four services on 127.0.0.1:50051-50054 (Ctrl-C stops them)
+run: tools ## Build and run the four services on 127.0.0.1:50051-50054 (Ctrl-C stops them); TERM_DAY=10s by default
 	@export DATABASE_URL="$$(scripts/dev-postgres.sh)"
 	cargo build --workspace --bins
 	exec scripts/run-platform.sh
+
+demo: ## Against a running `make run`: one order told as a story through grpcurl (about 3 minutes)
+	@exec scripts/demo.sh
 
 token: ## Print a dev JWT: make token ROLE=operator SUBJECT=ops-1 [TTL=1h] [AUDIENCE=escrow]
 	@if [[ -z "$(ROLE)" || -z "$(SUBJECT)" ]]; then

@@ -19,6 +19,12 @@
 #       every service, for the ones that call others.
 #   AUTH_JWT_HS256_SECRET     default dev-only-secret-change-me
 #   ESCROW_WEBHOOK_SECRET     default dev-only-webhook-secret-change-me-0123 (gateway webhooks)
+#   TERM_DAY                  default 10s: how long one day of contract and dispute
+#                             terms lasts (payment due days, the inspection period,
+#                             the claim window, negotiation). Compressed locally so
+#                             timers are seen firing and `make demo` can play a late
+#                             shipment; TERM_DAY=1d runs on real days.
+#                             CONTRACT_TERM_DAY / DISPUTE_TERM_DAY override it.
 #   AUTH_JWT_ISSUER           passed through when set (AUTH_JWT_AUDIENCE is not:
 #                             each service's audience is its own name)
 #   BIN_DIR                   default $CARGO_TARGET_DIR/debug
@@ -41,10 +47,16 @@ export AUTH_JWT_HS256_SECRET="${AUTH_JWT_HS256_SECRET:-dev-only-secret-change-me
 export ESCROW_WEBHOOK_SECRET="${ESCROW_WEBHOOK_SECRET:-dev-only-webhook-secret-change-me-0123}"
 # One audience for all four would let a token meant for one service work on all.
 unset AUTH_JWT_AUDIENCE
+TERM_DAY="${TERM_DAY:-10s}"
+export CONTRACT_TERM_DAY="${CONTRACT_TERM_DAY:-$TERM_DAY}"
+export DISPUTE_TERM_DAY="${DISPUTE_TERM_DAY:-$TERM_DAY}"
 
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/trade-assurance/target}"
 BIN_DIR="${BIN_DIR:-$CARGO_TARGET_DIR/debug}"
 LOG_DIR="${TA_LOG_DIR:-$REPO_ROOT/.data/logs}"
+# What a running platform tells the tools beside it (scripts/demo.sh): where the
+# services listen and how long a term day lasts. Removed when it stops.
+STATE_FILE="$REPO_ROOT/.data/platform.env"
 READY_TIMEOUT="${READY_TIMEOUT:-120}"
 SHUTDOWN_TIMEOUT="${SHUTDOWN_TIMEOUT:-20}"
 
@@ -150,7 +162,7 @@ on_signal() {
   exit 0
 }
 trap on_signal INT TERM
-trap 'stop_all' EXIT
+trap 'stop_all; rm -f -- "$STATE_FILE"' EXIT
 
 # --- start -----------------------------------------------------------------------
 
@@ -188,6 +200,17 @@ for i in "${!NAMES[@]}"; do
   log "${NAMES[$i]} SERVING on ${ADDRS[$i]}"
 done
 
+mkdir -p "$(dirname "$STATE_FILE")"
+cat >"$STATE_FILE" <<STATE
+# Written by scripts/run-platform.sh (pid $$) while the platform runs.
+SUPPLIER_REGISTRY_ADDR=$SUPPLIER_REGISTRY_ADDR
+CONTRACT_ADDR=$CONTRACT_ADDR
+ESCROW_ADDR=$ESCROW_ADDR
+DISPUTE_ADDR=$DISPUTE_ADDR
+CONTRACT_TERM_DAY=$CONTRACT_TERM_DAY
+DISPUTE_TERM_DAY=$DISPUTE_TERM_DAY
+STATE
+
 # --- how to call ---------------------------------------------------------------------
 
 rel_log_dir="${LOG_DIR#"$REPO_ROOT"/}"
@@ -203,6 +226,7 @@ Trade Assurance platform is running (Ctrl-C stops it):
   escrow             $ESCROW_ADDR
   dispute            $DISPUTE_ADDR
   database           $DATABASE_URL
+  term day           contract $CONTRACT_TERM_DAY, dispute $DISPUTE_TERM_DAY (one day of the terms; TERM_DAY=1d for real days)
   logs               $rel_log_dir/<service>.log  (tail -f $rel_log_dir/*.log)
 
 In another terminal, from $REPO_ROOT:

@@ -646,7 +646,8 @@ pub async fn record_claim_opened(
                 pb::ContractEventType::ClaimOpened,
                 "claim.recorded",
                 format!(
-                    "claim {claim_id} ({reason:?}) recorded: timers paused, money stays held; awaiting dispute's confirmation"
+                    "claim {claim_id} ({}) recorded: timers paused, money stays held; awaiting dispute's confirmation",
+                    reason.label()
                 ),
             ),
             now,

@@ -156,6 +156,20 @@ pub enum ClaimReason {
     Other,
 }
 
+impl ClaimReason {
+    /// As a timeline reads it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::LateShipment => "late shipment",
+            Self::NotReceived => "not received",
+            Self::QualityMismatch => "quality below the contract",
+            Self::Damaged => "damaged",
+            Self::ShortQuantity => "short quantity",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// What the contract knows when dispute asks to open a claim.
 #[derive(Clone, Debug)]
 pub struct ClaimFacts<'a> {
