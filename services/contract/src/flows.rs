@@ -521,8 +521,9 @@ impl Flows {
     ) -> Result<(), ServiceError> {
         let request = supplier_pb::ReserveCoverRequest {
             idempotency_key: format!(
-                "contract:{}:reserve-cover:v{}",
-                contract.contract_id, contract.negotiation.signed_version
+                "contract:{}:reserve-cover:{}",
+                contract.contract_id,
+                activation(contract)
             ),
             supplier_id: contract.supplier_id.to_string(),
             contract_id: contract.contract_id.to_string(),
@@ -541,7 +542,11 @@ impl Flows {
     ) -> Result<(), ServiceError> {
         let currency = contract.total.currency;
         let request = escrow_pb::OpenEscrowAccountRequest {
-            idempotency_key: format!("contract:{}:open-escrow", contract.contract_id),
+            idempotency_key: format!(
+                "contract:{}:open-escrow:{}",
+                contract.contract_id,
+                activation(contract)
+            ),
             contract_id: contract.contract_id.to_string(),
             buyer_principal_id: contract.buyer_principal_id.clone(),
             supplier_id: contract.supplier_id.to_string(),
@@ -718,6 +723,17 @@ impl Flows {
         self.call_escrow(tx, "CloseEscrowAccount", &request, completion::NOTHING)
             .await
     }
+}
+
+/// Names one activation in its calls' keys: the version both signed and when.
+/// A refused activation voids the signatures, so signing again is a new
+/// activation whose calls must not be taken for replays of the refused one.
+fn activation(contract: &ContractRecord) -> String {
+    let signed_at = contract
+        .progress
+        .signed_at
+        .map_or(0, |t| t.unix_timestamp_nanos() / 1_000);
+    format!("v{}-{signed_at}", contract.negotiation.signed_version)
 }
 
 #[cfg(test)]

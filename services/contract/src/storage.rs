@@ -371,7 +371,7 @@ pub async fn save_contract(
          signed_at = $14, claim_pending = $15, claim_reason = $16, received_at = $17, \
          accepted_at = $18, acceptance = $19, acceptance_due_at = $20, shipment_deadline = $21, \
          agreed_shipment_deadline = $22, shipment_overdue = $23, paused_at = $24, \
-         inspection_agency = $25 \
+         inspection_agency = $25, protection = $26 \
          WHERE contract_id = $1",
     )
     .bind(contract.contract_id)
@@ -399,6 +399,7 @@ pub async fn save_contract(
     .bind(contract.progress.shipment_overdue)
     .bind(contract.progress.paused_at)
     .bind(&contract.progress.inspection_agency)
+    .bind(protection_name(n.protection))
     .execute(&mut *tx)
     .await?;
     if n.signed_version == 0 && n.signatures.is_empty() {
