@@ -484,19 +484,8 @@ impl Platform {
         reference: &str,
         amount_minor: Option<i64>,
     ) -> Result<Value, RpcError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs();
-        let mut data = json!({ "reference": reference });
-        if let Some(amount) = amount_minor {
-            data["amount_minor"] = json!(amount);
-            data["currency_code"] = json!("USD");
-        }
-        let payload =
-            json!({ "id": event_id, "type": kind, "created": now, "data": data }).to_string();
-        let signature = sign_webhook(TEST_WEBHOOK_SECRET.as_bytes(), now, payload.as_bytes());
-        self.signed_webhook(event_id, payload.as_bytes(), &signature)
+        let (payload, signature) = gateway_event(event_id, kind, reference, amount_minor);
+        self.signed_webhook(event_id, &payload, &signature)
     }
 
     /// Delivers `payload` with the given signature header as it stands.
@@ -513,6 +502,29 @@ impl Platform {
             &json!({ "idempotency_key": event_id, "payload": base64(payload), "signature": signature }),
         )
     }
+}
+
+/// A gateway event as the gateway sends it now: its payload and signature header.
+pub fn gateway_event(
+    event_id: &str,
+    kind: &str,
+    reference: &str,
+    amount_minor: Option<i64>,
+) -> (Vec<u8>, String) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let mut data = json!({ "reference": reference });
+    if let Some(amount) = amount_minor {
+        data["amount_minor"] = json!(amount);
+        data["currency_code"] = json!("USD");
+    }
+    let payload = json!({ "id": event_id, "type": kind, "created": now, "data": data })
+        .to_string()
+        .into_bytes();
+    let signature = sign_webhook(TEST_WEBHOOK_SECRET.as_bytes(), now, &payload);
+    (payload, signature)
 }
 
 /// The gateway's signature header for `payload` at `timestamp`.

@@ -1645,3 +1645,708 @@ fn a_quality_claim_names_criteria_the_contract_has() {
         "{refused:#?}"
     );
 }
+
+// ---- Other payment options: Pay Later ---------------------------------------------
+
+const PARTNER: &str = "partner-ant-credit";
+
+fn pay_later_terms() -> Value {
+    let mut t = terms("PROTECTION_TRADE_ASSURANCE");
+    t["payment_terms"] = json!({
+        "scheme": "PAYMENT_SCHEME_PAY_LATER",
+        "milestones": [{ "milestone_id": "full", "share_basis_points": 10000,
+                         "trigger": "PAYMENT_TRIGGER_AFTER_SIGNING", "due_days": 5 }],
+        "pay_later": { "financing_partner_id": PARTNER, "repayment_months": 6 }
+    });
+    t
+}
+
+fn fund(
+    platform: &Platform,
+    buyer: &str,
+    account: &str,
+    key: &str,
+    method: Value,
+) -> Result<Value, RpcError> {
+    let mut body = json!({ "idempotency_key": key, "escrow_account_id": account, "milestone_id": "full",
+                           "amount": usd(310_000) });
+    for (k, v) in method.as_object().expect("a method") {
+        body[k] = v.clone();
+    }
+    platform
+        .escrow
+        .call(&escrow_method("FundEscrow"), Some(buyer), &body)
+}
+
+fn apply_for_pay_later(platform: &Platform, buyer: &str, account: &str, key: &str) -> Value {
+    let applied = fund(
+        platform,
+        buyer,
+        account,
+        key,
+        json!({ "pay_later": { "financing_partner_id": PARTNER, "repayment_months": 6 } }),
+    )
+    .expect("the application is sent");
+    let attempt = applied["fundingAttempt"].clone();
+    assert_eq!(attempt["status"], "FUNDING_STATUS_PENDING", "{applied:#}");
+    assert_eq!(attempt["method"], "FUNDING_METHOD_PAY_LATER");
+    assert_eq!(attempt["financingPartnerId"], PARTNER);
+    assert!(
+        attempt["loanReference"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{attempt:#}"
+    );
+    attempt
+}
+
+fn webhook_ok(
+    platform: &Platform,
+    event_id: &str,
+    kind: &str,
+    reference: &str,
+    amount: Option<i64>,
+) -> Value {
+    platform
+        .gateway_webhook(event_id, kind, reference, amount)
+        .unwrap_or_else(|e| panic!("{kind} {event_id}: {e:#?}"))
+}
+
+#[test]
+fn pay_later_is_funded_by_the_partner_s_webhook_and_refunds_go_back_to_the_loan_first() {
+    let platform = Platform::start(&[]);
+    let store = TempDir::new("evidence");
+    let dispute = platform.spawn_dispute(store.path(), &fast_dispute(&[]));
+    let owner = "supplier-pay-later";
+    let (buyer, supplier) = party_tokens("buyer-pay-later", owner);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let id = signed_contract(
+        &platform,
+        &buyer,
+        &supplier,
+        &supplier_id,
+        &pay_later_terms(),
+    );
+    let account = platform.account_id_of(&id);
+    let opened = platform.escrow_account(&id)["account"].clone();
+    assert_eq!(opened["paymentScheme"], "ESCROW_PAYMENT_SCHEME_PAY_LATER");
+    assert_eq!(opened["financingPartnerId"], PARTNER);
+
+    // Only the agreed partner funds this account.
+    let card = fund(
+        &platform,
+        &buyer,
+        &account,
+        "card",
+        json!({ "card": { "card_token": "tok_visa" } }),
+    )
+    .expect_err("Pay Later only");
+    assert_eq!(card.code, "FailedPrecondition", "{card:#?}");
+    let other = fund(
+        &platform,
+        &buyer,
+        &account,
+        "other-partner",
+        json!({ "pay_later": { "financing_partner_id": "partner-other", "repayment_months": 6 } }),
+    )
+    .expect_err("not the agreed partner");
+    assert_eq!(other.code, "InvalidArgument", "{other:#?}");
+
+    // The application is pending, its amount held, until the partner disburses.
+    let attempt = apply_for_pay_later(&platform, &buyer, &account, "apply");
+    let reference = attempt["gatewayReference"]
+        .as_str()
+        .expect("reference")
+        .to_owned();
+    assert_eq!(
+        platform.balances(&account),
+        Balances {
+            pending_held: 310_000,
+            ..Balances::default()
+        }
+    );
+    assert_eq!(
+        platform.get_contract(&id)["status"],
+        "CONTRACT_STATUS_AWAITING_PAYMENT"
+    );
+
+    // A forged disbursement is refused and changes nothing.
+    let payload = json!({ "id": "evt_forged", "type": "pay_later.disbursed", "created": 0,
+                          "data": { "reference": reference } })
+    .to_string();
+    let forged = platform
+        .signed_webhook(
+            "evt_forged",
+            payload.as_bytes(),
+            &sign_webhook(
+                b"not-the-gateway-secret-not-the-gateway",
+                0,
+                payload.as_bytes(),
+            ),
+        )
+        .expect_err("badly signed");
+    assert_eq!(forged.code, "Unauthenticated", "{forged:#?}");
+    assert_eq!(
+        platform.get_contract(&id)["status"],
+        "CONTRACT_STATUS_AWAITING_PAYMENT"
+    );
+
+    // The partner's webhook funds escrow, once.
+    let (payload, signature) = gateway_event(
+        "evt_disbursed",
+        "pay_later.disbursed",
+        &reference,
+        Some(310_000),
+    );
+    let applied = platform
+        .signed_webhook("evt_disbursed", &payload, &signature)
+        .expect("applied");
+    assert_eq!(applied["outcome"], "WEBHOOK_OUTCOME_APPLIED", "{applied:#}");
+    assert_eq!(
+        applied["fundingAttempt"]["status"],
+        "FUNDING_STATUS_SUCCEEDED"
+    );
+    // The same delivery again answers the same and moves nothing.
+    let replayed = platform
+        .signed_webhook("evt_disbursed", &payload, &signature)
+        .expect("replayed");
+    assert_eq!(replayed, applied);
+    platform.wait_status(&id, "CONTRACT_STATUS_FUNDED");
+    assert_eq!(
+        platform.balances(&account),
+        Balances {
+            escrow_held: 310_000,
+            financing_partner: -310_000,
+            ..Balances::default()
+        },
+        "the partner's money, not the buyer's, is in escrow"
+    );
+
+    // A short delivery, settled: the refund reduces the loan, the rest goes to
+    // the supplier.
+    ship(&platform, &supplier, &id).expect("ships");
+    receive(&platform, &buyer, &id);
+    let claim_id = open_claim(
+        &dispute,
+        &buyer,
+        "claim",
+        &json!({ "contract_id": id, "reason": "CLAIM_REASON_SHORT_QUANTITY", "amount_claimed": usd(62_000),
+                 "description": "2 of 10 cartons missing" }),
+    );
+    let offer = dcall_ok(
+        &dispute,
+        "MakeOffer",
+        &supplier,
+        &json!({ "idempotency_key": "offer", "claim_id": claim_id, "kind": "OFFER_KIND_PARTIAL_REFUND",
+                 "refund_amount": usd(62_000), "message": "we refund the two cartons" }),
+    );
+    dcall_ok(
+        &dispute,
+        "AcceptOffer",
+        &buyer,
+        &json!({ "idempotency_key": "take", "claim_id": claim_id, "offer_id": offer["offer"]["offerId"] }),
+    );
+    wait_claim_effects(&dispute, &buyer, &claim_id);
+    platform.wait_status(&id, "CONTRACT_STATUS_COMPLETED");
+    platform.wait_account_status(&id, "ESCROW_ACCOUNT_STATUS_CLOSED");
+    assert_eq!(
+        platform.balances(&account),
+        Balances {
+            supplier_payable: 248_000,
+            financing_partner: -248_000,
+            ..Balances::default()
+        },
+        "the loan is 62,000 smaller; nothing is owed to the buyer directly"
+    );
+    let refunds: Vec<PostingLine> = platform
+        .postings(&account)
+        .into_iter()
+        .filter(|(kind, ..)| kind == "refund")
+        .collect();
+    assert_eq!(
+        refunds,
+        [(
+            "refund".to_owned(),
+            62_000,
+            "escrow_held".to_owned(),
+            "financing_partner".to_owned()
+        )]
+    );
+
+    // A second order: the partner rejects the first application (nothing
+    // held), approves the second; the supplier then cancels, and everything
+    // goes back to the loan.
+    let second = signed_contract(
+        &platform,
+        &buyer,
+        &supplier,
+        &supplier_id,
+        &pay_later_terms(),
+    );
+    let second_account = platform.account_id_of(&second);
+    let rejected = apply_for_pay_later(&platform, &buyer, &second_account, "apply-1");
+    let answer = webhook_ok(
+        &platform,
+        "evt_rejected",
+        "pay_later.rejected",
+        rejected["gatewayReference"].as_str().expect("reference"),
+        None,
+    );
+    assert_eq!(
+        answer["fundingAttempt"]["status"], "FUNDING_STATUS_FAILED",
+        "{answer:#}"
+    );
+    assert_eq!(platform.balances(&second_account), Balances::default());
+    assert_eq!(
+        platform.get_contract(&second)["status"],
+        "CONTRACT_STATUS_AWAITING_PAYMENT"
+    );
+    let approved = apply_for_pay_later(&platform, &buyer, &second_account, "apply-2");
+    webhook_ok(
+        &platform,
+        "evt_disbursed_2",
+        "pay_later.disbursed",
+        approved["gatewayReference"].as_str().expect("reference"),
+        Some(310_000),
+    );
+    platform.wait_status(&second, "CONTRACT_STATUS_FUNDED");
+    platform.contract_ok(
+        "CancelContract",
+        &supplier,
+        &json!({ "idempotency_key": "cancel", "contract_id": second, "reason": "the kiln broke down" }),
+    );
+    platform.wait_account_status(&second, "ESCROW_ACCOUNT_STATUS_CLOSED");
+    assert_eq!(
+        platform.balances(&second_account),
+        Balances::default(),
+        "the loan is repaid in full by the refund"
+    );
+    platform.wait_cover(&supplier_id, (0, 1_000_000));
+    let standing = platform.standing(&supplier_id);
+    assert_eq!(
+        (standing.penalty_points, standing.status.as_str()),
+        (0, "SUPPLIER_STATUS_ACTIVE")
+    );
+    let actions = platform.timeline_actions(&second);
+    assert!(
+        in_order(
+            &actions,
+            &[
+                "contract.activated",
+                "payment.received",
+                "contract.cancelled"
+            ]
+        ),
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| *a == "payment.received").count(),
+        1,
+        "{actions:?}"
+    );
+    platform.assert_ledger_reconciles();
+}
+
+// ---- A bank transfer confirmed late ------------------------------------------------
+
+fn bank_transfer(platform: &Platform, buyer: &str, account: &str, key: &str) -> Value {
+    let started = fund(
+        platform,
+        buyer,
+        account,
+        key,
+        json!({ "bank_transfer": { "payer_name": "Keramik Handel GmbH" } }),
+    )
+    .expect("the transfer is expected");
+    let attempt = started["fundingAttempt"].clone();
+    assert_eq!(attempt["status"], "FUNDING_STATUS_PENDING", "{started:#}");
+    let instructions = &attempt["bankTransferInstructions"];
+    assert!(
+        instructions["iban"].as_str().is_some_and(|i| !i.is_empty()),
+        "{attempt:#}"
+    );
+    assert!(
+        instructions["paymentReference"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{attempt:#}"
+    );
+    attempt
+}
+
+fn attempt_of(platform: &Platform, contract_id: &str, attempt_id: &Value) -> Value {
+    platform.escrow_account(contract_id)["fundingAttempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .find(|a| a["fundingAttemptId"] == *attempt_id)
+        .cloned()
+        .expect("the attempt")
+}
+
+fn late_credits(platform: &Platform) -> Vec<Value> {
+    platform.escrow.call_ok(
+        &escrow_method("ListUnmatchedGatewayItems"),
+        Some(&platform.operator),
+        &json!({}),
+    )["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// What `ListHeldAccounts` says escrow holds for the contract (0 when absent).
+fn listed_as_held(platform: &Platform, contract_id: &str) -> i64 {
+    let held = platform.escrow.call_ok(
+        &escrow_method("ListHeldAccounts"),
+        Some(&platform.operator),
+        &json!({ "page": { "page_size": 100 } }),
+    );
+    held["accounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["account"]["contractId"] == contract_id)
+        .map(|a| int(&a["account"]["held"]["amountMinor"]))
+        .sum()
+}
+
+#[test]
+fn a_bank_transfer_credited_after_it_expired_is_refunded_from_suspense_and_the_order_paid_again() {
+    let platform = Platform::start_with(&[("ESCROW_BANK_TRANSFER_EXPIRY", "3s")], &[]);
+    let owner = "supplier-bank";
+    let (buyer, supplier) = party_tokens("buyer-bank", owner);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &prepaid());
+    let account = platform.account_id_of(&id);
+
+    // Pending: the amount is held for it, nothing is in escrow yet.
+    let attempt = bank_transfer(&platform, &buyer, &account, "transfer-1");
+    let reference = attempt["gatewayReference"]
+        .as_str()
+        .expect("reference")
+        .to_owned();
+    assert_eq!(
+        platform.balances(&account),
+        Balances {
+            pending_held: 310_000,
+            ..Balances::default()
+        }
+    );
+    // The bank takes longer than the transfer may: it expires, its hold voided.
+    let expired = wait_until(PATIENCE, "the transfer to expire", || {
+        let a = attempt_of(&platform, &id, &attempt["fundingAttemptId"]);
+        if a["status"] == "FUNDING_STATUS_FAILED" {
+            Ok(a)
+        } else {
+            Err(format!("{a:#}"))
+        }
+    });
+    assert_eq!(expired["failureCode"], "expired", "{expired:#}");
+    assert_eq!(platform.balances(&account), Balances::default());
+    assert_eq!(
+        platform.get_contract(&id)["status"],
+        "CONTRACT_STATUS_AWAITING_PAYMENT"
+    );
+
+    // Then the money arrives: parked in suspense and sent back at once.
+    let credited = webhook_ok(
+        &platform,
+        "evt_late_credit",
+        "bank_transfer.credited",
+        &reference,
+        Some(310_000),
+    );
+    assert_eq!(
+        credited["fundingAttempt"]["status"], "FUNDING_STATUS_FAILED",
+        "{credited:#}"
+    );
+    let items = late_credits(&platform);
+    assert_eq!(items.len(), 1, "{items:#?}");
+    assert_eq!(items[0]["kind"], "LATE_CREDIT");
+    assert_eq!(int(&items[0]["amount"]["amountMinor"]), 310_000);
+    assert!(
+        items[0]["gatewayTransferId"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "the refund was sent: {items:#?}"
+    );
+    assert_eq!(
+        platform.balances(&account),
+        Balances::default(),
+        "nothing stays in suspense or escrow"
+    );
+    assert_eq!(
+        platform.postings(&account),
+        [
+            (
+                "suspense".to_owned(),
+                310_000,
+                "gateway_clearing".to_owned(),
+                "suspense".to_owned()
+            ),
+            (
+                "suspense".to_owned(),
+                310_000,
+                "suspense".to_owned(),
+                "gateway_clearing".to_owned()
+            ),
+        ]
+    );
+    // The same credit reported again under another event id is parked and
+    // sent back too: nothing is kept.
+    webhook_ok(
+        &platform,
+        "evt_late_credit_2",
+        "bank_transfer.credited",
+        &reference,
+        Some(310_000),
+    );
+    assert_eq!(late_credits(&platform).len(), 2);
+    assert_eq!(platform.balances(&account), Balances::default());
+
+    // Paid again, and this time the bank confirms in time.
+    let second = bank_transfer(&platform, &buyer, &account, "transfer-2");
+    let applied = webhook_ok(
+        &platform,
+        "evt_credit",
+        "bank_transfer.credited",
+        second["gatewayReference"].as_str().expect("reference"),
+        Some(310_000),
+    );
+    assert_eq!(applied["outcome"], "WEBHOOK_OUTCOME_APPLIED", "{applied:#}");
+    platform.wait_status(&id, "CONTRACT_STATUS_FUNDED");
+    assert_eq!(
+        platform.balances(&account),
+        Balances {
+            escrow_held: 310_000,
+            gateway_clearing: -310_000,
+            ..Balances::default()
+        }
+    );
+    assert_eq!(listed_as_held(&platform, &id), 310_000);
+    assert_eq!(platform.cover(&supplier_id), (310_000, 690_000));
+    let actions = platform.timeline_actions(&id);
+    assert_eq!(
+        actions.iter().filter(|a| *a == "payment.received").count(),
+        1,
+        "only the credit in time counts: {actions:?}"
+    );
+    platform.assert_ledger_reconciles();
+}
+
+#[test]
+fn a_bank_transfer_still_pending_when_payment_is_overdue_cancels_the_order_and_its_late_credit_goes_back()
+ {
+    // A term day lasts a second: the payment is due three seconds after signing.
+    let platform = Platform::start(&[("CONTRACT_TERM_DAY", "1s")]);
+    let owner = "supplier-overdue";
+    let (buyer, supplier) = party_tokens("buyer-overdue", owner);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let mut due_soon = prepaid();
+    due_soon["payment_terms"] = full_prepayment(3);
+    let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &due_soon);
+    let account = platform.account_id_of(&id);
+    let attempt = bank_transfer(&platform, &buyer, &account, "transfer");
+    let reference = attempt["gatewayReference"]
+        .as_str()
+        .expect("reference")
+        .to_owned();
+
+    // Due, unfunded: the contract is cancelled, the cover freed, the account
+    // closed and the pending transfer failed with it.
+    let cancelled = platform.wait_status(&id, "CONTRACT_STATUS_CANCELLED");
+    assert!(
+        cancelled["cancellationReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("passed unfunded")),
+        "{cancelled:#}"
+    );
+    platform.wait_account_status(&id, "ESCROW_ACCOUNT_STATUS_CLOSED");
+    let failed = attempt_of(&platform, &id, &attempt["fundingAttemptId"]);
+    assert_eq!(failed["status"], "FUNDING_STATUS_FAILED", "{failed:#}");
+    assert_eq!(failed["failureCode"], "account_closed", "{failed:#}");
+    platform.wait_cover(&supplier_id, (0, 1_000_000));
+
+    // The bank's credit comes after all: refunded from suspense, never held.
+    let credited = webhook_ok(
+        &platform,
+        "evt_after_cancel",
+        "bank_transfer.credited",
+        &reference,
+        Some(310_000),
+    );
+    assert_eq!(
+        credited["fundingAttempt"]["status"], "FUNDING_STATUS_FAILED",
+        "{credited:#}"
+    );
+    let items = late_credits(&platform);
+    assert_eq!(items.len(), 1, "{items:#?}");
+    assert_eq!(items[0]["kind"], "LATE_CREDIT");
+    assert_eq!(platform.balances(&account), Balances::default());
+    assert_eq!(listed_as_held(&platform, &id), 0);
+    let closed = platform.escrow_account(&id)["account"].clone();
+    assert_eq!(closed["status"], "ESCROW_ACCOUNT_STATUS_CLOSED");
+    assert_eq!(int(&closed["fundedTotal"]["amountMinor"]), 0, "{closed:#}");
+    let actions = platform.timeline_actions(&id);
+    assert_eq!(
+        actions.last().map(String::as_str),
+        Some("contract.cancelled"),
+        "{actions:?}"
+    );
+    assert!(
+        !actions.iter().any(|a| a == "payment.received"),
+        "{actions:?}"
+    );
+    platform.assert_ledger_reconciles();
+}
+
+#[test]
+fn a_bank_credit_arriving_while_the_overdue_cancellation_is_on_its_way_to_escrow_is_still_refunded()
+{
+    let mut platform = Platform::start(&[("CONTRACT_TERM_DAY", "1s")]);
+    let owner = "supplier-race";
+    let (buyer, supplier) = party_tokens("buyer-race", owner);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let mut due_soon = prepaid();
+    due_soon["payment_terms"] = full_prepayment(4);
+    let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &due_soon);
+    let account = platform.account_id_of(&id);
+
+    // The contract's calls to escrow take a while (its relay polls once a
+    // minute, as when escrow is briefly unreachable); it still follows
+    // escrow's feed.
+    platform.contract.kill();
+    platform.contract = platform.spawn_contract(&[("WORKFLOW_OUTBOX_POLL_INTERVAL", "60s")]);
+    let attempt = bank_transfer(&platform, &buyer, &account, "transfer");
+    platform.wait_status(&id, "CONTRACT_STATUS_CANCELLED");
+    assert_eq!(
+        platform.escrow_account(&id)["account"]["status"],
+        "ESCROW_ACCOUNT_STATUS_AWAITING_FUNDING",
+        "the cancellation has not reached escrow yet"
+    );
+
+    // The bank confirms now: escrow, not told yet, takes the money.
+    webhook_ok(
+        &platform,
+        "evt_credit",
+        "bank_transfer.credited",
+        attempt["gatewayReference"].as_str().expect("reference"),
+        Some(310_000),
+    );
+    platform.contract.kill();
+    platform.contract = platform.spawn_contract(&[]);
+    wait_quiet(&[&platform.contract, &platform.escrow], &platform.operator);
+
+    // The order is cancelled: whatever reached escrow for it goes back.
+    let settled = wait_until(
+        Duration::from_secs(20),
+        "the money of the cancelled order to go back and its account to close",
+        || {
+            let a = platform.escrow_account(&id)["account"].clone();
+            if a["status"] == "ESCROW_ACCOUNT_STATUS_CLOSED" {
+                Ok(a)
+            } else {
+                Err(format!("{a:#}"))
+            }
+        },
+    );
+    assert_eq!(
+        int(&settled["refundedTotal"]["amountMinor"]),
+        310_000,
+        "{settled:#}"
+    );
+    assert_eq!(
+        platform.balances(&account),
+        Balances {
+            buyer_refund_payable: 310_000,
+            gateway_clearing: -310_000,
+            ..Balances::default()
+        }
+    );
+    platform.wait_cover(&supplier_id, (0, 1_000_000));
+    platform.assert_ledger_reconciles();
+}
+
+#[test]
+fn a_short_bank_credit_leaves_the_rest_of_the_payment_due() {
+    let platform = Platform::start(&[]);
+    let owner = "supplier-short";
+    let (buyer, supplier) = party_tokens("buyer-short", owner);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &prepaid());
+    let account = platform.account_id_of(&id);
+    let attempt = bank_transfer(&platform, &buyer, &account, "transfer");
+    // The bank's fee is taken out of the transfer: 100.00 USD short.
+    webhook_ok(
+        &platform,
+        "evt_short",
+        "bank_transfer.credited",
+        attempt["gatewayReference"].as_str().expect("reference"),
+        Some(300_000),
+    );
+    let held = platform.wait_account_status(&id, "ESCROW_ACCOUNT_STATUS_PARTIALLY_FUNDED");
+    assert_eq!(int(&held["held"]["amountMinor"]), 300_000, "{held:#}");
+    wait_action(&platform, &id, "payment.received");
+    let contract = platform.get_contract(&id);
+    assert_ne!(
+        contract["status"], "CONTRACT_STATUS_FUNDED",
+        "escrow holds 3,000.00 of 3,100.00 USD: {contract:#}"
+    );
+    // The rest, by card, funds it.
+    platform.pay_by_card(&buyer, &account, "full", 10_000);
+    platform.wait_status(&id, "CONTRACT_STATUS_FUNDED");
+    assert_eq!(
+        platform.balances(&account),
+        Balances {
+            escrow_held: 310_000,
+            gateway_clearing: -310_000,
+            ..Balances::default()
+        }
+    );
+}
+
+#[test]
+fn a_gateway_event_redelivered_with_a_fresh_signature_is_answered_as_a_duplicate() {
+    let platform = Platform::start(&[]);
+    let owner = "supplier-redelivery";
+    let (buyer, supplier) = party_tokens("buyer-redelivery", owner);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &prepaid());
+    let account = platform.account_id_of(&id);
+    let attempt = bank_transfer(&platform, &buyer, &account, "transfer");
+    let reference = attempt["gatewayReference"]
+        .as_str()
+        .expect("reference")
+        .to_owned();
+    webhook_ok(
+        &platform,
+        "evt_credit",
+        "bank_transfer.credited",
+        &reference,
+        Some(310_000),
+    );
+    // A gateway signs every delivery anew (its timestamp is part of the
+    // signature): the retry of an event it thinks was lost differs in `t`.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let retried = platform
+        .gateway_webhook(
+            "evt_credit",
+            "bank_transfer.credited",
+            &reference,
+            Some(310_000),
+        )
+        .expect("the same event delivered twice applies once, and says so");
+    assert_eq!(
+        retried["outcome"], "WEBHOOK_OUTCOME_DUPLICATE",
+        "{retried:#}"
+    );
+    assert_eq!(
+        platform.balances(&account),
+        Balances {
+            escrow_held: 310_000,
+            gateway_clearing: -310_000,
+            ..Balances::default()
+        }
+    );
+}
