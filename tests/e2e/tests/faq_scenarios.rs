@@ -220,7 +220,8 @@ fn the_five_steps_verify_the_supplier_agree_the_specification_pay_into_escrow_sh
             &json!({ "idempotency_key": "sign-v1", "contract_id": id, "version": 1 }),
         )
         .expect_err("only the latest version is signed");
-    assert!(!stale.code.is_empty(), "{stale:#?}");
+    assert_eq!(stale.code, "FailedPrecondition", "{stale:#?}");
+    assert!(stale.message.contains("not the latest"), "{stale:#?}");
     for (who, key) in [(&supplier, "sign-supplier"), (&buyer, "sign-buyer")] {
         platform.contract_ok(
             "SignContract",
