@@ -2,7 +2,7 @@
 //! machinery's (outbox, feed, timers, credentials, peers), and its own:
 //! windows, penalty points, the evidence store and its limits.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use clap::Parser;
 use ta_runtime::config::{CommonConfig, DurationRange};
@@ -10,7 +10,6 @@ use ta_workflow::WorkflowConfig;
 
 use crate::{
     domain::claim::{Policy, Reason},
-    evidence::Limits,
     flows::Settings,
 };
 
@@ -83,31 +82,10 @@ pub struct Config {
     #[arg(long, env = "DISPUTE_PENALTY_POINTS_BY_REASON", value_name = "DISPUTE_PENALTY_POINTS_BY_REASON",
           default_value = "", value_parser = points_by_reason)]
     pub points_by_reason: [Option<(u32, u32)>; 6],
-    /// Directory of the evidence store (created when missing). Deployed: a
-    /// volume the replicas share.
-    #[arg(
-        long,
-        env = "DISPUTE_EVIDENCE_DIR",
-        value_name = "DISPUTE_EVIDENCE_DIR",
-        default_value = "/tmp/trade-assurance-evidence"
-    )]
-    pub evidence_dir: PathBuf,
-    /// Largest photo, in bytes.
-    #[arg(long, env = "DISPUTE_EVIDENCE_MAX_PHOTO_BYTES", value_name = "DISPUTE_EVIDENCE_MAX_PHOTO_BYTES",
-          default_value_t = 25 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1 << 34)))]
-    pub max_photo_bytes: u64,
-    /// Largest video, in bytes.
-    #[arg(long, env = "DISPUTE_EVIDENCE_MAX_VIDEO_BYTES", value_name = "DISPUTE_EVIDENCE_MAX_VIDEO_BYTES",
-          default_value_t = 500 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1 << 34)))]
-    pub max_video_bytes: u64,
-    /// Largest document or inspection report, in bytes.
-    #[arg(long, env = "DISPUTE_EVIDENCE_MAX_DOCUMENT_BYTES", value_name = "DISPUTE_EVIDENCE_MAX_DOCUMENT_BYTES",
-          default_value_t = 25 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1 << 34)))]
-    pub max_document_bytes: u64,
-    /// How long a cut-off resumable upload keeps what it received.
-    #[arg(long, env = "DISPUTE_UPLOAD_RESUME_WINDOW", value_name = "DISPUTE_UPLOAD_RESUME_WINDOW",
-          default_value = "1h", value_parser = DurationRange::new(Duration::from_secs(60), Duration::from_secs(7 * 86_400)))]
-    pub upload_resume_window: Duration,
+    /// The evidence store (shared with contract's inspection reports'
+    /// files): where it is and its limits.
+    #[command(flatten)]
+    pub store: ta_objects::StoreConfig,
     /// How long FileClaim's reads of the contract and its escrow account may take.
     #[arg(long, env = "DISPUTE_PEER_TIMEOUT", value_name = "DISPUTE_PEER_TIMEOUT",
           default_value = "5s", value_parser = DurationRange::new(Duration::from_millis(100), Duration::from_secs(60)))]
@@ -124,6 +102,7 @@ impl Config {
                     .into(),
             );
         }
+        self.store.check()?;
         self.workflow.check()
     }
 
@@ -138,14 +117,6 @@ impl Config {
                 points_by_reason: self.points_by_reason,
             },
             decision_target: day * self.decision_days,
-        }
-    }
-
-    pub fn limits(&self) -> Limits {
-        Limits {
-            photo_bytes: self.max_photo_bytes,
-            video_bytes: self.max_video_bytes,
-            document_bytes: self.max_document_bytes,
         }
     }
 }

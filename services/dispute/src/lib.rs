@@ -58,7 +58,7 @@ impl Links {
                 &config.workflow,
                 &config.common.auth,
             )?,
-            store: EvidenceStore::local(&config.evidence_dir, config.limits())?,
+            store: EvidenceStore::from_config(&config.store)?,
         })
     }
 }
@@ -109,7 +109,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
     );
     let janitor = Janitor::new(pool.clone(), schema, config.workflow.retention);
     let (gauges_pool, claims_pool) = (pool.clone(), pool);
-    let resume_window = config.upload_resume_window;
+    let resume_window = config.store.upload_resume_window;
     Api::new(routes, MethodPolicy::declared_for(SPEC.grpc_services))
         .prepared_by(move |pool| async move {
             ta_workflow::install(&pool, schema)

@@ -13,6 +13,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(message) = links.store.probe().await {
+        eprintln!("dispute: {message}");
+        return ExitCode::from(2);
+    }
     let common = config.common.clone();
     ta_runtime::server::run(SPEC, common, |pool| api(&config, pool, links)).await
 }

@@ -47,9 +47,9 @@ async fn start(pool: &PgPool) -> Dispute {
         ta_testkit::TEST_SECRET,
         "--log-format",
         "text",
-        "--evidence-dir",
+        "--evidence-store",
         &dir,
-        "--max-photo-bytes",
+        "--evidence-max-photo-bytes",
         "100000",
     ])
     .expect("config");

@@ -351,8 +351,10 @@ pub fn dispute_method(name: &str) -> String {
 
 impl Platform {
     /// The dispute service on the platform's database, calling its contract,
-    /// escrow and supplier-registry, with its evidence in `evidence_dir` and
-    /// `extra` settings (e.g. `DISPUTE_TERM_DAY=1s`). Serving when returned.
+    /// escrow and supplier-registry, with its evidence in the directory
+    /// `evidence_dir` and `extra` settings (e.g. `DISPUTE_TERM_DAY=1s`, or
+    /// `EVIDENCE_STORE=s3://...`, which replaces the directory). Serving when
+    /// returned.
     pub fn spawn_dispute(&self, evidence_dir: &std::path::Path, extra: &[(&str, &str)]) -> Service {
         let mut env: Vec<(String, String)> = vec![
             ("DATABASE_URL".into(), self.database.url.clone()),
@@ -370,10 +372,7 @@ impl Platform {
                 "ESCROW_URL".into(),
                 format!("http://{}", self.escrow.addr()),
             ),
-            (
-                "DISPUTE_EVIDENCE_DIR".into(),
-                evidence_dir.display().to_string(),
-            ),
+            ("EVIDENCE_STORE".into(), evidence_dir.display().to_string()),
         ];
         for (k, v) in extra {
             env.retain(|(key, _)| key != k);
