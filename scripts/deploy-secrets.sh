@@ -12,6 +12,10 @@
 #                                  (roles and schemas: deploy/postgres/roles.sql)
 #   contract.pem, dispute.pem      the RS256 private keys those two sign their calls with
 #   escrow.webhook-secret          the payment gateway's webhook signing secret (32+ bytes)
+#   evidence-s3.credentials        optional: an AWS shared credentials file ([default]
+#                                  profile) for the evidence store's bucket, when
+#                                  evidence.s3.credentialsSecret names
+#                                  trade-assurance-evidence-s3 (values-staging.yaml)
 #
 # Nothing is written to disk; the output holds the secrets, so pipe it straight
 # into kubectl. Secret names follow the chart's defaults (prefix trade-assurance-).
@@ -70,3 +74,8 @@ done
 # The payment gateway's webhook signing secret, as the gateway was given it.
 need "$dir/escrow.webhook-secret"
 secret trade-assurance-escrow-webhook secret "$dir/escrow.webhook-secret"
+# The evidence store's S3 keys, only when given (otherwise the pods use their
+# own AWS identity).
+if [[ -e $dir/evidence-s3.credentials ]]; then
+  secret trade-assurance-evidence-s3 credentials "$dir/evidence-s3.credentials"
+fi

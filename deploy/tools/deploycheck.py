@@ -322,7 +322,8 @@ def network_policy_problems(objects: list[dict[str, Any]], values: dict[str, Any
     """The rendered NetworkPolicies allow exactly: the internal calls of the
     call graph (ingress at the callee and egress at the caller, on the callee's
     gRPC port); the clients and the external callers into the services the
-    protos give them; DNS, Postgres and the collector out. Every pod of the
+    protos give them; DNS, Postgres and the collector out, and the evidence
+    store's bucket from dispute. Every pod of the
     release is isolated in both directions."""
     problems: list[str] = []
     pods: dict[str, dict[str, str]] = {}
@@ -423,6 +424,11 @@ def network_policy_problems(objects: list[dict[str, Any]], values: dict[str, Any
     if otlp["endpoint"]:
         for peer in otlp["to"]:
             expected_out[_key([peer, [{"port": otlp["port"], "protocol": "TCP"}]])] |= every
+    # And the evidence store's bucket, from dispute only.
+    evidence = values.get("evidence") or {}
+    if str(evidence.get("store", "")).startswith("s3://") and "dispute" in every:
+        for peer in evidence["s3"]["to"]:
+            expected_out[_key([peer, [{"port": evidence["s3"]["port"], "protocol": "TCP"}]])] |= {"dispute"}
     if dict(egress_peers) != dict(expected_out):
         for peer in sorted(set(egress_peers) | set(expected_out)):
             got, want = egress_peers.get(peer, set()), expected_out.get(peer, set())

@@ -57,6 +57,9 @@ MALFORMED = {
     "external caller the protos do not name": ({"networkPolicy": {"externalCallers": {"crm": []}}}, "crm"),
     "readiness delay past the grace period": ({"shutdown": {"readinessDelaySeconds": 30}}, "terminationGracePeriodSeconds"),
     "drain ends after SIGKILL": ({"shutdown": {"gracePeriodSeconds": 28}}, "terminationGracePeriodSeconds"),
+    "evidence in a directory with two dispute replicas": ({"evidence": {"store": "/tmp/evidence"}}, "evidence.store"),
+    "evidence bucket name malformed": ({"evidence": {"store": "s3://Evidence"}}, "/evidence/store"),
+    "evidence over plain http not allowed": ({"evidence": {"s3": {"endpoint": "http://minio:9000"}}}, "/evidence/s3/allowHttp"),
 }
 
 
@@ -266,5 +269,13 @@ def test_deploy_secrets_match_the_chart(tmp_path):
         if "webhookSecret" in svc:
             wanted.add((svc["webhookSecret"]["name"], svc["webhookSecret"]["key"]))
     assert made == wanted
+    # The evidence store's keys, when given, are the Secret staging names.
+    (tmp_path / "evidence-s3.credentials").write_text("[default]\naws_access_key_id = A\naws_secret_access_key = B\n")
+    run = subprocess.run([str(dc.REPO / "scripts" / "deploy-secrets.sh"), str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    made = {(o["metadata"]["name"], key) for o in dc.load_objects([run.stdout]) if o["kind"] == "Secret"
+            for key in o["data"]}
+    staging = dc.environment_values("staging")["evidence"]["s3"]["credentialsSecret"]
+    assert made == wanted | {(staging["name"], staging["key"])}
     url = next(o for o in objects if o["metadata"]["name"] == "trade-assurance-escrow-database")["data"]["url"]
     assert base64.b64decode(url) == b"postgres://escrow:pw@db:5432/ta"
