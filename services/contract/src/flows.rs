@@ -684,33 +684,15 @@ impl Flows {
     }
 
     /// Everything held goes back (the contract was cancelled).
-    pub async fn refund_all(
-        &self,
-        tx: &mut PgConnection,
-        contract: &ContractRecord,
-        reason: &str,
-    ) -> Result<(), ServiceError> {
-        let Some(account) = &contract.escrow_account_id else {
-            return Ok(());
-        };
-        let request = escrow_pb::RefundToBuyerRequest {
-            idempotency_key: format!("contract:{}:refund-on-cancellation", contract.contract_id),
-            escrow_account_id: account.clone(),
-            amount: None,
-            reason: reason.into(),
-            purpose: Some(escrow_pb::Purpose {
-                purpose: Some(escrow_pb::purpose::Purpose::Cancellation(true)),
-            }),
-        };
-        self.call_escrow(tx, "RefundToBuyer", &request, completion::MONEY_MOVED)
-            .await
-    }
-
+    /// Closes the contract's escrow account. A cancellation (`refund_held`)
+    /// has escrow refund whatever it holds in the same step: escrow, not
+    /// the contract's view of it, knows what was credited meanwhile.
     pub async fn close_escrow(
         &self,
         tx: &mut PgConnection,
         contract: &ContractRecord,
         reason: &str,
+        refund_held: bool,
     ) -> Result<(), ServiceError> {
         let Some(account) = &contract.escrow_account_id else {
             return Ok(());
@@ -719,6 +701,7 @@ impl Flows {
             idempotency_key: format!("contract:{}:close-escrow", contract.contract_id),
             escrow_account_id: account.clone(),
             reason: reason.into(),
+            refund_held,
         };
         self.call_escrow(tx, "CloseEscrowAccount", &request, completion::NOTHING)
             .await

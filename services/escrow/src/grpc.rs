@@ -1346,14 +1346,28 @@ impl EscrowService for EscrowApi {
             Ok((
                 parse_id("escrow_account_id", &req.escrow_account_id, v),
                 require_text("reason", &req.reason, MAX_REASON, v),
+                req.refund_held,
             ))
         })?;
         self.mutations
             .execute(&prepared, || {
                 async |tx| {
-                    let (id, _reason) = &prepared.command;
+                    let (id, reason, refund_held) = &prepared.command;
                     let before = accounts::lock_account(tx, *id).await?;
                     let pending = accounts::pending_attempts(tx, *id).await?;
+                    if *refund_held
+                        && before.status != AccountStatus::Closed
+                        && app::held(tx, &before).await? > 0
+                    {
+                        let refund = Outflow {
+                            account_id: *id,
+                            amount: None,
+                            reason: reason.clone(),
+                            settles: Settles::Cancellation,
+                        };
+                        self.outflow_in_tx(tx, prepared.principal(), &refund, false)
+                            .await?;
+                    }
                     let account = app::close(tx, *id, timestamps::now()).await?;
                     self.flows.sync_deadlines(tx, &account).await?;
                     self.flows.sync_hold_deadline(tx, &account).await?;

@@ -181,6 +181,7 @@ fn every_call(id: &str, key: &str) -> Vec<Call> {
             idempotency_key: key("close"),
             escrow_account_id: id(),
             reason: "cancelled".into(),
+            refund_held: false,
         }),
         Call::GetEscrowStatement(pb::GetEscrowStatementRequest {
             escrow_account_id: id(),

@@ -223,6 +223,7 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
                 idempotency_key: "cl-1".into(),
                 escrow_account_id: "x".into(),
                 reason: String::new(),
+                refund_held: false,
             }))
             .await
             .map(drop),

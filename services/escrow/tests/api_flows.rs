@@ -574,6 +574,7 @@ async fn refunds_close_and_amendments_keep_the_ledger_sound(pool: PgPool) {
             idempotency_key: "close".into(),
             escrow_account_id: id.clone(),
             reason: "contract cancelled".into(),
+            refund_held: false,
         }))
         .await
         .unwrap()
@@ -582,6 +583,52 @@ async fn refunds_close_and_amendments_keep_the_ledger_sound(pool: PgPool) {
         closed.account.unwrap().status,
         pb::EscrowAccountStatus::Closed as i32
     );
+    assert_sound(&mut client).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn closing_for_a_cancellation_refunds_what_the_account_holds_in_the_same_step(pool: PgPool) {
+    let Escrow {
+        mut client,
+        server: _server,
+        ..
+    } = start_with(pool, &[]).await;
+    // Funded while the contract, not told yet, believed nothing was paid.
+    let id = funded(&mut client, "c-cancelled", 8_000).await;
+    let close = |key: &str, refund_held: bool| {
+        contract(pb::CloseEscrowAccountRequest {
+            idempotency_key: key.into(),
+            escrow_account_id: id.clone(),
+            reason: "contract cancelled: the payment deadline passed".into(),
+            refund_held,
+        })
+    };
+    let refused = client
+        .close_escrow_account(close("plain", false))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("holds"), "{}", refused.message());
+
+    let closed = client
+        .close_escrow_account(close("cancel", true))
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    assert_eq!(closed.status, pb::EscrowAccountStatus::Closed as i32);
+    assert_eq!(minor(&closed.held), 0);
+    assert_eq!(minor(&closed.refunded_total), 8_000);
+    // The relay's retry replays the answer and refunds nothing more.
+    let replayed = client
+        .close_escrow_account(close("cancel", true))
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    assert_eq!(minor(&replayed.refunded_total), 8_000);
     assert_sound(&mut client).await;
 }
 

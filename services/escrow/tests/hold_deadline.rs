@@ -307,6 +307,7 @@ async fn closing_cancels_and_amending_moves_the_hold_deadline(pool: PgPool) {
             idempotency_key: "close-1".into(),
             escrow_account_id: closed.clone(),
             reason: "cancelled before funding".into(),
+            refund_held: false,
         }))
         .await
         .unwrap();
