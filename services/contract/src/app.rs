@@ -256,17 +256,32 @@ fn funding_target(contract: &mut ContractRecord) -> &mut Status {
     &mut contract.negotiation.status
 }
 
-/// Escrow funded a payment milestone (from its feed).
+/// Money escrow received for a payment milestone (from its feed).
+pub struct ReceivedPayment<'a> {
+    pub milestone_id: &'a str,
+    pub amount: Option<Money>,
+    /// Whether the milestone is now paid in full; a short credit is not.
+    pub milestone_paid: bool,
+}
+
+/// Escrow received money for a payment milestone (from its feed).
 pub async fn payment_received(
     tx: &mut PgConnection,
     flows: &Flows,
     contract_id: Uuid,
-    milestone_id: &str,
-    amount: Option<Money>,
+    payment: &ReceivedPayment<'_>,
     now: OffsetDateTime,
 ) -> Result<(), ServiceError> {
+    let milestone_id = payment.milestone_id;
     let mut contract = storage::lock_contract(tx, contract_id).await?;
-    if !storage::mark_funded(tx, contract_id, milestone_id, now).await? {
+    if payment.milestone_paid {
+        if !storage::mark_funded(tx, contract_id, milestone_id, now).await? {
+            return Ok(());
+        }
+    } else if !matches!(
+        funding_target(&mut contract),
+        Status::AwaitingPayment | Status::PartiallyFunded
+    ) {
         return Ok(());
     }
     let payments = storage::payments(tx, contract_id).await?;
@@ -288,10 +303,15 @@ pub async fn payment_received(
         format!(
             "payment {milestone_id} received in escrow; fully funded ({funded}): the supplier can produce and ship"
         )
-    } else {
+    } else if payment.milestone_paid {
         format!(
             "payment {milestone_id} received in escrow; {funded} of {} funded",
             readable(contract.total)
+        )
+    } else {
+        let received = payment.amount.map_or_else(|| "money".to_owned(), readable);
+        format!(
+            "{received} received in escrow toward payment {milestone_id}, short of its amount: the rest is still due"
         )
     };
     flows
@@ -310,7 +330,7 @@ pub async fn payment_received(
                 },
                 action: "payment.received",
                 detail,
-                money: amount,
+                money: payment.amount,
             },
             now,
         )
@@ -370,15 +390,9 @@ pub async fn cancel(
     let funded = funded_minor(&payments);
     if had_cover {
         flows.release_cover(tx, contract).await?;
-        if funded > 0 {
-            flows
-                .refund_all(tx, contract, &format!("contract cancelled: {reason}"))
-                .await?;
-        } else {
-            flows
-                .close_escrow(tx, contract, &format!("contract cancelled: {reason}"))
-                .await?;
-        }
+        flows
+            .close_escrow(tx, contract, &format!("contract cancelled: {reason}"), true)
+            .await?;
     }
     let detail = if funded > 0 {
         format!(
@@ -386,7 +400,9 @@ pub async fn cancel(
             readable(Money::new(funded, contract.total.currency))
         )
     } else if had_cover {
-        format!("cancelled: {reason}; nothing was funded; cover released, escrow closed")
+        format!(
+            "cancelled: {reason}; nothing was funded; cover released, escrow closed (money credited meanwhile goes back to the buyer)"
+        )
     } else {
         format!("cancelled: {reason}")
     };
@@ -845,7 +861,12 @@ pub async fn record_claim_closed(
             flows.cancel_timers(tx, contract.contract_id).await?;
             flows.release_cover(tx, contract).await?;
             flows
-                .close_escrow(tx, contract, &format!("claim {claim_id} refunded in full"))
+                .close_escrow(
+                    tx,
+                    contract,
+                    &format!("claim {claim_id} refunded in full"),
+                    false,
+                )
                 .await?;
             (
                 pb::ContractEventType::Refunded,
@@ -866,7 +887,7 @@ pub async fn record_claim_closed(
             flows.release_cover(tx, contract).await?;
             flows.record_completed(tx, contract).await?;
             flows
-                .close_escrow(tx, contract, &format!("claim {claim_id} settled"))
+                .close_escrow(tx, contract, &format!("claim {claim_id} settled"), false)
                 .await?;
             (
                 pb::ContractEventType::ClaimClosed,

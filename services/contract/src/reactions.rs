@@ -140,7 +140,7 @@ impl CompletionHandler for Completions {
                 let Some(contract) = storage::find_by_escrow_account(tx, &account).await? else {
                     return Err(ServiceError::internal("money moved for an unknown account"));
                 };
-                flows.close_escrow(tx, &contract, &reason).await
+                flows.close_escrow(tx, &contract, &reason, false).await
             }
             _ => {
                 if let Some(message) = refusal(answer) {
@@ -201,7 +201,21 @@ impl EventHandler<escrow_pb::StreamEscrowEventsResponse> for EscrowEvents {
                     let mut v = ta_runtime::Violations::new();
                     Money::positive_from_proto("amount", Some(m), &mut v)
                 });
-                app::payment_received(tx, &self.flows, id, &event.milestone_id, amount, now).await
+                // A short credit (a bank's fee taken out of a transfer) is
+                // money received, not the milestone paid: escrow's schedule
+                // in the event says which.
+                let milestone_paid = event.account.as_ref().is_none_or(|account| {
+                    account
+                        .schedule
+                        .iter()
+                        .any(|p| p.milestone_id == event.milestone_id && p.funded_at.is_some())
+                });
+                let payment = app::ReceivedPayment {
+                    milestone_id: &event.milestone_id,
+                    amount,
+                    milestone_paid,
+                };
+                app::payment_received(tx, &self.flows, id, &payment, now).await
             }
             Ok(escrow_pb::EscrowEventType::PaymentOverdue) => {
                 app::payment_overdue(tx, &self.flows, id, &event.milestone_id, now).await
