@@ -83,7 +83,11 @@ impl Reads {
         ))
     }
 
-    async fn contract(&self, contract_id: &str) -> Result<contract_pb::Contract, ServiceError> {
+    /// The contract and its signed version (the terms a claim is about).
+    async fn contract(
+        &self,
+        contract_id: &str,
+    ) -> Result<(contract_pb::Contract, contract_pb::ContractVersion), ServiceError> {
         let mut client =
             ContractServiceClient::new(ta_runtime::client::traced(self.channel(flows::CONTRACT)?));
         let request = self.request(
@@ -94,10 +98,13 @@ impl Reads {
             },
         )?;
         match client.get_contract(request).await {
-            Ok(response) => response
-                .into_inner()
-                .contract
-                .ok_or_else(|| ServiceError::internal("contract answered no contract")),
+            Ok(response) => {
+                let response = response.into_inner();
+                response
+                    .contract
+                    .zip(response.version)
+                    .ok_or_else(|| ServiceError::internal("contract answered no contract"))
+            }
             Err(status) if status.code() == tonic::Code::NotFound => {
                 Err(ServiceError::not_found("contract", contract_id))
             }
@@ -621,13 +628,40 @@ impl DisputeService for DisputeApi {
         let cmd = &prepared.command;
         // Reads of other services, before the transaction: a retried key
         // reads again, which changes nothing.
-        let contract = self.reads.contract(&cmd.contract_id).await?;
+        let (contract, signed) = self.reads.contract(&cmd.contract_id).await?;
         if principal.role != Role::Buyer || contract.buyer_principal_id != principal.subject {
             return Err(ServiceError::PermissionDenied(
                 "only the contract's buyer files a claim on it".into(),
             )
             .into());
         }
+        let criteria: Vec<&str> = signed
+            .terms
+            .as_ref()
+            .map(|t| {
+                t.quality_criteria
+                    .iter()
+                    .map(|c| c.criterion_id.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut v = Violations::new();
+        for (i, id) in cmd.quality_criterion_ids.iter().enumerate() {
+            if !criteria.contains(&id.as_str()) {
+                v.add(
+                    format!("quality_criterion_ids[{i}]"),
+                    format!(
+                        "`{id}` is not a quality criterion of the signed contract (it has: {})",
+                        if criteria.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            criteria.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+        finish(v)?;
         if contract.protection() != contract_pb::Protection::TradeAssurance
             || contract.escrow_account_id.is_empty()
         {

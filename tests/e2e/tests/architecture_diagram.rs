@@ -37,7 +37,10 @@ fn served_methods(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
                     Some(word(rest.trim_start()).to_owned())
                 }));
             }
-            assert!(!methods.is_empty(), "no rpc found for {service} in proto/{dir}");
+            assert!(
+                !methods.is_empty(),
+                "no rpc found for {service} in proto/{dir}"
+            );
             ((*service).to_owned(), methods)
         })
         .collect()
@@ -162,10 +165,8 @@ fn calls_in_source(
         .filter_map(|(i, _)| service_named(word_before(&text[..i])))
         .collect();
     for called in clients {
-        let by_snake: BTreeMap<String, &String> = methods[called]
-            .iter()
-            .map(|m| (snake_case(m), m))
-            .collect();
+        let by_snake: BTreeMap<String, &String> =
+            methods[called].iter().map(|m| (snake_case(m), m)).collect();
         for rest in after(text, ".") {
             let name = word(rest);
             if rest[name.len()..].starts_with('(')
@@ -259,7 +260,11 @@ fn calls_in_diagram(
                     "the edge {caller} -> {called} names {method:?}, not an rpc of {called}"
                 ));
             }
-            calls.insert(((*caller).to_owned(), (*called).to_owned(), method.to_owned()));
+            calls.insert((
+                (*caller).to_owned(),
+                (*called).to_owned(),
+                method.to_owned(),
+            ));
         }
     }
     Ok(calls)
@@ -281,7 +286,10 @@ fn the_call_graph_in_architecture_md_shows_every_call_between_services_in_the_co
         ("dispute", "escrow", "SettleClaim"),
     ] {
         let known = (known.0.into(), known.1.into(), known.2.into());
-        assert!(in_code.contains(&known), "the code scan missed {known:?}: {in_code:#?}");
+        assert!(
+            in_code.contains(&known),
+            "the code scan missed {known:?}: {in_code:#?}"
+        );
     }
     let missing: Vec<_> = in_code.difference(&in_diagram).collect();
     let extra: Vec<_> = in_diagram.difference(&in_code).collect();
@@ -304,6 +312,10 @@ fn the_diagram_reader_refuses_a_label_that_is_no_rpc() {
     let calls = calls_in_diagram(&format!("\n{fine}"), &methods).expect("a valid chart");
     assert_eq!(
         calls.into_iter().collect::<Vec<_>>(),
-        vec![("contract".into(), "escrow".into(), "OpenEscrowAccount".into())]
+        vec![(
+            "contract".into(),
+            "escrow".into(),
+            "OpenEscrowAccount".into()
+        )]
     );
 }

@@ -16,11 +16,13 @@
 //! | Other payment options: Pay Later | `pay_later_is_funded_...` |
 //! | Other payment options: bank transfer | `a_bank_transfer_credited_after_it_expired_...`, `a_bank_transfer_still_pending_...` |
 //!
-//! The remaining tests pin behaviour these stories ran into where a service
-//! did not do what it should (see each test's name); they assert what should
-//! happen.
+//! The remaining tests pin the edge cases these stories ran into (a bank
+//! credit racing the cancellation, a short credit, a re-signed webhook, a
+//! claim on criteria the contract lacks, a protection revised in a draft, an
+//! order signed again after a refused activation); each failed against the
+//! services until they were fixed.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use e2e_tests::{platform::*, scenario::*, *};
 use ta_proto::dispute as pb;
@@ -2324,7 +2326,7 @@ fn a_short_bank_credit_leaves_the_rest_of_the_payment_due() {
 }
 
 #[test]
-fn a_gateway_event_redelivered_with_a_fresh_signature_is_answered_as_a_duplicate() {
+fn a_gateway_event_redelivered_with_a_fresh_signature_replays_its_first_answer() {
     let platform = Platform::start(&[]);
     let owner = "supplier-redelivery";
     let (buyer, supplier) = party_tokens("buyer-redelivery", owner);
@@ -2336,28 +2338,46 @@ fn a_gateway_event_redelivered_with_a_fresh_signature_is_answered_as_a_duplicate
         .as_str()
         .expect("reference")
         .to_owned();
-    webhook_ok(
-        &platform,
+    let (payload, first_signature) = gateway_event(
         "evt_credit",
         "bank_transfer.credited",
         &reference,
         Some(310_000),
     );
+    let first = platform
+        .signed_webhook("evt_credit", &payload, &first_signature)
+        .expect("the credit applies");
+    assert_eq!(first["outcome"], "WEBHOOK_OUTCOME_APPLIED", "{first:#}");
     // A gateway signs every delivery anew (its timestamp is part of the
-    // signature): the retry of an event it thinks was lost differs in `t`.
+    // signature): the retry of an event it thinks was lost carries the same
+    // event under a later `t`.
     std::thread::sleep(Duration::from_millis(1_100));
-    let retried = platform
-        .gateway_webhook(
-            "evt_credit",
-            "bank_transfer.credited",
-            &reference,
-            Some(310_000),
-        )
-        .expect("the same event delivered twice applies once, and says so");
-    assert_eq!(
-        retried["outcome"], "WEBHOOK_OUTCOME_DUPLICATE",
-        "{retried:#}"
+    let resigned = sign_webhook(
+        TEST_WEBHOOK_SECRET.as_bytes(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs(),
+        &payload,
     );
+    assert_ne!(resigned, first_signature);
+    let retried = platform
+        .signed_webhook("evt_credit", &payload, &resigned)
+        .expect("the same event delivered twice applies once");
+    assert_eq!(retried, first, "a redelivery replays the first answer");
+    // Another event under the same id is not a redelivery: refused, and it
+    // changes nothing.
+    let (other, other_signature) = gateway_event(
+        "evt_credit",
+        "bank_transfer.credited",
+        &reference,
+        Some(999_999),
+    );
+    let refused = platform
+        .signed_webhook("evt_credit", &other, &other_signature)
+        .expect_err("a different event under a seen id");
+    assert_eq!(refused.code, "InvalidArgument", "{refused:#?}");
+    assert!(refused.message.contains("already used"), "{refused:#?}");
     assert_eq!(
         platform.balances(&account),
         Balances {
