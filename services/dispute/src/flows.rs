@@ -21,6 +21,33 @@ use crate::{
     storage::{self, ClaimRecord, StoredActor, TimelineEntry},
 };
 
+/// The supplier-registry inquiry a claim is (its response rate counts it).
+pub fn inquiry_id(claim: &ClaimRecord) -> String {
+    format!("dispute:{}", claim.claim_id)
+}
+
+/// The timeline actions of the supplier's answers to a claim: an offer, an
+/// acceptance (of the buyer's counter-offer), a rejection of an offer or of
+/// the claim. Evidence alone is not an answer.
+pub const SUPPLIER_ANSWERS: [&str; 4] = [
+    "offer.made",
+    "offer.rejected",
+    "claim.rejected_by_supplier",
+    "claim.settled",
+];
+
+/// Whether this step is the supplier answering the claim.
+pub fn is_supplier_answer(actor: &Actor, event: pb::DisputeEventType) -> bool {
+    actor.role == ta_runtime::auth::Role::Supplier
+        && matches!(
+            event,
+            pb::DisputeEventType::OfferMade
+                | pb::DisputeEventType::OfferRejected
+                | pb::DisputeEventType::ClaimRejectedBySupplier
+                | pb::DisputeEventType::Settled
+        )
+}
+
 /// The dispute event feed.
 pub const FEED: &str = "dispute";
 /// A negotiating claim escalates by itself: subject the claim id.
@@ -49,6 +76,12 @@ pub mod completion {
     pub const CLAIM_CLOSED: &str = "claim_closed";
     /// RecordPenalty answered: every effect is done.
     pub const PENALTY_RECORDED: &str = "penalty_recorded";
+    /// RecordInquiry answered: if the supplier answered the claim already,
+    /// its reply follows.
+    pub const INQUIRY_RECORDED: &str = "inquiry_recorded";
+    /// RecordInquiryReply answered: nothing follows (a reply that overtook
+    /// its inquiry is sent again once the inquiry is recorded).
+    pub const INQUIRY_REPLIED: &str = "inquiry_replied";
     /// Nothing follows; a refusal is logged for operators.
     pub const NOTHING: &str = "nothing";
 }
@@ -275,7 +308,9 @@ impl Flows {
         self.tell(tx, claim, actor, step, now).await
     }
 
-    /// The timeline entry and feed event of a step whose claim row is saved.
+    /// The timeline entry and feed event of a step whose claim row is saved,
+    /// and the supplier's response rate: the claim opening is an inquiry to
+    /// the supplier, its first answer the reply (see [`is_supplier_answer`]).
     pub async fn tell(
         &self,
         tx: &mut PgConnection,
@@ -316,6 +351,12 @@ impl Flows {
                 &event,
             )
             .await?;
+        if step.event == pb::DisputeEventType::ClaimOpened {
+            self.record_inquiry(tx, claim).await?;
+        } else if is_supplier_answer(actor, step.event) {
+            self.record_inquiry_reply(tx, claim, "inquiry-reply")
+                .await?;
+        }
         Ok(view)
     }
 
@@ -539,6 +580,56 @@ impl Flows {
                 &format!("{CONTRACT_PATH}RecordClaimClosed"),
                 &request,
                 completion::CLAIM_CLOSED,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The claim, as an inquiry to its supplier (once: the key and the
+    /// inquiry id are the claim's).
+    pub async fn record_inquiry(
+        &self,
+        tx: &mut PgConnection,
+        claim: &ClaimRecord,
+    ) -> Result<(), ServiceError> {
+        let request = supplier_pb::RecordInquiryRequest {
+            idempotency_key: Self::key(claim, "inquiry"),
+            supplier_id: claim.supplier_id.clone(),
+            inquiry_id: inquiry_id(claim),
+        };
+        self.outbox
+            .enqueue(
+                tx,
+                SUPPLIER_REGISTRY,
+                &format!("{REGISTRY_PATH}RecordInquiry"),
+                &request,
+                completion::INQUIRY_RECORDED,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The supplier answered the claim. Written at each answer under one key
+    /// per `step`, so only the first is sent; supplier-registry counts one
+    /// reply per inquiry whatever arrives.
+    pub async fn record_inquiry_reply(
+        &self,
+        tx: &mut PgConnection,
+        claim: &ClaimRecord,
+        step: &str,
+    ) -> Result<(), ServiceError> {
+        let request = supplier_pb::RecordInquiryReplyRequest {
+            idempotency_key: Self::key(claim, step),
+            supplier_id: claim.supplier_id.clone(),
+            inquiry_id: inquiry_id(claim),
+        };
+        self.outbox
+            .enqueue(
+                tx,
+                SUPPLIER_REGISTRY,
+                &format!("{REGISTRY_PATH}RecordInquiryReply"),
+                &request,
+                completion::INQUIRY_REPLIED,
             )
             .await?;
         Ok(())

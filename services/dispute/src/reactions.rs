@@ -2,7 +2,8 @@
 //! calls, each naming the next step (opening: RecordClaimOpened, then
 //! FreezeEscrow, then ConfirmClaimOpened; a resolution: SettleClaim, then
 //! RecordClaimClosed, then RecordPenalty; a withdrawal: UnfreezeEscrow, then
-//! RecordClaimClosed), and its automatic escalation timer. Each reaction runs
+//! RecordClaimClosed; the claim opened: RecordInquiry, and the supplier's
+//! reply after it if it came first), and its automatic escalation timer. Each reaction runs
 //! in the transaction that records the answer or fires the timer, so it
 //! happens exactly once.
 
@@ -99,6 +100,39 @@ impl CompletionHandler for Completions {
                 let r: supplier_pb::RecordPenaltyRequest = delivery.decode_request()?;
                 app::penalty_recorded(tx, flows, claim_id(&r.dispute_id)?, refusal(answer), now)
                     .await
+            }
+            completion::INQUIRY_RECORDED => {
+                let r: supplier_pb::RecordInquiryRequest = delivery.decode_request()?;
+                let id = claim_id(r.inquiry_id.trim_start_matches("dispute:"))?;
+                if let Some(message) = refusal(answer) {
+                    tracing::warn!(claim_id = %id, message, "supplier-registry refused the claim's inquiry; the response rate misses it");
+                    return Ok(());
+                }
+                // A reply sent before its inquiry was recorded was refused:
+                // send it again now, under a key of its own.
+                if storage::supplier_answered(tx, id).await? {
+                    let claim = storage::get_claim(tx, id).await?;
+                    flows
+                        .record_inquiry_reply(tx, &claim, "inquiry-reply-after-inquiry")
+                        .await?;
+                }
+                Ok(())
+            }
+            completion::INQUIRY_REPLIED => {
+                if let Answer::Refused { code, message } = answer {
+                    if *code == tonic::Code::NotFound {
+                        tracing::info!(
+                            message,
+                            "a reply overtook its inquiry; it follows the inquiry"
+                        );
+                    } else {
+                        tracing::warn!(
+                            message,
+                            "supplier-registry refused the supplier's reply to a claim"
+                        );
+                    }
+                }
+                Ok(())
             }
             _ => {
                 if let Some(message) = refusal(answer) {

@@ -732,3 +732,20 @@ pub async fn claim_figures(pool: &sqlx::PgPool) -> Result<(Vec<(String, i64)>, i
     .await?;
     Ok((by_status, overdue))
 }
+
+/// Whether the claim's timeline holds an answer of its supplier (one of
+/// [`crate::flows::SUPPLIER_ANSWERS`], by the supplier's role).
+pub async fn supplier_answered(
+    conn: &mut PgConnection,
+    claim_id: Uuid,
+) -> Result<bool, ServiceError> {
+    let answered: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM dispute.timeline \
+         WHERE claim_id = $1 AND actor_role = 'supplier' AND kind = ANY($2))",
+    )
+    .bind(claim_id)
+    .bind(&crate::flows::SUPPLIER_ANSWERS[..])
+    .fetch_one(conn)
+    .await?;
+    Ok(answered)
+}

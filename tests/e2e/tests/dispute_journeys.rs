@@ -117,6 +117,29 @@ fn penalty_points(platform: &Platform, supplier_id: &str) -> i64 {
     int(&supplier["supplier"]["penaltyPoints"])
 }
 
+/// The supplier's inquiries and response rate, once they are `want`: each
+/// claim that opened is an inquiry, the supplier's first answer its reply
+/// (dispute records both through its outbox).
+fn wait_response_rate(platform: &Platform, supplier_id: &str, want: (i64, i64)) {
+    wait_until(PATIENCE, "the supplier's response rate", || {
+        let supplier = platform.registry.call_ok(
+            &registry_method("GetSupplier"),
+            Some(&platform.operator),
+            &json!({ "supplier_id": supplier_id }),
+        )["supplier"]
+            .clone();
+        let got = (
+            int(&supplier["inquiryCount"]),
+            int(&supplier["responseRateBasisPoints"]),
+        );
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("(inquiries, basis points) {got:?}, want {want:?}"))
+        }
+    });
+}
+
 fn account(platform: &Platform, contract_id: &str) -> Value {
     platform.escrow_account(contract_id)["account"].clone()
 }
@@ -861,12 +884,16 @@ fn an_unsettled_claim_escalates_by_itself_a_release_completes_and_a_full_refund_
         .expect("claimId")
         .to_owned();
     wait_status(&dispute, &buyer, &claim_id, "CLAIM_STATUS_NEGOTIATING");
+    // The open claim is an inquiry the supplier has not answered yet.
+    wait_response_rate(&platform, &supplier_id, (1, 0));
     dcall_ok(
         &dispute,
         "RejectClaim",
         &supplier,
         &json!({ "idempotency_key": "reject", "claim_id": claim_id, "reason": "the glaze is as agreed" }),
     );
+    // Its rejection is the reply: one inquiry, answered.
+    wait_response_rate(&platform, &supplier_id, (1, 10_000));
     let escalated = wait_status(&dispute, &buyer, &claim_id, "CLAIM_STATUS_ESCALATED");
     assert_eq!(
         escalated["escalatedBy"]["role"], "ROLE_SERVICE",
@@ -959,6 +986,9 @@ fn an_unsettled_claim_escalates_by_itself_a_release_completes_and_a_full_refund_
     });
     assert_eq!(int(&refunded["refundedTotal"]["amountMinor"]), 310_000);
     assert_eq!(int(&refunded["releasedTotal"]["amountMinor"]), 0);
+    // The second claim was decided without a word from the supplier: two
+    // inquiries, one answered.
+    wait_response_rate(&platform, &supplier_id, (2, 5_000));
     let restricted = platform.registry.call_ok(
         &registry_method("GetSupplier"),
         Some(&platform.operator),
