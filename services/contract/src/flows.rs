@@ -217,14 +217,6 @@ pub fn schedule(terms: &Terms, signed_at: OffsetDateTime, day: Duration) -> Vec<
         .collect()
 }
 
-/// The latest moment the money of `terms` can still be claimed: the goods
-/// arrive by the delivery deadline, then the inspection period and the claim
-/// window run. Escrow keeps a deadline timer for it.
-pub fn hold_until(terms: &Terms, day: Duration) -> OffsetDateTime {
-    terms.delivery_deadline
-        + day * terms.inspection_period_days
-        + day * terms.claim_window_days.max(terms.inspection_period_days)
-}
 
 /// When received goods count as accepted: the later of the inspection period
 /// and the claim window, so a claim within the window is payable from escrow.
@@ -571,7 +563,7 @@ impl Flows {
                 .map(|p| p.financing_partner_id.clone())
                 .unwrap_or_default(),
             supplier_owner_principal_id: contract.supplier_principal_id.clone(),
-            hold_until: Some(timestamps::to_proto(hold_until(terms, self.settings.day))),
+            hold_until: Some(timestamps::to_proto(terms.hold_until(self.settings.day))),
         };
         self.call_escrow(tx, "OpenEscrowAccount", &request, completion::ESCROW_OPENED)
             .await
@@ -620,7 +612,7 @@ impl Flows {
                 })
                 .collect(),
             contract_version: version,
-            hold_until: Some(timestamps::to_proto(hold_until(terms, self.settings.day))),
+            hold_until: Some(timestamps::to_proto(terms.hold_until(self.settings.day))),
         };
         self.call_escrow(
             tx,

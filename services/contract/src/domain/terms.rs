@@ -224,7 +224,7 @@ impl Terms {
             return None;
         }
         let (scheme, milestones, pay_later) = payment?;
-        Some(Terms {
+        let parsed = Terms {
             protection: protection?,
             title,
             line_items,
@@ -238,7 +238,36 @@ impl Terms {
             inspection_period_days: terms.inspection_period_days,
             claim_window_days,
             total: total?,
-        })
+        };
+        // Escrow holds money only until it must have been released or
+        // refunded; a payment falling due later could never be held. Signed
+        // now at the earliest, so an after-signing due date is at least this.
+        if let Some(day) = day {
+            let hold_until = parsed.hold_until(day);
+            for (i, m) in parsed.milestones.iter().enumerate() {
+                if m.due_at(now, parsed.shipment_deadline, day) >= hold_until {
+                    violations.add(
+                        field(&format!("payment_terms.milestones[{i}].due_days")),
+                        "falls due after escrow must have paid the money out (the delivery \
+                         deadline, then the inspection period and the claim window): \
+                         make it due earlier or the deadlines later",
+                    );
+                }
+            }
+            if violations.len() != before {
+                return None;
+            }
+        }
+        Some(parsed)
+    }
+
+    /// The latest moment the money can still be claimed: the goods arrive
+    /// by the delivery deadline, then the inspection period and the claim
+    /// window run. Escrow keeps a deadline timer for it.
+    pub fn hold_until(&self, day: Duration) -> OffsetDateTime {
+        self.delivery_deadline
+            + day * self.inspection_period_days
+            + day * self.claim_window_days.max(self.inspection_period_days)
     }
 
     /// Writes the figures the server owns into the terms as sent: each line

@@ -537,3 +537,30 @@ fn the_booking_rule_counts_working_days_of_the_terms_calendar() {
     let mut violations = Violations::new();
     assert!(Terms::validate(Some(&t), "terms", NOW, None, &mut violations).is_some());
 }
+
+#[test]
+fn a_payment_due_after_escrow_must_have_paid_out_is_refused_at_drafting() {
+    // Delivery in 60 days, 7 days of inspection, a 30-day claim window:
+    // escrow must have released or refunded everything 97 days from now.
+    let mut t = terms();
+    let with_deposit_due = |t: &mut pb::ContractTerms, due_days: u32| {
+        t.payment_terms.as_mut().expect("payment terms").milestones[0].due_days = due_days;
+    };
+    with_deposit_due(&mut t, 97);
+    let message = validate(&t).unwrap_err();
+    assert!(
+        message.contains("terms.payment_terms.milestones[0].due_days: falls due after escrow"),
+        "{message}"
+    );
+    with_deposit_due(&mut t, 96);
+    let parsed = validate(&t).expect("due a day before the hold ends");
+    assert_eq!(
+        parsed.hold_until(Duration::DAY),
+        NOW + Duration::days(97),
+        "the delivery deadline, then the inspection period and the claim window"
+    );
+    // Stored terms are re-read without the rule: it held when written.
+    with_deposit_due(&mut t, 97);
+    let mut violations = Violations::new();
+    assert!(Terms::validate(Some(&t), "terms", NOW, None, &mut violations).is_some());
+}
