@@ -217,7 +217,6 @@ pub fn schedule(terms: &Terms, signed_at: OffsetDateTime, day: Duration) -> Vec<
         .collect()
 }
 
-
 /// When received goods count as accepted: the later of the inspection period
 /// and the claim window, so a claim within the window is payable from escrow.
 pub fn acceptance_after_receipt(
