@@ -323,7 +323,7 @@ def network_policy_problems(objects: list[dict[str, Any]], values: dict[str, Any
     call graph (ingress at the callee and egress at the caller, on the callee's
     gRPC port); the clients and the external callers into the services the
     protos give them; DNS, Postgres and the collector out, and the evidence
-    store's bucket from dispute. Every pod of the
+    store's bucket from contract and dispute. Every pod of the
     release is isolated in both directions."""
     problems: list[str] = []
     pods: dict[str, dict[str, str]] = {}
@@ -424,11 +424,12 @@ def network_policy_problems(objects: list[dict[str, Any]], values: dict[str, Any
     if otlp["endpoint"]:
         for peer in otlp["to"]:
             expected_out[_key([peer, [{"port": otlp["port"], "protocol": "TCP"}]])] |= every
-    # And the evidence store's bucket, from dispute only.
+    # And the evidence store's bucket, from contract and dispute only.
     evidence = values.get("evidence") or {}
-    if str(evidence.get("store", "")).startswith("s3://") and "dispute" in every:
+    if str(evidence.get("store", "")).startswith("s3://"):
         for peer in evidence["s3"]["to"]:
-            expected_out[_key([peer, [{"port": evidence["s3"]["port"], "protocol": "TCP"}]])] |= {"dispute"}
+            expected_out[_key([peer, [{"port": evidence["s3"]["port"], "protocol": "TCP"}]])] |= \
+                {"contract", "dispute"} & every
     if dict(egress_peers) != dict(expected_out):
         for peer in sorted(set(egress_peers) | set(expected_out)):
             got, want = egress_peers.get(peer, set()), expected_out.get(peer, set())

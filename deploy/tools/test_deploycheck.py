@@ -58,6 +58,7 @@ MALFORMED = {
     "readiness delay past the grace period": ({"shutdown": {"readinessDelaySeconds": 30}}, "terminationGracePeriodSeconds"),
     "drain ends after SIGKILL": ({"shutdown": {"gracePeriodSeconds": 28}}, "terminationGracePeriodSeconds"),
     "evidence in a directory with two dispute replicas": ({"evidence": {"store": "/tmp/evidence"}}, "evidence.store"),
+    "evidence in a directory with two contract replicas": ({"evidence": {"store": "/tmp/evidence"}, "services": {"dispute": {"replicas": 1, "autoscaling": {"enabled": False}}}}, "contract replica"),
     "evidence bucket name malformed": ({"evidence": {"store": "s3://Evidence"}}, "/evidence/store"),
     "evidence over plain http not allowed": ({"evidence": {"s3": {"endpoint": "http://minio:9000"}}}, "/evidence/s3/allowHttp"),
 }

@@ -34,6 +34,10 @@ pub struct Config {
     #[arg(long, env = "CONTRACT_REGISTRY_TIMEOUT", value_name = "CONTRACT_REGISTRY_TIMEOUT",
           default_value = "3s", value_parser = DurationRange::new(Duration::from_millis(100), Duration::from_secs(60)))]
     pub registry_timeout: Duration,
+    /// The file store inspection reports' files go to: the one dispute's
+    /// evidence is in (the same EVIDENCE_STORE).
+    #[command(flatten)]
+    pub store: ta_objects::StoreConfig,
 }
 
 impl Config {

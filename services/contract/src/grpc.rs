@@ -101,6 +101,8 @@ pub struct ContractApi {
     flows: Arc<Flows>,
     registry: Registry,
     feed_config: FeedConfig,
+    /// Inspection reports' files; none: UploadInspectionFile is unavailable.
+    store: Option<ta_objects::Store>,
 }
 
 impl ContractApi {
@@ -115,7 +117,15 @@ impl ContractApi {
             flows,
             registry,
             feed_config,
+            store: None,
         }
+    }
+
+    /// Where inspection reports' files go (UploadInspectionFile).
+    #[must_use]
+    pub fn with_store(mut self, store: ta_objects::Store) -> Self {
+        self.store = Some(store);
+        self
     }
 
     fn pool(&self) -> &sqlx::PgPool {
@@ -362,7 +372,7 @@ fn step(event: pb::ContractEventType, action: &'static str, detail: String) -> S
 }
 
 /// The states in which goods have not shipped yet but the contract is signed.
-fn before_shipment(status: ContractState) -> bool {
+pub(crate) fn before_shipment(status: ContractState) -> bool {
     matches!(
         status,
         ContractState::AwaitingPayment
@@ -1414,6 +1424,18 @@ impl ContractService for ContractApi {
             }))
         })
         .await
+    }
+
+    async fn upload_inspection_file(
+        &self,
+        request: Request<tonic::Streaming<pb::UploadInspectionFileRequest>>,
+    ) -> Result<Response<pb::UploadInspectionFileResponse>, Status> {
+        let Some(store) = &self.store else {
+            return Err(Status::unavailable("this server keeps no inspection files"));
+        };
+        crate::files::upload(self.pool(), store, request)
+            .await
+            .map(Response::new)
     }
 
     type StreamContractEventsStream = EventStream<pb::StreamContractEventsResponse>;

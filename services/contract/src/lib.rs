@@ -1,12 +1,14 @@
 //! The contract service: `domain` (pure rules: the state machine, terms,
 //! negotiation, quality, fulfilment), `storage` (Postgres), `flows` (the
 //! feed, timeline, views and outbox calls), `app` (use cases after signing),
+//! `files` (inspection reports' files, in the shared file store),
 //! `reactions` (outbox answers, escrow's feed, timers), `grpc` (the
 //! transport), and the wiring below.
 
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod files;
 pub mod flows;
 pub mod grpc;
 pub mod reactions;
@@ -45,8 +47,14 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 pub type Links = ta_workflow::Calls;
 
 /// The service's routes, policy, preparation (the workflow tables) and
-/// background work (outbox relay, escrow feed consumer, timers, janitor).
-pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
+/// background work (outbox relay, escrow feed consumer, timers, janitor);
+/// `store` keeps inspection reports' files.
+pub fn api(
+    config: &config::Config,
+    pool: sqlx::PgPool,
+    links: Links,
+    store: ta_objects::Store,
+) -> Api {
     let schema = flows::schema();
     let (stop_streams, streams_end) = ta_workflow::shutdown_channel();
     let flows = Arc::new(Flows {
@@ -56,16 +64,19 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
         settings: config.settings(),
     });
     let limit = config.common.server.max_message_bytes;
-    let contract = ContractServiceServer::new(grpc::ContractApi::new(
-        pool.clone(),
-        flows.clone(),
-        grpc::Registry {
-            peers: links.peers.clone(),
-            credentials: links.credentials.clone(),
-            timeout: config.registry_timeout,
-        },
-        config.workflow.feed.clone(),
-    ))
+    let contract = ContractServiceServer::new(
+        grpc::ContractApi::new(
+            pool.clone(),
+            flows.clone(),
+            grpc::Registry {
+                peers: links.peers.clone(),
+                credentials: links.credentials.clone(),
+                timeout: config.registry_timeout,
+            },
+            config.workflow.feed.clone(),
+        )
+        .with_store(store),
+    )
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
     let admin = WorkflowAdmin::new(pool.clone(), schema).into_server();

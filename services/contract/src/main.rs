@@ -13,6 +13,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let store = match ta_objects::Store::from_config(&config.store) {
+        Ok(store) => store,
+        Err(message) => {
+            eprintln!("contract: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(message) = store.probe().await {
+        eprintln!("contract: {message}");
+        return ExitCode::from(2);
+    }
     let common = config.common.clone();
-    ta_runtime::server::run(SPEC, common, |pool| api(&config, pool, links)).await
+    ta_runtime::server::run(SPEC, common, |pool| api(&config, pool, links, store)).await
 }

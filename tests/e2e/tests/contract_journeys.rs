@@ -852,3 +852,145 @@ fn an_amended_shipment_deadline_lifts_the_lateness() {
         "on time by the amended deadline: {shipped:#}"
     );
 }
+
+/// A file's SHA-256 by the system's `sha256sum`, in lower-case hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    let dir = TempDir::new("sha");
+    let path = dir.path().join("file");
+    std::fs::write(&path, bytes).expect("write");
+    let out = std::process::Command::new("sha256sum")
+        .arg(&path)
+        .output()
+        .expect("sha256sum runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("digest")
+        .to_owned()
+}
+
+/// UploadInspectionFile through a raw gRPC client (the bytes stream in
+/// chunks of 64 KiB after the metadata).
+fn upload_inspection_file(
+    platform: &Platform,
+    token: &str,
+    contract_id: &str,
+    sha256_hex: &str,
+    bytes: &[u8],
+) -> Result<ta_proto::contract::UploadInspectionFileResponse, tonic::Status> {
+    use ta_proto::contract::{
+        self as pb, contract_service_client::ContractServiceClient,
+        upload_inspection_file_request::Part,
+    };
+    let mut messages = vec![pb::UploadInspectionFileRequest {
+        part: Some(Part::Metadata(pb::InspectionFileMetadata {
+            contract_id: contract_id.to_owned(),
+            content_type: "application/pdf".into(),
+            size_bytes: bytes.len() as u64,
+            sha256_hex: sha256_hex.to_owned(),
+        })),
+    }];
+    for chunk in bytes.chunks(64 * 1024) {
+        messages.push(pb::UploadInspectionFileRequest {
+            part: Some(Part::Chunk(chunk.to_vec())),
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut client =
+            ContractServiceClient::connect(format!("http://{}", platform.contract.addr()))
+                .await
+                .expect("connect to contract");
+        let mut request = tonic::Request::new(tokio_stream::iter(messages));
+        request
+            .metadata_mut()
+            .insert("authorization", ta_runtime::auth::bearer_metadata(token));
+        client
+            .upload_inspection_file(request)
+            .await
+            .map(tonic::Response::into_inner)
+    })
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(next) = dirs.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                dirs.push(entry.path());
+            } else {
+                out.push(
+                    entry
+                        .path()
+                        .strip_prefix(dir)
+                        .unwrap_or(&entry.path())
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_agency_stores_its_report_files_by_their_hash_in_the_store_dispute_shares() {
+    let store = TempDir::new("inspection-files");
+    let dir = store.path().display().to_string();
+    let platform = Platform::start(&[("EVIDENCE_STORE", &dir)]);
+    let owner = "supplier-files";
+    let (buyer, supplier) = tokens(owner);
+    let inspector = mint(AGENCY, Role::Inspector);
+    let supplier_id = platform.supplier(owner, Some(1_000_000));
+    let mut terms = terms("PROTECTION_TRADE_ASSURANCE");
+    terms["inspection"] = json!({
+        "kind": "INSPECTION_KIND_PRE_SHIPMENT_THIRD_PARTY", "agency_name": "SGS", "agency_principal_id": AGENCY
+    });
+    let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &terms);
+    platform.wait_status(&id, "CONTRACT_STATUS_AWAITING_PAYMENT");
+
+    let pdf: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let sha = sha256_hex(&pdf);
+    // Only the named agency; a wrong hash stores nothing.
+    let other = mint("agency-other", Role::Inspector);
+    let denied =
+        upload_inspection_file(&platform, &other, &id, &sha, &pdf).expect_err("not the agency");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    let wrong = upload_inspection_file(&platform, &inspector, &id, &"0".repeat(64), &pdf)
+        .expect_err("the hash differs");
+    assert_eq!(wrong.code(), tonic::Code::InvalidArgument, "{wrong:?}");
+    assert!(
+        files_under(store.path()).is_empty(),
+        "{:?}",
+        files_under(store.path())
+    );
+
+    let stored = upload_inspection_file(&platform, &inspector, &id, &sha, &pdf).expect("stored");
+    assert_eq!(stored.evidence_sha256, format!("sha256:{sha}"));
+    assert!(stored.stored_now);
+    assert_eq!(
+        files_under(store.path()),
+        vec![format!("sha256/{}/{sha}", &sha[..2])],
+        "by its hash, where dispute's evidence goes"
+    );
+    let again = upload_inspection_file(&platform, &inspector, &id, &sha, &pdf).expect("again");
+    assert!(!again.stored_now, "the same file is not stored twice");
+
+    // The report names it.
+    let mut filed = report(&id, "files-1", "4.0", "CRITERION_OUTCOME_PASS");
+    filed["results"][0]["evidence_sha256"] = json!([stored.evidence_sha256]);
+    let submitted = platform
+        .contract_call("SubmitInspectionReport", &inspector, &filed)
+        .expect("report");
+    assert_eq!(
+        submitted["report"]["results"][0]["evidenceSha256"][0],
+        format!("sha256:{sha}"),
+        "{submitted:#}"
+    );
+}

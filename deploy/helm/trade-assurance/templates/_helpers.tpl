@@ -88,10 +88,12 @@ every service that calls others.
 {{- if gt (add $s.readinessDelaySeconds $s.gracePeriodSeconds 5) (int $s.terminationGracePeriodSeconds) -}}
 {{- fail (printf "shutdown: readinessDelaySeconds (%v) + gracePeriodSeconds (%v) + 5s for closing the pool and flushing telemetry must not exceed terminationGracePeriodSeconds (%v)" $s.readinessDelaySeconds $s.gracePeriodSeconds $s.terminationGracePeriodSeconds) -}}
 {{- end -}}
-{{- $dispute := .Values.services.dispute -}}
-{{- $several := or (gt (int $dispute.replicas) 1) (and $dispute.autoscaling.enabled (gt (int $dispute.autoscaling.maxReplicas) 1)) -}}
-{{- if and $several (not (hasPrefix "s3://" .Values.evidence.store)) -}}
-{{- fail (printf "evidence.store must be an s3://bucket[/prefix] with more than one dispute replica (or autoscaling): %s would be each pod's own directory" .Values.evidence.store) -}}
+{{- range $user := list "contract" "dispute" -}}
+{{- $svc := get $.Values.services $user -}}
+{{- $several := or (gt (int $svc.replicas) 1) (and $svc.autoscaling.enabled (gt (int $svc.autoscaling.maxReplicas) 1)) -}}
+{{- if and $several (not (hasPrefix "s3://" $.Values.evidence.store)) -}}
+{{- fail (printf "evidence.store must be an s3://bucket[/prefix] with more than one %s replica (or autoscaling): %s would be each pod's own directory, and contract and dispute must share it" $user $.Values.evidence.store) -}}
+{{- end -}}
 {{- end -}}
 {{- $root := . -}}
 {{- range $name := splitList " " (include "ta.serviceNames" .) -}}
