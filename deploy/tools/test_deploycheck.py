@@ -77,6 +77,30 @@ def test_shipped_values_render(env):
     assert dc.load_objects(dc.render(dc.environment_values(env)).values())
 
 
+INTEGER_SETTINGS = (
+    "GRPC_MAX_MESSAGE_BYTES",
+    "GRPC_CONCURRENCY_LIMIT",
+    "DATABASE_MAX_CONNECTIONS",
+    "AUTH_JWT_LEEWAY_SECONDS",
+    "EVIDENCE_MAX_PHOTO_BYTES",
+    "EVIDENCE_MAX_VIDEO_BYTES",
+    "EVIDENCE_MAX_DOCUMENT_BYTES",
+)
+
+
+@pytest.mark.parametrize("values", [{}, {"grpc": {"maxMessageBytes": 16777216}}], ids=["defaults", "16 MiB messages"])
+def test_numeric_settings_render_as_integers(values):
+    # YAML numbers reach the templates as floats: without int64 a value of a
+    # million or more prints as 4.194304e+06, which the services refuse.
+    configmaps = [o for o in dc.load_objects(dc.render(values).values()) if o["kind"] == "ConfigMap"]
+    assert configmaps
+    for configmap in configmaps:
+        for key in INTEGER_SETTINGS:
+            value = configmap["data"].get(key)
+            if value is not None:
+                assert value.isdigit(), f'{configmap["metadata"]["name"]}: {key}={value!r}'
+
+
 # --- deploy/k8s drift -------------------------------------------------------
 
 
