@@ -9,6 +9,8 @@
 #     package's `gc-binary-download` helper would fetch from outside the
 #     registries: never used).
 #   - cargo-nextest, only when `cargo nextest --version` fails.
+#   - moto[server] 5.2.5 (moto_server, an S3-compatible server for the file
+#     store's tests) into the same virtualenv, unless one is on PATH.
 #   - With the argument `deploy` (make deploy-tools), only the deploy checks' tools
 #     instead: deploy/requirements.txt (helm-python-sdk, kubernetes-validate,
 #     checkov, pytest) into the same virtualenv, reinstalled only when that file
@@ -81,6 +83,21 @@ install_nextest() {
   cargo nextest --version >/dev/null 2>&1 || die "cargo nextest still not runnable (is ~/.cargo/bin on PATH?)"
 }
 
+# An S3-compatible server for ta-objects' tests (shared/objects/tests/store.rs):
+# moto's moto_server, from PyPI. One already on PATH is used as it is.
+MOTO_PIP_SPEC="moto[server]==5.2.5"
+
+install_moto() {
+  if command -v moto_server >/dev/null 2>&1 || [[ -x $VENV/bin/moto_server ]]; then
+    return 0
+  fi
+  ensure_venv
+  log "installing $MOTO_PIP_SPEC into $VENV (the S3-compatible server the store's tests use)"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-input \
+    "$MOTO_PIP_SPEC" >&2
+  [[ -x $VENV/bin/moto_server ]] || die "pip installed moto but $VENV/bin/moto_server is missing"
+}
+
 DEPLOY_REQUIREMENTS="$REPO_ROOT/deploy/requirements.txt"
 DEPLOY_STAMP="$VENV/.deploy-requirements"
 
@@ -107,6 +124,7 @@ case "${1:-}" in
   "")
     install_grpcurl
     install_nextest
+    install_moto
     ;;
   *)
     die "usage: $0 [deploy]"
