@@ -128,6 +128,31 @@ impl ContractApi {
         self
     }
 
+    /// Every file a report's results name is in the store: a report cannot
+    /// point at evidence nobody can download.
+    async fn check_report_files(
+        &self,
+        results: &[pb::CriterionResult],
+    ) -> Result<(), ServiceError> {
+        let mut v = Violations::new();
+        for (i, result) in results.iter().enumerate() {
+            for (j, reference) in result.evidence_sha256.iter().enumerate() {
+                let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
+                let stored = match &self.store {
+                    Some(store) => store.contains(hex).await?,
+                    None => false,
+                };
+                if !stored {
+                    v.add(
+                        format!("results[{i}].evidence_sha256[{j}]"),
+                        "no file with this SHA-256 is stored: upload it with UploadInspectionFile first",
+                    );
+                }
+            }
+        }
+        v.finish(())
+    }
+
     fn pool(&self) -> &sqlx::PgPool {
         self.mutations.pool()
     }
@@ -1026,6 +1051,7 @@ impl ContractService for ContractApi {
                         contract.negotiation.status.as_str()
                     )));
                 }
+                self.check_report_files(&cmd.results).await?;
                 let version = contract.negotiation.signed_version;
                 let loaded = load_terms(tx, cmd.contract_id, version).await?;
                 let mut v = Violations::new();

@@ -23,8 +23,7 @@ fn report(contract_id: &str, key: &str, measured: &str, outcome: &str) -> Value 
         "contract_id": contract_id,
         "agency_reference": format!("SGS-{key}"),
         "inspected_at": at(Duration::from_secs(0)),
-        "results": [{ "criterion_id": "QC-1", "outcome": outcome, "measured_value": measured,
-                      "evidence_sha256": [format!("sha256:{}", "ab".repeat(32))] }],
+        "results": [{ "criterion_id": "QC-1", "outcome": outcome, "measured_value": measured }],
         "summary": "AQL 2.5 sampling of 125 units"
     })
 }
@@ -981,6 +980,23 @@ fn the_agency_stores_its_report_files_by_their_hash_in_the_store_dispute_shares(
     );
     let again = upload_inspection_file(&platform, &inspector, &id, &sha, &pdf).expect("again");
     assert!(!again.stored_now, "the same file is not stored twice");
+
+    // A report names only files the store has.
+    let mut unknown = report(&id, "files-0", "4.0", "CRITERION_OUTCOME_PASS");
+    unknown["results"][0]["evidence_sha256"] = json!([format!("sha256:{}", "ab".repeat(32))]);
+    let refused = platform
+        .contract_call("SubmitInspectionReport", &inspector, &unknown)
+        .expect_err("a file nobody uploaded");
+    assert_eq!(refused.code, "InvalidArgument", "{refused:#?}");
+    assert!(
+        refused.message.contains("results[0].evidence_sha256[0]")
+            || refused.stderr.contains("results[0].evidence_sha256[0]"),
+        "{refused:#?}"
+    );
+    assert!(
+        platform.get_contract(&id)["latestInspectionReport"].is_null(),
+        "nothing was filed"
+    );
 
     // The report names it.
     let mut filed = report(&id, "files-1", "4.0", "CRITERION_OUTCOME_PASS");
