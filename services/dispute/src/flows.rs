@@ -645,7 +645,7 @@ impl Flows {
         let request = supplier_pb::RecordPenaltyRequest {
             idempotency_key: Self::key(claim, "penalty"),
             supplier_id: claim.supplier_id.clone(),
-            dispute_id: claim.claim_id.to_string(),
+            claim_id: claim.claim_id.to_string(),
             points,
             reason: reason.into(),
         };

@@ -98,7 +98,7 @@ impl CompletionHandler for Completions {
             }
             completion::PENALTY_RECORDED => {
                 let r: supplier_pb::RecordPenaltyRequest = delivery.decode_request()?;
-                app::penalty_recorded(tx, flows, claim_id(&r.dispute_id)?, refusal(answer), now)
+                app::penalty_recorded(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now)
                     .await
             }
             completion::INQUIRY_RECORDED => {

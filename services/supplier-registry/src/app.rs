@@ -81,7 +81,7 @@ pub struct Inquiry {
 #[derive(Clone, Debug)]
 pub struct Penalty {
     pub supplier_id: Uuid,
-    pub dispute_id: String,
+    pub claim_id: String,
     pub points: u32,
     pub reason: String,
 }
@@ -349,7 +349,7 @@ impl Registry {
         let points = i32::try_from(command.points).unwrap_or(i32::MAX);
         let recorded = storage::insert_penalty(
             tx,
-            &command.dispute_id,
+            &command.claim_id,
             command.supplier_id,
             points,
             &command.reason,
@@ -372,8 +372,8 @@ impl Registry {
             }
             Some(_) => {
                 return Err(ServiceError::AlreadyExists(format!(
-                    "dispute {} already has a different penalty recorded",
-                    command.dispute_id
+                    "claim {} already has a different penalty recorded",
+                    command.claim_id
                 )));
             }
         };

@@ -747,7 +747,7 @@ impl SupplierRegistryService for RegistryService {
             v.require((1..=100).contains(&req.points), "points", "must be 1-100");
             Ok(Penalty {
                 supplier_id: parse_id("supplier_id", &req.supplier_id, v),
-                dispute_id: reference("dispute_id", &req.dispute_id, v),
+                claim_id: reference("claim_id", &req.claim_id, v),
                 points: req.points,
                 reason: require_text("reason", &req.reason, 1000, v),
             })

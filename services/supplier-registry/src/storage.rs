@@ -498,20 +498,20 @@ pub async fn mark_inquiry_replied(
     Ok(exists.map(|_| false))
 }
 
-/// Records a dispute's penalty once. Returns the supplier already penalised for
-/// this dispute, if any, with the points recorded then.
+/// Records a claim's penalty once. Returns the supplier already penalised for
+/// this claim, if any, with the points recorded then.
 pub async fn insert_penalty(
     tx: &mut PgConnection,
-    dispute_id: &str,
+    claim_id: &str,
     supplier_id: Uuid,
     points: i32,
     reason: &str,
 ) -> Result<Option<(Uuid, i32)>, ServiceError> {
     let inserted = sqlx::query(
-        "INSERT INTO supplier_registry.penalties (dispute_id, supplier_id, points, reason, recorded_at) \
-         VALUES ($1, $2, $3, $4, now()) ON CONFLICT (dispute_id) DO NOTHING",
+        "INSERT INTO supplier_registry.penalties (claim_id, supplier_id, points, reason, recorded_at) \
+         VALUES ($1, $2, $3, $4, now()) ON CONFLICT (claim_id) DO NOTHING",
     )
-    .bind(dispute_id)
+    .bind(claim_id)
     .bind(supplier_id)
     .bind(points)
     .bind(reason)
@@ -522,9 +522,9 @@ pub async fn insert_penalty(
         return Ok(None);
     }
     Ok(sqlx::query_as(
-        "SELECT supplier_id, points FROM supplier_registry.penalties WHERE dispute_id = $1",
+        "SELECT supplier_id, points FROM supplier_registry.penalties WHERE claim_id = $1",
     )
-    .bind(dispute_id)
+    .bind(claim_id)
     .fetch_optional(tx)
     .await?)
 }

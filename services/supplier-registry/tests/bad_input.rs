@@ -70,7 +70,7 @@ async fn populated(client: &mut Client) -> String {
         .record_penalty(service(pb::RecordPenaltyRequest {
             idempotency_key: "seed-penalty".into(),
             supplier_id: id.clone(),
-            dispute_id: "dispute-seed".into(),
+            claim_id: "dispute-seed".into(),
             points: 2,
             reason: "late shipment upheld".into(),
         }))
@@ -686,7 +686,7 @@ fn cases(id: &str) -> Vec<Case> {
             Call::RecordPenalty(pb::RecordPenaltyRequest {
                 idempotency_key: "penalty-1".into(),
                 supplier_id: id(),
-                dispute_id: "dispute-2".into(),
+                claim_id: "dispute-2".into(),
                 points: 0,
                 reason: String::new(),
             }),
@@ -697,7 +697,7 @@ fn cases(id: &str) -> Vec<Case> {
             Call::RecordPenalty(pb::RecordPenaltyRequest {
                 idempotency_key: "penalty-2".into(),
                 supplier_id: id(),
-                dispute_id: "dispute-3".into(),
+                claim_id: "dispute-3".into(),
                 points: 101,
                 reason: "quality mismatch upheld".into(),
             }),
@@ -708,18 +708,18 @@ fn cases(id: &str) -> Vec<Case> {
             Call::RecordPenalty(pb::RecordPenaltyRequest {
                 idempotency_key: String::new(),
                 supplier_id: id(),
-                dispute_id: String::new(),
+                claim_id: String::new(),
                 points: 5,
                 reason: "\n".into(),
             }),
-            &["dispute_id", "idempotency_key", "reason"],
+            &["claim_id", "idempotency_key", "reason"],
         ),
         case(
             "penalty with a NUL in the reason",
             Call::RecordPenalty(pb::RecordPenaltyRequest {
                 idempotency_key: "penalty-3".into(),
                 supplier_id: id(),
-                dispute_id: "dispute-4".into(),
+                claim_id: "dispute-4".into(),
                 points: 5,
                 reason: "upheld\0".into(),
             }),

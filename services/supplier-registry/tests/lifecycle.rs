@@ -226,7 +226,7 @@ async fn penalty(
         .record_penalty(service(pb::RecordPenaltyRequest {
             idempotency_key: key(),
             supplier_id: id.into(),
-            dispute_id: dispute.into(),
+            claim_id: dispute.into(),
             points,
             reason: format!("dispute {dispute} upheld"),
         }))
@@ -958,7 +958,7 @@ async fn penalties_count_once_per_dispute_and_restrict_at_the_threshold(pool: Pg
         assert_eq!(status.code(), Code::AlreadyExists);
         assert_eq!(
             status.message(),
-            "dispute dispute-1 already has a different penalty recorded"
+            "claim dispute-1 already has a different penalty recorded"
         );
     }
     let after = Snapshot::take(&pool).await;

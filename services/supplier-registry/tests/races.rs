@@ -191,7 +191,7 @@ async fn a_dispute_penalised_concurrently_for_another_supplier(pool: PgPool) {
     let conflict = uncommitted(
         &pool,
         "INSERT INTO supplier_registry.penalties \
-         (dispute_id, supplier_id, points, reason, recorded_at) \
+         (claim_id, supplier_id, points, reason, recorded_at) \
          VALUES ('dispute-1', $1, 5, 'upheld', now())",
         &first,
     )
@@ -204,7 +204,7 @@ async fn a_dispute_penalised_concurrently_for_another_supplier(pool: PgPool) {
             .record_penalty(service(pb::RecordPenaltyRequest {
                 idempotency_key: "penalty-1".into(),
                 supplier_id: racer_id,
-                dispute_id: "dispute-1".into(),
+                claim_id: "dispute-1".into(),
                 points: 5,
                 reason: "upheld".into(),
             }))
@@ -214,7 +214,7 @@ async fn a_dispute_penalised_concurrently_for_another_supplier(pool: PgPool) {
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     assert_eq!(
         status.message(),
-        "dispute dispute-1 already has a different penalty recorded"
+        "claim dispute-1 already has a different penalty recorded"
     );
     assert_eq!(supplier(&mut setup, &second).await.penalty_points, 0);
     server.stop().await.unwrap();

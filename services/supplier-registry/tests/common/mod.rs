@@ -393,7 +393,7 @@ pub fn every_call(supplier_id: &str, key: &str) -> Vec<Call> {
         Call::RecordPenalty(pb::RecordPenaltyRequest {
             idempotency_key: key("penalty"),
             supplier_id: id(),
-            dispute_id: "dispute-1".into(),
+            claim_id: "dispute-1".into(),
             points: 3,
             reason: "quality mismatch upheld".into(),
         }),
