@@ -13,9 +13,11 @@ use std::{env, fmt::Write as _, fs, path::PathBuf};
 
 use protox::prost_reflect::{DescriptorPool, Value};
 
-/// Relative to this crate; made absolute below so that `rerun-if-changed`
-/// names the files of this checkout even when several checkouts share one
-/// target directory.
+/// Relative to this crate. `rerun-if-changed` names the files by this
+/// relative path: cargo joins it to the package root of the build that checks
+/// it, so a checkout sharing the target directory with another compares its
+/// own files. An absolute path, outside the package root, would be stored as
+/// it is and keep naming the checkout that ran the script last.
 const PROTO_ROOT: &str = "../../proto";
 const ACCESS_OPTION: &str = "tradeassurance.common.v1.access";
 
@@ -26,9 +28,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     collect_protos(&root, &mut files)?;
     files.sort();
 
-    println!("cargo:rerun-if-changed={}", root.display());
+    println!("cargo:rerun-if-changed={PROTO_ROOT}");
     for file in &files {
-        println!("cargo:rerun-if-changed={}", file.display());
+        let relative = file.strip_prefix(&root).unwrap_or(file);
+        println!(
+            "cargo:rerun-if-changed={}",
+            PathBuf::from(PROTO_ROOT).join(relative).display()
+        );
     }
 
     let mut compiler = protox::Compiler::new([&root])?;
