@@ -98,8 +98,7 @@ impl CompletionHandler for Completions {
             }
             completion::PENALTY_RECORDED => {
                 let r: supplier_pb::RecordPenaltyRequest = delivery.decode_request()?;
-                app::penalty_recorded(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now)
-                    .await
+                app::penalty_recorded(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now).await
             }
             completion::INQUIRY_RECORDED => {
                 let r: supplier_pb::RecordInquiryRequest = delivery.decode_request()?;
