@@ -37,6 +37,7 @@ use ta_proto::{
             SubmitVerificationRequest, VerifySupplierRequest,
             supplier_registry_service_client::SupplierRegistryServiceClient,
         },
+        testing::v1::{EchoRequest, echo_service_client::EchoServiceClient},
     },
 };
 use ta_runtime::auth::Role;
@@ -67,14 +68,18 @@ pub enum Scenario {
     /// (cover reserved, escrow opened), card funding, shipment, receipt,
     /// acceptance (the release follows through contract's outbox).
     Orders,
+    /// The no-op baseline: `ta-echo` answers a 256-byte payload, so the
+    /// services' CPU per call reads against gRPC and HTTP/2 alone.
+    Echo,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Self::Transfers,
         Self::HotSupplier,
         Self::ReserveCover,
         Self::Orders,
+        Self::Echo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +88,7 @@ impl Scenario {
             Self::HotSupplier => "hot-supplier",
             Self::ReserveCover => "reserve-cover",
             Self::Orders => "orders",
+            Self::Echo => "echo",
         }
     }
 
@@ -96,6 +102,7 @@ impl Scenario {
             Self::Transfers | Self::HotSupplier => &["FundEscrow", "ReleaseToSupplier"],
             Self::ReserveCover => &["ReserveCover"],
             Self::Orders => &["whole order"],
+            Self::Echo => &["Echo"],
         }
     }
 }
@@ -338,6 +345,8 @@ pub struct Platform {
     pub escrow_addr: String,
     /// Where contract listens, if started (the orders scenario needs it).
     pub contract_addr: Option<String>,
+    /// Where the no-op `ta-echo` listens, if started (the echo scenario).
+    pub echo_addr: Option<String>,
     /// Started here (empty when reusing addresses).
     pub services: Vec<Service>,
     pub database: Option<Database>,
@@ -362,7 +371,9 @@ impl Platform {
         ];
         let registry = Service::spawn(bin_dir, "supplier-registry", &env, log_dir)?;
         let escrow = Service::spawn(bin_dir, "escrow", &env, log_dir)?;
-        let mut services = Vec::new();
+        let echo = Service::spawn(bin_dir, "ta-echo", &[], log_dir)?;
+        let echo_addr = Some(echo.addr.clone());
+        let mut services = vec![echo];
         let mut contract_addr = None;
         if with_contract {
             let mut contract_env = env.to_vec();
@@ -376,6 +387,7 @@ impl Platform {
             registry_addr: registry.addr.clone(),
             escrow_addr: escrow.addr.clone(),
             contract_addr,
+            echo_addr,
             services: {
                 services.insert(0, escrow);
                 services.insert(0, registry);
@@ -409,6 +421,7 @@ impl Platform {
             registry_addr,
             escrow_addr,
             contract_addr,
+            echo_addr: None,
             services: Vec::new(),
             database: None,
             log_dir: PathBuf::new(),
@@ -609,6 +622,27 @@ impl ScenarioReport {
             .sum()
     }
 
+    /// Successful gRPC calls: not the waits and whole orders recorded beside them.
+    pub fn grpc_calls_ok(&self) -> u64 {
+        self.calls
+            .iter()
+            .filter(|(name, _)| !name.starts_with("wait: ") && **name != "whole order")
+            .map(|(_, stats)| stats.ok())
+            .sum()
+    }
+
+    /// CPU seconds per 1000 successful gRPC calls of the processes `include`
+    /// names (services by name, "postgres backends"), in the timed phase.
+    pub fn cpu_per_thousand_calls(&self, include: impl Fn(&str) -> bool) -> f64 {
+        let cpu: f64 = self
+            .server_cpu
+            .iter()
+            .filter(|(name, _)| include(name))
+            .map(|(_, cpu)| cpu)
+            .sum();
+        cpu * 1000.0 / self.grpc_calls_ok().max(1) as f64
+    }
+
     pub fn print(&self) {
         let paced = self
             .rate
@@ -643,13 +677,7 @@ impl ScenarioReport {
                 println!("     first error: {e}");
             }
         }
-        // gRPC calls only: not the waits and whole orders recorded beside them.
-        let total_ok: u64 = self
-            .calls
-            .iter()
-            .filter(|(name, _)| !name.starts_with("wait: ") && **name != "whole order")
-            .map(|(_, stats)| stats.ok())
-            .sum();
+        let total_ok = self.grpc_calls_ok();
         let orders = self.calls.get("whole order").map_or(0, CallStats::ok);
         for (name, cpu) in &self.server_cpu {
             let per_order = if orders > 0 {
@@ -809,6 +837,10 @@ pub async fn run_scenario(
                 .contract_addr
                 .clone()
                 .ok_or("the orders scenario needs contract")?,
+            Scenario::Echo => platform
+                .echo_addr
+                .clone()
+                .ok_or("the echo scenario needs ta-echo (started only with the services)")?,
             _ => platform.escrow_addr.clone(),
         };
         let escrow_addr = platform.escrow_addr.clone();
@@ -854,6 +886,7 @@ pub async fn run_scenario(
                         }
                     }
                 }
+                Scenario::Echo => echo_worker(channel, &mut pacer, &mut recorder).await,
                 Scenario::ReserveCover => {
                     let (supplier_id, _) = supplier.expect("set up above");
                     cover_worker(
@@ -913,7 +946,7 @@ pub async fn run_scenario(
             let (differences, checked) = reconcile(&platform.escrow_addr, &tokens).await?;
             (Some(differences), Some(checked))
         }
-        Scenario::ReserveCover => (None, None),
+        Scenario::ReserveCover | Scenario::Echo => (None, None),
     };
     Ok(ScenarioReport {
         scenario,
@@ -1153,6 +1186,22 @@ async fn cover_worker(
             .time(
                 "ReserveCover",
                 registry.reserve_cover(authorized(reserve, &tokens.contract_to_registry)),
+            )
+            .await;
+    }
+}
+
+async fn echo_worker(channel: Channel, pacer: &mut Pacer, recorder: &mut Recorder) {
+    let mut echo = EchoServiceClient::new(channel);
+    let payload = vec![0x5a; 256];
+    while !pacer.done() {
+        pacer.wait().await;
+        recorder
+            .time(
+                "Echo",
+                echo.echo(EchoRequest {
+                    payload: payload.clone(),
+                }),
             )
             .await;
     }

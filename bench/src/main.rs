@@ -26,8 +26,11 @@ struct Args {
     /// Seconds each pgbench run lasts; 0 skips pgbench.
     #[arg(long, default_value_t = 12)]
     pgbench_seconds: u64,
-    /// Scenarios, comma-separated: transfers, hot-supplier, reserve-cover, orders.
-    #[arg(long, default_value = "transfers,hot-supplier,reserve-cover,orders")]
+    /// Scenarios, comma-separated: transfers, hot-supplier, reserve-cover, orders, echo.
+    #[arg(
+        long,
+        default_value = "transfers,hot-supplier,reserve-cover,orders,echo"
+    )]
     scenarios: String,
     /// Pool size of each service (DATABASE_MAX_CONNECTIONS).
     #[arg(long, default_value_t = 10)]
@@ -177,6 +180,7 @@ async fn run(args: Args) -> ta_bench::Result<bool> {
             Scenario::HotSupplier => (narrow, "goal >= 1.0"),
             Scenario::ReserveCover => (narrow, "no goal set; issue measured 0.37 from outside"),
             Scenario::Orders => (None, "no goal set; bound by the workflow's poll intervals"),
+            Scenario::Echo => (None, "the no-op baseline: gRPC and HTTP/2 alone"),
         };
         let ratio = reference.map_or(String::from("n/a"), |r| {
             format!(
@@ -238,8 +242,46 @@ async fn run(args: Args) -> ta_bench::Result<bool> {
             sound = false;
         }
     }
+    print_cpu_against_echo(&reports);
     if !sound {
         println!("   FAILED: some calls failed or the ledger does not reconcile");
     }
     Ok(sound)
+}
+
+/// Server CPU per 1000 calls of each scenario at its peak, against the no-op
+/// echo's: the platform's processes (every service, since those not called
+/// still follow feeds and poll their outbox and timers) and their Postgres
+/// backends, not the generator.
+fn print_cpu_against_echo(reports: &[ScenarioReport]) {
+    const ECHO: &str = "ta-echo";
+    const GENERATOR: &str = "ta-bench (the generator)";
+    const POSTGRES: &str = "postgres backends";
+    let Some(echo) = reports.iter().find(|r| r.scenario == Scenario::Echo) else {
+        return;
+    };
+    let baseline = echo.cpu_per_thousand_calls(|name| name == ECHO);
+    println!(
+        "   server CPU per 1000 calls at the peak, against the no-op echo's {baseline:.3} CPU s:"
+    );
+    for report in reports.iter().filter(|r| r.scenario != Scenario::Echo) {
+        let services =
+            report.cpu_per_thousand_calls(|name| ![ECHO, GENERATOR, POSTGRES].contains(&name));
+        let postgres = report.cpu_per_thousand_calls(|name| name == POSTGRES);
+        let ratio = if baseline > 0.0 {
+            format!("{:.1} x echo", (services + postgres) / baseline)
+        } else {
+            String::from("n/a")
+        };
+        println!(
+            "   {:<14} services {services:.3} + postgres {postgres:.3} = {:.3} CPU s ({ratio}; services alone {})",
+            report.scenario.name(),
+            services + postgres,
+            if baseline > 0.0 {
+                format!("{:.1} x", services / baseline)
+            } else {
+                String::from("n/a")
+            }
+        );
+    }
 }

@@ -21,7 +21,7 @@ async fn every_scenario_runs_cleanly_for_a_second() {
         "DATABASE_URL is not set: export DATABASE_URL=\"$(scripts/dev-postgres.sh)\" (make test does)",
     );
     let bin_dir = debug_dir();
-    for binary in ["supplier-registry", "escrow", "contract"] {
+    for binary in ["supplier-registry", "escrow", "contract", "ta-echo"] {
         assert!(
             bin_dir.join(binary).is_file(),
             "{binary} not in {}: run `cargo build --workspace --bins` first",
@@ -59,7 +59,10 @@ async fn every_scenario_runs_cleanly_for_a_second() {
             "{}: no call succeeded",
             scenario.name()
         );
-        if scenario != Scenario::ReserveCover {
+        if matches!(
+            scenario,
+            Scenario::Transfers | Scenario::HotSupplier | Scenario::Orders
+        ) {
             // orders: the last release may still be on its way; it is
             // reconciled all the same (a hold or a posting, never a difference).
             assert_eq!(
@@ -70,6 +73,15 @@ async fn every_scenario_runs_cleanly_for_a_second() {
             );
         }
     }
+    // The echo baseline's process is measured like a service.
+    let echo = run_scenario(&platform, Scenario::Echo, load)
+        .await
+        .expect("echo runs");
+    assert!(
+        echo.server_cpu.iter().any(|(name, _)| name == "ta-echo"),
+        "{:?}",
+        echo.server_cpu
+    );
     drop(platform);
     let _ = std::fs::remove_dir_all(&log_dir);
 }

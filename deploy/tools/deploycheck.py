@@ -51,7 +51,7 @@ PACKAGE_SERVERS = {
     "dispute": ["dispute"],
     # The operators' workflow admin API: every service process serves it.
     "ops": list(SERVICES),
-    # Served only by the tests of shared/workflow, never deployed.
+    # Served only by the tests of shared/workflow and the benchmark's echo, never deployed.
     "testing": [],
 }
 COMPONENT = "app.kubernetes.io/component"
