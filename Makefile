@@ -103,7 +103,7 @@ deploy-check: deploy-tools ## Lint, render, validate and scan the Helm chart; fa
 BENCH_ARGS ?=
 
 .PHONY: bench
-bench: ## Benchmark (release build): escrow transfers, hot supplier, cover reservations, whole orders, beside pgbench
+bench: ## Benchmark (release build): escrow transfers, hot supplier, cover reservations, whole orders, a no-op echo baseline, beside pgbench
 	@export DATABASE_URL="$$(scripts/dev-postgres.sh)"
 	cargo build --release --bins -p supplier-registry -p escrow -p contract -p ta-bench
 	"$$CARGO_TARGET_DIR/release/ta-bench" $(BENCH_ARGS)
