@@ -106,30 +106,14 @@ pub async fn upload(
             .into());
         }
     }
-    let mut upload = store.begin(meta.size, &meta.sha256_hex).await?;
-    loop {
-        let next = match stream.message().await {
-            Ok(None) => break,
-            Ok(Some(message)) => message,
-            Err(status) => {
-                // Cut off: nothing stays.
-                upload.abort().await;
-                return Err(status);
-            }
-        };
-        let result = match next.part {
-            Some(Part::Chunk(bytes)) => upload.chunk(&bytes).await,
-            _ => Err(ServiceError::invalid(
-                "chunk",
-                "every message after the first carries bytes only",
-            )),
-        };
-        if let Err(error) = result {
-            upload.abort().await;
-            return Err(error.into());
-        }
-    }
-    let stored_now = upload.finish().await?;
+    let stored_now = store
+        .begin(meta.size, &meta.sha256_hex)
+        .await?
+        .receive(&mut stream, |message| match message.part {
+            Some(Part::Chunk(bytes)) => Some(bytes),
+            _ => None,
+        })
+        .await?;
     tracing::info!(contract_id = %meta.contract_id, sha256 = %meta.sha256_hex, stored_now, "inspection file received");
     Ok(pb::UploadInspectionFileResponse {
         evidence_sha256: format!("sha256:{}", meta.sha256_hex),

@@ -772,7 +772,7 @@ impl DisputeService for DisputeApi {
             Ok(())
         })
         .await?;
-        let mut upload = if cmd.resumable {
+        let upload = if cmd.resumable {
             self.store
                 .begin_resumable(
                     &cmd.claim_id.to_string(),
@@ -785,30 +785,13 @@ impl DisputeService for DisputeApi {
         } else {
             self.store.begin(cmd.size, &cmd.sha256_hex).await?
         };
-        loop {
-            let next = match stream.message().await {
-                Ok(next) => next,
-                Err(status) => {
-                    // Cut off mid-stream: nothing stays, unless the upload
-                    // is resumable.
-                    upload.suspend().await;
-                    return Err(status);
-                }
-            };
-            let Some(message) = next else { break };
-            let result = match message.part {
-                Some(upload_evidence_request::Part::Chunk(bytes)) => upload.chunk(&bytes).await,
-                _ => Err(ServiceError::invalid(
-                    "chunk",
-                    "every message after the first carries bytes only",
-                )),
-            };
-            if let Err(error) = result {
-                upload.abort().await;
-                return Err(error.into());
-            }
-        }
-        upload.finish().await?;
+        // Cut off mid-stream, nothing stays unless the upload is resumable.
+        upload
+            .receive(&mut stream, |message| match message.part {
+                Some(upload_evidence_request::Part::Chunk(bytes)) => Some(bytes),
+                _ => None,
+            })
+            .await?;
         self.mutations
             .execute(&prepared, || {
                 async |tx| {

@@ -586,6 +586,43 @@ impl Upload {
         }
     }
 
+    /// Feeds the rest of an upload's client stream in, then checks and
+    /// stores the file; whether it was stored now (false: it was there).
+    /// `chunk` takes each message's bytes (`None`: not a chunk, refused). A
+    /// stream cut off suspends the upload (a resumable one keeps what came,
+    /// any other leaves nothing); a refused message or chunk leaves nothing.
+    ///
+    /// # Errors
+    /// The stream's own status when it is cut off, else the refusal.
+    pub async fn receive<M>(
+        mut self,
+        stream: &mut tonic::Streaming<M>,
+        chunk: impl Fn(M) -> Option<Vec<u8>>,
+    ) -> Result<bool, tonic::Status> {
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    self.suspend().await;
+                    return Err(status);
+                }
+            };
+            let result = match chunk(message) {
+                Some(bytes) => self.chunk(&bytes).await,
+                None => Err(ServiceError::invalid(
+                    "chunk",
+                    "every message after the first carries bytes only",
+                )),
+            };
+            if let Err(error) = result {
+                self.abort().await;
+                return Err(error.into());
+            }
+        }
+        Ok(self.finish().await?)
+    }
+
     /// The stream was cut off: a resumable upload keeps what it received;
     /// any other is dropped.
     pub async fn suspend(mut self) {
