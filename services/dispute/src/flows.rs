@@ -393,6 +393,67 @@ impl Flows {
         format!("dispute:{}:{step}", claim.claim_id)
     }
 
+    async fn call_contract<Q: ta_proto::IdempotentRequest>(
+        &self,
+        tx: &mut PgConnection,
+        method: &str,
+        request: &Q,
+        completion: &str,
+    ) -> Result<(), ServiceError> {
+        self.enqueue_call(tx, CONTRACT, CONTRACT_PATH, method, request, completion)
+            .await
+    }
+
+    async fn call_escrow<Q: ta_proto::IdempotentRequest>(
+        &self,
+        tx: &mut PgConnection,
+        method: &str,
+        request: &Q,
+        completion: &str,
+    ) -> Result<(), ServiceError> {
+        self.enqueue_call(tx, ESCROW, ESCROW_PATH, method, request, completion)
+            .await
+    }
+
+    async fn call_registry<Q: ta_proto::IdempotentRequest>(
+        &self,
+        tx: &mut PgConnection,
+        method: &str,
+        request: &Q,
+        completion: &str,
+    ) -> Result<(), ServiceError> {
+        self.enqueue_call(
+            tx,
+            SUPPLIER_REGISTRY,
+            REGISTRY_PATH,
+            method,
+            request,
+            completion,
+        )
+        .await
+    }
+
+    async fn enqueue_call<Q: ta_proto::IdempotentRequest>(
+        &self,
+        tx: &mut PgConnection,
+        target: &str,
+        service_path: &str,
+        method: &str,
+        request: &Q,
+        completion: &str,
+    ) -> Result<(), ServiceError> {
+        self.outbox
+            .enqueue(
+                tx,
+                target,
+                &format!("{service_path}{method}"),
+                request,
+                completion,
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn record_claim_opened(
         &self,
         tx: &mut PgConnection,
@@ -404,16 +465,13 @@ impl Flows {
             claim_id: claim.claim_id.to_string(),
             reason: reason_proto(claim.reason) as i32,
         };
-        self.outbox
-            .enqueue(
-                tx,
-                CONTRACT,
-                &format!("{CONTRACT_PATH}RecordClaimOpened"),
-                &request,
-                completion::CLAIM_RECORDED,
-            )
-            .await?;
-        Ok(())
+        self.call_contract(
+            tx,
+            "RecordClaimOpened",
+            &request,
+            completion::CLAIM_RECORDED,
+        )
+        .await
     }
 
     pub async fn freeze(
@@ -427,16 +485,8 @@ impl Flows {
             claim_id: claim.claim_id.to_string(),
             reason: format!("claim {} ({}) filed", claim.claim_id, claim.reason.as_str()),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                ESCROW,
-                &format!("{ESCROW_PATH}FreezeEscrow"),
-                &request,
-                completion::ESCROW_FROZEN,
-            )
-            .await?;
-        Ok(())
+        self.call_escrow(tx, "FreezeEscrow", &request, completion::ESCROW_FROZEN)
+            .await
     }
 
     pub async fn confirm_opened(
@@ -449,16 +499,13 @@ impl Flows {
             contract_id: claim.contract_id.clone(),
             claim_id: claim.claim_id.to_string(),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                CONTRACT,
-                &format!("{CONTRACT_PATH}ConfirmClaimOpened"),
-                &request,
-                completion::CLAIM_CONFIRMED,
-            )
-            .await?;
-        Ok(())
+        self.call_contract(
+            tx,
+            "ConfirmClaimOpened",
+            &request,
+            completion::CLAIM_CONFIRMED,
+        )
+        .await
     }
 
     pub async fn abandon_opening(
@@ -473,16 +520,8 @@ impl Flows {
             claim_id: claim.claim_id.to_string(),
             reason: reason.into(),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                CONTRACT,
-                &format!("{CONTRACT_PATH}AbandonClaimOpening"),
-                &request,
-                completion::NOTHING,
-            )
-            .await?;
-        Ok(())
+        self.call_contract(tx, "AbandonClaimOpening", &request, completion::NOTHING)
+            .await
     }
 
     /// Lifts the claim's freeze; `then` names what follows (the contract is
@@ -500,16 +539,7 @@ impl Flows {
             claim_id: claim.claim_id.to_string(),
             reason: reason.into(),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                ESCROW,
-                &format!("{ESCROW_PATH}UnfreezeEscrow"),
-                &request,
-                then,
-            )
-            .await?;
-        Ok(())
+        self.call_escrow(tx, "UnfreezeEscrow", &request, then).await
     }
 
     /// The resolution's money, atomically in escrow: the refund, the rest
@@ -536,16 +566,8 @@ impl Flows {
                 .take(500)
                 .collect(),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                ESCROW,
-                &format!("{ESCROW_PATH}SettleClaim"),
-                &request,
-                completion::SETTLED,
-            )
-            .await?;
-        Ok(())
+        self.call_escrow(tx, "SettleClaim", &request, completion::SETTLED)
+            .await
     }
 
     /// Tells the contract how the claim ended.
@@ -573,16 +595,8 @@ impl Flows {
             refunded: refunded.map(Money::to_proto),
             new_shipment_deadline: claim.new_shipment_deadline.map(timestamps::to_proto),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                CONTRACT,
-                &format!("{CONTRACT_PATH}RecordClaimClosed"),
-                &request,
-                completion::CLAIM_CLOSED,
-            )
-            .await?;
-        Ok(())
+        self.call_contract(tx, "RecordClaimClosed", &request, completion::CLAIM_CLOSED)
+            .await
     }
 
     /// The claim, as an inquiry to its supplier (once: the key and the
@@ -597,16 +611,8 @@ impl Flows {
             supplier_id: claim.supplier_id.clone(),
             inquiry_id: inquiry_id(claim),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                SUPPLIER_REGISTRY,
-                &format!("{REGISTRY_PATH}RecordInquiry"),
-                &request,
-                completion::INQUIRY_RECORDED,
-            )
-            .await?;
-        Ok(())
+        self.call_registry(tx, "RecordInquiry", &request, completion::INQUIRY_RECORDED)
+            .await
     }
 
     /// The supplier answered the claim. Written at each answer under one key
@@ -623,16 +629,13 @@ impl Flows {
             supplier_id: claim.supplier_id.clone(),
             inquiry_id: inquiry_id(claim),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                SUPPLIER_REGISTRY,
-                &format!("{REGISTRY_PATH}RecordInquiryReply"),
-                &request,
-                completion::INQUIRY_REPLIED,
-            )
-            .await?;
-        Ok(())
+        self.call_registry(
+            tx,
+            "RecordInquiryReply",
+            &request,
+            completion::INQUIRY_REPLIED,
+        )
+        .await
     }
 
     pub async fn record_penalty(
@@ -649,15 +652,7 @@ impl Flows {
             points,
             reason: reason.into(),
         };
-        self.outbox
-            .enqueue(
-                tx,
-                SUPPLIER_REGISTRY,
-                &format!("{REGISTRY_PATH}RecordPenalty"),
-                &request,
-                completion::PENALTY_RECORDED,
-            )
-            .await?;
-        Ok(())
+        self.call_registry(tx, "RecordPenalty", &request, completion::PENALTY_RECORDED)
+            .await
     }
 }
