@@ -274,6 +274,33 @@ pub async fn payment_received(
 ) -> Result<(), ServiceError> {
     let milestone_id = payment.milestone_id;
     let mut contract = storage::lock_contract(tx, contract_id).await?;
+    let escrow = Actor {
+        principal_id: flows::ESCROW.into(),
+        role: ta_runtime::auth::Role::Service,
+    };
+    if contract.negotiation.status == Status::Cancelled {
+        // A credit that overtook the cancellation: escrow refunds it (the
+        // cancellation closes the account refunding what it holds, and a
+        // closed account refunds late credits at once); the parties see why.
+        let received = payment.amount.map_or_else(|| "money".to_owned(), readable);
+        flows
+            .record(
+                tx,
+                &mut contract,
+                &escrow,
+                Step {
+                    event: pb::ContractEventType::PaymentReceived,
+                    action: "payment.after_cancellation",
+                    detail: format!(
+                        "{received} for payment {milestone_id} reached escrow after the cancellation: escrow refunds it to the buyer"
+                    ),
+                    money: payment.amount,
+                },
+                now,
+            )
+            .await?;
+        return Ok(());
+    }
     if payment.milestone_paid {
         if !storage::mark_funded(tx, contract_id, milestone_id, now).await? {
             return Ok(());
@@ -318,10 +345,7 @@ pub async fn payment_received(
         .record(
             tx,
             &mut contract,
-            &Actor {
-                principal_id: flows::ESCROW.into(),
-                role: ta_runtime::auth::Role::Service,
-            },
+            &escrow,
             Step {
                 event: if all_funded {
                     pb::ContractEventType::Funded

@@ -2288,6 +2288,8 @@ fn a_bank_credit_arriving_while_the_overdue_cancellation_is_on_its_way_to_escrow
     );
     platform.wait_cover(&supplier_id, (0, 1_000_000));
     platform.assert_ledger_reconciles();
+    // The parties read why money moved after the order ended.
+    wait_action(&platform, &id, "payment.after_cancellation");
 }
 
 #[test]
