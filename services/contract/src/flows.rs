@@ -9,7 +9,11 @@ use ta_proto::{
     common::Money as PbMoney, contract as pb, escrow as escrow_pb, supplier as supplier_pb,
 };
 use ta_runtime::{ServiceError, Violations, money::Money, timestamps};
-use ta_workflow::{feed::Feed, outbox::Outbox, timers::Timers};
+use ta_workflow::{
+    feed::Feed,
+    outbox::{Callee, Outbox},
+    timers::Timers,
+};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -49,8 +53,14 @@ pub mod completion {
 
 pub const SUPPLIER_REGISTRY: &str = "supplier-registry";
 pub const ESCROW: &str = "escrow";
-const REGISTRY_PATH: &str = "/tradeassurance.supplier.v1.SupplierRegistryService/";
-const ESCROW_PATH: &str = "/tradeassurance.escrow.v1.EscrowService/";
+const REGISTRY_CALLS: Callee = Callee {
+    name: SUPPLIER_REGISTRY,
+    service: "tradeassurance.supplier.v1.SupplierRegistryService",
+};
+const ESCROW_CALLS: Callee = Callee {
+    name: ESCROW,
+    service: "tradeassurance.escrow.v1.EscrowService",
+};
 
 pub fn schema() -> ta_workflow::Schema {
     // A constant that is a plain identifier.
@@ -467,44 +477,6 @@ impl Flows {
     // ---- Calls through the outbox (keys derive from the contract, so a
     // repeated step writes the same call once) ------------------------------
 
-    async fn call_registry<Q: ta_proto::IdempotentRequest>(
-        &self,
-        tx: &mut PgConnection,
-        method: &str,
-        request: &Q,
-        completion: &str,
-    ) -> Result<(), ServiceError> {
-        self.outbox
-            .enqueue(
-                tx,
-                SUPPLIER_REGISTRY,
-                &format!("{REGISTRY_PATH}{method}"),
-                request,
-                completion,
-            )
-            .await
-            .map(|_| ())
-    }
-
-    async fn call_escrow<Q: ta_proto::IdempotentRequest>(
-        &self,
-        tx: &mut PgConnection,
-        method: &str,
-        request: &Q,
-        completion: &str,
-    ) -> Result<(), ServiceError> {
-        self.outbox
-            .enqueue(
-                tx,
-                ESCROW,
-                &format!("{ESCROW_PATH}{method}"),
-                request,
-                completion,
-            )
-            .await
-            .map(|_| ())
-    }
-
     pub async fn reserve_cover(
         &self,
         tx: &mut PgConnection,
@@ -520,7 +492,14 @@ impl Flows {
             contract_id: contract.contract_id.to_string(),
             amount: Some(contract.total.to_proto()),
         };
-        self.call_registry(tx, "ReserveCover", &request, completion::COVER_RESERVED)
+        self.outbox
+            .call(
+                tx,
+                &REGISTRY_CALLS,
+                "ReserveCover",
+                &request,
+                completion::COVER_RESERVED,
+            )
             .await
     }
 
@@ -564,7 +543,14 @@ impl Flows {
             supplier_owner_principal_id: contract.supplier_principal_id.clone(),
             hold_until: Some(timestamps::to_proto(terms.hold_until(self.settings.day))),
         };
-        self.call_escrow(tx, "OpenEscrowAccount", &request, completion::ESCROW_OPENED)
+        self.outbox
+            .call(
+                tx,
+                &ESCROW_CALLS,
+                "OpenEscrowAccount",
+                &request,
+                completion::ESCROW_OPENED,
+            )
             .await
     }
 
@@ -582,7 +568,14 @@ impl Flows {
             amount: Some(total.to_proto()),
             contract_version: version,
         };
-        self.call_registry(tx, "AdjustCover", &request, completion::COVER_ADJUSTED)
+        self.outbox
+            .call(
+                tx,
+                &REGISTRY_CALLS,
+                "AdjustCover",
+                &request,
+                completion::COVER_ADJUSTED,
+            )
             .await
     }
 
@@ -613,13 +606,15 @@ impl Flows {
             contract_version: version,
             hold_until: Some(timestamps::to_proto(terms.hold_until(self.settings.day))),
         };
-        self.call_escrow(
-            tx,
-            "AmendEscrowSchedule",
-            &request,
-            completion::SCHEDULE_AMENDED,
-        )
-        .await
+        self.outbox
+            .call(
+                tx,
+                &ESCROW_CALLS,
+                "AmendEscrowSchedule",
+                &request,
+                completion::SCHEDULE_AMENDED,
+            )
+            .await
     }
 
     pub async fn release_cover(
@@ -632,7 +627,14 @@ impl Flows {
             supplier_id: contract.supplier_id.to_string(),
             contract_id: contract.contract_id.to_string(),
         };
-        self.call_registry(tx, "ReleaseCover", &request, completion::NOTHING)
+        self.outbox
+            .call(
+                tx,
+                &REGISTRY_CALLS,
+                "ReleaseCover",
+                &request,
+                completion::NOTHING,
+            )
             .await
     }
 
@@ -647,7 +649,14 @@ impl Flows {
             contract_id: contract.contract_id.to_string(),
             buyer_principal_id: contract.buyer_principal_id.clone(),
         };
-        self.call_registry(tx, "RecordCompletedContract", &request, completion::NOTHING)
+        self.outbox
+            .call(
+                tx,
+                &REGISTRY_CALLS,
+                "RecordCompletedContract",
+                &request,
+                completion::NOTHING,
+            )
             .await
     }
 
@@ -670,7 +679,14 @@ impl Flows {
                 purpose: Some(escrow_pb::purpose::Purpose::Acceptance(true)),
             }),
         };
-        self.call_escrow(tx, "ReleaseToSupplier", &request, completion::MONEY_MOVED)
+        self.outbox
+            .call(
+                tx,
+                &ESCROW_CALLS,
+                "ReleaseToSupplier",
+                &request,
+                completion::MONEY_MOVED,
+            )
             .await
     }
 
@@ -694,7 +710,14 @@ impl Flows {
             reason: reason.into(),
             refund_held,
         };
-        self.call_escrow(tx, "CloseEscrowAccount", &request, completion::NOTHING)
+        self.outbox
+            .call(
+                tx,
+                &ESCROW_CALLS,
+                "CloseEscrowAccount",
+                &request,
+                completion::NOTHING,
+            )
             .await
     }
 }

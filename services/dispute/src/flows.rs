@@ -10,7 +10,11 @@ use ta_proto::{
     contract as contract_pb, dispute as pb, escrow as escrow_pb, supplier as supplier_pb,
 };
 use ta_runtime::{ServiceError, money::Money, timestamps};
-use ta_workflow::{feed::Feed, outbox::Outbox, timers::Timers};
+use ta_workflow::{
+    feed::Feed,
+    outbox::{Callee, Outbox},
+    timers::Timers,
+};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
@@ -56,9 +60,18 @@ pub const AUTO_ESCALATION: &str = "auto_escalation";
 pub const CONTRACT: &str = "contract";
 pub const ESCROW: &str = "escrow";
 pub const SUPPLIER_REGISTRY: &str = "supplier-registry";
-const CONTRACT_PATH: &str = "/tradeassurance.contract.v1.ContractService/";
-const ESCROW_PATH: &str = "/tradeassurance.escrow.v1.EscrowService/";
-const REGISTRY_PATH: &str = "/tradeassurance.supplier.v1.SupplierRegistryService/";
+const CONTRACT_CALLS: Callee = Callee {
+    name: CONTRACT,
+    service: "tradeassurance.contract.v1.ContractService",
+};
+const ESCROW_CALLS: Callee = Callee {
+    name: ESCROW,
+    service: "tradeassurance.escrow.v1.EscrowService",
+};
+const REGISTRY_CALLS: Callee = Callee {
+    name: SUPPLIER_REGISTRY,
+    service: "tradeassurance.supplier.v1.SupplierRegistryService",
+};
 
 /// Completions of the outbox calls, by name; each names the next step.
 pub mod completion {
@@ -393,67 +406,6 @@ impl Flows {
         format!("dispute:{}:{step}", claim.claim_id)
     }
 
-    async fn call_contract<Q: ta_proto::IdempotentRequest>(
-        &self,
-        tx: &mut PgConnection,
-        method: &str,
-        request: &Q,
-        completion: &str,
-    ) -> Result<(), ServiceError> {
-        self.enqueue_call(tx, CONTRACT, CONTRACT_PATH, method, request, completion)
-            .await
-    }
-
-    async fn call_escrow<Q: ta_proto::IdempotentRequest>(
-        &self,
-        tx: &mut PgConnection,
-        method: &str,
-        request: &Q,
-        completion: &str,
-    ) -> Result<(), ServiceError> {
-        self.enqueue_call(tx, ESCROW, ESCROW_PATH, method, request, completion)
-            .await
-    }
-
-    async fn call_registry<Q: ta_proto::IdempotentRequest>(
-        &self,
-        tx: &mut PgConnection,
-        method: &str,
-        request: &Q,
-        completion: &str,
-    ) -> Result<(), ServiceError> {
-        self.enqueue_call(
-            tx,
-            SUPPLIER_REGISTRY,
-            REGISTRY_PATH,
-            method,
-            request,
-            completion,
-        )
-        .await
-    }
-
-    async fn enqueue_call<Q: ta_proto::IdempotentRequest>(
-        &self,
-        tx: &mut PgConnection,
-        target: &str,
-        service_path: &str,
-        method: &str,
-        request: &Q,
-        completion: &str,
-    ) -> Result<(), ServiceError> {
-        self.outbox
-            .enqueue(
-                tx,
-                target,
-                &format!("{service_path}{method}"),
-                request,
-                completion,
-            )
-            .await?;
-        Ok(())
-    }
-
     pub async fn record_claim_opened(
         &self,
         tx: &mut PgConnection,
@@ -465,13 +417,15 @@ impl Flows {
             claim_id: claim.claim_id.to_string(),
             reason: reason_proto(claim.reason) as i32,
         };
-        self.call_contract(
-            tx,
-            "RecordClaimOpened",
-            &request,
-            completion::CLAIM_RECORDED,
-        )
-        .await
+        self.outbox
+            .call(
+                tx,
+                &CONTRACT_CALLS,
+                "RecordClaimOpened",
+                &request,
+                completion::CLAIM_RECORDED,
+            )
+            .await
     }
 
     pub async fn freeze(
@@ -485,7 +439,14 @@ impl Flows {
             claim_id: claim.claim_id.to_string(),
             reason: format!("claim {} ({}) filed", claim.claim_id, claim.reason.as_str()),
         };
-        self.call_escrow(tx, "FreezeEscrow", &request, completion::ESCROW_FROZEN)
+        self.outbox
+            .call(
+                tx,
+                &ESCROW_CALLS,
+                "FreezeEscrow",
+                &request,
+                completion::ESCROW_FROZEN,
+            )
             .await
     }
 
@@ -499,13 +460,15 @@ impl Flows {
             contract_id: claim.contract_id.clone(),
             claim_id: claim.claim_id.to_string(),
         };
-        self.call_contract(
-            tx,
-            "ConfirmClaimOpened",
-            &request,
-            completion::CLAIM_CONFIRMED,
-        )
-        .await
+        self.outbox
+            .call(
+                tx,
+                &CONTRACT_CALLS,
+                "ConfirmClaimOpened",
+                &request,
+                completion::CLAIM_CONFIRMED,
+            )
+            .await
     }
 
     pub async fn abandon_opening(
@@ -520,7 +483,14 @@ impl Flows {
             claim_id: claim.claim_id.to_string(),
             reason: reason.into(),
         };
-        self.call_contract(tx, "AbandonClaimOpening", &request, completion::NOTHING)
+        self.outbox
+            .call(
+                tx,
+                &CONTRACT_CALLS,
+                "AbandonClaimOpening",
+                &request,
+                completion::NOTHING,
+            )
             .await
     }
 
@@ -539,7 +509,9 @@ impl Flows {
             claim_id: claim.claim_id.to_string(),
             reason: reason.into(),
         };
-        self.call_escrow(tx, "UnfreezeEscrow", &request, then).await
+        self.outbox
+            .call(tx, &ESCROW_CALLS, "UnfreezeEscrow", &request, then)
+            .await
     }
 
     /// The resolution's money, atomically in escrow: the refund, the rest
@@ -566,7 +538,14 @@ impl Flows {
                 .take(500)
                 .collect(),
         };
-        self.call_escrow(tx, "SettleClaim", &request, completion::SETTLED)
+        self.outbox
+            .call(
+                tx,
+                &ESCROW_CALLS,
+                "SettleClaim",
+                &request,
+                completion::SETTLED,
+            )
             .await
     }
 
@@ -595,7 +574,14 @@ impl Flows {
             refunded: refunded.map(Money::to_proto),
             new_shipment_deadline: claim.new_shipment_deadline.map(timestamps::to_proto),
         };
-        self.call_contract(tx, "RecordClaimClosed", &request, completion::CLAIM_CLOSED)
+        self.outbox
+            .call(
+                tx,
+                &CONTRACT_CALLS,
+                "RecordClaimClosed",
+                &request,
+                completion::CLAIM_CLOSED,
+            )
             .await
     }
 
@@ -611,7 +597,14 @@ impl Flows {
             supplier_id: claim.supplier_id.clone(),
             inquiry_id: inquiry_id(claim),
         };
-        self.call_registry(tx, "RecordInquiry", &request, completion::INQUIRY_RECORDED)
+        self.outbox
+            .call(
+                tx,
+                &REGISTRY_CALLS,
+                "RecordInquiry",
+                &request,
+                completion::INQUIRY_RECORDED,
+            )
             .await
     }
 
@@ -629,13 +622,15 @@ impl Flows {
             supplier_id: claim.supplier_id.clone(),
             inquiry_id: inquiry_id(claim),
         };
-        self.call_registry(
-            tx,
-            "RecordInquiryReply",
-            &request,
-            completion::INQUIRY_REPLIED,
-        )
-        .await
+        self.outbox
+            .call(
+                tx,
+                &REGISTRY_CALLS,
+                "RecordInquiryReply",
+                &request,
+                completion::INQUIRY_REPLIED,
+            )
+            .await
     }
 
     pub async fn record_penalty(
@@ -652,7 +647,14 @@ impl Flows {
             points,
             reason: reason.into(),
         };
-        self.call_registry(tx, "RecordPenalty", &request, completion::PENALTY_RECORDED)
+        self.outbox
+            .call(
+                tx,
+                &REGISTRY_CALLS,
+                "RecordPenalty",
+                &request,
+                completion::PENALTY_RECORDED,
+            )
             .await
     }
 }

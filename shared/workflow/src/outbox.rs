@@ -55,6 +55,15 @@ use crate::{
 /// can still be recorded after a call that used all of its time.
 const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
+/// A service the outbox calls: the relay's name for it (its peer) and its
+/// gRPC service's full name, so a call is written as a method name alone.
+#[derive(Clone, Copy, Debug)]
+pub struct Callee {
+    pub name: &'static str,
+    /// e.g. `tradeassurance.escrow.v1.EscrowService`.
+    pub service: &'static str,
+}
+
 /// The outbox table of one service's schema.
 #[derive(Clone, Debug)]
 pub struct Outbox {
@@ -176,6 +185,24 @@ impl Outbox {
 
     pub fn schema(&self) -> Schema {
         self.schema
+    }
+
+    /// Writes the call of `callee`'s `method` (its name alone), as `enqueue`.
+    ///
+    /// # Errors
+    /// As `enqueue`.
+    pub async fn call<Q: IdempotentRequest>(
+        &self,
+        tx: &mut PgConnection,
+        callee: &Callee,
+        method: &str,
+        request: &Q,
+        completion: &str,
+    ) -> Result<(), ServiceError> {
+        let path = format!("/{}/{method}", callee.service);
+        self.enqueue(tx, callee.name, &path, request, completion)
+            .await
+            .map(|_| ())
     }
 
     /// Writes the call of `method` (`/package.Service/Method`) on the service

@@ -79,7 +79,7 @@ fn snake_case(method: &str) -> String {
 }
 
 /// Which service a path constant or helper of the sources names
-/// (`ESCROW_PATH`, `call_registry`, `SupplierRegistryServiceClient`...).
+/// (`ESCROW_PATH`, `REGISTRY_CALLS`, `SupplierRegistryServiceClient`...).
 fn service_named(word: &str) -> Option<&'static str> {
     let word = word.to_ascii_lowercase();
     [
@@ -135,17 +135,25 @@ fn calls_in_source(
             found.push((called, word(tail).to_owned()));
         }
     }
-    // Through a helper: self.call_registry(tx, "ReserveCover", ...).
-    for rest in after(text, "call_") {
-        let helper = word(rest);
-        let Some(args) = rest[helper.len()..].strip_prefix('(') else {
+    // Through the outbox: self.outbox.call(tx, &REGISTRY_CALLS, "ReserveCover", ...).
+    for rest in after(text, ".call(") {
+        let args = rest.trim_start();
+        let first = word(args);
+        let Some(second) = args[first.len()..].trim_start().strip_prefix(',') else {
             continue;
         };
-        let args = args.trim_start();
-        let first = word(args);
-        if let Some(second) = args[first.len()..].trim_start().strip_prefix(',')
-            && let Some(quoted) = second.trim_start().strip_prefix('"')
-            && let Some(called) = service_named(helper)
+        let callee = word(second.trim_start().trim_start_matches('&'));
+        let Some(third) = second
+            .trim_start()
+            .trim_start_matches('&')
+            .get(callee.len()..)
+            .and_then(|t| t.trim_start().strip_prefix(','))
+        else {
+            continue;
+        };
+        if let Some(quoted) = third.trim_start().strip_prefix('"')
+            && callee.ends_with("_CALLS")
+            && let Some(called) = service_named(callee)
         {
             found.push((called, word(quoted).to_owned()));
         }
