@@ -28,6 +28,15 @@ fn report(contract_id: &str, key: &str, measured: &str, outcome: &str) -> Value 
     })
 }
 
+/// Trade Assurance terms with a pre-shipment inspection by `AGENCY`.
+fn inspected_terms() -> Value {
+    let mut terms = terms("PROTECTION_TRADE_ASSURANCE");
+    terms["inspection"] = json!({
+        "kind": "INSPECTION_KIND_PRE_SHIPMENT_THIRD_PARTY", "agency_name": "SGS", "agency_principal_id": AGENCY
+    });
+    terms
+}
+
 #[test]
 fn an_order_from_signature_to_release_with_a_failed_then_passing_inspection() {
     let platform = Platform::start(&[]);
@@ -35,10 +44,7 @@ fn an_order_from_signature_to_release_with_a_failed_then_passing_inspection() {
     let (buyer, supplier) = tokens(owner);
     let inspector = mint(AGENCY, Role::Inspector);
     let supplier_id = platform.supplier(owner, Some(1_000_000));
-    let mut terms = terms("PROTECTION_TRADE_ASSURANCE");
-    terms["inspection"] = json!({
-        "kind": "INSPECTION_KIND_PRE_SHIPMENT_THIRD_PARTY", "agency_name": "SGS", "agency_principal_id": AGENCY
-    });
+    let terms = inspected_terms();
 
     let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &terms);
     let active = platform.wait_status(&id, "CONTRACT_STATUS_AWAITING_PAYMENT");
@@ -947,10 +953,7 @@ fn the_agency_stores_its_report_files_by_their_hash_in_the_store_dispute_shares(
     let (buyer, supplier) = tokens(owner);
     let inspector = mint(AGENCY, Role::Inspector);
     let supplier_id = platform.supplier(owner, Some(1_000_000));
-    let mut terms = terms("PROTECTION_TRADE_ASSURANCE");
-    terms["inspection"] = json!({
-        "kind": "INSPECTION_KIND_PRE_SHIPMENT_THIRD_PARTY", "agency_name": "SGS", "agency_principal_id": AGENCY
-    });
+    let terms = inspected_terms();
     let id = signed_contract(&platform, &buyer, &supplier, &supplier_id, &terms);
     platform.wait_status(&id, "CONTRACT_STATUS_AWAITING_PAYMENT");
 
