@@ -45,6 +45,28 @@ pub struct Config {
     #[arg(long, env = "ESCROW_PAYOUT_EXPIRY", value_name = "ESCROW_PAYOUT_EXPIRY",
           default_value = "3d", value_parser = DurationRange::new(Duration::from_secs(1), Duration::from_secs(30 * 86_400)))]
     pub payout_expiry: Duration,
+    /// How long after a gateway call with no recorded answer (a time-out, a
+    /// crash) the gateway is asked by key what it did; at least the call's
+    /// time-out.
+    #[arg(long, env = "ESCROW_GATEWAY_CHECK_AFTER", value_name = "ESCROW_GATEWAY_CHECK_AFTER",
+          default_value = "30s", value_parser = DurationRange::new(Duration::from_millis(100), Duration::from_secs(3600)))]
+    pub gateway_check_after: Duration,
+    /// How often the gateway worker looks for work another replica left
+    /// (work recorded in this process wakes it at once).
+    #[arg(long, env = "ESCROW_GATEWAY_WORKER_POLL", value_name = "ESCROW_GATEWAY_WORKER_POLL",
+          default_value = "5s", value_parser = DurationRange::new(Duration::from_millis(10), Duration::from_secs(600)))]
+    pub gateway_worker_poll: Duration,
+    /// How long a webhook naming a payment escrow does not know is answered
+    /// "retry later" (it may have overtaken the commit that records the
+    /// payment) before it is recorded as an unmatched item.
+    #[arg(long, env = "ESCROW_WEBHOOK_RETRY_WINDOW", value_name = "ESCROW_WEBHOOK_RETRY_WINDOW",
+          default_value = "1h", value_parser = DurationRange::new(Duration::from_secs(1), Duration::from_secs(7 * 86_400)))]
+    pub webhook_retry_window: Duration,
+    /// Where the gateway's webhooks are received over HTTP
+    /// (`POST /v1/gateway-webhooks`); unset for none (operators can still
+    /// re-drive an event through the gRPC method).
+    #[arg(long, env = "ESCROW_WEBHOOK_LISTEN_ADDR", value_name = "ESCROW_WEBHOOK_LISTEN_ADDR")]
+    pub webhook_listen_addr: Option<std::net::SocketAddr>,
 }
 
 fn webhook_secret(text: &str) -> Result<WebhookSecret, String> {
@@ -60,6 +82,8 @@ impl Config {
             pay_later_expiry: self.pay_later_expiry,
             payout_interval: self.payout_interval,
             payout_expiry: self.payout_expiry,
+            gateway_check_after: self.gateway_check_after,
+            webhook_retry_window: self.webhook_retry_window,
         }
     }
 }

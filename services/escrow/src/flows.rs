@@ -24,15 +24,15 @@ use crate::{
     app,
     domain::{
         AccountKind, EscrowAccount, Status,
-        funding::{AttemptStatus, CreditOutcome},
+        funding::AttemptStatus,
     },
     gateway::PaymentGateway,
     storage::{
         accounts,
-        api::{self, AttemptView, EventResult, Scheme, TransferRow},
-        ledger,
+        api::{self, AttemptView, Scheme},
+        transfers::{TransferRow, TransferStatus},
     },
-    webhook::{EventAction, GatewayEvent, SignatureError, WebhookSecret},
+    webhook::{SignatureError, WebhookSecret},
 };
 
 /// The feed consumers read (`StreamEscrowEvents`).
@@ -46,8 +46,6 @@ pub const HOLD_DEADLINE: &str = "hold_deadline";
 /// The periodic payout run: subject [`PAYOUT_SUBJECT`].
 pub const PAYOUT_RUN: &str = "payout_run";
 pub const PAYOUT_SUBJECT: &str = "all";
-/// Transfers one payout pass expires or starts at most.
-const PAYOUT_BATCH: i64 = 200;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -56,7 +54,16 @@ pub struct Settings {
     pub bank_transfer_expiry: Duration,
     pub pay_later_expiry: Duration,
     pub payout_interval: Duration,
+    /// How long a payout or refund may go without a report before the
+    /// gateway is asked about it (it becomes `unknown`, never voided).
     pub payout_expiry: Duration,
+    /// How long after a gateway call with no recorded answer the gateway is
+    /// asked by key what it did (the call's time-out, and a margin).
+    pub gateway_check_after: Duration,
+    /// How long an event naming an unknown payment is answered "retry
+    /// later" (it may have overtaken its record's commit) before it is
+    /// recorded as unmatched.
+    pub webhook_retry_window: Duration,
 }
 
 pub struct Flows {
@@ -64,6 +71,10 @@ pub struct Flows {
     pub feed: Feed,
     pub timers: Timers,
     pub settings: Settings,
+    /// Wakes the gateway worker when this process records work for it.
+    pub worker_wake: tokio::sync::Notify,
+    /// Set by the payout timer; the worker runs the payouts.
+    pub payout_requested: std::sync::atomic::AtomicBool,
 }
 
 pub fn schema() -> ta_workflow::Schema {
@@ -234,15 +245,18 @@ pub fn attempt_proto(a: &AttemptView) -> pb::FundingAttempt {
 pub fn transfer_proto(t: &TransferRow) -> pb::GatewayTransfer {
     pb::GatewayTransfer {
         gateway_transfer_id: t.id.to_string(),
-        direction: if t.direction == "payout" {
-            pb::GatewayTransferDirection::Payout
-        } else {
-            pb::GatewayTransferDirection::BuyerRefund
+        direction: match t.direction.as_str() {
+            "payout" => pb::GatewayTransferDirection::Payout,
+            "buyer_refund" => pb::GatewayTransferDirection::BuyerRefund,
+            _ => pb::GatewayTransferDirection::SuspenseRefund,
         } as i32,
-        status: match t.status.as_str() {
-            "pending" => pb::GatewayTransferStatus::Pending,
-            "paid" => pb::GatewayTransferStatus::Paid,
-            _ => pb::GatewayTransferStatus::Failed,
+        status: match TransferStatus::parse(&t.status) {
+            Some(TransferStatus::Sending) => pb::GatewayTransferStatus::Sending,
+            Some(TransferStatus::Pending) => pb::GatewayTransferStatus::Pending,
+            Some(TransferStatus::Unknown) => pb::GatewayTransferStatus::Unknown,
+            Some(TransferStatus::Paid) => pb::GatewayTransferStatus::Paid,
+            Some(TransferStatus::Failed) => pb::GatewayTransferStatus::Failed,
+            None => pb::GatewayTransferStatus::Unspecified,
         } as i32,
         amount: Currency::parse(&t.currency).map(|c| money(t.amount_minor, c)),
         supplier_id: t.supplier_id.clone().unwrap_or_default(),
@@ -250,11 +264,20 @@ pub fn transfer_proto(t: &TransferRow) -> pb::GatewayTransfer {
             .escrow_account_id
             .map(|id| id.to_string())
             .unwrap_or_default(),
-        gateway_reference: t.gateway_reference.clone(),
+        gateway_reference: t.gateway_reference.clone().unwrap_or_default(),
         hold_id: t.id.to_string(),
         failure_code: t.failure_code.clone(),
         created_at: Some(timestamps::to_proto(t.created_at)),
         resolved_at: t.resolved_at.map(timestamps::to_proto),
+        source_reference: t.source_reference.clone().unwrap_or_default(),
+        funding_attempt_id: t
+            .funding_attempt_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        next_check_at: t
+            .check_at
+            .filter(|_| TransferStatus::parse(&t.status).is_some_and(TransferStatus::is_open))
+            .map(timestamps::to_proto),
     }
 }
 
@@ -268,6 +291,48 @@ pub struct EventFacts<'a> {
 }
 
 impl Flows {
+    pub fn new(gateway: Arc<dyn PaymentGateway>, feed: Feed, timers: Timers, settings: Settings) -> Self {
+        Self {
+            gateway,
+            feed,
+            timers,
+            settings,
+            worker_wake: tokio::sync::Notify::new(),
+            payout_requested: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Tells the gateway worker there is work (a transfer to send).
+    pub fn wake_worker(&self) {
+        self.worker_wake.notify_one();
+    }
+
+    pub async fn wakened(&self) {
+        self.worker_wake.notified().await;
+    }
+
+    /// Asks the gateway worker for a payout run.
+    pub fn request_payouts(&self) {
+        self.payout_requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake_worker();
+    }
+
+    pub fn take_payout_request(&self) -> bool {
+        self.payout_requested
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The account as the API shows it.
+    pub async fn view(
+        &self,
+        conn: &mut PgConnection,
+        account_id: Uuid,
+    ) -> Result<pb::EscrowAccount, ServiceError> {
+        let account = accounts::get_account(conn, account_id).await?;
+        account_proto(conn, &account).await
+    }
+
     /// Appends an event about `account` (re-read, as it is after the change)
     /// in the caller's transaction.
     pub async fn emit(
@@ -468,153 +533,6 @@ impl Flows {
             .map(drop)
     }
 
-    /// Sends what is owed to suppliers (all, or one supplier or currency)
-    /// through the gateway: one payout per supplier and currency, each a
-    /// hold on its payable. `key` makes the gateway calls idempotent.
-    pub async fn run_payouts(
-        &self,
-        conn: &mut PgConnection,
-        key: &str,
-        supplier_id: Option<&str>,
-        currency: Option<Currency>,
-        now: OffsetDateTime,
-    ) -> Result<Vec<TransferRow>, ServiceError> {
-        let mut sent = Vec::new();
-        for payable in
-            api::payable_accounts(conn, AccountKind::SupplierPayable, supplier_id, currency).await?
-        {
-            let available = ledger::balance(conn, &payable).await?.available();
-            if available <= 0 {
-                continue;
-            }
-            let payout_id = Uuid::now_v7();
-            let amount = Money::new(available, payable.currency);
-            app::start_payout(
-                conn,
-                &payable.owner,
-                payable.currency,
-                payout_id,
-                available,
-                after(self.settings.payout_expiry, now),
-            )
-            .await?;
-            let gateway_key = format!("{key}:payout:{}:{}", payable.owner, payable.currency);
-            let reference = self
-                .gateway
-                .send_transfer(&gateway_key, &payable.owner, amount)
-                .await?;
-            let row = TransferRow {
-                id: payout_id,
-                direction: "payout".into(),
-                status: "pending".into(),
-                supplier_id: Some(payable.owner.clone()),
-                escrow_account_id: None,
-                currency: payable.currency.to_string(),
-                amount_minor: available,
-                gateway_reference: reference,
-                failure_code: String::new(),
-                created_at: now,
-                resolved_at: None,
-            };
-            api::insert_transfer(conn, &row).await?;
-            sent.push(row);
-        }
-        Ok(sent)
-    }
-
-    /// Pays refunds owed to buyers back out through the gateway.
-    pub async fn run_buyer_refunds(
-        &self,
-        conn: &mut PgConnection,
-        key: &str,
-        now: OffsetDateTime,
-    ) -> Result<Vec<TransferRow>, ServiceError> {
-        let mut sent = Vec::new();
-        for payable in
-            api::payable_accounts(conn, AccountKind::BuyerRefundPayable, None, None).await?
-        {
-            let Ok(account_id) = Uuid::parse_str(&payable.owner) else {
-                continue;
-            };
-            let available = ledger::balance(conn, &payable).await?.available();
-            if available <= 0 {
-                continue;
-            }
-            let refund_id = Uuid::now_v7();
-            app::start_buyer_refund_payout(
-                conn,
-                account_id,
-                refund_id,
-                available,
-                after(self.settings.payout_expiry, now),
-            )
-            .await?;
-            let gateway_key = format!("{key}:refund:{account_id}");
-            let reference = self
-                .gateway
-                .send_transfer(
-                    &gateway_key,
-                    &account_id.to_string(),
-                    Money::new(available, payable.currency),
-                )
-                .await?;
-            let row = TransferRow {
-                id: refund_id,
-                direction: "buyer_refund".into(),
-                status: "pending".into(),
-                supplier_id: None,
-                escrow_account_id: Some(account_id),
-                currency: payable.currency.to_string(),
-                amount_minor: available,
-                gateway_reference: reference,
-                failure_code: String::new(),
-                created_at: now,
-                resolved_at: None,
-            };
-            api::insert_transfer(conn, &row).await?;
-            sent.push(row);
-        }
-        Ok(sent)
-    }
-
-    /// Fails payouts and refunds the gateway never reported back on: their
-    /// holds are voided, the money is owed again.
-    pub async fn expire_transfers(
-        &self,
-        conn: &mut PgConnection,
-        now: OffsetDateTime,
-    ) -> Result<usize, ServiceError> {
-        let due = api::claim_expired_transfers(conn, now, PAYOUT_BATCH).await?;
-        for id in &due {
-            ledger::void_hold(conn, *id, now).await?;
-            api::resolve_transfer(conn, *id, false, "expired", now).await?;
-        }
-        Ok(due.len())
-    }
-
-    /// Refunds money parked in suspense for `attempt` at once, through the
-    /// gateway; returns the gateway's reference of the refund.
-    pub async fn refund_suspended(
-        &self,
-        conn: &mut PgConnection,
-        attempt: &AttemptView,
-        credit_id: &str,
-        amount_minor: i64,
-    ) -> Result<String, ServiceError> {
-        let currency = Currency::parse(&attempt.currency)
-            .ok_or_else(|| ServiceError::internal("attempt in an unknown currency"))?;
-        let reference = self
-            .gateway
-            .send_transfer(
-                &format!("suspense-refund:{credit_id}"),
-                attempt.gateway_reference.as_deref().unwrap_or_default(),
-                Money::new(amount_minor, currency),
-            )
-            .await?;
-        app::refund_suspended_credit(conn, attempt.id, credit_id, amount_minor).await?;
-        Ok(reference)
-    }
-
     /// Checks a webhook's signature header over `payload` at `now` (Unix
     /// seconds) with the gateway's secret and tolerance.
     ///
@@ -630,164 +548,6 @@ impl Flows {
         self.settings
             .webhook_secret
             .verify(signature, payload, now, tolerance)
-    }
-
-    /// Applies an authenticated gateway event at `now`, once per event id: a
-    /// credit posts its attempt's hold (money beyond it, or for an attempt
-    /// that ended, is parked in suspense and refunded at once), a failure
-    /// voids it, a payout or refund report settles its transfer. An event id
-    /// seen before changes nothing and answers DUPLICATE.
-    pub async fn apply_gateway_event(
-        &self,
-        conn: &mut PgConnection,
-        event: &GatewayEvent,
-        now: OffsetDateTime,
-    ) -> Result<pb::HandleGatewayWebhookResponse, ServiceError> {
-        let reference = event.data.reference.as_str();
-        let attempt_of = async |conn: &mut PgConnection, id: Option<Uuid>| match id {
-            Some(id) => {
-                Ok::<_, ServiceError>(Some(attempt_proto(&api::attempt_view(conn, id).await?)))
-            }
-            None => Ok(None),
-        };
-        if !api::record_event(conn, &event.id, &event.kind, reference, now).await? {
-            let id = api::event_attempt(conn, &event.id).await?;
-            return Ok(pb::HandleGatewayWebhookResponse {
-                outcome: pb::WebhookOutcome::Duplicate as i32,
-                funding_attempt: attempt_of(conn, id).await?,
-            });
-        }
-        let mut result = EventResult {
-            outcome: "ignored",
-            unmatched: None,
-            amount: None,
-            funding_attempt_id: None,
-            refund_reference: None,
-        };
-        let currency_text;
-        let refund_reference;
-        match event.action() {
-            EventAction::Ignored => {}
-            EventAction::Credit | EventAction::PaymentFailed => {
-                match api::attempt_by_reference(conn, reference).await? {
-                    None => {
-                        result.unmatched = Some("UNKNOWN_REFERENCE");
-                        result.amount = event
-                            .data
-                            .amount_minor
-                            .zip(event.data.currency_code.as_deref());
-                    }
-                    Some(attempt_id) => {
-                        result.funding_attempt_id = Some(attempt_id);
-                        let attempt = api::attempt_view(conn, attempt_id).await?;
-                        if event.action() == EventAction::PaymentFailed {
-                            let code = event
-                                .data
-                                .failure_code
-                                .clone()
-                                .unwrap_or_else(|| event.kind.replace('.', "_"));
-                            if app::fail_funding(conn, attempt_id, &code, now).await? {
-                                result.outcome = "applied";
-                                let view = api::attempt_view(conn, attempt_id).await?;
-                                self.emit_payment_failed(conn, &view).await?;
-                                self.timers
-                                    .cancel(conn, ATTEMPT_EXPIRY, &attempt_id.to_string())
-                                    .await?;
-                            } else {
-                                result.outcome = "duplicate";
-                            }
-                        } else {
-                            if let Some(c) = &event.data.currency_code
-                                && *c != attempt.currency
-                            {
-                                return Err(ServiceError::invalid(
-                                    "payload.data.currency_code",
-                                    format!("must be the payment's currency, {}", attempt.currency),
-                                ));
-                            }
-                            let received = event.data.amount_minor.unwrap_or(attempt.amount_minor);
-                            currency_text = attempt.currency.clone();
-                            result.amount = Some((received, &currency_text));
-                            let before = accounts::get_account(conn, attempt.escrow_account_id)
-                                .await?
-                                .status;
-                            let outcome =
-                                app::confirm_funding(conn, attempt_id, &event.id, received, now)
-                                    .await?;
-                            let (posted, parked) = match outcome {
-                                CreditOutcome::Applied {
-                                    posted,
-                                    to_suspense,
-                                } => (posted, to_suspense),
-                                CreditOutcome::Suspended { to_suspense } => (0, to_suspense),
-                                CreditOutcome::Duplicate => (0, 0),
-                            };
-                            if outcome == CreditOutcome::Duplicate {
-                                result.outcome = "duplicate";
-                            } else {
-                                result.outcome = "applied";
-                            }
-                            if posted > 0 {
-                                let view = api::attempt_view(conn, attempt_id).await?;
-                                self.emit_funding(conn, before, &view, posted).await?;
-                                self.timers
-                                    .cancel(conn, ATTEMPT_EXPIRY, &attempt_id.to_string())
-                                    .await?;
-                            }
-                            if parked > 0 {
-                                result.unmatched = Some("LATE_CREDIT");
-                                refund_reference = self
-                                    .refund_suspended(conn, &attempt, &event.id, parked)
-                                    .await?;
-                                result.refund_reference = Some(&refund_reference);
-                                self.emit(
-                                    conn,
-                                    pb::EscrowEventType::LateCreditSuspended,
-                                    attempt.escrow_account_id,
-                                    EventFacts {
-                                        amount_minor: Some(parked),
-                                        milestone_id: &attempt.milestone_id,
-                                        funding_attempt_id: Some(attempt.id),
-                                        ..Default::default()
-                                    },
-                                )
-                                .await?;
-                            }
-                        }
-                    }
-                }
-            }
-            action @ (EventAction::TransferPaid | EventAction::TransferFailed) => {
-                match api::lock_transfer_by_reference(conn, reference).await? {
-                    None => result.unmatched = Some("UNKNOWN_REFERENCE"),
-                    Some(t) if t.status != "pending" => result.outcome = "duplicate",
-                    Some(t) => {
-                        let paid = action == EventAction::TransferPaid;
-                        app::settle_payout(conn, t.id, paid, now).await?;
-                        let code = if paid {
-                            String::new()
-                        } else {
-                            event
-                                .data
-                                .failure_code
-                                .clone()
-                                .unwrap_or_else(|| "failed".into())
-                        };
-                        api::resolve_transfer(conn, t.id, paid, &code, now).await?;
-                        result.outcome = "applied";
-                    }
-                }
-            }
-        }
-        api::finish_event(conn, &event.id, &result).await?;
-        Ok(pb::HandleGatewayWebhookResponse {
-            outcome: match result.outcome {
-                "applied" => pb::WebhookOutcome::Applied,
-                "duplicate" => pb::WebhookOutcome::Duplicate,
-                _ => pb::WebhookOutcome::Ignored,
-            } as i32,
-            funding_attempt: attempt_of(conn, result.funding_attempt_id).await?,
-        })
     }
 }
 
@@ -809,23 +569,42 @@ impl TimerHandler for EscrowTimers {
                 };
                 let account_id = Uuid::parse_str(account).map_err(ServiceError::internal)?;
                 let account = accounts::lock_account(tx, account_id).await?;
-                let unpaid = account
-                    .payment(milestone)
-                    .map(|p| !p.is_funded())
-                    .unwrap_or(false);
-                if unpaid && account.status != Status::Closed {
+                let Ok(payment) = account.payment(milestone) else {
+                    return Ok(());
+                };
+                if payment.is_funded() || account.status == Status::Closed {
+                    return Ok(());
+                }
+                // Money on its way (a bank transfer or Pay Later started
+                // before the due date) is not overdue until it fails: the
+                // deadline moves to the attempt's expiry.
+                if let Some(attempt) =
+                    accounts::pending_attempt_started_before(tx, account_id, milestone, payment.due_at)
+                        .await?
+                {
                     self.flows
-                        .emit(
+                        .timers
+                        .schedule_after(
                             tx,
-                            pb::EscrowEventType::PaymentOverdue,
-                            account_id,
-                            EventFacts {
-                                milestone_id: milestone,
-                                ..Default::default()
-                            },
+                            PAYMENT_DUE,
+                            &timer.subject_id,
+                            until(attempt.expires_at, now) + Duration::from_secs(1),
+                            &[],
                         )
                         .await?;
+                    return Ok(());
                 }
+                self.flows
+                    .emit(
+                        tx,
+                        pb::EscrowEventType::PaymentOverdue,
+                        account_id,
+                        EventFacts {
+                            milestone_id: milestone,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                 Ok(())
             }
             HOLD_DEADLINE => {
@@ -837,17 +616,13 @@ impl TimerHandler for EscrowTimers {
             ATTEMPT_EXPIRY => {
                 let attempt_id =
                     Uuid::parse_str(&timer.subject_id).map_err(ServiceError::internal)?;
-                if app::fail_funding(tx, attempt_id, "expired", now).await? {
-                    let attempt = api::attempt_view(tx, attempt_id).await?;
-                    self.flows.emit_payment_failed(tx, &attempt).await?;
-                }
+                app::funding::fail(tx, &self.flows, attempt_id, "expired", now).await?;
                 Ok(())
             }
             PAYOUT_RUN => {
-                let key = format!("payout-run:{}", timer.id);
-                self.flows.expire_transfers(tx, now).await?;
-                self.flows.run_payouts(tx, &key, None, None, now).await?;
-                self.flows.run_buyer_refunds(tx, &key, now).await?;
+                // The worker runs the payouts, each in its own transaction
+                // and outside this one, which only schedules the next run.
+                self.flows.request_payouts();
                 self.flows
                     .timers
                     .schedule_after(

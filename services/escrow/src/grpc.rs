@@ -33,24 +33,26 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    app::{self, StartFunding},
+    app::{
+        self,
+        funding::{Fund, Method},
+    },
     domain::{
         AccountKey, EscrowAccount, Leg, NewAccount, Purpose, Settles, Status as AccountStatus,
         TransferRequest,
         account::{hold_until_problem, split_refund},
-        funding::{AttemptStatus, FundingMethod},
     },
     flows::{
-        self, ATTEMPT_EXPIRY, EventFacts, Flows, account_proto, attempt_proto, ledger_account,
+        self, EventFacts, Flows, account_proto, attempt_proto, ledger_account,
         money, transfer_proto,
     },
-    gateway::CardOutcome,
     storage::{
         self, accounts,
-        api::{self, AttemptGateway, Scheme, Terms, TransferFilter},
+        api::{self, Scheme, Terms},
         ledger,
+        transfers::{self, TransferFilter},
     },
-    webhook::{EventAction, GatewayEvent},
+    webhook::GatewayEvent,
 };
 
 const MAX_REASON: usize = 500;
@@ -242,20 +244,6 @@ struct Open {
     terms: Terms,
 }
 
-enum Method {
-    Card(String),
-    Bank(String),
-    PayLater(String, u32),
-}
-
-struct Fund {
-    key: String,
-    account_id: Uuid,
-    milestone_id: String,
-    amount: Money,
-    method: Method,
-}
-
 struct Outflow {
     account_id: Uuid,
     amount: Option<Money>,
@@ -398,153 +386,6 @@ impl EscrowApi {
     ) -> Result<pb::EscrowAccount, ServiceError> {
         let account = accounts::get_account(conn, account_id).await?;
         account_proto(conn, &account).await
-    }
-
-    async fn fund_in_tx(
-        &self,
-        conn: &mut PgConnection,
-        principal: &Principal,
-        key: &str,
-        cmd: &Fund,
-    ) -> Result<pb::FundEscrowResponse, ServiceError> {
-        let now = timestamps::now();
-        let account = accounts::lock_account(conn, cmd.account_id).await?;
-        if principal.subject != account.buyer_principal_id {
-            return Err(not_party());
-        }
-        let terms = api::terms(conn, account.id).await?;
-        match (&cmd.method, terms.scheme) {
-            (Method::PayLater(partner, _), Scheme::PayLater) => {
-                if *partner != terms.financing_partner_id {
-                    return Err(ServiceError::invalid(
-                        "pay_later.financing_partner_id",
-                        format!(
-                            "must be the account's financing partner, {}",
-                            terms.financing_partner_id
-                        ),
-                    ));
-                }
-            }
-            (Method::Card(_) | Method::Bank(_), Scheme::Direct) => {}
-            (_, Scheme::PayLater) => {
-                return Err(ServiceError::FailedPrecondition(
-                    "cannot fund: the account's payment scheme is Pay Later only".into(),
-                ));
-            }
-            (Method::PayLater(..), Scheme::Direct) => {
-                return Err(ServiceError::FailedPrecondition(
-                    "cannot fund: the account's payment scheme takes card or bank transfer, not Pay Later".into(),
-                ));
-            }
-        }
-        let amount = check_currency(&account, "amount", cmd.amount)?;
-        // Everything start_funding refuses is refused before the gateway is
-        // asked, so no money moves for a payment we would not record.
-        let due = account.due_for(&cmd.milestone_id)?;
-        if amount != due {
-            return Err(ServiceError::invalid(
-                "amount.amount_minor",
-                format!("must be {due}, what is due of payment {}", cmd.milestone_id),
-            ));
-        }
-        if accounts::has_pending_attempt(conn, account.id, &cmd.milestone_id).await? {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "cannot fund: payment {} has a pending attempt",
-                cmd.milestone_id
-            )));
-        }
-        let before = account.status;
-        let gateway_key = format!("fund:{}:{key}", principal.subject);
-        let attempt_id = Uuid::now_v7();
-        let gw = &self.flows.gateway;
-        let (method, gateway, expiry, decline) = match &cmd.method {
-            Method::Card(token) => {
-                let charge = gw.charge_card(&gateway_key, token, cmd.amount).await?;
-                let approved = charge.outcome == CardOutcome::Approved;
-                let decline = match charge.outcome {
-                    CardOutcome::Approved => None,
-                    CardOutcome::Declined { code, message } => Some((code, message)),
-                };
-                (
-                    FundingMethod::Card { approved },
-                    AttemptGateway {
-                        reference: charge.reference,
-                        ..Default::default()
-                    },
-                    std::time::Duration::from_secs(3600),
-                    decline,
-                )
-            }
-            Method::Bank(payer) => {
-                let bank = gw
-                    .start_bank_transfer(&gateway_key, payer, cmd.amount)
-                    .await?;
-                (
-                    FundingMethod::BankTransfer,
-                    AttemptGateway {
-                        reference: bank.reference,
-                        beneficiary_name: Some(bank.beneficiary_name),
-                        iban: Some(bank.iban),
-                        bic: Some(bank.bic),
-                        payment_reference: Some(bank.payment_reference),
-                        ..Default::default()
-                    },
-                    self.flows.settings.bank_transfer_expiry,
-                    None,
-                )
-            }
-            Method::PayLater(partner, months) => {
-                let loan = gw
-                    .start_pay_later(&gateway_key, partner, *months, cmd.amount)
-                    .await?;
-                (
-                    FundingMethod::PayLater {
-                        partner_id: partner.clone(),
-                    },
-                    AttemptGateway {
-                        reference: loan.reference,
-                        loan_reference: Some(loan.loan_reference),
-                        ..Default::default()
-                    },
-                    self.flows.settings.pay_later_expiry,
-                    None,
-                )
-            }
-        };
-        let attempt = app::start_funding(
-            conn,
-            &StartFunding {
-                account_id: account.id,
-                milestone_id: cmd.milestone_id.clone(),
-                attempt_id,
-                method,
-                amount_minor: amount,
-                expires_at: flows::after(expiry, now),
-            },
-            now,
-        )
-        .await?;
-        api::insert_attempt_gateway(conn, attempt_id, &gateway).await?;
-        if let Some((code, message)) = &decline {
-            api::set_failure(conn, attempt_id, code, message).await?;
-        }
-        let view = api::attempt_view(conn, attempt_id).await?;
-        match attempt.status {
-            AttemptStatus::Succeeded => {
-                self.flows.emit_funding(conn, before, &view, amount).await?;
-            }
-            AttemptStatus::Failed => self.flows.emit_payment_failed(conn, &view).await?,
-            AttemptStatus::Pending => {
-                self.flows
-                    .timers
-                    .schedule_after(conn, ATTEMPT_EXPIRY, &attempt_id.to_string(), expiry, &[])
-                    .await?;
-            }
-        }
-        Ok(pb::FundEscrowResponse {
-            funding_attempt: Some(attempt_proto(&view)),
-            account: Some(self.view(conn, account.id).await?),
-        })
     }
 
     async fn outflow_in_tx(
@@ -1075,14 +916,13 @@ impl EscrowService for EscrowApi {
                 }
                 Some(M::Card(card)) => {
                     validate_reference("card.card_token", &card.card_token, v);
-                    Some(Method::Card(card.card_token.clone()))
+                    Some(Method::Card {
+                        token: card.card_token.clone(),
+                    })
                 }
-                Some(M::BankTransfer(bank)) => Some(Method::Bank(require_text(
-                    "bank_transfer.payer_name",
-                    &bank.payer_name,
-                    200,
-                    v,
-                ))),
+                Some(M::BankTransfer(bank)) => Some(Method::BankTransfer {
+                    payer_name: require_text("bank_transfer.payer_name", &bank.payer_name, 200, v),
+                }),
                 Some(M::PayLater(later)) => {
                     validate_reference(
                         "pay_later.financing_partner_id",
@@ -1094,29 +934,22 @@ impl EscrowService for EscrowApi {
                         "pay_later.repayment_months",
                         "must be 1-6",
                     );
-                    Some(Method::PayLater(
-                        later.financing_partner_id.clone(),
-                        later.repayment_months,
-                    ))
+                    Some(Method::PayLater {
+                        partner_id: later.financing_partner_id.clone(),
+                        months: later.repayment_months,
+                    })
                 }
             };
             Ok(Fund {
-                key: req.idempotency_key.clone(),
                 account_id,
                 milestone_id,
                 amount: amount.ok_or_else(invalid)?,
                 method: method.ok_or_else(invalid)?,
             })
         })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let cmd = &prepared.command;
-                    self.fund_in_tx(tx, prepared.principal(), &cmd.key, cmd)
-                        .await
-                }
-            })
-            .await
+        Ok(Response::new(
+            app::funding::fund(&self.flows, &self.mutations, &prepared).await?,
+        ))
     }
 
     async fn handle_gateway_webhook(
@@ -1151,27 +984,12 @@ impl EscrowService for EscrowApi {
                 "idempotency_key",
                 "must be the gateway event's id",
             );
-            if event.action() != EventAction::Ignored {
-                validate_reference("payload.data.reference", &event.data.reference, v);
-            }
-            if let Some(amount) = event.data.amount_minor {
-                v.require(
-                    amount > 0,
-                    "payload.data.amount_minor",
-                    "must be a positive number of minor units",
-                );
-            }
+            event.check(v);
             Ok(event)
         })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    self.flows
-                        .apply_gateway_event(tx, &prepared.command, timestamps::now())
-                        .await
-                }
-            })
-            .await
+        Ok(Response::new(
+            app::gateway_events::receive(&self.flows, &self.mutations, &prepared).await?,
+        ))
     }
 
     async fn release_to_supplier(
@@ -1485,23 +1303,23 @@ impl EscrowService for EscrowApi {
                 }
                 c
             };
-            Ok((supplier, currency, req.idempotency_key.clone()))
+            Ok((supplier, currency))
         })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let (supplier, currency, key) = &prepared.command;
-                    let key = format!("run:{}:{key}", prepared.principal().subject);
-                    let payouts = self
-                        .flows
-                        .run_payouts(tx, &key, supplier.as_deref(), *currency, timestamps::now())
-                        .await?;
-                    Ok(pb::RunSupplierPayoutsResponse {
-                        payouts: payouts.iter().map(transfer_proto).collect(),
-                    })
-                }
-            })
-            .await
+        if let Some(answer) = self.mutations.replay(&prepared).await? {
+            return Ok(Response::new(answer));
+        }
+        let (supplier, currency) = &prepared.command;
+        let payouts =
+            app::transfers::run_payouts(&self.flows, self.pool(), supplier.as_deref(), *currency)
+                .await?;
+        let answer = pb::RunSupplierPayoutsResponse {
+            payouts: payouts.iter().map(transfer_proto).collect(),
+        };
+        let stored = self
+            .mutations
+            .answer(&prepared, async |_| Ok(answer.clone()))
+            .await?;
+        Ok(Response::new(stored))
     }
 
     async fn list_gateway_transfers(
@@ -1523,6 +1341,7 @@ impl EscrowService for EscrowApi {
             Ok(pb::GatewayTransferDirection::Unspecified) => None,
             Ok(pb::GatewayTransferDirection::Payout) => Some("payout"),
             Ok(pb::GatewayTransferDirection::BuyerRefund) => Some("buyer_refund"),
+            Ok(pb::GatewayTransferDirection::SuspenseRefund) => Some("suspense_refund"),
             Err(_) => {
                 v.add("direction", "is not a transfer direction");
                 None
@@ -1533,6 +1352,8 @@ impl EscrowService for EscrowApi {
             Ok(pb::GatewayTransferStatus::Pending) => Some("pending"),
             Ok(pb::GatewayTransferStatus::Paid) => Some("paid"),
             Ok(pb::GatewayTransferStatus::Failed) => Some("failed"),
+            Ok(pb::GatewayTransferStatus::Sending) => Some("sending"),
+            Ok(pb::GatewayTransferStatus::Unknown) => Some("unknown"),
             Err(_) => {
                 v.add("status", "is not a transfer status");
                 None
@@ -1547,7 +1368,7 @@ impl EscrowService for EscrowApi {
                     "a supplier lists only its own transfers".into(),
                 ));
             }
-            let rows = api::list_transfers(
+            let rows = transfers::list(
                 conn,
                 &TransferFilter {
                     supplier_id: (!req.supplier_id.is_empty()).then(|| req.supplier_id.clone()),

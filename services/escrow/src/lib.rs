@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod storage;
 pub mod webhook;
+pub mod webhook_http;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ use ta_workflow::{
 };
 
 use crate::{
+    app::worker::GatewayWorker,
     flows::{EscrowTimers, Flows},
     gateway::PaymentGateway,
 };
@@ -51,13 +53,23 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn PaymentGateway>) -> Api {
     let schema = flows::schema();
     let (stop_streams, streams_end) = ta_workflow::shutdown_channel();
-    let flows = Arc::new(Flows {
+    let flows = Arc::new(Flows::new(
         gateway,
-        feed: Feed::new(schema, flows::FEED).ending_on(streams_end),
-        timers: Timers::new(schema),
-        settings: config.settings(),
-    });
+        Feed::new(schema, flows::FEED).ending_on(streams_end),
+        Timers::new(schema),
+        config.settings(),
+    ));
     let limit = config.common.server.max_message_bytes;
+    let webhooks = config.webhook_listen_addr.map(|addr| {
+        (
+            addr,
+            Arc::new(grpc::EscrowApi::new(
+                pool.clone(),
+                flows.clone(),
+                config.workflow.feed.clone(),
+            )),
+        )
+    });
     let escrow = EscrowServiceServer::new(grpc::EscrowApi::new(
         pool.clone(),
         flows.clone(),
@@ -69,6 +81,11 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
     let mut routes = tonic::service::Routes::new(escrow);
     routes = routes.add_service(admin);
     let (gauges_pool, held_pool) = (pool.clone(), pool.clone());
+    let gateway_worker = GatewayWorker {
+        pool: pool.clone(),
+        flows: flows.clone(),
+        poll_interval: config.gateway_worker_poll,
+    };
     let worker = TimerWorker::new(
         pool,
         Timers::new(schema),
@@ -92,6 +109,12 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
                 .map_err(|e| e.to_string())
         })
         .with_background(move |draining| worker.run(draining))
+        .with_background(move |draining| gateway_worker.run(draining))
+        .with_background(move |draining| async move {
+            if let Some((addr, api)) = webhooks {
+                webhook_http::serve(addr, api, draining).await;
+            }
+        })
         .with_background(move |draining| {
             ta_workflow::report_gauges(gauges_pool, schema, GAUGE_INTERVAL, draining)
         })

@@ -139,6 +139,10 @@ pub struct EventData {
     /// `gateway_reference`, a transfer's `gateway_reference`).
     #[serde(default)]
     pub reference: String,
+    /// Escrow's own id of the record the event is about (a funding attempt
+    /// or a gateway transfer), as escrow gave it when it called.
+    #[serde(default)]
+    pub client_reference: Option<String>,
     #[serde(default)]
     pub amount_minor: Option<i64>,
     #[serde(default)]
@@ -166,6 +170,47 @@ impl GatewayEvent {
     /// The payload is not the gateway's JSON event.
     pub fn parse(payload: &[u8]) -> Result<Self, String> {
         serde_json::from_slice(payload).map_err(|e| format!("not a gateway event: {e}"))
+    }
+
+    /// What is wrong with the event's fields, each against its field path:
+    /// a credit must say how much arrived and in which currency (never taken
+    /// as "the whole amount"), amounts are positive, currencies ISO 4217.
+    pub fn check(&self, v: &mut ta_runtime::Violations) {
+        let action = self.action();
+        if action != EventAction::Ignored {
+            ta_runtime::text::validate_reference("payload.data.reference", &self.data.reference, v);
+        }
+        if let Some(client) = &self.data.client_reference
+            && uuid::Uuid::parse_str(client).is_err()
+        {
+            v.add(
+                "payload.data.client_reference",
+                "must be the id escrow gave the gateway (a UUID)",
+            );
+        }
+        if let Some(amount) = self.data.amount_minor {
+            v.require(
+                amount > 0,
+                "payload.data.amount_minor",
+                "must be a positive number of minor units",
+            );
+        } else if action == EventAction::Credit {
+            v.add(
+                "payload.data.amount_minor",
+                "is required for a credit: how much arrived, in minor units",
+            );
+        }
+        match self.data.currency_code.as_deref() {
+            Some(code) if ta_runtime::money::Currency::parse(code).is_none() => v.add(
+                "payload.data.currency_code",
+                "must be an ISO 4217 currency code in capitals, such as USD",
+            ),
+            None if action == EventAction::Credit => v.add(
+                "payload.data.currency_code",
+                "is required for a credit",
+            ),
+            _ => {}
+        }
     }
 
     pub fn action(&self) -> EventAction {

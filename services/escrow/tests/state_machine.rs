@@ -38,7 +38,7 @@ use escrow::{
         funding::{CreditOutcome, FundingMethod},
     },
     flows::{self, Flows, Settings},
-    gateway::SandboxGateway,
+    gateway::memory::InMemoryGateway,
     storage::{
         PgLedger, accounts,
         api::{self, AttemptGateway, Scheme, Terms},
@@ -1400,7 +1400,7 @@ async fn create_database() -> (PgPool, String, String) {
 fn flows() -> Flows {
     let days = |d: u64| std::time::Duration::from_secs(d * 86_400);
     Flows {
-        gateway: Arc::new(SandboxGateway::new()),
+        gateway: Arc::new(InMemoryGateway::new()),
         feed: Feed::new(flows::schema(), flows::FEED),
         timers: Timers::new(flows::schema()),
         settings: Settings {

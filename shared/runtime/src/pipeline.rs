@@ -21,7 +21,7 @@ use ta_proto::IdempotentRequest;
 use crate::{
     ServiceError, Violations,
     auth::{self, Caller, Principal},
-    idempotency::{IdempotencyKeys, KeyScope, validate_key},
+    idempotency::{Claim, IdempotencyKeys, KeyScope, validate_key},
 };
 
 /// How many times a transaction that lost to a concurrent one is rerun.
@@ -45,6 +45,48 @@ impl Mutations {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The stored answer of a prepared mutation whose key was used before
+    /// (`IDEMPOTENCY_KEY_REUSED` when it was for another request), or `None`
+    /// for a fresh key. For a use case that must answer a retry before doing
+    /// anything else (reading another service, calling the payment gateway):
+    /// it looks first, then works in several transactions, and ends with
+    /// [`Mutations::answer`].
+    pub async fn replay<Q, C, R>(
+        &self,
+        prepared: &Prepared<Q, C>,
+    ) -> Result<Option<R>, ServiceError>
+    where
+        Q: IdempotentRequest,
+        R: prost::Message + Default,
+    {
+        let scope = prepared.scope();
+        let mut tx = crate::db::begin(&self.pool).await?;
+        // The claim's insert is rolled back: only an answered key is kept.
+        let claim = self.keys.claim(&mut tx, &scope, &prepared.request).await;
+        tx.rollback().await?;
+        match claim? {
+            Claim::Replay(response) => Ok(Some(response)),
+            Claim::Fresh => Ok(None),
+        }
+    }
+
+    /// Stores the answer of a multi-transaction use case under its key, in
+    /// one transaction with `answer`'s last reads; a concurrent twin that
+    /// stored first wins and its answer is returned instead.
+    pub async fn answer<Q, C, R>(
+        &self,
+        prepared: &Prepared<Q, C>,
+        answer: impl AsyncFnOnce(&mut PgConnection) -> Result<R, ServiceError>,
+    ) -> Result<R, ServiceError>
+    where
+        Q: IdempotentRequest,
+        R: prost::Message + Default,
+    {
+        self.keys
+            .run(&self.pool, &prepared.scope(), &prepared.request, answer)
+            .await
     }
 
     /// Checks a mutating request: the caller, the key's shape, and `parse`,
@@ -92,11 +134,7 @@ impl Mutations {
         R: prost::Message + Default,
         A: AsyncFnOnce(&mut PgConnection) -> Result<R, ServiceError>,
     {
-        let scope = KeyScope {
-            principal_id: &prepared.caller.principal.subject,
-            method: &prepared.caller.method,
-            key: prepared.request.idempotency_key(),
-        };
+        let scope = prepared.scope();
         let mut attempt = 0;
         loop {
             let outcome = self
@@ -122,9 +160,18 @@ pub struct Prepared<Q, C> {
     pub command: C,
 }
 
-impl<Q, C> Prepared<Q, C> {
+impl<Q: IdempotentRequest, C> Prepared<Q, C> {
     pub fn principal(&self) -> &Principal {
         &self.caller.principal
+    }
+
+    /// The caller's key, scoped to the caller and the method.
+    pub fn scope(&self) -> KeyScope<'_> {
+        KeyScope {
+            principal_id: &self.caller.principal.subject,
+            method: &self.caller.method,
+            key: self.request.idempotency_key(),
+        }
     }
 }
 

@@ -4,8 +4,9 @@ use uuid::Uuid;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FundingMethod {
-    /// Settled in the call: approved or declined.
-    Card { approved: bool },
+    /// A hold on the gateway's clearing account, settled by the charge's
+    /// answer: approved posts it, declined voids it.
+    Card,
     /// A hold on the gateway's clearing account until the bank's credit.
     BankTransfer,
     /// A hold on the financing partner until it disburses.
@@ -15,7 +16,7 @@ pub enum FundingMethod {
 impl FundingMethod {
     pub fn as_str(&self) -> &'static str {
         match self {
-            Self::Card { .. } => "card",
+            Self::Card => "card",
             Self::BankTransfer => "bank_transfer",
             Self::PayLater { .. } => "pay_later",
         }
@@ -61,6 +62,18 @@ pub struct FundingAttempt {
     /// The gateway's id of the credit that settled it.
     pub credit_reference: Option<String>,
     pub expires_at: time::OffsetDateTime,
+    /// The idempotency key the gateway was (or is being) asked under.
+    pub gateway_key: Option<String>,
+    /// When the gateway's answer to the start call was recorded; unset while
+    /// the call's outcome is unknown.
+    pub answered_at: Option<time::OffsetDateTime>,
+}
+
+impl FundingAttempt {
+    /// Whether the gateway's answer to the start call is still unknown.
+    pub fn awaits_answer(&self) -> bool {
+        self.answered_at.is_none()
+    }
 }
 
 /// What a gateway confirmation did.

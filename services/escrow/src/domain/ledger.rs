@@ -100,6 +100,13 @@ pub struct AccountKey {
 /// The owner of the platform's own accounts.
 pub const PLATFORM: &str = "platform";
 
+/// The expiry of a hold only the gateway's word (or an operator) resolves:
+/// money sent out may have left however late the report comes, so its hold
+/// is never voided by the clock.
+pub fn never_expires() -> OffsetDateTime {
+    OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT)
+}
+
 impl AccountKey {
     pub fn new(kind: AccountKind, owner: impl Into<String>, currency: Currency) -> Self {
         Self {

@@ -263,6 +263,8 @@ struct AttemptRow {
     failure_code: String,
     credit_reference: Option<String>,
     expires_at: OffsetDateTime,
+    gateway_key: Option<String>,
+    answered_at: Option<OffsetDateTime>,
 }
 
 impl TryFrom<AttemptRow> for FundingAttempt {
@@ -284,24 +286,31 @@ impl TryFrom<AttemptRow> for FundingAttempt {
             failure_code: row.failure_code,
             credit_reference: row.credit_reference,
             expires_at: row.expires_at,
+            gateway_key: row.gateway_key,
+            answered_at: row.answered_at,
         })
     }
 }
 
 const ATTEMPT_COLUMNS: &str = "id, escrow_account_id, milestone_id, method, amount_minor, status, \
-    received_minor, financing_partner_id, hold_id, failure_code, credit_reference, expires_at";
+    received_minor, financing_partner_id, hold_id, failure_code, credit_reference, expires_at, \
+    gateway_key, answered_at";
 
+/// Inserts an attempt; one still awaiting the gateway's answer is asked
+/// about at `check_at` unless the answer is recorded first.
 pub async fn insert_attempt(
     conn: &mut PgConnection,
     attempt: &FundingAttempt,
+    check_at: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> Result<(), ServiceError> {
     let resolved_at = (attempt.status != AttemptStatus::Pending).then_some(now);
     sqlx::query(
         "INSERT INTO escrow.funding_attempts (id, escrow_account_id, milestone_id, method, \
          amount_minor, status, received_minor, financing_partner_id, hold_id, failure_code, \
-         credit_reference, created_at, expires_at, resolved_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         credit_reference, created_at, expires_at, resolved_at, gateway_key, answered_at, \
+         check_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(attempt.id)
     .bind(attempt.escrow_account_id)
@@ -317,6 +326,9 @@ pub async fn insert_attempt(
     .bind(now)
     .bind(attempt.expires_at)
     .bind(resolved_at)
+    .bind(&attempt.gateway_key)
+    .bind(attempt.answered_at)
+    .bind(check_at)
     .execute(&mut *conn)
     .await
     .map_err(|error| match error {
@@ -410,21 +422,61 @@ pub async fn resolve_attempt(
     Ok(())
 }
 
-/// Claims up to `limit` pending attempts due at `now`, skipping those
-/// another transaction holds (it is resolving them). Attempt before hold:
-/// the same lock order as every other path.
-pub async fn claim_due_attempts(
+/// The attempt started under a gateway key, if any.
+pub async fn attempt_by_gateway_key(
+    conn: &mut PgConnection,
+    gateway_key: &str,
+) -> Result<Option<FundingAttempt>, ServiceError> {
+    let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM escrow.funding_attempts WHERE gateway_key = $1");
+    sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
+        .bind(gateway_key)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(TryInto::try_into)
+        .transpose()
+}
+
+/// Records that the gateway's answer to the start call is known.
+pub async fn mark_answered(
+    conn: &mut PgConnection,
+    attempt_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<(), ServiceError> {
+    sqlx::query(
+        "UPDATE escrow.funding_attempts SET answered_at = $2, check_at = NULL \
+         WHERE id = $1 AND answered_at IS NULL",
+    )
+    .bind(attempt_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Leases up to `limit` attempts whose start call's answer is unknown and
+/// due to be asked about: their next check moves `lease` ahead and commits
+/// with the caller's transaction, so no other worker asks at the same time.
+pub async fn lease_unanswered(
     conn: &mut PgConnection,
     now: OffsetDateTime,
+    lease: time::Duration,
     limit: i64,
 ) -> Result<Vec<FundingAttempt>, ServiceError> {
     let sql = format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM escrow.funding_attempts \
-         WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT $2 \
-         FOR UPDATE SKIP LOCKED"
+        "WITH due AS (SELECT id FROM escrow.funding_attempts \
+           WHERE answered_at IS NULL AND check_at <= $1 ORDER BY check_at LIMIT $3 \
+           FOR UPDATE SKIP LOCKED) \
+         UPDATE escrow.funding_attempts f SET check_at = $1 + $2 FROM due WHERE f.id = due.id \
+         RETURNING {}",
+        ATTEMPT_COLUMNS
+            .split(", ")
+            .map(|c| format!("f.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
         .bind(now)
+        .bind(lease)
         .bind(limit)
         .fetch_all(&mut *conn)
         .await?
@@ -433,23 +485,52 @@ pub async fn claim_due_attempts(
         .collect()
 }
 
-/// Voids up to `limit` due holds that belong to no funding attempt
-/// (payouts, refund payouts); attempts' holds expire with their attempt.
-pub async fn expire_unattached_holds(
+/// The earliest pending attempt of a milestone started before `before`.
+pub async fn pending_attempt_started_before(
     conn: &mut PgConnection,
-    now: OffsetDateTime,
-    limit: i64,
-) -> Result<Vec<Uuid>, ServiceError> {
-    Ok(sqlx::query_scalar(
-        "WITH due AS (SELECT h.id FROM escrow.holds h WHERE h.status = 'pending' \
-           AND h.expires_at <= $1 \
-           AND NOT EXISTS (SELECT 1 FROM escrow.funding_attempts a WHERE a.hold_id = h.id) \
-           ORDER BY h.expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-         UPDATE escrow.holds h SET status = 'voided', resolved_at = $1 FROM due \
-         WHERE h.id = due.id RETURNING h.id",
+    account_id: Uuid,
+    milestone_id: &str,
+    before: OffsetDateTime,
+) -> Result<Option<FundingAttempt>, ServiceError> {
+    let sql = format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM escrow.funding_attempts \
+         WHERE escrow_account_id = $1 AND milestone_id = $2 AND status = 'pending' \
+           AND created_at <= $3 ORDER BY created_at LIMIT 1"
+    );
+    sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
+        .bind(account_id)
+        .bind(milestone_id)
+        .bind(before)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(TryInto::try_into)
+        .transpose()
+}
+
+pub async fn attempt_exists(conn: &mut PgConnection, id: Uuid) -> Result<bool, ServiceError> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM escrow.funding_attempts WHERE id = $1)")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?,
     )
-    .bind(now)
-    .bind(limit)
+}
+
+/// What a refund to the buyer can go back against: the account's settled
+/// card and bank transfer attempts, oldest first, with what each brought in
+/// and the gateway's id of its payment (Pay Later money goes back to the
+/// loan inside the ledger instead).
+pub async fn refund_sources(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+) -> Result<Vec<(Uuid, i64, String)>, ServiceError> {
+    Ok(sqlx::query_as(
+        "SELECT f.id, f.received_minor, g.gateway_reference FROM escrow.funding_attempts f \
+         JOIN escrow.attempt_gateway g ON g.funding_attempt_id = f.id \
+         WHERE f.escrow_account_id = $1 AND f.status = 'succeeded' AND f.method <> 'pay_later' \
+           AND f.received_minor IS NOT NULL ORDER BY f.created_at, f.id",
+    )
+    .bind(account_id)
     .fetch_all(&mut *conn)
     .await?)
 }

@@ -120,6 +120,8 @@ pub struct AttemptGateway {
     pub loan_reference: Option<String>,
 }
 
+/// Records the gateway's side of an attempt; a second answer (the start
+/// call's after a webhook's, say) fills what the first left out.
 pub async fn insert_attempt_gateway(
     conn: &mut PgConnection,
     attempt_id: Uuid,
@@ -128,7 +130,13 @@ pub async fn insert_attempt_gateway(
     sqlx::query(
         "INSERT INTO escrow.attempt_gateway (funding_attempt_id, gateway_reference, failure_message, \
          beneficiary_name, iban, bic, payment_reference, loan_reference) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (funding_attempt_id) DO UPDATE SET \
+           beneficiary_name = coalesce(EXCLUDED.beneficiary_name, attempt_gateway.beneficiary_name), \
+           iban = coalesce(EXCLUDED.iban, attempt_gateway.iban), \
+           bic = coalesce(EXCLUDED.bic, attempt_gateway.bic), \
+           payment_reference = coalesce(EXCLUDED.payment_reference, attempt_gateway.payment_reference), \
+           loan_reference = coalesce(EXCLUDED.loan_reference, attempt_gateway.loan_reference)",
     )
     .bind(attempt_id)
     .bind(&g.reference)
@@ -313,133 +321,6 @@ pub async fn note_transfer(
     Ok(())
 }
 
-// ---- Gateway transfers -------------------------------------------------
-
-#[derive(Clone, Debug, FromRow)]
-pub struct TransferRow {
-    pub id: Uuid,
-    pub direction: String,
-    pub status: String,
-    pub supplier_id: Option<String>,
-    pub escrow_account_id: Option<Uuid>,
-    pub currency: String,
-    pub amount_minor: i64,
-    pub gateway_reference: String,
-    pub failure_code: String,
-    pub created_at: OffsetDateTime,
-    pub resolved_at: Option<OffsetDateTime>,
-}
-
-const TRANSFER_COLUMNS: &str = "id, direction, status, supplier_id, escrow_account_id, currency, \
-     amount_minor, gateway_reference, failure_code, created_at, resolved_at";
-
-pub async fn insert_transfer(conn: &mut PgConnection, t: &TransferRow) -> Result<(), ServiceError> {
-    sqlx::query(
-        "INSERT INTO escrow.gateway_transfers (id, direction, status, supplier_id, \
-         escrow_account_id, currency, amount_minor, gateway_reference, failure_code, created_at) \
-         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, '', $8)",
-    )
-    .bind(t.id)
-    .bind(&t.direction)
-    .bind(&t.supplier_id)
-    .bind(t.escrow_account_id)
-    .bind(&t.currency)
-    .bind(t.amount_minor)
-    .bind(&t.gateway_reference)
-    .bind(t.created_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// The transfer the gateway names, under its row lock.
-pub async fn lock_transfer_by_reference(
-    conn: &mut PgConnection,
-    reference: &str,
-) -> Result<Option<TransferRow>, ServiceError> {
-    Ok(
-        sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {TRANSFER_COLUMNS} FROM escrow.gateway_transfers WHERE gateway_reference = $1 \
-         FOR UPDATE"
-        )))
-        .bind(reference)
-        .fetch_optional(&mut *conn)
-        .await?,
-    )
-}
-
-pub async fn resolve_transfer(
-    conn: &mut PgConnection,
-    id: Uuid,
-    paid: bool,
-    failure_code: &str,
-    now: OffsetDateTime,
-) -> Result<(), ServiceError> {
-    sqlx::query(
-        "UPDATE escrow.gateway_transfers SET status = $2, failure_code = $3, resolved_at = $4 \
-         WHERE id = $1 AND status = 'pending'",
-    )
-    .bind(id)
-    .bind(if paid { "paid" } else { "failed" })
-    .bind(failure_code)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Pending transfers whose hold has expired, claimed for this transaction.
-pub async fn claim_expired_transfers(
-    conn: &mut PgConnection,
-    now: OffsetDateTime,
-    limit: i64,
-) -> Result<Vec<Uuid>, ServiceError> {
-    Ok(sqlx::query_scalar(
-        "SELECT t.id FROM escrow.gateway_transfers t JOIN escrow.holds h ON h.id = t.id \
-         WHERE t.status = 'pending' AND h.expires_at <= $1 ORDER BY h.expires_at LIMIT $2 \
-         FOR UPDATE OF t SKIP LOCKED",
-    )
-    .bind(now)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?)
-}
-
-pub struct TransferFilter {
-    pub supplier_id: Option<String>,
-    pub direction: Option<&'static str>,
-    pub status: Option<&'static str>,
-    /// Continue after (created_at, id), newest first.
-    pub after: Option<(OffsetDateTime, Uuid)>,
-    pub limit: i64,
-}
-
-pub async fn list_transfers(
-    conn: &mut PgConnection,
-    f: &TransferFilter,
-) -> Result<Vec<TransferRow>, ServiceError> {
-    let (at, id) = f
-        .after
-        .map_or((None, None), |(at, id)| (Some(at), Some(id)));
-    Ok(
-        sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {TRANSFER_COLUMNS} FROM escrow.gateway_transfers \
-         WHERE ($1::text IS NULL OR supplier_id = $1) AND ($2::text IS NULL OR direction = $2) \
-           AND ($3::text IS NULL OR status = $3) \
-           AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5)) \
-         ORDER BY created_at DESC, id DESC LIMIT $6"
-        )))
-        .bind(&f.supplier_id)
-        .bind(f.direction)
-        .bind(f.status)
-        .bind(at)
-        .bind(id)
-        .bind(f.limit + 1)
-        .fetch_all(&mut *conn)
-        .await?,
-    )
-}
-
 /// Ledger accounts of `kind` that may have money to pay out, filtered.
 pub async fn payable_accounts(
     conn: &mut PgConnection,
@@ -473,16 +354,18 @@ pub async fn record_event(
     event_id: &str,
     kind: &str,
     reference: &str,
+    client_reference: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<bool, ServiceError> {
     Ok(sqlx::query(
-        "INSERT INTO escrow.gateway_events (event_id, kind, gateway_reference, outcome, received_at) \
-         VALUES ($1, $2, $3, 'ignored', $4) ON CONFLICT (event_id) DO NOTHING",
+        "INSERT INTO escrow.gateway_events (event_id, kind, gateway_reference, outcome, received_at, \
+         client_reference) VALUES ($1, $2, $3, 'ignored', $4, $5) ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(event_id)
     .bind(kind)
     .bind(reference)
     .bind(now)
+    .bind(client_reference)
     .execute(&mut *conn)
     .await?
     .rows_affected()

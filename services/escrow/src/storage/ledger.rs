@@ -143,6 +143,18 @@ async fn lock_and_read_available(
         .collect())
 }
 
+/// Locks a bounded account's row and reads what it has available, for a
+/// decision (how much to pay out) that a hold placed in the same transaction
+/// then takes: a concurrent twin waits for the lock and sees the hold.
+pub async fn lock_available(conn: &mut PgConnection, key: &AccountKey) -> Result<i64, LedgerError> {
+    let id = account_id(conn, key).await?;
+    Ok(lock_and_read_available(conn, &[(key.clone(), id)])
+        .await?
+        .get(key)
+        .copied()
+        .unwrap_or(0))
+}
+
 async fn purpose_used(conn: &mut PgConnection, purpose: &Purpose) -> Result<bool, LedgerError> {
     Ok(sqlx::query_scalar::<_, bool>(
         "SELECT EXISTS (SELECT 1 FROM escrow.transfers WHERE purpose_scope = $1 AND purpose = $2)",

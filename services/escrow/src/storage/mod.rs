@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod transfers;
 pub mod ledger;
 
 use sqlx::migrate::Migrator;

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::Parser;
-use escrow::{SPEC, api, config::Config, gateway::SandboxGateway, webhook::WebhookSecret};
+use escrow::{SPEC, api, config::Config, gateway::memory::InMemoryGateway, webhook::WebhookSecret};
 use sqlx::PgPool;
 use ta_proto::{
     common::Money,
@@ -31,7 +31,7 @@ pub const PARTNER: &str = "partner-1";
 pub struct Escrow {
     pub server: RunningService,
     pub client: Client,
-    pub gateway: SandboxGateway,
+    pub gateway: InMemoryGateway,
     pub pool: PgPool,
 }
 
@@ -59,7 +59,7 @@ pub async fn start_with(pool: PgPool, flags: &[&str]) -> Escrow {
     ];
     args.extend_from_slice(flags);
     let config = Config::try_parse_from(args).expect("config");
-    let gateway = SandboxGateway::new();
+    let gateway = InMemoryGateway::new();
     let service_api = api(&config, pool.clone(), Arc::new(gateway.clone()));
     let server =
         RunningService::start(&SPEC, config.common.clone(), pool.clone(), service_api).await;

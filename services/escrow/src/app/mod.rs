@@ -1,0 +1,190 @@
+//! Escrow's use cases. Each runs in the caller's transaction (the shared
+//! pipeline's, once the API serves them): it locks the escrow account row
+//! first, applies the domain rules, moves money through the ledger and
+//! saves. Every movement names its purpose, so a retried or concurrent
+//! request for the same milestone, claim or cancellation moves money once.
+
+use sqlx::PgConnection;
+use ta_runtime::ServiceError;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub mod funding;
+pub mod gateway_events;
+pub mod transfers;
+pub mod worker;
+
+use crate::{
+    domain::{
+        AccountKey, Action, EscrowAccount, Leg, NewAccount, Posting, Settles, TransferRequest,
+        account::split_refund,
+    },
+    storage::{accounts, ledger},
+};
+
+/// Opens the escrow account of a contract; idempotent per contract: opening
+/// again returns the existing account.
+pub async fn open_account(
+    conn: &mut PgConnection,
+    new: NewAccount,
+    now: OffsetDateTime,
+) -> Result<EscrowAccount, ServiceError> {
+    let contract_id = new.contract_id.clone();
+    let account = EscrowAccount::open(Uuid::now_v7(), new, now)?;
+    if accounts::insert_account(conn, &account).await? {
+        return Ok(account);
+    }
+    accounts::find_by_contract(conn, &contract_id)
+        .await?
+        .ok_or_else(|| ServiceError::internal(format!("contract {contract_id}: account vanished")))
+}
+
+/// What the account's `escrow_held` has available: its posted balance
+/// (no hold debits it today, but a reservation would count).
+pub async fn held(conn: &mut PgConnection, account: &EscrowAccount) -> Result<i64, ServiceError> {
+    Ok(
+        ledger::balance(conn, &AccountKey::escrow_held(account.id, account.currency))
+            .await?
+            .available(),
+    )
+}
+
+/// Releases money held to the supplier's payable: `amount_minor`, or all
+/// that is held.
+pub async fn release(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    amount_minor: Option<i64>,
+    settles: &Settles,
+    now: OffsetDateTime,
+) -> Result<Vec<Posting>, ServiceError> {
+    let mut account = accounts::lock_account(conn, account_id).await?;
+    let purpose = account.authorize_outflow(Action::Release, settles)?;
+    let amount = outflow_amount(conn, &account, amount_minor).await?;
+    let postings = ledger::transfer(
+        conn,
+        &TransferRequest {
+            id: Uuid::now_v7(),
+            purpose,
+            escrow_account: Some(account.id),
+            legs: vec![Leg {
+                debit: AccountKey::escrow_held(account.id, account.currency),
+                credit: AccountKey::supplier_payable(&account.supplier_id, account.currency),
+                amount_minor: amount,
+            }],
+        },
+    )
+    .await?;
+    accounts::save_account(conn, &account, now).await?;
+    Ok(postings)
+}
+
+async fn outflow_amount(
+    conn: &mut PgConnection,
+    account: &EscrowAccount,
+    amount_minor: Option<i64>,
+) -> Result<i64, ServiceError> {
+    match amount_minor {
+        Some(amount) => Ok(amount),
+        None => match held(conn, account).await? {
+            0 => Err(ServiceError::FailedPrecondition(
+                "cannot move money: the account holds nothing".into(),
+            )),
+            all => Ok(all),
+        },
+    }
+}
+
+/// Refunds money held, the way it came: to the financing partner up to the
+/// loan still outstanding for this account, the rest to the buyer (owed
+/// until the gateway pays it out), as one linked transfer.
+pub async fn refund(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    amount_minor: Option<i64>,
+    settles: &Settles,
+    now: OffsetDateTime,
+) -> Result<Vec<Posting>, ServiceError> {
+    let mut account = accounts::lock_account(conn, account_id).await?;
+    let purpose = account.authorize_outflow(Action::Refund, settles)?;
+    let amount = outflow_amount(conn, &account, amount_minor).await?;
+    let held = AccountKey::escrow_held(account.id, account.currency);
+    let outstanding = ledger::loan_outstanding(conn, account.id).await?;
+    let (partners, buyer) = split_refund(amount, &outstanding);
+    let mut legs: Vec<Leg> = partners
+        .into_iter()
+        .map(|(partner, share)| Leg {
+            debit: held.clone(),
+            credit: partner,
+            amount_minor: share,
+        })
+        .collect();
+    if buyer > 0 || legs.is_empty() {
+        legs.push(Leg {
+            debit: held.clone(),
+            credit: AccountKey::buyer_refund_payable(account.id, account.currency),
+            amount_minor: buyer,
+        });
+    }
+    let postings = ledger::transfer(
+        conn,
+        &TransferRequest {
+            id: Uuid::now_v7(),
+            purpose,
+            escrow_account: Some(account.id),
+            legs,
+        },
+    )
+    .await?;
+    accounts::save_account(conn, &account, now).await?;
+    Ok(postings)
+}
+
+/// Freezes the account for a claim; idempotent per claim. The first active
+/// freeze pauses the hold deadline.
+pub async fn freeze(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    claim_id: &str,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<EscrowAccount, ServiceError> {
+    let mut account = accounts::lock_account(conn, account_id).await?;
+    if account.freeze(claim_id, now)? {
+        accounts::insert_freeze(conn, account.id, claim_id, reason, now).await?;
+        accounts::save_account(conn, &account, now).await?;
+    }
+    Ok(account)
+}
+
+/// Lifts a claim's freeze; idempotent. Lifting the last one resumes the
+/// hold deadline, moved later by the time spent frozen.
+pub async fn unfreeze(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    claim_id: &str,
+    now: OffsetDateTime,
+) -> Result<EscrowAccount, ServiceError> {
+    let mut account = accounts::lock_account(conn, account_id).await?;
+    if account.unfreeze(claim_id, now)? {
+        accounts::lift_freeze(conn, account.id, claim_id, now).await?;
+        accounts::save_account(conn, &account, now).await?;
+    }
+    Ok(account)
+}
+
+/// Closes an account that holds nothing and is not frozen; its pending
+/// attempts fail and their holds are voided (a credit arriving for one later
+/// lands in suspense and is refunded).
+pub async fn close(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<EscrowAccount, ServiceError> {
+    let mut account = accounts::lock_account(conn, account_id).await?;
+    let held = held(conn, &account).await?;
+    account.close(held, now)?;
+    funding::fail_pending_of(conn, account.id, "account_closed", now).await?;
+    accounts::save_account(conn, &account, now).await?;
+    Ok(account)
+}

@@ -1,0 +1,49 @@
+//! The gateway worker: one loop per process that finishes what the gateway
+//! left open, outside any request: attempts whose start call has no
+//! recorded answer, transfers to send or to ask about, and payout runs the
+//! payout timer asked for. Woken at once when something is recorded in this
+//! process, it also polls, so work recorded by another replica (or left by
+//! one that died) is picked up.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::PgPool;
+use ta_workflow::Shutdown;
+
+use crate::flows::Flows;
+
+use super::{funding, transfers};
+
+pub struct GatewayWorker {
+    pub pool: PgPool,
+    pub flows: Arc<Flows>,
+    /// The safety net when nothing wakes the worker.
+    pub poll_interval: Duration,
+}
+
+impl GatewayWorker {
+    pub async fn run(self, mut shutdown: Shutdown) {
+        loop {
+            if let Err(error) = self.pass().await {
+                tracing::warn!(%error, "the gateway worker's pass failed; it tries again");
+            }
+            tokio::select! {
+                () = self.flows.wakened() => {}
+                () = tokio::time::sleep(self.poll_interval) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// One pass: a requested payout run, then the unanswered attempts, then
+    /// the transfers due.
+    pub async fn pass(&self) -> Result<(), ta_runtime::ServiceError> {
+        if self.flows.take_payout_request() {
+            transfers::run_payouts(&self.flows, &self.pool, None, None).await?;
+            transfers::run_buyer_refunds(&self.flows, &self.pool).await?;
+        }
+        funding::resolve_unanswered(&self.flows, &self.pool).await?;
+        transfers::handle_due(&self.flows, &self.pool).await?;
+        Ok(())
+    }
+}
