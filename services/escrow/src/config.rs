@@ -65,7 +65,11 @@ pub struct Config {
     /// Where the gateway's webhooks are received over HTTP
     /// (`POST /v1/gateway-webhooks`); unset for none (operators can still
     /// re-drive an event through the gRPC method).
-    #[arg(long, env = "ESCROW_WEBHOOK_LISTEN_ADDR", value_name = "ESCROW_WEBHOOK_LISTEN_ADDR")]
+    #[arg(
+        long,
+        env = "ESCROW_WEBHOOK_LISTEN_ADDR",
+        value_name = "ESCROW_WEBHOOK_LISTEN_ADDR"
+    )]
     pub webhook_listen_addr: Option<std::net::SocketAddr>,
 }
 

@@ -22,10 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     app,
-    domain::{
-        AccountKind, EscrowAccount, Status,
-        funding::AttemptStatus,
-    },
+    domain::{AccountKind, EscrowAccount, Status, funding::AttemptStatus},
     gateway::PaymentGateway,
     storage::{
         accounts,
@@ -291,7 +288,12 @@ pub struct EventFacts<'a> {
 }
 
 impl Flows {
-    pub fn new(gateway: Arc<dyn PaymentGateway>, feed: Feed, timers: Timers, settings: Settings) -> Self {
+    pub fn new(
+        gateway: Arc<dyn PaymentGateway>,
+        feed: Feed,
+        timers: Timers,
+        settings: Settings,
+    ) -> Self {
         Self {
             gateway,
             feed,
@@ -578,9 +580,13 @@ impl TimerHandler for EscrowTimers {
                 // Money on its way (a bank transfer or Pay Later started
                 // before the due date) is not overdue until it fails: the
                 // deadline moves to the attempt's expiry.
-                if let Some(attempt) =
-                    accounts::pending_attempt_started_before(tx, account_id, milestone, payment.due_at)
-                        .await?
+                if let Some(attempt) = accounts::pending_attempt_started_before(
+                    tx,
+                    account_id,
+                    milestone,
+                    payment.due_at,
+                )
+                .await?
                 {
                     self.flows
                         .timers

@@ -43,8 +43,8 @@ use crate::{
         account::{hold_until_problem, split_refund},
     },
     flows::{
-        self, EventFacts, Flows, account_proto, attempt_proto, ledger_account,
-        money, transfer_proto,
+        self, EventFacts, Flows, account_proto, attempt_proto, ledger_account, money,
+        transfer_proto,
     },
     storage::{
         self, accounts,
@@ -394,9 +394,11 @@ impl EscrowApi {
         principal: &Principal,
         cmd: &Outflow,
         release: bool,
+        close_when_empty: bool,
     ) -> Result<(Vec<pb::Posting>, pb::EscrowAccount), ServiceError> {
         let now = timestamps::now();
         let account = accounts::lock_account(conn, cmd.account_id).await?;
+        app::check_direct_purpose(conn, &account, &cmd.settles).await?;
         let amount = match cmd.amount {
             Some(m) => Some(check_currency(&account, "amount", m)?),
             None => None,
@@ -432,7 +434,36 @@ impl EscrowApi {
                 },
             )
             .await?;
+        let view = if close_when_empty {
+            self.closed_if_emptied(conn, account.id)
+                .await?
+                .unwrap_or(view)
+        } else {
+            view
+        };
         Ok((protos, view))
+    }
+
+    /// Closes the account when the movement emptied it, announcing it.
+    async fn closed_if_emptied(
+        &self,
+        conn: &mut PgConnection,
+        account_id: Uuid,
+    ) -> Result<Option<pb::EscrowAccount>, ServiceError> {
+        let Some(closed) = app::close_if_emptied(conn, account_id, timestamps::now()).await? else {
+            return Ok(None);
+        };
+        self.flows.sync_deadlines(conn, &closed).await?;
+        self.flows.sync_hold_deadline(conn, &closed).await?;
+        self.flows
+            .emit(
+                conn,
+                pb::EscrowEventType::Closed,
+                account_id,
+                EventFacts::default(),
+            )
+            .await
+            .map(Some)
     }
 
     async fn settle_in_tx(
@@ -476,6 +507,10 @@ impl EscrowApi {
                 },
             )
             .await?;
+        let view = self
+            .closed_if_emptied(conn, account.id)
+            .await?
+            .unwrap_or(view);
         Ok(pb::SettleClaimResponse {
             postings: protos,
             account: Some(view),
@@ -1009,7 +1044,7 @@ impl EscrowService for EscrowApi {
             .execute(&prepared, || {
                 async |tx| {
                     let (mut postings, account) = self
-                        .outflow_in_tx(tx, prepared.principal(), &prepared.command, true)
+                        .outflow_in_tx(tx, prepared.principal(), &prepared.command, true, true)
                         .await?;
                     Ok(pb::ReleaseToSupplierResponse {
                         posting: postings.pop(),
@@ -1037,7 +1072,7 @@ impl EscrowService for EscrowApi {
             .execute(&prepared, || {
                 async |tx| {
                     let (postings, account) = self
-                        .outflow_in_tx(tx, prepared.principal(), &prepared.command, false)
+                        .outflow_in_tx(tx, prepared.principal(), &prepared.command, false, true)
                         .await?;
                     Ok(pb::RefundToBuyerResponse {
                         postings,
@@ -1183,7 +1218,7 @@ impl EscrowService for EscrowApi {
                             reason: reason.clone(),
                             settles: Settles::Cancellation,
                         };
-                        self.outflow_in_tx(tx, prepared.principal(), &refund, false)
+                        self.outflow_in_tx(tx, prepared.principal(), &refund, false, false)
                             .await?;
                     }
                     let account = app::close(tx, *id, timestamps::now()).await?;

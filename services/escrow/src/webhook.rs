@@ -205,10 +205,9 @@ impl GatewayEvent {
                 "payload.data.currency_code",
                 "must be an ISO 4217 currency code in capitals, such as USD",
             ),
-            None if action == EventAction::Credit => v.add(
-                "payload.data.currency_code",
-                "is required for a credit",
-            ),
+            None if action == EventAction::Credit => {
+                v.add("payload.data.currency_code", "is required for a credit")
+            }
             _ => {}
         }
     }

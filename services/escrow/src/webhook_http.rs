@@ -103,8 +103,8 @@ async fn receive(State(api): State<Arc<EscrowApi>>, headers: HeaderMap, body: By
 }
 
 fn answer(response: &pb::HandleGatewayWebhookResponse) -> Response {
-    let outcome = pb::WebhookOutcome::try_from(response.outcome)
-        .unwrap_or(pb::WebhookOutcome::Unspecified);
+    let outcome =
+        pb::WebhookOutcome::try_from(response.outcome).unwrap_or(pb::WebhookOutcome::Unspecified);
     let name = outcome
         .as_str_name()
         .trim_start_matches("WEBHOOK_OUTCOME_")
@@ -148,7 +148,8 @@ fn refusal(status: &tonic::Status) -> Response {
         use tonic_types::StatusExt;
         if let Some(bad) = status.get_error_details().bad_request() {
             for v in &bad.field_violations {
-                violations.push(serde_json::json!({ "field": v.field, "description": v.description }));
+                violations
+                    .push(serde_json::json!({ "field": v.field, "description": v.description }));
             }
         }
     }

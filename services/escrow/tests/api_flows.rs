@@ -124,13 +124,24 @@ async fn a_card_payment_funds_and_a_release_pays_the_supplier_out(pool: PgPool) 
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_declined_card_and_a_gateway_error_change_nothing(pool: PgPool) {
+async fn a_declined_card_moves_nothing_and_a_gateway_error_is_resolved_by_asking_the_gateway(
+    pool: PgPool,
+) {
     let Escrow {
         mut client,
         gateway: sandbox,
-        pool,
         server: _server,
-    } = start(pool).await;
+        ..
+    } = start_with(
+        pool,
+        &[
+            "--gateway-check-after",
+            "200ms",
+            "--gateway-worker-poll",
+            "50ms",
+        ],
+    )
+    .await;
     let id = open(&mut client, "c-decline", 5_000)
         .await
         .escrow_account_id;
@@ -148,16 +159,56 @@ async fn a_declined_card_and_a_gateway_error_change_nothing(pool: PgPool) {
     assert_eq!(minor(&acc.held), 0);
     assert_eq!(sandbox.money_movements(), 0);
 
-    let before = Snapshot::take(&pool).await;
+    // The gateway fails before acting: the caller hears UNAVAILABLE; the
+    // attempt recorded before the call waits for the gateway's word, and the
+    // worker, asking by key, learns it never arrived and fails it.
     let error = client
         .fund_escrow(buyer(card(&id, "full", 5_000, "tok_gateway_error", "g-1")))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::Unavailable, "{error:?}");
-    assert_eq!(Snapshot::take(&pool).await, before, "nothing recorded");
     assert_eq!(sandbox.money_movements(), 0);
-    assert_eq!(before.rows("postings"), 0);
+    let failed = wait_for(&mut client, &id, |acc| {
+        acc.funding_attempts
+            .iter()
+            .any(|a| a.failure_code == "gateway_unreachable")
+    })
+    .await;
+    let acc = failed.account.unwrap();
+    assert_eq!(minor(&acc.held), 0);
+    assert_eq!(acc.status, pb::EscrowAccountStatus::AwaitingFunding as i32);
+    // The payment is free for another try.
+    let paid = client
+        .fund_escrow(buyer(card(&id, "full", 5_000, "tok_visa", "g-2")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        paid.funding_attempt.unwrap().status,
+        pb::FundingStatus::Succeeded as i32
+    );
+    assert_eq!(sandbox.money_movements(), 1);
     assert_sound(&mut client).await;
+}
+
+/// Polls the account (bounded) until `done` holds.
+async fn wait_for(
+    client: &mut Client,
+    id: &str,
+    done: impl Fn(&pb::GetEscrowAccountResponse) -> bool,
+) -> pb::GetEscrowAccountResponse {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let acc = account(client, id).await;
+        if done(&acc) {
+            return acc;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {acc:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[sqlx::test(migrations = false)]
@@ -165,24 +216,29 @@ async fn a_card_payment_lost_to_a_timeout_and_retried_is_charged_once(pool: PgPo
     let Escrow {
         mut client,
         gateway: sandbox,
-        pool,
         server: _server,
+        ..
     } = start(pool).await;
     let id = open(&mut client, "c-timeout", 7_500)
         .await
         .escrow_account_id;
-    let before = Snapshot::take(&pool).await;
     let lost = client
         .fund_escrow(buyer(card(&id, "full", 7_500, "tok_timeout", "t-1")))
         .await
         .unwrap_err();
     assert_eq!(lost.code(), Code::Unavailable, "{lost:?}");
-    assert_eq!(
-        Snapshot::take(&pool).await,
-        before,
-        "no half-recorded payment"
-    );
     assert_eq!(sandbox.money_movements(), 1, "the gateway did charge");
+    let waiting = account(&mut client, &id).await;
+    assert_eq!(
+        waiting.funding_attempts.len(),
+        1,
+        "recorded before the call"
+    );
+    assert_eq!(
+        waiting.funding_attempts[0].status,
+        pb::FundingStatus::Pending as i32
+    );
+    assert_eq!(minor(&waiting.account.unwrap().held), 0, "not posted yet");
 
     let retried = client
         .fund_escrow(buyer(card(&id, "full", 7_500, "tok_timeout", "t-1")))
@@ -207,6 +263,41 @@ async fn a_card_payment_lost_to_a_timeout_and_retried_is_charged_once(pool: PgPo
     let acc = account(&mut client, &id).await;
     assert_eq!(acc.funding_attempts.len(), 1);
     assert_eq!(minor(&acc.account.unwrap().held), 7_500);
+    assert_sound(&mut client).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_card_payment_whose_answer_was_lost_is_recorded_by_asking_the_gateway(pool: PgPool) {
+    let Escrow {
+        mut client,
+        gateway: sandbox,
+        server: _server,
+        ..
+    } = start_with(
+        pool,
+        &[
+            "--gateway-check-after",
+            "200ms",
+            "--gateway-worker-poll",
+            "50ms",
+        ],
+    )
+    .await;
+    let id = open(&mut client, "c-lost", 7_500).await.escrow_account_id;
+    let lost = client
+        .fund_escrow(buyer(card(&id, "full", 7_500, "tok_timeout", "l-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(lost.code(), Code::Unavailable, "{lost:?}");
+    // The buyer never retries: the worker asks the gateway by key.
+    let settled = wait_for(&mut client, &id, |acc| {
+        acc.funding_attempts
+            .iter()
+            .any(|a| a.status == pb::FundingStatus::Succeeded as i32)
+    })
+    .await;
+    assert_eq!(minor(&settled.account.unwrap().held), 7_500);
+    assert_eq!(sandbox.money_movements(), 1, "charged once, recorded once");
     assert_sound(&mut client).await;
 }
 
@@ -398,7 +489,7 @@ async fn pay_later_is_funded_by_the_partner_and_a_claim_refund_reduces_the_loan_
             "evt-disbursed",
             "pay_later.disbursed",
             &attempt.gateway_reference,
-            None,
+            Some(minor(&attempt.amount)),
         )))
         .await
         .unwrap();
@@ -671,7 +762,12 @@ async fn the_payout_timer_pays_refunds_and_suppliers_out_and_the_gateway_settles
             .unwrap()
             .into_inner()
             .transfers;
-        if listed.len() == 2 {
+        // Recorded, then accepted by the gateway (PENDING) once sent.
+        if listed.len() == 2
+            && listed
+                .iter()
+                .all(|t| t.status == pb::GatewayTransferStatus::Pending as i32)
+        {
             break listed;
         }
         assert!(

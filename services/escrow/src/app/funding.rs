@@ -117,7 +117,9 @@ pub async fn fund(
     if attempt.awaits_answer() {
         let answer = match call_start(flows, &gateway_key, attempt.id, cmd).await {
             Ok(answer) => answer,
-            Err(GatewayError::Rejected { code, message }) => StartAnswer::Rejected { code, message },
+            Err(GatewayError::Rejected { code, message }) => {
+                StartAnswer::Rejected { code, message }
+            }
             // The worker asks the gateway about it once `check_at` passes.
             Err(error) => return Err(error.into()),
         };
@@ -160,7 +162,11 @@ async fn open_attempt(
             && existing.method == cmd.method.as_str();
         if !same {
             return Err(ServiceError::IdempotencyKeyReused {
-                key: gateway_key.rsplit(':').next().unwrap_or_default().to_owned(),
+                key: gateway_key
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
                 method: "FundEscrow".into(),
             });
         }
@@ -433,10 +439,12 @@ fn start_answer_of(operation: &Operation) -> Option<StartAnswer> {
         message: message.to_owned(),
     };
     match (operation.kind, &operation.status) {
-        (OperationKind::Charge, OperationStatus::Succeeded) => Some(StartAnswer::Card(CardCharge {
-            reference: operation.reference.clone(),
-            outcome: CardOutcome::Approved,
-        })),
+        (OperationKind::Charge, OperationStatus::Succeeded) => {
+            Some(StartAnswer::Card(CardCharge {
+                reference: operation.reference.clone(),
+                outcome: CardOutcome::Approved,
+            }))
+        }
         (OperationKind::Charge, OperationStatus::Failed { code, message }) => {
             Some(StartAnswer::Card(CardCharge {
                 reference: operation.reference.clone(),
@@ -557,6 +565,10 @@ pub async fn fail(
         .timers
         .cancel(conn, ATTEMPT_EXPIRY, &attempt_id.to_string())
         .await?;
+    // A payment whose due date passed while this attempt was on its way is
+    // overdue now: its deadline timer fires at once.
+    let account = accounts::get_account(conn, view.escrow_account_id).await?;
+    flows.sync_deadlines(conn, &account).await?;
     Ok(true)
 }
 
@@ -630,7 +642,13 @@ pub async fn confirm_funding(
             })?;
             let still_due = account
                 .payment(&attempt.milestone_id)
-                .map(|p| if account.status == crate::domain::Status::Closed { 0 } else { p.remaining_minor() })
+                .map(|p| {
+                    if account.status == crate::domain::Status::Closed {
+                        0
+                    } else {
+                        p.remaining_minor()
+                    }
+                })
                 .unwrap_or(0);
             let take = received_minor.min(attempt.amount_minor).min(still_due);
             if take > 0 {

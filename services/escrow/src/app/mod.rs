@@ -150,6 +150,17 @@ pub async fn freeze(
     now: OffsetDateTime,
 ) -> Result<EscrowAccount, ServiceError> {
     let mut account = accounts::lock_account(conn, account_id).await?;
+    if !account.freezes.contains(claim_id)
+        && held(conn, &account).await? == 0
+        && accounts::pending_attempts(conn, account.id)
+            .await?
+            .is_empty()
+    {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "cannot freeze: the account holds nothing and no payment is on its way (status {})",
+            account.status.as_str()
+        )));
+    }
     if account.freeze(claim_id, now)? {
         accounts::insert_freeze(conn, account.id, claim_id, reason, now).await?;
         accounts::save_account(conn, &account, now).await?;
@@ -187,4 +198,66 @@ pub async fn close(
     funding::fail_pending_of(conn, account.id, "account_closed", now).await?;
     accounts::save_account(conn, &account, now).await?;
     Ok(account)
+}
+
+/// Checks what a direct release or refund (not a claim's settlement) may
+/// name: a milestone of the schedule; a claim only once it froze this
+/// account and its freeze was lifted: while the freeze is active the claim's
+/// money moves only through its outcome (SettleClaim), so an operator's
+/// refund under the claim cannot pre-empt the arbiter's decision.
+pub async fn check_direct_purpose(
+    conn: &mut PgConnection,
+    account: &EscrowAccount,
+    settles: &Settles,
+) -> Result<(), ServiceError> {
+    match settles {
+        Settles::Milestone(milestone) => {
+            if account.payment(milestone).is_err() {
+                return Err(ServiceError::invalid(
+                    "purpose.milestone_id",
+                    format!(
+                        "is not a payment of the account's schedule ({})",
+                        account
+                            .schedule
+                            .iter()
+                            .map(|p| p.milestone_id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Settles::Claim(claim) => match accounts::freeze_of(conn, account.id, claim).await? {
+            None => Err(ServiceError::FailedPrecondition(format!(
+                "cannot move money for claim {claim}: it never froze this account"
+            ))),
+            Some(active) if active => Err(ServiceError::FailedPrecondition(format!(
+                "cannot move money for claim {claim} directly: the account is frozen for it, and its outcome moves the money (SettleClaim)"
+            ))),
+            Some(_) => Ok(()),
+        },
+        Settles::Acceptance | Settles::Cancellation => Ok(()),
+    }
+}
+
+/// Closes a fully funded account once a release or refund has emptied it
+/// (nothing held, nothing on its way, no freeze): nothing can come in or go
+/// out any more. Returns the closed account, or `None` when it stays open.
+pub async fn close_if_emptied(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<Option<EscrowAccount>, ServiceError> {
+    let account = accounts::lock_account(conn, account_id).await?;
+    if account.status != crate::domain::Status::Funded
+        || !account.freezes.is_empty()
+        || held(conn, &account).await? != 0
+        || !accounts::pending_attempts(conn, account.id)
+            .await?
+            .is_empty()
+    {
+        return Ok(None);
+    }
+    close(conn, account.id, now).await.map(Some)
 }

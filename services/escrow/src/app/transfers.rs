@@ -56,8 +56,13 @@ pub async fn run_payouts(
 ) -> Result<Vec<TransferRow>, ServiceError> {
     let payables = {
         let mut conn = pool.acquire().await?;
-        api::payable_accounts(&mut conn, AccountKind::SupplierPayable, supplier_id, currency)
-            .await?
+        api::payable_accounts(
+            &mut conn,
+            AccountKind::SupplierPayable,
+            supplier_id,
+            currency,
+        )
+        .await?
     };
     let mut started = Vec::new();
     for payable in payables {
@@ -111,7 +116,10 @@ async fn start_payout(
 
 /// Pays refunds owed to buyers back out through the gateway, each against
 /// the funding attempt whose money it returns.
-pub async fn run_buyer_refunds(flows: &Flows, pool: &PgPool) -> Result<Vec<TransferRow>, ServiceError> {
+pub async fn run_buyer_refunds(
+    flows: &Flows,
+    pool: &PgPool,
+) -> Result<Vec<TransferRow>, ServiceError> {
     let payables = {
         let mut conn = pool.acquire().await?;
         api::payable_accounts(&mut conn, AccountKind::BuyerRefundPayable, None, None).await?
@@ -337,17 +345,21 @@ async fn handle(flows: &Flows, pool: &PgPool, row: TransferRow) -> Result<(), Se
 }
 
 async fn send(flows: &Flows, row: &TransferRow) -> Result<OutgoingTransfer, GatewayError> {
-    let currency = Currency::parse(&row.currency)
-        .ok_or_else(|| GatewayError::Rejected {
-            code: "currency".into(),
-            message: format!("unknown currency {}", row.currency),
-        })?;
+    let currency = Currency::parse(&row.currency).ok_or_else(|| GatewayError::Rejected {
+        code: "currency".into(),
+        message: format!("unknown currency {}", row.currency),
+    })?;
     let amount = Money::new(row.amount_minor, currency);
     let client_reference = row.id.to_string();
     if row.direction == Direction::Payout.as_str() {
         flows
             .gateway
-            .send_payout(&row.gateway_key, &client_reference, &row.beneficiary, amount)
+            .send_payout(
+                &row.gateway_key,
+                &client_reference,
+                &row.beneficiary,
+                amount,
+            )
             .await
     } else {
         flows
@@ -374,7 +386,9 @@ async fn accept(
     match &accepted.status {
         OperationStatus::Pending => Ok(()),
         OperationStatus::Succeeded => settle(conn, flows, row.id, true, "").await.map(drop),
-        OperationStatus::Failed { code, .. } => settle(conn, flows, row.id, false, code).await.map(drop),
+        OperationStatus::Failed { code, .. } => {
+            settle(conn, flows, row.id, false, code).await.map(drop)
+        }
     }
 }
 
@@ -431,7 +445,11 @@ pub async fn settle(
         }
         (true, _, false) => {
             ledger::void_hold(conn, row.id, now).await?;
-            let code = if failure_code.is_empty() { "failed" } else { failure_code };
+            let code = if failure_code.is_empty() {
+                "failed"
+            } else {
+                failure_code
+            };
             transfers::resolve(conn, row.id, TransferStatus::Failed, code, now).await?;
             if row.direction == Direction::SuspenseRefund.as_str() {
                 tracing::warn!(gateway_transfer_id = %row.id, "the refund of a credit in suspense failed; the money is back in suspense for an operator");
@@ -462,7 +480,11 @@ async fn correct_paid_after_failure(
 ) -> Result<i64, ServiceError> {
     let currency = Currency::parse(&row.currency)
         .ok_or_else(|| ServiceError::internal("transfer in an unknown currency"))?;
-    let from = match (row.supplier_id.as_deref(), row.escrow_account_id, row.direction.as_str()) {
+    let from = match (
+        row.supplier_id.as_deref(),
+        row.escrow_account_id,
+        row.direction.as_str(),
+    ) {
         (Some(supplier), _, "payout") => AccountKey::supplier_payable(supplier, currency),
         (_, Some(account), "buyer_refund") => AccountKey::buyer_refund_payable(account, currency),
         _ => AccountKey::suspense(currency),

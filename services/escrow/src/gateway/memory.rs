@@ -260,12 +260,7 @@ impl PaymentGateway for InMemoryGateway {
             OperationStatus::Pending,
         );
         operation.loan_reference = Some(application.loan_reference.clone());
-        self.remember(
-            key,
-            operation,
-            Answer::PayLater(application.clone()),
-            false,
-        );
+        self.remember(key, operation, Answer::PayLater(application.clone()), false);
         Ok(application)
     }
 
@@ -333,7 +328,10 @@ mod tests {
             ("tok_insufficient_funds", "insufficient_funds"),
             ("4242424242424242", "invalid_token"),
         ] {
-            let charge = gateway.charge_card(token, token, token, usd(5)).await.unwrap();
+            let charge = gateway
+                .charge_card(token, token, token, usd(5))
+                .await
+                .unwrap();
             assert!(
                 matches!(&charge.outcome, CardOutcome::Declined { code: c, .. } if c == code),
                 "{token}: {charge:?}"
@@ -345,7 +343,9 @@ mod tests {
     #[tokio::test]
     async fn a_gateway_error_records_nothing_and_a_timeout_replays_its_charge() {
         let gateway = InMemoryGateway::new();
-        let error = gateway.charge_card("e", "a", "tok_gateway_error", usd(5)).await;
+        let error = gateway
+            .charge_card("e", "a", "tok_gateway_error", usd(5))
+            .await;
         assert!(matches!(error, Err(GatewayError::Unavailable(_))));
         assert_eq!(gateway.money_movements(), 0);
 

@@ -47,9 +47,7 @@ impl From<GatewayError> for ServiceError {
     fn from(error: GatewayError) -> Self {
         match error {
             GatewayError::Rejected { .. } => ServiceError::FailedPrecondition(error.to_string()),
-            _ => ServiceError::Unavailable(format!(
-                "{error}; retry with the same idempotency key"
-            )),
+            _ => ServiceError::Unavailable(format!("{error}; retry with the same idempotency key")),
         }
     }
 }

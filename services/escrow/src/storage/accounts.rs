@@ -427,7 +427,8 @@ pub async fn attempt_by_gateway_key(
     conn: &mut PgConnection,
     gateway_key: &str,
 ) -> Result<Option<FundingAttempt>, ServiceError> {
-    let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM escrow.funding_attempts WHERE gateway_key = $1");
+    let sql =
+        format!("SELECT {ATTEMPT_COLUMNS} FROM escrow.funding_attempts WHERE gateway_key = $1");
     sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
         .bind(gateway_key)
         .fetch_optional(&mut *conn)
@@ -532,5 +533,21 @@ pub async fn refund_sources(
     )
     .bind(account_id)
     .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Whether `claim_id` froze the account: `Some(true)` while its freeze is
+/// active, `Some(false)` once lifted, `None` if it never did.
+pub async fn freeze_of(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    claim_id: &str,
+) -> Result<Option<bool>, ServiceError> {
+    Ok(sqlx::query_scalar(
+        "SELECT lifted_at IS NULL FROM escrow.freezes WHERE escrow_account_id = $1 AND claim_id = $2",
+    )
+    .bind(account_id)
+    .bind(claim_id)
+    .fetch_optional(&mut *conn)
     .await?)
 }

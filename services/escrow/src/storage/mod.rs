@@ -3,8 +3,8 @@
 
 pub mod accounts;
 pub mod api;
-pub mod transfers;
 pub mod ledger;
+pub mod transfers;
 
 use sqlx::migrate::Migrator;
 use ta_runtime::idempotency::IdempotencyKeys;

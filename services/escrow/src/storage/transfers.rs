@@ -127,26 +127,28 @@ pub async fn insert(
     t: &NewTransfer<'_>,
     now: OffsetDateTime,
 ) -> Result<TransferRow, ServiceError> {
-    Ok(sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO escrow.gateway_transfers (id, direction, status, supplier_id, \
+    Ok(
+        sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO escrow.gateway_transfers (id, direction, status, supplier_id, \
          escrow_account_id, currency, amount_minor, failure_code, created_at, gateway_key, \
          source_reference, funding_attempt_id, beneficiary, check_at) \
          VALUES ($1, $2, 'sending', $3, $4, $5, $6, '', $7, $8, $9, $10, $11, $7) \
          RETURNING {COLUMNS}"
-    )))
-    .bind(t.id)
-    .bind(t.direction.as_str())
-    .bind(t.supplier_id)
-    .bind(t.escrow_account_id)
-    .bind(t.currency)
-    .bind(t.amount_minor)
-    .bind(now)
-    .bind(t.gateway_key())
-    .bind(t.source_reference)
-    .bind(t.funding_attempt_id)
-    .bind(t.beneficiary)
-    .fetch_one(&mut *conn)
-    .await?)
+        )))
+        .bind(t.id)
+        .bind(t.direction.as_str())
+        .bind(t.supplier_id)
+        .bind(t.escrow_account_id)
+        .bind(t.currency)
+        .bind(t.amount_minor)
+        .bind(now)
+        .bind(t.gateway_key())
+        .bind(t.source_reference)
+        .bind(t.funding_attempt_id)
+        .bind(t.beneficiary)
+        .fetch_one(&mut *conn)
+        .await?,
+    )
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<TransferRow, ServiceError> {
@@ -166,14 +168,16 @@ pub async fn lock_named(
     client_reference: Option<Uuid>,
     gateway_reference: &str,
 ) -> Result<Option<TransferRow>, ServiceError> {
-    Ok(sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM escrow.gateway_transfers \
+    Ok(
+        sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM escrow.gateway_transfers \
          WHERE id = $1 OR ($1 IS NULL AND gateway_reference = $2) FOR UPDATE"
-    )))
-    .bind(client_reference)
-    .bind(gateway_reference)
-    .fetch_optional(&mut *conn)
-    .await?)
+        )))
+        .bind(client_reference)
+        .bind(gateway_reference)
+        .fetch_optional(&mut *conn)
+        .await?,
+    )
 }
 
 /// Locks one transfer row.
@@ -271,19 +275,21 @@ pub async fn lease_due(
         .map(|c| format!("t.{}", c.trim()))
         .collect::<Vec<_>>()
         .join(", ");
-    Ok(sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
-        "WITH due AS (SELECT id FROM escrow.gateway_transfers \
+    Ok(
+        sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
+            "WITH due AS (SELECT id FROM escrow.gateway_transfers \
            WHERE status IN ('sending', 'pending', 'unknown') AND check_at <= $1 \
            ORDER BY check_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
          UPDATE escrow.gateway_transfers t SET check_at = $1 + $2, \
            sends = t.sends + (t.status = 'sending')::int \
          FROM due WHERE t.id = due.id RETURNING {columns}"
-    )))
-    .bind(now)
-    .bind(lease)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?)
+        )))
+        .bind(now)
+        .bind(lease)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?,
+    )
 }
 
 /// What each funding attempt of an account has had refunded (or is being
@@ -319,19 +325,21 @@ pub async fn list(
     let (at, id) = f
         .after
         .map_or((None, None), |(at, id)| (Some(at), Some(id)));
-    Ok(sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM escrow.gateway_transfers \
+    Ok(
+        sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM escrow.gateway_transfers \
          WHERE ($1::text IS NULL OR supplier_id = $1) AND ($2::text IS NULL OR direction = $2) \
            AND ($3::text IS NULL OR status = $3) \
            AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5)) \
          ORDER BY created_at DESC, id DESC LIMIT $6"
-    )))
-    .bind(&f.supplier_id)
-    .bind(f.direction)
-    .bind(f.status)
-    .bind(at)
-    .bind(id)
-    .bind(f.limit + 1)
-    .fetch_all(&mut *conn)
-    .await?)
+        )))
+        .bind(&f.supplier_id)
+        .bind(f.direction)
+        .bind(f.status)
+        .bind(at)
+        .bind(id)
+        .bind(f.limit + 1)
+        .fetch_all(&mut *conn)
+        .await?,
+    )
 }
