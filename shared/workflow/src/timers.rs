@@ -25,6 +25,9 @@ use crate::{
     trace::StoredTrace,
 };
 
+/// The statement and lock time-out of a timer handler's transaction.
+const HANDLER_STATEMENT_TIMEOUT: &str = "10s";
+
 /// The timers table of one service's schema.
 #[derive(Clone, Debug)]
 pub struct Timers {
@@ -234,6 +237,15 @@ impl<H: TimerHandler> TimerWorker<H> {
     async fn fire_one(&self) -> Result<bool, ServiceError> {
         let schema = self.timers.schema;
         let mut tx = self.pool.begin().await?;
+        // A handler waits on no lock, and runs no statement, for longer than
+        // this: a stuck row fails this firing (retried with backoff) instead
+        // of stalling every timer behind it.
+        sqlx::query(
+            "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)",
+        )
+        .bind(HANDLER_STATEMENT_TIMEOUT)
+        .execute(&mut *tx)
+        .await?;
         let row = sqlx::query(AssertSqlSafe(schema.sql(
             "SELECT id, kind, subject_id, due_at, payload, attempts, traceparent, tracestate
              FROM {schema}.workflow_timers
