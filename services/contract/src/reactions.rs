@@ -9,6 +9,7 @@ use sqlx::PgConnection;
 use ta_proto::{escrow as escrow_pb, supplier as supplier_pb};
 use ta_runtime::{ServiceError, money::Money, timestamps};
 use ta_workflow::{
+    Handled,
     consumer::{EventHandler, FeedItem, Subscription},
     outbox::{Answer, CompletionHandler, Delivery},
     timers::{DueTimer, TimerHandler},
@@ -41,6 +42,19 @@ pub struct Completions {
 
 impl CompletionHandler for Completions {
     async fn complete(
+        &self,
+        tx: &mut PgConnection,
+        delivery: &Delivery,
+        answer: &Answer,
+    ) -> Result<Handled, ServiceError> {
+        self.react(tx, delivery, answer)
+            .await
+            .map(|()| Handled::Done)
+    }
+}
+
+impl Completions {
+    async fn react(
         &self,
         tx: &mut PgConnection,
         delivery: &Delivery,
@@ -182,6 +196,16 @@ impl EventHandler<escrow_pb::StreamEscrowEventsResponse> for EscrowEvents {
         &self,
         tx: &mut PgConnection,
         _sequence: u64,
+        response: &escrow_pb::StreamEscrowEventsResponse,
+    ) -> Result<Handled, ServiceError> {
+        self.react(tx, response).await.map(|()| Handled::Done)
+    }
+}
+
+impl EscrowEvents {
+    async fn react(
+        &self,
+        tx: &mut PgConnection,
         response: &escrow_pb::StreamEscrowEventsResponse,
     ) -> Result<(), ServiceError> {
         let Some(event) = &response.event else {

@@ -17,6 +17,7 @@ use ta_runtime::{
     timestamps,
 };
 use ta_workflow::{
+    Handled,
     outbox::{Answer, CompletionHandler, Delivery},
     timers::{DueTimer, TimerHandler},
 };
@@ -54,6 +55,19 @@ pub struct Completions {
 
 impl CompletionHandler for Completions {
     async fn complete(
+        &self,
+        tx: &mut PgConnection,
+        delivery: &Delivery,
+        answer: &Answer,
+    ) -> Result<Handled, ServiceError> {
+        self.react(tx, delivery, answer)
+            .await
+            .map(|()| Handled::Done)
+    }
+}
+
+impl Completions {
+    async fn react(
         &self,
         tx: &mut PgConnection,
         delivery: &Delivery,

@@ -154,6 +154,17 @@ pub struct ConsumerConfig {
           value_name = "WORKFLOW_CONSUMER_IDLE_TIMEOUT", default_value = "45s",
           value_parser = heartbeat_interval)]
     pub idle_timeout: Duration,
+    /// Failed applications of one event (transient database trouble aside)
+    /// after which it is parked for an operator and the feed goes on.
+    #[arg(long = "workflow-consumer-max-attempts", id = "workflow-consumer-max-attempts", env = "WORKFLOW_CONSUMER_MAX_ATTEMPTS",
+          value_name = "WORKFLOW_CONSUMER_MAX_ATTEMPTS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub max_attempts: u32,
+    /// How often the consumer looks for parked events an operator re-drove.
+    #[arg(long = "workflow-consumer-redrive-poll-interval", id = "workflow-consumer-redrive-poll-interval", env = "WORKFLOW_CONSUMER_REDRIVE_POLL_INTERVAL",
+          value_name = "WORKFLOW_CONSUMER_REDRIVE_POLL_INTERVAL", default_value = "2s",
+          value_parser = poll_interval)]
+    pub redrive_poll_interval: Duration,
 }
 
 #[derive(Args, Clone, Debug)]

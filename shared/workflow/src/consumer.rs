@@ -7,20 +7,41 @@
 //! one feed both receive every event, but the second to take the lock finds
 //! the cursor already past it and skips it.
 //!
-//! A handler that fails stops the feed there (events are never skipped): the
-//! consumer reconnects with backoff and the event comes again.
+//! One bad event does not stop the feed. A handler that fails for a reason
+//! of the platform (the database unavailable, a lost race, a deadline) leaves
+//! the event where it is: the consumer reconnects with backoff and it comes
+//! again. Any other failure is the event's own: each is counted
+//! (`<schema>.workflow_feed_parked`, status `failing`), and once an event
+//! failed `WORKFLOW_CONSUMER_MAX_ATTEMPTS` times it is *parked* with its
+//! last error, in the transaction that moves the cursor past it, and the
+//! events behind it are applied. A handler may also park an event at once
+//! ([`Handled::Escalate`]: the service cannot act on it alone); its own
+//! changes commit with it. Parked events are listed and re-driven through
+//! the workflow admin RPCs: a re-driven event is applied again by the
+//! consumer (from the event as received, out of the feed's order, so
+//! reactions check the state they act on), and parked again if it still
+//! fails.
+//!
+//! A gap (an event whose sequence is not the cursor's next) is not a state
+//! that waiting resolves: the producer numbers events densely, once their
+//! transaction and every older one ended (see [`crate::feed`]), and never
+//! renumbers or deletes them, so a missing sequence was lost on the
+//! producer's side (a restored backup, a deleted row). The consumer records
+//! the missing range as a parked gap for an operator (there is nothing to
+//! re-drive: re-driving acknowledges it) and applies what follows, rather
+//! than stopping every later event behind events that will never come.
 
-use std::{marker::PhantomData, sync::Arc};
+use std::{marker::PhantomData, sync::Arc, time::Duration};
 
 use prost::Message;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row, postgres::PgRow};
 use ta_runtime::ServiceError;
 use tonic::codegen::http::uri::PathAndQuery;
 use tracing::Instrument;
 
 use crate::{
-    Schema, Shutdown, config::ConsumerConfig, credentials::ServiceCredentials, peers::Peers,
-    retry::backoff, trace::StoredTrace, wait_for_shutdown,
+    Handled, Schema, Shutdown, config::ConsumerConfig, credentials::ServiceCredentials,
+    peers::Peers, retry::backoff, trace::StoredTrace, wait_for_shutdown,
 };
 
 /// What a feed response carries, for the consumer: `None` for a heartbeat.
@@ -46,16 +67,21 @@ pub struct Subscription<Q, R> {
 }
 
 /// The consuming service's effect of one event, in the transaction that
-/// advances the cursor.
+/// advances the cursor (or applies a re-driven event).
 pub trait EventHandler<R>: Send + Sync + 'static {
+    /// `Escalate` parks the event for an operator, with the handler's
+    /// changes (see the module docs).
+    ///
     /// # Errors
-    /// Anything: nothing commits and the event is delivered again.
+    /// Anything: nothing commits. A platform failure (`Unavailable`,
+    /// `Aborted`, `DeadlineExceeded`) delivers the event again; any other
+    /// counts against the event, which is parked after its attempts.
     fn apply(
         &self,
         tx: &mut PgConnection,
         sequence: u64,
         event: &R,
-    ) -> impl Future<Output = Result<(), ServiceError>> + Send;
+    ) -> impl Future<Output = Result<Handled, ServiceError>> + Send;
 }
 
 /// Where this service stands in a feed.
@@ -67,6 +93,14 @@ pub async fn cursor(pool: &PgPool, schema: Schema, feed: &str) -> Result<u64, Se
     .fetch_optional(pool)
     .await?;
     Ok(last.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+}
+
+/// Whether a handler's failure says the platform, not the event, is at fault.
+fn transient(error: &ServiceError) -> bool {
+    matches!(
+        error,
+        ServiceError::Unavailable(_) | ServiceError::Aborted(_) | ServiceError::DeadlineExceeded
+    )
 }
 
 /// Why one connection to the feed ended.
@@ -120,9 +154,14 @@ where
         }
     }
 
-    /// Connects, applies events, and reconnects with capped exponential
-    /// backoff whenever the stream ends, until `shutdown`.
-    pub async fn run(self, mut shutdown: Shutdown) {
+    /// Follows the feed (connects, applies events, reconnects with capped
+    /// exponential backoff whenever the stream ends) and applies the events
+    /// operators re-drive, until `shutdown`.
+    pub async fn run(self, shutdown: Shutdown) {
+        tokio::join!(self.follow(shutdown.clone()), self.redrive_loop(shutdown));
+    }
+
+    async fn follow(&self, mut shutdown: Shutdown) {
         let mut failures = 0;
         loop {
             if *shutdown.borrow() {
@@ -190,12 +229,31 @@ where
             match self.apply(&item, &response).await {
                 Ok(true) => applied += 1,
                 Ok(false) => {}
-                Err(error) => {
+                Err(error) if transient(&error) => {
                     return failed(
                         applied,
                         format!("event {} not applied: {error}", item.sequence),
                     );
                 }
+                Err(error) => match self.count_failure(&item, &response, &error).await {
+                    // Parked: the cursor moved past it; on with the next.
+                    Ok(true) => applied += 1,
+                    Ok(false) => {
+                        return failed(
+                            applied,
+                            format!("event {} not applied: {error}", item.sequence),
+                        );
+                    }
+                    Err(counting) => {
+                        return failed(
+                            applied,
+                            format!(
+                                "event {} not applied: {error}; its failure not counted: {counting}",
+                                item.sequence
+                            ),
+                        );
+                    }
+                },
             }
         }
     }
@@ -226,12 +284,10 @@ where
             .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
     }
 
-    /// Applies one event and advances the cursor in one transaction; `false`
-    /// when the cursor was already past it (a replay, or another replica).
-    async fn apply(&self, item: &FeedItem, event: &R) -> Result<bool, ServiceError> {
+    fn span(&self, item: &FeedItem, what: &str) -> tracing::Span {
         let span = tracing::info_span!(
             "workflow.feed.apply",
-            otel.name = %format!("apply {} event", self.subscription.cursor),
+            otel.name = %format!("{what} {} event", self.subscription.cursor),
             otel.kind = "consumer",
             feed = self.subscription.cursor,
             feed.sequence = item.sequence,
@@ -241,44 +297,397 @@ where
             tracestate: None,
         }
         .parent(&span);
+        span
+    }
+
+    /// Locks the cursor and moves it to `sequence`, recording a gap before
+    /// it; `false` when the cursor was already at or past it.
+    async fn advance_to(&self, tx: &mut PgConnection, sequence: i64) -> Result<bool, ServiceError> {
+        let feed = self.subscription.cursor;
+        sqlx::query(AssertSqlSafe(self.schema.sql(
+            "INSERT INTO {schema}.workflow_feed_cursors (feed, last_sequence) VALUES ($1, 0)
+             ON CONFLICT (feed) DO NOTHING",
+        )))
+        .bind(feed)
+        .execute(&mut *tx)
+        .await?;
+        let last: i64 = sqlx::query_scalar(AssertSqlSafe(self.schema.sql(
+            "SELECT last_sequence FROM {schema}.workflow_feed_cursors WHERE feed = $1 FOR UPDATE",
+        )))
+        .bind(feed)
+        .fetch_one(&mut *tx)
+        .await?;
+        if sequence <= last {
+            return Ok(false);
+        }
+        if sequence != last + 1 {
+            let (first, missing) = (last + 1, sequence - 1);
+            tracing::error!(
+                feed,
+                first,
+                missing,
+                "feed sequence jumped: the producer lost events; recorded for an operator"
+            );
+            sqlx::query(AssertSqlSafe(self.schema.sql(
+                "INSERT INTO {schema}.workflow_feed_parked
+                     (feed, sequence, kind, payload, status, last_sequence, last_error, parked_at)
+                 VALUES ($1, $2, 'gap', ''::bytea, 'parked', $3, $4, now())
+                 ON CONFLICT (feed, sequence) DO NOTHING",
+            )))
+            .bind(feed)
+            .bind(first)
+            .bind(missing)
+            .bind(format!(
+                "sequences {first}..={missing} never arrived: the producer's feed is dense and \
+                 never renumbers, so they were lost on its side; the events after them were applied"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(AssertSqlSafe(self.schema.sql(
+            "UPDATE {schema}.workflow_feed_cursors SET last_sequence = $2, updated_at = now()
+             WHERE feed = $1",
+        )))
+        .bind(feed)
+        .bind(sequence)
+        .execute(&mut *tx)
+        .await?;
+        Ok(true)
+    }
+
+    /// Applies one event and advances the cursor in one transaction; `false`
+    /// when the cursor was already past it (a replay, or another replica).
+    async fn apply(&self, item: &FeedItem, event: &R) -> Result<bool, ServiceError> {
         async {
             let sequence = i64::try_from(item.sequence).map_err(|_| {
                 ServiceError::internal(format!("sequence {} out of range", item.sequence))
             })?;
             let mut tx = self.pool.begin().await?;
-            sqlx::query(AssertSqlSafe(self.schema.sql(
-                "INSERT INTO {schema}.workflow_feed_cursors (feed, last_sequence) VALUES ($1, 0)
-                 ON CONFLICT (feed) DO NOTHING",
-            )))
-            .bind(self.subscription.cursor)
-            .execute(&mut *tx)
-            .await?;
-            let last: i64 = sqlx::query_scalar(AssertSqlSafe(self.schema.sql(
-                "SELECT last_sequence FROM {schema}.workflow_feed_cursors WHERE feed = $1 FOR UPDATE",
-            )))
-            .bind(self.subscription.cursor)
-            .fetch_one(&mut *tx)
-            .await?;
-            if sequence <= last {
+            if !self.advance_to(&mut tx, sequence).await? {
                 return Ok(false);
             }
-            if sequence != last + 1 {
-                // Our feeds are dense; a jump means the producer lost events.
-                tracing::warn!(last, sequence, "feed sequence jumped");
+            let handled = self.handler.apply(&mut tx, item.sequence, event).await?;
+            let error = match &handled {
+                Handled::Done => None,
+                Handled::Escalate(reason) => Some(reason.as_str()),
+            };
+            match error {
+                // An event that failed before and now went through is done with.
+                None => {
+                    sqlx::query(AssertSqlSafe(self.schema.sql(
+                        "UPDATE {schema}.workflow_feed_parked
+                         SET status = 'applied', applied_at = now()
+                         WHERE feed = $1 AND sequence = $2 AND status = 'failing'",
+                    )))
+                    .bind(self.subscription.cursor)
+                    .bind(sequence)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Some(reason) => {
+                    sqlx::query(AssertSqlSafe(self.schema.sql(
+                        "INSERT INTO {schema}.workflow_feed_parked
+                             (feed, sequence, payload, traceparent, status, last_error, parked_at)
+                         VALUES ($1, $2, $3, $4, 'parked', $5, now())
+                         ON CONFLICT (feed, sequence) DO UPDATE
+                         SET status = 'parked', last_error = $5, parked_at = now()",
+                    )))
+                    .bind(self.subscription.cursor)
+                    .bind(sequence)
+                    .bind(event.encode_to_vec())
+                    .bind(&item.traceparent)
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
-            self.handler.apply(&mut tx, item.sequence, event).await?;
+            tx.commit().await?;
+            if let Some(reason) = error {
+                tracing::warn!(
+                    reason,
+                    "feed event escalated to the operators' queue: an operator can re-drive it"
+                );
+            }
+            Ok(true)
+        }
+        .instrument(self.span(item, "apply"))
+        .await
+    }
+
+    /// Counts a failed application of `event`; once it used its attempts,
+    /// parks it and moves the cursor past it (`true`: go on with the next).
+    async fn count_failure(
+        &self,
+        item: &FeedItem,
+        event: &R,
+        error: &ServiceError,
+    ) -> Result<bool, ServiceError> {
+        let sequence = i64::try_from(item.sequence)
+            .map_err(|_| ServiceError::internal("sequence out of range"))?;
+        let mut tx = self.pool.begin().await?;
+        let attempts: i32 = sqlx::query_scalar(AssertSqlSafe(self.schema.sql(
+            "INSERT INTO {schema}.workflow_feed_parked
+                 (feed, sequence, payload, traceparent, status, attempts, last_error)
+             VALUES ($1, $2, $3, $4, 'failing', 1, $5)
+             ON CONFLICT (feed, sequence) DO UPDATE
+             SET attempts = workflow_feed_parked.attempts + 1, last_error = $5,
+                 payload = $3, status = 'failing'
+             RETURNING attempts",
+        )))
+        .bind(self.subscription.cursor)
+        .bind(sequence)
+        .bind(event.encode_to_vec())
+        .bind(&item.traceparent)
+        .bind(error.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        if u32::try_from(attempts).unwrap_or(0) < self.config.max_attempts {
+            tx.commit().await?;
+            tracing::warn!(%error, attempts, sequence, "feed event failed; it comes again");
+            return Ok(false);
+        }
+        if self.advance_to(&mut tx, sequence).await? {
             sqlx::query(AssertSqlSafe(self.schema.sql(
-                "UPDATE {schema}.workflow_feed_cursors SET last_sequence = $2, updated_at = now()
-                 WHERE feed = $1",
+                "UPDATE {schema}.workflow_feed_parked SET status = 'parked', parked_at = now()
+                 WHERE feed = $1 AND sequence = $2",
             )))
             .bind(self.subscription.cursor)
             .bind(sequence)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-            Ok(true)
+            tracing::error!(
+                %error, attempts, sequence, feed = self.subscription.cursor,
+                "feed event parked after its attempts; the feed goes on: an operator can re-drive it"
+            );
         }
-        .instrument(span)
-        .await
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Applies re-driven events until `shutdown`.
+    async fn redrive_loop(&self, mut shutdown: Shutdown) {
+        loop {
+            let pause = match self.apply_redriven().await {
+                Ok(true) => Duration::ZERO,
+                Ok(false) => self.config.redrive_poll_interval,
+                Err(error) => {
+                    tracing::warn!(%error, "re-driven feed events not applied");
+                    self.config.redrive_poll_interval
+                }
+            };
+            if *shutdown.borrow() {
+                return;
+            }
+            if !pause.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = wait_for_shutdown(&mut shutdown) => return,
+                }
+            }
+        }
+    }
+
+    /// Applies one re-driven event that is due; `false` when none was.
+    async fn apply_redriven(&self) -> Result<bool, ServiceError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(AssertSqlSafe(self.schema.sql(
+            "SELECT id, sequence, payload, traceparent, attempts
+             FROM {schema}.workflow_feed_parked
+             WHERE feed = $1 AND status = 'redriven' AND next_attempt_at <= now()
+             ORDER BY next_attempt_at, id LIMIT 1
+             FOR UPDATE SKIP LOCKED",
+        )))
+        .bind(self.subscription.cursor)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let id: i64 = row.try_get("id")?;
+        let attempts: i32 = row.try_get("attempts")?;
+        let item = FeedItem {
+            sequence: u64::try_from(row.try_get::<i64, _>("sequence")?).unwrap_or(0),
+            traceparent: row.try_get("traceparent")?,
+        };
+        let payload: Vec<u8> = row.try_get("payload")?;
+        let outcome = async {
+            let event = R::decode(payload.as_slice()).map_err(|e| {
+                ServiceError::internal(format!("parked event {id} does not decode: {e}"))
+            })?;
+            self.handler.apply(&mut tx, item.sequence, &event).await
+        }
+        .instrument(self.span(&item, "re-drive"))
+        .await;
+        match outcome {
+            Ok(handled) => {
+                let (status, error) = match &handled {
+                    Handled::Done => ("applied", None),
+                    Handled::Escalate(reason) => ("parked", Some(reason.clone())),
+                };
+                sqlx::query(AssertSqlSafe(self.schema.sql(
+                    "UPDATE {schema}.workflow_feed_parked
+                     SET status = $2, last_error = coalesce($3, last_error),
+                         parked_at = CASE WHEN $2 = 'parked' THEN now() ELSE parked_at END,
+                         applied_at = CASE WHEN $2 = 'applied' THEN now() END
+                     WHERE id = $1",
+                )))
+                .bind(id)
+                .bind(status)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                tracing::info!(
+                    sequence = item.sequence,
+                    status,
+                    "re-driven feed event handled"
+                );
+            }
+            Err(error) => {
+                let _ = tx.rollback().await;
+                let counted = !transient(&error);
+                let attempts = attempts + i32::from(counted);
+                let park =
+                    counted && u32::try_from(attempts).unwrap_or(0) >= self.config.max_attempts;
+                let delay = backoff(
+                    u32::try_from(attempts).unwrap_or(1).max(1),
+                    self.config.reconnect_base,
+                    self.config.reconnect_cap,
+                );
+                sqlx::query(AssertSqlSafe(self.schema.sql(
+                    "UPDATE {schema}.workflow_feed_parked
+                     SET attempts = $2, last_error = $3,
+                         status = CASE WHEN $4 THEN 'parked' ELSE status END,
+                         parked_at = CASE WHEN $4 THEN now() ELSE parked_at END,
+                         next_attempt_at = now() + make_interval(secs => $5)
+                     WHERE id = $1 AND status = 'redriven'",
+                )))
+                .bind(id)
+                .bind(attempts)
+                .bind(error.to_string())
+                .bind(park)
+                .bind(delay.as_secs_f64())
+                .execute(&self.pool)
+                .await?;
+                tracing::warn!(%error, sequence = item.sequence, parked = park, "re-driven feed event failed");
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A parked feed event as operators see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParkedEventView {
+    pub id: i64,
+    pub feed: String,
+    pub sequence: u64,
+    pub gap: bool,
+    pub last_sequence: Option<u64>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub first_failed_at: time::OffsetDateTime,
+    pub parked_at: Option<time::OffsetDateTime>,
+}
+
+impl ParkedEventView {
+    fn from_row(row: &PgRow) -> Result<Self, ServiceError> {
+        let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(Self {
+            id: row.try_get("id")?,
+            feed: row.try_get("feed")?,
+            sequence: unsigned(row.try_get("sequence")?),
+            gap: row.try_get::<String, _>("kind")? == "gap",
+            last_sequence: row
+                .try_get::<Option<i64>, _>("last_sequence")?
+                .map(unsigned),
+            attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+            last_error: row.try_get("last_error")?,
+            first_failed_at: row.try_get("first_failed_at")?,
+            parked_at: row.try_get("parked_at")?,
+        })
+    }
+}
+
+const PARKED_COLUMNS: &str =
+    "id, feed, sequence, kind, last_sequence, attempts, last_error, first_failed_at, parked_at";
+
+/// The parked feed events of one service's schema, for operators.
+#[derive(Clone, Copy, Debug)]
+pub struct ParkedEvents {
+    schema: Schema,
+}
+
+impl ParkedEvents {
+    pub fn new(schema: Schema) -> Self {
+        Self { schema }
+    }
+
+    /// Parked events and gaps, oldest first, after id `after_id`.
+    pub async fn list(
+        &self,
+        pool: &PgPool,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<ParkedEventView>, ServiceError> {
+        let rows = sqlx::query(AssertSqlSafe(self.schema.sql(&format!(
+            "SELECT {PARKED_COLUMNS} FROM {{schema}}.workflow_feed_parked
+             WHERE status = 'parked' AND id > $1 ORDER BY id LIMIT $2"
+        ))))
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(ParkedEventView::from_row).collect()
+    }
+
+    /// Hands the parked event `id` back to its consumer, due now, with a
+    /// fresh attempt budget; a gap is acknowledged (there is nothing to apply).
+    ///
+    /// # Errors
+    /// `NotFound`; `FailedPrecondition` when it is not parked.
+    pub async fn redrive(
+        &self,
+        tx: &mut PgConnection,
+        id: i64,
+    ) -> Result<ParkedEventView, ServiceError> {
+        let row = sqlx::query(AssertSqlSafe(self.schema.sql(&format!(
+            "UPDATE {{schema}}.workflow_feed_parked
+             SET status = CASE WHEN kind = 'gap' THEN 'applied' ELSE 'redriven' END,
+                 applied_at = CASE WHEN kind = 'gap' THEN now() END,
+                 attempts = 0, next_attempt_at = now()
+             WHERE id = $1 AND status = 'parked'
+             RETURNING {PARKED_COLUMNS}"
+        ))))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            return ParkedEventView::from_row(&row);
+        }
+        let status: Option<String> = sqlx::query_scalar(AssertSqlSafe(
+            self.schema
+                .sql("SELECT status FROM {schema}.workflow_feed_parked WHERE id = $1"),
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match status {
+            None => Err(ServiceError::not_found("parked feed event", id)),
+            Some(status) => Err(ServiceError::FailedPrecondition(format!(
+                "feed event {id} is {status}, not parked"
+            ))),
+        }
+    }
+
+    /// How many events (and gaps) are parked.
+    pub async fn count(&self, pool: &PgPool) -> Result<u64, ServiceError> {
+        let parked: i64 = sqlx::query_scalar(AssertSqlSafe(
+            self.schema
+                .sql("SELECT count(*) FROM {schema}.workflow_feed_parked WHERE status = 'parked'"),
+        ))
+        .fetch_one(pool)
+        .await?;
+        Ok(u64::try_from(parked).unwrap_or(0))
     }
 }

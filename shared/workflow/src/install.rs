@@ -10,10 +10,13 @@ use ta_runtime::ServiceError;
 use crate::Schema;
 
 /// Versioned scripts, in order. Append new versions; never edit an applied one.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../sql/0001_workflow.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../sql/0001_workflow.sql")),
+    (2, include_str!("../sql/0002_operator_queue.sql")),
+];
 
 /// The newest version [`install`] brings a schema to.
-pub const INSTALLED_VERSION: i32 = 1;
+pub const INSTALLED_VERSION: i32 = 2;
 
 /// Brings the workflow tables of `schema` to [`INSTALLED_VERSION`]: creates the
 /// schema if needed, applies the missing versions in one transaction.

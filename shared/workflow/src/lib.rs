@@ -38,6 +38,18 @@ pub use install::{INSTALLED_VERSION, install};
 pub use schema::Schema;
 pub use workers::{RunningWorkers, Workers};
 
+/// What a service's reaction (an outbox completion, a feed event's effect)
+/// made of what it was handed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Done: the row completes, the cursor moves on.
+    Done,
+    /// Its changes commit, but the item goes to the operators' queue with
+    /// this reason (listed, counted in the backlog, re-drivable): a refused
+    /// call that moves money, a feed event the service cannot act on alone.
+    Escalate(String),
+}
+
 /// How a service calls the others: where they listen and the token it shows
 /// them, both from its configuration.
 #[derive(Clone)]
@@ -83,7 +95,9 @@ pub(crate) async fn wait_for_shutdown(shutdown: &mut Shutdown) {
 
 /// Publishes the figures of this service's workflow tables as OpenTelemetry
 /// gauges, sampled every `every` until `shutdown` (a worker for
-/// [`Workers::with`]): `ta.workflow.outbox.pending` and `.parked` (calls),
+/// [`Workers::with`]): `ta.workflow.outbox.pending` and `.parked` (calls,
+/// escalated refusals among them), `ta.workflow.feed.parked` (consumed feed
+/// events and gaps waiting for an operator),
 /// `ta.workflow.outbox.oldest_pending_age` (s), `ta.workflow.timers.overdue`
 /// (timers) and `ta.workflow.timers.oldest_overdue_age` (s). A failed sample
 /// is logged and the previous values stay.
@@ -119,7 +133,13 @@ pub async fn report_gauges(
         "How long ago the oldest overdue timer was due",
         "s",
     );
+    let feed_parked = gauge(
+        "ta.workflow.feed.parked",
+        "Consumed feed events (and gaps) parked for an operator",
+        "{event}",
+    );
     let (outbox, timers) = (outbox::Outbox::new(schema), timers::Timers::new(schema));
+    let parked_events = consumer::ParkedEvents::new(schema);
     let seconds = |age: Option<std::time::Duration>| age.map_or(0.0, |age| age.as_secs_f64());
     #[allow(clippy::cast_precision_loss)]
     sample_every(every, shutdown, || async {
@@ -137,6 +157,10 @@ pub async fn report_gauges(
                 oldest_overdue.set(seconds(late.oldest_age), &[]);
             }
             Err(error) => tracing::debug!(?error, "overdue timers not sampled"),
+        }
+        match parked_events.count(&pool).await {
+            Ok(count) => feed_parked.set(count as f64, &[]),
+            Err(error) => tracing::debug!(?error, "parked feed events not sampled"),
         }
     })
     .await;

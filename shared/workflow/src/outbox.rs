@@ -30,6 +30,16 @@
 //!
 //! A completion handler that fails is retried the same way with the stored
 //! answer, without calling the receiver again.
+//!
+//! A refusal is final for the relay, not always for the business: a refused
+//! release, refund or settlement leaves money where nobody will move it. The
+//! handler then answers [`Handled::Escalate`]: its own changes commit (a
+//! timeline entry, say), and the row is parked with the refusal as its last
+//! error, marked `escalated`, for an operator: listed by
+//! `ListParkedOutboxRows`, counted in the backlog and its gauge. Re-driving
+//! it calls again with the same key (receivers store successes only, so the
+//! call runs anew, e.g. once the operator removed the cause) and hands the
+//! new answer to the handler.
 
 use std::{sync::Arc, time::Duration};
 
@@ -42,7 +52,7 @@ use tonic::{Code, codegen::http::uri::PathAndQuery};
 use tracing::Instrument;
 
 use crate::{
-    Schema, Shutdown,
+    Handled, Schema, Shutdown,
     config::OutboxConfig,
     credentials::ServiceCredentials,
     peers::Peers,
@@ -136,7 +146,8 @@ impl Answer {
 
 /// The owning service's reaction to an answer, run in the transaction that
 /// records it: it moves the service's own state (e.g. a contract to SIGNED
-/// once cover is reserved, or to REFUSED when it was not).
+/// once cover is reserved, or to REFUSED when it was not), and says whether
+/// the answer needs an operator ([`Handled::Escalate`]: see the module docs).
 pub trait CompletionHandler: Send + Sync + 'static {
     /// # Errors
     /// Anything: the transaction rolls back and the handler is run again
@@ -146,7 +157,7 @@ pub trait CompletionHandler: Send + Sync + 'static {
         tx: &mut PgConnection,
         delivery: &Delivery,
         answer: &Answer,
-    ) -> impl Future<Output = Result<(), ServiceError>> + Send;
+    ) -> impl Future<Output = Result<Handled, ServiceError>> + Send;
 }
 
 /// The refusal's message, led by its precondition reason when it names one.
@@ -281,7 +292,8 @@ impl Outbox {
         limit: u32,
     ) -> Result<Vec<OutboxRowView>, ServiceError> {
         let rows = sqlx::query(AssertSqlSafe(self.schema.sql(
-            "SELECT id, target, method, idempotency_key, attempts, last_error, created_at, parked_at
+            "SELECT id, target, method, idempotency_key, attempts, last_error, created_at,
+                    parked_at, escalated
              FROM {schema}.workflow_outbox
              WHERE status = 'parked' AND id > $1 ORDER BY id LIMIT $2",
         )))
@@ -293,8 +305,9 @@ impl Outbox {
     }
 
     /// Puts the parked row `id` back in the queue, due now, with a fresh
-    /// attempt budget; a row that had its answer keeps it (only its
-    /// completion runs again).
+    /// attempt budget. A row whose completion kept failing keeps its answer
+    /// (only its completion runs again); an escalated refusal is called
+    /// again (the receiver kept no answer for it), its answer forgotten.
     ///
     /// # Errors
     /// `NotFound`; `FailedPrecondition` when the row is not parked.
@@ -305,10 +318,16 @@ impl Outbox {
     ) -> Result<OutboxRowView, ServiceError> {
         let row = sqlx::query(AssertSqlSafe(self.schema.sql(
             "UPDATE {schema}.workflow_outbox
-             SET status = CASE WHEN answer_code IS NULL THEN 'pending' ELSE 'answered' END,
+             SET status = CASE WHEN answer_code IS NULL OR escalated THEN 'pending'
+                               ELSE 'answered' END,
+                 answer_code = CASE WHEN escalated THEN NULL ELSE answer_code END,
+                 answer_message = CASE WHEN escalated THEN NULL ELSE answer_message END,
+                 response = CASE WHEN escalated THEN NULL ELSE response END,
+                 escalated = false,
                  attempts = 0, next_attempt_at = now(), parked_at = NULL, claim_token = NULL
              WHERE id = $1 AND status = 'parked'
-             RETURNING id, target, method, idempotency_key, attempts, last_error, created_at, parked_at",
+             RETURNING id, target, method, idempotency_key, attempts, last_error, created_at,
+                       parked_at, escalated",
         )))
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -380,6 +399,9 @@ pub struct OutboxRowView {
     pub last_error: Option<String>,
     pub created_at: time::OffsetDateTime,
     pub parked_at: Option<time::OffsetDateTime>,
+    /// Parked because the owning service escalated the receiver's refusal,
+    /// not because the call kept failing.
+    pub escalated: bool,
 }
 
 impl OutboxRowView {
@@ -393,6 +415,7 @@ impl OutboxRowView {
             last_error: row.try_get("last_error")?,
             created_at: row.try_get("created_at")?,
             parked_at: row.try_get("parked_at")?,
+            escalated: row.try_get("escalated")?,
         })
     }
 }
@@ -594,32 +617,53 @@ impl<H: CompletionHandler> Relay<H> {
             tracing::info!("lease on the outbox row lost; its new holder completes it");
             return Ok(());
         }
-        if let Err(error) = self.handler.complete(&mut tx, delivery, &answer).await {
-            let _ = tx.rollback().await;
-            tracing::warn!(%error, "completion handler failed; it runs again later");
-            return self
-                .retry_later(
-                    delivery,
-                    token,
-                    &format!("completion failed: {error}"),
-                    Some(&answer),
-                )
-                .await;
-        }
+        let handled = match self.handler.complete(&mut tx, delivery, &answer).await {
+            Ok(handled) => handled,
+            Err(error) => {
+                let _ = tx.rollback().await;
+                tracing::warn!(%error, "completion handler failed; it runs again later");
+                return self
+                    .retry_later(
+                        delivery,
+                        token,
+                        &format!("completion failed: {error}"),
+                        Some(&answer),
+                    )
+                    .await;
+            }
+        };
         let (message, response) = answer_columns(&answer);
+        let escalation = match &handled {
+            Handled::Done => None,
+            Handled::Escalate(reason) => Some(reason.as_str()),
+        };
+        // Escalated: parked with its answer kept for the record and the
+        // reason as its last error, in the transaction of the handler's changes.
         sqlx::query(AssertSqlSafe(self.outbox.schema.sql(
             "UPDATE {schema}.workflow_outbox
-             SET status = 'completed', answer_code = $2, answer_message = $3, response = $4,
-                 completed_at = now(), claim_token = NULL
+             SET status = CASE WHEN $5::text IS NULL THEN 'completed' ELSE 'parked' END,
+                 answer_code = $2, answer_message = $3, response = $4,
+                 completed_at = CASE WHEN $5::text IS NULL THEN now() END,
+                 parked_at = CASE WHEN $5::text IS NULL THEN NULL ELSE now() END,
+                 escalated = $5::text IS NOT NULL,
+                 last_error = coalesce($5, last_error),
+                 claim_token = NULL
              WHERE id = $1",
         )))
         .bind(delivery.id)
         .bind(answer.code())
         .bind(message)
         .bind(response)
+        .bind(escalation)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        if let Some(reason) = escalation {
+            tracing::warn!(
+                reason,
+                "outbox row escalated to the operators' queue: an operator can re-drive it"
+            );
+        }
         Ok(())
     }
 

@@ -29,7 +29,7 @@ use ta_runtime::{
     telemetry::current_trace_id,
 };
 use ta_workflow::{
-    Schema, WorkflowConfig, admin,
+    Handled, Schema, WorkflowConfig, admin,
     consumer::{Consumer, EventHandler, FeedItem, Subscription},
     credentials::ServiceCredentials,
     feed::Feed,
@@ -96,6 +96,8 @@ const FAST: &[&str] = &[
     "200ms",
     "--workflow-consumer-idle-timeout",
     "3s",
+    "--workflow-consumer-redrive-poll-interval",
+    "20ms",
     "--workflow-timer-poll-interval",
     "20ms",
     "--workflow-timer-retry-base",
@@ -179,11 +181,32 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
 
 // ---------------------------------------------------------------- the probe
 
-/// Calls the probe received (replays included), by idempotency key.
+/// Calls the probe received (replays included), by idempotency key, and the
+/// effects it refuses for now.
 #[derive(Clone, Default)]
-pub struct CallLog(Arc<Mutex<HashMap<String, u32>>>);
+pub struct CallLog(
+    Arc<Mutex<HashMap<String, u32>>>,
+    Arc<Mutex<std::collections::HashSet<String>>>,
+);
 
 impl CallLog {
+    /// Makes the probe refuse (or stop refusing) `effect_id`.
+    pub fn refuse(&self, effect_id: &str, refuse: bool) {
+        let mut refused = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        if refuse {
+            refused.insert(effect_id.to_owned());
+        } else {
+            refused.remove(effect_id);
+        }
+    }
+
+    fn refuses(&self, effect_id: &str) -> bool {
+        self.1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(effect_id)
+    }
+
     fn record(&self, key: &str) {
         *self
             .0
@@ -239,7 +262,7 @@ impl pb::workflow_probe_service_server::WorkflowProbeService for ProbeService {
             .execute(&prepared, || {
                 async |tx| {
                     let request = prepared_request(&prepared);
-                    if request.refuse {
+                    if request.refuse || self.calls.refuses(&request.effect_id) {
                         return Err(ServiceError::FailedPrecondition(format!(
                             "effect {} refused, as asked",
                             request.effect_id
@@ -447,10 +470,12 @@ pub async fn order_effects(pool: &PgPool, effect_ids: &[String], refuse: bool) {
 }
 
 /// Records each answer, and moves the order on it; fails its first
-/// `failures` runs to show a failed completion is retried.
+/// `failures` runs to show a failed completion is retried; escalates
+/// refusals to the operators' queue when `escalate_refusals`.
 #[derive(Default)]
 pub struct RecordCompletion {
     pub failures: AtomicU32,
+    pub escalate_refusals: bool,
 }
 
 impl CompletionHandler for RecordCompletion {
@@ -459,7 +484,7 @@ impl CompletionHandler for RecordCompletion {
         tx: &mut PgConnection,
         delivery: &Delivery,
         answer: &Answer,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Handled, ServiceError> {
         if self
             .failures
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -494,7 +519,12 @@ impl CompletionHandler for RecordCompletion {
             .bind(status)
             .execute(&mut *tx)
             .await?;
-        Ok(())
+        match answer {
+            Answer::Refused { message, .. } if self.escalate_refusals => Ok(Handled::Escalate(
+                format!("the probe refused effect {}: {message}", request.effect_id),
+            )),
+            _ => Ok(Handled::Done),
+        }
     }
 }
 
@@ -577,9 +607,24 @@ pub fn timer_worker(pool: PgPool, config: &WorkflowConfig) -> TimerWorker<Record
     )
 }
 
-/// Records each event consumed; optionally slow, so a test can kill it mid-stream.
+/// Records each event consumed; optionally slow, so a test can kill it
+/// mid-stream. An event whose subject is in `poisoned` fails (until taken
+/// out); one whose subject starts with `escalate-` is recorded and escalated.
+#[derive(Default)]
 pub struct RecordEvent {
     pub delay: Duration,
+    pub poisoned: Mutex<std::collections::HashSet<String>>,
+}
+
+impl RecordEvent {
+    pub fn poison(&self, subject: &str, poisoned: bool) {
+        let mut set = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+        if poisoned {
+            set.insert(subject.to_owned());
+        } else {
+            set.remove(subject);
+        }
+    }
 }
 
 impl EventHandler<pb::StreamProbeEventsResponse> for RecordEvent {
@@ -588,24 +633,39 @@ impl EventHandler<pb::StreamProbeEventsResponse> for RecordEvent {
         tx: &mut PgConnection,
         sequence: u64,
         response: &pb::StreamProbeEventsResponse,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Handled, ServiceError> {
         let subject = response
             .event
             .as_ref()
             .map(|e| e.subject_id.clone())
             .unwrap_or_default();
+        if self
+            .poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&subject)
+        {
+            return Err(ServiceError::internal(format!(
+                "{subject} cannot be applied, as asked"
+            )));
+        }
         sqlx::query(
             "INSERT INTO caller.consumed (sequence, subject_id, trace_id) VALUES ($1, $2, $3)",
         )
         .bind(i64::try_from(sequence).unwrap_or(-1))
-        .bind(subject)
+        .bind(&subject)
         .bind(current_trace_id())
         .execute(&mut *tx)
         .await?;
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        Ok(())
+        if subject.starts_with("escalate-") {
+            return Ok(Handled::Escalate(format!(
+                "{subject} needs an operator, as asked"
+            )));
+        }
+        Ok(Handled::Done)
     }
 }
 
@@ -631,13 +691,26 @@ pub fn consumer(
     delay: Duration,
     config: &WorkflowConfig,
 ) -> Consumer<pb::StreamProbeEventsRequest, pb::StreamProbeEventsResponse, RecordEvent> {
+    let handler = RecordEvent {
+        delay,
+        ..RecordEvent::default()
+    };
+    consumer_with(pool, probe_url, Arc::new(handler), config)
+}
+
+pub fn consumer_with(
+    pool: PgPool,
+    probe_url: &str,
+    handler: Arc<RecordEvent>,
+    config: &WorkflowConfig,
+) -> Consumer<pb::StreamProbeEventsRequest, pb::StreamProbeEventsResponse, RecordEvent> {
     Consumer::new(
         pool,
         caller_schema(),
         probe_subscription(),
         peers(probe_url),
         credentials(),
-        Arc::new(RecordEvent { delay }),
+        handler,
         config.consumer.clone(),
     )
 }

@@ -1,9 +1,12 @@
 //! A consumer killed mid-stream resumes from its durable cursor with no gap
-//! and no duplicate effect, and reconnects when the producer was down.
+//! and no duplicate effect, and reconnects when the producer was down; an
+//! event that keeps failing, or that the service escalates, is parked for an
+//! operator and the feed goes on; a gap is recorded, not waited for.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::PgPool;
+use ta_proto::ops::{self as ops, workflow_admin_service_client::WorkflowAdminServiceClient};
 use tokio::net::TcpListener;
 
 use crate::common::*;
@@ -102,5 +105,146 @@ async fn a_consumer_killed_mid_stream_resumes_with_no_gap_and_no_duplicate(pool:
             .expect("cursor"),
         250
     );
+    probe.stop().await;
+}
+
+fn operator<T>(message: T) -> tonic::Request<T> {
+    ta_testkit::authorized(message, OPERATOR, ta_runtime::auth::Role::Operator)
+}
+
+async fn parked_events(
+    admin: &mut WorkflowAdminServiceClient<tonic::transport::Channel>,
+) -> Vec<ops::ParkedFeedEvent> {
+    admin
+        .list_parked_feed_events(operator(ops::ListParkedFeedEventsRequest::default()))
+        .await
+        .expect("list parked events")
+        .into_inner()
+        .events
+}
+
+async fn feed_events_parked(
+    admin: &mut WorkflowAdminServiceClient<tonic::transport::Channel>,
+) -> u64 {
+    admin
+        .get_workflow_backlog(operator(ops::GetWorkflowBacklogRequest {}))
+        .await
+        .expect("backlog")
+        .into_inner()
+        .feed_events_parked
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_event_that_keeps_failing_is_parked_and_the_feed_goes_on(pool: PgPool) {
+    prepare(&pool).await;
+    let url = database_url(&pool);
+    let probe = ProbeServer::start_anywhere(pool.clone(), CallLog::default()).await;
+    let mut admin = WorkflowAdminServiceClient::new(probe.channel());
+    append_events(&pool, "e", 5, 1).await;
+    let handler = Arc::new(RecordEvent::default());
+    handler.poison("e-3", true);
+    let (_, config) = config(&url, &["--workflow-consumer-max-attempts", "3"]);
+    let consumer = consumer_with(pool.clone(), &probe.url, handler.clone(), &config);
+    let running = Running::spawn(|shutdown| consumer.run(shutdown));
+    eventually("the events behind the bad one applied", WAIT, || async {
+        consumed(&pool).await == 4
+    })
+    .await;
+    assert_eq!(
+        ta_workflow::consumer::cursor(&pool, caller_schema(), PROBE_FEED)
+            .await
+            .expect("cursor"),
+        5
+    );
+    let parked = parked_events(&mut admin).await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!((parked[0].sequence, parked[0].gap), (3, false));
+    assert_eq!(parked[0].attempts, 3);
+    assert!(
+        parked[0].last_error.contains("e-3 cannot be applied"),
+        "{parked:?}"
+    );
+    assert!(parked[0].parked_at.is_some());
+    assert_eq!(feed_events_parked(&mut admin).await, 1);
+
+    // An event the handler escalates is parked at once, with its effect.
+    append_events(&pool, "escalate", 1, 1).await;
+    eventually("the escalated event recorded and parked", WAIT, || async {
+        consumed(&pool).await == 5 && feed_events_parked(&mut admin.clone()).await == 2
+    })
+    .await;
+    let escalated = parked_events(&mut admin).await;
+    assert_eq!(escalated[1].sequence, 6);
+    assert!(escalated[1].last_error.contains("needs an operator"));
+
+    // The cause gone, the operator re-drives the failed event: applied.
+    handler.poison("e-3", false);
+    let redrive = ops::RedriveFeedEventRequest {
+        idempotency_key: "redrive-e-3".into(),
+        id: parked[0].id,
+    };
+    admin
+        .redrive_feed_event(operator(redrive))
+        .await
+        .expect("re-drive");
+    eventually("the re-driven event applied", WAIT, || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM caller.consumed WHERE subject_id = 'e-3'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    running.stop().await;
+    let left = parked_events(&mut admin).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].sequence, 6);
+    let again = admin
+        .redrive_feed_event(operator(ops::RedriveFeedEventRequest {
+            idempotency_key: "redrive-e-3-again".into(),
+            id: parked[0].id,
+        }))
+        .await
+        .expect_err("applied, not parked");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    probe.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_gap_in_the_feed_is_recorded_for_an_operator_and_what_follows_is_applied(pool: PgPool) {
+    prepare(&pool).await;
+    let url = database_url(&pool);
+    let probe = ProbeServer::start_anywhere(pool.clone(), CallLog::default()).await;
+    let mut admin = WorkflowAdminServiceClient::new(probe.channel());
+    append_events(&pool, "g", 4, 1).await;
+    probe_feed().number_settled(&pool).await.expect("numbered");
+    // The producer loses an event it had numbered (a restored backup, say).
+    sqlx::query("DELETE FROM probe.workflow_feed_events WHERE sequence = 2")
+        .execute(&pool)
+        .await
+        .expect("lose an event");
+    let (_, config) = config(&url, &[]);
+    let consumer = consumer(pool.clone(), &probe.url, Duration::ZERO, &config);
+    let running = Running::spawn(|shutdown| consumer.run(shutdown));
+    eventually("the events around the gap applied", WAIT, || async {
+        consumed(&pool).await == 3
+    })
+    .await;
+    running.stop().await;
+    let parked = parked_events(&mut admin).await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert!(parked[0].gap);
+    assert_eq!((parked[0].sequence, parked[0].last_sequence), (2, 2));
+    assert!(parked[0].last_error.contains("never arrived"));
+    // Nothing to apply: re-driving acknowledges it.
+    admin
+        .redrive_feed_event(operator(ops::RedriveFeedEventRequest {
+            idempotency_key: "ack-gap".into(),
+            id: parked[0].id,
+        }))
+        .await
+        .expect("acknowledged");
+    assert!(parked_events(&mut admin).await.is_empty());
     probe.stop().await;
 }

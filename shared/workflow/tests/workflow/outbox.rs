@@ -115,7 +115,7 @@ fn child_relay_aborts_before_recording_the_answer() {
             _tx: &mut sqlx::PgConnection,
             _delivery: &ta_workflow::outbox::Delivery,
             _answer: &ta_workflow::outbox::Answer,
-        ) -> Result<(), ta_runtime::ServiceError> {
+        ) -> Result<ta_workflow::Handled, ta_runtime::ServiceError> {
             std::process::abort();
         }
     }
@@ -600,4 +600,96 @@ fn uuid_like() -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     )
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_escalated_refusal_is_parked_for_an_operator_and_re_driving_calls_again(pool: PgPool) {
+    prepare(&pool).await;
+    let url = database_url(&pool);
+    let calls = CallLog::default();
+    let probe = ProbeServer::start_anywhere(pool.clone(), calls.clone()).await;
+    let mut admin = WorkflowAdminServiceClient::new(probe.channel());
+    calls.refuse("stuck-money", true);
+    order_effects(&pool, &["stuck-money".to_owned()], false).await;
+
+    let (_, config) = config(&url, &[]);
+    let handler = Arc::new(RecordCompletion {
+        escalate_refusals: true,
+        ..RecordCompletion::default()
+    });
+    let relay = relay(pool.clone(), &probe.url, handler, &config);
+    let running = Running::spawn(|shutdown| relay.run(shutdown));
+    eventually("the refusal escalated", WAIT, || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM caller.workflow_outbox WHERE status = 'parked' AND escalated",
+        )
+        .await
+            == 1
+    })
+    .await;
+    // The handler's own changes committed with the escalation; the refusal
+    // was not retried.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM caller.orders WHERE status = 'refused'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(calls.calls(&effect_key("stuck-money")), 1);
+    let parked = admin
+        .list_parked_outbox_rows(operator(ops::ListParkedOutboxRowsRequest::default()))
+        .await
+        .expect("list parked")
+        .into_inner()
+        .rows;
+    assert_eq!(parked.len(), 1);
+    assert!(parked[0].escalated);
+    assert!(
+        parked[0]
+            .last_error
+            .contains("the probe refused effect stuck-money"),
+        "{parked:?}"
+    );
+    let backlog = admin
+        .get_workflow_backlog(operator(ops::GetWorkflowBacklogRequest {}))
+        .await
+        .expect("backlog")
+        .into_inner();
+    assert_eq!((backlog.outbox_pending, backlog.outbox_parked), (0, 1));
+
+    // The operator removes the cause and re-drives: the call runs again
+    // (the probe kept no answer for its refusal) and the handler gets it.
+    calls.refuse("stuck-money", false);
+    let redriven = admin
+        .redrive_outbox_row(operator(ops::RedriveOutboxRowRequest {
+            idempotency_key: "redrive-escalated".into(),
+            id: parked[0].id,
+        }))
+        .await
+        .expect("re-drive")
+        .into_inner()
+        .row
+        .expect("row");
+    assert!(!redriven.escalated);
+    eventually("the re-driven call applied", WAIT, || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM caller.orders WHERE status = 'applied'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(calls.calls(&effect_key("stuck-money")), 2, "called again");
+    let backlog = admin
+        .get_workflow_backlog(operator(ops::GetWorkflowBacklogRequest {}))
+        .await
+        .expect("backlog")
+        .into_inner();
+    assert_eq!(backlog.outbox_parked, 0);
+    probe.stop().await;
 }
