@@ -1433,6 +1433,7 @@ impl EscrowService for EscrowApi {
         self.read(async |conn| {
             let mut found = ledger::reconcile(conn).await?;
             found.extend(api::held_without_deadline(conn).await?);
+            found.extend(api::gateway_items_for_operators(conn).await?);
             let (accounts_checked, postings, holds) = api::ledger_counts(conn).await?;
             let differences = found.iter().map(difference_proto).collect();
             Ok(Response::new(pb::ReconcileLedgerResponse {
@@ -1649,6 +1650,17 @@ fn difference_proto(d: &crate::domain::Discrepancy) -> pb::LedgerDifference {
                 "escrow account {} holds {held} with no scheduled timer (hold_deadline or payment_due) and no active freeze",
                 account.owner
             ),
+            ..Default::default()
+        },
+        D::GatewayItem {
+            kind,
+            currency,
+            amount,
+            detail,
+        } => pb::LedgerDifference {
+            kind: (*kind).into(),
+            actual: Some(money(*amount, *currency)),
+            detail: detail.clone(),
             ..Default::default()
         },
     }

@@ -592,6 +592,19 @@ pub enum Discrepancy {
     /// reconciliation, which sees accounts, freezes and timers; the ledger
     /// alone never reports it.
     HeldWithoutDeadline { account: AccountKey, held: i64 },
+    /// Money at the gateway's boundary that only an operator can settle:
+    /// `kind` is `TRANSFER_UNKNOWN` (a payout or refund the gateway never
+    /// reported on and cannot say about), `SUSPENSE_REFUND_FAILED` (a late
+    /// credit the gateway would not send back: it sits in suspense),
+    /// `PAID_AFTER_FAILURE` (a transfer paid after it was reported failed,
+    /// beyond what the correction could take back) or `UNKNOWN_REFERENCE`
+    /// (a credit naming no payment escrow knows, at the gateway).
+    GatewayItem {
+        kind: &'static str,
+        currency: Currency,
+        amount: i64,
+        detail: String,
+    },
 }
 
 /// Checks that need only the recomputed balances: per currency they sum to

@@ -709,6 +709,52 @@ pub async fn held_without_deadline(
         .collect())
 }
 
+/// The gateway items only an operator can settle (see
+/// [`Discrepancy::GatewayItem`]), oldest first.
+pub async fn gateway_items_for_operators(
+    conn: &mut PgConnection,
+) -> Result<Vec<Discrepancy>, ServiceError> {
+    let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT kind, currency, amount, detail FROM ( \
+           SELECT 'TRANSFER_UNKNOWN' AS kind, currency, amount_minor AS amount, \
+             direction || ' ' || id::text || ' (gateway key ' || gateway_key || '): ' || last_error AS detail, \
+             created_at AS at FROM escrow.gateway_transfers WHERE status = 'unknown' \
+           UNION ALL \
+           SELECT 'SUSPENSE_REFUND_FAILED', currency, amount_minor, \
+             'refund ' || id::text || ' of a credit in suspense failed: ' || failure_code, created_at \
+             FROM escrow.gateway_transfers WHERE direction = 'suspense_refund' AND status = 'failed' \
+               AND NOT EXISTS (SELECT 1 FROM escrow.gateway_transfers r \
+                 WHERE r.direction = 'suspense_refund' AND r.funding_attempt_id = gateway_transfers.funding_attempt_id \
+                   AND r.created_at > gateway_transfers.created_at AND r.status <> 'failed') \
+           UNION ALL \
+           SELECT unmatched, currency, amount_minor, \
+             'gateway event ' || event_id || ' for ' || gateway_reference, received_at \
+             FROM escrow.gateway_events \
+             WHERE unmatched IN ('PAID_AFTER_FAILURE', 'UNKNOWN_REFERENCE') \
+               AND amount_minor IS NOT NULL AND currency IS NOT NULL \
+         ) items ORDER BY at",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(kind, currency, amount, detail)| {
+            let kind = match kind.as_str() {
+                "TRANSFER_UNKNOWN" => "TRANSFER_UNKNOWN",
+                "SUSPENSE_REFUND_FAILED" => "SUSPENSE_REFUND_FAILED",
+                "PAID_AFTER_FAILURE" => "PAID_AFTER_FAILURE",
+                _ => "UNKNOWN_REFERENCE",
+            };
+            Currency::parse(&currency).map(|currency| Discrepancy::GatewayItem {
+                kind,
+                currency,
+                amount,
+                detail,
+            })
+        })
+        .collect())
+}
+
 pub async fn created_at(
     conn: &mut PgConnection,
     account_id: Uuid,
