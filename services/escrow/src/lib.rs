@@ -34,6 +34,9 @@ use crate::{
     gateway::PaymentGateway,
 };
 
+/// How often the shared accounts' balance deltas are folded into their rows.
+const ROLL_UP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How often the gauges (money held, the workflow backlog) are sampled.
 const GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -80,7 +83,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
     let admin = WorkflowAdmin::new(pool.clone(), schema).into_server();
     let mut routes = tonic::service::Routes::new(escrow);
     routes = routes.add_service(admin);
-    let (gauges_pool, held_pool) = (pool.clone(), pool.clone());
+    let (gauges_pool, held_pool, roll_up_pool) = (pool.clone(), pool.clone(), pool.clone());
     let gateway_worker = GatewayWorker {
         pool: pool.clone(),
         flows: flows.clone(),
@@ -110,6 +113,9 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
         })
         .with_background(move |draining| worker.run(draining))
         .with_background(move |draining| gateway_worker.run(draining))
+        .with_background(move |draining| {
+            app::worker::roll_up_balances(roll_up_pool, ROLL_UP_INTERVAL, draining)
+        })
         .with_background(move |draining| async move {
             if let Some((addr, api)) = webhooks {
                 webhook_http::serve(addr, api, draining).await;

@@ -47,3 +47,31 @@ impl GatewayWorker {
         Ok(())
     }
 }
+
+/// How many shared accounts one roll-up pass folds at most.
+const ROLL_UP_BATCH: i64 = 500;
+
+/// Folds the shared accounts' committed balance deltas into their rows every
+/// `every` until `shutdown`, so reading a supplier's or the platform's
+/// balance stays one row plus a short tail of deltas.
+pub async fn roll_up_balances(pool: PgPool, every: Duration, mut shutdown: Shutdown) {
+    loop {
+        let folded = async {
+            let mut conn = pool.acquire().await?;
+            crate::storage::ledger::roll_up(&mut conn, ROLL_UP_BATCH)
+                .await
+                .map_err(ta_runtime::ServiceError::from)
+        };
+        match folded.await {
+            Ok(n) if n > 0 => tracing::debug!(accounts = n, "balance deltas rolled up"),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "rolling up balance deltas failed; tried again later")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
