@@ -17,7 +17,8 @@
 //! | `GET /healthz` | 200 once migrated, else 503 |
 //!
 //! Errors: 400 `idempotency_key_missing` / `invalid_request`, 401
-//! `unauthorized` (when `GATEWAY_SANDBOX_API_KEY` is set), 404 `not_found`,
+//! `unauthorized` (when `GATEWAY_SANDBOX_API_KEY` is set), 404
+//! `resource_missing` (no such key or id; `no_such_route` for a path),
 //! 409 `not_pending`, 422 `idempotency_key_reused` / `source_unknown` /
 //! `currency_mismatch` / `refund_exceeds_collected`, 503
 //! `gateway_unavailable` (nothing done; `Retry-After: 1`), 500
@@ -90,7 +91,7 @@ impl IntoResponse for Refusal {
         let status = match &self {
             Refusal::Invalid { .. } => StatusCode::BAD_REQUEST,
             Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
-            Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+            Refusal::NotFound(_) | Refusal::NoRoute => StatusCode::NOT_FOUND,
             Refusal::NotPending(_) => StatusCode::CONFLICT,
             Refusal::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -155,7 +156,7 @@ async fn healthz(State(shared): State<AppState>) -> Response {
 }
 
 async fn not_found() -> Response {
-    Refusal::NotFound("no such path".into()).into_response()
+    Refusal::NoRoute.into_response()
 }
 
 // --- /v1 ----------------------------------------------------------------------------

@@ -41,6 +41,12 @@ pub async fn settle(shared: Arc<Shared>, poll: Duration, mut draining: watch::Re
     }
 }
 
+/// Installs ring as the process's rustls provider unless one is: reqwest
+/// (built with escrow's `rustls-no-provider`) needs one for any client.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Until `draining`: delivers due events to `target`, each signed at its own
 /// attempt; a non-2xx answer or no answer is redelivered with capped
 /// exponential backoff (at least the receiver's `Retry-After`).
@@ -50,6 +56,7 @@ pub async fn deliver(
     poll: Duration,
     mut draining: watch::Receiver<bool>,
 ) {
+    install_crypto_provider();
     let client = match reqwest::Client::builder()
         .timeout(target.timeout)
         .connect_timeout(target.timeout.min(Duration::from_secs(5)))

@@ -79,7 +79,10 @@ async fn a_key_replays_its_first_answer_and_moves_money_once(pool: PgPool) {
     assert_eq!(operation.body["status"], "succeeded");
     let unseen = sandbox.operation("never-sent").await;
     assert_eq!(unseen.status, 404);
-    assert_eq!(unseen.error_code(), "not_found");
+    assert_eq!(unseen.error_code(), "resource_missing");
+    let no_route = sandbox.get("/v2/whatever").await.unwrap();
+    assert_eq!(no_route.status, 404);
+    assert_eq!(no_route.error_code(), "no_such_route");
     sandbox.stop().await.unwrap();
 }
 
@@ -244,6 +247,11 @@ async fn refunds_are_bounded_by_what_their_source_collected(pool: PgPool) {
     assert_eq!(
         transfer.body["instructions"]["iban"],
         "DE89370400440532013000"
+    );
+    assert_eq!(
+        sandbox.operation("b").await.body["instructions"],
+        transfer.body["instructions"],
+        "the instructions can be asked for again by key"
     );
     let early = sandbox
         .post("/v1/refunds", "r7", &refund("t7", 1, &transfer_id))

@@ -71,6 +71,21 @@ pub struct Config {
         value_name = "ESCROW_WEBHOOK_LISTEN_ADDR"
     )]
     pub webhook_listen_addr: Option<std::net::SocketAddr>,
+    /// The payment gateway's base URL, e.g. the sandbox process at
+    /// http://127.0.0.1:50060 (calls go to `<url>/v1/...`); unset, escrow
+    /// pays through its in-process gateway.
+    #[arg(long, env = "ESCROW_GATEWAY_URL", value_name = "ESCROW_GATEWAY_URL",
+          value_parser = crate::gateway::http::check_base_url)]
+    pub gateway_url: Option<String>,
+    /// How long one gateway call may take; after that its answer is unknown
+    /// (the gateway may have acted) and it is resolved by asking by key.
+    #[arg(long, env = "ESCROW_GATEWAY_TIMEOUT", value_name = "ESCROW_GATEWAY_TIMEOUT",
+          default_value = "10s", value_parser = DurationRange::new(Duration::from_millis(100), Duration::from_secs(300)))]
+    pub gateway_timeout: Duration,
+    /// The gateway's API key, sent as `Authorization: Bearer <key>`.
+    #[arg(long, env = "ESCROW_GATEWAY_API_KEY", value_name = "ESCROW_GATEWAY_API_KEY",
+          hide_env_values = true)]
+    pub gateway_api_key: Option<String>,
 }
 
 fn webhook_secret(text: &str) -> Result<WebhookSecret, String> {

@@ -134,9 +134,13 @@ pub enum Refusal {
     /// 401: the API key is missing or wrong.
     #[error("a valid API key is required (Authorization: Bearer <key>)")]
     Unauthorized,
-    /// 404.
+    /// 404 `resource_missing`: no such key or id.
     #[error("{0}")]
     NotFound(String),
+    /// 404 `no_such_route`: no such path (so a client with a wrong base URL
+    /// never takes it for "no such key").
+    #[error("no such path")]
+    NoRoute,
     /// 409: the operation is no longer pending.
     #[error("{0}")]
     NotPending(String),
@@ -163,7 +167,8 @@ impl Refusal {
         match self {
             Refusal::Invalid { code, .. } | Refusal::Unprocessable { code, .. } => code,
             Refusal::Unauthorized => "unauthorized",
-            Refusal::NotFound(_) => "not_found",
+            Refusal::NotFound(_) => "resource_missing",
+            Refusal::NoRoute => "no_such_route",
             Refusal::NotPending(_) => "not_pending",
             Refusal::Unavailable(_) => "gateway_unavailable",
             Refusal::Internal => "internal_error",

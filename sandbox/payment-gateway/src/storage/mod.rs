@@ -65,6 +65,12 @@ impl OperationRow {
         if let Some(counterparty) = &self.counterparty {
             view["counterparty"] = json!(counterparty);
         }
+        // What the start call answered, so a client that lost it can recover it.
+        for field in ["instructions", "loan_reference"] {
+            if let Some(value) = self.response.get(field) {
+                view[field] = value.clone();
+            }
+        }
         view
     }
 }

@@ -92,6 +92,7 @@ impl Sandbox {
         let task = tokio::spawn(server::serve(options, pool, listener, async {
             let _ = stopped.await;
         }));
+        payment_gateway_sandbox::workers::install_crypto_provider();
         let sandbox = Self {
             base: format!("http://{address}"),
             client: reqwest::Client::new(),

@@ -14,6 +14,7 @@
 //! [`memory::InMemoryGateway`] answers in-process for fast tests. Both pass
 //! the same suite (`tests/gateway_contract.rs`).
 
+pub mod http;
 pub mod memory;
 
 use ta_runtime::{ServiceError, money::Money};
