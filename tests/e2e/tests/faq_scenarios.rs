@@ -2158,10 +2158,14 @@ fn a_bank_transfer_credited_after_it_expired_is_refunded_from_suspense_and_the_o
 }
 
 #[test]
-fn a_bank_transfer_still_pending_when_payment_is_overdue_cancels_the_order_and_its_late_credit_goes_back()
+fn a_bank_transfer_pending_at_the_due_date_holds_off_the_cancellation_until_it_expires_and_its_late_credit_goes_back()
  {
-    // A term day lasts a second: the payment is due three seconds after signing.
-    let platform = Platform::start(&[("CONTRACT_TERM_DAY", "1s")]);
+    // A term day lasts a second: the payment is due three seconds after
+    // signing; the bank transfer started before that may take six.
+    let platform = Platform::start_with(
+        &[("ESCROW_BANK_TRANSFER_EXPIRY", "6s")],
+        &[("CONTRACT_TERM_DAY", "1s")],
+    );
     let owner = "supplier-overdue";
     let (buyer, supplier) = party_tokens("buyer-overdue", owner);
     let supplier_id = platform.supplier(owner, Some(1_000_000));
@@ -2175,8 +2179,9 @@ fn a_bank_transfer_still_pending_when_payment_is_overdue_cancels_the_order_and_i
         .expect("reference")
         .to_owned();
 
-    // Due, unfunded: the contract is cancelled, the cover freed, the account
-    // closed and the pending transfer failed with it.
+    // Due while the money is on its way: not overdue until the transfer
+    // expires; then the contract is cancelled, the cover freed and the
+    // account closed.
     let cancelled = platform.wait_status(&id, "CONTRACT_STATUS_CANCELLED");
     assert!(
         cancelled["cancellationReason"]
@@ -2187,7 +2192,13 @@ fn a_bank_transfer_still_pending_when_payment_is_overdue_cancels_the_order_and_i
     platform.wait_account_status(&id, "ESCROW_ACCOUNT_STATUS_CLOSED");
     let failed = attempt_of(&platform, &id, &attempt["fundingAttemptId"]);
     assert_eq!(failed["status"], "FUNDING_STATUS_FAILED", "{failed:#}");
-    assert_eq!(failed["failureCode"], "account_closed", "{failed:#}");
+    assert_eq!(failed["failureCode"], "expired", "{failed:#}");
+    let expired_at = failed["resolvedAt"].as_str().expect("resolved").to_owned();
+    let cancelled_at = cancelled["updatedAt"].as_str().expect("updated").to_owned();
+    assert!(
+        parse_time(&expired_at) <= parse_time(&cancelled_at),
+        "cancelled at {cancelled_at}, before the transfer expired at {expired_at}"
+    );
     platform.wait_cover(&supplier_id, (0, 1_000_000));
 
     // The bank's credit comes after all: refunded from suspense, never held.
@@ -2240,8 +2251,10 @@ fn a_bank_credit_arriving_while_the_overdue_cancellation_is_on_its_way_to_escrow
     // escrow's feed.
     platform.contract.kill();
     platform.contract = platform.spawn_contract(&[("WORKFLOW_OUTBOX_POLL_INTERVAL", "60s")]);
-    let attempt = bank_transfer(&platform, &buyer, &account, "transfer");
     platform.wait_status(&id, "CONTRACT_STATUS_CANCELLED");
+    // The buyer pays late, by bank transfer, while the cancellation has not
+    // reached escrow yet.
+    let attempt = bank_transfer(&platform, &buyer, &account, "transfer");
     assert_eq!(
         platform.escrow_account(&id)["account"]["status"],
         "ESCROW_ACCOUNT_STATUS_AWAITING_FUNDING",
@@ -2620,4 +2633,12 @@ fn a_third_party_inspection_before_shipment_blocks_a_failing_lot_and_lets_a_pass
         "{actions:?}"
     );
     platform.assert_ledger_reconciles();
+}
+
+/// A protobuf JSON timestamp (UTC, `...Z`, 0-9 fraction digits) in a form
+/// that sorts by time: the fraction padded to nine digits.
+fn parse_time(text: &str) -> String {
+    let bare = text.trim_end_matches('Z');
+    let (seconds, fraction) = bare.split_once('.').unwrap_or((bare, ""));
+    format!("{seconds}.{fraction:0<9}")
 }

@@ -193,6 +193,11 @@ pub async fn close(
     now: OffsetDateTime,
 ) -> Result<EscrowAccount, ServiceError> {
     let mut account = accounts::lock_account(conn, account_id).await?;
+    if account.status == crate::domain::Status::Closed {
+        // Closing again (the contract's close after an emptying release
+        // closed it, a retry) changes nothing.
+        return Ok(account);
+    }
     let held = held(conn, &account).await?;
     account.close(held, now)?;
     funding::fail_pending_of(conn, account.id, "account_closed", now).await?;
