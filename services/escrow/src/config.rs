@@ -40,8 +40,8 @@ pub struct Config {
     #[arg(long, env = "ESCROW_PAYOUT_INTERVAL", value_name = "ESCROW_PAYOUT_INTERVAL",
           default_value = "1h", value_parser = DurationRange::new(Duration::from_secs(1), Duration::from_secs(7 * 86_400)))]
     pub payout_interval: Duration,
-    /// How long the gateway may take to report a payout or refund paid;
-    /// after that its hold is voided and the money is owed again.
+    /// How long the gateway may take to report a payout or refund; after
+    /// that it is UNKNOWN and the gateway is asked by key (never voided).
     #[arg(long, env = "ESCROW_PAYOUT_EXPIRY", value_name = "ESCROW_PAYOUT_EXPIRY",
           default_value = "3d", value_parser = DurationRange::new(Duration::from_secs(1), Duration::from_secs(30 * 86_400)))]
     pub payout_expiry: Duration,
@@ -72,8 +72,9 @@ pub struct Config {
     )]
     pub webhook_listen_addr: Option<std::net::SocketAddr>,
     /// The payment gateway's base URL, e.g. the sandbox process at
-    /// http://127.0.0.1:50060 (calls go to `<url>/v1/...`); unset, escrow
-    /// pays through its in-process gateway.
+    /// http://127.0.0.1:50060 (calls go to `<url>/v1/...`). The binary
+    /// refuses to start without it; only in-process tests pay through the
+    /// in-process gateway.
     #[arg(long, env = "ESCROW_GATEWAY_URL", value_name = "ESCROW_GATEWAY_URL",
           value_parser = crate::gateway::http::check_base_url)]
     pub gateway_url: Option<String>,

@@ -1,13 +1,26 @@
 use std::{process::ExitCode, sync::Arc};
 
 use clap::Parser;
-use escrow::{SPEC, api, config::Config, gateway::memory::InMemoryGateway};
+use escrow::{SPEC, api, config::Config, gateway::http::HttpGateway};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
     let common = config.common.clone();
-    // The sandbox is the only gateway adapter so far (see gateway.rs).
-    let gateway = Arc::new(InMemoryGateway::new());
+    // The binary pays only through a gateway over the network (the sandbox
+    // process locally); the in-process one is for in-process tests.
+    let Some(url) = config.gateway_url.as_deref() else {
+        eprintln!(
+            "error: ESCROW_GATEWAY_URL is required: the payment gateway's base URL (make run starts the sandbox at http://127.0.0.1:50060)"
+        );
+        return ExitCode::from(2);
+    };
+    let gateway = match HttpGateway::new(url, config.gateway_timeout, config.gateway_api_key.clone()) {
+        Ok(gateway) => Arc::new(gateway),
+        Err(error) => {
+            eprintln!("error: ESCROW_GATEWAY_URL: {error}");
+            return ExitCode::from(2);
+        }
+    };
     ta_runtime::server::run(SPEC, common, |pool| api(&config, pool, gateway)).await
 }
