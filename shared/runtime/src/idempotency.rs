@@ -154,6 +154,45 @@ impl IdempotencyKeys {
 }
 
 impl IdempotencyKeys {
+    /// The stored response of `request` under its key, if a first run
+    /// committed one, read outside any transaction (a first run still in
+    /// progress is not seen: [`IdempotencyKeys::run`] waits for it).
+    ///
+    /// # Errors
+    /// `IdempotencyKeyReused` when the key holds another request; database
+    /// errors.
+    pub async fn stored<Q: Message, R: Message + Default>(
+        &self,
+        pool: &PgPool,
+        scope: &KeyScope<'_>,
+        request: &Q,
+    ) -> Result<Option<R>, ServiceError> {
+        let row: Option<(Vec<u8>, Vec<u8>)> =
+            sqlx::query_as(AssertSqlSafe(self.lookup_sql.as_str()))
+                .bind(scope.principal_id)
+                .bind(scope.method)
+                .bind(scope.key)
+                .fetch_optional(pool)
+                .await?;
+        let Some((stored_request, response)) = row else {
+            return Ok(None);
+        };
+        if stored_request != request.encode_to_vec() {
+            return Err(ServiceError::IdempotencyKeyReused {
+                key: scope.key.to_owned(),
+                method: scope
+                    .method
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(scope.method)
+                    .to_owned(),
+            });
+        }
+        R::decode(response.as_slice())
+            .map(Some)
+            .map_err(|e| ServiceError::internal(format!("stored response undecodable: {e}")))
+    }
+
     /// Forgets keys older than `retention`; returns how many.
     pub async fn purge(
         &self,

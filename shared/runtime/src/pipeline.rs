@@ -153,6 +153,42 @@ impl Mutations {
     }
 }
 
+impl Mutations {
+    /// The stored answer when `request`'s key already has one: a retry after
+    /// success. A handler that reads other services or applies rules that
+    /// change with time (a deadline "in the future") before its transaction
+    /// asks this first, so such a retry replays the first answer instead of
+    /// reading again and answering an error. `None` for a new key (or a
+    /// malformed one, which `prepare` reports).
+    ///
+    /// # Errors
+    /// The caller is missing (no auth layer), or the key holds another
+    /// request (`IDEMPOTENCY_KEY_REUSED`); database errors.
+    pub async fn replayed<Q, R>(
+        &self,
+        request: &tonic::Request<Q>,
+    ) -> Result<Option<tonic::Response<R>>, tonic::Status>
+    where
+        Q: IdempotentRequest,
+        R: prost::Message + Default,
+    {
+        let caller = auth::caller(request)?;
+        let message = request.get_ref();
+        let mut violations = Violations::new();
+        validate_key(message.idempotency_key(), &mut violations);
+        if !violations.is_empty() {
+            return Ok(None);
+        }
+        let scope = KeyScope {
+            principal_id: &caller.principal.subject,
+            method: &caller.method,
+            key: message.idempotency_key(),
+        };
+        let stored = self.keys.stored(&self.pool, &scope, message).await?;
+        Ok(stored.map(tonic::Response::new))
+    }
+}
+
 /// A checked mutating request: who asks, what they sent, what it means.
 pub struct Prepared<Q, C> {
     caller: Caller,
