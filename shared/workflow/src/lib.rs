@@ -29,6 +29,8 @@ pub mod peers;
 mod raw;
 mod retry;
 mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod timers;
 mod trace;
 pub mod workers;
