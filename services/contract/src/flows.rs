@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use ta_proto::{
     common::Money as PbMoney, contract as pb, escrow as escrow_pb, supplier as supplier_pb,
 };
-use ta_runtime::{ServiceError, Violations, money::Money, timestamps};
+use ta_runtime::{ServiceError, money::Money, timestamps};
 use ta_workflow::{
     feed::Feed,
     outbox::{Callee, Outbox},
@@ -99,8 +99,10 @@ pub struct LoadedTerms {
     pub terms: Terms,
 }
 
-/// The terms of `version` of a contract. Stored terms were valid when they
-/// were written, so they are read back as of that moment.
+/// The terms of `version` of a contract, as stored: they were validated
+/// when they were written, and are read back without today's request rules
+/// (see [`Terms::stored`]), so a rule tightened since never breaks the
+/// reactions of a contract signed before.
 pub async fn load_terms(
     conn: &mut PgConnection,
     contract_id: Uuid,
@@ -109,15 +111,12 @@ pub async fn load_terms(
     let version = storage::version(conn, contract_id, version).await?;
     let proto = <pb::ContractTerms as prost::Message>::decode(version.terms.as_slice())
         .map_err(|_| ServiceError::internal("stored terms do not decode"))?;
-    let mut violations = Violations::new();
-    let terms = Terms::validate(
-        Some(&proto),
-        "terms",
-        version.created_at,
-        None,
-        &mut violations,
-    )
-    .ok_or_else(|| ServiceError::internal("stored terms no longer validate"))?;
+    let terms = Terms::stored(&proto, version.total).map_err(|why| {
+        ServiceError::internal(format!(
+            "stored terms of contract {contract_id} v{} are unreadable: {why}",
+            version.version
+        ))
+    })?;
     Ok(LoadedTerms {
         version,
         proto,

@@ -261,6 +261,157 @@ impl Terms {
         Some(parsed)
     }
 
+    /// Terms as they were stored when a version was written: read back
+    /// without today's request rules. Those rules held when the version was
+    /// written (it was validated then, against that moment's clock), and a
+    /// rule tightened since (a shorter maximum, a new required field) must
+    /// not make a signed contract unreadable: its reactions would fail for
+    /// ever. The figures the server stamped (line totals, milestone
+    /// amounts) are read as stamped; `total` is the version's. Only what no
+    /// reaction can do without fails: a deadline, a payment term, a
+    /// criterion's comparison that is missing or unreadable.
+    ///
+    /// # Errors
+    /// What is missing or unreadable, for the log (a corrupt row).
+    pub fn stored(terms: &pb::ContractTerms, total: Money) -> Result<Terms, String> {
+        let currency = total.currency;
+        let money = |m: Option<&ta_proto::common::Money>| {
+            m.and_then(|m| Currency::parse(&m.currency_code).map(|c| Money::new(m.amount_minor, c)))
+        };
+        let protection = match terms.protection() {
+            pb::Protection::TradeAssurance => Protection::TradeAssurance,
+            pb::Protection::None => Protection::None,
+            pb::Protection::Unspecified => return Err("no protection".into()),
+        };
+        let line_items = terms
+            .line_items
+            .iter()
+            .map(|item| {
+                let unit_price = money(item.unit_price.as_ref())
+                    .ok_or_else(|| format!("line item {} has no unit price", item.sku))?;
+                let line_total = money(item.line_total.as_ref()).unwrap_or_else(|| {
+                    let quantity = i64::try_from(item.quantity).unwrap_or(i64::MAX);
+                    Money::new(
+                        quantity.saturating_mul(unit_price.amount_minor),
+                        unit_price.currency,
+                    )
+                });
+                Ok(LineItem {
+                    sku: item.sku.clone(),
+                    description: item.description.clone(),
+                    quantity: item.quantity,
+                    unit: item.unit.clone(),
+                    unit_price,
+                    line_total,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let quality_criteria = terms
+            .quality_criteria
+            .iter()
+            .map(|c| {
+                let comparator = match c.comparator() {
+                    pb::Comparator::AtLeast => Comparator::AtLeast,
+                    pb::Comparator::AtMost => Comparator::AtMost,
+                    pb::Comparator::Equal => Comparator::Equal,
+                    pb::Comparator::WithinTolerance => Comparator::WithinTolerance,
+                    pb::Comparator::Unspecified => {
+                        return Err(format!("criterion {} has no comparator", c.criterion_id));
+                    }
+                };
+                let target = Decimal::parse(c.target_value.trim())
+                    .ok_or_else(|| format!("criterion {} has no target", c.criterion_id))?;
+                let tolerance = match comparator {
+                    Comparator::WithinTolerance => {
+                        Some(Decimal::parse(c.tolerance.trim()).ok_or_else(|| {
+                            format!("criterion {} has no tolerance", c.criterion_id)
+                        })?)
+                    }
+                    _ => None,
+                };
+                Ok(QualityCriterion {
+                    criterion_id: c.criterion_id.clone(),
+                    name: c.name.clone(),
+                    sku: c.sku.clone(),
+                    metric: c.metric.clone(),
+                    method: c.method.clone(),
+                    requirement: Requirement {
+                        comparator,
+                        target,
+                        tolerance,
+                    },
+                    unit: c.unit.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let deadline = |at: Option<&prost_types::Timestamp>, what: &str| {
+            at.and_then(timestamps::from_proto)
+                .ok_or_else(|| format!("no {what}"))
+        };
+        let inspection = match terms
+            .inspection
+            .as_ref()
+            .map(pb::InspectionRequirement::kind)
+        {
+            Some(pb::InspectionKind::None) => Inspection::None,
+            Some(pb::InspectionKind::PreShipmentThirdParty) => {
+                let inspection = terms.inspection.as_ref().cloned().unwrap_or_default();
+                Inspection::PreShipmentThirdParty {
+                    agency_name: inspection.agency_name,
+                    agency_principal_id: inspection.agency_principal_id,
+                }
+            }
+            Some(pb::InspectionKind::Unspecified) | None => {
+                return Err("no inspection requirement".into());
+            }
+        };
+        let payment = terms.payment_terms.as_ref().ok_or("no payment terms")?;
+        let scheme = match payment.scheme() {
+            pb::PaymentScheme::FullPrepayment => Scheme::FullPrepayment,
+            pb::PaymentScheme::DepositAndBalance => Scheme::DepositAndBalance,
+            pb::PaymentScheme::PayLater => Scheme::PayLater,
+            pb::PaymentScheme::Unspecified => return Err("no payment scheme".into()),
+        };
+        let computed = schedule(&payment.milestones, total).ok_or("unreadable milestones")?;
+        let milestones = computed
+            .into_iter()
+            .zip(&payment.milestones)
+            .map(|(mut milestone, sent)| {
+                if let Some(stamped) =
+                    money(sent.amount.as_ref()).filter(|m| m.currency == currency)
+                {
+                    milestone.amount = stamped;
+                }
+                milestone
+            })
+            .collect();
+        let pay_later = match (scheme, payment.pay_later.as_ref()) {
+            (Scheme::PayLater, Some(p)) => Some(PayLater {
+                financing_partner_id: p.financing_partner_id.trim().to_owned(),
+                repayment_months: p.repayment_months,
+            }),
+            _ => None,
+        };
+        Ok(Terms {
+            protection,
+            title: terms.title.clone(),
+            line_items,
+            quality_criteria,
+            shipment_deadline: deadline(terms.shipment_deadline.as_ref(), "shipment deadline")?,
+            delivery_deadline: deadline(terms.delivery_deadline.as_ref(), "delivery deadline")?,
+            inspection,
+            scheme,
+            milestones,
+            pay_later,
+            inspection_period_days: terms.inspection_period_days,
+            claim_window_days: match terms.claim_window_days {
+                0 => DEFAULT_CLAIM_WINDOW_DAYS,
+                days => days,
+            },
+            total,
+        })
+    }
+
     /// The latest moment the money can still be claimed: the goods arrive
     /// by the delivery deadline, then the inspection period and the claim
     /// window run. Escrow keeps a deadline timer for it.

@@ -564,3 +564,40 @@ fn a_payment_due_after_escrow_must_have_paid_out_is_refused_at_drafting() {
     let mut violations = Violations::new();
     assert!(Terms::validate(Some(&t), "terms", NOW, None, &mut violations).is_some());
 }
+
+/// Stored terms are read as they were signed: a rule tightened since (a
+/// shorter claim window, a longer title than today's maximum, a deadline
+/// long past) does not make them unreadable, and the stamped figures stay.
+#[test]
+fn stored_terms_read_back_without_todays_request_rules() {
+    let mut sent = terms();
+    let signed = validate(&sent).expect("valid when signed");
+    signed.stamp(&mut sent);
+    // Rules tightened after signing, and the clock moved past the deadlines.
+    sent.claim_window_days = 120;
+    sent.title = "x".repeat(500);
+    sent.shipment_deadline = Some(timestamps::to_proto(NOW - Duration::days(400)));
+    sent.delivery_deadline = Some(timestamps::to_proto(NOW - Duration::days(300)));
+    assert!(
+        validate(&sent).is_err(),
+        "today's request rules refuse them"
+    );
+
+    let stored = Terms::stored(&sent, signed.total).expect("still readable");
+    assert_eq!(stored.total, signed.total);
+    assert_eq!(stored.claim_window_days, 120);
+    assert_eq!(stored.line_items, signed.line_items);
+    assert_eq!(stored.milestones, signed.milestones);
+    assert_eq!(stored.quality_criteria, signed.quality_criteria);
+    assert_eq!(stored.inspection, signed.inspection);
+    assert_eq!(
+        stored.shipment_deadline,
+        NOW - Duration::days(400),
+        "the deadline as signed, past or not"
+    );
+
+    // What no reaction can do without is still required.
+    let mut broken = sent.clone();
+    broken.payment_terms = None;
+    assert!(Terms::stored(&broken, signed.total).is_err());
+}
