@@ -7,6 +7,7 @@
 use sqlx::PgConnection;
 use ta_proto::{contract as pb, escrow as escrow_pb};
 use ta_runtime::{ServiceError, money::Money, timestamps};
+use ta_workflow::Handled;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -18,9 +19,9 @@ use crate::{
     },
     flows::{
         self, ACCEPTANCE_DUE, Actor, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, Step,
-        UNSHIPPED_CANCEL, load_terms, readable, readable_time,
+        UNSHIPPED_CANCEL, completion, load_terms, readable, readable_time,
     },
-    storage::{self, ContractRecord, Payment},
+    storage::{self, ContractRecord, Payment, VersionRecord},
 };
 
 fn step(event: pb::ContractEventType, action: &'static str, detail: String) -> Step<'static> {
@@ -884,12 +885,15 @@ pub async fn record_claim_closed(
             contract.progress.paused_at = None;
             flows.cancel_timers(tx, contract.contract_id).await?;
             flows.release_cover(tx, contract).await?;
+            // Escrow refunded the claim as dispute decided it; whatever it
+            // holds beyond that (money credited after the freeze) goes back
+            // too, decided by escrow with what it holds when it closes.
             flows
                 .close_escrow(
                     tx,
                     contract,
                     &format!("claim {claim_id} refunded in full"),
-                    false,
+                    true,
                 )
                 .await?;
             (
@@ -1116,4 +1120,344 @@ pub async fn apply_amendment(
             now,
         )
         .await
+}
+
+// ---- Escrow's answers and its hold deadline ------------------------------
+
+fn escrow_actor() -> Actor {
+    Actor {
+        principal_id: flows::ESCROW.into(),
+        role: ta_runtime::auth::Role::Service,
+    }
+}
+
+/// A timeline entry from escrow's side that changes nothing of the
+/// contract's state (an operator item, a deadline that passed early).
+async fn note(
+    tx: &mut PgConnection,
+    contract: &ContractRecord,
+    action: &str,
+    detail: String,
+    money: Option<Money>,
+    now: OffsetDateTime,
+) -> Result<(), ServiceError> {
+    storage::append_timeline(
+        tx,
+        contract.contract_id,
+        &storage::TimelineEntry {
+            entry: 0,
+            occurred_at: now,
+            actor_principal_id: flows::ESCROW.into(),
+            actor_role: "service".into(),
+            kind: action.into(),
+            description: detail,
+            money,
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Escrow answered the schedule of amendment `version`, both signed and
+/// its cover moved: in force, or compensated when escrow refused.
+pub async fn schedule_amended(
+    tx: &mut PgConnection,
+    flows: &Flows,
+    escrow_account_id: &str,
+    version: u32,
+    answer: Result<&[escrow_pb::ScheduledPayment], &str>,
+    now: OffsetDateTime,
+) -> Result<(), ServiceError> {
+    let Some(mut contract) = storage::find_by_escrow_account(tx, escrow_account_id).await? else {
+        return Err(ServiceError::internal(
+            "schedule amended for an unknown account",
+        ));
+    };
+    if contract.negotiation.pending_amendment != version
+        || !contract.negotiation.amendment_signed_by_both()
+    {
+        return Ok(());
+    }
+    match answer {
+        Ok(schedule) => {
+            apply_amendment(
+                tx,
+                flows,
+                &mut contract,
+                &flows::system(),
+                Some(schedule),
+                now,
+            )
+            .await?;
+        }
+        Err(refusal) => {
+            amendment_refused_by_escrow(tx, flows, &mut contract, version, refusal, now).await?
+        }
+    }
+    Ok(())
+}
+
+/// Escrow refused the schedule of amendment `version` after supplier-registry
+/// moved the cover to its total. The compensation: the amendment is void, a
+/// new version records the signed terms restored, and the cover moves back
+/// to the total in force under that version's number (supplier-registry
+/// orders adjustments by version); the timeline says so.
+async fn amendment_refused_by_escrow(
+    tx: &mut PgConnection,
+    flows: &Flows,
+    contract: &mut ContractRecord,
+    version: u32,
+    refusal: &str,
+    now: OffsetDateTime,
+) -> Result<(), ServiceError> {
+    let in_force = contract.negotiation.signed_version;
+    let signed = storage::version(tx, contract.contract_id, in_force).await?;
+    let amended = storage::version(tx, contract.contract_id, version).await?;
+    let restore = contract.negotiation.amendment_undone();
+    storage::insert_version(
+        tx,
+        &VersionRecord {
+            contract_id: contract.contract_id,
+            version: restore,
+            terms: signed.terms.clone(),
+            total: signed.total,
+            created_by_principal_id: flows::system().principal_id,
+            created_by_role: "service".into(),
+            change_note: format!(
+                "escrow refused amendment {version}: version {in_force}'s terms restored, with its cover"
+            ),
+            created_at: now,
+        },
+    )
+    .await?;
+    flows
+        .adjust_cover(tx, contract, restore, signed.total, completion::NOTHING)
+        .await?;
+    tracing::warn!(
+        contract_id = %contract.contract_id, version, refusal,
+        "escrow refused an amended schedule; the cover moves back"
+    );
+    flows
+        .record(
+            tx,
+            contract,
+            &escrow_actor(),
+            Step {
+                event: pb::ContractEventType::AmendmentRefused,
+                action: "amendment.refused_by_escrow",
+                detail: format!(
+                    "escrow refused the schedule of amendment {version} ({refusal}): the amendment is void and version {in_force} stays in force; the supplier's cover, moved to {} for it, goes back to {} (version {restore} restores version {in_force}'s terms); propose the amendment again",
+                    readable(amended.total),
+                    readable(signed.total)
+                ),
+                money: Some(signed.total),
+            },
+            now,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Whether a refused release had nothing to move: escrow held nothing more
+/// (what the acceptance would have released went with a claim's settlement
+/// or refund). Escrow names it `NOTHING_HELD`; older answers say so in words.
+fn nothing_held(refusal: &str) -> bool {
+    refusal.starts_with("NOTHING_HELD") || refusal.contains("holds nothing")
+}
+
+/// Escrow answered the release of everything held on acceptance: the
+/// account closes. A refusal with money still held goes to the operators'
+/// queue (with a timeline entry): nobody else would move that money.
+pub async fn released_on_acceptance(
+    tx: &mut PgConnection,
+    flows: &Flows,
+    escrow_account_id: &str,
+    refusal: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<Handled, ServiceError> {
+    let Some(contract) = storage::find_by_escrow_account(tx, escrow_account_id).await? else {
+        return Err(ServiceError::internal("money moved for an unknown account"));
+    };
+    match refusal {
+        Some(refusal) if !nothing_held(refusal) => {
+            let why = format!(
+                "escrow refused to release account {escrow_account_id} to the supplier on acceptance: {refusal}"
+            );
+            note(
+                tx,
+                &contract,
+                "escrow.release_refused",
+                format!("{why}; the money stays held until an operator resolves it"),
+                None,
+                now,
+            )
+            .await?;
+            Ok(Handled::Escalate(why))
+        }
+        _ => {
+            flows
+                .close_escrow(tx, &contract, "goods accepted", false)
+                .await?;
+            Ok(Handled::Done)
+        }
+    }
+}
+
+/// Escrow answered CloseEscrowAccount: a refusal leaves the account open
+/// with money nobody moves, so it goes to the operators' queue.
+pub async fn escrow_closed(
+    tx: &mut PgConnection,
+    request: &escrow_pb::CloseEscrowAccountRequest,
+    refusal: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<Handled, ServiceError> {
+    let Some(refusal) = refusal else {
+        return Ok(Handled::Done);
+    };
+    let account = &request.escrow_account_id;
+    let why = format!(
+        "escrow refused to close account {account}{} ({}): {refusal}",
+        if request.refund_held {
+            ", refunding what it holds"
+        } else {
+            ""
+        },
+        request.reason
+    );
+    if let Some(contract) = storage::find_by_escrow_account(tx, account).await? {
+        note(
+            tx,
+            &contract,
+            "escrow.close_refused",
+            format!("{why}; an operator resolves it"),
+            None,
+            now,
+        )
+        .await?;
+    }
+    Ok(Handled::Escalate(why))
+}
+
+/// Escrow's hold deadline for the account passed with money held and no
+/// freeze: the latest time the contract promised to have released or
+/// refunded it. What the contract's state implies:
+///
+/// | contract | decision |
+/// |---|---|
+/// | shipped or delivered, its acceptance deadline passed | the goods count as accepted: everything held goes to the supplier |
+/// | shipped or delivered, its acceptance deadline ahead (received late) | nothing yet: the contract's own acceptance timer releases it |
+/// | signed, not shipped | the order cannot arrive in time any more: cancelled, everything held refunded |
+/// | cancelled or refunded | the close refunding what is held is written again |
+/// | completed, in dispute, or anything else | an operator decides (the acceptance's release is spent; a dispute freezes) |
+pub async fn hold_deadline_passed(
+    tx: &mut PgConnection,
+    flows: &Flows,
+    contract_id: Uuid,
+    held: Option<Money>,
+    sequence: u64,
+    now: OffsetDateTime,
+) -> Result<Handled, ServiceError> {
+    let mut contract = storage::lock_contract(tx, contract_id).await?;
+    let held_text = held.map_or_else(|| "money".to_owned(), readable);
+    let status = contract.negotiation.status;
+    match status {
+        Status::Shipped | Status::Delivered
+            if contract
+                .progress
+                .acceptance_due_at
+                .is_none_or(|due| due <= now) =>
+        {
+            accept(
+                tx,
+                flows,
+                &mut contract,
+                &flows::system(),
+                "automatic",
+                "escrow's hold deadline passed with the acceptance deadline",
+                now,
+            )
+            .await?;
+            Ok(Handled::Done)
+        }
+        Status::Shipped | Status::Delivered => {
+            let due = contract
+                .progress
+                .acceptance_due_at
+                .map_or_else(String::new, readable_time);
+            note(
+                tx,
+                &contract,
+                "escrow.hold_deadline_passed",
+                format!(
+                    "escrow's hold deadline passed holding {held_text}: the goods were received late, so the contract's own acceptance deadline ({due}) comes later and releases it then"
+                ),
+                held,
+                now,
+            )
+            .await?;
+            Ok(Handled::Done)
+        }
+        Status::AwaitingPayment | Status::PartiallyFunded | Status::Funded => {
+            cancel(
+                tx,
+                flows,
+                &mut contract,
+                &flows::system(),
+                "escrow's hold deadline passed before the goods shipped",
+                now,
+            )
+            .await?;
+            Ok(Handled::Done)
+        }
+        Status::Cancelled | Status::Refunded => {
+            flows
+                .close_escrow_as(
+                    tx,
+                    &contract,
+                    &format!("close-escrow-after-deadline-{sequence}"),
+                    &format!(
+                        "contract {}: escrow's hold deadline passed",
+                        status.as_str()
+                    ),
+                    true,
+                )
+                .await?;
+            note(
+                tx,
+                &contract,
+                "escrow.hold_deadline_passed",
+                format!(
+                    "escrow's hold deadline passed holding {held_text} for a {} contract: escrow is asked again to refund it and close",
+                    status.as_str()
+                ),
+                held,
+                now,
+            )
+            .await?;
+            Ok(Handled::Done)
+        }
+        _ => {
+            let why = format!(
+                "escrow's hold deadline passed holding {held_text} for contract {contract_id}, which is {}: {}",
+                status.as_str(),
+                match status {
+                    Status::Completed =>
+                        "the acceptance's release is spent; an operator releases or refunds the rest",
+                    Status::InDispute =>
+                        "a claim should have frozen the account; an operator looks into it",
+                    _ => "the contract holds no money in this state; an operator looks into it",
+                }
+            );
+            note(
+                tx,
+                &contract,
+                "escrow.hold_deadline_passed",
+                format!("{why}; until then the money stays held"),
+                held,
+                now,
+            )
+            .await?;
+            Ok(Handled::Escalate(why))
+        }
+    }
 }

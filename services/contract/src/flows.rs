@@ -44,9 +44,12 @@ pub mod completion {
     pub const ESCROW_OPENED: &str = "escrow_opened";
     pub const COVER_ADJUSTED: &str = "cover_adjusted";
     pub const SCHEDULE_AMENDED: &str = "schedule_amended";
-    /// Money left escrow (released on acceptance, refunded on cancellation):
-    /// the account can close.
+    /// The acceptance's release answered: the account can close (a refusal
+    /// goes to the operators' queue, unless there was nothing to release).
     pub const MONEY_MOVED: &str = "money_moved";
+    /// CloseEscrowAccount answered: a refusal leaves money held that nobody
+    /// moves, so it goes to the operators' queue.
+    pub const ESCROW_CLOSED: &str = "escrow_closed";
     /// Nothing follows; a refusal is logged for operators.
     pub const NOTHING: &str = "nothing";
 }
@@ -553,12 +556,16 @@ impl Flows {
             .await
     }
 
+    /// Moves the cover to `total` for `version`; `completion` is
+    /// [`completion::COVER_ADJUSTED`] for an amendment both signed (escrow's
+    /// schedule follows), [`completion::NOTHING`] for a compensation.
     pub async fn adjust_cover(
         &self,
         tx: &mut PgConnection,
         contract: &ContractRecord,
         version: u32,
         total: Money,
+        then: &str,
     ) -> Result<(), ServiceError> {
         let request = supplier_pb::AdjustCoverRequest {
             idempotency_key: format!("contract:{}:adjust-cover:v{version}", contract.contract_id),
@@ -568,13 +575,7 @@ impl Flows {
             contract_version: version,
         };
         self.outbox
-            .call(
-                tx,
-                &REGISTRY_CALLS,
-                "AdjustCover",
-                &request,
-                completion::COVER_ADJUSTED,
-            )
+            .call(tx, &REGISTRY_CALLS, "AdjustCover", &request, then)
             .await
     }
 
@@ -689,10 +690,10 @@ impl Flows {
             .await
     }
 
-    /// Everything held goes back (the contract was cancelled).
-    /// Closes the contract's escrow account. A cancellation (`refund_held`)
-    /// has escrow refund whatever it holds in the same step: escrow, not
-    /// the contract's view of it, knows what was credited meanwhile.
+    /// Closes the contract's escrow account. With `refund_held` (the
+    /// contract cancelled or refunded in full) escrow refunds whatever it
+    /// holds in the same step: escrow, not the contract's view of it, knows
+    /// what was credited meanwhile.
     pub async fn close_escrow(
         &self,
         tx: &mut PgConnection,
@@ -700,11 +701,25 @@ impl Flows {
         reason: &str,
         refund_held: bool,
     ) -> Result<(), ServiceError> {
+        self.close_escrow_as(tx, contract, "close-escrow", reason, refund_held)
+            .await
+    }
+
+    /// [`Flows::close_escrow`] under a key of its own (`step`), for a
+    /// close that follows the first one (escrow's hold deadline passed).
+    pub async fn close_escrow_as(
+        &self,
+        tx: &mut PgConnection,
+        contract: &ContractRecord,
+        step: &str,
+        reason: &str,
+        refund_held: bool,
+    ) -> Result<(), ServiceError> {
         let Some(account) = &contract.escrow_account_id else {
             return Ok(());
         };
         let request = escrow_pb::CloseEscrowAccountRequest {
-            idempotency_key: format!("contract:{}:close-escrow", contract.contract_id),
+            idempotency_key: format!("contract:{}:{step}", contract.contract_id),
             escrow_account_id: account.clone(),
             reason: reason.into(),
             refund_held,
@@ -715,7 +730,7 @@ impl Flows {
                 &ESCROW_CALLS,
                 "CloseEscrowAccount",
                 &request,
-                completion::NOTHING,
+                completion::ESCROW_CLOSED,
             )
             .await
     }

@@ -413,6 +413,11 @@ impl ContractService for ContractApi {
         &self,
         request: Request<pb::CreateContractDraftRequest>,
     ) -> Result<Response<pb::CreateContractDraftResponse>, Status> {
+        // A retry after success replays before the supplier is read again
+        // or the terms are checked against a later clock.
+        if let Some(answer) = self.mutations.replayed(&request).await? {
+            return Ok(answer);
+        }
         let now = timestamps::now();
         let day = self.day();
         let prepared = self.mutations.prepare(request, |req, principal, v| {
@@ -446,8 +451,8 @@ impl ContractService for ContractApi {
                 terms,
             })
         })?;
-        // A read of another service, before the transaction: a retried key
-        // looks the owner up again, which changes nothing.
+        // A read of another service, before the transaction (a new key only:
+        // a retry after success replayed above).
         let owner = self.registry.owner_of(prepared.command.supplier_id).await?;
         let principal = prepared.principal().clone();
         if principal.role == Role::Supplier && owner != principal.subject {
@@ -530,6 +535,11 @@ impl ContractService for ContractApi {
         &self,
         request: Request<pb::ReviseContractDraftRequest>,
     ) -> Result<Response<pb::ReviseContractDraftResponse>, Status> {
+        // Deadlines are checked against the clock: a retry after success
+        // replays before they are checked again.
+        if let Some(answer) = self.mutations.replayed(&request).await? {
+            return Ok(answer);
+        }
         let now = timestamps::now();
         let prepared = self.mutations.prepare(request, |req, _, v| {
             Revise::parse(
@@ -748,6 +758,9 @@ impl ContractService for ContractApi {
         &self,
         request: Request<pb::ProposeAmendmentRequest>,
     ) -> Result<Response<pb::ProposeAmendmentResponse>, Status> {
+        if let Some(answer) = self.mutations.replayed(&request).await? {
+            return Ok(answer);
+        }
         let now = timestamps::now();
         let prepared = self.mutations.prepare(request, |req, _, v| {
             Revise::parse(
@@ -859,7 +872,13 @@ impl ContractService for ContractApi {
                     Amended::Both => {
                         let amended = load_terms(tx, cmd.contract_id, cmd.version).await?;
                         self.flows
-                            .adjust_cover(tx, &contract, cmd.version, amended.version.total)
+                            .adjust_cover(
+                                tx,
+                                &contract,
+                                cmd.version,
+                                amended.version.total,
+                                flows::completion::COVER_ADJUSTED,
+                            )
                             .await?;
                         self.flows
                             .record(

@@ -197,6 +197,21 @@ impl Negotiation {
         self.amendment_signatures.clear();
     }
 
+    /// Escrow refused the schedule of the amendment both signed, after
+    /// supplier-registry had moved the cover to its total. The amendment is
+    /// void, not merely unsigned: its cover adjustment is spent (a registry
+    /// orders adjustments by version and ignores an older or equal one), so
+    /// signing it again could apply it with the cover left behind. A new
+    /// version restores the signed terms; its number orders the cover moved
+    /// back after the amendment's. Returns it; the signed version stays in
+    /// force and the parties propose again.
+    pub fn amendment_undone(&mut self) -> u32 {
+        self.pending_amendment = 0;
+        self.amendment_signatures.clear();
+        self.latest_version += 1;
+        self.latest_version
+    }
+
     /// Withdraws the pending amendment; the signed version stays in force.
     pub fn withdraw_amendment(&mut self, version: u32) -> Result<(), ServiceError> {
         self.not_while_applying()?;
@@ -394,6 +409,21 @@ mod tests {
         // Drafts and finished contracts are not amended.
         let mut draft = Negotiation::new(Protection::TradeAssurance);
         assert!(draft.propose_amendment(0).is_err());
+    }
+
+    #[test]
+    fn an_amendment_escrow_refused_is_void_and_the_next_version_restores_the_signed_terms() {
+        let mut n = signed_and_funded();
+        n.propose_amendment(1).unwrap();
+        n.sign_amendment(Party::Buyer, "buyer-1", 2, AT).unwrap();
+        n.sign_amendment(Party::Supplier, "owner-1", 2, AT).unwrap();
+        assert_eq!(n.amendment_undone(), 3);
+        assert_eq!((n.signed_version, n.pending_amendment), (1, 0));
+        assert!(
+            n.sign_amendment(Party::Buyer, "buyer-1", 2, AT).is_err(),
+            "the refused amendment cannot be signed again"
+        );
+        assert_eq!(n.propose_amendment(1).unwrap(), 4, "proposed again");
     }
 
     #[test]

@@ -1,0 +1,994 @@
+//! The contract against fake peers (supplier-registry and escrow served
+//! in-process by `ta_workflow::testing::FakePeer`) and, for escrow's feed,
+//! its reactions applied as the consumer applies them: what happens when
+//! escrow refuses a call that moves money, when its hold deadline passes,
+//! when it refuses an amended schedule, when stored terms no longer pass
+//! today's request rules, and when a call is retried after it succeeded.
+
+use std::{sync::Arc, time::Duration};
+
+use clap::Parser;
+use contract::{
+    Links, SPEC, api,
+    config::Config,
+    domain::{
+        negotiation::{Negotiation, Protection},
+        status::Status,
+    },
+    flows::{self, Flows},
+    reactions::EscrowEvents,
+    storage::{self, ContractRecord, Progress, VersionRecord},
+};
+use sqlx::PgPool;
+use ta_proto::{
+    common::Money as PbMoney,
+    contract::{self as pb, contract_service_client::ContractServiceClient},
+    escrow as escrow_pb,
+    ops::{self as ops, workflow_admin_service_client::WorkflowAdminServiceClient},
+    supplier as supplier_pb,
+};
+use ta_runtime::{
+    auth::Role,
+    money::{Currency, Money},
+    timestamps,
+};
+use ta_testkit::{RunningService, authorized, database_url, from_service};
+use ta_workflow::{
+    Handled,
+    consumer::EventHandler,
+    feed::Feed,
+    outbox::Outbox,
+    testing::{self, FakePeer},
+    timers::Timers,
+};
+use time::OffsetDateTime;
+use tonic::{Code, Status as RpcStatus, transport::Channel};
+use uuid::Uuid;
+
+static MIGRATOR: &sqlx::migrate::Migrator = &storage::MIGRATOR;
+
+const BUYER: &str = "buyer-1";
+const OWNER: &str = "owner-1";
+const OPERATOR: &str = "ops-1";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn usd(amount_minor: i64) -> Money {
+    Money::new(amount_minor, Currency::parse("USD").unwrap())
+}
+
+fn pb_usd(amount_minor: i64) -> Option<PbMoney> {
+    Some(usd(amount_minor).to_proto())
+}
+
+fn at(from_now: time::Duration) -> Option<prost_types::Timestamp> {
+    Some(timestamps::to_proto(timestamps::now() + from_now))
+}
+
+/// 1,000 mugs at 3.00 USD: 30 % deposit after signing, the balance before
+/// shipment; no inspection.
+fn terms(unit_price_minor: i64) -> pb::ContractTerms {
+    pb::ContractTerms {
+        title: "Stoneware mugs".into(),
+        line_items: vec![pb::LineItem {
+            sku: "MUG-350".into(),
+            description: "350 ml stoneware mug".into(),
+            quantity: 1_000,
+            unit: "pcs".into(),
+            unit_price: pb_usd(unit_price_minor),
+            line_total: None,
+        }],
+        specifications: Vec::new(),
+        quality_criteria: Vec::new(),
+        shipment_deadline: at(time::Duration::days(20)),
+        delivery_deadline: at(time::Duration::days(45)),
+        delivery_terms: Some(pb::DeliveryTerms {
+            incoterm: pb::Incoterm::Fob.into(),
+            named_place: "Shanghai port".into(),
+            destination_country_code: "DE".into(),
+        }),
+        inspection: Some(pb::InspectionRequirement {
+            kind: pb::InspectionKind::None.into(),
+            ..Default::default()
+        }),
+        payment_terms: Some(pb::PaymentTerms {
+            scheme: pb::PaymentScheme::DepositAndBalance.into(),
+            milestones: vec![
+                pb::PaymentMilestone {
+                    milestone_id: "deposit".into(),
+                    share_basis_points: 3_000,
+                    trigger: pb::PaymentTrigger::AfterSigning.into(),
+                    due_days: 3,
+                    amount: None,
+                },
+                pb::PaymentMilestone {
+                    milestone_id: "balance".into(),
+                    share_basis_points: 7_000,
+                    trigger: pb::PaymentTrigger::BeforeShipmentDeadline.into(),
+                    due_days: 2,
+                    amount: None,
+                },
+            ],
+            pay_later: None,
+        }),
+        inspection_period_days: 7,
+        claim_window_days: 0,
+        protection: pb::Protection::TradeAssurance.into(),
+    }
+}
+
+// ---- the service against fake peers ------------------------------------------
+
+struct Harness {
+    _server: RunningService,
+    client: ContractServiceClient<Channel>,
+    admin: WorkflowAdminServiceClient<Channel>,
+    registry: FakePeer,
+    escrow: FakePeer,
+    supplier_id: Uuid,
+    _store: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The contract service with a registry that knows `OWNER`'s supplier and
+/// reserves any cover, and an escrow that opens any account.
+async fn start(pool: &PgPool) -> Harness {
+    let registry = FakePeer::start::<testing::Registry>().await;
+    let escrow = FakePeer::start::<testing::Escrow>().await;
+    registry.answer("GetSupplier", |r: supplier_pb::GetSupplierRequest| {
+        Ok(supplier_pb::GetSupplierResponse {
+            supplier: Some(supplier_pb::Supplier {
+                supplier_id: r.supplier_id,
+                owner_principal_id: OWNER.into(),
+                ..Default::default()
+            }),
+        })
+    });
+    for method in [
+        "ReserveCover",
+        "AdjustCover",
+        "ReleaseCover",
+        "RecordCompletedContract",
+    ] {
+        registry.answer(method, |(): ()| Ok(()));
+    }
+    escrow.answer(
+        "OpenEscrowAccount",
+        |r: escrow_pb::OpenEscrowAccountRequest| {
+            Ok(escrow_pb::OpenEscrowAccountResponse {
+                account: Some(escrow_pb::EscrowAccount {
+                    escrow_account_id: format!("acct-{}", r.contract_id),
+                    contract_id: r.contract_id,
+                    ..Default::default()
+                }),
+            })
+        },
+    );
+    escrow.answer("CloseEscrowAccount", |(): ()| Ok(()));
+    let store = std::env::temp_dir().join(format!("contract-money-{}", Uuid::now_v7()));
+    let url = database_url(pool);
+    let (registry_url, escrow_url, store_dir) =
+        (registry.url(), escrow.url(), store.display().to_string());
+    let config = Config::try_parse_from([
+        "contract",
+        "--database-url",
+        &url,
+        "--auth-jwt-hs256-secret",
+        ta_testkit::TEST_SECRET,
+        "--log-format",
+        "text",
+        "--evidence-store",
+        &store_dir,
+        "--supplier-registry-url",
+        &registry_url,
+        "--escrow-url",
+        &escrow_url,
+        "--workflow-outbox-poll-interval",
+        "20ms",
+        "--workflow-outbox-backoff-base",
+        "20ms",
+        "--workflow-outbox-backoff-cap",
+        "200ms",
+        "--workflow-consumer-reconnect-base",
+        "200ms",
+        "--workflow-timer-poll-interval",
+        "50ms",
+    ])
+    .expect("config");
+    let links =
+        Links::from_config(SPEC.name, &config.workflow, &config.common.auth).expect("links");
+    let objects = ta_objects::Store::from_config(&config.store).expect("store");
+    let service = api(&config, pool.clone(), links, objects);
+    let server = RunningService::start(&SPEC, config.common.clone(), pool.clone(), service).await;
+    Harness {
+        client: ContractServiceClient::new(server.channel.clone()),
+        admin: WorkflowAdminServiceClient::new(server.channel.clone()),
+        _server: server,
+        registry,
+        escrow,
+        supplier_id: Uuid::now_v7(),
+        _store: TempDir(store),
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+impl Harness {
+    async fn contract(&mut self, id: &str) -> pb::Contract {
+        self.client
+            .get_contract(authorized(
+                pb::GetContractRequest {
+                    contract_id: id.into(),
+                    version: 0,
+                },
+                BUYER,
+                Role::Buyer,
+            ))
+            .await
+            .expect("get contract")
+            .into_inner()
+            .contract
+            .expect("contract")
+    }
+
+    async fn wait_status(&mut self, id: &str, status: pb::ContractStatus) -> pb::Contract {
+        let client = self.client.clone();
+        eventually(&format!("contract {status:?}"), || {
+            let mut client = client.clone();
+            async move {
+                let got = client
+                    .get_contract(authorized(
+                        pb::GetContractRequest {
+                            contract_id: id.into(),
+                            version: 0,
+                        },
+                        BUYER,
+                        Role::Buyer,
+                    ))
+                    .await
+                    .expect("get contract")
+                    .into_inner()
+                    .contract
+                    .expect("contract");
+                got.status() == status
+            }
+        })
+        .await;
+        self.contract(id).await
+    }
+
+    async fn timeline(&mut self, id: &str) -> Vec<(String, String)> {
+        self.client
+            .get_contract_timeline(authorized(
+                pb::GetContractTimelineRequest {
+                    contract_id: id.into(),
+                    page: Some(ta_proto::common::PageRequest {
+                        page_size: 100,
+                        page_token: String::new(),
+                    }),
+                },
+                BUYER,
+                Role::Buyer,
+            ))
+            .await
+            .expect("timeline")
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(|e| (e.action, e.detail))
+            .collect()
+    }
+
+    fn create_request(&self, key: &str) -> pb::CreateContractDraftRequest {
+        pb::CreateContractDraftRequest {
+            idempotency_key: key.into(),
+            supplier_id: self.supplier_id.to_string(),
+            buyer_principal_id: BUYER.into(),
+            terms: Some(terms(300)),
+        }
+    }
+
+    /// A contract both signed, its cover reserved and its escrow account
+    /// opened: AWAITING_PAYMENT. Returns it.
+    async fn active_contract(&mut self) -> pb::Contract {
+        let created = self
+            .client
+            .create_contract_draft(authorized(
+                self.create_request(&format!("draft-{}", Uuid::now_v7())),
+                BUYER,
+                Role::Buyer,
+            ))
+            .await
+            .expect("draft")
+            .into_inner()
+            .contract
+            .expect("contract");
+        let id = created.contract_id.clone();
+        for (who, role) in [(OWNER, Role::Supplier), (BUYER, Role::Buyer)] {
+            self.client
+                .sign_contract(authorized(
+                    pb::SignContractRequest {
+                        idempotency_key: format!("sign-{who}-{id}"),
+                        contract_id: id.clone(),
+                        version: 1,
+                    },
+                    who,
+                    role,
+                ))
+                .await
+                .expect("sign");
+        }
+        self.wait_status(&id, pb::ContractStatus::AwaitingPayment)
+            .await
+    }
+
+    async fn parked(&mut self) -> Vec<ops::OutboxRow> {
+        self.admin
+            .list_parked_outbox_rows(authorized(
+                ops::ListParkedOutboxRowsRequest::default(),
+                OPERATOR,
+                Role::Operator,
+            ))
+            .await
+            .expect("parked rows")
+            .into_inner()
+            .rows
+    }
+}
+
+fn flows_for_tests() -> Flows {
+    let schema = flows::schema();
+    Flows {
+        feed: Feed::new(schema, flows::FEED),
+        timers: Timers::new(schema),
+        outbox: Outbox::new(schema),
+        settings: flows::Settings {
+            day: time::Duration::DAY,
+            claim_confirmation: time::Duration::minutes(10),
+        },
+    }
+}
+
+/// Escrow's feed event for the contract, applied as the consumer applies it.
+async fn escrow_event(
+    pool: &PgPool,
+    sequence: u64,
+    event: escrow_pb::EscrowEvent,
+) -> Result<Handled, ta_runtime::ServiceError> {
+    let handler = EscrowEvents {
+        flows: Arc::new(flows_for_tests()),
+    };
+    let mut tx = pool.begin().await.expect("tx");
+    let response = escrow_pb::StreamEscrowEventsResponse {
+        event: Some(event),
+        traceparent: String::new(),
+    };
+    let handled = handler.apply(&mut tx, sequence, &response).await?;
+    tx.commit().await.expect("commit");
+    Ok(handled)
+}
+
+fn payment(contract: &pb::Contract, milestone: &str, amount: i64) -> escrow_pb::EscrowEvent {
+    escrow_pb::EscrowEvent {
+        r#type: escrow_pb::EscrowEventType::PaymentSucceeded.into(),
+        escrow_account_id: contract.escrow_account_id.clone(),
+        contract_id: contract.contract_id.clone(),
+        amount: pb_usd(amount),
+        milestone_id: milestone.into(),
+        ..Default::default()
+    }
+}
+
+// ---- finding 13: retries after the fact ---------------------------------------
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_draft_retried_after_it_succeeded_replays_even_when_the_registry_is_gone(pool: PgPool) {
+    let mut h = start(&pool).await;
+    let request = h.create_request("draft-once");
+    let first = h
+        .client
+        .create_contract_draft(authorized(request.clone(), OWNER, Role::Supplier))
+        .await
+        .expect("created")
+        .into_inner();
+    // supplier-registry stops answering (or the supplier changes hands).
+    h.registry
+        .answer("GetSupplier", |_: supplier_pb::GetSupplierRequest| {
+            Err::<supplier_pb::GetSupplierResponse, _>(RpcStatus::unavailable("registry down"))
+        });
+    let retried = h
+        .client
+        .create_contract_draft(authorized(request.clone(), OWNER, Role::Supplier))
+        .await
+        .expect("a retry after success replays the stored answer")
+        .into_inner();
+    assert_eq!(retried, first);
+    let lookups = h
+        .registry
+        .requests::<supplier_pb::GetSupplierRequest>("GetSupplier");
+    assert_eq!(lookups.len(), 1, "the retry read nothing");
+    // A new key still needs the registry.
+    let fresh = h
+        .client
+        .create_contract_draft(authorized(
+            h.create_request("draft-new"),
+            OWNER,
+            Role::Supplier,
+        ))
+        .await
+        .expect_err("registry down");
+    assert_eq!(fresh.code(), Code::Unavailable);
+    // The same key with another body is still a client bug.
+    let mut other = request;
+    other.terms = Some(terms(301));
+    let reused = h
+        .client
+        .create_contract_draft(authorized(other, OWNER, Role::Supplier))
+        .await
+        .expect_err("key reused");
+    assert_eq!(reused.code(), Code::InvalidArgument);
+}
+
+// ---- finding 12: a refused AmendEscrowSchedule ---------------------------------
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_amended_schedule_escrow_refuses_moves_the_cover_back_and_voids_the_amendment(
+    pool: PgPool,
+) {
+    let mut h = start(&pool).await;
+    h.escrow.answer(
+        "AmendEscrowSchedule",
+        |_: escrow_pb::AmendEscrowScheduleRequest| {
+            Err::<escrow_pb::AmendEscrowScheduleResponse, _>(RpcStatus::failed_precondition(
+                "a bank transfer for the deposit is pending",
+            ))
+        },
+    );
+    let active = h.active_contract().await;
+    let id = active.contract_id.clone();
+    h.client
+        .propose_amendment(authorized(
+            pb::ProposeAmendmentRequest {
+                idempotency_key: "amend-2".into(),
+                contract_id: id.clone(),
+                base_version: 1,
+                terms: Some(terms(400)),
+                change_note: "higher price".into(),
+            },
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .expect("proposed");
+    for (who, role) in [(OWNER, Role::Supplier), (BUYER, Role::Buyer)] {
+        h.client
+            .sign_amendment(authorized(
+                pb::SignAmendmentRequest {
+                    idempotency_key: format!("sign-amend-{who}"),
+                    contract_id: id.clone(),
+                    version: 2,
+                },
+                who,
+                role,
+            ))
+            .await
+            .expect("signed");
+    }
+    let registry = &h.registry;
+    eventually("the cover moved back", || async {
+        registry
+            .requests::<supplier_pb::AdjustCoverRequest>("AdjustCover")
+            .len()
+            == 2
+    })
+    .await;
+    let adjustments: Vec<(u32, i64)> = h
+        .registry
+        .requests::<supplier_pb::AdjustCoverRequest>("AdjustCover")
+        .into_iter()
+        .map(|a| (a.contract_version, a.amount.map_or(0, |m| m.amount_minor)))
+        .collect();
+    assert_eq!(
+        adjustments,
+        [(2, 400_000), (3, 300_000)],
+        "moved to the amendment's total, then back under a newer version"
+    );
+    let after = h.contract(&id).await;
+    assert_eq!(
+        (
+            after.signed_version,
+            after.latest_version,
+            after.pending_amendment_version
+        ),
+        (1, 3, 0),
+        "version 1 in force, the amendment void"
+    );
+    assert_eq!(after.total, pb_usd(300_000));
+    assert_eq!(after.status(), pb::ContractStatus::AwaitingPayment);
+    let timeline = h.timeline(&id).await;
+    let (_, detail) = timeline
+        .iter()
+        .find(|(action, _)| action == "amendment.refused_by_escrow")
+        .expect("the compensation is on the timeline");
+    assert!(
+        detail.contains("a bank transfer for the deposit is pending"),
+        "{detail}"
+    );
+    assert!(detail.contains("3,000.00 USD"), "{detail}");
+    // The void amendment cannot be signed again; a new proposal can be.
+    let again = h
+        .client
+        .sign_amendment(authorized(
+            pb::SignAmendmentRequest {
+                idempotency_key: "sign-void".into(),
+                contract_id: id.clone(),
+                version: 2,
+            },
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .expect_err("void");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+}
+
+// ---- finding 10: refused money effects and the hold deadline --------------------
+
+/// A funded, shipped and received contract (funding applied from escrow's feed).
+async fn received_contract(h: &mut Harness, pool: &PgPool) -> pb::Contract {
+    let active = h.active_contract().await;
+    let id = active.contract_id.clone();
+    escrow_event(pool, 1, payment(&active, "deposit", 90_000))
+        .await
+        .expect("deposit");
+    escrow_event(pool, 2, payment(&active, "balance", 210_000))
+        .await
+        .expect("balance");
+    h.wait_status(&id, pb::ContractStatus::Funded).await;
+    h.client
+        .record_shipment(authorized(
+            pb::RecordShipmentRequest {
+                idempotency_key: format!("ship-{id}"),
+                contract_id: id.clone(),
+                carrier: "Maersk".into(),
+                tracking_number: "MAEU1".into(),
+                shipped_at: None,
+                r#final: true,
+            },
+            OWNER,
+            Role::Supplier,
+        ))
+        .await
+        .expect("shipped");
+    h.client
+        .confirm_receipt(authorized(
+            pb::ConfirmReceiptRequest {
+                idempotency_key: format!("receipt-{id}"),
+                contract_id: id.clone(),
+                received_at: None,
+            },
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .expect("received");
+    h.contract(&id).await
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_refused_release_or_close_goes_to_the_operators_queue_and_is_re_driven(pool: PgPool) {
+    let mut h = start(&pool).await;
+    h.escrow.answer(
+        "ReleaseToSupplier",
+        |_: escrow_pb::ReleaseToSupplierRequest| {
+            Err::<escrow_pb::ReleaseToSupplierResponse, _>(RpcStatus::failed_precondition(
+                "PURPOSE_ALREADY_SETTLED: purpose release:acceptance already moved money",
+            ))
+        },
+    );
+    let received = received_contract(&mut h, &pool).await;
+    let id = received.contract_id.clone();
+    h.client
+        .accept_goods(authorized(
+            pb::AcceptGoodsRequest {
+                idempotency_key: "accept".into(),
+                contract_id: id.clone(),
+                note: String::new(),
+            },
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .expect("accepted");
+
+    let mut admin = h.admin.clone();
+    eventually("the refused release parked for an operator", || {
+        let mut admin = admin.clone();
+        async move {
+            let rows = admin
+                .list_parked_outbox_rows(authorized(
+                    ops::ListParkedOutboxRowsRequest::default(),
+                    OPERATOR,
+                    Role::Operator,
+                ))
+                .await
+                .expect("parked")
+                .into_inner()
+                .rows;
+            rows.iter().any(|r| r.escalated)
+        }
+    })
+    .await;
+    let parked = h.parked().await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert!(parked[0].method.ends_with("/ReleaseToSupplier"));
+    assert!(
+        parked[0].last_error.contains("PURPOSE_ALREADY_SETTLED"),
+        "{parked:?}"
+    );
+    let backlog = admin
+        .get_workflow_backlog(authorized(
+            ops::GetWorkflowBacklogRequest {},
+            OPERATOR,
+            Role::Operator,
+        ))
+        .await
+        .expect("backlog")
+        .into_inner();
+    assert_eq!(backlog.outbox_parked, 1);
+    assert!(
+        h.escrow
+            .requests::<escrow_pb::CloseEscrowAccountRequest>("CloseEscrowAccount")
+            .is_empty(),
+        "nothing closes over money still held"
+    );
+    assert!(
+        h.timeline(&id)
+            .await
+            .iter()
+            .any(|(action, _)| action == "escrow.release_refused")
+    );
+
+    // The operator sorts it out at escrow and re-drives: the release runs
+    // again, and the close follows; escrow refuses the close this time.
+    h.escrow.answer(
+        "ReleaseToSupplier",
+        |_: escrow_pb::ReleaseToSupplierRequest| Ok(escrow_pb::ReleaseToSupplierResponse::default()),
+    );
+    h.escrow.answer(
+        "CloseEscrowAccount",
+        |_: escrow_pb::CloseEscrowAccountRequest| {
+            Err::<escrow_pb::CloseEscrowAccountResponse, _>(RpcStatus::failed_precondition(
+                "cannot close: the account holds 10.00 USD",
+            ))
+        },
+    );
+    admin
+        .redrive_outbox_row(authorized(
+            ops::RedriveOutboxRowRequest {
+                idempotency_key: "redrive-release".into(),
+                id: parked[0].id,
+            },
+            OPERATOR,
+            Role::Operator,
+        ))
+        .await
+        .expect("re-driven");
+    eventually("the refused close parked in turn", || {
+        let mut admin = admin.clone();
+        async move {
+            let rows = admin
+                .list_parked_outbox_rows(authorized(
+                    ops::ListParkedOutboxRowsRequest::default(),
+                    OPERATOR,
+                    Role::Operator,
+                ))
+                .await
+                .expect("parked")
+                .into_inner()
+                .rows;
+            rows.len() == 1 && rows[0].method.ends_with("/CloseEscrowAccount")
+        }
+    })
+    .await;
+    assert_eq!(
+        h.escrow
+            .requests::<escrow_pb::ReleaseToSupplierRequest>("ReleaseToSupplier")
+            .len(),
+        2,
+        "the release was called again"
+    );
+    assert!(
+        h.timeline(&id)
+            .await
+            .iter()
+            .any(|(action, detail)| action == "escrow.close_refused"
+                && detail.contains("holds 10.00 USD"))
+    );
+}
+
+// ---- finding 9: a full refund closes refunding what escrow still holds ----------
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_full_refund_has_escrow_refund_what_it_still_holds_when_it_closes(pool: PgPool) {
+    let mut h = start(&pool).await;
+    let received = received_contract(&mut h, &pool).await;
+    let id = received.contract_id.clone();
+    let claim = Uuid::now_v7().to_string();
+    let dispute = |message| from_service(message, "dispute", "contract");
+    h.client
+        .record_claim_opened(dispute(pb::RecordClaimOpenedRequest {
+            idempotency_key: "claim-opened".into(),
+            contract_id: id.clone(),
+            claim_id: claim.clone(),
+            reason: ta_proto::common::ClaimReason::Damage.into(),
+        }))
+        .await
+        .expect("claim recorded");
+    h.client
+        .confirm_claim_opened(from_service(
+            pb::ConfirmClaimOpenedRequest {
+                idempotency_key: "claim-confirmed".into(),
+                contract_id: id.clone(),
+                claim_id: claim.clone(),
+            },
+            "dispute",
+            "contract",
+        ))
+        .await
+        .expect("claim confirmed");
+    // Dispute refunded what escrow held at the freeze; money credited after
+    // it (funding goes on under a freeze) is escrow's to see, not dispute's.
+    h.client
+        .record_claim_closed(from_service(
+            pb::RecordClaimClosedRequest {
+                idempotency_key: "claim-closed".into(),
+                contract_id: id.clone(),
+                claim_id: claim,
+                closure: pb::ClaimClosure::FullRefund.into(),
+                refunded: pb_usd(300_000),
+                new_shipment_deadline: None,
+            },
+            "dispute",
+            "contract",
+        ))
+        .await
+        .expect("claim closed");
+    let escrow = &h.escrow;
+    eventually("escrow asked to close", || async {
+        !escrow
+            .requests::<escrow_pb::CloseEscrowAccountRequest>("CloseEscrowAccount")
+            .is_empty()
+    })
+    .await;
+    let closes = h
+        .escrow
+        .requests::<escrow_pb::CloseEscrowAccountRequest>("CloseEscrowAccount");
+    assert!(
+        closes[0].refund_held,
+        "escrow refunds whatever it holds when it closes: {closes:?}"
+    );
+    assert_eq!(h.contract(&id).await.status(), pb::ContractStatus::Refunded);
+}
+
+// ---- escrow's hold deadline, and stored terms read as stored ---------------------
+
+/// A contract in `status` written straight to the database, with `terms`
+/// stored as its signed version 1 and its escrow account `acct-<id>`.
+async fn seeded(pool: &PgPool, status: Status, stored: &pb::ContractTerms) -> ContractRecord {
+    ta_workflow::install(pool, flows::schema())
+        .await
+        .expect("workflow tables");
+    let now = timestamps::now();
+    let id = Uuid::now_v7();
+    let mut negotiation = Negotiation::new(Protection::TradeAssurance);
+    negotiation.status = status;
+    negotiation.signed_version = 1;
+    let contract = ContractRecord {
+        contract_id: id,
+        buyer_principal_id: BUYER.into(),
+        supplier_id: Uuid::now_v7(),
+        supplier_principal_id: OWNER.into(),
+        negotiation,
+        status_before_dispute: None,
+        total: usd(300_000),
+        escrow_account_id: Some(format!("acct-{id}")),
+        open_claim_id: None,
+        activation_refusal: String::new(),
+        cancellation_reason: String::new(),
+        progress: Progress {
+            signed_at: Some(now - time::Duration::days(60)),
+            ..Progress::default()
+        },
+        created_at: now,
+        updated_at: now,
+    };
+    let version = VersionRecord {
+        contract_id: id,
+        version: 1,
+        terms: prost::Message::encode_to_vec(stored),
+        total: usd(300_000),
+        created_by_principal_id: BUYER.into(),
+        created_by_role: "buyer".into(),
+        change_note: String::new(),
+        created_at: now - time::Duration::days(60),
+    };
+    let mut tx = pool.begin().await.unwrap();
+    storage::insert_contract(&mut tx, &contract, &version)
+        .await
+        .unwrap();
+    let mut saved = contract.clone();
+    storage::save_contract(&mut tx, &mut saved, now)
+        .await
+        .unwrap();
+    let due = now + time::Duration::days(3);
+    let payments =
+        [("deposit", 90_000), ("balance", 210_000)].map(|(milestone, amount)| storage::Payment {
+            milestone_id: milestone.into(),
+            amount_minor: amount,
+            due_at: due,
+            funded_at: None,
+            overdue: false,
+        });
+    storage::replace_payments(&mut tx, id, &payments)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    saved
+}
+
+async fn reload(pool: &PgPool, id: Uuid) -> ContractRecord {
+    let mut conn = pool.acquire().await.unwrap();
+    storage::get_contract(&mut conn, id).await.unwrap()
+}
+
+/// The escrow calls written to the outbox for `id`'s account, by method.
+async fn escrow_calls(pool: &PgPool, id: Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT regexp_replace(method, '.*/', '') FROM contract.workflow_outbox
+         WHERE target = 'escrow' AND idempotency_key LIKE $1 ORDER BY id",
+    )
+    .bind(format!("contract:{id}:%"))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+fn deadline_passed(contract: &ContractRecord) -> escrow_pb::EscrowEvent {
+    escrow_pb::EscrowEvent {
+        r#type: escrow_pb::EscrowEventType::HoldDeadlinePassed.into(),
+        escrow_account_id: contract.escrow_account_id.clone().unwrap_or_default(),
+        contract_id: contract.contract_id.to_string(),
+        amount: pb_usd(300_000),
+        ..Default::default()
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn escrow_hold_deadline_passing_does_what_the_contract_state_implies(pool: PgPool) {
+    let stored = terms(300);
+    // Received, acceptance deadline passed (its timer lost): accepted, released.
+    let mut delivered = seeded(&pool, Status::Delivered, &stored).await;
+    delivered.progress.received_at = Some(timestamps::now() - time::Duration::days(40));
+    delivered.progress.acceptance_due_at = Some(timestamps::now() - time::Duration::days(10));
+    {
+        let mut tx = pool.begin().await.unwrap();
+        storage::save_contract(&mut tx, &mut delivered, timestamps::now())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let handled = escrow_event(&pool, 1, deadline_passed(&delivered))
+        .await
+        .expect("applied");
+    assert_eq!(handled, Handled::Done);
+    let after = reload(&pool, delivered.contract_id).await;
+    assert_eq!(after.negotiation.status, Status::Completed);
+    assert_eq!(
+        escrow_calls(&pool, delivered.contract_id).await,
+        ["ReleaseToSupplier"]
+    );
+
+    // Received late, the contract's own acceptance deadline ahead: it waits.
+    let mut late = seeded(&pool, Status::Delivered, &stored).await;
+    late.progress.acceptance_due_at = Some(timestamps::now() + time::Duration::days(5));
+    {
+        let mut tx = pool.begin().await.unwrap();
+        storage::save_contract(&mut tx, &mut late, timestamps::now())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(
+        escrow_event(&pool, 2, deadline_passed(&late))
+            .await
+            .expect("applied"),
+        Handled::Done
+    );
+    assert_eq!(
+        reload(&pool, late.contract_id).await.negotiation.status,
+        Status::Delivered
+    );
+    assert!(escrow_calls(&pool, late.contract_id).await.is_empty());
+
+    // Funded, never shipped: cancelled, everything held refunded.
+    let unshipped = seeded(&pool, Status::Funded, &stored).await;
+    escrow_event(&pool, 3, deadline_passed(&unshipped))
+        .await
+        .expect("applied");
+    assert_eq!(
+        reload(&pool, unshipped.contract_id)
+            .await
+            .negotiation
+            .status,
+        Status::Cancelled
+    );
+    assert_eq!(
+        escrow_calls(&pool, unshipped.contract_id).await,
+        ["CloseEscrowAccount"]
+    );
+
+    // Completed: the acceptance's release is spent; an operator decides.
+    let completed = seeded(&pool, Status::Completed, &stored).await;
+    let handled = escrow_event(&pool, 4, deadline_passed(&completed))
+        .await
+        .expect("applied");
+    let Handled::Escalate(why) = handled else {
+        panic!("an operator item: {handled:?}");
+    };
+    assert!(why.contains("completed"), "{why}");
+    let mut conn = pool.acquire().await.unwrap();
+    let timeline = storage::timeline(&mut conn, completed.contract_id, 0, 10)
+        .await
+        .unwrap();
+    assert!(
+        timeline
+            .iter()
+            .any(|e| e.kind == "escrow.hold_deadline_passed")
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn reactions_read_stored_terms_that_todays_request_rules_refuse(pool: PgPool) {
+    // Signed when a 120-day claim window was allowed (today's maximum is 90),
+    // and long before its deadlines passed.
+    let mut stored = terms(300);
+    stored.claim_window_days = 120;
+    stored.shipment_deadline = Some(timestamps::to_proto(
+        OffsetDateTime::now_utc() - time::Duration::days(3),
+    ));
+    stored.delivery_deadline = at(time::Duration::days(10));
+    let contract = seeded(&pool, Status::AwaitingPayment, &stored).await;
+    let view = pb::Contract {
+        contract_id: contract.contract_id.to_string(),
+        escrow_account_id: contract.escrow_account_id.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let handled = escrow_event(&pool, 1, payment(&view, "deposit", 90_000))
+        .await
+        .expect("the payment applies to the contract as signed");
+    assert_eq!(handled, Handled::Done);
+    assert_eq!(
+        reload(&pool, contract.contract_id).await.negotiation.status,
+        Status::PartiallyFunded
+    );
+}
