@@ -23,6 +23,7 @@ async fn the_same_card_payment_sent_100_times_at_once_is_charged_and_recorded_on
         server: _server,
         gateway: sandbox,
         pool,
+        ..
     } = start(pool).await;
     let mut c = client.clone();
     let id = open(&mut c, "c-100", 4_200).await.escrow_account_id;

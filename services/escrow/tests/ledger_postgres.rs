@@ -77,7 +77,13 @@ fn no_code_path_updates_or_deletes_postings() {
     let sources = [
         include_str!("../src/storage/ledger.rs"),
         include_str!("../src/storage/accounts.rs"),
-        include_str!("../src/app.rs"),
+        include_str!("../src/storage/transfers.rs"),
+        include_str!("../src/storage/api.rs"),
+        include_str!("../src/app/mod.rs"),
+        include_str!("../src/app/funding.rs"),
+        include_str!("../src/app/transfers.rs"),
+        include_str!("../src/app/gateway_events.rs"),
+        include_str!("../src/flows.rs"),
     ];
     for source in sources {
         let flat = source.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -3,10 +3,19 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::{sync::Arc, time::Duration};
 
 use clap::Parser;
-use escrow::{SPEC, api, config::Config, gateway::memory::InMemoryGateway, webhook::WebhookSecret};
+use escrow::{
+    SPEC, api,
+    app::worker::GatewayWorker,
+    config::Config,
+    flows::{self, EscrowTimers, Flows, Settings},
+    gateway::{PaymentGateway, memory::InMemoryGateway},
+    webhook::WebhookSecret,
+};
 use sqlx::PgPool;
 use ta_proto::{
     common::Money,
@@ -14,6 +23,10 @@ use ta_proto::{
 };
 use ta_runtime::auth::Role;
 use ta_testkit::RunningService;
+use ta_workflow::{
+    feed::Feed,
+    timers::{DueTimer, TimerHandler, Timers},
+};
 use tonic::transport::Channel;
 
 pub type Client = EscrowServiceClient<Channel>;
@@ -31,8 +44,13 @@ pub const PARTNER: &str = "partner-1";
 pub struct Escrow {
     pub server: RunningService,
     pub client: Client,
+    /// The gateway's own books: what it charged and sent, by key.
     pub gateway: InMemoryGateway,
     pub pool: PgPool,
+    /// The gateway escrow calls (the books, or a wrapper around them).
+    pub gateway_api: Arc<dyn PaymentGateway>,
+    /// Escrow's settings, as configured.
+    pub settings: Settings,
 }
 
 pub async fn start(pool: PgPool) -> Escrow {
@@ -41,6 +59,79 @@ pub async fn start(pool: PgPool) -> Escrow {
 
 /// Like [`start`], with more configuration flags (e.g. `--payout-interval 1s`).
 pub async fn start_with(pool: PgPool, flags: &[&str]) -> Escrow {
+    let gateway = InMemoryGateway::new();
+    serve(pool, flags, gateway.clone(), Arc::new(gateway)).await
+}
+
+/// Like [`start_with`], paying through a gateway that fails, loses answers
+/// or blocks when the test says (see [`faults::FaultyGateway`]).
+pub async fn start_faulty(pool: PgPool, flags: &[&str]) -> (Escrow, faults::FaultyGateway) {
+    let faulty = faults::FaultyGateway::new();
+    let escrow = serve(pool, flags, faulty.books.clone(), Arc::new(faulty.clone())).await;
+    (escrow, faulty)
+}
+
+impl Escrow {
+    /// What another escrow process over the same database and gateway runs:
+    /// its own flows (timers, gateway worker), as a second replica would.
+    pub fn replica(&self) -> Arc<Flows> {
+        Arc::new(Flows::new(
+            self.gateway_api.clone(),
+            Feed::new(flows::schema(), flows::FEED),
+            Timers::new(flows::schema()),
+            self.settings.clone(),
+        ))
+    }
+
+    /// A gateway worker of another replica, for a test to run a pass.
+    pub fn worker(&self) -> GatewayWorker {
+        GatewayWorker {
+            pool: self.pool.clone(),
+            flows: self.replica(),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Fires a timer's handler now, in its own transaction, as the timer
+    /// worker does when it falls due (the scheduled row stays as it is).
+    pub async fn fire(&self, kind: &str, subject_id: &str) -> Result<(), ta_runtime::ServiceError> {
+        let handler = EscrowTimers {
+            flows: self.replica(),
+        };
+        let timer = DueTimer {
+            id: 0,
+            kind: kind.to_owned(),
+            subject_id: subject_id.to_owned(),
+            due_at: ta_runtime::timestamps::now(),
+            payload: Vec::new(),
+            failed_attempts: 0,
+        };
+        let mut tx = self.pool.begin().await?;
+        handler.fire(&mut tx, &timer).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Makes a scheduled timer due now, so the service's timer worker fires it.
+pub async fn make_due(pool: &PgPool, kind: &str, subject_id: &str) {
+    sqlx::query(
+        "UPDATE escrow.workflow_timers SET due_at = now(), fire_after = now() \
+         WHERE kind = $1 AND subject_id = $2 AND status = 'scheduled'",
+    )
+    .bind(kind)
+    .bind(subject_id)
+    .execute(pool)
+    .await
+    .expect("make the timer due");
+}
+
+async fn serve(
+    pool: PgPool,
+    flags: &[&str],
+    gateway: InMemoryGateway,
+    gateway_api: Arc<dyn PaymentGateway>,
+) -> Escrow {
     let url = database_url(&pool);
     let mut args = vec![
         "escrow",
@@ -59,8 +150,7 @@ pub async fn start_with(pool: PgPool, flags: &[&str]) -> Escrow {
     ];
     args.extend_from_slice(flags);
     let config = Config::try_parse_from(args).expect("config");
-    let gateway = InMemoryGateway::new();
-    let service_api = api(&config, pool.clone(), Arc::new(gateway.clone()));
+    let service_api = api(&config, pool.clone(), gateway_api.clone());
     let server =
         RunningService::start(&SPEC, config.common.clone(), pool.clone(), service_api).await;
     let client = EscrowServiceClient::new(server.channel.clone());
@@ -69,6 +159,8 @@ pub async fn start_with(pool: PgPool, flags: &[&str]) -> Escrow {
         client,
         gateway,
         pool,
+        gateway_api,
+        settings: config.settings(),
     }
 }
 
@@ -389,4 +481,246 @@ pub async fn events_until(
             return seen;
         }
     }
+}
+
+/// A gateway event as the gateway sends it: naming escrow's record
+/// (`client_reference`) and the gateway's own id, created now unless said.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub id: String,
+    pub kind: String,
+    pub reference: String,
+    pub client_reference: Option<String>,
+    pub amount_minor: Option<i64>,
+    pub currency_code: Option<String>,
+    pub failure_code: Option<String>,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+impl Event {
+    pub fn new(id: &str, kind: &str, reference: &str) -> Self {
+        Self {
+            id: id.into(),
+            kind: kind.into(),
+            reference: reference.into(),
+            client_reference: None,
+            amount_minor: None,
+            currency_code: None,
+            failure_code: None,
+            created: now_unix(),
+        }
+    }
+
+    /// Names escrow's record: the attempt's or transfer's id.
+    pub fn client(mut self, id: impl ToString) -> Self {
+        self.client_reference = Some(id.to_string());
+        self
+    }
+
+    /// How much arrived, in USD.
+    pub fn usd(mut self, amount_minor: i64) -> Self {
+        self.amount_minor = Some(amount_minor);
+        self.currency_code = Some("USD".into());
+        self
+    }
+
+    pub fn created(mut self, unix_seconds: i64) -> Self {
+        self.created = unix_seconds;
+        self
+    }
+
+    pub fn payload(&self) -> Vec<u8> {
+        let mut data = serde_json::json!({ "reference": self.reference });
+        if let Some(client) = &self.client_reference {
+            data["client_reference"] = client.clone().into();
+        }
+        if let Some(amount) = self.amount_minor {
+            data["amount_minor"] = amount.into();
+        }
+        if let Some(currency) = &self.currency_code {
+            data["currency_code"] = currency.clone().into();
+        }
+        if let Some(code) = &self.failure_code {
+            data["failure_code"] = code.clone().into();
+        }
+        serde_json::to_vec(&serde_json::json!({
+            "id": self.id, "type": self.kind, "created": self.created, "data": data,
+        }))
+        .unwrap()
+    }
+
+    /// The request the webhook ingress forwards, signed now.
+    pub fn signed(&self) -> pb::HandleGatewayWebhookRequest {
+        let payload = self.payload();
+        let signature = WebhookSecret::new(WEBHOOK_SECRET)
+            .unwrap()
+            .sign(now_unix(), &payload);
+        pb::HandleGatewayWebhookRequest {
+            idempotency_key: self.id.clone(),
+            payload,
+            signature,
+        }
+    }
+}
+
+/// Delivers `event` as the gateway does; the outcome escrow answered.
+pub async fn deliver(client: &mut Client, event: &Event) -> pb::WebhookOutcome {
+    let answer = client
+        .handle_gateway_webhook(gateway(event.signed()))
+        .await
+        .unwrap_or_else(|status| panic!("{event:?}: {status:?}"))
+        .into_inner();
+    pb::WebhookOutcome::try_from(answer.outcome).expect("a known outcome")
+}
+
+/// The gateway transfers of `direction`, oldest first.
+pub async fn transfers(
+    client: &mut Client,
+    direction: pb::GatewayTransferDirection,
+) -> Vec<pb::GatewayTransfer> {
+    let mut all = client
+        .list_gateway_transfers(operator(pb::ListGatewayTransfersRequest {
+            direction: direction as i32,
+            page: Some(ta_proto::common::PageRequest {
+                page_size: 100,
+                page_token: String::new(),
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect("list transfers")
+        .into_inner()
+        .transfers;
+    all.reverse();
+    all
+}
+
+/// Polls `probe` (bounded) until it returns `Some`.
+pub async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Settles every open transfer of `direction` as paid, by the gateway's
+/// webhook (`payout.paid` or `refund.paid`), once the gateway has it.
+pub async fn pay_all(client: &mut Client, direction: pb::GatewayTransferDirection) -> usize {
+    let kind = if direction == pb::GatewayTransferDirection::Payout {
+        "payout.paid"
+    } else {
+        "refund.paid"
+    };
+    let mut paid = 0;
+    for t in transfers(client, direction).await {
+        if t.status == pb::GatewayTransferStatus::Paid as i32
+            || t.status == pb::GatewayTransferStatus::Failed as i32
+        {
+            continue;
+        }
+        let event = Event::new(
+            &format!("evt-paid-{}", t.gateway_transfer_id),
+            kind,
+            &t.gateway_reference,
+        )
+        .client(&t.gateway_transfer_id);
+        let outcome = deliver(client, &event).await;
+        assert_eq!(outcome, pb::WebhookOutcome::Applied, "{t:?}");
+        paid += 1;
+    }
+    paid
+}
+
+/// A posted balance of the trial balance, by kind, in USD.
+pub async fn trial_posted(client: &mut Client, kind: pb::LedgerAccountKind) -> i64 {
+    let trial = client
+        .get_trial_balance(operator(pb::GetTrialBalanceRequest {
+            currency_code: "USD".into(),
+        }))
+        .await
+        .expect("trial balance")
+        .into_inner();
+    trial
+        .currencies
+        .iter()
+        .flat_map(|c| c.lines.iter())
+        .filter(|l| l.kind == kind as i32)
+        .map(|l| minor(&l.posted))
+        .sum()
+}
+
+/// The money checks after a test: the ledger is sound (reconciliation
+/// finds nothing, the trial balance sums to zero), and the gateway's own
+/// books agree with it: every key under which the gateway moved money is one
+/// escrow recorded (an attempt's or a transfer's), a transfer the gateway
+/// sent is paid or still awaited in escrow (one it never sent is not paid),
+/// and what came in (card charges at the gateway, plus `credited`: bank and
+/// partner money the test's webhooks reported) less what was paid out is
+/// exactly what `gateway_clearing` shows escrow holds at the gateway.
+pub async fn assert_money(escrow: &Escrow, credited: i64) {
+    let mut client = escrow.client.clone();
+    assert_sound(&mut client).await;
+    let books = &escrow.gateway;
+    let attempt_keys: Vec<String> = sqlx::query_scalar(
+        "SELECT gateway_key FROM escrow.funding_attempts WHERE gateway_key IS NOT NULL",
+    )
+    .fetch_all(&escrow.pool)
+    .await
+    .unwrap();
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT gateway_key, status, amount_minor FROM escrow.gateway_transfers")
+            .fetch_all(&escrow.pool)
+            .await
+            .unwrap();
+    let mut keys_moved = 0;
+    let mut charged = 0;
+    for key in &attempt_keys {
+        if let Some(money) = books.moved_under(key) {
+            keys_moved += 1;
+            charged += money.amount_minor;
+        }
+    }
+    let mut paid_out = 0;
+    for (key, status, amount) in &rows {
+        match books.moved_under(key) {
+            Some(money) => {
+                keys_moved += 1;
+                assert_eq!(money.amount_minor, *amount, "{key}: sent as recorded");
+                assert!(
+                    ["pending", "unknown", "paid"].contains(&status.as_str()),
+                    "{key}: the gateway sent it, escrow says {status}"
+                );
+            }
+            None => assert!(
+                ["sending", "failed"].contains(&status.as_str()),
+                "{key}: never sent, escrow says {status}"
+            ),
+        }
+        if status == "paid" {
+            paid_out += amount;
+        }
+    }
+    assert_eq!(
+        keys_moved,
+        books.money_movements(),
+        "the gateway moved money under a key escrow never recorded"
+    );
+    let clearing = trial_posted(&mut client, pb::LedgerAccountKind::GatewayClearing).await;
+    assert_eq!(
+        charged + credited - paid_out,
+        -clearing,
+        "at the gateway: {charged} charged + {credited} credited - {paid_out} paid out; the ledger's clearing account says {}",
+        -clearing
+    );
 }
