@@ -6,6 +6,7 @@
 use sqlx::PgConnection;
 use ta_proto::dispute as pb;
 use ta_runtime::{ServiceError, money::Money};
+use ta_workflow::Handled;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -85,22 +86,41 @@ async fn refuse(
     Ok(())
 }
 
+/// How the contract answered RecordClaimOpened.
+pub enum Recorded {
+    /// It recorded the claim; whether the goods had shipped when it did (the
+    /// status the claim interrupted), if it said.
+    Accepted {
+        goods_shipped: Option<bool>,
+    },
+    Refused(String),
+}
+
 /// The contract answered RecordClaimOpened: freeze escrow, or the claim is
-/// refused with the contract's reason.
+/// refused with the contract's reason. The contract decided the claim under
+/// its lock, and nothing ships while it is in dispute, so its word on the
+/// shipment replaces what dispute read when the claim was filed (the goods
+/// may have shipped in between): the settlement releases the rest by it.
 pub async fn claim_recorded(
     tx: &mut PgConnection,
     flows: &Flows,
     claim_id: Uuid,
-    refusal: Option<&str>,
+    answer: Recorded,
     now: OffsetDateTime,
 ) -> Result<(), ServiceError> {
     let mut claim = storage::lock_claim(tx, claim_id).await?;
     if claim.claim.status != crate::domain::status::Status::Opening {
         return Ok(());
     }
-    match refusal {
-        Some(why) => refuse(tx, flows, &mut claim, why, now).await,
-        None => flows.freeze(tx, &claim).await,
+    match answer {
+        Recorded::Refused(why) => refuse(tx, flows, &mut claim, &why, now).await,
+        Recorded::Accepted { goods_shipped } => {
+            if let Some(shipped) = goods_shipped.filter(|s| *s != claim.goods_shipped) {
+                claim.goods_shipped = shipped;
+                storage::save_claim(tx, &mut claim, now).await?;
+            }
+            flows.freeze(tx, &claim).await
+        }
     }
 }
 
@@ -303,19 +323,33 @@ pub async fn withdraw(
         .await
 }
 
-/// Escrow settled, or lifted a withdrawal's freeze: tell the contract.
+/// Escrow settled, or lifted a withdrawal's freeze: tell the contract. A
+/// refusal leaves the money frozen: it goes to the operators' queue.
 pub async fn money_done(
     tx: &mut PgConnection,
     flows: &Flows,
     claim_id: Uuid,
     refusal: Option<&str>,
     now: OffsetDateTime,
-) -> Result<(), ServiceError> {
+) -> Result<Handled, ServiceError> {
     let mut claim = storage::lock_claim(tx, claim_id).await?;
     if let Some(why) = refusal {
         return effect_refused(tx, &mut claim, "escrow", why, now).await;
     }
-    flows.record_closed(tx, &claim).await
+    flows.record_closed(tx, &claim).await?;
+    Ok(Handled::Done)
+}
+
+/// Escrow refused to lift the freeze of a claim the contract dropped: the
+/// account stays frozen for a claim that never opened.
+pub async fn freeze_not_lifted(
+    tx: &mut PgConnection,
+    claim_id: Uuid,
+    why: &str,
+    now: OffsetDateTime,
+) -> Result<Handled, ServiceError> {
+    let mut claim = storage::lock_claim(tx, claim_id).await?;
+    effect_refused(tx, &mut claim, "escrow", why, now).await
 }
 
 /// The contract recorded the end of the claim: the penalty follows, if any.
@@ -325,7 +359,7 @@ pub async fn contract_closed(
     claim_id: Uuid,
     refusal: Option<&str>,
     now: OffsetDateTime,
-) -> Result<(), ServiceError> {
+) -> Result<Handled, ServiceError> {
     let mut claim = storage::lock_claim(tx, claim_id).await?;
     if let Some(why) = refusal {
         return effect_refused(tx, &mut claim, "contract", why, now).await;
@@ -343,10 +377,11 @@ pub async fn contract_closed(
             .collect();
             flows
                 .record_penalty(tx, &claim, r.penalty_points, &reason)
-                .await
+                .await?;
         }
-        _ => effects_completed(tx, flows, &mut claim, now).await,
+        _ => effects_completed(tx, flows, &mut claim, now).await?,
     }
+    Ok(Handled::Done)
 }
 
 pub async fn penalty_recorded(
@@ -355,12 +390,13 @@ pub async fn penalty_recorded(
     claim_id: Uuid,
     refusal: Option<&str>,
     now: OffsetDateTime,
-) -> Result<(), ServiceError> {
+) -> Result<Handled, ServiceError> {
     let mut claim = storage::lock_claim(tx, claim_id).await?;
     if let Some(why) = refusal {
         return effect_refused(tx, &mut claim, "supplier-registry", why, now).await;
     }
-    effects_completed(tx, flows, &mut claim, now).await
+    effects_completed(tx, flows, &mut claim, now).await?;
+    Ok(Handled::Done)
 }
 
 async fn effects_completed(
@@ -389,16 +425,18 @@ async fn effects_completed(
     Ok(())
 }
 
-/// A follow-up was refused: logged for operators and on the timeline; the
-/// chain stops there.
+/// A step of the claim's outcome was refused: the chain stops there, on the
+/// timeline, and the refused call goes to the operators' queue (parked with
+/// the refusal, counted in the backlog; re-driving it calls again and the
+/// chain goes on from its answer).
 async fn effect_refused(
     tx: &mut PgConnection,
     claim: &mut ClaimRecord,
     service: &str,
     why: &str,
     now: OffsetDateTime,
-) -> Result<(), ServiceError> {
-    tracing::error!(claim_id = %claim.claim_id, service, why, "a claim's effect was refused; an operator must look at it");
+) -> Result<Handled, ServiceError> {
+    tracing::error!(claim_id = %claim.claim_id, service, why, "a claim's effect was refused; it goes to the operators' queue");
     storage::append_timeline(
         tx,
         claim.claim_id,
@@ -408,10 +446,15 @@ async fn effect_refused(
             actor_principal_id: "dispute".into(),
             actor_role: "service".into(),
             kind: "claim.effect_refused".into(),
-            description: format!("{service} refused the claim's effect: {why}"),
+            description: format!(
+                "{service} refused the claim's effect: {why}; it waits for an operator"
+            ),
             money: None,
         },
     )
     .await?;
-    Ok(())
+    Ok(Handled::Escalate(format!(
+        "{service} refused an effect of claim {}: {why}",
+        claim.claim_id
+    )))
 }

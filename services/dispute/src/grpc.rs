@@ -584,6 +584,11 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::FileClaimRequest>,
     ) -> Result<Response<pb::FileClaimResponse>, Status> {
+        // A retry after success replays before the contract and escrow are
+        // read again (the contract is in dispute by then, escrow frozen).
+        if let Some(answer) = self.mutations.replayed(&request).await? {
+            return Ok(answer);
+        }
         let prepared = self.mutations.prepare(request, |req, _, v| {
             validate_reference("contract_id", &req.contract_id, v);
             let reason = flows::reason_from_proto(req.reason());
@@ -626,8 +631,8 @@ impl DisputeService for DisputeApi {
         })?;
         let principal = prepared.principal().clone();
         let cmd = &prepared.command;
-        // Reads of other services, before the transaction: a retried key
-        // reads again, which changes nothing.
+        // Reads of other services, before the transaction (a new key only:
+        // a retry after success replayed above).
         let (contract, signed) = self.reads.contract(&cmd.contract_id).await?;
         if principal.role != Role::Buyer || contract.buyer_principal_id != principal.subject {
             return Err(ServiceError::PermissionDenied(
@@ -754,6 +759,11 @@ impl DisputeService for DisputeApi {
                 .map(upload_evidence_request::Part::Metadata),
         });
         unary.extensions_mut().insert(caller);
+        // A retry after success replays before the claim's state is checked
+        // (it may be decided by now) and before any byte is taken.
+        if let Some(answer) = self.mutations.replayed(&unary).await? {
+            return Ok(answer);
+        }
         let prepared = self.mutations.prepare(unary, |_, _, v| {
             parse_upload(metadata.as_ref(), &self.store, v)
         })?;
@@ -1223,6 +1233,11 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::DecideClaimRequest>,
     ) -> Result<Response<pb::DecideClaimResponse>, Status> {
+        // A new shipment deadline must be in the future: a retry after
+        // success replays before it is checked against a later clock.
+        if let Some(answer) = self.mutations.replayed(&request).await? {
+            return Ok(answer);
+        }
         let prepared = self.mutations.prepare(request, |req, _, v| {
             let id = claim_id(&req.claim_id, v);
             let reason = require_text("reason", &req.reason, MAX_TEXT, v);

@@ -60,26 +60,29 @@ impl CompletionHandler for Completions {
         delivery: &Delivery,
         answer: &Answer,
     ) -> Result<Handled, ServiceError> {
-        self.react(tx, delivery, answer)
-            .await
-            .map(|()| Handled::Done)
-    }
-}
-
-impl Completions {
-    async fn react(
-        &self,
-        tx: &mut PgConnection,
-        delivery: &Delivery,
-        answer: &Answer,
-    ) -> Result<(), ServiceError> {
         let now = timestamps::now();
         let flows = &self.flows;
         let method = delivery.method.rsplit('/').next().unwrap_or_default();
+        let done = |result: Result<(), ServiceError>| result.map(|()| Handled::Done);
         match delivery.completion.as_str() {
             completion::CLAIM_RECORDED => {
                 let r: contract_pb::RecordClaimOpenedRequest = delivery.decode_request()?;
-                app::claim_recorded(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now).await
+                let recorded = match answer {
+                    Answer::Accepted(_) => {
+                        let response: contract_pb::RecordClaimOpenedResponse = answer.decode()?;
+                        app::Recorded::Accepted {
+                            goods_shipped: response.contract.as_ref().map(|c| {
+                                matches!(
+                                    c.status_before_dispute(),
+                                    contract_pb::ContractStatus::Shipped
+                                        | contract_pb::ContractStatus::Delivered
+                                )
+                            }),
+                        }
+                    }
+                    Answer::Refused { message, .. } => app::Recorded::Refused(message.clone()),
+                };
+                done(app::claim_recorded(tx, flows, claim_id(&r.claim_id)?, recorded, now).await)
             }
             completion::ESCROW_FROZEN => {
                 let r: escrow_pb::FreezeEscrowRequest = delivery.decode_request()?;
@@ -90,11 +93,14 @@ impl Completions {
                     }
                     Answer::Refused { message, .. } => Err(message.as_str()),
                 };
-                app::escrow_frozen(tx, flows, claim_id(&r.claim_id)?, outcome, now).await
+                done(app::escrow_frozen(tx, flows, claim_id(&r.claim_id)?, outcome, now).await)
             }
             completion::CLAIM_CONFIRMED => {
                 let r: contract_pb::ConfirmClaimOpenedRequest = delivery.decode_request()?;
-                app::claim_confirmed(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now).await
+                done(
+                    app::claim_confirmed(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now)
+                        .await,
+                )
             }
             completion::SETTLED | completion::UNFROZEN => {
                 let id = if method == "SettleClaim" {
@@ -119,7 +125,7 @@ impl Completions {
                 let id = claim_id(r.inquiry_id.trim_start_matches("dispute:"))?;
                 if let Some(message) = refusal(answer) {
                     tracing::warn!(claim_id = %id, message, "supplier-registry refused the claim's inquiry; the response rate misses it");
-                    return Ok(());
+                    return Ok(Handled::Done);
                 }
                 // A reply sent before its inquiry was recorded was refused:
                 // send it again now, under a key of its own.
@@ -129,7 +135,7 @@ impl Completions {
                         .record_inquiry_reply(tx, &claim, "inquiry-reply-after-inquiry")
                         .await?;
                 }
-                Ok(())
+                Ok(Handled::Done)
             }
             completion::INQUIRY_REPLIED => {
                 if let Answer::Refused { code, message } = answer {
@@ -145,18 +151,25 @@ impl Completions {
                         );
                     }
                 }
-                Ok(())
+                Ok(Handled::Done)
             }
-            _ => {
-                if let Some(message) = refusal(answer) {
+            _ => match refusal(answer) {
+                // The freeze of a claim the contract dropped: refused, the
+                // account would stay frozen for a claim that never opened.
+                Some(message) if method == "UnfreezeEscrow" => {
+                    let r: escrow_pb::UnfreezeEscrowRequest = delivery.decode_request()?;
+                    app::freeze_not_lifted(tx, claim_id(&r.claim_id)?, message, now).await
+                }
+                Some(message) => {
                     tracing::warn!(
                         method = delivery.method,
                         message,
-                        "a follow-up call was refused; an operator should look at it"
+                        "a follow-up call that moves no money was refused"
                     );
+                    Ok(Handled::Done)
                 }
-                Ok(())
-            }
+                None => Ok(Handled::Done),
+            },
         }
     }
 }

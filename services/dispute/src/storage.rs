@@ -341,7 +341,8 @@ pub async fn save_claim(
          refund_minor = $15, resolution_reason = $16, penalty_points = $17, \
          accepted_offer_id = $18, resolved_by_principal_id = $19, resolved_by_role = $20, \
          resolved_at = $21, withdrawn_at = $22, withdrawal_reason = $23, refusal_reason = $24, \
-         effects_completed_at = $25, updated_at = $26, new_shipment_deadline = $27 \
+         effects_completed_at = $25, updated_at = $26, new_shipment_deadline = $27, \
+         goods_shipped = $28 \
          WHERE claim_id = $1",
     )
     .bind(c.claim_id)
@@ -371,6 +372,7 @@ pub async fn save_claim(
     .bind(c.effects_completed_at)
     .bind(c.updated_at)
     .bind(c.new_shipment_deadline)
+    .bind(c.goods_shipped)
     .execute(&mut *tx)
     .await?;
     // Offers change status in place; a superseded one must be saved before
