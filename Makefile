@@ -49,10 +49,10 @@ pg: ## Start the project-local Postgres (if needed) and print its DATABASE_URL
 pg-stop: ## Stop the project-local Postgres
 	@scripts/dev-postgres.sh stop
 
-build: ## Build the workspace (libraries and binaries)
+build: ## Build the workspace (libraries and binaries: the four services, payment-gateway-sandbox, the tools)
 	cargo build --workspace
 
-run: tools ## Build and run the four services on 127.0.0.1:50051-50054 (Ctrl-C stops them); TERM_DAY=10s by default
+run: tools ## Build and run the four services on 127.0.0.1:50051-50054 and the sandbox payment gateway on :50060 (Ctrl-C stops them); TERM_DAY=10s by default
 	@export DATABASE_URL="$$(scripts/dev-postgres.sh)"
 	cargo build --workspace --bins
 	exec scripts/run-platform.sh

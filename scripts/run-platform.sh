@@ -2,11 +2,17 @@
 # Run the four services locally, in the foreground, until Ctrl-C or SIGTERM.
 # Normally started by `make run`, which builds them and provides DATABASE_URL.
 #
-# Starts supplier-registry, contract, escrow and dispute from $BIN_DIR, waits until
-# each answers grpc.health.v1.Health/Check with SERVING, prints how to call them,
-# then waits. On Ctrl-C / SIGTERM it sends SIGTERM to the four, waits for them (up
-# to $SHUTDOWN_TIMEOUT s, then SIGKILL) and exits 0. If any service dies, or one
-# is not ready within $READY_TIMEOUT s, the others are stopped and it exits 1.
+# Starts the sandbox payment gateway (payment-gateway-sandbox, HTTP), then
+# supplier-registry, escrow, contract and dispute from $BIN_DIR, waits until the
+# gateway answers GET /healthz and each service answers grpc.health.v1.Health/Check
+# with SERVING, prints how to call them, then waits. On Ctrl-C / SIGTERM it sends
+# SIGTERM to all of them, waits (up to $SHUTDOWN_TIMEOUT s, then SIGKILL) and exits
+# 0. If any process dies, or one is not ready within $READY_TIMEOUT s, the others
+# are stopped and it exits 1.
+#
+# Escrow pays through the sandbox gateway (ESCROW_GATEWAY_URL) and receives its
+# signed webhooks on ESCROW_WEBHOOK_ADDR (POST /v1/gateway-webhooks), both signing
+# with ESCROW_WEBHOOK_SECRET.
 #
 # Environment (all optional except DATABASE_URL):
 #   DATABASE_URL              shared Postgres database (scripts/dev-postgres.sh)
@@ -17,6 +23,16 @@
 #       Each becomes that service's GRPC_LISTEN_ADDR. All four, and the same
 #       addresses as http:// URLs (SUPPLIER_REGISTRY_URL, ...), are exported to
 #       every service, for the ones that call others.
+#   GATEWAY_SANDBOX_ADDR      default 127.0.0.1:50060: the sandbox gateway's HTTP API
+#                             (ESCROW_GATEWAY_URL=http://<it>)
+#   ESCROW_WEBHOOK_ADDR       default 127.0.0.1:50063: escrow's webhook endpoint
+#                             (ESCROW_WEBHOOK_LISTEN_ADDR; the sandbox's
+#                             GATEWAY_SANDBOX_WEBHOOK_URL points there)
+#   GATEWAY_SANDBOX_AUTO_CREDIT_AFTER  default 5s: bank transfers are credited in
+#                             full and Pay Later disbursed after it, so a hand
+#                             walk-through completes (the sandbox's control API,
+#                             POST /sandbox/bank_transfers/<id>/credit, credits
+#                             another amount sooner)
 #   AUTH_JWT_HS256_SECRET     default dev-only-secret-change-me
 #   ESCROW_WEBHOOK_SECRET     default dev-only-webhook-secret-change-me-0123 (gateway webhooks)
 #   TERM_DAY                  default 10s: how long one day of contract and dispute
@@ -25,6 +41,8 @@
 #                             timers are seen firing and `make demo` can play a late
 #                             shipment; TERM_DAY=1d runs on real days.
 #                             CONTRACT_TERM_DAY / DISPUTE_TERM_DAY override it.
+#   GATEWAY_SANDBOX_*         passed through (faults, settlement delay: see
+#                             payment-gateway-sandbox --help)
 #   AUTH_JWT_ISSUER           passed through when set (AUTH_JWT_AUDIENCE is not:
 #                             each service's audience is its own name)
 #   BIN_DIR                   default $CARGO_TARGET_DIR/debug
@@ -79,9 +97,22 @@ export CONTRACT_URL="${CONTRACT_URL:-http://$CONTRACT_ADDR}"
 export ESCROW_URL="${ESCROW_URL:-http://$ESCROW_ADDR}"
 export DISPUTE_URL="${DISPUTE_URL:-http://$DISPUTE_ADDR}"
 
-# Leaves first: supplier-registry and escrow call no one.
-NAMES=(supplier-registry escrow contract dispute)
-ADDRS=("$SUPPLIER_REGISTRY_ADDR" "$ESCROW_ADDR" "$CONTRACT_ADDR" "$DISPUTE_ADDR")
+# The sandbox payment gateway and escrow's webhook endpoint: one secret signs
+# on one side and checks on the other.
+GATEWAY_SANDBOX_ADDR="${GATEWAY_SANDBOX_ADDR:-127.0.0.1:50060}"
+ESCROW_WEBHOOK_ADDR="${ESCROW_WEBHOOK_ADDR:-127.0.0.1:50063}"
+export ESCROW_GATEWAY_URL="${ESCROW_GATEWAY_URL:-http://$GATEWAY_SANDBOX_ADDR}"
+export ESCROW_WEBHOOK_LISTEN_ADDR="$ESCROW_WEBHOOK_ADDR"
+export GATEWAY_SANDBOX_WEBHOOK_URL="${GATEWAY_SANDBOX_WEBHOOK_URL:-http://$ESCROW_WEBHOOK_ADDR/v1/gateway-webhooks}"
+export GATEWAY_SANDBOX_WEBHOOK_SECRET="$ESCROW_WEBHOOK_SECRET"
+export GATEWAY_SANDBOX_AUTO_CREDIT_AFTER="${GATEWAY_SANDBOX_AUTO_CREDIT_AFTER:-5s}"
+
+# Leaves first: the gateway, then supplier-registry and escrow, which call no
+# other service.
+NAMES=(payment-gateway-sandbox supplier-registry escrow contract dispute)
+ADDRS=("$GATEWAY_SANDBOX_ADDR" "$SUPPLIER_REGISTRY_ADDR" "$ESCROW_ADDR" "$CONTRACT_ADDR" "$DISPUTE_ADDR")
+# How each says it is ready: GET /healthz, or the gRPC health check.
+PROBES=(http grpc grpc grpc grpc)
 PIDS=()
 
 # --- helpers ---------------------------------------------------------------------
@@ -102,10 +133,32 @@ alive() { # pid; a reaped or zombie child counts as dead
 }
 
 LAST_HEALTH_OUTPUT=""
-healthy() { # addr
+healthy() { # addr [probe: grpc (default) or http]
+  if [[ ${2:-grpc} == http ]]; then
+    LAST_HEALTH_OUTPUT="$(http_get "$1" /healthz)" || return 1
+    [[ $LAST_HEALTH_OUTPUT == *'"serving"'* ]]
+    return
+  fi
   LAST_HEALTH_OUTPUT="$("$GRPCURL" -plaintext -connect-timeout 2 -max-time 5 \
     "$1" grpc.health.v1.Health/Check 2>&1)" || return 1
   [[ $LAST_HEALTH_OUTPUT == *'"status": "SERVING"'* ]]
+}
+
+http_get() { # addr path: the body of a 2xx answer
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS --connect-timeout 2 --max-time 5 "http://$1$2" 2>&1
+    return
+  fi
+  # No curl: HTTP/1.0 by hand over bash's /dev/tcp.
+  local answer
+  if ! answer="$({ exec 3<>"/dev/tcp/$(addr_host "$1")/$(addr_port "$1")" &&
+    printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$2" "$1" >&3 &&
+    timeout 5 cat <&3; } 2>&1)"; then
+    printf '%s' "$answer"
+    return 1
+  fi
+  printf '%s' "$answer"
+  [[ $answer == "HTTP/1."?" 2"* ]]
 }
 
 stop_all() {
@@ -117,7 +170,7 @@ stop_all() {
     fi
   done
   ((any)) || return 0
-  log "sent SIGTERM to the services; waiting up to ${SHUTDOWN_TIMEOUT}s"
+  log "sent SIGTERM to the services and the gateway; waiting up to ${SHUTDOWN_TIMEOUT}s"
   local deadline=$((SECONDS + SHUTDOWN_TIMEOUT))
   while ((SECONDS < deadline)); do
     any=0
@@ -170,25 +223,30 @@ for i in "${!NAMES[@]}"; do
   [[ -x $BIN_DIR/${NAMES[$i]} ]] || die "$BIN_DIR/${NAMES[$i]} not found: build first (make build, or make run)"
   port_in_use "${ADDRS[$i]}" && die "${ADDRS[$i]} (${NAMES[$i]}) is already in use: another make run? (or set its *_ADDR)"
 done
+port_in_use "$ESCROW_WEBHOOK_ADDR" && die "$ESCROW_WEBHOOK_ADDR (escrow's webhooks) is already in use: another make run? (or set ESCROW_WEBHOOK_ADDR)"
 
 mkdir -p "$LOG_DIR"
 for i in "${!NAMES[@]}"; do
   name=${NAMES[$i]}
-  GRPC_LISTEN_ADDR="${ADDRS[$i]}" "$BIN_DIR/$name" >"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  if [[ ${PROBES[$i]} == http ]]; then
+    GATEWAY_SANDBOX_LISTEN_ADDR="${ADDRS[$i]}" "$BIN_DIR/$name" >"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  else
+    GRPC_LISTEN_ADDR="${ADDRS[$i]}" "$BIN_DIR/$name" >"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  fi
   PIDS+=("$!")
   log "started $name (pid $!) on ${ADDRS[$i]}, log $LOG_DIR/$name.log"
 done
 
 deadline=$((SECONDS + READY_TIMEOUT))
 for i in "${!NAMES[@]}"; do
-  until healthy "${ADDRS[$i]}"; do
+  until healthy "${ADDRS[$i]}" "${PROBES[$i]}"; do
     if dead="$(find_dead)"; then
       report_death "$dead"
       stop_all
       exit 1
     fi
     if ((SECONDS >= deadline)); then
-      log "${NAMES[$i]} not SERVING on ${ADDRS[$i]} after ${READY_TIMEOUT}s; last health check said:"
+      log "${NAMES[$i]} not ready on ${ADDRS[$i]} after ${READY_TIMEOUT}s; last health check said:"
       printf '%s\n' "$LAST_HEALTH_OUTPUT" >&2
       log "last lines of $LOG_DIR/${NAMES[$i]}.log:"
       tail -n 30 "$LOG_DIR/${NAMES[$i]}.log" >&2 2>/dev/null || true
@@ -197,7 +255,7 @@ for i in "${!NAMES[@]}"; do
     fi
     sleep 0.5
   done
-  log "${NAMES[$i]} SERVING on ${ADDRS[$i]}"
+  log "${NAMES[$i]} ready on ${ADDRS[$i]}"
 done
 
 mkdir -p "$(dirname "$STATE_FILE")"
@@ -207,6 +265,8 @@ SUPPLIER_REGISTRY_ADDR=$SUPPLIER_REGISTRY_ADDR
 CONTRACT_ADDR=$CONTRACT_ADDR
 ESCROW_ADDR=$ESCROW_ADDR
 DISPUTE_ADDR=$DISPUTE_ADDR
+GATEWAY_SANDBOX_ADDR=$GATEWAY_SANDBOX_ADDR
+ESCROW_WEBHOOK_ADDR=$ESCROW_WEBHOOK_ADDR
 CONTRACT_TERM_DAY=$CONTRACT_TERM_DAY
 DISPUTE_TERM_DAY=$DISPUTE_TERM_DAY
 STATE
@@ -225,6 +285,8 @@ Trade Assurance platform is running (Ctrl-C stops it):
   contract           $CONTRACT_ADDR
   escrow             $ESCROW_ADDR
   dispute            $DISPUTE_ADDR
+  payment gateway    http://$GATEWAY_SANDBOX_ADDR  (the sandbox; escrow's webhooks at http://$ESCROW_WEBHOOK_ADDR/v1/gateway-webhooks;
+                     bank transfers and Pay Later settle after $GATEWAY_SANDBOX_AUTO_CREDIT_AFTER)
   database           $DATABASE_URL
   term day           contract $CONTRACT_TERM_DAY, dispute $DISPUTE_TERM_DAY (one day of the terms; TERM_DAY=1d for real days)
   logs               $rel_log_dir/<service>.log  (tail -f $rel_log_dir/*.log)
@@ -246,6 +308,12 @@ In another terminal, from $REPO_ROOT:
   for a in $SUPPLIER_REGISTRY_ADDR $CONTRACT_ADDR $ESCROW_ADDR $DISPUTE_ADDR; do
     grpcurl -plaintext "\$a" grpc.health.v1.Health/Check
   done
+
+  # the sandbox gateway: its books (money in and out per currency), the webhooks
+  # it sent with their delivery attempts, and the faults it injects
+  curl -s http://$GATEWAY_SANDBOX_ADDR/sandbox/books
+  curl -s http://$GATEWAY_SANDBOX_ADDR/sandbox/events
+  curl -s -X PUT -d '{"latency_ms": 300}' http://$GATEWAY_SANDBOX_ADDR/sandbox/faults
 
   # register a supplier (as an operator, on behalf of supplier principal supplier-1)
   grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{

@@ -1,9 +1,15 @@
 //! The platform as the journey tests meet it: supplier-registry, escrow and
 //! contract as real processes on one fresh database (each in its own schema),
-//! wired to each other by their `*_URL` settings, plus the steps every story
-//! starts with (a verified supplier with a Trade Assurance limit, terms).
+//! wired to each other by their `*_URL` settings, escrow paying through the
+//! sandbox payment gateway process (its own schema too) and receiving its
+//! signed webhooks over HTTP, plus the steps every story starts with (a
+//! verified supplier with a Trade Assurance limit, terms).
 
-use std::time::{Duration, SystemTime};
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, SystemTime},
+};
 
 use crate::*;
 
@@ -33,13 +39,15 @@ pub fn days(n: u64) -> Duration {
     Duration::from_secs(n * 86_400)
 }
 
-/// The three services a contract's life needs.
+/// The three services a contract's life needs, and the payment gateway.
 pub struct Platform {
     pub database: TestDatabase,
+    pub gateway: GatewaySandbox,
     pub registry: Service,
     pub escrow: Service,
     pub contract: Service,
     contract_env: Vec<(String, String)>,
+    escrow_env: Vec<(String, String)>,
     pub operator: String,
 }
 
@@ -60,8 +68,21 @@ impl Platform {
             ("WORKFLOW_TIMER_POLL_INTERVAL", "100ms"),
         ];
         fast.extend_from_slice(every_env);
+        // Escrow's webhook endpoint, where the gateway delivers.
+        let webhooks = format!("127.0.0.1:{}", free_port());
+        let gateway = GatewaySandbox::start(
+            &database.url,
+            &format!("http://{webhooks}/v1/gateway-webhooks"),
+            &[],
+        );
         let mut registry = Service::spawn(SUPPLIER_REGISTRY, &fast);
-        let mut escrow = Service::spawn(ESCROW, &fast);
+        let mut escrow_env: Vec<(String, String)> = fast
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        escrow_env.push(("ESCROW_GATEWAY_URL".into(), gateway.base_url()));
+        escrow_env.push(("ESCROW_WEBHOOK_LISTEN_ADDR".into(), webhooks));
+        let mut escrow = spawn_with(ESCROW, &escrow_env);
         registry.wait_serving();
         escrow.wait_serving();
         let mut env: Vec<(String, String)> = fast
@@ -79,10 +100,12 @@ impl Platform {
         let contract = spawn_with(CONTRACT, &env);
         let mut platform = Self {
             database,
+            gateway,
             registry,
             escrow,
             contract,
             contract_env: env,
+            escrow_env,
             operator: mint("ops-journey", Role::Operator),
         };
         platform.contract.wait_serving();
@@ -98,6 +121,24 @@ impl Platform {
             env.push(((*k).to_owned(), (*v).to_owned()));
         }
         let mut service = spawn_with(CONTRACT, &env);
+        service.wait_serving();
+        service
+    }
+
+    /// Another escrow process on the same database and gateway (a second
+    /// replica, or one restarted after a kill), with the same settings plus
+    /// `extra`. The gateway delivers its webhooks to the first escrow's
+    /// endpoint; a replica's own endpoint is on a port of its own.
+    pub fn spawn_escrow(&self, extra: &[(&str, &str)]) -> Service {
+        let mut env = self.escrow_env.clone();
+        let own_webhooks = format!("127.0.0.1:{}", free_port());
+        env.retain(|(key, _)| key != "ESCROW_WEBHOOK_LISTEN_ADDR");
+        env.push(("ESCROW_WEBHOOK_LISTEN_ADDR".into(), own_webhooks));
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let mut service = spawn_with(ESCROW, &env);
         service.wait_serving();
         service
     }
@@ -423,5 +464,232 @@ impl Platform {
         );
         self.wait_status(&id, "CONTRACT_STATUS_DELIVERED");
         (id, account)
+    }
+}
+
+// --- the sandbox payment gateway ------------------------------------------------------
+
+/// The gateway's binary, as `cargo build --workspace --bins` writes it.
+pub const GATEWAY_SANDBOX: &str = "payment-gateway-sandbox";
+
+/// The sandbox payment gateway as a process (HTTP on a free loopback port,
+/// its state in schema `gateway_sandbox` of the platform's database), and a
+/// client of its control API for fault-injection tests: faults, credits,
+/// settlements, the books (to compare with escrow's `GetTrialBalance`), the
+/// webhooks it sent.
+pub struct GatewaySandbox {
+    pub service: Service,
+}
+
+impl GatewaySandbox {
+    /// Starts the gateway delivering webhooks to `webhook_url`, signed with
+    /// [`TEST_WEBHOOK_SECRET`], payouts and refunds paid after 500 ms, quick
+    /// redelivery; `extra` adds or overrides `GATEWAY_SANDBOX_*` settings.
+    /// Ready when returned.
+    pub fn start(database_url: &str, webhook_url: &str, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut env = vec![
+            ("DATABASE_URL", database_url),
+            ("GATEWAY_SANDBOX_LISTEN_ADDR", listen.as_str()),
+            ("GATEWAY_SANDBOX_WEBHOOK_URL", webhook_url),
+            ("GATEWAY_SANDBOX_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET),
+            ("GATEWAY_SANDBOX_SETTLE_AFTER", "500ms"),
+            ("GATEWAY_SANDBOX_POLL_INTERVAL", "100ms"),
+            ("GATEWAY_SANDBOX_WEBHOOK_RETRY_BASE", "200ms"),
+            ("GATEWAY_SANDBOX_WEBHOOK_RETRY_CAP", "2s"),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((*k, *v));
+        }
+        let mut service = Service::spawn(GATEWAY_SANDBOX, &env);
+        // Service::spawn chose a gRPC port the gateway does not use.
+        service.port = port;
+        let mut gateway = Self { service };
+        gateway.wait_ready();
+        gateway
+    }
+
+    fn wait_ready(&mut self) {
+        let what = format!("{} to answer /healthz", GATEWAY_SANDBOX);
+        wait_until(PATIENCE, &what, || {
+            if let Some(status) = self.service.exit_status() {
+                panic!(
+                    "{GATEWAY_SANDBOX} exited ({status}):\n{}",
+                    self.service.log()
+                );
+            }
+            match self.request("GET", "/healthz", None)? {
+                (200, _) => Ok(()),
+                (status, body) => Err(format!("{status} {body}")),
+            }
+        });
+    }
+
+    /// `http://127.0.0.1:<port>`, escrow's `ESCROW_GATEWAY_URL`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.service.addr())
+    }
+
+    /// One HTTP/1.0 call: the status and the JSON body (a string if not JSON).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), String> {
+        self.request_with(method, path, &[], body)
+    }
+
+    /// [`Self::request`] with extra headers (e.g. `Idempotency-Key`).
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), String> {
+        let addr = self.service.addr();
+        let mut stream =
+            TcpStream::connect(&addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+        stream
+            .set_read_timeout(Some(PATIENCE))
+            .and_then(|()| stream.set_write_timeout(Some(PATIENCE)))
+            .map_err(|e| e.to_string())?;
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut request = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(&body);
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| format!("send to {addr}: {e}"))?;
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not an HTTP answer: {head}"))?;
+        let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
+        Ok((status, body))
+    }
+
+    /// An acting call of the gateway's own API (`/v1/charges`, ...) under
+    /// `key`, as escrow would make it: the status and body.
+    pub fn post(&self, path: &str, key: &str, body: &Value) -> (u16, Value) {
+        self.request_with("POST", path, &[("Idempotency-Key", key)], Some(body))
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// A control call that must answer 2xx; its body.
+    pub fn control(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        match self.request(method, path, body) {
+            Ok((status, body)) if (200..300).contains(&status) => body,
+            Ok((status, body)) => panic!("{method} {path}: {status} {body}"),
+            Err(error) => panic!("{method} {path}: {error}"),
+        }
+    }
+
+    /// Replaces the faults (fields left out take their defaults), e.g.
+    /// `{"latency_ms": 300}`, `{"fail_nth": {"kind": "payout", "n": 3}}`,
+    /// `{"hold_settlement": true}`, `{"lose_next": 1}`; the faults in force.
+    pub fn set_faults(&self, faults: &Value) -> Value {
+        self.control("PUT", "/sandbox/faults", Some(faults))
+    }
+
+    pub fn faults(&self) -> Value {
+        self.control("GET", "/sandbox/faults", None)
+    }
+
+    /// Credits a pending bank transfer (`amount_minor`: its own when None).
+    pub fn credit_bank_transfer(&self, id: &str, amount_minor: Option<i64>) -> Value {
+        let body = amount_minor.map_or_else(|| json!({}), |a| json!({ "amount_minor": a }));
+        self.control(
+            "POST",
+            &format!("/sandbox/bank_transfers/{id}/credit"),
+            Some(&body),
+        )
+    }
+
+    pub fn disburse_pay_later(&self, id: &str) -> Value {
+        self.control("POST", &format!("/sandbox/pay_later/{id}/disburse"), None)
+    }
+
+    pub fn reject_pay_later(&self, id: &str) -> Value {
+        self.control("POST", &format!("/sandbox/pay_later/{id}/reject"), None)
+    }
+
+    /// Pays a pending payout or refund (one held by `hold_settlement`).
+    pub fn pay_transfer(&self, id: &str) -> Value {
+        self.control("POST", &format!("/sandbox/transfers/{id}/pay"), None)
+    }
+
+    pub fn fail_transfer(&self, id: &str, failure_code: &str) -> Value {
+        self.control(
+            "POST",
+            &format!("/sandbox/transfers/{id}/fail"),
+            Some(&json!({ "failure_code": failure_code })),
+        )
+    }
+
+    /// Per currency: money in, out, out pending and held at the gateway.
+    pub fn books(&self) -> Value {
+        self.control("GET", "/sandbox/books", None)
+    }
+
+    /// The books' line of `currency` (zeros when nothing moved in it).
+    pub fn books_of(&self, currency: &str) -> Value {
+        self.books()["currencies"]
+            .as_array()
+            .and_then(|lines| lines.iter().find(|l| l["currency"] == currency).cloned())
+            .unwrap_or_else(|| {
+                json!({ "currency": currency, "money_in_minor": 0, "money_out_minor": 0,
+                        "out_pending_minor": 0, "held_minor": 0, "payouts_paid": 0 })
+            })
+    }
+
+    /// Every operation, oldest first.
+    pub fn operations(&self) -> Vec<Value> {
+        self.control("GET", "/sandbox/operations", None)["operations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// What the gateway did under `key`, if it saw it.
+    pub fn operation(&self, key: &str) -> Option<Value> {
+        match self.request("GET", &format!("/v1/operations/{key}"), None) {
+            Ok((200, body)) => Some(body),
+            Ok((404, _)) => None,
+            other => panic!("GET /v1/operations/{key}: {other:?}"),
+        }
+    }
+
+    /// Every webhook event with its delivery attempts, oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        self.control("GET", "/sandbox/events", None)["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Delivers an event again (a lost one included).
+    pub fn redeliver(&self, event_id: &str) {
+        self.control(
+            "POST",
+            &format!("/sandbox/webhooks/redeliver/{event_id}"),
+            None,
+        );
     }
 }
