@@ -1,25 +1,19 @@
-//! 64 concurrent conflicting calls on one escrow account: releases,
-//! refunds, freezes and unfreezes, and gateway answers racing for one hold.
-//! Whatever order they run in, each hold resolves once, each purpose moves
-//! money once, nothing goes negative and the ledger sums to zero.
+//! 64 concurrent conflicting calls on one escrow account through the API:
+//! releases, refunds, freezes, unfreezes, claim settlements, and the
+//! gateway's webhooks racing for one bank transfer's hold (credits under
+//! different event ids, failures). Whatever order they run in, the hold
+//! resolves once, each purpose moves money once, every credit beyond the
+//! first goes to suspense and back, nothing goes negative, the ledger sums
+//! to zero and the gateway's books agree with it.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 
-use common::*;
-use escrow::{
-    app::{self, StartFunding},
-    domain::{
-        AccountKey, HoldStatus, NewAccount, Settles,
-        funding::{CreditOutcome, FundingMethod},
-    },
-    storage::{PgLedger, ledger},
-};
 use sqlx::PgPool;
-use ta_runtime::{ServiceError, money::Money, timestamps};
-use time::Duration;
-use uuid::Uuid;
+use support::*;
+use ta_proto::escrow as pb;
+use tonic::Code;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Call {
@@ -27,53 +21,59 @@ enum Call {
     Refund,
     Freeze,
     Unfreeze,
-    Confirm,
+    Settle,
+    Credit,
     Fail,
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
+fn purpose(p: pb::purpose::Purpose) -> Option<pb::Purpose> {
+    Some(pb::Purpose { purpose: Some(p) })
+}
+
+fn sum(postings: &[pb::Posting]) -> i64 {
+    postings.iter().map(|p| minor(&p.amount)).sum()
+}
+
+#[sqlx::test(migrations = false)]
 async fn conflicting_calls_on_one_account(pool: PgPool) {
-    let now = timestamps::now();
-    let new = NewAccount {
-        contract_id: "contract-race".into(),
-        buyer_principal_id: "buyer-1".into(),
-        supplier_id: "supplier-1".into(),
-        schedule: vec![
-            ("deposit".into(), Money::new(10_000, usd()), now),
-            ("balance".into(), Money::new(5_000, usd()), now),
+    use pb::purpose::Purpose as P;
+    let escrow = start_with(
+        pool,
+        &[
+            "--gateway-check-after",
+            "100ms",
+            "--gateway-worker-poll",
+            "50ms",
         ],
-        hold_until: now + Duration::days(30),
-    };
-    let account = in_tx(&pool, async |c| app::open_account(c, new, now).await)
+    )
+    .await;
+    let mut client = escrow.client.clone();
+    let id = open_with(
+        &mut client,
+        open_request(
+            "contract-race",
+            vec![payment("deposit", 10_000), payment("balance", 5_000)],
+        ),
+    )
+    .await
+    .escrow_account_id;
+    client
+        .fund_escrow(buyer(card(&id, "deposit", 10_000, "tok_visa", "card")))
         .await
         .unwrap();
-    let card = StartFunding {
-        account_id: account.id,
-        milestone_id: "deposit".into(),
-        attempt_id: Uuid::now_v7(),
-        method: FundingMethod::Card { approved: true },
-        amount_minor: 10_000,
-        expires_at: now + Duration::hours(1),
-    };
-    in_tx(&pool, async |c| app::start_funding(c, &card, now).await)
+    let attempt = client
+        .fund_escrow(buyer(bank(&id, "balance", 5_000, "bank")))
         .await
+        .unwrap()
+        .into_inner()
+        .funding_attempt
         .unwrap();
-    let bank = StartFunding {
-        milestone_id: "balance".into(),
-        attempt_id: Uuid::now_v7(),
-        method: FundingMethod::BankTransfer,
-        amount_minor: 5_000,
-        ..card.clone()
-    };
-    let attempt = in_tx(&pool, async |c| app::start_funding(c, &bank, now).await)
-        .await
-        .unwrap();
-    let hold_id = attempt.hold_id.unwrap();
 
     let mut tasks = Vec::new();
     for i in 0..64u32 {
-        let pool = pool.clone();
-        let id = account.id;
+        let mut client = client.clone();
+        let id = id.clone();
+        let attempt = attempt.clone();
         let call = [
             Call::Release,
             Call::Refund,
@@ -81,86 +81,163 @@ async fn conflicting_calls_on_one_account(pool: PgPool) {
             Call::Release,
             Call::Refund,
             Call::Unfreeze,
-            Call::Confirm,
+            Call::Credit,
             Call::Fail,
-        ][i as usize % 8];
+            Call::Settle,
+        ][i as usize % 9];
         // Few distinct purposes, so that many calls race for each one.
-        let tag = format!("{}", i % 5);
+        let claim = format!("c{}", i % 5);
+        let key = format!("k-{i}");
         tasks.push(tokio::spawn(async move {
-            let outcome: Result<i64, ServiceError> = in_tx(&pool, async |c| match call {
+            let outcome: Result<i64, tonic::Status> = match call {
                 Call::Release => {
-                    let settles = if i % 2 == 0 {
-                        Settles::Milestone(format!("m{tag}"))
-                    } else {
-                        Settles::Claim(format!("c{tag}"))
+                    let p = match i % 4 {
+                        0 => P::MilestoneId("deposit".into()),
+                        1 => P::ClaimId(claim.clone()),
+                        2 => P::MilestoneId("balance".into()),
+                        _ => P::MilestoneId("not-scheduled".into()),
                     };
-                    app::release(c, id, Some(700), &settles, now)
+                    client
+                        .release_to_supplier(contract(pb::ReleaseToSupplierRequest {
+                            idempotency_key: key,
+                            escrow_account_id: id,
+                            amount: usd(700),
+                            reason: "shipment".into(),
+                            purpose: purpose(p),
+                        }))
                         .await
-                        .map(|_| 700)
+                        .map(|r| minor(&r.into_inner().posting.unwrap().amount))
                 }
                 Call::Refund => {
-                    app::refund(c, id, Some(900), &Settles::Claim(format!("c{tag}")), now)
+                    let p = if i % 2 == 0 {
+                        P::ClaimId(claim.clone())
+                    } else {
+                        P::Cancellation(true)
+                    };
+                    client
+                        .refund_to_buyer(contract(pb::RefundToBuyerRequest {
+                            idempotency_key: key,
+                            escrow_account_id: id,
+                            amount: usd(900),
+                            reason: "refund".into(),
+                            purpose: purpose(p),
+                        }))
                         .await
-                        .map(|_| 900)
+                        .map(|r| sum(&r.into_inner().postings))
                 }
-                Call::Freeze => app::freeze(c, id, &format!("c{tag}"), "claim filed", now)
+                Call::Settle => client
+                    .settle_claim(dispute(pb::SettleClaimRequest {
+                        idempotency_key: key,
+                        escrow_account_id: id,
+                        claim_id: claim.clone(),
+                        refund: usd(900),
+                        release_rest: false,
+                        reason: "decided".into(),
+                    }))
+                    .await
+                    .map(|r| sum(&r.into_inner().postings)),
+                Call::Freeze => client
+                    .freeze_escrow(dispute(pb::FreezeEscrowRequest {
+                        idempotency_key: key,
+                        escrow_account_id: id,
+                        claim_id: claim.clone(),
+                        reason: "claim filed".into(),
+                    }))
                     .await
                     .map(|_| 0),
-                Call::Unfreeze => app::unfreeze(c, id, &format!("c{tag}"), now)
+                Call::Unfreeze => client
+                    .unfreeze_escrow(dispute(pb::UnfreezeEscrowRequest {
+                        idempotency_key: key,
+                        escrow_account_id: id,
+                        claim_id: claim.clone(),
+                        reason: "claim withdrawn".into(),
+                    }))
                     .await
                     .map(|_| 0),
-                Call::Confirm => {
-                    match app::confirm_funding(c, attempt.id, &format!("credit-{i}"), 5_000, now)
-                        .await?
-                    {
-                        CreditOutcome::Applied { posted, .. } => Ok(posted),
-                        _ => Ok(-1),
+                Call::Credit | Call::Fail => {
+                    let event = if call == Call::Credit {
+                        Event::new(
+                            &format!("evt-credit-{i}"),
+                            "bank_transfer.credited",
+                            &attempt.gateway_reference,
+                        )
+                        .usd(5_000)
+                    } else {
+                        Event::new(
+                            &format!("evt-fail-{i}"),
+                            "payment.failed",
+                            &attempt.gateway_reference,
+                        )
                     }
+                    .client(&attempt.funding_attempt_id);
+                    client
+                        .handle_gateway_webhook(gateway(event.signed()))
+                        .await
+                        .map(|r| i64::from(r.into_inner().outcome))
                 }
-                Call::Fail => app::fail_funding(c, attempt.id, "rejected", now)
-                    .await
-                    .map(|won| if won { 1 } else { -1 }),
-            })
-            .await;
+            };
             (call, outcome)
         }));
     }
     let mut moved: HashMap<Call, i64> = HashMap::new();
     let mut refusals = 0;
-    let mut hold_won = 0;
+    let mut credits = 0;
+    let mut failures_applied = 0;
     for task in tasks {
         let (call, outcome) = task.await.unwrap();
-        match outcome {
-            Ok(amount) if matches!(call, Call::Confirm | Call::Fail) => {
-                if amount > 0 {
-                    hold_won += 1;
+        match (call, outcome) {
+            (Call::Credit, Ok(outcome)) => {
+                assert_eq!(outcome, pb::WebhookOutcome::Applied as i64, "a credit");
+                credits += 1;
+            }
+            (Call::Fail, Ok(outcome)) => {
+                if outcome == pb::WebhookOutcome::Applied as i64 {
+                    failures_applied += 1;
+                } else {
+                    assert_eq!(outcome, pb::WebhookOutcome::Duplicate as i64);
                 }
             }
-            Ok(amount) => *moved.entry(call).or_default() += amount,
+            (_, Ok(amount)) => *moved.entry(call).or_default() += amount,
             // Refused by the rules (frozen, purpose settled, not enough
-            // held): expected. Anything else (a deadlock, an internal
-            // error) fails the test.
-            Err(ServiceError::FailedPrecondition(_) | ServiceError::Refused { .. }) => {
+            // held, not in the schedule, closed): expected. Anything else
+            // (a deadlock, an internal error) fails the test.
+            (_, Err(status))
+                if matches!(
+                    status.code(),
+                    Code::FailedPrecondition | Code::InvalidArgument
+                ) =>
+            {
                 refusals += 1
             }
-            Err(other) => panic!("{call:?}: {other:?}"),
+            (call, Err(other)) => panic!("{call:?}: {other:?}"),
         }
     }
+    let got = account(&mut client, &id).await;
+    let bank = got
+        .funding_attempts
+        .iter()
+        .find(|a| a.funding_attempt_id == attempt.funding_attempt_id)
+        .unwrap();
+    let from_bank = match pb::FundingStatus::try_from(bank.status).unwrap() {
+        pb::FundingStatus::Succeeded => 5_000,
+        pb::FundingStatus::Failed => 0,
+        other => panic!("the bank transfer is still {other:?}"),
+    };
     assert_eq!(
-        hold_won, 1,
+        failures_applied + i32::from(from_bank > 0),
+        1,
         "the bank transfer's hold resolved exactly once"
     );
-    let mut conn = pool.acquire().await.unwrap();
-    let hold = ledger::get_hold(&mut conn, hold_id).await.unwrap();
-    let from_bank = match hold.status {
-        HoldStatus::Posted => 5_000,
-        HoldStatus::Voided => 0,
-        HoldStatus::Pending => panic!("the hold is still pending"),
-    };
-    let mut l = PgLedger::new(pool.clone());
-    let released = posted(&mut l, &AccountKey::supplier_payable("supplier-1", usd())).await;
-    let refunded = posted(&mut l, &AccountKey::buyer_refund_payable(account.id, usd())).await;
-    let held = posted(&mut l, &AccountKey::escrow_held(account.id, usd())).await;
+    // Every other credit went to suspense and is sent back.
+    let back: i64 = transfers(&mut client, pb::GatewayTransferDirection::SuspenseRefund)
+        .await
+        .iter()
+        .map(|t| minor(&t.amount))
+        .sum();
+    assert_eq!(back, 5_000 * credits - from_bank, "the rest goes back");
+    let released = trial_posted(&mut client, pb::LedgerAccountKind::SupplierPayable).await;
+    let refunded = trial_posted(&mut client, pb::LedgerAccountKind::BuyerRefundPayable).await;
+    let held = minor(&got.account.unwrap().held);
     assert_eq!(
         released,
         moved.get(&Call::Release).copied().unwrap_or(0),
@@ -168,7 +245,8 @@ async fn conflicting_calls_on_one_account(pool: PgPool) {
     );
     assert_eq!(
         refunded,
-        moved.get(&Call::Refund).copied().unwrap_or(0),
+        moved.get(&Call::Refund).copied().unwrap_or(0)
+            + moved.get(&Call::Settle).copied().unwrap_or(0),
         "counted refunds"
     );
     assert_eq!(
@@ -181,7 +259,7 @@ async fn conflicting_calls_on_one_account(pool: PgPool) {
         "SELECT count(*) FROM (SELECT purpose FROM escrow.transfers \
          GROUP BY purpose_scope, purpose HAVING count(*) > 1) twice",
     )
-    .fetch_one(&pool)
+    .fetch_one(&escrow.pool)
     .await
     .unwrap();
     assert_eq!(repeated, 0, "a purpose moved money more than once");
@@ -189,10 +267,10 @@ async fn conflicting_calls_on_one_account(pool: PgPool) {
         "SELECT max(n) FROM (SELECT count(DISTINCT transfer_id) AS n FROM escrow.postings \
          JOIN escrow.transfers t ON t.id = transfer_id GROUP BY t.purpose_scope, t.purpose) x",
     )
-    .fetch_one(&pool)
+    .fetch_one(&escrow.pool)
     .await
     .unwrap();
     assert_eq!(per_purpose_max, Some(1));
     assert!(refusals > 0, "the calls did conflict");
-    assert_sound(&mut l).await;
+    assert_money(&escrow, 5_000 * credits).await;
 }
