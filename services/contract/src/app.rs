@@ -1315,6 +1315,12 @@ pub async fn escrow_closed(
         return Ok(Handled::Done);
     };
     let account = &request.escrow_account_id;
+    if refusal.starts_with("ACCOUNT_CLOSED") || refusal.contains("the account is closed") {
+        // Closed already (an emptying release closes it; a closed account
+        // refunds late credits at once): what this close was for is done.
+        tracing::info!(account, "escrow account already closed");
+        return Ok(Handled::Done);
+    }
     let why = format!(
         "escrow refused to close account {account}{} ({}): {refusal}",
         if request.refund_held {

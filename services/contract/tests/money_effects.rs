@@ -724,6 +724,39 @@ async fn a_refused_release_or_close_goes_to_the_operators_queue_and_is_re_driven
             .any(|(action, detail)| action == "escrow.close_refused"
                 && detail.contains("holds 10.00 USD"))
     );
+
+    // Closed already (an emptying release closes it): nothing for an operator.
+    h.escrow.answer(
+        "CloseEscrowAccount",
+        |_: escrow_pb::CloseEscrowAccountRequest| {
+            Err::<escrow_pb::CloseEscrowAccountResponse, _>(RpcStatus::failed_precondition(
+                "cannot close: the account is closed",
+            ))
+        },
+    );
+    let close = h.parked().await[0].id;
+    admin
+        .redrive_outbox_row(authorized(
+            ops::RedriveOutboxRowRequest {
+                idempotency_key: "redrive-close".into(),
+                id: close,
+            },
+            OPERATOR,
+            Role::Operator,
+        ))
+        .await
+        .expect("re-driven");
+    let pool = &pool;
+    eventually("the close completed", || async move {
+        sqlx::query_scalar::<_, String>("SELECT status FROM contract.workflow_outbox WHERE id = $1")
+            .bind(close)
+            .fetch_one(pool)
+            .await
+            .expect("row")
+            == "completed"
+    })
+    .await;
+    assert!(h.parked().await.is_empty());
 }
 
 // ---- finding 9: a full refund closes refunding what escrow still holds ----------
