@@ -16,6 +16,10 @@
 #                                  profile) for the evidence store's bucket, when
 #                                  evidence.s3.credentialsSecret names
 #                                  trade-assurance-evidence-s3 (values-staging.yaml)
+#   gateway-sandbox.database-url   optional: the sandbox payment gateway's DATABASE_URL,
+#                                  with gatewaySandbox.enabled (values-staging.yaml);
+#                                  its role: deploy/postgres/service-role.sql with
+#                                  role gateway_sandbox
 #
 # Nothing is written to disk; the output holds the secrets, so pipe it straight
 # into kubectl. Secret names follow the chart's defaults (prefix trade-assurance-).
@@ -78,4 +82,12 @@ secret trade-assurance-escrow-webhook secret "$dir/escrow.webhook-secret"
 # own AWS identity).
 if [[ -e $dir/evidence-s3.credentials ]]; then
   secret trade-assurance-evidence-s3 credentials "$dir/evidence-s3.credentials"
+fi
+# The sandbox payment gateway's database, only when given (gatewaySandbox.enabled).
+if [[ -e $dir/gateway-sandbox.database-url ]]; then
+  url_file=$(mktemp)
+  trap 'rm -f "$url_file"' EXIT
+  tr -d '\n' <"$dir/gateway-sandbox.database-url" >"$url_file"
+  secret trade-assurance-gateway-sandbox-database url "$url_file"
+  rm -f "$url_file"
 fi

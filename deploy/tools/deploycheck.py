@@ -42,6 +42,11 @@ ENVIRONMENTS: dict[str, Path | None] = {
     "staging": CHART / "values-staging.yaml",
 }
 SERVICES = ("supplier-registry", "contract", "escrow", "dispute")
+# The optional sandbox payment gateway (gatewaySandbox.enabled): HTTP, not
+# gRPC. Escrow calls its API; it calls escrow's webhook port.
+SANDBOX = "gateway-sandbox"
+# The external caller whose webhooks also reach escrow's HTTP webhook port.
+WEBHOOK_CALLER = "payment-gateway"
 # proto package tradeassurance.<x>.v1 -> the binaries that serve its service. A
 # new package fails the check until it is added here.
 PACKAGE_SERVERS = {
@@ -317,36 +322,57 @@ def _key(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
+def _named_ports(container: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container.get("ports", []) if p.get("name")}
+
+
+def _port_edges(edges: Iterable[tuple[str, str, str]]) -> str:
+    """a -> b for a call on b's gRPC port, a -> b:<name> on another named port."""
+    return ", ".join(f"{a} -> {b}" if port == "grpc" else f"{a} -> {b}:{port}"
+                     for a, b, port in sorted(edges)) or "none"
+
+
 def network_policy_problems(objects: list[dict[str, Any]], values: dict[str, Any],
                             graph: dict[str, Any]) -> list[str]:
     """The rendered NetworkPolicies allow exactly: the internal calls of the
     call graph (ingress at the callee and egress at the caller, on the callee's
     gRPC port); the clients and the external callers into the services the
-    protos give them; DNS, Postgres and the collector out, and the evidence
-    store's bucket from contract and dispute. Every pod of the
+    protos give them, and the payment gateway into escrow's webhook port; with
+    the sandbox gateway, escrow to its HTTP port and it to escrow's webhook port,
+    and its control clients into it; DNS, Postgres and the collector out, and
+    the evidence store's bucket from contract and dispute. Every pod of the
     release is isolated in both directions."""
     problems: list[str] = []
     pods: dict[str, dict[str, str]] = {}
-    ports: dict[str, int] = {}
+    ports: dict[str, dict[str, int]] = {}
     for obj in objects:
         if obj["kind"] == "Deployment":
             component = obj["metadata"]["labels"][COMPONENT]
             pods[component] = obj["spec"]["template"]["metadata"]["labels"]
-            container = obj["spec"]["template"]["spec"]["containers"][0]
-            ports[component] = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+            ports[component] = _named_ports(obj["spec"]["template"]["spec"]["containers"][0])
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
     if not policies:
         return ["no NetworkPolicy rendered"]
 
     isolated = {"Ingress": set(), "Egress": set()}
-    ingress_edges: set[tuple[str, str]] = set()
-    egress_edges: set[tuple[str, str]] = set()
-    ingress_peers: dict[str, set[str]] = defaultdict(set)   # peer+ports -> targets
+    ingress_edges: set[tuple[str, str, str]] = set()
+    egress_edges: set[tuple[str, str, str]] = set()
+    ingress_peers: dict[str, set[tuple[str, str]]] = defaultdict(set)   # peer -> (target, port name)
     egress_peers: dict[str, set[str]] = defaultdict(set)    # peer+ports -> sources
 
-    def port_ok(rule_ports: list[dict[str, Any]] | None, target: str) -> bool:
-        return bool(rule_ports) and all(p.get("port") in ("grpc", ports[target]) and p.get("protocol", "TCP") == "TCP"
-                                        for p in rule_ports)
+    def port_names(rule_ports: list[dict[str, Any]] | None, target: str) -> set[str] | None:
+        """The target's named ports a rule allows; None when it allows anything else."""
+        if not rule_ports:
+            return None
+        names = set()
+        for p in rule_ports:
+            port = p.get("port")
+            named = ports[target]
+            name = port if port in named else next((n for n, number in named.items() if number == port), None)
+            if name is None or p.get("protocol", "TCP") != "TCP":
+                return None
+            names.add(name)
+        return names
 
     for policy in policies:
         name = policy["metadata"]["name"]
@@ -358,17 +384,22 @@ def network_policy_problems(objects: list[dict[str, Any]], values: dict[str, Any
             if not rule.get("from"):
                 problems.append(f"NetworkPolicy {name}: an ingress rule allows every source")
                 continue
+            allowed = {}
             for target in selected:
-                if not port_ok(rule.get("ports"), target):
-                    problems.append(f"NetworkPolicy {name}: ingress to {target} is not limited to its gRPC port")
+                allowed[target] = port_names(rule.get("ports"), target)
+                if allowed[target] is None:
+                    problems.append(f"NetworkPolicy {name}: ingress to {target} is not limited to its named ports "
+                                    f"{sorted(ports[target])}")
+                    allowed[target] = {"?"}
             for peer in rule["from"]:
                 internal = set()
                 if set(peer) == {"podSelector"}:
                     internal = {c for c, labels in pods.items() if _selects(peer["podSelector"], labels)}
                 if internal:
-                    ingress_edges |= {(caller, target) for caller in internal for target in selected}
+                    ingress_edges |= {(caller, target, port) for caller in internal for target in selected
+                                      for port in allowed[target]}
                 else:
-                    ingress_peers[_key(peer)] |= selected
+                    ingress_peers[_key(peer)] |= {(target, port) for target in selected for port in allowed[target]}
         for rule in spec.get("egress") or []:
             if not rule.get("to"):
                 problems.append(f"NetworkPolicy {name}: an egress rule allows every destination")
@@ -379,9 +410,12 @@ def network_policy_problems(objects: list[dict[str, Any]], values: dict[str, Any
                     internal = {c for c, labels in pods.items() if _selects(peer["podSelector"], labels)}
                 if internal:
                     for callee in internal:
-                        if not port_ok(rule.get("ports"), callee):
-                            problems.append(f"NetworkPolicy {name}: egress to {callee} is not limited to its gRPC port")
-                    egress_edges |= {(source, callee) for source in selected for callee in internal}
+                        allowed = port_names(rule.get("ports"), callee)
+                        if allowed is None:
+                            problems.append(f"NetworkPolicy {name}: egress to {callee} is not limited to its "
+                                            f"named ports {sorted(ports[callee])}")
+                            allowed = {"?"}
+                        egress_edges |= {(source, callee, port) for source in selected for port in allowed}
                 else:
                     egress_peers[_key([peer, rule.get("ports")])] |= selected
 
@@ -389,28 +423,38 @@ def network_policy_problems(objects: list[dict[str, Any]], values: dict[str, Any
     for kind, got in isolated.items():
         if got != every:
             problems.append(f"{kind} is not denied by default for {sorted(every - got)}")
+    expected_edges = {(caller, callee, "grpc") for caller, callee in graph["internal"]}
+    if SANDBOX in pods:
+        expected_edges |= {("escrow", SANDBOX, "http"), (SANDBOX, "escrow", "webhooks")}
     for direction, got in (("ingress", ingress_edges), ("egress", egress_edges)):
-        if got != graph["internal"]:
+        if got != expected_edges:
             problems.append(f"NetworkPolicy {direction} between services differs from the protos' call graph: "
-                            f"missing {_edges(graph['internal'] - got)}; extra {_edges(got - graph['internal'])}")
+                            f"missing {_port_edges(expected_edges - got)}; extra {_port_edges(got - expected_edges)}")
 
     # Into the services: the clients everywhere people may call, each external
-    # caller exactly where the protos name it.
+    # caller exactly where the protos name it (the payment gateway also into
+    # escrow's webhook port), the sandbox's control clients into its API.
     np_values = values["networkPolicy"]
-    expected_in: dict[str, set[str]] = defaultdict(set)
+    expected_in: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for peer in np_values.get("clients") or []:
-        expected_in[_key(peer)] |= graph["client_facing"]
+        expected_in[_key(peer)] |= {(service, "grpc") for service in graph["client_facing"]}
     configured = np_values.get("externalCallers") or {}
     for caller in set(configured) - set(graph["external"]):
         problems.append(f"networkPolicy.externalCallers.{caller}: the protos name no such caller")
     for caller, targets in graph["external"].items():
         for peer in configured.get(caller) or []:
-            expected_in[_key(peer)] |= targets
+            expected_in[_key(peer)] |= {(target, "grpc") for target in targets}
+            if caller == WEBHOOK_CALLER and "webhooks" in ports.get("escrow", {}):
+                expected_in[_key(peer)].add(("escrow", "webhooks"))
+    if SANDBOX in pods:
+        for peer in (values.get("gatewaySandbox") or {}).get("controlClients") or []:
+            expected_in[_key(peer)].add((SANDBOX, "http"))
     if dict(ingress_peers) != dict(expected_in):
         for peer in sorted(set(ingress_peers) | set(expected_in)):
             got, want = ingress_peers.get(peer, set()), expected_in.get(peer, set())
             if got != want:
-                problems.append(f"ingress from {peer}: allowed into {sorted(got)}, the call graph gives {sorted(want)}")
+                problems.append(f"ingress from {peer}: allowed into {sorted(f'{t}:{p}' for t, p in got)}, "
+                                f"the call graph gives {sorted(f'{t}:{p}' for t, p in want)}")
 
     # Out of the services: DNS, Postgres and the collector, from every pod.
     expected_out: dict[str, set[str]] = defaultdict(set)
@@ -450,6 +494,84 @@ def _seconds(duration: str) -> float:
     return int(m.group(1)) * factor
 
 
+def _security_problems(where: str, pod: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """The restricted pod security style every pod of the release follows."""
+    problems = []
+    psc, csc = pod.get("securityContext", {}), container.get("securityContext", {})
+    if not (psc.get("runAsNonRoot") and csc.get("runAsNonRoot", True)):
+        problems.append(f"{where}: must run as non-root")
+    if csc.get("readOnlyRootFilesystem") is not True:
+        problems.append(f"{where}: root filesystem must be read-only")
+    if csc.get("allowPrivilegeEscalation") is not False:
+        problems.append(f"{where}: privilege escalation must be off")
+    if (csc.get("capabilities") or {}).get("drop") != ["ALL"] or (csc.get("capabilities") or {}).get("add"):
+        problems.append(f"{where}: all capabilities must be dropped and none added")
+    seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+    if seccomp != "RuntimeDefault":
+        problems.append(f"{where}: seccomp profile must be RuntimeDefault, is {seccomp}")
+    resources = container.get("resources") or {}
+    for part in ("requests", "limits"):
+        if not {"cpu", "memory"} <= set(resources.get(part) or {}):
+            problems.append(f"{where}: resources.{part} must set cpu and memory")
+    return problems
+
+
+def _secret_ref(env: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return ((env.get(name) or {}).get("valueFrom") or {}).get("secretKeyRef")
+
+
+def _sandbox_problems(where: str, container: dict[str, Any], config: dict[str, str],
+                      env: dict[str, Any]) -> list[str]:
+    """The sandbox gateway: HTTP on its port named http, HTTP probes (liveness
+    never on the database), listening where its Service sends."""
+    problems = []
+    port = _named_ports(container).get("http")
+    if port is None:
+        return [f"{where}: no container port named http"]
+    live = (container.get("livenessProbe") or {}).get("httpGet")
+    ready = (container.get("readinessProbe") or {}).get("httpGet")
+    if live != {"path": "/livez", "port": "http"}:
+        problems.append(f"{where}: liveness probe must be httpGet {{path: /livez, port: http}}, is {live}")
+    if ready != {"path": "/healthz", "port": "http"}:
+        problems.append(f"{where}: readiness probe must be httpGet {{path: /healthz, port: http}}, is {ready}")
+    if config.get("GATEWAY_SANDBOX_LISTEN_ADDR") != f"0.0.0.0:{port}":
+        problems.append(f"{where}: GATEWAY_SANDBOX_LISTEN_ADDR must be 0.0.0.0:{port}")
+    if not _secret_ref(env, "GATEWAY_SANDBOX_WEBHOOK_SECRET"):
+        problems.append(f"{where}: GATEWAY_SANDBOX_WEBHOOK_SECRET must come from a Secret")
+    return problems
+
+
+def _service_problems(where: str, container: dict[str, Any], config: dict[str, str],
+                      grace: Any) -> list[str]:
+    """A gRPC service: probes on its port named grpc, listening where its
+    Service sends, shutting down within the grace period."""
+    problems = []
+    port = _named_ports(container).get("grpc")
+    if port is None:
+        return [f"{where}: no container port named grpc"]
+    live = (container.get("livenessProbe") or {}).get("grpc")
+    ready = (container.get("readinessProbe") or {}).get("grpc")
+    if live != {"port": port, "service": "liveness"}:
+        problems.append(f"{where}: liveness probe must be grpc {{port: {port}, service: liveness}}, is {live}")
+    if not ready or ready.get("port") != port or ready.get("service", "") != "":
+        problems.append(f'{where}: readiness probe must be grpc {{port: {port}, service: ""}}, is {ready}')
+    if config.get("GRPC_LISTEN_ADDR") != f"0.0.0.0:{port}":
+        problems.append(f"{where}: GRPC_LISTEN_ADDR must be 0.0.0.0:{port}")
+    webhooks = _named_ports(container).get("webhooks")
+    if "ESCROW_WEBHOOK_LISTEN_ADDR" in config and config["ESCROW_WEBHOOK_LISTEN_ADDR"] != f"0.0.0.0:{webhooks}":
+        problems.append(f"{where}: ESCROW_WEBHOOK_LISTEN_ADDR must be 0.0.0.0 on the container port named webhooks "
+                        f"({webhooks})")
+    try:
+        delay = _seconds(config["SHUTDOWN_READINESS_DELAY"])
+        drain = _seconds(config["SHUTDOWN_GRACE_PERIOD"])
+    except KeyError as missing:
+        return problems + [f"{where}: {missing.args[0]} is not set"]
+    if grace is None or not (0 < delay < grace and delay + drain < grace):
+        problems.append(f"{where}: SHUTDOWN_READINESS_DELAY ({delay}s) and, with it, SHUTDOWN_GRACE_PERIOD "
+                        f"({drain}s) must end before terminationGracePeriodSeconds ({grace})")
+    return problems
+
+
 def pod_problems(objects: list[dict[str, Any]], texts: Iterable[str]) -> list[str]:
     problems = []
     by_kind: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -464,61 +586,38 @@ def pod_problems(objects: list[dict[str, Any]], texts: Iterable[str]) -> list[st
             if setting in text:
                 problems.append(f"{setting} appears in the rendered manifests: deployed services verify RS256 only")
     deployments = by_kind["Deployment"]
-    if sorted(d["metadata"]["labels"][COMPONENT] for d in deployments.values()) != sorted(SERVICES):
-        problems.append(f"Deployments {sorted(deployments)} are not one per service {SERVICES}")
+    components = sorted(d["metadata"]["labels"][COMPONENT] for d in deployments.values())
+    if [c for c in components if c != SANDBOX] != sorted(SERVICES) or components.count(SANDBOX) > 1:
+        problems.append(f"Deployments {sorted(deployments)} are not one per service {SERVICES} "
+                        f"(and at most one {SANDBOX})")
+    settings: dict[str, tuple[dict[str, str], dict[str, Any], dict[str, int]]] = {}
     for name, deployment in deployments.items():
         where = f"Deployment/{name}"
+        component = deployment["metadata"]["labels"][COMPONENT]
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
-        port = next((p["containerPort"] for p in container.get("ports", []) if p.get("name") == "grpc"), None)
-        if port is None:
-            problems.append(f"{where}: no container port named grpc")
-            continue
-        live = (container.get("livenessProbe") or {}).get("grpc")
-        ready = (container.get("readinessProbe") or {}).get("grpc")
-        if live != {"port": port, "service": "liveness"}:
-            problems.append(f"{where}: liveness probe must be grpc {{port: {port}, service: liveness}}, is {live}")
-        if not ready or ready.get("port") != port or ready.get("service", "") != "":
-            problems.append(f'{where}: readiness probe must be grpc {{port: {port}, service: ""}}, is {ready}')
-        psc, csc = pod.get("securityContext", {}), container.get("securityContext", {})
-        if not (psc.get("runAsNonRoot") and csc.get("runAsNonRoot", True)):
-            problems.append(f"{where}: must run as non-root")
-        if csc.get("readOnlyRootFilesystem") is not True:
-            problems.append(f"{where}: root filesystem must be read-only")
-        if csc.get("allowPrivilegeEscalation") is not False:
-            problems.append(f"{where}: privilege escalation must be off")
-        if (csc.get("capabilities") or {}).get("drop") != ["ALL"] or (csc.get("capabilities") or {}).get("add"):
-            problems.append(f"{where}: all capabilities must be dropped and none added")
-        seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
-        if seccomp != "RuntimeDefault":
-            problems.append(f"{where}: seccomp profile must be RuntimeDefault, is {seccomp}")
-        resources = container.get("resources") or {}
-        for part in ("requests", "limits"):
-            if not {"cpu", "memory"} <= set(resources.get(part) or {}):
-                problems.append(f"{where}: resources.{part} must set cpu and memory")
         config_name = container["envFrom"][0]["configMapRef"]["name"]
         config = by_kind["ConfigMap"].get(config_name, {}).get("data", {})
         env = {e["name"]: e for e in container.get("env", [])}
-        if "secretKeyRef" not in (env.get("DATABASE_URL") or {}).get("valueFrom", {}):
+        settings[component] = (config, env, _named_ports(container))
+        problems += _security_problems(where, pod, container)
+        if not _secret_ref(env, "DATABASE_URL"):
             problems.append(f"{where}: DATABASE_URL must come from a Secret")
-        if config.get("GRPC_LISTEN_ADDR") != f"0.0.0.0:{port}":
-            problems.append(f"{where}: GRPC_LISTEN_ADDR must be 0.0.0.0:{port}")
-        grace = pod.get("terminationGracePeriodSeconds")
-        try:
-            delay = _seconds(config["SHUTDOWN_READINESS_DELAY"])
-            drain = _seconds(config["SHUTDOWN_GRACE_PERIOD"])
-        except KeyError as missing:
-            problems.append(f"{where}: {missing.args[0]} is not set")
-            continue
-        if grace is None or not (0 < delay < grace and delay + drain < grace):
-            problems.append(f"{where}: SHUTDOWN_READINESS_DELAY ({delay}s) and, with it, SHUTDOWN_GRACE_PERIOD "
-                            f"({drain}s) must end before terminationGracePeriodSeconds ({grace})")
-        for other in ("Service", "ServiceAccount", "PodDisruptionBudget", "ConfigMap", "NetworkPolicy"):
+        if component == SANDBOX:
+            problems += _sandbox_problems(where, container, config, env)
+        else:
+            problems += _service_problems(where, container, config, pod.get("terminationGracePeriodSeconds"))
+        others = ("Service", "ServiceAccount", "ConfigMap", "NetworkPolicy")
+        if component != SANDBOX:
+            others += ("PodDisruptionBudget",)
+        for other in others:
             if name not in by_kind[other]:
                 problems.append(f"{where}: no {other} {name}")
         service = by_kind["Service"].get(name)
-        if service and not any(p.get("name") == "grpc" and p.get("port") == port for p in service["spec"]["ports"]):
-            problems.append(f"Service/{name}: no port named grpc on {port}")
+        for port_name, port in _named_ports(container).items():
+            if service and not any(p.get("name") == port_name and p.get("port") == port
+                                   for p in service["spec"]["ports"]):
+                problems.append(f"Service/{name}: no port named {port_name} on {port}")
         mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
         secret_volumes = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
         for setting in ("AUTH_JWT_JWKS_FILE", "SERVICE_SIGNING_KEY_FILE"):
@@ -526,8 +625,31 @@ def pod_problems(objects: list[dict[str, Any]], texts: Iterable[str]) -> list[st
                 directory = str(Path(config[setting]).parent)
                 if mounts.get(directory) not in secret_volumes:
                     problems.append(f"{where}: {setting} is not in a mounted Secret")
-        if "AUTH_JWT_JWKS_FILE" not in config:
+        if component != SANDBOX and "AUTH_JWT_JWKS_FILE" not in config:
             problems.append(f"{where}: AUTH_JWT_JWKS_FILE is not set")
+    problems += _gateway_wiring_problems(settings)
+    return problems
+
+
+def _gateway_wiring_problems(settings: dict[str, tuple[dict[str, str], dict[str, Any], dict[str, int]]]) -> list[str]:
+    """With the sandbox gateway: escrow calls it at its Service, it delivers
+    webhooks to escrow's webhook port, and both sides use one signing secret."""
+    if SANDBOX not in settings or "escrow" not in settings:
+        return []
+    problems = []
+    escrow_config, escrow_env, escrow_ports = settings["escrow"]
+    sandbox_config, sandbox_env, sandbox_ports = settings[SANDBOX]
+    sandbox_url = f"http://{RELEASE}-{SANDBOX}:{sandbox_ports.get('http')}"
+    if escrow_config.get("ESCROW_GATEWAY_URL") != sandbox_url:
+        problems.append(f"escrow's ESCROW_GATEWAY_URL must be {sandbox_url}, is {escrow_config.get('ESCROW_GATEWAY_URL')}")
+    webhook_url = f"http://{RELEASE}-escrow:{escrow_ports.get('webhooks')}/v1/gateway-webhooks"
+    if sandbox_config.get("GATEWAY_SANDBOX_WEBHOOK_URL") != webhook_url:
+        problems.append(f"the sandbox's GATEWAY_SANDBOX_WEBHOOK_URL must be {webhook_url}, "
+                        f"is {sandbox_config.get('GATEWAY_SANDBOX_WEBHOOK_URL')}")
+    signs = _secret_ref(sandbox_env, "GATEWAY_SANDBOX_WEBHOOK_SECRET")
+    checks = _secret_ref(escrow_env, "ESCROW_WEBHOOK_SECRET")
+    if signs != checks:
+        problems.append(f"the sandbox signs webhooks with {signs}, escrow checks them with {checks}")
     return problems
 
 

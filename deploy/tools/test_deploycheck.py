@@ -61,6 +61,12 @@ MALFORMED = {
     "evidence in a directory with two contract replicas": ({"evidence": {"store": "/tmp/evidence"}, "services": {"dispute": {"replicas": 1, "autoscaling": {"enabled": False}}}}, "contract replica"),
     "evidence bucket name malformed": ({"evidence": {"store": "s3://Evidence"}}, "/evidence/store"),
     "evidence over plain http not allowed": ({"evidence": {"s3": {"endpoint": "http://minio:9000"}}}, "/evidence/s3/allowHttp"),
+    "escrow env sets the gateway URL": ({"services": {"escrow": {"env": {"ESCROW_GATEWAY_URL": "http://x"}}}}, "ESCROW_GATEWAY_URL"),
+    "escrow webhook port not a number": ({"services": {"escrow": {"webhookPort": "50063"}}}, "/services/escrow/webhookPort"),
+    "sandbox credit delay not a duration": ({"gatewaySandbox": {"enabled": True, "autoCreditAfter": "soon"}}, "/gatewaySandbox/autoCreditAfter"),
+    "sandbox env sets its webhook URL": ({"gatewaySandbox": {"env": {"GATEWAY_SANDBOX_WEBHOOK_URL": "http://x"}}}, "GATEWAY_SANDBOX_WEBHOOK_URL"),
+    "sandbox api key without its key": ({"gatewaySandbox": {"apiKeySecret": {"name": "k"}}}, "/gatewaySandbox/apiKeySecret"),
+    "sandbox unknown setting": ({"gatewaySandbox": {"faults": {}}}, "faults"),
 }
 
 
@@ -169,6 +175,70 @@ def test_readiness_delay_not_below_grace_period_is_caught(default_objects):
     objects = copy.deepcopy(default_objects)
     find(objects, "Deployment", "trade-assurance-dispute")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 5
     assert any("SHUTDOWN_READINESS_DELAY" in p for p in dc.pod_problems(objects, []))
+
+
+SANDBOX_ON = {"gatewaySandbox": {"enabled": True, "controlClients": [
+    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "qa"}}}]}}
+
+
+@pytest.fixture(scope="module")
+def sandbox_objects():
+    return dc.load_objects(dc.render(SANDBOX_ON).values())
+
+
+def test_the_sandbox_is_off_by_default(default_objects):
+    assert not [o for o in default_objects if o["metadata"]["labels"].get(dc.COMPONENT) == dc.SANDBOX]
+    escrow = find(default_objects, "ConfigMap", "trade-assurance-escrow")["data"]
+    assert "ESCROW_GATEWAY_URL" not in escrow
+    assert escrow["ESCROW_WEBHOOK_LISTEN_ADDR"] == "0.0.0.0:50063"
+    ports = find(default_objects, "Service", "trade-assurance-escrow")["spec"]["ports"]
+    assert {"name": "webhooks", "port": 50063, "targetPort": "webhooks", "protocol": "TCP",
+            "appProtocol": "http"} in ports
+
+
+def test_the_sandbox_renders_wired_to_escrow(sandbox_objects, graph):
+    assert dc.validate_objects(sandbox_objects) == []
+    assert dc.pod_problems(sandbox_objects, dc.render(SANDBOX_ON).values()) == []
+    assert dc.network_policy_problems(sandbox_objects, merged(SANDBOX_ON), graph) == []
+    escrow = find(sandbox_objects, "ConfigMap", "trade-assurance-escrow")["data"]
+    assert escrow["ESCROW_GATEWAY_URL"] == "http://trade-assurance-gateway-sandbox:50060"
+    sandbox = find(sandbox_objects, "ConfigMap", "trade-assurance-gateway-sandbox")["data"]
+    assert sandbox["GATEWAY_SANDBOX_WEBHOOK_URL"] == "http://trade-assurance-escrow:50063/v1/gateway-webhooks"
+    assert "GATEWAY_SANDBOX_AUTO_CREDIT_AFTER" not in sandbox
+
+
+def test_sandbox_miswiring_is_caught(sandbox_objects):
+    objects = copy.deepcopy(sandbox_objects)
+    find(objects, "ConfigMap", "trade-assurance-gateway-sandbox")["data"]["GATEWAY_SANDBOX_WEBHOOK_URL"] = \
+        "http://trade-assurance-escrow:50053/v1/gateway-webhooks"
+    container = find(objects, "Deployment", "trade-assurance-gateway-sandbox")["spec"]["template"]["spec"]["containers"][0]
+    secret = next(e for e in container["env"] if e["name"] == "GATEWAY_SANDBOX_WEBHOOK_SECRET")
+    secret["valueFrom"]["secretKeyRef"]["name"] = "another-secret"
+    container["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": "http"}}
+    problems = dc.pod_problems(objects, [])
+    assert any("GATEWAY_SANDBOX_WEBHOOK_URL" in p for p in problems), problems
+    assert any("signs webhooks with" in p for p in problems), problems
+    assert any("liveness probe must be httpGet" in p for p in problems), problems
+
+
+def test_sandbox_network_edges_are_checked(sandbox_objects, graph):
+    objects = copy.deepcopy(sandbox_objects)
+    escrow = find(objects, "NetworkPolicy", "trade-assurance-escrow")
+    escrow["spec"]["egress"] = [r for r in escrow["spec"]["egress"] if r["to"] != [_peer(dc.SANDBOX)]]
+    find(objects, "NetworkPolicy", "trade-assurance-gateway-sandbox")["spec"]["ingress"].append(
+        {"from": [_peer("contract")], "ports": [{"port": "http", "protocol": "TCP"}]})
+    problems = dc.network_policy_problems(objects, merged(SANDBOX_ON), graph)
+    assert any("missing escrow -> gateway-sandbox:http" in p for p in problems), problems
+    assert any("extra contract -> gateway-sandbox:http" in p for p in problems), problems
+
+
+def test_webhook_port_open_to_another_caller_is_caught(default_objects, graph):
+    objects = copy.deepcopy(default_objects)
+    clients = merged()["networkPolicy"]["clients"]
+    find(objects, "NetworkPolicy", "trade-assurance-escrow")["spec"]["ingress"].append(
+        {"from": clients, "ports": [{"port": "webhooks", "protocol": "TCP"}]})
+    problems = dc.network_policy_problems(objects, merged(), graph)
+    assert any("escrow:webhooks" in p for p in problems), problems
 
 
 def test_inlined_secret_is_caught(default_objects):
@@ -280,6 +350,7 @@ def test_deploy_secrets_match_the_chart(tmp_path):
     for service in ("contract", "dispute"):
         (tmp_path / f"{service}.pem").write_text("-----BEGIN PRIVATE KEY-----\n...\n")
     (tmp_path / "escrow.webhook-secret").write_text("a-webhook-secret-of-at-least-32-bytes")
+    (tmp_path / "gateway-sandbox.database-url").write_text("postgres://gateway_sandbox:pw@db:5432/ta\n")
     run = subprocess.run([str(dc.REPO / "scripts" / "deploy-secrets.sh"), str(tmp_path)],
                          capture_output=True, text=True, check=True)
     objects = dc.load_objects([run.stdout])
@@ -293,6 +364,8 @@ def test_deploy_secrets_match_the_chart(tmp_path):
             wanted.add((svc["signingKey"]["secretName"], svc["signingKey"]["key"]))
         if "webhookSecret" in svc:
             wanted.add((svc["webhookSecret"]["name"], svc["webhookSecret"]["key"]))
+    sandbox = values["gatewaySandbox"]["databaseSecret"]
+    wanted.add((sandbox["name"], sandbox["key"]))
     assert made == wanted
     # The evidence store's keys, when given, are the Secret staging names.
     (tmp_path / "evidence-s3.credentials").write_text("[default]\naws_access_key_id = A\naws_secret_access_key = B\n")

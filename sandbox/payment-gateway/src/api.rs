@@ -14,7 +14,8 @@
 //! | `GET`/`PUT /sandbox/faults` | 200 the faults in force |
 //! | `GET /sandbox/books`, `/sandbox/events`, `/sandbox/operations` | 200 |
 //! | `POST /sandbox/webhooks/redeliver/{event_id}` | 202 |
-//! | `GET /healthz` | 200 once migrated, else 503 |
+//! | `GET /healthz` | readiness: 200 once migrated, else 503 |
+//! | `GET /livez` | liveness: 200 while the process answers |
 //!
 //! Errors: 400 `idempotency_key_missing` / `invalid_request`, 401
 //! `unauthorized` (when `GATEWAY_SANDBOX_API_KEY` is set), 404
@@ -82,6 +83,7 @@ pub fn router(shared: AppState) -> Router {
     v1.merge(control)
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -153,6 +155,11 @@ async fn healthz(State(shared): State<AppState>) -> Response {
             &json!({ "status": "starting" }),
         )
     }
+}
+
+/// Liveness: the process answers, whatever the database does.
+async fn livez() -> Response {
+    json_response(StatusCode::OK, &json!({ "status": "live" }))
 }
 
 async fn not_found() -> Response {

@@ -116,10 +116,13 @@ pub async fn serve(
     });
     let background = tokio::spawn(background(shared.clone(), options, draining));
     let stop = drain.clone();
+    let readiness = shared.clone();
     let served = axum::serve(listener, api::router(shared))
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: draining");
+            // Not ready any more: load balancers stop sending work here.
+            readiness.ready.store(false, Ordering::Release);
             let _ = stop.send(true);
         })
         .await

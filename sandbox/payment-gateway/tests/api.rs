@@ -80,6 +80,7 @@ async fn a_key_replays_its_first_answer_and_moves_money_once(pool: PgPool) {
     let unseen = sandbox.operation("never-sent").await;
     assert_eq!(unseen.status, 404);
     assert_eq!(unseen.error_code(), "resource_missing");
+    assert_eq!(sandbox.get("/livez").await.unwrap().status, 200);
     let no_route = sandbox.get("/v2/whatever").await.unwrap();
     assert_eq!(no_route.status, 404);
     assert_eq!(no_route.error_code(), "no_such_route");
