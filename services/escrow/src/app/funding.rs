@@ -123,9 +123,7 @@ pub async fn fund(
             // The worker asks the gateway about it once `check_at` passes.
             Err(error) => return Err(error.into()),
         };
-        let mut tx = db::begin(pool).await?;
-        let recorded = record_start(&mut tx, flows, attempt.id, &answer).await;
-        db::finish(tx, recorded).await?;
+        record_start_retrying(pool, flows, attempt.id, &answer).await?;
     }
     mutations
         .answer(prepared, async |tx| {
@@ -359,6 +357,25 @@ pub async fn record_start(
     api::insert_attempt_gateway(conn, attempt.id, &gateway_side).await?;
     accounts::mark_answered(conn, attempt.id, now).await?;
     if attempt.status != AttemptStatus::Pending {
+        // A charge approved after its attempt ended (it expired while the
+        // answer was unknown): the money came in all the same and goes back
+        // (a credit for an ended attempt lands in suspense, once).
+        if let StartAnswer::Card(CardCharge {
+            reference,
+            outcome: CardOutcome::Approved,
+        }) = answer
+        {
+            credit(
+                conn,
+                flows,
+                attempt.id,
+                reference,
+                reference,
+                attempt.amount_minor,
+                now,
+            )
+            .await?;
+        }
         return Ok(());
     }
     match answer {
@@ -388,6 +405,25 @@ pub async fn record_start(
         StartAnswer::Bank(_) | StartAnswer::PayLater(_) => {}
     }
     Ok(())
+}
+
+/// [`record_start`] in its own transaction, run again (a few times) when it
+/// lost to a concurrent one (a webhook about the same attempt, a retry).
+async fn record_start_retrying(
+    pool: &sqlx::PgPool,
+    flows: &Flows,
+    attempt_id: Uuid,
+    answer: &StartAnswer,
+) -> Result<(), ServiceError> {
+    let mut tries = 0;
+    loop {
+        let mut tx = db::begin(pool).await?;
+        let recorded = record_start(&mut tx, flows, attempt_id, answer).await;
+        match db::finish(tx, recorded).await {
+            Err(ServiceError::Aborted(_)) if tries < 3 => tries += 1,
+            other => return other,
+        }
+    }
 }
 
 /// The gateway worker's step for attempts whose start call has no recorded
@@ -420,9 +456,7 @@ pub async fn resolve_unanswered(flows: &Flows, pool: &sqlx::PgPool) -> Result<us
                 continue;
             }
         };
-        let mut tx = pool.begin().await?;
-        let recorded = record_start(&mut tx, flows, attempt.id, &answer).await;
-        db::finish(tx, recorded).await?;
+        record_start_retrying(pool, flows, attempt.id, &answer).await?;
         resolved += 1;
     }
     Ok(resolved)

@@ -129,6 +129,9 @@ pub async fn apply(
             };
             result.funding_attempt_id = Some(attempt_id);
             let attempt = api::attempt_view(conn, attempt_id).await?;
+            // The account first, as every path that touches an attempt does
+            // (FundEscrow's record of the answer races this webhook).
+            accounts::lock_account(conn, attempt.escrow_account_id).await?;
             if attempt.gateway_reference.is_none() && !reference.is_empty() {
                 api::insert_attempt_gateway(
                     conn,
