@@ -22,6 +22,22 @@ use crate::{
     storage::{accounts, ledger},
 };
 
+/// The reason a release or refund of "everything held" finds nothing.
+pub const NOTHING_HELD: &str = "NOTHING_HELD";
+/// The reason money cannot move in or out of a closed account.
+pub const ACCOUNT_CLOSED: &str = "ACCOUNT_CLOSED";
+
+fn refuse_if_closed(account: &EscrowAccount, action: &str) -> Result<(), ServiceError> {
+    if account.status == crate::domain::Status::Closed {
+        return Err(ServiceError::Refused {
+            reason: ACCOUNT_CLOSED,
+            subject: format!("escrowAccounts/{}", account.id),
+            message: format!("cannot {action}: the account is closed"),
+        });
+    }
+    Ok(())
+}
+
 /// Opens the escrow account of a contract; idempotent per contract: opening
 /// again returns the existing account.
 pub async fn open_account(
@@ -59,6 +75,7 @@ pub async fn release(
     now: OffsetDateTime,
 ) -> Result<Vec<Posting>, ServiceError> {
     let mut account = accounts::lock_account(conn, account_id).await?;
+    refuse_if_closed(&account, "release")?;
     let purpose = account.authorize_outflow(Action::Release, settles)?;
     let amount = outflow_amount(conn, &account, amount_minor).await?;
     let postings = ledger::transfer(
@@ -87,9 +104,11 @@ async fn outflow_amount(
     match amount_minor {
         Some(amount) => Ok(amount),
         None => match held(conn, account).await? {
-            0 => Err(ServiceError::FailedPrecondition(
-                "cannot move money: the account holds nothing".into(),
-            )),
+            0 => Err(ServiceError::Refused {
+                reason: NOTHING_HELD,
+                subject: format!("escrowAccounts/{}", account.id),
+                message: "cannot move money: the account holds nothing".into(),
+            }),
             all => Ok(all),
         },
     }
@@ -106,6 +125,7 @@ pub async fn refund(
     now: OffsetDateTime,
 ) -> Result<Vec<Posting>, ServiceError> {
     let mut account = accounts::lock_account(conn, account_id).await?;
+    refuse_if_closed(&account, "refund")?;
     let purpose = account.authorize_outflow(Action::Refund, settles)?;
     let amount = outflow_amount(conn, &account, amount_minor).await?;
     let held = AccountKey::escrow_held(account.id, account.currency);
