@@ -198,6 +198,15 @@ impl Gateway {
         faults: &FaultSettings,
     ) -> Result<Option<Answer>, Refusal> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
+        // A refund locks its source first: refunds against one source, and
+        // concurrent retries of one refund, are decided one at a time, the
+        // retry seeing the refund it repeats.
+        let source = match request {
+            Request::Refund(refund) => storage::lock(&mut tx, &refund.source)
+                .await
+                .map_err(internal)?,
+            _ => None,
+        };
         if let Some(existing) = storage::find_by_key(&mut tx, key).await.map_err(internal)? {
             return replay(&existing, request).map(Some);
         }
@@ -211,7 +220,7 @@ impl Gateway {
             }
             Request::Payout(payout) => payout_operation(key, payout, self.settle_after),
             Request::Refund(refund) => {
-                let source = refundable_source(&mut tx, refund).await?;
+                let source = refundable_source(&mut tx, refund, source).await?;
                 refund_operation(key, refund, &source, self.settle_after)
             }
         };
@@ -578,10 +587,12 @@ fn refund_operation(
     }
 }
 
-/// The refund's source, locked, once it is known to have collected enough.
+/// The refund's source (locked by the caller), once it is known to have
+/// collected enough.
 async fn refundable_source(
     conn: &mut PgConnection,
     refund: &RefundRequest,
+    source: Option<OperationRow>,
 ) -> Result<OperationRow, Refusal> {
     let unknown = || Refusal::Unprocessable {
         code: "source_unknown",
@@ -590,9 +601,7 @@ async fn refundable_source(
             refund.source
         ),
     };
-    let source = storage::lock(conn, &refund.source)
-        .await
-        .map_err(internal)?
+    let source = source
         .filter(|s| s.kind().is_refundable_source())
         .ok_or_else(unknown)?;
     if source.currency != refund.currency {

@@ -673,3 +673,51 @@ async fn an_api_key_is_required_when_set(pool: PgPool) {
     assert_eq!(allowed.status(), 200);
     sandbox.stop().await.unwrap();
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn concurrent_retries_of_one_refund_answer_the_same_refund(pool: PgPool) {
+    let sandbox = Sandbox::start(pool, options()).await;
+    let paid = sandbox
+        .post("/v1/charges", "c", &charge("a", 1_000, "tok_visa"))
+        .await;
+    let body = refund("t", 1_000, paid.body["id"].as_str().unwrap());
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (client, url, body) = (
+            sandbox.client.clone(),
+            format!("{}/v1/refunds", sandbox.base),
+            body.to_string(),
+        );
+        calls.spawn(async move {
+            let answer = client
+                .post(url)
+                .header("idempotency-key", "r")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json_text().await)
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(done) = calls.join_next().await {
+        let (status, body) = done.unwrap();
+        assert_eq!(status, 200, "{body}");
+        ids.push(body["id"].clone());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one refund: {ids:?}");
+    sandbox.stop().await.unwrap();
+}
+
+/// The body of an answer as JSON.
+trait JsonText {
+    async fn json_text(self) -> Value;
+}
+
+impl JsonText for reqwest::Response {
+    async fn json_text(self) -> Value {
+        serde_json::from_str(&self.text().await.unwrap()).unwrap()
+    }
+}
