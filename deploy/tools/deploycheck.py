@@ -340,7 +340,8 @@ def network_policy_problems(objects: list[dict[str, Any]], values: dict[str, Any
     protos give them, and the payment gateway into escrow's webhook port; with
     the sandbox gateway, escrow to its HTTP port and it to escrow's webhook port,
     and its control clients into it; DNS, Postgres and the collector out, and
-    the evidence store's bucket from contract and dispute. Every pod of the
+    the evidence store's bucket from contract and dispute, the hosted payment
+    gateway from escrow (without the sandbox). Every pod of the
     release is isolated in both directions."""
     problems: list[str] = []
     pods: dict[str, dict[str, str]] = {}
@@ -468,6 +469,11 @@ def network_policy_problems(objects: list[dict[str, Any]], values: dict[str, Any
     if otlp["endpoint"]:
         for peer in otlp["to"]:
             expected_out[_key([peer, [{"port": otlp["port"], "protocol": "TCP"}]])] |= every
+    # Escrow's hosted payment gateway, unless the sandbox takes its place.
+    gateway = ((values.get("services") or {}).get("escrow") or {}).get("gateway")
+    if gateway and "escrow" in every and SANDBOX not in pods:
+        for peer in gateway["egress"]["to"]:
+            expected_out[_key([peer, [{"port": gateway["egress"]["port"], "protocol": "TCP"}]])] |= {"escrow"}
     # And the evidence store's bucket, from contract and dispute only.
     evidence = values.get("evidence") or {}
     if str(evidence.get("store", "")).startswith("s3://"):
@@ -603,6 +609,8 @@ def pod_problems(objects: list[dict[str, Any]], texts: Iterable[str]) -> list[st
         problems += _security_problems(where, pod, container)
         if not _secret_ref(env, "DATABASE_URL"):
             problems.append(f"{where}: DATABASE_URL must come from a Secret")
+        if component == "escrow" and not config.get("ESCROW_GATEWAY_URL"):
+            problems.append(f"{where}: ESCROW_GATEWAY_URL is not set: escrow pays through no gateway")
         if component == SANDBOX:
             problems += _sandbox_problems(where, container, config, env)
         else:

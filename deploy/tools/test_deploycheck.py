@@ -67,6 +67,8 @@ MALFORMED = {
     "sandbox env sets its webhook URL": ({"gatewaySandbox": {"env": {"GATEWAY_SANDBOX_WEBHOOK_URL": "http://x"}}}, "GATEWAY_SANDBOX_WEBHOOK_URL"),
     "sandbox api key without its key": ({"gatewaySandbox": {"apiKeySecret": {"name": "k"}}}, "/gatewaySandbox/apiKeySecret"),
     "sandbox unknown setting": ({"gatewaySandbox": {"faults": {}}}, "faults"),
+    "hosted gateway URL not a URL": ({"services": {"escrow": {"gateway": {"url": "gateway:443"}}}}, "/services/escrow/gateway/url"),
+    "hosted gateway without egress": ({"services": {"escrow": {"gateway": {"egress": {"to": []}}}}}, "/services/escrow/gateway/egress/to"),
 }
 
 
@@ -189,7 +191,7 @@ def sandbox_objects():
 def test_the_sandbox_is_off_by_default(default_objects):
     assert not [o for o in default_objects if o["metadata"]["labels"].get(dc.COMPONENT) == dc.SANDBOX]
     escrow = find(default_objects, "ConfigMap", "trade-assurance-escrow")["data"]
-    assert "ESCROW_GATEWAY_URL" not in escrow
+    assert escrow["ESCROW_GATEWAY_URL"] == merged()["services"]["escrow"]["gateway"]["url"]
     assert escrow["ESCROW_WEBHOOK_LISTEN_ADDR"] == "0.0.0.0:50063"
     ports = find(default_objects, "Service", "trade-assurance-escrow")["spec"]["ports"]
     assert {"name": "webhooks", "port": 50063, "targetPort": "webhooks", "protocol": "TCP",
@@ -230,6 +232,18 @@ def test_sandbox_network_edges_are_checked(sandbox_objects, graph):
     problems = dc.network_policy_problems(objects, merged(SANDBOX_ON), graph)
     assert any("missing escrow -> gateway-sandbox:http" in p for p in problems), problems
     assert any("extra contract -> gateway-sandbox:http" in p for p in problems), problems
+
+
+def test_hosted_gateway_egress_is_checked(default_objects, sandbox_objects, graph):
+    objects = copy.deepcopy(default_objects)
+    escrow = find(objects, "NetworkPolicy", "trade-assurance-escrow")
+    hosted = merged()["services"]["escrow"]["gateway"]["egress"]["to"]
+    escrow["spec"]["egress"] = [r for r in escrow["spec"]["egress"] if r["to"] != hosted]
+    problems = dc.network_policy_problems(objects, merged(), graph)
+    assert any("expected from ['escrow']" in p for p in problems), problems
+    # With the sandbox, escrow reaches the sandbox and not the hosted gateway.
+    sandbox_escrow = find(sandbox_objects, "NetworkPolicy", "trade-assurance-escrow")
+    assert not [r for r in sandbox_escrow["spec"]["egress"] if r["to"] == hosted]
 
 
 def test_webhook_port_open_to_another_caller_is_caught(default_objects, graph):
