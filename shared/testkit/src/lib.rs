@@ -41,6 +41,34 @@ pub fn issuer() -> TokenIssuer {
     TokenIssuer::hs256(TEST_SECRET, TEST_ISSUER)
 }
 
+/// The RS256 test key pairs of `shared/runtime/tests/fixtures` (`"a"`, `"b"`,
+/// `"c"`): keys for tests, not credentials.
+pub fn rs256_fixture_key(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../runtime/tests/fixtures")
+        .join(format!("rs256_{name}_private.pem"))
+}
+
+/// Signs RS256 test tokens with the fixture key `name`, published as `kid`.
+pub fn rs256_issuer(name: &str, kid: &str) -> TokenIssuer {
+    TokenIssuer::rs256_from_file(&rs256_fixture_key(name), kid, TEST_ISSUER).expect("fixture key")
+}
+
+/// A JWK set (JSON) of the public halves of `keys`, each a people's issuer
+/// key (`None`) or bound to the service it names.
+pub fn jwk_set(keys: &[(&TokenIssuer, Option<&str>)]) -> String {
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|(issuer, service)| {
+            issuer
+                .public_jwk(*service)
+                .expect("an RS256 issuer")
+                .to_string()
+        })
+        .collect();
+    format!("{{\"keys\":[{}]}}", keys.join(","))
+}
+
 /// `Bearer <jwt>` for a person, `subject` acting as `role` (any but
 /// `Role::Service`: see [`service_bearer`]), valid for an hour.
 pub fn bearer(subject: &str, role: Role) -> MetadataValue<Ascii> {

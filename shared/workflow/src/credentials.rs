@@ -2,12 +2,15 @@
 //! own name, audience the called service's name), from one of:
 //!
 //! * its own RS256 key (`SERVICE_SIGNING_KEY_FILE` + `SERVICE_SIGNING_KEY_ID`):
-//!   tokens are minted here and reused until shortly before they expire;
+//!   tokens are minted here and reused until shortly before they expire. The
+//!   JWK set publishes the key bound to this service (`"ta_service": "<name>"`),
+//!   so the key signs for this service and nothing else;
 //! * a directory of ready-made tokens, one file per audience
 //!   (`SERVICE_TOKEN_DIR/<audience>`), re-read when a file changes, as a
 //!   Kubernetes projected service-account token is rotated in place;
 //! * for local runs only, the shared HS256 dev secret (`AUTH_JWT_HS256_SECRET`),
-//!   refused when the process verifies tokens against a JWK set (a deployment).
+//!   refused when the process verifies tokens against a JWK set (a deployment),
+//!   even with `AUTH_JWT_ALLOW_HS256`: the secret has no identity to bind.
 
 use std::{
     collections::HashMap,
@@ -102,7 +105,10 @@ impl ServiceCredentials {
             }
             return Ok(Self::token_dir(service, dir.clone()));
         }
-        if auth.jwks_file.is_some() && !auth.allow_hs256 {
+        // Beside a JWK set, a service token must come from the service's own
+        // key (the verifiers refuse one signed with the shared secret, even
+        // with AUTH_JWT_ALLOW_HS256).
+        if auth.jwks_file.is_some() {
             return Err(
                 "AUTH_JWT_JWKS_FILE is set (production tokens): set SERVICE_SIGNING_KEY_FILE \
                  or SERVICE_TOKEN_DIR, the dev secret AUTH_JWT_HS256_SECRET signs service \
@@ -276,7 +282,6 @@ fn changed_token(
 mod tests {
     use std::path::Path;
 
-    use jsonwebtoken::{Algorithm, EncodingKey, jwk::Jwk};
     use ta_runtime::auth::TokenVerifier;
 
     use super::*;
@@ -302,13 +307,14 @@ mod tests {
         }
     }
 
-    /// A JWK set publishing the fixture key's public half under `kid`.
-    fn jwks_with(dir: &Path, kid: &str) -> PathBuf {
+    /// A JWK set publishing the fixture key's public half under `kid`, bound
+    /// to `service` (or a people's key).
+    fn jwks_with(dir: &Path, kid: &str, service: Option<&str>) -> PathBuf {
         let pem = std::fs::read(PRIVATE_KEY).unwrap();
-        let mut jwk =
-            Jwk::from_encoding_key(&EncodingKey::from_rsa_pem(&pem).unwrap(), Algorithm::RS256)
-                .unwrap();
-        jwk.common.key_id = Some(kid.to_owned());
+        let jwk = TokenIssuer::rs256(&pem, kid, "trade-assurance")
+            .unwrap()
+            .public_jwk(service)
+            .unwrap();
         let path = dir.join("jwks.json");
         std::fs::write(&path, serde_json::json!({ "keys": [jwk] }).to_string()).unwrap();
         path
@@ -317,7 +323,7 @@ mod tests {
     #[test]
     fn the_services_own_key_signs_tokens_the_called_service_accepts() {
         let dir = scratch("rs256");
-        let jwks = jwks_with(&dir, "contract-2026");
+        let jwks = jwks_with(&dir, "contract-2026", Some("contract"));
         let config = CredentialsConfig {
             signing_key_file: Some(PRIVATE_KEY.into()),
             signing_key_id: Some("contract-2026".into()),
@@ -342,6 +348,18 @@ mod tests {
             registry.verify(token).is_err(),
             "the audience is the called service"
         );
+
+        // The key published for dispute (or as a people's key) signs no
+        // token of contract's.
+        for service in [Some("dispute"), None] {
+            let jwks = jwks_with(&dir, "contract-2026", service);
+            let verifying = AuthConfig {
+                jwks_file: Some(jwks),
+                ..AuthConfig::default()
+            };
+            let escrow = TokenVerifier::from_config(&verifying, "escrow").unwrap();
+            assert!(escrow.verify(token).is_err(), "{service:?}");
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -352,11 +370,20 @@ mod tests {
         assert!(ServiceCredentials::from_config("contract", &no_credentials(), &local).is_ok());
 
         let deployed = AuthConfig {
-            jwks_file: Some(jwks_with(&dir, "k")),
+            jwks_file: Some(jwks_with(&dir, "k", None)),
             ..local.clone()
         };
         let error =
             ServiceCredentials::from_config("contract", &no_credentials(), &deployed).unwrap_err();
+        assert!(error.contains("SERVICE_SIGNING_KEY_FILE"), "{error}");
+        // Allowing HS256 beside the key set (for people's tokens) does not
+        // let the shared secret speak for a service.
+        let allowed = AuthConfig {
+            allow_hs256: true,
+            ..deployed
+        };
+        let error =
+            ServiceCredentials::from_config("contract", &no_credentials(), &allowed).unwrap_err();
         assert!(error.contains("SERVICE_SIGNING_KEY_FILE"), "{error}");
 
         let error =

@@ -637,19 +637,33 @@ impl Service {
     /// secret), `LOG_FORMAT=text`, `SHUTDOWN_GRACE_PERIOD=10s`, then `env`
     /// (which may override those; it must give `DATABASE_URL`).
     pub fn spawn(binary_name: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn_without(binary_name, &[], env)
+    }
+
+    /// [`Service::spawn`] without the defaults named in `unset` (e.g.
+    /// `AUTH_JWT_HS256_SECRET`, for a process that verifies RS256 only).
+    pub fn spawn_without(binary_name: &str, unset: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let dir = TempDir::new(binary_name);
         let log_path = dir.path().join(format!("{binary_name}.log"));
         let log = fs::File::create(&log_path).expect("create log file");
         let log_err = log.try_clone().expect("clone log file");
-        let child = Command::new(binary(binary_name))
+        let mut command = Command::new(binary(binary_name));
+        command
             .env_clear()
             .env("GRPC_LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("AUTH_JWT_HS256_SECRET", TEST_SECRET)
             .env("ESCROW_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET)
+            // Escrow needs a gateway to start; a test that moves money starts
+            // the sandbox (`Platform`) and gives its URL. Nothing listens here.
+            .env("ESCROW_GATEWAY_URL", "http://127.0.0.1:9")
             .env("LOG_FORMAT", "text")
             .env("LOG_LEVEL", "info")
-            .env("SHUTDOWN_GRACE_PERIOD", "10s")
+            .env("SHUTDOWN_GRACE_PERIOD", "10s");
+        for name in unset {
+            command.env_remove(name);
+        }
+        let child = command
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)

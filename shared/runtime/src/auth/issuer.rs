@@ -3,10 +3,13 @@
 
 use std::{fmt, path::Path, time::Duration};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{
+    Algorithm, EncodingKey, Header,
+    jwk::{Jwk, PublicKeyUse},
+};
 
 use super::{
-    Claims, Role,
+    Claims, JWK_SERVICE_MEMBER, Role,
     config::{AuthConfig, AuthConfigError, ENV_ISSUER, checked_secret, non_empty},
     unix_now,
 };
@@ -123,6 +126,23 @@ impl TokenIssuer {
             nbf: None,
         };
         self.sign(&claims)
+    }
+
+    /// The public half of an RS256 key as a JWK, under its `kid`, for a JWK
+    /// set: bound to `service` (the [`JWK_SERVICE_MEMBER`] member) when given,
+    /// else a people's issuer key. `None` for HS256, which has no public half.
+    pub fn public_jwk(&self, service: Option<&str>) -> Option<serde_json::Value> {
+        if self.header.alg != Algorithm::RS256 {
+            return None;
+        }
+        let mut jwk = Jwk::from_encoding_key(&self.key, Algorithm::RS256).ok()?;
+        jwk.common.key_id.clone_from(&self.header.kid);
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        let mut value = serde_json::to_value(jwk).ok()?;
+        if let (Some(service), Some(members)) = (service, value.as_object_mut()) {
+            members.insert(JWK_SERVICE_MEMBER.to_owned(), service.into());
+        }
+        Some(value)
     }
 
     /// Signs arbitrary `claims` as they are.

@@ -1,5 +1,10 @@
 //! The RS256 verification keys: a JWK set file, keys picked by `kid`, re-read
 //! when the file changes so keys rotate without a restart.
+//!
+//! A key is either a people's issuer key or one service's own key: a key
+//! carrying the member `"ta_service": "<name>"` ([`JWK_SERVICE_MEMBER`]) signs
+//! only that service's tokens (role `service`, subject `<name>`); a key
+//! without it signs only people's tokens. The verifier enforces both.
 
 use std::{
     collections::HashMap,
@@ -13,15 +18,23 @@ use jsonwebtoken::{
     jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm, PublicKeyUse},
 };
 
-use super::config::AuthConfigError;
+use super::{JWK_SERVICE_MEMBER, MAX_SUBJECT_LEN, config::AuthConfigError};
 
 /// How often, at most, the file's modification time is looked at.
 const RECHECK: Duration = Duration::from_secs(1);
 
+/// One verification key and whom it may sign for.
+#[derive(Clone)]
+pub(super) struct VerificationKey {
+    pub(super) key: DecodingKey,
+    /// The service whose own key this is; `None`: a people's issuer key.
+    pub(super) service: Option<String>,
+}
+
 /// The keys of one JWK set file, by `kid`.
 pub(super) struct KeySet {
     path: PathBuf,
-    keys: RwLock<Arc<HashMap<String, DecodingKey>>>,
+    keys: RwLock<Arc<HashMap<String, VerificationKey>>>,
     /// When the file was last looked at, and its version (mtime, length) then.
     seen: Mutex<(Instant, Option<(SystemTime, u64)>)>,
 }
@@ -44,12 +57,12 @@ impl KeySet {
 
     /// The key named `kid`, after picking up a changed file (looked at no
     /// more than once a second).
-    pub(super) fn get(&self, kid: &str) -> Option<DecodingKey> {
+    pub(super) fn get(&self, kid: &str) -> Option<VerificationKey> {
         self.reload_if_changed();
         self.current().get(kid).cloned()
     }
 
-    fn current(&self) -> Arc<HashMap<String, DecodingKey>> {
+    fn current(&self) -> Arc<HashMap<String, VerificationKey>> {
         match self.keys.read() {
             Ok(keys) => Arc::clone(&keys),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
@@ -90,7 +103,7 @@ fn file_version(path: &Path) -> Option<(SystemTime, u64)> {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
-fn read_keys(path: &Path) -> Result<HashMap<String, DecodingKey>, AuthConfigError> {
+fn read_keys(path: &Path) -> Result<HashMap<String, VerificationKey>, AuthConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| AuthConfigError::KeyFileUnreadable {
             path: path.to_owned(),
@@ -100,7 +113,19 @@ fn read_keys(path: &Path) -> Result<HashMap<String, DecodingKey>, AuthConfigErro
         path: path.to_owned(),
         reason,
     };
-    let set: JwkSet = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    // Read as JSON first: the service binding is a member of our own, which
+    // `Jwk` does not keep (RFC 7517 lets other implementations ignore it).
+    let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let services: Vec<Option<serde_json::Value>> = raw
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .map(|keys| {
+            keys.iter()
+                .map(|key| key.get(JWK_SERVICE_MEMBER).cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let set: JwkSet = serde_json::from_value(raw).map_err(|e| invalid(e.to_string()))?;
     let mut keys = HashMap::new();
     for (i, jwk) in set.keys.iter().enumerate() {
         let kid = jwk
@@ -128,7 +153,25 @@ fn read_keys(path: &Path) -> Result<HashMap<String, DecodingKey>, AuthConfigErro
             return Err(invalid(format!("key `{kid}` is not a signing key")));
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("key `{kid}`: {e}")))?;
-        if keys.insert(kid.to_owned(), key).is_some() {
+        let service = match services.get(i).cloned().flatten() {
+            None => None,
+            Some(serde_json::Value::String(name))
+                if !name.trim().is_empty()
+                    && name.len() <= MAX_SUBJECT_LEN
+                    && !name.chars().any(char::is_control) =>
+            {
+                Some(name)
+            }
+            Some(_) => {
+                return Err(invalid(format!(
+                    "key `{kid}`: `{JWK_SERVICE_MEMBER}` must be a service's name"
+                )));
+            }
+        };
+        if keys
+            .insert(kid.to_owned(), VerificationKey { key, service })
+            .is_some()
+        {
             return Err(invalid(format!("`kid` {kid} appears twice")));
         }
     }

@@ -4,6 +4,11 @@
 //!   are picked by `kid` (re-read when the file changes, so keys rotate without
 //!   a restart), and HS256 with a shared secret for local runs only (off in any
 //!   deployment configured with a JWK set unless explicitly allowed).
+//! * Keys say who they are: a service's own key (a JWK carrying
+//!   [`JWK_SERVICE_MEMBER`]) signs only that service's tokens, a people's
+//!   issuer key only people's tokens, so neither kind of key can stand in for
+//!   the other, and contract's key cannot say `role: operator` or
+//!   `sub: dispute`.
 //! * Audiences: each service has its own (`AUTH_JWT_AUDIENCE`, by default its
 //!   name). A service principal's token must name the called service; a
 //!   person's token may name it or the platform audience.
@@ -46,6 +51,11 @@ pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 pub const MIN_HS256_SECRET_LEN: usize = 16;
 /// Longest accepted `sub` claim, in bytes.
 pub const MAX_SUBJECT_LEN: usize = 128;
+/// The member of a JWK that binds the key to one service: `"ta_service":
+/// "contract"` makes the key sign only tokens with `role: service` and
+/// `sub: contract`. A key without it is a people's issuer key and signs no
+/// service token.
+pub const JWK_SERVICE_MEMBER: &str = "ta_service";
 
 /// What a caller is, as carried in the `role` claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]

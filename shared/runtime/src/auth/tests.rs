@@ -186,6 +186,116 @@ fn rs256_keys_are_picked_by_kid() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+// --- keys bound to their principal ------------------------------------------
+
+/// A JWK set: fixture key a is the people's issuer's (`people-1`), b is
+/// contract's own (`contract-1`), c dispute's own (`dispute-1`).
+fn write_bound_jwks(path: &Path) {
+    let keys: Vec<serde_json::Value> = [
+        ("a", "people-1", None),
+        ("b", "contract-1", Some("contract")),
+        ("c", "dispute-1", Some("dispute")),
+    ]
+    .into_iter()
+    .map(|(key, kid, service)| rs256_issuer(key, kid).public_jwk(service).unwrap())
+    .collect();
+    std::fs::write(path, serde_json::json!({ "keys": keys }).to_string()).unwrap();
+}
+
+#[test]
+fn a_services_key_signs_only_its_own_service_tokens() {
+    let dir = scratch("bound");
+    let jwks = dir.join("jwks.json");
+    write_bound_jwks(&jwks);
+    let verifier = TokenVerifier::from_config(&jwks_config(&jwks), SERVICE).unwrap();
+    let contract = rs256_issuer("b", "contract-1");
+    let people = rs256_issuer("a", "people-1");
+
+    let own = token(&contract, "contract", Role::Service, SERVICE);
+    assert_eq!(
+        verifier.verify(&own),
+        Ok(principal("contract", Role::Service))
+    );
+    let dispute = token(
+        &rs256_issuer("c", "dispute-1"),
+        "dispute",
+        Role::Service,
+        SERVICE,
+    );
+    assert_eq!(
+        verifier.verify(&dispute),
+        Ok(principal("dispute", Role::Service))
+    );
+    let operator = token(&people, "ops-1", Role::Operator, PLATFORM_AUDIENCE);
+    assert_eq!(
+        verifier.verify(&operator),
+        Ok(principal("ops-1", Role::Operator))
+    );
+
+    // Contract's key claiming to be an operator, dispute, or anyone else.
+    for (subject, role, audience) in [
+        ("contract", Role::Operator, PLATFORM_AUDIENCE),
+        ("ops-1", Role::Operator, PLATFORM_AUDIENCE),
+        ("dispute", Role::Service, SERVICE),
+        ("contract", Role::Buyer, SERVICE),
+        ("supplier-1", Role::Supplier, PLATFORM_AUDIENCE),
+    ] {
+        let refused = verifier.verify(&token(&contract, subject, role, audience));
+        assert_eq!(
+            refused,
+            Err(AuthError::KeyNotForPrincipal),
+            "{subject} as {role}"
+        );
+        let status = tonic::Status::from(refused.unwrap_err());
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    }
+    // The people's issuer cannot speak for a service.
+    for subject in ["contract", "dispute"] {
+        let forged = token(&people, subject, Role::Service, SERVICE);
+        assert_eq!(
+            verifier.verify(&forged),
+            Err(AuthError::KeyNotForPrincipal),
+            "{subject}"
+        );
+    }
+
+    // HS256 allowed beside the key set signs people's tokens only.
+    let both = TokenVerifier::from_config(
+        &AuthConfig {
+            hs256_secret: Some(SECRET.into()),
+            allow_hs256: true,
+            ..jwks_config(&jwks)
+        },
+        SERVICE,
+    )
+    .unwrap();
+    let hs_operator = token(&hs256_issuer(), "ops-1", Role::Operator, PLATFORM_AUDIENCE);
+    assert!(both.verify(&hs_operator).is_ok());
+    let hs_service = token(&hs256_issuer(), "contract", Role::Service, SERVICE);
+    assert_eq!(both.verify(&hs_service), Err(AuthError::KeyNotForPrincipal));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_service_binding_must_name_a_service() {
+    let dir = scratch("bad-binding");
+    for (name, binding) in [
+        ("number", serde_json::json!(7)),
+        ("empty", serde_json::json!(" ")),
+        ("control", serde_json::json!("con\ttract")),
+    ] {
+        let mut jwk = rs256_issuer("b", "contract-1").public_jwk(None).unwrap();
+        jwk[JWK_SERVICE_MEMBER] = binding;
+        let path = dir.join(name);
+        std::fs::write(&path, serde_json::json!({ "keys": [jwk] }).to_string()).unwrap();
+        let message = config_error(jwks_config(&path));
+        assert!(message.contains("AUTH_JWT_JWKS_FILE"), "{name}: {message}");
+        assert!(message.contains(JWK_SERVICE_MEMBER), "{name}: {message}");
+    }
+    assert!(hs256_issuer().public_jwk(Some("contract")).is_none());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn a_rotated_key_set_is_picked_up_without_a_restart() {
     let dir = scratch("rotate");

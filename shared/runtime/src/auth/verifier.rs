@@ -46,6 +46,10 @@ pub enum AuthError {
     InvalidClaim(String),
     #[error("unknown role `{0}` in token")]
     UnknownRole(String),
+    /// A service's key signing for another principal or role, or a people's
+    /// key (or, beside a JWK set, the HS256 secret) signing a service token.
+    #[error("token key may not sign for this subject and role")]
+    KeyNotForPrincipal,
 }
 
 impl From<AuthError> for tonic::Status {
@@ -165,23 +169,29 @@ impl TokenVerifier {
 
     /// Verifies `token` (without the `Bearer ` prefix): signature (HS256, or
     /// RS256 with the key its `kid` names), `exp`/`nbf` with leeway, `iss`,
-    /// `aud`, a non-empty `sub` and a known `role`. A service principal's
-    /// token must name this service's own audience.
+    /// `aud`, a non-empty `sub` and a known `role`. The key must be one that
+    /// may sign for that subject and role (a service's key: only its own
+    /// service tokens; a people's key: no service token). A service
+    /// principal's token must name this service's own audience.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         // `alg: none` and unknown algorithms fail to parse here.
         let header = jsonwebtoken::decode_header(token).map_err(|err| {
             tracing::debug!(error = %err, "unparseable token header");
             AuthError::Malformed
         })?;
-        let claims = match (header.alg, &self.hs256, &self.rs256) {
-            (Algorithm::HS256, Some(key), _) => decode(token, key, &self.hs256_validation)?,
+        let (claims, signer) = match (header.alg, &self.hs256, &self.rs256) {
+            (Algorithm::HS256, Some(key), _) => (
+                decode(token, key, &self.hs256_validation)?,
+                Signer::SharedSecret,
+            ),
             (Algorithm::RS256, _, Some(keys)) => {
                 let key = header
                     .kid
                     .as_deref()
                     .and_then(|kid| keys.get(kid))
                     .ok_or(AuthError::UnknownKey)?;
-                decode(token, &key, &self.rs256_validation)?
+                let claims = decode(token, &key.key, &self.rs256_validation)?;
+                (claims, key.service.map_or(Signer::People, Signer::Service))
             }
             (alg, _, _) => return Err(AuthError::UnsupportedAlgorithm(format!("{alg:?}"))),
         };
@@ -200,12 +210,39 @@ impl TokenVerifier {
             None => return Err(AuthError::MissingClaim("role".to_owned())),
             Some(role) => role.parse().map_err(|_| AuthError::UnknownRole(role))?,
         };
+        // A key says only who it is: a service's key signs that service's
+        // own tokens and nothing else; a people's key signs no service token;
+        // the shared HS256 secret, which has no identity, signs service
+        // tokens only where no JWK set is configured (local runs and tests).
+        let allowed = match &signer {
+            Signer::Service(service) => role == Role::Service && subject == *service,
+            Signer::People => role != Role::Service,
+            Signer::SharedSecret => role != Role::Service || self.rs256.is_none(),
+        };
+        if !allowed {
+            tracing::debug!(
+                signer = ?signer, %role, subject = %subject,
+                "token refused: its key may not sign for this principal"
+            );
+            return Err(AuthError::KeyNotForPrincipal);
+        }
         // A token one service got for calling another must not work here.
         if role == Role::Service && !claims.aud.contains(&self.own_audience) {
             return Err(AuthError::WrongAudience);
         }
         Ok(Principal { subject, role })
     }
+}
+
+/// Who signed a token, as far as its key tells.
+#[derive(Debug)]
+enum Signer {
+    /// The HS256 secret: whoever holds it.
+    SharedSecret,
+    /// A people's issuer key (a JWK without [`super::JWK_SERVICE_MEMBER`]).
+    People,
+    /// The service's own key.
+    Service(String),
 }
 
 fn decode(
