@@ -2071,20 +2071,13 @@ fn a_bank_transfer_credited_after_it_expired_is_refunded_from_suspense_and_the_o
         "CONTRACT_STATUS_AWAITING_PAYMENT"
     );
 
-    // Then the money arrives: parked in suspense and sent back at once.
-    let credited = webhook_ok(
-        &platform,
-        "evt_late_credit",
-        "bank_transfer.credited",
-        &reference,
-        Some(310_000),
-    );
-    assert_eq!(
-        credited["fundingAttempt"]["status"], "FUNDING_STATUS_FAILED",
-        "{credited:#}"
-    );
-    let items = late_credits(&platform);
-    assert_eq!(items.len(), 1, "{items:#?}");
+    // Then the money arrives at the gateway, which reports it: parked in
+    // suspense and sent back against the transfer that brought it.
+    platform.gateway.credit_bank_transfer(&reference, Some(310_000));
+    let items = wait_until(PATIENCE, "the late credit to be listed", || {
+        let items = late_credits(&platform);
+        if items.len() == 1 { Ok(items) } else { Err(format!("{items:#?}")) }
+    });
     assert_eq!(items[0]["kind"], "LATE_CREDIT");
     assert_eq!(int(&items[0]["amount"]["amountMinor"]), 310_000);
     assert!(
@@ -2093,11 +2086,13 @@ fn a_bank_transfer_credited_after_it_expired_is_refunded_from_suspense_and_the_o
             .is_some_and(|t| !t.is_empty()),
         "the refund was sent: {items:#?}"
     );
-    assert_eq!(
-        platform.balances(&account),
-        Balances::default(),
-        "nothing stays in suspense or escrow"
-    );
+    let failed = attempt_of(&platform, &id, &attempt["fundingAttemptId"]);
+    assert_eq!(failed["status"], "FUNDING_STATUS_FAILED", "{failed:#}");
+    // The gateway pays the refund out: nothing stays in suspense or escrow.
+    wait_until(PATIENCE, "the refund of the late credit to be paid", || {
+        let balances = platform.balances(&account);
+        if balances == Balances::default() { Ok(()) } else { Err(format!("{balances:?}")) }
+    });
     assert_eq!(
         platform.postings(&account),
         [
@@ -2115,16 +2110,33 @@ fn a_bank_transfer_credited_after_it_expired_is_refunded_from_suspense_and_the_o
             ),
         ]
     );
-    // The same credit reported again under another event id is parked and
-    // sent back too: nothing is kept.
-    webhook_ok(
-        &platform,
-        "evt_late_credit_2",
-        "bank_transfer.credited",
-        &reference,
-        Some(310_000),
+    // The gateway delivers the same event again: nothing changes.
+    let events = platform.gateway.control("GET", "/sandbox/events", None);
+    let credit_event = events["events"]
+        .as_array()
+        .and_then(|all| all.iter().find(|e| e["type"] == "bank_transfer.credited"))
+        .and_then(|e| e["id"].as_str())
+        .expect("the credit's event")
+        .to_owned();
+    platform.gateway.control(
+        "POST",
+        &format!("/sandbox/webhooks/redeliver/{credit_event}"),
+        None,
     );
-    assert_eq!(late_credits(&platform).len(), 2);
+    wait_until(PATIENCE, "the redelivery to be answered", || {
+        let events = platform.gateway.control("GET", "/sandbox/events", None);
+        let answered = events["events"].as_array().and_then(|all| {
+            all.iter()
+                .find(|e| e["id"] == credit_event.as_str())
+                .and_then(|e| e["attempts"].as_array())
+                .map(|a| a.len())
+        });
+        match answered {
+            Some(n) if n >= 2 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(late_credits(&platform).len(), 1);
     assert_eq!(platform.balances(&account), Balances::default());
 
     // Paid again, and this time the bank confirms in time.
@@ -2202,17 +2214,16 @@ fn a_bank_transfer_pending_at_the_due_date_holds_off_the_cancellation_until_it_e
     platform.wait_cover(&supplier_id, (0, 1_000_000));
 
     // The bank's credit comes after all: refunded from suspense, never held.
-    let credited = webhook_ok(
-        &platform,
-        "evt_after_cancel",
-        "bank_transfer.credited",
-        &reference,
-        Some(310_000),
-    );
-    assert_eq!(
-        credited["fundingAttempt"]["status"], "FUNDING_STATUS_FAILED",
-        "{credited:#}"
-    );
+    platform.gateway.credit_bank_transfer(&reference, Some(310_000));
+    wait_until(PATIENCE, "the late credit to be sent back and paid", || {
+        let items = late_credits(&platform);
+        let balances = platform.balances(&account);
+        if items.len() == 1 && balances == Balances::default() {
+            Ok(())
+        } else {
+            Err(format!("{items:#?} {balances:?}"))
+        }
+    });
     let items = late_credits(&platform);
     assert_eq!(items.len(), 1, "{items:#?}");
     assert_eq!(items[0]["kind"], "LATE_CREDIT");

@@ -345,12 +345,13 @@ fn a_bad_configuration_fails_at_once_naming_the_variable() {
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     // Nothing listens on port 1: no case below may need the database.
-    let good: [(&str, &str); 5] = [
+    let good: [(&str, &str); 6] = [
         ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/never_used"),
         ("GRPC_LISTEN_ADDR", &listen),
         ("AUTH_JWT_HS256_SECRET", TEST_SECRET),
         ("LOG_FORMAT", "text"),
         ("ESCROW_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET),
+        ("ESCROW_GATEWAY_URL", "http://127.0.0.1:9"),
     ];
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_addr = taken.local_addr().expect("addr").to_string();
