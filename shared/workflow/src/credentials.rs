@@ -91,6 +91,13 @@ impl ServiceCredentials {
         config: &CredentialsConfig,
         auth: &AuthConfig,
     ) -> Result<Self, String> {
+        if config.token_ttl > auth.max_lifetime {
+            return Err(format!(
+                "SERVICE_TOKEN_TTL ({:?}) is longer than AUTH_JWT_MAX_LIFETIME ({:?}): the called \
+                 services would refuse the tokens",
+                config.token_ttl, auth.max_lifetime
+            ));
+        }
         if let (Some(file), Some(kid)) = (&config.signing_key_file, &config.signing_key_id) {
             let issuer = TokenIssuer::rs256_from_file(file, kid.clone(), auth.issuer.clone())
                 .map_err(|e| format!("SERVICE_SIGNING_KEY_FILE: {e}"))?;
@@ -390,6 +397,16 @@ mod tests {
             ServiceCredentials::from_config("contract", &no_credentials(), &AuthConfig::default())
                 .unwrap_err();
         assert!(error.contains("AUTH_JWT_HS256_SECRET"), "{error}");
+
+        let too_long = CredentialsConfig {
+            token_ttl: Duration::from_secs(7_200),
+            ..no_credentials()
+        };
+        let error = ServiceCredentials::from_config("contract", &too_long, &local).unwrap_err();
+        assert!(
+            error.contains("SERVICE_TOKEN_TTL") && error.contains("AUTH_JWT_MAX_LIFETIME"),
+            "{error}"
+        );
 
         let missing_dir = CredentialsConfig {
             token_dir: Some(dir.join("absent")),

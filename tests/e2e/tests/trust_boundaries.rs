@@ -1,11 +1,15 @@
 //! Credentials worth no more than what they are for (issue 22), against the
-//! real binaries: a service's key signs only its own service's tokens.
+//! real binaries: a service's key signs only its own service's tokens, and no
+//! token lives longer than the maximum lifetime.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use e2e_tests::{
-    MINT_TOKEN, SUPPLIER_REGISTRY, SUPPLIER_SERVICE, Service, TempDir, fresh_database, json,
-    run_binary,
+    MINT_TOKEN, SUPPLIER_REGISTRY, SUPPLIER_SERVICE, Service, TEST_SECRET, TempDir, fresh_database,
+    json, run_binary,
 };
-use ta_testkit::{jwk_set, rs256_fixture_key, rs256_issuer};
+use ta_runtime::auth::{Claims, PLATFORM_AUDIENCE, Role};
+use ta_testkit::{TEST_ISSUER, jwk_set, rs256_fixture_key, rs256_issuer};
 
 /// A token minted by the `mint-token` binary with the RS256 fixture key `key`
 /// under `kid`.
@@ -109,4 +113,74 @@ fn a_services_key_signs_only_its_own_service_and_people_keys_no_service() {
         code(&registry, "RecordPenalty", &people_as_dispute, &penalty),
         "Unauthenticated"
     );
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// An operator's token (test secret) issued at `iat`, expiring at `exp`.
+fn operator_token(iat: u64, exp: u64) -> String {
+    ta_testkit::issuer()
+        .sign(&Claims {
+            sub: "ops-1".into(),
+            role: Role::Operator,
+            iss: TEST_ISSUER.into(),
+            aud: PLATFORM_AUDIENCE.into(),
+            exp,
+            iat,
+            nbf: None,
+        })
+        .expect("test token")
+}
+
+#[test]
+fn a_token_beyond_the_maximum_lifetime_or_issued_in_the_future_is_refused() {
+    let database = fresh_database();
+    let mut registry = Service::spawn(SUPPLIER_REGISTRY, &[("DATABASE_URL", &database.url)]);
+    registry.wait_serving();
+    let get = json!({ "supplier_id": "00000000-0000-7000-8000-000000000000" });
+    let now = unix_now();
+
+    // An hour (the default maximum) passes authentication; two hours, or an
+    // issue time ten minutes ahead, do not.
+    let hour = operator_token(now, now + 3_600);
+    assert_eq!(code(&registry, "GetSupplier", &hour, &get), "NotFound");
+    let two_hours = operator_token(now, now + 7_200);
+    assert_eq!(
+        code(&registry, "GetSupplier", &two_hours, &get),
+        "Unauthenticated"
+    );
+    let ahead = operator_token(now + 600, now + 1_200);
+    assert_eq!(
+        code(&registry, "GetSupplier", &ahead, &get),
+        "Unauthenticated"
+    );
+
+    // A process configured for longer accepts the two hours.
+    let mut patient = Service::spawn(
+        SUPPLIER_REGISTRY,
+        &[
+            ("DATABASE_URL", &database.url),
+            ("AUTH_JWT_MAX_LIFETIME", "3h"),
+        ],
+    );
+    patient.wait_serving();
+    assert_eq!(code(&patient, "GetSupplier", &two_hours, &get), "NotFound");
+
+    // mint-token refuses to mint what the services would refuse.
+    let output = run_binary(
+        MINT_TOKEN,
+        &[
+            ("AUTH_JWT_HS256_SECRET", TEST_SECRET),
+            ("AUTH_DEV_MODE", "true"),
+        ],
+        &["--subject", "buyer-1", "--role", "buyer", "--ttl", "2h"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("AUTH_JWT_MAX_LIFETIME"), "{stderr}");
 }

@@ -1,8 +1,12 @@
 //! Token verification settings, flattened into each service's configuration.
 
-use std::{fmt, path::PathBuf};
+use std::{fmt, path::PathBuf, time::Duration};
 
-use super::{DEFAULT_ISSUER, DEFAULT_LEEWAY_SECONDS, MIN_HS256_SECRET_LEN, PLATFORM_AUDIENCE};
+use super::{
+    DEFAULT_ISSUER, DEFAULT_LEEWAY_SECONDS, DEFAULT_MAX_LIFETIME, MIN_HS256_SECRET_LEN,
+    PLATFORM_AUDIENCE,
+};
+use crate::config::DurationRange;
 
 pub(super) const ENV_ISSUER: &str = "AUTH_JWT_ISSUER";
 pub(super) const ENV_AUDIENCE: &str = "AUTH_JWT_AUDIENCE";
@@ -10,6 +14,7 @@ pub(super) const ENV_PLATFORM_AUDIENCE: &str = "AUTH_JWT_PLATFORM_AUDIENCE";
 pub(super) const ENV_HS256_SECRET: &str = "AUTH_JWT_HS256_SECRET";
 pub(super) const ENV_ALLOW_HS256: &str = "AUTH_JWT_ALLOW_HS256";
 pub(super) const ENV_JWKS_FILE: &str = "AUTH_JWT_JWKS_FILE";
+pub(super) const ENV_MAX_LIFETIME: &str = "AUTH_JWT_MAX_LIFETIME";
 
 /// At least one of `AUTH_JWT_HS256_SECRET` (local runs) and
 /// `AUTH_JWT_JWKS_FILE` (deployments) must be given. With a JWK set, HS256 is
@@ -56,6 +61,14 @@ pub struct AuthConfig {
           value_name = "AUTH_JWT_LEEWAY_SECONDS", default_value_t = DEFAULT_LEEWAY_SECONDS,
           value_parser = clap::value_parser!(u64).range(0..=300))]
     pub leeway_seconds: u64,
+
+    /// Longest lifetime a token may have (`exp - iat`, 1m to 24h), people's
+    /// and services' alike; a token issued for longer is refused, as is one
+    /// without `iat` or issued in the future.
+    #[arg(long = "auth-jwt-max-lifetime", env = ENV_MAX_LIFETIME, value_name = ENV_MAX_LIFETIME,
+          default_value = "1h",
+          value_parser = DurationRange::new(Duration::from_secs(60), Duration::from_secs(86_400)))]
+    pub max_lifetime: Duration,
 }
 
 impl AuthConfig {
@@ -84,6 +97,7 @@ impl Default for AuthConfig {
             allow_hs256: false,
             jwks_file: None,
             leeway_seconds: DEFAULT_LEEWAY_SECONDS,
+            max_lifetime: DEFAULT_MAX_LIFETIME,
         }
     }
 }
@@ -101,6 +115,7 @@ impl fmt::Debug for AuthConfig {
             .field("allow_hs256", &self.allow_hs256)
             .field("jwks_file", &self.jwks_file)
             .field("leeway_seconds", &self.leeway_seconds)
+            .field("max_lifetime", &self.max_lifetime)
             .finish()
     }
 }

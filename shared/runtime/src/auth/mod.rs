@@ -45,8 +45,11 @@ pub const DEFAULT_ISSUER: &str = "trade-assurance";
 /// The platform-wide audience people's tokens may carry (services' tokens
 /// must name the service they call).
 pub const PLATFORM_AUDIENCE: &str = "trade-assurance";
-/// Default clock-skew tolerance for `exp` / `nbf`, in seconds.
+/// Default clock-skew tolerance for `exp` / `nbf` / `iat`, in seconds.
 pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
+/// Default longest token lifetime (`exp - iat`), people's and services'
+/// alike (`AUTH_JWT_MAX_LIFETIME`).
+pub const DEFAULT_MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3_600);
 /// Shortest accepted HS256 secret, in bytes.
 pub const MIN_HS256_SECRET_LEN: usize = 16;
 /// Longest accepted `sub` claim, in bytes.

@@ -432,6 +432,75 @@ fn bad_tokens_are_refused_with_their_reason() {
     assert_eq!(verifier.verify("garbage"), Err(AuthError::Malformed));
 }
 
+#[test]
+fn a_token_lives_at_most_the_maximum_lifetime_counted_from_a_past_iat() {
+    let verifier = hs256_verifier();
+    let now = unix_now();
+    let verify = |verifier: &TokenVerifier, iat: Option<u64>, exp: u64| {
+        let mut claims = claims_json("buyer");
+        claims["exp"] = serde_json::json!(exp);
+        match iat {
+            Some(iat) => claims["iat"] = serde_json::json!(iat),
+            None => {
+                claims.as_object_mut().unwrap().remove("iat");
+            }
+        }
+        verifier.verify(&hs256_token(&claims))
+    };
+    // The default maximum is an hour.
+    assert!(verify(&verifier, Some(now), now + 3_600).is_ok());
+    assert_eq!(
+        verify(&verifier, Some(now), now + 3_601),
+        Err(AuthError::LifetimeTooLong(3_600))
+    );
+    assert_eq!(
+        verify(&verifier, Some(now - 600), now + 3_600),
+        Err(AuthError::LifetimeTooLong(3_600)),
+        "the lifetime counts from iat, not from now"
+    );
+    assert_eq!(
+        verify(&verifier, None, now + 600),
+        Err(AuthError::MissingClaim("iat".into()))
+    );
+    assert_eq!(
+        verify(&verifier, Some(now + 600), now + 1_200),
+        Err(AuthError::IssuedInTheFuture)
+    );
+    assert!(
+        verify(&verifier, Some(now + 10), now + 1_200).is_ok(),
+        "within the leeway"
+    );
+    assert_eq!(
+        verify(&verifier, Some(now + 20), now + 10),
+        Err(AuthError::InvalidClaim("iat".into())),
+        "expiring before it was issued"
+    );
+    let status = tonic::Status::from(AuthError::LifetimeTooLong(3_600));
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    // Minted for longer than the maximum: refused; a longer maximum admits it.
+    let day = token_for(&hs256_issuer(), Duration::from_secs(86_400));
+    assert_eq!(
+        verifier.verify(&day),
+        Err(AuthError::LifetimeTooLong(3_600))
+    );
+    let patient = TokenVerifier::from_config(
+        &AuthConfig {
+            max_lifetime: Duration::from_secs(86_400),
+            ..hs256_config()
+        },
+        SERVICE,
+    )
+    .unwrap();
+    assert!(patient.verify(&day).is_ok());
+}
+
+fn token_for(issuer: &TokenIssuer, ttl: Duration) -> String {
+    issuer
+        .mint("buyer-1", Role::Buyer, PLATFORM_AUDIENCE, ttl)
+        .unwrap()
+}
+
 // --- configuration -------------------------------------------------------------
 
 fn config_error(config: AuthConfig) -> String {
@@ -521,8 +590,17 @@ fn clap_reads_the_environment_names_and_defaults() {
         "AUTH_JWT_ALLOW_HS256",
         "AUTH_JWT_JWKS_FILE",
         "AUTH_JWT_LEEWAY_SECONDS",
+        "AUTH_JWT_MAX_LIFETIME",
     ] {
         assert!(envs.iter().any(|e| e == env), "{env} missing");
+    }
+    assert_eq!(cli.auth.max_lifetime, Duration::from_secs(3_600));
+    for out_of_range in ["30s", "2d"] {
+        assert!(
+            <Cli as clap::Parser>::try_parse_from(["svc", "--auth-jwt-max-lifetime", out_of_range])
+                .is_err(),
+            "{out_of_range}"
+        );
     }
     assert!(
         <Cli as clap::Parser>::try_parse_from(["svc", "--auth-jwt-leeway-seconds", "99999"])

@@ -12,6 +12,7 @@ use super::{
         checked_secret, non_empty,
     },
     keys::KeySet,
+    unix_now,
 };
 
 /// Why a request was not authenticated. The `Display` text is sent to the
@@ -36,6 +37,10 @@ pub enum AuthError {
     Expired,
     #[error("token is not valid yet")]
     NotYetValid,
+    #[error("token was issued in the future")]
+    IssuedInTheFuture,
+    #[error("token lifetime exceeds the maximum of {0} seconds")]
+    LifetimeTooLong(u64),
     #[error("token issuer is not accepted")]
     WrongIssuer,
     #[error("token audience is not accepted")]
@@ -84,6 +89,10 @@ struct VerifiedClaims {
     role: Option<String>,
     #[serde(default)]
     aud: Audience,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -111,6 +120,8 @@ pub struct TokenVerifier {
     hs256: Option<DecodingKey>,
     rs256: Option<KeySet>,
     own_audience: String,
+    leeway_seconds: u64,
+    max_lifetime_seconds: u64,
     hs256_validation: Validation,
     rs256_validation: Validation,
 }
@@ -121,6 +132,7 @@ impl fmt::Debug for TokenVerifier {
             .field("hs256", &self.hs256.is_some())
             .field("rs256_keys", &self.rs256.as_ref().map_or(0, KeySet::len))
             .field("own_audience", &self.own_audience)
+            .field("max_lifetime_seconds", &self.max_lifetime_seconds)
             .field("issuer", &self.rs256_validation.iss)
             .finish()
     }
@@ -152,6 +164,7 @@ impl TokenVerifier {
             v.validate_exp = true;
             v.validate_nbf = true;
             v.validate_aud = true;
+            // `iat` is required too, and checked below with the lifetime.
             v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
             v.set_issuer(&[issuer]);
             // Either audience passes here; who may use which is checked after.
@@ -162,14 +175,18 @@ impl TokenVerifier {
             hs256,
             rs256,
             own_audience: own_audience.to_owned(),
+            leeway_seconds: config.leeway_seconds,
+            max_lifetime_seconds: config.max_lifetime.as_secs(),
             hs256_validation: validation(Algorithm::HS256),
             rs256_validation: validation(Algorithm::RS256),
         })
     }
 
     /// Verifies `token` (without the `Bearer ` prefix): signature (HS256, or
-    /// RS256 with the key its `kid` names), `exp`/`nbf` with leeway, `iss`,
-    /// `aud`, a non-empty `sub` and a known `role`. The key must be one that
+    /// RS256 with the key its `kid` names), `exp`/`nbf` with leeway, `iat`
+    /// (required, not in the future beyond the leeway, at most the maximum
+    /// lifetime before `exp`), `iss`, `aud`, a non-empty `sub` and a known
+    /// `role`. The key must be one that
     /// may sign for that subject and role (a service's key: only its own
     /// service tokens; a people's key: no service token). A service
     /// principal's token must name this service's own audience.
@@ -195,6 +212,23 @@ impl TokenVerifier {
             }
             (alg, _, _) => return Err(AuthError::UnsupportedAlgorithm(format!("{alg:?}"))),
         };
+        // A stolen token is worth its lifetime: bounded, and counted from an
+        // issue time that is not in the future.
+        let iat = claims
+            .iat
+            .ok_or_else(|| AuthError::MissingClaim("iat".to_owned()))?;
+        if iat > unix_now().saturating_add(self.leeway_seconds) {
+            return Err(AuthError::IssuedInTheFuture);
+        }
+        let exp = claims
+            .exp
+            .ok_or_else(|| AuthError::MissingClaim("exp".to_owned()))?;
+        let lifetime = exp
+            .checked_sub(iat)
+            .ok_or_else(|| AuthError::InvalidClaim("iat".to_owned()))?;
+        if lifetime > self.max_lifetime_seconds {
+            return Err(AuthError::LifetimeTooLong(self.max_lifetime_seconds));
+        }
         let subject = match claims.sub {
             // Subjects are stored (owners, idempotency scopes): printable and bounded.
             Some(sub)

@@ -2,7 +2,7 @@
 //! HS256 with the dev secret, or RS256 with a private key and its `kid`.
 //!
 //! ```text
-//! AUTH_JWT_HS256_SECRET=... mint-token --subject buyer-1 --role buyer --ttl 8h
+//! AUTH_JWT_HS256_SECRET=... mint-token --subject buyer-1 --role buyer --ttl 30m
 //! AUTH_JWT_HS256_SECRET=... mint-token --subject contract --role service --audience escrow
 //! mint-token --subject ops-1 --role operator --signing-key-file key.pem --kid ops-2026
 //! ```
@@ -64,6 +64,12 @@ struct Cli {
     /// the called service's name (e.g. escrow), which it then requires.
     #[arg(long, default_value = PLATFORM_AUDIENCE)]
     audience: String,
+
+    /// The services' longest accepted token lifetime: a --ttl beyond it is
+    /// refused here, since the services would refuse the token.
+    #[arg(long = "auth-jwt-max-lifetime", env = "AUTH_JWT_MAX_LIFETIME", default_value = "1h",
+          value_parser = parse_ttl)]
+    max_lifetime: Duration,
 }
 
 /// `90`, `90s`, `15m`, `8h`, `7d` (the services' duration syntax); zero is refused.
@@ -81,6 +87,15 @@ fn main() -> ExitCode {
         eprintln!(
             "mint-token: a service token names the service it calls: add --audience <service>, \
              e.g. --audience supplier-registry"
+        );
+        return ExitCode::from(2);
+    }
+    if cli.ttl > cli.max_lifetime {
+        eprintln!(
+            "mint-token: --ttl {} is longer than AUTH_JWT_MAX_LIFETIME ({}), the longest lifetime \
+             the services accept",
+            humantime::format_duration(cli.ttl),
+            humantime::format_duration(cli.max_lifetime)
         );
         return ExitCode::from(2);
     }
