@@ -605,7 +605,13 @@ async fn closing_fails_pending_attempts_and_a_late_credit_goes_back(pool: PgPool
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert_eq!(escrow.gateway.money_movements(), 0, "nothing charged");
+    assert!(
+        escrow
+            .gateway
+            .moved_under(&format!("fund:{BUYER}:k-1"))
+            .is_none(),
+        "nothing charged"
+    );
     refund_suspense(&mut client, 1).await;
     assert_money(&escrow, 1_000).await;
 }
@@ -701,4 +707,90 @@ async fn a_payout_pays_the_supplier_across_contracts_and_resolves_once(pool: PgP
         ]
     );
     assert_sound(&mut client).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_payout_reported_paid_after_it_failed_leaves_the_ledger_once(pool: PgPool) {
+    use pb::purpose::Purpose as P;
+    let escrow = start(pool).await;
+    let mut client = escrow.client.clone();
+    let id = funded(&mut client, "c-paid-late", 1_500).await;
+    client
+        .release_to_supplier(contract(pb::ReleaseToSupplierRequest {
+            idempotency_key: "rel".into(),
+            escrow_account_id: id,
+            amount: None,
+            reason: "delivered".into(),
+            purpose: purpose(P::Acceptance(true)),
+        }))
+        .await
+        .unwrap();
+    let payout = client
+        .run_supplier_payouts(operator(pb::RunSupplierPayoutsRequest {
+            idempotency_key: "run-1".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .payouts
+        .remove(0);
+    let report = |id: &str, kind: &str| {
+        Event::new(id, kind, &payout.gateway_reference).client(&payout.gateway_transfer_id)
+    };
+    assert_eq!(
+        deliver(&mut client, &report("evt-1", "payout.failed")).await,
+        pb::WebhookOutcome::Applied
+    );
+    assert_eq!(
+        trial_posted(&mut client, pb::LedgerAccountKind::SupplierPayable).await,
+        1_500,
+        "owed again"
+    );
+    // The gateway paid it after all: the money leaves the payable, once,
+    // however often the gateway says so.
+    assert_eq!(
+        deliver(&mut client, &report("evt-2", "payout.paid")).await,
+        pb::WebhookOutcome::Applied
+    );
+    assert_eq!(
+        trial_posted(&mut client, pb::LedgerAccountKind::SupplierPayable).await,
+        0
+    );
+    // The supplier is owed again for another contract when the gateway
+    // repeats itself.
+    let other = funded(&mut client, "c-paid-late-2", 700).await;
+    client
+        .release_to_supplier(contract(pb::ReleaseToSupplierRequest {
+            idempotency_key: "rel-2".into(),
+            escrow_account_id: other,
+            amount: None,
+            reason: "delivered".into(),
+            purpose: purpose(P::Acceptance(true)),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        deliver(&mut client, &report("evt-3", "payout.paid")).await,
+        pb::WebhookOutcome::Duplicate
+    );
+    let items = client
+        .list_unmatched_gateway_items(operator(pb::ListUnmatchedGatewayItemsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(items.is_empty(), "nothing for an operator: {items:#?}");
+    let all = transfers(&mut client, pb::GatewayTransferDirection::Payout).await;
+    assert_eq!(
+        all[0].status,
+        pb::GatewayTransferStatus::Paid as i32,
+        "the money left: paid"
+    );
+    assert_eq!(
+        trial_posted(&mut client, pb::LedgerAccountKind::SupplierPayable).await,
+        700,
+        "the new money is still owed"
+    );
+    assert_money(&escrow, 0).await;
 }

@@ -1,78 +1,107 @@
-//! Random sequences of open, fund (card approved or declined, bank
-//! transfer, Pay Later), gateway confirmations (exact, short, excess,
-//! duplicate, late) and failures, signed gateway webhooks (valid credits and
-//! failures, the same event replayed, forged ones: another key or a
-//! tampered body, stale ones: outside the tolerance either way), release,
-//! refund, freeze, unfreeze, close, payout, hold expiry and the hold
-//! deadline passing, run against the Postgres implementation and a
-//! reference model built from the pure domain (the in-memory `Ledger` and
-//! `EscrowAccount`). After every step: both predict the same outcome, the
-//! ledger sums to zero per currency, no balance is negative, every hold
-//! resolved at most once and alike in both, the kept balances equal the
-//! recomputation from postings (reconciliation finds nothing), and the hold
-//! deadlines (paused while frozen) agree. A replayed, forged or stale
-//! webhook, and a hold deadline passing, change no row of the ledger or the
-//! accounts (checked on the tables themselves).
+//! Random sequences of what production does to escrow, driven through the
+//! paths production drives: FundEscrow (card approved, declined, refused by
+//! the gateway before it acted, or charged with its answer lost; bank
+//! transfer; Pay Later) and its retries under the same key, the gateway
+//! worker asking the gateway about an unanswered attempt, attempt expiries
+//! and hold deadlines by their timers' handlers, the gateway's signed
+//! webhooks through HandleGatewayWebhook (credits exact, short or beyond
+//! what is due, failures, routine card confirmations, redeliveries, forged,
+//! stale, malformed ones and ones naming a payment escrow does not know yet),
+//! releases, refunds, claim settlements, freezes, closing, payout runs (the
+//! RPC and the payout timer's, which also pays buyers back against their
+//! payments) and the gateway's reports on each transfer. All over the
+//! in-process gRPC API, with the in-memory gateway.
 //!
-//! Webhooks run what `HandleGatewayWebhook` runs after its idempotency-key
-//! pipeline: the signature check and `Flows::apply_gateway_event`, both at
-//! the model's clock.
+//! A reference model built from the pure domain (the in-memory `Ledger` and
+//! `EscrowAccount`) predicts each step: an intent is recorded (with its
+//! hold) before the gateway is called; a card attempt holds, then posts or
+//! voids; a credit posts what the payment still needs and parks the rest in
+//! suspense, sent back as a `suspense_refund` transfer against the payment
+//! that brought it; a credit for an attempt that ended goes the same way;
+//! an unknown reference is answered RETRY_LATER and recorded nowhere.
+//! After every step: both predict the same outcome, the ledger sums to zero
+//! per currency, no bounded balance is negative, every hold resolved at most
+//! once and alike in both, balances, attempts and transfers agree, the
+//! kept balances equal the recomputation from postings, and the gateway
+//! charged exactly the cards the model says. A refused, forged, stale,
+//! replayed or early webhook, and a hold deadline passing, change no row.
 //!
-//! The test makes its own database (proptest drives the system from a plain
-//! thread, so it brings its own runtime) and drops it at the end.
+//! The test makes its own database and escrow server (proptest drives the
+//! system from a plain thread, so it brings its own runtime) and drops the
+//! database at the end.
 
 mod common;
+mod support;
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, OnceLock},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Mutex, OnceLock},
 };
 
-use common::*;
 use escrow::{
-    app::{self, StartFunding},
+    app::{ACCOUNT_CLOSED, NOTHING_HELD, funding, worker::GatewayWorker},
     domain::{
         AccountKey, AccountKind, Action, EscrowAccount, HoldRequest, HoldStatus, Ledger,
         LedgerError, LedgerStore, Leg, NewAccount, Purpose, Settles, TransferRequest,
         account::split_refund,
-        funding::{CreditOutcome, FundingMethod},
+        ledger::{INSUFFICIENT_FUNDS, PURPOSE_ALREADY_SETTLED, never_expires},
     },
-    flows::{self, Flows, Settings},
-    gateway::memory::InMemoryGateway,
-    storage::{
-        PgLedger, accounts,
-        api::{self, AttemptGateway, Scheme, Terms},
-        ledger,
-    },
-    webhook::{GatewayEvent, WebhookSecret},
+    flows::ATTEMPT_EXPIRY,
+    gateway::{OperationStatus, PaymentGateway},
+    storage::{PgLedger, ledger},
+    webhook::WebhookSecret,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 use sqlx::{Connection, PgConnection, PgPool};
-use ta_proto::escrow::WebhookOutcome;
+use ta_proto::escrow as pb;
 use ta_runtime::{ServiceError, money::Money};
-use ta_workflow::{feed::Feed, timers::Timers};
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 const ACCOUNTS: usize = 2;
+/// Account 0 takes cards and bank transfers; account 1 is Pay Later through
+/// partner 0.
+const PAY_LATER: usize = 1;
 const SCHEDULE: [i64; 2] = [400, 600];
-const HOLD_TTL_MINUTES: i64 = 60;
-/// Each account's hold deadline, after opening at the start of the clock.
-const HOLD_UNTIL_MINUTES: i64 = 24 * 60;
 const SUPPLIER: &str = "supplier-0";
-const WEBHOOK_SECRET: &str = "whsec_props_0123456789abcdef0123456789abcdef";
 const FORGER_SECRET: &str = "whsec_forger_0123456789abcdef0123456789abcd";
 const WEBHOOK_TOLERANCE_SECONDS: i64 = 300;
 
+fn usd() -> ta_runtime::money::Currency {
+    common::usd()
+}
+
+/// The model's clock: its holds never expire, so any time will do.
 fn base() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap()
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token {
+    Visa,
+    Declined,
+    /// The gateway refuses before acting.
+    GatewayError,
+    /// The gateway charges; its answer is lost.
+    Timeout,
+}
+
+impl Token {
+    fn as_str(self) -> &'static str {
+        match self {
+            Token::Visa => "tok_visa",
+            Token::Declined => "tok_declined",
+            Token::GatewayError => "tok_gateway_error",
+            Token::Timeout => "tok_timeout",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Method {
-    Card(bool),
+    Card(Token),
     Bank,
     PayLater(u8),
 }
@@ -80,18 +109,22 @@ enum Method {
 /// How a webhook step delivers its event.
 #[derive(Clone, Debug)]
 enum Hook {
-    /// A new, correctly signed credit of the attempt's payment.
+    /// A new, correctly signed credit of the attempt's payment (a card's:
+    /// the gateway's routine report of its charge).
     Credit,
     /// A new, correctly signed failure of the attempt's payment.
     Failure,
-    /// An event delivered before, again (re-signed now, as gateways do).
+    /// An event answered before, delivered again (re-signed now).
     Replay(usize),
     /// A new credit signed with another key, or whose body was changed
     /// after signing.
     Forged { other_key: bool },
-    /// A new credit signed `seconds` beyond the tolerance, in the past or
-    /// the future.
+    /// A new credit signed `seconds` beyond the tolerance, either way.
     Stale { seconds: i64, future: bool },
+    /// A credit naming a payment escrow does not know (yet).
+    Unknown,
+    /// A credit that does not say how much arrived.
+    NoAmount,
 }
 
 #[derive(Clone, Debug)]
@@ -102,12 +135,16 @@ enum Step {
         milestone: usize,
         method: Method,
     },
-    Confirm {
+    /// The buyer sends an attempt's FundEscrow again, same key.
+    Retry {
         attempt: usize,
-        credit: u8,
-        delta: i64,
     },
-    Fail {
+    /// The gateway worker asks the gateway about an unanswered attempt.
+    Resolve {
+        attempt: usize,
+    },
+    /// The attempt's expiry timer fires.
+    Expire {
         attempt: usize,
     },
     Webhook {
@@ -117,9 +154,6 @@ enum Step {
     },
     /// The account's hold deadline timer fires.
     HoldDeadline(usize),
-    Advance {
-        minutes: i64,
-    },
     Release {
         account: usize,
         amount: Option<i64>,
@@ -130,6 +164,12 @@ enum Step {
         amount: Option<i64>,
         settles: Settles,
     },
+    Settle {
+        account: usize,
+        claim: u8,
+        refund: Option<i64>,
+        release_rest: bool,
+    },
     Freeze {
         account: usize,
         claim: u8,
@@ -139,12 +179,18 @@ enum Step {
         claim: u8,
     },
     Close(usize),
-    Payout {
-        amount: i64,
-    },
-    SettlePayout {
-        payout: usize,
+    /// RunSupplierPayouts for the case's supplier.
+    Payout,
+    /// The payout timer: the worker pays suppliers, then buyers.
+    PayoutRun,
+    /// The gateway reports on a transfer.
+    SettleTransfer {
+        transfer: usize,
         paid: bool,
+    },
+    /// The gateway pays a payout or buyer refund it had reported failed.
+    PaidLate {
+        transfer: usize,
     },
 }
 
@@ -153,30 +199,56 @@ enum Step {
 enum Outcome {
     Skipped,
     Done,
-    Credit(CreditOutcome),
-    Failed(bool),
-    /// A webhook's answer: "applied", "duplicate" or "ignored".
+    /// A webhook's answer.
     Webhook(&'static str),
     /// What the hold deadline announced as still held, if anything.
     Announced(Option<i64>),
-    Refused(&'static str),
+    Refused(String),
 }
 
-fn refused(error: &ServiceError) -> Outcome {
-    Outcome::Refused(match error {
-        ServiceError::NotFound { .. } => "not found",
-        ServiceError::FailedPrecondition(_) => "failed precondition",
-        ServiceError::Refused { reason, .. } => reason,
-        ServiceError::InvalidArgument(_) => "invalid argument",
-        other => panic!("unexpected error: {other:?}"),
+fn refusal(error: &ServiceError) -> String {
+    match error {
+        ServiceError::NotFound { .. } => "not found".into(),
+        ServiceError::FailedPrecondition(_) => "failed precondition".into(),
+        ServiceError::Refused { reason, .. } => (*reason).into(),
+        ServiceError::InvalidArgument(_) => "invalid argument".into(),
+        other => panic!("the model refused with {other:?}"),
+    }
+}
+
+fn refused_by(status: &tonic::Status) -> Outcome {
+    use tonic::Code;
+    use tonic_types::StatusExt;
+    Outcome::Refused(match status.code() {
+        Code::NotFound => "not found".into(),
+        Code::InvalidArgument => "invalid argument".into(),
+        Code::Unavailable => "unavailable".into(),
+        Code::Unauthenticated => "unauthenticated".into(),
+        Code::FailedPrecondition => status
+            .get_error_details()
+            .precondition_failure()
+            .and_then(|p| p.violations.first().map(|v| v.r#type.clone()))
+            .unwrap_or_else(|| "failed precondition".into()),
+        _ => panic!("unexpected error: {status:?}"),
     })
 }
 
-fn outcome<T>(result: Result<T, ServiceError>, done: impl FnOnce(T) -> Outcome) -> Outcome {
+fn answered<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Outcome {
     match result {
-        Ok(value) => done(value),
-        Err(error) => refused(&error),
+        Ok(_) => Outcome::Done,
+        Err(status) => refused_by(&status),
     }
+}
+
+fn ledger_refusal(error: LedgerError) -> String {
+    refusal(&error.into())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AttemptState {
+    Pending,
+    Succeeded,
+    Failed,
 }
 
 #[derive(Clone, Debug)]
@@ -184,40 +256,68 @@ struct Attempt {
     account: usize,
     milestone: String,
     amount: i64,
-    hold: Option<uuid::Uuid>,
-    pending: bool,
-    succeeded_with: Option<String>,
-    expires_at: OffsetDateTime,
-    /// The gateway event type that reports this payment's money.
-    credit_kind: &'static str,
+    method: Method,
+    hold: Uuid,
+    state: AttemptState,
+    /// The start call's answer is not recorded yet.
+    awaiting: bool,
+    /// The FundEscrow call's answer is stored under its key.
+    answer_stored: bool,
+    /// The gateway charged the card.
+    charged: bool,
+    declined: bool,
+    credit: Option<String>,
+    received: i64,
 }
 
-/// A gateway event a webhook step sent (delivered or refused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Direction {
+    Payout,
+    BuyerRefund,
+    SuspenseRefund,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TransferState {
+    Open,
+    Paid,
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Transfer {
+    direction: Direction,
+    hold: Uuid,
+    amount: i64,
+    account: Option<usize>,
+    attempt: Option<usize>,
+    state: TransferState,
+}
+
+/// A gateway event a webhook step built.
 #[derive(Clone, Debug)]
 struct SentEvent {
-    attempt: usize,
-    kind: &'static str,
-    /// For credits.
-    received: Option<i64>,
+    /// Its answer, once escrow stored one (replays answer the same).
+    answer: Option<&'static str>,
 }
 
 #[derive(Clone, Debug, Default)]
 struct Model {
     ledger: Ledger,
     accounts: Vec<Option<EscrowAccount>>,
+    /// The claims that ever froze each account.
+    froze: Vec<BTreeSet<String>>,
     attempts: Vec<Attempt>,
-    payouts: Vec<Uuid>,
-    /// Every event a webhook step built, by index (the event's id).
+    transfers: Vec<Transfer>,
     events: Vec<SentEvent>,
-    /// The events escrow accepted (authenticated and applied), by index.
-    delivered: Vec<usize>,
-    minutes: i64,
     ids: u128,
     last: Option<Outcome>,
+    /// What the step did, for the coverage count.
+    note: Option<&'static str>,
 }
 
-/// The `back`-th most recent of `len` attempts: gateway answers mostly
-/// concern the attempts just made.
+/// The `back`-th most recent of `len` items: steps mostly concern what
+/// was just made.
 fn recent(back: usize, len: usize) -> usize {
     len - 1 - back % len
 }
@@ -226,297 +326,346 @@ fn model_account_id(i: usize) -> Uuid {
     Uuid::from_u128(i as u128 + 1)
 }
 
-fn usd_money(amount: i64) -> Money {
-    Money::new(amount, usd())
-}
-
 fn new_account(i: usize, contract: String, supplier: String) -> NewAccount {
     NewAccount {
         contract_id: contract,
-        buyer_principal_id: format!("buyer-{i}"),
+        buyer_principal_id: support::BUYER.into(),
         supplier_id: supplier,
         schedule: SCHEDULE
             .iter()
             .enumerate()
-            .map(|(m, a)| (format!("m{m}"), usd_money(*a), base()))
+            .map(|(m, a)| (format!("m{m}"), Money::new(*a, usd()), base()))
             .collect(),
-        hold_until: base() + Duration::minutes(HOLD_UNTIL_MINUTES),
+        hold_until: base() + time::Duration::days(i as i64 + 30),
     }
-}
-
-/// The model's name of a credit from event `index` (its purposes).
-fn model_credit(index: usize) -> String {
-    format!("e{index}")
-}
-
-fn ledger_refusal(error: LedgerError) -> ServiceError {
-    error.into()
 }
 
 impl Model {
-    fn now(&self) -> OffsetDateTime {
-        base() + Duration::minutes(self.minutes)
-    }
-
     fn next_id(&mut self) -> Uuid {
         self.ids += 1;
         Uuid::from_u128(1_000_000 + self.ids)
     }
 
-    fn account(&self, i: usize) -> Result<EscrowAccount, ServiceError> {
-        self.accounts[i]
-            .clone()
-            .ok_or_else(|| ServiceError::not_found("escrow account", i))
+    fn account(&self, i: usize) -> Result<EscrowAccount, String> {
+        self.accounts[i].clone().ok_or_else(|| "not found".into())
     }
 
-    fn held(&self, account: &EscrowAccount) -> i64 {
+    fn held(&self, i: usize) -> i64 {
         self.ledger
-            .balance_of(&AccountKey::escrow_held(account.id, usd()))
-            .posted
+            .balance_of(&AccountKey::escrow_held(model_account_id(i), usd()))
+            .available()
     }
 
-    fn void_attempt(&mut self, ix: usize) {
-        let attempt = &mut self.attempts[ix];
-        attempt.pending = false;
-        if let Some(hold) = attempt.hold {
-            let _ = self.ledger.void_hold_now(hold);
+    fn pending_attempts(&self, i: usize) -> Vec<usize> {
+        (0..self.attempts.len())
+            .filter(|ix| {
+                self.attempts[*ix].account == i && self.attempts[*ix].state == AttemptState::Pending
+            })
+            .collect()
+    }
+
+    /// A pending attempt failed: its hold is voided.
+    fn fail(&mut self, ix: usize) -> bool {
+        if self.attempts[ix].state != AttemptState::Pending {
+            return false;
         }
+        self.attempts[ix].state = AttemptState::Failed;
+        let _ = self.ledger.void_hold_now(self.attempts[ix].hold);
+        true
     }
 
-    fn fund(&mut self, i: usize, milestone: usize, method: &Method) -> Result<(), ServiceError> {
-        let mut account = self.account(i)?;
+    fn fund(&mut self, i: usize, milestone: usize, method: &Method) -> Result<Outcome, String> {
+        let account = self.account(i)?;
+        match (method, i == PAY_LATER) {
+            (Method::PayLater(p), true) if *p != 0 => return Err("invalid argument".into()),
+            (Method::PayLater(_), true) | (Method::Card(_) | Method::Bank, false) => {}
+            _ => return Err("failed precondition".into()),
+        }
         let milestone = format!("m{milestone}");
-        let due = account.due_for(&milestone)?;
+        let due = account.due_for(&milestone).map_err(|e| refusal(&e))?;
         if self
             .attempts
             .iter()
-            .any(|a| a.account == i && a.milestone == milestone && a.pending)
+            .any(|a| a.account == i && a.milestone == milestone && a.state == AttemptState::Pending)
         {
-            return Err(ServiceError::FailedPrecondition("pending attempt".into()));
+            return Err("failed precondition".into());
         }
-        let attempt_id = self.next_id();
-        let held = AccountKey::escrow_held(account.id, usd());
-        let purpose = Purpose::funding(account.id, attempt_id);
-        let expires_at = self.now() + Duration::minutes(HOLD_TTL_MINUTES);
-        let mut attempt = Attempt {
-            account: i,
-            milestone: milestone.clone(),
-            amount: due,
-            hold: None,
-            pending: false,
-            succeeded_with: None,
-            expires_at,
-            credit_kind: match method {
-                Method::Card(_) => "payment.succeeded",
-                Method::Bank => "bank_transfer.credited",
-                Method::PayLater(_) => "pay_later.disbursed",
-            },
-        };
         let source = match method {
-            Method::Card(true) => {
-                self.ledger
-                    .transfer_now(&TransferRequest {
-                        id: Uuid::now_v7(),
-                        purpose,
-                        escrow_account: Some(account.id),
-                        legs: vec![Leg {
-                            debit: AccountKey::gateway_clearing(usd()),
-                            credit: held,
-                            amount_minor: due,
-                        }],
-                    })
-                    .map_err(ledger_refusal)?;
-                account.record_funding(&milestone, due)?;
-                self.accounts[i] = Some(account);
-                attempt.succeeded_with = Some(String::new());
-                self.attempts.push(attempt);
-                return Ok(());
-            }
-            Method::Card(false) => {
-                self.attempts.push(attempt);
-                return Ok(());
-            }
-            Method::Bank => AccountKey::gateway_clearing(usd()),
-            Method::PayLater(p) => AccountKey::financing_partner(&format!("partner-{p}"), usd()),
+            Method::PayLater(_) => AccountKey::financing_partner("partner-0", usd()),
+            _ => AccountKey::gateway_clearing(usd()),
         };
-        let hold_id = self.next_id();
+        let attempt_id = self.next_id();
+        let hold = self.next_id();
         self.ledger
             .hold_now(&HoldRequest {
-                id: hold_id,
-                purpose,
+                id: hold,
+                purpose: Purpose::funding(account.id, attempt_id),
                 escrow_account: Some(account.id),
                 debit: source,
-                credit: held,
+                credit: AccountKey::escrow_held(account.id, usd()),
                 amount_minor: due,
-                expires_at,
+                expires_at: never_expires(),
             })
             .map_err(ledger_refusal)?;
-        attempt.hold = Some(hold_id);
-        attempt.pending = true;
-        self.attempts.push(attempt);
-        Ok(())
+        let ix = self.attempts.len();
+        self.attempts.push(Attempt {
+            account: i,
+            milestone,
+            amount: due,
+            method: method.clone(),
+            hold,
+            state: AttemptState::Pending,
+            awaiting: true,
+            answer_stored: false,
+            charged: false,
+            declined: false,
+            credit: None,
+            received: 0,
+        });
+        Ok(match method {
+            Method::Card(Token::GatewayError) => {
+                self.note = Some("card unanswered");
+                Outcome::Refused("unavailable".into())
+            }
+            Method::Card(Token::Timeout) => {
+                self.attempts[ix].charged = true;
+                self.note = Some("card unanswered");
+                Outcome::Refused("unavailable".into())
+            }
+            Method::Card(Token::Visa) => {
+                self.attempts[ix].charged = true;
+                self.answer(ix, true);
+                self.note = Some("card funded");
+                Outcome::Done
+            }
+            Method::Card(Token::Declined) => {
+                self.attempts[ix].declined = true;
+                self.answer(ix, false);
+                self.note = Some("card declined");
+                Outcome::Done
+            }
+            Method::Bank | Method::PayLater(_) => {
+                self.attempts[ix].awaiting = false;
+                self.attempts[ix].answer_stored = true;
+                self.note = Some(if *method == Method::Bank {
+                    "bank pending"
+                } else {
+                    "pay later pending"
+                });
+                Outcome::Done
+            }
+        })
+    }
+
+    /// Records the gateway's answer to a card attempt's start call: a
+    /// charge (`approved`) is credited, a decline or a refusal fails it.
+    fn answer(&mut self, ix: usize, approved: bool) {
+        self.attempts[ix].awaiting = false;
+        if approved {
+            let amount = self.attempts[ix].amount;
+            self.credit(ix, &format!("charge-{ix}"), amount);
+        } else {
+            self.fail(ix);
+        }
     }
 
     fn park(&mut self, ix: usize, credit: &str, amount: i64) -> bool {
-        let account = self.accounts[self.attempts[ix].account]
-            .clone()
-            .map(|a| a.id)
-            .unwrap_or_default();
-        let request = TransferRequest {
-            id: Uuid::now_v7(),
-            purpose: Purpose::unmatched_credit(account, Uuid::from_u128(ix as u128), credit),
-            escrow_account: Some(account),
-            legs: vec![Leg {
-                debit: AccountKey::gateway_clearing(usd()),
-                credit: AccountKey::suspense(usd()),
-                amount_minor: amount,
-            }],
-        };
-        self.ledger.transfer_now(&request).is_ok()
+        let account = model_account_id(self.attempts[ix].account);
+        self.ledger
+            .transfer_now(&TransferRequest {
+                id: Uuid::now_v7(),
+                purpose: Purpose::unmatched_credit(account, Uuid::from_u128(ix as u128), credit),
+                escrow_account: Some(account),
+                legs: vec![Leg {
+                    debit: AccountKey::gateway_clearing(usd()),
+                    credit: AccountKey::suspense(usd()),
+                    amount_minor: amount,
+                }],
+            })
+            .is_ok()
     }
 
-    fn confirm(
-        &mut self,
-        ix: usize,
-        credit: &str,
-        received: i64,
-    ) -> Result<CreditOutcome, ServiceError> {
-        let now = self.now();
-        if self.attempts[ix].pending && now >= self.attempts[ix].expires_at {
-            self.void_attempt(ix);
-        }
+    /// Money arrived for attempt `ix`: what the payment still needs posts,
+    /// the rest (or all, for an attempt that ended) goes to suspense and
+    /// back. Returns the webhook's answer.
+    fn credit(&mut self, ix: usize, credit: &str, received: i64) -> &'static str {
         let attempt = self.attempts[ix].clone();
-        if attempt.pending {
-            let take = received.min(attempt.amount);
-            let hold = attempt.hold.unwrap_or_default();
+        if attempt.credit.as_deref() == Some(credit) {
+            self.note = Some("credit duplicate");
+            return "duplicate";
+        }
+        let parked = if attempt.state == AttemptState::Pending {
+            let mut account = self.accounts[attempt.account].clone().unwrap();
+            let still_due = account
+                .payment(&attempt.milestone)
+                .map(|p| p.remaining_minor())
+                .unwrap_or(0);
+            let take = received.min(attempt.amount).min(still_due);
+            assert!(take > 0, "nothing due for a pending attempt: {attempt:?}");
             self.ledger
-                .post_hold_now(hold, Some(take), now)
-                .map_err(ledger_refusal)?;
-            let mut account = self.account(attempt.account)?;
-            account.record_funding(&attempt.milestone, take)?;
+                .post_hold_now(attempt.hold, Some(take), base())
+                .unwrap();
+            account.record_funding(&attempt.milestone, take).unwrap();
             self.accounts[attempt.account] = Some(account);
             let a = &mut self.attempts[ix];
-            a.pending = false;
-            a.succeeded_with = Some(credit.to_owned());
+            a.state = AttemptState::Succeeded;
+            a.received = take;
+            a.credit = Some(credit.to_owned());
             let excess = received - take;
             if excess > 0 {
                 self.park(ix, credit, excess);
             }
-            return Ok(CreditOutcome::Applied {
-                posted: take,
-                to_suspense: excess,
+            self.note = Some(if excess > 0 {
+                "credit applied beyond what is due"
+            } else {
+                "credit applied"
             });
-        }
-        if attempt.succeeded_with.as_deref() == Some(credit) {
-            return Ok(CreditOutcome::Duplicate);
-        }
-        Ok(if self.park(ix, credit, received) {
-            CreditOutcome::Suspended {
-                to_suspense: received,
-            }
+            excess
+        } else if self.park(ix, credit, received) {
+            self.note = Some("credit for an ended attempt");
+            received
         } else {
-            CreditOutcome::Duplicate
-        })
-    }
-
-    /// A credit delivered by webhook: like [`Self::confirm`], and money
-    /// parked in suspense goes back to the payer at once.
-    fn webhook_credit(
-        &mut self,
-        ix: usize,
-        credit: &str,
-        received: i64,
-    ) -> Result<&'static str, ServiceError> {
-        let outcome = self.confirm(ix, credit, received)?;
-        let parked = match outcome {
-            CreditOutcome::Applied { to_suspense, .. }
-            | CreditOutcome::Suspended { to_suspense } => to_suspense,
-            CreditOutcome::Duplicate => 0,
+            self.note = Some("credit duplicate");
+            return "duplicate";
         };
         if parked > 0 {
-            let account = self.accounts[self.attempts[ix].account]
-                .clone()
-                .map(|a| a.id)
-                .unwrap_or_default();
+            let account = model_account_id(attempt.account);
+            let id = self.next_id();
             self.ledger
-                .transfer_now(&TransferRequest {
-                    id: Uuid::now_v7(),
+                .hold_now(&HoldRequest {
+                    id,
                     purpose: Purpose::suspense_refund(account, Uuid::from_u128(ix as u128), credit),
                     escrow_account: Some(account),
-                    legs: vec![Leg {
-                        debit: AccountKey::suspense(usd()),
-                        credit: AccountKey::gateway_clearing(usd()),
-                        amount_minor: parked,
-                    }],
+                    debit: AccountKey::suspense(usd()),
+                    credit: AccountKey::gateway_clearing(usd()),
+                    amount_minor: parked,
+                    expires_at: never_expires(),
                 })
-                .map_err(ledger_refusal)?;
+                .unwrap();
+            self.transfers.push(Transfer {
+                direction: Direction::SuspenseRefund,
+                hold: id,
+                amount: parked,
+                account: Some(attempt.account),
+                attempt: Some(ix),
+                state: TransferState::Open,
+            });
         }
-        Ok(if outcome == CreditOutcome::Duplicate {
-            "duplicate"
-        } else {
-            "applied"
-        })
+        "applied"
     }
 
     fn webhook(&mut self, attempt: usize, delta: i64, hook: &Hook) -> Outcome {
+        if let Hook::Replay(back) = hook {
+            let answered: Vec<usize> = (0..self.events.len())
+                .filter(|e| self.events[*e].answer.is_some())
+                .collect();
+            if answered.is_empty() {
+                return Outcome::Skipped;
+            }
+            let index = answered[recent(*back, answered.len())];
+            self.note = Some("webhook replayed");
+            return Outcome::Webhook(self.events[index].answer.unwrap_or_default());
+        }
         if self.attempts.is_empty() {
             return Outcome::Skipped;
         }
         let ix = recent(attempt, self.attempts.len());
-        let index = self.events.len();
-        let credit = SentEvent {
-            attempt: ix,
-            kind: self.attempts[ix].credit_kind,
-            received: Some((self.attempts[ix].amount + delta).max(1)),
-        };
+        let a = self.attempts[ix].clone();
+        let card = matches!(a.method, Method::Card(_));
         match hook {
-            Hook::Replay(_) if self.delivered.is_empty() => Outcome::Skipped,
-            // Seen before: nothing changes.
-            Hook::Replay(_) => Outcome::Webhook("duplicate"),
+            Hook::Replay(_) => unreachable!(),
             Hook::Forged { .. } | Hook::Stale { .. } => {
-                self.events.push(credit);
-                Outcome::Refused("unauthenticated")
+                self.events.push(SentEvent { answer: None });
+                self.note = Some(if matches!(hook, Hook::Forged { .. }) {
+                    "webhook forged"
+                } else {
+                    "webhook stale"
+                });
+                Outcome::Refused("unauthenticated".into())
+            }
+            Hook::Unknown => {
+                self.events.push(SentEvent { answer: None });
+                self.note = Some("webhook retry later");
+                Outcome::Webhook("retry_later")
+            }
+            Hook::NoAmount => {
+                self.events.push(SentEvent { answer: None });
+                self.note = Some("webhook malformed");
+                Outcome::Refused("invalid argument".into())
             }
             Hook::Credit => {
-                let received = credit.received.unwrap_or(1);
-                self.events.push(credit);
-                match self.webhook_credit(ix, &model_credit(index), received) {
-                    Ok(answer) => {
-                        self.delivered.push(index);
-                        Outcome::Webhook(answer)
-                    }
-                    Err(error) => refused(&error),
+                if card && !a.charged {
+                    return Outcome::Skipped;
                 }
+                let index = self.events.len();
+                let (credit, received) = if card {
+                    (format!("charge-{ix}"), a.amount)
+                } else {
+                    (format!("e{index}"), (a.amount + delta).max(1))
+                };
+                let answer = self.credit(ix, &credit, received);
+                self.events.push(SentEvent {
+                    answer: Some(answer),
+                });
+                Outcome::Webhook(answer)
             }
             Hook::Failure => {
-                self.events.push(SentEvent {
-                    attempt: ix,
-                    kind: "payment.failed",
-                    received: None,
-                });
-                self.delivered.push(index);
-                let was = self.attempts[ix].pending;
-                if was {
-                    self.void_attempt(ix);
+                if card && !a.declined {
+                    return Outcome::Skipped;
                 }
-                Outcome::Webhook(if was { "applied" } else { "duplicate" })
+                let answer = if self.fail(ix) {
+                    self.note = Some("failure applied");
+                    "applied"
+                } else {
+                    "duplicate"
+                };
+                self.events.push(SentEvent {
+                    answer: Some(answer),
+                });
+                Outcome::Webhook(answer)
             }
         }
     }
 
+    fn loan_outstanding(&self, escrow: Uuid) -> Vec<(AccountKey, i64)> {
+        let mut by_partner: BTreeMap<String, (AccountKey, i64)> = BTreeMap::new();
+        for p in self
+            .ledger
+            .postings()
+            .iter()
+            .filter(|p| p.escrow_account == Some(escrow))
+        {
+            for (key, sign) in [(&p.debit, 1), (&p.credit, -1)] {
+                if key.kind == AccountKind::FinancingPartner {
+                    by_partner
+                        .entry(key.owner.clone())
+                        .or_insert((key.clone(), 0))
+                        .1 += sign * p.amount_minor;
+                }
+            }
+        }
+        by_partner.into_values().collect()
+    }
+
+    /// A release or refund of account `i` (app::release / app::refund).
     fn outflow(
         &mut self,
         i: usize,
         action: Action,
         amount: Option<i64>,
         settles: &Settles,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<i64, String> {
         let mut account = self.account(i)?;
-        let purpose = account.authorize_outflow(action, settles)?;
+        if account.status == escrow::domain::Status::Closed {
+            return Err(ACCOUNT_CLOSED.into());
+        }
+        let purpose = account
+            .authorize_outflow(action, settles)
+            .map_err(|e| refusal(&e))?;
         let amount = match amount {
             Some(a) => a,
-            None => match self.held(&account) {
-                0 => return Err(ServiceError::FailedPrecondition("nothing held".into())),
+            None => match self.held(i) {
+                0 => return Err(NOTHING_HELD.into()),
                 all => all,
             },
         };
@@ -556,73 +705,337 @@ impl Model {
             })
             .map_err(ledger_refusal)?;
         self.accounts[i] = Some(account);
+        Ok(amount)
+    }
+
+    /// What a direct release or refund may name (app::check_direct_purpose).
+    fn check_direct(&self, i: usize, settles: &Settles) -> Result<(), String> {
+        let account = self.account(i)?;
+        match settles {
+            Settles::Milestone(m) if account.payment(m).is_err() => Err("invalid argument".into()),
+            Settles::Claim(c) if !self.froze[i].contains(c) || account.freezes.contains(c) => {
+                Err("failed precondition".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A funded account emptied by a release or refund closes.
+    fn close_if_emptied(&mut self, i: usize) {
+        let account = self.accounts[i].clone().unwrap();
+        if account.status == escrow::domain::Status::Funded
+            && account.freezes.is_empty()
+            && self.held(i) == 0
+            && self.pending_attempts(i).is_empty()
+        {
+            let mut closed = account;
+            closed.close(0, base()).unwrap();
+            self.accounts[i] = Some(closed);
+            self.note = Some("emptied and closed");
+        }
+    }
+
+    fn direct(
+        &mut self,
+        i: usize,
+        action: Action,
+        amount: Option<i64>,
+        settles: &Settles,
+    ) -> Outcome {
+        let result = self
+            .check_direct(i, settles)
+            .and_then(|()| self.outflow(i, action, amount, settles));
+        match result {
+            Ok(_) => {
+                self.note = Some(if action == Action::Release {
+                    "released"
+                } else {
+                    "refunded"
+                });
+                self.close_if_emptied(i);
+                Outcome::Done
+            }
+            Err(kind) => Outcome::Refused(kind),
+        }
+    }
+
+    fn settle(
+        &mut self,
+        i: usize,
+        claim: &str,
+        refund: Option<i64>,
+        release_rest: bool,
+    ) -> Outcome {
+        let before = self.clone();
+        let result = (|| {
+            let account = self.account(i)?;
+            if !account.freezes.contains(claim) {
+                return Err("failed precondition".to_owned());
+            }
+            let settles = Settles::Claim(claim.to_owned());
+            if let Some(amount) = refund {
+                self.outflow(i, Action::Refund, Some(amount), &settles)?;
+            }
+            if release_rest && self.held(i) > 0 {
+                self.outflow(i, Action::Release, None, &settles)?;
+            }
+            let mut account = self.account(i)?;
+            account.unfreeze(claim, base()).map_err(|e| refusal(&e))?;
+            self.accounts[i] = Some(account);
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.note = Some("claim settled");
+                self.close_if_emptied(i);
+                Outcome::Done
+            }
+            Err(kind) => {
+                // One transaction: nothing of it stays.
+                *self = Model {
+                    last: None,
+                    ..before
+                };
+                Outcome::Refused(kind)
+            }
+        }
+    }
+
+    fn freeze(&mut self, i: usize, claim: &str, freeze: bool) -> Result<(), String> {
+        let mut account = self.account(i)?;
+        if freeze
+            && !account.freezes.contains(claim)
+            && self.held(i) == 0
+            && self.pending_attempts(i).is_empty()
+        {
+            return Err("failed precondition".into());
+        }
+        let changed = if freeze {
+            account.freeze(claim, base())
+        } else {
+            account.unfreeze(claim, base())
+        }
+        .map_err(|e| refusal(&e))?;
+        if freeze && changed {
+            self.froze[i].insert(claim.to_owned());
+            self.note = Some("frozen");
+        }
+        self.accounts[i] = Some(account);
         Ok(())
     }
 
-    fn loan_outstanding(&self, escrow: Uuid) -> Vec<(AccountKey, i64)> {
-        let mut by_partner: BTreeMap<String, (AccountKey, i64)> = BTreeMap::new();
-        for p in self
-            .ledger
-            .postings()
-            .iter()
-            .filter(|p| p.escrow_account == Some(escrow))
-        {
-            for (key, sign) in [(&p.debit, 1), (&p.credit, -1)] {
-                if key.kind == AccountKind::FinancingPartner {
-                    by_partner
-                        .entry(key.owner.clone())
-                        .or_insert((key.clone(), 0))
-                        .1 += sign * p.amount_minor;
+    fn close(&mut self, i: usize) -> Result<(), String> {
+        let mut account = self.account(i)?;
+        if account.status == escrow::domain::Status::Closed {
+            // Closing again changes nothing.
+            return Ok(());
+        }
+        account
+            .close(self.held(i), base())
+            .map_err(|e| refusal(&e))?;
+        self.accounts[i] = Some(account);
+        for ix in self.pending_attempts(i) {
+            self.fail(ix);
+        }
+        self.note = Some("closed");
+        Ok(())
+    }
+
+    fn payout(&mut self) {
+        let payable = AccountKey::supplier_payable(SUPPLIER, usd());
+        let available = self.ledger.balance_of(&payable).available();
+        if available <= 0 {
+            return;
+        }
+        let id = self.next_id();
+        self.ledger
+            .hold_now(&HoldRequest {
+                id,
+                purpose: Purpose::payout(SUPPLIER, id),
+                escrow_account: None,
+                debit: payable,
+                credit: AccountKey::gateway_clearing(usd()),
+                amount_minor: available,
+                expires_at: never_expires(),
+            })
+            .unwrap();
+        self.transfers.push(Transfer {
+            direction: Direction::Payout,
+            hold: id,
+            amount: available,
+            account: None,
+            attempt: None,
+            state: TransferState::Open,
+        });
+        self.note = Some("payout started");
+    }
+
+    fn buyer_refunds(&mut self) {
+        for i in 0..ACCOUNTS {
+            let payable = AccountKey::buyer_refund_payable(model_account_id(i), usd());
+            let mut available = self.ledger.balance_of(&payable).available();
+            for ix in 0..self.attempts.len() {
+                let a = &self.attempts[ix];
+                if available <= 0
+                    || a.account != i
+                    || a.state != AttemptState::Succeeded
+                    || matches!(a.method, Method::PayLater(_))
+                {
+                    continue;
                 }
+                let refunded: i64 = self
+                    .transfers
+                    .iter()
+                    .filter(|t| {
+                        t.direction == Direction::BuyerRefund
+                            && t.attempt == Some(ix)
+                            && t.state != TransferState::Failed
+                    })
+                    .map(|t| t.amount)
+                    .sum();
+                let amount = (a.received - refunded).min(available);
+                if amount <= 0 {
+                    continue;
+                }
+                let id = self.next_id();
+                self.ledger
+                    .hold_now(&HoldRequest {
+                        id,
+                        purpose: Purpose::buyer_refund_payout(model_account_id(i), id),
+                        escrow_account: Some(model_account_id(i)),
+                        debit: payable.clone(),
+                        credit: AccountKey::gateway_clearing(usd()),
+                        amount_minor: amount,
+                        expires_at: never_expires(),
+                    })
+                    .unwrap();
+                self.transfers.push(Transfer {
+                    direction: Direction::BuyerRefund,
+                    hold: id,
+                    amount,
+                    account: Some(i),
+                    attempt: Some(ix),
+                    state: TransferState::Open,
+                });
+                available -= amount;
+                self.note = Some("buyer refund started");
             }
         }
-        by_partner.into_values().collect()
+    }
+
+    fn settle_transfer(&mut self, t: usize, paid: bool) -> Outcome {
+        let transfer = self.transfers[t].clone();
+        let answer = match (transfer.state, paid) {
+            (TransferState::Open, true) => {
+                self.ledger
+                    .post_hold_now(transfer.hold, None, base())
+                    .unwrap();
+                self.transfers[t].state = TransferState::Paid;
+                self.note = Some("transfer paid");
+                "applied"
+            }
+            (TransferState::Open, false) => {
+                self.ledger.void_hold_now(transfer.hold).unwrap();
+                self.transfers[t].state = TransferState::Failed;
+                self.note = Some("transfer failed");
+                "applied"
+            }
+            (TransferState::Failed, true) => {
+                // Paid after all: the money leaves what it was owed from.
+                let from = match transfer.direction {
+                    Direction::Payout => AccountKey::supplier_payable(SUPPLIER, usd()),
+                    Direction::BuyerRefund => AccountKey::buyer_refund_payable(
+                        model_account_id(transfer.account.unwrap()),
+                        usd(),
+                    ),
+                    Direction::SuspenseRefund => unreachable!("not generated: suspense is shared"),
+                };
+                let covered = self
+                    .ledger
+                    .balance_of(&from)
+                    .available()
+                    .clamp(0, transfer.amount);
+                if covered > 0 {
+                    self.ledger
+                        .transfer_now(&TransferRequest {
+                            id: Uuid::now_v7(),
+                            purpose: Purpose::correction(format!("transfer-{t}"), transfer.hold),
+                            escrow_account: transfer.account.map(model_account_id),
+                            legs: vec![Leg {
+                                debit: from,
+                                credit: AccountKey::gateway_clearing(usd()),
+                                amount_minor: covered,
+                            }],
+                        })
+                        .unwrap();
+                }
+                self.transfers[t].state = TransferState::Paid;
+                self.note = Some("paid after failure");
+                "applied"
+            }
+            (TransferState::Paid, _) | (TransferState::Failed, false) => "duplicate",
+        };
+        Outcome::Webhook(answer)
     }
 
     fn step(&mut self, step: &Step) -> Outcome {
-        let now = self.now();
+        self.note = None;
         match step {
-            Step::Open(i) => {
-                if self.accounts[*i].is_none() {
-                    let account = EscrowAccount::open(
-                        model_account_id(*i),
-                        new_account(*i, format!("c{i}"), SUPPLIER.into()),
-                        now,
-                    );
-                    self.accounts[*i] = account.ok();
-                }
-                Outcome::Done
-            }
+            Step::Open(_) => Outcome::Done,
             Step::Fund {
                 account,
                 milestone,
                 method,
-            } => outcome(self.fund(*account, *milestone, method), |()| Outcome::Done),
-            Step::Confirm {
-                attempt,
-                credit,
-                delta,
-            } => {
+            } => self
+                .fund(*account, *milestone, method)
+                .unwrap_or_else(Outcome::Refused),
+            Step::Retry { attempt } => {
                 if self.attempts.is_empty() {
                     return Outcome::Skipped;
                 }
                 let ix = recent(*attempt, self.attempts.len());
-                let received = (self.attempts[ix].amount + delta).max(1);
-                outcome(
-                    self.confirm(ix, &format!("k{credit}"), received),
-                    Outcome::Credit,
-                )
+                let a = self.attempts[ix].clone();
+                if a.answer_stored || !a.awaiting {
+                    self.attempts[ix].answer_stored = true;
+                    return Outcome::Done;
+                }
+                match a.method {
+                    Method::Card(Token::GatewayError) => Outcome::Refused("unavailable".into()),
+                    Method::Card(Token::Timeout) => {
+                        self.answer(ix, true);
+                        self.attempts[ix].answer_stored = true;
+                        self.note = Some("retry answered");
+                        Outcome::Done
+                    }
+                    _ => unreachable!("only cards wait for their answer: {a:?}"),
+                }
             }
-            Step::Fail { attempt } => {
+            Step::Resolve { attempt } => {
                 if self.attempts.is_empty() {
                     return Outcome::Skipped;
                 }
                 let ix = recent(*attempt, self.attempts.len());
-                let was = self.attempts[ix].pending;
-                if was {
-                    self.void_attempt(ix);
+                if !self.attempts[ix].awaiting {
+                    return Outcome::Skipped;
                 }
-                Outcome::Failed(was)
+                let charged = self.attempts[ix].charged;
+                self.answer(ix, charged);
+                self.note = Some(if charged {
+                    "resolved: charged"
+                } else {
+                    "resolved: never reached the gateway"
+                });
+                Outcome::Done
+            }
+            Step::Expire { attempt } => {
+                if self.attempts.is_empty() {
+                    return Outcome::Skipped;
+                }
+                let ix = recent(*attempt, self.attempts.len());
+                if self.fail(ix) {
+                    self.note = Some("expired");
+                }
+                Outcome::Done
             }
             Step::Webhook {
                 attempt,
@@ -630,95 +1043,76 @@ impl Model {
                 hook,
             } => self.webhook(*attempt, *delta, hook),
             Step::HoldDeadline(i) => match self.account(*i) {
-                Err(error) => refused(&error),
+                Err(kind) => Outcome::Refused(kind),
                 Ok(a) => {
-                    let held = self.held(&a);
-                    Outcome::Announced((a.hold_deadline_runs() && held > 0).then_some(held))
+                    let held = self.held(*i);
+                    let announced = (a.hold_deadline_runs() && held > 0).then_some(held);
+                    if announced.is_some() {
+                        self.note = Some("hold deadline passed");
+                    }
+                    Outcome::Announced(announced)
                 }
             },
-            Step::Advance { minutes } => {
-                self.minutes += minutes;
-                let now = self.now();
-                self.ledger.expire_now(now);
-                for a in &mut self.attempts {
-                    if a.pending && a.expires_at <= now {
-                        a.pending = false;
-                    }
-                }
-                Outcome::Done
-            }
             Step::Release {
                 account,
                 amount,
                 settles,
-            } => outcome(
-                self.outflow(*account, Action::Release, *amount, settles),
-                |()| Outcome::Done,
-            ),
+            } => self.direct(*account, Action::Release, *amount, settles),
             Step::Refund {
                 account,
                 amount,
                 settles,
-            } => outcome(
-                self.outflow(*account, Action::Refund, *amount, settles),
-                |()| Outcome::Done,
-            ),
+            } => self.direct(*account, Action::Refund, *amount, settles),
+            Step::Settle {
+                account,
+                claim,
+                refund,
+                release_rest,
+            } => self.settle(*account, &format!("c{claim}"), *refund, *release_rest),
             Step::Freeze { account, claim } | Step::Unfreeze { account, claim } => {
                 let freeze = matches!(step, Step::Freeze { .. });
-                let result = self.account(*account).and_then(|mut a| {
-                    let claim = format!("c{claim}");
-                    if freeze {
-                        a.freeze(&claim, now)?
-                    } else {
-                        a.unfreeze(&claim, now)?
-                    };
-                    self.accounts[*account] = Some(a);
-                    Ok(())
-                });
-                outcome(result, |()| Outcome::Done)
-            }
-            Step::Close(i) => {
-                let result = self.account(*i).and_then(|mut a| {
-                    a.close(self.held(&a), now)?;
-                    self.accounts[*i] = Some(a);
-                    Ok(())
-                });
-                if result.is_ok() {
-                    for ix in 0..self.attempts.len() {
-                        if self.attempts[ix].account == *i && self.attempts[ix].pending {
-                            self.void_attempt(ix);
-                        }
-                    }
+                match self.freeze(*account, &format!("c{claim}"), freeze) {
+                    Ok(()) => Outcome::Done,
+                    Err(kind) => Outcome::Refused(kind),
                 }
-                outcome(result, |()| Outcome::Done)
             }
-            Step::Payout { amount } => {
-                let id = self.next_id();
-                let result = self.ledger.hold_now(&HoldRequest {
-                    id,
-                    purpose: Purpose::payout(SUPPLIER, id),
-                    escrow_account: None,
-                    debit: AccountKey::supplier_payable(SUPPLIER, usd()),
-                    credit: AccountKey::gateway_clearing(usd()),
-                    amount_minor: *amount,
-                    expires_at: now + Duration::minutes(HOLD_TTL_MINUTES),
-                });
-                if result.is_ok() {
-                    self.payouts.push(id);
-                }
-                outcome(result.map_err(ledger_refusal), |_| Outcome::Done)
+            Step::Close(i) => match self.close(*i) {
+                Ok(()) => Outcome::Done,
+                Err(kind) => Outcome::Refused(kind),
+            },
+            Step::Payout => {
+                self.payout();
+                Outcome::Done
             }
-            Step::SettlePayout { payout, paid } => {
-                if self.payouts.is_empty() {
+            Step::PayoutRun => {
+                self.payout();
+                self.buyer_refunds();
+                Outcome::Done
+            }
+            Step::PaidLate { transfer } => {
+                let failed: Vec<usize> = (0..self.transfers.len())
+                    .filter(|t| {
+                        self.transfers[*t].state == TransferState::Failed
+                            && self.transfers[*t].direction != Direction::SuspenseRefund
+                    })
+                    .collect();
+                if failed.is_empty() {
                     return Outcome::Skipped;
                 }
-                let id = self.payouts[payout % self.payouts.len()];
-                let result = if *paid {
-                    self.ledger.post_hold_now(id, None, now).map(|_| ())
-                } else {
-                    self.ledger.void_hold_now(id).map(|_| ())
-                };
-                outcome(result.map_err(ledger_refusal), |()| Outcome::Done)
+                self.settle_transfer(failed[recent(*transfer, failed.len())], true)
+            }
+            Step::SettleTransfer { transfer, paid } => {
+                if self.transfers.is_empty() {
+                    return Outcome::Skipped;
+                }
+                let t = recent(*transfer, self.transfers.len());
+                let suspense = self.transfers[t].direction == Direction::SuspenseRefund;
+                if suspense && *paid && self.transfers[t].state == TransferState::Failed {
+                    // A correction out of suspense, which all cases share,
+                    // is not this model's to predict.
+                    return Outcome::Skipped;
+                }
+                self.settle_transfer(t, *paid)
             }
         }
     }
@@ -727,31 +1121,57 @@ impl Model {
 struct Reference;
 
 fn settles(release: bool) -> impl Strategy<Value = Settles> {
-    let claim = (0u8..3).prop_map(|c| Settles::Claim(format!("c{c}")));
+    let claim = (0u8..2).prop_map(|c| Settles::Claim(format!("c{c}")));
     if release {
         prop_oneof![
-            (0u8..3).prop_map(|m| Settles::Milestone(format!("d{m}"))),
-            Just(Settles::Acceptance),
-            claim
+            // m2 is not in the schedule.
+            3 => (0u8..3).prop_map(|m| Settles::Milestone(format!("m{m}"))),
+            2 => Just(Settles::Acceptance),
+            1 => claim
         ]
         .boxed()
     } else {
-        prop_oneof![claim, Just(Settles::Cancellation)].boxed()
+        prop_oneof![1 => claim, 2 => Just(Settles::Cancellation)].boxed()
     }
 }
 
 fn hook() -> impl Strategy<Value = Hook> {
     prop_oneof![
-        4 => Just(Hook::Credit),
-        1 => Just(Hook::Failure),
+        6 => Just(Hook::Credit),
+        2 => Just(Hook::Failure),
         2 => (0usize..4).prop_map(Hook::Replay),
         1 => any::<bool>().prop_map(|other_key| Hook::Forged { other_key }),
         1 => (1i64..10_000, any::<bool>()).prop_map(|(seconds, future)| Hook::Stale { seconds, future }),
+        1 => Just(Hook::Unknown),
+        1 => Just(Hook::NoAmount),
     ]
 }
 
 fn amount() -> impl Strategy<Value = Option<i64>> {
-    prop_oneof![Just(None), (1i64..700).prop_map(Some)]
+    prop_oneof![1 => Just(None), 2 => (1i64..300).prop_map(Some)]
+}
+
+/// What a buyer pays with: mostly what the account takes (cards and bank
+/// transfers for account 0, Pay Later through its partner for account 1),
+/// now and then what it does not.
+fn funding() -> impl Strategy<Value = (usize, Method)> {
+    let direct = prop_oneof![
+        3 => Just(Method::Card(Token::Visa)),
+        1 => Just(Method::Card(Token::Declined)),
+        1 => Just(Method::Card(Token::GatewayError)),
+        2 => Just(Method::Card(Token::Timeout)),
+        3 => Just(Method::Bank),
+    ];
+    prop_oneof![
+        6 => direct.prop_map(|m| (0, m)),
+        3 => Just((PAY_LATER, Method::PayLater(0))),
+        1 => prop_oneof![
+            Just((0, Method::PayLater(0))),
+            Just((PAY_LATER, Method::PayLater(1))),
+            Just((PAY_LATER, Method::Bank)),
+            Just((PAY_LATER, Method::Card(Token::Visa))),
+        ],
+    ]
 }
 
 impl ReferenceStateMachine for Reference {
@@ -761,43 +1181,49 @@ impl ReferenceStateMachine for Reference {
     fn init_state() -> BoxedStrategy<Model> {
         // Both accounts start open, so that most steps have money to move;
         // `Open` stays a step (idempotent per contract).
-        let mut model = Model {
-            accounts: vec![None; ACCOUNTS],
+        let accounts = (0..ACCOUNTS)
+            .map(|i| {
+                EscrowAccount::open(
+                    model_account_id(i),
+                    new_account(i, format!("c{i}"), SUPPLIER.into()),
+                    base() - time::Duration::days(1),
+                )
+                .ok()
+            })
+            .collect();
+        Just(Model {
+            accounts,
+            froze: vec![BTreeSet::new(); ACCOUNTS],
             ..Model::default()
-        };
-        for i in 0..ACCOUNTS {
-            model.step(&Step::Open(i));
-        }
-        Just(model).boxed()
+        })
+        .boxed()
     }
 
     fn transitions(_: &Model) -> BoxedStrategy<Step> {
         let account = 0..ACCOUNTS;
-        let method = prop_oneof![
-            any::<bool>().prop_map(Method::Card),
-            Just(Method::Bank),
-            (0u8..2).prop_map(Method::PayLater),
-        ];
         prop_oneof![
-            2 => account.clone().prop_map(Step::Open),
-            6 => (account.clone(), 0..SCHEDULE.len(), method)
-                .prop_map(|(account, milestone, method)| Step::Fund { account, milestone, method }),
-            5 => (0usize..4, 0u8..3, -60i64..60)
-                .prop_map(|(attempt, credit, delta)| Step::Confirm { attempt, credit, delta }),
-            1 => (0usize..4).prop_map(|attempt| Step::Fail { attempt }),
-            5 => (0usize..4, -60i64..60, hook())
+            1 => account.clone().prop_map(Step::Open),
+            8 => (funding(), 0..SCHEDULE.len())
+                .prop_map(|((account, method), milestone)| Step::Fund { account, milestone, method }),
+            2 => (0usize..4).prop_map(|attempt| Step::Retry { attempt }),
+            2 => (0usize..4).prop_map(|attempt| Step::Resolve { attempt }),
+            1 => (0usize..4).prop_map(|attempt| Step::Expire { attempt }),
+            10 => (0usize..3, -60i64..60, hook())
                 .prop_map(|(attempt, delta, hook)| Step::Webhook { attempt, delta, hook }),
             1 => account.clone().prop_map(Step::HoldDeadline),
-            2 => (1i64..90).prop_map(|minutes| Step::Advance { minutes }),
-            4 => (account.clone(), amount(), settles(true))
+            5 => (account.clone(), amount(), settles(true))
                 .prop_map(|(account, amount, settles)| Step::Release { account, amount, settles }),
             3 => (account.clone(), amount(), settles(false))
                 .prop_map(|(account, amount, settles)| Step::Refund { account, amount, settles }),
-            1 => (account.clone(), 0u8..3).prop_map(|(account, claim)| Step::Freeze { account, claim }),
-            2 => (account.clone(), 0u8..3).prop_map(|(account, claim)| Step::Unfreeze { account, claim }),
+            3 => (account.clone(), 0u8..2, prop::option::of(1i64..500), any::<bool>())
+                .prop_map(|(account, claim, refund, release_rest)| Step::Settle { account, claim, refund, release_rest }),
+            2 => (account.clone(), 0u8..2).prop_map(|(account, claim)| Step::Freeze { account, claim }),
+            2 => (account.clone(), 0u8..2).prop_map(|(account, claim)| Step::Unfreeze { account, claim }),
             1 => account.prop_map(Step::Close),
-            3 => (1i64..500).prop_map(|amount| Step::Payout { amount }),
-            2 => (0usize..4, any::<bool>()).prop_map(|(payout, paid)| Step::SettlePayout { payout, paid }),
+            2 => Just(Step::Payout),
+            2 => Just(Step::PayoutRun),
+            5 => (0usize..3, any::<bool>()).prop_map(|(transfer, paid)| Step::SettleTransfer { transfer, paid }),
+            2 => (0usize..3).prop_map(|transfer| Step::PaidLate { transfer }),
         ]
         .boxed()
     }
@@ -809,35 +1235,59 @@ impl ReferenceStateMachine for Reference {
     }
 }
 
-/// The database all cases share; each case uses accounts, suppliers and
-/// partners of its own and compares the platform's accounts by difference.
+/// The database, the escrow server and its gateway all cases share; each
+/// case uses accounts, a supplier and a partner of its own and compares the
+/// platform's accounts by difference.
 struct Shared {
     runtime: tokio::runtime::Runtime,
-    pool: PgPool,
-    /// What the API's webhooks and timers run, paying through a sandbox.
-    flows: Flows,
+    escrow: support::Escrow,
 }
 
 static SHARED: OnceLock<Shared> = OnceLock::new();
 
-struct System {
-    run: Uuid,
-    accounts: Vec<Option<Uuid>>,
-    attempts: Vec<(Uuid, Option<Uuid>)>,
-    payouts: Vec<Uuid>,
-    platform_start: HashMap<AccountKind, i64>,
-}
-
 fn shared() -> &'static Shared {
-    SHARED.get().expect("the test sets up the database first")
+    SHARED.get().expect("the test sets up escrow first")
 }
 
 fn block<T>(work: impl Future<Output = T>) -> T {
     shared().runtime.block_on(work)
 }
 
+fn pool() -> &'static PgPool {
+    &shared().escrow.pool
+}
+
+fn client() -> support::Client {
+    shared().escrow.client.clone()
+}
+
 fn platform(kind: AccountKind) -> AccountKey {
     AccountKey::new(kind, escrow::domain::ledger::PLATFORM, usd())
+}
+
+/// A gateway transfer as recorded: id, direction, escrow account, funding
+/// attempt, amount.
+type TransferRow = (Uuid, String, Option<Uuid>, Option<Uuid>, i64);
+
+struct SysAttempt {
+    id: Uuid,
+    hold: Uuid,
+    key: String,
+    request: pb::FundEscrowRequest,
+}
+
+struct System {
+    run: Uuid,
+    accounts: Vec<Uuid>,
+    /// How each account was opened (opening again sends the same).
+    opened: Vec<pb::OpenEscrowAccountRequest>,
+    attempts: Vec<SysAttempt>,
+    transfers: Vec<Uuid>,
+    /// Each event's payload, by the model's index.
+    events: Vec<Vec<u8>>,
+    steps: usize,
+    platform_start: HashMap<AccountKind, i64>,
+    worker: GatewayWorker,
 }
 
 impl System {
@@ -845,304 +1295,561 @@ impl System {
         format!("{SUPPLIER}-{}", self.run)
     }
 
-    fn partner(&self, p: u8) -> String {
-        format!("partner-{p}-{}", self.run)
+    fn partner(&self) -> String {
+        format!("partner-0-{}", self.run)
     }
 
-    fn account(&self, i: usize) -> Uuid {
-        // A random id never opened: the use case answers NOT_FOUND, as the
-        // model does.
-        self.accounts[i].unwrap_or_else(Uuid::now_v7)
+    fn key(&mut self, what: &str) -> String {
+        self.steps += 1;
+        format!("{what}-{}-{}", self.run, self.steps)
     }
 
-    /// The gateway's reference of attempt `ix`.
-    fn reference(&self, ix: usize) -> String {
-        format!("gw-{}", self.attempts[ix].0)
+    fn account_of(&self, id: Uuid) -> Option<usize> {
+        self.accounts.iter().position(|a| *a == id)
     }
 
-    /// Event `index` as the gateway sends it (the same bytes every time).
-    fn payload(&self, index: usize, sent: &SentEvent) -> Vec<u8> {
-        let mut data = serde_json::json!({ "reference": self.reference(sent.attempt) });
-        match sent.received {
-            Some(amount) => {
-                data["amount_minor"] = amount.into();
-                data["currency_code"] = "USD".into();
+    fn open(&mut self, i: usize) -> Outcome {
+        if self.opened.len() <= i {
+            let mut request = support::open_request(
+                &format!("contract-{}-{i}", self.run),
+                SCHEDULE
+                    .iter()
+                    .enumerate()
+                    .map(|(m, a)| support::payment(&format!("m{m}"), *a))
+                    .collect(),
+            );
+            request.idempotency_key = format!("open-{}-{i}", self.run);
+            request.supplier_id = self.supplier();
+            if i == PAY_LATER {
+                request.payment_scheme = pb::EscrowPaymentScheme::PayLater as i32;
+                request.financing_partner_id = self.partner();
             }
-            None => data["failure_code"] = "rejected".into(),
+            self.opened.push(request);
         }
-        serde_json::to_vec(&serde_json::json!({
-            "id": format!("evt-{}-{index}", self.run),
-            "type": sent.kind,
-            "created": 1_900_000_000,
-            "data": data,
-        }))
-        .unwrap()
+        let opened = block(client().open_escrow_account(support::contract(self.opened[i].clone())))
+            .unwrap()
+            .into_inner()
+            .account
+            .unwrap();
+        let id = Uuid::parse_str(&opened.escrow_account_id).unwrap();
+        if self.accounts.len() <= i {
+            self.accounts.push(id);
+        }
+        assert_eq!(self.accounts[i], id, "opening again returns the account");
+        Outcome::Done
     }
 
-    fn webhook(&self, model: &Model, hook: &Hook) -> Outcome {
-        if self.attempts.is_empty() {
-            return Outcome::Skipped;
-        }
-        let pool = &shared().pool;
-        let flows = &shared().flows;
-        let now = model.now();
-        let t = now.unix_timestamp();
-        let index = match hook {
-            Hook::Replay(_) if model.delivered.is_empty() => return Outcome::Skipped,
-            Hook::Replay(back) => model.delivered[recent(*back, model.delivered.len())],
-            _ => model.events.len() - 1,
-        };
-        let sent = &model.events[index];
-        let mut payload = self.payload(index, sent);
-        let secret = WebhookSecret::new(WEBHOOK_SECRET).unwrap();
-        let signature = match hook {
-            Hook::Forged { other_key: true } => {
-                WebhookSecret::new(FORGER_SECRET).unwrap().sign(t, &payload)
-            }
-            Hook::Forged { other_key: false } => {
-                let signature = secret.sign(t, &payload);
-                let more = SentEvent {
-                    received: sent.received.map(|r| r * 2 + 1),
-                    ..sent.clone()
-                };
-                payload = self.payload(index, &more);
-                signature
-            }
-            Hook::Stale { seconds, future } => {
-                let off = WEBHOOK_TOLERANCE_SECONDS + seconds;
-                secret.sign(if *future { t + off } else { t - off }, &payload)
-            }
-            Hook::Credit | Hook::Failure | Hook::Replay(_) => secret.sign(t, &payload),
-        };
-        let quiet = !matches!(hook, Hook::Credit | Hook::Failure);
-        let before = quiet.then(|| block(digest(pool)));
-        let got = match flows.authenticate_webhook(&signature, &payload, t) {
-            Err(_) => Outcome::Refused("unauthenticated"),
-            Ok(()) => {
-                let event = GatewayEvent::parse(&payload).unwrap();
-                let result = block(in_tx(pool, async |c| {
-                    flows.apply_gateway_event(c, &event, now).await
-                }));
-                outcome(result, |answer| {
-                    Outcome::Webhook(match WebhookOutcome::try_from(answer.outcome) {
-                        Ok(WebhookOutcome::Applied) => "applied",
-                        Ok(WebhookOutcome::Duplicate) => "duplicate",
-                        _ => "ignored",
-                    })
+    fn fund(&mut self, account: usize, milestone: usize, method: &Method) -> Outcome {
+        let id = self.accounts[account];
+        let milestone_id = format!("m{milestone}");
+        let due = block(async {
+            let mut c = pool().acquire().await.unwrap();
+            escrow::storage::accounts::get_account(&mut c, id)
+                .await
+                .ok()
+                .and_then(|a| a.payment(&milestone_id).ok().map(|p| p.remaining_minor()))
+        });
+        let key = self.key("fund");
+        let mut request = support::card(
+            &id.to_string(),
+            &milestone_id,
+            due.unwrap_or(1).max(1),
+            "",
+            &key,
+        );
+        request.method = Some(match method {
+            Method::Card(token) => pb::fund_escrow_request::Method::Card(pb::CardPayment {
+                card_token: token.as_str().into(),
+            }),
+            Method::Bank => {
+                pb::fund_escrow_request::Method::BankTransfer(pb::BankTransferPayment {
+                    payer_name: "Buyer GmbH".into(),
                 })
             }
-        };
-        if let Some(before) = before {
-            assert_eq!(block(digest(pool)), before, "{hook:?} changed a row");
+            Method::PayLater(p) => pb::fund_escrow_request::Method::PayLater(pb::PayLaterPayment {
+                financing_partner_id: if *p == 0 {
+                    self.partner()
+                } else {
+                    format!("partner-{p}-{}", self.run)
+                },
+                repayment_months: 3,
+            }),
+        });
+        let got = answered(block(client().fund_escrow(support::buyer(request.clone()))));
+        // Recorded before the gateway was called, whatever it answered.
+        let gateway_key = format!("fund:{}:{key}", support::BUYER);
+        let recorded: Option<(Uuid, Uuid)> = block(
+            sqlx::query_as(
+                "SELECT f.id, f.hold_id FROM escrow.funding_attempts f WHERE f.gateway_key = $1",
+            )
+            .bind(&gateway_key)
+            .fetch_optional(pool()),
+        )
+        .unwrap();
+        if let Some((id, hold)) = recorded {
+            self.attempts.push(SysAttempt {
+                id,
+                hold,
+                key: gateway_key,
+                request,
+            });
         }
         got
     }
 
-    fn run_step(&mut self, model: &Model, step: &Step) -> Outcome {
-        let pool = &shared().pool;
-        let now = model.now();
-        match step {
-            Step::Open(i) => {
-                if self.accounts[*i].is_none() {
-                    let new =
-                        new_account(*i, format!("contract-{}-{i}", self.run), self.supplier());
-                    // With the terms the API records beside it, which the
-                    // feed's account view reads.
-                    let terms = Terms {
-                        scheme: Scheme::Direct,
-                        financing_partner_id: String::new(),
-                        supplier_owner_principal_id: "owner".into(),
-                        contract_version: 1,
-                    };
-                    let opened = block(in_tx(pool, async |c| {
-                        let opened = app::open_account(c, new, now).await?;
-                        api::insert_terms(c, opened.id, &terms).await?;
-                        Ok(opened)
-                    }))
-                    .unwrap();
-                    self.accounts[*i] = Some(opened.id);
-                }
-                Outcome::Done
+    fn retry(&mut self, ix: usize) -> Outcome {
+        let request = self.attempts[ix].request.clone();
+        answered(block(client().fund_escrow(support::buyer(request))))
+    }
+
+    fn resolve(&mut self, ix: usize) -> Outcome {
+        let id = self.attempts[ix].id;
+        if !block(awaiting(id)) {
+            return Outcome::Skipped;
+        }
+        block(async {
+            sqlx::query("UPDATE escrow.funding_attempts SET check_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(pool())
+                .await
+                .unwrap();
+            funding::resolve_unanswered(&self.worker.flows, pool())
+                .await
+                .unwrap();
+            // The service's own worker may have taken it first: wait for it.
+            support::eventually("the attempt answered", || async {
+                (!awaiting(id).await).then_some(())
+            })
+            .await;
+        });
+        Outcome::Done
+    }
+
+    /// The gateway's record of key `key`: its reference and status.
+    fn at_gateway(&self, key: &str) -> Option<(String, OperationStatus)> {
+        block(at_gateway(key))
+    }
+
+    fn deliver(&self, payload: &[u8], signature: String, id: &str) -> Outcome {
+        let request = pb::HandleGatewayWebhookRequest {
+            idempotency_key: id.into(),
+            payload: payload.to_vec(),
+            signature,
+        };
+        match block(client().handle_gateway_webhook(support::gateway(request))) {
+            Ok(answer) => Outcome::Webhook(
+                match pb::WebhookOutcome::try_from(answer.into_inner().outcome) {
+                    Ok(pb::WebhookOutcome::Applied) => "applied",
+                    Ok(pb::WebhookOutcome::Duplicate) => "duplicate",
+                    Ok(pb::WebhookOutcome::RetryLater) => "retry_later",
+                    _ => "ignored",
+                },
+            ),
+            Err(status) => refused_by(&status),
+        }
+    }
+
+    fn webhook(&mut self, model: &Model, attempt: usize, delta: i64, hook: &Hook) -> Outcome {
+        let secret = WebhookSecret::new(support::WEBHOOK_SECRET).unwrap();
+        let now = support::now_unix();
+        if let Hook::Replay(back) = hook {
+            let answered: Vec<usize> = (0..model.events.len())
+                .filter(|e| model.events[*e].answer.is_some())
+                .collect();
+            if answered.is_empty() {
+                return Outcome::Skipped;
             }
+            let index = answered[recent(*back, answered.len())];
+            let payload = self.events[index].clone();
+            let before = block(digest());
+            let got = self.deliver(
+                &payload,
+                secret.sign(now, &payload),
+                &format!("evt-{}-{index}", self.run),
+            );
+            assert_eq!(block(digest()), before, "a replay changed a row");
+            return got;
+        }
+        if self.attempts.is_empty() {
+            return Outcome::Skipped;
+        }
+        let ix = recent(attempt, self.attempts.len());
+        let a = &model.attempts[ix];
+        let card = matches!(a.method, Method::Card(_));
+        let gateway = self.at_gateway(&self.attempts[ix].key);
+        let index = self.events.len();
+        let id = format!("evt-{}-{index}", self.run);
+        let mut event = support::Event::new(
+            &id,
+            match (hook, &a.method) {
+                (Hook::Failure, Method::PayLater(_)) => "pay_later.rejected",
+                (Hook::Failure, _) => "payment.failed",
+                (_, Method::Card(_)) => "payment.succeeded",
+                (_, Method::Bank) => "bank_transfer.credited",
+                (_, Method::PayLater(_)) => "pay_later.disbursed",
+            },
+            &gateway
+                .as_ref()
+                .map(|(reference, _)| reference.clone())
+                .unwrap_or_else(|| "no-reference".into()),
+        )
+        .client(self.attempts[ix].id);
+        match hook {
+            Hook::Credit => {
+                if card && !matches!(gateway, Some((_, OperationStatus::Succeeded))) {
+                    return Outcome::Skipped;
+                }
+                event = event.usd(if card {
+                    a.amount
+                } else {
+                    (a.amount + delta).max(1)
+                });
+            }
+            Hook::Failure => {
+                if card && !matches!(gateway, Some((_, OperationStatus::Failed { .. }))) {
+                    return Outcome::Skipped;
+                }
+                event.failure_code = Some("rejected".into());
+            }
+            Hook::Unknown => {
+                event = support::Event::new(&id, "bank_transfer.credited", &format!("bt_{id}"))
+                    .client(Uuid::now_v7())
+                    .usd(100);
+            }
+            Hook::NoAmount | Hook::Forged { .. } | Hook::Stale { .. } => {
+                event = event.usd((a.amount + delta).max(1));
+                if matches!(hook, Hook::NoAmount) {
+                    event.amount_minor = None;
+                }
+            }
+            Hook::Replay(_) => unreachable!(),
+        }
+        let mut payload = event.payload();
+        self.events.push(payload.clone());
+        let signature = match hook {
+            Hook::Forged { other_key: true } => WebhookSecret::new(FORGER_SECRET)
+                .unwrap()
+                .sign(now, &payload),
+            Hook::Forged { other_key: false } => {
+                let signature = secret.sign(now, &payload);
+                payload = event
+                    .clone()
+                    .usd(event.amount_minor.unwrap_or(1) * 2 + 1)
+                    .payload();
+                signature
+            }
+            Hook::Stale { seconds, future } => {
+                let off = WEBHOOK_TOLERANCE_SECONDS + seconds;
+                secret.sign(if *future { now + off } else { now - off }, &payload)
+            }
+            _ => secret.sign(now, &payload),
+        };
+        let quiet = !matches!(hook, Hook::Credit | Hook::Failure);
+        let before = quiet.then(|| block(digest()));
+        let got = self.deliver(&payload, signature, &id);
+        if let Some(before) = before {
+            assert_eq!(block(digest()), before, "{hook:?} changed a row");
+        }
+        got
+    }
+
+    fn outflow(
+        &mut self,
+        account: usize,
+        amount: Option<i64>,
+        settles: &Settles,
+        release: bool,
+    ) -> Outcome {
+        use pb::purpose::Purpose as P;
+        let purpose = Some(pb::Purpose {
+            purpose: Some(match settles {
+                Settles::Milestone(m) => P::MilestoneId(m.clone()),
+                Settles::Acceptance => P::Acceptance(true),
+                Settles::Claim(c) => P::ClaimId(c.clone()),
+                Settles::Cancellation => P::Cancellation(true),
+            }),
+        });
+        let id = self.accounts[account].to_string();
+        let key = self.key("out");
+        let amount = amount.and_then(support::usd);
+        if release {
+            answered(block(client().release_to_supplier(support::contract(
+                pb::ReleaseToSupplierRequest {
+                    idempotency_key: key,
+                    escrow_account_id: id,
+                    amount,
+                    reason: "goods accepted".into(),
+                    purpose,
+                },
+            ))))
+        } else {
+            answered(block(client().refund_to_buyer(support::contract(
+                pb::RefundToBuyerRequest {
+                    idempotency_key: key,
+                    escrow_account_id: id,
+                    amount,
+                    reason: "refund".into(),
+                    purpose,
+                },
+            ))))
+        }
+    }
+
+    /// Makes sure the gateway has the transfer (the worker sends it), and
+    /// returns its reference there.
+    fn sent(&self, id: Uuid) -> String {
+        let key: String = block(
+            sqlx::query_scalar("SELECT gateway_key FROM escrow.gateway_transfers WHERE id = $1")
+                .bind(id)
+                .fetch_one(pool()),
+        )
+        .unwrap();
+        block(support::eventually("the transfer sent", || async {
+            if let Some((reference, _)) = at_gateway(&key).await {
+                return Some(reference);
+            }
+            sqlx::query(
+                "UPDATE escrow.gateway_transfers SET check_at = now() \
+                 WHERE id = $1 AND status = 'sending'",
+            )
+            .bind(id)
+            .execute(pool())
+            .await
+            .unwrap();
+            self.worker.pass().await.unwrap();
+            None
+        }))
+    }
+
+    fn run_step(&mut self, model: &Model, step: &Step) -> Outcome {
+        match step {
+            Step::Open(i) => self.open(*i),
             Step::Fund {
                 account,
                 milestone,
                 method,
-            } => {
-                let id = self.account(*account);
-                let milestone_id = format!("m{milestone}");
-                let due = block(async {
-                    let mut c = pool.acquire().await.unwrap();
-                    accounts::get_account(&mut c, id)
-                        .await
-                        .ok()
-                        .and_then(|a| a.payment(&milestone_id).ok().map(|p| p.remaining_minor()))
-                });
-                let method = match method {
-                    Method::Card(approved) => FundingMethod::Card {
-                        approved: *approved,
-                    },
-                    Method::Bank => FundingMethod::BankTransfer,
-                    Method::PayLater(p) => FundingMethod::PayLater {
-                        partner_id: self.partner(*p),
-                    },
-                };
-                let command = StartFunding {
-                    account_id: id,
-                    milestone_id,
-                    attempt_id: Uuid::now_v7(),
-                    method,
-                    amount_minor: due.unwrap_or(1).max(1),
-                    expires_at: now + Duration::minutes(HOLD_TTL_MINUTES),
-                };
-                // With the gateway's reference the API records, which its
-                // webhooks name.
-                let gateway = AttemptGateway {
-                    reference: format!("gw-{}", command.attempt_id),
-                    ..Default::default()
-                };
-                let result = block(in_tx(pool, async |c| {
-                    let attempt = app::start_funding(c, &command, now).await?;
-                    api::insert_attempt_gateway(c, attempt.id, &gateway).await?;
-                    Ok(attempt)
-                }));
-                outcome(result, |attempt| {
-                    self.attempts.push((attempt.id, attempt.hold_id));
-                    Outcome::Done
-                })
+            } => self.fund(*account, *milestone, method),
+            Step::Retry { attempt } => {
+                if self.attempts.is_empty() {
+                    return Outcome::Skipped;
+                }
+                self.retry(recent(*attempt, self.attempts.len()))
             }
-            Step::Confirm {
+            Step::Resolve { attempt } => {
+                if self.attempts.is_empty() {
+                    return Outcome::Skipped;
+                }
+                self.resolve(recent(*attempt, self.attempts.len()))
+            }
+            Step::Expire { attempt } => {
+                if self.attempts.is_empty() {
+                    return Outcome::Skipped;
+                }
+                let id = self.attempts[recent(*attempt, self.attempts.len())].id;
+                block(shared().escrow.fire(ATTEMPT_EXPIRY, &id.to_string())).unwrap();
+                Outcome::Done
+            }
+            Step::Webhook {
                 attempt,
-                credit,
                 delta,
-            } => {
-                if self.attempts.is_empty() {
-                    return Outcome::Skipped;
-                }
-                let ix = recent(*attempt, self.attempts.len());
-                let received = (model.attempts[ix].amount + delta).max(1);
-                let id = self.attempts[ix].0;
-                let result = block(in_tx(pool, async |c| {
-                    app::confirm_funding(c, id, &format!("k{credit}"), received, now).await
-                }));
-                outcome(result, Outcome::Credit)
-            }
-            Step::Fail { attempt } => {
-                if self.attempts.is_empty() {
-                    return Outcome::Skipped;
-                }
-                let id = self.attempts[recent(*attempt, self.attempts.len())].0;
-                let result = block(in_tx(pool, async |c| {
-                    app::fail_funding(c, id, "rejected", now).await
-                }));
-                outcome(result, Outcome::Failed)
-            }
-            Step::Webhook { hook, .. } => self.webhook(model, hook),
+                hook,
+            } => self.webhook(model, *attempt, *delta, hook),
             Step::HoldDeadline(i) => {
-                let id = self.account(*i);
-                let flows = &shared().flows;
-                let before = block(digest(pool));
-                let got = outcome(
-                    block(in_tx(pool, async |c| flows.fire_hold_deadline(c, id).await)),
-                    Outcome::Announced,
-                );
-                let after = block(digest(pool));
+                let id = self.accounts[*i];
+                let before = block(digest());
+                let announced = block(async {
+                    let mut tx = pool().begin().await.unwrap();
+                    let announced = self
+                        .worker
+                        .flows
+                        .fire_hold_deadline(&mut tx, id)
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                    announced
+                });
+                let after = block(digest());
                 // Only the feed may have grown: no money, account or timer moved.
                 assert_eq!(
                     after[..after.len() - 1],
                     before[..before.len() - 1],
                     "the hold deadline moved something"
                 );
-                got
-            }
-            Step::Advance { .. } => {
-                // Other cases' leftovers may be due too: expire until none is.
-                block(async {
-                    while !in_tx(pool, async |c| app::expire_due(c, now).await)
-                        .await
-                        .unwrap()
-                        .is_empty()
-                    {}
-                });
-                Outcome::Done
+                Outcome::Announced(announced)
             }
             Step::Release {
                 account,
                 amount,
                 settles,
-            } => {
-                let id = self.account(*account);
-                outcome(
-                    block(in_tx(pool, async |c| {
-                        app::release(c, id, *amount, settles, now).await
-                    })),
-                    |_| Outcome::Done,
-                )
-            }
+            } => self.outflow(*account, *amount, settles, true),
             Step::Refund {
                 account,
                 amount,
                 settles,
+            } => self.outflow(*account, *amount, settles, false),
+            Step::Settle {
+                account,
+                claim,
+                refund,
+                release_rest,
             } => {
-                let id = self.account(*account);
-                outcome(
-                    block(in_tx(pool, async |c| {
-                        app::refund(c, id, *amount, settles, now).await
-                    })),
-                    |_| Outcome::Done,
-                )
+                let key = self.key("settle");
+                answered(block(client().settle_claim(support::dispute(
+                    pb::SettleClaimRequest {
+                        idempotency_key: key,
+                        escrow_account_id: self.accounts[*account].to_string(),
+                        claim_id: format!("c{claim}"),
+                        refund: refund.and_then(support::usd),
+                        release_rest: *release_rest,
+                        reason: "decided".into(),
+                    },
+                ))))
             }
             Step::Freeze { account, claim } => {
-                let id = self.account(*account);
-                let claim = format!("c{claim}");
-                outcome(
-                    block(in_tx(pool, async |c| {
-                        app::freeze(c, id, &claim, "claim filed", now).await
-                    })),
-                    |_| Outcome::Done,
-                )
+                let key = self.key("freeze");
+                answered(block(client().freeze_escrow(support::dispute(
+                    pb::FreezeEscrowRequest {
+                        idempotency_key: key,
+                        escrow_account_id: self.accounts[*account].to_string(),
+                        claim_id: format!("c{claim}"),
+                        reason: "claim filed".into(),
+                    },
+                ))))
             }
             Step::Unfreeze { account, claim } => {
-                let id = self.account(*account);
-                let claim = format!("c{claim}");
-                outcome(
-                    block(in_tx(pool, async |c| {
-                        app::unfreeze(c, id, &claim, now).await
-                    })),
-                    |_| Outcome::Done,
-                )
+                let key = self.key("unfreeze");
+                answered(block(client().unfreeze_escrow(support::dispute(
+                    pb::UnfreezeEscrowRequest {
+                        idempotency_key: key,
+                        escrow_account_id: self.accounts[*account].to_string(),
+                        claim_id: format!("c{claim}"),
+                        reason: "claim withdrawn".into(),
+                    },
+                ))))
             }
             Step::Close(i) => {
-                let id = self.account(*i);
-                outcome(
-                    block(in_tx(pool, async |c| app::close(c, id, now).await)),
-                    |_| Outcome::Done,
-                )
+                let key = self.key("close");
+                answered(block(client().close_escrow_account(support::contract(
+                    pb::CloseEscrowAccountRequest {
+                        idempotency_key: key,
+                        escrow_account_id: self.accounts[*i].to_string(),
+                        reason: "closed".into(),
+                        refund_held: false,
+                    },
+                ))))
             }
-            Step::Payout { amount } => {
-                let supplier = self.supplier();
-                let expires = now + Duration::minutes(HOLD_TTL_MINUTES);
-                let result = block(in_tx(pool, async |c| {
-                    app::start_payout(c, &supplier, usd(), Uuid::now_v7(), *amount, expires).await
-                }));
-                outcome(result, |hold| {
-                    self.payouts.push(hold.id);
-                    Outcome::Done
-                })
+            Step::Payout => {
+                let key = self.key("payout");
+                answered(block(client().run_supplier_payouts(support::operator(
+                    pb::RunSupplierPayoutsRequest {
+                        idempotency_key: key,
+                        supplier_id: self.supplier(),
+                        currency_code: String::new(),
+                    },
+                ))))
             }
-            Step::SettlePayout { payout, paid } => {
-                if self.payouts.is_empty() {
+            Step::PayoutRun => {
+                self.worker.flows.request_payouts();
+                block(self.worker.pass()).unwrap();
+                Outcome::Done
+            }
+            Step::PaidLate { transfer } => {
+                let failed: Vec<usize> = (0..self.transfers.len())
+                    .filter(|t| {
+                        model.transfers[*t].direction != Direction::SuspenseRefund
+                            && block(transfer_status(self.transfers[*t])) == "failed"
+                    })
+                    .collect();
+                if failed.is_empty() {
                     return Outcome::Skipped;
                 }
-                let id = self.payouts[payout % self.payouts.len()];
-                outcome(
-                    block(in_tx(pool, async |c| {
-                        app::settle_payout(c, id, *paid, now).await
-                    })),
-                    |()| Outcome::Done,
-                )
+                self.report(model, failed[recent(*transfer, failed.len())], true)
+            }
+            Step::SettleTransfer { transfer, paid } => {
+                if self.transfers.is_empty() {
+                    return Outcome::Skipped;
+                }
+                let t = recent(*transfer, self.transfers.len());
+                self.report(model, t, *paid)
             }
         }
+    }
+
+    /// The gateway's report on transfer `t`: paid or failed.
+    fn report(&mut self, model: &Model, t: usize, paid: bool) -> Outcome {
+        let theirs = &model.transfers[t];
+        if theirs.direction == Direction::SuspenseRefund
+            && paid
+            && theirs.state == TransferState::Failed
+        {
+            // Skipped by the model (see there).
+            return Outcome::Skipped;
+        }
+        let id = self.transfers[t];
+        let reference = self.sent(id);
+        let kind = match (theirs.direction, paid) {
+            (Direction::Payout, true) => "payout.paid",
+            (Direction::Payout, false) => "payout.failed",
+            (_, true) => "refund.paid",
+            (_, false) => "refund.failed",
+        };
+        let event_id = self.key("evt-transfer");
+        let mut event = support::Event::new(&event_id, kind, &reference).client(id);
+        if !paid {
+            event.failure_code = Some("account_closed".into());
+        }
+        let payload = event.payload();
+        let signature = WebhookSecret::new(support::WEBHOOK_SECRET)
+            .unwrap()
+            .sign(support::now_unix(), &payload);
+        self.deliver(&payload, signature, &event_id)
+    }
+
+    /// Maps the transfers this step made to the model's, by what they are.
+    fn map_transfers(&mut self, model: &Model) {
+        let rows: Vec<TransferRow> = block(
+            sqlx::query_as(
+                "SELECT id, direction, escrow_account_id, funding_attempt_id, amount_minor \
+                 FROM escrow.gateway_transfers \
+                 WHERE supplier_id = $1 OR escrow_account_id = ANY($2) ORDER BY created_at, id",
+            )
+            .bind(self.supplier())
+            .bind(&self.accounts)
+            .fetch_all(pool()),
+        )
+        .unwrap();
+        let known: BTreeSet<Uuid> = self.transfers.iter().copied().collect();
+        let mut new: Vec<_> = rows
+            .into_iter()
+            .filter(|(id, ..)| !known.contains(id))
+            .map(|(id, direction, account, attempt, amount)| {
+                let direction = match direction.as_str() {
+                    "payout" => Direction::Payout,
+                    "buyer_refund" => Direction::BuyerRefund,
+                    _ => Direction::SuspenseRefund,
+                };
+                let account = account.and_then(|a| self.account_of(a));
+                let attempt = attempt.and_then(|a| self.attempts.iter().position(|s| s.id == a));
+                (id, (direction, account, attempt, amount))
+            })
+            .collect();
+        for theirs in &model.transfers[self.transfers.len()..] {
+            let wanted = (
+                theirs.direction,
+                theirs.account,
+                theirs.attempt,
+                theirs.amount,
+            );
+            let at = new
+                .iter()
+                .position(|(_, what)| *what == wanted)
+                .unwrap_or_else(|| panic!("no transfer {wanted:?} among {new:?}"));
+            self.transfers.push(new.remove(at).0);
+        }
+        assert!(
+            new.is_empty(),
+            "transfers the model does not expect: {new:?}"
+        );
     }
 
     fn compare(&self, model: &Model) {
@@ -1151,27 +1858,23 @@ impl System {
             found.is_empty(),
             "the reference ledger is unsound: {found:#?}"
         );
-        let pool = &shared().pool;
+        assert_eq!(self.attempts.len(), model.attempts.len(), "attempts");
+        assert_eq!(self.transfers.len(), model.transfers.len(), "transfers");
         block(async {
-            let mut l = PgLedger::new(pool.clone());
-            assert_sound(&mut l).await;
+            let mut l = PgLedger::new(pool().clone());
+            common::assert_sound(&mut l).await;
+            let mut c = pool().acquire().await.unwrap();
             for (i, real) in self.accounts.iter().enumerate() {
-                let (Some(real), Some(expected)) = (real, &model.accounts[i]) else {
-                    assert_eq!(
-                        real.is_some(),
-                        model.accounts[i].is_some(),
-                        "account {i} opened on one side only"
-                    );
-                    continue;
-                };
-                let mut c = pool.acquire().await.unwrap();
-                let account = accounts::get_account(&mut c, *real).await.unwrap();
+                let expected = model.accounts[i].as_ref().unwrap();
+                let account = escrow::storage::accounts::get_account(&mut c, *real)
+                    .await
+                    .unwrap();
                 assert_eq!(account.status, expected.status, "account {i}");
                 assert_eq!(account.freezes, expected.freezes, "account {i}");
                 assert_eq!(
-                    (account.hold_until, account.hold_paused_at),
-                    (expected.hold_until, expected.hold_paused_at),
-                    "account {i}'s hold deadline"
+                    account.hold_paused_at.is_some(),
+                    expected.hold_paused_at.is_some(),
+                    "account {i}'s hold deadline paused"
                 );
                 let funded: Vec<i64> = account.schedule.iter().map(|p| p.funded_minor).collect();
                 let model_funded: Vec<i64> =
@@ -1194,21 +1897,16 @@ impl System {
                     );
                 }
             }
-            let pairs = [
+            for (mine, theirs) in [
                 (
                     AccountKey::supplier_payable(&self.supplier(), usd()),
                     AccountKey::supplier_payable(SUPPLIER, usd()),
                 ),
                 (
-                    AccountKey::financing_partner(&self.partner(0), usd()),
+                    AccountKey::financing_partner(&self.partner(), usd()),
                     AccountKey::financing_partner("partner-0", usd()),
                 ),
-                (
-                    AccountKey::financing_partner(&self.partner(1), usd()),
-                    AccountKey::financing_partner("partner-1", usd()),
-                ),
-            ];
-            for (mine, theirs) in pairs {
+            ] {
                 assert_eq!(
                     l.balance(&mine).await.unwrap(),
                     model.ledger.balance_of(&theirs),
@@ -1223,25 +1921,98 @@ impl System {
                     "{kind:?}"
                 );
             }
-            let mut c = pool.acquire().await.unwrap();
-            for (ix, (_, hold)) in self.attempts.iter().enumerate() {
-                let expected = model.attempts[ix].hold.map(|h| model_hold_status(model, h));
-                let actual = match hold {
-                    Some(h) => Some(ledger::get_hold(&mut c, *h).await.unwrap().status),
-                    None => None,
+            for (ix, real) in self.attempts.iter().enumerate() {
+                let theirs = &model.attempts[ix];
+                let (status, answered_at): (String, Option<OffsetDateTime>) = sqlx::query_as(
+                    "SELECT status, answered_at FROM escrow.funding_attempts WHERE id = $1",
+                )
+                .bind(real.id)
+                .fetch_one(&mut *c)
+                .await
+                .unwrap();
+                let expected = match theirs.state {
+                    AttemptState::Pending => "pending",
+                    AttemptState::Succeeded => "succeeded",
+                    AttemptState::Failed => "failed",
                 };
-                assert_eq!(actual, expected, "attempt {ix}'s hold");
-            }
-            for (ix, hold) in self.payouts.iter().enumerate() {
-                let actual = ledger::get_hold(&mut c, *hold).await.unwrap().status;
+                assert_eq!(status, expected, "attempt {ix}");
                 assert_eq!(
-                    actual,
-                    model_hold_status(model, model.payouts[ix]),
-                    "payout {ix}"
+                    answered_at.is_none(),
+                    theirs.awaiting,
+                    "attempt {ix} answered"
+                );
+                let hold = ledger::get_hold(&mut c, real.hold).await.unwrap().status;
+                assert_eq!(
+                    hold,
+                    model_hold_status(model, theirs.hold),
+                    "attempt {ix}'s hold"
+                );
+                let charged = shared()
+                    .escrow
+                    .gateway
+                    .moved_under(&real.key)
+                    .map(|m| m.amount_minor);
+                assert_eq!(
+                    charged,
+                    theirs.charged.then_some(theirs.amount),
+                    "attempt {ix} at the gateway"
+                );
+            }
+            for (t, id) in self.transfers.iter().enumerate() {
+                let theirs = &model.transfers[t];
+                let status: String =
+                    sqlx::query_scalar("SELECT status FROM escrow.gateway_transfers WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(&mut *c)
+                        .await
+                        .unwrap();
+                let open = ["sending", "pending", "unknown"].contains(&status.as_str());
+                let matches = match theirs.state {
+                    TransferState::Open => open,
+                    TransferState::Paid => status == "paid",
+                    TransferState::Failed => status == "failed",
+                };
+                assert!(matches, "transfer {t}: {status}, the model says {theirs:?}");
+                let hold = ledger::get_hold(&mut c, *id).await.unwrap().status;
+                assert_eq!(
+                    hold,
+                    model_hold_status(model, theirs.hold),
+                    "transfer {t}'s hold"
                 );
             }
         });
     }
+}
+
+/// Whether the attempt's start call still has no recorded answer.
+async fn transfer_status(id: Uuid) -> String {
+    sqlx::query_scalar("SELECT status FROM escrow.gateway_transfers WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool())
+        .await
+        .unwrap()
+}
+
+/// Whether the attempt's start call still has no recorded answer.
+async fn awaiting(id: Uuid) -> bool {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT answered_at IS NULL FROM escrow.funding_attempts WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool())
+    .await
+    .unwrap()
+}
+
+/// The gateway's record of key `key`: its reference and status.
+async fn at_gateway(key: &str) -> Option<(String, OperationStatus)> {
+    shared()
+        .escrow
+        .gateway
+        .operation(key)
+        .await
+        .unwrap()
+        .map(|op| (op.reference, op.status))
 }
 
 fn model_hold_status(model: &Model, hold: Uuid) -> HoldStatus {
@@ -1257,77 +2028,17 @@ fn model_hold_status(model: &Model, hold: Uuid) -> HoldStatus {
 /// test must not pass by refusing everything.
 static SEEN: Mutex<BTreeMap<&'static str, usize>> = Mutex::new(BTreeMap::new());
 
-fn count(step: &Step, outcome: &Outcome) {
-    let kind = match (step, outcome) {
-        (
-            Step::Fund {
-                method: Method::Card(true),
-                ..
-            },
-            Outcome::Done,
-        ) => "card funded",
-        (
-            Step::Fund {
-                method: Method::Bank,
-                ..
-            },
-            Outcome::Done,
-        ) => "bank hold placed",
-        (
-            Step::Fund {
-                method: Method::PayLater(_),
-                ..
-            },
-            Outcome::Done,
-        ) => "pay later hold placed",
-        (_, Outcome::Credit(CreditOutcome::Applied { .. })) => "credit applied",
-        (_, Outcome::Credit(CreditOutcome::Suspended { .. })) => "credit suspended",
-        (_, Outcome::Credit(CreditOutcome::Duplicate)) => "credit duplicate",
-        (
-            Step::Webhook {
-                hook: Hook::Credit, ..
-            },
-            Outcome::Webhook("applied"),
-        ) => "webhook credit applied",
-        (
-            Step::Webhook {
-                hook: Hook::Failure,
-                ..
-            },
-            Outcome::Webhook("applied"),
-        ) => "webhook failure applied",
-        (
-            Step::Webhook {
-                hook: Hook::Replay(_),
-                ..
-            },
-            Outcome::Webhook("duplicate"),
-        ) => "webhook replayed",
-        (
-            Step::Webhook {
-                hook: Hook::Forged { .. },
-                ..
-            },
-            Outcome::Refused(_),
-        ) => "webhook forged",
-        (
-            Step::Webhook {
-                hook: Hook::Stale { .. },
-                ..
-            },
-            Outcome::Refused(_),
-        ) => "webhook stale",
-        (Step::HoldDeadline(_), Outcome::Announced(Some(_))) => "hold deadline passed",
-        (Step::Fail { .. }, Outcome::Failed(true)) => "attempt failed",
-        (Step::Release { .. }, Outcome::Done) => "released",
-        (Step::Refund { .. }, Outcome::Done) => "refunded",
-        (Step::Freeze { .. }, Outcome::Done) => "frozen",
-        (Step::Close(_), Outcome::Done) => "closed",
-        (Step::Payout { .. }, Outcome::Done) => "payout started",
-        (Step::SettlePayout { .. }, Outcome::Done) => "payout settled",
-        (_, Outcome::Refused(_)) => "refused",
+fn count(model: &Model, got: &Outcome) {
+    let kind = match (model.note, got) {
+        (Some(note), _) => note,
+        (None, Outcome::Refused(reason)) if reason == INSUFFICIENT_FUNDS => "insufficient funds",
+        (None, Outcome::Refused(reason)) if reason == PURPOSE_ALREADY_SETTLED => {
+            "purpose already settled"
+        }
+        (None, Outcome::Refused(_)) => "refused",
         _ => return,
     };
+
     if let Ok(mut seen) = SEEN.lock() {
         *seen.entry(kind).or_default() += 1;
     }
@@ -1340,9 +2051,8 @@ impl StateMachineTest for EscrowTest {
     type Reference = Reference;
 
     fn init_test(model: &Model) -> System {
-        let pool = &shared().pool;
         let platform_start = block(async {
-            let mut l = PgLedger::new(pool.clone());
+            let mut l = PgLedger::new(pool().clone());
             let mut start = HashMap::new();
             for kind in [AccountKind::GatewayClearing, AccountKind::Suspense] {
                 start.insert(kind, l.balance(&platform(kind)).await.unwrap().posted);
@@ -1351,25 +2061,26 @@ impl StateMachineTest for EscrowTest {
         });
         let mut system = System {
             run: Uuid::now_v7(),
-            accounts: vec![None; ACCOUNTS],
+            accounts: Vec::new(),
+            opened: Vec::new(),
             attempts: Vec::new(),
-            payouts: Vec::new(),
+            transfers: Vec::new(),
+            events: Vec::new(),
+            steps: 0,
             platform_start,
+            worker: shared().escrow.worker(),
         };
-        for (i, account) in model.accounts.iter().enumerate() {
-            if account.is_some() {
-                system.run_step(model, &Step::Open(i));
-            }
+        for i in 0..model.accounts.len() {
+            system.open(i);
         }
         system
     }
 
     fn apply(mut system: System, model: &Model, step: Step) -> System {
-        // `model` is the state after the step; only Advance moves its clock,
-        // and the expiry it runs uses the new time.
         let got = system.run_step(model, &step);
         assert_eq!(Some(&got), model.last.as_ref(), "{step:?}");
-        count(&step, &got);
+        system.map_transfers(model);
+        count(model, &got);
         system
     }
 
@@ -1391,58 +2102,42 @@ async fn create_database() -> (PgPool, String, String) {
         .map(|(b, _)| b.to_owned())
         .unwrap_or(url.clone());
     let pool = PgPool::connect(&format!("{base}/{name}")).await.unwrap();
-    escrow::storage::MIGRATOR.run(&pool).await.unwrap();
-    // The feed and timers the webhooks and the hold deadline write to.
-    ta_workflow::install(&pool, flows::schema()).await.unwrap();
     (pool, name, url)
 }
 
-fn flows() -> Flows {
-    let days = |d: u64| std::time::Duration::from_secs(d * 86_400);
-    Flows {
-        gateway: Arc::new(InMemoryGateway::new()),
-        feed: Feed::new(flows::schema(), flows::FEED),
-        timers: Timers::new(flows::schema()),
-        settings: Settings {
-            webhook_secret: WebhookSecret::new(WEBHOOK_SECRET).unwrap(),
-            webhook_tolerance: std::time::Duration::from_secs(
-                WEBHOOK_TOLERANCE_SECONDS.unsigned_abs(),
-            ),
-            bank_transfer_expiry: days(7),
-            pay_later_expiry: days(2),
-            payout_interval: days(1),
-            payout_expiry: days(3),
-        },
-    }
-}
-
-/// The escrow tables a quiet step must leave as they were, each as a row
-/// count and a digest of its rows; the feed last.
-const WATCHED: [&str; 12] = [
-    "escrow_accounts",
-    "scheduled_payments",
-    "freezes",
-    "funding_attempts",
-    "ledger_accounts",
-    "transfers",
-    "holds",
-    "postings",
-    "balance_deltas",
-    "gateway_events",
-    "workflow_timers",
-    "workflow_feed_events",
+/// The rows a quiet step must leave as they were: the escrow tables whole,
+/// and of those the service's background work touches (the feed's
+/// numbering, the worker sending transfers, the roll-up of shared
+/// balances), what no background work changes. The feed last.
+const WATCHED: [(&str, &str); 13] = [
+    ("escrow_accounts", "t::text"),
+    ("scheduled_payments", "t::text"),
+    ("freezes", "t::text"),
+    ("funding_attempts", "t::text"),
+    ("attempt_gateway", "t::text"),
+    ("transfers", "t::text"),
+    ("holds", "t::text"),
+    ("postings", "t::text"),
+    ("gateway_events", "t::text"),
+    ("idempotency_keys", "t::text"),
+    ("workflow_timers", "t::text"),
+    (
+        "gateway_transfers",
+        "(t.id, t.direction, t.amount_minor, t.funding_attempt_id)::text",
+    ),
+    ("workflow_feed_events", "t.id::text"),
 ];
 
-async fn digest(pool: &PgPool) -> Vec<(i64, String)> {
+async fn digest() -> Vec<(i64, String)> {
     let mut tables = Vec::new();
-    for table in WATCHED {
+    for (table, row) in WATCHED {
         let sql = format!(
-            "SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') \
+            "SELECT count(*), coalesce(md5(string_agg({row}, '|' ORDER BY {row})), '') \
              FROM escrow.{table} t"
         );
         tables.push(
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .fetch_one(pool)
+                .fetch_one(pool())
                 .await
                 .unwrap(),
         );
@@ -1460,17 +2155,18 @@ fn escrow_follows_its_reference_model() {
         .enable_all()
         .build()
         .unwrap();
-    let (pool, name, url) = runtime.block_on(create_database());
-    let flows = flows();
-    assert!(
-        SHARED
-            .set(Shared {
-                runtime,
-                pool,
-                flows
-            })
-            .is_ok()
-    );
+    let (database, name, url) = runtime.block_on(create_database());
+    // Nothing is retried or asked about on its own: the steps say when.
+    let escrow = runtime.block_on(support::start_with(
+        database,
+        &[
+            "--gateway-check-after",
+            "3600s",
+            "--gateway-worker-poll",
+            "600s",
+        ],
+    ));
+    assert!(SHARED.set(Shared { runtime, escrow }).is_ok());
     // A fixed seed (unless PROPTEST_RNG_SEED picks another), so the check
     // below that every kind of outcome happened cannot fail by chance; run
     // with PROPTEST_RNG_SEED=<n> to explore other sequences.
@@ -1486,14 +2182,14 @@ fn escrow_follows_its_reference_model() {
     };
     let mut runner = TestRunner::new(config.clone());
     let result = runner.run(
-        &Reference::sequential_strategy(1..40),
+        &Reference::sequential_strategy(1..60),
         |(initial, steps, seen)| {
             EscrowTest::test_sequential(config.clone(), initial, steps, seen);
             Ok(())
         },
     );
     block(async {
-        shared().pool.close().await;
+        pool().close().await;
         let mut admin = PgConnection::connect(&url).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
@@ -1509,24 +2205,37 @@ fn escrow_follows_its_reference_model() {
     eprintln!("steps by outcome: {seen:?}");
     for kind in [
         "card funded",
-        "bank hold placed",
-        "pay later hold placed",
+        "card declined",
+        "card unanswered",
+        "bank pending",
+        "pay later pending",
+        "retry answered",
+        "resolved: charged",
+        "resolved: never reached the gateway",
         "credit applied",
-        "credit suspended",
+        "credit applied beyond what is due",
+        "credit for an ended attempt",
         "credit duplicate",
-        "attempt failed",
-        "released",
-        "refunded",
-        "frozen",
-        "closed",
-        "payout started",
-        "payout settled",
-        "webhook credit applied",
-        "webhook failure applied",
+        "failure applied",
+        "expired",
         "webhook replayed",
         "webhook forged",
         "webhook stale",
+        "webhook retry later",
+        "webhook malformed",
         "hold deadline passed",
+        "released",
+        "refunded",
+        "claim settled",
+        "frozen",
+        "closed",
+        "emptied and closed",
+        "payout started",
+        "buyer refund started",
+        "transfer paid",
+        "transfer failed",
+        "paid after failure",
+        "purpose already settled",
         "refused",
     ] {
         assert!(
