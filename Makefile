@@ -28,6 +28,8 @@ AUDIENCE ?= trade-assurance
 AUTH_JWT_HS256_SECRET ?= dev-only-secret-change-me
 
 run token: export AUTH_JWT_HS256_SECRET := $(AUTH_JWT_HS256_SECRET)
+# The binaries refuse the published dev secret unless told they run for development.
+run token: export AUTH_DEV_MODE := true
 
 .PHONY: help tools pg pg-stop build run demo token test lint fmt clean-data
 .PHONY: deploy-tools render deploy-check
@@ -105,5 +107,5 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: ## Benchmark (release build): escrow transfers, hot supplier, cover reservations, whole orders, a no-op echo baseline, beside pgbench
 	@export DATABASE_URL="$$(scripts/dev-postgres.sh)"
-	cargo build --release --bins -p supplier-registry -p escrow -p contract -p ta-bench
+	cargo build --release --bins -p supplier-registry -p escrow -p contract -p payment-gateway-sandbox -p ta-bench
 	"$$CARGO_TARGET_DIR/release/ta-bench" $(BENCH_ARGS)

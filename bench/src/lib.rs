@@ -133,7 +133,10 @@ impl Service {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("GRPC_LISTEN_ADDR", &addr)
+            // The sandbox gateway serves HTTP on its own variable.
+            .env("GATEWAY_SANDBOX_LISTEN_ADDR", &addr)
             .env("AUTH_JWT_HS256_SECRET", TEST_SECRET)
+            .env("AUTH_DEV_MODE", "true")
             .env("ESCROW_WEBHOOK_SECRET", WEBHOOK_SECRET)
             .env("LOG_FORMAT", "text")
             .env("LOG_LEVEL", "warn")
@@ -161,6 +164,37 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until the sandbox gateway's `GET /healthz` answers 200 (plain
+/// HTTP/1.1 over a TCP stream: the bench needs no HTTP client for one probe).
+async fn wait_for_http_health(service: &Service, patience: Duration) -> Result<()> {
+    use std::io::{Read, Write};
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let probe = || -> std::io::Result<bool> {
+            let mut stream = std::net::TcpStream::connect(&service.addr)?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            stream.write_all(
+                b"GET /healthz HTTP/1.1\r\nHost: sandbox\r\nConnection: close\r\n\r\n",
+            )?;
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer)?;
+            Ok(answer.starts_with(b"HTTP/1.1 200"))
+        };
+        if matches!(probe(), Ok(true)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{} never answered /healthz; see {}",
+                service.name,
+                service.log_path.display()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -349,6 +383,8 @@ pub struct Platform {
     pub echo_addr: Option<String>,
     /// Started here (empty when reusing addresses).
     pub services: Vec<Service>,
+    /// The sandbox payment gateway escrow pays through (HTTP, no gRPC health).
+    pub gateway: Option<Service>,
     pub database: Option<Database>,
     pub log_dir: PathBuf,
 }
@@ -370,7 +406,13 @@ impl Platform {
             ("DATABASE_MAX_CONNECTIONS", pool_size.to_string()),
         ];
         let registry = Service::spawn(bin_dir, "supplier-registry", &env, log_dir)?;
-        let escrow = Service::spawn(bin_dir, "escrow", &env, log_dir)?;
+        // Escrow pays through the sandbox gateway process, as under `make run`:
+        // every card funding is an HTTP call to it, part of what is measured.
+        let gateway = Service::spawn(bin_dir, "payment-gateway-sandbox", &env, log_dir)?;
+        wait_for_http_health(&gateway, Duration::from_secs(60)).await?;
+        let mut escrow_env = env.to_vec();
+        escrow_env.push(("ESCROW_GATEWAY_URL", format!("http://{}", gateway.addr)));
+        let escrow = Service::spawn(bin_dir, "escrow", &escrow_env, log_dir)?;
         let echo = Service::spawn(bin_dir, "ta-echo", &[], log_dir)?;
         let echo_addr = Some(echo.addr.clone());
         let mut services = vec![echo];
@@ -393,6 +435,7 @@ impl Platform {
                 services.insert(0, registry);
                 services
             },
+            gateway: Some(gateway),
             database: Some(database),
             log_dir: log_dir.to_owned(),
         };
@@ -423,6 +466,7 @@ impl Platform {
             contract_addr,
             echo_addr: None,
             services: Vec::new(),
+            gateway: None,
             database: None,
             log_dir: PathBuf::new(),
         }
