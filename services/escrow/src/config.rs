@@ -84,8 +84,12 @@ pub struct Config {
           default_value = "10s", value_parser = DurationRange::new(Duration::from_millis(100), Duration::from_secs(300)))]
     pub gateway_timeout: Duration,
     /// The gateway's API key, sent as `Authorization: Bearer <key>`.
-    #[arg(long, env = "ESCROW_GATEWAY_API_KEY", value_name = "ESCROW_GATEWAY_API_KEY",
-          hide_env_values = true)]
+    #[arg(
+        long,
+        env = "ESCROW_GATEWAY_API_KEY",
+        value_name = "ESCROW_GATEWAY_API_KEY",
+        hide_env_values = true
+    )]
     pub gateway_api_key: Option<String>,
 }
 

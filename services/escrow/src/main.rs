@@ -15,12 +15,13 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let gateway = match HttpGateway::new(url, config.gateway_timeout, config.gateway_api_key.clone()) {
-        Ok(gateway) => Arc::new(gateway),
-        Err(error) => {
-            eprintln!("error: ESCROW_GATEWAY_URL: {error}");
-            return ExitCode::from(2);
-        }
-    };
+    let gateway =
+        match HttpGateway::new(url, config.gateway_timeout, config.gateway_api_key.clone()) {
+            Ok(gateway) => Arc::new(gateway),
+            Err(error) => {
+                eprintln!("error: ESCROW_GATEWAY_URL: {error}");
+                return ExitCode::from(2);
+            }
+        };
     ta_runtime::server::run(SPEC, common, |pool| api(&config, pool, gateway)).await
 }

@@ -2073,10 +2073,16 @@ fn a_bank_transfer_credited_after_it_expired_is_refunded_from_suspense_and_the_o
 
     // Then the money arrives at the gateway, which reports it: parked in
     // suspense and sent back against the transfer that brought it.
-    platform.gateway.credit_bank_transfer(&reference, Some(310_000));
+    platform
+        .gateway
+        .credit_bank_transfer(&reference, Some(310_000));
     let items = wait_until(PATIENCE, "the late credit to be listed", || {
         let items = late_credits(&platform);
-        if items.len() == 1 { Ok(items) } else { Err(format!("{items:#?}")) }
+        if items.len() == 1 {
+            Ok(items)
+        } else {
+            Err(format!("{items:#?}"))
+        }
     });
     assert_eq!(items[0]["kind"], "LATE_CREDIT");
     assert_eq!(int(&items[0]["amount"]["amountMinor"]), 310_000);
@@ -2091,7 +2097,11 @@ fn a_bank_transfer_credited_after_it_expired_is_refunded_from_suspense_and_the_o
     // The gateway pays the refund out: nothing stays in suspense or escrow.
     wait_until(PATIENCE, "the refund of the late credit to be paid", || {
         let balances = platform.balances(&account);
-        if balances == Balances::default() { Ok(()) } else { Err(format!("{balances:?}")) }
+        if balances == Balances::default() {
+            Ok(())
+        } else {
+            Err(format!("{balances:?}"))
+        }
     });
     assert_eq!(
         platform.postings(&account),
@@ -2214,7 +2224,9 @@ fn a_bank_transfer_pending_at_the_due_date_holds_off_the_cancellation_until_it_e
     platform.wait_cover(&supplier_id, (0, 1_000_000));
 
     // The bank's credit comes after all: refunded from suspense, never held.
-    platform.gateway.credit_bank_transfer(&reference, Some(310_000));
+    platform
+        .gateway
+        .credit_bank_transfer(&reference, Some(310_000));
     wait_until(PATIENCE, "the late credit to be sent back and paid", || {
         let items = late_credits(&platform);
         let balances = platform.balances(&account);
