@@ -21,6 +21,8 @@ STATE_FILE="$REPO_ROOT/.data/platform.env"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/trade-assurance/target}"
 MINT="$CARGO_TARGET_DIR/debug/mint-token"
 export AUTH_JWT_HS256_SECRET="${AUTH_JWT_HS256_SECRET:-dev-only-secret-change-me}"
+# mint-token refuses that published secret unless told it runs for development.
+export AUTH_DEV_MODE="${AUTH_DEV_MODE:-true}"
 
 die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
 

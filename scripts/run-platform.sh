@@ -61,6 +61,8 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 : "${DATABASE_URL:?DATABASE_URL must be set (export DATABASE_URL=\$(scripts/dev-postgres.sh), or use make run)}"
 export DATABASE_URL
 export AUTH_JWT_HS256_SECRET="${AUTH_JWT_HS256_SECRET:-dev-only-secret-change-me}"
+# The services refuse that published secret unless told they run for development.
+export AUTH_DEV_MODE="${AUTH_DEV_MODE:-true}"
 # Signs the sandbox gateway's webhooks; the README's escrow examples sign with it.
 export ESCROW_WEBHOOK_SECRET="${ESCROW_WEBHOOK_SECRET:-dev-only-webhook-secret-change-me-0123}"
 # One audience for all four would let a token meant for one service work on all.

@@ -65,7 +65,7 @@ HEADER = (
     "# release {release}, namespace {namespace}). Do not edit: `make deploy-check`\n"
     "# fails when this file and the chart drift.\n"
 )
-FORBIDDEN_SETTINGS = ("AUTH_JWT_HS256_SECRET", "AUTH_JWT_ALLOW_HS256")
+FORBIDDEN_SETTINGS = ("AUTH_JWT_HS256_SECRET", "AUTH_JWT_ALLOW_HS256", "AUTH_DEV_MODE")
 
 
 class CheckFailed(Exception):

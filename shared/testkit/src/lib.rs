@@ -19,8 +19,11 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-/// The HS256 secret every test server and token uses.
-pub const TEST_SECRET: &str = "test-secret-at-least-16-bytes";
+/// The HS256 secret every test server and token uses. It is published with
+/// the source code, so a process accepts it only with `AUTH_DEV_MODE=true`
+/// (which [`RunningService`] sets, and the end-to-end tests pass to the
+/// binaries).
+pub const TEST_SECRET: &str = ta_runtime::auth::TEST_HS256_SECRET;
 pub const TEST_ISSUER: &str = "trade-assurance";
 
 /// Signs test tokens.
@@ -132,12 +135,15 @@ pub struct RunningService {
 
 impl RunningService {
     /// Serves `api` on a free loopback port and waits until health is SERVING.
+    /// A test server runs in development mode (`AUTH_DEV_MODE`), so it
+    /// accepts [`TEST_SECRET`].
     pub async fn start(
         spec: &'static ServiceSpec,
-        config: CommonConfig,
+        mut config: CommonConfig,
         pool: PgPool,
         api: Api,
     ) -> Self {
+        config.auth.dev_mode = true;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");

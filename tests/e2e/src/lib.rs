@@ -604,6 +604,7 @@ pub fn mint_with_cli(subject: &str, role: Role) -> String {
     let child = Command::new(binary(MINT_TOKEN))
         .env_clear()
         .env("AUTH_JWT_HS256_SECRET", TEST_SECRET)
+        .env("AUTH_DEV_MODE", "true")
         .args(["--subject", subject, "--role", role.as_str(), "--ttl", "1h"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -634,8 +635,9 @@ pub struct Service {
 impl Service {
     /// Starts `binary` (e.g. [`SUPPLIER_REGISTRY`]) on a free loopback port with a
     /// clean environment: `GRPC_LISTEN_ADDR`, `AUTH_JWT_HS256_SECRET` (the test
-    /// secret), `LOG_FORMAT=text`, `SHUTDOWN_GRACE_PERIOD=10s`, then `env`
-    /// (which may override those; it must give `DATABASE_URL`).
+    /// secret) with `AUTH_DEV_MODE=true`, `LOG_FORMAT=text`,
+    /// `SHUTDOWN_GRACE_PERIOD=10s`, then `env` (which may override those; it
+    /// must give `DATABASE_URL`).
     pub fn spawn(binary_name: &str, env: &[(&str, &str)]) -> Self {
         Self::spawn_without(binary_name, &[], env)
     }
@@ -653,6 +655,8 @@ impl Service {
             .env_clear()
             .env("GRPC_LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("AUTH_JWT_HS256_SECRET", TEST_SECRET)
+            // The test secret is published: accepted in development mode only.
+            .env("AUTH_DEV_MODE", "true")
             .env("ESCROW_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET)
             // Escrow needs a gateway to start; a test that moves money starts
             // the sandbox (`Platform`) and gives its URL. Nothing listens here.

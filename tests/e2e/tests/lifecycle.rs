@@ -345,10 +345,11 @@ fn a_bad_configuration_fails_at_once_naming_the_variable() {
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     // Nothing listens on port 1: no case below may need the database.
-    let good: [(&str, &str); 6] = [
+    let good: [(&str, &str); 7] = [
         ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/never_used"),
         ("GRPC_LISTEN_ADDR", &listen),
         ("AUTH_JWT_HS256_SECRET", TEST_SECRET),
+        ("AUTH_DEV_MODE", "true"),
         ("LOG_FORMAT", "text"),
         ("ESCROW_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET),
         ("ESCROW_GATEWAY_URL", "http://127.0.0.1:9"),

@@ -1,14 +1,15 @@
 //! Credentials worth no more than what they are for (issue 22), against the
-//! real binaries: a service's key signs only its own service's tokens, and no
-//! token lives longer than the maximum lifetime.
+//! real binaries: a service's key signs only its own service's tokens, no
+//! token lives longer than the maximum lifetime, and the secrets published
+//! with the source code work only in development mode.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use e2e_tests::{
-    MINT_TOKEN, SUPPLIER_REGISTRY, SUPPLIER_SERVICE, Service, TEST_SECRET, TempDir, fresh_database,
-    json, run_binary,
+    MINT_TOKEN, SERVICES, SUPPLIER_REGISTRY, SUPPLIER_SERVICE, Service, TEST_SECRET,
+    TEST_WEBHOOK_SECRET, TempDir, free_port, fresh_database, json, run_binary,
 };
-use ta_runtime::auth::{Claims, PLATFORM_AUDIENCE, Role};
+use ta_runtime::auth::{Claims, DEV_HS256_SECRET, PLATFORM_AUDIENCE, Role, TokenIssuer};
 use ta_testkit::{TEST_ISSUER, jwk_set, rs256_fixture_key, rs256_issuer};
 
 /// A token minted by the `mint-token` binary with the RS256 fixture key `key`
@@ -183,4 +184,95 @@ fn a_token_beyond_the_maximum_lifetime_or_issued_in_the_future_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("AUTH_JWT_MAX_LIFETIME"), "{stderr}");
+}
+
+#[test]
+fn each_binary_refuses_the_development_secret_without_the_development_flag() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    for binary_name in SERVICES {
+        for secret in [DEV_HS256_SECRET, TEST_SECRET] {
+            // Nothing listens on port 1: the refusal comes before any use of it.
+            let env = [
+                ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/never_used"),
+                ("GRPC_LISTEN_ADDR", listen.as_str()),
+                ("AUTH_JWT_HS256_SECRET", secret),
+                ("LOG_FORMAT", "text"),
+                ("ESCROW_WEBHOOK_SECRET", TEST_WEBHOOK_SECRET),
+                ("ESCROW_GATEWAY_URL", "http://127.0.0.1:9"),
+            ];
+            let output = run_binary(binary_name, &env, &[]);
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let context = format!("{binary_name} with {secret}: {}\n{said}", output.status);
+            assert!(!output.status.success(), "{context}");
+            assert_ne!(output.status.code(), Some(101), "a panic: {context}");
+            assert!(
+                said.contains("AUTH_JWT_HS256_SECRET") && said.contains("AUTH_DEV_MODE"),
+                "{context}"
+            );
+            assert!(
+                !said.contains(secret),
+                "the secret is never printed: {context}"
+            );
+        }
+    }
+
+    // mint-token (behind `make token`) likewise.
+    let args = ["--subject", "ops-1", "--role", "operator", "--ttl", "1h"];
+    let refused = run_binary(
+        MINT_TOKEN,
+        &[("AUTH_JWT_HS256_SECRET", DEV_HS256_SECRET)],
+        &args,
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("AUTH_DEV_MODE"), "{stderr}");
+    assert!(refused.stdout.is_empty(), "no token is printed");
+    let minted = run_binary(
+        MINT_TOKEN,
+        &[
+            ("AUTH_JWT_HS256_SECRET", DEV_HS256_SECRET),
+            ("AUTH_DEV_MODE", "true"),
+        ],
+        &args,
+    );
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let token = String::from_utf8(minted.stdout).expect("utf-8 token");
+
+    // With the flag (as `make run` sets it), the dev secret is the local path.
+    let database = fresh_database();
+    let mut registry = Service::spawn(
+        SUPPLIER_REGISTRY,
+        &[
+            ("DATABASE_URL", &database.url),
+            ("AUTH_JWT_HS256_SECRET", DEV_HS256_SECRET),
+            ("AUTH_DEV_MODE", "true"),
+        ],
+    );
+    registry.wait_serving();
+    let get = json!({ "supplier_id": "00000000-0000-7000-8000-000000000000" });
+    assert_eq!(
+        code(&registry, "GetSupplier", token.trim(), &get),
+        "NotFound"
+    );
+    let test_signed = TokenIssuer::hs256(TEST_SECRET, TEST_ISSUER)
+        .mint(
+            "ops-1",
+            Role::Operator,
+            PLATFORM_AUDIENCE,
+            std::time::Duration::from_secs(600),
+        )
+        .expect("test token");
+    assert_eq!(
+        code(&registry, "GetSupplier", &test_signed, &get),
+        "Unauthenticated",
+        "another secret's token"
+    );
 }

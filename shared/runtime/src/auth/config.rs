@@ -4,7 +4,7 @@ use std::{fmt, path::PathBuf, time::Duration};
 
 use super::{
     DEFAULT_ISSUER, DEFAULT_LEEWAY_SECONDS, DEFAULT_MAX_LIFETIME, MIN_HS256_SECRET_LEN,
-    PLATFORM_AUDIENCE,
+    PLATFORM_AUDIENCE, PUBLISHED_HS256_SECRETS,
 };
 use crate::config::DurationRange;
 
@@ -15,11 +15,14 @@ pub(super) const ENV_HS256_SECRET: &str = "AUTH_JWT_HS256_SECRET";
 pub(super) const ENV_ALLOW_HS256: &str = "AUTH_JWT_ALLOW_HS256";
 pub(super) const ENV_JWKS_FILE: &str = "AUTH_JWT_JWKS_FILE";
 pub(super) const ENV_MAX_LIFETIME: &str = "AUTH_JWT_MAX_LIFETIME";
+pub(super) const ENV_DEV_MODE: &str = "AUTH_DEV_MODE";
 
 /// At least one of `AUTH_JWT_HS256_SECRET` (local runs) and
 /// `AUTH_JWT_JWKS_FILE` (deployments) must be given. With a JWK set, HS256 is
 /// refused unless `AUTH_JWT_ALLOW_HS256=true`: a shared secret in production
-/// lets anyone who holds it mint any role. `Debug` never prints the secret.
+/// lets anyone who holds it mint any role. The secrets published with the
+/// source code ([`super::PUBLISHED_HS256_SECRETS`]) are refused unless
+/// `AUTH_DEV_MODE=true`. `Debug` never prints the secret.
 #[derive(clap::Args, Clone)]
 pub struct AuthConfig {
     /// Expected `iss` (issuer) claim of bearer tokens.
@@ -43,6 +46,13 @@ pub struct AuthConfig {
     #[arg(long = "auth-jwt-hs256-secret", env = ENV_HS256_SECRET, hide_env_values = true,
           value_name = ENV_HS256_SECRET)]
     pub hs256_secret: Option<String>,
+
+    /// This process runs for development or tests: accept the HS256 secrets
+    /// published with the source code (`make run`'s, the test suites'). Never
+    /// in a deployment.
+    #[arg(long = "auth-dev-mode", env = ENV_DEV_MODE, value_name = ENV_DEV_MODE,
+          default_value_t = false, action = clap::ArgAction::Set)]
+    pub dev_mode: bool,
 
     /// Accept HS256 tokens even though a JWK set is configured (a migration
     /// aid; off by default).
@@ -78,6 +88,26 @@ impl AuthConfig {
         self.audience.as_deref().unwrap_or(service_name)
     }
 
+    /// Whether the HS256 secret is one published with the source code.
+    pub fn uses_published_secret(&self) -> bool {
+        self.hs256_secret
+            .as_deref()
+            .is_some_and(|secret| PUBLISHED_HS256_SECRETS.contains(&secret.trim()))
+    }
+
+    /// Refuses a secret published with the source code unless `AUTH_DEV_MODE`
+    /// is set: a binary started with the README's secret in a deployment
+    /// stops instead of accepting tokens anyone can sign.
+    ///
+    /// # Errors
+    /// [`AuthConfigError::PublishedSecret`], naming the variables.
+    pub fn check_development_secret(&self) -> Result<(), AuthConfigError> {
+        if self.uses_published_secret() && !self.dev_mode {
+            return Err(AuthConfigError::PublishedSecret);
+        }
+        Ok(())
+    }
+
     /// A local-development configuration: HS256 with `secret`.
     pub fn hs256(secret: impl Into<String>) -> Self {
         Self {
@@ -94,6 +124,7 @@ impl Default for AuthConfig {
             audience: None,
             platform_audience: PLATFORM_AUDIENCE.to_owned(),
             hs256_secret: None,
+            dev_mode: false,
             allow_hs256: false,
             jwks_file: None,
             leeway_seconds: DEFAULT_LEEWAY_SECONDS,
@@ -112,6 +143,7 @@ impl fmt::Debug for AuthConfig {
                 "hs256_secret",
                 &self.hs256_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field("dev_mode", &self.dev_mode)
             .field("allow_hs256", &self.allow_hs256)
             .field("jwks_file", &self.jwks_file)
             .field("leeway_seconds", &self.leeway_seconds)
@@ -131,6 +163,12 @@ pub enum AuthConfigError {
     MissingSecret,
     #[error("{ENV_HS256_SECRET} must be at least {MIN_HS256_SECRET_LEN} bytes long")]
     SecretTooShort,
+    #[error(
+        "{ENV_HS256_SECRET} is a development secret published with the source code, so anyone \
+         can sign any token with it: set {ENV_DEV_MODE}=true for a local run or a test, else \
+         verify RS256 tokens ({ENV_JWKS_FILE})"
+    )]
+    PublishedSecret,
     #[error(
         "{ENV_HS256_SECRET} is set beside {ENV_JWKS_FILE}: HS256 stays off where RS256 keys are \
          configured; unset it, or set {ENV_ALLOW_HS256}=true to accept both on purpose"

@@ -52,6 +52,14 @@ pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 pub const DEFAULT_MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3_600);
 /// Shortest accepted HS256 secret, in bytes.
 pub const MIN_HS256_SECRET_LEN: usize = 16;
+/// The HS256 secret of `make run`, `make token` and the scripts.
+pub const DEV_HS256_SECRET: &str = "dev-only-secret-change-me";
+/// The HS256 secret of the test suites (`ta_testkit::TEST_SECRET`).
+pub const TEST_HS256_SECRET: &str = "test-secret-at-least-16-bytes";
+/// The HS256 secrets published with the source code: anyone can sign any
+/// token with them, so a process refuses them unless `AUTH_DEV_MODE=true`
+/// says it runs for development or tests.
+pub const PUBLISHED_HS256_SECRETS: [&str; 2] = [DEV_HS256_SECRET, TEST_HS256_SECRET];
 /// Longest accepted `sub` claim, in bytes.
 pub const MAX_SUBJECT_LEN: usize = 128;
 /// The member of a JWK that binds the key to one service: `"ta_service":

@@ -559,6 +559,28 @@ fn configuration_errors_name_the_variable() {
 }
 
 #[test]
+fn the_published_secrets_need_the_development_flag() {
+    for secret in PUBLISHED_HS256_SECRETS {
+        let message = config_error(AuthConfig::hs256(secret));
+        assert!(
+            message.contains("AUTH_JWT_HS256_SECRET") && message.contains("AUTH_DEV_MODE"),
+            "{message}"
+        );
+        assert!(!message.contains(secret), "{message}");
+        let development = AuthConfig {
+            dev_mode: true,
+            ..AuthConfig::hs256(secret)
+        };
+        assert!(TokenVerifier::from_config(&development, SERVICE).is_ok());
+        // Padding does not hide it.
+        let padded = AuthConfig::hs256(format!("{secret}\n"));
+        assert!(padded.check_development_secret().is_err());
+    }
+    // A secret of one's own needs no flag.
+    assert!(TokenVerifier::from_config(&hs256_config(), SERVICE).is_ok());
+}
+
+#[test]
 fn debug_output_hides_the_secret() {
     assert!(!format!("{:?}", hs256_config()).contains(SECRET));
     assert!(!format!("{:?}", hs256_issuer()).contains(SECRET));
@@ -577,6 +599,7 @@ fn clap_reads_the_environment_names_and_defaults() {
     assert_eq!(cli.auth.issuer, DEFAULT_ISSUER);
     assert_eq!(cli.auth.own_audience(SERVICE), SERVICE);
     assert!(!cli.auth.allow_hs256);
+    assert!(!cli.auth.dev_mode);
     let command = <Cli as clap::CommandFactory>::command();
     let envs: Vec<_> = command
         .get_arguments()
@@ -591,6 +614,7 @@ fn clap_reads_the_environment_names_and_defaults() {
         "AUTH_JWT_JWKS_FILE",
         "AUTH_JWT_LEEWAY_SECONDS",
         "AUTH_JWT_MAX_LIFETIME",
+        "AUTH_DEV_MODE",
     ] {
         assert!(envs.iter().any(|e| e == env), "{env} missing");
     }

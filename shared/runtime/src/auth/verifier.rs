@@ -143,7 +143,8 @@ impl TokenVerifier {
     /// default audience).
     ///
     /// Fails, naming the variable, when no key is configured, when the secret
-    /// is shorter than 16 bytes, when HS256 is configured beside a JWK set
+    /// is shorter than 16 bytes, when it is one published with the source code
+    /// and `AUTH_DEV_MODE` is not set, when HS256 is configured beside a JWK set
     /// without `AUTH_JWT_ALLOW_HS256`, when issuer or audience is empty, or
     /// when the JWK set cannot be read or holds an unusable key.
     pub fn from_config(config: &AuthConfig, service_name: &str) -> Result<Self, AuthConfigError> {
@@ -152,6 +153,13 @@ impl TokenVerifier {
         let platform_audience = non_empty(&config.platform_audience, ENV_PLATFORM_AUDIENCE)?;
         let rs256 = config.jwks_file.as_deref().map(KeySet::load).transpose()?;
         let hs256 = checked_secret(config.hs256_secret.as_deref())?.map(DecodingKey::from_secret);
+        config.check_development_secret()?;
+        if config.uses_published_secret() {
+            tracing::warn!(
+                "AUTH_DEV_MODE=true: accepting tokens signed with a development secret published \
+                 with the source code; never do this in a deployment"
+            );
+        }
         if hs256.is_some() && rs256.is_some() && !config.allow_hs256 {
             return Err(AuthConfigError::Hs256BesideJwks);
         }

@@ -1,9 +1,11 @@
 //! `mint-token`: prints a bearer token for local development and tests:
 //! HS256 with the dev secret, or RS256 with a private key and its `kid`.
+//! The dev secret published with the source code is refused unless
+//! `AUTH_DEV_MODE=true` (as `make token` sets it).
 //!
 //! ```text
-//! AUTH_JWT_HS256_SECRET=... mint-token --subject buyer-1 --role buyer --ttl 30m
-//! AUTH_JWT_HS256_SECRET=... mint-token --subject contract --role service --audience escrow
+//! AUTH_DEV_MODE=true AUTH_JWT_HS256_SECRET=... mint-token --subject buyer-1 --role buyer --ttl 30m
+//! AUTH_DEV_MODE=true AUTH_JWT_HS256_SECRET=... mint-token --subject contract --role service --audience escrow
 //! mint-token --subject ops-1 --role operator --signing-key-file key.pem --kid ops-2026
 //! ```
 //!
@@ -42,6 +44,12 @@ struct Cli {
         required_unless_present = "signing_key_file"
     )]
     secret: Option<String>,
+
+    /// Accept the development secret published with the source code
+    /// (`make token` sets it); without it, that secret is refused.
+    #[arg(long = "auth-dev-mode", env = "AUTH_DEV_MODE", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    dev_mode: bool,
 
     /// Sign with RS256 and this PEM private key instead (needs --kid).
     #[arg(
@@ -101,12 +109,18 @@ fn main() -> ExitCode {
     }
     let issuer = match (&cli.signing_key_file, cli.kid) {
         (Some(path), Some(kid)) => TokenIssuer::rs256_from_file(path, kid, cli.issuer),
-        _ => TokenIssuer::from_config(&AuthConfig {
-            issuer: cli.issuer,
-            hs256_secret: cli.secret,
-            ..AuthConfig::default()
-        })
-        .map_err(|err| err.to_string()),
+        _ => {
+            let config = AuthConfig {
+                issuer: cli.issuer,
+                hs256_secret: cli.secret,
+                dev_mode: cli.dev_mode,
+                ..AuthConfig::default()
+            };
+            config
+                .check_development_secret()
+                .and_then(|()| TokenIssuer::from_config(&config))
+                .map_err(|err| err.to_string())
+        }
     };
     let token = issuer.and_then(|issuer| {
         issuer

@@ -116,6 +116,8 @@ pub fn config(database_url: &str, extra: &[&str]) -> (CommonConfig, WorkflowConf
         database_url,
         "--auth-jwt-hs256-secret",
         ta_testkit::TEST_SECRET,
+        "--auth-dev-mode",
+        "true",
         "--log-format",
         "text",
     ];
