@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use escrow::webhook::{MIN_SECRET_BYTES, WebhookSecret};
-use ta_runtime::config::{DurationRange, TelemetryConfig};
+use ta_runtime::config::{DurationRange, Secret, TelemetryConfig};
 
 use crate::{
     domain::FaultSettings,
@@ -37,7 +37,7 @@ pub struct Config {
         value_name = "DATABASE_URL",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: Secret,
     /// Connections in the pool (1 to 1000).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", value_name = "DATABASE_MAX_CONNECTIONS",
           default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -45,7 +45,7 @@ pub struct Config {
     /// When set, every /v1 and /sandbox call must carry `Authorization: Bearer <key>`.
     #[arg(long, env = "GATEWAY_SANDBOX_API_KEY", value_name = "GATEWAY_SANDBOX_API_KEY",
           hide_env_values = true, value_parser = non_empty)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// Where webhooks are POSTed (http://...); unset: events are kept, not sent.
     #[arg(long, env = "GATEWAY_SANDBOX_WEBHOOK_URL", value_name = "GATEWAY_SANDBOX_WEBHOOK_URL",
           value_parser = http_url)]
@@ -128,11 +128,11 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
 }
 
-fn non_empty(text: &str) -> Result<String, String> {
+fn non_empty(text: &str) -> Result<Secret, String> {
     if text.trim().is_empty() {
         return Err("must not be empty".into());
     }
-    Ok(text.to_owned())
+    Ok(Secret::from(text))
 }
 
 fn http_url(text: &str) -> Result<String, String> {
@@ -298,5 +298,30 @@ mod tests {
         assert_eq!(options.faults.latency_ms, 300);
         assert_eq!(options.faults.duplicate_rate, 0.5);
         assert!(options.faults.hold_settlement);
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let config = Config::try_parse_from([
+            "payment-gateway-sandbox",
+            "--database-url",
+            "postgres://sandbox:db-password-0123@db/ta",
+            "--api-key",
+            "sk_test_0123456789",
+            "--webhook-url",
+            "http://127.0.0.1:1/hooks",
+            "--webhook-secret",
+            SECRET,
+        ])
+        .unwrap();
+        let options = config.options().unwrap();
+        let shown = format!("{config:?} {config:#?} {options:?}");
+        for secret in ["db-password-0123", "sk_test_0123456789", SECRET] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert_eq!(
+            config.database_url.expose(),
+            "postgres://sandbox:db-password-0123@db/ta"
+        );
     }
 }

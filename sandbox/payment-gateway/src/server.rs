@@ -12,6 +12,7 @@ use std::{
 
 use escrow::webhook::WebhookSecret;
 use sqlx::{PgPool, postgres::PgPoolOptions};
+use ta_runtime::config::Secret;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
@@ -35,7 +36,8 @@ pub struct WebhookTarget {
 /// What the server runs with (from [`Config::options`], or set by a test).
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub api_key: Option<String>,
+    /// `Debug` shows it as `<redacted>`.
+    pub api_key: Option<Secret>,
     /// None: events are kept and listed, not delivered.
     pub webhook: Option<WebhookTarget>,
     pub settle_after: Duration,
@@ -71,7 +73,7 @@ async fn start(config: &Config) -> Result<(), String> {
     let pool = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(&config.database_url)
+        .connect_lazy(config.database_url.expose())
         .map_err(|e| format!("DATABASE_URL: not a usable Postgres URL: {e}"))?;
     let listener = TcpListener::bind(config.listen_addr).await.map_err(|e| {
         format!(
@@ -110,7 +112,7 @@ pub async fn serve(
             options.settle_after,
             options.auto_credit_after,
         ),
-        api_key: options.api_key.clone(),
+        api_key: options.api_key.as_ref().map(|k| k.expose().to_owned()),
         ready: Default::default(),
         draining: draining.clone(),
     });

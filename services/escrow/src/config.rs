@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use ta_runtime::config::{CommonConfig, DurationRange};
+use ta_runtime::config::{CommonConfig, DurationRange, Secret};
 use ta_workflow::WorkflowConfig;
 
 use crate::{flows::Settings, webhook::WebhookSecret};
@@ -83,14 +83,15 @@ pub struct Config {
     #[arg(long, env = "ESCROW_GATEWAY_TIMEOUT", value_name = "ESCROW_GATEWAY_TIMEOUT",
           default_value = "10s", value_parser = DurationRange::new(Duration::from_millis(100), Duration::from_secs(300)))]
     pub gateway_timeout: Duration,
-    /// The gateway's API key, sent as `Authorization: Bearer <key>`.
+    /// The gateway's API key, sent as `Authorization: Bearer <key>`
+    /// (`Debug` shows it as `<redacted>`).
     #[arg(
         long,
         env = "ESCROW_GATEWAY_API_KEY",
         value_name = "ESCROW_GATEWAY_API_KEY",
         hide_env_values = true
     )]
-    pub gateway_api_key: Option<String>,
+    pub gateway_api_key: Option<Secret>,
 }
 
 fn webhook_secret(text: &str) -> Result<WebhookSecret, String> {
@@ -133,6 +134,41 @@ mod tests {
         let config = parse(&["--webhook-secret", SECRET]).unwrap();
         assert_eq!(config.webhook_tolerance, Duration::from_secs(300));
         assert_eq!(config.bank_transfer_expiry, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let config = Config::try_parse_from([
+            "escrow",
+            "--database-url",
+            "postgres://escrow:db-password-0123@db/ta",
+            "--auth-jwt-hs256-secret",
+            "hs256-secret-0123456789",
+            "--webhook-secret",
+            SECRET,
+            "--gateway-api-key",
+            "gateway-api-key-0123456789",
+        ])
+        .unwrap();
+        let shown = format!("{config:?} {config:#?} {:?}", config.settings());
+        for secret in [
+            "db-password-0123",
+            "hs256-secret-0123456789",
+            SECRET,
+            "gateway-api-key-0123456789",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        let gateway = crate::gateway::http::HttpGateway::new(
+            "http://127.0.0.1:9",
+            Duration::from_secs(1),
+            config
+                .gateway_api_key
+                .as_ref()
+                .map(|k| k.expose().to_owned()),
+        )
+        .unwrap();
+        assert!(!format!("{gateway:?}").contains("gateway-api-key-0123456789"));
     }
 
     #[test]

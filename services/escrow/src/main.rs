@@ -15,13 +15,16 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let gateway =
-        match HttpGateway::new(url, config.gateway_timeout, config.gateway_api_key.clone()) {
-            Ok(gateway) => Arc::new(gateway),
-            Err(error) => {
-                eprintln!("error: ESCROW_GATEWAY_URL: {error}");
-                return ExitCode::from(2);
-            }
-        };
+    let api_key = config
+        .gateway_api_key
+        .as_ref()
+        .map(|k| k.expose().to_owned());
+    let gateway = match HttpGateway::new(url, config.gateway_timeout, api_key) {
+        Ok(gateway) => Arc::new(gateway),
+        Err(error) => {
+            eprintln!("error: ESCROW_GATEWAY_URL: {error}");
+            return ExitCode::from(2);
+        }
+    };
     ta_runtime::server::run(SPEC, common, |pool| api(&config, pool, gateway)).await
 }

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
-use ta_runtime::config::DurationRange;
+use ta_runtime::config::{DurationRange, Secret};
 
 use crate::Limits;
 
@@ -102,7 +102,8 @@ fn parse_region(text: &str) -> Result<String, String> {
 }
 
 /// The evidence store: dispute's evidence and contract's inspection reports'
-/// files, by SHA-256, in one place.
+/// files, by SHA-256, in one place. `Debug` shows the secret access key and
+/// the session token as `<redacted>`.
 #[derive(Args, Clone, Debug)]
 pub struct StoreConfig {
     /// Where the files live: a local directory (an absolute path or
@@ -154,7 +155,7 @@ pub struct StoreConfig {
         value_name = "AWS_SECRET_ACCESS_KEY",
         hide_env_values = true
     )]
-    pub aws_secret_access_key: Option<String>,
+    pub aws_secret_access_key: Option<Secret>,
     /// For s3://: a session token going with the two keys above.
     #[arg(
         long = "aws-session-token",
@@ -162,7 +163,7 @@ pub struct StoreConfig {
         value_name = "AWS_SESSION_TOKEN",
         hide_env_values = true
     )]
-    pub aws_session_token: Option<String>,
+    pub aws_session_token: Option<Secret>,
     /// For s3://: how long one request to the store may take (each part of
     /// an upload is one), retried with backoff within it.
     #[arg(long = "evidence-s3-request-timeout", env = "EVIDENCE_S3_REQUEST_TIMEOUT",
@@ -380,5 +381,28 @@ mod tests {
         .unwrap();
         let err = missing.check().unwrap_err();
         assert!(err.contains("EVIDENCE_S3_CREDENTIALS_FILE"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret_key_or_the_session_token() {
+        let config = parse(&[
+            "--evidence-store",
+            "s3://evidence",
+            "--aws-access-key-id",
+            "AKIAEXAMPLE",
+            "--aws-secret-access-key",
+            "secret-access-key-0123456789",
+            "--aws-session-token",
+            "session-token-0123456789",
+        ])
+        .unwrap();
+        config.check().unwrap();
+        let shown = format!("{config:?} {config:#?}");
+        assert!(!shown.contains("secret-access-key-0123456789"), "{shown}");
+        assert!(!shown.contains("session-token-0123456789"), "{shown}");
+        assert_eq!(
+            config.aws_secret_access_key.as_ref().map(Secret::expose),
+            Some("secret-access-key-0123456789")
+        );
     }
 }

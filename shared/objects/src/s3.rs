@@ -143,9 +143,9 @@ pub fn build(config: &StoreConfig, bucket: &str) -> Result<AmazonS3, String> {
     {
         builder = builder
             .with_access_key_id(key_id)
-            .with_secret_access_key(secret);
+            .with_secret_access_key(secret.expose());
         if let Some(token) = &config.aws_session_token {
-            builder = builder.with_token(token);
+            builder = builder.with_token(token.expose());
         }
     }
     if let Some(file) = &config.s3_credentials_file {

@@ -107,6 +107,42 @@ pub struct TelemetryConfig {
     pub log_format: String,
 }
 
+/// A configuration value that is a secret (an API key, a secret access key,
+/// a URL with a password): `Debug` shows `<redacted>`, so a configuration
+/// struct holding one can derive `Debug` and be logged whole. Read it with
+/// [`Secret::expose`]. A clap field of this type parses like a `String`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
 const MILLISECOND: Duration = Duration::from_millis(1);
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3_600);
@@ -253,6 +289,40 @@ mod tests {
         assert_eq!(range.check("30s"), Ok(Duration::from_secs(30)));
         assert!(range.check("0s").unwrap_err().contains("out of range"));
         assert!(range.check("2h").unwrap_err().contains("out of range"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        #[derive(clap::Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonConfig,
+            #[arg(long)]
+            api_key: Option<Secret>,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "svc",
+            "--database-url",
+            "postgres://app:db-password-1@db:5432/ta",
+            "--auth-jwt-hs256-secret",
+            "hs256-secret-0123456789",
+            "--api-key",
+            "api-key-0123456789",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.api_key.as_ref().map(Secret::expose),
+            Some("api-key-0123456789")
+        );
+        let shown = format!("{cli:?} {cli:#?}");
+        for secret in [
+            "db-password-1",
+            "hs256-secret-0123456789",
+            "api-key-0123456789",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("<redacted>"));
     }
 
     #[test]

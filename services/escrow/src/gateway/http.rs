@@ -18,7 +18,10 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use ta_runtime::money::{Currency, Money};
+use ta_runtime::{
+    config::Secret,
+    money::{Currency, Money},
+};
 
 use super::{
     BankInstructions, CardCharge, CardOutcome, GatewayError, Operation, OperationKind,
@@ -37,7 +40,8 @@ const RESOURCE_MISSING: &str = "resource_missing";
 pub struct HttpGateway {
     client: reqwest::Client,
     base: Url,
-    api_key: Option<String>,
+    /// `Debug` shows it as `<redacted>`.
+    api_key: Option<Secret>,
 }
 
 /// Checks `ESCROW_GATEWAY_URL`: an absolute http:// or https:// URL.
@@ -77,7 +81,7 @@ impl HttpGateway {
         Ok(Self {
             client,
             base,
-            api_key: api_key.filter(|k| !k.is_empty()),
+            api_key: api_key.filter(|k| !k.is_empty()).map(Secret::from),
         })
     }
 
@@ -109,7 +113,7 @@ impl HttpGateway {
             request = request.header("Idempotency-Key", key);
         }
         if let Some(api_key) = &self.api_key {
-            request = request.bearer_auth(api_key);
+            request = request.bearer_auth(api_key.expose());
         }
         if let Some(body) = body {
             request = request
