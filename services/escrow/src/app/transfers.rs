@@ -67,7 +67,7 @@ pub async fn run_payouts(
     let mut started = Vec::new();
     for payable in payables {
         let mut tx = db::begin(pool).await?;
-        let outcome = start_payout(&mut tx, &payable).await;
+        let outcome = start_payout(&mut tx, flows, &payable).await;
         started.extend(db::finish(tx, outcome).await?);
     }
     send_all(flows, pool, started).await
@@ -75,6 +75,7 @@ pub async fn run_payouts(
 
 async fn start_payout(
     conn: &mut PgConnection,
+    flows: &Flows,
     payable: &AccountKey,
 ) -> Result<Option<TransferRow>, ServiceError> {
     let available = ledger::lock_available(conn, payable).await?;
@@ -109,6 +110,7 @@ async fn start_payout(
             funding_attempt_id: None,
         },
         timestamps::now(),
+        sent_at_once(flows),
     )
     .await?;
     Ok(Some(row))
@@ -130,7 +132,7 @@ pub async fn run_buyer_refunds(
             continue;
         };
         let mut tx = db::begin(pool).await?;
-        let outcome = start_buyer_refunds(&mut tx, account_id, &payable).await;
+        let outcome = start_buyer_refunds(&mut tx, flows, account_id, &payable).await;
         started.extend(db::finish(tx, outcome).await?);
     }
     send_all(flows, pool, started).await
@@ -138,6 +140,7 @@ pub async fn run_buyer_refunds(
 
 async fn start_buyer_refunds(
     conn: &mut PgConnection,
+    flows: &Flows,
     account_id: Uuid,
     payable: &AccountKey,
 ) -> Result<Vec<TransferRow>, ServiceError> {
@@ -183,6 +186,7 @@ async fn start_buyer_refunds(
                     funding_attempt_id: Some(attempt_id),
                 },
                 timestamps::now(),
+                sent_at_once(flows),
             )
             .await?,
         );
@@ -242,10 +246,17 @@ pub async fn refund_suspended(
             funding_attempt_id: Some(attempt.id),
         },
         timestamps::now(),
+        timestamps::now(),
     )
     .await?;
     flows.wake_worker();
     Ok(row)
+}
+
+/// When the worker may pick up a transfer its run sends at once: after the
+/// send had its chance, so the two never send one row at the same time.
+fn sent_at_once(flows: &Flows) -> OffsetDateTime {
+    after(flows.settings.gateway_check_after, timestamps::now())
 }
 
 /// Sends each freshly recorded transfer now rather than at the worker's next
@@ -462,6 +473,9 @@ pub async fn settle(
         }
         (false, TransferStatus::Failed, true) => {
             let uncovered = correct_paid_after_failure(conn, &row).await?;
+            // The money left: paid, so the gateway saying so again is a
+            // duplicate, not a second correction.
+            transfers::paid_after_failure(conn, row.id).await?;
             Ok(Settled::PaidAfterFailure {
                 uncovered_minor: uncovered,
             })

@@ -122,17 +122,20 @@ impl NewTransfer<'_> {
     }
 }
 
+/// Records a transfer to send; the worker picks it up at `check_at` unless
+/// it was answered first (a caller that sends it at once leases it so).
 pub async fn insert(
     conn: &mut PgConnection,
     t: &NewTransfer<'_>,
     now: OffsetDateTime,
+    check_at: OffsetDateTime,
 ) -> Result<TransferRow, ServiceError> {
     Ok(
         sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO escrow.gateway_transfers (id, direction, status, supplier_id, \
          escrow_account_id, currency, amount_minor, failure_code, created_at, gateway_key, \
          source_reference, funding_attempt_id, beneficiary, check_at) \
-         VALUES ($1, $2, 'sending', $3, $4, $5, $6, '', $7, $8, $9, $10, $11, $7) \
+         VALUES ($1, $2, 'sending', $3, $4, $5, $6, '', $7, $8, $9, $10, $11, $12) \
          RETURNING {COLUMNS}"
         )))
         .bind(t.id)
@@ -146,6 +149,7 @@ pub async fn insert(
         .bind(t.source_reference)
         .bind(t.funding_attempt_id)
         .bind(t.beneficiary)
+        .bind(check_at)
         .fetch_one(&mut *conn)
         .await?,
     )
@@ -235,6 +239,17 @@ pub async fn resolve(
             "gateway transfer {id} was resolved under its lock"
         )));
     }
+    Ok(())
+}
+
+/// A failed transfer the gateway paid after all (its correction posted).
+pub async fn paid_after_failure(conn: &mut PgConnection, id: Uuid) -> Result<(), ServiceError> {
+    sqlx::query(
+        "UPDATE escrow.gateway_transfers SET status = 'paid' WHERE id = $1 AND status = 'failed'",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
