@@ -33,12 +33,14 @@ fn step(event: pb::ContractEventType, action: &'static str, detail: String) -> S
     }
 }
 
-fn funded_minor(payments: &[Payment]) -> i64 {
+/// What the funded payments add up to; a sum beyond `i64` (never, for
+/// amounts that sum to the contract's total) is an error, not a panic.
+fn funded_minor(payments: &[Payment]) -> Result<i64, ServiceError> {
     payments
         .iter()
         .filter(|p| p.funded_at.is_some())
-        .map(|p| p.amount_minor)
-        .sum()
+        .try_fold(0_i64, |sum, p| sum.checked_add(p.amount_minor))
+        .ok_or_else(|| ServiceError::internal("the funded payments' sum overflows an i64"))
 }
 
 /// Both parties signed `contract`'s latest version (already applied to its
@@ -326,7 +328,10 @@ pub async fn payment_received(
             tracing::warn!(%contract_id, status = target.as_str(), "payment for a contract not awaiting it");
         }
     }
-    let funded = readable(Money::new(funded_minor(&payments), contract.total.currency));
+    let funded = readable(Money::new(
+        funded_minor(&payments)?,
+        contract.total.currency,
+    ));
     let detail = if all_funded {
         format!(
             "payment {milestone_id} received in escrow; fully funded ({funded}): the supplier can produce and ship"
@@ -412,7 +417,7 @@ pub async fn cancel(
     contract.cancellation_reason = reason.to_owned();
     flows.cancel_timers(tx, contract.contract_id).await?;
     let payments = storage::payments(tx, contract.contract_id).await?;
-    let funded = funded_minor(&payments);
+    let funded = funded_minor(&payments)?;
     if had_cover {
         flows.release_cover(tx, contract).await?;
         flows
@@ -467,7 +472,7 @@ pub async fn accept(
     }
     flows.cancel_timers(tx, contract.contract_id).await?;
     let payments = storage::payments(tx, contract.contract_id).await?;
-    let held = Money::new(funded_minor(&payments), contract.total.currency);
+    let held = Money::new(funded_minor(&payments)?, contract.total.currency);
     let protected = contract.negotiation.protection == Protection::TradeAssurance;
     if protected {
         flows.release_all(tx, contract, "goods accepted").await?;
@@ -1465,5 +1470,31 @@ pub async fn hold_deadline_passed(
             .await?;
             Ok(Handled::Escalate(why))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payment(amount_minor: i64, funded: bool) -> Payment {
+        Payment {
+            milestone_id: format!("m{amount_minor}"),
+            amount_minor,
+            due_at: OffsetDateTime::UNIX_EPOCH,
+            funded_at: funded.then_some(OffsetDateTime::UNIX_EPOCH),
+            overdue: false,
+        }
+    }
+
+    #[test]
+    fn the_funded_sum_is_checked_never_wrapped() {
+        let payments = [payment(300, true), payment(700, false), payment(5, true)];
+        assert_eq!(funded_minor(&payments).unwrap(), 305);
+        let absurd = [payment(i64::MAX, true), payment(1, true)];
+        assert!(matches!(
+            funded_minor(&absurd),
+            Err(ServiceError::Internal(_))
+        ));
     }
 }

@@ -165,10 +165,7 @@ pub async fn account_proto(
         supplier_id: account.supplier_id.clone(),
         currency_code: c.to_string(),
         status: status_to_proto(account.status) as i32,
-        expected_total: Some(money(
-            account.schedule.iter().map(|p| p.amount_minor).sum(),
-            c,
-        )),
+        expected_total: Some(money(account.expected_total()?, c)),
         schedule: account
             .schedule
             .iter()

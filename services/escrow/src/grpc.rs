@@ -273,8 +273,9 @@ struct Amend {
     version: i32,
 }
 
-fn sum_postings(postings: &[crate::domain::Posting]) -> i64 {
-    postings.iter().map(|p| p.amount_minor).sum()
+fn sum_postings(postings: &[crate::domain::Posting]) -> Result<i64, ServiceError> {
+    crate::domain::account::checked_total(postings.iter().map(|p| p.amount_minor))
+        .ok_or_else(|| ServiceError::internal("the postings' sum overflows an i64"))
 }
 
 fn transfer_ids(postings: &[crate::domain::Posting]) -> Vec<Uuid> {
@@ -424,7 +425,7 @@ impl EscrowApi {
                 },
                 account.id,
                 EventFacts {
-                    amount_minor: Some(sum_postings(&postings)),
+                    amount_minor: Some(sum_postings(&postings)?),
                     claim_id: claim,
                     milestone_id: match &cmd.settles {
                         Settles::Milestone(m) => m.as_str(),
@@ -501,7 +502,7 @@ impl EscrowApi {
                 pb::EscrowEventType::ClaimSettled,
                 account.id,
                 EventFacts {
-                    amount_minor: Some(sum_postings(&postings)),
+                    amount_minor: Some(sum_postings(&postings)?),
                     claim_id: &cmd.claim_id,
                     ..Default::default()
                 },
@@ -575,8 +576,16 @@ impl EscrowApi {
                 )));
             }
         }
-        let old_funded: i64 = account.schedule.iter().map(|p| p.funded_minor).sum();
-        let new_funded: i64 = new_schedule.iter().map(|p| p.2).sum();
+        if crate::domain::account::checked_total(new_schedule.iter().map(|p| p.1)).is_none() {
+            return Err(ServiceError::invalid(
+                "schedule",
+                "the payments add up to more than an amount can hold",
+            ));
+        }
+        let old_funded = account.funded_total()?;
+        // Each at most its payment's amount, whose total fits.
+        let new_funded = crate::domain::account::checked_total(new_schedule.iter().map(|p| p.2))
+            .ok_or_else(|| ServiceError::internal("the amended funded total overflows an i64"))?;
         let excess = (old_funded - new_funded).min(app::held(conn, &account).await?);
         let mut postings = Vec::new();
         if excess > 0 {
@@ -1469,6 +1478,9 @@ impl EscrowService for EscrowApi {
         self.read(async |conn| {
             let rows = api::trial_balance(conn, currency).await?;
             let mut currencies: Vec<pb::CurrencyTrialBalance> = Vec::new();
+            // Each currency's sum, in i128 so that no order of the lines
+            // overflows on the way to what should be zero.
+            let mut sums: Vec<(i128, Currency)> = Vec::new();
             for (kind, code, posted, pending) in rows {
                 let Some(c) = Currency::parse(&code) else {
                     continue;
@@ -1477,8 +1489,9 @@ impl EscrowService for EscrowApi {
                     currencies.push(pb::CurrencyTrialBalance {
                         currency_code: code.clone(),
                         lines: Vec::new(),
-                        sum: Some(money(0, c)),
+                        sum: None,
                     });
+                    sums.push((0, c));
                 }
                 if let Some(entry) = currencies.last_mut() {
                     entry.lines.push(pb::TrialBalanceLine {
@@ -1486,10 +1499,19 @@ impl EscrowService for EscrowApi {
                         posted: Some(money(posted, c)),
                         pending: Some(money(pending, c)),
                     });
-                    if let Some(sum) = entry.sum.as_mut() {
-                        sum.amount_minor = sum.amount_minor.saturating_add(posted);
-                    }
                 }
+                if let Some((sum, _)) = sums.last_mut() {
+                    *sum += i128::from(posted);
+                }
+            }
+            for (entry, (sum, c)) in currencies.iter_mut().zip(sums) {
+                let sum = i64::try_from(sum).map_err(|_| {
+                    ServiceError::internal(format!(
+                        "the trial balance of {} is beyond an i64: {sum}",
+                        entry.currency_code
+                    ))
+                })?;
+                entry.sum = Some(money(sum, c));
             }
             Ok(Response::new(pb::GetTrialBalanceResponse { currencies }))
         })

@@ -896,7 +896,7 @@ fn schedule(milestones: &[pb::PaymentMilestone], total: Money) -> Option<Vec<Pay
                     / i128::from(BASIS_POINTS_WHOLE);
                 i64::try_from(share).ok()?
             };
-            assigned += amount;
+            assigned = assigned.checked_add(amount)?;
             let trigger = match m.trigger() {
                 pb::PaymentTrigger::AfterSigning => Trigger::AfterSigning,
                 pb::PaymentTrigger::BeforeShipmentDeadline => Trigger::BeforeShipmentDeadline,

@@ -194,9 +194,39 @@ fn refused(action: &str, state: impl std::fmt::Display) -> ServiceError {
     ServiceError::FailedPrecondition(format!("cannot {action}: {state}"))
 }
 
+/// The sum of `amounts`, or `None` when it does not fit an `i64`: money is
+/// summed with checked arithmetic, so an absurd amount is an error, never a
+/// wrapped number or a panic.
+pub fn checked_total(amounts: impl IntoIterator<Item = i64>) -> Option<i64> {
+    amounts.into_iter().try_fold(0_i64, i64::checked_add)
+}
+
 impl EscrowAccount {
+    /// What the schedule adds up to. [`EscrowAccount::open`] refuses a
+    /// schedule whose total does not fit, so the error means stored data no
+    /// request could have written.
+    pub fn expected_total(&self) -> Result<i64, ServiceError> {
+        checked_total(self.schedule.iter().map(|p| p.amount_minor)).ok_or_else(|| {
+            ServiceError::internal(format!(
+                "escrow account {}: the schedule's total overflows an i64",
+                self.id
+            ))
+        })
+    }
+
+    /// What has been funded so far (at most the expected total).
+    pub fn funded_total(&self) -> Result<i64, ServiceError> {
+        checked_total(self.schedule.iter().map(|p| p.funded_minor)).ok_or_else(|| {
+            ServiceError::internal(format!(
+                "escrow account {}: the funded total overflows an i64",
+                self.id
+            ))
+        })
+    }
+
     /// Validates the schedule (at least one payment, positive amounts, one
-    /// currency, distinct milestone ids) and the hold deadline.
+    /// currency, distinct milestone ids, a total that fits) and the hold
+    /// deadline.
     pub fn open(id: Uuid, new: NewAccount, now: OffsetDateTime) -> Result<Self, ServiceError> {
         let Some((_, first, _)) = new.schedule.first() else {
             return Err(ServiceError::invalid(
@@ -232,6 +262,12 @@ impl EscrowAccount {
                 due_at,
                 funded_minor: 0,
             });
+        }
+        if checked_total(schedule.iter().map(|p| p.amount_minor)).is_none() {
+            return Err(ServiceError::invalid(
+                "schedule",
+                "the payments add up to more than an amount can hold",
+            ));
         }
         let last_due = schedule.iter().map(|p| p.due_at).max();
         if let Some(problem) = hold_until_problem(new.hold_until, last_due, now) {

@@ -614,10 +614,11 @@ pub fn check_totals(
     pending_debits: &HashMap<AccountKey, i64>,
 ) -> Vec<Discrepancy> {
     let mut found = Vec::new();
-    let mut sums: BTreeMap<&'static str, i64> = BTreeMap::new();
+    // Summed in i128: no count of i64 balances this side of 2^64 overflows
+    // it, so the zero test is exact and an overflow never panics.
+    let mut sums: BTreeMap<&'static str, i128> = BTreeMap::new();
     for (account, balance) in kept {
-        let sum = sums.entry(account.currency.as_str()).or_default();
-        *sum = sum.saturating_add(*balance);
+        *sums.entry(account.currency.as_str()).or_default() += i128::from(*balance);
         let available = balance.saturating_sub(pending_debits.get(account).copied().unwrap_or(0));
         if account.kind.is_non_negative() && available < 0 {
             found.push(Discrepancy::Negative {
@@ -630,11 +631,17 @@ pub fn check_totals(
         if sum != 0 {
             found.push(Discrepancy::CurrencyImbalance {
                 currency: currency.into(),
-                sum,
+                sum: clamp_to_i64(sum),
             });
         }
     }
     found
+}
+
+/// An i128 sum as an i64, the nearest one when it does not fit (only ever
+/// shown in a discrepancy that is reported anyway).
+fn clamp_to_i64(sum: i128) -> i64 {
+    i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// The ledger operations every implementation offers: the in-memory
@@ -694,8 +701,12 @@ impl Ledger {
             .values()
             .filter(|h| h.status == HoldStatus::Pending)
         {
-            *debits.entry(hold.debit.clone()).or_default() += hold.amount_minor;
-            *credits.entry(hold.credit.clone()).or_default() += hold.amount_minor;
+            // Saturating, never wrapping: pending debits beyond i64 only make
+            // less available, never more.
+            let debit = debits.entry(hold.debit.clone()).or_default();
+            *debit = debit.saturating_add(hold.amount_minor);
+            let credit = credits.entry(hold.credit.clone()).or_default();
+            *credit = credit.saturating_add(hold.amount_minor);
         }
         (debits, credits)
     }
@@ -838,26 +849,27 @@ impl Ledger {
 
     /// Recomputes every balance from the postings and compares.
     pub fn discrepancies(&self) -> Vec<Discrepancy> {
-        let mut recomputed: BTreeMap<AccountKey, i64> = BTreeMap::new();
+        // In i128, as in `check_totals`: exact, and never an overflow.
+        let mut recomputed: BTreeMap<AccountKey, i128> = BTreeMap::new();
         let mut found = Vec::new();
         let mut posted_by_hold: HashMap<Uuid, Vec<i64>> = HashMap::new();
         for p in &self.postings {
             if p.debit.currency != p.credit.currency {
                 found.push(Discrepancy::PostingCurrency { posting: p.id });
             }
-            *recomputed.entry(p.debit.clone()).or_default() -= p.amount_minor;
-            *recomputed.entry(p.credit.clone()).or_default() += p.amount_minor;
+            *recomputed.entry(p.debit.clone()).or_default() -= i128::from(p.amount_minor);
+            *recomputed.entry(p.credit.clone()).or_default() += i128::from(p.amount_minor);
             if let Some(hold) = p.hold_id {
                 posted_by_hold.entry(hold).or_default().push(p.amount_minor);
             }
         }
         for (account, kept) in &self.balances {
             let again = recomputed.get(account).copied().unwrap_or(0);
-            if again != *kept {
+            if again != i128::from(*kept) {
                 found.push(Discrepancy::BalanceMismatch {
                     account: account.clone(),
                     kept: *kept,
-                    recomputed: again,
+                    recomputed: clamp_to_i64(again),
                 });
             }
         }

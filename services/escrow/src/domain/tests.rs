@@ -505,3 +505,65 @@ fn ledger_refusals_map_to_stable_service_errors() {
     .into();
     assert!(matches!(twice, ServiceError::FailedPrecondition(m) if m.contains("already voided")));
 }
+
+#[test]
+fn money_sums_are_checked_never_wrapped() {
+    let at = OffsetDateTime::UNIX_EPOCH;
+    // A schedule whose total does not fit an i64 is refused at opening.
+    let refused = EscrowAccount::open(
+        Uuid::now_v7(),
+        NewAccount {
+            contract_id: "c".into(),
+            buyer_principal_id: "b".into(),
+            supplier_id: "s".into(),
+            schedule: vec![
+                ("m".into(), Money::new(i64::MAX, usd()), at),
+                ("n".into(), Money::new(1, usd()), at),
+            ],
+            hold_until: at + Duration::days(30),
+        },
+        at,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ta_runtime::errors::ServiceError::InvalidArgument(_)
+        ),
+        "{refused:?}"
+    );
+    let largest = account(&[i64::MAX - 1, 1]);
+    assert_eq!(largest.expected_total().unwrap(), i64::MAX);
+    assert_eq!(largest.funded_total().unwrap(), 0);
+    assert_eq!(account::checked_total([i64::MAX, 1]), None);
+    assert_eq!(account::checked_total([i64::MIN, -1]), None);
+    assert_eq!(account::checked_total([]), Some(0));
+
+    // Balances that sum to zero through partial sums beyond i64 are
+    // balanced; an imbalance beyond i64 is reported, not wrapped.
+    let escrow = Uuid::now_v7();
+    let kept: std::collections::BTreeMap<AccountKey, i64> = [
+        (AccountKey::escrow_held(escrow, usd()), i64::MAX),
+        (AccountKey::supplier_payable("s", usd()), i64::MAX),
+        (
+            AccountKey::new(AccountKind::FinancingPartner, "p1", usd()),
+            -i64::MAX,
+        ),
+        (
+            AccountKey::new(AccountKind::FinancingPartner, "p2", usd()),
+            -i64::MAX,
+        ),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(ledger::check_totals(&kept, &HashMap::new()), Vec::new());
+    let mut unbalanced = kept.clone();
+    unbalanced.insert(clearing(), i64::MAX);
+    assert_eq!(
+        ledger::check_totals(&unbalanced, &HashMap::new()),
+        vec![Discrepancy::CurrencyImbalance {
+            currency: "USD".into(),
+            sum: i64::MAX,
+        }]
+    );
+}
