@@ -693,3 +693,37 @@ impl GatewaySandbox {
         );
     }
 }
+
+// --- escrow restarted in place, its webhook endpoint (gateway_faults) ---------------
+
+impl Platform {
+    /// Escrow's webhook endpoint, `127.0.0.1:<port>`: where the gateway
+    /// delivers its events (`POST /v1/gateway-webhooks`).
+    pub fn escrow_webhook_addr(&self) -> String {
+        self.escrow_env
+            .iter()
+            .find(|(key, _)| key == "ESCROW_WEBHOOK_LISTEN_ADDR")
+            .map(|(_, addr)| addr.clone())
+            .expect("escrow has a webhook endpoint")
+    }
+
+    /// Kills escrow (SIGKILL, if it still runs) and starts it again on the
+    /// same gRPC and webhook addresses, so contract (`ESCROW_URL`) and the
+    /// gateway (its webhook URL) reach the new process; `extra` adds to or
+    /// overrides its settings. Ready when returned.
+    pub fn restart_escrow(&mut self, extra: &[(&str, &str)]) {
+        self.escrow.kill();
+        let port = self.escrow.port;
+        let mut env = self.escrow_env.clone();
+        env.push(("GRPC_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let mut service = spawn_with(ESCROW, &env);
+        // Service::spawn chose a port; the setting above overrides it.
+        service.port = port;
+        service.wait_serving();
+        self.escrow = service;
+    }
+}
