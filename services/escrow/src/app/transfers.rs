@@ -68,9 +68,18 @@ pub async fn run_payouts(
     for payable in payables {
         let mut tx = db::begin(pool).await?;
         let outcome = start_payout(&mut tx, flows, &payable).await;
-        started.extend(db::finish(tx, outcome).await?);
+        // Sent at once, before the next payout is recorded, so its lease
+        // (see `sent_at_once`) runs from its own commit.
+        started.extend(
+            send_all(
+                flows,
+                pool,
+                db::finish(tx, outcome).await?.into_iter().collect(),
+            )
+            .await?,
+        );
     }
-    send_all(flows, pool, started).await
+    Ok(started)
 }
 
 async fn start_payout(
@@ -133,9 +142,9 @@ pub async fn run_buyer_refunds(
         };
         let mut tx = db::begin(pool).await?;
         let outcome = start_buyer_refunds(&mut tx, flows, account_id, &payable).await;
-        started.extend(db::finish(tx, outcome).await?);
+        started.extend(send_all(flows, pool, db::finish(tx, outcome).await?).await?);
     }
-    send_all(flows, pool, started).await
+    Ok(started)
 }
 
 async fn start_buyer_refunds(
@@ -302,57 +311,64 @@ pub async fn handle_due(flows: &Flows, pool: &PgPool) -> Result<usize, ServiceEr
 /// what the gateway said.
 async fn handle(flows: &Flows, pool: &PgPool, row: TransferRow) -> Result<(), ServiceError> {
     let status = row.status()?;
+    // The gateway first, with no transaction open and no connection held.
+    let heard = match status {
+        TransferStatus::Sending => Heard::Sent(send(flows, &row).await),
+        TransferStatus::Pending | TransferStatus::Unknown => {
+            Heard::Asked(flows.gateway.operation(&row.gateway_key).await)
+        }
+        TransferStatus::Paid | TransferStatus::Failed => return Ok(()),
+    };
     let now = timestamps::now();
     let report_due = after(flows.settings.payout_expiry, now);
     let recheck = after(recheck_interval(flows), now);
     let mut tx = db::begin(pool).await?;
-    let outcome = match status {
-        TransferStatus::Sending => match send(flows, &row).await {
-            Ok(accepted) => accept(&mut tx, flows, &row, &accepted, report_due).await,
-            Err(GatewayError::Rejected { code, .. }) => {
+    let outcome = match heard {
+        Heard::Sent(Ok(accepted)) => accept(&mut tx, flows, &row, &accepted, report_due).await,
+        Heard::Sent(Err(GatewayError::Rejected { code, .. })) => {
+            settle(&mut tx, flows, row.id, false, &code).await.map(drop)
+        }
+        Heard::Sent(Err(error)) => {
+            let next = after(backoff(flows, row.sends), now);
+            transfers::retry_later(&mut tx, row.id, false, &error.to_string(), next).await
+        }
+        Heard::Asked(Ok(Some(operation))) => match operation.status {
+            OperationStatus::Succeeded => settle(&mut tx, flows, row.id, true, "").await.map(drop),
+            OperationStatus::Failed { code, .. } => {
                 settle(&mut tx, flows, row.id, false, &code).await.map(drop)
             }
-            Err(error) => {
-                let next = after(backoff(flows, row.sends), now);
-                transfers::retry_later(&mut tx, row.id, false, &error.to_string(), next).await
+            OperationStatus::Pending => {
+                transfers::retry_later(
+                    &mut tx,
+                    row.id,
+                    true,
+                    "no report by its expiry; the gateway says it is still pending",
+                    recheck,
+                )
+                .await
             }
         },
-        TransferStatus::Pending | TransferStatus::Unknown => {
-            match flows.gateway.operation(&row.gateway_key).await {
-                Ok(Some(operation)) => match operation.status {
-                    OperationStatus::Succeeded => settle(&mut tx, flows, row.id, true, "").await.map(drop),
-                    OperationStatus::Failed { code, .. } => {
-                        settle(&mut tx, flows, row.id, false, &code).await.map(drop)
-                    }
-                    OperationStatus::Pending => {
-                        transfers::retry_later(
-                            &mut tx,
-                            row.id,
-                            true,
-                            "no report by its expiry; the gateway says it is still pending",
-                            recheck,
-                        )
-                        .await
-                    }
-                },
-                Ok(None) => {
-                    transfers::retry_later(
-                        &mut tx,
-                        row.id,
-                        true,
-                        "no report by its expiry, and the gateway has no record of its key: an operator must look",
-                        recheck,
-                    )
-                    .await
-                }
-                Err(error) => {
-                    transfers::retry_later(&mut tx, row.id, true, &error.to_string(), recheck).await
-                }
-            }
+        Heard::Asked(Ok(None)) => {
+            transfers::retry_later(
+                &mut tx,
+                row.id,
+                true,
+                "no report by its expiry, and the gateway has no record of its key: an operator must look",
+                recheck,
+            )
+            .await
         }
-        TransferStatus::Paid | TransferStatus::Failed => Ok(()),
+        Heard::Asked(Err(error)) => {
+            transfers::retry_later(&mut tx, row.id, true, &error.to_string(), recheck).await
+        }
     };
     db::finish(tx, outcome).await
+}
+
+/// What the gateway said about a transfer: to its send, or to the question.
+enum Heard {
+    Sent(Result<OutgoingTransfer, GatewayError>),
+    Asked(Result<Option<crate::gateway::Operation>, GatewayError>),
 }
 
 async fn send(flows: &Flows, row: &TransferRow) -> Result<OutgoingTransfer, GatewayError> {
