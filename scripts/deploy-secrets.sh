@@ -7,7 +7,10 @@
 # <dir> holds (names as in deploy/helm/trade-assurance/values.yaml):
 #   jwks.json                      JWK set: the public keys (RS256, each with its
 #                                  kid) of the issuer of people's tokens and of
-#                                  contract and dispute (kid = signingKey.keyId)
+#                                  contract and dispute (kid = signingKey.keyId),
+#                                  each of these two bound to its service by the
+#                                  member "ta_service": "contract" / "dispute"
+#                                  (without it a key signs people's tokens only)
 #   <service>.database-url         one per service: postgres://<its role>:<password>@<host>:5432/<db>
 #                                  (roles and schemas: deploy/postgres/roles.sql)
 #   contract.pem, dispute.pem      the RS256 private keys those two sign their calls with
