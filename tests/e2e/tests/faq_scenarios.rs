@@ -1171,26 +1171,29 @@ fn a_delayed_order_is_claimed_after_its_deadline_and_refunded_and_the_supplier_l
         t
     };
     // Never shipped; shipped late; shipped but never arrives.
+    // Deadlines far enough ahead that signing and paying three orders (each
+    // payment a call to the gateway) end before the first of them, however
+    // slowly a loaded machine runs.
     let unshipped = signed_contract(
         &platform,
         &buyer,
         &supplier,
         &supplier_id,
-        &with_deadlines(Duration::from_secs(6), days(30)),
+        &with_deadlines(Duration::from_secs(15), days(30)),
     );
     let late = signed_contract(
         &platform,
         &buyer,
         &supplier,
         &supplier_id,
-        &with_deadlines(Duration::from_secs(6), days(30)),
+        &with_deadlines(Duration::from_secs(15), days(30)),
     );
     let lost = signed_contract(
         &platform,
         &buyer,
         &supplier,
         &supplier_id,
-        &with_deadlines(Duration::from_secs(12), Duration::from_secs(20)),
+        &with_deadlines(Duration::from_secs(20), Duration::from_secs(30)),
     );
     let accounts: Vec<String> = [&unshipped, &late, &lost]
         .iter()
