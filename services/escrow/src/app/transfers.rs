@@ -315,7 +315,7 @@ async fn handle(flows: &Flows, pool: &PgPool, row: TransferRow) -> Result<(), Se
     let heard = match status {
         TransferStatus::Sending => Heard::Sent(send(flows, &row).await),
         TransferStatus::Pending | TransferStatus::Unknown => {
-            Heard::Asked(flows.gateway.operation(&row.gateway_key).await)
+            Heard::Asked(Box::new(flows.gateway.operation(&row.gateway_key).await))
         }
         TransferStatus::Paid | TransferStatus::Failed => return Ok(()),
     };
@@ -332,35 +332,39 @@ async fn handle(flows: &Flows, pool: &PgPool, row: TransferRow) -> Result<(), Se
             let next = after(backoff(flows, row.sends), now);
             transfers::retry_later(&mut tx, row.id, false, &error.to_string(), next).await
         }
-        Heard::Asked(Ok(Some(operation))) => match operation.status {
-            OperationStatus::Succeeded => settle(&mut tx, flows, row.id, true, "").await.map(drop),
-            OperationStatus::Failed { code, .. } => {
-                settle(&mut tx, flows, row.id, false, &code).await.map(drop)
-            }
-            OperationStatus::Pending => {
+        Heard::Asked(asked) => match *asked {
+            Ok(Some(operation)) => match operation.status {
+                OperationStatus::Succeeded => {
+                    settle(&mut tx, flows, row.id, true, "").await.map(drop)
+                }
+                OperationStatus::Failed { code, .. } => {
+                    settle(&mut tx, flows, row.id, false, &code).await.map(drop)
+                }
+                OperationStatus::Pending => {
+                    transfers::retry_later(
+                        &mut tx,
+                        row.id,
+                        true,
+                        "no report by its expiry; the gateway says it is still pending",
+                        recheck,
+                    )
+                    .await
+                }
+            },
+            Ok(None) => {
                 transfers::retry_later(
                     &mut tx,
                     row.id,
                     true,
-                    "no report by its expiry; the gateway says it is still pending",
+                    "no report by its expiry, and the gateway has no record of its key: an operator must look",
                     recheck,
                 )
                 .await
             }
+            Err(error) => {
+                transfers::retry_later(&mut tx, row.id, true, &error.to_string(), recheck).await
+            }
         },
-        Heard::Asked(Ok(None)) => {
-            transfers::retry_later(
-                &mut tx,
-                row.id,
-                true,
-                "no report by its expiry, and the gateway has no record of its key: an operator must look",
-                recheck,
-            )
-            .await
-        }
-        Heard::Asked(Err(error)) => {
-            transfers::retry_later(&mut tx, row.id, true, &error.to_string(), recheck).await
-        }
     };
     db::finish(tx, outcome).await
 }
@@ -368,7 +372,7 @@ async fn handle(flows: &Flows, pool: &PgPool, row: TransferRow) -> Result<(), Se
 /// What the gateway said about a transfer: to its send, or to the question.
 enum Heard {
     Sent(Result<OutgoingTransfer, GatewayError>),
-    Asked(Result<Option<crate::gateway::Operation>, GatewayError>),
+    Asked(Box<Result<Option<crate::gateway::Operation>, GatewayError>>),
 }
 
 async fn send(flows: &Flows, row: &TransferRow) -> Result<OutgoingTransfer, GatewayError> {
