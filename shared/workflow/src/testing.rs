@@ -209,7 +209,8 @@ impl tonic::server::UnaryService<Vec<u8>> for Unary {
         Box::pin(async move {
             match answer {
                 Some(answer) => answer(&bytes).map(tonic::Response::new),
-                None => Err(Status::unimplemented(format!(
+                // Like a peer that is not there yet: the relay retries it.
+                None => Err(Status::unavailable(format!(
                     "the fake peer was not told how to answer {method}"
                 ))),
             }
