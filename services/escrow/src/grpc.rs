@@ -211,10 +211,6 @@ fn check_currency(account: &EscrowAccount, field: &str, m: Money) -> Result<i64,
 
 // ---- Who may see what --------------------------------------------------------
 
-fn not_party() -> ServiceError {
-    ServiceError::PermissionDenied("the caller is not a party to this escrow account".into())
-}
-
 /// Buyers reach their own accounts, suppliers (their owner principals) theirs;
 /// operators and services every account.
 async fn check_party(
@@ -233,7 +229,7 @@ async fn check_party(
             Ok(())
         }
         Role::Operator | Role::Service => Ok(()),
-        _ => Err(not_party()),
+        _ => Err(app::not_party()),
     }
 }
 
@@ -380,15 +376,6 @@ async fn noted_postings(
 }
 
 impl EscrowApi {
-    async fn view(
-        &self,
-        conn: &mut PgConnection,
-        account_id: Uuid,
-    ) -> Result<pb::EscrowAccount, ServiceError> {
-        let account = accounts::get_account(conn, account_id).await?;
-        account_proto(conn, &account).await
-    }
-
     async fn outflow_in_tx(
         &self,
         conn: &mut PgConnection,
@@ -680,7 +667,7 @@ impl EscrowApi {
                 .await?;
         }
         Ok(pb::AmendEscrowScheduleResponse {
-            account: Some(self.view(conn, account.id).await?),
+            account: Some(self.flows.view(conn, account.id).await?),
             postings: protos,
         })
     }

@@ -73,12 +73,21 @@ pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, Serv
     let left = remaining_budget().unwrap_or(left);
     // Answer a little before the deadline, so the caller hears why.
     let margin = (left / 10).min(Duration::from_millis(50));
-    let bound = format!("{}ms", (left - margin).as_millis().max(1));
+    bound_statements(&mut tx, (left - margin).max(Duration::from_millis(1))).await?;
+    Ok(tx)
+}
+
+/// Bounds every statement of the caller's transaction, and every wait for a
+/// lock in it, to `bound` (`SET LOCAL`: the transaction's end undoes it).
+pub async fn bound_statements(
+    tx: &mut sqlx::PgConnection,
+    bound: Duration,
+) -> Result<(), ServiceError> {
     sqlx::query(
         "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)",
     )
-    .bind(&bound)
+    .bind(format!("{}ms", bound.as_millis().max(1)))
     .execute(&mut *tx)
     .await?;
-    Ok(tx)
+    Ok(())
 }

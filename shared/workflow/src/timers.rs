@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The statement and lock time-out of a timer handler's transaction.
-const HANDLER_STATEMENT_TIMEOUT: &str = "10s";
+const HANDLER_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The timers table of one service's schema.
 #[derive(Clone, Debug)]
@@ -240,12 +240,7 @@ impl<H: TimerHandler> TimerWorker<H> {
         // A handler waits on no lock, and runs no statement, for longer than
         // this: a stuck row fails this firing (retried with backoff) instead
         // of stalling every timer behind it.
-        sqlx::query(
-            "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)",
-        )
-        .bind(HANDLER_STATEMENT_TIMEOUT)
-        .execute(&mut *tx)
-        .await?;
+        ta_runtime::db::bound_statements(&mut tx, HANDLER_STATEMENT_TIMEOUT).await?;
         let row = sqlx::query(AssertSqlSafe(schema.sql(
             "SELECT id, kind, subject_id, due_at, payload, attempts, traceparent, tracestate
              FROM {schema}.workflow_timers

@@ -136,10 +136,6 @@ pub async fn fund(
         .await
 }
 
-fn not_party() -> ServiceError {
-    ServiceError::PermissionDenied("the caller is not a party to this escrow account".into())
-}
-
 /// Phase 1: the attempt under `gateway_key`, found or written with its hold.
 async fn open_attempt(
     conn: &mut PgConnection,
@@ -151,7 +147,7 @@ async fn open_attempt(
     let now = timestamps::now();
     let account = accounts::lock_account(conn, cmd.account_id).await?;
     if principal.subject != account.buyer_principal_id {
-        return Err(not_party());
+        return Err(super::not_party());
     }
     if let Some(existing) = accounts::attempt_by_gateway_key(conn, gateway_key).await? {
         let same = existing.escrow_account_id == account.id

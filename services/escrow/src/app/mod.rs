@@ -22,6 +22,11 @@ use crate::{
     storage::{accounts, ledger},
 };
 
+/// A buyer or supplier asking about an account it is not a party to.
+pub fn not_party() -> ServiceError {
+    ServiceError::PermissionDenied("the caller is not a party to this escrow account".into())
+}
+
 /// The reason a release or refund of "everything held" finds nothing.
 pub const NOTHING_HELD: &str = "NOTHING_HELD";
 /// The reason money cannot move in or out of a closed account.
