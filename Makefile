@@ -78,9 +78,10 @@ test: tools ## Run every test (cargo nextest) against the dev Postgres; TEST_SCO
 	cargo build --workspace --bins
 	cargo nextest run $(TEST_SCOPE) --no-fail-fast $(NEXTEST_ARGS)
 
-lint: ## cargo fmt --check, buf lint (proto/), clippy -D warnings
+lint: ## cargo fmt --check, buf lint and buf breaking (proto/), clippy -D warnings
 	cargo fmt --all -- --check
 	(cd proto && npx --yes @bufbuild/buf@$(BUF_VERSION) lint)
+	BUF_VERSION=$(BUF_VERSION) scripts/proto-breaking.sh
 	cargo clippy --workspace --all-targets -- -D warnings
 
 fmt: ## Format the Rust code
