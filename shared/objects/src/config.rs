@@ -266,7 +266,7 @@ impl StoreConfig {
             return Err("AWS_SESSION_TOKEN is set without AWS_ACCESS_KEY_ID".into());
         }
         if let Some(file) = &self.s3_credentials_file {
-            crate::s3::read_credentials(file)
+            crate::credentials::read_credentials(file)
                 .map_err(|e| format!("EVIDENCE_S3_CREDENTIALS_FILE: {e}"))?;
         }
         Ok(())

@@ -21,6 +21,7 @@
 //! into the store in order and removed.
 
 pub mod config;
+mod credentials;
 mod s3;
 
 use std::sync::Arc;
