@@ -6,7 +6,11 @@
 
 use sqlx::PgConnection;
 use ta_proto::{contract as pb, escrow as escrow_pb};
-use ta_runtime::{ServiceError, money::Money, timestamps};
+use ta_runtime::{
+    ServiceError,
+    money::{Money, readable},
+    timestamps,
+};
 use ta_workflow::Handled;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -19,7 +23,7 @@ use crate::{
     },
     flows::{
         self, ACCEPTANCE_DUE, Actor, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, Step,
-        UNSHIPPED_CANCEL, completion, load_terms, readable, readable_time,
+        UNSHIPPED_CANCEL, completion, load_terms, readable_time,
     },
     storage::{self, ContractRecord, Payment, VersionRecord},
 };

@@ -135,35 +135,6 @@ pub fn current_version(contract: &ContractRecord) -> u32 {
     }
 }
 
-/// Money as people read it in the timeline: `3,100.00 USD`.
-pub fn readable(m: Money) -> String {
-    let exponent = u32::from(m.currency.minor_unit_exponent());
-    let scale = 10_i64.pow(exponent);
-    let (sign, minor) = if m.amount_minor < 0 {
-        ("-", -(m.amount_minor as i128))
-    } else {
-        ("", m.amount_minor as i128)
-    };
-    let whole = (minor / i128::from(scale)).to_string();
-    let mut grouped = String::new();
-    for (i, c) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    let fraction = if exponent == 0 {
-        String::new()
-    } else {
-        format!(
-            ".{:0width$}",
-            minor % i128::from(scale),
-            width = exponent as usize
-        )
-    };
-    format!("{sign}{grouped}{fraction} {}", m.currency)
-}
-
 /// A moment as people read it in the timeline: `2026-12-31 14:05 UTC`.
 pub fn readable_time(at: OffsetDateTime) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
@@ -745,21 +716,4 @@ fn activation(contract: &ContractRecord) -> String {
         .signed_at
         .map_or(0, |t| t.unix_timestamp_nanos() / 1_000);
     format!("v{}-{signed_at}", contract.negotiation.signed_version)
-}
-
-#[cfg(test)]
-mod tests {
-    use ta_runtime::money::{Currency, Money};
-
-    use super::readable;
-
-    #[test]
-    fn money_reads_in_major_units_with_its_currency() {
-        let usd = Currency::parse("USD").unwrap();
-        let jpy = Currency::parse("JPY").unwrap();
-        assert_eq!(readable(Money::new(310_000, usd)), "3,100.00 USD");
-        assert_eq!(readable(Money::new(5, usd)), "0.05 USD");
-        assert_eq!(readable(Money::new(123_456_789, jpy)), "123,456,789 JPY");
-        assert_eq!(readable(Money::new(-1_050, usd)), "-10.50 USD");
-    }
 }

@@ -19,7 +19,7 @@ use ta_proto::{
 use ta_runtime::{
     ServiceError, Violations,
     auth::{self, Principal, Role},
-    money::Money,
+    money::{Money, readable},
     paging,
     pipeline::Mutations,
     text::{optional_text, require_text, validate_reference},
@@ -508,7 +508,7 @@ impl ContractService for ContractApi {
                                     "draft \"{}\" created by the {}: {} ({})",
                                     cmd.terms.title,
                                     principal.role,
-                                    flows::readable(cmd.terms.total),
+                                    readable(cmd.terms.total),
                                     match cmd.terms.protection {
                                         Protection::TradeAssurance => "Trade Assurance",
                                         Protection::None => "unprotected",
@@ -582,7 +582,7 @@ impl ContractService for ContractApi {
                             format!(
                                 "the {} revised the draft to version {version} ({}): {}; signatures on earlier versions are void",
                                 principal.role,
-                                flows::readable(cmd.terms.total),
+                                readable(cmd.terms.total),
                                 cmd.change_note
                             ),
                         ),
@@ -818,8 +818,8 @@ impl ContractService for ContractApi {
                                 format!(
                                     "the {} proposed amendment {version} ({} -> {}): {}",
                                     principal.role,
-                                    flows::readable(old_total),
-                                    flows::readable(cmd.terms.total),
+                                    readable(old_total),
+                                    readable(cmd.terms.total),
                                     cmd.change_note
                                 ),
                             ),
@@ -891,7 +891,7 @@ impl ContractService for ContractApi {
                                     format!(
                                         "both parties signed amendment {}; cover moves to {} and the escrow schedule follows",
                                         cmd.version,
-                                        flows::readable(amended.version.total)
+                                        readable(amended.version.total)
                                     ),
                                 ),
                                 now,

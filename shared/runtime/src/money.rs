@@ -108,6 +108,32 @@ impl Money {
     }
 }
 
+/// Money as people read it (timelines, messages): major units with
+/// thousands grouped, as many decimals as the currency's minor unit has, and
+/// the code after: `3,100.00 USD`, `-0.05 USD`, `123,456,789 JPY`.
+pub fn readable(money: Money) -> String {
+    let exponent = u32::from(money.currency.minor_unit_exponent());
+    let scale = 10_i128.pow(exponent);
+    // i128: the magnitude of i64::MIN has no i64.
+    let minor = i128::from(money.amount_minor);
+    let sign = if minor < 0 { "-" } else { "" };
+    let minor = minor.abs();
+    let whole = (minor / scale).to_string();
+    let mut grouped = String::with_capacity(whole.len() + whole.len() / 3);
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    let fraction = if exponent == 0 {
+        String::new()
+    } else {
+        format!(".{:0width$}", minor % scale, width = exponent as usize)
+    };
+    format!("{sign}{grouped}{fraction} {}", money.currency)
+}
+
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} minor units", self.currency, self.amount_minor)
@@ -135,6 +161,33 @@ mod tests {
             Currency::parse("EUR").map(|c| c.to_string()),
             Some("EUR".into())
         );
+    }
+
+    #[test]
+    fn money_reads_in_major_units_with_its_currency() {
+        let currency = |code| Currency::parse(code).unwrap();
+        let (usd, jpy, kwd) = (currency("USD"), currency("JPY"), currency("KWD"));
+        assert_eq!(readable(Money::zero(usd)), "0.00 USD");
+        assert_eq!(readable(Money::new(5, usd)), "0.05 USD");
+        assert_eq!(readable(Money::new(-5, usd)), "-0.05 USD");
+        assert_eq!(readable(Money::new(-1_050, usd)), "-10.50 USD");
+        assert_eq!(readable(Money::new(123_450, usd)), "1,234.50 USD");
+        assert_eq!(readable(Money::new(310_000, usd)), "3,100.00 USD");
+        assert_eq!(readable(Money::new(99_999, usd)), "999.99 USD");
+        assert_eq!(readable(Money::new(100_000, usd)), "1,000.00 USD");
+        assert_eq!(
+            readable(Money::new(i64::MAX, usd)),
+            "92,233,720,368,547,758.07 USD"
+        );
+        assert_eq!(
+            readable(Money::new(i64::MIN, usd)),
+            "-92,233,720,368,547,758.08 USD"
+        );
+        assert_eq!(readable(Money::zero(jpy)), "0 JPY");
+        assert_eq!(readable(Money::new(123_456_789, jpy)), "123,456,789 JPY");
+        assert_eq!(readable(Money::new(-5, jpy)), "-5 JPY");
+        assert_eq!(readable(Money::new(1_234_567, kwd)), "1,234.567 KWD");
+        assert_eq!(readable(Money::new(-5, kwd)), "-0.005 KWD");
     }
 
     #[test]
