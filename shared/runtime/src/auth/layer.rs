@@ -1,12 +1,11 @@
 //! The tower layer that authenticates and authorizes every gRPC call, and the
 //! helpers handlers and clients use with it.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use tonic::metadata::{Ascii, MetadataValue};
+
+use crate::middleware::{Layered, Middleware, ResponseFuture, answer, layer_of_middleware};
 
 use super::{
     Caller, Principal,
@@ -42,27 +41,12 @@ impl AuthLayer {
     }
 }
 
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            verifier: Arc::clone(&self.verifier),
-            policy: Arc::clone(&self.policy),
-        }
-    }
-}
+layer_of_middleware!(AuthLayer);
 
 /// The service produced by [`AuthLayer`].
-#[derive(Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    verifier: Arc<TokenVerifier>,
-    policy: Arc<MethodPolicy>,
-}
+pub type AuthService<S> = Layered<AuthLayer, S>;
 
-impl<S> AuthService<S> {
+impl AuthLayer {
     /// The principal for a call to `path` with these headers, or the status
     /// that refuses it.
     fn authorize(&self, path: &str, headers: &http::HeaderMap) -> Result<Principal, tonic::Status> {
@@ -94,21 +78,13 @@ impl<S> AuthService<S> {
     }
 }
 
-impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+impl<S, B> Middleware<S, B> for AuthLayer
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = crate::middleware::ResponseFuture<S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&self, inner: &mut S, mut request: http::Request<B>) -> ResponseFuture<S::Error> {
         let path = request.uri().path();
         if !is_public_path(path) {
             match self.authorize(path, request.headers()) {
@@ -119,13 +95,13 @@ where
                         .insert(Caller { principal, method });
                 }
                 // The inner service stays ready (and unused) for the next call.
-                Err(status) => return crate::middleware::answer(status),
+                Err(status) => return answer(status),
             }
         }
         // The decision is synchronous, so the inner service polled ready in
         // `poll_ready` is called right here: no clone-and-swap is needed
         // (that pattern is for calls made later, from inside a future).
-        Box::pin(self.inner.call(request))
+        Box::pin(inner.call(request))
     }
 }
 

@@ -5,14 +5,11 @@
 //! RESOURCE_EXHAUSTED would say the caller ran out of a quota, which is not so.
 //! Health and reflection are not counted, so probes still answer under load.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use super::{ResponseFuture, answer};
+use super::{Middleware, ResponseFuture, answer, layer_of_middleware};
 
 #[derive(Clone, Debug)]
 pub struct AdmissionLayer {
@@ -29,47 +26,22 @@ impl AdmissionLayer {
     }
 }
 
-impl<S> tower::Layer<S> for AdmissionLayer {
-    type Service = Admission<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Admission {
-            inner,
-            permits: self.permits.clone(),
-            limit: self.limit,
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Admission<S> {
-    inner: S,
-    permits: Arc<Semaphore>,
-    limit: usize,
-}
+layer_of_middleware!(AdmissionLayer);
 
 /// Probes and tooling, never shed.
 fn is_exempt(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
 }
 
-impl<S, B> tower::Service<http::Request<B>> for Admission<S>
+impl<S, B> Middleware<S, B> for AdmissionLayer
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&self, inner: &mut S, request: http::Request<B>) -> ResponseFuture<S::Error> {
         if is_exempt(request.uri().path()) {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             tracing::warn!(
@@ -82,7 +54,7 @@ where
                 self.limit
             )));
         };
-        let work = self.inner.call(request);
+        let work = inner.call(request);
         Box::pin(async move {
             let response = work.await;
             drop(permit);

@@ -9,12 +9,11 @@
 //! request's code ([`remaining_budget`]), and `db::begin` turns it into the
 //! transaction's `statement_timeout` and `lock_timeout`.
 
-use std::{
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::{Middleware, ResponseFuture, layer_of_middleware};
 
 tokio::task_local! {
     /// When the request being served must be answered.
@@ -29,7 +28,7 @@ pub fn remaining_budget() -> Option<Duration> {
         .ok()
 }
 
-/// Applies [`Deadline`] to every request.
+/// Gives every request its deadline (see the module docs).
 #[derive(Clone, Copy, Debug)]
 pub struct DeadlineLayer {
     limit: Duration,
@@ -41,38 +40,15 @@ impl DeadlineLayer {
     }
 }
 
-impl<S> tower::Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
+layer_of_middleware!(DeadlineLayer);
 
-    fn layer(&self, inner: S) -> Self::Service {
-        Deadline {
-            inner,
-            limit: self.limit,
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Deadline<S> {
-    inner: S,
-    limit: Duration,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for Deadline<S>
+impl<S, B> Middleware<S, B> for DeadlineLayer
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = crate::middleware::ResponseFuture<S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&self, inner: &mut S, request: http::Request<B>) -> ResponseFuture<S::Error> {
         let budget = request
             .headers()
             .get("grpc-timeout")
@@ -80,7 +56,7 @@ where
             .and_then(parse_grpc_timeout)
             .map_or(self.limit, |asked| asked.min(self.limit));
         let deadline = Instant::now() + budget;
-        let work = self.inner.call(request);
+        let work = inner.call(request);
         Box::pin(DEADLINE.scope(deadline, async move {
             match tokio::time::timeout_at(deadline, work).await {
                 Ok(result) => result,

@@ -42,7 +42,7 @@ use opentelemetry::{
 };
 use tonic::{Code, codegen::Bytes};
 
-use super::ResponseFuture;
+use super::{Middleware, ResponseFuture, layer_of_middleware};
 
 /// Histogram boundaries (seconds) the semantic conventions recommend for RPC durations.
 const DURATION_BOUNDARIES: [f64; 14] = [
@@ -275,26 +275,9 @@ impl RpcMetricsLayer {
     }
 }
 
-impl<S> tower::Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
+layer_of_middleware!(RpcMetricsLayer);
 
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics {
-            inner,
-            instruments: self.instruments.clone(),
-            served: self.served.clone(),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct RpcMetrics<S> {
-    inner: S,
-    instruments: Arc<RpcInstruments>,
-    served: Arc<HashSet<String>>,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for RpcMetrics<S>
+impl<S, B> Middleware<S, B> for RpcMetricsLayer
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
         + Clone
@@ -304,15 +287,7 @@ where
     S::Error: Send + 'static,
     B: Send + 'static,
 {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&self, inner: &mut S, request: http::Request<B>) -> ResponseFuture<S::Error> {
         let started = Instant::now();
         let path = request.uri().path();
         let labels = (!is_infrastructure(path)).then(|| match split_path(path) {
@@ -327,8 +302,8 @@ where
         // are called from the future, so their log lines (a refused token,
         // a shed request) belong to the request's span too; the service
         // that was polled ready goes into the future, a clone stays.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let clone = inner.clone();
+        let mut inner = std::mem::replace(inner, clone);
         Box::pin(async move {
             let Some((service, method)) = labels else {
                 return inner.call(request).await;

@@ -6,11 +6,9 @@
 //! detail goes to the log. This wraps every service of the process (health and
 //! reflection too), so no service can forget it.
 
-use std::task::{Context, Poll};
-
 use tonic::Code;
 
-use super::ResponseFuture;
+use super::{Middleware, ResponseFuture, layer_of_middleware};
 
 /// prost's `DecodeError` display starts so; tonic-prost puts it in INTERNAL.
 const DECODE_ERROR_PREFIX: &str = "failed to decode Protobuf message";
@@ -20,36 +18,17 @@ const TOO_LARGE_PREFIX: &str = "Error, decoded message length too large";
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StatusHygieneLayer;
 
-impl<S> tower::Layer<S> for StatusHygieneLayer {
-    type Service = StatusHygiene<S>;
+layer_of_middleware!(StatusHygieneLayer);
 
-    fn layer(&self, inner: S) -> Self::Service {
-        StatusHygiene { inner }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct StatusHygiene<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for StatusHygiene<S>
+impl<S, B> Middleware<S, B> for StatusHygieneLayer
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&self, inner: &mut S, request: http::Request<B>) -> ResponseFuture<S::Error> {
         let method = request.uri().path().to_owned();
-        let work = self.inner.call(request);
+        let work = inner.call(request);
         Box::pin(async move {
             let response = work.await?;
             Ok(match rewrite(&response) {
