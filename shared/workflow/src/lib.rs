@@ -9,6 +9,8 @@
 //!   heartbeats); [`consumer`] applies them with a durable cursor.
 //! * [`timers`]: due actions claimed with `FOR UPDATE SKIP LOCKED` and fired
 //!   once, in the same transaction as the service's handler.
+//! * [`timeline`]: an aggregate's readable history (steps numbered without
+//!   gaps, in the service's own table) and the page its RPC answers.
 //! * [`credentials`]: the token a service presents as itself to another one.
 //! * [`admin`]: the operators' RPC over all of the above.
 //! * [`janitor`]: purges finished outbox rows and timers after the retention.
@@ -31,6 +33,7 @@ mod retry;
 mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod timeline;
 pub mod timers;
 mod trace;
 pub mod workers;
