@@ -13,7 +13,10 @@ use uuid::Uuid;
 use crate::{
     domain::claim::{Escalator, Outcome},
     flows::{self, Actor, Flows, Step, completion, readable, step},
-    storage::{self, ClaimRecord},
+    storage::{
+        claims::{self, ClaimRecord},
+        timeline,
+    },
 };
 
 type Event = pb::DisputeEventType;
@@ -31,7 +34,7 @@ pub async fn file_claim(
     actor: &Actor,
     now: OffsetDateTime,
 ) -> Result<pb::Claim, ServiceError> {
-    if storage::withdrawn_before(tx, &claim.contract_id, claim.reason).await? {
+    if claims::withdrawn_before(tx, &claim.contract_id, claim.reason).await? {
         return Err(ServiceError::Refused {
             reason: "CLAIM_WITHDRAWN",
             subject: format!("contracts/{}", claim.contract_id),
@@ -42,7 +45,7 @@ pub async fn file_claim(
             ),
         });
     }
-    storage::insert_claim(tx, claim).await?;
+    claims::insert_claim(tx, claim).await?;
     flows.record_claim_opened(tx, claim).await?;
     let detail = format!(
         "claim filed by the buyer ({}): {} claimed; asking the contract",
@@ -108,7 +111,7 @@ pub async fn claim_recorded(
     answer: Recorded,
     now: OffsetDateTime,
 ) -> Result<(), ServiceError> {
-    let mut claim = storage::lock_claim(tx, claim_id).await?;
+    let mut claim = claims::lock_claim(tx, claim_id).await?;
     if claim.claim.status != crate::domain::status::Status::Opening {
         return Ok(());
     }
@@ -117,7 +120,7 @@ pub async fn claim_recorded(
         Recorded::Accepted { goods_shipped } => {
             if let Some(shipped) = goods_shipped.filter(|s| *s != claim.goods_shipped) {
                 claim.goods_shipped = shipped;
-                storage::save_claim(tx, &mut claim, now).await?;
+                claims::save_claim(tx, &mut claim, now).await?;
             }
             flows.freeze(tx, &claim).await
         }
@@ -133,7 +136,7 @@ pub async fn escrow_frozen(
     outcome: Result<Option<Money>, &str>,
     now: OffsetDateTime,
 ) -> Result<(), ServiceError> {
-    let mut claim = storage::lock_claim(tx, claim_id).await?;
+    let mut claim = claims::lock_claim(tx, claim_id).await?;
     if claim.claim.status != crate::domain::status::Status::Opening {
         return Ok(());
     }
@@ -144,7 +147,7 @@ pub async fn escrow_frozen(
                     && h.amount_minor >= claim.claim.amount_claimed.amount_minor
             }) {
                 claim.claim.held = held;
-                storage::save_claim(tx, &mut claim, now).await?;
+                claims::save_claim(tx, &mut claim, now).await?;
             }
             flows.confirm_opened(tx, &claim).await
         }
@@ -166,7 +169,7 @@ pub async fn claim_confirmed(
     refusal: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<(), ServiceError> {
-    let mut claim = storage::lock_claim(tx, claim_id).await?;
+    let mut claim = claims::lock_claim(tx, claim_id).await?;
     if claim.claim.status != crate::domain::status::Status::Opening {
         return Ok(());
     }
@@ -332,7 +335,7 @@ pub async fn money_done(
     refusal: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<Handled, ServiceError> {
-    let mut claim = storage::lock_claim(tx, claim_id).await?;
+    let mut claim = claims::lock_claim(tx, claim_id).await?;
     if let Some(why) = refusal {
         return effect_refused(tx, &mut claim, "escrow", why, now).await;
     }
@@ -348,7 +351,7 @@ pub async fn freeze_not_lifted(
     why: &str,
     now: OffsetDateTime,
 ) -> Result<Handled, ServiceError> {
-    let mut claim = storage::lock_claim(tx, claim_id).await?;
+    let mut claim = claims::lock_claim(tx, claim_id).await?;
     effect_refused(tx, &mut claim, "escrow", why, now).await
 }
 
@@ -360,7 +363,7 @@ pub async fn contract_closed(
     refusal: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<Handled, ServiceError> {
-    let mut claim = storage::lock_claim(tx, claim_id).await?;
+    let mut claim = claims::lock_claim(tx, claim_id).await?;
     if let Some(why) = refusal {
         return effect_refused(tx, &mut claim, "contract", why, now).await;
     }
@@ -391,7 +394,7 @@ pub async fn penalty_recorded(
     refusal: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<Handled, ServiceError> {
-    let mut claim = storage::lock_claim(tx, claim_id).await?;
+    let mut claim = claims::lock_claim(tx, claim_id).await?;
     if let Some(why) = refusal {
         return effect_refused(tx, &mut claim, "supplier-registry", why, now).await;
     }
@@ -437,10 +440,10 @@ async fn effect_refused(
     now: OffsetDateTime,
 ) -> Result<Handled, ServiceError> {
     tracing::error!(claim_id = %claim.claim_id, service, why, "a claim's effect was refused; it goes to the operators' queue");
-    storage::append_timeline(
+    timeline::append_timeline(
         tx,
         claim.claim_id,
-        &storage::TimelineEntry {
+        &timeline::TimelineEntry {
             entry: 0,
             occurred_at: now,
             actor_principal_id: "dispute".into(),

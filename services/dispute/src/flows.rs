@@ -22,23 +22,18 @@ use crate::{
         claim::{Offer, OfferStatus, Outcome, Party, Policy, Reason, Remedy},
         status::Status,
     },
-    storage::{self, ClaimRecord, StoredActor, TimelineEntry},
+    storage::{
+        self, StoredActor,
+        claims::{self, ClaimRecord},
+        evidence,
+        timeline::{self, TimelineEntry},
+    },
 };
 
 /// The supplier-registry inquiry a claim is (its response rate counts it).
 pub fn inquiry_id(claim: &ClaimRecord) -> String {
     format!("dispute:{}", claim.claim_id)
 }
-
-/// The timeline actions of the supplier's answers to a claim: an offer, an
-/// acceptance (of the buyer's counter-offer), a rejection of an offer or of
-/// the claim. Evidence alone is not an answer.
-pub const SUPPLIER_ANSWERS: [&str; 4] = [
-    "offer.made",
-    "offer.rejected",
-    "claim.rejected_by_supplier",
-    "claim.settled",
-];
 
 /// Whether this step is the supplier answering the claim.
 pub fn is_supplier_answer(actor: &Actor, event: pb::DisputeEventType) -> bool {
@@ -317,7 +312,7 @@ impl Flows {
         step: Step<'_>,
         now: OffsetDateTime,
     ) -> Result<pb::Claim, ServiceError> {
-        storage::save_claim(tx, claim, now).await?;
+        claims::save_claim(tx, claim, now).await?;
         self.tell(tx, claim, actor, step, now).await
     }
 
@@ -332,7 +327,7 @@ impl Flows {
         step: Step<'_>,
         now: OffsetDateTime,
     ) -> Result<pb::Claim, ServiceError> {
-        storage::append_timeline(
+        timeline::append_timeline(
             tx,
             claim.claim_id,
             &TimelineEntry {
@@ -346,7 +341,7 @@ impl Flows {
             },
         )
         .await?;
-        let count = storage::evidence_count(tx, claim.claim_id).await?;
+        let count = evidence::evidence_count(tx, claim.claim_id).await?;
         let view = claim_proto(claim, count);
         let event = pb::DisputeEvent {
             sequence: 0,

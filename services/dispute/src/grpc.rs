@@ -9,6 +9,7 @@ use std::{pin::Pin, sync::Arc, time::Duration as StdDuration};
 
 use futures_util::{Stream, StreamExt};
 use sqlx::PgConnection;
+use ta_objects::{Kind, Store as EvidenceStore, is_sha256_hex};
 use ta_proto::{
     common::TimelineEntry as PbTimelineEntry,
     contract::{self as contract_pb, contract_service_client::ContractServiceClient},
@@ -40,9 +41,13 @@ use crate::{
         claim::{Claim, Escalator, Outcome, Party, Policy, Reason, Remedy},
         status::Status as ClaimState,
     },
-    evidence::{self, EvidenceStore, Kind},
     flows::{self, Actor, Flows, claim_proto, readable, step},
-    storage::{self, ClaimFilter, ClaimRecord, EvidenceRecord},
+    storage::{
+        self,
+        claims::{self, ClaimFilter, ClaimRecord},
+        evidence::{self, EvidenceRecord},
+        timeline,
+    },
 };
 
 const MAX_TEXT: usize = 4000;
@@ -282,7 +287,7 @@ async fn check_counter_evidence(
     field: &str,
     ids: &[Uuid],
 ) -> Result<(), ServiceError> {
-    let unknown = storage::unknown_evidence(tx, claim.claim_id, ids).await?;
+    let unknown = evidence::unknown_evidence(tx, claim.claim_id, ids).await?;
     match unknown.first() {
         None => Ok(()),
         Some(id) => Err(ServiceError::invalid(
@@ -293,7 +298,7 @@ async fn check_counter_evidence(
 }
 
 async fn view(conn: &mut PgConnection, claim: &ClaimRecord) -> Result<pb::Claim, ServiceError> {
-    let count = storage::evidence_count(conn, claim.claim_id).await?;
+    let count = evidence::evidence_count(conn, claim.claim_id).await?;
     Ok(claim_proto(claim, count))
 }
 
@@ -412,7 +417,7 @@ fn parse_upload(
             );
         }
     }
-    if !evidence::is_sha256_hex(&meta.sha256_hex) {
+    if !is_sha256_hex(&meta.sha256_hex) {
         v.add(
             "metadata.sha256_hex",
             "must be the file's SHA-256 in 64 lower-case hex digits",
@@ -522,7 +527,7 @@ impl DisputeApi {
         by: Party,
     ) -> Result<(Option<pb::Claim>, Option<pb::Offer>), ServiceError> {
         let now = timestamps::now();
-        let mut claim = storage::lock_claim(tx, cmd.claim_id).await?;
+        let mut claim = claims::lock_claim(tx, cmd.claim_id).await?;
         match by {
             Party::Supplier => require_supplier(principal, &claim)?,
             Party::Buyer => require_buyer(principal, &claim)?,
@@ -771,7 +776,7 @@ impl DisputeService for DisputeApi {
         let cmd = &prepared.command;
         // Who may add evidence, before any byte is taken.
         self.read(async |conn| {
-            let claim = storage::get_claim(conn, cmd.claim_id).await?;
+            let claim = claims::get_claim(conn, cmd.claim_id).await?;
             check_can_read(&principal, &claim)?;
             if !is_open(&claim) {
                 return Err(ServiceError::FailedPrecondition(format!(
@@ -806,14 +811,14 @@ impl DisputeService for DisputeApi {
             .execute(&prepared, || {
                 async |tx| {
                     let now = timestamps::now();
-                    let mut claim = storage::lock_claim(tx, cmd.claim_id).await?;
+                    let mut claim = claims::lock_claim(tx, cmd.claim_id).await?;
                     if !is_open(&claim) {
                         return Err(ServiceError::FailedPrecondition(format!(
                             "the claim is {}: evidence is added only while it is open",
                             claim.claim.status.as_str()
                         )));
                     }
-                    let (evidence, new) = storage::insert_evidence(
+                    let (evidence, new) = evidence::insert_evidence(
                         tx,
                         &EvidenceRecord {
                             evidence_id: Uuid::now_v7(),
@@ -866,7 +871,7 @@ impl DisputeService for DisputeApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = claim_id(&req.claim_id, &mut v);
-        if !evidence::is_sha256_hex(&req.sha256_hex) {
+        if !is_sha256_hex(&req.sha256_hex) {
             v.add(
                 "sha256_hex",
                 "must be the file's SHA-256 in 64 lower-case hex digits",
@@ -874,7 +879,7 @@ impl DisputeService for DisputeApi {
         }
         finish(v)?;
         self.read(async |conn| {
-            let claim = storage::get_claim(conn, id).await?;
+            let claim = claims::get_claim(conn, id).await?;
             check_can_read(&principal, &claim)
         })
         .await?;
@@ -899,9 +904,9 @@ impl DisputeService for DisputeApi {
         let after = paging::cursor(req.page.as_ref(), "evidence", &mut v, time_cursor);
         finish(v)?;
         self.read(async |conn| {
-            let claim = storage::get_claim(conn, id).await?;
+            let claim = claims::get_claim(conn, id).await?;
             check_can_read(&principal, &claim)?;
-            let rows = storage::list_evidence(conn, id, after, limit + 1).await?;
+            let rows = evidence::list_evidence(conn, id, after, limit + 1).await?;
             let (rows, next) = paging::split_page(rows, limit, |e| {
                 time_token("evidence", e.uploaded_at, e.evidence_id)
             });
@@ -926,8 +931,8 @@ impl DisputeService for DisputeApi {
         finish(v)?;
         let evidence = self
             .read(async |conn| {
-                let evidence = storage::get_evidence(conn, id).await?;
-                let claim = storage::get_claim(conn, evidence.claim_id).await?;
+                let evidence = evidence::get_evidence(conn, id).await?;
+                let claim = claims::get_claim(conn, evidence.claim_id).await?;
                 check_can_read(&principal, &claim)?;
                 Ok(evidence)
             })
@@ -1015,7 +1020,7 @@ impl DisputeService for DisputeApi {
                     let now = timestamps::now();
                     let (id, offer_id) = &prepared.command;
                     let principal = prepared.principal();
-                    let mut claim = storage::lock_claim(tx, *id).await?;
+                    let mut claim = claims::lock_claim(tx, *id).await?;
                     let by = party_of(principal, &claim)?;
                     claim.claim.accept_offer(offer_id, by, now)?;
                     claim.accepted_offer_id = offer_id.clone();
@@ -1056,7 +1061,7 @@ impl DisputeService for DisputeApi {
                     let now = timestamps::now();
                     let cmd = &prepared.command;
                     let principal = prepared.principal();
-                    let mut claim = storage::lock_claim(tx, cmd.claim_id).await?;
+                    let mut claim = claims::lock_claim(tx, cmd.claim_id).await?;
                     let by = party_of(principal, &claim)?;
                     check_counter_evidence(
                         tx,
@@ -1122,7 +1127,7 @@ impl DisputeService for DisputeApi {
                     let now = timestamps::now();
                     let cmd = &prepared.command;
                     let principal = prepared.principal();
-                    let mut claim = storage::lock_claim(tx, cmd.claim_id).await?;
+                    let mut claim = claims::lock_claim(tx, cmd.claim_id).await?;
                     require_supplier(principal, &claim)?;
                     check_counter_evidence(
                         tx,
@@ -1174,7 +1179,7 @@ impl DisputeService for DisputeApi {
                     let now = timestamps::now();
                     let (id, reason) = &prepared.command;
                     let principal = prepared.principal();
-                    let mut claim = storage::lock_claim(tx, *id).await?;
+                    let mut claim = claims::lock_claim(tx, *id).await?;
                     require_buyer(principal, &claim)?;
                     let view = app::withdraw(
                         tx,
@@ -1205,7 +1210,7 @@ impl DisputeService for DisputeApi {
                     let now = timestamps::now();
                     let (id, reason) = &prepared.command;
                     let principal = prepared.principal();
-                    let mut claim = storage::lock_claim(tx, *id).await?;
+                    let mut claim = claims::lock_claim(tx, *id).await?;
                     let by = match principal.role {
                         Role::Operator => Escalator::Operator,
                         _ => {
@@ -1288,7 +1293,7 @@ impl DisputeService for DisputeApi {
                     let now = timestamps::now();
                     let cmd = &prepared.command;
                     let principal = prepared.principal();
-                    let mut claim = storage::lock_claim(tx, cmd.claim_id).await?;
+                    let mut claim = claims::lock_claim(tx, cmd.claim_id).await?;
                     let mut policy = self.policy().for_reason(claim.reason);
                     if cmd.penalty_points > 0 {
                         policy.full_refund_penalty_points = cmd.penalty_points;
@@ -1334,7 +1339,7 @@ impl DisputeService for DisputeApi {
         let id = claim_id(&request.get_ref().claim_id, &mut v);
         finish(v)?;
         self.read(async |conn| {
-            let claim = storage::get_claim(conn, id).await?;
+            let claim = claims::get_claim(conn, id).await?;
             check_can_read(&principal, &claim)?;
             Ok(Response::new(pb::GetClaimResponse {
                 claim: Some(view(conn, &claim).await?),
@@ -1406,7 +1411,7 @@ impl DisputeService for DisputeApi {
         }
         finish(v)?;
         self.read(async |conn| {
-            let rows = storage::list_claims(conn, &filter, after, limit + 1).await?;
+            let rows = claims::list_claims(conn, &filter, after, limit + 1).await?;
             let (rows, next) = paging::split_page(rows, limit, |c| {
                 time_token("claims", c.claim.filed_at, c.claim_id)
             });
@@ -1437,9 +1442,9 @@ impl DisputeService for DisputeApi {
         .unwrap_or(0);
         finish(v)?;
         self.read(async |conn| {
-            let claim = storage::get_claim(conn, id).await?;
+            let claim = claims::get_claim(conn, id).await?;
             check_can_read(&principal, &claim)?;
-            let rows = storage::timeline(conn, id, after, limit + 1).await?;
+            let rows = timeline::timeline(conn, id, after, limit + 1).await?;
             let (rows, next) = paging::split_page(rows, limit, |e| {
                 paging::token("timeline", &[&e.entry.to_string()])
             });

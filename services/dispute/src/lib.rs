@@ -1,13 +1,12 @@
 //! The dispute service: `domain` (pure rules: the claim state machine,
-//! windows, offers, decisions), `storage` (Postgres), `evidence` (the
-//! content-addressed file store), `flows` (the feed, timeline, views and
+//! windows, offers, decisions), `storage` (Postgres), `flows` (the feed,
+//! timeline, views and
 //! outbox calls), `app` (use cases), `reactions` (outbox answers, the
 //! escalation timer), `grpc` (the transport), and the wiring below.
 
 pub mod app;
 pub mod config;
 pub mod domain;
-pub mod evidence;
 pub mod flows;
 pub mod grpc;
 pub mod reactions;
@@ -28,7 +27,9 @@ use ta_workflow::{
     timers::{TimerWorker, Timers},
 };
 
-use crate::{evidence::EvidenceStore, flows::Flows};
+use ta_objects::Store as EvidenceStore;
+
+use crate::flows::Flows;
 
 pub const DISPUTE_SERVICE: &str = "tradeassurance.dispute.v1.DisputeService";
 
@@ -144,7 +145,7 @@ async fn report_claims(pool: sqlx::PgPool, draining: ta_workflow::Shutdown) {
     );
     #[allow(clippy::cast_precision_loss)]
     sample_every(Duration::from_secs(15), draining, || async {
-        match storage::claim_figures(&pool).await {
+        match storage::claims::claim_figures(&pool).await {
             Ok((by_status, late)) => {
                 for status in ["opening", "negotiating", "escalated"] {
                     let n = by_status

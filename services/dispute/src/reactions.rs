@@ -27,7 +27,7 @@ use crate::{
     app,
     domain::{claim::Escalator, status::Status},
     flows::{self, AUTO_ESCALATION, Flows, completion},
-    storage,
+    storage::{claims, timeline},
 };
 
 fn claim_id(text: &str) -> Result<Uuid, ServiceError> {
@@ -129,8 +129,8 @@ impl CompletionHandler for Completions {
                 }
                 // A reply sent before its inquiry was recorded was refused:
                 // send it again now, under a key of its own.
-                if storage::supplier_answered(tx, id).await? {
-                    let claim = storage::get_claim(tx, id).await?;
+                if timeline::supplier_answered(tx, id).await? {
+                    let claim = claims::get_claim(tx, id).await?;
                     flows
                         .record_inquiry_reply(tx, &claim, "inquiry-reply-after-inquiry")
                         .await?;
@@ -183,7 +183,7 @@ impl TimerHandler for Timers {
         let now = timestamps::now();
         match timer.kind.as_str() {
             AUTO_ESCALATION => {
-                let mut claim = storage::lock_claim(tx, claim_id(&timer.subject_id)?).await?;
+                let mut claim = claims::lock_claim(tx, claim_id(&timer.subject_id)?).await?;
                 if claim.claim.status != Status::Negotiating {
                     return Ok(());
                 }

@@ -7,7 +7,10 @@ use dispute::{
     Links, SPEC, api,
     config::Config,
     domain::claim::{Claim, Policy, Reason, Remedy},
-    storage::{self, ClaimRecord},
+    storage::{
+        self,
+        claims::{self, ClaimRecord},
+    },
 };
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -104,9 +107,9 @@ async fn negotiating_claim(pool: &PgPool) -> Uuid {
         updated_at: now,
     };
     let mut tx = pool.begin().await.unwrap();
-    storage::insert_claim(&mut tx, &record).await.unwrap();
+    claims::insert_claim(&mut tx, &record).await.unwrap();
     let mut saved = record.clone();
-    storage::save_claim(&mut tx, &mut saved, now).await.unwrap();
+    claims::save_claim(&mut tx, &mut saved, now).await.unwrap();
     tx.commit().await.unwrap();
     record.claim_id
 }

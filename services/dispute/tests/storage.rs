@@ -8,7 +8,12 @@ use dispute::{
         claim::{Claim, Escalator, OfferStatus, Outcome, Policy, Reason, Remedy},
         status::Status,
     },
-    storage::{self, ClaimFilter, ClaimRecord, EvidenceRecord, StoredActor, TimelineEntry},
+    storage::{
+        self, StoredActor,
+        claims::{self, ClaimFilter, ClaimRecord},
+        evidence::{self, EvidenceRecord},
+        timeline::{self, TimelineEntry},
+    },
 };
 use sqlx::PgPool;
 use ta_runtime::{
@@ -81,7 +86,7 @@ async fn a_claim_round_trips_through_its_row_and_offers(pool: PgPool) {
     let mut record = claim_on("contract-1", "buyer-1");
     let id = record.claim_id;
     let mut tx = pool.begin().await.unwrap();
-    storage::insert_claim(&mut tx, &record).await.unwrap();
+    claims::insert_claim(&mut tx, &record).await.unwrap();
     let now = timestamps::now();
     record
         .claim
@@ -118,13 +123,11 @@ async fn a_claim_round_trips_through_its_row_and_offers(pool: PgPool) {
         .unwrap();
     record.resolved_at = Some(now);
     record.new_shipment_deadline = Some(now + time::Duration::days(10));
-    storage::save_claim(&mut tx, &mut record, now)
-        .await
-        .unwrap();
+    claims::save_claim(&mut tx, &mut record, now).await.unwrap();
     tx.commit().await.unwrap();
 
     let mut tx = pool.begin().await.unwrap();
-    let locked = storage::lock_claim(&mut tx, id).await.unwrap();
+    let locked = claims::lock_claim(&mut tx, id).await.unwrap();
     assert_eq!(locked, truncated(record.clone()));
     assert_eq!(locked.claim.status, Status::Decided);
     assert_eq!(
@@ -141,7 +144,7 @@ async fn a_claim_round_trips_through_its_row_and_offers(pool: PgPool) {
         (resolution.refund, resolution.penalty_points),
         (usd(25_000), 6)
     );
-    let missing = storage::lock_claim(&mut tx, Uuid::now_v7()).await;
+    let missing = claims::lock_claim(&mut tx, Uuid::now_v7()).await;
     assert!(matches!(missing, Err(ServiceError::NotFound { .. })));
 }
 
@@ -149,9 +152,9 @@ async fn a_claim_round_trips_through_its_row_and_offers(pool: PgPool) {
 async fn one_claim_is_in_progress_per_contract_and_withdrawn_reasons_are_remembered(pool: PgPool) {
     let mut first = claim_on("contract-2", "buyer-1");
     let mut tx = pool.begin().await.unwrap();
-    storage::insert_claim(&mut tx, &first).await.unwrap();
+    claims::insert_claim(&mut tx, &first).await.unwrap();
     let second = claim_on("contract-2", "buyer-1");
-    let refused = storage::insert_claim(&mut tx, &second).await;
+    let refused = claims::insert_claim(&mut tx, &second).await;
     assert!(
         matches!(
             refused,
@@ -165,26 +168,26 @@ async fn one_claim_is_in_progress_per_contract_and_withdrawn_reasons_are_remembe
     tx.rollback().await.unwrap();
 
     let mut tx = pool.begin().await.unwrap();
-    storage::insert_claim(&mut tx, &first).await.unwrap();
+    claims::insert_claim(&mut tx, &first).await.unwrap();
     let now = timestamps::now();
     first
         .claim
         .opened(usd(100_000), now, &Policy::default())
         .unwrap();
     first.claim.withdraw(now).unwrap();
-    storage::save_claim(&mut tx, &mut first, now).await.unwrap();
+    claims::save_claim(&mut tx, &mut first, now).await.unwrap();
     assert!(
-        storage::withdrawn_before(&mut tx, "contract-2", Reason::Damage)
+        claims::withdrawn_before(&mut tx, "contract-2", Reason::Damage)
             .await
             .unwrap()
     );
     assert!(
-        !storage::withdrawn_before(&mut tx, "contract-2", Reason::ShortQuantity)
+        !claims::withdrawn_before(&mut tx, "contract-2", Reason::ShortQuantity)
             .await
             .unwrap()
     );
     // Once it is over, another claim may be filed.
-    storage::insert_claim(&mut tx, &second).await.unwrap();
+    claims::insert_claim(&mut tx, &second).await.unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -210,30 +213,30 @@ async fn the_same_file_on_a_claim_is_one_piece_of_evidence(pool: PgPool) {
     let record = claim_on("contract-3", "buyer-1");
     let id = record.claim_id;
     let mut tx = pool.begin().await.unwrap();
-    storage::insert_claim(&mut tx, &record).await.unwrap();
-    let (a, new) = storage::insert_evidence(&mut tx, &evidence(id, &"a".repeat(64)))
+    claims::insert_claim(&mut tx, &record).await.unwrap();
+    let (a, new) = evidence::insert_evidence(&mut tx, &evidence(id, &"a".repeat(64)))
         .await
         .unwrap();
     assert!(new);
-    let (again, new) = storage::insert_evidence(&mut tx, &evidence(id, &"a".repeat(64)))
+    let (again, new) = evidence::insert_evidence(&mut tx, &evidence(id, &"a".repeat(64)))
         .await
         .unwrap();
     assert!(!new);
     assert_eq!(again.evidence_id, a.evidence_id);
-    let (b, _) = storage::insert_evidence(&mut tx, &evidence(id, &"b".repeat(64)))
+    let (b, _) = evidence::insert_evidence(&mut tx, &evidence(id, &"b".repeat(64)))
         .await
         .unwrap();
-    assert_eq!(storage::evidence_count(&mut tx, id).await.unwrap(), 2);
+    assert_eq!(evidence::evidence_count(&mut tx, id).await.unwrap(), 2);
     let stranger = Uuid::now_v7();
     assert_eq!(
-        storage::unknown_evidence(&mut tx, id, &[a.evidence_id, stranger])
+        evidence::unknown_evidence(&mut tx, id, &[a.evidence_id, stranger])
             .await
             .unwrap(),
         [stranger]
     );
-    let first = storage::list_evidence(&mut tx, id, None, 1).await.unwrap();
+    let first = evidence::list_evidence(&mut tx, id, None, 1).await.unwrap();
     assert_eq!(first[0].evidence_id, a.evidence_id);
-    let next = storage::list_evidence(
+    let next = evidence::list_evidence(
         &mut tx,
         id,
         Some((first[0].uploaded_at, first[0].evidence_id)),
@@ -245,7 +248,7 @@ async fn the_same_file_on_a_claim_is_one_piece_of_evidence(pool: PgPool) {
         next.iter().map(|e| e.evidence_id).collect::<Vec<_>>(),
         [b.evidence_id]
     );
-    let bad = storage::insert_evidence(&mut tx, &evidence(id, "not-hex")).await;
+    let bad = evidence::insert_evidence(&mut tx, &evidence(id, "not-hex")).await;
     assert!(bad.is_err(), "the schema refuses a malformed hash");
 }
 
@@ -256,19 +259,19 @@ async fn listings_filter_by_party_and_status_and_page_newest_first(pool: PgPool)
     for (i, buyer) in ["buyer-1", "buyer-2", "buyer-1"].iter().enumerate() {
         let mut c = claim_on(&format!("contract-l{i}"), buyer);
         c.claim.filed_at += time::Duration::seconds(i as i64);
-        storage::insert_claim(&mut tx, &c).await.unwrap();
+        claims::insert_claim(&mut tx, &c).await.unwrap();
         ids.push(c.claim_id);
     }
     let mine = ClaimFilter {
         buyer_principal_id: Some("buyer-1".into()),
         ..ClaimFilter::default()
     };
-    let page = storage::list_claims(&mut tx, &mine, None, 1).await.unwrap();
+    let page = claims::list_claims(&mut tx, &mine, None, 1).await.unwrap();
     assert_eq!(
         page.iter().map(|c| c.claim_id).collect::<Vec<_>>(),
         [ids[2]]
     );
-    let rest = storage::list_claims(
+    let rest = claims::list_claims(
         &mut tx,
         &mine,
         Some((page[0].claim.filed_at, page[0].claim_id)),
@@ -285,7 +288,7 @@ async fn listings_filter_by_party_and_status_and_page_newest_first(pool: PgPool)
         ..ClaimFilter::default()
     };
     assert!(
-        storage::list_claims(&mut tx, &negotiating, None, 5)
+        claims::list_claims(&mut tx, &negotiating, None, 5)
             .await
             .unwrap()
             .is_empty()
@@ -296,14 +299,14 @@ async fn listings_filter_by_party_and_status_and_page_newest_first(pool: PgPool)
         ..ClaimFilter::default()
     };
     assert_eq!(
-        storage::list_claims(&mut tx, &by_supplier, None, 5)
+        claims::list_claims(&mut tx, &by_supplier, None, 5)
             .await
             .unwrap()
             .len(),
         3
     );
     tx.commit().await.unwrap();
-    let (by_status, overdue) = storage::claim_figures(&pool).await.unwrap();
+    let (by_status, overdue) = claims::claim_figures(&pool).await.unwrap();
     assert_eq!(by_status, [("opening".to_owned(), 3)]);
     assert_eq!(overdue, 0);
 }
@@ -312,9 +315,9 @@ async fn listings_filter_by_party_and_status_and_page_newest_first(pool: PgPool)
 async fn the_timeline_numbers_its_entries_without_gaps(pool: PgPool) {
     let record = claim_on("contract-t", "buyer-1");
     let mut tx = pool.begin().await.unwrap();
-    storage::insert_claim(&mut tx, &record).await.unwrap();
+    claims::insert_claim(&mut tx, &record).await.unwrap();
     for (kind, money) in [("claim.filed", Some(usd(40_000))), ("claim.opened", None)] {
-        storage::append_timeline(
+        timeline::append_timeline(
             &mut tx,
             record.claim_id,
             &TimelineEntry {
@@ -330,13 +333,13 @@ async fn the_timeline_numbers_its_entries_without_gaps(pool: PgPool) {
         .await
         .unwrap();
     }
-    let entries = storage::timeline(&mut tx, record.claim_id, 0, 10)
+    let entries = timeline::timeline(&mut tx, record.claim_id, 0, 10)
         .await
         .unwrap();
     assert_eq!(entries.iter().map(|e| e.entry).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(entries[0].money, Some(usd(40_000)));
     assert_eq!(
-        storage::timeline(&mut tx, record.claim_id, 1, 10)
+        timeline::timeline(&mut tx, record.claim_id, 1, 10)
             .await
             .unwrap()
             .len(),
