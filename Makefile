@@ -31,7 +31,7 @@ run token: export AUTH_JWT_HS256_SECRET := $(AUTH_JWT_HS256_SECRET)
 # The binaries refuse the published dev secret unless told they run for development.
 run token: export AUTH_DEV_MODE := true
 
-.PHONY: help tools pg pg-stop build run demo token test lint fmt clean-data
+.PHONY: help tools pg pg-stop build run demo token test lint lint-layers fmt clean-data
 .PHONY: deploy-tools render deploy-check
 
 help: ## List the targets (default)
@@ -83,6 +83,10 @@ lint: ## cargo fmt --check, buf lint and buf breaking (proto/), clippy -D warnin
 	(cd proto && npx --yes @bufbuild/buf@$(BUF_VERSION) lint)
 	BUF_VERSION=$(BUF_VERSION) scripts/proto-breaking.sh
 	cargo clippy --workspace --all-targets -- -D warnings
+
+lint-layers: ## The services' layer rules (issue 20): transport without SQL or storage writes, no import circles
+	python3 scripts/check-layers.py --self-test
+	python3 scripts/check-layers.py
 
 fmt: ## Format the Rust code
 	cargo fmt --all
