@@ -9,8 +9,8 @@ use ta_runtime::config::{CommonConfig, DurationRange};
 use ta_workflow::WorkflowConfig;
 
 use crate::{
+    app::Settings,
     domain::claim::{Policy, Reason},
-    flows::Settings,
 };
 
 /// `reason=full/partial,...`, e.g. `non_delivery=20/10,late_shipment=8/4`:

@@ -1,147 +1,56 @@
 //! The gRPC transport: parses each request (every bad field reported at
-//! once), checks who may reach the claim (the proto's access option is
-//! enforced by the server's auth layer; here the per-claim rules: the
-//! contract's buyer, the owner of its supplier, operators), runs mutations
-//! through the shared pipeline (caller, key, one transaction, stored answer)
-//! and the use cases in `app`, and answers in proto.
+//! once), runs mutations through the shared pipeline (caller, key, one
+//! transaction, stored answer) and the use cases in `app`, and answers in
+//! proto (`views`). The proto's access option is enforced by the server's
+//! auth layer; the per-claim rules (the contract's buyer, the owner of its
+//! supplier, operators) are the use cases'; reads check them with
+//! [`app::check_can_read`].
 
-use std::{pin::Pin, sync::Arc, time::Duration as StdDuration};
+use std::{pin::Pin, sync::Arc};
 
 use futures_util::{Stream, StreamExt};
-use sqlx::PgConnection;
 use ta_objects::{Kind, Store as EvidenceStore, is_sha256_hex};
 use ta_proto::{
+    IdempotentRequest,
     common::TimelineEntry as PbTimelineEntry,
-    contract::{self as contract_pb, contract_service_client::ContractServiceClient},
     dispute::{
         self as pb, dispute_service_server::DisputeService, download_evidence_response,
         upload_evidence_request,
     },
-    escrow::{self as escrow_pb, escrow_service_client::EscrowServiceClient},
 };
 use ta_runtime::{
     ServiceError, Violations,
-    auth::{self, Principal, Role},
-    money::{Currency, Money},
+    auth::{self, Actor, Role},
+    money::Money,
     paging,
     pipeline::Mutations,
     text::{optional_text, require_text, validate_reference},
     timestamps,
 };
-use ta_workflow::{
-    config::FeedConfig, credentials::ServiceCredentials, feed::EventStream, peers::Peers,
-};
+use ta_workflow::{config::FeedConfig, feed::EventStream};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::{
-    app,
-    domain::{
-        claim::{Claim, Escalator, Outcome, Party, Policy, Reason, Remedy},
-        status::Status as ClaimState,
+    app::{
+        self, Flows, Respond,
+        decisions::Decide,
+        evidence::Upload,
+        filing::{FileClaim, Reads},
+        offers::Proposal,
     },
-    flows::{self, Actor, Flows, claim_proto, readable, step},
+    domain::claim::{Outcome, Party, Reason, Remedy},
     storage::{
-        self,
         claims::{self, ClaimFilter, ClaimRecord},
-        evidence::{self, EvidenceRecord},
-        timeline,
+        evidence, timeline,
     },
+    views::{self, evidence_proto},
 };
 
 const MAX_TEXT: usize = 4000;
 const MAX_REASON: usize = 2000;
 const MAX_IDS: usize = 50;
-
-/// Reads of the contract and its escrow account when a claim is filed, with
-/// dispute's own service token.
-pub struct Reads {
-    pub peers: Peers,
-    pub credentials: Arc<ServiceCredentials>,
-    pub timeout: StdDuration,
-}
-
-impl Reads {
-    fn request<T>(&self, target: &str, message: T) -> Result<Request<T>, ServiceError> {
-        let bearer = self
-            .credentials
-            .bearer(target)
-            .map_err(|e| ServiceError::internal(format!("no service token: {e}")))?;
-        let mut request = Request::new(message);
-        request.set_timeout(self.timeout);
-        request.metadata_mut().insert("authorization", bearer);
-        ta_runtime::telemetry::inject_trace_context(request.metadata_mut());
-        Ok(request)
-    }
-
-    fn channel(&self, target: &str) -> Result<tonic::transport::Channel, ServiceError> {
-        self.peers.channel(target).ok_or_else(|| {
-            ServiceError::Unavailable(format!("{target}'s address is not configured"))
-        })
-    }
-
-    fn failed(target: &str, status: &Status) -> ServiceError {
-        tracing::warn!(target, code = ?status.code(), message = status.message(), "read failed");
-        ServiceError::Unavailable(format!(
-            "{target} cannot be reached to read the claim's facts; retry"
-        ))
-    }
-
-    /// The contract and its signed version (the terms a claim is about).
-    async fn contract(
-        &self,
-        contract_id: &str,
-    ) -> Result<(contract_pb::Contract, contract_pb::ContractVersion), ServiceError> {
-        let mut client =
-            ContractServiceClient::new(ta_runtime::client::traced(self.channel(flows::CONTRACT)?));
-        let request = self.request(
-            flows::CONTRACT,
-            contract_pb::GetContractRequest {
-                contract_id: contract_id.to_owned(),
-                ..Default::default()
-            },
-        )?;
-        match client.get_contract(request).await {
-            Ok(response) => {
-                let response = response.into_inner();
-                response
-                    .contract
-                    .zip(response.version)
-                    .ok_or_else(|| ServiceError::internal("contract answered no contract"))
-            }
-            Err(status) if status.code() == tonic::Code::NotFound => {
-                Err(ServiceError::not_found("contract", contract_id))
-            }
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                Err(ServiceError::invalid("contract_id", "is not a contract id"))
-            }
-            Err(status) => Err(Self::failed(flows::CONTRACT, &status)),
-        }
-    }
-
-    async fn escrow_account(
-        &self,
-        escrow_account_id: &str,
-    ) -> Result<escrow_pb::EscrowAccount, ServiceError> {
-        let mut client =
-            EscrowServiceClient::new(ta_runtime::client::traced(self.channel(flows::ESCROW)?));
-        let request = self.request(
-            flows::ESCROW,
-            escrow_pb::GetEscrowAccountRequest {
-                escrow_account_id: escrow_account_id.to_owned(),
-                contract_id: String::new(),
-            },
-        )?;
-        match client.get_escrow_account(request).await {
-            Ok(response) => response
-                .into_inner()
-                .account
-                .ok_or_else(|| ServiceError::internal("escrow answered no account")),
-            Err(status) => Err(Self::failed(flows::ESCROW, &status)),
-        }
-    }
-}
 
 pub struct DisputeApi {
     mutations: Mutations,
@@ -160,7 +69,7 @@ impl DisputeApi {
         feed_config: FeedConfig,
     ) -> Self {
         Self {
-            mutations: Mutations::new(pool, storage::SCHEMA),
+            mutations: Mutations::new(pool, crate::storage::SCHEMA),
             flows,
             reads,
             store,
@@ -172,18 +81,39 @@ impl DisputeApi {
         self.mutations.pool()
     }
 
-    fn policy(&self) -> &Policy {
-        &self.flows.settings.policy
-    }
-
     async fn read<T>(
         &self,
-        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, ServiceError>,
+        work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, ServiceError>,
     ) -> Result<T, Status> {
         let mut conn = self.pool().acquire().await.map_err(ServiceError::from)?;
         Ok(work(&mut conn).await?)
     }
+
+    /// MakeOffer (the supplier's) and CounterOffer (the buyer's): one
+    /// proposal, answered with the claim and the new offer.
+    async fn propose<Q: IdempotentRequest, R: prost::Message + Default>(
+        &self,
+        request: Request<Q>,
+        by: Party,
+        parse: impl FnOnce(&Q, &mut Violations) -> Result<Proposal, ServiceError>,
+        answer: impl Fn(Option<pb::Claim>, Option<pb::Offer>) -> R,
+    ) -> Answer<R> {
+        let prepared = self.mutations.prepare(request, |req, _, v| parse(req, v))?;
+        self.mutations
+            .execute(&prepared, || {
+                async |tx| {
+                    let principal = prepared.principal();
+                    let (claim, offer) =
+                        app::offers::propose(tx, &self.flows, principal, &prepared.command, by)
+                            .await?;
+                    Ok(answer(claim, offer))
+                }
+            })
+            .await
+    }
 }
+
+type Answer<T> = Result<Response<T>, Status>;
 
 // ---- Parsing ---------------------------------------------------------------
 
@@ -238,138 +168,13 @@ fn time_token(kind: &str, at: OffsetDateTime, id: Uuid) -> String {
     )
 }
 
-// ---- Who may see what ------------------------------------------------------
-
-fn not_party() -> ServiceError {
-    ServiceError::PermissionDenied("the caller is not a party to this claim".into())
-}
-
-/// The claim's buyer, the owner of its supplier, operators and services.
-fn check_can_read(principal: &Principal, claim: &ClaimRecord) -> Result<(), ServiceError> {
-    match principal.role {
-        Role::Operator | Role::Service => Ok(()),
-        Role::Buyer if principal.subject == claim.buyer_principal_id => Ok(()),
-        Role::Supplier if principal.subject == claim.supplier_principal_id => Ok(()),
-        _ => Err(not_party()),
-    }
-}
-
-fn require_buyer(principal: &Principal, claim: &ClaimRecord) -> Result<(), ServiceError> {
-    if principal.role == Role::Buyer && principal.subject == claim.buyer_principal_id {
-        Ok(())
-    } else {
-        Err(ServiceError::PermissionDenied(
-            "only the claim's buyer may do this".into(),
-        ))
-    }
-}
-
-fn require_supplier(principal: &Principal, claim: &ClaimRecord) -> Result<(), ServiceError> {
-    if principal.role == Role::Supplier && principal.subject == claim.supplier_principal_id {
-        Ok(())
-    } else {
-        Err(ServiceError::PermissionDenied(
-            "only the claim's supplier may do this".into(),
-        ))
-    }
-}
-
-fn is_open(claim: &ClaimRecord) -> bool {
-    matches!(
-        claim.claim.status,
-        ClaimState::Negotiating | ClaimState::Escalated
-    )
-}
-
-async fn check_counter_evidence(
-    tx: &mut PgConnection,
+/// The claim in proto, with its evidence count.
+async fn view(
+    conn: &mut sqlx::PgConnection,
     claim: &ClaimRecord,
-    field: &str,
-    ids: &[Uuid],
-) -> Result<(), ServiceError> {
-    let unknown = evidence::unknown_evidence(tx, claim.claim_id, ids).await?;
-    match unknown.first() {
-        None => Ok(()),
-        Some(id) => Err(ServiceError::invalid(
-            field,
-            format!("{id} is not evidence of this claim"),
-        )),
-    }
-}
-
-async fn view(conn: &mut PgConnection, claim: &ClaimRecord) -> Result<pb::Claim, ServiceError> {
+) -> Result<pb::Claim, ServiceError> {
     let count = evidence::evidence_count(conn, claim.claim_id).await?;
-    Ok(claim_proto(claim, count))
-}
-
-fn kind_proto(kind: &str) -> pb::EvidenceKind {
-    match Kind::parse(kind) {
-        Some(Kind::Photo) => pb::EvidenceKind::Photo,
-        Some(Kind::Video) => pb::EvidenceKind::Video,
-        Some(Kind::InspectionReport) => pb::EvidenceKind::InspectionReport,
-        Some(Kind::Document) | None => pb::EvidenceKind::Document,
-    }
-}
-
-fn evidence_proto(e: &EvidenceRecord) -> pb::Evidence {
-    pb::Evidence {
-        evidence_id: e.evidence_id.to_string(),
-        metadata: Some(pb::EvidenceMetadata {
-            claim_id: e.claim_id.to_string(),
-            kind: kind_proto(&e.kind) as i32,
-            filename: e.filename.clone(),
-            content_type: e.content_type.clone(),
-            size_bytes: u64::try_from(e.size_bytes).unwrap_or(0),
-            sha256_hex: e.sha256_hex.clone(),
-            description: e.description.clone(),
-            quality_criterion_ids: e.quality_criterion_ids.clone(),
-            resumable: false,
-            resume_from: 0,
-        }),
-        uploaded_by: Some(
-            Actor::stored(e.uploaded_by_principal_id.clone(), &e.uploaded_by_role).to_proto(),
-        ),
-        uploaded_at: Some(timestamps::to_proto(e.uploaded_at)),
-    }
-}
-
-// ---- Commands ----------------------------------------------------------------
-
-struct FileClaim {
-    contract_id: String,
-    reason: Reason,
-    remedy: Remedy,
-    quality_criterion_ids: Vec<String>,
-    amount: Money,
-    description: String,
-}
-
-struct Upload {
-    claim_id: Uuid,
-    kind: Kind,
-    filename: String,
-    content_type: String,
-    size: u64,
-    sha256_hex: String,
-    description: String,
-    quality_criterion_ids: Vec<String>,
-    resumable: bool,
-    resume_from: u64,
-}
-
-struct Respond {
-    claim_id: Uuid,
-    offer_id: String,
-    reason: String,
-    counter_evidence: Vec<Uuid>,
-}
-
-struct Decide {
-    claim_id: Uuid,
-    outcome: Outcome,
-    reason: String,
-    penalty_points: u32,
-    new_shipment_deadline: Option<OffsetDateTime>,
+    Ok(views::claim_proto(claim, count))
 }
 
 /// An upload's metadata, checked against the kind's limits.
@@ -469,12 +274,6 @@ fn respond(
     }
 }
 
-struct Proposal {
-    claim_id: Uuid,
-    outcome: Outcome,
-    message: String,
-}
-
 fn parse_offer(
     claim: &str,
     kind: pb::OfferKind,
@@ -508,78 +307,6 @@ fn parse_offer(
     })
 }
 
-/// The caller's side of the claim: its buyer or its supplier's owner.
-fn party_of(principal: &Principal, claim: &ClaimRecord) -> Result<Party, ServiceError> {
-    match principal.role {
-        Role::Buyer if principal.subject == claim.buyer_principal_id => Ok(Party::Buyer),
-        Role::Supplier if principal.subject == claim.supplier_principal_id => Ok(Party::Supplier),
-        _ => Err(not_party()),
-    }
-}
-
-impl DisputeApi {
-    /// An offer (the supplier's) or a counter-offer (the buyer's).
-    async fn propose(
-        &self,
-        tx: &mut PgConnection,
-        principal: &Principal,
-        cmd: &Proposal,
-        by: Party,
-    ) -> Result<(Option<pb::Claim>, Option<pb::Offer>), ServiceError> {
-        let now = timestamps::now();
-        let mut claim = claims::lock_claim(tx, cmd.claim_id).await?;
-        match by {
-            Party::Supplier => require_supplier(principal, &claim)?,
-            Party::Buyer => require_buyer(principal, &claim)?,
-        }
-        let offer_id = Uuid::now_v7().to_string();
-        match by {
-            Party::Supplier => claim.claim.make_offer(&offer_id, cmd.outcome, now)?,
-            Party::Buyer => claim.claim.counter_offer(&offer_id, cmd.outcome, now)?,
-        }
-        if let Some(offer) = claim.claim.offers.last_mut() {
-            offer.message = cmd.message.clone();
-        }
-        let refund = match cmd.outcome {
-            Outcome::PartialRefund(m) => m,
-            _ => claim.claim.held,
-        };
-        let mut s = step(
-            pb::DisputeEventType::OfferMade,
-            match by {
-                Party::Supplier => "offer.made",
-                Party::Buyer => "offer.countered",
-            },
-            format!(
-                "the {} {} {} {}{}",
-                by.as_str(),
-                match by {
-                    Party::Supplier => "offers",
-                    Party::Buyer => "counter-offers",
-                },
-                if matches!(cmd.outcome, Outcome::FullRefund) {
-                    "a full refund of"
-                } else {
-                    "a partial refund of"
-                },
-                readable(refund),
-                if cmd.message.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", cmd.message)
-                }
-            ),
-        );
-        s.money = Some(refund);
-        let view = self
-            .flows
-            .record(tx, &mut claim, &Actor::of(principal), s, now)
-            .await?;
-        let offer = view.offers.last().cloned();
-        Ok((Some(view), offer))
-    }
-}
-
 type DownloadStream =
     Pin<Box<dyn Stream<Item = Result<pb::DownloadEvidenceResponse, Status>> + Send>>;
 
@@ -588,7 +315,7 @@ impl DisputeService for DisputeApi {
     async fn file_claim(
         &self,
         request: Request<pb::FileClaimRequest>,
-    ) -> Result<Response<pb::FileClaimResponse>, Status> {
+    ) -> Answer<pb::FileClaimResponse> {
         // A retry after success replays before the contract and escrow are
         // read again (the contract is in dispute by then, escrow frozen).
         if let Some(answer) = self.mutations.replayed(&request).await? {
@@ -596,7 +323,7 @@ impl DisputeService for DisputeApi {
         }
         let prepared = self.mutations.prepare(request, |req, _, v| {
             validate_reference("contract_id", &req.contract_id, v);
-            let reason = flows::reason_from_proto(req.reason());
+            let reason = views::reason_from_proto(req.reason());
             if reason.is_none() {
                 v.add("reason", "is required");
             }
@@ -638,106 +365,14 @@ impl DisputeService for DisputeApi {
         let cmd = &prepared.command;
         // Reads of other services, before the transaction (a new key only:
         // a retry after success replayed above).
-        let (contract, signed) = self.reads.contract(&cmd.contract_id).await?;
-        if principal.role != Role::Buyer || contract.buyer_principal_id != principal.subject {
-            return Err(ServiceError::PermissionDenied(
-                "only the contract's buyer files a claim on it".into(),
-            )
-            .into());
-        }
-        let criteria: Vec<&str> = signed
-            .terms
-            .as_ref()
-            .map(|t| {
-                t.quality_criteria
-                    .iter()
-                    .map(|c| c.criterion_id.as_str())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut v = Violations::new();
-        for (i, id) in cmd.quality_criterion_ids.iter().enumerate() {
-            if !criteria.contains(&id.as_str()) {
-                v.add(
-                    format!("quality_criterion_ids[{i}]"),
-                    format!(
-                        "`{id}` is not a quality criterion of the signed contract (it has: {})",
-                        if criteria.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            criteria.join(", ")
-                        }
-                    ),
-                );
-            }
-        }
-        finish(v)?;
-        if contract.protection() != contract_pb::Protection::TradeAssurance
-            || contract.escrow_account_id.is_empty()
-        {
-            return Err(ServiceError::Refused {
-                reason: "NOT_PROTECTED",
-                subject: format!("contracts/{}", cmd.contract_id),
-                message: "only a Trade Assurance contract with an escrow account can be claimed"
-                    .into(),
-            }
-            .into());
-        }
-        let account = self
-            .reads
-            .escrow_account(&contract.escrow_account_id)
-            .await?;
-        let held = account
-            .held
-            .as_ref()
-            .and_then(|h| Currency::parse(&h.currency_code).map(|c| Money::new(h.amount_minor, c)))
-            .filter(|h| h.amount_minor > 0)
-            .ok_or_else(|| ServiceError::Refused {
-                reason: "NOTHING_HELD",
-                subject: format!("contracts/{}", cmd.contract_id),
-                message: "escrow holds nothing for this contract".into(),
-            })?;
-        let now = timestamps::now();
-        let domain_claim = Claim::file(cmd.amount, held, now, self.policy())?;
-        let goods_shipped = matches!(
-            contract.status(),
-            contract_pb::ContractStatus::Shipped | contract_pb::ContractStatus::Delivered
-        );
+        let policy = &self.flows.settings.policy;
+        let filing = app::filing::check(&self.reads, &principal, cmd, policy).await?;
         self.mutations
             .execute(&prepared, || {
                 async |tx| {
-                    let mut record = ClaimRecord {
-                        claim_id: Uuid::now_v7(),
-                        contract_id: cmd.contract_id.clone(),
-                        escrow_account_id: contract.escrow_account_id.clone(),
-                        buyer_principal_id: contract.buyer_principal_id.clone(),
-                        supplier_id: contract.supplier_id.clone(),
-                        supplier_principal_id: contract.supplier_principal_id.clone(),
-                        reason: cmd.reason,
-                        remedy: cmd.remedy,
-                        quality_criterion_ids: cmd.quality_criterion_ids.clone(),
-                        description: cmd.description.clone(),
-                        goods_shipped,
-                        claim: domain_claim.clone(),
-                        supplier_rejected_at: None,
-                        supplier_rejection_reason: String::new(),
-                        supplier_counter_evidence_ids: Vec::new(),
-                        escalated_by: None,
-                        escalation_reason: String::new(),
-                        decision_due_at: None,
-                        accepted_offer_id: String::new(),
-                        resolved_by: None,
-                        resolved_at: None,
-                        withdrawn_at: None,
-                        withdrawal_reason: String::new(),
-                        refusal_reason: String::new(),
-                        effects_completed_at: None,
-                        new_shipment_deadline: None,
-                        updated_at: now,
-                    };
+                    let actor = Actor::of(&principal);
                     let view =
-                        app::file_claim(tx, &self.flows, &mut record, &Actor::of(&principal), now)
-                            .await?;
+                        app::filing::file_claim(tx, &self.flows, cmd, &filing, &actor).await?;
                     Ok(pb::FileClaimResponse { claim: Some(view) })
                 }
             })
@@ -775,18 +410,8 @@ impl DisputeService for DisputeApi {
         let principal = prepared.principal().clone();
         let cmd = &prepared.command;
         // Who may add evidence, before any byte is taken.
-        self.read(async |conn| {
-            let claim = claims::get_claim(conn, cmd.claim_id).await?;
-            check_can_read(&principal, &claim)?;
-            if !is_open(&claim) {
-                return Err(ServiceError::FailedPrecondition(format!(
-                    "the claim is {}: evidence is added only while it is negotiating or escalated",
-                    claim.claim.status.as_str()
-                )));
-            }
-            Ok(())
-        })
-        .await?;
+        self.read(async |conn| app::evidence::check_may_add(conn, &principal, cmd.claim_id).await)
+            .await?;
         let upload = if cmd.resumable {
             self.store
                 .begin_resumable(
@@ -811,50 +436,8 @@ impl DisputeService for DisputeApi {
             .execute(&prepared, || {
                 async |tx| {
                     let now = timestamps::now();
-                    let mut claim = claims::lock_claim(tx, cmd.claim_id).await?;
-                    if !is_open(&claim) {
-                        return Err(ServiceError::FailedPrecondition(format!(
-                            "the claim is {}: evidence is added only while it is open",
-                            claim.claim.status.as_str()
-                        )));
-                    }
-                    let (evidence, new) = evidence::insert_evidence(
-                        tx,
-                        &EvidenceRecord {
-                            evidence_id: Uuid::now_v7(),
-                            claim_id: cmd.claim_id,
-                            kind: cmd.kind.as_str().into(),
-                            filename: cmd.filename.clone(),
-                            content_type: cmd.content_type.clone(),
-                            size_bytes: i64::try_from(cmd.size).unwrap_or(i64::MAX),
-                            sha256_hex: cmd.sha256_hex.clone(),
-                            description: cmd.description.clone(),
-                            quality_criterion_ids: cmd.quality_criterion_ids.clone(),
-                            uploaded_by_principal_id: principal.subject.clone(),
-                            uploaded_by_role: principal.role.as_str().into(),
-                            uploaded_at: now,
-                        },
-                    )
-                    .await?;
-                    if new {
-                        let mut s = step(
-                            pb::DisputeEventType::EvidenceAdded,
-                            "evidence.added",
-                            format!(
-                                "{} added by the {}: {} ({}, {} bytes, sha256 {})",
-                                cmd.kind.as_str(),
-                                principal.role,
-                                cmd.filename,
-                                cmd.content_type,
-                                cmd.size,
-                                cmd.sha256_hex
-                            ),
-                        );
-                        s.evidence_id = evidence.evidence_id.to_string();
-                        self.flows
-                            .record(tx, &mut claim, &Actor::of(&principal), s, now)
-                            .await?;
-                    }
+                    let evidence =
+                        app::evidence::add_evidence(tx, &self.flows, &principal, cmd, now).await?;
                     Ok(pb::UploadEvidenceResponse {
                         evidence: Some(evidence_proto(&evidence)),
                     })
@@ -880,7 +463,7 @@ impl DisputeService for DisputeApi {
         finish(v)?;
         self.read(async |conn| {
             let claim = claims::get_claim(conn, id).await?;
-            check_can_read(&principal, &claim)
+            app::check_can_read(&principal, &claim)
         })
         .await?;
         let received_bytes = self
@@ -905,7 +488,7 @@ impl DisputeService for DisputeApi {
         finish(v)?;
         self.read(async |conn| {
             let claim = claims::get_claim(conn, id).await?;
-            check_can_read(&principal, &claim)?;
+            app::check_can_read(&principal, &claim)?;
             let rows = evidence::list_evidence(conn, id, after, limit + 1).await?;
             let (rows, next) = paging::split_page(rows, limit, |e| {
                 time_token("evidence", e.uploaded_at, e.evidence_id)
@@ -933,7 +516,7 @@ impl DisputeService for DisputeApi {
             .read(async |conn| {
                 let evidence = evidence::get_evidence(conn, id).await?;
                 let claim = claims::get_claim(conn, evidence.claim_id).await?;
-                check_can_read(&principal, &claim)?;
+                app::check_can_read(&principal, &claim)?;
                 Ok(evidence)
             })
             .await?;
@@ -958,8 +541,8 @@ impl DisputeService for DisputeApi {
     async fn make_offer(
         &self,
         request: Request<pb::MakeOfferRequest>,
-    ) -> Result<Response<pb::MakeOfferResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
+    ) -> Answer<pb::MakeOfferResponse> {
+        let parse = |req: &pb::MakeOfferRequest, v: &mut Violations| {
             parse_offer(
                 &req.claim_id,
                 req.kind(),
@@ -967,24 +550,18 @@ impl DisputeService for DisputeApi {
                 &req.message,
                 v,
             )
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let (claim, offer) = self
-                        .propose(tx, prepared.principal(), &prepared.command, Party::Supplier)
-                        .await?;
-                    Ok(pb::MakeOfferResponse { claim, offer })
-                }
-            })
-            .await
+        };
+        self.propose(request, Party::Supplier, parse, |claim, offer| {
+            pb::MakeOfferResponse { claim, offer }
+        })
+        .await
     }
 
     async fn counter_offer(
         &self,
         request: Request<pb::CounterOfferRequest>,
-    ) -> Result<Response<pb::CounterOfferResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
+    ) -> Answer<pb::CounterOfferResponse> {
+        let parse = |req: &pb::CounterOfferRequest, v: &mut Violations| {
             parse_offer(
                 &req.claim_id,
                 req.kind(),
@@ -992,23 +569,17 @@ impl DisputeService for DisputeApi {
                 &req.message,
                 v,
             )
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let (claim, offer) = self
-                        .propose(tx, prepared.principal(), &prepared.command, Party::Buyer)
-                        .await?;
-                    Ok(pb::CounterOfferResponse { claim, offer })
-                }
-            })
-            .await
+        };
+        self.propose(request, Party::Buyer, parse, |claim, offer| {
+            pb::CounterOfferResponse { claim, offer }
+        })
+        .await
     }
 
     async fn accept_offer(
         &self,
         request: Request<pb::AcceptOfferRequest>,
-    ) -> Result<Response<pb::AcceptOfferResponse>, Status> {
+    ) -> Answer<pb::AcceptOfferResponse> {
         let prepared = self.mutations.prepare(request, |req, _, v| {
             let id = claim_id(&req.claim_id, v);
             uuid_field("offer_id", &req.offer_id, "an offer", v);
@@ -1020,19 +591,9 @@ impl DisputeService for DisputeApi {
                     let now = timestamps::now();
                     let (id, offer_id) = &prepared.command;
                     let principal = prepared.principal();
-                    let mut claim = claims::lock_claim(tx, *id).await?;
-                    let by = party_of(principal, &claim)?;
-                    claim.claim.accept_offer(offer_id, by, now)?;
-                    claim.accepted_offer_id = offer_id.clone();
-                    let view = app::resolve(
-                        tx,
-                        &self.flows,
-                        &mut claim,
-                        &Actor::of(principal),
-                        pb::DisputeEventType::Settled,
-                        now,
-                    )
-                    .await?;
+                    let view =
+                        app::offers::accept_offer(tx, &self.flows, principal, *id, offer_id, now)
+                            .await?;
                     Ok(pb::AcceptOfferResponse { claim: Some(view) })
                 }
             })
@@ -1042,7 +603,7 @@ impl DisputeService for DisputeApi {
     async fn reject_offer(
         &self,
         request: Request<pb::RejectOfferRequest>,
-    ) -> Result<Response<pb::RejectOfferResponse>, Status> {
+    ) -> Answer<pb::RejectOfferResponse> {
         let prepared = self.mutations.prepare(request, |req, _, v| {
             if req.offer_id.is_empty() {
                 v.add("offer_id", "is required");
@@ -1059,49 +620,9 @@ impl DisputeService for DisputeApi {
             .execute(&prepared, || {
                 async |tx| {
                     let now = timestamps::now();
-                    let cmd = &prepared.command;
-                    let principal = prepared.principal();
-                    let mut claim = claims::lock_claim(tx, cmd.claim_id).await?;
-                    let by = party_of(principal, &claim)?;
-                    check_counter_evidence(
-                        tx,
-                        &claim,
-                        "counter_evidence_ids",
-                        &cmd.counter_evidence,
-                    )
-                    .await?;
-                    claim
-                        .claim
-                        .reject_offer(&cmd.offer_id, by, &cmd.reason, now)?;
-                    if let Some(offer) = claim
-                        .claim
-                        .offers
-                        .iter_mut()
-                        .find(|o| o.offer_id == cmd.offer_id)
-                    {
-                        offer.counter_evidence_ids =
-                            cmd.counter_evidence.iter().map(Uuid::to_string).collect();
-                    }
-                    let view = self
-                        .flows
-                        .record(
-                            tx,
-                            &mut claim,
-                            &Actor::of(principal),
-                            step(
-                                pb::DisputeEventType::OfferRejected,
-                                "offer.rejected",
-                                format!(
-                                    "the {} rejected offer {}: {} ({} counter-evidence)",
-                                    by.as_str(),
-                                    cmd.offer_id,
-                                    cmd.reason,
-                                    cmd.counter_evidence.len()
-                                ),
-                            ),
-                            now,
-                        )
-                        .await?;
+                    let (cmd, principal) = (&prepared.command, prepared.principal());
+                    let view =
+                        app::offers::reject_offer(tx, &self.flows, principal, cmd, now).await?;
                     Ok(pb::RejectOfferResponse { claim: Some(view) })
                 }
             })
@@ -1111,7 +632,7 @@ impl DisputeService for DisputeApi {
     async fn reject_claim(
         &self,
         request: Request<pb::RejectClaimRequest>,
-    ) -> Result<Response<pb::RejectClaimResponse>, Status> {
+    ) -> Answer<pb::RejectClaimResponse> {
         let prepared = self.mutations.prepare(request, |req, _, v| {
             Ok(respond(
                 &req.claim_id,
@@ -1125,40 +646,9 @@ impl DisputeService for DisputeApi {
             .execute(&prepared, || {
                 async |tx| {
                     let now = timestamps::now();
-                    let cmd = &prepared.command;
-                    let principal = prepared.principal();
-                    let mut claim = claims::lock_claim(tx, cmd.claim_id).await?;
-                    require_supplier(principal, &claim)?;
-                    check_counter_evidence(
-                        tx,
-                        &claim,
-                        "counter_evidence_ids",
-                        &cmd.counter_evidence,
-                    )
-                    .await?;
-                    claim.claim.reject_claim()?;
-                    claim.supplier_rejected_at = Some(now);
-                    claim.supplier_rejection_reason = cmd.reason.clone();
-                    claim.supplier_counter_evidence_ids =
-                        cmd.counter_evidence.iter().map(Uuid::to_string).collect();
-                    let view = self
-                        .flows
-                        .record(
-                            tx,
-                            &mut claim,
-                            &Actor::of(principal),
-                            step(
-                                pb::DisputeEventType::ClaimRejectedBySupplier,
-                                "claim.rejected_by_supplier",
-                                format!(
-                                    "the supplier rejects the claim: {} ({} counter-evidence)",
-                                    cmd.reason,
-                                    cmd.counter_evidence.len()
-                                ),
-                            ),
-                            now,
-                        )
-                        .await?;
+                    let (cmd, principal) = (&prepared.command, prepared.principal());
+                    let view =
+                        app::claims::reject_claim(tx, &self.flows, principal, cmd, now).await?;
                     Ok(pb::RejectClaimResponse { claim: Some(view) })
                 }
             })
@@ -1168,7 +658,7 @@ impl DisputeService for DisputeApi {
     async fn withdraw_claim(
         &self,
         request: Request<pb::WithdrawClaimRequest>,
-    ) -> Result<Response<pb::WithdrawClaimResponse>, Status> {
+    ) -> Answer<pb::WithdrawClaimResponse> {
         let prepared = self.mutations.prepare(request, |req, _, v| {
             let id = claim_id(&req.claim_id, v);
             Ok((id, optional_text("reason", &req.reason, MAX_REASON, v)))
@@ -1179,17 +669,9 @@ impl DisputeService for DisputeApi {
                     let now = timestamps::now();
                     let (id, reason) = &prepared.command;
                     let principal = prepared.principal();
-                    let mut claim = claims::lock_claim(tx, *id).await?;
-                    require_buyer(principal, &claim)?;
-                    let view = app::withdraw(
-                        tx,
-                        &self.flows,
-                        &mut claim,
-                        &Actor::of(principal),
-                        reason,
-                        now,
-                    )
-                    .await?;
+                    let view =
+                        app::claims::withdraw_claim(tx, &self.flows, principal, *id, reason, now)
+                            .await?;
                     Ok(pb::WithdrawClaimResponse { claim: Some(view) })
                 }
             })
@@ -1199,7 +681,7 @@ impl DisputeService for DisputeApi {
     async fn escalate_claim(
         &self,
         request: Request<pb::EscalateClaimRequest>,
-    ) -> Result<Response<pb::EscalateClaimResponse>, Status> {
+    ) -> Answer<pb::EscalateClaimResponse> {
         let prepared = self.mutations.prepare(request, |req, _, v| {
             let id = claim_id(&req.claim_id, v);
             Ok((id, require_text("reason", &req.reason, MAX_REASON, v)))
@@ -1210,24 +692,9 @@ impl DisputeService for DisputeApi {
                     let now = timestamps::now();
                     let (id, reason) = &prepared.command;
                     let principal = prepared.principal();
-                    let mut claim = claims::lock_claim(tx, *id).await?;
-                    let by = match principal.role {
-                        Role::Operator => Escalator::Operator,
-                        _ => {
-                            require_buyer(principal, &claim)?;
-                            Escalator::Buyer
-                        }
-                    };
-                    let view = app::escalate(
-                        tx,
-                        &self.flows,
-                        &mut claim,
-                        &Actor::of(principal),
-                        by,
-                        reason,
-                        now,
-                    )
-                    .await?;
+                    let view =
+                        app::claims::escalate_claim(tx, &self.flows, principal, *id, reason, now)
+                            .await?;
                     Ok(pb::EscalateClaimResponse { claim: Some(view) })
                 }
             })
@@ -1237,7 +704,7 @@ impl DisputeService for DisputeApi {
     async fn decide_claim(
         &self,
         request: Request<pb::DecideClaimRequest>,
-    ) -> Result<Response<pb::DecideClaimResponse>, Status> {
+    ) -> Answer<pb::DecideClaimResponse> {
         // A new shipment deadline must be in the future: a retry after
         // success replays before it is checked against a later clock.
         if let Some(answer) = self.mutations.replayed(&request).await? {
@@ -1291,39 +758,8 @@ impl DisputeService for DisputeApi {
             .execute(&prepared, || {
                 async |tx| {
                     let now = timestamps::now();
-                    let cmd = &prepared.command;
-                    let principal = prepared.principal();
-                    let mut claim = claims::lock_claim(tx, cmd.claim_id).await?;
-                    let mut policy = self.policy().for_reason(claim.reason);
-                    if cmd.penalty_points > 0 {
-                        policy.full_refund_penalty_points = cmd.penalty_points;
-                        policy.partial_refund_penalty_points = cmd.penalty_points;
-                    }
-                    if cmd.new_shipment_deadline.is_some() {
-                        if claim.goods_shipped {
-                            return Err(ServiceError::invalid(
-                                "new_shipment_deadline",
-                                "only for a claim on goods not shipped yet",
-                            ));
-                        }
-                        if cmd.outcome == Outcome::FullRefund {
-                            return Err(ServiceError::invalid(
-                                "new_shipment_deadline",
-                                "a full refund ends the contract: nothing is shipped",
-                            ));
-                        }
-                    }
-                    claim.claim.decide(cmd.outcome, &cmd.reason, &policy)?;
-                    claim.new_shipment_deadline = cmd.new_shipment_deadline;
-                    let view = app::resolve(
-                        tx,
-                        &self.flows,
-                        &mut claim,
-                        &Actor::of(principal),
-                        pb::DisputeEventType::Decided,
-                        now,
-                    )
-                    .await?;
+                    let (cmd, principal) = (&prepared.command, prepared.principal());
+                    let view = app::decisions::decide(tx, &self.flows, principal, cmd, now).await?;
                     Ok(pb::DecideClaimResponse { claim: Some(view) })
                 }
             })
@@ -1340,7 +776,7 @@ impl DisputeService for DisputeApi {
         finish(v)?;
         self.read(async |conn| {
             let claim = claims::get_claim(conn, id).await?;
-            check_can_read(&principal, &claim)?;
+            app::check_can_read(&principal, &claim)?;
             Ok(Response::new(pb::GetClaimResponse {
                 claim: Some(view(conn, &claim).await?),
             }))
@@ -1375,7 +811,7 @@ impl DisputeService for DisputeApi {
         for (i, status) in req.statuses.iter().enumerate() {
             match pb::ClaimStatus::try_from(*status)
                 .ok()
-                .and_then(flows::status_from_proto)
+                .and_then(views::status_from_proto)
             {
                 Some(s) => filter.statuses.push(s),
                 None => v.add(format!("statuses[{i}]"), "is not a claim status"),
@@ -1384,7 +820,7 @@ impl DisputeService for DisputeApi {
         if req.reason != 0 {
             filter.reason = ta_proto::common::ClaimReason::try_from(req.reason)
                 .ok()
-                .and_then(flows::reason_from_proto);
+                .and_then(views::reason_from_proto);
             if filter.reason.is_none() {
                 v.add("reason", "is not a claim reason");
             }
@@ -1443,7 +879,7 @@ impl DisputeService for DisputeApi {
         finish(v)?;
         self.read(async |conn| {
             let claim = claims::get_claim(conn, id).await?;
-            check_can_read(&principal, &claim)?;
+            app::check_can_read(&principal, &claim)?;
             let rows = timeline::timeline(conn, id, after, limit + 1).await?;
             let (rows, next) = paging::split_page(rows, limit, |e| {
                 paging::token("timeline", &[&e.entry.to_string()])

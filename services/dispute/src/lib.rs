@@ -1,16 +1,17 @@
 //! The dispute service: `domain` (pure rules: the claim state machine,
-//! windows, offers, decisions), `storage` (Postgres), `flows` (the feed,
-//! timeline, views and
-//! outbox calls), `app` (use cases), `reactions` (outbox answers, the
-//! escalation timer), `grpc` (the transport), and the wiring below.
+//! windows, offers, decisions), `storage` (Postgres), `app` (use cases, one
+//! module per stage of a claim, and `app::reactions`: outbox answers, the
+//! escalation timer), `views` (proto), `effects` (the calls to contract,
+//! escrow and supplier-registry), `grpc` (the transport), and the wiring
+//! below.
 
 pub mod app;
 pub mod config;
 pub mod domain;
-pub mod flows;
+pub mod effects;
 pub mod grpc;
-pub mod reactions;
 pub mod storage;
+pub mod views;
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,7 +30,7 @@ use ta_workflow::{
 
 use ta_objects::Store as EvidenceStore;
 
-use crate::flows::Flows;
+use crate::app::{Flows, reactions};
 
 pub const DISPUTE_SERVICE: &str = "tradeassurance.dispute.v1.DisputeService";
 
@@ -45,6 +46,11 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 /// proves it is the dispute service to them, and the evidence store.
 pub struct Links {
     pub calls: ta_workflow::Calls,
+    /// The evidence store: the shared content-addressed store of `ta-objects`
+    /// (a local directory or an S3-compatible bucket, `EVIDENCE_STORE`), which
+    /// checks uploads while they stream, resumes cut-off ones and leaves
+    /// nothing behind a refused one. Evidence is stored by SHA-256, per claim
+    /// in the database and once in the store.
     pub store: EvidenceStore,
 }
 
@@ -67,10 +73,10 @@ impl Links {
 /// The service's routes, policy, preparation (the workflow tables) and
 /// background work (outbox relay, timers, janitor).
 pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
-    let schema = flows::schema();
+    let schema = app::schema();
     let (stop_streams, streams_end) = ta_workflow::shutdown_channel();
     let flows = Arc::new(Flows {
-        feed: Feed::new(schema, flows::FEED).ending_on(streams_end),
+        feed: Feed::new(schema, app::FEED).ending_on(streams_end),
         timers: Timers::new(schema),
         outbox: Outbox::new(schema),
         settings: config.settings(),
@@ -79,7 +85,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
     let dispute = DisputeServiceServer::new(grpc::DisputeApi::new(
         pool.clone(),
         flows.clone(),
-        grpc::Reads {
+        app::filing::Reads {
             peers: links.calls.peers.clone(),
             credentials: links.calls.credentials.clone(),
             timeout: config.peer_timeout,

@@ -23,11 +23,11 @@ use ta_workflow::{
 };
 use uuid::Uuid;
 
+use super::{AUTO_ESCALATION, Flows, claims, closing, opening, system};
 use crate::{
-    app,
     domain::{claim::Escalator, status::Status},
-    flows::{self, AUTO_ESCALATION, Flows, completion},
-    storage::{claims, timeline},
+    effects::completion,
+    storage::claims::lock_claim,
 };
 
 fn claim_id(text: &str) -> Result<Uuid, ServiceError> {
@@ -70,7 +70,7 @@ impl CompletionHandler for Completions {
                 let recorded = match answer {
                     Answer::Accepted(_) => {
                         let response: contract_pb::RecordClaimOpenedResponse = answer.decode()?;
-                        app::Recorded::Accepted {
+                        opening::Recorded::Accepted {
                             goods_shipped: response.contract.as_ref().map(|c| {
                                 matches!(
                                     c.status_before_dispute(),
@@ -80,9 +80,11 @@ impl CompletionHandler for Completions {
                             }),
                         }
                     }
-                    Answer::Refused { message, .. } => app::Recorded::Refused(message.clone()),
+                    Answer::Refused { message, .. } => opening::Recorded::Refused(message.clone()),
                 };
-                done(app::claim_recorded(tx, flows, claim_id(&r.claim_id)?, recorded, now).await)
+                done(
+                    opening::claim_recorded(tx, flows, claim_id(&r.claim_id)?, recorded, now).await,
+                )
             }
             completion::ESCROW_FROZEN => {
                 let r: escrow_pb::FreezeEscrowRequest = delivery.decode_request()?;
@@ -93,13 +95,19 @@ impl CompletionHandler for Completions {
                     }
                     Answer::Refused { message, .. } => Err(message.as_str()),
                 };
-                done(app::escrow_frozen(tx, flows, claim_id(&r.claim_id)?, outcome, now).await)
+                done(opening::escrow_frozen(tx, flows, claim_id(&r.claim_id)?, outcome, now).await)
             }
             completion::CLAIM_CONFIRMED => {
                 let r: contract_pb::ConfirmClaimOpenedRequest = delivery.decode_request()?;
                 done(
-                    app::claim_confirmed(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now)
-                        .await,
+                    opening::claim_confirmed(
+                        tx,
+                        flows,
+                        claim_id(&r.claim_id)?,
+                        refusal(answer),
+                        now,
+                    )
+                    .await,
                 )
             }
             completion::SETTLED | completion::UNFROZEN => {
@@ -110,15 +118,17 @@ impl CompletionHandler for Completions {
                     let r: escrow_pb::UnfreezeEscrowRequest = delivery.decode_request()?;
                     r.claim_id
                 };
-                app::money_done(tx, flows, claim_id(&id)?, refusal(answer), now).await
+                closing::money_done(tx, flows, claim_id(&id)?, refusal(answer), now).await
             }
             completion::CLAIM_CLOSED => {
                 let r: contract_pb::RecordClaimClosedRequest = delivery.decode_request()?;
-                app::contract_closed(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now).await
+                closing::contract_closed(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now)
+                    .await
             }
             completion::PENALTY_RECORDED => {
                 let r: supplier_pb::RecordPenaltyRequest = delivery.decode_request()?;
-                app::penalty_recorded(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now).await
+                closing::penalty_recorded(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now)
+                    .await
             }
             completion::INQUIRY_RECORDED => {
                 let r: supplier_pb::RecordInquiryRequest = delivery.decode_request()?;
@@ -127,14 +137,7 @@ impl CompletionHandler for Completions {
                     tracing::warn!(claim_id = %id, message, "supplier-registry refused the claim's inquiry; the response rate misses it");
                     return Ok(Handled::Done);
                 }
-                // A reply sent before its inquiry was recorded was refused:
-                // send it again now, under a key of its own.
-                if timeline::supplier_answered(tx, id).await? {
-                    let claim = claims::get_claim(tx, id).await?;
-                    flows
-                        .record_inquiry_reply(tx, &claim, "inquiry-reply-after-inquiry")
-                        .await?;
-                }
+                opening::inquiry_recorded(tx, flows, id).await?;
                 Ok(Handled::Done)
             }
             completion::INQUIRY_REPLIED => {
@@ -158,7 +161,7 @@ impl CompletionHandler for Completions {
                 // account would stay frozen for a claim that never opened.
                 Some(message) if method == "UnfreezeEscrow" => {
                     let r: escrow_pb::UnfreezeEscrowRequest = delivery.decode_request()?;
-                    app::freeze_not_lifted(tx, claim_id(&r.claim_id)?, message, now).await
+                    closing::freeze_not_lifted(tx, claim_id(&r.claim_id)?, message, now).await
                 }
                 Some(message) => {
                     tracing::warn!(
@@ -183,18 +186,18 @@ impl TimerHandler for Timers {
         let now = timestamps::now();
         match timer.kind.as_str() {
             AUTO_ESCALATION => {
-                let mut claim = claims::lock_claim(tx, claim_id(&timer.subject_id)?).await?;
+                let mut claim = lock_claim(tx, claim_id(&timer.subject_id)?).await?;
                 if claim.claim.status != Status::Negotiating {
                     return Ok(());
                 }
                 // The timer is due at `auto_escalate_at`; a clock a hair
                 // behind the database's must not refuse it.
                 let at = now.max(claim.claim.auto_escalate_at);
-                app::escalate(
+                claims::escalate(
                     tx,
                     &self.flows,
                     &mut claim,
-                    &flows::system(),
+                    &system(),
                     Escalator::Timer,
                     "the negotiation window ran out without a settlement",
                     at,

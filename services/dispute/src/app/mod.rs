@@ -1,0 +1,300 @@
+//! Dispute's use cases, one module per stage of a claim: [`filing`] (the
+//! contract and escrow read, the claim written OPENING), [`opening`] (the
+//! contract's and escrow's answers until it negotiates), [`claims`]
+//! (escalation, withdrawal, the supplier's rejection), [`evidence`],
+//! [`offers`], [`decisions`] (an arbiter's decision; a resolution carried
+//! out), [`closing`] (escrow, the contract and supplier-registry told of
+//! the outcome), and [`reactions`] (outbox answers, the escalation timer).
+//!
+//! Each runs in the caller's transaction on a locked claim, applies the
+//! domain's rules, saves, tells the story (timeline and feed) and writes the
+//! calls that follow to the outbox, so an event, a call and a timer change
+//! with the claim. The API's handlers and the reactions share them.
+
+pub mod claims;
+pub mod closing;
+pub mod decisions;
+pub mod evidence;
+pub mod filing;
+pub mod offers;
+pub mod opening;
+pub mod reactions;
+
+use sqlx::PgConnection;
+use ta_proto::{IdempotentRequest, dispute as pb};
+use ta_runtime::{
+    ServiceError,
+    auth::{Actor, Principal, Role},
+    money::Money,
+};
+use ta_workflow::{feed::Feed, outbox::Outbox, timers::Timers};
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        claim::{Party, Policy},
+        status::Status,
+    },
+    effects::{self, Call},
+    storage::{
+        self, StoredActor,
+        claims::ClaimRecord,
+        timeline::{self, TimelineEntry},
+    },
+    views,
+};
+
+/// The dispute event feed.
+pub const FEED: &str = "dispute";
+/// A negotiating claim escalates by itself: subject the claim id.
+pub const AUTO_ESCALATION: &str = "auto_escalation";
+
+pub fn schema() -> ta_workflow::Schema {
+    // A constant that is a plain identifier.
+    ta_workflow::Schema::new(storage::SCHEMA).unwrap_or_else(|_| unreachable!())
+}
+
+/// Durations and points the claims follow.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub policy: Policy,
+    /// How long an arbiter has for an escalated claim (a target).
+    pub decision_target: Duration,
+}
+
+/// The dispute service acting on its own (a timer, another service's answer).
+pub fn system() -> Actor {
+    Actor::service("dispute")
+}
+
+/// An actor as a claim row keeps it.
+pub fn stored(actor: &Actor) -> StoredActor {
+    StoredActor {
+        principal_id: actor.principal_id.clone(),
+        role: actor.role.as_str().into(),
+    }
+}
+
+/// Whether this step is the supplier answering the claim (the timeline's
+/// [`storage::timeline::SUPPLIER_ANSWERS`]).
+pub fn is_supplier_answer(actor: &Actor, event: pb::DisputeEventType) -> bool {
+    actor.role == Role::Supplier
+        && matches!(
+            event,
+            pb::DisputeEventType::OfferMade
+                | pb::DisputeEventType::OfferRejected
+                | pb::DisputeEventType::ClaimRejectedBySupplier
+                | pb::DisputeEventType::Settled
+        )
+}
+
+// ---- Who may do what ---------------------------------------------------------
+
+fn not_party() -> ServiceError {
+    ServiceError::PermissionDenied("the caller is not a party to this claim".into())
+}
+
+/// The claim's buyer, the owner of its supplier, operators and services.
+pub fn check_can_read(principal: &Principal, claim: &ClaimRecord) -> Result<(), ServiceError> {
+    match principal.role {
+        Role::Operator | Role::Service => Ok(()),
+        Role::Buyer if principal.subject == claim.buyer_principal_id => Ok(()),
+        Role::Supplier if principal.subject == claim.supplier_principal_id => Ok(()),
+        _ => Err(not_party()),
+    }
+}
+
+fn require_buyer(principal: &Principal, claim: &ClaimRecord) -> Result<(), ServiceError> {
+    if principal.role == Role::Buyer && principal.subject == claim.buyer_principal_id {
+        Ok(())
+    } else {
+        Err(ServiceError::PermissionDenied(
+            "only the claim's buyer may do this".into(),
+        ))
+    }
+}
+
+fn require_supplier(principal: &Principal, claim: &ClaimRecord) -> Result<(), ServiceError> {
+    if principal.role == Role::Supplier && principal.subject == claim.supplier_principal_id {
+        Ok(())
+    } else {
+        Err(ServiceError::PermissionDenied(
+            "only the claim's supplier may do this".into(),
+        ))
+    }
+}
+
+/// The caller's side of the claim: its buyer or its supplier's owner.
+fn party_of(principal: &Principal, claim: &ClaimRecord) -> Result<Party, ServiceError> {
+    match principal.role {
+        Role::Buyer if principal.subject == claim.buyer_principal_id => Ok(Party::Buyer),
+        Role::Supplier if principal.subject == claim.supplier_principal_id => Ok(Party::Supplier),
+        _ => Err(not_party()),
+    }
+}
+
+fn is_open(claim: &ClaimRecord) -> bool {
+    matches!(claim.claim.status, Status::Negotiating | Status::Escalated)
+}
+
+// ---- Answers with counter-evidence -------------------------------------------
+
+/// A rejection (of an offer, or of the claim) with its reason and the
+/// claim's evidence that backs it.
+pub struct Respond {
+    pub claim_id: Uuid,
+    pub offer_id: String,
+    pub reason: String,
+    pub counter_evidence: Vec<Uuid>,
+}
+
+async fn check_counter_evidence(
+    tx: &mut PgConnection,
+    claim: &ClaimRecord,
+    field: &str,
+    ids: &[Uuid],
+) -> Result<(), ServiceError> {
+    let unknown = storage::evidence::unknown_evidence(tx, claim.claim_id, ids).await?;
+    match unknown.first() {
+        None => Ok(()),
+        Some(id) => Err(ServiceError::invalid(
+            field,
+            format!("{id} is not evidence of this claim"),
+        )),
+    }
+}
+
+// ---- The claim's story ---------------------------------------------------------
+
+pub struct Flows {
+    pub feed: Feed,
+    pub timers: Timers,
+    pub outbox: Outbox,
+    pub settings: Settings,
+}
+
+/// One step of a claim's story.
+pub struct Step<'a> {
+    pub event: pb::DisputeEventType,
+    /// Machine-readable action, e.g. `claim.filed`.
+    pub action: &'a str,
+    /// Readable: who did what and why.
+    pub detail: String,
+    pub money: Option<Money>,
+    /// For evidence events.
+    pub evidence_id: String,
+}
+
+pub fn step(event: pb::DisputeEventType, action: &str, detail: String) -> Step<'_> {
+    Step {
+        event,
+        action,
+        detail,
+        money: None,
+        evidence_id: String::new(),
+    }
+}
+
+fn with_money(mut s: Step<'_>, money: Money) -> Step<'_> {
+    s.money = Some(money);
+    s
+}
+
+impl Flows {
+    /// Saves the locked claim and tells its story: a timeline entry and a
+    /// feed event carrying the claim after the step. Returns the view.
+    pub async fn record(
+        &self,
+        tx: &mut PgConnection,
+        claim: &mut ClaimRecord,
+        actor: &Actor,
+        step: Step<'_>,
+        now: OffsetDateTime,
+    ) -> Result<pb::Claim, ServiceError> {
+        storage::claims::save_claim(tx, claim, now).await?;
+        self.tell(tx, claim, actor, step, now).await
+    }
+
+    /// The timeline entry and feed event of a step whose claim row is saved,
+    /// and the supplier's response rate: the claim opening is an inquiry to
+    /// the supplier, its first answer the reply (see [`is_supplier_answer`]).
+    pub async fn tell(
+        &self,
+        tx: &mut PgConnection,
+        claim: &ClaimRecord,
+        actor: &Actor,
+        step: Step<'_>,
+        now: OffsetDateTime,
+    ) -> Result<pb::Claim, ServiceError> {
+        timeline::append_timeline(
+            tx,
+            claim.claim_id,
+            &TimelineEntry {
+                entry: 0,
+                occurred_at: now,
+                actor_principal_id: actor.principal_id.clone(),
+                actor_role: actor.role.as_str().into(),
+                kind: step.action.into(),
+                description: step.detail,
+                money: step.money,
+            },
+        )
+        .await?;
+        let count = storage::evidence::evidence_count(tx, claim.claim_id).await?;
+        let view = views::claim_proto(claim, count);
+        let event = views::event(step.event, now, actor, view.clone(), step.evidence_id);
+        self.feed
+            .append(
+                tx,
+                step.event.as_str_name(),
+                &claim.claim_id.to_string(),
+                &event,
+            )
+            .await?;
+        if step.event == pb::DisputeEventType::ClaimOpened {
+            self.send(tx, effects::record_inquiry(claim)).await?;
+        } else if is_supplier_answer(actor, step.event) {
+            self.send(tx, effects::record_inquiry_reply(claim, "inquiry-reply"))
+                .await?;
+        }
+        Ok(view)
+    }
+
+    /// Writes a call to the outbox, in the step's transaction.
+    pub async fn send<Q: IdempotentRequest>(
+        &self,
+        tx: &mut PgConnection,
+        call: Call<Q>,
+    ) -> Result<(), ServiceError> {
+        self.outbox
+            .call(tx, call.callee, call.method, &call.request, call.completion)
+            .await
+    }
+
+    /// Schedules the automatic escalation of a claim that opened.
+    pub async fn schedule_escalation(
+        &self,
+        tx: &mut PgConnection,
+        claim: &ClaimRecord,
+        now: OffsetDateTime,
+    ) -> Result<(), ServiceError> {
+        let after =
+            std::time::Duration::try_from(claim.claim.auto_escalate_at - now).unwrap_or_default();
+        self.timers
+            .schedule_after(tx, AUTO_ESCALATION, &claim.claim_id.to_string(), after, &[])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn cancel_escalation(
+        &self,
+        tx: &mut PgConnection,
+        claim: &ClaimRecord,
+    ) -> Result<(), ServiceError> {
+        self.timers
+            .cancel(tx, AUTO_ESCALATION, &claim.claim_id.to_string())
+            .await?;
+        Ok(())
+    }
+}
