@@ -5,20 +5,9 @@
 //!
 //! Keys are scoped to (principal, method path): the method comes from the
 //! route (see `pipeline`), never from a hand-typed name. Each service keeps them in its own
-//! schema's `idempotency_keys` table (same shape everywhere, created by the
-//! service's first migration):
-//!
-//! ```sql
-//! CREATE TABLE <schema>.idempotency_keys (
-//!     principal_id text NOT NULL,
-//!     method       text NOT NULL,
-//!     key          text NOT NULL,
-//!     request      bytea NOT NULL,
-//!     response     bytea NOT NULL,
-//!     created_at   timestamptz NOT NULL DEFAULT now(),
-//!     PRIMARY KEY (principal_id, method, key)
-//! );
-//! ```
+//! schema's `idempotency_keys` table, the same everywhere: [`TABLE`], which the
+//! runtime creates when missing ([`IdempotencyKeys::install`], run by `server`
+//! right after the service's own migrations), so no service writes it itself.
 //!
 //! Only successes are stored: a failed request rolls back, so it changed
 //! nothing and a retry simply runs again.
@@ -45,9 +34,24 @@ pub fn validate_key(key: &str, violations: &mut Violations) {
     }
 }
 
+/// The table, `{schema}` standing for the service's schema. `IF NOT EXISTS`:
+/// schemas migrated before the runtime created it hold it already, with these
+/// very columns, from their services' first migrations (supplier-registry's
+/// `0001_suppliers.sql` still creates it, being applied history).
+pub const TABLE: &str = "CREATE TABLE IF NOT EXISTS {schema}.idempotency_keys (
+    principal_id  text NOT NULL,
+    method        text NOT NULL,
+    key           text NOT NULL,
+    request       bytea NOT NULL,
+    response      bytea NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (principal_id, method, key)
+)";
+
 /// The idempotency table of one service's schema.
 #[derive(Clone, Debug)]
 pub struct IdempotencyKeys {
+    schema: &'static str,
     claim_sql: String,
     lookup_sql: String,
     store_sql: String,
@@ -73,6 +77,7 @@ impl IdempotencyKeys {
     /// `schema` is the service's own schema name (a constant, never user input).
     pub fn new(schema: &'static str) -> Self {
         Self {
+            schema,
             // Holds a row lock until our transaction ends, so a concurrent retry
             // under the same key waits for our outcome instead of running twice.
             claim_sql: format!(
@@ -91,6 +96,25 @@ impl IdempotencyKeys {
                  WHERE principal_id = $1 AND method = $2 AND key = $3"
             ),
         }
+    }
+
+    /// Creates the table ([`TABLE`]) in the schema (which must exist: the
+    /// service's migrations create it) unless it is there. Replicas starting
+    /// together take turns (two concurrent `CREATE TABLE IF NOT EXISTS` of one
+    /// table can fail on Postgres' catalog).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn install(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("ta_runtime.idempotency_keys:{}", self.schema))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::raw_sql(AssertSqlSafe(TABLE.replace("{schema}", self.schema)))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     /// Claims the key for `request` in the caller's transaction.

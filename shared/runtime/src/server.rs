@@ -219,6 +219,7 @@ pub async fn serve(
         pool.clone(),
         pool.connect_options().as_ref().clone(),
         spec.migrator,
+        IdempotencyKeys::new(spec.schema),
         prepare,
         prepared_tx,
     ));
@@ -383,8 +384,9 @@ impl Readiness {
     }
 }
 
-/// NOT_SERVING until the database answers and this service's migrations ran;
-/// afterwards follows the database's availability within about a second.
+/// NOT_SERVING until the database answers, this service's migrations ran and
+/// its idempotency table is there; afterwards follows the database's
+/// availability within about a second.
 ///
 /// The checks use a connection of their own, outside the pool: a pool that is
 /// busy under load must not make the service look down, and a dead database
@@ -394,15 +396,20 @@ async fn track_readiness(
     pool: PgPool,
     options: PgConnectOptions,
     migrator: &'static Migrator,
+    idempotency_keys: IdempotencyKeys,
     prepare: Option<Prepare>,
     prepared: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let step = match migrator.run(&pool).await {
-            Ok(()) => match &prepare {
-                Some(prepare) => prepare(pool.clone()).await,
-                None => Ok(()),
+            // The runtime's own table, in the schema the migrations created.
+            Ok(()) => match idempotency_keys.install(&pool).await {
+                Ok(()) => match &prepare {
+                    Some(prepare) => prepare(pool.clone()).await,
+                    None => Ok(()),
+                },
+                Err(error) => Err(format!("idempotency_keys: {error}")),
             },
             Err(error) => Err(error.to_string()),
         };

@@ -1,0 +1,141 @@
+//! The idempotency table moved from each service's first migration
+//! (`0001_idempotency_keys.sql`) to the runtime ([`IdempotencyKeys::install`]).
+//! A database migrated with the old files must still start once the file is
+//! gone: its migrator ignores the missing applied version, and the install
+//! finds the table there. A fresh schema gets the same table from the install.
+
+use std::borrow::Cow;
+
+use sqlx::{
+    PgPool, SqlStr,
+    migrate::{MigrateError, Migration, MigrationType, Migrator},
+};
+use ta_runtime::idempotency::{Claim, IdempotencyKeys, KeyScope};
+
+const SCHEMA: &str = "svc";
+
+/// What contract's, dispute's and escrow's `0001_idempotency_keys.sql` held
+/// (schema aside), byte for byte.
+const OLD_0001: &str = "-- See ta_runtime::idempotency.
+CREATE TABLE svc.idempotency_keys (
+    principal_id  text NOT NULL,
+    method        text NOT NULL,
+    key           text NOT NULL,
+    request       bytea NOT NULL,
+    response      bytea NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (principal_id, method, key)
+);
+";
+const THE_REST: &str = "CREATE TABLE svc.things (id bigint PRIMARY KEY);";
+
+fn migration(version: i64, description: &'static str, sql: &'static str) -> Migration {
+    Migration::new(
+        version,
+        Cow::Borrowed(description),
+        MigrationType::Simple,
+        SqlStr::from_static(sql),
+        false,
+    )
+}
+
+/// A service's migrator as `sqlx::migrate!()` builds it from its sqlx.toml
+/// (its own schema and migration table).
+fn migrator(with_0001: bool, ignore_missing: bool) -> Migrator {
+    let mut migrations = vec![migration(2, "things", THE_REST)];
+    if with_0001 {
+        migrations.push(migration(1, "idempotency keys", OLD_0001));
+    }
+    let mut migrator = Migrator::with_migrations(migrations);
+    migrator.dangerous_set_table_name("svc._sqlx_migrations");
+    migrator.create_schema(SCHEMA);
+    migrator.set_ignore_missing(ignore_missing);
+    migrator
+}
+
+/// The table's columns: name, type, nullable, default; and its primary key.
+async fn shape(pool: &PgPool) -> (Vec<(String, String, String, Option<String>)>, Vec<String>) {
+    let columns = sqlx::query_as(
+        "SELECT column_name::text, data_type::text, is_nullable::text, column_default::text
+         FROM information_schema.columns
+         WHERE table_schema = $1 AND table_name = 'idempotency_keys' ORDER BY ordinal_position",
+    )
+    .bind(SCHEMA)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let key = sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_index i
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+         WHERE i.indrelid = 'svc.idempotency_keys'::regclass AND i.indisprimary
+         ORDER BY array_position(i.indkey, a.attnum)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    (columns, key)
+}
+
+/// A keyed request runs once and is replayed.
+async fn keys_work(pool: &PgPool, keys: &IdempotencyKeys) {
+    let scope = KeyScope {
+        principal_id: "buyer-1",
+        method: "/svc.v1.Svc/Do",
+        key: "k-1",
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let claim: Claim<String> = keys
+        .claim(&mut tx, &scope, &"req".to_owned())
+        .await
+        .unwrap();
+    assert!(matches!(claim, Claim::Fresh));
+    keys.store(&mut tx, &scope, &"done".to_owned())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let again: Claim<String> = keys
+        .claim(&mut tx, &scope, &"req".to_owned())
+        .await
+        .unwrap();
+    assert!(matches!(again, Claim::Replay(r) if r == "done"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_schema_migrated_with_the_old_0001_still_starts_without_it(pool: PgPool) {
+    migrator(true, false).run(&pool).await.unwrap();
+    let old_shape = shape(&pool).await;
+
+    // Without ignore_missing, sqlx refuses the applied version it no longer has.
+    let strict = migrator(false, false).run(&pool).await;
+    assert!(
+        matches!(strict, Err(MigrateError::VersionMissing(1))),
+        "{strict:?}"
+    );
+    // What a service runs once its 0001 is gone, then what the server runs next.
+    migrator(false, true).run(&pool).await.unwrap();
+    let keys = IdempotencyKeys::new(SCHEMA);
+    keys.install(&pool).await.unwrap();
+    keys.install(&pool).await.unwrap();
+    assert_eq!(shape(&pool).await, old_shape, "the table is untouched");
+    keys_work(&pool, &keys).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_fresh_schema_gets_the_same_table_from_the_install(pool: PgPool) {
+    migrator(true, false).run(&pool).await.unwrap();
+    let old_shape = shape(&pool).await;
+    sqlx::raw_sql("DROP SCHEMA svc CASCADE")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    migrator(false, true).run(&pool).await.unwrap();
+    let keys = IdempotencyKeys::new(SCHEMA);
+    // Replicas starting together.
+    let (a, b) = tokio::join!(keys.install(&pool), keys.install(&pool));
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(shape(&pool).await, old_shape);
+    keys_work(&pool, &keys).await;
+}
