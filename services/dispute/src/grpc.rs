@@ -20,7 +20,7 @@ use ta_proto::{
 };
 use ta_runtime::{
     ServiceError, Violations,
-    auth::{self, Actor, Role},
+    auth::{self, Actor, Principal, Role},
     money::Money,
     paging,
     pipeline::Mutations,
@@ -89,24 +89,29 @@ impl DisputeApi {
         Ok(work(&mut conn).await?)
     }
 
-    /// MakeOffer (the supplier's) and CounterOffer (the buyer's): one
-    /// proposal, answered with the claim and the new offer.
-    async fn propose<Q: IdempotentRequest, R: prost::Message + Default>(
+    /// One change of one claim, answered with the claim after it: `apply`
+    /// is the use case, run in the pipeline's transaction.
+    async fn change<Q: IdempotentRequest, C, R: prost::Message + Default>(
         &self,
         request: Request<Q>,
-        by: Party,
-        parse: impl FnOnce(&Q, &mut Violations) -> Result<Proposal, ServiceError>,
-        answer: impl Fn(Option<pb::Claim>, Option<pb::Offer>) -> R,
+        parse: impl FnOnce(&Q, &mut Violations) -> Result<C, ServiceError>,
+        apply: impl AsyncFn(
+            &mut sqlx::PgConnection,
+            &Flows,
+            &Principal,
+            &C,
+            OffsetDateTime,
+        ) -> Result<pb::Claim, ServiceError>,
+        answer: impl Fn(pb::Claim) -> R,
     ) -> Answer<R> {
         let prepared = self.mutations.prepare(request, |req, _, v| parse(req, v))?;
         self.mutations
             .execute(&prepared, || {
                 async |tx| {
+                    let now = timestamps::now();
                     let principal = prepared.principal();
-                    let (claim, offer) =
-                        app::offers::propose(tx, &self.flows, principal, &prepared.command, by)
-                            .await?;
-                    Ok(answer(claim, offer))
+                    let claim = apply(tx, &self.flows, principal, &prepared.command, now).await?;
+                    Ok(answer(claim))
                 }
             })
             .await
@@ -551,8 +556,12 @@ impl DisputeService for DisputeApi {
                 v,
             )
         };
-        self.propose(request, Party::Supplier, parse, |claim, offer| {
-            pb::MakeOfferResponse { claim, offer }
+        let propose = async |tx: &mut _, flows: &_, principal: &_, cmd: &_, now| {
+            app::offers::propose(tx, flows, principal, cmd, Party::Supplier, now).await
+        };
+        self.change(request, parse, propose, |claim| pb::MakeOfferResponse {
+            offer: claim.offers.last().cloned(),
+            claim: Some(claim),
         })
         .await
     }
@@ -570,8 +579,12 @@ impl DisputeService for DisputeApi {
                 v,
             )
         };
-        self.propose(request, Party::Buyer, parse, |claim, offer| {
-            pb::CounterOfferResponse { claim, offer }
+        let propose = async |tx: &mut _, flows: &_, principal: &_, cmd: &_, now| {
+            app::offers::propose(tx, flows, principal, cmd, Party::Buyer, now).await
+        };
+        self.change(request, parse, propose, |claim| pb::CounterOfferResponse {
+            offer: claim.offers.last().cloned(),
+            claim: Some(claim),
         })
         .await
     }
@@ -580,31 +593,26 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::AcceptOfferRequest>,
     ) -> Answer<pb::AcceptOfferResponse> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
+        let parse = |req: &pb::AcceptOfferRequest, v: &mut Violations| {
             let id = claim_id(&req.claim_id, v);
             uuid_field("offer_id", &req.offer_id, "an offer", v);
             Ok((id, req.offer_id.clone()))
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let (id, offer_id) = &prepared.command;
-                    let principal = prepared.principal();
-                    let view =
-                        app::offers::accept_offer(tx, &self.flows, principal, *id, offer_id, now)
-                            .await?;
-                    Ok(pb::AcceptOfferResponse { claim: Some(view) })
-                }
-            })
-            .await
+        };
+        let accept =
+            async |tx: &mut _, flows: &_, principal: &_, (id, offer): &(Uuid, String), now| {
+                app::offers::accept_offer(tx, flows, principal, *id, offer, now).await
+            };
+        self.change(request, parse, accept, |claim| pb::AcceptOfferResponse {
+            claim: Some(claim),
+        })
+        .await
     }
 
     async fn reject_offer(
         &self,
         request: Request<pb::RejectOfferRequest>,
     ) -> Answer<pb::RejectOfferResponse> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
+        let parse = |req: &pb::RejectOfferRequest, v: &mut Violations| {
             if req.offer_id.is_empty() {
                 v.add("offer_id", "is required");
             }
@@ -615,25 +623,18 @@ impl DisputeService for DisputeApi {
                 &req.counter_evidence_ids,
                 v,
             ))
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let (cmd, principal) = (&prepared.command, prepared.principal());
-                    let view =
-                        app::offers::reject_offer(tx, &self.flows, principal, cmd, now).await?;
-                    Ok(pb::RejectOfferResponse { claim: Some(view) })
-                }
-            })
-            .await
+        };
+        self.change(request, parse, app::offers::reject_offer, |claim| {
+            pb::RejectOfferResponse { claim: Some(claim) }
+        })
+        .await
     }
 
     async fn reject_claim(
         &self,
         request: Request<pb::RejectClaimRequest>,
     ) -> Answer<pb::RejectClaimResponse> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
+        let parse = |req: &pb::RejectClaimRequest, v: &mut Violations| {
             Ok(respond(
                 &req.claim_id,
                 "",
@@ -641,64 +642,47 @@ impl DisputeService for DisputeApi {
                 &req.counter_evidence_ids,
                 v,
             ))
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let (cmd, principal) = (&prepared.command, prepared.principal());
-                    let view =
-                        app::claims::reject_claim(tx, &self.flows, principal, cmd, now).await?;
-                    Ok(pb::RejectClaimResponse { claim: Some(view) })
-                }
-            })
-            .await
+        };
+        self.change(request, parse, app::claims::reject_claim, |claim| {
+            pb::RejectClaimResponse { claim: Some(claim) }
+        })
+        .await
     }
 
     async fn withdraw_claim(
         &self,
         request: Request<pb::WithdrawClaimRequest>,
     ) -> Answer<pb::WithdrawClaimResponse> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
+        let parse = |req: &pb::WithdrawClaimRequest, v: &mut Violations| {
             let id = claim_id(&req.claim_id, v);
             Ok((id, optional_text("reason", &req.reason, MAX_REASON, v)))
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let (id, reason) = &prepared.command;
-                    let principal = prepared.principal();
-                    let view =
-                        app::claims::withdraw_claim(tx, &self.flows, principal, *id, reason, now)
-                            .await?;
-                    Ok(pb::WithdrawClaimResponse { claim: Some(view) })
-                }
-            })
-            .await
+        };
+        let withdraw =
+            async |tx: &mut _, flows: &_, principal: &_, (id, reason): &(Uuid, String), now| {
+                app::claims::withdraw_claim(tx, flows, principal, *id, reason, now).await
+            };
+        self.change(request, parse, withdraw, |claim| {
+            pb::WithdrawClaimResponse { claim: Some(claim) }
+        })
+        .await
     }
 
     async fn escalate_claim(
         &self,
         request: Request<pb::EscalateClaimRequest>,
     ) -> Answer<pb::EscalateClaimResponse> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
+        let parse = |req: &pb::EscalateClaimRequest, v: &mut Violations| {
             let id = claim_id(&req.claim_id, v);
             Ok((id, require_text("reason", &req.reason, MAX_REASON, v)))
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let (id, reason) = &prepared.command;
-                    let principal = prepared.principal();
-                    let view =
-                        app::claims::escalate_claim(tx, &self.flows, principal, *id, reason, now)
-                            .await?;
-                    Ok(pb::EscalateClaimResponse { claim: Some(view) })
-                }
-            })
-            .await
+        };
+        let escalate =
+            async |tx: &mut _, flows: &_, principal: &_, (id, reason): &(Uuid, String), now| {
+                app::claims::escalate_claim(tx, flows, principal, *id, reason, now).await
+            };
+        self.change(request, parse, escalate, |claim| {
+            pb::EscalateClaimResponse { claim: Some(claim) }
+        })
+        .await
     }
 
     async fn decide_claim(
@@ -710,7 +694,7 @@ impl DisputeService for DisputeApi {
         if let Some(answer) = self.mutations.replayed(&request).await? {
             return Ok(answer);
         }
-        let prepared = self.mutations.prepare(request, |req, _, v| {
+        let parse = |req: &pb::DecideClaimRequest, v: &mut Violations| {
             let id = claim_id(&req.claim_id, v);
             let reason = require_text("reason", &req.reason, MAX_TEXT, v);
             if req.penalty_points > 100 {
@@ -753,17 +737,11 @@ impl DisputeService for DisputeApi {
                 penalty_points: req.penalty_points,
                 new_shipment_deadline,
             })
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let (cmd, principal) = (&prepared.command, prepared.principal());
-                    let view = app::decisions::decide(tx, &self.flows, principal, cmd, now).await?;
-                    Ok(pb::DecideClaimResponse { claim: Some(view) })
-                }
-            })
-            .await
+        };
+        self.change(request, parse, app::decisions::decide, |claim| {
+            pb::DecideClaimResponse { claim: Some(claim) }
+        })
+        .await
     }
 
     async fn get_claim(

@@ -7,7 +7,6 @@ use ta_proto::dispute as pb;
 use ta_runtime::{
     ServiceError,
     auth::{Actor, Principal},
-    timestamps,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -36,8 +35,8 @@ pub async fn propose(
     principal: &Principal,
     cmd: &Proposal,
     by: Party,
-) -> Result<(Option<pb::Claim>, Option<pb::Offer>), ServiceError> {
-    let now = timestamps::now();
+    now: OffsetDateTime,
+) -> Result<pb::Claim, ServiceError> {
     let mut claim = claims::lock_claim(tx, cmd.claim_id).await?;
     match by {
         Party::Supplier => require_supplier(principal, &claim)?,
@@ -82,11 +81,9 @@ pub async fn propose(
         ),
     );
     s.money = Some(refund);
-    let view = flows
+    flows
         .record(tx, &mut claim, &Actor::of(principal), s, now)
-        .await?;
-    let offer = view.offers.last().cloned();
-    Ok((Some(view), offer))
+        .await
 }
 
 /// The party that did not make the open offer accepts it: the claim settles
