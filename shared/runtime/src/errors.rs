@@ -89,8 +89,8 @@ fn listed(
     let mut bytes = 0;
     for v in violations.iter().take(max_count) {
         let v = FieldViolation {
-            field: crate::text::truncate_chars(&v.field, MAX_VIOLATION_TEXT),
-            description: crate::text::truncate_chars(&v.description, MAX_VIOLATION_TEXT),
+            field: truncate_chars(&v.field, MAX_VIOLATION_TEXT),
+            description: truncate_chars(&v.description, MAX_VIOLATION_TEXT),
         };
         bytes += v.field.len() + v.description.len() + 4;
         if bytes > max_bytes && !listed.is_empty() {
@@ -99,6 +99,14 @@ fn listed(
         listed.push(v);
     }
     listed
+}
+
+/// `text` cut to at most `max` characters, with "..." marking a cut.
+fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}...", &text[..end]),
+    }
 }
 
 fn describe(violations: &[FieldViolation]) -> String {

@@ -3,14 +3,6 @@
 
 use crate::errors::Violations;
 
-/// `text` cut to at most `max` characters, with "..." marking a cut.
-pub fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_owned(),
-        Some((end, _)) => format!("{}...", &text[..end]),
-    }
-}
-
 /// Postgres `text` cannot hold NUL characters.
 pub fn is_storable(text: &str) -> bool {
     !text.contains('\0')
