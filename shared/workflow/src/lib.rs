@@ -6,7 +6,8 @@
 //!   hands the answer to the owning service's completion handler.
 //! * [`feed`]: domain events appended in the same transaction as the change,
 //!   numbered in commit order, streamed to consumers (backlog, then live, with
-//!   heartbeats); [`consumer`] applies them with a durable cursor.
+//!   heartbeats); [`feed_stream::serve`] is every feed's streaming RPC handler;
+//!   [`consumer`] applies them with a durable cursor.
 //! * [`timers`]: due actions claimed with `FOR UPDATE SKIP LOCKED` and fired
 //!   once, in the same transaction as the service's handler.
 //! * [`timeline`]: an aggregate's readable history (steps numbered without
@@ -24,6 +25,7 @@ pub mod config;
 pub mod consumer;
 pub mod credentials;
 pub mod feed;
+pub mod feed_stream;
 mod install;
 pub mod janitor;
 pub mod outbox;
