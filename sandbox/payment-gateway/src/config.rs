@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use escrow::webhook::{MIN_SECRET_BYTES, WebhookSecret};
+use escrow::gateway::signature::{MIN_SECRET_BYTES, WebhookSecret};
 use ta_runtime::config::{DurationRange, Secret, TelemetryConfig};
 
 use crate::{

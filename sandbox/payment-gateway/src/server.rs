@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use escrow::webhook::WebhookSecret;
+use escrow::gateway::signature::WebhookSecret;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use ta_runtime::config::Secret;
 use tokio::{net::TcpListener, sync::watch};

@@ -8,7 +8,7 @@ use clap::Parser;
 use ta_runtime::config::{CommonConfig, DurationRange, Secret};
 use ta_workflow::WorkflowConfig;
 
-use crate::{flows::Settings, webhook::WebhookSecret};
+use crate::{app::context::Settings, gateway::signature::WebhookSecret};
 
 /// Escrow: one account per contract holding the buyer's money in a
 /// double-entry ledger until it is released to the supplier or refunded.

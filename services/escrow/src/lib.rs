@@ -1,18 +1,18 @@
 //! The escrow service: `domain` (pure rules: the ledger and the escrow
 //! account's state machine), `storage` (the Postgres ledger, accounts and
 //! the API's records), `app` (use cases, each inside the caller's
-//! transaction), `gateway` (the payment gateway and its sandbox), `webhook`
-//! (signature checks), `flows` (events, deadlines, payouts), `grpc` (the
-//! transport), and the wiring below.
+//! transaction, the feed's events, deadlines, timer reactions, payouts),
+//! `views` (records as the API shows them), `gateway` (the payment gateway,
+//! its adapters and its webhooks' signature), `grpc` and `webhook_http` (the
+//! transports), and the wiring below.
 
 pub mod app;
 pub mod config;
 pub mod domain;
-pub mod flows;
 pub mod gateway;
 pub mod grpc;
 pub mod storage;
-pub mod webhook;
+pub mod views;
 pub mod webhook_http;
 
 use std::sync::Arc;
@@ -29,8 +29,12 @@ use ta_workflow::{
 };
 
 use crate::{
-    app::worker::GatewayWorker,
-    flows::{EscrowTimers, Flows},
+    app::{
+        context::{self, Flows},
+        deadlines,
+        reactions::EscrowTimers,
+        worker::{self, GatewayWorker},
+    },
     gateway::PaymentGateway,
 };
 
@@ -54,11 +58,11 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 /// first payout run, missing hold deadline timers) and background work (the timer worker) over `pool`,
 /// paying through `gateway`.
 pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn PaymentGateway>) -> Api {
-    let schema = flows::schema();
+    let schema = context::schema();
     let (stop_streams, streams_end) = ta_workflow::shutdown_channel();
     let flows = Arc::new(Flows::new(
         gateway,
-        Feed::new(schema, flows::FEED).ending_on(streams_end),
+        Feed::new(schema, context::FEED).ending_on(streams_end),
         Timers::new(schema),
         config.settings(),
     ));
@@ -66,11 +70,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
     let webhooks = config.webhook_listen_addr.map(|addr| {
         (
             addr,
-            Arc::new(grpc::EscrowApi::new(
-                pool.clone(),
-                flows.clone(),
-                config.workflow.feed.clone(),
-            )),
+            Arc::new(webhook_http::Webhooks::new(pool.clone(), flows.clone())),
         )
     });
     let escrow = EscrowServiceServer::new(grpc::EscrowApi::new(
@@ -103,10 +103,10 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
             ta_workflow::install(&pool, schema)
                 .await
                 .map_err(|e| e.to_string())?;
-            flows::ensure_payout_timer(&pool, &Timers::new(schema), payout_interval)
+            deadlines::ensure_payout_timer(&pool, &Timers::new(schema), payout_interval)
                 .await
                 .map_err(|e| e.to_string())?;
-            flows::ensure_hold_deadlines(&pool, &Timers::new(schema))
+            deadlines::ensure_hold_deadlines(&pool, &Timers::new(schema))
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string())
@@ -114,18 +114,18 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
         .with_background(move |draining| worker.run(draining))
         .with_background(move |draining| gateway_worker.run(draining))
         .with_background(move |draining| {
-            app::worker::roll_up_balances(roll_up_pool, ROLL_UP_INTERVAL, draining)
+            worker::roll_up_balances(roll_up_pool, ROLL_UP_INTERVAL, draining)
         })
         .with_background(move |draining| async move {
-            if let Some((addr, api)) = webhooks {
-                webhook_http::serve(addr, api, draining).await;
+            if let Some((addr, webhooks)) = webhooks {
+                webhook_http::serve(addr, webhooks, draining).await;
             }
         })
         .with_background(move |draining| {
             ta_workflow::report_gauges(gauges_pool, schema, GAUGE_INTERVAL, draining)
         })
         .with_background(move |draining| {
-            flows::report_money_held(held_pool, GAUGE_INTERVAL, draining)
+            worker::report_money_held(held_pool, GAUGE_INTERVAL, draining)
         })
         .with_background(move |mut draining| async move {
             // Open event streams end when the server drains.

@@ -2,8 +2,9 @@
 //! `POST /v1/gateway-webhooks` with the event's JSON as the body and its
 //! signature in the `Gateway-Signature` header (`t=<unix seconds>,v1=<hex>`).
 //!
-//! Each delivery runs exactly the gRPC method `HandleGatewayWebhook` (the
-//! signature check, the event's checks, one application per event id), as
+//! Each delivery runs exactly what the gRPC method `HandleGatewayWebhook`
+//! runs (`app::gateway_events::handle`: the signature check, the event's
+//! checks, one application per event id, under the gRPC method's path), as
 //! the gateway's service principal, so a redelivery over either path replays
 //! the first answer. The answer in HTTP terms:
 //!
@@ -26,11 +27,14 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use ta_proto::escrow::{self as pb, escrow_service_server::EscrowService};
-use ta_runtime::auth::{Caller, Principal, Role};
+use ta_proto::escrow as pb;
+use ta_runtime::{
+    auth::{Caller, Principal, Role},
+    pipeline::Mutations,
+};
 use ta_workflow::Shutdown;
 
-use crate::grpc::EscrowApi;
+use crate::{app, app::context::Flows, storage};
 
 /// The header the gateway signs its events in.
 pub const SIGNATURE_HEADER: &str = "gateway-signature";
@@ -43,9 +47,25 @@ const RETRY_AFTER_SECONDS: &str = "2";
 /// The largest event body accepted.
 const MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// What the endpoint runs deliveries with: the shared pipeline over escrow's
+/// database, and the use cases' context.
+pub struct Webhooks {
+    mutations: Mutations,
+    flows: Arc<Flows>,
+}
+
+impl Webhooks {
+    pub fn new(pool: sqlx::PgPool, flows: Arc<Flows>) -> Self {
+        Self {
+            mutations: Mutations::new(pool, storage::SCHEMA),
+            flows,
+        }
+    }
+}
+
 /// Serves the webhook endpoint on `addr` until `shutdown`.
-pub async fn serve(addr: SocketAddr, api: Arc<EscrowApi>, mut shutdown: Shutdown) {
-    let app = router(api);
+pub async fn serve(addr: SocketAddr, webhooks: Arc<Webhooks>, mut shutdown: Shutdown) {
+    let app = router(webhooks);
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -65,14 +85,18 @@ pub async fn serve(addr: SocketAddr, api: Arc<EscrowApi>, mut shutdown: Shutdown
     }
 }
 
-pub fn router(api: Arc<EscrowApi>) -> Router {
+pub fn router(webhooks: Arc<Webhooks>) -> Router {
     Router::new()
         .route(PATH, post(receive))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(api)
+        .with_state(webhooks)
 }
 
-async fn receive(State(api): State<Arc<EscrowApi>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(
+    State(webhooks): State<Arc<Webhooks>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let signature = headers
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -96,8 +120,8 @@ async fn receive(State(api): State<Arc<EscrowApi>>, headers: HeaderMap, body: By
         },
         method: format!("/{}/HandleGatewayWebhook", crate::ESCROW_SERVICE),
     });
-    match api.handle_gateway_webhook(request).await {
-        Ok(response) => answer(&response.into_inner()),
+    match app::gateway_events::handle(&webhooks.flows, &webhooks.mutations, request).await {
+        Ok(response) => answer(&response),
         Err(status) => refusal(&status),
     }
 }

@@ -257,7 +257,7 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
     ));
     let mut not_json = webhook("evt-x", "payment.succeeded", "pay_1", None);
     not_json.payload = b"not json".to_vec();
-    not_json.signature = escrow::webhook::WebhookSecret::new(WEBHOOK_SECRET)
+    not_json.signature = escrow::gateway::signature::WebhookSecret::new(WEBHOOK_SECRET)
         .unwrap()
         .sign(now_unix(), &not_json.payload);
     cases.push((

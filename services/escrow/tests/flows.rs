@@ -8,7 +8,10 @@
 
 mod support;
 
-use escrow::{app::funding, domain::funding::CreditOutcome, flows::ATTEMPT_EXPIRY};
+use escrow::{
+    app::{deadlines::ATTEMPT_EXPIRY, funding},
+    domain::funding::CreditOutcome,
+};
 use sqlx::PgPool;
 use support::*;
 use ta_proto::escrow as pb;

@@ -8,7 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use escrow::{app::funding, flows::PAYMENT_DUE, gateway::PaymentGateway};
+use escrow::{
+    app::{deadlines::PAYMENT_DUE, funding},
+    gateway::PaymentGateway,
+};
 use sqlx::PgPool;
 use support::{
     faults::{Call, Fault},
@@ -1307,7 +1310,10 @@ async fn a_charge_the_gateway_approved_after_its_attempt_expired_is_sent_back(po
     };
     assert_eq!(ask().await, 0, "the gateway did not say");
     escrow
-        .fire(escrow::flows::ATTEMPT_EXPIRY, &attempt.funding_attempt_id)
+        .fire(
+            escrow::app::deadlines::ATTEMPT_EXPIRY,
+            &attempt.funding_attempt_id,
+        )
         .await
         .unwrap();
     let expired = newest_attempt(&mut client, &id).await;

@@ -77,13 +77,21 @@ fn no_code_path_updates_or_deletes_postings() {
     let sources = [
         include_str!("../src/storage/ledger.rs"),
         include_str!("../src/storage/accounts.rs"),
+        include_str!("../src/storage/attempts.rs"),
+        include_str!("../src/storage/gateway_events.rs"),
+        include_str!("../src/storage/reconciliation.rs"),
+        include_str!("../src/storage/statement.rs"),
+        include_str!("../src/storage/timers.rs"),
         include_str!("../src/storage/transfers.rs"),
-        include_str!("../src/storage/api.rs"),
         include_str!("../src/app/mod.rs"),
+        include_str!("../src/app/accounts.rs"),
+        include_str!("../src/app/amendments.rs"),
+        include_str!("../src/app/deadlines.rs"),
         include_str!("../src/app/funding.rs"),
+        include_str!("../src/app/reactions.rs"),
+        include_str!("../src/app/settlement.rs"),
         include_str!("../src/app/transfers.rs"),
         include_str!("../src/app/gateway_events.rs"),
-        include_str!("../src/flows.rs"),
     ];
     for source in sources {
         let flat = source.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -39,17 +39,20 @@ use std::{
 };
 
 use escrow::{
-    app::{ACCOUNT_CLOSED, NOTHING_HELD, funding, worker::GatewayWorker},
+    app::{
+        accounts::{ACCOUNT_CLOSED, NOTHING_HELD},
+        deadlines::ATTEMPT_EXPIRY,
+        funding,
+        worker::GatewayWorker,
+    },
     domain::{
         AccountKey, AccountKind, Action, EscrowAccount, HoldRequest, HoldStatus, Ledger,
         LedgerError, LedgerStore, Leg, NewAccount, Purpose, Settles, TransferRequest,
         account::split_refund,
         ledger::{INSUFFICIENT_FUNDS, PURPOSE_ALREADY_SETTLED, never_expires},
     },
-    flows::ATTEMPT_EXPIRY,
-    gateway::{OperationStatus, PaymentGateway},
+    gateway::{OperationStatus, PaymentGateway, signature::WebhookSecret},
     storage::{PgLedger, ledger},
-    webhook::WebhookSecret,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};

@@ -18,7 +18,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use escrow::webhook::WebhookSecret;
+use escrow::gateway::signature::WebhookSecret;
 use payment_gateway_sandbox::{
     domain::FaultSettings,
     server::{self, Options, WebhookTarget},

@@ -42,18 +42,22 @@ use crate::{
         funding::{AttemptStatus, CreditOutcome, FundingAttempt, FundingMethod},
         ledger::LedgerError,
     },
-    flows::{ATTEMPT_EXPIRY, Flows, after, attempt_proto},
     gateway::{
         BankInstructions, CardCharge, CardOutcome, GatewayError, Operation, OperationKind,
         OperationStatus, PayLaterApplication,
     },
     storage::{
-        accounts,
-        api::{self, AttemptGateway, Scheme},
+        accounts::{self, Scheme},
+        attempts::{self, AttemptGateway},
     },
+    views::{EventFacts, attempt_proto},
 };
 
-use super::transfers;
+use super::{
+    context::{Flows, after},
+    deadlines::ATTEMPT_EXPIRY,
+    transfers,
+};
 
 /// How a buyer pays one scheduled payment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,7 +131,7 @@ pub async fn fund(
     }
     mutations
         .answer(prepared, async |tx| {
-            let view = api::attempt_view(tx, attempt.id).await?;
+            let view = attempts::attempt_view(tx, attempt.id).await?;
             Ok(pb::FundEscrowResponse {
                 funding_attempt: Some(attempt_proto(&view)),
                 account: Some(flows.view(tx, attempt.escrow_account_id).await?),
@@ -149,7 +153,7 @@ async fn open_attempt(
     if principal.subject != account.buyer_principal_id {
         return Err(super::not_party());
     }
-    if let Some(existing) = accounts::attempt_by_gateway_key(conn, gateway_key).await? {
+    if let Some(existing) = attempts::attempt_by_gateway_key(conn, gateway_key).await? {
         let same = existing.escrow_account_id == account.id
             && existing.milestone_id == cmd.milestone_id
             && existing.amount_minor == cmd.amount.amount_minor
@@ -182,7 +186,7 @@ async fn open_attempt(
     }
     // Checked for every method: a payment with a pending attempt waits for
     // that attempt's answer.
-    if accounts::has_pending_attempt(conn, account.id, &cmd.milestone_id).await? {
+    if attempts::has_pending_attempt(conn, account.id, &cmd.milestone_id).await? {
         return Err(ServiceError::FailedPrecondition(format!(
             "cannot fund: payment {} has a pending attempt",
             cmd.milestone_id
@@ -243,7 +247,7 @@ async fn open_attempt(
         answered_at: None,
     };
     let check_at = after(settings.gateway_check_after, now);
-    accounts::insert_attempt(conn, &attempt, Some(check_at), now).await?;
+    attempts::insert_attempt(conn, &attempt, Some(check_at), now).await?;
     flows
         .timers
         .schedule_after(conn, ATTEMPT_EXPIRY, &attempt_id.to_string(), expiry, &[])
@@ -256,7 +260,7 @@ async fn check_method(
     account: &EscrowAccount,
     method: &Method,
 ) -> Result<(), ServiceError> {
-    let terms = api::terms(conn, account.id).await?;
+    let terms = accounts::get_terms(conn, account.id).await?;
     match (method, terms.scheme) {
         (Method::PayLater { partner_id, .. }, Scheme::PayLater) => {
             if *partner_id != terms.financing_partner_id {
@@ -319,11 +323,11 @@ pub async fn record_start(
     answer: &StartAnswer,
 ) -> Result<(), ServiceError> {
     let now = timestamps::now();
-    let account_id = accounts::get_attempt(conn, attempt_id, false)
+    let account_id = attempts::get_attempt(conn, attempt_id, false)
         .await?
         .escrow_account_id;
     accounts::lock_account(conn, account_id).await?;
-    let attempt = accounts::get_attempt(conn, attempt_id, true).await?;
+    let attempt = attempts::get_attempt(conn, attempt_id, true).await?;
     if !attempt.awaits_answer() {
         return Ok(());
     }
@@ -350,8 +354,8 @@ pub async fn record_start(
             ..Default::default()
         },
     };
-    api::insert_attempt_gateway(conn, attempt.id, &gateway_side).await?;
-    accounts::mark_answered(conn, attempt.id, now).await?;
+    attempts::insert_attempt_gateway(conn, attempt.id, &gateway_side).await?;
+    attempts::mark_answered(conn, attempt.id, now).await?;
     if attempt.status != AttemptStatus::Pending {
         // A charge approved after its attempt ended (it expired while the
         // answer was unknown): the money came in all the same and goes back
@@ -396,7 +400,7 @@ pub async fn record_start(
         })
         | StartAnswer::Rejected { code, message } => {
             fail(conn, flows, attempt.id, code, now).await?;
-            api::set_failure(conn, attempt.id, code, message).await?;
+            attempts::set_failure(conn, attempt.id, code, message).await?;
         }
         StartAnswer::Bank(_) | StartAnswer::PayLater(_) => {}
     }
@@ -430,7 +434,7 @@ pub async fn resolve_unanswered(flows: &Flows, pool: &sqlx::PgPool) -> Result<us
     let lease = time::Duration::try_from(flows.settings.gateway_check_after)
         .unwrap_or(time::Duration::MINUTE);
     let mut tx = pool.begin().await?;
-    let due = accounts::lease_unanswered(&mut tx, now, lease, BATCH).await?;
+    let due = attempts::lease_unanswered(&mut tx, now, lease, BATCH).await?;
     tx.commit().await?;
     let mut resolved = 0;
     for attempt in due {
@@ -525,7 +529,7 @@ pub async fn credit(
     received_minor: i64,
     now: OffsetDateTime,
 ) -> Result<Credited, ServiceError> {
-    let account_id = accounts::get_attempt(conn, attempt_id, false)
+    let account_id = attempts::get_attempt(conn, attempt_id, false)
         .await?
         .escrow_account_id;
     let before = accounts::get_account(conn, account_id).await?.status;
@@ -538,7 +542,7 @@ pub async fn credit(
         CreditOutcome::Suspended { to_suspense } => (0, to_suspense),
         CreditOutcome::Duplicate => (0, 0),
     };
-    let view = api::attempt_view(conn, attempt_id).await?;
+    let view = attempts::attempt_view(conn, attempt_id).await?;
     if matches!(outcome, CreditOutcome::Applied { .. }) {
         flows
             .timers
@@ -561,7 +565,7 @@ pub async fn credit(
                 conn,
                 pb::EscrowEventType::LateCreditSuspended,
                 account_id,
-                crate::flows::EventFacts {
+                EventFacts {
                     amount_minor: Some(parked),
                     milestone_id: &view.milestone_id,
                     funding_attempt_id: Some(attempt_id),
@@ -589,7 +593,7 @@ pub async fn fail(
     if !fail_funding(conn, attempt_id, code, now).await? {
         return Ok(false);
     }
-    let view = api::attempt_view(conn, attempt_id).await?;
+    let view = attempts::attempt_view(conn, attempt_id).await?;
     flows.emit_payment_failed(conn, &view).await?;
     flows
         .timers
@@ -654,11 +658,11 @@ pub async fn confirm_funding(
             "must be a positive number of minor units",
         ));
     }
-    let account_id = accounts::get_attempt(conn, attempt_id, false)
+    let account_id = attempts::get_attempt(conn, attempt_id, false)
         .await?
         .escrow_account_id;
     let mut account = accounts::lock_account(conn, account_id).await?;
-    let mut attempt = accounts::get_attempt(conn, attempt_id, true).await?;
+    let mut attempt = attempts::get_attempt(conn, attempt_id, true).await?;
     if attempt.credit_reference.as_deref() == Some(credit_id) {
         return Ok(CreditOutcome::Duplicate);
     }
@@ -693,7 +697,7 @@ pub async fn confirm_funding(
                 attempt.failure_code = "nothing_due".into();
             }
             attempt.credit_reference = Some(credit_id.to_owned());
-            accounts::resolve_attempt(conn, &attempt, now).await?;
+            attempts::resolve_attempt(conn, &attempt, now).await?;
             let excess = received_minor - take;
             if excess > 0 {
                 park(conn, &account, &attempt, credit_id, excess).await?;
@@ -726,7 +730,7 @@ async fn expire_attempt(
     }
     attempt.status = AttemptStatus::Failed;
     attempt.failure_code = code.into();
-    accounts::resolve_attempt(conn, attempt, now).await
+    attempts::resolve_attempt(conn, attempt, now).await
 }
 
 /// A pending attempt failed: its hold is voided. Returns false when the
@@ -737,11 +741,11 @@ pub async fn fail_funding(
     code: &str,
     now: OffsetDateTime,
 ) -> Result<bool, ServiceError> {
-    let account_id = accounts::get_attempt(conn, attempt_id, false)
+    let account_id = attempts::get_attempt(conn, attempt_id, false)
         .await?
         .escrow_account_id;
     accounts::lock_account(conn, account_id).await?;
-    let mut attempt = accounts::get_attempt(conn, attempt_id, true).await?;
+    let mut attempt = attempts::get_attempt(conn, attempt_id, true).await?;
     if attempt.status != AttemptStatus::Pending {
         return Ok(false);
     }
@@ -756,7 +760,7 @@ pub async fn fail_pending_of(
     code: &str,
     now: OffsetDateTime,
 ) -> Result<(), ServiceError> {
-    for mut attempt in accounts::pending_attempts(conn, account_id).await? {
+    for mut attempt in attempts::pending_attempts(conn, account_id).await? {
         expire_attempt(conn, &mut attempt, code, now).await?;
     }
     Ok(())

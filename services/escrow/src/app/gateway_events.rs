@@ -19,25 +19,92 @@ use ta_runtime::{
     timestamps,
 };
 use time::OffsetDateTime;
+use tonic::{Request, Status};
 
 use crate::{
     domain::funding::CreditOutcome,
-    flows::{Flows, attempt_proto},
+    gateway::{
+        event::{EventAction, GatewayEvent},
+        signature::SignatureError,
+    },
     storage::{
         accounts,
-        api::{self, AttemptGateway, EventResult},
+        attempts::{self, AttemptGateway},
+        gateway_events::{self, EventResult},
         transfers,
     },
-    webhook::{EventAction, GatewayEvent},
+    views::attempt_proto,
 };
 
 use super::{
+    context::{Flows, after},
     funding,
     transfers::{Settled, client_reference, settle},
 };
 
 /// The message of the error that rolls an event back for redelivery.
 const RETRY_LATER: &str = "the event names a payment escrow does not know yet; deliver it again";
+
+/// HandleGatewayWebhook, whichever transport delivered it (gRPC, or HTTP as
+/// a hosted gateway posts it, as the gateway's service principal): the
+/// signature first, then the event's checks, then [`receive`]. A
+/// redelivery over either path replays the first answer.
+pub async fn handle(
+    flows: &Flows,
+    mutations: &Mutations,
+    request: Request<pb::HandleGatewayWebhookRequest>,
+) -> Result<pb::HandleGatewayWebhookResponse, Status> {
+    // The signature first: nothing of an unauthenticated event is read.
+    {
+        let req = request.get_ref();
+        authenticate(
+            flows,
+            &req.signature,
+            &req.payload,
+            timestamps::now().unix_timestamp(),
+        )
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    }
+    // A redelivery is re-signed: the stored request is the event alone,
+    // so it replays the first answer instead of looking like key reuse.
+    let mut request = request;
+    request.get_mut().signature.clear();
+    let prepared = mutations.prepare(request, |req, _, v| {
+        let event = match GatewayEvent::parse(&req.payload) {
+            Ok(event) => event,
+            Err(message) => {
+                v.add("payload", message);
+                return Err(ServiceError::InvalidArgument(Vec::new()));
+            }
+        };
+        v.require(
+            event.id == req.idempotency_key,
+            "idempotency_key",
+            "must be the gateway event's id",
+        );
+        event.check(v);
+        Ok(event)
+    })?;
+    Ok(receive(flows, mutations, &prepared).await?)
+}
+
+/// Checks a webhook's signature header over `payload` at `now` (Unix
+/// seconds) with the gateway's secret and tolerance.
+///
+/// # Errors
+/// Unsigned, badly signed or stale: see [`SignatureError`].
+pub fn authenticate(
+    flows: &Flows,
+    signature: &str,
+    payload: &[u8],
+    now: i64,
+) -> Result<(), SignatureError> {
+    let tolerance = i64::try_from(flows.settings.webhook_tolerance.as_secs()).unwrap_or(300);
+    flows
+        .settings
+        .webhook_secret
+        .verify(signature, payload, now, tolerance)
+}
 
 /// Applies an authenticated, parsed event under its id: the stored answer for
 /// a redelivery, RETRY_LATER (nothing recorded) for an event that overtook
@@ -88,7 +155,7 @@ pub async fn apply(
     // Recorded first: a twin of this event under another caller's key waits
     // here for our commit, then finds it seen. Rolled back with the rest when
     // the event must come again.
-    if !api::record_event(
+    if !gateway_events::record_event(
         conn,
         &event.id,
         &event.kind,
@@ -98,8 +165,8 @@ pub async fn apply(
     )
     .await?
     {
-        let attempt = match api::event_attempt(conn, &event.id).await? {
-            Some(id) => Some(attempt_proto(&api::attempt_view(conn, id).await?)),
+        let attempt = match gateway_events::event_attempt(conn, &event.id).await? {
+            Some(id) => Some(attempt_proto(&attempts::attempt_view(conn, id).await?)),
             None => None,
         };
         return Ok(Some(pb::HandleGatewayWebhookResponse {
@@ -113,8 +180,8 @@ pub async fn apply(
         EventAction::Ignored => {}
         action @ (EventAction::Credit | EventAction::PaymentFailed) => {
             let attempt_id = match client {
-                Some(id) if accounts::attempt_exists(conn, id).await? => Some(id),
-                _ => api::attempt_by_reference(conn, reference).await?,
+                Some(id) if attempts::attempt_exists(conn, id).await? => Some(id),
+                _ => attempts::attempt_by_reference(conn, reference).await?,
             };
             let Some(attempt_id) = attempt_id else {
                 if recent {
@@ -128,12 +195,12 @@ pub async fn apply(
                 return finish(conn, event, result).await.map(Some);
             };
             result.funding_attempt_id = Some(attempt_id);
-            let attempt = api::attempt_view(conn, attempt_id).await?;
+            let attempt = attempts::attempt_view(conn, attempt_id).await?;
             // The account first, as every path that touches an attempt does
             // (FundEscrow's record of the answer races this webhook).
             accounts::lock_account(conn, attempt.escrow_account_id).await?;
             if attempt.gateway_reference.is_none() && !reference.is_empty() {
-                api::insert_attempt_gateway(
+                attempts::insert_attempt_gateway(
                     conn,
                     attempt_id,
                     &AttemptGateway {
@@ -219,7 +286,7 @@ pub async fn apply(
                     conn,
                     row.id,
                     reference,
-                    crate::flows::after(flows.settings.payout_expiry, now),
+                    after(flows.settings.payout_expiry, now),
                 )
                 .await?;
             }
@@ -252,9 +319,9 @@ async fn finish(
     event: &GatewayEvent,
     result: EventResult<'_>,
 ) -> Result<pb::HandleGatewayWebhookResponse, ServiceError> {
-    api::finish_event(conn, &event.id, &result).await?;
+    gateway_events::finish_event(conn, &event.id, &result).await?;
     let funding_attempt = match result.funding_attempt_id {
-        Some(id) => Some(attempt_proto(&api::attempt_view(conn, id).await?)),
+        Some(id) => Some(attempt_proto(&attempts::attempt_view(conn, id).await?)),
         None => None,
     };
     Ok(pb::HandleGatewayWebhookResponse {

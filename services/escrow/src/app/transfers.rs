@@ -32,15 +32,16 @@ use crate::{
     domain::{
         AccountKey, AccountKind, HoldRequest, Leg, Purpose, TransferRequest, ledger::never_expires,
     },
-    flows::{Flows, after},
     gateway::{GatewayError, OperationStatus, OutgoingTransfer},
     storage::{
         accounts,
-        api::{self, AttemptView},
+        attempts::{self, AttemptView},
         ledger,
         transfers::{self, Direction, NewTransfer, TransferRow, TransferStatus},
     },
 };
+
+use super::context::{Flows, after};
 
 /// How many due transfers one worker pass handles at most.
 const BATCH: i64 = 100;
@@ -56,7 +57,7 @@ pub async fn run_payouts(
 ) -> Result<Vec<TransferRow>, ServiceError> {
     let payables = {
         let mut conn = pool.acquire().await?;
-        api::payable_accounts(
+        ledger::payable_accounts(
             &mut conn,
             AccountKind::SupplierPayable,
             supplier_id,
@@ -133,7 +134,7 @@ pub async fn run_buyer_refunds(
 ) -> Result<Vec<TransferRow>, ServiceError> {
     let payables = {
         let mut conn = pool.acquire().await?;
-        api::payable_accounts(&mut conn, AccountKind::BuyerRefundPayable, None, None).await?
+        ledger::payable_accounts(&mut conn, AccountKind::BuyerRefundPayable, None, None).await?
     };
     let mut started = Vec::new();
     for payable in payables {
@@ -160,7 +161,7 @@ async fn start_buyer_refunds(
         return Ok(started);
     }
     let refunded = transfers::refunded_by_attempt(conn, account.id).await?;
-    for (attempt_id, received, source) in accounts::refund_sources(conn, account.id).await? {
+    for (attempt_id, received, source) in attempts::refund_sources(conn, account.id).await? {
         let room = received - refunded.get(&attempt_id).copied().unwrap_or(0);
         let amount = room.min(available);
         if amount <= 0 {

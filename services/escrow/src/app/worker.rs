@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use sqlx::PgPool;
 use ta_workflow::Shutdown;
 
-use crate::flows::Flows;
+use crate::app::context::Flows;
 
 use super::{funding, transfers};
 
@@ -74,4 +74,41 @@ pub async fn roll_up_balances(pool: PgPool, every: Duration, mut shutdown: Shutd
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
+}
+
+/// Publishes `ta.escrow.money_held` (minor units, per currency): what sits in
+/// escrow accounts, posted and pending, sampled every `every` until
+/// `shutdown`. A failed sample is logged and the last values stay.
+pub async fn report_money_held(
+    pool: sqlx::PgPool,
+    every: std::time::Duration,
+    shutdown: ta_workflow::Shutdown,
+) {
+    use ta_runtime::telemetry::{KeyValue, gauge, sample_every};
+    let held = gauge(
+        "ta.escrow.money_held",
+        "Money held in escrow accounts, in minor units of its currency",
+        "{minor_unit}",
+    );
+    sample_every(every, shutdown, || async {
+        let sampled = async {
+            let mut conn = pool.acquire().await?;
+            crate::storage::statement::read_trial_balance(&mut conn, None).await
+        };
+        match sampled.await {
+            Ok(rows) => {
+                for (kind, currency, posted, pending) in rows {
+                    if kind == "escrow_held" {
+                        #[allow(clippy::cast_precision_loss)]
+                        held.set(
+                            (posted + pending) as f64,
+                            &[KeyValue::new("currency", currency)],
+                        );
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(?error, "money held not sampled"),
+        }
+    })
+    .await;
 }

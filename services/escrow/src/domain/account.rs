@@ -428,6 +428,22 @@ impl EscrowAccount {
         Ok(lifted)
     }
 
+    /// A signed amendment's schedule replaces the account's (each payment
+    /// keeping what it received, up to its new amount); the status follows
+    /// what is funded of it: all of it funded, some, or none. A higher total
+    /// takes a funded account back to partially funded. The caller refuses a
+    /// closed account.
+    pub fn amend(&mut self, schedule: Vec<ScheduledPayment>) {
+        self.status = if schedule.iter().all(ScheduledPayment::is_funded) {
+            Status::Funded
+        } else if schedule.iter().any(|p| p.funded_minor > 0) {
+            Status::PartiallyFunded
+        } else {
+            Status::AwaitingFunding
+        };
+        self.schedule = schedule;
+    }
+
     /// Whether the hold deadline runs: the account is open and not frozen.
     pub fn hold_deadline_runs(&self) -> bool {
         self.status != Status::Closed && self.hold_paused_at.is_none()

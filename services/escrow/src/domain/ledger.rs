@@ -217,6 +217,14 @@ impl Purpose {
         Self::escrow(escrow_account, "refund:cancellation".into())
     }
 
+    /// What a signed amendment's lower schedule leaves funded beyond it.
+    pub fn refund_amendment(escrow_account: Uuid, contract_version: i32) -> Self {
+        Self::escrow(
+            escrow_account,
+            format!("refund:amendment:{contract_version}"),
+        )
+    }
+
     /// Paying a refund owed to the buyer out through the gateway.
     pub fn buyer_refund_payout(escrow_account: Uuid, refund_id: Uuid) -> Self {
         Self::escrow(escrow_account, format!("buyer-refund:{refund_id}"))

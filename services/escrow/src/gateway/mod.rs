@@ -12,10 +12,13 @@
 //! Adapters: [`http::HttpGateway`] speaks to a hosted gateway (and to the
 //! sandbox process, `sandbox/payment-gateway`) over HTTP/JSON;
 //! [`memory::InMemoryGateway`] answers in-process for fast tests. Both pass
-//! the same suite (`tests/gateway_contract.rs`).
+//! the same suite (`tests/gateway_contract.rs`). Its webhooks: [`signature`]
+//! (checked first) and [`event`].
 
+pub mod event;
 pub mod http;
 pub mod memory;
+pub mod signature;
 
 use ta_runtime::{ServiceError, money::Money};
 

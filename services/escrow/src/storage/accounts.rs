@@ -1,4 +1,5 @@
-//! Escrow accounts, their schedule, freezes and funding attempts. Every
+//! Escrow accounts: their schedule, terms and freezes, and the reads that
+//! show an account (its totals, its next deadline). Every
 //! change to an account runs under its row lock ([`lock_account`]), taken
 //! before any ledger or attempt row, so operations on one contract
 //! serialize and lock in one order.
@@ -10,10 +11,7 @@ use ta_runtime::{ServiceError, money::Currency};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::{
-    EscrowAccount, ScheduledPayment, Status,
-    funding::{AttemptStatus, FundingAttempt},
-};
+use crate::domain::{EscrowAccount, ScheduledPayment, Status};
 
 #[derive(FromRow)]
 struct AccountRow {
@@ -191,23 +189,6 @@ pub async fn save_account(
     Ok(())
 }
 
-/// Writes back the hold deadline alone (an amendment, whose schedule is
-/// written by `api::replace_schedule`).
-pub async fn save_hold_deadline(
-    conn: &mut PgConnection,
-    account: &EscrowAccount,
-) -> Result<(), ServiceError> {
-    sqlx::query(
-        "UPDATE escrow.escrow_accounts SET hold_until = $2, hold_paused_at = $3 WHERE id = $1",
-    )
-    .bind(account.id)
-    .bind(account.hold_until)
-    .bind(account.hold_paused_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 /// Records an active freeze (again, if it was lifted).
 pub async fn insert_freeze(
     conn: &mut PgConnection,
@@ -249,293 +230,6 @@ pub async fn lift_freeze(
     Ok(())
 }
 
-#[derive(FromRow)]
-struct AttemptRow {
-    id: Uuid,
-    escrow_account_id: Uuid,
-    milestone_id: String,
-    method: String,
-    amount_minor: i64,
-    status: String,
-    received_minor: Option<i64>,
-    financing_partner_id: Option<String>,
-    hold_id: Option<Uuid>,
-    failure_code: String,
-    credit_reference: Option<String>,
-    expires_at: OffsetDateTime,
-    gateway_key: Option<String>,
-    answered_at: Option<OffsetDateTime>,
-}
-
-impl TryFrom<AttemptRow> for FundingAttempt {
-    type Error = ServiceError;
-
-    fn try_from(row: AttemptRow) -> Result<Self, ServiceError> {
-        Ok(Self {
-            status: AttemptStatus::parse(&row.status).ok_or_else(|| {
-                ServiceError::internal(format!("funding attempt {}: bad status", row.id))
-            })?,
-            id: row.id,
-            escrow_account_id: row.escrow_account_id,
-            milestone_id: row.milestone_id,
-            method: row.method,
-            amount_minor: row.amount_minor,
-            received_minor: row.received_minor,
-            financing_partner_id: row.financing_partner_id,
-            hold_id: row.hold_id,
-            failure_code: row.failure_code,
-            credit_reference: row.credit_reference,
-            expires_at: row.expires_at,
-            gateway_key: row.gateway_key,
-            answered_at: row.answered_at,
-        })
-    }
-}
-
-const ATTEMPT_COLUMNS: &str = "id, escrow_account_id, milestone_id, method, amount_minor, status, \
-    received_minor, financing_partner_id, hold_id, failure_code, credit_reference, expires_at, \
-    gateway_key, answered_at";
-
-/// Inserts an attempt; one still awaiting the gateway's answer is asked
-/// about at `check_at` unless the answer is recorded first.
-pub async fn insert_attempt(
-    conn: &mut PgConnection,
-    attempt: &FundingAttempt,
-    check_at: Option<OffsetDateTime>,
-    now: OffsetDateTime,
-) -> Result<(), ServiceError> {
-    let resolved_at = (attempt.status != AttemptStatus::Pending).then_some(now);
-    sqlx::query(
-        "INSERT INTO escrow.funding_attempts (id, escrow_account_id, milestone_id, method, \
-         amount_minor, status, received_minor, financing_partner_id, hold_id, failure_code, \
-         credit_reference, created_at, expires_at, resolved_at, gateway_key, answered_at, \
-         check_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-    )
-    .bind(attempt.id)
-    .bind(attempt.escrow_account_id)
-    .bind(&attempt.milestone_id)
-    .bind(&attempt.method)
-    .bind(attempt.amount_minor)
-    .bind(attempt.status.as_str())
-    .bind(attempt.received_minor)
-    .bind(&attempt.financing_partner_id)
-    .bind(attempt.hold_id)
-    .bind(&attempt.failure_code)
-    .bind(&attempt.credit_reference)
-    .bind(now)
-    .bind(attempt.expires_at)
-    .bind(resolved_at)
-    .bind(&attempt.gateway_key)
-    .bind(attempt.answered_at)
-    .bind(check_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(|error| match error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            ServiceError::FailedPrecondition(format!(
-                "cannot fund: payment {} has a pending attempt",
-                attempt.milestone_id
-            ))
-        }
-        other => other.into(),
-    })?;
-    Ok(())
-}
-
-/// Reads an attempt; with `lock`, holds its row lock (take the account's
-/// first).
-pub async fn get_attempt(
-    conn: &mut PgConnection,
-    id: Uuid,
-    lock: bool,
-) -> Result<FundingAttempt, ServiceError> {
-    let sql = format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM escrow.funding_attempts WHERE id = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| ServiceError::not_found("funding attempt", id))?
-        .try_into()
-}
-
-pub async fn has_pending_attempt(
-    conn: &mut PgConnection,
-    account_id: Uuid,
-    milestone_id: &str,
-) -> Result<bool, ServiceError> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM escrow.funding_attempts \
-         WHERE escrow_account_id = $1 AND milestone_id = $2 AND status = 'pending')",
-    )
-    .bind(account_id)
-    .bind(milestone_id)
-    .fetch_one(&mut *conn)
-    .await?)
-}
-
-pub async fn pending_attempts(
-    conn: &mut PgConnection,
-    account_id: Uuid,
-) -> Result<Vec<FundingAttempt>, ServiceError> {
-    let sql = format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM escrow.funding_attempts \
-         WHERE escrow_account_id = $1 AND status = 'pending' ORDER BY id FOR UPDATE"
-    );
-    sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
-        .bind(account_id)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(TryInto::try_into)
-        .collect()
-}
-
-/// Resolves a pending attempt (guarded: a resolved one is never changed).
-pub async fn resolve_attempt(
-    conn: &mut PgConnection,
-    attempt: &FundingAttempt,
-    now: OffsetDateTime,
-) -> Result<(), ServiceError> {
-    let changed = sqlx::query(
-        "UPDATE escrow.funding_attempts SET status = $2, received_minor = $3, failure_code = $4, \
-         credit_reference = $5, resolved_at = $6 WHERE id = $1 AND status = 'pending'",
-    )
-    .bind(attempt.id)
-    .bind(attempt.status.as_str())
-    .bind(attempt.received_minor)
-    .bind(&attempt.failure_code)
-    .bind(&attempt.credit_reference)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if changed != 1 {
-        return Err(ServiceError::internal(format!(
-            "funding attempt {} was resolved under its lock",
-            attempt.id
-        )));
-    }
-    Ok(())
-}
-
-/// The attempt started under a gateway key, if any.
-pub async fn attempt_by_gateway_key(
-    conn: &mut PgConnection,
-    gateway_key: &str,
-) -> Result<Option<FundingAttempt>, ServiceError> {
-    let sql =
-        format!("SELECT {ATTEMPT_COLUMNS} FROM escrow.funding_attempts WHERE gateway_key = $1");
-    sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
-        .bind(gateway_key)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(TryInto::try_into)
-        .transpose()
-}
-
-/// Records that the gateway's answer to the start call is known.
-pub async fn mark_answered(
-    conn: &mut PgConnection,
-    attempt_id: Uuid,
-    now: OffsetDateTime,
-) -> Result<(), ServiceError> {
-    sqlx::query(
-        "UPDATE escrow.funding_attempts SET answered_at = $2, check_at = NULL \
-         WHERE id = $1 AND answered_at IS NULL",
-    )
-    .bind(attempt_id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Leases up to `limit` attempts whose start call's answer is unknown and
-/// due to be asked about: their next check moves `lease` ahead and commits
-/// with the caller's transaction, so no other worker asks at the same time.
-pub async fn lease_unanswered(
-    conn: &mut PgConnection,
-    now: OffsetDateTime,
-    lease: time::Duration,
-    limit: i64,
-) -> Result<Vec<FundingAttempt>, ServiceError> {
-    let sql = format!(
-        "WITH due AS (SELECT id FROM escrow.funding_attempts \
-           WHERE answered_at IS NULL AND check_at <= $1 ORDER BY check_at LIMIT $3 \
-           FOR UPDATE SKIP LOCKED) \
-         UPDATE escrow.funding_attempts f SET check_at = $1 + $2 FROM due WHERE f.id = due.id \
-         RETURNING {}",
-        ATTEMPT_COLUMNS
-            .split(", ")
-            .map(|c| format!("f.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
-        .bind(now)
-        .bind(lease)
-        .bind(limit)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(TryInto::try_into)
-        .collect()
-}
-
-/// The earliest pending attempt of a milestone started before `before`.
-pub async fn pending_attempt_started_before(
-    conn: &mut PgConnection,
-    account_id: Uuid,
-    milestone_id: &str,
-    before: OffsetDateTime,
-) -> Result<Option<FundingAttempt>, ServiceError> {
-    let sql = format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM escrow.funding_attempts \
-         WHERE escrow_account_id = $1 AND milestone_id = $2 AND status = 'pending' \
-           AND created_at <= $3 ORDER BY created_at LIMIT 1"
-    );
-    sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
-        .bind(account_id)
-        .bind(milestone_id)
-        .bind(before)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(TryInto::try_into)
-        .transpose()
-}
-
-pub async fn attempt_exists(conn: &mut PgConnection, id: Uuid) -> Result<bool, ServiceError> {
-    Ok(
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM escrow.funding_attempts WHERE id = $1)")
-            .bind(id)
-            .fetch_one(&mut *conn)
-            .await?,
-    )
-}
-
-/// What a refund to the buyer can go back against: the account's settled
-/// card and bank transfer attempts, oldest first, with what each brought in
-/// and the gateway's id of its payment (Pay Later money goes back to the
-/// loan inside the ledger instead).
-pub async fn refund_sources(
-    conn: &mut PgConnection,
-    account_id: Uuid,
-) -> Result<Vec<(Uuid, i64, String)>, ServiceError> {
-    Ok(sqlx::query_as(
-        "SELECT f.id, f.received_minor, g.gateway_reference FROM escrow.funding_attempts f \
-         JOIN escrow.attempt_gateway g ON g.funding_attempt_id = f.id \
-         WHERE f.escrow_account_id = $1 AND f.status = 'succeeded' AND f.method <> 'pay_later' \
-           AND f.received_minor IS NOT NULL ORDER BY f.created_at, f.id",
-    )
-    .bind(account_id)
-    .fetch_all(&mut *conn)
-    .await?)
-}
-
 /// Whether `claim_id` froze the account: `Some(true)` while its freeze is
 /// active, `Some(false)` once lifted, `None` if it never did.
 pub async fn freeze_of(
@@ -549,5 +243,324 @@ pub async fn freeze_of(
     .bind(account_id)
     .bind(claim_id)
     .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// How the contract lets the buyer pay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Direct,
+    PayLater,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::PayLater => "pay_later",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Terms {
+    pub scheme: Scheme,
+    pub financing_partner_id: String,
+    pub supplier_owner_principal_id: String,
+    pub contract_version: i32,
+}
+
+pub async fn insert_terms(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    terms: &Terms,
+) -> Result<(), ServiceError> {
+    sqlx::query(
+        "INSERT INTO escrow.account_terms (escrow_account_id, payment_scheme, financing_partner_id, \
+         supplier_owner_principal_id, contract_version) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (escrow_account_id) DO NOTHING",
+    )
+    .bind(account_id)
+    .bind(terms.scheme.as_str())
+    .bind(&terms.financing_partner_id)
+    .bind(&terms.supplier_owner_principal_id)
+    .bind(terms.contract_version)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether the account's terms are recorded (an account opened again finds
+/// them).
+pub async fn terms_exist(conn: &mut PgConnection, account_id: Uuid) -> Result<bool, ServiceError> {
+    Ok(sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM escrow.account_terms WHERE escrow_account_id = $1)",
+    )
+    .bind(account_id)
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+pub async fn get_terms(conn: &mut PgConnection, account_id: Uuid) -> Result<Terms, ServiceError> {
+    let row: Option<(String, String, String, i32)> = sqlx::query_as(
+        "SELECT payment_scheme, financing_partner_id, supplier_owner_principal_id, contract_version \
+         FROM escrow.account_terms WHERE escrow_account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (scheme, financing_partner_id, supplier_owner_principal_id, contract_version) =
+        row.ok_or_else(|| ServiceError::internal(format!("account {account_id} has no terms")))?;
+    Ok(Terms {
+        scheme: if scheme == "pay_later" {
+            Scheme::PayLater
+        } else {
+            Scheme::Direct
+        },
+        financing_partner_id,
+        supplier_owner_principal_id,
+        contract_version,
+    })
+}
+
+pub async fn set_contract_version(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    version: i32,
+) -> Result<(), ServiceError> {
+    sqlx::query(
+        "UPDATE escrow.account_terms SET contract_version = $2 WHERE escrow_account_id = $1",
+    )
+    .bind(account_id)
+    .bind(version)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether `principal` owns `supplier_id` as recorded on any of its accounts.
+pub async fn read_owns_supplier(
+    conn: &mut PgConnection,
+    principal: &str,
+    supplier_id: &str,
+) -> Result<bool, ServiceError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM escrow.account_terms t \
+           JOIN escrow.escrow_accounts a ON a.id = t.escrow_account_id \
+           WHERE a.supplier_id = $1 AND t.supplier_owner_principal_id = $2)",
+    )
+    .bind(supplier_id)
+    .bind(principal)
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+/// Money in and out of an account's `escrow_held`, and its last change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub funded: i64,
+    pub released: i64,
+    pub refunded: i64,
+    pub held: i64,
+}
+
+async fn totals(conn: &mut PgConnection, account_id: Uuid) -> Result<Totals, ServiceError> {
+    let (funded, released, refunded): (i64, i64, i64) = sqlx::query_as(
+        "SELECT \
+           coalesce(sum(p.amount_minor) FILTER (WHERE c.kind = 'escrow_held'), 0)::bigint, \
+           coalesce(sum(p.amount_minor) FILTER (WHERE d.kind = 'escrow_held' \
+             AND c.kind = 'supplier_payable'), 0)::bigint, \
+           coalesce(sum(p.amount_minor) FILTER (WHERE d.kind = 'escrow_held' \
+             AND c.kind <> 'supplier_payable'), 0)::bigint \
+         FROM escrow.postings p \
+         JOIN escrow.ledger_accounts d ON d.id = p.debit_account_id \
+         JOIN escrow.ledger_accounts c ON c.id = p.credit_account_id \
+         WHERE p.escrow_account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Totals {
+        funded,
+        released,
+        refunded,
+        held: funded - released - refunded,
+    })
+}
+
+/// Active freezes: claim, reason, since.
+async fn active_freezes(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+) -> Result<Vec<(String, String, OffsetDateTime)>, ServiceError> {
+    Ok(sqlx::query_as(
+        "SELECT claim_id, reason, frozen_at FROM escrow.freezes \
+         WHERE escrow_account_id = $1 AND lifted_at IS NULL ORDER BY frozen_at, claim_id",
+    )
+    .bind(account_id)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+async fn updated_at(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+) -> Result<OffsetDateTime, ServiceError> {
+    Ok(
+        sqlx::query_scalar("SELECT updated_at FROM escrow.escrow_accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// When each fully funded payment of an account became so.
+async fn funded_times(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+) -> Result<std::collections::HashMap<String, OffsetDateTime>, ServiceError> {
+    let rows: Vec<(String, OffsetDateTime)> = sqlx::query_as(
+        "SELECT milestone_id, funded_at FROM escrow.scheduled_payments \
+         WHERE escrow_account_id = $1 AND funded_at IS NOT NULL",
+    )
+    .bind(account_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// What the API shows of an account beside the account itself.
+#[derive(Clone, Debug)]
+pub struct AccountDetails {
+    pub terms: Terms,
+    pub totals: Totals,
+    /// Active freezes: claim, reason, since.
+    pub freezes: Vec<(String, String, OffsetDateTime)>,
+    pub updated_at: OffsetDateTime,
+    /// When each fully funded payment became so.
+    pub funded_at: std::collections::HashMap<String, OffsetDateTime>,
+}
+
+/// Reads what the API shows of an account beside the account itself.
+pub async fn read_details(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+) -> Result<AccountDetails, ServiceError> {
+    Ok(AccountDetails {
+        terms: get_terms(conn, account_id).await?,
+        totals: totals(conn, account_id).await?,
+        freezes: active_freezes(conn, account_id).await?,
+        updated_at: updated_at(conn, account_id).await?,
+        funded_at: funded_times(conn, account_id).await?,
+    })
+}
+
+/// Escrow accounts whose `escrow_held` holds money, oldest first, after
+/// (created_at, id).
+pub async fn page_held_accounts(
+    conn: &mut PgConnection,
+    after: Option<(OffsetDateTime, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Uuid>, ServiceError> {
+    let (at, id) = after.map_or((None, None), |(at, id)| (Some(at), Some(id)));
+    Ok(sqlx::query_scalar(
+        "SELECT e.id FROM escrow.escrow_accounts e \
+         JOIN escrow.ledger_accounts l ON l.kind = 'escrow_held' AND l.owner = e.id::text \
+         WHERE l.balance_minor > 0 \
+           AND ($1::timestamptz IS NULL OR (e.created_at, e.id) > ($1, $2)) \
+         ORDER BY e.created_at, e.id LIMIT $3",
+    )
+    .bind(at)
+    .bind(id)
+    .bind(limit + 1)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// The earliest deadline on the account's money (a scheduled payment
+/// deadline or hold deadline timer, a pending hold's expiry), with its kind.
+pub async fn find_next_deadline(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+) -> Result<Option<(OffsetDateTime, String)>, ServiceError> {
+    Ok(sqlx::query_as(
+        "SELECT at, kind FROM ( \
+           SELECT due_at AS at, 'payment_due' AS kind FROM escrow.workflow_timers \
+             WHERE status = 'scheduled' AND kind = 'payment_due' AND subject_id LIKE $1 || '/%' \
+           UNION ALL SELECT due_at, 'hold_deadline' FROM escrow.workflow_timers \
+             WHERE status = 'scheduled' AND kind = 'hold_deadline' AND subject_id = $1 \
+           UNION ALL SELECT expires_at, 'hold_expiry' FROM escrow.holds \
+             WHERE escrow_account_id = $2 AND status = 'pending') d \
+         ORDER BY at LIMIT 1",
+    )
+    .bind(account_id.to_string())
+    .bind(account_id)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Replaces an account's schedule, in order.
+/// Milestones not in the new schedule are removed (the caller checked they
+/// have no attempts).
+pub async fn replace_schedule(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    schedule: &[ScheduledPayment],
+) -> Result<(), ServiceError> {
+    let ids: Vec<String> = schedule.iter().map(|p| p.milestone_id.clone()).collect();
+    sqlx::query(
+        "DELETE FROM escrow.scheduled_payments WHERE escrow_account_id = $1 \
+         AND NOT (milestone_id = ANY($2))",
+    )
+    .bind(account_id)
+    .bind(&ids)
+    .execute(&mut *conn)
+    .await?;
+    // Out of the way of the (account, position) unique index first.
+    sqlx::query(
+        "UPDATE escrow.scheduled_payments SET position = -1 - position WHERE escrow_account_id = $1",
+    )
+    .bind(account_id)
+    .execute(&mut *conn)
+    .await?;
+    for (position, payment) in schedule.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO escrow.scheduled_payments (escrow_account_id, milestone_id, position, \
+             amount_minor, funded_minor, due_at, funded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $5 >= $4 THEN now() END) \
+             ON CONFLICT (escrow_account_id, milestone_id) DO UPDATE SET position = EXCLUDED.position, \
+             amount_minor = EXCLUDED.amount_minor, funded_minor = EXCLUDED.funded_minor, \
+             due_at = EXCLUDED.due_at, \
+             funded_at = CASE WHEN EXCLUDED.funded_minor >= EXCLUDED.amount_minor \
+                 THEN coalesce(escrow.scheduled_payments.funded_at, now()) END"
+        )
+        .bind(account_id)
+        .bind(&payment.milestone_id)
+        .bind(i32::try_from(position).unwrap_or(i32::MAX))
+        .bind(payment.amount_minor)
+        .bind(payment.funded_minor)
+        .bind(payment.due_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Locks every open, unfrozen account whose hold deadline is still ahead and
+/// has no scheduled timer (accounts opened before hold deadlines existed, or
+/// a timer lost by hand): id and deadline.
+pub async fn lock_missing_hold_deadlines(
+    conn: &mut PgConnection,
+    timer_kind: &str,
+) -> Result<Vec<(Uuid, OffsetDateTime)>, ServiceError> {
+    Ok(sqlx::query_as(
+        "SELECT e.id, e.hold_until FROM escrow.escrow_accounts e \
+         WHERE e.status <> 'closed' AND e.hold_paused_at IS NULL AND e.hold_until > now() \
+           AND NOT EXISTS (SELECT 1 FROM escrow.workflow_timers t \
+             WHERE t.kind = $1 AND t.subject_id = e.id::text AND t.status = 'scheduled') \
+         FOR UPDATE OF e SKIP LOCKED",
+    )
+    .bind(timer_kind)
+    .fetch_all(&mut *conn)
     .await?)
 }

@@ -760,3 +760,48 @@ pub async fn loan_outstanding(
         })
         .collect()
 }
+
+pub async fn note_transfer(
+    conn: &mut PgConnection,
+    transfer_id: Uuid,
+    reason: &str,
+    principal: &str,
+    role: &str,
+) -> Result<(), ServiceError> {
+    sqlx::query(
+        "INSERT INTO escrow.transfer_notes (transfer_id, reason, actor_principal_id, actor_role) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (transfer_id) DO NOTHING",
+    )
+    .bind(transfer_id)
+    .bind(reason)
+    .bind(principal)
+    .bind(role)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Ledger accounts of `kind` that may have money to pay out, filtered.
+pub async fn payable_accounts(
+    conn: &mut PgConnection,
+    kind: AccountKind,
+    owner: Option<&str>,
+    currency: Option<Currency>,
+) -> Result<Vec<AccountKey>, ServiceError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT owner, currency FROM escrow.ledger_accounts \
+         WHERE kind = $1 AND ($2::text IS NULL OR owner = $2) AND ($3::text IS NULL OR currency = $3) \
+         ORDER BY owner, currency",
+    )
+    .bind(kind.as_str())
+    .bind(owner)
+    .bind(currency.map(|c| c.as_str()))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(owner, currency)| {
+            Currency::parse(&currency).map(|c| AccountKey::new(kind, owner, c))
+        })
+        .collect())
+}

@@ -2,8 +2,12 @@
 //! own schema, `escrow`.
 
 pub mod accounts;
-pub mod api;
+pub mod attempts;
+pub mod gateway_events;
 pub mod ledger;
+pub mod reconciliation;
+pub mod statement;
+pub mod timers;
 pub mod transfers;
 
 use sqlx::migrate::Migrator;

@@ -333,7 +333,7 @@ pub struct TransferFilter {
     pub limit: i64,
 }
 
-pub async fn list(
+pub async fn list_transfers(
     conn: &mut PgConnection,
     f: &TransferFilter,
 ) -> Result<Vec<TransferRow>, ServiceError> {

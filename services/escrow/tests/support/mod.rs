@@ -11,10 +11,12 @@ use clap::Parser;
 use escrow::{
     SPEC, api,
     app::worker::GatewayWorker,
+    app::{
+        context::{self as flows, Flows, Settings},
+        reactions::EscrowTimers,
+    },
     config::Config,
-    flows::{self, EscrowTimers, Flows, Settings},
-    gateway::{PaymentGateway, memory::InMemoryGateway},
-    webhook::WebhookSecret,
+    gateway::{PaymentGateway, memory::InMemoryGateway, signature::WebhookSecret},
 };
 use sqlx::PgPool;
 use ta_proto::{
