@@ -20,7 +20,7 @@ use ta_proto::{
 };
 use ta_runtime::{
     ServiceError, Violations,
-    auth::{self, Actor, Principal, Role},
+    auth::{self, Actor, Principal},
     money::Money,
     paging,
     pipeline::Mutations,
@@ -809,20 +809,7 @@ impl DisputeService for DisputeApi {
                 v.add("filed_after", "is not a valid timestamp");
             }
         }
-        match principal.role {
-            Role::Buyer => {
-                if filter
-                    .buyer_principal_id
-                    .as_ref()
-                    .is_some_and(|b| *b != principal.subject)
-                {
-                    v.add("buyer_principal_id", "a buyer lists only its own claims");
-                }
-                filter.buyer_principal_id = Some(principal.subject.clone());
-            }
-            Role::Supplier => filter.supplier_principal_id = Some(principal.subject.clone()),
-            _ => {}
-        }
+        app::narrow_to_caller(&principal, &mut filter, &mut v);
         finish(v)?;
         self.read(async |conn| {
             let rows = claims::list_claims(conn, &filter, after, limit + 1).await?;

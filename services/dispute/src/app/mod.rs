@@ -23,7 +23,7 @@ pub mod reactions;
 use sqlx::PgConnection;
 use ta_proto::{IdempotentRequest, dispute as pb};
 use ta_runtime::{
-    ServiceError,
+    ServiceError, Violations,
     auth::{Actor, Principal, Role},
     money::Money,
 };
@@ -39,7 +39,7 @@ use crate::{
     effects::{self, Call},
     storage::{
         self, StoredActor,
-        claims::ClaimRecord,
+        claims::{ClaimFilter, ClaimRecord},
         timeline::{self, TimelineEntry},
     },
     views,
@@ -102,6 +102,25 @@ pub fn check_can_read(principal: &Principal, claim: &ClaimRecord) -> Result<(), 
         Role::Buyer if principal.subject == claim.buyer_principal_id => Ok(()),
         Role::Supplier if principal.subject == claim.supplier_principal_id => Ok(()),
         _ => Err(not_party()),
+    }
+}
+
+/// A listing narrowed to the claims the caller may see: a buyer its own
+/// (naming another buyer is a bad field), a supplier's owner its own.
+pub fn narrow_to_caller(principal: &Principal, filter: &mut ClaimFilter, v: &mut Violations) {
+    match principal.role {
+        Role::Buyer => {
+            if filter
+                .buyer_principal_id
+                .as_ref()
+                .is_some_and(|b| *b != principal.subject)
+            {
+                v.add("buyer_principal_id", "a buyer lists only its own claims");
+            }
+            filter.buyer_principal_id = Some(principal.subject.clone());
+        }
+        Role::Supplier => filter.supplier_principal_id = Some(principal.subject.clone()),
+        _ => {}
     }
 }
 
