@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod durations;
 pub mod errors;
 pub mod idempotency;
 pub mod middleware;

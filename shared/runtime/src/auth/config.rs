@@ -6,7 +6,7 @@ use super::{
     DEFAULT_ISSUER, DEFAULT_LEEWAY_SECONDS, DEFAULT_MAX_LIFETIME, MIN_HS256_SECRET_LEN,
     PLATFORM_AUDIENCE, PUBLISHED_HS256_SECRETS,
 };
-use crate::config::DurationRange;
+use crate::durations::DurationRange;
 
 pub(super) const ENV_ISSUER: &str = "AUTH_JWT_ISSUER";
 pub(super) const ENV_AUDIENCE: &str = "AUTH_JWT_AUDIENCE";
