@@ -8,7 +8,7 @@ use clap::Parser;
 use ta_runtime::config::{CommonConfig, DurationRange};
 use ta_workflow::WorkflowConfig;
 
-use crate::flows::Settings;
+use crate::app::Settings;
 
 /// Contract: the Trade Assurance agreement between buyer and supplier and the
 /// order's whole life, from draft to acceptance.

@@ -1,100 +1,53 @@
 //! The gRPC transport: parses each request (every bad field reported at
-//! once), checks who may reach the contract (the proto's access option is
-//! enforced by the server's auth layer; here only the per-resource rules: the
-//! parties, the named agency, operators and services), runs mutations through
-//! the shared pipeline (caller, key, one transaction, stored answer) and the
-//! use cases in `app`, and answers in proto.
+//! once), runs mutations through the shared pipeline (caller, key, one
+//! transaction, stored answer) and one use case of `app` each, reads through
+//! `storage` and `app`'s view, and answers in proto. Who may call which RPC
+//! is declared in the proto and enforced by the server's auth layer; the
+//! per-resource rules (the parties, the named agency, operators and
+//! services) are `app`'s.
 
-use std::{sync::Arc, time::Duration as StdDuration};
+use std::sync::Arc;
 
-use prost::Message;
-use sqlx::PgConnection;
-use ta_proto::{
-    common::TimelineEntry as PbTimelineEntry,
-    contract::{self as pb, contract_service_server::ContractService},
-    supplier::{
-        GetSupplierRequest, supplier_registry_service_client::SupplierRegistryServiceClient,
-    },
+use ta_objects::{Kind, Store};
+use ta_proto::contract::{
+    self as pb, contract_service_server::ContractService, upload_inspection_file_request::Part,
 };
 use ta_runtime::{
     ServiceError, Violations,
     auth::{self, Principal, Role},
-    money::{Money, readable},
     paging,
     pipeline::Mutations,
     text::{optional_text, require_text, validate_reference},
     timestamps,
 };
-use ta_workflow::{
-    config::FeedConfig, credentials::ServiceCredentials, feed::EventStream, peers::Peers,
-};
+use ta_workflow::{config::FeedConfig, feed::EventStream, timeline::Page};
 use time::OffsetDateTime;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::{
-    app,
-    domain::{
-        fulfilment::{check_inspection_results, check_shipment},
-        negotiation::{Amended, Negotiation, Party, Protection, Signed},
-        quality::Outcome,
-        status::{Action, Status as ContractState},
-        terms::Terms,
+    app::{
+        self, Flows, amendments, cancellation, check_can_read,
+        claims::{self, ClaimAbandon, ClaimClose, ClaimOpen},
+        drafting::{self, ById, CreateDraft, Registry, Revise},
+        fulfilment::{self, Inspect, Receipt, Ship},
+        not_party,
     },
-    flows::{
-        self, ACCEPTANCE_DUE, Actor, Flows, LoadedTerms, SHIPMENT_DUE, Step, contract_proto,
-        current_version, load_terms, version_proto,
+    domain::{negotiation::Protection, terms::Terms},
+    storage::{
+        contracts::{
+            ContractFilter, ContractRecord, get_contract, list_contracts,
+            list_inspection_assignments,
+        },
+        fulfilment::list_reports,
+        timeline::page_timeline,
     },
-    storage::{self, ContractFilter, ContractRecord, ReportRecord, ShipmentRecord, VersionRecord},
+    views::{self, report_proto},
 };
 
 const MAX_NOTE: usize = 1000;
 
-/// Reads a supplier's owner from supplier-registry when a draft is created,
-/// so escrow and dispute can check ownership without calling back.
-pub struct Registry {
-    pub peers: Peers,
-    pub credentials: Arc<ServiceCredentials>,
-    pub timeout: StdDuration,
-}
-
-impl Registry {
-    async fn owner_of(&self, supplier_id: Uuid) -> Result<String, ServiceError> {
-        let channel = self
-            .peers
-            .channel(flows::SUPPLIER_REGISTRY)
-            .ok_or_else(|| {
-                ServiceError::Unavailable("supplier-registry's address is not configured".into())
-            })?;
-        let bearer = self
-            .credentials
-            .bearer(flows::SUPPLIER_REGISTRY)
-            .map_err(|e| ServiceError::internal(format!("no service token: {e}")))?;
-        let mut client = SupplierRegistryServiceClient::new(ta_runtime::client::traced(channel));
-        let mut request = Request::new(GetSupplierRequest {
-            supplier_id: supplier_id.to_string(),
-        });
-        request.set_timeout(self.timeout);
-        request.metadata_mut().insert("authorization", bearer);
-        ta_runtime::telemetry::inject_trace_context(request.metadata_mut());
-        match client.get_supplier(request).await {
-            Ok(response) => response
-                .into_inner()
-                .supplier
-                .map(|s| s.owner_principal_id)
-                .ok_or_else(|| ServiceError::internal("supplier-registry answered no supplier")),
-            Err(status) if status.code() == tonic::Code::NotFound => {
-                Err(ServiceError::not_found("supplier", supplier_id))
-            }
-            Err(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "supplier lookup failed");
-                Err(ServiceError::Unavailable(
-                    "supplier-registry cannot be reached to look the supplier up; retry".into(),
-                ))
-            }
-        }
-    }
-}
+type Answer<T> = Result<Response<T>, Status>;
 
 pub struct ContractApi {
     mutations: Mutations,
@@ -102,18 +55,19 @@ pub struct ContractApi {
     registry: Registry,
     feed_config: FeedConfig,
     /// Inspection reports' files; none: UploadInspectionFile is unavailable.
-    store: Option<ta_objects::Store>,
+    store: Option<Store>,
 }
 
 impl ContractApi {
+    /// `mutations` runs over the service's pool and idempotency keys.
     pub fn new(
-        pool: sqlx::PgPool,
+        mutations: Mutations,
         flows: Arc<Flows>,
         registry: Registry,
         feed_config: FeedConfig,
     ) -> Self {
         Self {
-            mutations: Mutations::new(pool, storage::SCHEMA),
+            mutations,
             flows,
             registry,
             feed_config,
@@ -123,51 +77,38 @@ impl ContractApi {
 
     /// Where inspection reports' files go (UploadInspectionFile).
     #[must_use]
-    pub fn with_store(mut self, store: ta_objects::Store) -> Self {
+    pub fn with_store(mut self, store: Store) -> Self {
         self.store = Some(store);
         self
-    }
-
-    /// Every file a report's results name is in the store: a report cannot
-    /// point at evidence nobody can download.
-    async fn check_report_files(
-        &self,
-        results: &[pb::CriterionResult],
-    ) -> Result<(), ServiceError> {
-        let mut v = Violations::new();
-        for (i, result) in results.iter().enumerate() {
-            for (j, reference) in result.evidence_sha256.iter().enumerate() {
-                let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
-                let stored = match &self.store {
-                    Some(store) => store.contains(hex).await?,
-                    None => false,
-                };
-                if !stored {
-                    v.add(
-                        format!("results[{i}].evidence_sha256[{j}]"),
-                        "no file with this SHA-256 is stored: upload it with UploadInspectionFile first",
-                    );
-                }
-            }
-        }
-        v.finish(())
-    }
-
-    fn pool(&self) -> &sqlx::PgPool {
-        self.mutations.pool()
     }
 
     fn day(&self) -> time::Duration {
         self.flows.settings.day
     }
+}
 
-    async fn read<T>(
-        &self,
-        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, ServiceError>,
-    ) -> Result<T, Status> {
-        let mut conn = self.pool().acquire().await.map_err(ServiceError::from)?;
-        Ok(work(&mut conn).await?)
-    }
+/// One change of one contract, answered with the contract after it:
+/// `$parse` makes the command (recording every bad field in `$v`), `$apply`
+/// is the use case, run in the pipeline's transaction as
+/// `(tx, flows, principal, &command, now)`, and `$answer` the response type
+/// holding the contract.
+macro_rules! change {
+    ($api:expr, $request:expr, |$req:ident, $v:ident| $parse:expr, $apply:path, $answer:ident) => {{
+        let api = $api;
+        let prepared = api.mutations.prepare($request, |$req, _, $v| $parse)?;
+        api.mutations
+            .execute(&prepared, || {
+                async |tx| {
+                    let (principal, command) = (prepared.principal(), &prepared.command);
+                    let view =
+                        $apply(tx, &api.flows, principal, command, timestamps::now()).await?;
+                    Ok(pb::$answer {
+                        contract: Some(view),
+                    })
+                }
+            })
+            .await
+    }};
 }
 
 // ---- Parsing ---------------------------------------------------------------
@@ -217,55 +158,6 @@ fn finish(v: Violations) -> Result<(), ServiceError> {
     v.finish(())
 }
 
-// ---- Who may see what ------------------------------------------------------
-
-fn not_party() -> ServiceError {
-    ServiceError::PermissionDenied("the caller is not a party to this contract".into())
-}
-
-/// The caller's side of the contract, if it is a party.
-fn party_of(principal: &Principal, contract: &ContractRecord) -> Result<Party, ServiceError> {
-    match principal.role {
-        Role::Buyer if principal.subject == contract.buyer_principal_id => Ok(Party::Buyer),
-        Role::Supplier if principal.subject == contract.supplier_principal_id => {
-            Ok(Party::Supplier)
-        }
-        _ => Err(not_party()),
-    }
-}
-
-fn require_party(
-    principal: &Principal,
-    contract: &ContractRecord,
-    wanted: Party,
-) -> Result<(), ServiceError> {
-    let party = party_of(principal, contract)?;
-    if party != wanted {
-        return Err(ServiceError::PermissionDenied(format!(
-            "only the contract's {} may do this",
-            wanted.as_str()
-        )));
-    }
-    Ok(())
-}
-
-/// The parties, the agency named for inspection, operators and services.
-fn check_can_read(principal: &Principal, contract: &ContractRecord) -> Result<(), ServiceError> {
-    match principal.role {
-        Role::Operator | Role::Service => Ok(()),
-        Role::Inspector
-            if !contract.progress.inspection_agency.is_empty()
-                && contract.progress.inspection_agency == principal.subject =>
-        {
-            Ok(())
-        }
-        Role::Buyer | Role::Supplier => party_of(principal, contract).map(|_| ()),
-        Role::Inspector => Err(ServiceError::PermissionDenied(
-            "only the inspection agency named in the signed terms reads this contract".into(),
-        )),
-    }
-}
-
 fn contract_token(c: &ContractRecord) -> String {
     paging::token(
         "contracts",
@@ -282,129 +174,247 @@ fn time_cursor(fields: &[&str]) -> Option<(OffsetDateTime, Uuid)> {
     Some((at, Uuid::parse_str(id).ok()?))
 }
 
-// ---- Commands ----------------------------------------------------------------
-
-struct CreateDraft {
-    supplier_id: Uuid,
-    buyer_principal_id: Option<String>,
-    proto: pb::ContractTerms,
-    terms: Terms,
-}
-
-struct Revise {
-    contract_id: Uuid,
-    base_version: u32,
-    proto: pb::ContractTerms,
-    terms: Terms,
-    change_note: String,
-}
-
-impl Revise {
-    /// A new version's request: the contract, the version it builds on, the
-    /// whole terms and why they change.
-    fn parse(
-        contract: &str,
-        base_version: u32,
-        sent: Option<&pb::ContractTerms>,
-        change_note: &str,
-        (now, day): (OffsetDateTime, time::Duration),
-        v: &mut Violations,
-    ) -> Result<Self, ServiceError> {
-        let contract_id = contract_id(contract, v);
-        let base_version = version_number("base_version", base_version, v);
-        let change_note = require_text("change_note", change_note, MAX_NOTE, v);
-        let terms = Terms::validate(sent, "terms", now, Some(day), v).ok_or_else(recorded)?;
-        Ok(Self {
-            contract_id,
-            base_version,
-            proto: terms_proto_with_figures(&terms, sent),
-            terms,
-            change_note,
-        })
-    }
-}
-
-struct ById {
-    contract_id: Uuid,
-    version: u32,
-    text: String,
-}
-
-struct Inspect {
-    contract_id: Uuid,
-    agency_reference: String,
-    inspected_at: OffsetDateTime,
-    results: Vec<pb::CriterionResult>,
-    summary: String,
-}
-
-struct Ship {
-    contract_id: Uuid,
-    carrier: String,
-    tracking_number: String,
-    shipped_at: OffsetDateTime,
-    r#final: bool,
-}
-
-struct ClaimOpen {
-    contract_id: Uuid,
-    claim_id: String,
-    reason: crate::domain::fulfilment::ClaimReason,
-}
-
-struct ClaimClose {
-    contract_id: Uuid,
-    claim_id: String,
-    closure: pb::ClaimClosure,
-    refunded: Option<ta_proto::common::Money>,
-    new_shipment_deadline: Option<OffsetDateTime>,
-}
-
 fn terms_proto_with_figures(terms: &Terms, sent: Option<&pb::ContractTerms>) -> pb::ContractTerms {
     let mut proto = sent.cloned().unwrap_or_default();
     terms.stamp(&mut proto);
     proto
 }
 
-fn new_version(
-    contract_id: Uuid,
-    version: u32,
-    proto: &pb::ContractTerms,
-    terms: &Terms,
-    principal: &Principal,
+/// A new version's request: the contract, the version it builds on, the
+/// whole terms and why they change.
+fn revision(
+    contract: &str,
+    base_version: u32,
+    sent: Option<&pb::ContractTerms>,
     change_note: &str,
-    now: OffsetDateTime,
-) -> VersionRecord {
-    VersionRecord {
+    (now, day): (OffsetDateTime, time::Duration),
+    v: &mut Violations,
+) -> Result<Revise, ServiceError> {
+    let contract_id = contract_id(contract, v);
+    let base_version = version_number("base_version", base_version, v);
+    let change_note = require_text("change_note", change_note, MAX_NOTE, v);
+    let terms = Terms::validate(sent, "terms", now, Some(day), v).ok_or_else(recorded)?;
+    Ok(Revise {
         contract_id,
-        version,
-        terms: proto.encode_to_vec(),
-        total: terms.total,
-        created_by_principal_id: principal.subject.clone(),
-        created_by_role: principal.role.as_str().into(),
-        change_note: change_note.into(),
-        created_at: now,
+        base_version,
+        proto: terms_proto_with_figures(&terms, sent),
+        terms,
+        change_note,
+    })
+}
+
+fn is_sha256_ref(value: &str) -> bool {
+    value.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+fn inspection(
+    req: &pb::SubmitInspectionReportRequest,
+    now: OffsetDateTime,
+    v: &mut Violations,
+) -> Inspect {
+    let contract_id = contract_id(&req.contract_id, v);
+    validate_reference("agency_reference", &req.agency_reference, v);
+    if req.inspected_at.is_none() {
+        v.add("inspected_at", "is required");
+    }
+    let inspected_at = past_or_now("inspected_at", req.inspected_at.as_ref(), now, v);
+    if req.results.is_empty() {
+        v.add("results", "needs one result per quality criterion");
+    }
+    for (i, result) in req.results.iter().enumerate() {
+        optional_text(&format!("results[{i}].note"), &result.note, MAX_NOTE, v);
+        for (j, hash) in result.evidence_sha256.iter().enumerate() {
+            if !is_sha256_ref(hash) {
+                v.add(
+                    format!("results[{i}].evidence_sha256[{j}]"),
+                    "must be sha256:<64 lowercase hex digits>",
+                );
+            }
+        }
+    }
+    let summary = optional_text("summary", &req.summary, MAX_NOTE, v);
+    Inspect {
+        contract_id,
+        agency_reference: req.agency_reference.clone(),
+        inspected_at,
+        results: req.results.clone(),
+        summary,
     }
 }
 
-fn step(event: pb::ContractEventType, action: &'static str, detail: String) -> Step<'static> {
-    Step {
-        event,
-        action,
-        detail,
-        money: None,
+/// An inspection file's metadata (the first message of its upload): the
+/// contract, and a size, media type and hash the store takes.
+struct FileMetadata {
+    contract_id: Uuid,
+    size: u64,
+    sha256_hex: String,
+}
+
+fn file_metadata(
+    meta: Option<&pb::InspectionFileMetadata>,
+    store: &Store,
+) -> Result<FileMetadata, ServiceError> {
+    let Some(meta) = meta else {
+        return Err(ServiceError::invalid(
+            "metadata",
+            "the first message carries the file's metadata",
+        ));
+    };
+    let mut v = Violations::new();
+    let contract_id = Uuid::parse_str(meta.contract_id.trim()).ok();
+    if contract_id.is_none() {
+        v.add("metadata.contract_id", "must be a contract id (a UUID)");
+    }
+    let kind = Kind::InspectionReport;
+    let content_type = meta.content_type.trim().to_ascii_lowercase();
+    if !kind.content_types().contains(&content_type.as_str()) {
+        v.add(
+            "metadata.content_type",
+            format!(
+                "an inspection report's file is one of {}",
+                kind.content_types().join(", ")
+            ),
+        );
+    }
+    let max = store.limits.max_bytes(kind);
+    if meta.size_bytes == 0 || meta.size_bytes > max {
+        v.add(
+            "metadata.size_bytes",
+            format!("must be 1 to {max} bytes for an inspection report's file"),
+        );
+    }
+    if !ta_objects::is_sha256_hex(&meta.sha256_hex) {
+        v.add(
+            "metadata.sha256_hex",
+            "must be the file's SHA-256 in 64 lower-case hex digits",
+        );
+    }
+    match contract_id {
+        Some(contract_id) if v.is_empty() => Ok(FileMetadata {
+            contract_id,
+            size: meta.size_bytes,
+            sha256_hex: meta.sha256_hex.clone(),
+        }),
+        _ => Err(v.into_error()),
     }
 }
 
-/// The states in which goods have not shipped yet but the contract is signed.
-pub(crate) fn before_shipment(status: ContractState) -> bool {
-    matches!(
-        status,
-        ContractState::AwaitingPayment
-            | ContractState::PartiallyFunded
-            | ContractState::Funded
-            | ContractState::SignedUnprotected
-    )
+fn draft(
+    req: &pb::CreateContractDraftRequest,
+    principal: &Principal,
+    (now, day): (OffsetDateTime, time::Duration),
+    v: &mut Violations,
+) -> Result<CreateDraft, ServiceError> {
+    let supplier_id = Uuid::parse_str(&req.supplier_id).unwrap_or_else(|_| {
+        v.add("supplier_id", "must be a supplier id (UUID)");
+        Uuid::nil()
+    });
+    let buyer_principal_id = match principal.role {
+        Role::Buyer => {
+            if !req.buyer_principal_id.is_empty() && req.buyer_principal_id != principal.subject {
+                v.add(
+                    "buyer_principal_id",
+                    "must be empty or the caller: a buyer creates its own contracts",
+                );
+            }
+            None
+        }
+        _ => {
+            validate_reference("buyer_principal_id", &req.buyer_principal_id, v);
+            Some(req.buyer_principal_id.clone())
+        }
+    };
+    let terms = Terms::validate(req.terms.as_ref(), "terms", now, Some(day), v);
+    let terms = terms.ok_or_else(recorded)?;
+    Ok(CreateDraft {
+        supplier_id,
+        buyer_principal_id,
+        proto: terms_proto_with_figures(&terms, req.terms.as_ref()),
+        terms,
+    })
+}
+
+fn claim_closing(req: &pb::RecordClaimClosedRequest, v: &mut Violations) -> ClaimClose {
+    let contract_id = contract_id(&req.contract_id, v);
+    validate_reference("claim_id", &req.claim_id, v);
+    let closure = req.closure();
+    if closure == pb::ClaimClosure::Unspecified {
+        v.add("closure", "is required");
+    }
+    let new_shipment_deadline = req.new_shipment_deadline.as_ref().and_then(|at| {
+        let parsed = timestamps::from_proto(at);
+        if parsed.is_none() {
+            v.add("new_shipment_deadline", "is not a valid timestamp");
+        }
+        parsed
+    });
+    ClaimClose {
+        contract_id,
+        claim_id: req.claim_id.clone(),
+        closure,
+        refunded: req.refunded.clone(),
+        new_shipment_deadline,
+    }
+}
+
+/// Who may see a contract's listing: a buyer its own, a supplier its
+/// owner's, operators and services any.
+fn listing_filter(
+    req: &pb::ListContractsRequest,
+    principal: &Principal,
+    v: &mut Violations,
+) -> Result<ContractFilter, ServiceError> {
+    let mut filter = ContractFilter::default();
+    if !req.supplier_id.is_empty() {
+        match Uuid::parse_str(&req.supplier_id) {
+            Ok(id) => filter.supplier_id = Some(id),
+            Err(_) => v.add("supplier_id", "must be a supplier id (UUID)"),
+        }
+    }
+    if !req.buyer_principal_id.is_empty() {
+        validate_reference("buyer_principal_id", &req.buyer_principal_id, v);
+        filter.buyer_principal_id = Some(req.buyer_principal_id.clone());
+    }
+    for (i, status) in req.statuses.iter().enumerate() {
+        match pb::ContractStatus::try_from(*status)
+            .ok()
+            .and_then(views::status_from_proto)
+        {
+            Some(s) => filter.statuses.push(s),
+            None => v.add(format!("statuses[{i}]"), "is not a contract status"),
+        }
+    }
+    filter.protection = match pb::Protection::try_from(req.protection) {
+        Ok(pb::Protection::Unspecified) => None,
+        Ok(pb::Protection::TradeAssurance) => Some(Protection::TradeAssurance),
+        Ok(pb::Protection::None) => Some(Protection::None),
+        Err(_) => {
+            v.add("protection", "is not a protection");
+            None
+        }
+    };
+    match principal.role {
+        Role::Buyer => {
+            if filter
+                .buyer_principal_id
+                .as_ref()
+                .is_some_and(|b| *b != principal.subject)
+            {
+                return Err(ServiceError::PermissionDenied(
+                    "a buyer lists only its own contracts".into(),
+                ));
+            }
+            filter.buyer_principal_id = Some(principal.subject.clone());
+        }
+        Role::Supplier => filter.supplier_principal_id = Some(principal.subject.clone()),
+        _ => {}
+    }
+    Ok(filter)
 }
 
 #[tonic::async_trait]
@@ -412,7 +422,7 @@ impl ContractService for ContractApi {
     async fn create_contract_draft(
         &self,
         request: Request<pb::CreateContractDraftRequest>,
-    ) -> Result<Response<pb::CreateContractDraftResponse>, Status> {
+    ) -> Answer<pb::CreateContractDraftResponse> {
         // A retry after success replays before the supplier is read again
         // or the terms are checked against a later clock.
         if let Some(answer) = self.mutations.replayed(&request).await? {
@@ -421,110 +431,23 @@ impl ContractService for ContractApi {
         let now = timestamps::now();
         let day = self.day();
         let prepared = self.mutations.prepare(request, |req, principal, v| {
-            let supplier_id = Uuid::parse_str(&req.supplier_id).unwrap_or_else(|_| {
-                v.add("supplier_id", "must be a supplier id (UUID)");
-                Uuid::nil()
-            });
-            let buyer_principal_id = match principal.role {
-                Role::Buyer => {
-                    if !req.buyer_principal_id.is_empty()
-                        && req.buyer_principal_id != principal.subject
-                    {
-                        v.add(
-                            "buyer_principal_id",
-                            "must be empty or the caller: a buyer creates its own contracts",
-                        );
-                    }
-                    None
-                }
-                _ => {
-                    validate_reference("buyer_principal_id", &req.buyer_principal_id, v);
-                    Some(req.buyer_principal_id.clone())
-                }
-            };
-            let terms = Terms::validate(req.terms.as_ref(), "terms", now, Some(day), v);
-            let terms = terms.ok_or_else(recorded)?;
-            Ok(CreateDraft {
-                supplier_id,
-                buyer_principal_id,
-                proto: terms_proto_with_figures(&terms, req.terms.as_ref()),
-                terms,
-            })
+            draft(req, principal, (now, day), v)
         })?;
         // A read of another service, before the transaction (a new key only:
         // a retry after success replayed above).
-        let owner = self.registry.owner_of(prepared.command.supplier_id).await?;
         let principal = prepared.principal().clone();
-        if principal.role == Role::Supplier && owner != principal.subject {
-            return Err(ServiceError::PermissionDenied(
-                "a supplier creates drafts only for a supplier it owns".into(),
-            )
-            .into());
-        }
+        let supplier_id = prepared.command.supplier_id;
+        let owner = drafting::supplier_owner(&self.registry, &principal, supplier_id).await?;
         self.mutations
             .execute(&prepared, || {
                 async |tx| {
                     let cmd = &prepared.command;
-                    let id = Uuid::now_v7();
-                    let mut record = ContractRecord {
-                        contract_id: id,
-                        buyer_principal_id: cmd
-                            .buyer_principal_id
-                            .clone()
-                            .unwrap_or_else(|| principal.subject.clone()),
-                        supplier_id: cmd.supplier_id,
-                        supplier_principal_id: owner.clone(),
-                        negotiation: Negotiation::new(cmd.terms.protection),
-                        status_before_dispute: None,
-                        total: cmd.terms.total,
-                        escrow_account_id: None,
-                        open_claim_id: None,
-                        activation_refusal: String::new(),
-                        cancellation_reason: String::new(),
-                        progress: storage::Progress::default(),
-                        created_at: now,
-                        updated_at: now,
-                    };
-                    let version = new_version(
-                        id,
-                        1,
-                        &cmd.proto,
-                        &cmd.terms,
-                        &principal,
-                        "first draft",
-                        now,
-                    );
-                    storage::insert_contract(tx, &record, &version).await?;
-                    let view = self
-                        .flows
-                        .record(
-                            tx,
-                            &mut record,
-                            &Actor::of(&principal),
-                            step(
-                                pb::ContractEventType::DraftCreated,
-                                "draft.created",
-                                format!(
-                                    "draft \"{}\" created by the {}: {} ({})",
-                                    cmd.terms.title,
-                                    principal.role,
-                                    readable(cmd.terms.total),
-                                    match cmd.terms.protection {
-                                        Protection::TradeAssurance => "Trade Assurance",
-                                        Protection::None => "unprotected",
-                                    }
-                                ),
-                            ),
-                            now,
-                        )
-                        .await?;
+                    let (contract, version) =
+                        drafting::create_draft(tx, &self.flows, &principal, cmd, &owner, now)
+                            .await?;
                     Ok(pb::CreateContractDraftResponse {
-                        contract: Some(view),
-                        version: Some(version_proto(&LoadedTerms {
-                            version,
-                            proto: cmd.proto.clone(),
-                            terms: cmd.terms.clone(),
-                        })),
+                        contract: Some(contract),
+                        version: Some(version),
                     })
                 }
             })
@@ -534,7 +457,7 @@ impl ContractService for ContractApi {
     async fn revise_contract_draft(
         &self,
         request: Request<pb::ReviseContractDraftRequest>,
-    ) -> Result<Response<pb::ReviseContractDraftResponse>, Status> {
+    ) -> Answer<pb::ReviseContractDraftResponse> {
         // Deadlines are checked against the clock: a retry after success
         // replays before they are checked again.
         if let Some(answer) = self.mutations.replayed(&request).await? {
@@ -542,232 +465,12 @@ impl ContractService for ContractApi {
         }
         let now = timestamps::now();
         let prepared = self.mutations.prepare(request, |req, _, v| {
-            Revise::parse(
+            let (terms, note) = (req.terms.as_ref(), &req.change_note);
+            revision(
                 &req.contract_id,
                 req.base_version,
-                req.terms.as_ref(),
-                &req.change_note,
-                (now, self.day()),
-                v,
-            )
-        })?;
-        self.mutations
-            .execute(&prepared, || async |tx| {
-                let cmd = &prepared.command;
-                let principal = prepared.principal();
-                let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                party_of(principal, &contract)?;
-                let version = contract.negotiation.revise(cmd.base_version)?;
-                contract.negotiation.protection = cmd.terms.protection;
-                contract.total = cmd.terms.total;
-                let record = new_version(
-                    cmd.contract_id,
-                    version,
-                    &cmd.proto,
-                    &cmd.terms,
-                    principal,
-                    &cmd.change_note,
-                    now,
-                );
-                storage::insert_version(tx, &record).await?;
-                let view = self
-                    .flows
-                    .record(
-                        tx,
-                        &mut contract,
-                        &Actor::of(principal),
-                        step(
-                            pb::ContractEventType::DraftRevised,
-                            "draft.revised",
-                            format!(
-                                "the {} revised the draft to version {version} ({}): {}; signatures on earlier versions are void",
-                                principal.role,
-                                readable(cmd.terms.total),
-                                cmd.change_note
-                            ),
-                        ),
-                        now,
-                    )
-                    .await?;
-                Ok(pb::ReviseContractDraftResponse {
-                    contract: Some(view),
-                    version: Some(version_proto(&LoadedTerms {
-                        version: record,
-                        proto: cmd.proto.clone(),
-                        terms: cmd.terms.clone(),
-                    })),
-                })
-            })
-            .await
-    }
-
-    async fn get_contract(
-        &self,
-        request: Request<pb::GetContractRequest>,
-    ) -> Result<Response<pb::GetContractResponse>, Status> {
-        let principal = auth::principal(&request)?;
-        let req = request.into_inner();
-        let mut v = Violations::new();
-        let id = contract_id(&req.contract_id, &mut v);
-        finish(v)?;
-        let day = self.day();
-        self.read(async |conn| {
-            let contract = storage::get_contract(conn, id).await?;
-            check_can_read(&principal, &contract)?;
-            let version = match req.version {
-                0 => current_version(&contract),
-                n if n <= contract.negotiation.latest_version => n,
-                n => return Err(ServiceError::not_found("version of the contract", n)),
-            };
-            let loaded = load_terms(conn, id, version).await?;
-            Ok(Response::new(pb::GetContractResponse {
-                contract: Some(contract_proto(conn, &contract, day).await?),
-                version: Some(version_proto(&loaded)),
-            }))
-        })
-        .await
-    }
-
-    async fn list_contracts(
-        &self,
-        request: Request<pb::ListContractsRequest>,
-    ) -> Result<Response<pb::ListContractsResponse>, Status> {
-        let principal = auth::principal(&request)?;
-        let req = request.into_inner();
-        let mut v = Violations::new();
-        let limit = paging::page_size(req.page.as_ref(), &mut v);
-        let after = paging::cursor(req.page.as_ref(), "contracts", &mut v, time_cursor);
-        let mut filter = ContractFilter::default();
-        if !req.supplier_id.is_empty() {
-            match Uuid::parse_str(&req.supplier_id) {
-                Ok(id) => filter.supplier_id = Some(id),
-                Err(_) => v.add("supplier_id", "must be a supplier id (UUID)"),
-            }
-        }
-        if !req.buyer_principal_id.is_empty() {
-            validate_reference("buyer_principal_id", &req.buyer_principal_id, &mut v);
-            filter.buyer_principal_id = Some(req.buyer_principal_id.clone());
-        }
-        for (i, status) in req.statuses.iter().enumerate() {
-            match pb::ContractStatus::try_from(*status)
-                .ok()
-                .and_then(flows::status_from_proto)
-            {
-                Some(s) => filter.statuses.push(s),
-                None => v.add(format!("statuses[{i}]"), "is not a contract status"),
-            }
-        }
-        filter.protection = match pb::Protection::try_from(req.protection) {
-            Ok(pb::Protection::Unspecified) => None,
-            Ok(pb::Protection::TradeAssurance) => Some(Protection::TradeAssurance),
-            Ok(pb::Protection::None) => Some(Protection::None),
-            Err(_) => {
-                v.add("protection", "is not a protection");
-                None
-            }
-        };
-        match principal.role {
-            Role::Buyer => {
-                if filter
-                    .buyer_principal_id
-                    .as_ref()
-                    .is_some_and(|b| *b != principal.subject)
-                {
-                    return Err(ServiceError::PermissionDenied(
-                        "a buyer lists only its own contracts".into(),
-                    )
-                    .into());
-                }
-                filter.buyer_principal_id = Some(principal.subject.clone());
-            }
-            Role::Supplier => filter.supplier_principal_id = Some(principal.subject.clone()),
-            _ => {}
-        }
-        finish(v)?;
-        let day = self.day();
-        self.read(async |conn| {
-            let rows = storage::list_contracts(conn, &filter, after, limit + 1).await?;
-            let (rows, next) = paging::split_page(rows, limit, contract_token);
-            let mut contracts = Vec::with_capacity(rows.len());
-            for row in &rows {
-                contracts.push(contract_proto(conn, row, day).await?);
-            }
-            Ok(Response::new(pb::ListContractsResponse {
-                contracts,
-                next_page_token: next,
-            }))
-        })
-        .await
-    }
-
-    async fn sign_contract(
-        &self,
-        request: Request<pb::SignContractRequest>,
-    ) -> Result<Response<pb::SignContractResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            Ok(ById {
-                contract_id: contract_id(&req.contract_id, v),
-                version: version_number("version", req.version, v),
-                text: String::new(),
-            })
-        })?;
-        self.mutations
-            .execute(&prepared, || async |tx| {
-                let now = timestamps::now();
-                let cmd = &prepared.command;
-                let principal = prepared.principal();
-                let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                let party = party_of(principal, &contract)?;
-                let signed =
-                    contract
-                        .negotiation
-                        .sign(party, &principal.subject, cmd.version, now)?;
-                let actor = Actor::of(principal);
-                let view = match signed {
-                    Signed::First => {
-                        self.flows
-                            .record(
-                                tx,
-                                &mut contract,
-                                &actor,
-                                step(
-                                    pb::ContractEventType::Signed,
-                                    "contract.signed",
-                                    format!(
-                                        "the {} signed version {}; the other party's signature is awaited",
-                                        party.as_str(),
-                                        cmd.version
-                                    ),
-                                ),
-                                now,
-                            )
-                            .await?
-                    }
-                    Signed::BothProtected | Signed::BothUnprotected => {
-                        app::both_signed(tx, &self.flows, &mut contract, &actor, now).await?
-                    }
-                };
-                Ok(pb::SignContractResponse {
-                    contract: Some(view),
-                })
-            })
-            .await
-    }
-
-    async fn propose_amendment(
-        &self,
-        request: Request<pb::ProposeAmendmentRequest>,
-    ) -> Result<Response<pb::ProposeAmendmentResponse>, Status> {
-        if let Some(answer) = self.mutations.replayed(&request).await? {
-            return Ok(answer);
-        }
-        let now = timestamps::now();
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            Revise::parse(
-                &req.contract_id,
-                req.base_version,
-                req.terms.as_ref(),
-                &req.change_note,
+                terms,
+                note,
                 (now, self.day()),
                 v,
             )
@@ -775,64 +478,108 @@ impl ContractService for ContractApi {
         self.mutations
             .execute(&prepared, || {
                 async |tx| {
-                    let cmd = &prepared.command;
-                    let principal = prepared.principal();
-                    let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                    party_of(principal, &contract)?;
-                    if cmd.terms.protection != contract.negotiation.protection {
-                        return Err(ServiceError::invalid(
-                            "terms.protection",
-                            "cannot change in an amendment",
-                        ));
-                    }
-                    if cmd.terms.total.currency != contract.total.currency {
-                        return Err(ServiceError::invalid(
-                            "terms.line_items",
-                            format!(
-                                "must stay in the contract's currency, {}",
-                                contract.total.currency
-                            ),
-                        ));
-                    }
-                    let version = contract.negotiation.propose_amendment(cmd.base_version)?;
-                    let old_total = contract.total;
-                    let record = new_version(
-                        cmd.contract_id,
-                        version,
-                        &cmd.proto,
-                        &cmd.terms,
-                        principal,
-                        &cmd.change_note,
-                        now,
-                    );
-                    storage::insert_version(tx, &record).await?;
-                    let view = self
-                        .flows
-                        .record(
-                            tx,
-                            &mut contract,
-                            &Actor::of(principal),
-                            step(
-                                pb::ContractEventType::AmendmentProposed,
-                                "amendment.proposed",
-                                format!(
-                                    "the {} proposed amendment {version} ({} -> {}): {}",
-                                    principal.role,
-                                    readable(old_total),
-                                    readable(cmd.terms.total),
-                                    cmd.change_note
-                                ),
-                            ),
-                            now,
-                        )
-                        .await?;
+                    let (principal, cmd) = (prepared.principal(), &prepared.command);
+                    let (contract, version) =
+                        drafting::revise_draft(tx, &self.flows, principal, cmd, now).await?;
+                    Ok(pb::ReviseContractDraftResponse {
+                        contract: Some(contract),
+                        version: Some(version),
+                    })
+                }
+            })
+            .await
+    }
+
+    async fn get_contract(
+        &self,
+        request: Request<pb::GetContractRequest>,
+    ) -> Answer<pb::GetContractResponse> {
+        let principal = auth::principal(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = contract_id(&req.contract_id, &mut v);
+        finish(v)?;
+        let day = self.day();
+        let answer = app::read(self.mutations.pool(), async |conn| {
+            let (contract, version) =
+                app::read_contract(conn, &principal, id, req.version, day).await?;
+            Ok(pb::GetContractResponse {
+                contract: Some(contract),
+                version: Some(version),
+            })
+        })
+        .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn list_contracts(
+        &self,
+        request: Request<pb::ListContractsRequest>,
+    ) -> Answer<pb::ListContractsResponse> {
+        let principal = auth::principal(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let limit = paging::page_size(req.page.as_ref(), &mut v);
+        let after = paging::cursor(req.page.as_ref(), "contracts", &mut v, time_cursor);
+        let filter = listing_filter(&req, &principal, &mut v)?;
+        finish(v)?;
+        let answer = app::read(self.mutations.pool(), async |conn| {
+            let rows = list_contracts(conn, &filter, after, limit + 1).await?;
+            let (rows, next) = paging::split_page(rows, limit, contract_token);
+            Ok(pb::ListContractsResponse {
+                contracts: app::contract_views(conn, &rows, self.day()).await?,
+                next_page_token: next,
+            })
+        })
+        .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn sign_contract(
+        &self,
+        request: Request<pb::SignContractRequest>,
+    ) -> Answer<pb::SignContractResponse> {
+        change!(
+            self,
+            request,
+            |req, v| Ok(ById {
+                contract_id: contract_id(&req.contract_id, v),
+                version: version_number("version", req.version, v),
+                text: String::new(),
+            }),
+            drafting::sign,
+            SignContractResponse
+        )
+    }
+
+    async fn propose_amendment(
+        &self,
+        request: Request<pb::ProposeAmendmentRequest>,
+    ) -> Answer<pb::ProposeAmendmentResponse> {
+        if let Some(answer) = self.mutations.replayed(&request).await? {
+            return Ok(answer);
+        }
+        let now = timestamps::now();
+        let prepared = self.mutations.prepare(request, |req, _, v| {
+            let (terms, note) = (req.terms.as_ref(), &req.change_note);
+            revision(
+                &req.contract_id,
+                req.base_version,
+                terms,
+                note,
+                (now, self.day()),
+                v,
+            )
+        })?;
+        self.mutations
+            .execute(&prepared, || {
+                async |tx| {
+                    let (principal, cmd) = (prepared.principal(), &prepared.command);
+                    let (contract, version) =
+                        amendments::propose(tx, &self.flows, principal, cmd, now).await?;
                     Ok(pb::ProposeAmendmentResponse {
-                        contract: Some(view),
-                        version: Some(version_proto(&LoadedTerms {
-                            version: record,
-                            proto: cmd.proto.clone(),
-                            terms: cmd.terms.clone(),
-                        })),
+                        contract: Some(contract),
+                        version: Some(version),
                     })
                 }
             })
@@ -842,302 +589,81 @@ impl ContractService for ContractApi {
     async fn sign_amendment(
         &self,
         request: Request<pb::SignAmendmentRequest>,
-    ) -> Result<Response<pb::SignAmendmentResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            Ok(ById {
+    ) -> Answer<pb::SignAmendmentResponse> {
+        change!(
+            self,
+            request,
+            |req, v| Ok(ById {
                 contract_id: contract_id(&req.contract_id, v),
                 version: version_number("version", req.version, v),
                 text: String::new(),
-            })
-        })?;
-        self.mutations
-            .execute(&prepared, || async |tx| {
-                let now = timestamps::now();
-                let cmd = &prepared.command;
-                let principal = prepared.principal();
-                let actor = Actor::of(principal);
-                let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                let party = party_of(principal, &contract)?;
-                let signed = contract.negotiation.sign_amendment(
-                    party,
-                    &principal.subject,
-                    cmd.version,
-                    now,
-                )?;
-                let view = match signed {
-                    Amended::Both if contract.negotiation.protection == Protection::None => {
-                        app::apply_amendment(tx, &self.flows, &mut contract, &actor, None, now)
-                            .await?
-                    }
-                    Amended::Both => {
-                        let amended = load_terms(tx, cmd.contract_id, cmd.version).await?;
-                        self.flows
-                            .adjust_cover(
-                                tx,
-                                &contract,
-                                cmd.version,
-                                amended.version.total,
-                                flows::completion::COVER_ADJUSTED,
-                            )
-                            .await?;
-                        self.flows
-                            .record(
-                                tx,
-                                &mut contract,
-                                &actor,
-                                step(
-                                    pb::ContractEventType::Signed,
-                                    "amendment.signed",
-                                    format!(
-                                        "both parties signed amendment {}; cover moves to {} and the escrow schedule follows",
-                                        cmd.version,
-                                        readable(amended.version.total)
-                                    ),
-                                ),
-                                now,
-                            )
-                            .await?
-                    }
-                    Amended::First => {
-                        self.flows
-                            .record(
-                                tx,
-                                &mut contract,
-                                &actor,
-                                step(
-                                    pb::ContractEventType::Signed,
-                                    "amendment.signed",
-                                    format!(
-                                        "the {} signed amendment {}; the other party's signature is awaited",
-                                        party.as_str(),
-                                        cmd.version
-                                    ),
-                                ),
-                                now,
-                            )
-                            .await?
-                    }
-                };
-                Ok(pb::SignAmendmentResponse {
-                    contract: Some(view),
-                })
-            })
-            .await
+            }),
+            amendments::sign_amendment,
+            SignAmendmentResponse
+        )
     }
 
     async fn withdraw_amendment(
         &self,
         request: Request<pb::WithdrawAmendmentRequest>,
-    ) -> Result<Response<pb::WithdrawAmendmentResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            Ok(ById {
+    ) -> Answer<pb::WithdrawAmendmentResponse> {
+        change!(
+            self,
+            request,
+            |req, v| Ok(ById {
                 contract_id: contract_id(&req.contract_id, v),
                 version: version_number("version", req.version, v),
                 text: require_text("reason", &req.reason, MAX_NOTE, v),
-            })
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let cmd = &prepared.command;
-                    let principal = prepared.principal();
-                    let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                    party_of(principal, &contract)?;
-                    contract.negotiation.withdraw_amendment(cmd.version)?;
-                    let in_force = contract.negotiation.signed_version;
-                    let view = self
-                        .flows
-                        .record(
-                            tx,
-                            &mut contract,
-                            &Actor::of(principal),
-                            step(
-                                pb::ContractEventType::AmendmentWithdrawn,
-                                "amendment.withdrawn",
-                                format!(
-                                    "the {} withdrew amendment {}: {}; version {} stays in force",
-                                    principal.role, cmd.version, cmd.text, in_force
-                                ),
-                            ),
-                            now,
-                        )
-                        .await?;
-                    Ok(pb::WithdrawAmendmentResponse {
-                        contract: Some(view),
-                    })
-                }
-            })
-            .await
+            }),
+            amendments::withdraw,
+            WithdrawAmendmentResponse
+        )
     }
 
     async fn cancel_contract(
         &self,
         request: Request<pb::CancelContractRequest>,
-    ) -> Result<Response<pb::CancelContractResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            Ok(ById {
+    ) -> Answer<pb::CancelContractResponse> {
+        change!(
+            self,
+            request,
+            |req, v| Ok(ById {
                 contract_id: contract_id(&req.contract_id, v),
                 version: 0,
                 text: require_text("reason", &req.reason, MAX_NOTE, v),
-            })
-        })?;
-        self.mutations
-            .execute(&prepared, || async |tx| {
-                let now = timestamps::now();
-                let cmd = &prepared.command;
-                let principal = prepared.principal();
-                let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                if principal.role != Role::Operator {
-                    let party = party_of(principal, &contract)?;
-                    if contract.negotiation.status == ContractState::Funded
-                        && party == Party::Buyer
-                        && !contract.progress.shipment_overdue
-                    {
-                        return Err(ServiceError::FailedPrecondition(
-                            "the contract is funded: the buyer may cancel only once the shipment deadline passed unshipped"
-                                .into(),
-                        ));
-                    }
-                }
-                let view = app::cancel(
-                    tx,
-                    &self.flows,
-                    &mut contract,
-                    &Actor::of(principal),
-                    &cmd.text,
-                    now,
-                )
-                .await?;
-                Ok(pb::CancelContractResponse {
-                    contract: Some(view),
-                })
-            })
-            .await
+            }),
+            cancellation::cancel_contract,
+            CancelContractResponse
+        )
     }
 
     async fn submit_inspection_report(
         &self,
         request: Request<pb::SubmitInspectionReportRequest>,
-    ) -> Result<Response<pb::SubmitInspectionReportResponse>, Status> {
+    ) -> Answer<pb::SubmitInspectionReportResponse> {
         let now = timestamps::now();
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            let contract_id = contract_id(&req.contract_id, v);
-            validate_reference("agency_reference", &req.agency_reference, v);
-            if req.inspected_at.is_none() {
-                v.add("inspected_at", "is required");
-            }
-            let inspected_at = past_or_now("inspected_at", req.inspected_at.as_ref(), now, v);
-            if req.results.is_empty() {
-                v.add("results", "needs one result per quality criterion");
-            }
-            for (i, result) in req.results.iter().enumerate() {
-                optional_text(&format!("results[{i}].note"), &result.note, MAX_NOTE, v);
-                for (j, hash) in result.evidence_sha256.iter().enumerate() {
-                    if !is_sha256_ref(hash) {
-                        v.add(
-                            format!("results[{i}].evidence_sha256[{j}]"),
-                            "must be sha256:<64 lowercase hex digits>",
-                        );
-                    }
-                }
-            }
-            let summary = optional_text("summary", &req.summary, MAX_NOTE, v);
-            Ok(Inspect {
-                contract_id,
-                agency_reference: req.agency_reference.clone(),
-                inspected_at,
-                results: req.results.clone(),
-                summary,
-            })
-        })?;
+        let prepared = self
+            .mutations
+            .prepare(request, |req, _, v| Ok(inspection(req, now, v)))?;
         self.mutations
-            .execute(&prepared, || async |tx| {
-                let cmd = &prepared.command;
-                let principal = prepared.principal();
-                let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                if contract.progress.inspection_agency.is_empty()
-                    || contract.progress.inspection_agency != principal.subject
-                {
-                    return Err(ServiceError::PermissionDenied(
-                        "only the inspection agency named in the signed terms reports on this contract"
-                            .into(),
-                    ));
-                }
-                if !before_shipment(contract.negotiation.status) {
-                    return Err(ServiceError::FailedPrecondition(format!(
-                        "the contract is {}: inspection reports are filed between signing and shipment",
-                        contract.negotiation.status.as_str()
-                    )));
-                }
-                self.check_report_files(&cmd.results).await?;
-                let version = contract.negotiation.signed_version;
-                let loaded = load_terms(tx, cmd.contract_id, version).await?;
-                let mut v = Violations::new();
-                let checked = check_inspection_results(&cmd.results, &loaded.terms, &mut v);
-                let checked = v.finish_some("results", checked)?;
-                let report_id = Uuid::now_v7();
-                let report = pb::InspectionReport {
-                    report_id: report_id.to_string(),
-                    contract_id: cmd.contract_id.to_string(),
-                    contract_version: version,
-                    agency_reference: cmd.agency_reference.clone(),
-                    inspected_at: Some(timestamps::to_proto(cmd.inspected_at)),
-                    results: cmd.results.clone(),
-                    passed: checked.passed,
-                    summary: cmd.summary.clone(),
-                    submitted_by: Some(Actor::of(principal).to_proto()),
-                    submitted_at: Some(timestamps::to_proto(now)),
-                };
-                storage::insert_report(
-                    tx,
-                    cmd.contract_id,
-                    &ReportRecord {
-                        report_id,
-                        contract_version: version,
-                        report: report.encode_to_vec(),
-                        passed: checked.passed,
-                        submitted_at: now,
-                    },
-                )
-                .await?;
-                let failed: Vec<&str> = checked
-                    .results
-                    .iter()
-                    .filter(|r| r.outcome == Outcome::Fail)
-                    .map(|r| r.criterion_id.as_str())
-                    .collect();
-                let detail = if checked.passed {
-                    format!(
-                        "inspection report {} by {}: passed every criterion; the goods may ship",
-                        cmd.agency_reference, principal.subject
-                    )
-                } else {
-                    format!(
-                        "inspection report {} by {}: FAILED {}; shipment waits for a passing re-inspection",
-                        cmd.agency_reference,
-                        principal.subject,
-                        failed.join(", ")
-                    )
-                };
-                let view = self
-                    .flows
-                    .record(
+            .execute(&prepared, || {
+                async |tx| {
+                    let (principal, cmd) = (prepared.principal(), &prepared.command);
+                    let store = self.store.as_ref();
+                    let (report, contract) = fulfilment::submit_inspection_report(
                         tx,
-                        &mut contract,
-                        &Actor::of(principal),
-                        step(
-                            pb::ContractEventType::InspectionReported,
-                            "inspection.reported",
-                            detail,
-                        ),
+                        &self.flows,
+                        store,
+                        principal,
+                        cmd,
                         now,
                     )
                     .await?;
-                Ok(pb::SubmitInspectionReportResponse {
-                    report: Some(report),
-                    contract: Some(view),
-                })
+                    Ok(pb::SubmitInspectionReportResponse {
+                        report: Some(report),
+                        contract: Some(contract),
+                    })
+                }
             })
             .await
     }
@@ -1145,7 +671,7 @@ impl ContractService for ContractApi {
     async fn list_inspection_assignments(
         &self,
         request: Request<pb::ListInspectionAssignmentsRequest>,
-    ) -> Result<Response<pb::ListInspectionAssignmentsResponse>, Status> {
+    ) -> Answer<pb::ListInspectionAssignmentsResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
@@ -1169,38 +695,26 @@ impl ContractService for ContractApi {
             }
         };
         finish(v)?;
-        let day = self.day();
-        self.read(async |conn| {
-            let rows = storage::inspection_assignments(conn, &agency, after, limit + 1).await?;
+        let answer = app::read(self.mutations.pool(), async |conn| {
+            let rows = list_inspection_assignments(conn, &agency, after, limit + 1).await?;
             let (rows, next) = paging::split_page(rows, limit, |c| {
-                paging::token(
-                    "assignments",
-                    &[
-                        &c.progress
-                            .shipment_deadline
-                            .unwrap_or(c.created_at)
-                            .unix_timestamp_nanos()
-                            .to_string(),
-                        &c.contract_id.to_string(),
-                    ],
-                )
+                let due = c.progress.shipment_deadline.unwrap_or(c.created_at);
+                let due = due.unix_timestamp_nanos().to_string();
+                paging::token("assignments", &[&due, &c.contract_id.to_string()])
             });
-            let mut contracts = Vec::with_capacity(rows.len());
-            for row in &rows {
-                contracts.push(contract_proto(conn, row, day).await?);
-            }
-            Ok(Response::new(pb::ListInspectionAssignmentsResponse {
-                contracts,
+            Ok(pb::ListInspectionAssignmentsResponse {
+                contracts: app::contract_views(conn, &rows, self.day()).await?,
                 next_page_token: next,
-            }))
+            })
         })
-        .await
+        .await?;
+        Ok(Response::new(answer))
     }
 
     async fn list_inspection_reports(
         &self,
         request: Request<pb::ListInspectionReportsRequest>,
-    ) -> Result<Response<pb::ListInspectionReportsResponse>, Status> {
+    ) -> Answer<pb::ListInspectionReportsResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
@@ -1208,279 +722,141 @@ impl ContractService for ContractApi {
         let limit = paging::page_size(req.page.as_ref(), &mut v);
         let after = paging::cursor(req.page.as_ref(), "reports", &mut v, time_cursor);
         finish(v)?;
-        self.read(async |conn| {
-            let contract = storage::get_contract(conn, id).await?;
+        let answer = app::read(self.mutations.pool(), async |conn| {
+            let contract = get_contract(conn, id).await?;
             check_can_read(&principal, &contract)?;
-            let rows = storage::reports(conn, id, after, limit + 1).await?;
+            let rows = list_reports(conn, id, after, limit + 1).await?;
             let (rows, next) = paging::split_page(rows, limit, |r| {
-                paging::token(
-                    "reports",
-                    &[
-                        &r.submitted_at.unix_timestamp_nanos().to_string(),
-                        &r.report_id.to_string(),
-                    ],
-                )
+                let at = r.submitted_at.unix_timestamp_nanos().to_string();
+                paging::token("reports", &[&at, &r.report_id.to_string()])
             });
-            Ok(Response::new(pb::ListInspectionReportsResponse {
-                reports: rows
-                    .iter()
-                    .map(flows::report_proto)
-                    .collect::<Result<_, _>>()?,
+            Ok(pb::ListInspectionReportsResponse {
+                reports: rows.iter().map(report_proto).collect::<Result<_, _>>()?,
                 next_page_token: next,
-            }))
+            })
         })
-        .await
+        .await?;
+        Ok(Response::new(answer))
     }
 
     async fn record_shipment(
         &self,
         request: Request<pb::RecordShipmentRequest>,
-    ) -> Result<Response<pb::RecordShipmentResponse>, Status> {
+    ) -> Answer<pb::RecordShipmentResponse> {
         let now = timestamps::now();
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            Ok(Ship {
+        change!(
+            self,
+            request,
+            |req, v| Ok(Ship {
                 contract_id: contract_id(&req.contract_id, v),
                 carrier: require_text("carrier", &req.carrier, 100, v),
                 tracking_number: require_text("tracking_number", &req.tracking_number, 100, v),
                 shipped_at: past_or_now("shipped_at", req.shipped_at.as_ref(), now, v),
                 r#final: req.r#final,
-            })
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let cmd = &prepared.command;
-                    let principal = prepared.principal();
-                    let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                    require_party(principal, &contract, Party::Supplier)?;
-                    let next = contract.negotiation.status.next(Action::Ship)?;
-                    let mut loaded =
-                        load_terms(tx, cmd.contract_id, contract.negotiation.signed_version)
-                            .await?;
-                    if let Some(deadline) = contract.progress.shipment_deadline {
-                        loaded.terms.shipment_deadline = deadline;
-                    }
-                    let latest = storage::latest_report(tx, cmd.contract_id).await?;
-                    let late =
-                        check_shipment(&loaded.terms, latest.map(|r| r.passed), cmd.shipped_at)?;
-                    storage::insert_shipment(
-                        tx,
-                        cmd.contract_id,
-                        &ShipmentRecord {
-                            carrier: cmd.carrier.clone(),
-                            tracking_number: cmd.tracking_number.clone(),
-                            shipped_at: cmd.shipped_at,
-                            late,
-                            r#final: cmd.r#final,
-                        },
-                    )
-                    .await?;
-                    let lateness = if late {
-                        " LATE (after the shipment deadline)"
-                    } else {
-                        ""
-                    };
-                    let detail = if cmd.r#final {
-                        contract.negotiation.status = next;
-                        self.flows
-                            .timers
-                            .cancel(tx, SHIPMENT_DUE, &cmd.contract_id.to_string())
-                            .await?;
-                        let due = loaded.terms.delivery_deadline
-                            + self.day() * loaded.terms.inspection_period_days;
-                        contract.progress.acceptance_due_at = Some(due);
-                        self.flows
-                            .schedule_at(tx, ACCEPTANCE_DUE, cmd.contract_id, due, now)
-                            .await?;
-                        format!(
-                            "shipped{lateness} with {} ({}); the goods must arrive by {}",
-                            cmd.carrier,
-                            cmd.tracking_number,
-                            flows::readable_time(loaded.terms.delivery_deadline)
-                        )
-                    } else {
-                        format!(
-                            "part shipment{lateness} with {} ({}); more follow",
-                            cmd.carrier, cmd.tracking_number
-                        )
-                    };
-                    let view = self
-                        .flows
-                        .record(
-                            tx,
-                            &mut contract,
-                            &Actor::of(principal),
-                            step(pb::ContractEventType::Shipped, "goods.shipped", detail),
-                            now,
-                        )
-                        .await?;
-                    Ok(pb::RecordShipmentResponse {
-                        contract: Some(view),
-                    })
-                }
-            })
-            .await
+            }),
+            fulfilment::record_shipment,
+            RecordShipmentResponse
+        )
     }
 
     async fn confirm_receipt(
         &self,
         request: Request<pb::ConfirmReceiptRequest>,
-    ) -> Result<Response<pb::ConfirmReceiptResponse>, Status> {
+    ) -> Answer<pb::ConfirmReceiptResponse> {
         let now = timestamps::now();
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            Ok(Ship {
+        change!(
+            self,
+            request,
+            |req, v| Ok(Receipt {
                 contract_id: contract_id(&req.contract_id, v),
-                carrier: String::new(),
-                tracking_number: String::new(),
-                shipped_at: past_or_now("received_at", req.received_at.as_ref(), now, v),
-                r#final: true,
-            })
-        })?;
-        self.mutations
-            .execute(&prepared, || async |tx| {
-                let now = timestamps::now();
-                let cmd = &prepared.command;
-                let received_at = cmd.shipped_at;
-                let principal = prepared.principal();
-                let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                require_party(principal, &contract, Party::Buyer)?;
-                contract.negotiation.status =
-                    contract.negotiation.status.next(Action::ConfirmReceipt)?;
-                let shipped_at = storage::shipments(tx, cmd.contract_id)
-                    .await?
-                    .into_iter()
-                    .find(|s| s.r#final)
-                    .map(|s| s.shipped_at);
-                if shipped_at.is_some_and(|s| received_at < s) {
-                    return Err(ServiceError::invalid(
-                        "received_at",
-                        "must not be before the shipment",
-                    ));
-                }
-                let loaded =
-                    load_terms(tx, cmd.contract_id, contract.negotiation.signed_version).await?;
-                let due = flows::acceptance_after_receipt(&loaded.terms, received_at, self.day());
-                contract.progress.received_at = Some(received_at);
-                contract.progress.acceptance_due_at = Some(due);
-                self.flows
-                    .schedule_at(tx, ACCEPTANCE_DUE, cmd.contract_id, due, now)
-                    .await?;
-                let window_ends = received_at + self.day() * loaded.terms.claim_window_days;
-                let view = self
-                    .flows
-                    .record(
-                        tx,
-                        &mut contract,
-                        &Actor::of(principal),
-                        step(
-                            pb::ContractEventType::ReceiptConfirmed,
-                            "goods.received",
-                            format!(
-                                "the buyer confirmed receipt; claims about the goods are possible until {}, and the goods count as accepted at {} unless claimed",
-                                flows::readable_time(window_ends),
-                                flows::readable_time(due)
-                            ),
-                        ),
-                        now,
-                    )
-                    .await?;
-                Ok(pb::ConfirmReceiptResponse {
-                    contract: Some(view),
-                })
-            })
-            .await
+                received_at: past_or_now("received_at", req.received_at.as_ref(), now, v),
+            }),
+            fulfilment::confirm_receipt,
+            ConfirmReceiptResponse
+        )
     }
 
     async fn accept_goods(
         &self,
         request: Request<pb::AcceptGoodsRequest>,
-    ) -> Result<Response<pb::AcceptGoodsResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            Ok(ById {
+    ) -> Answer<pb::AcceptGoodsResponse> {
+        change!(
+            self,
+            request,
+            |req, v| Ok(ById {
                 contract_id: contract_id(&req.contract_id, v),
                 version: 0,
                 text: optional_text("note", &req.note, MAX_NOTE, v),
-            })
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let cmd = &prepared.command;
-                    let principal = prepared.principal();
-                    let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                    require_party(principal, &contract, Party::Buyer)?;
-                    let view = app::accept(
-                        tx,
-                        &self.flows,
-                        &mut contract,
-                        &Actor::of(principal),
-                        "explicit",
-                        &cmd.text,
-                        now,
-                    )
-                    .await?;
-                    Ok(pb::AcceptGoodsResponse {
-                        contract: Some(view),
-                    })
-                }
-            })
-            .await
+            }),
+            fulfilment::accept_goods,
+            AcceptGoodsResponse
+        )
     }
 
     async fn get_contract_timeline(
         &self,
         request: Request<pb::GetContractTimelineRequest>,
-    ) -> Result<Response<pb::GetContractTimelineResponse>, Status> {
+    ) -> Answer<pb::GetContractTimelineResponse> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = contract_id(&req.contract_id, &mut v);
-        let limit = paging::page_size(req.page.as_ref(), &mut v);
-        let after = paging::cursor(req.page.as_ref(), "timeline", &mut v, |fields| {
-            fields.first().and_then(|f| f.parse::<u32>().ok())
-        })
-        .unwrap_or(0);
+        let page = Page::parse(req.page.as_ref(), &mut v);
         finish(v)?;
-        self.read(async |conn| {
-            let contract = storage::get_contract(conn, id).await?;
+        let answer = app::read(self.mutations.pool(), async |conn| {
+            let contract = get_contract(conn, id).await?;
             if principal.role == Role::Inspector {
                 return Err(not_party());
             }
             check_can_read(&principal, &contract)?;
-            let limit_u32 = u32::try_from(limit).unwrap_or(100);
-            let rows = storage::timeline(conn, id, after, limit_u32 + 1).await?;
-            let (rows, next) = paging::split_page(rows, limit, |e| {
-                paging::token("timeline", &[&e.entry.to_string()])
-            });
-            Ok(Response::new(pb::GetContractTimelineResponse {
-                entries: rows
-                    .into_iter()
-                    .map(|e| PbTimelineEntry {
-                        occurred_at: Some(timestamps::to_proto(e.occurred_at)),
-                        actor: Some(Actor::stored(e.actor_principal_id, &e.actor_role).to_proto()),
-                        action: e.kind,
-                        detail: e.description,
-                        money: e.money.map(Money::to_proto),
-                    })
-                    .collect(),
-                next_page_token: next,
-            }))
+            let (entries, next_page_token) = page_timeline(conn, id, page).await?;
+            Ok(pb::GetContractTimelineResponse {
+                entries,
+                next_page_token,
+            })
         })
-        .await
+        .await?;
+        Ok(Response::new(answer))
     }
 
+    /// One file, from the agency the signed terms name, between signing and
+    /// shipment (as its report), streamed into the content-addressed store
+    /// of `ta-objects` (the one dispute keeps evidence in) and checked while
+    /// it streams (size, media type, SHA-256); a report's results then name
+    /// it by `sha256:<hex>`.
     async fn upload_inspection_file(
         &self,
-        request: Request<tonic::Streaming<pb::UploadInspectionFileRequest>>,
-    ) -> Result<Response<pb::UploadInspectionFileResponse>, Status> {
+        request: Request<Streaming<pb::UploadInspectionFileRequest>>,
+    ) -> Answer<pb::UploadInspectionFileResponse> {
         let Some(store) = &self.store else {
             return Err(Status::unavailable("this server keeps no inspection files"));
         };
-        crate::files::upload(self.pool(), store, request)
-            .await
-            .map(Response::new)
+        let principal = auth::principal(&request)?;
+        let mut stream = request.into_inner();
+        let first = stream.message().await?;
+        let metadata = match first.and_then(|m| m.part) {
+            Some(Part::Metadata(m)) => Some(m),
+            _ => None,
+        };
+        let meta = file_metadata(metadata.as_ref(), store)?;
+        app::read(self.mutations.pool(), async |conn| {
+            fulfilment::check_inspection_upload(conn, &principal, meta.contract_id).await
+        })
+        .await?;
+        let stored_now = store
+            .begin(meta.size, &meta.sha256_hex)
+            .await?
+            .receive(&mut stream, |message| match message.part {
+                Some(Part::Chunk(bytes)) => Some(bytes),
+                _ => None,
+            })
+            .await?;
+        tracing::info!(contract_id = %meta.contract_id, sha256 = %meta.sha256_hex, stored_now, "inspection file received");
+        Ok(Response::new(pb::UploadInspectionFileResponse {
+            evidence_sha256: format!("sha256:{}", meta.sha256_hex),
+            size_bytes: meta.size,
+            stored_now,
+        }))
     }
 
     type StreamContractEventsStream = EventStream<pb::StreamContractEventsResponse>;
@@ -1488,10 +864,10 @@ impl ContractService for ContractApi {
     async fn stream_contract_events(
         &self,
         request: Request<pb::StreamContractEventsRequest>,
-    ) -> Result<Response<Self::StreamContractEventsStream>, Status> {
+    ) -> Answer<Self::StreamContractEventsStream> {
         let after = request.into_inner().after_sequence;
         let stream = self.flows.feed.stream_events(
-            self.pool().clone(),
+            self.mutations.pool().clone(),
             after,
             &self.feed_config,
             |mut event: pb::ContractEvent, sequence, _| {
@@ -1506,201 +882,79 @@ impl ContractService for ContractApi {
     async fn record_claim_opened(
         &self,
         request: Request<pb::RecordClaimOpenedRequest>,
-    ) -> Result<Response<pb::RecordClaimOpenedResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            let contract_id = contract_id(&req.contract_id, v);
-            validate_reference("claim_id", &req.claim_id, v);
-            let reason = app::claim_reason(req.reason());
-            if reason.is_none() {
-                v.add("reason", "is required");
-            }
-            let reason = reason.ok_or_else(recorded)?;
-            Ok(ClaimOpen {
-                contract_id,
-                claim_id: req.claim_id.clone(),
-                reason,
-            })
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let cmd = &prepared.command;
-                    let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                    let view = app::record_claim_opened(
-                        tx,
-                        &self.flows,
-                        &mut contract,
-                        &Actor::of(prepared.principal()),
-                        &cmd.claim_id,
-                        cmd.reason,
-                        now,
-                    )
-                    .await?;
-                    Ok(pb::RecordClaimOpenedResponse {
-                        contract: Some(view),
-                    })
+    ) -> Answer<pb::RecordClaimOpenedResponse> {
+        change!(
+            self,
+            request,
+            |req, v| {
+                let contract_id = contract_id(&req.contract_id, v);
+                validate_reference("claim_id", &req.claim_id, v);
+                let reason = claims::claim_reason(req.reason());
+                if reason.is_none() {
+                    v.add("reason", "is required");
                 }
-            })
-            .await
+                Ok(ClaimOpen {
+                    contract_id,
+                    claim_id: req.claim_id.clone(),
+                    reason: reason.ok_or_else(recorded)?,
+                })
+            },
+            claims::open_claim,
+            RecordClaimOpenedResponse
+        )
     }
 
     async fn confirm_claim_opened(
         &self,
         request: Request<pb::ConfirmClaimOpenedRequest>,
-    ) -> Result<Response<pb::ConfirmClaimOpenedResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            validate_reference("claim_id", &req.claim_id, v);
-            Ok(ById {
-                contract_id: contract_id(&req.contract_id, v),
-                version: 0,
-                text: req.claim_id.clone(),
-            })
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let cmd = &prepared.command;
-                    let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                    let view = app::confirm_claim_opened(
-                        tx,
-                        &self.flows,
-                        &mut contract,
-                        &Actor::of(prepared.principal()),
-                        &cmd.text,
-                        now,
-                    )
-                    .await?;
-                    Ok(pb::ConfirmClaimOpenedResponse {
-                        contract: Some(view),
-                    })
-                }
-            })
-            .await
+    ) -> Answer<pb::ConfirmClaimOpenedResponse> {
+        change!(
+            self,
+            request,
+            |req, v| {
+                validate_reference("claim_id", &req.claim_id, v);
+                Ok(ById {
+                    contract_id: contract_id(&req.contract_id, v),
+                    version: 0,
+                    text: req.claim_id.clone(),
+                })
+            },
+            claims::confirm_claim,
+            ConfirmClaimOpenedResponse
+        )
     }
 
     async fn abandon_claim_opening(
         &self,
         request: Request<pb::AbandonClaimOpeningRequest>,
-    ) -> Result<Response<pb::AbandonClaimOpeningResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            validate_reference("claim_id", &req.claim_id, v);
-            let reason = require_text("reason", &req.reason, MAX_NOTE, v);
-            Ok((
-                ById {
+    ) -> Answer<pb::AbandonClaimOpeningResponse> {
+        change!(
+            self,
+            request,
+            |req, v| {
+                validate_reference("claim_id", &req.claim_id, v);
+                let reason = require_text("reason", &req.reason, MAX_NOTE, v);
+                Ok(ClaimAbandon {
                     contract_id: contract_id(&req.contract_id, v),
-                    version: 0,
-                    text: req.claim_id.clone(),
-                },
-                reason,
-            ))
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let (cmd, reason) = &prepared.command;
-                    let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                    let view = app::abandon_claim_opening(
-                        tx,
-                        &self.flows,
-                        &mut contract,
-                        &Actor::of(prepared.principal()),
-                        &cmd.text,
-                        reason,
-                        now,
-                    )
-                    .await?;
-                    Ok(pb::AbandonClaimOpeningResponse {
-                        contract: Some(view),
-                    })
-                }
-            })
-            .await
+                    claim_id: req.claim_id.clone(),
+                    reason,
+                })
+            },
+            claims::abandon_claim,
+            AbandonClaimOpeningResponse
+        )
     }
 
     async fn record_claim_closed(
         &self,
         request: Request<pb::RecordClaimClosedRequest>,
-    ) -> Result<Response<pb::RecordClaimClosedResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            let contract_id = contract_id(&req.contract_id, v);
-            validate_reference("claim_id", &req.claim_id, v);
-            let closure = req.closure();
-            if closure == pb::ClaimClosure::Unspecified {
-                v.add("closure", "is required");
-            }
-            let new_shipment_deadline = match req.new_shipment_deadline.as_ref() {
-                None => None,
-                Some(at) => {
-                    let parsed = timestamps::from_proto(at);
-                    if parsed.is_none() {
-                        v.add("new_shipment_deadline", "is not a valid timestamp");
-                    }
-                    parsed
-                }
-            };
-            Ok(ClaimClose {
-                contract_id,
-                claim_id: req.claim_id.clone(),
-                closure,
-                refunded: req.refunded.clone(),
-                new_shipment_deadline,
-            })
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let now = timestamps::now();
-                    let cmd = &prepared.command;
-                    let mut contract = storage::lock_contract(tx, cmd.contract_id).await?;
-                    let refunded = match &cmd.refunded {
-                        Some(m) if m.amount_minor != 0 => {
-                            let mut v = Violations::new();
-                            let money = Money::positive_from_proto("refunded", Some(m), &mut v);
-                            let money = v.finish_some("refunded", money)?;
-                            if money.currency != contract.total.currency {
-                                return Err(ServiceError::invalid(
-                                    "refunded.currency_code",
-                                    format!(
-                                        "must be the contract's currency, {}",
-                                        contract.total.currency
-                                    ),
-                                ));
-                            }
-                            Some(money)
-                        }
-                        _ => None,
-                    };
-                    let view = app::record_claim_closed(
-                        tx,
-                        &self.flows,
-                        &mut contract,
-                        &Actor::of(prepared.principal()),
-                        &app::ClaimClosed {
-                            claim_id: &cmd.claim_id,
-                            closure: cmd.closure,
-                            refunded,
-                            new_shipment_deadline: cmd.new_shipment_deadline,
-                        },
-                        now,
-                    )
-                    .await?;
-                    Ok(pb::RecordClaimClosedResponse {
-                        contract: Some(view),
-                    })
-                }
-            })
-            .await
+    ) -> Answer<pb::RecordClaimClosedResponse> {
+        change!(
+            self,
+            request,
+            |req, v| Ok(claim_closing(req, v)),
+            claims::close_claim,
+            RecordClaimClosedResponse
+        )
     }
-}
-
-fn is_sha256_ref(value: &str) -> bool {
-    value.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
 }

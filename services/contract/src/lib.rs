@@ -1,24 +1,24 @@
 //! The contract service: `domain` (pure rules: the state machine, terms,
-//! negotiation, quality, fulfilment), `storage` (Postgres), `flows` (the
-//! feed, timeline, views and outbox calls), `app` (use cases after signing),
-//! `files` (inspection reports' files, in the shared file store),
-//! `reactions` (outbox answers, escrow's feed, timers), `grpc` (the
-//! transport), and the wiring below.
+//! negotiation, quality, fulfilment), `storage` (Postgres, one module per
+//! aggregate), `app` (the use cases, one module per stage, and
+//! `app::reactions`: outbox answers, escrow's feed, timers), `views` (the
+//! contract in proto), `effects` (the calls to supplier-registry and escrow),
+//! `grpc` (the transport), and the wiring below.
 
 pub mod app;
 pub mod config;
 pub mod domain;
-pub mod files;
-pub mod flows;
+pub mod effects;
 pub mod grpc;
-pub mod reactions;
 pub mod storage;
+pub mod views;
 
 use std::{sync::Arc, time::Duration};
 
 use ta_proto::contract::contract_service_server::ContractServiceServer;
 use ta_runtime::{
     auth::MethodPolicy,
+    pipeline::Mutations,
     server::{Api, ServiceSpec},
 };
 use ta_workflow::{
@@ -30,7 +30,7 @@ use ta_workflow::{
     timers::{TimerWorker, Timers},
 };
 
-use crate::flows::Flows;
+use crate::app::{Flows, reactions};
 
 pub const CONTRACT_SERVICE: &str = "tradeassurance.contract.v1.ContractService";
 
@@ -55,10 +55,10 @@ pub fn api(
     links: Links,
     store: ta_objects::Store,
 ) -> Api {
-    let schema = flows::schema();
+    let schema = storage::schema();
     let (stop_streams, streams_end) = ta_workflow::shutdown_channel();
     let flows = Arc::new(Flows {
-        feed: Feed::new(schema, flows::FEED).ending_on(streams_end),
+        feed: Feed::new(schema, app::FEED).ending_on(streams_end),
         timers: Timers::new(schema),
         outbox: Outbox::new(schema),
         settings: config.settings(),
@@ -66,9 +66,9 @@ pub fn api(
     let limit = config.common.server.max_message_bytes;
     let contract = ContractServiceServer::new(
         grpc::ContractApi::new(
-            pool.clone(),
+            Mutations::new(pool.clone(), storage::SCHEMA),
             flows.clone(),
-            grpc::Registry {
+            app::drafting::Registry {
                 peers: links.peers.clone(),
                 credentials: links.credentials.clone(),
                 timeout: config.registry_timeout,

@@ -10,15 +10,35 @@ use std::{sync::Arc, time::Duration};
 use clap::Parser;
 use contract::{
     Links, SPEC, api,
+    app::{Flows, reactions::EscrowEvents},
     config::Config,
     domain::{
         negotiation::{Negotiation, Protection},
         status::Status,
     },
-    flows::{self, Flows},
-    reactions::EscrowEvents,
-    storage::{self, ContractRecord, Progress, VersionRecord},
+    storage::{
+        contracts::{ContractRecord, Progress},
+        versions::VersionRecord,
+    },
 };
+
+/// The workflow pieces these tests build the contract's `Flows` from.
+mod flows {
+    pub use contract::{
+        app::{FEED, Settings},
+        storage::schema,
+    };
+}
+
+/// The storage functions these tests call, from their aggregates' modules.
+mod storage {
+    pub use contract::storage::{
+        MIGRATOR,
+        contracts::{get_contract, insert_contract, save_contract},
+        payments::{Payment, replace_payments},
+        timeline::timeline,
+    };
+}
 use sqlx::PgPool;
 use ta_proto::{
     common::Money as PbMoney,

@@ -8,7 +8,10 @@ use contract::{
         negotiation::{Negotiation, Party, Protection},
         status::Status,
     },
-    storage::{self, ContractRecord, Progress, TimelineEntry, VersionRecord},
+    storage::{
+        contracts::{ContractRecord, Progress},
+        versions::VersionRecord,
+    },
 };
 use sqlx::PgPool;
 use ta_runtime::{
@@ -16,7 +19,18 @@ use ta_runtime::{
     money::{Currency, Money},
     timestamps,
 };
+use ta_workflow::timeline::TimelineEntry;
 use uuid::Uuid;
+
+/// The storage functions these tests call, from their aggregates' modules.
+mod storage {
+    pub use contract::storage::{
+        MIGRATOR,
+        contracts::{get_contract, insert_contract, lock_contract, save_contract},
+        timeline::{append_timeline, timeline},
+        versions::{insert_version, version},
+    };
+}
 
 static MIGRATOR: &sqlx::migrate::Migrator = &storage::MIGRATOR;
 

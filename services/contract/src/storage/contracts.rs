@@ -1,29 +1,19 @@
-//! Postgres storage of contracts. Every table is qualified with the service's
-//! own schema, `contract`. A mutation locks the contract row first
-//! (`lock_contract`), so concurrent changes to one contract serialize and the
-//! timeline numbers its entries without gaps.
+//! The contract's row and its signatures: created with its first version,
+//! locked and saved by every change, listed and looked up.
 
-use sqlx::{FromRow, PgConnection, migrate::Migrator};
-use ta_runtime::{
-    OrConflict, ServiceError,
-    idempotency::IdempotencyKeys,
-    money::{Currency, Money},
-};
+use sqlx::{FromRow, PgConnection};
+use ta_runtime::{OrConflict, ServiceError, money::Money};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::{
+    corrupt, db_version, money, party_name, protection_name, version_number,
+    versions::{VersionRecord, insert_version},
+};
 use crate::domain::{
     negotiation::{Negotiation, Party, Protection, Signature},
     status::Status,
 };
-
-pub const SCHEMA: &str = "contract";
-
-pub static MIGRATOR: Migrator = sqlx::migrate!();
-
-pub fn idempotency_keys() -> IdempotencyKeys {
-    IdempotencyKeys::new(SCHEMA)
-}
 
 /// One contract's row.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,32 +52,6 @@ pub struct Progress {
     pub shipment_overdue: bool,
     pub paused_at: Option<OffsetDateTime>,
     pub inspection_agency: String,
-}
-
-/// One immutable version of the terms.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VersionRecord {
-    pub contract_id: Uuid,
-    pub version: u32,
-    /// The encoded `ContractTerms`, with the computed totals.
-    pub terms: Vec<u8>,
-    pub total: Money,
-    pub created_by_principal_id: String,
-    pub created_by_role: String,
-    pub change_note: String,
-    pub created_at: OffsetDateTime,
-}
-
-/// One line of the readable history.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimelineEntry {
-    pub entry: u32,
-    pub occurred_at: OffsetDateTime,
-    pub actor_principal_id: String,
-    pub actor_role: String,
-    pub kind: String,
-    pub description: String,
-    pub money: Option<Money>,
 }
 
 const CONTRACT_COLUMNS: &str = "contract_id, buyer_principal_id, supplier_id, \
@@ -129,34 +93,6 @@ struct ContractRow {
     shipment_overdue: bool,
     paused_at: Option<OffsetDateTime>,
     inspection_agency: String,
-}
-
-fn corrupt(what: &str) -> ServiceError {
-    ServiceError::internal(format!("contract row holds an impossible {what}"))
-}
-
-fn protection_name(p: Protection) -> &'static str {
-    match p {
-        Protection::TradeAssurance => "trade_assurance",
-        Protection::None => "none",
-    }
-}
-
-fn party_name(p: Party) -> &'static str {
-    p.as_str()
-}
-
-fn version_number(v: i32) -> Result<u32, ServiceError> {
-    u32::try_from(v).map_err(|_| corrupt("version"))
-}
-
-fn db_version(v: u32) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
-}
-
-fn money(currency: &str, amount_minor: i64) -> Result<Money, ServiceError> {
-    let currency = Currency::parse(currency.trim()).ok_or_else(|| corrupt("currency"))?;
-    Ok(Money::new(amount_minor, currency))
 }
 
 #[derive(FromRow)]
@@ -284,32 +220,6 @@ pub async fn insert_contract(
     insert_version(tx, first).await
 }
 
-pub async fn insert_version(tx: &mut PgConnection, v: &VersionRecord) -> Result<(), ServiceError> {
-    sqlx::query(
-        "INSERT INTO contract.versions (contract_id, version, terms, currency, total_minor, \
-         created_by_principal_id, created_by_role, change_note, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(v.contract_id)
-    .bind(db_version(v.version))
-    .bind(&v.terms)
-    .bind(v.total.currency.as_str())
-    .bind(v.total.amount_minor)
-    .bind(&v.created_by_principal_id)
-    .bind(&v.created_by_role)
-    .bind(&v.change_note)
-    .bind(v.created_at)
-    .execute(tx)
-    .await
-    .or_conflict(|| {
-        ServiceError::Aborted(format!(
-            "version {} of contract {} was written concurrently; read it and retry",
-            v.version, v.contract_id
-        ))
-    })?;
-    Ok(())
-}
-
 async fn load(
     conn: &mut PgConnection,
     contract_id: Uuid,
@@ -433,361 +343,12 @@ pub async fn save_contract(
     Ok(())
 }
 
-#[derive(FromRow)]
-struct VersionRow {
-    version: i32,
-    terms: Vec<u8>,
-    currency: String,
-    total_minor: i64,
-    created_by_principal_id: String,
-    created_by_role: String,
-    change_note: String,
-    created_at: OffsetDateTime,
-}
-
-pub async fn version(
-    conn: &mut PgConnection,
-    contract_id: Uuid,
-    version: u32,
-) -> Result<VersionRecord, ServiceError> {
-    let row: VersionRow = sqlx::query_as(
-        "SELECT version, terms, currency, total_minor, created_by_principal_id, created_by_role, \
-         change_note, created_at FROM contract.versions WHERE contract_id = $1 AND version = $2",
-    )
-    .bind(contract_id)
-    .bind(db_version(version))
-    .fetch_optional(conn)
-    .await?
-    .ok_or_else(|| ServiceError::not_found("version of the contract", version))?;
-    Ok(VersionRecord {
-        contract_id,
-        version: version_number(row.version)?,
-        terms: row.terms,
-        total: money(&row.currency, row.total_minor)?,
-        created_by_principal_id: row.created_by_principal_id,
-        created_by_role: row.created_by_role,
-        change_note: row.change_note,
-        created_at: row.created_at,
-    })
-}
-
-/// Appends to a locked contract's timeline; returns the entry's number.
-pub async fn append_timeline(
-    tx: &mut PgConnection,
-    contract_id: Uuid,
-    entry: &TimelineEntry,
-) -> Result<u32, ServiceError> {
-    let number: i32 = sqlx::query_scalar(
-        "INSERT INTO contract.timeline (contract_id, entry, occurred_at, actor_principal_id, \
-         actor_role, kind, description, currency, amount_minor) \
-         SELECT $1, coalesce(max(entry), 0) + 1, $2, $3, $4, $5, $6, $7, $8 \
-         FROM contract.timeline WHERE contract_id = $1 RETURNING entry",
-    )
-    .bind(contract_id)
-    .bind(entry.occurred_at)
-    .bind(&entry.actor_principal_id)
-    .bind(&entry.actor_role)
-    .bind(&entry.kind)
-    .bind(&entry.description)
-    .bind(entry.money.map(|m| m.currency.as_str()))
-    .bind(entry.money.map(|m| m.amount_minor))
-    .fetch_one(tx)
-    .await?;
-    version_number(number)
-}
-
-#[derive(FromRow)]
-struct TimelineRow {
-    entry: i32,
-    occurred_at: OffsetDateTime,
-    actor_principal_id: String,
-    actor_role: String,
-    kind: String,
-    description: String,
-    currency: Option<String>,
-    amount_minor: Option<i64>,
-}
-
-/// Entries after `after`, oldest first, at most `limit`.
-pub async fn timeline(
-    conn: &mut PgConnection,
-    contract_id: Uuid,
-    after: u32,
-    limit: u32,
-) -> Result<Vec<TimelineEntry>, ServiceError> {
-    let rows: Vec<TimelineRow> = sqlx::query_as(
-        "SELECT entry, occurred_at, actor_principal_id, actor_role, kind, description, currency, \
-         amount_minor FROM contract.timeline WHERE contract_id = $1 AND entry > $2 \
-         ORDER BY entry LIMIT $3",
-    )
-    .bind(contract_id)
-    .bind(db_version(after))
-    .bind(i64::from(limit))
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(TimelineEntry {
-                entry: version_number(r.entry)?,
-                occurred_at: r.occurred_at,
-                actor_principal_id: r.actor_principal_id,
-                actor_role: r.actor_role,
-                kind: r.kind,
-                description: r.description,
-                money: match (r.currency, r.amount_minor) {
-                    (Some(c), Some(a)) => Some(money(&c, a)?),
-                    _ => None,
-                },
-            })
-        })
-        .collect()
-}
-
-// ---- Funding projection, reports, shipments ---------------------------------
-
-/// One payment milestone as the contract knows it from escrow's feed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Payment {
-    pub milestone_id: String,
-    pub amount_minor: i64,
-    pub due_at: OffsetDateTime,
-    pub funded_at: Option<OffsetDateTime>,
-    pub overdue: bool,
-}
-
-/// Replaces the schedule: at activation, or with escrow's schedule (and what
-/// it funded) after an amendment.
-pub async fn replace_payments(
-    tx: &mut PgConnection,
-    contract_id: Uuid,
-    payments: &[Payment],
-) -> Result<(), ServiceError> {
-    sqlx::query("DELETE FROM contract.payments WHERE contract_id = $1")
-        .bind(contract_id)
-        .execute(&mut *tx)
-        .await?;
-    for (position, p) in payments.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO contract.payments (contract_id, milestone_id, position, amount_minor, \
-             due_at, funded_at, overdue) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(contract_id)
-        .bind(&p.milestone_id)
-        .bind(i32::try_from(position).unwrap_or(i32::MAX))
-        .bind(p.amount_minor)
-        .bind(p.due_at)
-        .bind(p.funded_at)
-        .bind(p.overdue)
-        .execute(&mut *tx)
-        .await?;
+/// The version in force: the signed one once signed, else the latest.
+pub fn current_version(contract: &ContractRecord) -> u32 {
+    match contract.negotiation.signed_version {
+        0 => contract.negotiation.latest_version,
+        signed => signed,
     }
-    Ok(())
-}
-
-#[derive(FromRow)]
-struct PaymentRow {
-    milestone_id: String,
-    amount_minor: i64,
-    due_at: OffsetDateTime,
-    funded_at: Option<OffsetDateTime>,
-    overdue: bool,
-}
-
-pub async fn payments(
-    conn: &mut PgConnection,
-    contract_id: Uuid,
-) -> Result<Vec<Payment>, ServiceError> {
-    let rows: Vec<PaymentRow> = sqlx::query_as(
-        "SELECT milestone_id, amount_minor, due_at, funded_at, overdue FROM contract.payments \
-         WHERE contract_id = $1 ORDER BY position",
-    )
-    .bind(contract_id)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Payment {
-            milestone_id: r.milestone_id,
-            amount_minor: r.amount_minor,
-            due_at: r.due_at,
-            funded_at: r.funded_at,
-            overdue: r.overdue,
-        })
-        .collect())
-}
-
-/// Records a milestone funded (first time only); whether it changed anything.
-pub async fn mark_funded(
-    tx: &mut PgConnection,
-    contract_id: Uuid,
-    milestone_id: &str,
-    at: OffsetDateTime,
-) -> Result<bool, ServiceError> {
-    let done = sqlx::query(
-        "UPDATE contract.payments SET funded_at = $3, overdue = false \
-         WHERE contract_id = $1 AND milestone_id = $2 AND funded_at IS NULL",
-    )
-    .bind(contract_id)
-    .bind(milestone_id)
-    .bind(at)
-    .execute(tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-pub async fn mark_overdue(
-    tx: &mut PgConnection,
-    contract_id: Uuid,
-    milestone_id: &str,
-) -> Result<bool, ServiceError> {
-    let done = sqlx::query(
-        "UPDATE contract.payments SET overdue = true \
-         WHERE contract_id = $1 AND milestone_id = $2 AND funded_at IS NULL AND NOT overdue",
-    )
-    .bind(contract_id)
-    .bind(milestone_id)
-    .execute(tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// One stored inspection report.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReportRecord {
-    pub report_id: Uuid,
-    pub contract_version: u32,
-    /// The encoded `InspectionReport`.
-    pub report: Vec<u8>,
-    pub passed: bool,
-    pub submitted_at: OffsetDateTime,
-}
-
-pub async fn insert_report(
-    tx: &mut PgConnection,
-    contract_id: Uuid,
-    report: &ReportRecord,
-) -> Result<(), ServiceError> {
-    sqlx::query(
-        "INSERT INTO contract.inspection_reports (report_id, contract_id, contract_version, \
-         report, passed, submitted_at) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(report.report_id)
-    .bind(contract_id)
-    .bind(db_version(report.contract_version))
-    .bind(&report.report)
-    .bind(report.passed)
-    .bind(report.submitted_at)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-#[derive(FromRow)]
-struct ReportRow {
-    report_id: Uuid,
-    contract_version: i32,
-    report: Vec<u8>,
-    passed: bool,
-    submitted_at: OffsetDateTime,
-}
-
-/// Reports oldest first, after the report `after` (`None` from the start).
-pub async fn reports(
-    conn: &mut PgConnection,
-    contract_id: Uuid,
-    after: Option<(OffsetDateTime, Uuid)>,
-    limit: i64,
-) -> Result<Vec<ReportRecord>, ServiceError> {
-    let (after_at, after_id) = after.unwrap_or((OffsetDateTime::UNIX_EPOCH, Uuid::nil()));
-    let rows: Vec<ReportRow> = sqlx::query_as(
-        "SELECT report_id, contract_version, report, passed, submitted_at \
-         FROM contract.inspection_reports WHERE contract_id = $1 \
-         AND (submitted_at, report_id) > ($2, $3) ORDER BY submitted_at, report_id LIMIT $4",
-    )
-    .bind(contract_id)
-    .bind(after_at)
-    .bind(after_id)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(ReportRecord {
-                report_id: r.report_id,
-                contract_version: version_number(r.contract_version)?,
-                report: r.report,
-                passed: r.passed,
-                submitted_at: r.submitted_at,
-            })
-        })
-        .collect()
-}
-
-pub async fn latest_report(
-    conn: &mut PgConnection,
-    contract_id: Uuid,
-) -> Result<Option<ReportRecord>, ServiceError> {
-    let row: Option<ReportRow> = sqlx::query_as(
-        "SELECT report_id, contract_version, report, passed, submitted_at \
-         FROM contract.inspection_reports WHERE contract_id = $1 \
-         ORDER BY submitted_at DESC, report_id DESC LIMIT 1",
-    )
-    .bind(contract_id)
-    .fetch_optional(conn)
-    .await?;
-    row.map(|r| {
-        Ok(ReportRecord {
-            report_id: r.report_id,
-            contract_version: version_number(r.contract_version)?,
-            report: r.report,
-            passed: r.passed,
-            submitted_at: r.submitted_at,
-        })
-    })
-    .transpose()
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
-pub struct ShipmentRecord {
-    pub carrier: String,
-    pub tracking_number: String,
-    pub shipped_at: OffsetDateTime,
-    pub late: bool,
-    pub r#final: bool,
-}
-
-pub async fn insert_shipment(
-    tx: &mut PgConnection,
-    contract_id: Uuid,
-    shipment: &ShipmentRecord,
-) -> Result<(), ServiceError> {
-    sqlx::query(
-        "INSERT INTO contract.shipments (contract_id, seq, carrier, tracking_number, shipped_at, \
-         late, final) SELECT $1, coalesce(max(seq), 0) + 1, $2, $3, $4, $5, $6 \
-         FROM contract.shipments WHERE contract_id = $1",
-    )
-    .bind(contract_id)
-    .bind(&shipment.carrier)
-    .bind(&shipment.tracking_number)
-    .bind(shipment.shipped_at)
-    .bind(shipment.late)
-    .bind(shipment.r#final)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-pub async fn shipments(
-    conn: &mut PgConnection,
-    contract_id: Uuid,
-) -> Result<Vec<ShipmentRecord>, ServiceError> {
-    Ok(sqlx::query_as(
-        "SELECT carrier, tracking_number, shipped_at, late, final AS \"final\" \
-         FROM contract.shipments WHERE contract_id = $1 ORDER BY seq",
-    )
-    .bind(contract_id)
-    .fetch_all(conn)
-    .await?)
 }
 
 // ---- Listings ----------------------------------------------------------------
@@ -851,7 +412,7 @@ pub async fn list_contracts(
 
 /// Contracts awaiting `agency`'s passing pre-shipment inspection (signed,
 /// not shipped), soonest shipment deadline first, after the cursor.
-pub async fn inspection_assignments(
+pub async fn list_inspection_assignments(
     conn: &mut PgConnection,
     agency: &str,
     after: Option<(OffsetDateTime, Uuid)>,

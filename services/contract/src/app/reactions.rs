@@ -16,13 +16,11 @@ use ta_workflow::{
 };
 use uuid::Uuid;
 
-use crate::{
-    app,
-    flows::{
-        self, ACCEPTANCE_DUE, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, UNSHIPPED_CANCEL, completion,
-    },
-    storage,
+use super::{
+    ACCEPTANCE_DUE, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, UNSHIPPED_CANCEL, activation,
+    amendments, claims, fulfilment, funding, settlement,
 };
+use crate::{effects::completion, storage::contracts::exists};
 
 fn contract_id(text: &str) -> Result<Uuid, ServiceError> {
     Uuid::parse_str(text)
@@ -55,13 +53,13 @@ impl CompletionHandler for Completions {
         // `nothing`: the method says what they are.
         if method == "CloseEscrowAccount" {
             let request: escrow_pb::CloseEscrowAccountRequest = delivery.decode_request()?;
-            return app::escrow_closed(tx, &request, refusal(answer), now).await;
+            return settlement::escrow_closed(tx, &request, refusal(answer), now).await;
         }
         match delivery.completion.as_str() {
             completion::COVER_RESERVED => {
                 let request: supplier_pb::ReserveCoverRequest = delivery.decode_request()?;
                 done(
-                    app::cover_reserved(
+                    activation::cover_reserved(
                         tx,
                         flows,
                         contract_id(&request.contract_id)?,
@@ -78,14 +76,20 @@ impl CompletionHandler for Completions {
                     Answer::Refused { message, .. } => Err(message.clone()),
                 };
                 done(
-                    app::escrow_opened(tx, flows, contract_id(&request.contract_id)?, outcome, now)
-                        .await,
+                    activation::escrow_opened(
+                        tx,
+                        flows,
+                        contract_id(&request.contract_id)?,
+                        outcome,
+                        now,
+                    )
+                    .await,
                 )
             }
             completion::COVER_ADJUSTED => {
                 let request: supplier_pb::AdjustCoverRequest = delivery.decode_request()?;
                 done(
-                    app::cover_adjusted(
+                    amendments::cover_adjusted(
                         tx,
                         flows,
                         contract_id(&request.contract_id)?,
@@ -106,7 +110,7 @@ impl CompletionHandler for Completions {
                     Answer::Refused { message, .. } => Err(message.as_str()),
                 };
                 done(
-                    app::schedule_amended(
+                    amendments::schedule_amended(
                         tx,
                         flows,
                         &request.escrow_account_id,
@@ -119,7 +123,7 @@ impl CompletionHandler for Completions {
             }
             completion::MONEY_MOVED => {
                 let request: escrow_pb::ReleaseToSupplierRequest = delivery.decode_request()?;
-                app::released_on_acceptance(
+                settlement::released_on_acceptance(
                     tx,
                     flows,
                     &request.escrow_account_id,
@@ -147,7 +151,7 @@ pub fn escrow_subscription()
 -> Subscription<escrow_pb::StreamEscrowEventsRequest, escrow_pb::StreamEscrowEventsResponse> {
     Subscription {
         cursor: "escrow",
-        producer: crate::flows::ESCROW,
+        producer: crate::effects::ESCROW,
         method: "/tradeassurance.escrow.v1.EscrowService/StreamEscrowEvents",
         request: |after_sequence| escrow_pb::StreamEscrowEventsRequest { after_sequence },
         item: |response| {
@@ -176,7 +180,7 @@ impl EventHandler<escrow_pb::StreamEscrowEventsResponse> for EscrowEvents {
         let Ok(id) = Uuid::parse_str(&event.contract_id) else {
             return Ok(Handled::Done);
         };
-        if !storage::exists(tx, id).await? {
+        if !exists(tx, id).await? {
             // Another platform's account (or a test's): not ours to follow.
             return Ok(Handled::Done);
         }
@@ -196,20 +200,20 @@ impl EventHandler<escrow_pb::StreamEscrowEventsResponse> for EscrowEvents {
                         .iter()
                         .any(|p| p.milestone_id == event.milestone_id && p.funded_at.is_some())
                 });
-                let payment = app::ReceivedPayment {
+                let payment = funding::ReceivedPayment {
                     milestone_id: &event.milestone_id,
                     amount,
                     milestone_paid,
                 };
-                app::payment_received(tx, &self.flows, id, &payment, now).await?;
+                funding::payment_received(tx, &self.flows, id, &payment, now).await?;
                 Ok(Handled::Done)
             }
             Ok(escrow_pb::EscrowEventType::PaymentOverdue) => {
-                app::payment_overdue(tx, &self.flows, id, &event.milestone_id, now).await?;
+                funding::payment_overdue(tx, &self.flows, id, &event.milestone_id, now).await?;
                 Ok(Handled::Done)
             }
             Ok(escrow_pb::EscrowEventType::HoldDeadlinePassed) => {
-                app::hold_deadline_passed(tx, &self.flows, id, amount, sequence, now).await
+                settlement::hold_deadline_passed(tx, &self.flows, id, amount, sequence, now).await
             }
             _ => Ok(Handled::Done),
         }
@@ -225,29 +229,10 @@ impl TimerHandler for Timers {
         let now = timestamps::now();
         let id = contract_id(&timer.subject_id)?;
         match timer.kind.as_str() {
-            SHIPMENT_DUE => app::shipment_due(tx, &self.flows, id, now).await,
-            ACCEPTANCE_DUE => app::acceptance_due(tx, &self.flows, id, now).await,
-            UNSHIPPED_CANCEL => app::unshipped_cancel(tx, &self.flows, id, now).await,
-            CLAIM_CONFIRMATION => {
-                let mut contract = storage::lock_contract(tx, id).await?;
-                let Some(claim) = contract.open_claim_id.clone() else {
-                    return Ok(());
-                };
-                if !contract.progress.claim_pending {
-                    return Ok(());
-                }
-                app::abandon_claim_opening(
-                    tx,
-                    &self.flows,
-                    &mut contract,
-                    &flows::system(),
-                    &claim,
-                    "dispute did not confirm it in time",
-                    now,
-                )
-                .await?;
-                Ok(())
-            }
+            SHIPMENT_DUE => fulfilment::shipment_due(tx, &self.flows, id, now).await,
+            ACCEPTANCE_DUE => fulfilment::acceptance_due(tx, &self.flows, id, now).await,
+            UNSHIPPED_CANCEL => fulfilment::unshipped_cancel(tx, &self.flows, id, now).await,
+            CLAIM_CONFIRMATION => claims::claim_confirmation_due(tx, &self.flows, id, now).await,
             other => Err(ServiceError::internal(format!(
                 "unknown contract timer kind {other}"
             ))),

@@ -1,0 +1,326 @@
+//! Drafting and signing: a draft created for a supplier (its owner read
+//! from supplier-registry first), revised by either party, signed by each;
+//! the second signature continues in [`super::activation`].
+
+use std::{sync::Arc, time::Duration as StdDuration};
+
+use prost::Message;
+use sqlx::PgConnection;
+use ta_proto::{
+    contract as pb,
+    supplier::{
+        GetSupplierRequest, supplier_registry_service_client::SupplierRegistryServiceClient,
+    },
+};
+use ta_runtime::{
+    ServiceError,
+    auth::{Actor, Principal, Role},
+    money::readable,
+};
+use ta_workflow::{credentials::ServiceCredentials, peers::Peers};
+use time::OffsetDateTime;
+use tonic::Request;
+use uuid::Uuid;
+
+use super::{Flows, Step, activation::both_signed, party_of, step};
+use crate::{
+    domain::{
+        negotiation::{Negotiation, Protection, Signed},
+        terms::Terms,
+    },
+    effects,
+    storage::{
+        contracts::{ContractRecord, Progress, insert_contract, lock_contract},
+        versions::{LoadedTerms, VersionRecord, insert_version},
+    },
+    views::version_proto,
+};
+
+/// Reads a supplier's owner from supplier-registry when a draft is created,
+/// so escrow and dispute can check ownership without calling back.
+pub struct Registry {
+    pub peers: Peers,
+    pub credentials: Arc<ServiceCredentials>,
+    pub timeout: StdDuration,
+}
+
+impl Registry {
+    async fn owner_of(&self, supplier_id: Uuid) -> Result<String, ServiceError> {
+        let channel = self
+            .peers
+            .channel(effects::SUPPLIER_REGISTRY)
+            .ok_or_else(|| {
+                ServiceError::Unavailable("supplier-registry's address is not configured".into())
+            })?;
+        let bearer = self
+            .credentials
+            .bearer(effects::SUPPLIER_REGISTRY)
+            .map_err(|e| ServiceError::internal(format!("no service token: {e}")))?;
+        let mut client = SupplierRegistryServiceClient::new(ta_runtime::client::traced(channel));
+        let mut request = Request::new(GetSupplierRequest {
+            supplier_id: supplier_id.to_string(),
+        });
+        request.set_timeout(self.timeout);
+        request.metadata_mut().insert("authorization", bearer);
+        ta_runtime::telemetry::inject_trace_context(request.metadata_mut());
+        match client.get_supplier(request).await {
+            Ok(response) => response
+                .into_inner()
+                .supplier
+                .map(|s| s.owner_principal_id)
+                .ok_or_else(|| ServiceError::internal("supplier-registry answered no supplier")),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                Err(ServiceError::not_found("supplier", supplier_id))
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "supplier lookup failed");
+                Err(ServiceError::Unavailable(
+                    "supplier-registry cannot be reached to look the supplier up; retry".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// A new contract's first terms, for a supplier.
+pub struct CreateDraft {
+    pub supplier_id: Uuid,
+    /// Named by an operator or a service; a buyer creates its own.
+    pub buyer_principal_id: Option<String>,
+    /// The terms as sent, with the server's figures stamped.
+    pub proto: pb::ContractTerms,
+    pub terms: Terms,
+}
+
+/// A new version of the terms: a revised draft or a proposed amendment.
+pub struct Revise {
+    pub contract_id: Uuid,
+    pub base_version: u32,
+    /// The terms as sent, with the server's figures stamped.
+    pub proto: pb::ContractTerms,
+    pub terms: Terms,
+    pub change_note: String,
+}
+
+/// A signature (or another act) on one version of a contract.
+pub struct ById {
+    pub contract_id: Uuid,
+    pub version: u32,
+    pub text: String,
+}
+
+/// The supplier's owner, read from supplier-registry before the draft's
+/// transaction: a supplier creates drafts only for a supplier it owns.
+pub async fn supplier_owner(
+    registry: &Registry,
+    principal: &Principal,
+    supplier_id: Uuid,
+) -> Result<String, ServiceError> {
+    let owner = registry.owner_of(supplier_id).await?;
+    if principal.role == Role::Supplier && owner != principal.subject {
+        return Err(ServiceError::PermissionDenied(
+            "a supplier creates drafts only for a supplier it owns".into(),
+        ));
+    }
+    Ok(owner)
+}
+
+fn new_version(
+    contract_id: Uuid,
+    version: u32,
+    proto: &pb::ContractTerms,
+    terms: &Terms,
+    principal: &Principal,
+    change_note: &str,
+    now: OffsetDateTime,
+) -> VersionRecord {
+    VersionRecord {
+        contract_id,
+        version,
+        terms: proto.encode_to_vec(),
+        total: terms.total,
+        created_by_principal_id: principal.subject.clone(),
+        created_by_role: principal.role.as_str().into(),
+        change_note: change_note.into(),
+        created_at: now,
+    }
+}
+
+pub async fn create_draft(
+    tx: &mut PgConnection,
+    flows: &Flows,
+    principal: &Principal,
+    cmd: &CreateDraft,
+    owner: &str,
+    now: OffsetDateTime,
+) -> Result<(pb::Contract, pb::ContractVersion), ServiceError> {
+    let id = Uuid::now_v7();
+    let mut record = ContractRecord {
+        contract_id: id,
+        buyer_principal_id: cmd
+            .buyer_principal_id
+            .clone()
+            .unwrap_or_else(|| principal.subject.clone()),
+        supplier_id: cmd.supplier_id,
+        supplier_principal_id: owner.to_owned(),
+        negotiation: Negotiation::new(cmd.terms.protection),
+        status_before_dispute: None,
+        total: cmd.terms.total,
+        escrow_account_id: None,
+        open_claim_id: None,
+        activation_refusal: String::new(),
+        cancellation_reason: String::new(),
+        progress: Progress::default(),
+        created_at: now,
+        updated_at: now,
+    };
+    let version = new_version(id, 1, &cmd.proto, &cmd.terms, principal, "first draft", now);
+    insert_contract(tx, &record, &version).await?;
+    let view = flows
+        .record(
+            tx,
+            &mut record,
+            &Actor::of(principal),
+            step(
+                pb::ContractEventType::DraftCreated,
+                "draft.created",
+                format!(
+                    "draft \"{}\" created by the {}: {} ({})",
+                    cmd.terms.title,
+                    principal.role,
+                    readable(cmd.terms.total),
+                    match cmd.terms.protection {
+                        Protection::TradeAssurance => "Trade Assurance",
+                        Protection::None => "unprotected",
+                    }
+                ),
+            ),
+            now,
+        )
+        .await?;
+    Ok((
+        view,
+        version_proto(&LoadedTerms {
+            version,
+            proto: cmd.proto.clone(),
+            terms: cmd.terms.clone(),
+        }),
+    ))
+}
+
+/// What revising a draft and proposing an amendment share: the caller is a
+/// party of the locked contract, `number` (the negotiation's number for the
+/// new version) is taken, the version written, and the step `tell` says
+/// (from the contract with its new number, its total still the one before)
+/// is told.
+pub(super) async fn write_new_version(
+    tx: &mut PgConnection,
+    flows: &Flows,
+    principal: &Principal,
+    cmd: &Revise,
+    number: impl FnOnce(&mut ContractRecord) -> Result<u32, ServiceError>,
+    tell: impl FnOnce(&ContractRecord, u32) -> Step<'static>,
+    now: OffsetDateTime,
+) -> Result<(pb::Contract, pb::ContractVersion), ServiceError> {
+    let mut contract = lock_contract(tx, cmd.contract_id).await?;
+    party_of(principal, &contract)?;
+    let version = number(&mut contract)?;
+    let told = tell(&contract, version);
+    let record = new_version(
+        cmd.contract_id,
+        version,
+        &cmd.proto,
+        &cmd.terms,
+        principal,
+        &cmd.change_note,
+        now,
+    );
+    insert_version(tx, &record).await?;
+    let view = flows
+        .record(tx, &mut contract, &Actor::of(principal), told, now)
+        .await?;
+    Ok((
+        view,
+        version_proto(&LoadedTerms {
+            version: record,
+            proto: cmd.proto.clone(),
+            terms: cmd.terms.clone(),
+        }),
+    ))
+}
+
+/// A new version of the draft: signatures on earlier versions are void.
+pub async fn revise_draft(
+    tx: &mut PgConnection,
+    flows: &Flows,
+    principal: &Principal,
+    cmd: &Revise,
+    now: OffsetDateTime,
+) -> Result<(pb::Contract, pb::ContractVersion), ServiceError> {
+    write_new_version(
+        tx,
+        flows,
+        principal,
+        cmd,
+        |contract| {
+            let version = contract.negotiation.revise(cmd.base_version)?;
+            contract.negotiation.protection = cmd.terms.protection;
+            contract.total = cmd.terms.total;
+            Ok(version)
+        },
+        |_, version| {
+            step(
+                pb::ContractEventType::DraftRevised,
+                "draft.revised",
+                format!(
+                    "the {} revised the draft to version {version} ({}): {}; signatures on earlier versions are void",
+                    principal.role,
+                    readable(cmd.terms.total),
+                    cmd.change_note
+                ),
+            )
+        },
+        now,
+    )
+    .await
+}
+
+/// A party signs version `cmd.version`; the second signature activates.
+pub async fn sign(
+    tx: &mut PgConnection,
+    flows: &Flows,
+    principal: &Principal,
+    cmd: &ById,
+    now: OffsetDateTime,
+) -> Result<pb::Contract, ServiceError> {
+    let mut contract = lock_contract(tx, cmd.contract_id).await?;
+    let party = party_of(principal, &contract)?;
+    let signed = contract
+        .negotiation
+        .sign(party, &principal.subject, cmd.version, now)?;
+    let actor = Actor::of(principal);
+    match signed {
+        Signed::First => {
+            flows
+                .record(
+                    tx,
+                    &mut contract,
+                    &actor,
+                    step(
+                        pb::ContractEventType::Signed,
+                        "contract.signed",
+                        format!(
+                            "the {} signed version {}; the other party's signature is awaited",
+                            party.as_str(),
+                            cmd.version
+                        ),
+                    ),
+                    now,
+                )
+                .await
+        }
+        Signed::BothProtected | Signed::BothUnprotected => {
+            both_signed(tx, flows, &mut contract, &actor, now).await
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The contract's use cases, one module per stage: `drafting` (draft,
+//! revise, sign), `activation` (cover and escrow after both signed),
+//! `amendments`, `funding` (escrow's payments), `fulfilment` (inspection,
+//! shipment, receipt, acceptance, the deadlines), `cancellation`, `claims`
+//! (dispute's calls), `settlement` (escrow's answers about the money it
+//! holds) and `reactions` (outbox answers, escrow's feed, timers). Each runs
+//! in the caller's transaction on a contract it locked: it applies the state
+//! machine, writes the calls to other services into the outbox, moves the
+//! timers, and tells the step in the timeline and the feed.
+
+pub mod activation;
+pub mod amendments;
+pub mod cancellation;
+pub mod claims;
+pub mod drafting;
+pub mod fulfilment;
+pub mod funding;
+pub mod reactions;
+pub mod settlement;
+
+use sqlx::PgConnection;
+use ta_proto::{IdempotentRequest, contract as pb};
+use ta_runtime::{
+    ServiceError,
+    auth::{Actor, Principal, Role},
+    money::Money,
+};
+use ta_workflow::{feed::Feed, outbox::Outbox, timeline::TimelineEntry, timers::Timers};
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::{
+    domain::{negotiation::Party, terms::Terms},
+    effects::{self, OutboxCall},
+    storage::{
+        contracts::{ContractRecord, current_version, get_contract, save_contract},
+        fulfilment::{latest_report, shipments},
+        payments::{Payment, payments},
+        timeline::append_timeline,
+        versions::load_terms,
+    },
+    views::{self, ContractFacts},
+};
+
+/// The contract's event feed.
+pub const FEED: &str = "contract";
+/// The shipment deadline of a signed contract: subject the contract id.
+pub const SHIPMENT_DUE: &str = "shipment_due";
+/// Nothing shipped within the claim window after the shipment deadline: the
+/// contract is cancelled and the buyer refunded. Subject the contract id.
+pub const UNSHIPPED_CANCEL: &str = "unshipped_cancel";
+/// When the goods count as accepted: subject the contract id.
+pub const ACCEPTANCE_DUE: &str = "acceptance_due";
+/// A claim recorded but not yet confirmed by dispute: subject the contract id.
+pub const CLAIM_CONFIRMATION: &str = "claim_confirmation";
+
+/// Durations the contract's timers use.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// How long one day of the terms lasts: a day, except in tests and demos.
+    pub day: Duration,
+    /// How long a recorded claim waits for dispute's confirmation.
+    pub claim_confirmation: Duration,
+}
+
+/// The contract service acting on its own (a timer, another service's answer).
+pub fn system() -> Actor {
+    Actor::service("contract")
+}
+
+/// What every use case tells and asks through: the feed, the timers, the
+/// outbox, and the durations they run on.
+pub struct Flows {
+    pub feed: Feed,
+    pub timers: Timers,
+    pub outbox: Outbox,
+    pub settings: Settings,
+}
+
+/// One step of a contract's story.
+pub struct Step<'a> {
+    pub event: pb::ContractEventType,
+    /// Machine-readable action, e.g. `contract.signed`.
+    pub action: &'a str,
+    /// Readable: who did what and why.
+    pub detail: String,
+    pub money: Option<Money>,
+}
+
+fn step(event: pb::ContractEventType, action: &'static str, detail: String) -> Step<'static> {
+    Step {
+        event,
+        action,
+        detail,
+        money: None,
+    }
+}
+
+impl Flows {
+    /// Saves the locked contract and tells its story: a timeline entry and a
+    /// feed event carrying the contract after the step. Returns the view.
+    pub async fn record(
+        &self,
+        tx: &mut PgConnection,
+        contract: &mut ContractRecord,
+        actor: &Actor,
+        step: Step<'_>,
+        now: OffsetDateTime,
+    ) -> Result<pb::Contract, ServiceError> {
+        save_contract(tx, contract, now).await?;
+        append_timeline(
+            tx,
+            contract.contract_id,
+            &TimelineEntry::step(now, actor, step.action, step.detail, step.money),
+        )
+        .await?;
+        let view = contract_view(tx, contract, self.settings.day).await?;
+        let event = views::contract_event(step.event, actor, now, view.clone());
+        self.feed
+            .append(
+                tx,
+                step.event.as_str_name(),
+                &contract.contract_id.to_string(),
+                &event,
+            )
+            .await?;
+        Ok(view)
+    }
+
+    /// Writes `call` (if any) to the outbox, in the caller's transaction.
+    pub async fn write_call<Q: IdempotentRequest>(
+        &self,
+        tx: &mut PgConnection,
+        call: impl Into<Option<OutboxCall<Q>>>,
+    ) -> Result<(), ServiceError> {
+        let Some(call) = call.into() else {
+            return Ok(());
+        };
+        self.outbox
+            .enqueue(
+                tx,
+                call.target,
+                &call.method,
+                &call.request,
+                call.completion,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Schedules (or moves) the timer `kind` of a contract to fire at `at`.
+    pub async fn schedule_at(
+        &self,
+        tx: &mut PgConnection,
+        kind: &str,
+        contract_id: Uuid,
+        at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), ServiceError> {
+        let after = std::time::Duration::try_from(at - now).unwrap_or_default();
+        self.timers
+            .schedule_after(tx, kind, &contract_id.to_string(), after, &[])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn cancel_timers(
+        &self,
+        tx: &mut PgConnection,
+        contract_id: Uuid,
+    ) -> Result<(), ServiceError> {
+        let subject = contract_id.to_string();
+        for kind in [
+            SHIPMENT_DUE,
+            UNSHIPPED_CANCEL,
+            ACCEPTANCE_DUE,
+            CLAIM_CONFIRMATION,
+        ] {
+            self.timers.cancel(tx, kind, &subject).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The contract as the API shows it: what its view shows, loaded, then
+/// built by [`views::contract_proto`].
+pub async fn contract_view(
+    conn: &mut PgConnection,
+    contract: &ContractRecord,
+    day: Duration,
+) -> Result<pb::Contract, ServiceError> {
+    let loaded = load_terms(conn, contract.contract_id, current_version(contract)).await?;
+    let facts = ContractFacts {
+        terms: loaded.terms,
+        payments: payments(conn, contract.contract_id).await?,
+        latest_report: latest_report(conn, contract.contract_id).await?,
+        shipments: shipments(conn, contract.contract_id).await?,
+    };
+    views::contract_proto(contract, &facts, day)
+}
+
+/// When each payment milestone of `terms` is due, for a contract signed at
+/// `signed_at`.
+pub fn schedule(terms: &Terms, signed_at: OffsetDateTime, day: Duration) -> Vec<Payment> {
+    terms
+        .milestones
+        .iter()
+        .map(|m| Payment {
+            milestone_id: m.milestone_id.clone(),
+            amount_minor: m.amount.amount_minor,
+            due_at: m.due_at(signed_at, terms.shipment_deadline, day),
+            funded_at: None,
+            overdue: false,
+        })
+        .collect()
+}
+
+/// What the funded payments add up to; a sum beyond `i64` (never, for
+/// amounts that sum to the contract's total) is an error, not a panic.
+fn funded_minor(payments: &[Payment]) -> Result<i64, ServiceError> {
+    payments
+        .iter()
+        .filter(|p| p.funded_at.is_some())
+        .try_fold(0_i64, |sum, p| sum.checked_add(p.amount_minor))
+        .ok_or_else(|| ServiceError::internal("the funded payments' sum overflows an i64"))
+}
+
+/// Escrow, as the actor of what its answers and its feed change.
+fn escrow_actor() -> Actor {
+    Actor {
+        principal_id: effects::ESCROW.into(),
+        role: Role::Service,
+    }
+}
+
+// ---- Reads --------------------------------------------------------------------
+
+/// Runs a read on a connection of `pool`.
+pub async fn read<T>(
+    pool: &sqlx::PgPool,
+    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, ServiceError>,
+) -> Result<T, ServiceError> {
+    let mut conn = pool.acquire().await?;
+    work(&mut conn).await
+}
+
+/// The contracts of a listing's page, as the API shows them.
+pub async fn contract_views(
+    conn: &mut PgConnection,
+    rows: &[ContractRecord],
+    day: Duration,
+) -> Result<Vec<pb::Contract>, ServiceError> {
+    let mut contracts = Vec::with_capacity(rows.len());
+    for row in rows {
+        contracts.push(contract_view(conn, row, day).await?);
+    }
+    Ok(contracts)
+}
+
+/// A contract `principal` may read, with version `version` of its terms (0:
+/// the version in force).
+pub async fn read_contract(
+    conn: &mut PgConnection,
+    principal: &Principal,
+    contract_id: Uuid,
+    version: u32,
+    day: Duration,
+) -> Result<(pb::Contract, pb::ContractVersion), ServiceError> {
+    let contract = get_contract(conn, contract_id).await?;
+    check_can_read(principal, &contract)?;
+    let version = match version {
+        0 => current_version(&contract),
+        n if n <= contract.negotiation.latest_version => n,
+        n => return Err(ServiceError::not_found("version of the contract", n)),
+    };
+    let loaded = load_terms(conn, contract_id, version).await?;
+    Ok((
+        contract_view(conn, &contract, day).await?,
+        views::version_proto(&loaded),
+    ))
+}
+
+// ---- Who may do what ---------------------------------------------------------
+
+pub fn not_party() -> ServiceError {
+    ServiceError::PermissionDenied("the caller is not a party to this contract".into())
+}
+
+/// The caller's side of the contract, if it is a party.
+pub fn party_of(principal: &Principal, contract: &ContractRecord) -> Result<Party, ServiceError> {
+    match principal.role {
+        Role::Buyer if principal.subject == contract.buyer_principal_id => Ok(Party::Buyer),
+        Role::Supplier if principal.subject == contract.supplier_principal_id => {
+            Ok(Party::Supplier)
+        }
+        _ => Err(not_party()),
+    }
+}
+
+fn require_party(
+    principal: &Principal,
+    contract: &ContractRecord,
+    wanted: Party,
+) -> Result<(), ServiceError> {
+    let party = party_of(principal, contract)?;
+    if party != wanted {
+        return Err(ServiceError::PermissionDenied(format!(
+            "only the contract's {} may do this",
+            wanted.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// The parties, the agency named for inspection, operators and services.
+pub fn check_can_read(
+    principal: &Principal,
+    contract: &ContractRecord,
+) -> Result<(), ServiceError> {
+    match principal.role {
+        Role::Operator | Role::Service => Ok(()),
+        Role::Inspector
+            if !contract.progress.inspection_agency.is_empty()
+                && contract.progress.inspection_agency == principal.subject =>
+        {
+            Ok(())
+        }
+        Role::Buyer | Role::Supplier => party_of(principal, contract).map(|_| ()),
+        Role::Inspector => Err(ServiceError::PermissionDenied(
+            "only the inspection agency named in the signed terms reads this contract".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payment(amount_minor: i64, funded: bool) -> Payment {
+        Payment {
+            milestone_id: format!("m{amount_minor}"),
+            amount_minor,
+            due_at: OffsetDateTime::UNIX_EPOCH,
+            funded_at: funded.then_some(OffsetDateTime::UNIX_EPOCH),
+            overdue: false,
+        }
+    }
+
+    #[test]
+    fn the_funded_sum_is_checked_never_wrapped() {
+        let payments = [payment(300, true), payment(700, false), payment(5, true)];
+        assert_eq!(funded_minor(&payments).unwrap(), 305);
+        let absurd = [payment(i64::MAX, true), payment(1, true)];
+        assert!(matches!(
+            funded_minor(&absurd),
+            Err(ServiceError::Internal(_))
+        ));
+    }
+}
