@@ -214,7 +214,7 @@ async fn replying_to_an_unknown_inquiry_is_not_found(pool: PgPool) {
     let before = Snapshot::take(&pool).await;
 
     for inquiry in ["inquiry-unknown", "inquiry-other"] {
-        for (subject, role) in [("messaging", Role::Service), (SUPPLIER, Role::Supplier)] {
+        for (subject, role) in [("dispute", Role::Service), (SUPPLIER, Role::Supplier)] {
             let status = client
                 .record_inquiry_reply(as_role(
                     pb::RecordInquiryReplyRequest {

@@ -116,8 +116,8 @@ fn after<'a>(text: &'a str, needle: &'a str) -> impl Iterator<Item = &'a str> + 
         .map(move |(i, _)| &text[i + needle.len()..])
 }
 
-/// The (called service, method) pairs a source file names, in the three
-/// forms calls take in the services.
+/// The (called service, method) pairs a source file names, in the forms
+/// calls take in the services.
 fn calls_in_source(
     text: &str,
     methods: &BTreeMap<String, BTreeSet<String>>,
@@ -156,6 +156,18 @@ fn calls_in_source(
             && let Some(called) = service_named(callee)
         {
             found.push((called, word(quoted).to_owned()));
+        }
+    }
+    // A call built as a value: Call { callee: &ESCROW_CALLS, method: "FreezeEscrow", .. }.
+    for rest in after(text, "callee: &") {
+        let callee = word(rest);
+        if let Some(called) = service_named(callee).filter(|_| callee.ends_with("_CALLS"))
+            && let Some(method) = rest[callee.len()..]
+                .trim_start()
+                .strip_prefix(',')
+                .and_then(|r| r.trim_start().strip_prefix("method: \""))
+        {
+            found.push((called, word(method).to_owned()));
         }
     }
     // A full path, as feeds are pulled: "/tradeassurance.escrow.v1.EscrowService/StreamEscrowEvents".
@@ -325,5 +337,63 @@ fn the_diagram_reader_refuses_a_label_that_is_no_rpc() {
             "escrow".into(),
             "OpenEscrowAccount".into()
         )]
+    );
+}
+
+/// What the protos' access options grant services: (caller, called, method)
+/// for every name in an RPC's `services: [...]`.
+fn granted_to_services(root: &Path) -> BTreeSet<Call> {
+    let mut granted = BTreeSet::new();
+    for (called, dir) in SERVED {
+        for file in files(&root.join("proto").join(dir), "proto") {
+            let text = fs::read_to_string(&file).expect("proto readable");
+            let mut method = None;
+            for line in text.lines().map(str::trim_start) {
+                if let Some(rest) = line.strip_prefix("rpc ") {
+                    method = Some(word(rest.trim_start()).to_owned());
+                } else if let (Some(list), Some(method)) = (line.strip_prefix("services:"), &method)
+                {
+                    for caller in list.split('"').skip(1).step_by(2) {
+                        granted.insert((caller.to_owned(), called.to_owned(), method.clone()));
+                    }
+                }
+            }
+        }
+    }
+    granted
+}
+
+/// Service principals from outside the platform, whose calls no source here
+/// makes: the payment gateway (its webhooks may arrive over gRPC, through an
+/// ingress speaking for it).
+const OUTSIDE_PRINCIPALS: [&str; 1] = ["payment-gateway"];
+
+/// Least privilege: a service may call exactly what its code calls. An access
+/// option that grants a service more (a method it never calls, a service that
+/// does not exist) fails here, and so does a call the access options refuse.
+#[test]
+fn access_options_grant_services_exactly_the_calls_their_code_makes() {
+    let root = repo_root();
+    let methods = served_methods(&root);
+    let in_code = calls_in_code(&root, &methods);
+    let granted = granted_to_services(&root);
+    assert!(
+        granted.contains(&(
+            "contract".into(),
+            "supplier-registry".into(),
+            "ReserveCover".into()
+        )),
+        "the proto reader found no grant: {granted:#?}"
+    );
+    let unused: Vec<_> = granted
+        .difference(&in_code)
+        .filter(|(caller, _, _)| !OUTSIDE_PRINCIPALS.contains(&caller.as_str()))
+        .collect();
+    let refused: Vec<_> = in_code.difference(&granted).collect();
+    assert!(
+        unused.is_empty() && refused.is_empty(),
+        "the access options and the code disagree.\n\
+         Granted to a service whose code never calls it: {unused:#?}\n\
+         Called in the code, refused by the access options: {refused:#?}"
     );
 }
