@@ -7,10 +7,7 @@ use clap::Parser;
 use escrow::gateway::signature::{MIN_SECRET_BYTES, WebhookSecret};
 use ta_runtime::config::{DurationRange, Secret, TelemetryConfig};
 
-use crate::{
-    domain::FaultSettings,
-    server::{Options, WebhookTarget},
-};
+use crate::domain::FaultSettings;
 
 const MS: Duration = Duration::from_millis(1);
 const HOUR: Duration = Duration::from_secs(3_600);
@@ -215,6 +212,30 @@ impl Config {
             seed: self.seed,
         })
     }
+}
+
+/// Where webhooks go and how they are retried.
+#[derive(Clone, Debug)]
+pub struct WebhookTarget {
+    pub url: String,
+    pub secret: WebhookSecret,
+    pub timeout: Duration,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+}
+
+/// What the server runs with (from [`Config::options`], or set by a test).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `Debug` shows it as `<redacted>`.
+    pub api_key: Option<Secret>,
+    /// None: events are kept and listed, not delivered.
+    pub webhook: Option<WebhookTarget>,
+    pub settle_after: Duration,
+    pub auto_credit_after: Option<Duration>,
+    pub poll_interval: Duration,
+    pub faults: FaultSettings,
+    pub seed: Option<u64>,
 }
 
 #[cfg(test)]

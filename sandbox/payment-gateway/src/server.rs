@@ -10,42 +10,15 @@ use std::{
     time::Duration,
 };
 
-use escrow::gateway::signature::WebhookSecret;
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use ta_runtime::config::Secret;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     api::{self, Shared},
     app::Gateway,
-    config::Config,
-    domain::FaultSettings,
+    config::{Config, Options},
     storage, workers,
 };
-
-/// Where webhooks go and how they are retried.
-#[derive(Clone, Debug)]
-pub struct WebhookTarget {
-    pub url: String,
-    pub secret: WebhookSecret,
-    pub timeout: Duration,
-    pub retry_base: Duration,
-    pub retry_cap: Duration,
-}
-
-/// What the server runs with (from [`Config::options`], or set by a test).
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// `Debug` shows it as `<redacted>`.
-    pub api_key: Option<Secret>,
-    /// None: events are kept and listed, not delivered.
-    pub webhook: Option<WebhookTarget>,
-    pub settle_after: Duration,
-    pub auto_credit_after: Option<Duration>,
-    pub poll_interval: Duration,
-    pub faults: FaultSettings,
-    pub seed: Option<u64>,
-}
 
 /// The whole life of the process, for `main`.
 pub async fn run(config: Config) -> ExitCode {

@@ -11,8 +11,8 @@ use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
     api::Shared,
+    config::WebhookTarget,
     domain,
-    server::WebhookTarget,
     storage::{self, Attempt, DueEvent},
 };
 

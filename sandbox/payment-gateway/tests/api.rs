@@ -171,7 +171,7 @@ async fn card_tokens_decline_fail_and_time_out(pool: PgPool) {
 async fn refunds_are_bounded_by_what_their_source_collected(pool: PgPool) {
     let sandbox = Sandbox::start(
         pool,
-        payment_gateway_sandbox::server::Options {
+        payment_gateway_sandbox::config::Options {
             // Refunds stay pending, so one can be failed by hand.
             settle_after: Duration::from_secs(3_600),
             ..options()
@@ -651,7 +651,7 @@ async fn two_processes_settle_and_deliver_each_thing_once(pool: PgPool) {
 async fn an_api_key_is_required_when_set(pool: PgPool) {
     let sandbox = Sandbox::start(
         pool,
-        payment_gateway_sandbox::server::Options {
+        payment_gateway_sandbox::config::Options {
             api_key: Some("sk_test_123".into()),
             ..options()
         },

@@ -20,8 +20,9 @@ use axum::{
 };
 use escrow::gateway::signature::WebhookSecret;
 use payment_gateway_sandbox::{
+    config::{Options, WebhookTarget},
     domain::FaultSettings,
-    server::{self, Options, WebhookTarget},
+    server,
 };
 use serde_json::Value;
 use sqlx::PgPool;
