@@ -14,38 +14,30 @@ use ta_proto::escrow::{self as pb, escrow_service_server::EscrowService};
 use ta_runtime::{
     ServiceError, Violations,
     auth::{self, Principal, Role},
-    money::{Currency, Money},
     paging,
     pipeline::Mutations,
-    text::{require_text, validate_reference},
+    text::validate_reference,
     timestamps,
 };
 use ta_workflow::{config::FeedConfig, feed::EventStream, feed_stream};
-use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use crate::{
-    app::{
-        self,
-        accounts::{ClaimCommand, Open},
-        amendments::Amend,
-        context::Flows,
-        events::account_view,
-        funding::{Fund, Method},
-        settlement::{Close, Outflow, Settle},
-    },
-    domain::{EscrowAccount, NewAccount, Settles, account::hold_until_problem},
+    app::{self, context::Flows, events::account_view, settlement::Outflow},
+    domain::EscrowAccount,
     storage::{
-        self,
-        accounts::{self, Scheme, Terms},
-        attempts, gateway_events, reconciliation, statement,
+        self, accounts, attempts, gateway_events, reconciliation, statement,
         transfers::{self, TransferFilter},
     },
     views,
 };
 
-const MAX_REASON: usize = 500;
+mod parse;
+
+use parse::{
+    claim_command, finish, optional_currency, page_after_seq, parse_id, time_cursor, time_token,
+    uuid_cursor,
+};
 
 pub struct EscrowApi {
     mutations: Mutations,
@@ -73,120 +65,32 @@ impl EscrowApi {
         let mut conn = self.pool().acquire().await.map_err(ServiceError::from)?;
         Ok(work(&mut conn).await?)
     }
-}
 
-// ---- Parsing ---------------------------------------------------------------
-
-fn parse_id(field: &str, value: &str, v: &mut Violations) -> Uuid {
-    Uuid::parse_str(value).unwrap_or_else(|_| {
-        v.add(field, "must be an escrow account id (UUID)");
-        Uuid::nil()
-    })
-}
-
-fn reference(field: &str, value: &str, v: &mut Violations) -> String {
-    validate_reference(field, value, v);
-    value.to_owned()
-}
-
-fn positive(field: &str, m: Option<&ta_proto::common::Money>, v: &mut Violations) -> Option<Money> {
-    Money::positive_from_proto(field, m, v)
-}
-
-fn optional_amount(
-    field: &str,
-    m: Option<&ta_proto::common::Money>,
-    v: &mut Violations,
-) -> Option<Money> {
-    m.and_then(|m| positive(field, Some(m), v))
-}
-
-fn schedule(
-    field: &str,
-    payments: &[pb::ScheduledPayment],
-    v: &mut Violations,
-) -> Vec<(String, Money, OffsetDateTime)> {
-    if payments.is_empty() {
-        v.add(field, "needs at least one scheduled payment");
+    /// ReleaseToSupplier (`release`) or RefundToBuyer, answered by `answer`
+    /// with the postings made and the account after them.
+    async fn outflow<Q, R>(
+        &self,
+        request: Request<Q>,
+        release: bool,
+        parse: fn(&Q, &mut Violations) -> Result<Outflow, ServiceError>,
+        answer: fn(Vec<pb::Posting>, pb::EscrowAccount) -> R,
+    ) -> Result<Response<R>, Status>
+    where
+        Q: ta_proto::IdempotentRequest + Send + Sync + 'static,
+        R: prost::Message + Default,
+    {
+        let prepared = self.mutations.prepare(request, |req, _, v| parse(req, v))?;
+        let (flows, who, cmd) = (&*self.flows, prepared.principal(), &prepared.command);
+        self.mutations
+            .execute(&prepared, || {
+                async |tx| {
+                    let (postings, account) =
+                        app::settlement::outflow(tx, flows, who, cmd, release, true).await?;
+                    Ok(answer(postings, account))
+                }
+            })
+            .await
     }
-    let mut out = Vec::new();
-    for (i, p) in payments.iter().enumerate() {
-        let milestone = reference(&format!("{field}[{i}].milestone_id"), &p.milestone_id, v);
-        let amount = positive(&format!("{field}[{i}].amount"), p.amount.as_ref(), v);
-        let due = p.due_at.as_ref().and_then(timestamps::from_proto);
-        if due.is_none() {
-            v.add(format!("{field}[{i}].due_at"), "is required");
-        }
-        if let (Some(amount), Some(due)) = (amount, due) {
-            out.push((milestone, amount, due));
-        }
-    }
-    out
-}
-
-/// The hold deadline of a request: in the future and after the last due
-/// date of `schedule`; `required` when unset is a violation (otherwise it
-/// keeps the current one).
-fn hold_until(
-    at: Option<&prost_types::Timestamp>,
-    schedule: &[(String, Money, OffsetDateTime)],
-    required: bool,
-    now: OffsetDateTime,
-    v: &mut Violations,
-) -> Option<OffsetDateTime> {
-    let Some(at) = at else {
-        if required {
-            v.add("hold_until", "is required");
-        }
-        return None;
-    };
-    let Some(at) = timestamps::from_proto(at) else {
-        v.add("hold_until", "is not a valid timestamp");
-        return None;
-    };
-    let last_due = schedule.iter().map(|(_, _, due)| *due).max();
-    match hold_until_problem(at, last_due, now) {
-        Some(problem) => {
-            v.add("hold_until", problem);
-            None
-        }
-        None => Some(at),
-    }
-}
-
-fn settles(purpose: Option<&pb::Purpose>, v: &mut Violations) -> Option<Settles> {
-    use pb::purpose::Purpose as P;
-    match purpose.and_then(|p| p.purpose.as_ref()) {
-        None => {
-            v.add("purpose", "is required");
-            None
-        }
-        Some(P::MilestoneId(m)) => {
-            Some(Settles::Milestone(reference("purpose.milestone_id", m, v)))
-        }
-        Some(P::Acceptance(true)) => Some(Settles::Acceptance),
-        Some(P::Cancellation(true)) => Some(Settles::Cancellation),
-        Some(P::ClaimId(c)) => Some(Settles::Claim(reference("purpose.claim_id", c, v))),
-        Some(P::Acceptance(false)) => {
-            v.add("purpose.acceptance", "must be true when set");
-            None
-        }
-        Some(P::Cancellation(false)) => {
-            v.add("purpose.cancellation", "must be true when set");
-            None
-        }
-        Some(P::AmendmentVersion(_)) => {
-            v.add(
-                "purpose.amendment_version",
-                "is the purpose AmendEscrowSchedule sets itself",
-            );
-            None
-        }
-    }
-}
-
-fn invalid() -> ServiceError {
-    ServiceError::InvalidArgument(Vec::new())
 }
 
 // ---- Who may see what --------------------------------------------------------
@@ -213,150 +117,19 @@ async fn check_party(
     }
 }
 
-fn claim_command(
-    account: &str,
-    claim: &str,
-    reason: &str,
-    v: &mut Violations,
-) -> Result<ClaimCommand, ServiceError> {
-    Ok(ClaimCommand {
-        account_id: parse_id("escrow_account_id", account, v),
-        claim_id: reference("claim_id", claim, v),
-        reason: require_text("reason", reason, MAX_REASON, v),
-    })
-}
-
-fn outflow(
-    account: &str,
-    amount: Option<&ta_proto::common::Money>,
-    reason: &str,
-    purpose: Option<&pb::Purpose>,
-    v: &mut Violations,
-) -> Result<Outflow, ServiceError> {
-    let account_id = parse_id("escrow_account_id", account, v);
-    let amount = optional_amount("amount", amount, v);
-    let reason = require_text("reason", reason, MAX_REASON, v);
-    let settles = settles(purpose, v).ok_or_else(invalid)?;
-    Ok(Outflow {
-        account_id,
-        amount,
-        reason,
-        settles,
-    })
-}
-
-fn page_after_seq(page: Option<&ta_proto::common::PageRequest>, v: &mut Violations) -> i64 {
-    paging::cursor(page, "statement", v, |f| match f {
-        [seq] => seq.parse().ok(),
-        _ => None,
-    })
-    .unwrap_or(0)
-}
-
-fn time_cursor(
-    page: Option<&ta_proto::common::PageRequest>,
-    kind: &str,
-    v: &mut Violations,
-) -> Option<(OffsetDateTime, String)> {
-    paging::cursor(page, kind, v, |f| match f {
-        [at, id] => {
-            let nanos: i128 = at.parse().ok()?;
-            Some((
-                OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()?,
-                (*id).to_owned(),
-            ))
-        }
-        _ => None,
-    })
-}
-
-fn time_token(kind: &str, at: OffsetDateTime, id: &str) -> String {
-    paging::token(kind, &[&at.unix_timestamp_nanos().to_string(), id])
-}
-
-fn uuid_cursor(
-    c: Option<(OffsetDateTime, String)>,
-    v: &mut Violations,
-) -> Option<(OffsetDateTime, Uuid)> {
-    c.and_then(|(at, id)| match Uuid::parse_str(&id) {
-        Ok(id) => Some((at, id)),
-        Err(_) => {
-            v.add("page.page_token", "is not a token this listing returned");
-            None
-        }
-    })
-}
-
-fn finish(v: Violations) -> Result<(), Status> {
-    if v.is_empty() {
-        Ok(())
-    } else {
-        Err(v.into_error().into())
-    }
-}
-
 #[tonic::async_trait]
 impl EscrowService for EscrowApi {
     async fn open_escrow_account(
         &self,
         request: Request<pb::OpenEscrowAccountRequest>,
     ) -> Result<Response<pb::OpenEscrowAccountResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            let contract_id = reference("contract_id", &req.contract_id, v);
-            let buyer = reference("buyer_principal_id", &req.buyer_principal_id, v);
-            let supplier = reference("supplier_id", &req.supplier_id, v);
-            let owner = reference(
-                "supplier_owner_principal_id",
-                &req.supplier_owner_principal_id,
-                v,
-            );
-            let schedule = schedule("schedule", &req.schedule, v);
-            let hold_until = hold_until(
-                req.hold_until.as_ref(),
-                &schedule,
-                true,
-                timestamps::now(),
-                v,
-            );
-            let scheme = match pb::EscrowPaymentScheme::try_from(req.payment_scheme) {
-                Ok(pb::EscrowPaymentScheme::Direct) => Some(Scheme::Direct),
-                Ok(pb::EscrowPaymentScheme::PayLater) => Some(Scheme::PayLater),
-                _ => {
-                    v.add("payment_scheme", "must be DIRECT or PAY_LATER");
-                    None
-                }
-            };
-            match scheme {
-                Some(Scheme::PayLater) => {
-                    validate_reference("financing_partner_id", &req.financing_partner_id, v);
-                }
-                Some(Scheme::Direct) if !req.financing_partner_id.is_empty() => v.add(
-                    "financing_partner_id",
-                    "must be empty unless the scheme is PAY_LATER",
-                ),
-                _ => {}
-            }
-            Ok(Open {
-                new: NewAccount {
-                    contract_id,
-                    buyer_principal_id: buyer,
-                    supplier_id: supplier,
-                    schedule,
-                    hold_until: hold_until.ok_or_else(invalid)?,
-                },
-                terms: Terms {
-                    scheme: scheme.ok_or_else(invalid)?,
-                    financing_partner_id: req.financing_partner_id.clone(),
-                    supplier_owner_principal_id: owner,
-                    contract_version: 1,
-                },
-            })
-        })?;
+        let prepared = self
+            .mutations
+            .prepare(request, |req, _, v| parse::open(req, v))?;
+        let (flows, cmd) = (&*self.flows, &prepared.command);
         self.mutations
             .execute(&prepared, || {
-                async |tx| {
-                    app::accounts::open_escrow_account(tx, &self.flows, &prepared.command).await
-                }
+                async |tx| app::accounts::open_escrow_account(tx, flows, cmd).await
             })
             .await
     }
@@ -410,36 +183,13 @@ impl EscrowService for EscrowApi {
         &self,
         request: Request<pb::AmendEscrowScheduleRequest>,
     ) -> Result<Response<pb::AmendEscrowScheduleResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            let account_id = parse_id("escrow_account_id", &req.escrow_account_id, v);
-            let schedule = schedule("schedule", &req.schedule, v);
-            let hold_until = hold_until(
-                req.hold_until.as_ref(),
-                &schedule,
-                false,
-                timestamps::now(),
-                v,
-            );
-            if req.contract_version < 2 {
-                v.add(
-                    "contract_version",
-                    "must be 2 or more (an amendment's version)",
-                );
-            }
-            Ok(Amend {
-                account_id,
-                schedule,
-                hold_until,
-                version: i32::try_from(req.contract_version)
-                    .map_err(|_| ServiceError::invalid("contract_version", "is too large"))?,
-            })
-        })?;
+        let prepared = self
+            .mutations
+            .prepare(request, |req, _, v| parse::amend(req, v))?;
+        let (flows, who, cmd) = (&*self.flows, prepared.principal(), &prepared.command);
         self.mutations
             .execute(&prepared, || {
-                async |tx| {
-                    app::amendments::amend(tx, &self.flows, prepared.principal(), &prepared.command)
-                        .await
-                }
+                async |tx| app::amendments::amend(tx, flows, who, cmd).await
             })
             .await
     }
@@ -448,52 +198,9 @@ impl EscrowService for EscrowApi {
         &self,
         request: Request<pb::FundEscrowRequest>,
     ) -> Result<Response<pb::FundEscrowResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            use pb::fund_escrow_request::Method as M;
-            let account_id = parse_id("escrow_account_id", &req.escrow_account_id, v);
-            let milestone_id = reference("milestone_id", &req.milestone_id, v);
-            let amount = positive("amount", req.amount.as_ref(), v);
-            let method = match &req.method {
-                None => {
-                    v.add(
-                        "method",
-                        "one of card, bank_transfer or pay_later is required",
-                    );
-                    None
-                }
-                Some(M::Card(card)) => {
-                    validate_reference("card.card_token", &card.card_token, v);
-                    Some(Method::Card {
-                        token: card.card_token.clone(),
-                    })
-                }
-                Some(M::BankTransfer(bank)) => Some(Method::BankTransfer {
-                    payer_name: require_text("bank_transfer.payer_name", &bank.payer_name, 200, v),
-                }),
-                Some(M::PayLater(later)) => {
-                    validate_reference(
-                        "pay_later.financing_partner_id",
-                        &later.financing_partner_id,
-                        v,
-                    );
-                    v.require(
-                        (1..=6).contains(&later.repayment_months),
-                        "pay_later.repayment_months",
-                        "must be 1-6",
-                    );
-                    Some(Method::PayLater {
-                        partner_id: later.financing_partner_id.clone(),
-                        months: later.repayment_months,
-                    })
-                }
-            };
-            Ok(Fund {
-                account_id,
-                milestone_id,
-                amount: amount.ok_or_else(invalid)?,
-                method: method.ok_or_else(invalid)?,
-            })
-        })?;
+        let prepared = self
+            .mutations
+            .prepare(request, |req, _, v| parse::fund(req, v))?;
         Ok(Response::new(
             app::funding::fund(&self.flows, &self.mutations, &prepared).await?,
         ))
@@ -512,99 +219,39 @@ impl EscrowService for EscrowApi {
         &self,
         request: Request<pb::ReleaseToSupplierRequest>,
     ) -> Result<Response<pb::ReleaseToSupplierResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            outflow(
-                &req.escrow_account_id,
-                req.amount.as_ref(),
-                &req.reason,
-                req.purpose.as_ref(),
-                v,
-            )
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let (mut postings, account) = app::settlement::outflow(
-                        tx,
-                        &self.flows,
-                        prepared.principal(),
-                        &prepared.command,
-                        true,
-                        true,
-                    )
-                    .await?;
-                    Ok(pb::ReleaseToSupplierResponse {
-                        posting: postings.pop(),
-                        account: Some(account),
-                    })
-                }
-            })
-            .await
+        self.outflow(request, true, parse::release, |mut postings, account| {
+            pb::ReleaseToSupplierResponse {
+                posting: postings.pop(),
+                account: Some(account),
+            }
+        })
+        .await
     }
 
     async fn refund_to_buyer(
         &self,
         request: Request<pb::RefundToBuyerRequest>,
     ) -> Result<Response<pb::RefundToBuyerResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            outflow(
-                &req.escrow_account_id,
-                req.amount.as_ref(),
-                &req.reason,
-                req.purpose.as_ref(),
-                v,
-            )
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let (postings, account) = app::settlement::outflow(
-                        tx,
-                        &self.flows,
-                        prepared.principal(),
-                        &prepared.command,
-                        false,
-                        true,
-                    )
-                    .await?;
-                    Ok(pb::RefundToBuyerResponse {
-                        postings,
-                        account: Some(account),
-                    })
-                }
-            })
-            .await
+        self.outflow(request, false, parse::refund, |postings, account| {
+            pb::RefundToBuyerResponse {
+                postings,
+                account: Some(account),
+            }
+        })
+        .await
     }
 
     async fn settle_claim(
         &self,
         request: Request<pb::SettleClaimRequest>,
     ) -> Result<Response<pb::SettleClaimResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            let refund = match &req.refund {
-                None => None,
-                Some(m) if m.amount_minor == 0 => None,
-                Some(m) => positive("refund", Some(m), v),
-            };
-            Ok(Settle {
-                account_id: parse_id("escrow_account_id", &req.escrow_account_id, v),
-                claim_id: reference("claim_id", &req.claim_id, v),
-                refund,
-                release_rest: req.release_rest,
-                reason: require_text("reason", &req.reason, MAX_REASON, v),
-            })
-        })?;
+        let prepared = self
+            .mutations
+            .prepare(request, |req, _, v| parse::settle(req, v))?;
+        let (flows, who, cmd) = (&*self.flows, prepared.principal(), &prepared.command);
         self.mutations
             .execute(&prepared, || {
-                async |tx| {
-                    app::settlement::settle_claim(
-                        tx,
-                        &self.flows,
-                        prepared.principal(),
-                        &prepared.command,
-                    )
-                    .await
-                }
+                async |tx| app::settlement::settle_claim(tx, flows, who, cmd).await
             })
             .await
     }
@@ -616,9 +263,10 @@ impl EscrowService for EscrowApi {
         let prepared = self.mutations.prepare(request, |req, _, v| {
             claim_command(&req.escrow_account_id, &req.claim_id, &req.reason, v)
         })?;
+        let (flows, cmd) = (&*self.flows, &prepared.command);
         self.mutations
             .execute(&prepared, || {
-                async |tx| app::accounts::freeze_escrow(tx, &self.flows, &prepared.command).await
+                async |tx| app::accounts::freeze_escrow(tx, flows, cmd).await
             })
             .await
     }
@@ -630,9 +278,10 @@ impl EscrowService for EscrowApi {
         let prepared = self.mutations.prepare(request, |req, _, v| {
             claim_command(&req.escrow_account_id, &req.claim_id, &req.reason, v)
         })?;
+        let (flows, cmd) = (&*self.flows, &prepared.command);
         self.mutations
             .execute(&prepared, || {
-                async |tx| app::accounts::unfreeze_escrow(tx, &self.flows, &prepared.command).await
+                async |tx| app::accounts::unfreeze_escrow(tx, flows, cmd).await
             })
             .await
     }
@@ -641,24 +290,13 @@ impl EscrowService for EscrowApi {
         &self,
         request: Request<pb::CloseEscrowAccountRequest>,
     ) -> Result<Response<pb::CloseEscrowAccountResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            Ok(Close {
-                account_id: parse_id("escrow_account_id", &req.escrow_account_id, v),
-                reason: require_text("reason", &req.reason, MAX_REASON, v),
-                refund_held: req.refund_held,
-            })
-        })?;
+        let prepared = self
+            .mutations
+            .prepare(request, |req, _, v| parse::close(req, v))?;
+        let (flows, who, cmd) = (&*self.flows, prepared.principal(), &prepared.command);
         self.mutations
             .execute(&prepared, || {
-                async |tx| {
-                    app::settlement::close_escrow_account(
-                        tx,
-                        &self.flows,
-                        prepared.principal(),
-                        &prepared.command,
-                    )
-                    .await
-                }
+                async |tx| app::settlement::close_escrow_account(tx, flows, who, cmd).await
             })
             .await
     }
@@ -706,41 +344,12 @@ impl EscrowService for EscrowApi {
         &self,
         request: Request<pb::RunSupplierPayoutsRequest>,
     ) -> Result<Response<pb::RunSupplierPayoutsResponse>, Status> {
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            let supplier = if req.supplier_id.is_empty() {
-                None
-            } else {
-                Some(reference("supplier_id", &req.supplier_id, v))
-            };
-            let currency = if req.currency_code.is_empty() {
-                None
-            } else {
-                let c = Currency::parse(&req.currency_code);
-                if c.is_none() {
-                    v.add(
-                        "currency_code",
-                        "must be an ISO 4217 currency code such as USD",
-                    );
-                }
-                c
-            };
-            Ok((supplier, currency))
-        })?;
-        if let Some(answer) = self.mutations.replay(&prepared).await? {
-            return Ok(Response::new(answer));
-        }
-        let (supplier, currency) = &prepared.command;
-        let payouts =
-            app::transfers::run_payouts(&self.flows, self.pool(), supplier.as_deref(), *currency)
-                .await?;
-        let answer = pb::RunSupplierPayoutsResponse {
-            payouts: payouts.iter().map(views::transfer_proto).collect(),
-        };
-        let stored = self
+        let prepared = self
             .mutations
-            .answer(&prepared, async |_| Ok(answer.clone()))
-            .await?;
-        Ok(Response::new(stored))
+            .prepare(request, |req, _, v| parse::payouts(req, v))?;
+        Ok(Response::new(
+            app::transfers::run_supplier_payouts(&self.flows, &self.mutations, &prepared).await?,
+        ))
     }
 
     async fn list_gateway_transfers(
@@ -837,18 +446,7 @@ impl EscrowService for EscrowApi {
     ) -> Result<Response<pb::GetTrialBalanceResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        let currency = if req.currency_code.is_empty() {
-            None
-        } else {
-            let c = Currency::parse(&req.currency_code);
-            if c.is_none() {
-                v.add(
-                    "currency_code",
-                    "must be an ISO 4217 currency code such as USD",
-                );
-            }
-            c
-        };
+        let currency = optional_currency(&req.currency_code, &mut v);
         finish(v)?;
         self.read(async |conn| {
             let rows = statement::read_trial_balance(conn, currency).await?;

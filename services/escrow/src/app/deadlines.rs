@@ -2,7 +2,7 @@
 //! (`payment_due`), each account's hold deadline (`hold_deadline`), each
 //! pending attempt's expiry (`attempt_expiry`) and the periodic payout run
 //! (`payout_run`). Kept in step with the account in the transaction that
-//! changes it; what happens when one fires is in [`super::reactions`].
+//! changes it; what happens when one fires is `reactions`'s.
 
 use std::time::Duration;
 

@@ -20,9 +20,11 @@
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
+use ta_proto::escrow as pb;
 use ta_runtime::{
     ServiceError, db,
     money::{Currency, Money},
+    pipeline::{Mutations, Prepared},
     timestamps,
 };
 use time::OffsetDateTime;
@@ -39,12 +41,35 @@ use crate::{
         ledger,
         transfers::{self, Direction, NewTransfer, TransferRow, TransferStatus},
     },
+    views,
 };
 
 use super::context::{Flows, after};
 
 /// How many due transfers one worker pass handles at most.
 const BATCH: i64 = 100;
+
+/// RunSupplierPayouts: [`run_payouts`] for the supplier or currency the
+/// request names (none: all), answered with the payouts it started, under
+/// the caller's key. The payouts are recorded and sent outside the answer's
+/// transaction (each in its own, see the module docs).
+pub async fn run_supplier_payouts(
+    flows: &Flows,
+    mutations: &Mutations,
+    prepared: &Prepared<pb::RunSupplierPayoutsRequest, (Option<String>, Option<Currency>)>,
+) -> Result<pb::RunSupplierPayoutsResponse, ServiceError> {
+    if let Some(answer) = mutations.replay(prepared).await? {
+        return Ok(answer);
+    }
+    let (supplier, currency) = &prepared.command;
+    let payouts = run_payouts(flows, mutations.pool(), supplier.as_deref(), *currency).await?;
+    let answer = pb::RunSupplierPayoutsResponse {
+        payouts: payouts.iter().map(views::transfer_proto).collect(),
+    };
+    mutations
+        .answer(prepared, async |_| Ok(answer.clone()))
+        .await
+}
 
 /// Pays what suppliers are owed (all, or one supplier or currency): one
 /// payout per supplier and currency, each recorded in its own transaction

@@ -1,5 +1,5 @@
 //! The signature on the payment gateway's webhooks, checked before the event
-//! is read (the event itself: [`super::event`]).
+//! is read.
 //!
 //! The signature header is `t=<unix seconds>,v1=<hex>`, where `v1` is
 //! HMAC-SHA256 over `"<t>.<payload>"` with the webhook secret (the scheme
