@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use ta_objects::{Kind, Store};
+use ta_objects::Store;
 use ta_proto::contract::{
     self as pb, contract_service_server::ContractService, upload_inspection_file_request::Part,
 };
@@ -88,12 +88,15 @@ impl ContractApi {
 }
 
 /// One change of one contract, answered with the contract after it:
-/// `$parse` makes the command (recording every bad field in `$v`), `$apply`
-/// is the use case, run in the pipeline's transaction as
-/// `(tx, flows, principal, &command, now)`, and `$answer` the response type
-/// holding the contract.
+/// `$apply` is the use case, run in the pipeline's transaction as
+/// `(tx, flows, principal, &command, now)`, `$answer` the response type
+/// holding the contract, and the closure makes the command (recording every
+/// bad field in its violations).
 macro_rules! change {
-    ($api:expr, $request:expr, |$req:ident, $v:ident| $parse:expr, $apply:path, $answer:ident) => {{
+    (
+        $api:expr, $request:expr, $apply:path => $answer:ident,
+        |$req:ident, $v:ident| $parse:expr
+    ) => {{
         let api = $api;
         let prepared = api.mutations.prepare($request, |$req, _, $v| $parse)?;
         api.mutations
@@ -104,6 +107,43 @@ macro_rules! change {
                         $apply(tx, &api.flows, principal, command, timestamps::now()).await?;
                     Ok(pb::$answer {
                         contract: Some(view),
+                    })
+                }
+            })
+            .await
+    }};
+}
+
+/// A new version of the terms (a revised draft, a proposed amendment),
+/// answered with the contract and the version: `$apply` is the use case.
+/// Deadlines are checked against the clock: a retry after success replays
+/// before they are checked again.
+macro_rules! new_version {
+    ($api:expr, $request:expr, $apply:path, $answer:ident) => {{
+        let api = $api;
+        if let Some(answer) = api.mutations.replayed(&$request).await? {
+            return Ok(answer);
+        }
+        let now = timestamps::now();
+        let prepared = api.mutations.prepare($request, |req, _, v| {
+            let (terms, note) = (req.terms.as_ref(), &req.change_note);
+            revision(
+                &req.contract_id,
+                req.base_version,
+                terms,
+                note,
+                (now, api.day()),
+                v,
+            )
+        })?;
+        api.mutations
+            .execute(&prepared, || {
+                async |tx| {
+                    let (principal, cmd) = (prepared.principal(), &prepared.command);
+                    let (contract, version) = $apply(tx, &api.flows, principal, cmd, now).await?;
+                    Ok(pb::$answer {
+                        contract: Some(contract),
+                        version: Some(version),
                     })
                 }
             })
@@ -204,12 +244,9 @@ fn revision(
 }
 
 fn is_sha256_ref(value: &str) -> bool {
-    value.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    value
+        .strip_prefix("sha256:")
+        .is_some_and(ta_objects::is_sha256_hex)
 }
 
 fn inspection(
@@ -247,63 +284,6 @@ fn inspection(
     }
 }
 
-/// An inspection file's metadata (the first message of its upload): the
-/// contract, and a size, media type and hash the store takes.
-struct FileMetadata {
-    contract_id: Uuid,
-    size: u64,
-    sha256_hex: String,
-}
-
-fn file_metadata(
-    meta: Option<&pb::InspectionFileMetadata>,
-    store: &Store,
-) -> Result<FileMetadata, ServiceError> {
-    let Some(meta) = meta else {
-        return Err(ServiceError::invalid(
-            "metadata",
-            "the first message carries the file's metadata",
-        ));
-    };
-    let mut v = Violations::new();
-    let contract_id = Uuid::parse_str(meta.contract_id.trim()).ok();
-    if contract_id.is_none() {
-        v.add("metadata.contract_id", "must be a contract id (a UUID)");
-    }
-    let kind = Kind::InspectionReport;
-    let content_type = meta.content_type.trim().to_ascii_lowercase();
-    if !kind.content_types().contains(&content_type.as_str()) {
-        v.add(
-            "metadata.content_type",
-            format!(
-                "an inspection report's file is one of {}",
-                kind.content_types().join(", ")
-            ),
-        );
-    }
-    let max = store.limits.max_bytes(kind);
-    if meta.size_bytes == 0 || meta.size_bytes > max {
-        v.add(
-            "metadata.size_bytes",
-            format!("must be 1 to {max} bytes for an inspection report's file"),
-        );
-    }
-    if !ta_objects::is_sha256_hex(&meta.sha256_hex) {
-        v.add(
-            "metadata.sha256_hex",
-            "must be the file's SHA-256 in 64 lower-case hex digits",
-        );
-    }
-    match contract_id {
-        Some(contract_id) if v.is_empty() => Ok(FileMetadata {
-            contract_id,
-            size: meta.size_bytes,
-            sha256_hex: meta.sha256_hex.clone(),
-        }),
-        _ => Err(v.into_error()),
-    }
-}
-
 fn draft(
     req: &pb::CreateContractDraftRequest,
     principal: &Principal,
@@ -314,21 +294,7 @@ fn draft(
         v.add("supplier_id", "must be a supplier id (UUID)");
         Uuid::nil()
     });
-    let buyer_principal_id = match principal.role {
-        Role::Buyer => {
-            if !req.buyer_principal_id.is_empty() && req.buyer_principal_id != principal.subject {
-                v.add(
-                    "buyer_principal_id",
-                    "must be empty or the caller: a buyer creates its own contracts",
-                );
-            }
-            None
-        }
-        _ => {
-            validate_reference("buyer_principal_id", &req.buyer_principal_id, v);
-            Some(req.buyer_principal_id.clone())
-        }
-    };
+    let buyer_principal_id = drafting::buyer_of(principal, &req.buyer_principal_id, v);
     let terms = Terms::validate(req.terms.as_ref(), "terms", now, Some(day), v);
     let terms = terms.ok_or_else(recorded)?;
     Ok(CreateDraft {
@@ -362,8 +328,7 @@ fn claim_closing(req: &pb::RecordClaimClosedRequest, v: &mut Violations) -> Clai
     }
 }
 
-/// Who may see a contract's listing: a buyer its own, a supplier its
-/// owner's, operators and services any.
+/// The contracts a listing asks for, within those the caller may see.
 fn listing_filter(
     req: &pb::ListContractsRequest,
     principal: &Principal,
@@ -398,22 +363,7 @@ fn listing_filter(
             None
         }
     };
-    match principal.role {
-        Role::Buyer => {
-            if filter
-                .buyer_principal_id
-                .as_ref()
-                .is_some_and(|b| *b != principal.subject)
-            {
-                return Err(ServiceError::PermissionDenied(
-                    "a buyer lists only its own contracts".into(),
-                ));
-            }
-            filter.buyer_principal_id = Some(principal.subject.clone());
-        }
-        Role::Supplier => filter.supplier_principal_id = Some(principal.subject.clone()),
-        _ => {}
-    }
+    app::scope_listing(principal, &mut filter)?;
     Ok(filter)
 }
 
@@ -458,36 +408,12 @@ impl ContractService for ContractApi {
         &self,
         request: Request<pb::ReviseContractDraftRequest>,
     ) -> Answer<pb::ReviseContractDraftResponse> {
-        // Deadlines are checked against the clock: a retry after success
-        // replays before they are checked again.
-        if let Some(answer) = self.mutations.replayed(&request).await? {
-            return Ok(answer);
-        }
-        let now = timestamps::now();
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            let (terms, note) = (req.terms.as_ref(), &req.change_note);
-            revision(
-                &req.contract_id,
-                req.base_version,
-                terms,
-                note,
-                (now, self.day()),
-                v,
-            )
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let (principal, cmd) = (prepared.principal(), &prepared.command);
-                    let (contract, version) =
-                        drafting::revise_draft(tx, &self.flows, principal, cmd, now).await?;
-                    Ok(pb::ReviseContractDraftResponse {
-                        contract: Some(contract),
-                        version: Some(version),
-                    })
-                }
-            })
-            .await
+        new_version!(
+            self,
+            request,
+            drafting::revise_draft,
+            ReviseContractDraftResponse
+        )
     }
 
     async fn get_contract(
@@ -539,102 +465,53 @@ impl ContractService for ContractApi {
         &self,
         request: Request<pb::SignContractRequest>,
     ) -> Answer<pb::SignContractResponse> {
-        change!(
-            self,
-            request,
-            |req, v| Ok(ById {
-                contract_id: contract_id(&req.contract_id, v),
-                version: version_number("version", req.version, v),
-                text: String::new(),
-            }),
-            drafting::sign,
-            SignContractResponse
-        )
+        change!(self, request, drafting::sign => SignContractResponse, |req, v| Ok(ById {
+            contract_id: contract_id(&req.contract_id, v),
+            version: version_number("version", req.version, v),
+            text: String::new(),
+        }))
     }
 
     async fn propose_amendment(
         &self,
         request: Request<pb::ProposeAmendmentRequest>,
     ) -> Answer<pb::ProposeAmendmentResponse> {
-        if let Some(answer) = self.mutations.replayed(&request).await? {
-            return Ok(answer);
-        }
-        let now = timestamps::now();
-        let prepared = self.mutations.prepare(request, |req, _, v| {
-            let (terms, note) = (req.terms.as_ref(), &req.change_note);
-            revision(
-                &req.contract_id,
-                req.base_version,
-                terms,
-                note,
-                (now, self.day()),
-                v,
-            )
-        })?;
-        self.mutations
-            .execute(&prepared, || {
-                async |tx| {
-                    let (principal, cmd) = (prepared.principal(), &prepared.command);
-                    let (contract, version) =
-                        amendments::propose(tx, &self.flows, principal, cmd, now).await?;
-                    Ok(pb::ProposeAmendmentResponse {
-                        contract: Some(contract),
-                        version: Some(version),
-                    })
-                }
-            })
-            .await
+        new_version!(self, request, amendments::propose, ProposeAmendmentResponse)
     }
 
     async fn sign_amendment(
         &self,
         request: Request<pb::SignAmendmentRequest>,
     ) -> Answer<pb::SignAmendmentResponse> {
-        change!(
-            self,
-            request,
-            |req, v| Ok(ById {
-                contract_id: contract_id(&req.contract_id, v),
-                version: version_number("version", req.version, v),
-                text: String::new(),
-            }),
-            amendments::sign_amendment,
-            SignAmendmentResponse
-        )
+        change!(self, request, amendments::sign_amendment => SignAmendmentResponse,
+        |req, v| Ok(ById {
+            contract_id: contract_id(&req.contract_id, v),
+            version: version_number("version", req.version, v),
+            text: String::new(),
+        }))
     }
 
     async fn withdraw_amendment(
         &self,
         request: Request<pb::WithdrawAmendmentRequest>,
     ) -> Answer<pb::WithdrawAmendmentResponse> {
-        change!(
-            self,
-            request,
-            |req, v| Ok(ById {
-                contract_id: contract_id(&req.contract_id, v),
-                version: version_number("version", req.version, v),
-                text: require_text("reason", &req.reason, MAX_NOTE, v),
-            }),
-            amendments::withdraw,
-            WithdrawAmendmentResponse
-        )
+        change!(self, request, amendments::withdraw => WithdrawAmendmentResponse, |req, v| Ok(ById {
+            contract_id: contract_id(&req.contract_id, v),
+            version: version_number("version", req.version, v),
+            text: require_text("reason", &req.reason, MAX_NOTE, v),
+        }))
     }
 
     async fn cancel_contract(
         &self,
         request: Request<pb::CancelContractRequest>,
     ) -> Answer<pb::CancelContractResponse> {
-        change!(
-            self,
-            request,
-            |req, v| Ok(ById {
-                contract_id: contract_id(&req.contract_id, v),
-                version: 0,
-                text: require_text("reason", &req.reason, MAX_NOTE, v),
-            }),
-            cancellation::cancel_contract,
-            CancelContractResponse
-        )
+        change!(self, request, cancellation::cancel_contract => CancelContractResponse,
+        |req, v| Ok(ById {
+            contract_id: contract_id(&req.contract_id, v),
+            version: 0,
+            text: require_text("reason", &req.reason, MAX_NOTE, v),
+        }))
     }
 
     async fn submit_inspection_report(
@@ -677,23 +554,7 @@ impl ContractService for ContractApi {
         let mut v = Violations::new();
         let limit = paging::page_size(req.page.as_ref(), &mut v);
         let after = paging::cursor(req.page.as_ref(), "assignments", &mut v, time_cursor);
-        let agency = match principal.role {
-            Role::Inspector => {
-                if !req.agency_principal_id.is_empty()
-                    && req.agency_principal_id != principal.subject
-                {
-                    return Err(ServiceError::PermissionDenied(
-                        "an inspector lists only its own agency's assignments".into(),
-                    )
-                    .into());
-                }
-                principal.subject.clone()
-            }
-            _ => {
-                validate_reference("agency_principal_id", &req.agency_principal_id, &mut v);
-                req.agency_principal_id.clone()
-            }
-        };
+        let agency = app::assignments_agency(&principal, &req.agency_principal_id, &mut v)?;
         finish(v)?;
         let answer = app::read(self.mutations.pool(), async |conn| {
             let rows = list_inspection_assignments(conn, &agency, after, limit + 1).await?;
@@ -744,19 +605,14 @@ impl ContractService for ContractApi {
         request: Request<pb::RecordShipmentRequest>,
     ) -> Answer<pb::RecordShipmentResponse> {
         let now = timestamps::now();
-        change!(
-            self,
-            request,
-            |req, v| Ok(Ship {
-                contract_id: contract_id(&req.contract_id, v),
-                carrier: require_text("carrier", &req.carrier, 100, v),
-                tracking_number: require_text("tracking_number", &req.tracking_number, 100, v),
-                shipped_at: past_or_now("shipped_at", req.shipped_at.as_ref(), now, v),
-                r#final: req.r#final,
-            }),
-            fulfilment::record_shipment,
-            RecordShipmentResponse
-        )
+        change!(self, request, fulfilment::record_shipment => RecordShipmentResponse,
+        |req, v| Ok(Ship {
+            contract_id: contract_id(&req.contract_id, v),
+            carrier: require_text("carrier", &req.carrier, 100, v),
+            tracking_number: require_text("tracking_number", &req.tracking_number, 100, v),
+            shipped_at: past_or_now("shipped_at", req.shipped_at.as_ref(), now, v),
+            r#final: req.r#final,
+        }))
     }
 
     async fn confirm_receipt(
@@ -764,33 +620,22 @@ impl ContractService for ContractApi {
         request: Request<pb::ConfirmReceiptRequest>,
     ) -> Answer<pb::ConfirmReceiptResponse> {
         let now = timestamps::now();
-        change!(
-            self,
-            request,
-            |req, v| Ok(Receipt {
-                contract_id: contract_id(&req.contract_id, v),
-                received_at: past_or_now("received_at", req.received_at.as_ref(), now, v),
-            }),
-            fulfilment::confirm_receipt,
-            ConfirmReceiptResponse
-        )
+        change!(self, request, fulfilment::confirm_receipt => ConfirmReceiptResponse,
+        |req, v| Ok(Receipt {
+            contract_id: contract_id(&req.contract_id, v),
+            received_at: past_or_now("received_at", req.received_at.as_ref(), now, v),
+        }))
     }
 
     async fn accept_goods(
         &self,
         request: Request<pb::AcceptGoodsRequest>,
     ) -> Answer<pb::AcceptGoodsResponse> {
-        change!(
-            self,
-            request,
-            |req, v| Ok(ById {
-                contract_id: contract_id(&req.contract_id, v),
-                version: 0,
-                text: optional_text("note", &req.note, MAX_NOTE, v),
-            }),
-            fulfilment::accept_goods,
-            AcceptGoodsResponse
-        )
+        change!(self, request, fulfilment::accept_goods => AcceptGoodsResponse, |req, v| Ok(ById {
+            contract_id: contract_id(&req.contract_id, v),
+            version: 0,
+            text: optional_text("note", &req.note, MAX_NOTE, v),
+        }))
     }
 
     async fn get_contract_timeline(
@@ -838,7 +683,7 @@ impl ContractService for ContractApi {
             Some(Part::Metadata(m)) => Some(m),
             _ => None,
         };
-        let meta = file_metadata(metadata.as_ref(), store)?;
+        let meta = fulfilment::inspection_file(metadata.as_ref(), store)?;
         app::read(self.mutations.pool(), async |conn| {
             fulfilment::check_inspection_upload(conn, &principal, meta.contract_id).await
         })
@@ -883,78 +728,55 @@ impl ContractService for ContractApi {
         &self,
         request: Request<pb::RecordClaimOpenedRequest>,
     ) -> Answer<pb::RecordClaimOpenedResponse> {
-        change!(
-            self,
-            request,
-            |req, v| {
-                let contract_id = contract_id(&req.contract_id, v);
-                validate_reference("claim_id", &req.claim_id, v);
-                let reason = claims::claim_reason(req.reason());
-                if reason.is_none() {
-                    v.add("reason", "is required");
-                }
-                Ok(ClaimOpen {
-                    contract_id,
-                    claim_id: req.claim_id.clone(),
-                    reason: reason.ok_or_else(recorded)?,
-                })
-            },
-            claims::open_claim,
-            RecordClaimOpenedResponse
-        )
+        change!(self, request, claims::open_claim => RecordClaimOpenedResponse, |req, v| {
+            let contract_id = contract_id(&req.contract_id, v);
+            validate_reference("claim_id", &req.claim_id, v);
+            let reason = claims::claim_reason(req.reason());
+            if reason.is_none() {
+                v.add("reason", "is required");
+            }
+            Ok(ClaimOpen {
+                contract_id,
+                claim_id: req.claim_id.clone(),
+                reason: reason.ok_or_else(recorded)?,
+            })
+        })
     }
 
     async fn confirm_claim_opened(
         &self,
         request: Request<pb::ConfirmClaimOpenedRequest>,
     ) -> Answer<pb::ConfirmClaimOpenedResponse> {
-        change!(
-            self,
-            request,
-            |req, v| {
-                validate_reference("claim_id", &req.claim_id, v);
-                Ok(ById {
-                    contract_id: contract_id(&req.contract_id, v),
-                    version: 0,
-                    text: req.claim_id.clone(),
-                })
-            },
-            claims::confirm_claim,
-            ConfirmClaimOpenedResponse
-        )
+        change!(self, request, claims::confirm_claim => ConfirmClaimOpenedResponse, |req, v| {
+            validate_reference("claim_id", &req.claim_id, v);
+            Ok(ById {
+                contract_id: contract_id(&req.contract_id, v),
+                version: 0,
+                text: req.claim_id.clone(),
+            })
+        })
     }
 
     async fn abandon_claim_opening(
         &self,
         request: Request<pb::AbandonClaimOpeningRequest>,
     ) -> Answer<pb::AbandonClaimOpeningResponse> {
-        change!(
-            self,
-            request,
-            |req, v| {
-                validate_reference("claim_id", &req.claim_id, v);
-                let reason = require_text("reason", &req.reason, MAX_NOTE, v);
-                Ok(ClaimAbandon {
-                    contract_id: contract_id(&req.contract_id, v),
-                    claim_id: req.claim_id.clone(),
-                    reason,
-                })
-            },
-            claims::abandon_claim,
-            AbandonClaimOpeningResponse
-        )
+        change!(self, request, claims::abandon_claim => AbandonClaimOpeningResponse, |req, v| {
+            validate_reference("claim_id", &req.claim_id, v);
+            let reason = require_text("reason", &req.reason, MAX_NOTE, v);
+            Ok(ClaimAbandon {
+                contract_id: contract_id(&req.contract_id, v),
+                claim_id: req.claim_id.clone(),
+                reason,
+            })
+        })
     }
 
     async fn record_claim_closed(
         &self,
         request: Request<pb::RecordClaimClosedRequest>,
     ) -> Answer<pb::RecordClaimClosedResponse> {
-        change!(
-            self,
-            request,
-            |req, v| Ok(claim_closing(req, v)),
-            claims::close_claim,
-            RecordClaimClosedResponse
-        )
+        change!(self, request, claims::close_claim => RecordClaimClosedResponse,
+            |req, v| Ok(claim_closing(req, v)))
     }
 }

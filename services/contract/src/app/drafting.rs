@@ -13,9 +13,10 @@ use ta_proto::{
     },
 };
 use ta_runtime::{
-    ServiceError,
+    ServiceError, Violations,
     auth::{Actor, Principal, Role},
     money::readable,
+    text::validate_reference,
 };
 use ta_workflow::{credentials::ServiceCredentials, peers::Peers};
 use time::OffsetDateTime;
@@ -107,6 +108,26 @@ pub struct ById {
     pub contract_id: Uuid,
     pub version: u32,
     pub text: String,
+}
+
+/// The buyer a draft names (`requested`): a buyer creates its own contracts
+/// (none named: the caller), operators and services name one.
+pub fn buyer_of(principal: &Principal, requested: &str, v: &mut Violations) -> Option<String> {
+    match principal.role {
+        Role::Buyer => {
+            if !requested.is_empty() && requested != principal.subject {
+                v.add(
+                    "buyer_principal_id",
+                    "must be empty or the caller: a buyer creates its own contracts",
+                );
+            }
+            None
+        }
+        _ => {
+            validate_reference("buyer_principal_id", requested, v);
+            Some(requested.to_owned())
+        }
+    }
 }
 
 /// The supplier's owner, read from supplier-registry before the draft's

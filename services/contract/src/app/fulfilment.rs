@@ -85,6 +85,64 @@ pub fn acceptance_after_receipt(
     received_at + day * terms.inspection_period_days.max(terms.claim_window_days)
 }
 
+/// An inspection file about to be uploaded: the contract, its size and hash.
+pub struct InspectionFile {
+    pub contract_id: Uuid,
+    pub size: u64,
+    pub sha256_hex: String,
+}
+
+/// The file an upload's metadata (its first message) announces: a
+/// contract, and a size, media type and hash the store takes.
+pub fn inspection_file(
+    meta: Option<&pb::InspectionFileMetadata>,
+    store: &ta_objects::Store,
+) -> Result<InspectionFile, ServiceError> {
+    let Some(meta) = meta else {
+        return Err(ServiceError::invalid(
+            "metadata",
+            "the first message carries the file's metadata",
+        ));
+    };
+    let mut v = Violations::new();
+    let contract_id = Uuid::parse_str(meta.contract_id.trim()).ok();
+    if contract_id.is_none() {
+        v.add("metadata.contract_id", "must be a contract id (a UUID)");
+    }
+    let kind = ta_objects::Kind::InspectionReport;
+    let content_type = meta.content_type.trim().to_ascii_lowercase();
+    if !kind.content_types().contains(&content_type.as_str()) {
+        v.add(
+            "metadata.content_type",
+            format!(
+                "an inspection report's file is one of {}",
+                kind.content_types().join(", ")
+            ),
+        );
+    }
+    let max = store.limits.max_bytes(kind);
+    if meta.size_bytes == 0 || meta.size_bytes > max {
+        v.add(
+            "metadata.size_bytes",
+            format!("must be 1 to {max} bytes for an inspection report's file"),
+        );
+    }
+    if !ta_objects::is_sha256_hex(&meta.sha256_hex) {
+        v.add(
+            "metadata.sha256_hex",
+            "must be the file's SHA-256 in 64 lower-case hex digits",
+        );
+    }
+    match contract_id {
+        Some(contract_id) if v.is_empty() => Ok(InspectionFile {
+            contract_id,
+            size: meta.size_bytes,
+            sha256_hex: meta.sha256_hex.clone(),
+        }),
+        _ => Err(v.into_error()),
+    }
+}
+
 /// Only the agency the signed terms name, and only between signing and
 /// shipment, uploads an inspection file for a contract.
 pub async fn check_inspection_upload(

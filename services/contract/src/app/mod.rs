@@ -21,9 +21,10 @@ pub mod settlement;
 use sqlx::PgConnection;
 use ta_proto::{IdempotentRequest, contract as pb};
 use ta_runtime::{
-    ServiceError,
+    ServiceError, Violations,
     auth::{Actor, Principal, Role},
     money::Money,
+    text::validate_reference,
 };
 use ta_workflow::{feed::Feed, outbox::Outbox, timeline::TimelineEntry, timers::Timers};
 use time::{Duration, OffsetDateTime};
@@ -33,7 +34,7 @@ use crate::{
     domain::{negotiation::Party, terms::Terms},
     effects::{self, OutboxCall},
     storage::{
-        contracts::{ContractRecord, current_version, get_contract, save_contract},
+        contracts::{ContractFilter, ContractRecord, current_version, get_contract, save_contract},
         fulfilment::{latest_report, shipments},
         payments::{Payment, payments},
         timeline::append_timeline,
@@ -310,6 +311,54 @@ fn require_party(
         )));
     }
     Ok(())
+}
+
+/// Who may see a contract's listing: a buyer its own, a supplier its
+/// owner's, operators and services any.
+pub fn scope_listing(
+    principal: &Principal,
+    filter: &mut ContractFilter,
+) -> Result<(), ServiceError> {
+    match principal.role {
+        Role::Buyer => {
+            if filter
+                .buyer_principal_id
+                .as_ref()
+                .is_some_and(|b| *b != principal.subject)
+            {
+                return Err(ServiceError::PermissionDenied(
+                    "a buyer lists only its own contracts".into(),
+                ));
+            }
+            filter.buyer_principal_id = Some(principal.subject.clone());
+        }
+        Role::Supplier => filter.supplier_principal_id = Some(principal.subject.clone()),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whose inspection assignments a listing shows: an inspector its own
+/// agency's, others the agency they name (`requested`).
+pub fn assignments_agency(
+    principal: &Principal,
+    requested: &str,
+    v: &mut Violations,
+) -> Result<String, ServiceError> {
+    match principal.role {
+        Role::Inspector => {
+            if !requested.is_empty() && requested != principal.subject {
+                return Err(ServiceError::PermissionDenied(
+                    "an inspector lists only its own agency's assignments".into(),
+                ));
+            }
+            Ok(principal.subject.clone())
+        }
+        _ => {
+            validate_reference("agency_principal_id", requested, v);
+            Ok(requested.to_owned())
+        }
+    }
 }
 
 /// The parties, the agency named for inspection, operators and services.
