@@ -229,6 +229,31 @@ impl Timeline {
         rows.into_iter().map(TimelineRow::into_entry).collect()
     }
 
+    /// Whether `subject`'s timeline holds a step taken by an actor of
+    /// `actor_role` whose kind is one of `kinds` (e.g. whether a claim's
+    /// supplier answered it).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn has_step(
+        self,
+        conn: &mut PgConnection,
+        subject: Uuid,
+        actor_role: &str,
+        kinds: &[&str],
+    ) -> Result<bool, ServiceError> {
+        let found: bool = sqlx::query_scalar(AssertSqlSafe(self.sql(
+            "SELECT EXISTS (SELECT 1 FROM {schema}.timeline \
+             WHERE {subject} = $1 AND actor_role = $2 AND kind = ANY($3))",
+        )))
+        .bind(subject)
+        .bind(actor_role)
+        .bind(kinds)
+        .fetch_one(conn)
+        .await?;
+        Ok(found)
+    }
+
     /// The page of `subject`'s timeline a `Get...Timeline` RPC answers: its
     /// entries in proto and the next page's token (empty on the last page).
     /// The caller checked that its principal may read it.

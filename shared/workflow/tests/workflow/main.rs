@@ -7,5 +7,6 @@ mod concurrency;
 mod consumer;
 mod feeds;
 mod outbox;
+mod timeline;
 mod timers;
 mod tracing_context;
