@@ -572,7 +572,7 @@ impl SupplierRegistryService for RegistryService {
         v.finish(())?;
         let supplier = storage::get_supplier(self.pool(), id).await?;
         app::ensure_may_act(&principal, &supplier)?;
-        let active = storage::active_reservations(self.pool(), id).await?;
+        let active = storage::list_active_reservations(self.pool(), id).await?;
         let cover = supplier.cover();
         Ok(Response::new(pb::GetCoverResponse {
             ta_limit: cover.map(|c| c.limit.to_proto()),

@@ -333,7 +333,7 @@ pub async fn release_reservation(
     Ok(released == 1)
 }
 
-pub async fn active_reservations(
+pub async fn list_active_reservations(
     pool: &PgPool,
     supplier_id: Uuid,
 ) -> Result<Vec<Reservation>, ServiceError> {
