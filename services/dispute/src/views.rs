@@ -1,6 +1,5 @@
 //! Dispute's records in proto: the claim as the API shows it and the feed
-//! carries it, its offers and evidence, the enums both ways, and readable
-//! money for the timeline. Pure.
+//! carries it, its offers and evidence, and the enums both ways. Pure.
 
 use ta_objects::Kind;
 use ta_proto::{
@@ -148,22 +147,6 @@ pub fn claim_proto(c: &ClaimRecord, evidence_count: u32) -> pb::Claim {
         supplier_principal_id: c.supplier_principal_id.clone(),
         remedy: remedy_proto(c.remedy) as i32,
     }
-}
-
-/// Readable money: `USD 1234.50`.
-pub fn readable(money: Money) -> String {
-    let exponent = u32::from(money.currency.minor_unit_exponent());
-    if exponent == 0 {
-        return format!("{} {}", money.currency, money.amount_minor);
-    }
-    let scale = 10_i64.pow(exponent);
-    format!(
-        "{} {}.{:0width$}",
-        money.currency,
-        money.amount_minor / scale,
-        (money.amount_minor % scale).abs(),
-        width = exponent as usize
-    )
 }
 
 /// The feed's event of one step: the claim after it.

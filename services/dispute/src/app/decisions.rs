@@ -6,6 +6,7 @@ use ta_proto::dispute as pb;
 use ta_runtime::{
     ServiceError,
     auth::{Actor, Principal},
+    money::readable,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -15,7 +16,6 @@ use crate::{
     domain::claim::Outcome,
     effects,
     storage::claims::{self, ClaimRecord},
-    views::readable,
 };
 
 type Event = pb::DisputeEventType;

@@ -14,7 +14,7 @@ use ta_proto::{
 use ta_runtime::{
     ServiceError, Violations,
     auth::{Actor, Principal, Role},
-    money::{Currency, Money},
+    money::{Currency, Money, readable},
 };
 use ta_workflow::{credentials::ServiceCredentials, peers::Peers};
 use time::OffsetDateTime;
@@ -26,7 +26,6 @@ use crate::{
     domain::claim::{Claim, Policy, Reason, Remedy},
     effects,
     storage::claims::{self, ClaimRecord},
-    views::readable,
 };
 
 type Event = pb::DisputeEventType;

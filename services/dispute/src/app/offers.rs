@@ -7,6 +7,7 @@ use ta_proto::dispute as pb;
 use ta_runtime::{
     ServiceError,
     auth::{Actor, Principal},
+    money::readable,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -18,7 +19,6 @@ use super::{
 use crate::{
     domain::claim::{Outcome, Party},
     storage::claims,
-    views::readable,
 };
 
 /// An offer (the supplier's) or a counter-offer (the buyer's).

@@ -6,7 +6,10 @@
 
 use sqlx::PgConnection;
 use ta_proto::dispute as pb;
-use ta_runtime::{ServiceError, money::Money};
+use ta_runtime::{
+    ServiceError,
+    money::{Money, readable},
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -18,7 +21,6 @@ use crate::{
         claims::{self, ClaimRecord},
         timeline,
     },
-    views::readable,
 };
 
 type Event = pb::DisputeEventType;
