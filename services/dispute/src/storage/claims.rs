@@ -263,7 +263,7 @@ pub async fn save_claim(
     .bind(c.goods_shipped)
     .execute(&mut *tx)
     .await?;
-    offers::save_offers(tx, c).await
+    offers::save_offers(tx, c.claim_id, &c.claim).await
 }
 
 /// The claim, locked for the rest of the transaction.

@@ -9,8 +9,8 @@ use ta_runtime::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{claims::ClaimRecord, outcome_name, outcome_of};
-use crate::domain::claim::{Offer, OfferStatus, Outcome, Party};
+use super::{outcome_name, outcome_of};
+use crate::domain::claim::{Claim, Offer, OfferStatus, Outcome, Party};
 
 fn offer_status_name(status: OfferStatus) -> &'static str {
     match status {
@@ -86,21 +86,23 @@ pub(super) async fn offers_of(
         .collect()
 }
 
-/// Saves the claim's offers: new ones inserted, known ones updated.
+/// Saves the offers of claim `claim_id`: new ones inserted, known ones
+/// updated.
 pub(super) async fn save_offers(
     tx: &mut PgConnection,
-    c: &ClaimRecord,
+    claim_id: Uuid,
+    claim: &Claim,
 ) -> Result<(), ServiceError> {
     // Offers change status in place; a superseded one must be saved before
     // the new open one, so the one-open-offer index holds at every statement.
-    let mut ordered: Vec<(usize, &Offer)> = c.claim.offers.iter().enumerate().collect();
+    let mut ordered: Vec<(usize, &Offer)> = claim.offers.iter().enumerate().collect();
     ordered.sort_by_key(|(_, o)| o.status == OfferStatus::Open);
     for (index, offer) in ordered {
         let id = Uuid::parse_str(&offer.offer_id)
             .map_err(|_| ServiceError::internal("an offer id is not a UUID"))?;
         let refund = match offer.outcome {
             Outcome::PartialRefund(amount) => amount.amount_minor,
-            _ => c.claim.held.amount_minor,
+            _ => claim.held.amount_minor,
         };
         sqlx::query(
             "INSERT INTO dispute.offers (offer_id, claim_id, position, kind, refund_minor, \
@@ -111,7 +113,7 @@ pub(super) async fn save_offers(
              counter_evidence_ids = EXCLUDED.counter_evidence_ids",
         )
         .bind(id)
-        .bind(c.claim_id)
+        .bind(claim_id)
         .bind(i32::try_from(index + 1).unwrap_or(i32::MAX))
         .bind(outcome_name(offer.outcome))
         .bind(refund)
