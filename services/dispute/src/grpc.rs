@@ -12,7 +12,6 @@ use futures_util::{Stream, StreamExt};
 use ta_objects::{Kind, Store as EvidenceStore, is_sha256_hex};
 use ta_proto::{
     IdempotentRequest,
-    common::TimelineEntry as PbTimelineEntry,
     dispute::{
         self as pb, dispute_service_server::DisputeService, download_evidence_response,
         upload_evidence_request,
@@ -27,7 +26,7 @@ use ta_runtime::{
     text::{optional_text, require_text, validate_reference},
     timestamps,
 };
-use ta_workflow::{config::FeedConfig, feed::EventStream};
+use ta_workflow::{config::FeedConfig, feed::EventStream, feed_stream, timeline::Page};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
@@ -178,7 +177,7 @@ async fn view(
     conn: &mut sqlx::PgConnection,
     claim: &ClaimRecord,
 ) -> Result<pb::Claim, ServiceError> {
-    let count = evidence::evidence_count(conn, claim.claim_id).await?;
+    let count = evidence::count_evidence(conn, claim.claim_id).await?;
     Ok(views::claim_proto(claim, count))
 }
 
@@ -836,31 +835,15 @@ impl DisputeService for DisputeApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = claim_id(&req.claim_id, &mut v);
-        let limit = paging::page_size(req.page.as_ref(), &mut v);
-        let after = paging::cursor(req.page.as_ref(), "timeline", &mut v, |fields| {
-            fields.first().and_then(|f| f.parse::<u32>().ok())
-        })
-        .unwrap_or(0);
+        let page = Page::parse(req.page.as_ref(), &mut v);
         finish(v)?;
         self.read(async |conn| {
             let claim = claims::get_claim(conn, id).await?;
             app::check_can_read(&principal, &claim)?;
-            let rows = timeline::timeline(conn, id, after, limit + 1).await?;
-            let (rows, next) = paging::split_page(rows, limit, |e| {
-                paging::token("timeline", &[&e.entry.to_string()])
-            });
+            let (entries, next_page_token) = timeline::page_timeline(conn, id, page).await?;
             Ok(Response::new(pb::GetClaimTimelineResponse {
-                entries: rows
-                    .into_iter()
-                    .map(|e| PbTimelineEntry {
-                        occurred_at: Some(timestamps::to_proto(e.occurred_at)),
-                        actor: Some(Actor::stored(e.actor_principal_id, &e.actor_role).to_proto()),
-                        action: e.kind,
-                        detail: e.description,
-                        money: e.money.map(Money::to_proto),
-                    })
-                    .collect(),
-                next_page_token: next,
+                entries,
+                next_page_token,
             }))
         })
         .await
@@ -872,17 +855,11 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::StreamDisputeEventsRequest>,
     ) -> Result<Response<Self::StreamDisputeEventsStream>, Status> {
-        let after = request.into_inner().after_sequence;
-        let stream = self.flows.feed.stream_events(
+        feed_stream::serve(
+            &self.flows.feed,
             self.pool().clone(),
-            after,
             &self.feed_config,
-            |mut event: pb::DisputeEvent, sequence, _| {
-                event.sequence = sequence;
-                pb::StreamDisputeEventsResponse { event: Some(event) }
-            },
-            pb::StreamDisputeEventsResponse::default,
-        );
-        Ok(Response::new(stream))
+            request,
+        )
     }
 }

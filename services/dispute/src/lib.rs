@@ -73,7 +73,7 @@ impl Links {
 /// The service's routes, policy, preparation (the workflow tables) and
 /// background work (outbox relay, timers, janitor).
 pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
-    let schema = app::schema();
+    let schema = storage::schema();
     let (stop_streams, streams_end) = ta_workflow::shutdown_channel();
     let flows = Arc::new(Flows {
         feed: Feed::new(schema, app::FEED).ending_on(streams_end),

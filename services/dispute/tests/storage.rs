@@ -12,7 +12,7 @@ use dispute::{
         self, StoredActor,
         claims::{self, ClaimFilter, ClaimRecord},
         evidence::{self, EvidenceRecord},
-        timeline::{self, TimelineEntry},
+        timeline,
     },
 };
 use sqlx::PgPool;
@@ -21,6 +21,7 @@ use ta_runtime::{
     money::{Currency, Money},
     timestamps,
 };
+use ta_workflow::timeline::TimelineEntry;
 use uuid::Uuid;
 
 static MIGRATOR: &sqlx::migrate::Migrator = &storage::MIGRATOR;
@@ -226,7 +227,7 @@ async fn the_same_file_on_a_claim_is_one_piece_of_evidence(pool: PgPool) {
     let (b, _) = evidence::insert_evidence(&mut tx, &evidence(id, &"b".repeat(64)))
         .await
         .unwrap();
-    assert_eq!(evidence::evidence_count(&mut tx, id).await.unwrap(), 2);
+    assert_eq!(evidence::count_evidence(&mut tx, id).await.unwrap(), 2);
     let stranger = Uuid::now_v7();
     assert_eq!(
         evidence::unknown_evidence(&mut tx, id, &[a.evidence_id, stranger])
@@ -333,13 +334,13 @@ async fn the_timeline_numbers_its_entries_without_gaps(pool: PgPool) {
         .await
         .unwrap();
     }
-    let entries = timeline::timeline(&mut tx, record.claim_id, 0, 10)
+    let entries = timeline::list_timeline(&mut tx, record.claim_id, 0, 10)
         .await
         .unwrap();
     assert_eq!(entries.iter().map(|e| e.entry).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(entries[0].money, Some(usd(40_000)));
     assert_eq!(
-        timeline::timeline(&mut tx, record.claim_id, 1, 10)
+        timeline::list_timeline(&mut tx, record.claim_id, 1, 10)
             .await
             .unwrap()
             .len(),

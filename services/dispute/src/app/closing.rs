@@ -7,7 +7,7 @@
 use sqlx::PgConnection;
 use ta_proto::dispute as pb;
 use ta_runtime::ServiceError;
-use ta_workflow::Handled;
+use ta_workflow::{Handled, timeline::TimelineEntry};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -142,17 +142,13 @@ async fn effect_refused(
     timeline::append_timeline(
         tx,
         claim.claim_id,
-        &timeline::TimelineEntry {
-            entry: 0,
-            occurred_at: now,
-            actor_principal_id: "dispute".into(),
-            actor_role: "service".into(),
-            kind: "claim.effect_refused".into(),
-            description: format!(
-                "{service} refused the claim's effect: {why}; it waits for an operator"
-            ),
-            money: None,
-        },
+        &TimelineEntry::step(
+            now,
+            &system(),
+            "claim.effect_refused",
+            format!("{service} refused the claim's effect: {why}; it waits for an operator"),
+            None,
+        ),
     )
     .await?;
     Ok(Handled::Escalate(format!(

@@ -27,7 +27,7 @@ use ta_runtime::{
     auth::{Actor, Principal, Role},
     money::Money,
 };
-use ta_workflow::{feed::Feed, outbox::Outbox, timers::Timers};
+use ta_workflow::{feed::Feed, outbox::Outbox, timeline::TimelineEntry, timers::Timers};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -40,7 +40,7 @@ use crate::{
     storage::{
         self, StoredActor,
         claims::{ClaimFilter, ClaimRecord},
-        timeline::{self, TimelineEntry},
+        timeline,
     },
     views,
 };
@@ -49,11 +49,6 @@ use crate::{
 pub const FEED: &str = "dispute";
 /// A negotiating claim escalates by itself: subject the claim id.
 pub const AUTO_ESCALATION: &str = "auto_escalation";
-
-pub fn schema() -> ta_workflow::Schema {
-    // A constant that is a plain identifier.
-    ta_workflow::Schema::new(storage::SCHEMA).unwrap_or_else(|_| unreachable!())
-}
 
 /// Durations and points the claims follow.
 #[derive(Clone, Copy, Debug)]
@@ -249,18 +244,10 @@ impl Flows {
         timeline::append_timeline(
             tx,
             claim.claim_id,
-            &TimelineEntry {
-                entry: 0,
-                occurred_at: now,
-                actor_principal_id: actor.principal_id.clone(),
-                actor_role: actor.role.as_str().into(),
-                kind: step.action.into(),
-                description: step.detail,
-                money: step.money,
-            },
+            &TimelineEntry::step(now, actor, step.action, step.detail, step.money),
         )
         .await?;
-        let count = storage::evidence::evidence_count(tx, claim.claim_id).await?;
+        let count = storage::evidence::count_evidence(tx, claim.claim_id).await?;
         let view = views::claim_proto(claim, count);
         let event = views::event(step.event, now, actor, view.clone(), step.evidence_id);
         self.feed

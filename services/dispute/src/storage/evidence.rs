@@ -98,7 +98,7 @@ pub async fn list_evidence(
     .await?)
 }
 
-pub async fn evidence_count(conn: &mut PgConnection, claim_id: Uuid) -> Result<u32, ServiceError> {
+pub async fn count_evidence(conn: &mut PgConnection, claim_id: Uuid) -> Result<u32, ServiceError> {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dispute.evidence WHERE claim_id = $1")
         .bind(claim_id)
         .fetch_one(conn)

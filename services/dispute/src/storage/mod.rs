@@ -26,6 +26,13 @@ pub const SCHEMA: &str = "dispute";
 
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
+/// The schema as the shared workflow tables (feed, outbox, timers,
+/// timeline) name it.
+pub fn schema() -> ta_workflow::Schema {
+    // A constant that is a plain identifier.
+    ta_workflow::Schema::new(SCHEMA).unwrap_or_else(|_| unreachable!())
+}
+
 /// Who did something, as stored: a principal and its role's name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoredActor {
