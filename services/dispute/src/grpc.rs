@@ -1,5 +1,5 @@
 //! The gRPC transport: parses each request (every bad field reported at
-//! once), runs mutations through the shared pipeline (caller, key, one
+//! once, in [`parse`]), runs mutations through the shared pipeline (caller, key, one
 //! transaction, stored answer) and the use cases in `app`, and answers in
 //! proto (`views`). The proto's access option is enforced by the server's
 //! auth layer; the per-claim rules (the contract's buyer, the owner of its
@@ -9,7 +9,7 @@
 use std::{pin::Pin, sync::Arc};
 
 use futures_util::{Stream, StreamExt};
-use ta_objects::{Kind, Store as EvidenceStore, is_sha256_hex};
+use ta_objects::{Store as EvidenceStore, is_sha256_hex};
 use ta_proto::{
     IdempotentRequest,
     dispute::{
@@ -33,11 +33,9 @@ use uuid::Uuid;
 
 use crate::{
     app::{
-        self, Flows, Respond,
+        self, Flows,
         decisions::Decide,
-        evidence::Upload,
         filing::{FileClaim, Reads},
-        offers::Proposal,
     },
     domain::claim::{Outcome, Party, Reason, Remedy},
     storage::{
@@ -47,9 +45,12 @@ use crate::{
     views::{self, evidence_proto},
 };
 
-const MAX_TEXT: usize = 4000;
-const MAX_REASON: usize = 2000;
-const MAX_IDS: usize = 50;
+mod parse;
+
+use parse::{
+    MAX_REASON, MAX_TEXT, claim_id, finish, parse_offer, parse_upload, references, respond,
+    time_cursor, time_token, uuid_field,
+};
 
 pub struct DisputeApi {
     mutations: Mutations,
@@ -119,59 +120,6 @@ impl DisputeApi {
 
 type Answer<T> = Result<Response<T>, Status>;
 
-// ---- Parsing ---------------------------------------------------------------
-
-fn uuid_field(field: &str, value: &str, what: &str, v: &mut Violations) -> Uuid {
-    Uuid::parse_str(value).unwrap_or_else(|_| {
-        v.add(field, format!("must be {what} id (UUID)"));
-        Uuid::nil()
-    })
-}
-
-fn claim_id(value: &str, v: &mut Violations) -> Uuid {
-    uuid_field("claim_id", value, "a claim", v)
-}
-
-fn references(field: &str, values: &[String], v: &mut Violations) -> Vec<String> {
-    if values.len() > MAX_IDS {
-        v.add(field, format!("at most {MAX_IDS}"));
-    }
-    for (i, value) in values.iter().enumerate() {
-        validate_reference(&format!("{field}[{i}]"), value, v);
-    }
-    let mut out = values.to_vec();
-    out.dedup();
-    out
-}
-
-fn evidence_ids(field: &str, values: &[String], v: &mut Violations) -> Vec<Uuid> {
-    if values.len() > MAX_IDS {
-        v.add(field, format!("at most {MAX_IDS}"));
-    }
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, value)| uuid_field(&format!("{field}[{i}]"), value, "an evidence", v))
-        .collect()
-}
-
-fn finish(v: Violations) -> Result<(), ServiceError> {
-    v.finish(())
-}
-
-fn time_cursor(fields: &[&str]) -> Option<(OffsetDateTime, Uuid)> {
-    let [nanos, id] = fields else { return None };
-    let at = OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().ok()?).ok()?;
-    Some((at, Uuid::parse_str(id).ok()?))
-}
-
-fn time_token(kind: &str, at: OffsetDateTime, id: Uuid) -> String {
-    paging::token(
-        kind,
-        &[&at.unix_timestamp_nanos().to_string(), &id.to_string()],
-    )
-}
-
 /// The claim in proto, with its evidence count.
 async fn view(
     conn: &mut sqlx::PgConnection,
@@ -179,136 +127,6 @@ async fn view(
 ) -> Result<pb::Claim, ServiceError> {
     let count = evidence::count_evidence(conn, claim.claim_id).await?;
     Ok(views::claim_proto(claim, count))
-}
-
-/// An upload's metadata, checked against the kind's limits.
-fn parse_upload(
-    meta: Option<&pb::EvidenceMetadata>,
-    store: &EvidenceStore,
-    v: &mut Violations,
-) -> Result<Upload, ServiceError> {
-    let Some(meta) = meta else {
-        v.add("metadata", "the first message carries the file's metadata");
-        return Err(ServiceError::InvalidArgument(Vec::new()));
-    };
-    let claim_id = uuid_field("metadata.claim_id", &meta.claim_id, "a claim", v);
-    let kind = match meta.kind() {
-        pb::EvidenceKind::Photo => Some(Kind::Photo),
-        pb::EvidenceKind::Video => Some(Kind::Video),
-        pb::EvidenceKind::InspectionReport => Some(Kind::InspectionReport),
-        pb::EvidenceKind::Document => Some(Kind::Document),
-        pb::EvidenceKind::Unspecified => {
-            v.add("metadata.kind", "is required");
-            None
-        }
-    };
-    let filename = require_text("metadata.filename", &meta.filename, 255, v);
-    if filename.contains(['/', '\\']) {
-        v.add("metadata.filename", "is a name, without a directory");
-    }
-    let content_type = meta.content_type.trim().to_ascii_lowercase();
-    if let Some(kind) = kind {
-        if !kind.content_types().contains(&content_type.as_str()) {
-            v.add(
-                "metadata.content_type",
-                format!(
-                    "a {} is one of {}",
-                    kind.as_str(),
-                    kind.content_types().join(", ")
-                ),
-            );
-        }
-        let max = store.limits.max_bytes(kind);
-        if meta.size_bytes == 0 || meta.size_bytes > max {
-            v.add(
-                "metadata.size_bytes",
-                format!("must be 1 to {max} bytes for a {}", kind.as_str()),
-            );
-        }
-    }
-    if !is_sha256_hex(&meta.sha256_hex) {
-        v.add(
-            "metadata.sha256_hex",
-            "must be the file's SHA-256 in 64 lower-case hex digits",
-        );
-    }
-    let description = optional_text("metadata.description", &meta.description, MAX_TEXT, v);
-    let quality_criterion_ids = references(
-        "metadata.quality_criterion_ids",
-        &meta.quality_criterion_ids,
-        v,
-    );
-    if meta.resume_from > 0 && (!meta.resumable || meta.resume_from >= meta.size_bytes) {
-        v.add(
-            "metadata.resume_from",
-            "is for a resumable upload, below its size",
-        );
-    }
-    let kind = kind.ok_or_else(|| ServiceError::InvalidArgument(Vec::new()))?;
-    Ok(Upload {
-        claim_id,
-        kind,
-        filename,
-        content_type,
-        size: meta.size_bytes,
-        sha256_hex: meta.sha256_hex.clone(),
-        description,
-        quality_criterion_ids,
-        resumable: meta.resumable,
-        resume_from: meta.resume_from,
-    })
-}
-
-fn respond(
-    claim: &str,
-    offer: &str,
-    reason: &str,
-    counter: &[String],
-    v: &mut Violations,
-) -> Respond {
-    let claim_id = claim_id(claim, v);
-    if !offer.is_empty() {
-        uuid_field("offer_id", offer, "an offer", v);
-    }
-    Respond {
-        claim_id,
-        offer_id: offer.to_owned(),
-        reason: require_text("reason", reason, MAX_REASON, v),
-        counter_evidence: evidence_ids("counter_evidence_ids", counter, v),
-    }
-}
-
-fn parse_offer(
-    claim: &str,
-    kind: pb::OfferKind,
-    refund_amount: Option<&ta_proto::common::Money>,
-    message: &str,
-    v: &mut Violations,
-) -> Result<Proposal, ServiceError> {
-    let claim_id = claim_id(claim, v);
-    let message = optional_text("message", message, MAX_REASON, v);
-    let outcome = match kind {
-        pb::OfferKind::FullRefund => {
-            if refund_amount.is_some() {
-                v.add("refund_amount", "must be unset for a full refund");
-            }
-            Some(Outcome::FullRefund)
-        }
-        pb::OfferKind::PartialRefund => {
-            Money::positive_from_proto("refund_amount", refund_amount, v)
-                .map(Outcome::PartialRefund)
-        }
-        pb::OfferKind::Unspecified => {
-            v.add("kind", "is required");
-            None
-        }
-    };
-    let outcome = outcome.ok_or_else(|| ServiceError::InvalidArgument(Vec::new()))?;
-    Ok(Proposal {
-        claim_id,
-        outcome,
-        message,
-    })
 }
 
 type DownloadStream =
