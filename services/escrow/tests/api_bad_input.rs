@@ -156,7 +156,7 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
     cases.push((
         "refund with the amendment purpose",
         client
-            .refund_to_buyer(contract(pb::RefundToBuyerRequest {
+            .refund_to_buyer(operator(pb::RefundToBuyerRequest {
                 idempotency_key: "r-2".into(),
                 escrow_account_id: id.clone(),
                 amount: None,

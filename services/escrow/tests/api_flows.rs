@@ -659,7 +659,7 @@ async fn refunds_close_and_amendments_keep_the_ledger_sound(pool: PgPool) {
     assert_eq!(minor(&stale.account.unwrap().expected_total), 8_000);
 
     let refund = client
-        .refund_to_buyer(contract(pb::RefundToBuyerRequest {
+        .refund_to_buyer(operator(pb::RefundToBuyerRequest {
             idempotency_key: "cancel".into(),
             escrow_account_id: id.clone(),
             amount: None,
@@ -754,7 +754,7 @@ async fn the_payout_timer_pays_refunds_and_suppliers_out_and_the_gateway_settles
         .await
         .unwrap();
     client
-        .refund_to_buyer(contract(pb::RefundToBuyerRequest {
+        .refund_to_buyer(operator(pb::RefundToBuyerRequest {
             idempotency_key: "rest".into(),
             escrow_account_id: id.clone(),
             amount: None,

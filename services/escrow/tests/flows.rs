@@ -446,7 +446,7 @@ async fn a_pay_later_refund_goes_back_to_the_loan_and_nothing_to_the_buyer(pool:
     );
     // The rest, on cancellation, repays the loan too: the account closes.
     let rest = client
-        .refund_to_buyer(contract(pb::RefundToBuyerRequest {
+        .refund_to_buyer(operator(pb::RefundToBuyerRequest {
             idempotency_key: "cancel".into(),
             escrow_account_id: id.clone(),
             amount: None,

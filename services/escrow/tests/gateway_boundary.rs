@@ -1018,7 +1018,7 @@ async fn finding_10b_direct_movements_name_the_schedule_and_settled_claims_and_a
     .unwrap_err();
     assert_eq!(active.code(), Code::FailedPrecondition, "{active:?}");
     let refund_active = client
-        .refund_to_buyer(contract(pb::RefundToBuyerRequest {
+        .refund_to_buyer(operator(pb::RefundToBuyerRequest {
             idempotency_key: "rf-1".into(),
             escrow_account_id: id.clone(),
             amount: usd(100),
@@ -1105,7 +1105,7 @@ async fn finding_14_a_buyer_refund_is_sent_against_the_funding_attempts_charge(p
     let deposit = fund_card(&mut client, &id, "deposit", 6_000).await;
     let balance = fund_card(&mut client, &id, "balance", 4_000).await;
     client
-        .refund_to_buyer(contract(pb::RefundToBuyerRequest {
+        .refund_to_buyer(operator(pb::RefundToBuyerRequest {
             idempotency_key: "cancel".into(),
             escrow_account_id: id.clone(),
             amount: usd(8_000),

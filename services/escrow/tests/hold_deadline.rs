@@ -153,7 +153,7 @@ async fn money_held_needs_a_live_timer_or_an_open_freeze(pool: PgPool) {
     // Money moved out: nothing to report.
     for id in [&fired, &deleted] {
         client
-            .refund_to_buyer(contract(pb::RefundToBuyerRequest {
+            .refund_to_buyer(operator(pb::RefundToBuyerRequest {
                 idempotency_key: format!("cancel-{id}"),
                 escrow_account_id: id.clone(),
                 amount: None,

@@ -1586,7 +1586,7 @@ impl System {
                 },
             ))))
         } else {
-            answered(block(client().refund_to_buyer(support::contract(
+            answered(block(client().refund_to_buyer(support::operator(
                 pb::RefundToBuyerRequest {
                     idempotency_key: key,
                     escrow_account_id: id,
