@@ -71,7 +71,7 @@ pub const MAX_LISTED_VIOLATIONS: usize = 50;
 /// default (a draft with 10,000 bad line items once answered with 515 KB of
 /// metadata that clients refused to read).
 const MAX_DETAIL_BYTES: usize = 4 * 1024;
-const MAX_MESSAGE_BYTES: usize = 1024;
+const MAX_MESSAGE_BYTES: usize = 2 * 1024;
 /// A field path or description longer than this is cut (a field path can
 /// echo a client's map key).
 const MAX_VIOLATION_TEXT: usize = 256;
