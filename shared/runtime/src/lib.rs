@@ -10,6 +10,7 @@ pub mod durations;
 pub mod errors;
 pub mod idempotency;
 pub mod middleware;
+pub mod migrations;
 pub mod money;
 pub mod paging;
 pub mod pipeline;

@@ -25,7 +25,7 @@ use crate::{
     db,
     idempotency::IdempotencyKeys,
     middleware::{AdmissionLayer, DeadlineLayer, RpcMetricsLayer, StatusHygieneLayer},
-    telemetry,
+    migrations, telemetry,
 };
 
 /// The health service name that reports liveness only.
@@ -402,16 +402,12 @@ async fn track_readiness(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let step = match migrator.run(&pool).await {
-            // The runtime's own table, in the schema the migrations created.
-            Ok(()) => match idempotency_keys.install(&pool).await {
-                Ok(()) => match &prepare {
-                    Some(prepare) => prepare(pool.clone()).await,
-                    None => Ok(()),
-                },
-                Err(error) => Err(format!("idempotency_keys: {error}")),
+        let step = match migrations::apply(migrator, &pool, &idempotency_keys).await {
+            Ok(()) => match &prepare {
+                Some(prepare) => prepare(pool.clone()).await,
+                None => Ok(()),
             },
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(error),
         };
         match step {
             Ok(()) => break,

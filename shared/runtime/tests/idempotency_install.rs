@@ -139,3 +139,51 @@ async fn a_fresh_schema_gets_the_same_table_from_the_install(pool: PgPool) {
     assert_eq!(shape(&pool).await, old_shape);
     keys_work(&pool, &keys).await;
 }
+
+/// What the server runs: the service's migrations without the retired 0001,
+/// then the install, on a database migrated with the old files.
+#[sqlx::test(migrations = false)]
+async fn the_server_starts_on_a_schema_migrated_with_the_old_0001(pool: PgPool) {
+    migrator(true, false).run(&pool).await.unwrap();
+    let old_shape = shape(&pool).await;
+    let current: &'static Migrator = Box::leak(Box::new(migrator(false, false)));
+    let keys = IdempotencyKeys::new(SCHEMA);
+    ta_runtime::migrations::apply(current, &pool, &keys)
+        .await
+        .unwrap();
+    ta_runtime::migrations::apply(current, &pool, &keys)
+        .await
+        .unwrap();
+    assert_eq!(shape(&pool).await, old_shape, "the table is untouched");
+    keys_work(&pool, &keys).await;
+}
+
+/// An older build on a schema a newer release migrated refuses to go on,
+/// naming the version it does not know, and changes nothing.
+#[sqlx::test(migrations = false)]
+async fn a_schema_migrated_by_a_newer_release_is_refused(pool: PgPool) {
+    let newer = {
+        let mut newer = Migrator::with_migrations(vec![
+            migration(2, "things", THE_REST),
+            migration(3, "more things", "CREATE TABLE svc.more (id bigint);"),
+        ]);
+        newer.dangerous_set_table_name("svc._sqlx_migrations");
+        newer.create_schema(SCHEMA);
+        newer
+    };
+    newer.run(&pool).await.unwrap();
+    let current: &'static Migrator = Box::leak(Box::new(migrator(false, false)));
+    let error = ta_runtime::migrations::apply(current, &pool, &IdempotencyKeys::new(SCHEMA))
+        .await
+        .unwrap_err();
+    assert!(
+        error.contains("migration 3 (more things)") && error.contains("newer release"),
+        "{error}"
+    );
+    let keys_table: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('svc.idempotency_keys')::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(keys_table, None, "nothing installed");
+}
