@@ -7,12 +7,11 @@
 use ta_proto::supplier::{self as pb, supplier_registry_service_server::SupplierRegistryService};
 use ta_runtime::{
     ServiceError, Violations,
-    auth::{self, Principal, Role},
+    auth::{self, Role},
     money::{Currency, Money, is_country_code},
     paging,
     pipeline::Mutations,
     text::require_text,
-    timestamps,
 };
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
@@ -24,10 +23,11 @@ use crate::{
         ReserveCover, SupplierChange,
     },
     domain::{
-        NewSupplier, PenaltyPolicy, Status as SupplierStatus, Supplier, Verification, is_storable,
-        validate_contacts, validate_reference,
+        NewSupplier, PenaltyPolicy, Status as SupplierStatus, is_storable, validate_contacts,
+        validate_reference,
     },
-    storage::{self, Reservation, ReviewRow, SearchFilter},
+    storage::{self, SearchFilter},
+    views::{reservation_to_proto, review_to_proto, supplier_for, supplier_to_proto},
 };
 
 pub struct RegistryService {
@@ -107,104 +107,6 @@ fn inquiry(supplier_id: &str, inquiry_id: &str, violations: &mut Violations) -> 
     Inquiry {
         supplier_id: parse_id("supplier_id", supplier_id, violations),
         inquiry_id: reference("inquiry_id", inquiry_id, violations),
-    }
-}
-
-fn supplier_to_proto(s: &Supplier, private: bool) -> pb::Supplier {
-    let cover = s.cover();
-    let private_text = |text: &str| {
-        if private {
-            text.to_owned()
-        } else {
-            String::new()
-        }
-    };
-    pb::Supplier {
-        supplier_id: s.id.to_string(),
-        owner_principal_id: private_text(&s.owner_principal_id),
-        legal_name: s.legal_name.clone(),
-        country_code: s.country_code.clone(),
-        business_licence_number: private_text(&s.business_licence_number),
-        contacts: if private {
-            s.contacts
-                .iter()
-                .map(|c| pb::Contact {
-                    name: c.name.clone(),
-                    email: c.email.clone(),
-                    phone: c.phone.clone(),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        },
-        verification_status: match s.verification {
-            Verification::Unverified => pb::VerificationStatus::Unverified,
-            Verification::Submitted => pb::VerificationStatus::Submitted,
-            Verification::Verified => pb::VerificationStatus::Verified,
-            Verification::Rejected => pb::VerificationStatus::Rejected,
-        } as i32,
-        verification_rejection_reason: s.verification_rejection_reason.clone(),
-        status: status_to_proto(s.status) as i32,
-        status_reason: s.status_reason.clone(),
-        enrolled: s.enrolled(),
-        trade_assurance_badge: s.has_badge(),
-        ta_limit: cover.map(|c| c.limit.to_proto()),
-        cover_reserved: cover.map(|c| c.reserved.to_proto()),
-        cover_remaining: cover.map(|c| c.remaining.to_proto()),
-        review_count: u32::try_from(s.review_count).unwrap_or(u32::MAX),
-        average_rating_centi: s.average_rating_centi(),
-        inquiry_count: u32::try_from(s.inquiry_count).unwrap_or(u32::MAX),
-        response_rate_basis_points: s.response_rate_basis_points(),
-        penalty_points: u32::try_from(s.penalty_points).unwrap_or(0),
-        created_at: Some(timestamps::to_proto(s.created_at)),
-        updated_at: Some(timestamps::to_proto(s.updated_at)),
-        private_view: private,
-    }
-}
-
-/// The supplier in the view `principal` may see.
-fn supplier_for(principal: &Principal, s: &Supplier) -> pb::Supplier {
-    supplier_to_proto(s, app::sees_private_view(principal, s))
-}
-
-fn status_to_proto(status: SupplierStatus) -> pb::SupplierStatus {
-    match status {
-        SupplierStatus::Active => pb::SupplierStatus::Active,
-        SupplierStatus::Restricted => pb::SupplierStatus::Restricted,
-        SupplierStatus::Suspended => pb::SupplierStatus::Suspended,
-    }
-}
-
-fn reservation_to_proto(r: &Reservation) -> Result<pb::CoverReservation, ServiceError> {
-    Ok(pb::CoverReservation {
-        supplier_id: r.supplier_id.to_string(),
-        contract_id: r.contract_id.clone(),
-        amount: Some(r.amount()?.to_proto()),
-        status: if r.is_active() {
-            pb::CoverReservationStatus::Active
-        } else {
-            pb::CoverReservationStatus::Released
-        } as i32,
-        reserved_at: Some(timestamps::to_proto(r.reserved_at)),
-        released_at: r.released_at.map(timestamps::to_proto),
-        contract_version: u32::try_from(r.contract_version).unwrap_or(1),
-    })
-}
-
-/// Reviewers are named to operators, services and themselves only.
-fn review_to_proto(principal: &Principal, r: &ReviewRow) -> pb::Review {
-    let named = principal.is_staff_or_service() || principal.subject == r.buyer_principal_id;
-    pb::Review {
-        supplier_id: r.supplier_id.to_string(),
-        contract_id: r.contract_id.clone(),
-        buyer_principal_id: if named {
-            r.buyer_principal_id.clone()
-        } else {
-            String::new()
-        },
-        rating: u32::try_from(r.rating).unwrap_or(0),
-        comment: r.comment.clone(),
-        created_at: Some(timestamps::to_proto(r.created_at)),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod storage;
+pub mod views;
 
 use ta_proto::supplier::supplier_registry_service_server::SupplierRegistryServiceServer;
 use ta_runtime::{
