@@ -1,7 +1,7 @@
 //! The gRPC transport: parses each request into a command (every bad field
 //! reported at once), hands mutations to the shared pipeline (caller, key,
-//! one transaction, stored answer) and the use cases in `app`, and converts
-//! domain types to protobuf in the view the caller may see. Who may call what
+//! one transaction, stored answer) and the use cases in `app`, and answers
+//! with the protobuf `views` in the view the caller may see. Who may call what
 //! is declared on each RPC in `proto/` and enforced by the server's auth layer.
 
 use ta_proto::supplier::{self as pb, supplier_registry_service_server::SupplierRegistryService};
