@@ -78,13 +78,13 @@ test: tools ## Run every test (cargo nextest) against the dev Postgres; TEST_SCO
 	cargo build --workspace --bins
 	cargo nextest run $(TEST_SCOPE) --no-fail-fast $(NEXTEST_ARGS)
 
-lint: ## cargo fmt --check, buf lint and buf breaking (proto/), clippy -D warnings
+lint: lint-layers ## cargo fmt --check, the layer rules, buf lint and buf breaking (proto/), clippy -D warnings
 	cargo fmt --all -- --check
 	(cd proto && npx --yes @bufbuild/buf@$(BUF_VERSION) lint)
 	BUF_VERSION=$(BUF_VERSION) scripts/proto-breaking.sh
 	cargo clippy --workspace --all-targets -- -D warnings
 
-lint-layers: ## The services' layer rules (issue 20): transport without SQL or storage writes, no import circles
+lint-layers: ## The services' layer rules: transport without SQL or storage writes, short; no import circles
 	python3 scripts/check-layers.py --self-test
 	python3 scripts/check-layers.py
 
