@@ -13,21 +13,15 @@ pub mod grpc;
 pub mod storage;
 pub mod views;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use ta_proto::contract::contract_service_server::ContractServiceServer;
 use ta_runtime::{
-    auth::MethodPolicy,
     pipeline::Mutations,
     server::{Api, ServiceSpec},
 };
 use ta_workflow::{
-    admin::{self, WorkflowAdmin},
-    consumer::Consumer,
-    feed::Feed,
-    janitor::Janitor,
-    outbox::{Outbox, Relay},
-    timers::{TimerWorker, Timers},
+    admin, consumer::Consumer, feed::Feed, outbox::Outbox, service_api::WorkflowApi, timers::Timers,
 };
 
 use crate::app::{Flows, reactions};
@@ -56,9 +50,9 @@ pub fn api(
     store: ta_objects::Store,
 ) -> Api {
     let schema = storage::schema();
-    let (stop_streams, streams_end) = ta_workflow::shutdown_channel();
+    let workflow = WorkflowApi::new(&pool, schema);
     let flows = Arc::new(Flows {
-        feed: Feed::new(schema, app::FEED).ending_on(streams_end),
+        feed: Feed::new(schema, app::FEED).ending_on(workflow.streams_end()),
         timers: Timers::new(schema),
         outbox: Outbox::new(schema),
         settings: config.settings(),
@@ -79,54 +73,27 @@ pub fn api(
     )
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
-    let admin = WorkflowAdmin::new(pool.clone(), schema).into_server();
-    let routes = tonic::service::Routes::new(contract).add_service(admin);
-
-    let relay = Relay::new(
-        pool.clone(),
-        Outbox::new(schema),
-        links.peers.clone(),
-        links.credentials.clone(),
-        Arc::new(reactions::Completions {
-            flows: flows.clone(),
-        }),
-        config.workflow.outbox.clone(),
-    );
     let consumer = Consumer::new(
-        pool.clone(),
+        pool,
         schema,
         reactions::escrow_subscription(),
-        links.peers,
-        links.credentials,
+        links.peers.clone(),
+        links.credentials.clone(),
         Arc::new(reactions::EscrowEvents {
             flows: flows.clone(),
         }),
         config.workflow.consumer.clone(),
     );
-    let timers = TimerWorker::new(
-        pool.clone(),
-        Timers::new(schema),
-        Arc::new(reactions::Timers { flows }),
-        config.workflow.timers.clone(),
-    );
-    let janitor = Janitor::new(pool.clone(), schema, config.workflow.retention);
-    let gauges_pool = pool;
-    Api::new(routes, MethodPolicy::declared_for(SPEC.grpc_services))
-        .prepared_by(move |pool| async move {
-            ta_workflow::install(&pool, schema)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .with_background(move |draining| relay.run(draining))
-        .with_background(move |draining| consumer.run(draining))
-        .with_background(move |draining| timers.run(draining))
-        .with_background(move |draining| janitor.run(draining))
-        .with_background(move |draining| {
-            ta_workflow::report_gauges(gauges_pool, schema, Duration::from_secs(15), draining)
-        })
-        .with_background(move |mut draining| async move {
-            // Open event streams end when the server drains.
-            let _ = draining.wait_for(|d| *d).await;
-            let _ = stop_streams.send(true);
-        })
+    workflow
+        .relay(
+            links,
+            reactions::Completions {
+                flows: flows.clone(),
+            },
+            config.workflow.outbox.clone(),
+        )
+        .with_worker(move |draining| consumer.run(draining))
+        .timers(reactions::Timers { flows }, config.workflow.timers.clone())
+        .janitor(config.workflow.retention)
+        .into_api(tonic::service::Routes::new(contract), &SPEC)
 }

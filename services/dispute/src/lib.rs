@@ -16,17 +16,8 @@ pub mod views;
 use std::{sync::Arc, time::Duration};
 
 use ta_proto::dispute::dispute_service_server::DisputeServiceServer;
-use ta_runtime::{
-    auth::MethodPolicy,
-    server::{Api, ServiceSpec},
-};
-use ta_workflow::{
-    admin::{self, WorkflowAdmin},
-    feed::Feed,
-    janitor::Janitor,
-    outbox::{Outbox, Relay},
-    timers::{TimerWorker, Timers},
-};
+use ta_runtime::server::{Api, ServiceSpec};
+use ta_workflow::{admin, feed::Feed, outbox::Outbox, service_api::WorkflowApi, timers::Timers};
 
 use ta_objects::Store as EvidenceStore;
 
@@ -74,9 +65,9 @@ impl Links {
 /// background work (outbox relay, timers, janitor).
 pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
     let schema = storage::schema();
-    let (stop_streams, streams_end) = ta_workflow::shutdown_channel();
+    let workflow = WorkflowApi::new(&pool, schema);
     let flows = Arc::new(Flows {
-        feed: Feed::new(schema, app::FEED).ending_on(streams_end),
+        feed: Feed::new(schema, app::FEED).ending_on(workflow.streams_end()),
         timers: Timers::new(schema),
         outbox: Outbox::new(schema),
         settings: config.settings(),
@@ -95,47 +86,20 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
-    let admin = WorkflowAdmin::new(pool.clone(), schema).into_server();
-    let routes = tonic::service::Routes::new(dispute).add_service(admin);
-
-    let relay = Relay::new(
-        pool.clone(),
-        Outbox::new(schema),
-        links.calls.peers,
-        links.calls.credentials,
-        Arc::new(reactions::Completions {
-            flows: flows.clone(),
-        }),
-        config.workflow.outbox.clone(),
-    );
-    let timers = TimerWorker::new(
-        pool.clone(),
-        Timers::new(schema),
-        Arc::new(reactions::Timers { flows }),
-        config.workflow.timers.clone(),
-    );
-    let janitor = Janitor::new(pool.clone(), schema, config.workflow.retention);
-    let (gauges_pool, claims_pool) = (pool.clone(), pool);
     let resume_window = config.store.upload_resume_window;
-    Api::new(routes, MethodPolicy::declared_for(SPEC.grpc_services))
-        .prepared_by(move |pool| async move {
-            ta_workflow::install(&pool, schema)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .with_background(move |draining| relay.run(draining))
-        .with_background(move |draining| timers.run(draining))
-        .with_background(move |draining| janitor.run(draining))
-        .with_background(move |draining| {
-            ta_workflow::report_gauges(gauges_pool, schema, Duration::from_secs(15), draining)
-        })
-        .with_background(move |draining| report_claims(claims_pool, draining))
+    workflow
+        .relay(
+            links.calls,
+            reactions::Completions {
+                flows: flows.clone(),
+            },
+            config.workflow.outbox.clone(),
+        )
+        .timers(reactions::Timers { flows }, config.workflow.timers.clone())
+        .janitor(config.workflow.retention)
+        .into_api(tonic::service::Routes::new(dispute), &SPEC)
+        .with_background(move |draining| report_claims(pool, draining))
         .with_background(move |draining| sweep_partials(links.store, resume_window, draining))
-        .with_background(move |mut draining| async move {
-            // Open event streams end when the server drains.
-            let _ = draining.wait_for(|d| *d).await;
-            let _ = stop_streams.send(true);
-        })
 }
 
 /// `ta.dispute.claims` (claims in progress, by `status`) and

@@ -18,14 +18,12 @@ pub mod webhook_http;
 use std::sync::Arc;
 
 use ta_proto::escrow::escrow_service_server::EscrowServiceServer;
-use ta_runtime::{
-    auth::MethodPolicy,
-    server::{Api, ServiceSpec},
-};
+use ta_runtime::server::{Api, ServiceSpec};
 use ta_workflow::{
-    admin::{self, WorkflowAdmin},
+    admin,
     feed::Feed,
-    timers::{TimerWorker, Timers},
+    service_api::{GAUGE_INTERVAL, WorkflowApi},
+    timers::Timers,
 };
 
 use crate::{
@@ -40,9 +38,6 @@ use crate::{
 
 /// How often the shared accounts' balance deltas are folded into their rows.
 const ROLL_UP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// How often the gauges (money held, the workflow backlog) are sampled.
-const GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub const ESCROW_SERVICE: &str = "tradeassurance.escrow.v1.EscrowService";
 
@@ -59,10 +54,10 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 /// paying through `gateway`.
 pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn PaymentGateway>) -> Api {
     let schema = context::schema();
-    let (stop_streams, streams_end) = ta_workflow::shutdown_channel();
+    let workflow = WorkflowApi::new(&pool, schema);
     let flows = Arc::new(Flows::new(
         gateway,
-        Feed::new(schema, context::FEED).ending_on(streams_end),
+        Feed::new(schema, context::FEED).ending_on(workflow.streams_end()),
         Timers::new(schema),
         config.settings(),
     ));
@@ -80,29 +75,16 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
-    let admin = WorkflowAdmin::new(pool.clone(), schema).into_server();
-    let mut routes = tonic::service::Routes::new(escrow);
-    routes = routes.add_service(admin);
-    let (gauges_pool, held_pool, roll_up_pool) = (pool.clone(), pool.clone(), pool.clone());
     let gateway_worker = GatewayWorker {
         pool: pool.clone(),
         flows: flows.clone(),
         poll_interval: config.gateway_worker_poll,
     };
-    let worker = TimerWorker::new(
-        pool,
-        Timers::new(schema),
-        Arc::new(EscrowTimers {
-            flows: flows.clone(),
-        }),
-        config.workflow.timers.clone(),
-    );
     let payout_interval = config.payout_interval;
-    Api::new(routes, MethodPolicy::declared_for(SPEC.grpc_services))
-        .prepared_by(move |pool| async move {
-            ta_workflow::install(&pool, schema)
-                .await
-                .map_err(|e| e.to_string())?;
+    let held_pool = pool.clone();
+    workflow
+        .timers(EscrowTimers { flows }, config.workflow.timers.clone())
+        .then_prepare(move |pool| async move {
             deadlines::ensure_payout_timer(&pool, &Timers::new(schema), payout_interval)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -111,25 +93,15 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
                 .map(drop)
                 .map_err(|e| e.to_string())
         })
-        .with_background(move |draining| worker.run(draining))
+        .into_api(tonic::service::Routes::new(escrow), &SPEC)
         .with_background(move |draining| gateway_worker.run(draining))
-        .with_background(move |draining| {
-            worker::roll_up_balances(roll_up_pool, ROLL_UP_INTERVAL, draining)
-        })
+        .with_background(move |draining| worker::roll_up_balances(pool, ROLL_UP_INTERVAL, draining))
         .with_background(move |draining| async move {
             if let Some((addr, webhooks)) = webhooks {
                 webhook_http::serve(addr, webhooks, draining).await;
             }
         })
         .with_background(move |draining| {
-            ta_workflow::report_gauges(gauges_pool, schema, GAUGE_INTERVAL, draining)
-        })
-        .with_background(move |draining| {
             worker::report_money_held(held_pool, GAUGE_INTERVAL, draining)
-        })
-        .with_background(move |mut draining| async move {
-            // Open event streams end when the server drains.
-            let _ = draining.wait_for(|d| *d).await;
-            let _ = stop_streams.send(true);
         })
 }

@@ -17,6 +17,9 @@
 //! * [`janitor`]: purges finished outbox rows and timers after the retention.
 //! * [`workers`]: starts a service's workers once its tables are installed,
 //!   and stops them together.
+//! * [`service_api`]: what every workflow service's `Api` wires the same way
+//!   (admin route, tables installed, relay, timers, janitor, gauges, streams
+//!   ended on drain).
 //!
 //! Every table lives in the owning service's schema; [`install`] creates them.
 
@@ -33,6 +36,7 @@ pub mod peers;
 mod raw;
 mod retry;
 mod schema;
+pub mod service_api;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod timeline;
