@@ -6,6 +6,7 @@
 
 use ta_proto::{escrow as escrow_pb, supplier as supplier_pb};
 use ta_runtime::{ServiceError, money::Money, timestamps};
+use ta_workflow::outbox::{Call, Callee};
 use time::Duration;
 
 use crate::{
@@ -16,10 +17,14 @@ use crate::{
 
 pub const SUPPLIER_REGISTRY: &str = "supplier-registry";
 pub const ESCROW: &str = "escrow";
-/// supplier-registry's methods: this and the method's name.
-const REGISTRY_PATH: &str = "/tradeassurance.supplier.v1.SupplierRegistryService/";
-/// escrow's methods: this and the method's name.
-const ESCROW_PATH: &str = "/tradeassurance.escrow.v1.EscrowService/";
+const REGISTRY_CALLS: Callee = Callee {
+    name: SUPPLIER_REGISTRY,
+    service: "tradeassurance.supplier.v1.SupplierRegistryService",
+};
+const ESCROW_CALLS: Callee = Callee {
+    name: ESCROW,
+    service: "tradeassurance.escrow.v1.EscrowService",
+};
 
 /// Completions of the outbox calls, by name.
 pub mod completion {
@@ -37,23 +42,10 @@ pub mod completion {
     pub const NOTHING: &str = "nothing";
 }
 
-/// One call to another service as the outbox keeps it: whom, which method,
-/// what to ask, and which completion reads the answer.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OutboxCall<Q> {
-    /// The called service, as the relay names its peer.
-    pub target: &'static str,
-    /// `/package.Service/Method`.
-    pub method: String,
-    pub request: Q,
-    /// See [`completion`].
-    pub completion: &'static str,
-}
-
-pub fn reserve_cover(contract: &ContractRecord) -> OutboxCall<supplier_pb::ReserveCoverRequest> {
-    OutboxCall {
-        target: SUPPLIER_REGISTRY,
-        method: format!("{REGISTRY_PATH}ReserveCover"),
+pub fn reserve_cover(contract: &ContractRecord) -> Call<supplier_pb::ReserveCoverRequest> {
+    Call {
+        callee: &REGISTRY_CALLS,
+        method: "ReserveCover",
         request: supplier_pb::ReserveCoverRequest {
             idempotency_key: format!(
                 "contract:{}:reserve-cover:{}",
@@ -88,10 +80,10 @@ pub fn open_escrow(
     terms: &Terms,
     payments: &[Payment],
     day: Duration,
-) -> OutboxCall<escrow_pb::OpenEscrowAccountRequest> {
-    OutboxCall {
-        target: ESCROW,
-        method: format!("{ESCROW_PATH}OpenEscrowAccount"),
+) -> Call<escrow_pb::OpenEscrowAccountRequest> {
+    Call {
+        callee: &ESCROW_CALLS,
+        method: "OpenEscrowAccount",
         request: escrow_pb::OpenEscrowAccountRequest {
             idempotency_key: format!(
                 "contract:{}:open-escrow:{}",
@@ -128,10 +120,10 @@ pub fn adjust_cover(
     version: u32,
     total: Money,
     then: &'static str,
-) -> OutboxCall<supplier_pb::AdjustCoverRequest> {
-    OutboxCall {
-        target: SUPPLIER_REGISTRY,
-        method: format!("{REGISTRY_PATH}AdjustCover"),
+) -> Call<supplier_pb::AdjustCoverRequest> {
+    Call {
+        callee: &REGISTRY_CALLS,
+        method: "AdjustCover",
         request: supplier_pb::AdjustCoverRequest {
             idempotency_key: format!("contract:{}:adjust-cover:v{version}", contract.contract_id),
             supplier_id: contract.supplier_id.to_string(),
@@ -151,13 +143,13 @@ pub fn amend_escrow_schedule(
     terms: &Terms,
     payments: &[Payment],
     day: Duration,
-) -> Result<OutboxCall<escrow_pb::AmendEscrowScheduleRequest>, ServiceError> {
+) -> Result<Call<escrow_pb::AmendEscrowScheduleRequest>, ServiceError> {
     let Some(account) = &contract.escrow_account_id else {
         return Err(ServiceError::internal("amending a contract without escrow"));
     };
-    Ok(OutboxCall {
-        target: ESCROW,
-        method: format!("{ESCROW_PATH}AmendEscrowSchedule"),
+    Ok(Call {
+        callee: &ESCROW_CALLS,
+        method: "AmendEscrowSchedule",
         request: escrow_pb::AmendEscrowScheduleRequest {
             idempotency_key: format!("contract:{}:amend-escrow:v{version}", contract.contract_id),
             escrow_account_id: account.clone(),
@@ -169,10 +161,10 @@ pub fn amend_escrow_schedule(
     })
 }
 
-pub fn release_cover(contract: &ContractRecord) -> OutboxCall<supplier_pb::ReleaseCoverRequest> {
-    OutboxCall {
-        target: SUPPLIER_REGISTRY,
-        method: format!("{REGISTRY_PATH}ReleaseCover"),
+pub fn release_cover(contract: &ContractRecord) -> Call<supplier_pb::ReleaseCoverRequest> {
+    Call {
+        callee: &REGISTRY_CALLS,
+        method: "ReleaseCover",
         request: supplier_pb::ReleaseCoverRequest {
             idempotency_key: format!("contract:{}:release-cover", contract.contract_id),
             supplier_id: contract.supplier_id.to_string(),
@@ -184,10 +176,10 @@ pub fn release_cover(contract: &ContractRecord) -> OutboxCall<supplier_pb::Relea
 
 pub fn record_completed(
     contract: &ContractRecord,
-) -> OutboxCall<supplier_pb::RecordCompletedContractRequest> {
-    OutboxCall {
-        target: SUPPLIER_REGISTRY,
-        method: format!("{REGISTRY_PATH}RecordCompletedContract"),
+) -> Call<supplier_pb::RecordCompletedContractRequest> {
+    Call {
+        callee: &REGISTRY_CALLS,
+        method: "RecordCompletedContract",
         request: supplier_pb::RecordCompletedContractRequest {
             idempotency_key: format!("contract:{}:completed", contract.contract_id),
             supplier_id: contract.supplier_id.to_string(),
@@ -203,11 +195,11 @@ pub fn record_completed(
 pub fn release_all(
     contract: &ContractRecord,
     reason: &str,
-) -> Option<OutboxCall<escrow_pb::ReleaseToSupplierRequest>> {
+) -> Option<Call<escrow_pb::ReleaseToSupplierRequest>> {
     let account = contract.escrow_account_id.as_ref()?;
-    Some(OutboxCall {
-        target: ESCROW,
-        method: format!("{ESCROW_PATH}ReleaseToSupplier"),
+    Some(Call {
+        callee: &ESCROW_CALLS,
+        method: "ReleaseToSupplier",
         request: escrow_pb::ReleaseToSupplierRequest {
             idempotency_key: format!("contract:{}:release-on-acceptance", contract.contract_id),
             escrow_account_id: account.clone(),
@@ -229,7 +221,7 @@ pub fn close_escrow(
     contract: &ContractRecord,
     reason: &str,
     refund_held: bool,
-) -> Option<OutboxCall<escrow_pb::CloseEscrowAccountRequest>> {
+) -> Option<Call<escrow_pb::CloseEscrowAccountRequest>> {
     close_escrow_as(contract, "close-escrow", reason, refund_held)
 }
 
@@ -240,11 +232,11 @@ pub fn close_escrow_as(
     step: &str,
     reason: &str,
     refund_held: bool,
-) -> Option<OutboxCall<escrow_pb::CloseEscrowAccountRequest>> {
+) -> Option<Call<escrow_pb::CloseEscrowAccountRequest>> {
     let account = contract.escrow_account_id.as_ref()?;
-    Some(OutboxCall {
-        target: ESCROW,
-        method: format!("{ESCROW_PATH}CloseEscrowAccount"),
+    Some(Call {
+        callee: &ESCROW_CALLS,
+        method: "CloseEscrowAccount",
         request: escrow_pb::CloseEscrowAccountRequest {
             idempotency_key: format!("contract:{}:{step}", contract.contract_id),
             escrow_account_id: account.clone(),

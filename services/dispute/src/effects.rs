@@ -9,7 +9,7 @@
 
 use ta_proto::{contract as contract_pb, escrow as escrow_pb, supplier as supplier_pb};
 use ta_runtime::{ServiceError, money::Money, timestamps};
-use ta_workflow::outbox::Callee;
+use ta_workflow::outbox::{Call, Callee};
 
 use crate::{domain::claim::Outcome, storage::claims::ClaimRecord, views::reason_proto};
 
@@ -53,15 +53,6 @@ pub mod completion {
     pub const INQUIRY_REPLIED: &str = "inquiry_replied";
     /// Nothing follows; a refusal is logged for operators.
     pub const NOTHING: &str = "nothing";
-}
-
-/// One call to write to the outbox: `method` of `callee` with `request`,
-/// its answer handled by the branch `completion`.
-pub struct Call<Q> {
-    pub callee: &'static Callee,
-    pub method: &'static str,
-    pub request: Q,
-    pub completion: &'static str,
 }
 
 /// The supplier-registry inquiry a claim is (its response rate counts it).

@@ -67,11 +67,22 @@ const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
 /// A service the outbox calls: the relay's name for it (its peer) and its
 /// gRPC service's full name, so a call is written as a method name alone.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Callee {
     pub name: &'static str,
     /// e.g. `tradeassurance.escrow.v1.EscrowService`.
     pub service: &'static str,
+}
+
+/// One call to write to the outbox, as a service's effects build it:
+/// `method` (its name alone) of `callee` with `request`, its answer handled
+/// by the completion handler's branch `completion`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call<Q> {
+    pub callee: &'static Callee,
+    pub method: &'static str,
+    pub request: Q,
+    pub completion: &'static str,
 }
 
 /// The outbox table of one service's schema.
@@ -214,6 +225,24 @@ impl Outbox {
         self.enqueue(tx, callee.name, &path, request, completion)
             .await
             .map(|_| ())
+    }
+
+    /// Writes `call` (if any), as [`Outbox::call`].
+    ///
+    /// # Errors
+    /// As `enqueue`.
+    pub async fn write<Q: IdempotentRequest>(
+        &self,
+        tx: &mut PgConnection,
+        call: impl Into<Option<Call<Q>>>,
+    ) -> Result<(), ServiceError> {
+        match call.into() {
+            Some(call) => {
+                self.call(tx, call.callee, call.method, &call.request, call.completion)
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Writes the call of `method` (`/package.Service/Method`) on the service

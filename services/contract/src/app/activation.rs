@@ -48,7 +48,8 @@ pub async fn both_signed(
     let version = contract.negotiation.signed_version;
     if contract.negotiation.protection == Protection::TradeAssurance {
         flows
-            .write_call(tx, effects::reserve_cover(contract))
+            .outbox
+            .write(tx, effects::reserve_cover(contract))
             .await?;
         return flows
             .record(
@@ -114,7 +115,8 @@ pub async fn cover_reserved(
     let payments = schedule(&loaded.terms, signed_at, flows.settings.day);
     replace_payments(tx, contract_id, &payments).await?;
     flows
-        .write_call(
+        .outbox
+        .write(
             tx,
             effects::open_escrow(&contract, &loaded.terms, &payments, flows.settings.day),
         )
@@ -157,7 +159,8 @@ pub async fn escrow_opened(
         Err(refusal) => {
             // Cover was reserved for an activation that cannot finish.
             flows
-                .write_call(tx, effects::release_cover(&contract))
+                .outbox
+                .write(tx, effects::release_cover(&contract))
                 .await?;
             return activation_refused(
                 tx,

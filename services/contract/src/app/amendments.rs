@@ -108,7 +108,8 @@ pub async fn sign_amendment(
         Amended::Both => {
             let amended = load_terms(tx, cmd.contract_id, cmd.version).await?;
             flows
-                .write_call(
+                .outbox
+                .write(
                     tx,
                     effects::adjust_cover(
                         &contract,
@@ -228,7 +229,8 @@ pub async fn cover_adjusted(
     let signed_at = contract.progress.signed_at.unwrap_or(now);
     let payments = schedule(&loaded.terms, signed_at, flows.settings.day);
     flows
-        .write_call(
+        .outbox
+        .write(
             tx,
             effects::amend_escrow_schedule(
                 &contract,
@@ -409,7 +411,8 @@ async fn amendment_refused_by_escrow(
     )
     .await?;
     flows
-        .write_call(
+        .outbox
+        .write(
             tx,
             effects::adjust_cover(contract, restore, signed.total, completion::NOTHING),
         )

@@ -45,10 +45,12 @@ pub async fn cancel(
     let funded = funded_minor(&payments)?;
     if had_cover {
         flows
-            .write_call(tx, effects::release_cover(contract))
+            .outbox
+            .write(tx, effects::release_cover(contract))
             .await?;
         flows
-            .write_call(
+            .outbox
+            .write(
                 tx,
                 effects::close_escrow(contract, &format!("contract cancelled: {reason}"), true),
             )

@@ -445,13 +445,15 @@ pub async fn record_claim_closed(
             contract.progress.paused_at = None;
             flows.cancel_timers(tx, contract.contract_id).await?;
             flows
-                .write_call(tx, effects::release_cover(contract))
+                .outbox
+                .write(tx, effects::release_cover(contract))
                 .await?;
             // Escrow refunded the claim as dispute decided it; whatever it
             // holds beyond that (money credited after the freeze) goes back
             // too, decided by escrow with what it holds when it closes.
             flows
-                .write_call(
+                .outbox
+                .write(
                     tx,
                     effects::close_escrow(
                         contract,
@@ -477,13 +479,16 @@ pub async fn record_claim_closed(
             contract.progress.acceptance = Some("claim_outcome".into());
             flows.cancel_timers(tx, contract.contract_id).await?;
             flows
-                .write_call(tx, effects::release_cover(contract))
+                .outbox
+                .write(tx, effects::release_cover(contract))
                 .await?;
             flows
-                .write_call(tx, effects::record_completed(contract))
+                .outbox
+                .write(tx, effects::record_completed(contract))
                 .await?;
             flows
-                .write_call(
+                .outbox
+                .write(
                     tx,
                     effects::close_escrow(contract, &format!("claim {claim_id} settled"), false),
                 )

@@ -455,14 +455,17 @@ pub async fn accept(
     let protected = contract.negotiation.protection == Protection::TradeAssurance;
     if protected {
         flows
-            .write_call(tx, effects::release_all(contract, "goods accepted"))
+            .outbox
+            .write(tx, effects::release_all(contract, "goods accepted"))
             .await?;
         flows
-            .write_call(tx, effects::release_cover(contract))
+            .outbox
+            .write(tx, effects::release_cover(contract))
             .await?;
     }
     flows
-        .write_call(tx, effects::record_completed(contract))
+        .outbox
+        .write(tx, effects::record_completed(contract))
         .await?;
     let how = match kind {
         "automatic" => {

@@ -19,7 +19,7 @@ pub mod reactions;
 pub mod settlement;
 
 use sqlx::PgConnection;
-use ta_proto::{IdempotentRequest, contract as pb};
+use ta_proto::contract as pb;
 use ta_runtime::{
     ServiceError, Violations,
     auth::{Actor, Principal, Role},
@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{negotiation::Party, terms::Terms},
-    effects::{self, OutboxCall},
+    effects,
     storage::{
         contracts::{ContractFilter, ContractRecord, current_version, get_contract, save_contract},
         fulfilment::{latest_report, shipments},
@@ -126,27 +126,6 @@ impl Flows {
             )
             .await?;
         Ok(view)
-    }
-
-    /// Writes `call` (if any) to the outbox, in the caller's transaction.
-    pub async fn write_call<Q: IdempotentRequest>(
-        &self,
-        tx: &mut PgConnection,
-        call: impl Into<Option<OutboxCall<Q>>>,
-    ) -> Result<(), ServiceError> {
-        let Some(call) = call.into() else {
-            return Ok(());
-        };
-        self.outbox
-            .enqueue(
-                tx,
-                call.target,
-                &call.method,
-                &call.request,
-                call.completion,
-            )
-            .await
-            .map(|_| ())
     }
 
     /// Schedules (or moves) the timer `kind` of a contract to fire at `at`.

@@ -88,7 +88,8 @@ pub async fn released_on_acceptance(
         }
         _ => {
             flows
-                .write_call(
+                .outbox
+                .write(
                     tx,
                     effects::close_escrow(&contract, "goods accepted", false),
                 )
@@ -212,7 +213,8 @@ pub async fn hold_deadline_passed(
         }
         Status::Cancelled | Status::Refunded => {
             flows
-                .write_call(
+                .outbox
+                .write(
                     tx,
                     effects::close_escrow_as(
                         &contract,

@@ -107,7 +107,7 @@ pub async fn withdraw_claim(
         &format!("claim {} withdrawn", claim.claim_id),
         completion::UNFROZEN,
     );
-    flows.send(tx, unfreeze).await?;
+    flows.outbox.write(tx, unfreeze).await?;
     let detail = if reason.is_empty() {
         "withdrawn by the buyer; it cannot be reopened".to_owned()
     } else {

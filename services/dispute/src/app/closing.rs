@@ -35,7 +35,10 @@ pub async fn money_done(
     if let Some(why) = refusal {
         return effect_refused(tx, &mut claim, "escrow", why, now).await;
     }
-    flows.send(tx, effects::record_closed(&claim)).await?;
+    flows
+        .outbox
+        .write(tx, effects::record_closed(&claim))
+        .await?;
     Ok(Handled::Done)
 }
 
@@ -75,7 +78,8 @@ pub async fn contract_closed(
             .take(500)
             .collect();
             flows
-                .send(
+                .outbox
+                .write(
                     tx,
                     effects::record_penalty(&claim, r.penalty_points, &reason),
                 )

@@ -89,7 +89,7 @@ pub async fn resolve(
     claim.resolved_by = Some(stored(actor));
     claim.resolved_at = Some(now);
     flows.cancel_escalation(tx, claim).await?;
-    flows.send(tx, effects::settle(claim)?).await?;
+    flows.outbox.write(tx, effects::settle(claim)?).await?;
     let what = match resolution.outcome {
         Outcome::FullRefund => format!("full refund of {}", readable(resolution.refund)),
         Outcome::PartialRefund(m) => format!(

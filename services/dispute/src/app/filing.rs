@@ -271,7 +271,10 @@ pub async fn file_claim(
         });
     }
     claims::insert_claim(tx, claim).await?;
-    flows.send(tx, effects::record_claim_opened(claim)).await?;
+    flows
+        .outbox
+        .write(tx, effects::record_claim_opened(claim))
+        .await?;
     let detail = format!(
         "claim filed by the buyer ({}): {} claimed; asking the contract",
         claim.reason.as_str(),

@@ -21,7 +21,7 @@ pub mod opening;
 pub mod reactions;
 
 use sqlx::PgConnection;
-use ta_proto::{IdempotentRequest, dispute as pb};
+use ta_proto::dispute as pb;
 use ta_runtime::{
     ServiceError, Violations,
     auth::{Actor, Principal, Role},
@@ -36,7 +36,7 @@ use crate::{
         claim::{Party, Policy},
         status::Status,
     },
-    effects::{self, Call},
+    effects,
     storage::{
         self, StoredActor,
         claims::{ClaimFilter, ClaimRecord},
@@ -259,23 +259,15 @@ impl Flows {
             )
             .await?;
         if step.event == pb::DisputeEventType::ClaimOpened {
-            self.send(tx, effects::record_inquiry(claim)).await?;
+            self.outbox
+                .write(tx, effects::record_inquiry(claim))
+                .await?;
         } else if is_supplier_answer(actor, step.event) {
-            self.send(tx, effects::record_inquiry_reply(claim, "inquiry-reply"))
+            self.outbox
+                .write(tx, effects::record_inquiry_reply(claim, "inquiry-reply"))
                 .await?;
         }
         Ok(view)
-    }
-
-    /// Writes a call to the outbox, in the step's transaction.
-    pub async fn send<Q: IdempotentRequest>(
-        &self,
-        tx: &mut PgConnection,
-        call: Call<Q>,
-    ) -> Result<(), ServiceError> {
-        self.outbox
-            .call(tx, call.callee, call.method, &call.request, call.completion)
-            .await
     }
 
     /// Schedules the automatic escalation of a claim that opened.

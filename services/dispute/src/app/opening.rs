@@ -83,7 +83,7 @@ pub async fn claim_recorded(
                 claim.goods_shipped = shipped;
                 claims::save_claim(tx, &mut claim, now).await?;
             }
-            flows.send(tx, effects::freeze(&claim)).await
+            flows.outbox.write(tx, effects::freeze(&claim)).await
         }
     }
 }
@@ -110,12 +110,16 @@ pub async fn escrow_frozen(
                 claim.claim.held = held;
                 claims::save_claim(tx, &mut claim, now).await?;
             }
-            flows.send(tx, effects::confirm_opened(&claim)).await
+            flows
+                .outbox
+                .write(tx, effects::confirm_opened(&claim))
+                .await
         }
         Err(why) => {
             let why = format!("ESCROW_NOT_FROZEN: {why}");
             flows
-                .send(tx, effects::abandon_opening(&claim, &why))
+                .outbox
+                .write(tx, effects::abandon_opening(&claim, &why))
                 .await?;
             refuse(tx, flows, &mut claim, &why, now).await
         }
@@ -138,7 +142,8 @@ pub async fn claim_confirmed(
     }
     if let Some(why) = refusal {
         flows
-            .send(
+            .outbox
+            .write(
                 tx,
                 effects::unfreeze(
                     &claim,
@@ -181,7 +186,8 @@ pub async fn inquiry_recorded(
     if timeline::supplier_answered(tx, claim_id).await? {
         let claim = claims::get_claim(tx, claim_id).await?;
         flows
-            .send(
+            .outbox
+            .write(
                 tx,
                 effects::record_inquiry_reply(&claim, "inquiry-reply-after-inquiry"),
             )
