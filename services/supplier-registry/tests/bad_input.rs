@@ -744,10 +744,7 @@ async fn every_rpc_refuses_invalid_fields_and_writes_nothing(pool: PgPool) {
     assert_eq!(all.len(), RPCS.len());
 
     for Case { what, call, fields } in cases {
-        let auth = match call {
-            Call::SubmitReview(_) => Auth::Valid(BUYER, Role::Buyer),
-            _ => Auth::Valid(OPERATOR, Role::Operator),
-        };
+        let auth = call.admitted_caller();
         let rpc = call.rpc();
         let status = call
             .send(&mut client, auth)

@@ -27,9 +27,8 @@ async fn every_rpc_naming_an_unknown_supplier_is_not_found(pool: PgPool) {
             call,
             Call::ReserveCover(_) | Call::RecordCompletedContract(_) | Call::RecordInquiry(_)
         ) {
-            call.send(&mut client, Auth::Valid(OPERATOR, Role::Operator))
-                .await
-                .expect("seed");
+            let caller = call.admitted_caller();
+            call.send(&mut client, caller).await.expect("seed");
         }
     }
     let before = Snapshot::take(&pool).await;
@@ -45,10 +44,7 @@ async fn every_rpc_naming_an_unknown_supplier_is_not_found(pool: PgPool) {
     );
     for call in calls {
         let rpc = call.rpc();
-        let auth = match call {
-            Call::SubmitReview(_) => Auth::Valid(BUYER, Role::Buyer),
-            _ => Auth::Valid(OPERATOR, Role::Operator),
-        };
+        let auth = call.admitted_caller();
         let status = call
             .send(&mut client, auth)
             .await

@@ -289,6 +289,25 @@ calls! {
     RecordPenalty(RecordPenaltyRequest) => record_penalty,
 }
 
+impl Call {
+    /// A caller the protos admit to the call, for tests about what the service
+    /// answers rather than who may ask: the service the platform has make a
+    /// service-only call, a buyer for reviews, an operator for the rest.
+    pub fn admitted_caller(&self) -> Auth<'static> {
+        match self {
+            Call::ReserveCover(_)
+            | Call::AdjustCover(_)
+            | Call::ReleaseCover(_)
+            | Call::RecordCompletedContract(_) => Auth::Valid("contract", Role::Service),
+            Call::RecordInquiry(_) | Call::RecordInquiryReply(_) | Call::RecordPenalty(_) => {
+                Auth::Valid("dispute", Role::Service)
+            }
+            Call::SubmitReview(_) => Auth::Valid(BUYER, Role::Buyer),
+            _ => Auth::Valid(OPERATOR, Role::Operator),
+        }
+    }
+}
+
 /// A contact that passes validation.
 pub fn contact() -> pb::Contact {
     pb::Contact {
