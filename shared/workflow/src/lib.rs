@@ -61,6 +61,19 @@ pub enum Handled {
     Escalate(String),
 }
 
+impl Handled {
+    /// [`Handled::Done`] once `result` (a reaction that never escalates)
+    /// succeeded.
+    ///
+    /// # Errors
+    /// `result`'s.
+    pub fn done_after(
+        result: Result<(), ta_runtime::ServiceError>,
+    ) -> Result<Self, ta_runtime::ServiceError> {
+        result.map(|()| Self::Done)
+    }
+}
+
 /// How a service calls the others: where they listen and the token it shows
 /// them, both from its configuration.
 #[derive(Clone)]

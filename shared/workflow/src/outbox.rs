@@ -118,6 +118,24 @@ impl Delivery {
             ServiceError::internal(format!("outbox row {}: request undecodable: {e}", self.id))
         })
     }
+
+    /// The method's name alone, e.g. `FreezeEscrow`.
+    pub fn method_name(&self) -> &str {
+        self.method.rsplit('/').next().unwrap_or_default()
+    }
+
+    /// The answer to a follow-up call nothing waits on (a completion such as
+    /// `nothing`): done; a refusal is logged for operators.
+    pub fn follow_up_answered(&self, answer: &Answer) -> Handled {
+        if let Some(message) = answer.refusal() {
+            tracing::warn!(
+                method = self.method,
+                message,
+                "a follow-up call that moves no money was refused"
+            );
+        }
+        Handled::Done
+    }
 }
 
 /// What the called service answered.
@@ -144,6 +162,14 @@ impl Answer {
             Answer::Refused { code, message } => Err(ServiceError::internal(format!(
                 "the call was refused ({code:?}: {message}), there is no response"
             ))),
+        }
+    }
+
+    /// The refusal's message; none for an accepted call.
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            Answer::Accepted(_) => None,
+            Answer::Refused { message, .. } => Some(message),
         }
     }
 

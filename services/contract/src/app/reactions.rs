@@ -27,13 +27,6 @@ fn contract_id(text: &str) -> Result<Uuid, ServiceError> {
         .map_err(|_| ServiceError::internal(format!("`{text}` is not a contract id")))
 }
 
-fn refusal(answer: &Answer) -> Option<&str> {
-    match answer {
-        Answer::Accepted(_) => None,
-        Answer::Refused { message, .. } => Some(message),
-    }
-}
-
 pub struct Completions {
     pub flows: Arc<Flows>,
 }
@@ -47,23 +40,22 @@ impl CompletionHandler for Completions {
     ) -> Result<Handled, ServiceError> {
         let now = timestamps::now();
         let flows = &self.flows;
-        let method = delivery.method.rsplit('/').next().unwrap_or_default();
-        let done = |result: Result<(), ServiceError>| result.map(|()| Handled::Done);
+        let method = delivery.method_name();
         // Closes written before they had a completion of their own named
         // `nothing`: the method says what they are.
         if method == "CloseEscrowAccount" {
             let request: escrow_pb::CloseEscrowAccountRequest = delivery.decode_request()?;
-            return settlement::escrow_closed(tx, &request, refusal(answer), now).await;
+            return settlement::escrow_closed(tx, &request, answer.refusal(), now).await;
         }
         match delivery.completion.as_str() {
             completion::COVER_RESERVED => {
                 let request: supplier_pb::ReserveCoverRequest = delivery.decode_request()?;
-                done(
+                Handled::done_after(
                     activation::cover_reserved(
                         tx,
                         flows,
                         contract_id(&request.contract_id)?,
-                        refusal(answer),
+                        answer.refusal(),
                         now,
                     )
                     .await,
@@ -75,7 +67,7 @@ impl CompletionHandler for Completions {
                     Answer::Accepted(_) => Ok(answer.decode()?),
                     Answer::Refused { message, .. } => Err(message.clone()),
                 };
-                done(
+                Handled::done_after(
                     activation::escrow_opened(
                         tx,
                         flows,
@@ -88,13 +80,13 @@ impl CompletionHandler for Completions {
             }
             completion::COVER_ADJUSTED => {
                 let request: supplier_pb::AdjustCoverRequest = delivery.decode_request()?;
-                done(
+                Handled::done_after(
                     amendments::cover_adjusted(
                         tx,
                         flows,
                         contract_id(&request.contract_id)?,
                         request.contract_version,
-                        refusal(answer),
+                        answer.refusal(),
                         now,
                     )
                     .await,
@@ -109,7 +101,7 @@ impl CompletionHandler for Completions {
                     }
                     Answer::Refused { message, .. } => Err(message.as_str()),
                 };
-                done(
+                Handled::done_after(
                     amendments::schedule_amended(
                         tx,
                         flows,
@@ -127,21 +119,12 @@ impl CompletionHandler for Completions {
                     tx,
                     flows,
                     &request.escrow_account_id,
-                    refusal(answer),
+                    answer.refusal(),
                     now,
                 )
                 .await
             }
-            _ => {
-                if let Some(message) = refusal(answer) {
-                    tracing::warn!(
-                        method = delivery.method,
-                        message,
-                        "a follow-up call that moves no money was refused"
-                    );
-                }
-                Ok(Handled::Done)
-            }
+            _ => Ok(delivery.follow_up_answered(answer)),
         }
     }
 }

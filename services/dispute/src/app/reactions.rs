@@ -34,13 +34,6 @@ fn claim_id(text: &str) -> Result<Uuid, ServiceError> {
     Uuid::parse_str(text).map_err(|_| ServiceError::internal(format!("`{text}` is not a claim id")))
 }
 
-fn refusal(answer: &Answer) -> Option<&str> {
-    match answer {
-        Answer::Accepted(_) => None,
-        Answer::Refused { message, .. } => Some(message),
-    }
-}
-
 fn held_of(account: Option<&escrow_pb::EscrowAccount>) -> Option<Money> {
     let held = account?.held.as_ref()?;
     Some(Money::new(
@@ -62,8 +55,7 @@ impl CompletionHandler for Completions {
     ) -> Result<Handled, ServiceError> {
         let now = timestamps::now();
         let flows = &self.flows;
-        let method = delivery.method.rsplit('/').next().unwrap_or_default();
-        let done = |result: Result<(), ServiceError>| result.map(|()| Handled::Done);
+        let method = delivery.method_name();
         match delivery.completion.as_str() {
             completion::CLAIM_RECORDED => {
                 let r: contract_pb::RecordClaimOpenedRequest = delivery.decode_request()?;
@@ -82,7 +74,7 @@ impl CompletionHandler for Completions {
                     }
                     Answer::Refused { message, .. } => opening::Recorded::Refused(message.clone()),
                 };
-                done(
+                Handled::done_after(
                     opening::claim_recorded(tx, flows, claim_id(&r.claim_id)?, recorded, now).await,
                 )
             }
@@ -95,16 +87,18 @@ impl CompletionHandler for Completions {
                     }
                     Answer::Refused { message, .. } => Err(message.as_str()),
                 };
-                done(opening::escrow_frozen(tx, flows, claim_id(&r.claim_id)?, outcome, now).await)
+                Handled::done_after(
+                    opening::escrow_frozen(tx, flows, claim_id(&r.claim_id)?, outcome, now).await,
+                )
             }
             completion::CLAIM_CONFIRMED => {
                 let r: contract_pb::ConfirmClaimOpenedRequest = delivery.decode_request()?;
-                done(
+                Handled::done_after(
                     opening::claim_confirmed(
                         tx,
                         flows,
                         claim_id(&r.claim_id)?,
-                        refusal(answer),
+                        answer.refusal(),
                         now,
                     )
                     .await,
@@ -118,22 +112,22 @@ impl CompletionHandler for Completions {
                     let r: escrow_pb::UnfreezeEscrowRequest = delivery.decode_request()?;
                     r.claim_id
                 };
-                closing::money_done(tx, flows, claim_id(&id)?, refusal(answer), now).await
+                closing::money_done(tx, flows, claim_id(&id)?, answer.refusal(), now).await
             }
             completion::CLAIM_CLOSED => {
                 let r: contract_pb::RecordClaimClosedRequest = delivery.decode_request()?;
-                closing::contract_closed(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now)
+                closing::contract_closed(tx, flows, claim_id(&r.claim_id)?, answer.refusal(), now)
                     .await
             }
             completion::PENALTY_RECORDED => {
                 let r: supplier_pb::RecordPenaltyRequest = delivery.decode_request()?;
-                closing::penalty_recorded(tx, flows, claim_id(&r.claim_id)?, refusal(answer), now)
+                closing::penalty_recorded(tx, flows, claim_id(&r.claim_id)?, answer.refusal(), now)
                     .await
             }
             completion::INQUIRY_RECORDED => {
                 let r: supplier_pb::RecordInquiryRequest = delivery.decode_request()?;
                 let id = claim_id(r.inquiry_id.trim_start_matches("dispute:"))?;
-                if let Some(message) = refusal(answer) {
+                if let Some(message) = answer.refusal() {
                     tracing::warn!(claim_id = %id, message, "supplier-registry refused the claim's inquiry; the response rate misses it");
                     return Ok(Handled::Done);
                 }
@@ -156,22 +150,14 @@ impl CompletionHandler for Completions {
                 }
                 Ok(Handled::Done)
             }
-            _ => match refusal(answer) {
+            _ => match answer.refusal() {
                 // The freeze of a claim the contract dropped: refused, the
                 // account would stay frozen for a claim that never opened.
                 Some(message) if method == "UnfreezeEscrow" => {
                     let r: escrow_pb::UnfreezeEscrowRequest = delivery.decode_request()?;
                     closing::freeze_not_lifted(tx, claim_id(&r.claim_id)?, message, now).await
                 }
-                Some(message) => {
-                    tracing::warn!(
-                        method = delivery.method,
-                        message,
-                        "a follow-up call that moves no money was refused"
-                    );
-                    Ok(Handled::Done)
-                }
-                None => Ok(Handled::Done),
+                _ => Ok(delivery.follow_up_answered(answer)),
             },
         }
     }
