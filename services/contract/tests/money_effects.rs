@@ -36,7 +36,7 @@ mod storage {
         MIGRATOR,
         contracts::{get_contract, insert_contract, save_contract},
         payments::{Payment, replace_payments},
-        timeline::timeline,
+        timeline::list_timeline as timeline,
     };
 }
 use sqlx::PgPool;

@@ -27,7 +27,7 @@ mod storage {
     pub use contract::storage::{
         MIGRATOR,
         contracts::{get_contract, insert_contract, lock_contract, save_contract},
-        timeline::{append_timeline, timeline},
+        timeline::{append_timeline, list_timeline as timeline},
         versions::{insert_version, version},
     };
 }

@@ -279,6 +279,61 @@ impl Timeline {
     }
 }
 
+/// A service's `storage::timeline` functions over its [`Timeline`]
+/// (`<schema>.timeline` keyed by the column `subject`), written once:
+/// `timeline_table()` (the table, e.g. for [`Timeline::has_step`]),
+/// `append_timeline`, `list_timeline` and `page_timeline`. E.g.
+/// `ta_workflow::timeline_storage!(super::schema(), "claim_id");`. The
+/// calling crate depends on `sqlx`, `uuid`, `ta-proto` and `ta-runtime`.
+#[macro_export]
+macro_rules! timeline_storage {
+    ($schema:expr, $subject:literal) => {
+        /// The service's timeline table.
+        pub fn timeline_table() -> $crate::timeline::Timeline {
+            // A plain column name.
+            $crate::timeline::Timeline::new($schema, $subject).unwrap_or_else(|_| unreachable!())
+        }
+
+        /// Appends to a locked aggregate's timeline; returns the entry's number.
+        ///
+        /// # Errors
+        /// Database errors.
+        pub async fn append_timeline(
+            tx: &mut ::sqlx::PgConnection,
+            subject: ::uuid::Uuid,
+            entry: &$crate::timeline::TimelineEntry,
+        ) -> Result<u32, ::ta_runtime::ServiceError> {
+            timeline_table().append(tx, subject, entry).await
+        }
+
+        /// Entries after `after`, oldest first, at most `limit`.
+        ///
+        /// # Errors
+        /// Database errors.
+        pub async fn list_timeline(
+            conn: &mut ::sqlx::PgConnection,
+            subject: ::uuid::Uuid,
+            after: u32,
+            limit: i64,
+        ) -> Result<Vec<$crate::timeline::TimelineEntry>, ::ta_runtime::ServiceError> {
+            timeline_table().entries(conn, subject, after, limit).await
+        }
+
+        /// The page of the timeline its `Get...Timeline` RPC answers, and
+        /// the next page's token.
+        ///
+        /// # Errors
+        /// Database errors.
+        pub async fn page_timeline(
+            conn: &mut ::sqlx::PgConnection,
+            subject: ::uuid::Uuid,
+            page: $crate::timeline::Page,
+        ) -> Result<(Vec<::ta_proto::common::TimelineEntry>, String), ::ta_runtime::ServiceError> {
+            timeline_table().page(conn, subject, page).await
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,42 +4,9 @@
 
 use sqlx::PgConnection;
 use ta_runtime::{ServiceError, auth::Role};
-use ta_workflow::timeline::{Page, Timeline, TimelineEntry};
 use uuid::Uuid;
 
-fn table() -> Timeline {
-    // A plain column name.
-    Timeline::new(super::schema(), "claim_id").unwrap_or_else(|_| unreachable!())
-}
-
-/// Appends to a locked claim's timeline; returns the entry's number.
-pub async fn append_timeline(
-    tx: &mut PgConnection,
-    claim_id: Uuid,
-    entry: &TimelineEntry,
-) -> Result<u32, ServiceError> {
-    table().append(tx, claim_id, entry).await
-}
-
-/// Entries after `after`, oldest first, at most `limit`.
-pub async fn list_timeline(
-    conn: &mut PgConnection,
-    claim_id: Uuid,
-    after: u32,
-    limit: i64,
-) -> Result<Vec<TimelineEntry>, ServiceError> {
-    table().entries(conn, claim_id, after, limit).await
-}
-
-/// The page of the timeline GetClaimTimeline answers, and the next page's
-/// token.
-pub async fn page_timeline(
-    conn: &mut PgConnection,
-    claim_id: Uuid,
-    page: Page,
-) -> Result<(Vec<ta_proto::common::TimelineEntry>, String), ServiceError> {
-    table().page(conn, claim_id, page).await
-}
+ta_workflow::timeline_storage!(super::schema(), "claim_id");
 
 /// The timeline actions of the supplier's answers to a claim: an offer, an
 /// acceptance (of the buyer's counter-offer), a rejection of an offer or of
@@ -57,7 +24,7 @@ pub async fn supplier_answered(
     conn: &mut PgConnection,
     claim_id: Uuid,
 ) -> Result<bool, ServiceError> {
-    table()
+    timeline_table()
         .has_step(conn, claim_id, Role::Supplier.as_str(), &SUPPLIER_ANSWERS)
         .await
 }
