@@ -6,7 +6,10 @@
 
 use ta_proto::{escrow as escrow_pb, supplier as supplier_pb};
 use ta_runtime::{ServiceError, money::Money, timestamps};
-use ta_workflow::outbox::{Call, Callee};
+use ta_workflow::{
+    callees::{ESCROW_CALLS, REGISTRY_CALLS},
+    outbox::Call,
+};
 use time::Duration;
 
 use crate::{
@@ -15,16 +18,8 @@ use crate::{
     views,
 };
 
-pub const SUPPLIER_REGISTRY: &str = "supplier-registry";
-pub const ESCROW: &str = "escrow";
-const REGISTRY_CALLS: Callee = Callee {
-    name: SUPPLIER_REGISTRY,
-    service: "tradeassurance.supplier.v1.SupplierRegistryService",
-};
-const ESCROW_CALLS: Callee = Callee {
-    name: ESCROW,
-    service: "tradeassurance.escrow.v1.EscrowService",
-};
+pub const SUPPLIER_REGISTRY: &str = REGISTRY_CALLS.name;
+pub const ESCROW: &str = ESCROW_CALLS.name;
 
 /// Completions of the outbox calls, by name.
 pub mod completion {

@@ -9,25 +9,16 @@
 
 use ta_proto::{contract as contract_pb, escrow as escrow_pb, supplier as supplier_pb};
 use ta_runtime::{ServiceError, money::Money, timestamps};
-use ta_workflow::outbox::{Call, Callee};
+use ta_workflow::{
+    callees::{CONTRACT_CALLS, ESCROW_CALLS, REGISTRY_CALLS},
+    outbox::Call,
+};
 
 use crate::{domain::claim::Outcome, storage::claims::ClaimRecord, views::reason_proto};
 
-pub const CONTRACT: &str = "contract";
-pub const ESCROW: &str = "escrow";
-pub const SUPPLIER_REGISTRY: &str = "supplier-registry";
-const CONTRACT_CALLS: Callee = Callee {
-    name: CONTRACT,
-    service: "tradeassurance.contract.v1.ContractService",
-};
-const ESCROW_CALLS: Callee = Callee {
-    name: ESCROW,
-    service: "tradeassurance.escrow.v1.EscrowService",
-};
-const REGISTRY_CALLS: Callee = Callee {
-    name: SUPPLIER_REGISTRY,
-    service: "tradeassurance.supplier.v1.SupplierRegistryService",
-};
+pub const CONTRACT: &str = CONTRACT_CALLS.name;
+pub const ESCROW: &str = ESCROW_CALLS.name;
+pub const SUPPLIER_REGISTRY: &str = REGISTRY_CALLS.name;
 
 /// Completions of the outbox calls, by name; each names the next step.
 pub mod completion {

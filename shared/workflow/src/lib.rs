@@ -12,6 +12,7 @@
 //!   once, in the same transaction as the service's handler.
 //! * [`timeline`]: an aggregate's readable history (steps numbered without
 //!   gaps, in the service's own table) and the page its RPC answers.
+//! * [`callees`]: the services as outbox calls name them.
 //! * [`credentials`]: the token a service presents as itself to another one.
 //! * [`admin`]: the operators' RPC over all of the above.
 //! * [`janitor`]: purges finished outbox rows and timers after the retention.
@@ -24,6 +25,7 @@
 //! Every table lives in the owning service's schema; [`install`] creates them.
 
 pub mod admin;
+pub mod callees;
 pub mod config;
 pub mod consumer;
 pub mod credentials;
