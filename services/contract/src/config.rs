@@ -75,29 +75,10 @@ mod tests {
 
     #[test]
     fn debug_never_shows_a_secret() {
-        let config = Config::try_parse_from([
-            "contract",
-            "--database-url",
-            "postgres://contract:db-password-0123@db/ta",
-            "--auth-jwt-hs256-secret",
-            "hs256-secret-0123456789",
-            "--evidence-store",
-            "s3://evidence",
-            "--aws-access-key-id",
-            "AKIAEXAMPLE",
-            "--aws-secret-access-key",
-            "secret-access-key-0123456789",
-            "--aws-session-token",
-            "session-token-0123456789",
-        ])
-        .unwrap();
+        let (args, secrets) = ta_testkit::command_line_with_secrets("contract");
+        let config = Config::try_parse_from(args).unwrap();
         let shown = format!("{config:?} {config:#?}");
-        for secret in [
-            "db-password-0123",
-            "hs256-secret-0123456789",
-            "secret-access-key-0123456789",
-            "session-token-0123456789",
-        ] {
+        for secret in secrets {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
     }

@@ -218,3 +218,34 @@ pub async fn wait_for_health(
 }
 
 pub use tonic_health::pb::health_check_response::ServingStatus as HealthStatus;
+
+/// The command line of `service` giving a secret to every setting of the
+/// common configuration and of an evidence store that keeps one (the
+/// database password, the JWT secret, the store's AWS keys), and those
+/// secrets: a test parses it and checks that the configuration's `Debug`
+/// shows none of them.
+pub fn command_line_with_secrets(service: &str) -> (Vec<String>, [&'static str; 4]) {
+    let database_url = format!("postgres://{service}:db-password-0123@db/ta");
+    let args = [
+        service,
+        "--database-url",
+        &database_url,
+        "--auth-jwt-hs256-secret",
+        "hs256-secret-0123456789",
+        "--evidence-store",
+        "s3://evidence",
+        "--aws-access-key-id",
+        "AKIAEXAMPLE",
+        "--aws-secret-access-key",
+        "secret-access-key-0123456789",
+        "--aws-session-token",
+        "session-token-0123456789",
+    ];
+    let secrets = [
+        "db-password-0123",
+        "hs256-secret-0123456789",
+        "secret-access-key-0123456789",
+        "session-token-0123456789",
+    ];
+    (args.map(str::to_owned).to_vec(), secrets)
+}
