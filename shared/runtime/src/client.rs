@@ -3,12 +3,21 @@
 //! also a client span with the `rpc.*` attributes and its final status, and
 //! is counted and timed (`rpc.client.call.duration`, `rpc.client.requests`,
 //! `rpc.client.errors`, the attributes of the server's metrics).
+//!
+//! Channels connect through [`PeerConnector`]: an `http://` URL in
+//! plaintext, an `https://` one over TLS with the process's peer TLS
+//! settings (`PEER_TLS_*`, installed by the server at start-up, see
+//! [`install_peer_tls`]).
 
 use std::{
-    sync::Arc,
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
+
+use futures_util::future::BoxFuture;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use opentelemetry::{global, propagation::Injector};
 use tonic::{
@@ -26,6 +35,7 @@ use crate::{
         metrics::{Call, RpcInstruments, Side, split_path},
     },
     telemetry::{self, inject_trace_context},
+    tls::PeerTls,
 };
 
 /// Adds `traceparent` (and `authorization` when a token is set) to each call.
@@ -61,14 +71,104 @@ impl Interceptor for OutgoingCall {
     }
 }
 
-/// A channel that connects on first use and reconnects by itself.
+/// A channel that connects on first use and reconnects by itself (over
+/// TLS for an `https://` URL, see [`PeerConnector`]).
 pub fn lazy_channel(url: &str, request_timeout: Duration) -> Result<Channel, String> {
+    let connector = PeerConnector::for_url(url)?;
     Ok(Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("`{url}` is not a valid endpoint URL: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(request_timeout)
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .connect_with_connector_lazy(connector))
+}
+
+static PEER_TLS: OnceLock<PeerTls> = OnceLock::new();
+static HTTPS_PEERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Makes `tls` the TLS of every `https://` peer channel of the process,
+/// made before or after. The first one installed stays.
+pub fn install_peer_tls(tls: PeerTls) {
+    if PEER_TLS.set(tls).is_err() {
+        tracing::debug!("peer TLS installed already: the first one stays");
+    }
+}
+
+/// The `https://` peer URLs channels were made for so far: the server
+/// refuses to start with any of them and no PEER_TLS_CA_FILE.
+pub fn https_peers() -> Vec<String> {
+    HTTPS_PEERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+/// Opens a channel's connections: TCP without Nagle's delay, then TLS for an
+/// `https://` URL (verified for the URL's host name or IP address, with the
+/// client certificate of the peer TLS settings).
+#[derive(Clone, Debug)]
+pub struct PeerConnector {
+    tls: bool,
+}
+
+impl PeerConnector {
+    /// The connector for `url`'s scheme (`http` or `https`).
+    ///
+    /// # Errors
+    /// Another scheme.
+    pub fn for_url(url: &str) -> Result<Self, String> {
+        let tls = match url.split_once("://").map(|(scheme, _)| scheme) {
+            Some("http") => false,
+            Some("https") => {
+                HTTPS_PEERS
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(url.to_owned());
+                true
+            }
+            _ => return Err(format!("`{url}` is not an http:// or https:// URL")),
+        };
+        Ok(Self { tls })
+    }
+}
+
+/// A connection to a peer, in plaintext or TLS.
+pub trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> PeerIo for T {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Uri> for PeerConnector {
+    type Response = TokioIo<Box<dyn PeerIo>>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = self.tls;
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| format!("`{uri}` has no host"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            if !tls {
+                return Ok(TokioIo::new(Box::new(tcp) as Box<dyn PeerIo>));
+            }
+            let peer_tls = PEER_TLS
+                .get()
+                .ok_or_else(|| format!("`{uri}` is https://, but PEER_TLS_CA_FILE is not set"))?;
+            let name = rustls::pki_types::ServerName::try_from(host)?;
+            let stream = peer_tls.connector().connect(name, tcp).await?;
+            Ok(TokioIo::new(Box::new(stream) as Box<dyn PeerIo>))
+        })
+    }
 }
 
 /// `inner` (a [`Channel`], say) with a client span, metrics and the span's
@@ -225,5 +325,6 @@ mod tests {
     #[test]
     fn endpoints_are_validated() {
         assert!(lazy_channel("not a url", Duration::from_secs(1)).is_err());
+        assert!(lazy_channel("ftp://escrow:1", Duration::from_secs(1)).is_err());
     }
 }

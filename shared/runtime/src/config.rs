@@ -7,7 +7,7 @@
 //! connections, a zero deadline) stops the process the same way, never later
 //! as a panic.
 
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, builder::TypedValueParser};
 
@@ -25,6 +25,8 @@ pub struct CommonConfig {
     pub auth: AuthConfig,
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+    #[command(flatten)]
+    pub tls: TlsConfig,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -57,6 +59,15 @@ pub struct ServerConfig {
     #[arg(long, env = "SHUTDOWN_READINESS_DELAY", value_name = "SHUTDOWN_READINESS_DELAY",
           default_value = "0s", value_parser = DurationRange::new(Duration::ZERO, 5 * MINUTE))]
     pub shutdown_readiness_delay: Duration,
+    /// A second, plaintext listener that serves grpc.health.v1.Health only,
+    /// for probes that cannot speak TLS (Kubernetes' gRPC probes) when the
+    /// gRPC listener is TLS only. Unset: no such listener.
+    #[arg(
+        long,
+        env = "GRPC_HEALTH_LISTEN_ADDR",
+        value_name = "GRPC_HEALTH_LISTEN_ADDR"
+    )]
+    pub health_listen_addr: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -106,6 +117,79 @@ pub struct TelemetryConfig {
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "json",
           value_parser = ["json", "text"])]
     pub log_format: String,
+}
+
+/// TLS on the gRPC listener and on calls to other services. Every file is
+/// PEM and is re-read when it changes (checked at most every
+/// TLS_RELOAD_INTERVAL): a rotated certificate is used by the next
+/// connection, a bad new file keeps the previous one and is logged. Without
+/// GRPC_TLS_CERT_FILE the listener is plaintext (the local default).
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsConfig {
+    /// Certificate chain of the gRPC listener (e.g. cert-manager's tls.crt);
+    /// with GRPC_TLS_KEY_FILE, the listener speaks TLS only.
+    #[arg(
+        long,
+        env = "GRPC_TLS_CERT_FILE",
+        value_name = "GRPC_TLS_CERT_FILE",
+        requires = "grpc_tls_key_file"
+    )]
+    pub grpc_tls_cert_file: Option<PathBuf>,
+    /// Private key of GRPC_TLS_CERT_FILE (PKCS#8, PKCS#1 or SEC1; tls.key).
+    #[arg(
+        long,
+        env = "GRPC_TLS_KEY_FILE",
+        value_name = "GRPC_TLS_KEY_FILE",
+        requires = "grpc_tls_cert_file"
+    )]
+    pub grpc_tls_key_file: Option<PathBuf>,
+    /// CA certificates (ca.crt) of the clients: when set, every client must
+    /// present a certificate signed by one of them (mutual TLS).
+    #[arg(
+        long,
+        env = "GRPC_TLS_CLIENT_CA_FILE",
+        value_name = "GRPC_TLS_CLIENT_CA_FILE",
+        requires = "grpc_tls_cert_file"
+    )]
+    pub grpc_tls_client_ca_file: Option<PathBuf>,
+    /// CA certificates that sign the other services' certificates: calls to an
+    /// https:// peer URL (CONTRACT_URL, ...) are verified with them. Required
+    /// by an https:// peer URL; http:// URLs stay plaintext.
+    #[arg(long, env = "PEER_TLS_CA_FILE", value_name = "PEER_TLS_CA_FILE")]
+    pub peer_tls_ca_file: Option<PathBuf>,
+    /// Client certificate presented to peers (mutual TLS) [default:
+    /// GRPC_TLS_CERT_FILE, the service's own].
+    #[arg(long, env = "PEER_TLS_CERT_FILE", value_name = "PEER_TLS_CERT_FILE",
+          requires_all = ["peer_tls_key_file", "peer_tls_ca_file"])]
+    pub peer_tls_cert_file: Option<PathBuf>,
+    /// Private key of PEER_TLS_CERT_FILE [default: GRPC_TLS_KEY_FILE].
+    #[arg(
+        long,
+        env = "PEER_TLS_KEY_FILE",
+        value_name = "PEER_TLS_KEY_FILE",
+        requires = "peer_tls_cert_file"
+    )]
+    pub peer_tls_key_file: Option<PathBuf>,
+    /// How often the TLS files are checked for a change (at most), e.g. 5s.
+    #[arg(long, env = "TLS_RELOAD_INTERVAL", value_name = "TLS_RELOAD_INTERVAL",
+          default_value = "5s", value_parser = DurationRange::new(100 * MILLISECOND, HOUR))]
+    pub tls_reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    /// No TLS: plaintext listener and peers.
+    fn default() -> Self {
+        Self {
+            grpc_tls_cert_file: None,
+            grpc_tls_key_file: None,
+            grpc_tls_client_ca_file: None,
+            peer_tls_ca_file: None,
+            peer_tls_cert_file: None,
+            peer_tls_key_file: None,
+            tls_reload_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A configuration value that is a secret (an API key, a secret access key,

@@ -18,5 +18,6 @@ pub mod server;
 pub mod telemetry;
 pub mod text;
 pub mod timestamps;
+pub mod tls;
 
 pub use errors::{OrConflict, ServiceError, Violations};

@@ -6,6 +6,13 @@
 //! as the process serves, whatever the database does, so Kubernetes restarts a
 //! hung process but not one waiting for its database.
 //!
+//! With `GRPC_TLS_CERT_FILE` the listener speaks TLS only (health and
+//! reflection too), mutual TLS with `GRPC_TLS_CLIENT_CA_FILE`; the
+//! certificates are re-read when they change ([`crate::tls`]). Handshakes
+//! run beside the accept loop, each bounded in time, so a slow or silent
+//! client holds up nobody. `GRPC_HEALTH_LISTEN_ADDR` adds a plaintext
+//! listener with the health service only, for probes that cannot speak TLS.
+//!
 //! Shutdown on SIGTERM or Ctrl-C: NOT_SERVING, stop accepting, drain in-flight
 //! requests (bounded by the grace period), close the pool, flush telemetry, exit 0.
 
@@ -26,6 +33,7 @@ use crate::{
     idempotency::IdempotencyKeys,
     middleware::{AdmissionLayer, DeadlineLayer, RpcMetricsLayer, StatusHygieneLayer},
     migrations, telemetry,
+    tls::{ServerTls, Tls},
 };
 
 /// The health service name that reports liveness only.
@@ -36,6 +44,12 @@ pub const LIVENESS: &str = "liveness";
 /// database (about a second either way).
 const READINESS_RECHECK: Duration = Duration::from_millis(250);
 const READINESS_PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// How long a client may take over its TLS handshake, and how many
+/// handshakes may be under way at once (more connections wait in the
+/// listen backlog).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const TLS_HANDSHAKES_AT_ONCE: usize = 256;
 
 /// What distinguishes one service's process from another's.
 pub struct ServiceSpec {
@@ -166,18 +180,49 @@ async fn start(
     // Fail fast on configuration before taking the port.
     let verifier =
         TokenVerifier::from_config(&config.auth, spec.name).map_err(|e| e.to_string())?;
+    let tls = Tls::from_config(&config.tls)?;
+    match tls.peers {
+        Some(peers) => crate::client::install_peer_tls(peers),
+        None => {
+            if let Some(url) = crate::client::https_peers().first() {
+                return Err(format!(
+                    "{url} is an https:// peer URL: PEER_TLS_CA_FILE must be set"
+                ));
+            }
+        }
+    }
     let pool = db::lazy_pool(&config.database, config.server.request_timeout)?;
     let address = config.server.listen_addr_or(spec.default_port);
     let listener = TcpListener::bind(address)
         .await
         .map_err(|e| format!("GRPC_LISTEN_ADDR: cannot listen on {address}: {e}"))?;
-    tracing::info!(service = spec.name, %address, "listening");
+    tracing::info!(
+        service = spec.name,
+        %address,
+        tls = tls.server.is_some(),
+        mutual_tls = tls.server.as_ref().is_some_and(ServerTls::mutual),
+        "listening"
+    );
+    let health_listener = match config.server.health_listen_addr {
+        Some(address) => {
+            let listener = TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("GRPC_HEALTH_LISTEN_ADDR: cannot listen on {address}: {e}"))?;
+            tracing::info!(service = spec.name, %address, "health only, plaintext: listening");
+            Some(listener)
+        }
+        None => None,
+    };
     let api = build(pool.clone());
-    serve(
+    serve_on(
         spec,
         config,
         verifier,
-        listener,
+        Listeners {
+            grpc: listener,
+            tls: tls.server,
+            health: health_listener,
+        },
         pool,
         api,
         shutdown_signal(),
@@ -185,13 +230,40 @@ async fn start(
     .await
 }
 
+/// Where a server listens: the gRPC listener, its TLS (none: plaintext),
+/// and the optional plaintext health-only listener.
+struct Listeners {
+    grpc: TcpListener,
+    tls: Option<ServerTls>,
+    health: Option<TcpListener>,
+}
+
 /// Serves on `listener` until `shutdown` completes, then drains and closes the
 /// pool. Used by [`run`] and by in-process tests (with a listener on port 0).
+/// The TLS settings of `config` apply to `listener`.
 pub async fn serve(
     spec: &ServiceSpec,
     config: &CommonConfig,
     verifier: TokenVerifier,
     listener: TcpListener,
+    pool: PgPool,
+    api: Api,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let tls = Tls::from_config(&config.tls)?.server;
+    let listeners = Listeners {
+        grpc: listener,
+        tls,
+        health: None,
+    };
+    serve_on(spec, config, verifier, listeners, pool, api, shutdown).await
+}
+
+async fn serve_on(
+    spec: &ServiceSpec,
+    config: &CommonConfig,
+    verifier: TokenVerifier,
+    listeners: Listeners,
     pool: PgPool,
     api: Api,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -252,12 +324,26 @@ pub async fn serve(
     let reflection_v1alpha = reflection_builder(spec, "grpc.reflection.v1alpha.ServerReflection")
         .build_v1alpha()
         .map_err(|e| format!("reflection v1alpha: {e}"))?;
-    let server = middleware(&config.server, Arc::new(verifier), Arc::new(policy))
+    let health_only = listeners.health.map(|listener| {
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service.clone())
+                .serve_with_incoming(no_delay(listener)),
+        )
+    });
+    let router = middleware(&config.server, Arc::new(verifier), Arc::new(policy))
         .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(no_delay(listener), on_shutdown);
+        .add_service(reflection_v1alpha);
+    let server: BoxFuture<'_, Result<(), tonic::transport::Error>> = match listeners.tls {
+        Some(tls) => Box::pin(
+            router.serve_with_incoming_shutdown(tls_handshakes(listeners.grpc, tls), on_shutdown),
+        ),
+        None => {
+            Box::pin(router.serve_with_incoming_shutdown(no_delay(listeners.grpc), on_shutdown))
+        }
+    };
 
     let grace = config.server.shutdown_grace_period;
     let (result, drained) = tokio::select! {
@@ -276,6 +362,9 @@ pub async fn serve(
     };
     tracking.abort();
     purge.abort();
+    if let Some(health_only) = health_only {
+        health_only.abort();
+    }
     // Background work saw the drain signal with the listener; it may finish its
     // current step within the grace period (briefly, if that is already over).
     let bound = if drained {
@@ -321,6 +410,43 @@ fn no_delay(
         }
         Ok(stream)
     })
+}
+
+/// The connections of `listener` once their TLS handshake succeeded. A
+/// failed handshake (a plaintext client, no or a wrong client certificate)
+/// closes that connection and is logged; it never stops the server.
+fn tls_handshakes(
+    listener: tokio::net::TcpListener,
+    tls: ServerTls,
+) -> impl tokio_stream::Stream<
+    Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+> {
+    use futures_util::StreamExt as _;
+    let acceptor = tls.acceptor();
+    no_delay(listener)
+        .map(move |accepted| {
+            let acceptor = acceptor.clone();
+            async move {
+                let stream = match accepted {
+                    Ok(stream) => stream,
+                    Err(error) => return Some(Err(error)),
+                };
+                let peer = stream.peer_addr().ok();
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => Some(Ok(tls)),
+                    Ok(Err(error)) => {
+                        tracing::info!(?peer, %error, "TLS handshake failed: connection closed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::info!(?peer, timeout = ?TLS_HANDSHAKE_TIMEOUT, "TLS handshake too slow: connection closed");
+                        None
+                    }
+                }
+            }
+        })
+        .buffer_unordered(TLS_HANDSHAKES_AT_ONCE)
+        .filter_map(std::future::ready)
 }
 
 fn middleware(

@@ -1,4 +1,6 @@
-//! Channels to the services this one calls, by service name.
+//! Channels to the services this one calls, by service name: an `http://`
+//! URL in plaintext, an `https://` one over TLS (`PEER_TLS_*`, see
+//! `ta_runtime::client::PeerConnector`).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -42,14 +44,14 @@ impl Peers {
     /// # Errors
     /// `url` is not a valid endpoint.
     pub fn with(mut self, name: &str, url: &str) -> Result<Self, String> {
+        let connector = ta_runtime::client::PeerConnector::for_url(url)?;
         let channel = Endpoint::from_shared(url.to_owned())
             .map_err(|e| format!("`{url}` is not a valid endpoint URL: {e}"))?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true)
-            .connect_lazy();
+            .connect_with_connector_lazy(connector);
         self.channels.insert(name.to_owned(), channel);
         Ok(self)
     }
@@ -78,5 +80,21 @@ mod tests {
         };
         let error = Peers::from_config(&bad).unwrap_err();
         assert!(error.starts_with("SUPPLIER_REGISTRY_URL"), "{error}");
+        let tls = PeersConfig {
+            contract_url: Some("https://contract:50052".into()),
+            ..PeersConfig::default()
+        };
+        assert!(
+            Peers::from_config(&tls)
+                .unwrap()
+                .channel("contract")
+                .is_some()
+        );
+        let other = PeersConfig {
+            dispute_url: Some("grpc://dispute:50054".into()),
+            ..PeersConfig::default()
+        };
+        let error = Peers::from_config(&other).unwrap_err();
+        assert!(error.starts_with("DISPUTE_URL"), "{error}");
     }
 }
