@@ -426,15 +426,17 @@ impl ContractService for ContractApi {
         let id = contract_id(&req.contract_id, &mut v);
         finish(v)?;
         let day = self.day();
-        let answer = app::read(self.mutations.pool(), async |conn| {
-            let (contract, version) =
-                app::read_contract(conn, &principal, id, req.version, day).await?;
-            Ok(pb::GetContractResponse {
-                contract: Some(contract),
-                version: Some(version),
+        let answer = self
+            .mutations
+            .read(async |conn| {
+                let (contract, version) =
+                    app::read_contract(conn, &principal, id, req.version, day).await?;
+                Ok(pb::GetContractResponse {
+                    contract: Some(contract),
+                    version: Some(version),
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(Response::new(answer))
     }
 
@@ -449,15 +451,17 @@ impl ContractService for ContractApi {
         let after = paging::cursor(req.page.as_ref(), "contracts", &mut v, time_cursor);
         let filter = listing_filter(&req, &principal, &mut v)?;
         finish(v)?;
-        let answer = app::read(self.mutations.pool(), async |conn| {
-            let rows = list_contracts(conn, &filter, after, limit + 1).await?;
-            let (rows, next) = paging::split_page(rows, limit, contract_token);
-            Ok(pb::ListContractsResponse {
-                contracts: app::contract_views(conn, &rows, self.day()).await?,
-                next_page_token: next,
+        let answer = self
+            .mutations
+            .read(async |conn| {
+                let rows = list_contracts(conn, &filter, after, limit + 1).await?;
+                let (rows, next) = paging::split_page(rows, limit, contract_token);
+                Ok(pb::ListContractsResponse {
+                    contracts: app::contract_views(conn, &rows, self.day()).await?,
+                    next_page_token: next,
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(Response::new(answer))
     }
 
@@ -556,19 +560,21 @@ impl ContractService for ContractApi {
         let after = paging::cursor(req.page.as_ref(), "assignments", &mut v, time_cursor);
         let agency = app::assignments_agency(&principal, &req.agency_principal_id, &mut v)?;
         finish(v)?;
-        let answer = app::read(self.mutations.pool(), async |conn| {
-            let rows = list_inspection_assignments(conn, &agency, after, limit + 1).await?;
-            let (rows, next) = paging::split_page(rows, limit, |c| {
-                let due = c.progress.shipment_deadline.unwrap_or(c.created_at);
-                let due = due.unix_timestamp_nanos().to_string();
-                paging::token("assignments", &[&due, &c.contract_id.to_string()])
-            });
-            Ok(pb::ListInspectionAssignmentsResponse {
-                contracts: app::contract_views(conn, &rows, self.day()).await?,
-                next_page_token: next,
+        let answer = self
+            .mutations
+            .read(async |conn| {
+                let rows = list_inspection_assignments(conn, &agency, after, limit + 1).await?;
+                let (rows, next) = paging::split_page(rows, limit, |c| {
+                    let due = c.progress.shipment_deadline.unwrap_or(c.created_at);
+                    let due = due.unix_timestamp_nanos().to_string();
+                    paging::token("assignments", &[&due, &c.contract_id.to_string()])
+                });
+                Ok(pb::ListInspectionAssignmentsResponse {
+                    contracts: app::contract_views(conn, &rows, self.day()).await?,
+                    next_page_token: next,
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(Response::new(answer))
     }
 
@@ -583,20 +589,22 @@ impl ContractService for ContractApi {
         let limit = paging::page_size(req.page.as_ref(), &mut v);
         let after = paging::cursor(req.page.as_ref(), "reports", &mut v, time_cursor);
         finish(v)?;
-        let answer = app::read(self.mutations.pool(), async |conn| {
-            let contract = get_contract(conn, id).await?;
-            check_can_read(&principal, &contract)?;
-            let rows = list_reports(conn, id, after, limit + 1).await?;
-            let (rows, next) = paging::split_page(rows, limit, |r| {
-                let at = r.submitted_at.unix_timestamp_nanos().to_string();
-                paging::token("reports", &[&at, &r.report_id.to_string()])
-            });
-            Ok(pb::ListInspectionReportsResponse {
-                reports: rows.iter().map(report_proto).collect::<Result<_, _>>()?,
-                next_page_token: next,
+        let answer = self
+            .mutations
+            .read(async |conn| {
+                let contract = get_contract(conn, id).await?;
+                check_can_read(&principal, &contract)?;
+                let rows = list_reports(conn, id, after, limit + 1).await?;
+                let (rows, next) = paging::split_page(rows, limit, |r| {
+                    let at = r.submitted_at.unix_timestamp_nanos().to_string();
+                    paging::token("reports", &[&at, &r.report_id.to_string()])
+                });
+                Ok(pb::ListInspectionReportsResponse {
+                    reports: rows.iter().map(report_proto).collect::<Result<_, _>>()?,
+                    next_page_token: next,
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(Response::new(answer))
     }
 
@@ -648,19 +656,21 @@ impl ContractService for ContractApi {
         let id = contract_id(&req.contract_id, &mut v);
         let page = Page::parse(req.page.as_ref(), &mut v);
         finish(v)?;
-        let answer = app::read(self.mutations.pool(), async |conn| {
-            let contract = get_contract(conn, id).await?;
-            if principal.role == Role::Inspector {
-                return Err(not_party());
-            }
-            check_can_read(&principal, &contract)?;
-            let (entries, next_page_token) = page_timeline(conn, id, page).await?;
-            Ok(pb::GetContractTimelineResponse {
-                entries,
-                next_page_token,
+        let answer = self
+            .mutations
+            .read(async |conn| {
+                let contract = get_contract(conn, id).await?;
+                if principal.role == Role::Inspector {
+                    return Err(not_party());
+                }
+                check_can_read(&principal, &contract)?;
+                let (entries, next_page_token) = page_timeline(conn, id, page).await?;
+                Ok(pb::GetContractTimelineResponse {
+                    entries,
+                    next_page_token,
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(Response::new(answer))
     }
 
@@ -684,10 +694,11 @@ impl ContractService for ContractApi {
             _ => None,
         };
         let meta = fulfilment::inspection_file(metadata.as_ref(), store)?;
-        app::read(self.mutations.pool(), async |conn| {
-            fulfilment::check_inspection_upload(conn, &principal, meta.contract_id).await
-        })
-        .await?;
+        self.mutations
+            .read(async |conn| {
+                fulfilment::check_inspection_upload(conn, &principal, meta.contract_id).await
+            })
+            .await?;
         let stored_now = store
             .begin(meta.size, &meta.sha256_hex)
             .await?

@@ -81,14 +81,6 @@ impl DisputeApi {
         self.mutations.pool()
     }
 
-    async fn read<T>(
-        &self,
-        work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, ServiceError>,
-    ) -> Result<T, Status> {
-        let mut conn = self.pool().acquire().await.map_err(ServiceError::from)?;
-        Ok(work(&mut conn).await?)
-    }
-
     /// One change of one claim, answered with the claim after it: `apply`
     /// is the use case, run in the pipeline's transaction.
     async fn change<Q: IdempotentRequest, C, R: prost::Message + Default>(
@@ -232,7 +224,8 @@ impl DisputeService for DisputeApi {
         let principal = prepared.principal().clone();
         let cmd = &prepared.command;
         // Who may add evidence, before any byte is taken.
-        self.read(async |conn| app::evidence::check_may_add(conn, &principal, cmd.claim_id).await)
+        self.mutations
+            .read(async |conn| app::evidence::check_may_add(conn, &principal, cmd.claim_id).await)
             .await?;
         let upload = if cmd.resumable {
             self.store
@@ -283,11 +276,12 @@ impl DisputeService for DisputeApi {
             );
         }
         finish(v)?;
-        self.read(async |conn| {
-            let claim = claims::get_claim(conn, id).await?;
-            app::check_can_read(&principal, &claim)
-        })
-        .await?;
+        self.mutations
+            .read(async |conn| {
+                let claim = claims::get_claim(conn, id).await?;
+                app::check_can_read(&principal, &claim)
+            })
+            .await?;
         let received_bytes = self
             .store
             .progress(&id.to_string(), &req.sha256_hex, &principal.subject)
@@ -308,19 +302,20 @@ impl DisputeService for DisputeApi {
         let limit = paging::page_size(req.page.as_ref(), &mut v);
         let after = paging::cursor(req.page.as_ref(), "evidence", &mut v, time_cursor);
         finish(v)?;
-        self.read(async |conn| {
-            let claim = claims::get_claim(conn, id).await?;
-            app::check_can_read(&principal, &claim)?;
-            let rows = evidence::list_evidence(conn, id, after, limit + 1).await?;
-            let (rows, next) = paging::split_page(rows, limit, |e| {
-                time_token("evidence", e.uploaded_at, e.evidence_id)
-            });
-            Ok(Response::new(pb::ListEvidenceResponse {
-                evidence: rows.iter().map(evidence_proto).collect(),
-                next_page_token: next,
-            }))
-        })
-        .await
+        self.mutations
+            .read(async |conn| {
+                let claim = claims::get_claim(conn, id).await?;
+                app::check_can_read(&principal, &claim)?;
+                let rows = evidence::list_evidence(conn, id, after, limit + 1).await?;
+                let (rows, next) = paging::split_page(rows, limit, |e| {
+                    time_token("evidence", e.uploaded_at, e.evidence_id)
+                });
+                Ok(Response::new(pb::ListEvidenceResponse {
+                    evidence: rows.iter().map(evidence_proto).collect(),
+                    next_page_token: next,
+                }))
+            })
+            .await
     }
 
     type DownloadEvidenceStream = DownloadStream;
@@ -335,6 +330,7 @@ impl DisputeService for DisputeApi {
         let id = uuid_field("evidence_id", &req.evidence_id, "an evidence", &mut v);
         finish(v)?;
         let evidence = self
+            .mutations
             .read(async |conn| {
                 let evidence = evidence::get_evidence(conn, id).await?;
                 let claim = claims::get_claim(conn, evidence.claim_id).await?;
@@ -569,14 +565,15 @@ impl DisputeService for DisputeApi {
         let mut v = Violations::new();
         let id = claim_id(&request.get_ref().claim_id, &mut v);
         finish(v)?;
-        self.read(async |conn| {
-            let claim = claims::get_claim(conn, id).await?;
-            app::check_can_read(&principal, &claim)?;
-            Ok(Response::new(pb::GetClaimResponse {
-                claim: Some(view(conn, &claim).await?),
-            }))
-        })
-        .await
+        self.mutations
+            .read(async |conn| {
+                let claim = claims::get_claim(conn, id).await?;
+                app::check_can_read(&principal, &claim)?;
+                Ok(Response::new(pb::GetClaimResponse {
+                    claim: Some(view(conn, &claim).await?),
+                }))
+            })
+            .await
     }
 
     async fn list_claims(
@@ -628,21 +625,22 @@ impl DisputeService for DisputeApi {
         }
         app::narrow_to_caller(&principal, &mut filter, &mut v);
         finish(v)?;
-        self.read(async |conn| {
-            let rows = claims::list_claims(conn, &filter, after, limit + 1).await?;
-            let (rows, next) = paging::split_page(rows, limit, |c| {
-                time_token("claims", c.claim.filed_at, c.claim_id)
-            });
-            let mut claims = Vec::with_capacity(rows.len());
-            for claim in &rows {
-                claims.push(view(conn, claim).await?);
-            }
-            Ok(Response::new(pb::ListClaimsResponse {
-                claims,
-                next_page_token: next,
-            }))
-        })
-        .await
+        self.mutations
+            .read(async |conn| {
+                let rows = claims::list_claims(conn, &filter, after, limit + 1).await?;
+                let (rows, next) = paging::split_page(rows, limit, |c| {
+                    time_token("claims", c.claim.filed_at, c.claim_id)
+                });
+                let mut claims = Vec::with_capacity(rows.len());
+                for claim in &rows {
+                    claims.push(view(conn, claim).await?);
+                }
+                Ok(Response::new(pb::ListClaimsResponse {
+                    claims,
+                    next_page_token: next,
+                }))
+            })
+            .await
     }
 
     async fn get_claim_timeline(
@@ -655,16 +653,17 @@ impl DisputeService for DisputeApi {
         let id = claim_id(&req.claim_id, &mut v);
         let page = Page::parse(req.page.as_ref(), &mut v);
         finish(v)?;
-        self.read(async |conn| {
-            let claim = claims::get_claim(conn, id).await?;
-            app::check_can_read(&principal, &claim)?;
-            let (entries, next_page_token) = timeline::page_timeline(conn, id, page).await?;
-            Ok(Response::new(pb::GetClaimTimelineResponse {
-                entries,
-                next_page_token,
-            }))
-        })
-        .await
+        self.mutations
+            .read(async |conn| {
+                let claim = claims::get_claim(conn, id).await?;
+                app::check_can_read(&principal, &claim)?;
+                let (entries, next_page_token) = timeline::page_timeline(conn, id, page).await?;
+                Ok(Response::new(pb::GetClaimTimelineResponse {
+                    entries,
+                    next_page_token,
+                }))
+            })
+            .await
     }
 
     type StreamDisputeEventsStream = EventStream<pb::StreamDisputeEventsResponse>;

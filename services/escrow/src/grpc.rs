@@ -58,14 +58,6 @@ impl EscrowApi {
         self.mutations.pool()
     }
 
-    async fn read<T>(
-        &self,
-        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, ServiceError>,
-    ) -> Result<T, Status> {
-        let mut conn = self.pool().acquire().await.map_err(ServiceError::from)?;
-        Ok(work(&mut conn).await?)
-    }
-
     /// ReleaseToSupplier (`release`) or RefundToBuyer, answered by `answer`
     /// with the postings made and the account after them.
     async fn outflow<Q, R>(
@@ -160,23 +152,24 @@ impl EscrowService for EscrowApi {
             }
         };
         finish(v)?;
-        self.read(async |conn| {
-            let account = match by_id {
-                Some(id) => accounts::get_account(conn, id).await?,
-                None => accounts::find_by_contract(conn, &req.contract_id)
-                    .await?
-                    .ok_or_else(|| {
-                        ServiceError::not_found("escrow account of contract", &req.contract_id)
-                    })?,
-            };
-            check_party(conn, &principal, &account).await?;
-            let attempts = attempts::list_attempts_of(conn, account.id).await?;
-            Ok(Response::new(pb::GetEscrowAccountResponse {
-                account: Some(account_view(conn, &account).await?),
-                funding_attempts: attempts.iter().map(views::attempt_proto).collect(),
-            }))
-        })
-        .await
+        self.mutations
+            .read(async |conn| {
+                let account = match by_id {
+                    Some(id) => accounts::get_account(conn, id).await?,
+                    None => accounts::find_by_contract(conn, &req.contract_id)
+                        .await?
+                        .ok_or_else(|| {
+                            ServiceError::not_found("escrow account of contract", &req.contract_id)
+                        })?,
+                };
+                check_party(conn, &principal, &account).await?;
+                let attempts = attempts::list_attempts_of(conn, account.id).await?;
+                Ok(Response::new(pb::GetEscrowAccountResponse {
+                    account: Some(account_view(conn, &account).await?),
+                    funding_attempts: attempts.iter().map(views::attempt_proto).collect(),
+                }))
+            })
+            .await
     }
 
     async fn amend_escrow_schedule(
@@ -312,32 +305,33 @@ impl EscrowService for EscrowApi {
         let limit = paging::page_size(req.page.as_ref(), &mut v);
         let after = page_after_seq(req.page.as_ref(), &mut v);
         finish(v)?;
-        self.read(async |conn| {
-            let account = accounts::get_account(conn, id).await?;
-            check_party(conn, &principal, &account).await?;
-            let rows = statement::page_postings(conn, id, after, limit).await?;
-            let (rows, next) = paging::split_page(rows, limit, |p| {
-                paging::token("statement", &[&p.seq.to_string()])
-            });
-            let balances = statement::read_balances(conn, id)
-                .await?
-                .iter()
-                .filter_map(views::balance_proto)
-                .collect();
-            let holds = statement::list_holds(conn, id)
-                .await?
-                .iter()
-                .map(views::hold_proto)
-                .collect();
-            Ok(Response::new(pb::GetEscrowStatementResponse {
-                account: Some(account_view(conn, &account).await?),
-                balances,
-                postings: rows.iter().map(views::posting_proto).collect(),
-                holds,
-                next_page_token: next,
-            }))
-        })
-        .await
+        self.mutations
+            .read(async |conn| {
+                let account = accounts::get_account(conn, id).await?;
+                check_party(conn, &principal, &account).await?;
+                let rows = statement::page_postings(conn, id, after, limit).await?;
+                let (rows, next) = paging::split_page(rows, limit, |p| {
+                    paging::token("statement", &[&p.seq.to_string()])
+                });
+                let balances = statement::read_balances(conn, id)
+                    .await?
+                    .iter()
+                    .filter_map(views::balance_proto)
+                    .collect();
+                let holds = statement::list_holds(conn, id)
+                    .await?
+                    .iter()
+                    .map(views::hold_proto)
+                    .collect();
+                Ok(Response::new(pb::GetEscrowStatementResponse {
+                    account: Some(account_view(conn, &account).await?),
+                    balances,
+                    postings: rows.iter().map(views::posting_proto).collect(),
+                    holds,
+                    next_page_token: next,
+                }))
+            })
+            .await
     }
 
     async fn run_supplier_payouts(
@@ -390,34 +384,36 @@ impl EscrowService for EscrowApi {
             }
         };
         finish(v)?;
-        self.read(async |conn| {
-            if principal.role == Role::Supplier
-                && !accounts::read_owns_supplier(conn, &principal.subject, &req.supplier_id).await?
-            {
-                return Err(ServiceError::PermissionDenied(
-                    "a supplier lists only its own transfers".into(),
-                ));
-            }
-            let rows = transfers::list_transfers(
-                conn,
-                &TransferFilter {
-                    supplier_id: (!req.supplier_id.is_empty()).then(|| req.supplier_id.clone()),
-                    direction,
-                    status,
-                    after,
-                    limit,
-                },
-            )
-            .await?;
-            let (rows, next) = paging::split_page(rows, limit, |t| {
-                time_token("transfers", t.created_at, &t.id.to_string())
-            });
-            Ok(Response::new(pb::ListGatewayTransfersResponse {
-                transfers: rows.iter().map(views::transfer_proto).collect(),
-                next_page_token: next,
-            }))
-        })
-        .await
+        self.mutations
+            .read(async |conn| {
+                if principal.role == Role::Supplier
+                    && !accounts::read_owns_supplier(conn, &principal.subject, &req.supplier_id)
+                        .await?
+                {
+                    return Err(ServiceError::PermissionDenied(
+                        "a supplier lists only its own transfers".into(),
+                    ));
+                }
+                let rows = transfers::list_transfers(
+                    conn,
+                    &TransferFilter {
+                        supplier_id: (!req.supplier_id.is_empty()).then(|| req.supplier_id.clone()),
+                        direction,
+                        status,
+                        after,
+                        limit,
+                    },
+                )
+                .await?;
+                let (rows, next) = paging::split_page(rows, limit, |t| {
+                    time_token("transfers", t.created_at, &t.id.to_string())
+                });
+                Ok(Response::new(pb::ListGatewayTransfersResponse {
+                    transfers: rows.iter().map(views::transfer_proto).collect(),
+                    next_page_token: next,
+                }))
+            })
+            .await
     }
 
     async fn reconcile_ledger(
@@ -425,19 +421,21 @@ impl EscrowService for EscrowApi {
         request: Request<pb::ReconcileLedgerRequest>,
     ) -> Result<Response<pb::ReconcileLedgerResponse>, Status> {
         auth::principal(&request)?;
-        self.read(async |conn| {
-            let found = reconciliation::read_discrepancies(conn).await?;
-            let (accounts_checked, postings, holds) = reconciliation::count_checked(conn).await?;
-            let differences = found.iter().map(views::difference_proto).collect();
-            Ok(Response::new(pb::ReconcileLedgerResponse {
-                differences,
-                accounts_checked: u64::try_from(accounts_checked).unwrap_or(0),
-                postings_checked: u64::try_from(postings).unwrap_or(0),
-                holds_checked: u64::try_from(holds).unwrap_or(0),
-                checked_at: Some(timestamps::to_proto(timestamps::now())),
-            }))
-        })
-        .await
+        self.mutations
+            .read(async |conn| {
+                let found = reconciliation::read_discrepancies(conn).await?;
+                let (accounts_checked, postings, holds) =
+                    reconciliation::count_checked(conn).await?;
+                let differences = found.iter().map(views::difference_proto).collect();
+                Ok(Response::new(pb::ReconcileLedgerResponse {
+                    differences,
+                    accounts_checked: u64::try_from(accounts_checked).unwrap_or(0),
+                    postings_checked: u64::try_from(postings).unwrap_or(0),
+                    holds_checked: u64::try_from(holds).unwrap_or(0),
+                    checked_at: Some(timestamps::to_proto(timestamps::now())),
+                }))
+            })
+            .await
     }
 
     async fn get_trial_balance(
@@ -448,12 +446,13 @@ impl EscrowService for EscrowApi {
         let mut v = Violations::new();
         let currency = optional_currency(&req.currency_code, &mut v);
         finish(v)?;
-        self.read(async |conn| {
-            let rows = statement::read_trial_balance(conn, currency).await?;
-            let currencies = views::trial_balance(rows)?;
-            Ok(Response::new(pb::GetTrialBalanceResponse { currencies }))
-        })
-        .await
+        self.mutations
+            .read(async |conn| {
+                let rows = statement::read_trial_balance(conn, currency).await?;
+                let currencies = views::trial_balance(rows)?;
+                Ok(Response::new(pb::GetTrialBalanceResponse { currencies }))
+            })
+            .await
     }
 
     async fn list_held_accounts(
@@ -466,37 +465,38 @@ impl EscrowService for EscrowApi {
         let after = time_cursor(req.page.as_ref(), "held", &mut v);
         let after = uuid_cursor(after, &mut v);
         finish(v)?;
-        self.read(async |conn| {
-            let ids = accounts::page_held_accounts(conn, after, limit).await?;
-            let mut items = Vec::new();
-            for id in &ids {
-                let account = accounts::get_account(conn, *id).await?;
-                let deadline = if account.freezes.is_empty() {
-                    accounts::find_next_deadline(conn, *id).await?
-                } else {
-                    None
-                };
-                items.push((
-                    account.created_at,
-                    *id,
-                    pb::HeldAccount {
-                        account: Some(account_view(conn, &account).await?),
-                        next_deadline_at: deadline
-                            .as_ref()
-                            .map(|(at, _)| timestamps::to_proto(*at)),
-                        next_deadline_kind: deadline.map(|(_, k)| k).unwrap_or_default(),
-                    },
-                ));
-            }
-            let (items, next) = paging::split_page(items, limit, |(at, id, _)| {
-                time_token("held", *at, &id.to_string())
-            });
-            Ok(Response::new(pb::ListHeldAccountsResponse {
-                accounts: items.into_iter().map(|(_, _, a)| a).collect(),
-                next_page_token: next,
-            }))
-        })
-        .await
+        self.mutations
+            .read(async |conn| {
+                let ids = accounts::page_held_accounts(conn, after, limit).await?;
+                let mut items = Vec::new();
+                for id in &ids {
+                    let account = accounts::get_account(conn, *id).await?;
+                    let deadline = if account.freezes.is_empty() {
+                        accounts::find_next_deadline(conn, *id).await?
+                    } else {
+                        None
+                    };
+                    items.push((
+                        account.created_at,
+                        *id,
+                        pb::HeldAccount {
+                            account: Some(account_view(conn, &account).await?),
+                            next_deadline_at: deadline
+                                .as_ref()
+                                .map(|(at, _)| timestamps::to_proto(*at)),
+                            next_deadline_kind: deadline.map(|(_, k)| k).unwrap_or_default(),
+                        },
+                    ));
+                }
+                let (items, next) = paging::split_page(items, limit, |(at, id, _)| {
+                    time_token("held", *at, &id.to_string())
+                });
+                Ok(Response::new(pb::ListHeldAccountsResponse {
+                    accounts: items.into_iter().map(|(_, _, a)| a).collect(),
+                    next_page_token: next,
+                }))
+            })
+            .await
     }
 
     async fn list_unmatched_gateway_items(
@@ -508,17 +508,18 @@ impl EscrowService for EscrowApi {
         let limit = paging::page_size(req.page.as_ref(), &mut v);
         let after = time_cursor(req.page.as_ref(), "unmatched", &mut v);
         finish(v)?;
-        self.read(async |conn| {
-            let rows = gateway_events::list_unmatched(conn, after, limit).await?;
-            let (rows, next) = paging::split_page(rows, limit, |r| {
-                time_token("unmatched", r.received_at, &r.event_id)
-            });
-            Ok(Response::new(pb::ListUnmatchedGatewayItemsResponse {
-                items: rows.into_iter().map(views::unmatched_proto).collect(),
-                next_page_token: next,
-            }))
-        })
-        .await
+        self.mutations
+            .read(async |conn| {
+                let rows = gateway_events::list_unmatched(conn, after, limit).await?;
+                let (rows, next) = paging::split_page(rows, limit, |r| {
+                    time_token("unmatched", r.received_at, &r.event_id)
+                });
+                Ok(Response::new(pb::ListUnmatchedGatewayItemsResponse {
+                    items: rows.into_iter().map(views::unmatched_proto).collect(),
+                    next_page_token: next,
+                }))
+            })
+            .await
     }
 
     type StreamEscrowEventsStream = EventStream<pb::StreamEscrowEventsResponse>;

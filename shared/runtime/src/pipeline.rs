@@ -47,6 +47,19 @@ impl Mutations {
         &self.pool
     }
 
+    /// Runs a read (no key, no transaction of its own) on a connection of
+    /// the pool: a read RPC's one step.
+    ///
+    /// # Errors
+    /// `work`'s, or the pool's when no connection comes.
+    pub async fn read<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, ServiceError>,
+    ) -> Result<T, tonic::Status> {
+        let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
+        Ok(work(&mut conn).await?)
+    }
+
     /// The stored answer of a prepared mutation whose key was used before
     /// (`IDEMPOTENCY_KEY_REUSED` when it was for another request), or `None`
     /// for a fresh key. For a use case that must answer a retry before doing

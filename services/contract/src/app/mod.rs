@@ -215,15 +215,6 @@ fn escrow_actor() -> Actor {
 
 // ---- Reads --------------------------------------------------------------------
 
-/// Runs a read on a connection of `pool`.
-pub async fn read<T>(
-    pool: &sqlx::PgPool,
-    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, ServiceError>,
-) -> Result<T, ServiceError> {
-    let mut conn = pool.acquire().await?;
-    work(&mut conn).await
-}
-
 /// The contracts of a listing's page, as the API shows them.
 pub async fn contract_views(
     conn: &mut PgConnection,
