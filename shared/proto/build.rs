@@ -113,9 +113,12 @@ fn access_table(pool: &DescriptorPool) -> Result<String, String> {
             }
             writeln!(
                 out,
-                "    MethodAccess {{ path: {path:?}, roles: &[{}], services: &[{}] }},",
+                "    MethodAccess {{ path: {path:?}, roles: &[{}], services: &[{}], \
+                 client_streaming: {}, server_streaming: {} }},",
                 roles.join(", "),
-                services.join(", ")
+                services.join(", "),
+                method.is_client_streaming(),
+                method.is_server_streaming()
             )
             .map_err(|e| e.to_string())?;
         }

@@ -59,6 +59,10 @@ pub struct MethodAccess {
     pub roles: &'static [common::Role],
     /// Service principals allowed, by name (the token's subject).
     pub services: &'static [&'static str],
+    /// Whether the client sends a stream (uploads).
+    pub client_streaming: bool,
+    /// Whether the server answers with a stream (feeds, downloads).
+    pub server_streaming: bool,
 }
 
 /// Every RPC of the platform with who may call it, generated from the protos.
