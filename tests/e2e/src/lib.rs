@@ -38,6 +38,77 @@ pub use ta_testkit::TEST_SECRET;
 /// The webhook signing secret the escrow binary gets in these tests.
 pub const TEST_WEBHOOK_SECRET: &str = "e2e-webhook-secret-of-at-least-32-bytes";
 
+/// How grpcurl reaches a service: plaintext (the default) or TLS.
+#[derive(Clone, Debug, Default)]
+pub enum Transport {
+    #[default]
+    Plaintext,
+    /// TLS, the server's certificate verified with `ca` (for 127.0.0.1);
+    /// with `identity` (certificate, key), grpcurl presents a client
+    /// certificate (mutual TLS).
+    Tls {
+        ca: PathBuf,
+        identity: Option<(PathBuf, PathBuf)>,
+    },
+}
+
+impl Transport {
+    /// grpcurl's arguments for this transport.
+    pub fn grpcurl_args(&self) -> Vec<String> {
+        match self {
+            Self::Plaintext => vec!["-plaintext".into()],
+            Self::Tls { ca, identity } => {
+                let mut args = vec!["-cacert".into(), ca.display().to_string()];
+                if let Some((cert, key)) = identity {
+                    args.extend([
+                        "-cert".into(),
+                        cert.display().to_string(),
+                        "-key".into(),
+                        key.display().to_string(),
+                    ]);
+                }
+                args
+            }
+        }
+    }
+}
+
+/// PEM files (written by the test) for services over mutual TLS: one CA
+/// signs every service's certificate (valid for 127.0.0.1 and localhost)
+/// and the test client's.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The settings of a service that serves mutual TLS only and calls its
+    /// (https://) peers with its own certificate as client certificate.
+    pub fn service_env(&self) -> Vec<(String, String)> {
+        [
+            ("GRPC_TLS_CERT_FILE", &self.server_cert),
+            ("GRPC_TLS_KEY_FILE", &self.server_key),
+            ("GRPC_TLS_CLIENT_CA_FILE", &self.ca),
+            ("PEER_TLS_CA_FILE", &self.ca),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.display().to_string()))
+        .collect()
+    }
+
+    /// grpcurl as the test client: verifies the CA, presents its certificate.
+    pub fn transport(&self) -> Transport {
+        Transport::Tls {
+            ca: self.ca.clone(),
+            identity: Some((self.client_cert.clone(), self.client_key.clone())),
+        }
+    }
+}
+
 /// Binary names, as `cargo build --workspace --bins` writes them.
 pub const SUPPLIER_REGISTRY: &str = "supplier-registry";
 pub const CONTRACT: &str = "contract";
@@ -497,16 +568,19 @@ pub fn rpc_error(output: &Output) -> RpcError {
 /// The grpcurl arguments of a unary call: plaintext, JSON `body`, an optional
 /// bearer token, zero values printed (`-emit-defaults`).
 pub fn call_args(addr: &str, method: &str, token: Option<&str>, body: &Value) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "-plaintext",
-        "-emit-defaults",
-        "-connect-timeout",
-        "5",
-        "-max-time",
-        "30",
-    ]
-    .map(String::from)
-    .to_vec();
+    call_args_over(&Transport::Plaintext, addr, method, token, body)
+}
+
+/// [`call_args`] over `transport`.
+pub fn call_args_over(
+    transport: &Transport,
+    addr: &str,
+    method: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> Vec<String> {
+    let mut args = transport.grpcurl_args();
+    args.extend(["-emit-defaults", "-connect-timeout", "5", "-max-time", "30"].map(String::from));
     if let Some(token) = token {
         args.push("-H".into());
         args.push(format!("authorization: Bearer {token}"));
@@ -526,7 +600,18 @@ pub fn call(
     token: Option<&str>,
     body: &Value,
 ) -> Result<Value, RpcError> {
-    let output = grpcurl(&call_args(addr, method, token, body));
+    call_over(&Transport::Plaintext, addr, method, token, body)
+}
+
+/// [`call`] over `transport`.
+pub fn call_over(
+    transport: &Transport,
+    addr: &str,
+    method: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> Result<Value, RpcError> {
+    let output = grpcurl(&call_args_over(transport, addr, method, token, body));
     if output.status.success() {
         Ok(parse_json(&output.stdout, method))
     } else {
@@ -553,17 +638,30 @@ pub fn parse_json(stdout: &[u8], what: &str) -> Value {
 /// The `grpc.health.v1.Health/Check` status of `service` on `addr`
 /// (`SERVING`, `NOT_SERVING`, ...), or grpcurl's complaint.
 pub fn health_status(addr: &str, service: &str) -> Result<String, String> {
-    let output = grpcurl(&[
-        "-plaintext",
-        "-connect-timeout",
-        "2",
-        "-max-time",
-        "5",
-        "-d",
-        &json!({ "service": service }).to_string(),
-        addr,
-        "grpc.health.v1.Health/Check",
-    ]);
+    health_status_over(&Transport::Plaintext, addr, service)
+}
+
+/// [`health_status`] over `transport`.
+pub fn health_status_over(
+    transport: &Transport,
+    addr: &str,
+    service: &str,
+) -> Result<String, String> {
+    let mut args = transport.grpcurl_args();
+    args.extend(
+        [
+            "-connect-timeout",
+            "2",
+            "-max-time",
+            "5",
+            "-d",
+            &json!({ "service": service }).to_string(),
+            addr,
+            "grpc.health.v1.Health/Check",
+        ]
+        .map(String::from),
+    );
+    let output = grpcurl(&args);
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).trim().to_owned());
     }
@@ -626,6 +724,8 @@ pub fn mint_with_cli(subject: &str, role: Role) -> String {
 pub struct Service {
     pub name: String,
     pub port: u16,
+    /// How this harness's grpcurl calls reach it (plaintext unless set).
+    pub transport: Transport,
     child: Child,
     exit: Option<ExitStatus>,
     log_path: PathBuf,
@@ -677,6 +777,7 @@ impl Service {
         Self {
             name: binary_name.to_owned(),
             port,
+            transport: Transport::Plaintext,
             child,
             exit: None,
             log_path,
@@ -747,7 +848,7 @@ impl Service {
 
     /// The health of `service` on this process, via grpcurl.
     pub fn health(&self, service: &str) -> Result<String, String> {
-        health_status(&self.addr(), service)
+        health_status_over(&self.transport, &self.addr(), service)
     }
 
     /// Waits until the health of `service` is `wanted`; panics (with the log)
@@ -776,12 +877,13 @@ impl Service {
 
     /// Calls `method` on this service with grpcurl.
     pub fn call(&self, method: &str, token: Option<&str>, body: &Value) -> Result<Value, RpcError> {
-        call(&self.addr(), method, token, body)
+        call_over(&self.transport, &self.addr(), method, token, body)
     }
 
     /// [`Self::call`] that must succeed.
     pub fn call_ok(&self, method: &str, token: Option<&str>, body: &Value) -> Value {
-        call_ok(&self.addr(), method, token, body)
+        self.call(method, token, body)
+            .unwrap_or_else(|e| panic!("{method} with {body} failed: {e:#?}"))
     }
 }
 

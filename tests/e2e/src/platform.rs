@@ -4,6 +4,11 @@
 //! sandbox payment gateway process (its own schema too) and receiving its
 //! signed webhooks over HTTP, plus the steps every story starts with (a
 //! verified supplier with a Trade Assurance limit, terms).
+//!
+//! [`Platform::start_tls`] starts the same platform over mutual TLS: every
+//! gRPC listener TLS only and requiring a client certificate, the services
+//! calling each other at https:// URLs with their own certificate, the
+//! harness's grpcurl presenting the test client's.
 
 use std::{
     io::{Read, Write},
@@ -49,6 +54,12 @@ pub struct Platform {
     contract_env: Vec<(String, String)>,
     escrow_env: Vec<(String, String)>,
     pub operator: String,
+    /// `http` or `https` (under TLS): the scheme of the peer URLs.
+    scheme: &'static str,
+    /// The TLS settings every service gets (none in plaintext).
+    tls_env: Vec<(String, String)>,
+    /// How the harness's calls reach the services.
+    pub transport: Transport,
 }
 
 impl Platform {
@@ -61,13 +72,36 @@ impl Platform {
     /// [`Self::start`] with `every_env` given to every service (e.g. the
     /// `OTEL_*` settings).
     pub fn start_with(every_env: &[(&str, &str)], contract_env: &[(&str, &str)]) -> Self {
+        Self::start_over(None, every_env, contract_env)
+    }
+
+    /// [`Self::start`] over mutual TLS with the certificates of `tls`:
+    /// plaintext is refused everywhere, and so is a client without a
+    /// certificate signed by `tls.ca`.
+    pub fn start_tls(tls: &TlsFiles, contract_env: &[(&str, &str)]) -> Self {
+        Self::start_over(Some(tls), &[], contract_env)
+    }
+
+    fn start_over(
+        tls: Option<&TlsFiles>,
+        every_env: &[(&str, &str)],
+        contract_env: &[(&str, &str)],
+    ) -> Self {
         let database = fresh_database();
-        let mut fast = vec![
+        let (scheme, tls_env, transport) = match tls {
+            Some(tls) => ("https", tls.service_env(), tls.transport()),
+            None => ("http", Vec::new(), Transport::Plaintext),
+        };
+        let mut fast: Vec<(String, String)> = [
             ("DATABASE_URL", database.url.as_str()),
             ("WORKFLOW_OUTBOX_POLL_INTERVAL", "100ms"),
             ("WORKFLOW_TIMER_POLL_INTERVAL", "100ms"),
-        ];
-        fast.extend_from_slice(every_env);
+        ]
+        .iter()
+        .chain(every_env)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        fast.extend(tls_env.iter().cloned());
         // Escrow's webhook endpoint, where the gateway delivers.
         let webhooks = format!("127.0.0.1:{}", free_port());
         let gateway = GatewaySandbox::start(
@@ -75,29 +109,23 @@ impl Platform {
             &format!("http://{webhooks}/v1/gateway-webhooks"),
             &[],
         );
-        let mut registry = Service::spawn(SUPPLIER_REGISTRY, &fast);
-        let mut escrow_env: Vec<(String, String)> = fast
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let mut registry = spawn_with(SUPPLIER_REGISTRY, &fast, &transport);
+        let mut escrow_env = fast.clone();
         escrow_env.push(("ESCROW_GATEWAY_URL".into(), gateway.base_url()));
         escrow_env.push(("ESCROW_WEBHOOK_LISTEN_ADDR".into(), webhooks));
-        let mut escrow = spawn_with(ESCROW, &escrow_env);
+        let mut escrow = spawn_with(ESCROW, &escrow_env, &transport);
         registry.wait_serving();
         escrow.wait_serving();
-        let mut env: Vec<(String, String)> = fast
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let mut env = fast;
         env.push((
             "SUPPLIER_REGISTRY_URL".into(),
-            format!("http://{}", registry.addr()),
+            format!("{scheme}://{}", registry.addr()),
         ));
-        env.push(("ESCROW_URL".into(), format!("http://{}", escrow.addr())));
+        env.push(("ESCROW_URL".into(), format!("{scheme}://{}", escrow.addr())));
         for (k, v) in contract_env {
             env.push(((*k).to_owned(), (*v).to_owned()));
         }
-        let contract = spawn_with(CONTRACT, &env);
+        let contract = spawn_with(CONTRACT, &env, &transport);
         let mut platform = Self {
             database,
             gateway,
@@ -107,6 +135,9 @@ impl Platform {
             contract_env: env,
             escrow_env,
             operator: mint("ops-journey", Role::Operator),
+            scheme,
+            tls_env,
+            transport,
         };
         platform.contract.wait_serving();
         platform
@@ -120,7 +151,7 @@ impl Platform {
             env.retain(|(key, _)| key != k);
             env.push(((*k).to_owned(), (*v).to_owned()));
         }
-        let mut service = spawn_with(CONTRACT, &env);
+        let mut service = spawn_with(CONTRACT, &env, &self.transport);
         service.wait_serving();
         service
     }
@@ -138,7 +169,7 @@ impl Platform {
             env.retain(|(key, _)| key != k);
             env.push(((*k).to_owned(), (*v).to_owned()));
         }
-        let mut service = spawn_with(ESCROW, &env);
+        let mut service = spawn_with(ESCROW, &env, &self.transport);
         service.wait_serving();
         service
     }
@@ -309,9 +340,11 @@ fn licence_number(owner: &str) -> String {
     format!("9131{:010}", hash % 10_000_000_000)
 }
 
-fn spawn_with(binary: &str, env: &[(String, String)]) -> Service {
+fn spawn_with(binary: &str, env: &[(String, String)], transport: &Transport) -> Service {
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    Service::spawn(binary, &pairs)
+    let mut service = Service::spawn(binary, &pairs);
+    service.transport = transport.clone();
+    service
 }
 
 /// Terms a buyer and supplier agree on: 1,000 mugs at 3.00 USD and 10
@@ -403,23 +436,24 @@ impl Platform {
             ("WORKFLOW_TIMER_POLL_INTERVAL".into(), "100ms".into()),
             (
                 "SUPPLIER_REGISTRY_URL".into(),
-                format!("http://{}", self.registry.addr()),
+                format!("{}://{}", self.scheme, self.registry.addr()),
             ),
             (
                 "CONTRACT_URL".into(),
-                format!("http://{}", self.contract.addr()),
+                format!("{}://{}", self.scheme, self.contract.addr()),
             ),
             (
                 "ESCROW_URL".into(),
-                format!("http://{}", self.escrow.addr()),
+                format!("{}://{}", self.scheme, self.escrow.addr()),
             ),
             ("EVIDENCE_STORE".into(), evidence_dir.display().to_string()),
         ];
+        env.extend(self.tls_env.iter().cloned());
         for (k, v) in extra {
             env.retain(|(key, _)| key != k);
             env.push(((*k).to_owned(), (*v).to_owned()));
         }
-        let mut service = spawn_with(DISPUTE, &env);
+        let mut service = spawn_with(DISPUTE, &env, &self.transport);
         service.wait_serving();
         service
     }
@@ -720,7 +754,7 @@ impl Platform {
             env.retain(|(key, _)| key != k);
             env.push(((*k).to_owned(), (*v).to_owned()));
         }
-        let mut service = spawn_with(ESCROW, &env);
+        let mut service = spawn_with(ESCROW, &env, &self.transport);
         // Service::spawn chose a port; the setting above overrides it.
         service.port = port;
         service.wait_serving();
