@@ -681,9 +681,10 @@ fn the_declared_policy_names_services_one_by_one() {
     assert_eq!(policy.decide(RESERVE_COVER, &dispute), Decision::Denied);
     assert_eq!(policy.decide(RECORD_PENALTY, &dispute), Decision::Allowed);
     assert_eq!(policy.decide(RECORD_PENALTY, &contract), Decision::Denied);
+    // Service-only: an operator may not reserve a supplier's cover either.
     assert_eq!(
         policy.decide(RESERVE_COVER, &principal("ops", Role::Operator)),
-        Decision::Allowed
+        Decision::Denied
     );
     assert_eq!(
         policy.decide(RESERVE_COVER, &principal("b", Role::Buyer)),
