@@ -70,7 +70,9 @@ pub fn system() -> Actor {
 }
 
 /// What every use case tells and asks through: the feed, the timers, the
-/// outbox, and the durations they run on.
+/// outbox, and the durations they run on. Dispute's has the same four parts;
+/// the settings and the methods on it are each service's own, so each keeps
+/// its struct (and builds it alike in lib.rs).
 pub struct Flows {
     pub feed: Feed,
     pub timers: Timers,

@@ -27,6 +27,8 @@ fn contract_id(text: &str) -> Result<Uuid, ServiceError> {
         .map_err(|_| ServiceError::internal(format!("`{text}` is not a contract id")))
 }
 
+/// The relay's completion handler. Dispute's has the same shape, which the
+/// trait dictates; what each answer does is this service's own.
 pub struct Completions {
     pub flows: Arc<Flows>,
 }

@@ -181,6 +181,10 @@ async fn check_counter_evidence(
 
 // ---- The claim's story ---------------------------------------------------------
 
+/// What every use case tells and asks through: the feed, the timers, the
+/// outbox, and the durations they run on. Contract's has the same four parts;
+/// the settings and the methods on it are each service's own, so each keeps
+/// its struct (and builds it alike in lib.rs).
 pub struct Flows {
     pub feed: Feed,
     pub timers: Timers,

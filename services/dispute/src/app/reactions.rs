@@ -42,6 +42,8 @@ fn held_of(account: Option<&escrow_pb::EscrowAccount>) -> Option<Money> {
     ))
 }
 
+/// The relay's completion handler. Contract's has the same shape, which the
+/// trait dictates; what each answer does is this service's own.
 pub struct Completions {
     pub flows: Arc<Flows>,
 }
