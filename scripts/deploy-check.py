@@ -4,14 +4,17 @@
     scripts/deploy-check.py render   # regenerate deploy/k8s/ from the chart (make render)
     scripts/deploy-check.py check    # every check below (make deploy-check)
 
-check, for the default values and values-staging.yaml each:
+check, for the default values, values-staging.yaml and values-tls.yaml (TLS on,
+mutual) each:
   1. helm lint --strict (Helm's own library, PyPI helm-python-sdk);
   2. render (values.schema.json applies) and compare with deploy/k8s/: drift fails;
   3. kubernetes-validate --strict on every object, for the Kubernetes versions
      the chart declares;
   4. the pods: gRPC probes on `liveness` and "", restricted security context,
      requests and limits, SHUTDOWN_READINESS_DELAY below the grace period,
-     secrets referenced and never inlined, no HS256 secret;
+     secrets referenced and never inlined, no HS256 secret; with TLS on, the
+     certificate, key and CAs from a mounted Secret, https:// peer URLs, the
+     probes on the plaintext health-only listener;
   5. the NetworkPolicies equal the call graph in proto/'s access options;
 and once: checkov on deploy/k8s/ and the Dockerfile, zero failed checks.
 

@@ -40,6 +40,8 @@ NAMESPACE = "trade-assurance"
 ENVIRONMENTS: dict[str, Path | None] = {
     "default": None,
     "staging": CHART / "values-staging.yaml",
+    # The defaults with TLS on: every gRPC listener TLS only, mutual TLS.
+    "tls": CHART / "values-tls.yaml",
 }
 SERVICES = ("supplier-registry", "contract", "escrow", "dispute")
 # The optional sandbox payment gateway (gatewaySandbox.enabled): HTTP, not
@@ -547,20 +549,53 @@ def _sandbox_problems(where: str, container: dict[str, Any], config: dict[str, s
     return problems
 
 
+# The settings of a TLS listener and of TLS to peers, and the peer URLs.
+TLS_FILES = ("GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE", "GRPC_TLS_CLIENT_CA_FILE", "PEER_TLS_CA_FILE",
+             "PEER_TLS_CERT_FILE", "PEER_TLS_KEY_FILE")
+PEER_URLS = tuple(f"{name.upper().replace('-', '_')}_URL" for name in SERVICES)
+
+
+def _tls_problems(where: str, config: dict[str, str], port: int) -> tuple[list[str], int]:
+    """With TLS on a service's gRPC port: a certificate and its key, peers
+    called at https:// URLs verified with a CA, and the probes' plaintext
+    health-only listener on another port (returned; without TLS: the gRPC port)."""
+    if "GRPC_TLS_CERT_FILE" not in config:
+        if "GRPC_TLS_CLIENT_CA_FILE" in config:
+            return [f"{where}: GRPC_TLS_CLIENT_CA_FILE without GRPC_TLS_CERT_FILE"], port
+        return [], port
+    problems = []
+    if "GRPC_TLS_KEY_FILE" not in config:
+        problems.append(f"{where}: GRPC_TLS_CERT_FILE without GRPC_TLS_KEY_FILE")
+    peers = {key: url for key, url in config.items() if key in PEER_URLS}
+    for key, url in sorted(peers.items()):
+        if not url.startswith("https://"):
+            problems.append(f"{where}: {key} must be https:// with TLS on, is {url}")
+    if peers and "PEER_TLS_CA_FILE" not in config:
+        problems.append(f"{where}: calls peers over TLS without PEER_TLS_CA_FILE")
+    m = re.fullmatch(r"0\.0\.0\.0:(\d+)", config.get("GRPC_HEALTH_LISTEN_ADDR", ""))
+    if not m or int(m.group(1)) == port:
+        problems.append(f"{where}: with TLS on, Kubernetes' gRPC probes (plaintext) need GRPC_HEALTH_LISTEN_ADDR "
+                        f"0.0.0.0:<a port other than {port}>, is {config.get('GRPC_HEALTH_LISTEN_ADDR')}")
+        return problems, port
+    return problems, int(m.group(1))
+
+
 def _service_problems(where: str, container: dict[str, Any], config: dict[str, str],
                       grace: Any) -> list[str]:
-    """A gRPC service: probes on its port named grpc, listening where its
-    Service sends, shutting down within the grace period."""
+    """A gRPC service: probes on its port named grpc (with TLS on, on its
+    plaintext health-only listener), listening where its Service sends,
+    shutting down within the grace period."""
     problems = []
     port = _named_ports(container).get("grpc")
     if port is None:
         return [f"{where}: no container port named grpc"]
+    problems, probe_port = _tls_problems(where, config, port)
     live = (container.get("livenessProbe") or {}).get("grpc")
     ready = (container.get("readinessProbe") or {}).get("grpc")
-    if live != {"port": port, "service": "liveness"}:
-        problems.append(f"{where}: liveness probe must be grpc {{port: {port}, service: liveness}}, is {live}")
-    if not ready or ready.get("port") != port or ready.get("service", "") != "":
-        problems.append(f'{where}: readiness probe must be grpc {{port: {port}, service: ""}}, is {ready}')
+    if live != {"port": probe_port, "service": "liveness"}:
+        problems.append(f"{where}: liveness probe must be grpc {{port: {probe_port}, service: liveness}}, is {live}")
+    if not ready or ready.get("port") != probe_port or ready.get("service", "") != "":
+        problems.append(f'{where}: readiness probe must be grpc {{port: {probe_port}, service: ""}}, is {ready}')
     if config.get("GRPC_LISTEN_ADDR") != f"0.0.0.0:{port}":
         problems.append(f"{where}: GRPC_LISTEN_ADDR must be 0.0.0.0:{port}")
     webhooks = _named_ports(container).get("webhooks")
@@ -628,7 +663,7 @@ def pod_problems(objects: list[dict[str, Any]], texts: Iterable[str]) -> list[st
                 problems.append(f"Service/{name}: no port named {port_name} on {port}")
         mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
         secret_volumes = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
-        for setting in ("AUTH_JWT_JWKS_FILE", "SERVICE_SIGNING_KEY_FILE"):
+        for setting in ("AUTH_JWT_JWKS_FILE", "SERVICE_SIGNING_KEY_FILE") + TLS_FILES:
             if setting in config:
                 directory = str(Path(config[setting]).parent)
                 if mounts.get(directory) not in secret_volumes:

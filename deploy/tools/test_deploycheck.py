@@ -166,6 +166,38 @@ def test_pods_pass(default_objects):
     assert dc.pod_problems(default_objects, texts) == []
 
 
+@pytest.fixture(scope="module")
+def tls_objects():
+    return dc.load_objects(dc.render(dc.environment_values("tls")).values())
+
+
+def test_tls_on_renders_tls_listeners_https_peers_and_plaintext_probes(tls_objects):
+    assert dc.pod_problems(tls_objects, []) == []
+    config = find(tls_objects, "ConfigMap", "trade-assurance-contract")["data"]
+    assert config["GRPC_TLS_CLIENT_CA_FILE"] == "/etc/trade-assurance/tls/ca.crt"
+    assert config["ESCROW_URL"].startswith("https://")
+    deployment = find(tls_objects, "Deployment", "trade-assurance-contract")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["grpc"]["port"] == 50070
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "trade-assurance-contract-tls"
+
+
+def test_tls_miswiring_is_caught(tls_objects):
+    objects = copy.deepcopy(tls_objects)
+    config = find(objects, "ConfigMap", "trade-assurance-contract")["data"]
+    config["ESCROW_URL"] = "http://trade-assurance-escrow:50053"
+    del config["GRPC_HEALTH_LISTEN_ADDR"]
+    problems = dc.pod_problems(objects, [])
+    assert any("ESCROW_URL must be https://" in p for p in problems), problems
+    assert any("GRPC_HEALTH_LISTEN_ADDR" in p for p in problems), problems
+    objects = copy.deepcopy(tls_objects)
+    deployment = find(objects, "Deployment", "trade-assurance-escrow")
+    deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = [
+        m for m in deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] if m["name"] != "tls"]
+    assert any("GRPC_TLS_CERT_FILE is not in a mounted Secret" in p for p in dc.pod_problems(objects, []))
+
+
 def test_wrong_probe_name_is_caught(default_objects):
     objects = copy.deepcopy(default_objects)
     deployment = find(objects, "Deployment", "trade-assurance-contract")

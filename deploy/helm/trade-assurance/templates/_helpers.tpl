@@ -118,3 +118,8 @@ every service that calls others.
 {{- end -}}
 {{- join "," $attrs -}}
 {{- end -}}
+
+{{/* The Secret with tls.crt, tls.key and ca.crt of one service (tls.enabled). */}}
+{{- define "ta.tlsSecret" -}}
+{{- get .root.Values.tls.secretNames .name | default (printf "%s-tls" (include "ta.objectName" .)) -}}
+{{- end -}}
