@@ -20,7 +20,7 @@ use ta_runtime::{
     text::{optional_text, require_text, validate_reference},
     timestamps,
 };
-use ta_workflow::{config::FeedConfig, feed::EventStream, timeline::Page};
+use ta_workflow::{config::FeedConfig, feed::EventStream, feed_stream, timeline::Page};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
@@ -721,18 +721,12 @@ impl ContractService for ContractApi {
         &self,
         request: Request<pb::StreamContractEventsRequest>,
     ) -> Answer<Self::StreamContractEventsStream> {
-        let after = request.into_inner().after_sequence;
-        let stream = self.flows.feed.stream_events(
+        feed_stream::serve(
+            &self.flows.feed,
             self.mutations.pool().clone(),
-            after,
             &self.feed_config,
-            |mut event: pb::ContractEvent, sequence, _| {
-                event.sequence = sequence;
-                pb::StreamContractEventsResponse { event: Some(event) }
-            },
-            pb::StreamContractEventsResponse::default,
-        );
-        Ok(Response::new(stream))
+            request,
+        )
     }
 
     async fn record_claim_opened(

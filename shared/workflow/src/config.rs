@@ -135,6 +135,16 @@ pub struct FeedConfig {
           value_name = "WORKFLOW_FEED_HEARTBEAT_INTERVAL", default_value = "15s",
           value_parser = heartbeat_interval)]
     pub heartbeat_interval: Duration,
+    /// Event streams of the feed open at once in this process; above it UNAVAILABLE.
+    #[arg(long = "workflow-feed-max-streams", id = "workflow-feed-max-streams", env = "WORKFLOW_FEED_MAX_STREAMS",
+          value_name = "WORKFLOW_FEED_MAX_STREAMS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams: u32,
+    /// Event streams of the feed one caller (role and subject) may hold open at once; above it RESOURCE_EXHAUSTED.
+    #[arg(long = "workflow-feed-max-streams-per-caller", id = "workflow-feed-max-streams-per-caller", env = "WORKFLOW_FEED_MAX_STREAMS_PER_CALLER",
+          value_name = "WORKFLOW_FEED_MAX_STREAMS_PER_CALLER", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub max_streams_per_caller: u32,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -22,6 +22,11 @@
 //! RPC: the backlog, then live events by short polling, and a heartbeat on a
 //! stream that has been idle for the heartbeat interval.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
+
 use prost::Message;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use ta_runtime::ServiceError;
@@ -37,6 +42,36 @@ pub struct Feed {
     schema: Schema,
     name: &'static str,
     ending_on: Option<Shutdown>,
+    /// The streams of this feed open in this process, shared by its clones.
+    open: Arc<Mutex<OpenStreams>>,
+}
+
+/// Streams open now: in all, and per caller.
+#[derive(Debug, Default)]
+struct OpenStreams {
+    total: usize,
+    by_caller: HashMap<String, usize>,
+}
+
+/// One open stream, counted against the feed's limits until it is dropped
+/// (with the response stream, when the client goes away or the stream ends).
+#[derive(Debug)]
+pub struct OpenStream {
+    open: Arc<Mutex<OpenStreams>>,
+    caller: String,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_caller.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.by_caller.remove(&self.caller);
+            }
+        }
+    }
 }
 
 /// An event as it is read back, numbered.
@@ -54,8 +89,32 @@ pub struct FeedEvent {
     pub occurred_at: time::OffsetDateTime,
 }
 
-/// The stream a server-streaming feed RPC returns.
-pub type EventStream<R> = ReceiverStream<Result<R, Status>>;
+/// The stream a server-streaming feed RPC returns; it holds its place among
+/// the feed's open streams ([`Feed::open_stream`]) while it lives.
+pub struct EventStream<R> {
+    events: ReceiverStream<Result<R, Status>>,
+    _open: Option<OpenStream>,
+}
+
+impl<R> EventStream<R> {
+    /// The stream, counted as `open` until it is dropped.
+    #[must_use]
+    pub fn holding(mut self, open: OpenStream) -> Self {
+        self._open = Some(open);
+        self
+    }
+}
+
+impl<R> tokio_stream::Stream for EventStream<R> {
+    type Item = Result<R, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.events).poll_next(cx)
+    }
+}
 
 impl Feed {
     pub fn new(schema: Schema, name: &'static str) -> Self {
@@ -63,7 +122,47 @@ impl Feed {
             schema,
             name,
             ending_on: None,
+            open: Arc::default(),
         }
+    }
+
+    /// A place among this feed's open streams for `caller` (a principal's
+    /// `role:subject`): at most `WORKFLOW_FEED_MAX_STREAMS_PER_CALLER` per
+    /// caller, `RESOURCE_EXHAUSTED` above it (the caller's own quota), and
+    /// `WORKFLOW_FEED_MAX_STREAMS` in the process, `UNAVAILABLE` above it (retry,
+    /// maybe on another replica). Streams are long-lived, so the admission
+    /// limit, which counts a call only until its answer starts, cannot bound
+    /// them.
+    ///
+    /// # Errors
+    /// A limit is reached.
+    pub fn open_stream(&self, caller: &str, config: &FeedConfig) -> Result<OpenStream, Status> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = open.by_caller.get(caller).copied().unwrap_or(0);
+        if mine >= config.max_streams_per_caller as usize {
+            return Err(Status::resource_exhausted(format!(
+                "{caller} already has {mine} {} event streams open, the most one caller may \
+                 (WORKFLOW_FEED_MAX_STREAMS_PER_CALLER); close one first",
+                self.name
+            )));
+        }
+        if open.total >= config.max_streams as usize {
+            tracing::warn!(
+                feed = self.name,
+                limit = config.max_streams,
+                "event stream refused: the process's limit is reached"
+            );
+            return Err(Status::unavailable(format!(
+                "this server has {} {} event streams open, its limit; retry with backoff",
+                open.total, self.name
+            )));
+        }
+        open.total += 1;
+        *open.by_caller.entry(caller.to_owned()).or_default() += 1;
+        Ok(OpenStream {
+            open: self.open.clone(),
+            caller: caller.to_owned(),
+        })
     }
 
     /// Ends the streams of this feed when `shutdown` trips. A feed stream
@@ -233,7 +332,10 @@ impl Feed {
                 () = server_stopping => {}
             }
         });
-        ReceiverStream::new(receiver)
+        EventStream {
+            events: ReceiverStream::new(receiver),
+            _open: None,
+        }
     }
 
     /// Sends the backlog, then live events and heartbeats, until the client

@@ -34,24 +34,24 @@ pub trait FeedRequest {
 
 /// Serves a feed's `Stream...Events` RPC over `feed`: every event after the
 /// request's `after_sequence`, then live ones, with heartbeats (see
-/// [`Feed::stream_events`]).
+/// [`Feed::stream_events`]), within the feed's limits of open streams
+/// ([`Feed::open_stream`]).
 ///
 /// # Errors
-/// None today; the `Result` is the handler's, so a service returns it as is.
+/// A limit of open streams is reached, or the request has no caller.
 pub fn serve<Q: FeedRequest>(
     feed: &Feed,
     pool: PgPool,
     config: &FeedConfig,
     request: Request<Q>,
 ) -> Result<Response<EventStream<Q::Response>>, Status> {
+    let principal = ta_runtime::auth::principal(&request)?;
+    let open = feed.open_stream(&format!("{}:{}", principal.role, principal.subject), config)?;
     let after = request.get_ref().after_sequence();
-    Ok(Response::new(feed.stream_events(
-        pool,
-        after,
-        config,
-        Q::respond,
-        Q::Response::default,
-    )))
+    Ok(Response::new(
+        feed.stream_events(pool, after, config, Q::respond, Q::Response::default)
+            .holding(open),
+    ))
 }
 
 impl FeedRequest for escrow::StreamEscrowEventsRequest {
@@ -100,5 +100,106 @@ impl FeedRequest for dispute::StreamDisputeEventsRequest {
     fn respond(mut event: Self::Event, sequence: u64, _: Option<String>) -> Self::Response {
         event.sequence = sequence;
         dispute::StreamDisputeEventsResponse { event: Some(event) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use ta_runtime::auth::{Caller, Principal, Role};
+    use tonic::Code;
+
+    use super::*;
+    use crate::Schema;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        feed: FeedConfig,
+    }
+
+    fn limits(per_caller: &str, total: &str) -> FeedConfig {
+        Cli::try_parse_from([
+            "test",
+            "--workflow-feed-max-streams-per-caller",
+            per_caller,
+            "--workflow-feed-max-streams",
+            total,
+        ])
+        .expect("valid limits")
+        .feed
+    }
+
+    fn request(subject: &str, role: Role) -> Request<escrow::StreamEscrowEventsRequest> {
+        let mut request = Request::new(escrow::StreamEscrowEventsRequest { after_sequence: 0 });
+        request.extensions_mut().insert(Caller {
+            principal: Principal {
+                subject: subject.to_owned(),
+                role,
+            },
+            method: "/tradeassurance.escrow.v1.EscrowService/StreamEscrowEvents".to_owned(),
+        });
+        request
+    }
+
+    fn code<T>(answer: Result<T, Status>) -> Option<Code> {
+        answer.err().map(|status| status.code())
+    }
+
+    /// No database is reached: a refused stream is refused before it starts,
+    /// and an admitted one is dropped before its first read.
+    #[tokio::test]
+    async fn open_streams_are_bounded_per_caller_and_per_process() {
+        let feed = Feed::new(Schema::new("escrow").unwrap(), "escrow");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(10))
+            .connect_lazy("postgres://nobody@127.0.0.1:9/none")
+            .unwrap();
+        let config = limits("2", "3");
+        let open = |subject, role| serve(&feed, pool.clone(), &config, request(subject, role));
+
+        let first = open("contract", Role::Service).expect("first stream");
+        let second = open("contract", Role::Service).expect("second stream");
+        let third = open("contract", Role::Service);
+        assert_eq!(
+            code(third),
+            Some(Code::ResourceExhausted),
+            "the caller's quota"
+        );
+        // The same subject in another role is another caller.
+        let operator = open("contract", Role::Operator).expect("another caller");
+        assert_eq!(
+            code(open("ops-1", Role::Operator)),
+            Some(Code::Unavailable),
+            "the process's limit"
+        );
+
+        drop(second);
+        let again = open("contract", Role::Service).expect("a place freed by a closed stream");
+        drop((first, again, operator));
+        for _ in 0..2 {
+            std::mem::forget(open("ops-1", Role::Operator).expect("all places free again"));
+        }
+        assert!(
+            open("ops-1", Role::Operator).is_err(),
+            "forgotten streams stay counted"
+        );
+    }
+
+    #[test]
+    fn a_call_without_a_caller_is_unauthenticated() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _guard = runtime.enter();
+        let feed = Feed::new(Schema::new("escrow").unwrap(), "escrow");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:9/none")
+            .unwrap();
+        let request = Request::new(escrow::StreamEscrowEventsRequest { after_sequence: 0 });
+        assert_eq!(
+            code(serve(&feed, pool, &limits("2", "3"), request)),
+            Some(Code::Unauthenticated)
+        );
     }
 }
