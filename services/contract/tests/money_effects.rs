@@ -3,7 +3,8 @@
 //! its reactions applied as the consumer applies them: what happens when
 //! escrow refuses a call that moves money, when its hold deadline passes,
 //! when it refuses an amended schedule, when stored terms no longer pass
-//! today's request rules, and when a call is retried after it succeeded.
+//! today's request rules, and when a call is retried after it succeeded;
+//! and the answers at the edges of drafting (deadlines beyond the horizon).
 
 use std::{sync::Arc, time::Duration};
 
@@ -1044,4 +1045,60 @@ async fn reactions_read_stored_terms_that_todays_request_rules_refuse(pool: PgPo
         reload(&pool, contract.contract_id).await.negotiation.status,
         Status::PartiallyFunded
     );
+}
+
+// ---- clear answers at the edges ------------------------------------------------
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn deadlines_beyond_the_horizon_are_refused_at_drafting_naming_the_field(pool: PgPool) {
+    let mut h = start(&pool).await;
+    let mut request = h.create_request("far-off");
+    let mut far = terms(300);
+    far.delivery_deadline = Some(timestamps::to_proto(
+        time::macros::datetime!(9999-12-31 00:00 UTC),
+    ));
+    request.terms = Some(far);
+    let refused = h
+        .client
+        .create_contract_draft(authorized(request, BUYER, Role::Buyer))
+        .await
+        .expect_err("a delivery in the year 9999");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("terms.delivery_deadline: must be within 730 days from now"),
+        "{}",
+        refused.message()
+    );
+    // Both deadlines are named; two years less a day is still accepted.
+    let mut request = h.create_request("both-far");
+    let mut both = terms(300);
+    both.shipment_deadline = at(time::Duration::days(731));
+    both.delivery_deadline = at(time::Duration::days(800));
+    request.terms = Some(both);
+    let refused = h
+        .client
+        .create_contract_draft(authorized(request, BUYER, Role::Buyer))
+        .await
+        .expect_err("both beyond two years");
+    assert!(
+        refused
+            .message()
+            .contains("terms.shipment_deadline: must be within 730 days from now")
+            && refused
+                .message()
+                .contains("terms.delivery_deadline: must be within 730 days from now"),
+        "{}",
+        refused.message()
+    );
+    let mut request = h.create_request("within");
+    let mut within = terms(300);
+    within.shipment_deadline = at(time::Duration::days(700));
+    within.delivery_deadline = at(time::Duration::days(729));
+    request.terms = Some(within);
+    h.client
+        .create_contract_draft(authorized(request, BUYER, Role::Buyer))
+        .await
+        .expect("deadlines within the horizon");
 }

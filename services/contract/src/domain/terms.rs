@@ -27,6 +27,14 @@ pub const INSPECTION_BOOKING_WORKING_DAYS: u32 = 7;
 pub const DEFAULT_CLAIM_WINDOW_DAYS: u32 = 30;
 const MAX_CLAIM_WINDOW_DAYS: u32 = 90;
 const MAX_PAYMENT_DUE_DAYS: u32 = 365;
+/// How far ahead a deadline in the terms may lie, in real days from the
+/// moment the terms are written (whatever a term day lasts). The shipment
+/// and delivery deadlines decide when escrow may pay the money out (the
+/// delivery deadline, then the inspection period and the claim window), so
+/// a deadline in the year 9999 would hold the buyer's money and the
+/// supplier's cover for ever. Two years covers the longest real production
+/// and sea-freight lead times; longer orders are amended when both agree.
+pub const DEADLINE_HORIZON_DAYS: i64 = 730;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LineItem {
@@ -646,6 +654,13 @@ fn future_time(
         return None;
     };
     match timestamps::from_proto(at) {
+        Some(at) if at > now + Duration::days(DEADLINE_HORIZON_DAYS) => {
+            violations.add(
+                field,
+                format!("must be within {DEADLINE_HORIZON_DAYS} days from now"),
+            );
+            None
+        }
         Some(at) if at > now => Some(at),
         Some(_) => {
             violations.add(field, "must be in the future");
