@@ -387,7 +387,9 @@ impl ContractService for ContractApi {
         // a retry after success replayed above).
         let principal = prepared.principal().clone();
         let supplier_id = prepared.command.supplier_id;
-        let owner = drafting::supplier_owner(&self.registry, &principal, supplier_id).await?;
+        let terms = &prepared.command.terms;
+        let owner =
+            drafting::supplier_owner(&self.registry, &principal, supplier_id, terms).await?;
         self.mutations
             .execute(&prepared, || {
                 async |tx| {

@@ -4,7 +4,8 @@
 //! escrow refuses a call that moves money, when its hold deadline passes,
 //! when it refuses an amended schedule, when stored terms no longer pass
 //! today's request rules, and when a call is retried after it succeeded;
-//! and the answers at the edges of drafting (deadlines beyond the horizon).
+//! and the answers at the edges of drafting (deadlines beyond the horizon, a
+//! currency the supplier's Trade Assurance limit is not in).
 
 use std::{sync::Arc, time::Duration};
 
@@ -1049,6 +1050,37 @@ async fn reactions_read_stored_terms_that_todays_request_rules_refuse(pool: PgPo
 
 // ---- clear answers at the edges ------------------------------------------------
 
+/// The reason code (`google.rpc.PreconditionFailure` violation type) and
+/// subject a FAILED_PRECONDITION answer carries.
+fn precondition_reason(status: &RpcStatus) -> Option<(String, String)> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RpcDetails {
+        #[prost(message, repeated, tag = "3")]
+        details: Vec<prost_types::Any>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Violation {
+        #[prost(string, tag = "1")]
+        r#type: String,
+        #[prost(string, tag = "2")]
+        subject: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct PreconditionFailure {
+        #[prost(message, repeated, tag = "1")]
+        violations: Vec<Violation>,
+    }
+    use prost::Message as _;
+    let details = RpcDetails::decode(status.details()).ok()?;
+    let any = details
+        .details
+        .iter()
+        .find(|a| a.type_url.ends_with("google.rpc.PreconditionFailure"))?;
+    let failure = PreconditionFailure::decode(any.value.as_slice()).ok()?;
+    let first = failure.violations.into_iter().next()?;
+    Some((first.r#type, first.subject))
+}
+
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn deadlines_beyond_the_horizon_are_refused_at_drafting_naming_the_field(pool: PgPool) {
     let mut h = start(&pool).await;
@@ -1101,4 +1133,137 @@ async fn deadlines_beyond_the_horizon_are_refused_at_drafting_naming_the_field(p
         .create_contract_draft(authorized(request, BUYER, Role::Buyer))
         .await
         .expect("deadlines within the horizon");
+}
+
+/// The registry's supplier, owned by `OWNER`, with a TA limit in `currency`.
+fn supplier_with_limit(h: &Harness, currency: &'static str) {
+    h.registry
+        .answer("GetSupplier", move |r: supplier_pb::GetSupplierRequest| {
+            Ok(supplier_pb::GetSupplierResponse {
+                supplier: Some(supplier_pb::Supplier {
+                    supplier_id: r.supplier_id,
+                    owner_principal_id: OWNER.into(),
+                    trade_assurance_badge: true,
+                    ta_limit: Some(PbMoney {
+                        currency_code: currency.into(),
+                        amount_minor: 10_000_000,
+                    }),
+                    ..Default::default()
+                }),
+            })
+        });
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_trade_assurance_draft_outside_the_limits_currency_is_refused_with_a_reason_code(
+    pool: PgPool,
+) {
+    let mut h = start(&pool).await;
+    supplier_with_limit(&h, "EUR");
+    let refused = h
+        .client
+        .create_contract_draft(authorized(h.create_request("usd"), BUYER, Role::Buyer))
+        .await
+        .expect_err("a USD order against a EUR limit");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        precondition_reason(&refused),
+        Some((
+            "CURRENCY_NOT_COVERED".to_owned(),
+            format!("suppliers/{}", h.supplier_id)
+        )),
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("EUR"), "{}", refused.message());
+    // Unprotected, the currency is the parties' own business.
+    let mut request = h.create_request("usd-unprotected");
+    let mut unprotected = terms(300);
+    unprotected.protection = pb::Protection::None.into();
+    request.terms = Some(unprotected);
+    h.client
+        .create_contract_draft(authorized(request, BUYER, Role::Buyer))
+        .await
+        .expect("an unprotected order in another currency");
+    // In the limit's currency, it is drafted.
+    supplier_with_limit(&h, "USD");
+    h.client
+        .create_contract_draft(authorized(h.create_request("usd-2"), BUYER, Role::Buyer))
+        .await
+        .expect("a USD order against a USD limit");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_activation_meeting_a_limit_in_another_currency_records_the_reason_code(pool: PgPool) {
+    let mut h = start(&pool).await;
+    // Drafted while the supplier was not enrolled; it enrolled in EUR since.
+    h.registry
+        .answer("ReserveCover", |_: supplier_pb::ReserveCoverRequest| {
+            Err::<(), _>(RpcStatus::from(ta_runtime::ServiceError::invalid(
+                "amount.currency_code",
+                "must be EUR, the currency of the TA limit",
+            )))
+        });
+    let created = h
+        .client
+        .create_contract_draft(authorized(h.create_request("drafted"), BUYER, Role::Buyer))
+        .await
+        .expect("draft")
+        .into_inner()
+        .contract
+        .expect("contract");
+    let id = created.contract_id.clone();
+    for (who, role) in [(OWNER, Role::Supplier), (BUYER, Role::Buyer)] {
+        h.client
+            .sign_contract(authorized(
+                pb::SignContractRequest {
+                    idempotency_key: format!("sign-{who}"),
+                    contract_id: id.clone(),
+                    version: 1,
+                },
+                who,
+                role,
+            ))
+            .await
+            .expect("sign");
+    }
+    let client = h.client.clone();
+    eventually("activation refused", || {
+        let mut client = client.clone();
+        let id = id.clone();
+        async move {
+            let c = client
+                .get_contract(authorized(
+                    pb::GetContractRequest {
+                        contract_id: id,
+                        version: 0,
+                    },
+                    BUYER,
+                    Role::Buyer,
+                ))
+                .await
+                .expect("get")
+                .into_inner()
+                .contract
+                .expect("contract");
+            !c.activation_refusal.is_empty()
+        }
+    })
+    .await;
+    let refused = h.contract(&id).await;
+    assert_eq!(refused.status(), pb::ContractStatus::Draft);
+    assert!(
+        refused
+            .activation_refusal
+            .starts_with("CURRENCY_NOT_COVERED: "),
+        "{}",
+        refused.activation_refusal
+    );
+    let timeline = h.timeline(&id).await;
+    assert!(
+        timeline
+            .iter()
+            .any(|(action, detail)| action == "contract.activation_refused"
+                && detail.contains("CURRENCY_NOT_COVERED: ")),
+        "{timeline:?}"
+    );
 }

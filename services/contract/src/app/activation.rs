@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{Flows, SHIPMENT_DUE, schedule, step, system};
 use crate::{
-    domain::{negotiation::Protection, status::Status},
+    domain::{negotiation::Protection, status::Status, terms::cover_refusal_reason},
     effects,
     storage::{
         contracts::{ContractRecord, Progress, lock_contract},
@@ -107,8 +107,9 @@ pub async fn cover_reserved(
         tracing::info!(%contract_id, "cover answer for a contract no longer activating");
         return Ok(());
     }
-    if let Some(reason) = refusal {
-        return activation_refused(tx, flows, &mut contract, reason, now).await;
+    if let Some(refusal) = refusal {
+        let reason = cover_refusal_reason(refusal, contract.total.currency);
+        return activation_refused(tx, flows, &mut contract, &reason, now).await;
     }
     let loaded = load_terms(tx, contract_id, contract.negotiation.signed_version).await?;
     let signed_at = contract.progress.signed_at.unwrap_or(now);

@@ -15,7 +15,7 @@ use ta_proto::{
 use ta_runtime::{
     ServiceError, Violations,
     auth::{Actor, Principal, Role},
-    money::readable,
+    money::{Currency, readable},
     text::validate_reference,
 };
 use ta_workflow::{credentials::ServiceCredentials, peers::Peers};
@@ -45,8 +45,15 @@ pub struct Registry {
     pub timeout: StdDuration,
 }
 
+/// What a draft needs to know of its supplier.
+struct SupplierFacts {
+    owner: String,
+    /// The currency of its Trade Assurance limit; `None` when not enrolled.
+    limit_currency: Option<Currency>,
+}
+
 impl Registry {
-    async fn owner_of(&self, supplier_id: Uuid) -> Result<String, ServiceError> {
+    async fn supplier(&self, supplier_id: Uuid) -> Result<SupplierFacts, ServiceError> {
         let channel = self
             .peers
             .channel(effects::SUPPLIER_REGISTRY)
@@ -68,7 +75,12 @@ impl Registry {
             Ok(response) => response
                 .into_inner()
                 .supplier
-                .map(|s| s.owner_principal_id)
+                .map(|s| SupplierFacts {
+                    limit_currency: s
+                        .ta_limit
+                        .and_then(|limit| Currency::parse(&limit.currency_code)),
+                    owner: s.owner_principal_id,
+                })
                 .ok_or_else(|| ServiceError::internal("supplier-registry answered no supplier")),
             Err(status) if status.code() == tonic::Code::NotFound => {
                 Err(ServiceError::not_found("supplier", supplier_id))
@@ -131,19 +143,23 @@ pub fn buyer_of(principal: &Principal, requested: &str, v: &mut Violations) -> O
 }
 
 /// The supplier's owner, read from supplier-registry before the draft's
-/// transaction: a supplier creates drafts only for a supplier it owns.
+/// transaction: a supplier creates drafts only for a supplier it owns, and
+/// a Trade Assurance draft only in the currency of the supplier's TA limit
+/// (the only currency its cover can be reserved in).
 pub async fn supplier_owner(
     registry: &Registry,
     principal: &Principal,
     supplier_id: Uuid,
+    terms: &Terms,
 ) -> Result<String, ServiceError> {
-    let owner = registry.owner_of(supplier_id).await?;
-    if principal.role == Role::Supplier && owner != principal.subject {
+    let supplier = registry.supplier(supplier_id).await?;
+    if principal.role == Role::Supplier && supplier.owner != principal.subject {
         return Err(ServiceError::PermissionDenied(
             "a supplier creates drafts only for a supplier it owns".into(),
         ));
     }
-    Ok(owner)
+    terms.check_cover_currency(&supplier_id.to_string(), supplier.limit_currency)?;
+    Ok(supplier.owner)
 }
 
 fn new_version(

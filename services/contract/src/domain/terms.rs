@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use ta_proto::contract as pb;
 use ta_runtime::{
-    Violations,
+    ServiceError, Violations,
     money::{Currency, Money, is_country_code},
     text::require_text,
     timestamps,
@@ -35,6 +35,11 @@ const MAX_PAYMENT_DUE_DAYS: u32 = 365;
 /// supplier's cover for ever. Two years covers the longest real production
 /// and sea-freight lead times; longer orders are amended when both agree.
 pub const DEADLINE_HORIZON_DAYS: i64 = 730;
+
+/// The reason code of a Trade Assurance order in a currency the supplier's
+/// TA limit is not in: supplier-registry reserves cover only in the limit's
+/// currency, so the order could never be covered.
+pub const CURRENCY_NOT_COVERED: &str = "CURRENCY_NOT_COVERED";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LineItem {
@@ -443,6 +448,38 @@ impl Terms {
         terms.claim_window_days = self.claim_window_days;
     }
 
+    /// Whether the supplier's Trade Assurance limit (its currency, `None`
+    /// when the supplier is not enrolled) can cover these terms: a Trade
+    /// Assurance order in another currency is refused before it is drafted
+    /// ([`CURRENCY_NOT_COVERED`]), not after both parties signed. A supplier
+    /// not enrolled yet may still enrol before activation.
+    ///
+    /// # Errors
+    /// `Refused` with [`CURRENCY_NOT_COVERED`] on `suppliers/<id>`.
+    pub fn check_cover_currency(
+        &self,
+        supplier: &str,
+        limit: Option<Currency>,
+    ) -> Result<(), ServiceError> {
+        match limit {
+            Some(limit)
+                if self.protection == Protection::TradeAssurance
+                    && limit != self.total.currency =>
+            {
+                Err(ServiceError::Refused {
+                    reason: CURRENCY_NOT_COVERED,
+                    subject: format!("suppliers/{supplier}"),
+                    message: format!(
+                        "the supplier's Trade Assurance limit is in {limit}: an order in {} \
+                         cannot be covered; draft it in {limit} or without Trade Assurance",
+                        self.total.currency
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The agency that must inspect before shipment, if any.
     pub fn inspection_agency(&self) -> &str {
         match &self.inspection {
@@ -458,6 +495,22 @@ impl Terms {
         self.quality_criteria
             .iter()
             .find(|c| c.criterion_id == criterion_id)
+    }
+}
+
+/// Supplier-registry's refusal of a cover reservation as the contract records
+/// it: a refusal with a reason code (`TA_LIMIT_EXCEEDED: ...`) as given; its
+/// invalid-argument answer on the amount's currency (the limit is in another
+/// currency, e.g. since the supplier enrolled after the draft was checked)
+/// under [`CURRENCY_NOT_COVERED`], so clients act on a code, not on a text.
+pub fn cover_refusal_reason(refusal: &str, currency: Currency) -> String {
+    if refusal.contains("amount.currency_code") && !refusal.starts_with(CURRENCY_NOT_COVERED) {
+        format!(
+            "{CURRENCY_NOT_COVERED}: the supplier's Trade Assurance limit is not in {currency}, \
+             the order's currency (supplier-registry: {refusal})"
+        )
+    } else {
+        refusal.to_owned()
     }
 }
 
