@@ -59,7 +59,7 @@ pub struct ServerConfig {
     #[arg(long, env = "SHUTDOWN_READINESS_DELAY", value_name = "SHUTDOWN_READINESS_DELAY",
           default_value = "0s", value_parser = DurationRange::new(Duration::ZERO, 5 * MINUTE))]
     pub shutdown_readiness_delay: Duration,
-    /// A second, plaintext listener that serves grpc.health.v1.Health only,
+    /// A second, plaintext listener that serves grpc.health.v1.Health only (and its reflection),
     /// for probes that cannot speak TLS (Kubernetes' gRPC probes) when the
     /// gRPC listener is TLS only. Unset: no such listener.
     #[arg(

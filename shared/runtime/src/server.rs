@@ -11,7 +11,8 @@
 //! certificates are re-read when they change ([`crate::tls`]). Handshakes
 //! run beside the accept loop, each bounded in time, so a slow or silent
 //! client holds up nobody. `GRPC_HEALTH_LISTEN_ADDR` adds a plaintext
-//! listener with the health service only, for probes that cannot speak TLS.
+//! listener with the health service only (and its reflection), for probes
+//! that cannot speak TLS.
 //!
 //! Shutdown on SIGTERM or Ctrl-C: NOT_SERVING, stop accepting, drain in-flight
 //! requests (bounded by the grace period), close the pool, flush telemetry, exit 0.
@@ -324,13 +325,31 @@ async fn serve_on(
     let reflection_v1alpha = reflection_builder(spec, "grpc.reflection.v1alpha.ServerReflection")
         .build_v1alpha()
         .map_err(|e| format!("reflection v1alpha: {e}"))?;
-    let health_only = listeners.health.map(|listener| {
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(health_service.clone())
-                .serve_with_incoming(no_delay(listener)),
-        )
-    });
+    let health_only = match listeners.health {
+        Some(listener) => {
+            // Reflection of the health service alone, for grpcurl (v1alpha before 1.8.8).
+            let reflection = |name| {
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .with_service_name("grpc.health.v1.Health")
+                    .with_service_name(name)
+            };
+            let reflection_v1 = reflection("grpc.reflection.v1.ServerReflection")
+                .build_v1()
+                .map_err(|e| format!("reflection of the health listener: {e}"))?;
+            let reflection_v1alpha = reflection("grpc.reflection.v1alpha.ServerReflection")
+                .build_v1alpha()
+                .map_err(|e| format!("reflection of the health listener: {e}"))?;
+            Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(health_service.clone())
+                    .add_service(reflection_v1)
+                    .add_service(reflection_v1alpha)
+                    .serve_with_incoming(no_delay(listener)),
+            ))
+        }
+        None => None,
+    };
     let router = middleware(&config.server, Arc::new(verifier), Arc::new(policy))
         .add_routes(routes)
         .add_service(health_service)

@@ -2,7 +2,8 @@
 //! with certificates made here (rcgen): plaintext is refused when TLS is on;
 //! under mutual TLS a client without a certificate, or with one of another
 //! CA, is refused and one signed by the CA is served (health and reflection
-//! included); a certificate rotated on disk is served to the next connection
+//! included, and the probes' plaintext listener serves health only); a
+//! certificate rotated on disk is served to the next connection
 //! without a restart, a bad one is refused and the previous one stays; and a
 //! whole journey (all four services, the sandbox gateway) runs with mutual
 //! TLS between the services.
@@ -180,7 +181,7 @@ fn health(transport: &Transport, service: &Service) -> Result<String, String> {
     health_status_over(transport, &service.addr(), "")
 }
 
-fn tls_env<'a>(pairs: &'a [(String, String)]) -> Vec<(&'a str, &'a str)> {
+fn tls_env(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
     pairs
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -197,6 +198,9 @@ fn under_mutual_tls_only_a_client_with_a_certificate_of_the_ca_is_served() {
     let settings = files.service_env();
     let mut env = tls_env(&settings);
     env.push(("DATABASE_URL", &database.url));
+    // The probes' plaintext listener: the health service only.
+    let probes = format!("127.0.0.1:{}", free_port());
+    env.push(("GRPC_HEALTH_LISTEN_ADDR", &probes));
     let mut registry = Service::spawn(SUPPLIER_REGISTRY, &env);
     registry.transport = files.transport();
     registry.wait_serving();
@@ -249,6 +253,18 @@ fn under_mutual_tls_only_a_client_with_a_certificate_of_the_ca_is_served() {
         .expect_err("no such supplier");
     assert_eq!(missing.code, "NotFound", "{missing:#?}");
     registry.wait_log("TLS handshake failed");
+
+    assert_eq!(
+        health_status_over(&Transport::Plaintext, &probes, "liveness"),
+        Ok("SERVING".into())
+    );
+    let listed = grpcurl(&["-plaintext", "-max-time", "10", &probes, "list"]);
+    assert!(
+        output_text(&listed).contains(HEALTH_SERVICE)
+            && !output_text(&listed).contains(SUPPLIER_SERVICE),
+        "the health service alone on the health-only listener: {}",
+        output_text(&listed)
+    );
 }
 
 fn output_text(output: &std::process::Output) -> String {
