@@ -148,7 +148,7 @@ fn a_supplier_from_registration_to_search_through_grpcurl() {
     assert_eq!(retried, reserved);
     let cover = registry.call_ok(
         &method("GetCover"),
-        Some(&service),
+        Some(&operator),
         &json!({ "supplier_id": id }),
     );
     assert_eq!(int(&cover["taLimit"]["amountMinor"]), 1_000_000);
