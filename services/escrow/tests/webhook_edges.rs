@@ -1,7 +1,9 @@
 //! Clear answers at the gateway's edges (issue "clear answers at the
 //! edges"): a webhook's fields are checked as fields (a lowercase currency is
 //! not an ISO 4217 code, whatever the attempt's currency) before they are
-//! compared with the attempt they name.
+//! compared with the attempt they name, and a bank credit that brings more
+//! than its attempt funds the milestone with what it needs, the excess alone
+//! listed as unmatched and sent back from suspense.
 
 mod support;
 
@@ -105,4 +107,106 @@ async fn a_lowercase_currency_is_an_invalid_field_not_a_mismatch(pool: PgPool) {
     let acc = account(&mut client, &id).await.account.expect("account");
     assert_eq!(acc.status, pb::EscrowAccountStatus::Funded as i32);
     assert_money(&escrow, 20_000).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_overpaid_bank_credit_funds_the_milestone_and_only_the_excess_is_unmatched(
+    pool: PgPool,
+) {
+    let escrow = start(pool).await;
+    let mut client = escrow.client.clone();
+    let (named, by_client) = bank_attempt(&mut client, "c-overpaid", 20_000).await;
+    let (referenced, by_reference) = bank_attempt(&mut client, "c-overpaid-ref", 30_000).await;
+    // 25,000 for 20,000 (naming escrow's attempt), and 31,000 for 30,000
+    // (naming the gateway's payment only).
+    let over = credit("evt-over", &by_client).usd(25_000);
+    assert_eq!(
+        deliver(&mut client, &over).await,
+        pb::WebhookOutcome::Applied
+    );
+    let mut over_ref = Event::new(
+        "evt-over-ref",
+        "bank_transfer.credited",
+        &by_reference.gateway_reference,
+    )
+    .usd(31_000);
+    over_ref.client_reference = None;
+    assert_eq!(
+        deliver(&mut client, &over_ref).await,
+        pb::WebhookOutcome::Applied
+    );
+
+    for (id, attempt, due, excess) in [
+        (&named, &by_client, 20_000, 5_000),
+        (&referenced, &by_reference, 30_000, 1_000),
+    ] {
+        let got = account(&mut client, id).await;
+        let acc = got.account.expect("account");
+        assert_eq!(
+            acc.status,
+            pb::EscrowAccountStatus::Funded as i32,
+            "{acc:?}"
+        );
+        assert_eq!(minor(&acc.held), due, "the milestone is funded in full");
+        let funded = got
+            .funding_attempts
+            .iter()
+            .find(|a| a.funding_attempt_id == attempt.funding_attempt_id)
+            .expect("the attempt");
+        assert_eq!(funded.status, pb::FundingStatus::Succeeded as i32);
+        let back: Vec<_> = transfers(&mut client, pb::GatewayTransferDirection::SuspenseRefund)
+            .await
+            .into_iter()
+            .filter(|t| t.funding_attempt_id == attempt.funding_attempt_id)
+            .collect();
+        assert_eq!(back.len(), 1, "{back:#?}");
+        assert_eq!(minor(&back[0].amount), excess, "only the excess goes back");
+        assert_eq!(back[0].source_reference, attempt.gateway_reference);
+    }
+    let items = client
+        .list_unmatched_gateway_items(operator(pb::ListUnmatchedGatewayItemsRequest::default()))
+        .await
+        .expect("unmatched items")
+        .into_inner()
+        .items;
+    let mut listed: Vec<(String, i64)> = items
+        .iter()
+        .map(|i| (i.gateway_event_id.clone(), minor(&i.amount)))
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![
+            ("evt-over".to_owned(), 5_000),
+            ("evt-over-ref".to_owned(), 1_000)
+        ],
+        "the excess alone is unmatched: {items:#?}"
+    );
+    assert_eq!(
+        trial_posted(&mut client, pb::LedgerAccountKind::Suspense).await,
+        6_000,
+        "the excess waits in suspense until it is sent back"
+    );
+    assert_sound(&mut client).await;
+
+    // The worker sends both back; once paid, nothing stays in suspense.
+    eventually("both excesses sent back", || {
+        let mut client = client.clone();
+        async move {
+            let all = transfers(&mut client, pb::GatewayTransferDirection::SuspenseRefund).await;
+            all.iter()
+                .all(|t| t.status == pb::GatewayTransferStatus::Pending as i32)
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        pay_all(&mut client, pb::GatewayTransferDirection::SuspenseRefund).await,
+        2
+    );
+    assert_eq!(
+        trial_posted(&mut client, pb::LedgerAccountKind::Suspense).await,
+        0
+    );
+    assert_money(&escrow, 25_000 + 31_000).await;
 }
