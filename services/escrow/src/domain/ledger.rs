@@ -409,12 +409,6 @@ pub enum LedgerError {
     Storage(#[from] ServiceError),
 }
 
-impl From<sqlx::Error> for LedgerError {
-    fn from(error: sqlx::Error) -> Self {
-        Self::Storage(error.into())
-    }
-}
-
 /// Stable reason codes for refusals other services act on.
 pub const INSUFFICIENT_FUNDS: &str = "INSUFFICIENT_FUNDS";
 pub const PURPOSE_ALREADY_SETTLED: &str = "PURPOSE_ALREADY_SETTLED";

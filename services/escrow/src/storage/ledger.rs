@@ -36,6 +36,14 @@ use crate::domain::ledger::{
     LedgerError, LedgerStore, Leg, Posting, Purpose, TransferRequest,
 };
 
+/// A database error inside a ledger operation: the domain's `Storage` kind,
+/// mapped as every storage error is (unavailable, aborted, internal).
+impl From<sqlx::Error> for LedgerError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Storage(error.into())
+    }
+}
+
 /// How many due holds one expiry pass voids per statement.
 const EXPIRY_BATCH: i64 = 500;
 
