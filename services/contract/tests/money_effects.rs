@@ -329,9 +329,8 @@ impl Harness {
         }
     }
 
-    /// A contract both signed, its cover reserved and its escrow account
-    /// opened: AWAITING_PAYMENT. Returns it.
-    async fn active_contract(&mut self) -> pb::Contract {
+    /// A draft both parties signed (its activation under way); its id.
+    async fn signed_by_both(&mut self) -> String {
         let created = self
             .client
             .create_contract_draft(authorized(
@@ -359,6 +358,13 @@ impl Harness {
                 .await
                 .expect("sign");
         }
+        id
+    }
+
+    /// A contract both signed, its cover reserved and its escrow account
+    /// opened: AWAITING_PAYMENT. Returns it.
+    async fn active_contract(&mut self) -> pb::Contract {
+        let id = self.signed_by_both().await;
         self.wait_status(&id, pb::ContractStatus::AwaitingPayment)
             .await
     }
@@ -1203,29 +1209,7 @@ async fn an_activation_meeting_a_limit_in_another_currency_records_the_reason_co
                 "must be EUR, the currency of the TA limit",
             )))
         });
-    let created = h
-        .client
-        .create_contract_draft(authorized(h.create_request("drafted"), BUYER, Role::Buyer))
-        .await
-        .expect("draft")
-        .into_inner()
-        .contract
-        .expect("contract");
-    let id = created.contract_id.clone();
-    for (who, role) in [(OWNER, Role::Supplier), (BUYER, Role::Buyer)] {
-        h.client
-            .sign_contract(authorized(
-                pb::SignContractRequest {
-                    idempotency_key: format!("sign-{who}"),
-                    contract_id: id.clone(),
-                    version: 1,
-                },
-                who,
-                role,
-            ))
-            .await
-            .expect("sign");
-    }
+    let id = h.signed_by_both().await;
     let client = h.client.clone();
     eventually("activation refused", || {
         let mut client = client.clone();
