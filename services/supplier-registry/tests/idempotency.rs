@@ -1,12 +1,6 @@
 //! The shared idempotency-key store over this service's real schema.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use ta_proto::supplier as pb;
@@ -35,24 +29,31 @@ const SCOPE: KeyScope<'static> = KeyScope {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn the_first_run_is_replayed_and_a_different_body_refused(pool: PgPool) {
+    sqlx::query("CREATE TABLE effects (run text NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
     let keys = supplier_registry::storage::idempotency_keys();
-    let mut runs = 0;
     let first = keys
-        .run(&pool, &SCOPE, &request("a"), async |_tx| {
-            runs += 1;
+        .run(&pool, &SCOPE, &request("a"), async |tx| {
+            record_effect(tx, "first").await;
             Ok(response("first"))
         })
         .await
         .unwrap();
     let replay = keys
-        .run(&pool, &SCOPE, &request("a"), async |_tx| {
-            runs += 1;
+        .run(&pool, &SCOPE, &request("a"), async |tx| {
+            record_effect(tx, "second").await;
             Ok(response("second"))
         })
         .await
         .unwrap();
-    assert_eq!(runs, 1);
     assert_eq!(replay, first);
+    let committed: Vec<String> = sqlx::query_scalar("SELECT run FROM effects")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(committed, ["first"], "the retry changed nothing");
 
     let refused = keys
         .run(&pool, &SCOPE, &request("b"), async |_tx| {
@@ -110,69 +111,99 @@ async fn a_failed_run_stores_nothing_and_may_be_retried(pool: PgPool) {
     assert_eq!(retried, response("ok"));
 }
 
+/// The key is recorded at the end of the work's transaction, so overlapping
+/// runs under one key each do their work, but only one commits it: the others
+/// find the key taken (waiting for its transaction where it is still open),
+/// roll back and answer what it answered.
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn concurrent_retries_run_the_work_once(pool: PgPool) {
+async fn concurrent_runs_under_one_key_commit_the_work_once(pool: PgPool) {
+    sqlx::query("CREATE TABLE effects (run text NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
     let keys = supplier_registry::storage::idempotency_keys();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let (claimed_tx, claimed) = tokio::sync::oneshot::channel::<()>();
-    let release = Arc::new(tokio::sync::Notify::new());
-
-    // The first attempt claims the key and holds its transaction open...
-    let first = {
-        let (runs, keys, pool, release) =
-            (runs.clone(), keys.clone(), pool.clone(), release.clone());
-        tokio::spawn(async move {
-            keys.run(&pool, &SCOPE, &request("a"), async |_tx| {
-                runs.fetch_add(1, Ordering::SeqCst);
-                let _ = claimed_tx.send(());
-                release.notified().await;
-                Ok(response("run-0"))
-            })
-            .await
-        })
-    };
-    claimed.await.expect("the first attempt claimed the key");
-    // ...while three retries arrive and queue on its claim (the test pool holds
-    // five connections: each waiting retry holds one).
-    let retries: Vec<_> = (1..4)
+    // All four are inside their work, each in its own open transaction,
+    // before any of them records the key (the test pool holds five
+    // connections).
+    let all_working = Arc::new(tokio::sync::Barrier::new(4));
+    let runs: Vec<_> = (0..4)
         .map(|i| {
-            let (runs, keys, pool) = (runs.clone(), keys.clone(), pool.clone());
+            let (keys, pool, all_working) = (keys.clone(), pool.clone(), all_working.clone());
             tokio::spawn(async move {
-                keys.run(&pool, &SCOPE, &request("a"), async |_tx| {
-                    runs.fetch_add(1, Ordering::SeqCst);
+                keys.run(&pool, &SCOPE, &request("a"), async |tx| {
+                    record_effect(tx, &format!("run-{i}")).await;
+                    all_working.wait().await;
                     Ok(response(&format!("run-{i}")))
                 })
                 .await
             })
         })
         .collect();
-    let mut waiting = 0;
-    for _ in 0..600 {
-        (waiting,) = sqlx::query_as::<_, (i64,)>(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&pool)
+    let answers: Vec<_> = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|run| run.unwrap().unwrap())
+        .collect();
+    assert!(
+        answers.iter().all(|answer| *answer == answers[0]),
+        "every run answers alike: {answers:?}"
+    );
+    let committed: Vec<String> = sqlx::query_scalar("SELECT run FROM effects")
+        .fetch_all(&pool)
         .await
         .unwrap();
-        if waiting == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(waiting, 3, "every retry waits on the first claim");
-    release.notify_one();
+    assert_eq!(
+        committed.len(),
+        1,
+        "one run's work committed: {committed:?}"
+    );
+    assert_eq!(
+        response(&committed[0]),
+        answers[0],
+        "the answer is the committed run's"
+    );
+}
 
-    let first = first.await.unwrap().unwrap();
-    for retry in futures_util::future::join_all(retries).await {
-        assert_eq!(
-            retry.unwrap().unwrap(),
-            first,
-            "every retry replays the first result"
-        );
-    }
-    assert_eq!(first, response("run-0"));
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "the work ran once");
+/// A retry that arrives after the first run committed and whose work now
+/// fails on the state that run left answers the first run's answer.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_retry_refused_by_the_first_runs_effects_replays_its_answer(pool: PgPool) {
+    let keys = supplier_registry::storage::idempotency_keys();
+    let first = keys
+        .run(&pool, &SCOPE, &request("a"), async |_tx| {
+            Ok(response("first"))
+        })
+        .await
+        .unwrap();
+    let retry = keys
+        .run(&pool, &SCOPE, &request("a"), async |_tx| {
+            Err::<pb::RecordCompletedContractResponse, _>(ServiceError::FailedPrecondition(
+                "already done".into(),
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(retry, first);
+    let other_body = keys
+        .run(&pool, &SCOPE, &request("b"), async |_tx| {
+            Err::<pb::RecordCompletedContractResponse, _>(ServiceError::FailedPrecondition(
+                "already done".into(),
+            ))
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(other_body, ServiceError::IdempotencyKeyReused { .. }),
+        "{other_body:?}"
+    );
+}
+
+async fn record_effect(tx: &mut sqlx::PgConnection, run: &str) {
+    sqlx::query("INSERT INTO effects (run) VALUES ($1)")
+        .bind(run)
+        .execute(tx)
+        .await
+        .unwrap();
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

@@ -9,10 +9,22 @@
 //! runtime creates when missing ([`IdempotencyKeys::install`], run by `server`
 //! right after the service's own migrations), so no service writes it itself.
 //!
+//! The key's row is written once, at the end of the work's transaction, with
+//! the request's SHA-256 and the answer: one statement per call rather than
+//! a claim before the work and an update after it. Duplicates are still
+//! answered once: two runs under one key that overlap both work, but the
+//! second's insert of the key waits for the first's transaction and then
+//! finds the key taken, so it rolls back and replays the first's answer;
+//! and a retry whose work fails because the first run already changed the
+//! state (an account already funded) looks for a stored answer before it
+//! reports the failure. Where a use case locks its aggregate first (an
+//! escrow account, a supplier's row), that lock already queues duplicates.
+//!
 //! Only successes are stored: a failed request rolls back, so it changed
 //! nothing and a retry simply runs again.
 
 use prost::Message;
+use sha2::{Digest, Sha256};
 // The only dynamic SQL: the schema name, a service's own constant.
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
@@ -37,7 +49,9 @@ pub fn validate_key(key: &str, violations: &mut Violations) {
 /// The table, `{schema}` standing for the service's schema. `IF NOT EXISTS`:
 /// schemas migrated before the runtime created it hold it already, with these
 /// very columns, from their services' first migrations (supplier-registry's
-/// `0001_suppliers.sql` still creates it, being applied history).
+/// `0001_suppliers.sql` still creates it, being applied history). `request`
+/// holds the request's SHA-256 (rows written before that held the whole
+/// encoded request; both are recognised until they are purged).
 pub const TABLE: &str = "CREATE TABLE IF NOT EXISTS {schema}.idempotency_keys (
     principal_id  text NOT NULL,
     method        text NOT NULL,
@@ -52,9 +66,8 @@ pub const TABLE: &str = "CREATE TABLE IF NOT EXISTS {schema}.idempotency_keys (
 #[derive(Clone, Debug)]
 pub struct IdempotencyKeys {
     schema: &'static str,
-    claim_sql: String,
+    insert_sql: String,
     lookup_sql: String,
-    store_sql: String,
     purge_sql: String,
 }
 
@@ -65,12 +78,23 @@ pub struct KeyScope<'a> {
     pub key: &'a str,
 }
 
-/// The outcome of claiming a key inside the caller's transaction.
-pub enum Claim<R> {
-    /// First use: do the work, then [`IdempotencyKeys::store`] the response.
-    Fresh,
-    /// Already done: return this response and change nothing.
-    Replay(R),
+/// What a request is known by in the table: its SHA-256, and its encoding
+/// for rows written before the table held hashes.
+struct Fingerprint {
+    encoded: Vec<u8>,
+    hash: [u8; 32],
+}
+
+impl Fingerprint {
+    fn of(request: &impl Message) -> Self {
+        let encoded = request.encode_to_vec();
+        let hash = Sha256::digest(&encoded).into();
+        Self { encoded, hash }
+    }
+
+    fn matches(&self, stored: &[u8]) -> bool {
+        stored == self.hash.as_slice() || stored == self.encoded.as_slice()
+    }
 }
 
 impl IdempotencyKeys {
@@ -78,11 +102,9 @@ impl IdempotencyKeys {
     pub fn new(schema: &'static str) -> Self {
         Self {
             schema,
-            // Holds a row lock until our transaction ends, so a concurrent retry
-            // under the same key waits for our outcome instead of running twice.
-            claim_sql: format!(
+            insert_sql: format!(
                 "INSERT INTO {schema}.idempotency_keys (principal_id, method, key, request, response) \
-                 VALUES ($1, $2, $3, $4, ''::bytea) ON CONFLICT DO NOTHING"
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
             ),
             lookup_sql: format!(
                 "SELECT request, response FROM {schema}.idempotency_keys \
@@ -90,10 +112,6 @@ impl IdempotencyKeys {
             ),
             purge_sql: format!(
                 "DELETE FROM {schema}.idempotency_keys WHERE created_at < now() - $1::interval"
-            ),
-            store_sql: format!(
-                "UPDATE {schema}.idempotency_keys SET response = $4 \
-                 WHERE principal_id = $1 AND method = $2 AND key = $3"
             ),
         }
     }
@@ -117,91 +135,39 @@ impl IdempotencyKeys {
         tx.commit().await
     }
 
-    /// Claims the key for `request` in the caller's transaction.
-    pub async fn claim<Q: Message, R: Message + Default>(
-        &self,
-        tx: &mut PgConnection,
-        scope: &KeyScope<'_>,
-        request: &Q,
-    ) -> Result<Claim<R>, ServiceError> {
-        let request_bytes = request.encode_to_vec();
-        let inserted = sqlx::query(AssertSqlSafe(self.claim_sql.as_str()))
-            .bind(scope.principal_id)
-            .bind(scope.method)
-            .bind(scope.key)
-            .bind(&request_bytes)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if inserted == 1 {
-            return Ok(Claim::Fresh);
-        }
-        let (stored_request, response): (Vec<u8>, Vec<u8>) =
-            sqlx::query_as(AssertSqlSafe(self.lookup_sql.as_str()))
-                .bind(scope.principal_id)
-                .bind(scope.method)
-                .bind(scope.key)
-                .fetch_one(&mut *tx)
-                .await?;
-        if stored_request != request_bytes {
-            return Err(ServiceError::IdempotencyKeyReused {
-                key: scope.key.to_owned(),
-                method: scope
-                    .method
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or(scope.method)
-                    .to_owned(),
-            });
-        }
-        R::decode(response.as_slice())
-            .map(Claim::Replay)
-            .map_err(|e| ServiceError::internal(format!("stored response undecodable: {e}")))
-    }
-
-    /// Stores the response of a fresh claim, in the same transaction as the work.
-    pub async fn store<R: Message>(
-        &self,
-        tx: &mut PgConnection,
-        scope: &KeyScope<'_>,
-        response: &R,
-    ) -> Result<(), ServiceError> {
-        sqlx::query(AssertSqlSafe(self.store_sql.as_str()))
-            .bind(scope.principal_id)
-            .bind(scope.method)
-            .bind(scope.key)
-            .bind(response.encode_to_vec())
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
-    }
-}
-
-impl IdempotencyKeys {
-    /// The stored response of `request` under its key, if a first run
-    /// committed one, read outside any transaction (a first run still in
-    /// progress is not seen: [`IdempotencyKeys::run`] waits for it).
+    /// The stored response of `request` under its key, if a run committed
+    /// one (a run still in progress is not seen).
     ///
     /// # Errors
     /// `IdempotencyKeyReused` when the key holds another request; database
     /// errors.
     pub async fn stored<Q: Message, R: Message + Default>(
         &self,
-        pool: &PgPool,
+        conn: impl sqlx::PgExecutor<'_>,
         scope: &KeyScope<'_>,
         request: &Q,
+    ) -> Result<Option<R>, ServiceError> {
+        self.stored_for(conn, scope, &Fingerprint::of(request))
+            .await
+    }
+
+    async fn stored_for<R: Message + Default>(
+        &self,
+        conn: impl sqlx::PgExecutor<'_>,
+        scope: &KeyScope<'_>,
+        fingerprint: &Fingerprint,
     ) -> Result<Option<R>, ServiceError> {
         let row: Option<(Vec<u8>, Vec<u8>)> =
             sqlx::query_as(AssertSqlSafe(self.lookup_sql.as_str()))
                 .bind(scope.principal_id)
                 .bind(scope.method)
                 .bind(scope.key)
-                .fetch_optional(pool)
+                .fetch_optional(conn)
                 .await?;
         let Some((stored_request, response)) = row else {
             return Ok(None);
         };
-        if stored_request != request.encode_to_vec() {
+        if !fingerprint.matches(&stored_request) {
             return Err(ServiceError::IdempotencyKeyReused {
                 key: scope.key.to_owned(),
                 method: scope
@@ -215,6 +181,27 @@ impl IdempotencyKeys {
         R::decode(response.as_slice())
             .map(Some)
             .map_err(|e| ServiceError::internal(format!("stored response undecodable: {e}")))
+    }
+
+    /// Records `response` under the key in the work's transaction; `false`
+    /// when another run holds the key (it waited for that run to end).
+    async fn record<R: Message>(
+        &self,
+        tx: &mut PgConnection,
+        scope: &KeyScope<'_>,
+        fingerprint: &Fingerprint,
+        response: &R,
+    ) -> Result<bool, ServiceError> {
+        let inserted = sqlx::query(AssertSqlSafe(self.insert_sql.as_str()))
+            .bind(scope.principal_id)
+            .bind(scope.method)
+            .bind(scope.key)
+            .bind(fingerprint.hash.as_slice())
+            .bind(response.encode_to_vec())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        Ok(inserted == 1)
     }
 
     /// Forgets keys older than `retention`; returns how many.
@@ -231,8 +218,9 @@ impl IdempotencyKeys {
             .rows_affected())
     }
 
-    /// Runs `work` once per key in one transaction with the key's claim, or
-    /// replays the stored response of the first run.
+    /// Runs `work` in one transaction that ends by recording its answer
+    /// under the key, or answers what an earlier run under the key answered
+    /// (see the module's notes on duplicates).
     pub async fn run<Q, R>(
         &self,
         pool: &PgPool,
@@ -244,19 +232,42 @@ impl IdempotencyKeys {
         Q: Message,
         R: Message + Default,
     {
+        let fingerprint = Fingerprint::of(request);
         let mut tx = crate::db::begin(pool).await?;
-        let outcome = async {
-            match self.claim(&mut tx, scope, request).await? {
-                Claim::Replay(response) => Ok(response),
-                Claim::Fresh => {
-                    let response = work(&mut tx).await?;
-                    self.store(&mut tx, scope, &response).await?;
-                    Ok(response)
+        let outcome = match work(&mut tx).await {
+            Ok(response) => match self.record(&mut tx, scope, &fingerprint, &response).await {
+                Ok(true) => Ok(Some(response)),
+                Ok(false) => Ok(None),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(Some(response)) => {
+                tx.commit().await?;
+                Ok(response)
+            }
+            Ok(None) => {
+                // A twin recorded the key first: its answer is the answer.
+                crate::db::rollback(tx).await;
+                match self.stored_for(pool, scope, &fingerprint).await? {
+                    Some(response) => Ok(response),
+                    None => Err(ServiceError::Aborted(
+                        "the key's other run is no longer recorded".into(),
+                    )),
+                }
+            }
+            Err(error) => {
+                crate::db::rollback(tx).await;
+                // A retry of a run that committed meets the state that run
+                // left (an account already funded): the first answer stands.
+                match self.stored_for(pool, scope, &fingerprint).await {
+                    Ok(Some(response)) => Ok(response),
+                    Err(reused @ ServiceError::IdempotencyKeyReused { .. }) => Err(reused),
+                    Ok(None) | Err(_) => Err(error),
                 }
             }
         }
-        .await;
-        crate::db::finish(tx, outcome).await
     }
 }
 

@@ -3,9 +3,10 @@
 //! 1. the caller (principal and method path) set by the auth layer;
 //! 2. the idempotency key's shape, and the handler's parsing of the request
 //!    into a domain command, all field violations reported together;
-//! 3. one transaction: claim the key under (principal, method path), apply the
-//!    command, store the answer; a serialization failure or deadlock (a
-//!    concurrent change won) reruns the transaction a bounded number of times;
+//! 3. one transaction: apply the command, then record the answer under the
+//!    key (principal, method path) as its last statement; a serialization
+//!    failure or deadlock (a concurrent change won) reruns the transaction a
+//!    bounded number of times;
 //! 4. the stored answer, or the replayed one for a retried key.
 //!
 //! A handler is then two steps: `prepare` with its parse function (pure), and
@@ -21,7 +22,7 @@ use ta_proto::IdempotentRequest;
 use crate::{
     ServiceError, Violations,
     auth::{self, Caller, Principal},
-    idempotency::{Claim, IdempotencyKeys, KeyScope, validate_key},
+    idempotency::{IdempotencyKeys, KeyScope, validate_key},
 };
 
 /// How many times a transaction that lost to a concurrent one is rerun.
@@ -74,15 +75,9 @@ impl Mutations {
         Q: IdempotentRequest,
         R: prost::Message + Default,
     {
-        let scope = prepared.scope();
-        let mut tx = crate::db::begin(&self.pool).await?;
-        // The claim's insert is rolled back: only an answered key is kept.
-        let claim = self.keys.claim(&mut tx, &scope, &prepared.request).await;
-        tx.rollback().await?;
-        match claim? {
-            Claim::Replay(response) => Ok(Some(response)),
-            Claim::Fresh => Ok(None),
-        }
+        self.keys
+            .stored(&self.pool, &prepared.scope(), &prepared.request)
+            .await
     }
 
     /// Stores the answer of a multi-transaction use case under its key, in

@@ -10,7 +10,7 @@ use sqlx::{
     PgPool, SqlStr,
     migrate::{MigrateError, Migration, MigrationType, Migrator},
 };
-use ta_runtime::idempotency::{Claim, IdempotencyKeys, KeyScope};
+use ta_runtime::idempotency::{IdempotencyKeys, KeyScope};
 
 const SCHEMA: &str = "svc";
 
@@ -83,22 +83,20 @@ async fn keys_work(pool: &PgPool, keys: &IdempotencyKeys) {
         method: "/svc.v1.Svc/Do",
         key: "k-1",
     };
-    let mut tx = pool.begin().await.unwrap();
-    let claim: Claim<String> = keys
-        .claim(&mut tx, &scope, &"req".to_owned())
+    let first: String = keys
+        .run(pool, &scope, &"req".to_owned(), async |_tx| {
+            Ok("done".to_owned())
+        })
         .await
         .unwrap();
-    assert!(matches!(claim, Claim::Fresh));
-    keys.store(&mut tx, &scope, &"done".to_owned())
+    assert_eq!(first, "done");
+    let again: String = keys
+        .run(pool, &scope, &"req".to_owned(), async |_tx| {
+            Ok("again".to_owned())
+        })
         .await
         .unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    let again: Claim<String> = keys
-        .claim(&mut tx, &scope, &"req".to_owned())
-        .await
-        .unwrap();
-    assert!(matches!(again, Claim::Replay(r) if r == "done"));
+    assert_eq!(again, "done", "the retry replays the first answer");
 }
 
 #[sqlx::test(migrations = false)]
