@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{Contact, NewSupplier, PenaltyPolicy, Status, Supplier},
-    storage::{self, Reservation, ReviewRow},
+    storage::{self, Reservation, Reserved, ReviewRow},
 };
 
 /// A change to one supplier's profile, verification, enrolment or status.
@@ -155,19 +155,28 @@ impl Registry {
     /// Reserves a contract's cover once: the same contract, supplier and
     /// amount again (whatever the idempotency key) answers the existing
     /// reservation; anything else about that contract is refused.
+    ///
+    /// The rules run on the supplier as read without a lock, and the write
+    /// is one guarded statement, so the supplier's row is locked only from
+    /// that write to the commit: the hot path of a popular supplier. When the
+    /// supplier changed between the read and the write, the decision is made
+    /// again under its lock, as every other cover change is.
     pub async fn reserve_cover(
         &self,
         tx: &mut PgConnection,
         command: &ReserveCover,
     ) -> Result<(Reservation, Supplier), ServiceError> {
         let amount = command.amount;
-        let mut supplier = storage::lock_supplier(tx, command.supplier_id).await?;
-        if let Some(existing) = storage::find_reservation(tx, &command.contract_id).await? {
+        let (mut supplier, existing) =
+            storage::supplier_and_reservation(tx, command.supplier_id, &command.contract_id)
+                .await?;
+        if let Some(existing) = existing {
             return Ok((
                 same_reservation(existing, command.supplier_id, amount)?,
                 supplier,
             ));
         }
+        let seen = supplier.clone();
         supplier.reserve_cover(amount)?;
         let reservation = Reservation {
             contract_id: command.contract_id.clone(),
@@ -179,9 +188,35 @@ impl Registry {
             released_at: None,
             contract_version: 1,
         };
-        storage::insert_reservation(tx, &reservation).await?;
-        storage::update_supplier(tx, &mut supplier).await?;
-        Ok((reservation, supplier))
+        match storage::reserve_if_unchanged(tx, &seen, &reservation).await? {
+            Reserved::Done {
+                cover_reserved_minor,
+            } => {
+                supplier.cover_reserved_minor = cover_reserved_minor;
+                supplier.updated_at = reservation.reserved_at;
+                Ok((reservation, supplier))
+            }
+            Reserved::ContractTaken => {
+                let supplier = storage::lock_supplier(tx, command.supplier_id).await?;
+                let existing = storage::find_reservation(tx, &command.contract_id)
+                    .await?
+                    .ok_or_else(|| {
+                        ServiceError::Aborted("a contract's reservation came and went".into())
+                    })?;
+                Ok((
+                    same_reservation(existing, command.supplier_id, amount)?,
+                    supplier,
+                ))
+            }
+            Reserved::SupplierChanged => {
+                // The reservation row is written; the supplier's side is
+                // decided again on its locked state (a refusal rolls both back).
+                let mut supplier = storage::lock_supplier(tx, command.supplier_id).await?;
+                supplier.reserve_cover(amount)?;
+                storage::update_supplier(tx, &mut supplier).await?;
+                Ok((reservation, supplier))
+            }
+        }
     }
 
     /// Moves an active reservation to the amended amount: the difference is

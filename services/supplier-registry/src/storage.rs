@@ -2,8 +2,11 @@
 //! service's own schema, `supplier_registry`.
 //!
 //! Mutations run in the caller's transaction and lock the supplier row first
-//! (`lock_supplier`), so concurrent changes to one supplier (50 reservations at
-//! once, say) serialize and can never over-reserve its limit.
+//! (`lock_supplier`), so concurrent changes to one supplier serialize and can
+//! never over-reserve its limit. ReserveCover, the hot one (50 reservations
+//! at once on a popular supplier, say), instead reads without a lock and
+//! writes with one guarded statement ([`reserve_if_unchanged`]), which the
+//! database serializes on the row just as well.
 
 use sqlx::{FromRow, PgConnection, PgPool, migrate::Migrator, types::Json};
 use ta_runtime::{
@@ -292,6 +295,134 @@ pub async fn insert_reservation(
         ))
     })?;
     Ok(())
+}
+
+/// What ReserveCover decides on, read in one statement and without a lock:
+/// the supplier as it stands and the contract's reservation, if any (with
+/// whichever supplier). [`reserve_if_unchanged`] then writes only if what
+/// was read still holds.
+pub async fn supplier_and_reservation(
+    tx: &mut PgConnection,
+    supplier_id: Uuid,
+    contract_id: &str,
+) -> Result<(Supplier, Option<Reservation>), ServiceError> {
+    #[derive(FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        supplier: SupplierRow,
+        r_contract_id: Option<String>,
+        r_supplier_id: Option<Uuid>,
+        r_currency: Option<String>,
+        r_amount_minor: Option<i64>,
+        r_status: Option<String>,
+        r_reserved_at: Option<OffsetDateTime>,
+        r_released_at: Option<OffsetDateTime>,
+        r_contract_version: Option<i32>,
+    }
+    let sql = format!(
+        "SELECT s.*, r.* FROM \
+         (SELECT {SUPPLIER_COLUMNS} FROM supplier_registry.suppliers WHERE id = $1) s \
+         LEFT JOIN (SELECT contract_id AS r_contract_id, supplier_id AS r_supplier_id, \
+                    currency AS r_currency, amount_minor AS r_amount_minor, status AS r_status, \
+                    reserved_at AS r_reserved_at, released_at AS r_released_at, \
+                    contract_version AS r_contract_version \
+                    FROM supplier_registry.cover_reservations WHERE contract_id = $2) r ON true"
+    );
+    let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(supplier_id)
+        .bind(contract_id)
+        .fetch_optional(tx)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("supplier", supplier_id))?;
+    let reservation = match (
+        row.r_contract_id,
+        row.r_supplier_id,
+        row.r_currency,
+        row.r_amount_minor,
+        row.r_status,
+        row.r_reserved_at,
+        row.r_contract_version,
+    ) {
+        (
+            Some(contract_id),
+            Some(supplier_id),
+            Some(currency),
+            Some(amount_minor),
+            Some(status),
+            Some(reserved_at),
+            Some(contract_version),
+        ) => Some(Reservation {
+            contract_id,
+            supplier_id,
+            currency,
+            amount_minor,
+            status,
+            reserved_at,
+            released_at: row.r_released_at,
+            contract_version,
+        }),
+        _ => None,
+    };
+    Ok((row.supplier.try_into()?, reservation))
+}
+
+/// How [`reserve_if_unchanged`] ended.
+pub enum Reserved {
+    /// Written: the supplier's reserved cover is now this.
+    Done { cover_reserved_minor: i64 },
+    /// The contract's reservation was committed by another transaction
+    /// after the read: nothing was written.
+    ContractTaken,
+    /// The reservation row is written but the supplier no longer matches
+    /// what the decision read (limit, currency, badge) or its remaining
+    /// limit no longer covers the amount: decide again under its lock.
+    SupplierChanged,
+}
+
+/// Writes a reservation decided on `seen` in one statement: inserts it, then
+/// adds its amount to the supplier's reserved cover only if the fields the
+/// decision read are unchanged and the remaining limit still covers it. The
+/// supplier's row lock is taken by this last write and held only until the
+/// commit that follows it.
+pub async fn reserve_if_unchanged(
+    tx: &mut PgConnection,
+    seen: &Supplier,
+    r: &Reservation,
+) -> Result<Reserved, ServiceError> {
+    let (inserted, reserved): (bool, Option<i64>) = sqlx::query_as(
+        "WITH inserted AS ( \
+             INSERT INTO supplier_registry.cover_reservations \
+             (contract_id, supplier_id, currency, amount_minor, status, reserved_at) \
+             VALUES ($1, $2, $3, $4, 'active', $5) \
+             ON CONFLICT (contract_id) DO NOTHING RETURNING contract_id \
+         ), guarded AS ( \
+             UPDATE supplier_registry.suppliers \
+             SET cover_reserved_minor = cover_reserved_minor + $4, updated_at = $5 \
+             WHERE id = $2 AND EXISTS (SELECT 1 FROM inserted) \
+               AND verification = $6 AND status = $7 \
+               AND ta_limit_currency = $3 AND ta_limit_minor = $8 \
+               AND ta_limit_minor - cover_reserved_minor >= $4 \
+             RETURNING cover_reserved_minor \
+         ) \
+         SELECT EXISTS (SELECT 1 FROM inserted), (SELECT cover_reserved_minor FROM guarded)",
+    )
+    .bind(&r.contract_id)
+    .bind(r.supplier_id)
+    .bind(&r.currency)
+    .bind(r.amount_minor)
+    .bind(r.reserved_at)
+    .bind(seen.verification.as_str())
+    .bind(seen.status.as_str())
+    .bind(seen.ta_limit.map_or(0, |m| m.amount_minor))
+    .fetch_one(tx)
+    .await?;
+    Ok(match (inserted, reserved) {
+        (false, _) => Reserved::ContractTaken,
+        (true, None) => Reserved::SupplierChanged,
+        (true, Some(cover_reserved_minor)) => Reserved::Done {
+            cover_reserved_minor,
+        },
+    })
 }
 
 /// Marks an active reservation released; at most once (the status guard).

@@ -361,3 +361,71 @@ async fn an_amendment_moves_the_cover_within_the_limit_and_in_version_order(pool
     assert_eq!(reserved(&pool, &id).await, (20_000, 20_000));
     server.stop().await.unwrap();
 }
+
+/// The guarded write of a reservation decided without a lock: it writes
+/// nothing of the supplier's side when the limit moved after the read (the
+/// use case then decides again under the lock), and nothing at all when the
+/// contract's reservation was taken meanwhile.
+#[sqlx::test(migrations = false)]
+async fn a_reservation_decided_on_a_stale_read_is_not_written_past_the_guard(pool: PgPool) {
+    use supplier_registry::storage::{self, Reserved};
+    let Registry { server, mut client } = start(pool.clone()).await;
+    let id = badged_supplier(&mut client, "LIC-GUARD", 100_000).await;
+    let supplier_id: uuid::Uuid = id.parse().unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let (seen, existing) = storage::supplier_and_reservation(&mut tx, supplier_id, "contract-g")
+        .await
+        .unwrap();
+    assert!(existing.is_none());
+    tx.rollback().await.unwrap();
+    let reservation = |contract: &str| storage::Reservation {
+        contract_id: contract.into(),
+        supplier_id,
+        currency: "USD".into(),
+        amount_minor: 60_000,
+        status: "active".into(),
+        reserved_at: ta_runtime::timestamps::now(),
+        released_at: None,
+        contract_version: 1,
+    };
+
+    // An operator lowers the limit after the read.
+    sqlx::query("UPDATE supplier_registry.suppliers SET ta_limit_minor = 50000 WHERE id = $1")
+        .bind(supplier_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let outcome = storage::reserve_if_unchanged(&mut tx, &seen, &reservation("contract-g"))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Reserved::SupplierChanged));
+    tx.rollback().await.unwrap();
+    assert_eq!(reserved(&pool, &id).await, (0, 0));
+
+    // Through the API the same request is decided again on the new limit.
+    let refused = client
+        .reserve_cover(reserve("g-1", &id, "contract-g", 60_000))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+    // A contract reserved by another transaction after the read.
+    sqlx::query("UPDATE supplier_registry.suppliers SET ta_limit_minor = 100000 WHERE id = $1")
+        .bind(supplier_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    client
+        .reserve_cover(reserve("g-2", &id, "contract-g", 60_000))
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let outcome = storage::reserve_if_unchanged(&mut tx, &seen, &reservation("contract-g"))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Reserved::ContractTaken));
+    tx.rollback().await.unwrap();
+    assert_eq!(reserved(&pool, &id).await, (60_000, 60_000));
+    server.stop().await.unwrap();
+}
