@@ -6,19 +6,30 @@
 //!
 //! The services are the real binaries, started here against a fresh database
 //! (one schema each), or already running ones given by address.
+//!
+//! What a scenario needs beforehand (escrow accounts, suppliers) is set up
+//! before its timed phase, as `pgbench -i` fills its tables first; after it,
+//! the generator's tally of acknowledged movements is compared with escrow's
+//! statements ([`tally`]) and the ledger is reconciled.
+
+pub mod cluster;
+pub mod tally;
 
 use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicUsize, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use hdrhistogram::Histogram;
 use ta_proto::{
-    common::Money,
+    common::{Money, PageRequest},
     tradeassurance::{
         contract::v1::{
             AcceptGoodsRequest, ConfirmReceiptRequest, Contract, ContractStatus, ContractTerms,
@@ -28,9 +39,10 @@ use ta_proto::{
             contract_service_client::ContractServiceClient,
         },
         escrow::v1::{
-            self as escrow, CardPayment, EscrowPaymentScheme, FundEscrowRequest,
-            OpenEscrowAccountRequest, Purpose, ReconcileLedgerRequest, ReleaseToSupplierRequest,
-            ScheduledPayment, escrow_service_client::EscrowServiceClient,
+            self as escrow, CardPayment, EscrowPaymentScheme, FundEscrowRequest, FundingStatus,
+            GetEscrowStatementRequest, GetEscrowStatementResponse, OpenEscrowAccountRequest,
+            Purpose, ReconcileLedgerRequest, ReleaseToSupplierRequest, ScheduledPayment,
+            escrow_service_client::EscrowServiceClient,
         },
         supplier::v1::{
             Contact, EnrollTradeAssuranceRequest, RegisterSupplierRequest, ReserveCoverRequest,
@@ -42,6 +54,7 @@ use ta_proto::{
 };
 use ta_runtime::auth::Role;
 use ta_testkit::{HealthStatus, TEST_SECRET, bearer, service_bearer, wait_for_health};
+use tally::{Release, Tally, TallyCheck};
 use tonic::{
     Request,
     metadata::{Ascii, MetadataValue},
@@ -62,6 +75,9 @@ pub enum Scenario {
     Transfers,
     /// The same, every account of one supplier (its payable account is hot).
     HotSupplier,
+    /// Many callers debiting one escrow account: releases of 10.00 USD, each
+    /// for its own milestone, out of an account funded once.
+    HotDebit,
     /// ReserveCover on one supplier, a distinct contract each time.
     ReserveCover,
     /// Whole orders through contract: draft, both signatures, activation
@@ -74,9 +90,10 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Self::Transfers,
         Self::HotSupplier,
+        Self::HotDebit,
         Self::ReserveCover,
         Self::Orders,
         Self::Echo,
@@ -86,6 +103,7 @@ impl Scenario {
         match self {
             Self::Transfers => "transfers",
             Self::HotSupplier => "hot-supplier",
+            Self::HotDebit => "hot-debit",
             Self::ReserveCover => "reserve-cover",
             Self::Orders => "orders",
             Self::Echo => "echo",
@@ -100,10 +118,20 @@ impl Scenario {
     pub fn counted(self) -> &'static [&'static str] {
         match self {
             Self::Transfers | Self::HotSupplier => &["FundEscrow", "ReleaseToSupplier"],
+            Self::HotDebit => &["ReleaseToSupplier"],
             Self::ReserveCover => &["ReserveCover"],
             Self::Orders => &["whole order"],
             Self::Echo => &["Echo"],
         }
+    }
+
+    /// Whether it moves money through escrow (so its tally is compared and
+    /// the ledger reconciled after it).
+    pub fn moves_money(self) -> bool {
+        matches!(
+            self,
+            Self::Transfers | Self::HotSupplier | Self::HotDebit | Self::Orders
+        )
     }
 }
 
@@ -308,16 +336,8 @@ pub struct PgbenchResult {
     pub latency_ms: f64,
 }
 
-/// `pgbench -i -s scale` into a fresh database, then the TPC-B-like script
-/// with `clients` clients for `seconds`, prepared statements, and the given
-/// `synchronous_commit`.
-pub fn pgbench(
-    admin_url: &str,
-    scale: u32,
-    clients: usize,
-    seconds: u64,
-    synchronous_commit: &str,
-) -> Result<PgbenchResult> {
+/// `pgbench -i -s scale` into a fresh database (dropped with the result).
+pub fn pgbench_init(admin_url: &str, scale: u32) -> Result<Database> {
     let db = Database::create(admin_url, "bench_pgbench")?;
     let init = Command::new("pgbench")
         .args(["-i", "-q", "-s", &scale.to_string(), &db.url])
@@ -326,6 +346,19 @@ pub fn pgbench(
     if !init.status.success() {
         return Err(format!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr)).into());
     }
+    Ok(db)
+}
+
+/// The TPC-B-like script on `db` (made by [`pgbench_init`] at `scale`) with
+/// `clients` clients for `seconds`, prepared statements, and the given
+/// `synchronous_commit`.
+pub fn pgbench_run(
+    db: &Database,
+    scale: u32,
+    clients: usize,
+    seconds: u64,
+    synchronous_commit: &str,
+) -> Result<PgbenchResult> {
     let threads = clients.clamp(1, 2);
     let run = Command::new("pgbench")
         .env(
@@ -369,6 +402,109 @@ pub fn pgbench(
         tps,
         latency_ms: field("latency average = ").unwrap_or(f64::NAN),
     })
+}
+
+/// `repetitions` runs at each scale, the scales taking turns (so a noisy
+/// moment of the machine falls on both), each scale initialised once.
+pub fn pgbench_series(
+    admin_url: &str,
+    scales: &[u32],
+    clients: usize,
+    seconds: u64,
+    synchronous_commit: &str,
+    repetitions: usize,
+) -> Result<Vec<PgbenchResult>> {
+    let dbs = scales
+        .iter()
+        .map(|&scale| pgbench_init(admin_url, scale).map(|db| (scale, db)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut results = Vec::new();
+    for _ in 0..repetitions {
+        for (scale, db) in &dbs {
+            results.push(pgbench_run(
+                db,
+                *scale,
+                clients,
+                seconds,
+                synchronous_commit,
+            )?);
+        }
+    }
+    Ok(results)
+}
+
+/// The middle value (the mean of the middle two of an even count); NaN for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// (min, max); NaN for none.
+pub fn spread(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::NAN, f64::NAN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// pgbench at one scale, before and after the scenarios.
+#[derive(Clone, Debug)]
+pub struct PgbenchSummary {
+    pub scale: u32,
+    pub clients: usize,
+    pub before: Vec<f64>,
+    pub after: Vec<f64>,
+}
+
+impl PgbenchSummary {
+    pub fn of(scale: u32, before: &[PgbenchResult], after: &[PgbenchResult]) -> Self {
+        let tps = |runs: &[PgbenchResult]| -> Vec<f64> {
+            runs.iter()
+                .filter(|r| r.scale == scale)
+                .map(|r| r.tps)
+                .collect()
+        };
+        Self {
+            scale,
+            clients: before
+                .iter()
+                .chain(after)
+                .find(|r| r.scale == scale)
+                .map_or(0, |r| r.clients),
+            before: tps(before),
+            after: tps(after),
+        }
+    }
+
+    /// The reference every ratio is read against: the median of all runs.
+    pub fn median_all(&self) -> f64 {
+        let all: Vec<f64> = self.before.iter().chain(&self.after).copied().collect();
+        median(&all)
+    }
+
+    pub fn print(&self) {
+        let side = |runs: &[f64]| {
+            let (lo, hi) = spread(runs);
+            let each: Vec<String> = runs.iter().map(|t| format!("{t:.1}")).collect();
+            format!(
+                "median {:.1} (min {lo:.1}, max {hi:.1}; {})",
+                median(runs),
+                each.join(", ")
+            )
+        };
+        println!(
+            "   pgbench scale {}, {} clients: before {}; after {}; median of all {:.1} tps",
+            self.scale,
+            self.clients,
+            side(&self.before),
+            side(&self.after),
+            self.median_all()
+        );
+    }
 }
 
 // --- the platform ----------------------------------------------------------------------
@@ -576,6 +712,8 @@ impl CallStats {
 #[derive(Default)]
 struct Recorder {
     calls: BTreeMap<&'static str, CallStats>,
+    /// The money movements escrow acknowledged to this caller.
+    tally: Tally,
 }
 
 impl Recorder {
@@ -638,6 +776,23 @@ pub struct ScenarioReport {
     /// (None: not an escrow scenario).
     pub ledger_differences: Option<usize>,
     pub ledger_checked: Option<(u64, u64, u64)>,
+    /// What was prepared before the timed phase, if anything.
+    pub setup: Option<Setup>,
+    /// The tally of acknowledged movements against escrow's statements
+    /// (None: not an escrow scenario).
+    pub tally: Option<TallyCheck>,
+    /// When a caller found no prepared account left, after the start: the
+    /// setup was too small for the rate reached (the run is repeated with
+    /// more, see [`run_scenario`]).
+    pub ran_dry: Option<Duration>,
+}
+
+/// What a scenario prepared before its timed phase (not in its rate, its
+/// wall clock or its CPU figures).
+pub struct Setup {
+    pub what: String,
+    pub elapsed: Duration,
+    pub calls: BTreeMap<&'static str, CallStats>,
 }
 
 impl ScenarioReport {
@@ -655,6 +810,18 @@ impl ScenarioReport {
 
     pub fn errors(&self) -> u64 {
         self.calls.values().map(|c| c.errors).sum()
+    }
+
+    /// Differences of the tally with escrow's statements (0 when not checked).
+    pub fn tally_differences(&self) -> usize {
+        self.tally.as_ref().map_or(0, |t| t.differences.len())
+    }
+
+    /// No failed call, no difference in the ledger or with the tally.
+    pub fn sound(&self) -> bool {
+        self.errors() == 0
+            && self.ledger_differences.unwrap_or(0) == 0
+            && self.tally_differences() == 0
     }
 
     pub fn counted_ok(&self) -> u64 {
@@ -688,6 +855,35 @@ impl ScenarioReport {
     }
 
     pub fn print(&self) {
+        if let Some(setup) = &self.setup {
+            let calls: Vec<String> = setup
+                .calls
+                .iter()
+                .map(|(name, stats)| {
+                    format!(
+                        "{} {name} (p50 {:.2} ms{})",
+                        stats.ok(),
+                        stats.latency_us.value_at_quantile(0.5) as f64 / 1000.0,
+                        if stats.errors > 0 {
+                            format!(", {} errors", stats.errors)
+                        } else {
+                            String::new()
+                        }
+                    )
+                })
+                .collect();
+            println!(
+                "== {} setup, untimed: {} in {:.1} s{}",
+                self.scenario.name(),
+                setup.what,
+                setup.elapsed.as_secs_f64(),
+                if calls.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", calls.join(", "))
+                }
+            );
+        }
         let paced = self
             .rate
             .map_or(String::from("unpaced"), |r| format!("paced at {r:.0}/s"));
@@ -755,6 +951,15 @@ impl ScenarioReport {
                 "   ReconcileLedger: {d} differences ({accounts} accounts, {postings} postings, {holds} holds checked)"
             );
         }
+        if let Some(tally) = &self.tally {
+            tally.print();
+        }
+        if let Some(at) = self.ran_dry {
+            println!(
+                "   the prepared accounts ran out {:.1} s into the run",
+                at.as_secs_f64()
+            );
+        }
     }
 }
 
@@ -790,6 +995,13 @@ pub struct Load {
     /// Milestones of each escrow account the transfer scenarios open: each is
     /// funded and released once, so one OpenEscrowAccount per this many pairs.
     pub milestones: usize,
+    /// Releases out of each hot-debit account before the callers move on to
+    /// the next (each names a milestone of its own, and the work of every
+    /// call on the account grows with its schedule).
+    pub debits_per_account: usize,
+    /// The counted calls per second the setup prepares escrow accounts for
+    /// (for a paced run, its pace); a run that outruns them is repeated.
+    pub expected_rate: f64,
 }
 
 /// Spaces a caller's counted calls `interval` apart (no pacing without
@@ -830,22 +1042,58 @@ impl Pacer {
     }
 }
 
-/// Runs `scenario` with `load.clients` concurrent callers for `load.duration`.
+/// Runs `scenario` with `load.clients` concurrent callers for `load.duration`,
+/// after its setup; then compares the tally with escrow and reconciles the
+/// ledger. A run whose callers used up the prepared accounts before the end
+/// is reported, then run again with 1.5 times the rate it reached (at
+/// least twice the accounts), up to three times.
 pub async fn run_scenario(
     platform: &Platform,
     scenario: Scenario,
-    load: Load,
+    mut load: Load,
 ) -> Result<ScenarioReport> {
+    let mut attempt = 1;
+    loop {
+        let report = run_once(platform, scenario, load).await?;
+        let Some(at) = report.ran_dry else {
+            return Ok(report);
+        };
+        if attempt == 3 || !report.sound() {
+            return Ok(report);
+        }
+        println!(
+            "== {}: the prepared accounts ({}) ran out {:.1} s into the run at {:.1}/s; \
+             discarded (tally {} differences, ledger {} differences), run again with more",
+            scenario.name(),
+            report
+                .setup
+                .as_ref()
+                .map_or(String::new(), |s| s.what.clone()),
+            at.as_secs_f64(),
+            report.throughput(),
+            report.tally_differences(),
+            report.ledger_differences.unwrap_or(0)
+        );
+        load.expected_rate = (report.throughput() * 1.5).max(load.expected_rate * 2.0);
+        attempt += 1;
+    }
+}
+
+async fn run_once(platform: &Platform, scenario: Scenario, load: Load) -> Result<ScenarioReport> {
     let Load {
         clients,
         duration,
         sample_waits,
         ..
     } = load;
-    let tokens = std::sync::Arc::new(Tokens::new());
+    let tokens = Arc::new(Tokens::new());
     let run = unique_name(scenario.name()).replace('_', "-");
+    let mut setup_tally = Tally::default();
     // reserve-cover: one supplier for all; orders: one per caller.
     let mut suppliers: Vec<(String, String)> = Vec::new();
+    let setup_started = Instant::now();
+    let mut setup = None;
+    let mut pool = None;
     match scenario {
         Scenario::ReserveCover => {
             suppliers.push(setup_cover_supplier(&platform.registry_addr, &tokens, &run).await?);
@@ -855,8 +1103,24 @@ pub async fn run_scenario(
                 let run = format!("{run}-s{client}");
                 suppliers.push(setup_cover_supplier(&platform.registry_addr, &tokens, &run).await?);
             }
+            setup = Some(Setup {
+                what: format!("{clients} verified suppliers enrolled in Trade Assurance"),
+                elapsed: setup_started.elapsed(),
+                calls: BTreeMap::new(),
+            });
         }
-        _ => {}
+        Scenario::Transfers | Scenario::HotSupplier | Scenario::HotDebit => {
+            let shape = PoolShape::of(scenario, &load);
+            let (prepared, calls) =
+                prepare_accounts(platform, &tokens, &run, shape, &load, &mut setup_tally).await?;
+            setup = Some(Setup {
+                what: shape.describe(prepared.accounts.len()),
+                elapsed: setup_started.elapsed(),
+                calls,
+            });
+            pool = Some(Arc::new(prepared));
+        }
+        Scenario::Echo => {}
     }
     let cpu_before = platform.cpu();
     let backends_before = platform.backend_cpu();
@@ -874,6 +1138,7 @@ pub async fn run_scenario(
     for client in 0..clients {
         let tokens = tokens.clone();
         let run = run.clone();
+        let pool = pool.clone();
         let supplier = suppliers.get(client).or_else(|| suppliers.first()).cloned();
         let addr = match scenario {
             Scenario::ReserveCover => platform.registry_addr.clone(),
@@ -897,19 +1162,14 @@ pub async fn run_scenario(
             let mut pacer = Pacer::new(&load, client, deadline);
             match scenario {
                 Scenario::Transfers | Scenario::HotSupplier => {
-                    transfers_worker(
-                        channel,
-                        &tokens,
-                        &run,
-                        client,
-                        AccountShape {
-                            hot: scenario == Scenario::HotSupplier,
-                            milestones: load.milestones.max(1),
-                        },
-                        &mut pacer,
-                        &mut recorder,
-                    )
-                    .await;
+                    let pool = pool.expect("prepared above");
+                    transfers_worker(channel, &tokens, &pool, started, &mut pacer, &mut recorder)
+                        .await;
+                }
+                Scenario::HotDebit => {
+                    let pool = pool.expect("prepared above");
+                    hot_debit_worker(channel, &tokens, &pool, started, &mut pacer, &mut recorder)
+                        .await;
                 }
                 Scenario::Orders => {
                     let (supplier_id, owner) = supplier.expect("set up above");
@@ -949,6 +1209,7 @@ pub async fn run_scenario(
         }));
     }
     let mut calls: BTreeMap<&'static str, CallStats> = BTreeMap::new();
+    let mut tally = setup_tally;
     for worker in workers {
         let recorder = worker.await?;
         for (name, stats) in recorder.calls {
@@ -957,6 +1218,7 @@ pub async fn run_scenario(
                 .and_modify(|all| all.merge(&stats))
                 .or_insert(stats);
         }
+        tally.merge(recorder.tally);
     }
     let elapsed = started.elapsed();
     let cpu_after = platform.cpu();
@@ -985,13 +1247,16 @@ pub async fn run_scenario(
         Some(handle) => handle.join().unwrap_or_default(),
         None => BTreeMap::new(),
     };
-    let (ledger_differences, ledger_checked) = match scenario {
-        Scenario::Transfers | Scenario::HotSupplier | Scenario::Orders => {
-            let (differences, checked) = reconcile(&platform.escrow_addr, &tokens).await?;
-            (Some(differences), Some(checked))
-        }
-        Scenario::ReserveCover | Scenario::Echo => (None, None),
+    let (tally_check, ledger_differences, ledger_checked) = if scenario.moves_money() {
+        // The tally first: the releases contract's workflow makes after an
+        // acceptance are waited for there, and then reconciled too.
+        let check = check_tally(&platform.escrow_addr, &tokens, &tally, clients).await?;
+        let (differences, checked) = reconcile(&platform.escrow_addr, &tokens).await?;
+        (Some(check), Some(differences), Some(checked))
+    } else {
+        (None, None, None)
     };
+    let ran_dry = pool.and_then(|p| *p.ran_dry.lock().expect("not poisoned"));
     Ok(ScenarioReport {
         scenario,
         clients,
@@ -1002,6 +1267,9 @@ pub async fn run_scenario(
         wait_samples,
         ledger_differences,
         ledger_checked,
+        setup,
+        tally: tally_check,
+        ran_dry,
     })
 }
 
@@ -1027,110 +1295,566 @@ fn wait_sampler(db: Option<(String, String)>, deadline: Instant) -> BTreeMap<Str
     samples
 }
 
-/// The escrow accounts a transfer scenario opens.
-#[derive(Clone, Copy)]
-struct AccountShape {
-    /// All of one supplier (else each its own).
-    hot: bool,
-    /// Scheduled payments per account.
+/// What the escrow accounts of a money scenario look like.
+#[derive(Clone, Copy, Debug)]
+struct PoolShape {
+    scenario: Scenario,
+    /// Transfers: milestones funded and released one by one. Hot debit:
+    /// the milestones the releases name (the account is funded once, by a
+    /// milestone of their sum).
     milestones: usize,
+    /// Counted calls each account carries.
+    calls_per_account: usize,
+    /// What callers take from the pool at a time: a whole account
+    /// (transfers) or one release (hot debit: every caller on one account).
+    units_per_account: usize,
 }
 
-/// Opens accounts of `shape.milestones` milestones and, milestone by
-/// milestone, funds it by card (as the buyer) and releases it (as contract).
+impl PoolShape {
+    fn of(scenario: Scenario, load: &Load) -> Self {
+        if scenario == Scenario::HotDebit {
+            let debits = load.debits_per_account.max(1);
+            Self {
+                scenario,
+                milestones: debits,
+                calls_per_account: debits,
+                units_per_account: debits,
+            }
+        } else {
+            let milestones = load.milestones.max(1);
+            Self {
+                scenario,
+                milestones,
+                calls_per_account: 2 * milestones,
+                units_per_account: 1,
+            }
+        }
+    }
+
+    /// Enough accounts for `load.expected_rate` over the run, a quarter more
+    /// for its noise, and one more per caller (each may hold one part-used).
+    fn accounts_for(&self, load: &Load) -> usize {
+        let calls = load.expected_rate.max(1.0) * load.duration.as_secs_f64() * 1.25;
+        (calls / self.calls_per_account as f64).ceil() as usize + load.clients
+    }
+
+    fn describe(&self, accounts: usize) -> String {
+        match self.scenario {
+            Scenario::HotDebit => format!(
+                "{accounts} escrow accounts opened and each funded once with {} x 10.00 USD (released 10.00 at a time, one account after another)",
+                self.milestones
+            ),
+            _ => format!(
+                "{accounts} escrow accounts of {} milestones opened",
+                self.milestones
+            ),
+        }
+    }
+}
+
+/// An escrow account opened before the timed phase.
+struct PreparedAccount {
+    id: String,
+    contract_id: String,
+    supplier_id: String,
+    /// Index of its buyer's token in [`AccountPool::buyers`].
+    buyer: usize,
+}
+
+/// Escrow accounts opened before the timed phase (as `pgbench -i` fills its
+/// tables first), handed out in order to whichever caller asks next.
+struct AccountPool {
+    shape: PoolShape,
+    accounts: Vec<PreparedAccount>,
+    buyers: Vec<MetadataValue<Ascii>>,
+    next: AtomicUsize,
+    ran_dry: Mutex<Option<Duration>>,
+}
+
+impl AccountPool {
+    /// The next unit: (account, index of the unit within it); None, noted,
+    /// when every unit is taken.
+    fn take(&self, started: Instant) -> Option<(&PreparedAccount, usize)> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let per = self.shape.units_per_account;
+        match self.accounts.get(n / per) {
+            Some(account) => Some((account, n % per)),
+            None => {
+                self.ran_dry
+                    .lock()
+                    .expect("not poisoned")
+                    .get_or_insert(started.elapsed());
+                None
+            }
+        }
+    }
+}
+
+/// Opens the accounts a money scenario's run will use, `load.clients` at a
+/// time (hot debit: and funds each once, as its buyer, tallied).
+async fn prepare_accounts(
+    platform: &Platform,
+    tokens: &Arc<Tokens>,
+    run: &str,
+    shape: PoolShape,
+    load: &Load,
+    tally: &mut Tally,
+) -> Result<(AccountPool, BTreeMap<&'static str, CallStats>)> {
+    let count = shape.accounts_for(load);
+    let buyer_ids: Vec<String> = (0..load.clients.max(1))
+        .map(|b| format!("{run}-buyer-{b}"))
+        .collect();
+    let accounts: Vec<PreparedAccount> = (0..count)
+        .map(|k| PreparedAccount {
+            id: String::new(),
+            contract_id: format!("{run}-c{k}"),
+            supplier_id: match shape.scenario {
+                Scenario::HotSupplier => format!("{run}-hot-supplier"),
+                Scenario::HotDebit => format!("{run}-supplier"),
+                _ => format!("{run}-supplier-{k}"),
+            },
+            buyer: k % buyer_ids.len(),
+        })
+        .collect();
+    let accounts = Arc::new(Mutex::new(accounts));
+    let openers = load.clients.max(1);
+    let mut tasks = Vec::new();
+    for opener in 0..openers {
+        let channel = channel_connected(&platform.escrow_addr).await?;
+        let tokens = tokens.clone();
+        let accounts = accounts.clone();
+        let buyer_ids = buyer_ids.clone();
+        let run = run.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut escrow = EscrowServiceClient::new(channel);
+            let mut recorder = Recorder::default();
+            let mut k = opener;
+            loop {
+                let Some((contract_id, supplier_id, buyer)) = accounts
+                    .lock()
+                    .expect("not poisoned")
+                    .get(k)
+                    .map(|a| (a.contract_id.clone(), a.supplier_id.clone(), a.buyer))
+                else {
+                    break;
+                };
+                let buyer_id = &buyer_ids[buyer];
+                let id = open_and_fund(
+                    &mut escrow,
+                    &tokens,
+                    &run,
+                    shape,
+                    (&contract_id, &supplier_id, buyer_id),
+                    &mut recorder,
+                )
+                .await?;
+                accounts.lock().expect("not poisoned")[k].id = id;
+                k += openers;
+            }
+            Ok::<_, Error>(recorder)
+        }));
+    }
+    let mut calls: BTreeMap<&'static str, CallStats> = BTreeMap::new();
+    for task in tasks {
+        let recorder = task.await??;
+        for (name, stats) in recorder.calls {
+            calls
+                .entry(name)
+                .and_modify(|all| all.merge(&stats))
+                .or_insert(stats);
+        }
+        tally.merge(recorder.tally);
+    }
+    let accounts = std::mem::take(&mut *accounts.lock().expect("not poisoned"));
+    Ok((
+        AccountPool {
+            shape,
+            accounts,
+            buyers: buyer_ids.iter().map(|b| bearer(b, Role::Buyer)).collect(),
+            next: AtomicUsize::new(0),
+            ran_dry: Mutex::new(None),
+        },
+        calls,
+    ))
+}
+
+/// The milestone a hot-debit account is funded by, once.
+const HOT_DEBIT_FUNDING: &str = "funding";
+
+/// Opens one account of `shape` (hot debit: and funds it); returns its id.
+/// Any failure fails the setup, and so the run.
+async fn open_and_fund(
+    escrow: &mut EscrowServiceClient<Channel>,
+    tokens: &Tokens,
+    run: &str,
+    shape: PoolShape,
+    (contract_id, supplier_id, buyer_id): (&str, &str, &str),
+    recorder: &mut Recorder,
+) -> Result<String> {
+    let due = Some(timestamp_in(Duration::from_secs(7 * 86_400)));
+    let payment = |milestone_id: String, minor: i64| ScheduledPayment {
+        milestone_id,
+        amount: usd(minor),
+        due_at: due,
+        funded_at: None,
+    };
+    let hot_debit = shape.scenario == Scenario::HotDebit;
+    let funding_minor = MILESTONE_MINOR * shape.milestones as i64;
+    let schedule = if hot_debit {
+        // The releases name these milestones (a purpose moves money once)
+        // and take their 10.00 from the one funding: 0.01 each only keeps
+        // the schedule's total near what is funded.
+        std::iter::once(payment(HOT_DEBIT_FUNDING.into(), funding_minor))
+            .chain((0..shape.milestones).map(|d| payment(format!("d{d}"), 1)))
+            .collect()
+    } else {
+        (0..shape.milestones)
+            .map(|m| payment(format!("m{m}"), MILESTONE_MINOR))
+            .collect()
+    };
+    let open = OpenEscrowAccountRequest {
+        idempotency_key: format!("open-{contract_id}"),
+        contract_id: contract_id.to_owned(),
+        buyer_principal_id: buyer_id.to_owned(),
+        supplier_id: supplier_id.to_owned(),
+        schedule,
+        payment_scheme: EscrowPaymentScheme::Direct as i32,
+        financing_partner_id: String::new(),
+        supplier_owner_principal_id: format!("{run}-supplier-owner"),
+        hold_until: Some(timestamp_in(Duration::from_secs(60 * 86_400))),
+    };
+    let started = Instant::now();
+    let opened = escrow
+        .open_escrow_account(authorized(open, &tokens.contract_to_escrow))
+        .await;
+    let account_id = match opened {
+        Ok(answer) => answer
+            .into_inner()
+            .account
+            .map(|a| a.escrow_account_id)
+            .ok_or("OpenEscrowAccount answered no account")?,
+        Err(status) => {
+            return Err(format!(
+                "setup: OpenEscrowAccount {contract_id}: {:?}: {}",
+                status.code(),
+                status.message()
+            )
+            .into());
+        }
+    };
+    recorder.record("OpenEscrowAccount", started.elapsed(), Ok(()));
+    if hot_debit {
+        let buyer = bearer(buyer_id, Role::Buyer);
+        let fund = fund_request(
+            &format!("fund-{contract_id}"),
+            &account_id,
+            HOT_DEBIT_FUNDING,
+            funding_minor,
+        );
+        let started = Instant::now();
+        let answer = escrow
+            .fund_escrow(authorized(fund, &buyer))
+            .await
+            .map_err(|s| {
+                format!(
+                    "setup: FundEscrow {contract_id}: {:?}: {}",
+                    s.code(),
+                    s.message()
+                )
+            })?
+            .into_inner();
+        recorder.record("FundEscrow", started.elapsed(), Ok(()));
+        tally_funding(recorder, &account_id, supplier_id, &answer)
+            .map_err(|e| format!("setup: {e}"))?;
+    }
+    Ok(account_id)
+}
+
+fn fund_request(key: &str, account_id: &str, milestone_id: &str, minor: i64) -> FundEscrowRequest {
+    FundEscrowRequest {
+        idempotency_key: key.to_owned(),
+        escrow_account_id: account_id.to_owned(),
+        milestone_id: milestone_id.to_owned(),
+        amount: usd(minor),
+        method: Some(escrow::fund_escrow_request::Method::Card(CardPayment {
+            card_token: "tok_visa".into(),
+        })),
+    }
+}
+
+/// Counts an acknowledged funding in the caller's tally; a card funding
+/// answered with anything but SUCCEEDED moved no money and is an error.
+fn tally_funding(
+    recorder: &mut Recorder,
+    account_id: &str,
+    supplier_id: &str,
+    answer: &escrow::FundEscrowResponse,
+) -> Result<(), String> {
+    let attempt = answer
+        .funding_attempt
+        .as_ref()
+        .ok_or("FundEscrow answered no funding attempt")?;
+    if attempt.status() != FundingStatus::Succeeded {
+        return Err(format!(
+            "FundEscrow: attempt {} is {:?} ({})",
+            attempt.funding_attempt_id,
+            attempt.status(),
+            attempt.failure_message
+        ));
+    }
+    recorder.tally.funded(
+        account_id,
+        supplier_id,
+        &attempt.funding_attempt_id,
+        attempt.amount.as_ref().map_or(0, |m| m.amount_minor),
+    );
+    Ok(())
+}
+
+/// Counts an acknowledged release in the caller's tally.
+fn tally_release(
+    recorder: &mut Recorder,
+    account_id: &str,
+    supplier_id: &str,
+    milestone_id: &str,
+    answer: &escrow::ReleaseToSupplierResponse,
+) -> Result<(), String> {
+    let posting = answer
+        .posting
+        .as_ref()
+        .ok_or("ReleaseToSupplier answered no posting")?;
+    recorder.tally.released(
+        account_id,
+        supplier_id,
+        Release {
+            posting_id: posting.posting_id.clone(),
+            milestone_id: milestone_id.to_owned(),
+            amount_minor: posting.amount.as_ref().map_or(0, |m| m.amount_minor),
+        },
+    );
+    Ok(())
+}
+
+fn release_request(key: String, account_id: &str, milestone_id: &str) -> ReleaseToSupplierRequest {
+    ReleaseToSupplierRequest {
+        idempotency_key: key,
+        escrow_account_id: account_id.to_owned(),
+        amount: usd(MILESTONE_MINOR),
+        reason: "milestone delivered".into(),
+        purpose: Some(Purpose {
+            purpose: Some(escrow::purpose::Purpose::MilestoneId(
+                milestone_id.to_owned(),
+            )),
+        }),
+    }
+}
+
+/// Takes prepared accounts one after another and, milestone by milestone,
+/// funds it by card (as its buyer) and releases it (as contract).
 async fn transfers_worker(
     channel: Channel,
     tokens: &Tokens,
-    run: &str,
-    client: usize,
-    shape: AccountShape,
+    pool: &AccountPool,
+    started: Instant,
     pacer: &mut Pacer,
     recorder: &mut Recorder,
 ) {
-    let AccountShape { hot, milestones } = shape;
     let mut escrow = EscrowServiceClient::new(channel);
-    let buyer_id = format!("{run}-buyer-{client}");
-    let buyer = bearer(&buyer_id, Role::Buyer);
-    let mut account_no = 0usize;
     while !pacer.done() {
-        account_no += 1;
-        let contract_id = format!("{run}-c{client}-a{account_no}");
-        let supplier_id = if hot {
-            format!("{run}-hot-supplier")
-        } else {
-            format!("{run}-supplier-{client}-{account_no}")
+        let Some((account, _)) = pool.take(started) else {
+            break;
         };
-        let schedule = (0..milestones)
-            .map(|m| ScheduledPayment {
-                milestone_id: format!("m{m}"),
-                amount: usd(MILESTONE_MINOR),
-                due_at: Some(timestamp_in(Duration::from_secs(7 * 86_400))),
-                funded_at: None,
-            })
-            .collect();
-        let open = OpenEscrowAccountRequest {
-            idempotency_key: format!("open-{contract_id}"),
-            contract_id: contract_id.clone(),
-            buyer_principal_id: buyer_id.clone(),
-            supplier_id,
-            schedule,
-            payment_scheme: EscrowPaymentScheme::Direct as i32,
-            financing_partner_id: String::new(),
-            supplier_owner_principal_id: format!("{run}-supplier-owner"),
-            hold_until: Some(timestamp_in(Duration::from_secs(60 * 86_400))),
+        let buyer = &pool.buyers[account.buyer];
+        for m in 0..pool.shape.milestones {
+            if pacer.done() {
+                break;
+            }
+            let milestone_id = format!("m{m}");
+            let fund = fund_request(
+                &format!("fund-{}-{m}", account.contract_id),
+                &account.id,
+                &milestone_id,
+                MILESTONE_MINOR,
+            );
+            pacer.wait().await;
+            let Some(funded) = recorder
+                .time("FundEscrow", escrow.fund_escrow(authorized(fund, buyer)))
+                .await
+            else {
+                break;
+            };
+            if let Err(e) = tally_funding(recorder, &account.id, &account.supplier_id, &funded) {
+                recorder.record("FundEscrow (not succeeded)", Duration::ZERO, Err(e));
+                break;
+            }
+            let release = release_request(
+                format!("release-{}-{m}", account.contract_id),
+                &account.id,
+                &milestone_id,
+            );
+            pacer.wait().await;
+            let Some(released) = recorder
+                .time(
+                    "ReleaseToSupplier",
+                    escrow.release_to_supplier(authorized(release, &tokens.contract_to_escrow)),
+                )
+                .await
+            else {
+                break;
+            };
+            if let Err(e) = tally_release(
+                recorder,
+                &account.id,
+                &account.supplier_id,
+                &milestone_id,
+                &released,
+            ) {
+                recorder.record("ReleaseToSupplier (no posting)", Duration::ZERO, Err(e));
+            }
+        }
+    }
+}
+
+/// Releases 10.00 USD at a time out of the account every caller is on,
+/// each release for the next of its milestones; the next account when
+/// they are used up.
+async fn hot_debit_worker(
+    channel: Channel,
+    tokens: &Tokens,
+    pool: &AccountPool,
+    started: Instant,
+    pacer: &mut Pacer,
+    recorder: &mut Recorder,
+) {
+    let mut escrow = EscrowServiceClient::new(channel);
+    while !pacer.done() {
+        pacer.wait().await;
+        let Some((account, debit)) = pool.take(started) else {
+            break;
         };
-        let Some(opened) = recorder
+        let milestone_id = format!("d{debit}");
+        let release = release_request(
+            format!("release-{}-{debit}", account.contract_id),
+            &account.id,
+            &milestone_id,
+        );
+        let Some(released) = recorder
             .time(
-                "OpenEscrowAccount",
-                escrow.open_escrow_account(authorized(open, &tokens.contract_to_escrow)),
+                "ReleaseToSupplier",
+                escrow.release_to_supplier(authorized(release, &tokens.contract_to_escrow)),
             )
             .await
         else {
             continue;
         };
-        let Some(account_id) = opened.account.map(|a| a.escrow_account_id) else {
-            continue;
-        };
-        for m in 0..milestones {
-            if pacer.done() {
-                break;
-            }
-            let milestone_id = format!("m{m}");
-            let fund = FundEscrowRequest {
-                idempotency_key: format!("fund-{contract_id}-{m}"),
-                escrow_account_id: account_id.clone(),
-                milestone_id: milestone_id.clone(),
-                amount: usd(MILESTONE_MINOR),
-                method: Some(escrow::fund_escrow_request::Method::Card(CardPayment {
-                    card_token: "tok_visa".into(),
-                })),
-            };
-            pacer.wait().await;
-            if recorder
-                .time("FundEscrow", escrow.fund_escrow(authorized(fund, &buyer)))
-                .await
-                .is_none()
-            {
-                continue;
-            }
-            let release = ReleaseToSupplierRequest {
-                idempotency_key: format!("release-{contract_id}-{m}"),
-                escrow_account_id: account_id.clone(),
-                amount: usd(MILESTONE_MINOR),
-                reason: "milestone delivered".into(),
-                purpose: Some(Purpose {
-                    purpose: Some(escrow::purpose::Purpose::MilestoneId(milestone_id)),
-                }),
-            };
-            pacer.wait().await;
-            recorder
-                .time(
-                    "ReleaseToSupplier",
-                    escrow.release_to_supplier(authorized(release, &tokens.contract_to_escrow)),
-                )
-                .await;
+        if let Err(e) = tally_release(
+            recorder,
+            &account.id,
+            &account.supplier_id,
+            &milestone_id,
+            &released,
+        ) {
+            recorder.record("ReleaseToSupplier (no posting)", Duration::ZERO, Err(e));
         }
     }
+}
+
+/// Every page of one account's statement, read as an operator.
+async fn read_statement(
+    escrow: &mut EscrowServiceClient<Channel>,
+    operator: &MetadataValue<Ascii>,
+    account_id: &str,
+) -> Result<GetEscrowStatementResponse> {
+    let mut all = GetEscrowStatementResponse::default();
+    let mut page_token = String::new();
+    loop {
+        let request = GetEscrowStatementRequest {
+            escrow_account_id: account_id.to_owned(),
+            page: Some(PageRequest {
+                page_size: 100,
+                page_token: page_token.clone(),
+            }),
+        };
+        let page = escrow
+            .get_escrow_statement(authorized(request, operator))
+            .await
+            .map_err(|s| {
+                format!(
+                    "GetEscrowStatement {account_id}: {:?}: {}",
+                    s.code(),
+                    s.message()
+                )
+            })?
+            .into_inner();
+        all.account = page.account;
+        all.balances = page.balances;
+        all.holds = page.holds;
+        all.postings.extend(page.postings);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Reads the statement of every account in `tally` (`readers` at a time)
+/// and compares them; an account where an acceptance's release is expected
+/// is read again until it shows one, for up to [`STEP_PATIENCE`].
+async fn check_tally(
+    escrow_addr: &str,
+    tokens: &Tokens,
+    tally: &Tally,
+    readers: usize,
+) -> Result<TallyCheck> {
+    let ids: Vec<String> = tally.accounts.keys().cloned().collect();
+    let readers = readers.clamp(1, 8);
+    let mut tasks = Vec::new();
+    for reader in 0..readers {
+        let mine: Vec<(String, bool)> = ids
+            .iter()
+            .skip(reader)
+            .step_by(readers)
+            .map(|id| (id.clone(), tally.accounts[id].acceptance_expected))
+            .collect();
+        let channel = channel_connected(escrow_addr).await?;
+        let operator = tokens.operator.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut escrow = EscrowServiceClient::new(channel);
+            let deadline = Instant::now() + STEP_PATIENCE;
+            let mut statements = Vec::new();
+            for (id, acceptance) in mine {
+                let mut statement = read_statement(&mut escrow, &operator, &id).await?;
+                while acceptance
+                    && !tally::shows_acceptance(&statement)
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(STATUS_POLL * 10).await;
+                    statement = read_statement(&mut escrow, &operator, &id).await?;
+                }
+                statements.push((id, statement));
+            }
+            Ok::<_, Error>(statements)
+        }));
+    }
+    let mut check = TallyCheck {
+        expected: tally.totals(),
+        ..TallyCheck::default()
+    };
+    check.found.accounts = ids.len();
+    let mut by_supplier = BTreeMap::new();
+    for task in tasks {
+        for (id, statement) in task.await?? {
+            tally::compare_account(
+                &id,
+                &tally.accounts[&id],
+                &statement,
+                &mut check,
+                &mut by_supplier,
+            );
+        }
+    }
+    tally::compare_suppliers(tally, &by_supplier, &mut check.differences);
+    Ok(check)
 }
 
 /// A verified supplier enrolled with far more cover than the run reserves.
@@ -1359,22 +2083,21 @@ async fn one_order(
         "wait: activation",
     )
     .await?;
-    let fund = FundEscrowRequest {
-        idempotency_key: format!("fund-{key}"),
-        escrow_account_id: active.escrow_account_id,
-        milestone_id: "full".into(),
-        amount: usd(ORDER_TOTAL_MINOR),
-        method: Some(escrow::fund_escrow_request::Method::Card(CardPayment {
-            card_token: "tok_visa".into(),
-        })),
-    };
-    recorder
+    let account_id = active.escrow_account_id;
+    let fund = fund_request(
+        &format!("fund-{key}"),
+        &account_id,
+        "full",
+        ORDER_TOTAL_MINOR,
+    );
+    let funded = recorder
         .time(
             "FundEscrow",
             escrow_client.fund_escrow(authorized(fund, buyer)),
         )
         .await
         .ok_or("FundEscrow failed")?;
+    tally_funding(recorder, &account_id, supplier_id, &funded)?;
     wait_status(
         contracts,
         buyer,
@@ -1424,7 +2147,13 @@ async fn one_order(
         .await
         .ok_or("AcceptGoods failed")?;
     match accepted.contract.map(|c| c.status()) {
-        Some(ContractStatus::Completed) => Ok(()),
+        Some(ContractStatus::Completed) => {
+            recorder
+                .tally
+                .account(&account_id, supplier_id)
+                .acceptance_expected = true;
+            Ok(())
+        }
         other => Err(format!("accepted contract is {other:?}")),
     }
 }
