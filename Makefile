@@ -110,7 +110,7 @@ deploy-check: deploy-tools ## Lint, render, validate and scan the Helm chart; fa
 BENCH_ARGS ?=
 
 .PHONY: bench
-bench: ## Benchmark (release build): escrow transfers, hot supplier, cover reservations, whole orders, a no-op echo baseline, beside pgbench
+bench: ## Benchmark (release build): escrow transfers, hot supplier, hot debit, cover reservations, whole orders, a no-op echo baseline, beside pgbench before and after, with fsync off and on
 	@export DATABASE_URL="$$(scripts/dev-postgres.sh)"
 	cargo build --release --bins -p supplier-registry -p escrow -p contract -p payment-gateway-sandbox -p ta-bench
 	"$$CARGO_TARGET_DIR/release/ta-bench" $(BENCH_ARGS)
