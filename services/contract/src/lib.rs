@@ -21,7 +21,7 @@ use ta_runtime::{
     server::{Api, ServiceSpec},
 };
 use ta_workflow::{
-    admin, consumer::Consumer, feed::Feed, outbox::Outbox, service_api::WorkflowApi, timers::Timers,
+    admin, consumer::Consumer, outbox::Outbox, service_api::WorkflowApi, timers::Timers,
 };
 
 use crate::app::{Flows, reactions};
@@ -52,7 +52,7 @@ pub fn api(
     let schema = storage::schema();
     let workflow = WorkflowApi::new(&pool, schema);
     let flows = Arc::new(Flows {
-        feed: Feed::new(schema, app::FEED).ending_on(workflow.streams_end()),
+        feed: workflow.feed(app::FEED),
         timers: Timers::new(schema),
         outbox: Outbox::new(schema),
         settings: config.settings(),

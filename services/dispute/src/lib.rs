@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 
 use ta_proto::dispute::dispute_service_server::DisputeServiceServer;
 use ta_runtime::server::{Api, ServiceSpec};
-use ta_workflow::{admin, feed::Feed, outbox::Outbox, service_api::WorkflowApi, timers::Timers};
+use ta_workflow::{admin, outbox::Outbox, service_api::WorkflowApi, timers::Timers};
 
 use ta_objects::Store as EvidenceStore;
 
@@ -67,7 +67,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
     let schema = storage::schema();
     let workflow = WorkflowApi::new(&pool, schema);
     let flows = Arc::new(Flows {
-        feed: Feed::new(schema, app::FEED).ending_on(workflow.streams_end()),
+        feed: workflow.feed(app::FEED),
         timers: Timers::new(schema),
         outbox: Outbox::new(schema),
         settings: config.settings(),

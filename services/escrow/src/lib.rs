@@ -21,7 +21,6 @@ use ta_proto::escrow::escrow_service_server::EscrowServiceServer;
 use ta_runtime::server::{Api, ServiceSpec};
 use ta_workflow::{
     admin,
-    feed::Feed,
     service_api::{GAUGE_INTERVAL, WorkflowApi},
     timers::Timers,
 };
@@ -57,7 +56,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
     let workflow = WorkflowApi::new(&pool, schema);
     let flows = Arc::new(Flows::new(
         gateway,
-        Feed::new(schema, context::FEED).ending_on(workflow.streams_end()),
+        workflow.feed(context::FEED),
         Timers::new(schema),
         config.settings(),
     ));

@@ -19,8 +19,14 @@
 //! transactions short.
 //!
 //! [`Feed::stream`] serves a server-streaming `Stream...Events(after_sequence)`
-//! RPC: the backlog, then live events by short polling, and a heartbeat on a
-//! stream that has been idle for the heartbeat interval.
+//! RPC: the backlog, then live events, and a heartbeat on a stream that has
+//! been idle for the heartbeat interval. A stream looks for live events when
+//! an append commits ([`Feed::waking_on`]: the schema's listener wakes it),
+//! and at the poll interval as the safety net. A committed event is not
+//! always numberable at once: an older writing transaction, anywhere in
+//! the cluster, may still run. A stream that finds such an event waiting
+//! looks again shortly (5 ms, doubling up to the poll interval) rather than
+//! at the next poll, since that older transaction's end notifies nobody.
 
 use std::{
     collections::HashMap,
@@ -34,7 +40,17 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::{Schema, Shutdown, config::FeedConfig, trace::StoredTrace, wait_for_shutdown};
+use crate::{
+    Schema, Shutdown,
+    config::FeedConfig,
+    trace::StoredTrace,
+    wait_for_shutdown,
+    wake::{Wake, Wakeups},
+};
+
+/// How soon a stream looks again at events committed but not yet numberable
+/// (an older transaction still runs); doubles up to the poll interval.
+const SETTLE_FIRST_LOOK: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// One feed of one service, e.g. escrow's `escrow` feed.
 #[derive(Clone, Debug)]
@@ -42,8 +58,17 @@ pub struct Feed {
     schema: Schema,
     name: &'static str,
     ending_on: Option<Shutdown>,
+    /// What wakes its streams when an event is committed.
+    wake: Wake,
     /// The streams of this feed open in this process, shared by its clones.
     open: Arc<Mutex<OpenStreams>>,
+}
+
+/// What one numbering did.
+struct Numbered {
+    numbered: u64,
+    /// Events committed but left unnumbered: an older transaction still runs.
+    waiting: bool,
 }
 
 /// Streams open now: in all, and per caller.
@@ -122,6 +147,7 @@ impl Feed {
             schema,
             name,
             ending_on: None,
+            wake: Wake::never(),
             open: Arc::default(),
         }
     }
@@ -175,6 +201,14 @@ impl Feed {
         self
     }
 
+    /// Its streams look for live events as soon as `wakeups` says an event
+    /// of the schema was committed, not only at the poll interval.
+    #[must_use]
+    pub fn waking_on(mut self, wakeups: &Wakeups) -> Self {
+        self.wake = wakeups.feed();
+        self
+    }
+
     pub fn name(&self) -> &'static str {
         self.name
     }
@@ -207,32 +241,48 @@ impl Feed {
 
     /// Numbers the events whose transactions have all ended; returns how many.
     pub async fn number_settled(&self, pool: &PgPool) -> Result<u64, ServiceError> {
+        Ok(self.number(pool).await?.numbered)
+    }
+
+    /// Numbers the events whose transactions have all ended, and says
+    /// whether committed ones are left waiting for older transactions.
+    async fn number(&self, pool: &PgPool) -> Result<Numbered, ServiceError> {
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("ta_workflow.feed:{}.{}", self.schema, self.name))
             .execute(&mut *tx)
             .await?;
-        // A new statement, so its snapshot sees the previous numberer's commit.
-        let numbered = sqlx::query(AssertSqlSafe(self.schema.sql(
-            "WITH settled AS (
-                 SELECT id, row_number() OVER (ORDER BY xid, id) AS n
-                 FROM {schema}.workflow_feed_events
+        // A new statement, so its snapshot sees the previous numberer's
+        // commit. An unnumbered row it sees is committed (this transaction
+        // appends nothing): one not settled waits for an older transaction.
+        let (numbered, waiting): (i64, i64) = sqlx::query_as(AssertSqlSafe(self.schema.sql(
+            "WITH unnumbered AS (
+                 SELECT id, xid FROM {schema}.workflow_feed_events
                  WHERE feed = $1 AND sequence IS NULL
-                   AND xid < pg_snapshot_xmin(pg_current_snapshot())
+             ), settled AS (
+                 SELECT id, row_number() OVER (ORDER BY xid, id) AS n
+                 FROM unnumbered
+                 WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
              ), top AS (
                  SELECT coalesce(max(sequence), 0) AS sequence
                  FROM {schema}.workflow_feed_events WHERE feed = $1
+             ), numbered AS (
+                 UPDATE {schema}.workflow_feed_events e
+                 SET sequence = top.sequence + settled.n
+                 FROM settled, top WHERE e.id = settled.id
+                 RETURNING e.id
              )
-             UPDATE {schema}.workflow_feed_events e
-             SET sequence = top.sequence + settled.n
-             FROM settled, top WHERE e.id = settled.id",
+             SELECT (SELECT count(*) FROM numbered),
+                    (SELECT count(*) FROM unnumbered) - (SELECT count(*) FROM settled)",
         )))
         .bind(self.name)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(numbered)
+        Ok(Numbered {
+            numbered: u64::try_from(numbered).unwrap_or(0),
+            waiting: waiting > 0,
+        })
     }
 
     /// Up to `limit` events after `after_sequence`, in order, numbering the
@@ -243,7 +293,18 @@ impl Feed {
         after_sequence: u64,
         limit: u32,
     ) -> Result<Vec<FeedEvent>, ServiceError> {
-        self.number_settled(pool).await?;
+        Ok(self.number_and_read(pool, after_sequence, limit).await?.0)
+    }
+
+    /// As [`Feed::read_after`], and whether committed events are left
+    /// unnumbered, waiting for an older transaction.
+    async fn number_and_read(
+        &self,
+        pool: &PgPool,
+        after_sequence: u64,
+        limit: u32,
+    ) -> Result<(Vec<FeedEvent>, bool), ServiceError> {
+        let Numbered { waiting, .. } = self.number(pool).await?;
         let after = i64::try_from(after_sequence).unwrap_or(i64::MAX);
         let rows = sqlx::query(AssertSqlSafe(self.schema.sql(
             "SELECT sequence, kind, subject_id, payload, traceparent, occurred_at
@@ -256,7 +317,8 @@ impl Feed {
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await?;
-        rows.iter()
+        let events = rows
+            .iter()
             .map(|row| {
                 Ok(FeedEvent {
                     sequence: u64::try_from(row.try_get::<i64, _>("sequence")?).unwrap_or(0),
@@ -267,7 +329,8 @@ impl Feed {
                     occurred_at: row.try_get("occurred_at")?,
                 })
             })
-            .collect()
+            .collect::<Result<_, ServiceError>>()?;
+        Ok((events, waiting))
     }
 
     /// [`Feed::stream`] of events appended as `E` (the service's event
@@ -353,9 +416,15 @@ impl Feed {
     {
         let mut cursor = after_sequence;
         let mut last_sent = Instant::now();
+        let mut wake = self.wake.clone();
+        let mut settle = SETTLE_FIRST_LOOK;
         loop {
-            let events = match self.read_after(&pool, cursor, config.batch_size).await {
-                Ok(events) => events,
+            wake.mark_seen();
+            let (events, waiting) = match self
+                .number_and_read(&pool, cursor, config.batch_size)
+                .await
+            {
+                Ok(read) => read,
                 Err(error) => {
                     tracing::warn!(%error, feed = self.name, "event stream ended: database failed");
                     let unavailable = Status::unavailable("event feed temporarily unavailable");
@@ -374,9 +443,18 @@ impl Feed {
             if full {
                 continue;
             }
+            let next_look = if waiting {
+                let look = settle.min(config.poll_interval);
+                settle = settle.saturating_mul(2);
+                look
+            } else {
+                settle = SETTLE_FIRST_LOOK;
+                config.poll_interval
+            };
             let heartbeat_due = last_sent + config.heartbeat_interval;
             tokio::select! {
-                () = tokio::time::sleep_until((Instant::now() + config.poll_interval).min(heartbeat_due)) => {}
+                () = tokio::time::sleep_until((Instant::now() + next_look).min(heartbeat_due)) => {}
+                () = wake.woken() => {}
                 () = sender.closed() => return,
             }
             if Instant::now() >= heartbeat_due {

@@ -13,10 +13,11 @@ use crate::Schema;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../sql/0001_workflow.sql")),
     (2, include_str!("../sql/0002_operator_queue.sql")),
+    (3, include_str!("../sql/0003_wakeups.sql")),
 ];
 
 /// The newest version [`install`] brings a schema to.
-pub const INSTALLED_VERSION: i32 = 2;
+pub const INSTALLED_VERSION: i32 = 3;
 
 /// Brings the workflow tables of `schema` to [`INSTALLED_VERSION`]: creates the
 /// schema if needed, applies the missing versions in one transaction.

@@ -16,6 +16,8 @@
 //! * [`credentials`]: the token a service presents as itself to another one.
 //! * [`admin`]: the operators' RPC over all of the above.
 //! * [`janitor`]: purges finished outbox rows and timers after the retention.
+//! * [`wake`]: wakes the relay and the feed streams when a row they wait
+//!   for is committed (`LISTEN`/`NOTIFY`), polling kept as the safety net.
 //! * [`workers`]: starts a service's workers once its tables are installed,
 //!   and stops them together.
 //! * [`service_api`]: what every workflow service's `Api` wires the same way
@@ -44,11 +46,13 @@ pub mod testing;
 pub mod timeline;
 pub mod timers;
 mod trace;
+pub mod wake;
 pub mod workers;
 
 pub use config::WorkflowConfig;
 pub use install::{INSTALLED_VERSION, install};
 pub use schema::Schema;
+pub use wake::Wakeups;
 pub use workers::{RunningWorkers, Workers};
 
 /// What a service's reaction (an outbox completion, a feed event's effect)

@@ -5,7 +5,8 @@
 //! completion to run) with [`Outbox::enqueue`] in the same transaction as its
 //! own state change: the intent exists exactly when the change does.
 //!
-//! A [`Relay`] in each process claims due rows with `FOR UPDATE SKIP LOCKED`,
+//! A [`Relay`] in each process claims due rows with `FOR UPDATE SKIP LOCKED`
+//! when a row is committed ([`Relay::waking_on`]) or at its poll interval,
 //! leasing them (`next_attempt_at` moves past the call's deadline, a
 //! `claim_token` marks the holder) so the claim commits at once and no
 //! transaction stays open across a network call. It calls the target with the
@@ -59,6 +60,7 @@ use crate::{
     raw::RawCodec,
     retry::{Pace, backoff, poll_until_shutdown},
     trace::StoredTrace,
+    wake::{Wake, Wakeups},
 };
 
 /// A relay's claim outlives the call's deadline by this much, so the answer
@@ -499,6 +501,7 @@ pub struct Relay<H> {
     credentials: Arc<ServiceCredentials>,
     handler: Arc<H>,
     config: OutboxConfig,
+    wake: Wake,
 }
 
 impl<H: CompletionHandler> Relay<H> {
@@ -517,12 +520,22 @@ impl<H: CompletionHandler> Relay<H> {
             credentials,
             handler,
             config,
+            wake: Wake::never(),
         }
     }
 
-    /// Delivers until `shutdown`: a batch at a time, waiting the poll interval
-    /// only when nothing was due. A batch in flight is finished first (each
-    /// call is bounded by its deadline).
+    /// Looks again as soon as `wakeups` says an outbox row was written (or
+    /// re-driven) and committed, rather than at the next poll.
+    #[must_use]
+    pub fn waking_on(mut self, wakeups: &Wakeups) -> Self {
+        self.wake = wakeups.outbox();
+        self
+    }
+
+    /// Delivers until `shutdown`: a batch at a time, waiting, when nothing
+    /// was due, until a row is committed (see [`Relay::waking_on`]) or the
+    /// poll interval ends, whichever comes first. A batch in flight is
+    /// finished first (each call is bounded by its deadline).
     pub async fn run(self, shutdown: Shutdown) {
         let pace = Pace {
             poll_interval: self.config.poll_interval,
@@ -530,7 +543,8 @@ impl<H: CompletionHandler> Relay<H> {
             batch_size: self.config.batch_size as usize,
         };
         let what = format!("outbox relay of {} cannot claim rows", self.outbox.schema);
-        poll_until_shutdown(shutdown, pace, &what, || self.deliver_due()).await;
+        let wake = self.wake.clone();
+        poll_until_shutdown(shutdown, pace, wake, &what, || self.deliver_due()).await;
     }
 
     /// Claims one batch of due rows and delivers them concurrently; returns

@@ -1,8 +1,9 @@
 //! The part of a workflow service's `Api` every such service wires the same
 //! way: the operators' [`WorkflowAdmin`] route, the workflow tables installed
 //! before SERVING, the workers over its own tables (outbox relay, timer
-//! worker, janitor), the workflow gauges, and its open event streams ended
-//! when the server drains. What is the service's own (its gRPC service, a feed
+//! worker, janitor), the workflow gauges, the schema's one listener waking
+//! the relay and the feed streams ([`Wakeups`]), and its open event streams
+//! ended when the server drains. What is the service's own (its gRPC service, a feed
 //! consumer, its own gauges and workers) it adds itself.
 
 use std::{sync::Arc, time::Duration};
@@ -19,11 +20,13 @@ use crate::{
     Calls, Schema, Shutdown,
     admin::WorkflowAdmin,
     config::{OutboxConfig, TimerConfig},
+    feed::Feed,
     install,
     janitor::Janitor,
     outbox::{CompletionHandler, Outbox, Relay},
     report_gauges,
     timers::{TimerHandler, TimerWorker, Timers},
+    wake::Wakeups,
 };
 
 /// How often the workflow gauges ([`report_gauges`]) are sampled.
@@ -37,6 +40,7 @@ pub struct WorkflowApi {
     schema: Schema,
     stop_streams: watch::Sender<bool>,
     streams_end: Shutdown,
+    wakeups: Wakeups,
     workers: Vec<Worker>,
     then_prepare: Option<Prepare>,
 }
@@ -49,9 +53,24 @@ impl WorkflowApi {
             schema,
             stop_streams,
             streams_end,
+            wakeups: Wakeups::new(schema),
             workers: Vec::new(),
             then_prepare: None,
         }
+    }
+
+    /// The service's feed `name`: its streams end when the server drains,
+    /// and look for live events as soon as one is committed.
+    pub fn feed(&self, name: &'static str) -> Feed {
+        Feed::new(self.schema, name)
+            .ending_on(self.streams_end())
+            .waking_on(&self.wakeups)
+    }
+
+    /// The schema's wake-ups, for a worker of the service's own that waits
+    /// for outbox rows or feed events.
+    pub fn wakeups(&self) -> &Wakeups {
+        &self.wakeups
     }
 
     /// What the service's open event streams end on, for
@@ -61,7 +80,7 @@ impl WorkflowApi {
     }
 
     /// Delivers the service's outbox to `calls`' peers, `handler` taking
-    /// the answers.
+    /// the answers, woken when a row is committed.
     #[must_use]
     pub fn relay<H: CompletionHandler>(
         self,
@@ -76,7 +95,8 @@ impl WorkflowApi {
             calls.credentials,
             Arc::new(handler),
             config,
-        );
+        )
+        .waking_on(&self.wakeups);
         self.with_worker(move |draining| relay.run(draining))
     }
 
@@ -130,6 +150,7 @@ impl WorkflowApi {
             schema,
             stop_streams,
             streams_end: _,
+            wakeups,
             workers,
             then_prepare,
         } = self;
@@ -150,7 +171,9 @@ impl WorkflowApi {
         for worker in workers {
             api = api.with_background(worker);
         }
-        api.with_background(move |draining| report_gauges(pool, schema, GAUGE_INTERVAL, draining))
+        let listening = pool.clone();
+        api.with_background(move |draining| wakeups.listen(listening, draining))
+            .with_background(move |draining| report_gauges(pool, schema, GAUGE_INTERVAL, draining))
             .with_background(move |mut draining| async move {
                 // Open event streams end when the server drains.
                 let _ = draining.wait_for(|d| *d).await;

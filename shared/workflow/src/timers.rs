@@ -23,6 +23,7 @@ use crate::{
     config::TimerConfig,
     retry::{Pace, backoff, poll_until_shutdown},
     trace::StoredTrace,
+    wake::Wake,
 };
 
 /// The statement and lock time-out of a timer handler's transaction.
@@ -211,9 +212,13 @@ impl<H: TimerHandler> TimerWorker<H> {
             backoff_cap: self.config.retry_cap,
             batch_size: self.config.batch_size as usize,
         };
-        poll_until_shutdown(shutdown, pace, "timer worker cannot claim timers", || {
-            self.fire_due()
-        })
+        poll_until_shutdown(
+            shutdown,
+            pace,
+            Wake::never(),
+            "timer worker cannot claim timers",
+            || self.fire_due(),
+        )
         .await;
     }
 
