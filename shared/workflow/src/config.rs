@@ -170,6 +170,11 @@ pub struct ConsumerConfig {
           value_name = "WORKFLOW_CONSUMER_MAX_ATTEMPTS", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub max_attempts: u32,
+    /// Events already received that the consumer applies in one transaction.
+    #[arg(long = "workflow-consumer-batch-size", id = "workflow-consumer-batch-size", env = "WORKFLOW_CONSUMER_BATCH_SIZE",
+          value_name = "WORKFLOW_CONSUMER_BATCH_SIZE", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub batch_size: u32,
     /// How often the consumer looks for parked events an operator re-drove.
     #[arg(long = "workflow-consumer-redrive-poll-interval", id = "workflow-consumer-redrive-poll-interval", env = "WORKFLOW_CONSUMER_REDRIVE_POLL_INTERVAL",
           value_name = "WORKFLOW_CONSUMER_REDRIVE_POLL_INTERVAL", default_value = "2s",
@@ -332,6 +337,7 @@ mod tests {
         config.check().unwrap();
         assert_eq!(config.outbox.batch_size, 32);
         assert_eq!(config.feed.heartbeat_interval, Duration::from_secs(15));
+        assert_eq!(config.consumer.batch_size, 64);
     }
 
     #[test]
@@ -340,6 +346,8 @@ mod tests {
         assert!(err.contains("WORKFLOW_OUTBOX_POLL_INTERVAL"), "{err}");
         let err = parse(&["--workflow-outbox-batch-size", "0"]).unwrap_err();
         assert!(err.contains("WORKFLOW_OUTBOX_BATCH_SIZE"), "{err}");
+        let err = parse(&["--workflow-consumer-batch-size", "0"]).unwrap_err();
+        assert!(err.contains("WORKFLOW_CONSUMER_BATCH_SIZE"), "{err}");
         let err = parse(&["--workflow-timer-poll-interval", "soon"]).unwrap_err();
         assert!(err.contains("WORKFLOW_TIMER_POLL_INTERVAL"), "{err}");
     }

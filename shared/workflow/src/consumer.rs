@@ -22,6 +22,14 @@
 //! reactions check the state they act on), and parked again if it still
 //! fails.
 //!
+//! Events are applied in batches: what the stream has already delivered
+//! (up to `WORKFLOW_CONSUMER_BATCH_SIZE`) is applied in one transaction that
+//! locks the cursor once and moves it once, so an event the handler ignores
+//! costs no transaction of its own. If any event of a batch fails, nothing of
+//! the batch commits and its events are applied again one at a time, each in
+//! a transaction of its own, so a failing event is counted (and parked) as
+//! it would be alone and the others are not lost.
+//!
 //! A gap (an event whose sequence is not the cursor's next) is not a state
 //! that waiting resolves: the producer numbers events densely, once their
 //! transaction and every older one ended (see [`crate::feed`]), and never
@@ -33,6 +41,7 @@
 
 use std::{marker::PhantomData, sync::Arc, time::Duration};
 
+use futures_util::FutureExt;
 use prost::Message;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row, postgres::PgRow};
 use ta_runtime::ServiceError;
@@ -202,60 +211,108 @@ where
             Err(error) => return failed(0, error),
         };
         tracing::info!(feed = self.subscription.cursor, after, "feed connected");
+        let most = self.config.batch_size.max(1) as usize;
+        let mut batch = Vec::with_capacity(most);
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout(self.config.idle_timeout, stream.message()) => next,
                 () = wait_for_shutdown(shutdown) => return Ended::Cleanly { applied },
             };
-            let response = match next {
-                Ok(Ok(Some(response))) => response,
-                Ok(Ok(None)) => return Ended::Cleanly { applied },
-                Ok(Err(status)) => {
-                    return failed(
-                        applied,
-                        format!("{:?}: {}", status.code(), status.message()),
-                    );
+            // How the stream ended, once it did: `Some(None)` closed by the
+            // producer, `Some(Some(error))` failed.
+            let mut ended: Option<Option<String>> = match next {
+                Ok(Ok(Some(response))) => {
+                    self.add(&mut batch, response);
+                    None
                 }
-                Err(_) => {
-                    return failed(
-                        applied,
-                        format!("no event or heartbeat for {:?}", self.config.idle_timeout),
-                    );
+                Ok(Ok(None)) => Some(None),
+                Ok(Err(status)) => Some(Some(format!("{:?}: {}", status.code(), status.message()))),
+                Err(_) => Some(Some(format!(
+                    "no event or heartbeat for {:?}",
+                    self.config.idle_timeout
+                ))),
+            };
+            // What has already arrived joins the batch; nothing is waited for.
+            while ended.is_none() && batch.len() < most {
+                match stream.message().now_or_never() {
+                    None => break,
+                    Some(Ok(Some(response))) => self.add(&mut batch, response),
+                    Some(Ok(None)) => ended = Some(None),
+                    Some(Err(status)) => {
+                        ended = Some(Some(format!("{:?}: {}", status.code(), status.message())));
+                    }
                 }
-            };
-            let Some(item) = (self.subscription.item)(&response) else {
-                continue;
-            };
-            match self.apply(&item, &response).await {
-                Ok(true) => applied += 1,
-                Ok(false) => {}
+            }
+            // Events received before the stream ended are applied first.
+            let (moved, stopped) = self.apply_all(std::mem::take(&mut batch)).await;
+            applied += moved;
+            if let Some(error) = stopped {
+                return failed(applied, error);
+            }
+            match ended {
+                None => {}
+                Some(None) => return Ended::Cleanly { applied },
+                Some(Some(error)) => return failed(applied, error),
+            }
+        }
+    }
+
+    /// Adds an event to `batch`; a heartbeat adds nothing.
+    fn add(&self, batch: &mut Vec<(FeedItem, R)>, response: R) {
+        if let Some(item) = (self.subscription.item)(&response) {
+            batch.push((item, response));
+        }
+    }
+
+    /// Applies `batch` in one transaction or, if that fails, one event at a
+    /// time; returns how many events moved the cursor and, when the consumer
+    /// must reconnect and receive the rest again, why.
+    async fn apply_all(&self, batch: Vec<(FeedItem, R)>) -> (u64, Option<String>) {
+        if batch.is_empty() {
+            return (0, None);
+        }
+        if batch.len() > 1 {
+            match self.apply(&batch).await {
+                Ok(moved) => return (moved, None),
+                Err(error) => tracing::info!(
+                    %error, events = batch.len(), feed = self.subscription.cursor,
+                    "a batch of feed events failed; applying them one at a time"
+                ),
+            }
+        }
+        let mut moved = 0;
+        for event in batch.chunks(1) {
+            let (item, response) = &event[0];
+            match self.apply(event).await {
+                Ok(n) => moved += n,
                 Err(error) if transient(&error) => {
-                    return failed(
-                        applied,
-                        format!("event {} not applied: {error}", item.sequence),
+                    return (
+                        moved,
+                        Some(format!("event {} not applied: {error}", item.sequence)),
                     );
                 }
-                Err(error) => match self.count_failure(&item, &response, &error).await {
+                Err(error) => match self.count_failure(item, response, &error).await {
                     // Parked: the cursor moved past it; on with the next.
-                    Ok(true) => applied += 1,
+                    Ok(true) => moved += 1,
                     Ok(false) => {
-                        return failed(
-                            applied,
-                            format!("event {} not applied: {error}", item.sequence),
+                        return (
+                            moved,
+                            Some(format!("event {} not applied: {error}", item.sequence)),
                         );
                     }
                     Err(counting) => {
-                        return failed(
-                            applied,
-                            format!(
+                        return (
+                            moved,
+                            Some(format!(
                                 "event {} not applied: {error}; its failure not counted: {counting}",
                                 item.sequence
-                            ),
+                            )),
                         );
                     }
                 },
             }
         }
+        (moved, None)
     }
 
     async fn open(&self, after: u64) -> Result<tonic::Streaming<R>, String> {
@@ -300,10 +357,19 @@ where
         span
     }
 
-    /// Locks the cursor and moves it to `sequence`, recording a gap before
-    /// it; `false` when the cursor was already at or past it.
-    async fn advance_to(&self, tx: &mut PgConnection, sequence: i64) -> Result<bool, ServiceError> {
+    /// Locks the cursor (creating it at 0) and returns where it stands.
+    async fn lock_cursor(&self, tx: &mut PgConnection) -> Result<i64, ServiceError> {
         let feed = self.subscription.cursor;
+        let select = self.schema.sql(
+            "SELECT last_sequence FROM {schema}.workflow_feed_cursors WHERE feed = $1 FOR UPDATE",
+        );
+        let last: Option<i64> = sqlx::query_scalar(AssertSqlSafe(select.clone()))
+            .bind(feed)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(last) = last {
+            return Ok(last);
+        }
         sqlx::query(AssertSqlSafe(self.schema.sql(
             "INSERT INTO {schema}.workflow_feed_cursors (feed, last_sequence) VALUES ($1, 0)
              ON CONFLICT (feed) DO NOTHING",
@@ -311,80 +377,111 @@ where
         .bind(feed)
         .execute(&mut *tx)
         .await?;
-        let last: i64 = sqlx::query_scalar(AssertSqlSafe(self.schema.sql(
-            "SELECT last_sequence FROM {schema}.workflow_feed_cursors WHERE feed = $1 FOR UPDATE",
+        Ok(sqlx::query_scalar(AssertSqlSafe(select))
+            .bind(feed)
+            .fetch_one(&mut *tx)
+            .await?)
+    }
+
+    /// Records the sequences between the cursor `last` and `sequence` as a
+    /// gap for an operator, if there are any.
+    async fn record_gap(
+        &self,
+        tx: &mut PgConnection,
+        last: i64,
+        sequence: i64,
+    ) -> Result<(), ServiceError> {
+        if sequence == last + 1 {
+            return Ok(());
+        }
+        let feed = self.subscription.cursor;
+        let (first, missing) = (last + 1, sequence - 1);
+        tracing::error!(
+            feed,
+            first,
+            missing,
+            "feed sequence jumped: the producer lost events; recorded for an operator"
+        );
+        sqlx::query(AssertSqlSafe(self.schema.sql(
+            "INSERT INTO {schema}.workflow_feed_parked
+                 (feed, sequence, kind, payload, status, last_sequence, last_error, parked_at)
+             VALUES ($1, $2, 'gap', ''::bytea, 'parked', $3, $4, now())
+             ON CONFLICT (feed, sequence) DO NOTHING",
         )))
         .bind(feed)
-        .fetch_one(&mut *tx)
+        .bind(first)
+        .bind(missing)
+        .bind(format!(
+            "sequences {first}..={missing} never arrived: the producer's feed is dense and \
+             never renumbers, so they were lost on its side; the events after them were applied"
+        ))
+        .execute(&mut *tx)
         .await?;
+        Ok(())
+    }
+
+    /// Moves the locked cursor to `sequence`, and marks the events of
+    /// `done` that failed before and now went through as applied: one
+    /// statement.
+    async fn move_cursor(
+        &self,
+        tx: &mut PgConnection,
+        sequence: i64,
+        done: &[i64],
+    ) -> Result<(), ServiceError> {
+        sqlx::query(AssertSqlSafe(self.schema.sql(
+            "WITH moved AS (
+                 UPDATE {schema}.workflow_feed_cursors SET last_sequence = $2, updated_at = now()
+                 WHERE feed = $1
+             )
+             UPDATE {schema}.workflow_feed_parked SET status = 'applied', applied_at = now()
+             WHERE feed = $1 AND status = 'failing' AND sequence = ANY($3)",
+        )))
+        .bind(self.subscription.cursor)
+        .bind(sequence)
+        .bind(done)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Locks the cursor and moves it to `sequence`, recording a gap before
+    /// it; `false` when the cursor was already at or past it.
+    async fn advance_to(&self, tx: &mut PgConnection, sequence: i64) -> Result<bool, ServiceError> {
+        let last = self.lock_cursor(tx).await?;
         if sequence <= last {
             return Ok(false);
         }
-        if sequence != last + 1 {
-            let (first, missing) = (last + 1, sequence - 1);
-            tracing::error!(
-                feed,
-                first,
-                missing,
-                "feed sequence jumped: the producer lost events; recorded for an operator"
-            );
-            sqlx::query(AssertSqlSafe(self.schema.sql(
-                "INSERT INTO {schema}.workflow_feed_parked
-                     (feed, sequence, kind, payload, status, last_sequence, last_error, parked_at)
-                 VALUES ($1, $2, 'gap', ''::bytea, 'parked', $3, $4, now())
-                 ON CONFLICT (feed, sequence) DO NOTHING",
-            )))
-            .bind(feed)
-            .bind(first)
-            .bind(missing)
-            .bind(format!(
-                "sequences {first}..={missing} never arrived: the producer's feed is dense and \
-                 never renumbers, so they were lost on its side; the events after them were applied"
-            ))
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(AssertSqlSafe(self.schema.sql(
-            "UPDATE {schema}.workflow_feed_cursors SET last_sequence = $2, updated_at = now()
-             WHERE feed = $1",
-        )))
-        .bind(feed)
-        .bind(sequence)
-        .execute(&mut *tx)
-        .await?;
+        self.record_gap(tx, last, sequence).await?;
+        self.move_cursor(tx, sequence, &[]).await?;
         Ok(true)
     }
 
-    /// Applies one event and advances the cursor in one transaction; `false`
-    /// when the cursor was already past it (a replay, or another replica).
-    async fn apply(&self, item: &FeedItem, event: &R) -> Result<bool, ServiceError> {
-        async {
+    /// Applies `events` (in feed order) and moves the cursor past them in one
+    /// transaction; returns how many moved it (those at or below the cursor
+    /// are replays, or another replica's, and are skipped). Any failure
+    /// commits nothing.
+    async fn apply(&self, events: &[(FeedItem, R)]) -> Result<u64, ServiceError> {
+        let mut tx = self.pool.begin().await?;
+        let mut last = self.lock_cursor(&mut tx).await?;
+        let mut done = Vec::with_capacity(events.len());
+        let mut escalated = Vec::new();
+        for (item, event) in events {
             let sequence = i64::try_from(item.sequence).map_err(|_| {
                 ServiceError::internal(format!("sequence {} out of range", item.sequence))
             })?;
-            let mut tx = self.pool.begin().await?;
-            if !self.advance_to(&mut tx, sequence).await? {
-                return Ok(false);
+            if sequence <= last {
+                continue;
             }
-            let handled = self.handler.apply(&mut tx, item.sequence, event).await?;
-            let error = match &handled {
-                Handled::Done => None,
-                Handled::Escalate(reason) => Some(reason.as_str()),
-            };
-            match error {
-                // An event that failed before and now went through is done with.
-                None => {
-                    sqlx::query(AssertSqlSafe(self.schema.sql(
-                        "UPDATE {schema}.workflow_feed_parked
-                         SET status = 'applied', applied_at = now()
-                         WHERE feed = $1 AND sequence = $2 AND status = 'failing'",
-                    )))
-                    .bind(self.subscription.cursor)
-                    .bind(sequence)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Some(reason) => {
+            self.record_gap(&mut tx, last, sequence).await?;
+            let handled = self
+                .handler
+                .apply(&mut tx, item.sequence, event)
+                .instrument(self.span(item, "apply"))
+                .await?;
+            match handled {
+                Handled::Done => done.push(sequence),
+                Handled::Escalate(reason) => {
                     sqlx::query(AssertSqlSafe(self.schema.sql(
                         "INSERT INTO {schema}.workflow_feed_parked
                              (feed, sequence, payload, traceparent, status, last_error, parked_at)
@@ -396,22 +493,28 @@ where
                     .bind(sequence)
                     .bind(event.encode_to_vec())
                     .bind(&item.traceparent)
-                    .bind(reason)
+                    .bind(&reason)
                     .execute(&mut *tx)
                     .await?;
+                    escalated.push((item.sequence, reason));
                 }
             }
-            tx.commit().await?;
-            if let Some(reason) = error {
-                tracing::warn!(
-                    reason,
-                    "feed event escalated to the operators' queue: an operator can re-drive it"
-                );
-            }
-            Ok(true)
+            last = sequence;
         }
-        .instrument(self.span(item, "apply"))
-        .await
+        let moved = done.len() + escalated.len();
+        if moved == 0 {
+            return Ok(0);
+        }
+        self.move_cursor(&mut tx, last, &done).await?;
+        tx.commit().await?;
+        for (sequence, reason) in escalated {
+            tracing::warn!(
+                sequence,
+                reason,
+                "feed event escalated to the operators' queue: an operator can re-drive it"
+            );
+        }
+        Ok(u64::try_from(moved).unwrap_or(u64::MAX))
     }
 
     /// Counts a failed application of `event`; once it used its attempts,
