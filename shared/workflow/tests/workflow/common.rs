@@ -29,7 +29,7 @@ use ta_runtime::{
     telemetry::current_trace_id,
 };
 use ta_workflow::{
-    Handled, Schema, WorkflowConfig, admin,
+    Handled, Schema, Wakeups, WorkflowConfig, admin,
     consumer::{Consumer, EventHandler, FeedItem, Subscription},
     credentials::ServiceCredentials,
     feed::Feed,
@@ -172,6 +172,20 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The backend listening for `schema`'s committed workflow rows, once it
+/// listens.
+pub async fn listening_backend(pool: &PgPool, schema: Schema) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN \"' || $1 || '\"%'
+         ORDER BY backend_start DESC LIMIT 1",
+    )
+    .bind(schema.name())
+    .fetch_optional(pool)
+    .await
+    .expect("pg_stat_activity")
 }
 
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
@@ -349,15 +363,28 @@ impl ProbeServer {
     /// Serves on `listener` and waits until SERVING. It has a pool of its
     /// own, as another process would (the server closes it when it stops).
     pub async fn start(pool: PgPool, listener: TcpListener, calls: CallLog) -> Self {
+        Self::start_with(pool, listener, calls, &[]).await
+    }
+
+    /// As [`ProbeServer::start`], configured with the flags `extra`. Its
+    /// feed's streams are woken by the probe schema's listener.
+    pub async fn start_with(
+        pool: PgPool,
+        listener: TcpListener,
+        calls: CallLog,
+        extra: &[&str],
+    ) -> Self {
         let url = database_url(&pool);
         let pool = own_pool(&url).await;
-        let (common, workflow) = config(&url, &[]);
+        let (common, workflow) = config(&url, extra);
         let address = listener.local_addr().expect("address");
         let (feed_stop, feed_shutdown) = ta_workflow::shutdown_channel();
+        let wakeups = Wakeups::new(probe_schema());
+        tokio::spawn(wakeups.clone().listen(pool.clone(), feed_shutdown.clone()));
         let probe = ProbeService {
             pool: pool.clone(),
             mutations: Mutations::new(pool.clone(), "probe"),
-            feed: probe_feed().ending_on(feed_shutdown),
+            feed: probe_feed().ending_on(feed_shutdown).waking_on(&wakeups),
             feed_config: workflow.feed.clone(),
             calls,
         };

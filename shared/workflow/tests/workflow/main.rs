@@ -10,3 +10,4 @@ mod outbox;
 mod timeline;
 mod timers;
 mod tracing_context;
+mod wakeups;
