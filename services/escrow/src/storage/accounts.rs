@@ -27,9 +27,6 @@ struct AccountRow {
     closed_at: Option<OffsetDateTime>,
 }
 
-const ACCOUNT_COLUMNS: &str = "id, contract_id, buyer_principal_id, supplier_id, currency, \
-     status, hold_until, hold_paused_at, created_at, closed_at";
-
 /// Inserts a new account unless its contract has one; returns whether it did.
 pub async fn insert_account(
     conn: &mut PgConnection,
@@ -74,53 +71,81 @@ pub async fn insert_account(
     Ok(true)
 }
 
+/// An account with its schedule and active freezes, in one statement (one
+/// round trip, on every use case's path); `lock` holds the account's row
+/// lock until the transaction ends.
 async fn load(
     conn: &mut PgConnection,
     where_clause: &str,
     key: impl for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
     lock: bool,
 ) -> Result<Option<EscrowAccount>, ServiceError> {
+    #[derive(FromRow)]
+    struct Loaded {
+        #[sqlx(flatten)]
+        account: AccountRow,
+        milestone_ids: Vec<String>,
+        amounts_minor: Vec<i64>,
+        funded_minor: Vec<i64>,
+        due_at: Vec<OffsetDateTime>,
+        frozen_by: Vec<String>,
+    }
     let sql = format!(
-        "SELECT {ACCOUNT_COLUMNS} FROM escrow.escrow_accounts WHERE {where_clause}{}",
-        if lock { " FOR UPDATE" } else { "" }
+        "SELECT a.id, a.contract_id, a.buyer_principal_id, a.supplier_id, a.currency, a.status, \
+                a.hold_until, a.hold_paused_at, a.created_at, a.closed_at, \
+                s.milestone_ids, s.amounts_minor, s.funded_minor, s.due_at, f.frozen_by \
+         FROM escrow.escrow_accounts a \
+         CROSS JOIN LATERAL ( \
+             SELECT coalesce(array_agg(milestone_id ORDER BY position), '{{}}') AS milestone_ids, \
+                    coalesce(array_agg(amount_minor ORDER BY position), '{{}}') AS amounts_minor, \
+                    coalesce(array_agg(funded_minor ORDER BY position), '{{}}') AS funded_minor, \
+                    coalesce(array_agg(due_at ORDER BY position), '{{}}') AS due_at \
+             FROM escrow.scheduled_payments WHERE escrow_account_id = a.id) s \
+         CROSS JOIN LATERAL ( \
+             SELECT coalesce(array_agg(claim_id), '{{}}') AS frozen_by \
+             FROM escrow.freezes WHERE escrow_account_id = a.id AND lifted_at IS NULL) f \
+         WHERE a.{where_clause}{}",
+        if lock { " FOR UPDATE OF a" } else { "" }
     );
-    let Some(row) = sqlx::query_as::<_, AccountRow>(sqlx::AssertSqlSafe(sql))
+    let Some(loaded) = sqlx::query_as::<_, Loaded>(sqlx::AssertSqlSafe(sql))
         .bind(key)
         .fetch_optional(&mut *conn)
         .await?
     else {
         return Ok(None);
     };
+    let row = loaded.account;
     let corrupt =
         |what: &str| ServiceError::internal(format!("escrow account {}: bad {what}", row.id));
-    let schedule: Vec<(String, i64, i64, OffsetDateTime)> = sqlx::query_as(
-        "SELECT milestone_id, amount_minor, funded_minor, due_at FROM escrow.scheduled_payments \
-         WHERE escrow_account_id = $1 ORDER BY position",
-    )
-    .bind(row.id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let freezes: Vec<String> = sqlx::query_scalar(
-        "SELECT claim_id FROM escrow.freezes WHERE escrow_account_id = $1 AND lifted_at IS NULL",
-    )
-    .bind(row.id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let payments = loaded.milestone_ids.len();
+    if [
+        loaded.amounts_minor.len(),
+        loaded.funded_minor.len(),
+        loaded.due_at.len(),
+    ] != [payments; 3]
+    {
+        return Err(corrupt("schedule"));
+    }
+    let schedule = loaded
+        .milestone_ids
+        .into_iter()
+        .zip(loaded.amounts_minor)
+        .zip(loaded.funded_minor)
+        .zip(loaded.due_at)
+        .map(
+            |(((milestone_id, amount_minor), funded_minor), due_at)| ScheduledPayment {
+                milestone_id,
+                amount_minor,
+                due_at,
+                funded_minor,
+            },
+        )
+        .collect();
     Ok(Some(EscrowAccount {
         currency: Currency::parse(&row.currency).ok_or_else(|| corrupt("currency"))?,
         status: Status::parse(&row.status).ok_or_else(|| corrupt("status"))?,
-        schedule: schedule
-            .into_iter()
-            .map(
-                |(milestone_id, amount_minor, funded_minor, due_at)| ScheduledPayment {
-                    milestone_id,
-                    amount_minor,
-                    due_at,
-                    funded_minor,
-                },
-            )
-            .collect(),
-        freezes: freezes.into_iter().collect::<BTreeSet<_>>(),
+        schedule,
+        freezes: loaded.frozen_by.into_iter().collect::<BTreeSet<_>>(),
         hold_until: row.hold_until,
         hold_paused_at: row.hold_paused_at,
         id: row.id,
@@ -162,9 +187,24 @@ pub async fn save_account(
     account: &EscrowAccount,
     now: OffsetDateTime,
 ) -> Result<(), ServiceError> {
+    let (milestones, funded): (Vec<&str>, Vec<i64>) = account
+        .schedule
+        .iter()
+        .map(|p| (p.milestone_id.as_str(), p.funded_minor))
+        .unzip();
+    // One statement: the account's row, and only the payments whose funding
+    // changed.
     sqlx::query(
-        "UPDATE escrow.escrow_accounts SET status = $2, closed_at = $3, updated_at = $4, \
-         hold_until = $5, hold_paused_at = $6 WHERE id = $1",
+        "WITH account AS ( \
+             UPDATE escrow.escrow_accounts SET status = $2, closed_at = $3, updated_at = $4, \
+             hold_until = $5, hold_paused_at = $6 WHERE id = $1 RETURNING id \
+         ) \
+         UPDATE escrow.scheduled_payments p SET funded_minor = n.funded_minor, \
+         funded_at = CASE WHEN n.funded_minor >= p.amount_minor \
+                          THEN coalesce(p.funded_at, now()) END \
+         FROM account, unnest($7::text[], $8::bigint[]) AS n(milestone_id, funded_minor) \
+         WHERE p.escrow_account_id = account.id AND p.milestone_id = n.milestone_id \
+           AND p.funded_minor <> n.funded_minor",
     )
     .bind(account.id)
     .bind(account.status.as_str())
@@ -172,20 +212,10 @@ pub async fn save_account(
     .bind(now)
     .bind(account.hold_until)
     .bind(account.hold_paused_at)
+    .bind(&milestones)
+    .bind(&funded)
     .execute(&mut *conn)
     .await?;
-    for payment in &account.schedule {
-        sqlx::query(
-            "UPDATE escrow.scheduled_payments SET funded_minor = $3, \
-             funded_at = CASE WHEN $3 >= amount_minor THEN coalesce(funded_at, now()) END \
-             WHERE escrow_account_id = $1 AND milestone_id = $2 AND funded_minor <> $3",
-        )
-        .bind(account.id)
-        .bind(&payment.milestone_id)
-        .bind(payment.funded_minor)
-        .execute(&mut *conn)
-        .await?;
-    }
     Ok(())
 }
 
