@@ -341,7 +341,21 @@ pub async fn get_terms(conn: &mut PgConnection, account_id: Uuid) -> Result<Term
     .await?;
     let (scheme, financing_partner_id, supplier_owner_principal_id, contract_version) =
         row.ok_or_else(|| ServiceError::internal(format!("account {account_id} has no terms")))?;
-    Ok(Terms {
+    Ok(terms_from(
+        &scheme,
+        financing_partner_id,
+        supplier_owner_principal_id,
+        contract_version,
+    ))
+}
+
+fn terms_from(
+    scheme: &str,
+    financing_partner_id: String,
+    supplier_owner_principal_id: String,
+    contract_version: i32,
+) -> Terms {
+    Terms {
         scheme: if scheme == "pay_later" {
             Scheme::PayLater
         } else {
@@ -350,7 +364,7 @@ pub async fn get_terms(conn: &mut PgConnection, account_id: Uuid) -> Result<Term
         financing_partner_id,
         supplier_owner_principal_id,
         contract_version,
-    })
+    }
 }
 
 pub async fn set_contract_version(
@@ -394,71 +408,6 @@ pub struct Totals {
     pub held: i64,
 }
 
-async fn totals(conn: &mut PgConnection, account_id: Uuid) -> Result<Totals, ServiceError> {
-    let (funded, released, refunded): (i64, i64, i64) = sqlx::query_as(
-        "SELECT \
-           coalesce(sum(p.amount_minor) FILTER (WHERE c.kind = 'escrow_held'), 0)::bigint, \
-           coalesce(sum(p.amount_minor) FILTER (WHERE d.kind = 'escrow_held' \
-             AND c.kind = 'supplier_payable'), 0)::bigint, \
-           coalesce(sum(p.amount_minor) FILTER (WHERE d.kind = 'escrow_held' \
-             AND c.kind <> 'supplier_payable'), 0)::bigint \
-         FROM escrow.postings p \
-         JOIN escrow.ledger_accounts d ON d.id = p.debit_account_id \
-         JOIN escrow.ledger_accounts c ON c.id = p.credit_account_id \
-         WHERE p.escrow_account_id = $1",
-    )
-    .bind(account_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Totals {
-        funded,
-        released,
-        refunded,
-        held: funded - released - refunded,
-    })
-}
-
-/// Active freezes: claim, reason, since.
-async fn active_freezes(
-    conn: &mut PgConnection,
-    account_id: Uuid,
-) -> Result<Vec<(String, String, OffsetDateTime)>, ServiceError> {
-    Ok(sqlx::query_as(
-        "SELECT claim_id, reason, frozen_at FROM escrow.freezes \
-         WHERE escrow_account_id = $1 AND lifted_at IS NULL ORDER BY frozen_at, claim_id",
-    )
-    .bind(account_id)
-    .fetch_all(&mut *conn)
-    .await?)
-}
-
-async fn updated_at(
-    conn: &mut PgConnection,
-    account_id: Uuid,
-) -> Result<OffsetDateTime, ServiceError> {
-    Ok(
-        sqlx::query_scalar("SELECT updated_at FROM escrow.escrow_accounts WHERE id = $1")
-            .bind(account_id)
-            .fetch_one(&mut *conn)
-            .await?,
-    )
-}
-
-/// When each fully funded payment of an account became so.
-async fn funded_times(
-    conn: &mut PgConnection,
-    account_id: Uuid,
-) -> Result<std::collections::HashMap<String, OffsetDateTime>, ServiceError> {
-    let rows: Vec<(String, OffsetDateTime)> = sqlx::query_as(
-        "SELECT milestone_id, funded_at FROM escrow.scheduled_payments \
-         WHERE escrow_account_id = $1 AND funded_at IS NOT NULL",
-    )
-    .bind(account_id)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().collect())
-}
-
 /// What the API shows of an account beside the account itself.
 #[derive(Clone, Debug)]
 pub struct AccountDetails {
@@ -471,17 +420,105 @@ pub struct AccountDetails {
     pub funded_at: std::collections::HashMap<String, OffsetDateTime>,
 }
 
-/// Reads what the API shows of an account beside the account itself.
+/// Reads what the API shows of an account beside the account itself, in
+/// one statement: its terms, the totals of its postings, its active freezes,
+/// its last change and when each payment was fully funded.
 pub async fn read_details(
     conn: &mut PgConnection,
     account_id: Uuid,
 ) -> Result<AccountDetails, ServiceError> {
+    #[derive(FromRow)]
+    struct Row {
+        payment_scheme: Option<String>,
+        financing_partner_id: Option<String>,
+        supplier_owner_principal_id: Option<String>,
+        contract_version: Option<i32>,
+        funded: i64,
+        released: i64,
+        refunded: i64,
+        updated_at: OffsetDateTime,
+        frozen_by: Vec<String>,
+        freeze_reasons: Vec<String>,
+        frozen_at: Vec<OffsetDateTime>,
+        funded_milestones: Vec<String>,
+        funded_ats: Vec<OffsetDateTime>,
+    }
+    let row: Row = sqlx::query_as(
+        "SELECT t.payment_scheme, t.financing_partner_id, t.supplier_owner_principal_id, \
+                t.contract_version, tot.funded, tot.released, tot.refunded, a.updated_at, \
+                fz.frozen_by, fz.freeze_reasons, fz.frozen_at, fa.funded_milestones, fa.funded_ats \
+         FROM escrow.escrow_accounts a \
+         LEFT JOIN escrow.account_terms t ON t.escrow_account_id = a.id \
+         CROSS JOIN LATERAL ( \
+             SELECT \
+               coalesce(sum(p.amount_minor) FILTER (WHERE c.kind = 'escrow_held'), 0)::bigint \
+                 AS funded, \
+               coalesce(sum(p.amount_minor) FILTER (WHERE d.kind = 'escrow_held' \
+                 AND c.kind = 'supplier_payable'), 0)::bigint AS released, \
+               coalesce(sum(p.amount_minor) FILTER (WHERE d.kind = 'escrow_held' \
+                 AND c.kind <> 'supplier_payable'), 0)::bigint AS refunded \
+             FROM escrow.postings p \
+             JOIN escrow.ledger_accounts d ON d.id = p.debit_account_id \
+             JOIN escrow.ledger_accounts c ON c.id = p.credit_account_id \
+             WHERE p.escrow_account_id = a.id) tot \
+         CROSS JOIN LATERAL ( \
+             SELECT coalesce(array_agg(claim_id ORDER BY frozen_at, claim_id), '{}') AS frozen_by, \
+                    coalesce(array_agg(reason ORDER BY frozen_at, claim_id), '{}') AS freeze_reasons, \
+                    coalesce(array_agg(frozen_at ORDER BY frozen_at, claim_id), '{}') AS frozen_at \
+             FROM escrow.freezes WHERE escrow_account_id = a.id AND lifted_at IS NULL) fz \
+         CROSS JOIN LATERAL ( \
+             SELECT coalesce(array_agg(milestone_id), '{}') AS funded_milestones, \
+                    coalesce(array_agg(funded_at), '{}') AS funded_ats \
+             FROM escrow.scheduled_payments \
+             WHERE escrow_account_id = a.id AND funded_at IS NOT NULL) fa \
+         WHERE a.id = $1",
+    )
+    .bind(account_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| ServiceError::not_found("escrow account", account_id))?;
+    let (
+        Some(scheme),
+        Some(financing_partner_id),
+        Some(supplier_owner_principal_id),
+        Some(contract_version),
+    ) = (
+        row.payment_scheme,
+        row.financing_partner_id,
+        row.supplier_owner_principal_id,
+        row.contract_version,
+    )
+    else {
+        return Err(ServiceError::internal(format!(
+            "account {account_id} has no terms"
+        )));
+    };
     Ok(AccountDetails {
-        terms: get_terms(conn, account_id).await?,
-        totals: totals(conn, account_id).await?,
-        freezes: active_freezes(conn, account_id).await?,
-        updated_at: updated_at(conn, account_id).await?,
-        funded_at: funded_times(conn, account_id).await?,
+        terms: terms_from(
+            &scheme,
+            financing_partner_id,
+            supplier_owner_principal_id,
+            contract_version,
+        ),
+        totals: Totals {
+            funded: row.funded,
+            released: row.released,
+            refunded: row.refunded,
+            held: row.funded - row.released - row.refunded,
+        },
+        freezes: row
+            .frozen_by
+            .into_iter()
+            .zip(row.freeze_reasons)
+            .zip(row.frozen_at)
+            .map(|((claim, reason), at)| (claim, reason, at))
+            .collect(),
+        updated_at: row.updated_at,
+        funded_at: row
+            .funded_milestones
+            .into_iter()
+            .zip(row.funded_ats)
+            .collect(),
     })
 }
 
