@@ -66,15 +66,15 @@ pub async fn held(conn: &mut PgConnection, account: &EscrowAccount) -> Result<i6
 }
 
 /// Releases money held to the supplier's payable: `amount_minor`, or all
-/// that is held.
+/// that is held. `account` is locked by the caller (read with
+/// `lock_account` in this transaction) and saved here.
 pub async fn release(
     conn: &mut PgConnection,
-    account_id: Uuid,
+    account: &mut EscrowAccount,
     amount_minor: Option<i64>,
     settles: &Settles,
     now: OffsetDateTime,
 ) -> Result<Vec<Posting>, ServiceError> {
-    let mut account = accounts::lock_account(conn, account_id).await?;
     refuse_if_closed(&account, "release")?;
     let purpose = account.authorize_outflow(Action::Release, settles)?;
     let amount = outflow_amount(conn, &account, amount_minor).await?;
@@ -116,15 +116,15 @@ async fn outflow_amount(
 
 /// Refunds money held, the way it came: to the financing partner up to the
 /// loan still outstanding for this account, the rest to the buyer (owed
-/// until the gateway pays it out), as one linked transfer.
+/// until the gateway pays it out), as one linked transfer. `account` is
+/// locked by the caller and saved here.
 pub async fn refund(
     conn: &mut PgConnection,
-    account_id: Uuid,
+    account: &mut EscrowAccount,
     amount_minor: Option<i64>,
     settles: &Settles,
     now: OffsetDateTime,
 ) -> Result<Vec<Posting>, ServiceError> {
-    let mut account = accounts::lock_account(conn, account_id).await?;
     refuse_if_closed(&account, "refund")?;
     let purpose = account.authorize_outflow(Action::Refund, settles)?;
     let amount = outflow_amount(conn, &account, amount_minor).await?;

@@ -97,16 +97,16 @@ pub async fn outflow(
     close_when_empty: bool,
 ) -> Result<(Vec<pb::Posting>, pb::EscrowAccount), ServiceError> {
     let now = timestamps::now();
-    let account = accounts::lock_account(conn, cmd.account_id).await?;
+    let mut account = accounts::lock_account(conn, cmd.account_id).await?;
     check_direct_purpose(conn, &account, &cmd.settles).await?;
     let amount = match cmd.amount {
         Some(m) => Some(check_currency(&account, "amount", m)?),
         None => None,
     };
     let postings = if release {
-        account::release(conn, account.id, amount, &cmd.settles, now).await?
+        account::release(conn, &mut account, amount, &cmd.settles, now).await?
     } else {
-        account::refund(conn, account.id, amount, &cmd.settles, now).await?
+        account::refund(conn, &mut account, amount, &cmd.settles, now).await?
     };
     let protos = noted_postings(conn, account.id, &postings, &cmd.reason, principal).await?;
     let claim = match &cmd.settles {
@@ -114,14 +114,14 @@ pub async fn outflow(
         _ => "",
     };
     let view = flows
-        .emit(
+        .announce(
             conn,
             if release {
                 pb::EscrowEventType::Released
             } else {
                 pb::EscrowEventType::Refunded
             },
-            account.id,
+            &account,
             EventFacts {
                 amount_minor: Some(sum_postings(&postings)?),
                 claim_id: claim,
@@ -174,7 +174,7 @@ pub async fn settle_claim(
     cmd: &Settle,
 ) -> Result<pb::SettleClaimResponse, ServiceError> {
     let now = timestamps::now();
-    let account = accounts::lock_account(conn, cmd.account_id).await?;
+    let mut account = accounts::lock_account(conn, cmd.account_id).await?;
     if !account.freezes.contains(&cmd.claim_id) {
         return Err(ServiceError::FailedPrecondition(format!(
             "cannot settle: the account is not frozen for claim {} (settled already, or never frozen)",
@@ -186,11 +186,12 @@ pub async fn settle_claim(
     if let Some(refund) = cmd.refund {
         let amount = check_currency(&account, "refund", refund)?;
         if amount > 0 {
-            postings.extend(account::refund(conn, account.id, Some(amount), &settles, now).await?);
+            postings
+                .extend(account::refund(conn, &mut account, Some(amount), &settles, now).await?);
         }
     }
     if cmd.release_rest && held(conn, &account).await? > 0 {
-        postings.extend(account::release(conn, account.id, None, &settles, now).await?);
+        postings.extend(account::release(conn, &mut account, None, &settles, now).await?);
     }
     let unfrozen = unfreeze(conn, account.id, &cmd.claim_id, now).await?;
     flows.sync_hold_deadline(conn, &unfrozen).await?;
