@@ -116,6 +116,12 @@ pub struct OutboxConfig {
           value_name = "WORKFLOW_OUTBOX_CALL_TIMEOUT", default_value = "10s",
           value_parser = call_timeout)]
     pub call_timeout: Duration,
+    /// Whether the relay also looks as soon as an outbox row is committed
+    /// (LISTEN/NOTIFY); `false` leaves it to its polls.
+    #[arg(long = "workflow-outbox-wake-on-commit", id = "workflow-outbox-wake-on-commit", env = "WORKFLOW_OUTBOX_WAKE_ON_COMMIT",
+          value_name = "WORKFLOW_OUTBOX_WAKE_ON_COMMIT", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub wake_on_commit: bool,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -145,6 +151,12 @@ pub struct FeedConfig {
           value_name = "WORKFLOW_FEED_MAX_STREAMS_PER_CALLER", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub max_streams_per_caller: u32,
+    /// Whether an open event stream also looks as soon as an event is
+    /// committed (LISTEN/NOTIFY); `false` leaves it to its polls.
+    #[arg(long = "workflow-feed-wake-on-commit", id = "workflow-feed-wake-on-commit", env = "WORKFLOW_FEED_WAKE_ON_COMMIT",
+          value_name = "WORKFLOW_FEED_WAKE_ON_COMMIT", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub wake_on_commit: bool,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -338,6 +350,7 @@ mod tests {
         assert_eq!(config.outbox.batch_size, 32);
         assert_eq!(config.feed.heartbeat_interval, Duration::from_secs(15));
         assert_eq!(config.consumer.batch_size, 64);
+        assert!(config.outbox.wake_on_commit && config.feed.wake_on_commit);
     }
 
     #[test]
@@ -348,6 +361,8 @@ mod tests {
         assert!(err.contains("WORKFLOW_OUTBOX_BATCH_SIZE"), "{err}");
         let err = parse(&["--workflow-consumer-batch-size", "0"]).unwrap_err();
         assert!(err.contains("WORKFLOW_CONSUMER_BATCH_SIZE"), "{err}");
+        let err = parse(&["--workflow-outbox-wake-on-commit", "maybe"]).unwrap_err();
+        assert!(err.contains("WORKFLOW_OUTBOX_WAKE_ON_COMMIT"), "{err}");
         let err = parse(&["--workflow-timer-poll-interval", "soon"]).unwrap_err();
         assert!(err.contains("WORKFLOW_TIMER_POLL_INTERVAL"), "{err}");
     }

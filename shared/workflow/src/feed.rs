@@ -202,7 +202,8 @@ impl Feed {
     }
 
     /// Its streams look for live events as soon as `wakeups` says an event
-    /// of the schema was committed, not only at the poll interval.
+    /// of the schema was committed, not only at the poll interval (unless
+    /// `WORKFLOW_FEED_WAKE_ON_COMMIT` is false).
     #[must_use]
     pub fn waking_on(mut self, wakeups: &Wakeups) -> Self {
         self.wake = wakeups.feed();
@@ -416,7 +417,11 @@ impl Feed {
     {
         let mut cursor = after_sequence;
         let mut last_sent = Instant::now();
-        let mut wake = self.wake.clone();
+        let mut wake = if config.wake_on_commit {
+            self.wake.clone()
+        } else {
+            Wake::never()
+        };
         let mut settle = SETTLE_FIRST_LOOK;
         loop {
             wake.mark_seen();

@@ -525,7 +525,8 @@ impl<H: CompletionHandler> Relay<H> {
     }
 
     /// Looks again as soon as `wakeups` says an outbox row was written (or
-    /// re-driven) and committed, rather than at the next poll.
+    /// re-driven) and committed, rather than at the next poll (unless
+    /// `WORKFLOW_OUTBOX_WAKE_ON_COMMIT` is false).
     #[must_use]
     pub fn waking_on(mut self, wakeups: &Wakeups) -> Self {
         self.wake = wakeups.outbox();
@@ -543,7 +544,11 @@ impl<H: CompletionHandler> Relay<H> {
             batch_size: self.config.batch_size as usize,
         };
         let what = format!("outbox relay of {} cannot claim rows", self.outbox.schema);
-        let wake = self.wake.clone();
+        let wake = if self.config.wake_on_commit {
+            self.wake.clone()
+        } else {
+            Wake::never()
+        };
         poll_until_shutdown(shutdown, pace, wake, &what, || self.deliver_due()).await;
     }
 

@@ -540,8 +540,11 @@ fn activation_is_refused_without_the_badge_or_over_the_limit_and_unprotected_ord
 #[test]
 fn a_contract_killed_between_the_second_signature_and_its_calls_activates_exactly_once() {
     // The first process never delivers its outbox in time: its relay polls
-    // once a minute.
-    let mut platform = Platform::start(&[("WORKFLOW_OUTBOX_POLL_INTERVAL", "60s")]);
+    // once a minute and is not woken by a commit.
+    let mut platform = Platform::start(&[
+        ("WORKFLOW_OUTBOX_POLL_INTERVAL", "60s"),
+        ("WORKFLOW_OUTBOX_WAKE_ON_COMMIT", "false"),
+    ]);
     let owner = "supplier-crash";
     let (buyer, supplier) = tokens(owner);
     let supplier_id = platform.supplier(owner, Some(1_000_000));
@@ -565,7 +568,10 @@ fn a_contract_killed_between_the_second_signature_and_its_calls_activates_exactl
     assert_eq!(platform.cover(&supplier_id), (0, 1_000_000));
 
     platform.contract.kill();
-    platform.contract = platform.spawn_contract(&[("WORKFLOW_OUTBOX_POLL_INTERVAL", "100ms")]);
+    platform.contract = platform.spawn_contract(&[
+        ("WORKFLOW_OUTBOX_POLL_INTERVAL", "100ms"),
+        ("WORKFLOW_OUTBOX_WAKE_ON_COMMIT", "true"),
+    ]);
     platform.wait_status(&id, "CONTRACT_STATUS_AWAITING_PAYMENT");
 
     let cover = platform.registry.call_ok(

@@ -1284,11 +1284,15 @@ fn a_dispute_killed_after_a_decision_moves_the_money_once_when_restarted() {
     );
     first.kill();
 
-    // A replica whose relay waits a minute between polls: the decision is
-    // committed, its calls are in the outbox, nothing has moved yet.
+    // A replica whose relay waits a minute between polls, not woken by a
+    // commit: the decision is committed, its calls are in the outbox,
+    // nothing has moved yet.
     let mut slow = platform.spawn_dispute(
         store.path(),
-        &fast_dispute(&[("WORKFLOW_OUTBOX_POLL_INTERVAL", "60s")]),
+        &fast_dispute(&[
+            ("WORKFLOW_OUTBOX_POLL_INTERVAL", "60s"),
+            ("WORKFLOW_OUTBOX_WAKE_ON_COMMIT", "false"),
+        ]),
     );
     dcall_ok(
         &slow,

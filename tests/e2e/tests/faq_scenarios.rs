@@ -2273,10 +2273,13 @@ fn a_bank_credit_arriving_while_the_overdue_cancellation_is_on_its_way_to_escrow
     let account = platform.account_id_of(&id);
 
     // The contract's calls to escrow take a while (its relay polls once a
-    // minute, as when escrow is briefly unreachable); it still follows
-    // escrow's feed.
+    // minute and is not woken by a commit, as when escrow is briefly
+    // unreachable); it still follows escrow's feed.
     platform.contract.kill();
-    platform.contract = platform.spawn_contract(&[("WORKFLOW_OUTBOX_POLL_INTERVAL", "60s")]);
+    platform.contract = platform.spawn_contract(&[
+        ("WORKFLOW_OUTBOX_POLL_INTERVAL", "60s"),
+        ("WORKFLOW_OUTBOX_WAKE_ON_COMMIT", "false"),
+    ]);
     platform.wait_status(&id, "CONTRACT_STATUS_CANCELLED");
     // The buyer pays late, by bank transfer, while the cancellation has not
     // reached escrow yet.
