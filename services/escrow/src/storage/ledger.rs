@@ -62,34 +62,77 @@ fn key_from(kind: &str, owner: String, currency: &str) -> Result<AccountKey, Led
 
 /// The id of a ledger account, created on first use.
 pub async fn account_id(conn: &mut PgConnection, key: &AccountKey) -> Result<Uuid, LedgerError> {
-    let find = || {
-        sqlx::query_scalar::<_, Uuid>(
-            "SELECT id FROM escrow.ledger_accounts WHERE kind = $1 AND owner = $2 AND currency = $3",
-        )
-        .bind(key.kind.as_str())
-        .bind(&key.owner)
-        .bind(key.currency.as_str())
-    };
-    if let Some(id) = find().fetch_optional(&mut *conn).await? {
-        return Ok(id);
+    let ids = account_ids(conn, std::slice::from_ref(key)).await?;
+    ids.get(key)
+        .copied()
+        .ok_or_else(|| corrupt(format!("account {key} was not resolved")))
+}
+
+/// The ids of ledger accounts, those never used created, in one statement:
+/// the movement's accounts are resolved in one round trip, not one or three
+/// per account.
+pub async fn account_ids(
+    conn: &mut PgConnection,
+    keys: &[AccountKey],
+) -> Result<HashMap<AccountKey, Uuid>, LedgerError> {
+    let mut unique: Vec<&AccountKey> = Vec::with_capacity(keys.len());
+    for key in keys {
+        if !unique.contains(&key) {
+            unique.push(key);
+        }
     }
-    // A concurrent first use may win the insert; then its row is the one.
-    sqlx::query(
-        "INSERT INTO escrow.ledger_accounts (id, kind, owner, currency, non_negative, eager) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kind, owner, currency) DO NOTHING",
-    )
-    .bind(Uuid::now_v7())
-    .bind(key.kind.as_str())
-    .bind(&key.owner)
-    .bind(key.currency.as_str())
-    .bind(key.kind.is_non_negative())
-    .bind(key.kind.is_eager())
-    .execute(&mut *conn)
-    .await?;
-    find()
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| corrupt(format!("account {key} vanished after its insert")))
+    let fresh_ids: Vec<Uuid> = unique.iter().map(|_| Uuid::now_v7()).collect();
+    let kinds: Vec<&str> = unique.iter().map(|k| k.kind.as_str()).collect();
+    let owners: Vec<&str> = unique.iter().map(|k| k.owner.as_str()).collect();
+    let currencies: Vec<&str> = unique.iter().map(|k| k.currency.as_str()).collect();
+    let non_negative: Vec<bool> = unique.iter().map(|k| k.kind.is_non_negative()).collect();
+    let eager: Vec<bool> = unique.iter().map(|k| k.kind.is_eager()).collect();
+    // The existing rows come from the statement's snapshot and the new ones
+    // from the insert's RETURNING (the snapshot does not show them). A row a
+    // concurrent first use committed after the snapshot is neither: it is
+    // read again below.
+    let statement = || {
+        sqlx::query_as::<_, (Uuid, String, String, String)>(
+            "WITH wanted AS ( \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], \
+                                      $5::bool[], $6::bool[]) \
+                 AS w(fresh_id, kind, owner, currency, non_negative, eager) \
+             ), existing AS ( \
+                 SELECT a.id, a.kind, a.owner, a.currency FROM escrow.ledger_accounts a \
+                 JOIN wanted w USING (kind, owner, currency) \
+             ), created AS ( \
+                 INSERT INTO escrow.ledger_accounts (id, kind, owner, currency, non_negative, eager) \
+                 SELECT w.fresh_id, w.kind, w.owner, w.currency, w.non_negative, w.eager \
+                 FROM wanted w WHERE NOT EXISTS ( \
+                     SELECT 1 FROM existing e \
+                     WHERE (e.kind, e.owner, e.currency) = (w.kind, w.owner, w.currency)) \
+                 ON CONFLICT (kind, owner, currency) DO NOTHING \
+                 RETURNING id, kind, owner, currency \
+             ) \
+             SELECT id, kind, owner, currency FROM existing \
+             UNION ALL SELECT id, kind, owner, currency FROM created",
+        )
+        .bind(&fresh_ids)
+        .bind(&kinds)
+        .bind(&owners)
+        .bind(&currencies)
+        .bind(&non_negative)
+        .bind(&eager)
+    };
+    let mut found = HashMap::with_capacity(unique.len());
+    for attempt in 0..2 {
+        for (id, kind, owner, currency) in statement().fetch_all(&mut *conn).await? {
+            found.insert(key_from(&kind, owner, &currency)?, id);
+        }
+        if unique.iter().all(|key| found.contains_key(*key)) {
+            return Ok(found);
+        }
+        tracing::debug!(
+            attempt,
+            "a ledger account was created concurrently; reading again"
+        );
+    }
+    Err(corrupt("ledger accounts vanished after their insert"))
 }
 
 /// The balances of `ids`, read in one statement so that the posted balance
@@ -200,36 +243,6 @@ async fn insert_transfer(
     Ok(())
 }
 
-/// Applies one posting's effect on one side.
-async fn apply_side(
-    conn: &mut PgConnection,
-    posting_id: Uuid,
-    key: &AccountKey,
-    account: Uuid,
-    signed: i64,
-) -> Result<(), LedgerError> {
-    if key.kind.is_eager() {
-        sqlx::query(
-            "UPDATE escrow.ledger_accounts SET balance_minor = balance_minor + $2 WHERE id = $1",
-        )
-        .bind(account)
-        .bind(signed)
-        .execute(&mut *conn)
-        .await?;
-    } else {
-        sqlx::query(
-            "INSERT INTO escrow.balance_deltas (posting_id, account_id, amount_minor) \
-             VALUES ($1, $2, $3)",
-        )
-        .bind(posting_id)
-        .bind(account)
-        .bind(signed)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
-}
-
 struct Side<'a> {
     key: &'a AccountKey,
     id: Uuid,
@@ -245,10 +258,33 @@ async fn insert_posting(
     escrow_account: Option<Uuid>,
 ) -> Result<Posting, LedgerError> {
     let id = Uuid::now_v7();
+    // The posting and its effect on both sides in one statement: an eager
+    // account's balance is updated in place, a lazy (hot) one gets a delta
+    // row that `roll_up` folds in later.
+    let (mut eager_ids, mut eager_amounts, mut lazy_ids, mut lazy_amounts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (side, signed) in [(&debit, -amount_minor), (&credit, amount_minor)] {
+        if side.key.kind.is_eager() {
+            eager_ids.push(side.id);
+            eager_amounts.push(signed);
+        } else {
+            lazy_ids.push(side.id);
+            lazy_amounts.push(signed);
+        }
+    }
     sqlx::query(
-        "INSERT INTO escrow.postings (id, transfer_id, debit_account_id, credit_account_id, \
-         currency, amount_minor, hold_id, escrow_account_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "WITH posting AS ( \
+             INSERT INTO escrow.postings (id, transfer_id, debit_account_id, credit_account_id, \
+             currency, amount_minor, hold_id, escrow_account_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id \
+         ), eager AS ( \
+             UPDATE escrow.ledger_accounts a SET balance_minor = a.balance_minor + s.amount_minor \
+             FROM unnest($9::uuid[], $10::bigint[]) AS s(account_id, amount_minor) \
+             WHERE a.id = s.account_id \
+         ) \
+         INSERT INTO escrow.balance_deltas (posting_id, account_id, amount_minor) \
+         SELECT posting.id, s.account_id, s.amount_minor \
+         FROM posting, unnest($11::uuid[], $12::bigint[]) AS s(account_id, amount_minor)",
     )
     .bind(id)
     .bind(transfer_id)
@@ -258,10 +294,12 @@ async fn insert_posting(
     .bind(amount_minor)
     .bind(hold_id)
     .bind(escrow_account)
+    .bind(&eager_ids)
+    .bind(&eager_amounts)
+    .bind(&lazy_ids)
+    .bind(&lazy_amounts)
     .execute(&mut *conn)
     .await?;
-    apply_side(conn, id, debit.key, debit.id, -amount_minor).await?;
-    apply_side(conn, id, credit.key, credit.id, amount_minor).await?;
     Ok(Posting {
         id,
         transfer_id,
@@ -282,15 +320,12 @@ pub async fn transfer(
     if purpose_used(conn, &request.purpose).await? {
         return Err(LedgerError::PurposeUsed(request.purpose.clone()));
     }
-    let mut ids: HashMap<AccountKey, Uuid> = HashMap::new();
-    for leg in &request.legs {
-        for key in [&leg.debit, &leg.credit] {
-            if !ids.contains_key(key) {
-                let id = account_id(conn, key).await?;
-                ids.insert(key.clone(), id);
-            }
-        }
-    }
+    let keys: Vec<AccountKey> = request
+        .legs
+        .iter()
+        .flat_map(|leg| [leg.debit.clone(), leg.credit.clone()])
+        .collect();
+    let ids = account_ids(conn, &keys).await?;
     let id_of = |key: &AccountKey| {
         ids.get(key)
             .copied()
@@ -338,8 +373,13 @@ pub async fn hold(conn: &mut PgConnection, request: &HoldRequest) -> Result<Hold
     if purpose_used(conn, &request.purpose).await? {
         return Err(LedgerError::PurposeUsed(request.purpose.clone()));
     }
-    let debit = account_id(conn, &request.debit).await?;
-    let credit = account_id(conn, &request.credit).await?;
+    let ids = account_ids(conn, &[request.debit.clone(), request.credit.clone()]).await?;
+    let id_of = |key: &AccountKey| {
+        ids.get(key)
+            .copied()
+            .ok_or_else(|| corrupt(format!("account {key} was not resolved")))
+    };
+    let (debit, credit) = (id_of(&request.debit)?, id_of(&request.credit)?);
     if request.debit.kind.is_non_negative() {
         let available = lock_and_read_available(conn, &[(request.debit.clone(), debit)]).await?;
         ledger::check_hold_funds(request, available.get(&request.debit).copied().unwrap_or(0))?;
