@@ -58,7 +58,20 @@ impl Flows {
         facts: EventFacts<'_>,
     ) -> Result<pb::EscrowAccount, ServiceError> {
         let view = account_view(conn, account).await?;
-        let event = views::escrow_event(kind, account, &view, facts, timestamps::now());
+        self.append(conn, kind, account, &view, facts).await?;
+        Ok(view)
+    }
+
+    /// Appends the event of `kind` about `account`, shown as `view`.
+    async fn append(
+        &self,
+        conn: &mut PgConnection,
+        kind: pb::EscrowEventType,
+        account: &EscrowAccount,
+        view: &pb::EscrowAccount,
+        facts: EventFacts<'_>,
+    ) -> Result<(), ServiceError> {
+        let event = views::escrow_event(kind, account, view, facts, timestamps::now());
         self.feed
             .append(
                 conn,
@@ -66,8 +79,7 @@ impl Flows {
                 &account.id.to_string(),
                 &event,
             )
-            .await?;
-        Ok(view)
+            .await
     }
 
     /// The account as a call answers it: announced in the feed when the call
@@ -96,10 +108,14 @@ impl Flows {
         attempt: &AttemptView,
         posted_minor: i64,
     ) -> Result<(), ServiceError> {
-        self.emit(
+        // Both events show the account after the posting, read once.
+        let account = accounts::get_account(conn, attempt.escrow_account_id).await?;
+        let view = account_view(conn, &account).await?;
+        self.append(
             conn,
             pb::EscrowEventType::PaymentSucceeded,
-            attempt.escrow_account_id,
+            &account,
+            &view,
             EventFacts {
                 amount_minor: Some(posted_minor),
                 milestone_id: &attempt.milestone_id,
@@ -108,12 +124,12 @@ impl Flows {
             },
         )
         .await?;
-        let account = accounts::get_account(conn, attempt.escrow_account_id).await?;
         if account.status == Status::Funded && before != Status::Funded {
-            self.emit(
+            self.append(
                 conn,
                 pb::EscrowEventType::Funded,
-                account.id,
+                &account,
+                &view,
                 EventFacts::default(),
             )
             .await?;
