@@ -323,10 +323,7 @@ pub async fn record_start(
     answer: &StartAnswer,
 ) -> Result<(), ServiceError> {
     let now = timestamps::now();
-    let account_id = attempts::get_attempt(conn, attempt_id, false)
-        .await?
-        .escrow_account_id;
-    accounts::lock_account(conn, account_id).await?;
+    accounts::lock_account_of_attempt(conn, attempt_id).await?;
     let attempt = attempts::get_attempt(conn, attempt_id, true).await?;
     if !attempt.awaits_answer() {
         return Ok(());
@@ -529,10 +526,8 @@ pub async fn credit(
     received_minor: i64,
     now: OffsetDateTime,
 ) -> Result<Credited, ServiceError> {
-    let account_id = attempts::get_attempt(conn, attempt_id, false)
-        .await?
-        .escrow_account_id;
-    let before = accounts::get_account(conn, account_id).await?.status;
+    let before_account = accounts::get_account_of_attempt(conn, attempt_id).await?;
+    let (account_id, before) = (before_account.id, before_account.status);
     let outcome = confirm_funding(conn, attempt_id, credit_id, received_minor, now).await?;
     let (posted, parked) = match outcome {
         CreditOutcome::Applied {
@@ -658,10 +653,7 @@ pub async fn confirm_funding(
             "must be a positive number of minor units",
         ));
     }
-    let account_id = attempts::get_attempt(conn, attempt_id, false)
-        .await?
-        .escrow_account_id;
-    let mut account = accounts::lock_account(conn, account_id).await?;
+    let mut account = accounts::lock_account_of_attempt(conn, attempt_id).await?;
     let mut attempt = attempts::get_attempt(conn, attempt_id, true).await?;
     if attempt.credit_reference.as_deref() == Some(credit_id) {
         return Ok(CreditOutcome::Duplicate);
@@ -741,10 +733,7 @@ pub async fn fail_funding(
     code: &str,
     now: OffsetDateTime,
 ) -> Result<bool, ServiceError> {
-    let account_id = attempts::get_attempt(conn, attempt_id, false)
-        .await?
-        .escrow_account_id;
-    accounts::lock_account(conn, account_id).await?;
+    accounts::lock_account_of_attempt(conn, attempt_id).await?;
     let mut attempt = attempts::get_attempt(conn, attempt_id, true).await?;
     if attempt.status != AttemptStatus::Pending {
         return Ok(false);

@@ -135,37 +135,39 @@ pub async fn account_ids(
     Err(corrupt("ledger accounts vanished after their insert"))
 }
 
+/// The balance columns of ledger account `a`: posted (its row plus the
+/// deltas not yet rolled up), pending debits and pending credits.
+const BALANCE_COLUMNS: &str = "a.id, \
+    (a.balance_minor + coalesce((SELECT sum(d.amount_minor) FROM escrow.balance_deltas d \
+       WHERE d.account_id = a.id), 0))::bigint, \
+    coalesce((SELECT sum(h.amount_minor) FROM escrow.holds h \
+       WHERE h.debit_account_id = a.id AND h.status = 'pending'), 0)::bigint, \
+    coalesce((SELECT sum(h.amount_minor) FROM escrow.holds h \
+       WHERE h.credit_account_id = a.id AND h.status = 'pending'), 0)::bigint";
+
+fn balance_of((posted, pending_debits, pending_credits): (i64, i64, i64)) -> Balance {
+    Balance {
+        posted,
+        pending_debits,
+        pending_credits,
+    }
+}
+
 /// The balances of `ids`, read in one statement so that the posted balance
 /// and the pending holds come from the same snapshot.
 async fn balances(
     conn: &mut PgConnection,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Balance>, LedgerError> {
-    let rows: Vec<(Uuid, i64, i64, i64)> = sqlx::query_as(
-        "SELECT a.id, \
-           (a.balance_minor + coalesce((SELECT sum(d.amount_minor) FROM escrow.balance_deltas d \
-              WHERE d.account_id = a.id), 0))::bigint, \
-           coalesce((SELECT sum(h.amount_minor) FROM escrow.holds h \
-              WHERE h.debit_account_id = a.id AND h.status = 'pending'), 0)::bigint, \
-           coalesce((SELECT sum(h.amount_minor) FROM escrow.holds h \
-              WHERE h.credit_account_id = a.id AND h.status = 'pending'), 0)::bigint \
-         FROM escrow.ledger_accounts a WHERE a.id = ANY($1)",
-    )
+    let rows: Vec<(Uuid, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {BALANCE_COLUMNS} FROM escrow.ledger_accounts a WHERE a.id = ANY($1)"
+    )))
     .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, posted, pending_debits, pending_credits)| {
-            (
-                id,
-                Balance {
-                    posted,
-                    pending_debits,
-                    pending_credits,
-                },
-            )
-        })
+        .map(|(id, posted, debits, credits)| (id, balance_of((posted, debits, credits))))
         .collect())
 }
 
@@ -574,18 +576,20 @@ pub async fn expire_due_holds(
 
 /// An account's balance; zero for an account never used.
 pub async fn balance(conn: &mut PgConnection, key: &AccountKey) -> Result<Balance, LedgerError> {
-    let id: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM escrow.ledger_accounts WHERE kind = $1 AND owner = $2 AND currency = $3",
-    )
+    let row: Option<(Uuid, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {BALANCE_COLUMNS} FROM escrow.ledger_accounts a \
+         WHERE a.kind = $1 AND a.owner = $2 AND a.currency = $3"
+    )))
     .bind(key.kind.as_str())
     .bind(&key.owner)
     .bind(key.currency.as_str())
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(id) = id else {
-        return Ok(Balance::default());
-    };
-    Ok(balances(conn, &[id]).await?.remove(&id).unwrap_or_default())
+    Ok(
+        row.map_or_else(Balance::default, |(_, posted, debits, credits)| {
+            balance_of((posted, debits, credits))
+        }),
+    )
 }
 
 /// Folds the committed deltas of up to `limit` shared accounts into their
