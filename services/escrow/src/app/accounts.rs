@@ -75,9 +75,9 @@ pub async fn release(
     settles: &Settles,
     now: OffsetDateTime,
 ) -> Result<Vec<Posting>, ServiceError> {
-    refuse_if_closed(&account, "release")?;
+    refuse_if_closed(account, "release")?;
     let purpose = account.authorize_outflow(Action::Release, settles)?;
-    let amount = outflow_amount(conn, &account, amount_minor).await?;
+    let amount = outflow_amount(conn, account, amount_minor).await?;
     let postings = ledger::transfer(
         conn,
         &TransferRequest {
@@ -92,7 +92,7 @@ pub async fn release(
         },
     )
     .await?;
-    accounts::save_account(conn, &account, now).await?;
+    accounts::save_account(conn, account, now).await?;
     Ok(postings)
 }
 
@@ -125,10 +125,10 @@ pub async fn refund(
     settles: &Settles,
     now: OffsetDateTime,
 ) -> Result<Vec<Posting>, ServiceError> {
-    refuse_if_closed(&account, "refund")?;
+    refuse_if_closed(account, "refund")?;
     let purpose = account.authorize_outflow(Action::Refund, settles)?;
-    let amount = outflow_amount(conn, &account, amount_minor).await?;
-    let legs = refund_legs(conn, &account, amount).await?;
+    let amount = outflow_amount(conn, account, amount_minor).await?;
+    let legs = refund_legs(conn, account, amount).await?;
     let postings = ledger::transfer(
         conn,
         &TransferRequest {
@@ -139,7 +139,7 @@ pub async fn refund(
         },
     )
     .await?;
-    accounts::save_account(conn, &account, now).await?;
+    accounts::save_account(conn, account, now).await?;
     Ok(postings)
 }
 
