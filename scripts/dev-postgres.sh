@@ -209,6 +209,17 @@ free it, or move the cluster with TA_PG_PORT=<port> (then restart anything start
   pick_port
 }
 
+pick_port_after() { # $1 a port just lost: the next free one above it
+  local p
+  for ((p = $1 + 1; p <= DEFAULT_PORT + 20; p++)); do
+    if ! port_in_use "$p"; then
+      printf '%s\n' "$p"
+      return
+    fi
+  done
+  die "no free port in $(($1 + 1))..$((DEFAULT_PORT + 20)); set TA_PG_PORT"
+}
+
 pick_port() {
   if [[ -n $REQUESTED_PORT ]]; then
     [[ $REQUESTED_PORT =~ ^[0-9]+$ ]] || die "TA_PG_PORT must be a port number, got '$REQUESTED_PORT'"
@@ -284,13 +295,18 @@ log_line_prefix = '%m [%p] %d '
 EOF
 }
 
-start_cluster() { # $1 bindir, $2 datadir, $3 port
+start_cluster() { # $1 bindir, $2 datadir, $3 port; returns 2 when the port was taken
   local bindir=$1 dd=$2 port=$3
   log "starting PostgreSQL on 127.0.0.1:$port (data: $dd)"
   # 9>&-: the server must not inherit (and so hold forever) our lock.
-  local out
+  local out log_start
+  log_start=1
+  [[ -f $dd/server.log ]] && log_start=$(($(wc -l <"$dd/server.log") + 1))
   if ! out="$(as_owner "$bindir/pg_ctl" -D "$dd" -l "$dd/server.log" -w -t 60 \
     -o "-p $port" start 2>&1 9>&-)"; then
+    if tail -n "+$log_start" "$dd/server.log" 2>/dev/null | grep -q 'could not bind'; then
+      return 2
+    fi
     printf '%s\n' "$out" >&2
     log "pg_ctl start failed; last lines of $dd/server.log:"
     tail -n 20 "$dd/server.log" >&2 2>/dev/null || true
@@ -363,7 +379,20 @@ cmd_start() {
     [[ -n $(recorded_port "$dd") ]] || record_port "$dd" "$port"
   else
     port="$(start_port "$dd")"
-    start_cluster "$bindir" "$dd" "$port"
+    local tries=0 started
+    while :; do
+      started=0
+      start_cluster "$bindir" "$dd" "$port" || started=$?
+      ((started == 0)) && break
+      # Another process (a test's own cluster, another checkout) bound the
+      # port between the check and the start: a port this script picked
+      # itself moves on; a recorded or requested one is reported.
+      if [[ -n $REQUESTED_PORT || -n $(recorded_port "$dd") ]] || ((++tries > 5)); then
+        die "port $port on 127.0.0.1 was taken by another process while the cluster started"
+      fi
+      log "port $port was taken while the cluster started; picking another"
+      port="$(pick_port_after "$port")"
+    done
     record_port "$dd" "$port"
   fi
 
