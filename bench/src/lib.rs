@@ -1693,23 +1693,17 @@ async fn transfers_worker(
                 &milestone_id,
             );
             pacer.wait().await;
-            let Some(released) = recorder
-                .time(
-                    "ReleaseToSupplier",
-                    escrow.release_to_supplier(authorized(release, &tokens.contract_to_escrow)),
-                )
-                .await
-            else {
-                break;
-            };
-            if let Err(e) = tally_release(
+            if !release_and_tally(
+                &mut escrow,
+                tokens,
                 recorder,
-                &account.id,
-                &account.supplier_id,
+                account,
                 &milestone_id,
-                &released,
-            ) {
-                recorder.record("ReleaseToSupplier (no posting)", Duration::ZERO, Err(e));
+                release,
+            )
+            .await
+            {
+                break;
             }
         }
     }
@@ -1738,25 +1732,47 @@ async fn hot_debit_worker(
             &account.id,
             &milestone_id,
         );
-        let Some(released) = recorder
-            .time(
-                "ReleaseToSupplier",
-                escrow.release_to_supplier(authorized(release, &tokens.contract_to_escrow)),
-            )
-            .await
-        else {
-            continue;
-        };
-        if let Err(e) = tally_release(
+        release_and_tally(
+            &mut escrow,
+            tokens,
             recorder,
-            &account.id,
-            &account.supplier_id,
+            account,
             &milestone_id,
-            &released,
-        ) {
-            recorder.record("ReleaseToSupplier (no posting)", Duration::ZERO, Err(e));
-        }
+            release,
+        )
+        .await;
     }
+}
+
+/// Releases as `contract`, timed, and tallies the posting it acknowledged;
+/// false when the call failed.
+async fn release_and_tally(
+    escrow: &mut EscrowServiceClient<Channel>,
+    tokens: &Tokens,
+    recorder: &mut Recorder,
+    account: &PreparedAccount,
+    milestone_id: &str,
+    release: ReleaseToSupplierRequest,
+) -> bool {
+    let Some(released) = recorder
+        .time(
+            "ReleaseToSupplier",
+            escrow.release_to_supplier(authorized(release, &tokens.contract_to_escrow)),
+        )
+        .await
+    else {
+        return false;
+    };
+    if let Err(e) = tally_release(
+        recorder,
+        &account.id,
+        &account.supplier_id,
+        milestone_id,
+        &released,
+    ) {
+        recorder.record("ReleaseToSupplier (no posting)", Duration::ZERO, Err(e));
+    }
+    true
 }
 
 /// Every page of one account's statement, read as an operator.

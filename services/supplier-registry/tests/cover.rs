@@ -389,18 +389,30 @@ async fn a_reservation_decided_on_a_stale_read_is_not_written_past_the_guard(poo
         contract_version: 1,
     };
 
+    let set_limit = async |minor: i64| {
+        sqlx::query("UPDATE supplier_registry.suppliers SET ta_limit_minor = $2 WHERE id = $1")
+            .bind(supplier_id)
+            .bind(minor)
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    // Writes the reservation decided on `seen`, then rolls it back.
+    let write_on_stale_read = async || {
+        let mut tx = pool.begin().await.unwrap();
+        let outcome = storage::reserve_if_unchanged(&mut tx, &seen, &reservation("contract-g"))
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        outcome
+    };
+
     // An operator lowers the limit after the read.
-    sqlx::query("UPDATE supplier_registry.suppliers SET ta_limit_minor = 50000 WHERE id = $1")
-        .bind(supplier_id)
-        .execute(&pool)
-        .await
-        .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    let outcome = storage::reserve_if_unchanged(&mut tx, &seen, &reservation("contract-g"))
-        .await
-        .unwrap();
-    assert!(matches!(outcome, Reserved::SupplierChanged));
-    tx.rollback().await.unwrap();
+    set_limit(50_000).await;
+    assert!(matches!(
+        write_on_stale_read().await,
+        Reserved::SupplierChanged
+    ));
     assert_eq!(reserved(&pool, &id).await, (0, 0));
 
     // Through the API the same request is decided again on the new limit.
@@ -411,21 +423,15 @@ async fn a_reservation_decided_on_a_stale_read_is_not_written_past_the_guard(poo
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
 
     // A contract reserved by another transaction after the read.
-    sqlx::query("UPDATE supplier_registry.suppliers SET ta_limit_minor = 100000 WHERE id = $1")
-        .bind(supplier_id)
-        .execute(&pool)
-        .await
-        .unwrap();
+    set_limit(100_000).await;
     client
         .reserve_cover(reserve("g-2", &id, "contract-g", 60_000))
         .await
         .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    let outcome = storage::reserve_if_unchanged(&mut tx, &seen, &reservation("contract-g"))
-        .await
-        .unwrap();
-    assert!(matches!(outcome, Reserved::ContractTaken));
-    tx.rollback().await.unwrap();
+    assert!(matches!(
+        write_on_stale_read().await,
+        Reserved::ContractTaken
+    ));
     assert_eq!(reserved(&pool, &id).await, (60_000, 60_000));
     server.stop().await.unwrap();
 }
