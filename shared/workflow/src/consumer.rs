@@ -49,8 +49,8 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tracing::Instrument;
 
 use crate::{
-    Handled, Schema, Shutdown, config::ConsumerConfig, credentials::ServiceCredentials,
-    peers::Peers, retry::backoff, trace::StoredTrace, wait_for_shutdown,
+    Handled, Schema, Shutdown, backoff::backoff, config::ConsumerConfig,
+    credentials::ServiceCredentials, peers::Peers, trace::StoredTrace, wait_for_shutdown,
 };
 
 /// What a feed response carries, for the consumer: `None` for a heartbeat.

@@ -27,6 +27,7 @@
 //! Every table lives in the owning service's schema; [`install`] creates them.
 
 pub mod admin;
+mod backoff;
 pub mod callees;
 pub mod config;
 pub mod consumer;

@@ -54,11 +54,12 @@ use tracing::Instrument;
 
 use crate::{
     Handled, Schema, Shutdown,
+    backoff::backoff,
     config::OutboxConfig,
     credentials::ServiceCredentials,
     peers::Peers,
     raw::RawCodec,
-    retry::{Pace, backoff, poll_until_shutdown},
+    retry::{Pace, poll_until_shutdown},
     trace::StoredTrace,
     wake::{Wake, Wakeups},
 };

@@ -20,8 +20,9 @@ use tracing::Instrument;
 
 use crate::{
     Schema, Shutdown,
+    backoff::backoff,
     config::TimerConfig,
-    retry::{Pace, backoff, poll_until_shutdown},
+    retry::{Pace, poll_until_shutdown},
     trace::StoredTrace,
     wake::Wake,
 };

@@ -24,7 +24,7 @@ use sqlx::{
 };
 use tokio::sync::watch;
 
-use crate::{Schema, Shutdown, retry::backoff, wait_for_shutdown};
+use crate::{Schema, Shutdown, backoff::backoff, wait_for_shutdown};
 
 /// Delay before the listener's first reconnection; doubles up to the cap.
 const RECONNECT_BASE: Duration = Duration::from_millis(100);

@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use sqlx::PgPool;
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::{Schema, Shutdown, install, retry::backoff, wait_for_shutdown};
+use crate::{Schema, Shutdown, backoff::backoff, install, wait_for_shutdown};
 
 type Run = Box<dyn FnOnce(Shutdown) -> BoxFuture<'static, ()> + Send>;
 
