@@ -6,7 +6,9 @@
 //! The cluster is made by the project's own `scripts/dev-postgres.sh` with
 //! `TA_PG_DATA_DIR` (a separate cluster: system binaries, initdb as the
 //! `postgres` user when root, 127.0.0.1 on a free port from 54329 up), then
-//! the mode is set with `ALTER SYSTEM` and a reload, and checked.
+//! the mode is set with `ALTER SYSTEM` and a restart, and checked. The
+//! restart also loads `pg_stat_statements`, for each scenario's statement
+//! profile.
 
 use std::{
     path::{Path, PathBuf},
@@ -80,9 +82,29 @@ impl Cluster {
                 &format!("ALTER SYSTEM SET {setting} = {value}"),
             )?;
         }
-        psql(&cluster.url, "SELECT pg_reload_conf()")?;
-        // The reload is signalled, not awaited: new sessions see it once
-        // the postmaster has read the file.
+        // Statement statistics for the per-scenario profile: a library loaded
+        // at start, so the cluster is restarted (on its recorded port).
+        psql(
+            &cluster.url,
+            "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
+        )?;
+        for action in ["stop", "start"] {
+            let out = script_command(script, &data_dir)
+                .arg(action)
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{} {action} (TA_PG_DATA_DIR={}): {}",
+                    script.display(),
+                    data_dir.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+        }
+        // A restart reads the file; a reload would be signalled, not awaited,
+        // so the settings are checked before anything runs.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let now = psql(

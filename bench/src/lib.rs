@@ -772,6 +772,9 @@ pub struct ScenarioReport {
     /// What the services' Postgres backends were doing, sampled every 100 ms
     /// during the timed phase: "wait_event_type:wait_event" (or "CPU") -> samples.
     pub wait_samples: BTreeMap<String, u64>,
+    /// The services' statements during the timed phase, from
+    /// `pg_stat_statements` (None where the server does not load it).
+    pub statements: Option<StatementProfile>,
     /// Differences escrow's ReconcileLedger reported after the scenario
     /// (None: not an escrow scenario).
     pub ledger_differences: Option<usize>,
@@ -943,6 +946,19 @@ impl ScenarioReport {
                 "   active Postgres backends ({samples} samples): {}",
                 shown.join(", ")
             );
+        }
+        if let Some(profile) = &self.statements {
+            println!(
+                "   statements (pg_stat_statements): {} executed, {:.1} per counted call ({}); by total time:",
+                profile.executions,
+                profile.executions as f64 / self.counted_ok().max(1) as f64,
+                self.scenario.counted().join(" + ")
+            );
+            for (calls, total_ms, mean_ms, rows, query) in &profile.top {
+                println!(
+                    "     {calls:>8} x {mean_ms:>7.3} ms = {total_ms:>9.1} ms  {rows:>8} rows  {query}"
+                );
+            }
         }
         if let (Some(d), Some((accounts, postings, holds))) =
             (self.ledger_differences, self.ledger_checked)
@@ -1122,6 +1138,10 @@ async fn run_once(platform: &Platform, scenario: Scenario, load: Load) -> Result
         }
         Scenario::Echo => {}
     }
+    let profiled = platform
+        .database
+        .as_ref()
+        .is_some_and(|d| reset_statement_statistics(&d.url).is_ok());
     let cpu_before = platform.cpu();
     let backends_before = platform.backend_cpu();
     let bench_before = cpu_seconds(std::process::id()).unwrap_or(0.0);
@@ -1247,6 +1267,11 @@ async fn run_once(platform: &Platform, scenario: Scenario, load: Load) -> Result
         Some(handle) => handle.join().unwrap_or_default(),
         None => BTreeMap::new(),
     };
+    // Read before the checks below add statements of their own.
+    let statements = match (&platform.database, profiled) {
+        (Some(d), true) => read_statement_statistics(&d.url).ok(),
+        _ => None,
+    };
     let (tally_check, ledger_differences, ledger_checked) = if scenario.moves_money() {
         // The tally first: the releases contract's workflow makes after an
         // acceptance are waited for there, and then reconciled too.
@@ -1265,12 +1290,69 @@ async fn run_once(platform: &Platform, scenario: Scenario, load: Load) -> Result
         calls,
         server_cpu,
         wait_samples,
+        statements,
         ledger_differences,
         ledger_checked,
         setup,
         tally: tally_check,
         ran_dry,
     })
+}
+
+/// What the services' database executed during a timed phase.
+#[derive(Clone, Debug, Default)]
+pub struct StatementProfile {
+    /// Every statement executed (`BEGIN` and `COMMIT` included).
+    pub executions: u64,
+    /// The statements that took the most time: calls, total and mean
+    /// milliseconds, rows, the normalised text (shortened).
+    pub top: Vec<(u64, f64, f64, u64, String)>,
+}
+
+/// Starts the statement statistics afresh; fails where the server does not
+/// load `pg_stat_statements` (`--durability server` on the dev cluster).
+fn reset_statement_statistics(url: &str) -> Result<()> {
+    psql(url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")?;
+    psql(url, "SELECT pg_stat_statements_reset()")?;
+    Ok(())
+}
+
+fn read_statement_statistics(url: &str) -> Result<StatementProfile> {
+    // One text column with unit separators: statements may hold '|'.
+    let of_this_database =
+        "dbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    let executions: u64 = psql(
+        url,
+        &format!(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements WHERE {of_this_database}"
+        ),
+    )?
+    .parse()
+    .map_err(|e| format!("pg_stat_statements: {e}"))?;
+    let rows = psql(
+        url,
+        &format!(
+            "SELECT calls || chr(31) || round(total_exec_time::numeric, 1) || chr(31) \
+             || round(mean_exec_time::numeric, 3) || chr(31) || rows || chr(31) \
+             || left(regexp_replace(query, '\\s+', ' ', 'g'), 100) \
+             FROM pg_stat_statements WHERE {of_this_database} \
+             ORDER BY total_exec_time DESC LIMIT 8"
+        ),
+    )?;
+    let top = rows
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.split('\u{1f}');
+            Some((
+                cells.next()?.parse().ok()?,
+                cells.next()?.parse().ok()?,
+                cells.next()?.parse().ok()?,
+                cells.next()?.parse().ok()?,
+                cells.next()?.to_owned(),
+            ))
+        })
+        .collect();
+    Ok(StatementProfile { executions, top })
 }
 
 /// Samples every 100 ms until `deadline` what the database's active
