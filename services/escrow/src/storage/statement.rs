@@ -59,6 +59,25 @@ pub struct PostingRow {
     pub actor_role: Option<String>,
 }
 
+/// A posting with its two ledger accounts, its transfer's purpose and note,
+/// and the funding attempt it came from (by its hold, or named in the
+/// purpose `funding:attempt:<id>`, read as the id so the primary key serves
+/// the join).
+const POSTINGS_SELECT: &str = "SELECT p.seq, p.id, p.transfer_id, p.escrow_account_id, \
+       d.id AS debit_id, d.kind AS debit_kind, d.owner AS debit_owner, \
+       c.id AS credit_id, c.kind AS credit_kind, c.owner AS credit_owner, \
+       p.currency, p.amount_minor, p.hold_id, p.posted_at, t.purpose, \
+       coalesce(fa.id, fh.id) AS funding_attempt_id, \
+       n.reason, n.actor_principal_id, n.actor_role \
+     FROM escrow.postings p \
+     JOIN escrow.transfers t ON t.id = p.transfer_id \
+     JOIN escrow.ledger_accounts d ON d.id = p.debit_account_id \
+     JOIN escrow.ledger_accounts c ON c.id = p.credit_account_id \
+     LEFT JOIN escrow.transfer_notes n ON n.transfer_id = p.transfer_id \
+     LEFT JOIN escrow.funding_attempts fh ON p.hold_id IS NOT NULL AND fh.hold_id = p.hold_id \
+     LEFT JOIN escrow.funding_attempts fa ON fa.id = CASE \
+       WHEN t.purpose ~ '^funding:attempt:[0-9a-f-]{36}$' THEN substr(t.purpose, 17)::uuid END";
+
 /// An account's postings oldest first, after sequence `after`.
 pub async fn page_postings(
     conn: &mut PgConnection,
@@ -66,22 +85,9 @@ pub async fn page_postings(
     after: i64,
     limit: i64,
 ) -> Result<Vec<PostingRow>, ServiceError> {
-    Ok(sqlx::query_as(
-        "SELECT p.seq, p.id, p.transfer_id, p.escrow_account_id, \
-           d.id AS debit_id, d.kind AS debit_kind, d.owner AS debit_owner, \
-           c.id AS credit_id, c.kind AS credit_kind, c.owner AS credit_owner, \
-           p.currency, p.amount_minor, p.hold_id, p.posted_at, t.purpose, \
-           coalesce(fa.id, fh.id) AS funding_attempt_id, \
-           n.reason, n.actor_principal_id, n.actor_role \
-         FROM escrow.postings p \
-         JOIN escrow.transfers t ON t.id = p.transfer_id \
-         JOIN escrow.ledger_accounts d ON d.id = p.debit_account_id \
-         JOIN escrow.ledger_accounts c ON c.id = p.credit_account_id \
-         LEFT JOIN escrow.transfer_notes n ON n.transfer_id = p.transfer_id \
-         LEFT JOIN escrow.funding_attempts fh ON p.hold_id IS NOT NULL AND fh.hold_id = p.hold_id \
-         LEFT JOIN escrow.funding_attempts fa ON t.purpose = 'funding:attempt:' || fa.id::text \
-         WHERE p.escrow_account_id = $1 AND p.seq > $2 ORDER BY p.seq LIMIT $3",
-    )
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{POSTINGS_SELECT} WHERE p.escrow_account_id = $1 AND p.seq > $2 ORDER BY p.seq LIMIT $3"
+    )))
     .bind(account_id)
     .bind(after)
     .bind(limit + 1)
@@ -89,17 +95,21 @@ pub async fn page_postings(
     .await?)
 }
 
-/// The postings of the given transfers, in order.
+/// The postings of the given transfers of an account, in order: only those
+/// rows are joined, not the account's whole statement.
 pub async fn postings_of_transfers(
     conn: &mut PgConnection,
     account_id: Uuid,
     transfers: &[Uuid],
 ) -> Result<Vec<PostingRow>, ServiceError> {
-    let all = page_postings(conn, account_id, 0, i64::from(i32::MAX)).await?;
-    Ok(all
-        .into_iter()
-        .filter(|p| transfers.contains(&p.transfer_id))
-        .collect())
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{POSTINGS_SELECT} WHERE p.escrow_account_id = $1 AND p.transfer_id = ANY($2) \
+         ORDER BY p.seq"
+    )))
+    .bind(account_id)
+    .bind(transfers)
+    .fetch_all(&mut *conn)
+    .await?)
 }
 
 /// Per ledger account touched by the escrow account: the net of its postings
