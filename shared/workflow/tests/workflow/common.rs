@@ -801,3 +801,23 @@ pub fn spawn_child(test: &str, role: &str, env: &[(&str, &str)]) -> tokio::proce
 pub fn child_role() -> Option<String> {
     std::env::var(CHILD_ROLE).ok()
 }
+
+/// A stream of the probe's feed after sequence `after`, as its caller.
+pub async fn open_stream(
+    probe: &ProbeServer,
+    after: u64,
+) -> tonic::Streaming<pb::StreamProbeEventsResponse> {
+    let mut client =
+        pb::workflow_probe_service_client::WorkflowProbeServiceClient::new(probe.channel());
+    client
+        .stream_probe_events(ta_testkit::from_service(
+            pb::StreamProbeEventsRequest {
+                after_sequence: after,
+            },
+            CALLER,
+            PROBE,
+        ))
+        .await
+        .expect("stream opened")
+        .into_inner()
+}

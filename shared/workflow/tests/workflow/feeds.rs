@@ -5,29 +5,12 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use ta_proto::tradeassurance::testing::v1::{
-    self as pb, workflow_probe_service_client::WorkflowProbeServiceClient,
-};
+use ta_proto::tradeassurance::testing::v1 as pb;
 use tonic::Streaming;
 
 use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn open_stream(probe: &ProbeServer, after: u64) -> Streaming<pb::StreamProbeEventsResponse> {
-    let mut client = WorkflowProbeServiceClient::new(probe.channel());
-    client
-        .stream_probe_events(ta_testkit::from_service(
-            pb::StreamProbeEventsRequest {
-                after_sequence: after,
-            },
-            CALLER,
-            PROBE,
-        ))
-        .await
-        .expect("stream opened")
-        .into_inner()
-}
 
 /// The next event on the stream, skipping heartbeats; `heartbeats` counts them.
 async fn next_event(

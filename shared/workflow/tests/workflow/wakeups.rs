@@ -11,9 +11,7 @@ use std::{sync::Arc, time::Duration};
 use sqlx::PgPool;
 use ta_proto::{
     ops::{self as ops, workflow_admin_service_client::WorkflowAdminServiceClient},
-    tradeassurance::testing::v1::{
-        self as pb, workflow_probe_service_client::WorkflowProbeServiceClient,
-    },
+    tradeassurance::testing::v1::{self as pb},
 };
 use ta_runtime::auth::Role;
 use ta_workflow::{Schema, Wakeups};
@@ -52,20 +50,6 @@ async fn listening(pool: &PgPool, schema: Schema) -> i32 {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn open_stream(probe: &ProbeServer, after: u64) -> Streaming<pb::StreamProbeEventsResponse> {
-    WorkflowProbeServiceClient::new(probe.channel())
-        .stream_probe_events(ta_testkit::from_service(
-            pb::StreamProbeEventsRequest {
-                after_sequence: after,
-            },
-            CALLER,
-            PROBE,
-        ))
-        .await
-        .expect("stream opened")
-        .into_inner()
 }
 
 /// The next event's subject; no heartbeat comes within [`WAIT`].
