@@ -280,16 +280,16 @@ pub async fn check_direct_purpose(
 
 /// Closes a fully funded account once a release or refund has emptied it
 /// (nothing held, nothing on its way, no freeze): nothing can come in or go
-/// out any more. Returns the closed account, or `None` when it stays open.
+/// out any more. `account` is locked in this transaction and current. Returns
+/// the closed account, or `None` when it stays open.
 pub async fn close_if_emptied(
     conn: &mut PgConnection,
-    account_id: Uuid,
+    account: &EscrowAccount,
     now: OffsetDateTime,
 ) -> Result<Option<EscrowAccount>, ServiceError> {
-    let account = accounts::lock_account(conn, account_id).await?;
     if account.status != crate::domain::Status::Funded
         || !account.freezes.is_empty()
-        || held(conn, &account).await? != 0
+        || held(conn, account).await? != 0
         || !attempts::pending_attempts(conn, account.id)
             .await?
             .is_empty()

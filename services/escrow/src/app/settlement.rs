@@ -10,7 +10,7 @@ use ta_runtime::{ServiceError, auth::Principal, money::Money, timestamps};
 use uuid::Uuid;
 
 use crate::{
-    domain::{Posting, Settles, Status as AccountStatus, account::checked_total},
+    domain::{EscrowAccount, Posting, Settles, Status as AccountStatus, account::checked_total},
     storage::{accounts, attempts, ledger, statement},
     views::{self, EventFacts},
 };
@@ -134,7 +134,7 @@ pub async fn outflow(
         )
         .await?;
     let view = if close_when_empty {
-        close_and_announce_if_emptied(conn, flows, account.id)
+        close_and_announce_if_emptied(conn, flows, &account)
             .await?
             .unwrap_or(view)
     } else {
@@ -144,12 +144,14 @@ pub async fn outflow(
 }
 
 /// Closes the account when the movement emptied it, announcing it.
+/// `account` is locked in this transaction and as the movement left it.
 pub async fn close_and_announce_if_emptied(
     conn: &mut PgConnection,
     flows: &Flows,
-    account_id: Uuid,
+    account: &EscrowAccount,
 ) -> Result<Option<pb::EscrowAccount>, ServiceError> {
-    let Some(closed) = close_if_emptied(conn, account_id, timestamps::now()).await? else {
+    let account_id = account.id;
+    let Some(closed) = close_if_emptied(conn, account, timestamps::now()).await? else {
         return Ok(None);
     };
     flows.sync_deadlines(conn, &closed).await?;
@@ -208,7 +210,7 @@ pub async fn settle_claim(
             },
         )
         .await?;
-    let view = close_and_announce_if_emptied(conn, flows, account.id)
+    let view = close_and_announce_if_emptied(conn, flows, &unfrozen)
         .await?
         .unwrap_or(view);
     Ok(pb::SettleClaimResponse {
