@@ -209,15 +209,15 @@ free it, or move the cluster with TA_PG_PORT=<port> (then restart anything start
   pick_port
 }
 
-pick_port_after() { # $1 a port just lost: the next free one above it
+free_port_from() { # $1 the first port to try; the first free one up to the range's end
   local p
-  for ((p = $1 + 1; p <= DEFAULT_PORT + 20; p++)); do
+  for ((p = $1; p <= DEFAULT_PORT + 20; p++)); do
     if ! port_in_use "$p"; then
       printf '%s\n' "$p"
       return
     fi
   done
-  die "no free port in $(($1 + 1))..$((DEFAULT_PORT + 20)); set TA_PG_PORT"
+  die "no free port in $1..$((DEFAULT_PORT + 20)); set TA_PG_PORT"
 }
 
 pick_port() {
@@ -228,14 +228,9 @@ pick_port() {
     return
   fi
   local p
-  for ((p = DEFAULT_PORT; p <= DEFAULT_PORT + 20; p++)); do
-    if ! port_in_use "$p"; then
-      ((p != DEFAULT_PORT)) && log "port $DEFAULT_PORT is in use by another process; using $p"
-      printf '%s\n' "$p"
-      return
-    fi
-  done
-  die "no free port in $DEFAULT_PORT..$((DEFAULT_PORT + 20)); set TA_PG_PORT"
+  p="$(free_port_from "$DEFAULT_PORT")"
+  ((p != DEFAULT_PORT)) && log "port $DEFAULT_PORT is in use by another process; using $p"
+  printf '%s\n' "$p"
 }
 
 init_cluster() { # $1 bindir, $2 datadir
@@ -391,7 +386,7 @@ cmd_start() {
         die "port $port on 127.0.0.1 was taken by another process while the cluster started"
       fi
       log "port $port was taken while the cluster started; picking another"
-      port="$(pick_port_after "$port")"
+      port="$(free_port_from $((port + 1)))"
     done
     record_port "$dd" "$port"
   fi
