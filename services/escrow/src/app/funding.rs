@@ -526,9 +526,10 @@ pub async fn credit(
     received_minor: i64,
     now: OffsetDateTime,
 ) -> Result<Credited, ServiceError> {
-    let before_account = accounts::get_account_of_attempt(conn, attempt_id).await?;
-    let (account_id, before) = (before_account.id, before_account.status);
-    let outcome = confirm_funding(conn, attempt_id, credit_id, received_minor, now).await?;
+    let account = accounts::lock_account_of_attempt(conn, attempt_id).await?;
+    let (account_id, before) = (account.id, account.status);
+    let outcome =
+        confirm_funding(conn, account, attempt_id, credit_id, received_minor, now).await?;
     let (posted, parked) = match outcome {
         CreditOutcome::Applied {
             posted,
@@ -640,8 +641,10 @@ async fn park(
 /// the payment stays due); any excess, and any credit for an attempt that
 /// has ended (expired, failed, the account closed), lands in suspense to be
 /// refunded. A card attempt's own charge confirmed again is a duplicate.
+/// `account` is the attempt's, locked by the caller in this transaction.
 pub async fn confirm_funding(
     conn: &mut PgConnection,
+    mut account: EscrowAccount,
     attempt_id: Uuid,
     credit_id: &str,
     received_minor: i64,
@@ -653,7 +656,6 @@ pub async fn confirm_funding(
             "must be a positive number of minor units",
         ));
     }
-    let mut account = accounts::lock_account_of_attempt(conn, attempt_id).await?;
     let mut attempt = attempts::get_attempt(conn, attempt_id, true).await?;
     if attempt.credit_reference.as_deref() == Some(credit_id) {
         return Ok(CreditOutcome::Duplicate);

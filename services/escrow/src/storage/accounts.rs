@@ -178,16 +178,6 @@ pub async fn lock_account_of_attempt(
         .ok_or_else(|| ServiceError::not_found("funding attempt", attempt_id))
 }
 
-/// The account a funding attempt pays into, without a lock.
-pub async fn get_account_of_attempt(
-    conn: &mut PgConnection,
-    attempt_id: Uuid,
-) -> Result<EscrowAccount, ServiceError> {
-    load(conn, ATTEMPT_ACCOUNT, attempt_id, false)
-        .await?
-        .ok_or_else(|| ServiceError::not_found("funding attempt", attempt_id))
-}
-
 const ATTEMPT_ACCOUNT: &str =
     "id = (SELECT escrow_account_id FROM escrow.funding_attempts WHERE id = $1)";
 
