@@ -94,16 +94,27 @@ fn access_table(pool: &DescriptorPool) -> Result<String, String> {
                     1 => "Buyer",
                     2 => "Supplier",
                     3 => "Inspector",
-                    4 => "Operator",
+                    6 => "TrustSafety",
+                    7 => "Arbiter",
+                    8 => "Finance",
+                    9 => "Support",
+                    10 => "Platform",
+                    4 => {
+                        return Err(format!(
+                            "{path}: ROLE_OPERATOR is retired; name the staff duty the \
+                             method needs (trust and safety, arbiter, finance, support)"
+                        ));
+                    }
                     _ => {
                         return Err(format!(
-                            "{path}: access.roles may list buyer, supplier, inspector or \
-                             operator; services are named in access.services"
+                            "{path}: access.roles may list people's roles and staff \
+                             duties; services are named in access.services"
                         ));
                     }
                 };
                 roles.push(format!("Role::{name}"));
             }
+            check_staff_mutation(&path, &method.input(), &roles)?;
             let services: Vec<String> = list("services")
                 .iter()
                 .filter_map(|s| s.as_str().map(|s| format!("{s:?}")))
@@ -114,9 +125,13 @@ fn access_table(pool: &DescriptorPool) -> Result<String, String> {
             writeln!(
                 out,
                 "    MethodAccess {{ path: {path:?}, roles: &[{}], services: &[{}], \
-                 client_streaming: {}, server_streaming: {} }},",
+                 mutating: {}, client_streaming: {}, server_streaming: {} }},",
                 roles.join(", "),
                 services.join(", "),
+                method
+                    .input()
+                    .get_field_by_name("idempotency_key")
+                    .is_some(),
                 method.is_client_streaming(),
                 method.is_server_streaming()
             )
@@ -127,8 +142,43 @@ fn access_table(pool: &DescriptorPool) -> Result<String, String> {
     Ok(out)
 }
 
-/// `impl IdempotentRequest` for every message with a string `idempotency_key`.
+/// Staff actions are audited with the reason given: a mutating method (its
+/// request carries an idempotency key) that admits a staff duty must take a
+/// `string reason`, and the read-only roles (support, platform) are admitted
+/// to no mutating method.
+fn check_staff_mutation(
+    path: &str,
+    input: &protox::prost_reflect::MessageDescriptor,
+    roles: &[String],
+) -> Result<(), String> {
+    if input.get_field_by_name("idempotency_key").is_none() {
+        return Ok(());
+    }
+    let admits = |role: &str| roles.iter().any(|r| r == role);
+    if admits("Role::Support") || admits("Role::Platform") {
+        return Err(format!(
+            "{path} changes something: ROLE_SUPPORT and ROLE_PLATFORM only read"
+        ));
+    }
+    let staff = ["Role::TrustSafety", "Role::Arbiter", "Role::Finance"];
+    let has_reason = input
+        .get_field_by_name("reason")
+        .is_some_and(|f| matches!(f.kind(), protox::prost_reflect::Kind::String) && !f.is_list());
+    if staff.iter().any(|r| admits(r)) && !has_reason {
+        return Err(format!(
+            "{path} admits a staff duty: its request needs a `string reason` for the audit trail"
+        ));
+    }
+    Ok(())
+}
+
+/// `impl IdempotentRequest` for every message with a string `idempotency_key`:
+/// the key, the reason a staff caller gives (its `string reason`, if any), and
+/// the resource it acts on (its first `*_id` field, other than a principal's,
+/// if any).
 fn keyed_requests(pool: &DescriptorPool) -> String {
+    use protox::prost_reflect::Kind;
+
     let mut out = String::new();
     for message in pool.all_messages() {
         let Some(package) = message.package_name().strip_prefix("tradeassurance.") else {
@@ -140,10 +190,38 @@ fn keyed_requests(pool: &DescriptorPool) -> String {
             continue;
         }
         let module = package.replace('.', "::");
+        let reason = match message.get_field_by_name("reason") {
+            Some(f) if matches!(f.kind(), Kind::String) && !f.is_list() => "&self.reason",
+            _ => "\"\"",
+        };
+        let resource = message
+            .fields()
+            .filter(|f| !f.is_list() && f.containing_oneof().is_none())
+            .find(|f| {
+                let name = f.name();
+                (name == "id" || name.ends_with("_id")) && !name.ends_with("principal_id")
+            })
+            .and_then(|f| {
+                let name = f.name();
+                let kind = name.strip_suffix("_id").unwrap_or("row");
+                match f.kind() {
+                    Kind::String => Some(format!("({kind:?}, self.{name}.clone())")),
+                    Kind::Int64 | Kind::Int32 | Kind::Uint64 | Kind::Uint32 => {
+                        Some(format!("({kind:?}, self.{name}.to_string())"))
+                    }
+                    _ => None,
+                }
+            })
+            .unwrap_or_else(|| "(\"\", String::new())".to_owned());
         let _ = writeln!(
             out,
-            "impl IdempotentRequest for tradeassurance::{module}::{} {{ fn idempotency_key(&self) -> &str {{ &self.idempotency_key }} }}",
-            message.name()
+            "impl IdempotentRequest for tradeassurance::{module}::{name} {{\n    \
+             const TYPE_URL: &'static str = \"type.googleapis.com/{full}\";\n    \
+             fn idempotency_key(&self) -> &str {{ &self.idempotency_key }}\n    \
+             fn reason(&self) -> &str {{ {reason} }}\n    \
+             fn resource(&self) -> (&'static str, String) {{ {resource} }}\n}}",
+            name = message.name(),
+            full = message.full_name(),
         );
     }
     out

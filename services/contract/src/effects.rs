@@ -102,6 +102,7 @@ pub fn open_escrow(
                 .unwrap_or_default(),
             supplier_owner_principal_id: contract.supplier_principal_id.clone(),
             hold_until: Some(timestamps::to_proto(terms.hold_until(day))),
+            reason: String::new(),
         },
         completion: completion::ESCROW_OPENED,
     }
@@ -151,6 +152,7 @@ pub fn amend_escrow_schedule(
             schedule: scheduled(contract, payments),
             contract_version: version,
             hold_until: Some(timestamps::to_proto(terms.hold_until(day))),
+            reason: String::new(),
         },
         completion: completion::SCHEDULE_AMENDED,
     })

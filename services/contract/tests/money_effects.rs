@@ -374,7 +374,7 @@ impl Harness {
             .list_parked_outbox_rows(authorized(
                 ops::ListParkedOutboxRowsRequest::default(),
                 OPERATOR,
-                Role::Operator,
+                Role::Finance,
             ))
             .await
             .expect("parked rows")
@@ -656,7 +656,7 @@ async fn a_refused_release_or_close_goes_to_the_operators_queue_and_is_re_driven
                 .list_parked_outbox_rows(authorized(
                     ops::ListParkedOutboxRowsRequest::default(),
                     OPERATOR,
-                    Role::Operator,
+                    Role::Finance,
                 ))
                 .await
                 .expect("parked")
@@ -677,7 +677,7 @@ async fn a_refused_release_or_close_goes_to_the_operators_queue_and_is_re_driven
         .get_workflow_backlog(authorized(
             ops::GetWorkflowBacklogRequest {},
             OPERATOR,
-            Role::Operator,
+            Role::Finance,
         ))
         .await
         .expect("backlog")
@@ -715,9 +715,10 @@ async fn a_refused_release_or_close_goes_to_the_operators_queue_and_is_re_driven
             ops::RedriveOutboxRowRequest {
                 idempotency_key: "redrive-release".into(),
                 id: parked[0].id,
+                reason: "the callee is back".into(),
             },
             OPERATOR,
-            Role::Operator,
+            Role::Finance,
         ))
         .await
         .expect("re-driven");
@@ -728,7 +729,7 @@ async fn a_refused_release_or_close_goes_to_the_operators_queue_and_is_re_driven
                 .list_parked_outbox_rows(authorized(
                     ops::ListParkedOutboxRowsRequest::default(),
                     OPERATOR,
-                    Role::Operator,
+                    Role::Finance,
                 ))
                 .await
                 .expect("parked")
@@ -768,9 +769,10 @@ async fn a_refused_release_or_close_goes_to_the_operators_queue_and_is_re_driven
             ops::RedriveOutboxRowRequest {
                 idempotency_key: "redrive-close".into(),
                 id: close,
+                reason: "the callee is back".into(),
             },
             OPERATOR,
-            Role::Operator,
+            Role::Finance,
         ))
         .await
         .expect("re-driven");
@@ -785,6 +787,67 @@ async fn a_refused_release_or_close_goes_to_the_operators_queue_and_is_re_driven
     })
     .await;
     assert!(h.parked().await.is_empty());
+    // Each re-drive is finance's act, in the contract service's audit trail.
+    let entries = ta_testkit::audit_entries(h._server.channel.clone()).await;
+    let redriven: Vec<_> = entries
+        .iter()
+        .map(|e| (e.method.rsplit('/').next().unwrap(), e.resource_id.as_str()))
+        .collect();
+    assert_eq!(
+        redriven,
+        [
+            ("RedriveOutboxRow", parked[0].id.to_string().as_str()),
+            ("RedriveOutboxRow", close.to_string().as_str()),
+        ]
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_arbiter_cancelling_a_contract_leaves_one_audit_entry(pool: PgPool) {
+    let mut h = start(&pool).await;
+    let contract = h.active_contract().await;
+    let cancel = |reason: &str| {
+        authorized(
+            pb::CancelContractRequest {
+                idempotency_key: "arbiter-cancel".into(),
+                contract_id: contract.contract_id.clone(),
+                reason: reason.into(),
+            },
+            "arbiter-1",
+            Role::Arbiter,
+        )
+    };
+    let reasonless = h
+        .client
+        .cancel_contract(cancel(""))
+        .await
+        .expect_err("a reason");
+    assert_eq!(reasonless.code(), tonic::Code::InvalidArgument);
+    h.client
+        .cancel_contract(cancel("the supplier's licence was revoked"))
+        .await
+        .expect("cancelled by the arbiter");
+    h.client
+        .cancel_contract(cancel("the supplier's licence was revoked"))
+        .await
+        .expect("a retry replays");
+
+    let entries = ta_testkit::audit_entries(h._server.channel.clone()).await;
+    assert_eq!(ta_testkit::audited_methods(&entries), ["CancelContract"]);
+    assert_eq!(
+        ta_testkit::staff_mutations(contract::CONTRACT_SERVICE),
+        ["CancelContract"],
+        "every staff mutation of contract is audited here"
+    );
+    let entry = &entries[0];
+    assert_eq!(
+        (entry.resource_type.as_str(), entry.resource_id.as_str()),
+        ("contract", contract.contract_id.as_str())
+    );
+    assert_eq!(entry.reason, "the supplier's licence was revoked");
+    let actor = entry.actor.as_ref().unwrap();
+    assert_eq!(actor.principal_id, "arbiter-1");
+    assert_eq!(actor.role, ta_proto::common::Role::Arbiter as i32);
 }
 
 // ---- finding 9: a full refund closes refunding what escrow still holds ----------

@@ -208,6 +208,7 @@ impl DisputeService for DisputeApi {
         };
         let mut unary = Request::new(pb::UploadEvidenceRequest {
             idempotency_key: first.idempotency_key.clone(),
+            reason: first.reason.clone(),
             part: metadata
                 .clone()
                 .map(upload_evidence_request::Part::Metadata),

@@ -134,7 +134,7 @@ async fn only_the_parties_and_operators_reach_a_claim(pool: PgPool) {
     for (subject, role, want) in [
         (BUYER, Role::Buyer, Code::Ok),
         (OWNER, Role::Supplier, Code::Ok),
-        ("ops-1", Role::Operator, Code::Ok),
+        ("ops-1", Role::Arbiter, Code::Ok),
         ("buyer-2", Role::Buyer, Code::PermissionDenied),
         ("owner-2", Role::Supplier, Code::PermissionDenied),
         ("agency-1", Role::Inspector, Code::PermissionDenied),
@@ -231,6 +231,7 @@ fn upload_messages(
             &sha[..12],
             content_type.replace('/', "_")
         ),
+        reason: String::new(),
         part: Some(upload_evidence_request::Part::Metadata(
             pb::EvidenceMetadata {
                 claim_id: claim_id.into(),
@@ -246,6 +247,7 @@ fn upload_messages(
     for chunk in bytes.chunks(16 * 1024) {
         messages.push(pb::UploadEvidenceRequest {
             idempotency_key: String::new(),
+            reason: String::new(),
             part: Some(upload_evidence_request::Part::Chunk(chunk.to_vec())),
         });
     }
@@ -415,6 +417,7 @@ fn resumable_messages(
 ) -> Vec<pb::UploadEvidenceRequest> {
     let mut messages = vec![pb::UploadEvidenceRequest {
         idempotency_key: key.into(),
+        reason: String::new(),
         part: Some(upload_evidence_request::Part::Metadata(
             pb::EvidenceMetadata {
                 claim_id: claim_id.into(),
@@ -432,6 +435,7 @@ fn resumable_messages(
     for chunk in bytes.chunks(10_000) {
         messages.push(pb::UploadEvidenceRequest {
             idempotency_key: String::new(),
+            reason: String::new(),
             part: Some(upload_evidence_request::Part::Chunk(chunk.to_vec())),
         });
     }
@@ -560,4 +564,107 @@ async fn a_resumable_upload_cut_off_resumes_where_the_server_stopped(pool: PgPoo
     assert_eq!(progress(&mut d).await, 0, "the partial is gone");
     assert_eq!(files(&d.evidence_dir), 1, "only the stored file");
     let _ = std::fs::remove_dir_all(&d.evidence_dir);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn each_arbiter_change_leaves_one_audit_entry(pool: PgPool) {
+    let mut d = start(&pool).await;
+    let id = negotiating_claim(&pool).await.to_string();
+    fn arbiter<T>(message: T) -> tonic::Request<T> {
+        authorized(message, "arbiter-1", Role::Arbiter)
+    }
+
+    // The parties' own acts are the claim's timeline, not staff actions.
+    d.client
+        .escalate_claim(authorized(
+            pb::EscalateClaimRequest {
+                idempotency_key: "buyer-escalates".into(),
+                claim_id: "00000000-0000-0000-0000-000000000000".into(),
+                reason: "no answer".into(),
+            },
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .expect_err("no such claim");
+
+    let bytes: Vec<u8> = (0..2_000u32).map(|i| (i % 251) as u8).collect();
+    let sha = hex::encode(Sha256::digest(&bytes));
+    let mut messages = upload_messages(&id, bytes.len() as u64, &sha, "image/jpeg", &bytes);
+    messages[0].reason = "the carrier's damage report, sent to us by e-mail".into();
+    d.client
+        .upload_evidence(authorized(
+            tokio_stream::iter(messages),
+            "arbiter-1",
+            Role::Arbiter,
+        ))
+        .await
+        .expect("evidence added by the arbiter");
+    let escalate = pb::EscalateClaimRequest {
+        idempotency_key: "escalate".into(),
+        claim_id: id.clone(),
+        reason: "the parties stopped answering".into(),
+    };
+    d.client
+        .escalate_claim(arbiter(escalate.clone()))
+        .await
+        .expect("escalated");
+    d.client
+        .escalate_claim(arbiter(escalate))
+        .await
+        .expect("a retry replays");
+    let reasonless = d
+        .client
+        .decide_claim(arbiter(pb::DecideClaimRequest {
+            idempotency_key: "decide-blank".into(),
+            claim_id: id.clone(),
+            outcome: pb::ClaimOutcome::FullRefund as i32,
+            reason: " ".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("a decision needs its reason");
+    assert_eq!(reasonless.code(), Code::InvalidArgument);
+    d.client
+        .decide_claim(arbiter(pb::DecideClaimRequest {
+            idempotency_key: "decide".into(),
+            claim_id: id.clone(),
+            outcome: pb::ClaimOutcome::FullRefund as i32,
+            reason: "the carton was crushed in transit".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("decided");
+
+    let entries = ta_testkit::audit_entries(d._server.channel.clone()).await;
+    let methods = ta_testkit::audited_methods(&entries);
+    assert_eq!(methods, ["UploadEvidence", "EscalateClaim", "DecideClaim"]);
+    let mut declared = ta_testkit::staff_mutations(dispute::DISPUTE_SERVICE);
+    declared.sort_unstable();
+    let mut covered = methods.clone();
+    covered.sort();
+    assert_eq!(
+        covered, declared,
+        "every staff mutation of dispute is audited here"
+    );
+    for entry in &entries {
+        let actor = entry.actor.as_ref().unwrap();
+        assert_eq!(actor.principal_id, "arbiter-1");
+        assert_eq!(actor.role, ta_proto::common::Role::Arbiter as i32);
+        assert!(!entry.reason.is_empty());
+    }
+    // The upload's claim is in its metadata: the trail keeps the request.
+    assert_eq!(entries[0].resource_id, "");
+    assert_eq!(
+        entries[0].reason,
+        "the carrier's damage report, sent to us by e-mail"
+    );
+    assert_eq!(
+        (
+            entries[1].resource_type.as_str(),
+            entries[1].resource_id.as_str()
+        ),
+        ("claim", id.as_str())
+    );
+    assert_eq!(entries[2].reason, "the carton was crushed in transit");
 }

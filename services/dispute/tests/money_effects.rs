@@ -260,7 +260,7 @@ impl Harness {
                     reason: "no agreement".into(),
                 },
                 OPERATOR,
-                Role::Operator,
+                Role::Arbiter,
             ))
             .await
             .expect("escalated");
@@ -275,7 +275,7 @@ impl Harness {
                     ..Default::default()
                 },
                 OPERATOR,
-                Role::Operator,
+                Role::Arbiter,
             ))
             .await
             .expect("decided");
@@ -286,7 +286,7 @@ impl Harness {
             .list_parked_outbox_rows(authorized(
                 ops::ListParkedOutboxRowsRequest::default(),
                 OPERATOR,
-                Role::Operator,
+                Role::Finance,
             ))
             .await
             .expect("parked")
@@ -340,7 +340,7 @@ async fn a_refused_settlement_goes_to_the_operators_queue_and_is_re_driven(pool:
                 .list_parked_outbox_rows(authorized(
                     ops::ListParkedOutboxRowsRequest::default(),
                     OPERATOR,
-                    Role::Operator,
+                    Role::Finance,
                 ))
                 .await
                 .expect("parked")
@@ -359,7 +359,7 @@ async fn a_refused_settlement_goes_to_the_operators_queue_and_is_re_driven(pool:
         .get_workflow_backlog(authorized(
             ops::GetWorkflowBacklogRequest {},
             OPERATOR,
-            Role::Operator,
+            Role::Finance,
         ))
         .await
         .expect("backlog")
@@ -395,9 +395,10 @@ async fn a_refused_settlement_goes_to_the_operators_queue_and_is_re_driven(pool:
             ops::RedriveOutboxRowRequest {
                 idempotency_key: "redrive-settle".into(),
                 id: parked[0].id,
+                reason: "the callee is back".into(),
             },
             OPERATOR,
-            Role::Operator,
+            Role::Finance,
         ))
         .await
         .expect("re-driven");
@@ -493,6 +494,7 @@ async fn a_claim_or_evidence_retried_after_it_succeeded_replays_its_first_answer
         tokio_stream::iter(vec![
             pb::UploadEvidenceRequest {
                 idempotency_key: "photo-1".into(),
+                reason: String::new(),
                 part: Some(upload_evidence_request::Part::Metadata(
                     pb::EvidenceMetadata {
                         claim_id: id.clone(),
@@ -507,6 +509,7 @@ async fn a_claim_or_evidence_retried_after_it_succeeded_replays_its_first_answer
             },
             pb::UploadEvidenceRequest {
                 idempotency_key: String::new(),
+                reason: String::new(),
                 part: Some(upload_evidence_request::Part::Chunk(bytes.clone())),
             },
         ])

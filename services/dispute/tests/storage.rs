@@ -107,7 +107,7 @@ async fn a_claim_round_trips_through_its_row_and_offers(pool: PgPool) {
         .claim
         .make_offer(&Uuid::now_v7().to_string(), Outcome::FullRefund, now)
         .unwrap();
-    record.claim.escalate(Escalator::Operator, now).unwrap();
+    record.claim.escalate(Escalator::Arbiter, now).unwrap();
     record.escalated_by = Some(StoredActor {
         principal_id: "ops-1".into(),
         role: "operator".into(),

@@ -29,6 +29,7 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
     let mut cases: Vec<(&str, Result<(), tonic::Status>, Vec<&str>)> = Vec::new();
 
     let open = pb::OpenEscrowAccountRequest {
+        reason: String::new(),
         idempotency_key: "with space".into(),
         contract_id: String::new(),
         buyer_principal_id: "bad id!".into(),
@@ -156,7 +157,7 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
     cases.push((
         "refund with the amendment purpose",
         client
-            .refund_to_buyer(operator(pb::RefundToBuyerRequest {
+            .refund_to_buyer(finance(pb::RefundToBuyerRequest {
                 idempotency_key: "r-2".into(),
                 escrow_account_id: id.clone(),
                 amount: None,
@@ -233,6 +234,7 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
         "amend",
         client
             .amend_escrow_schedule(contract(pb::AmendEscrowScheduleRequest {
+                reason: String::new(),
                 idempotency_key: "am-1".into(),
                 escrow_account_id: id.clone(),
                 schedule: vec![],
@@ -246,8 +248,9 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
     cases.push((
         "payouts",
         client
-            .run_supplier_payouts(operator(pb::RunSupplierPayoutsRequest {
+            .run_supplier_payouts(finance(pb::RunSupplierPayoutsRequest {
                 idempotency_key: "p-1".into(),
+                reason: "the weekly run".into(),
                 supplier_id: "bad supplier".into(),
                 currency_code: "dollars".into(),
             }))
@@ -281,7 +284,7 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
     cases.push((
         "get",
         client
-            .get_escrow_account(operator(pb::GetEscrowAccountRequest {
+            .get_escrow_account(finance(pb::GetEscrowAccountRequest {
                 escrow_account_id: id.clone(),
                 contract_id: "c-bad".into(),
             }))
@@ -292,7 +295,7 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
     cases.push((
         "statement page",
         client
-            .get_escrow_statement(operator(pb::GetEscrowStatementRequest {
+            .get_escrow_statement(finance(pb::GetEscrowStatementRequest {
                 escrow_account_id: id.clone(),
                 page: Some(ta_proto::common::PageRequest {
                     page_size: 1_000,
@@ -323,7 +326,7 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
     cases.push((
         "trial balance",
         client
-            .get_trial_balance(operator(pb::GetTrialBalanceRequest {
+            .get_trial_balance(finance(pb::GetTrialBalanceRequest {
                 currency_code: "usd".into(),
             }))
             .await

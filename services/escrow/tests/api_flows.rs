@@ -61,8 +61,9 @@ async fn a_card_payment_funds_and_a_release_pays_the_supplier_out(pool: PgPool) 
     assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
 
     let payouts = client
-        .run_supplier_payouts(operator(pb::RunSupplierPayoutsRequest {
+        .run_supplier_payouts(finance(pb::RunSupplierPayoutsRequest {
             idempotency_key: "payout-1".into(),
+            reason: "the weekly run".into(),
             ..Default::default()
         }))
         .await
@@ -437,7 +438,7 @@ async fn a_bank_transfer_waits_for_a_signed_credit_and_forged_or_replayed_ones_c
         .into_inner();
     assert_eq!(unknown.outcome, pb::WebhookOutcome::Ignored as i32);
     let items = client
-        .list_unmatched_gateway_items(operator(pb::ListUnmatchedGatewayItemsRequest::default()))
+        .list_unmatched_gateway_items(finance(pb::ListUnmatchedGatewayItemsRequest::default()))
         .await
         .unwrap()
         .into_inner()
@@ -446,7 +447,7 @@ async fn a_bank_transfer_waits_for_a_signed_credit_and_forged_or_replayed_ones_c
     assert_eq!(items[0].kind, "UNKNOWN_REFERENCE");
     assert_eq!(minor(&items[0].amount), 100);
     let found = client
-        .reconcile_ledger(operator(pb::ReconcileLedgerRequest {}))
+        .reconcile_ledger(finance(pb::ReconcileLedgerRequest {}))
         .await
         .unwrap()
         .into_inner()
@@ -594,7 +595,7 @@ async fn an_unpaid_deadline_publishes_payment_overdue(pool: PgPool) {
     assert_eq!(overdue.escrow_account_id, id);
     assert_eq!(overdue.milestone_id, "deposit");
     let held = client
-        .list_held_accounts(operator(pb::ListHeldAccountsRequest::default()))
+        .list_held_accounts(finance(pb::ListHeldAccountsRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -619,7 +620,7 @@ async fn refunds_close_and_amendments_keep_the_ledger_sound(pool: PgPool) {
         .await
         .unwrap();
     let held = client
-        .list_held_accounts(operator(pb::ListHeldAccountsRequest::default()))
+        .list_held_accounts(finance(pb::ListHeldAccountsRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -629,6 +630,7 @@ async fn refunds_close_and_amendments_keep_the_ledger_sound(pool: PgPool) {
     // Version 2 lowers the deposit: the excess goes back to the buyer.
     let amended = client
         .amend_escrow_schedule(contract(pb::AmendEscrowScheduleRequest {
+            reason: String::new(),
             idempotency_key: "amend-2".into(),
             escrow_account_id: id.clone(),
             schedule: vec![payment("deposit", 2_000), payment("balance", 6_000)],
@@ -646,6 +648,7 @@ async fn refunds_close_and_amendments_keep_the_ledger_sound(pool: PgPool) {
     // An older version changes nothing.
     let stale = client
         .amend_escrow_schedule(contract(pb::AmendEscrowScheduleRequest {
+            reason: String::new(),
             idempotency_key: "amend-2-late".into(),
             escrow_account_id: id.clone(),
             schedule: vec![payment("deposit", 9_000)],
@@ -659,7 +662,7 @@ async fn refunds_close_and_amendments_keep_the_ledger_sound(pool: PgPool) {
     assert_eq!(minor(&stale.account.unwrap().expected_total), 8_000);
 
     let refund = client
-        .refund_to_buyer(operator(pb::RefundToBuyerRequest {
+        .refund_to_buyer(finance(pb::RefundToBuyerRequest {
             idempotency_key: "cancel".into(),
             escrow_account_id: id.clone(),
             amount: None,
@@ -754,7 +757,7 @@ async fn the_payout_timer_pays_refunds_and_suppliers_out_and_the_gateway_settles
         .await
         .unwrap();
     client
-        .refund_to_buyer(operator(pb::RefundToBuyerRequest {
+        .refund_to_buyer(finance(pb::RefundToBuyerRequest {
             idempotency_key: "rest".into(),
             escrow_account_id: id.clone(),
             amount: None,
@@ -767,7 +770,7 @@ async fn the_payout_timer_pays_refunds_and_suppliers_out_and_the_gateway_settles
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     let transfers = loop {
         let listed = client
-            .list_gateway_transfers(operator(pb::ListGatewayTransfersRequest::default()))
+            .list_gateway_transfers(finance(pb::ListGatewayTransfersRequest::default()))
             .await
             .unwrap()
             .into_inner()
@@ -807,7 +810,7 @@ async fn the_payout_timer_pays_refunds_and_suppliers_out_and_the_gateway_settles
         assert_eq!(answer.outcome, pb::WebhookOutcome::Applied as i32);
     }
     let paid = client
-        .list_gateway_transfers(operator(pb::ListGatewayTransfersRequest {
+        .list_gateway_transfers(finance(pb::ListGatewayTransfersRequest {
             status: pb::GatewayTransferStatus::Paid as i32,
             ..Default::default()
         }))
@@ -817,7 +820,7 @@ async fn the_payout_timer_pays_refunds_and_suppliers_out_and_the_gateway_settles
         .transfers;
     assert_eq!(paid.len(), 2);
     let trial = client
-        .get_trial_balance(operator(pb::GetTrialBalanceRequest::default()))
+        .get_trial_balance(finance(pb::GetTrialBalanceRequest::default()))
         .await
         .unwrap()
         .into_inner();

@@ -115,7 +115,7 @@ async fn conflicting_calls_on_one_account(pool: PgPool) {
                         P::Cancellation(true)
                     };
                     client
-                        .refund_to_buyer(operator(pb::RefundToBuyerRequest {
+                        .refund_to_buyer(finance(pb::RefundToBuyerRequest {
                             idempotency_key: key,
                             escrow_account_id: id,
                             amount: usd(900),

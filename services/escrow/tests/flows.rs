@@ -46,7 +46,7 @@ fn status(attempt: &pb::FundingAttempt) -> pb::FundingStatus {
 /// The account's financing partner balance (minus the loan outstanding).
 async fn partner(client: &mut Client, id: &str) -> i64 {
     let statement = client
-        .get_escrow_statement(operator(pb::GetEscrowStatementRequest {
+        .get_escrow_statement(finance(pb::GetEscrowStatementRequest {
             escrow_account_id: id.into(),
             page: None,
         }))
@@ -74,7 +74,7 @@ async fn held(client: &mut Client, id: &str) -> i64 {
 /// The holds of an account's statement, by id.
 async fn hold_status(client: &mut Client, id: &str, hold_id: &str) -> pb::HoldStatus {
     let statement = client
-        .get_escrow_statement(operator(pb::GetEscrowStatementRequest {
+        .get_escrow_statement(finance(pb::GetEscrowStatementRequest {
             escrow_account_id: id.into(),
             page: None,
         }))
@@ -256,7 +256,7 @@ async fn a_short_bank_credit_posts_less_and_an_excess_goes_to_suspense_and_back(
     assert_eq!(back[0].source_reference, rest.gateway_reference);
     assert_eq!(back[0].funding_attempt_id, rest.funding_attempt_id);
     let items = client
-        .list_unmatched_gateway_items(operator(pb::ListUnmatchedGatewayItemsRequest::default()))
+        .list_unmatched_gateway_items(finance(pb::ListUnmatchedGatewayItemsRequest::default()))
         .await
         .unwrap()
         .into_inner()
@@ -446,7 +446,7 @@ async fn a_pay_later_refund_goes_back_to_the_loan_and_nothing_to_the_buyer(pool:
     );
     // The rest, on cancellation, repays the loan too: the account closes.
     let rest = client
-        .refund_to_buyer(operator(pb::RefundToBuyerRequest {
+        .refund_to_buyer(finance(pb::RefundToBuyerRequest {
             idempotency_key: "cancel".into(),
             escrow_account_id: id.clone(),
             amount: None,
@@ -646,8 +646,9 @@ async fn a_payout_pays_the_supplier_across_contracts_and_resolves_once(pool: PgP
         let mut client = runner.clone();
         async move {
             client
-                .run_supplier_payouts(operator(pb::RunSupplierPayoutsRequest {
+                .run_supplier_payouts(finance(pb::RunSupplierPayoutsRequest {
                     idempotency_key: key.into(),
+                    reason: "the weekly run".into(),
                     ..Default::default()
                 }))
                 .await
@@ -729,8 +730,9 @@ async fn a_payout_reported_paid_after_it_failed_leaves_the_ledger_once(pool: PgP
         .await
         .unwrap();
     let payout = client
-        .run_supplier_payouts(operator(pb::RunSupplierPayoutsRequest {
+        .run_supplier_payouts(finance(pb::RunSupplierPayoutsRequest {
             idempotency_key: "run-1".into(),
+            reason: "the weekly run".into(),
             ..Default::default()
         }))
         .await
@@ -778,7 +780,7 @@ async fn a_payout_reported_paid_after_it_failed_leaves_the_ledger_once(pool: PgP
         pb::WebhookOutcome::Duplicate
     );
     let items = client
-        .list_unmatched_gateway_items(operator(pb::ListUnmatchedGatewayItemsRequest::default()))
+        .list_unmatched_gateway_items(finance(pb::ListUnmatchedGatewayItemsRequest::default()))
         .await
         .unwrap()
         .into_inner()

@@ -109,8 +109,9 @@ async fn release(
 
 async fn run_payouts(client: &mut Client, key: &str) -> Vec<pb::GatewayTransfer> {
     client
-        .run_supplier_payouts(operator(pb::RunSupplierPayoutsRequest {
+        .run_supplier_payouts(finance(pb::RunSupplierPayoutsRequest {
             idempotency_key: key.into(),
+            reason: "the weekly run".into(),
             ..Default::default()
         }))
         .await
@@ -310,7 +311,7 @@ async fn finding_2_a_payout_without_a_report_by_its_expiry_becomes_unknown_and_a
     })
     .await;
     let items = client
-        .reconcile_ledger(operator(pb::ReconcileLedgerRequest {}))
+        .reconcile_ledger(finance(pb::ReconcileLedgerRequest {}))
         .await
         .unwrap()
         .into_inner()
@@ -396,7 +397,7 @@ async fn finding_3_a_card_attempts_routine_payment_succeeded_is_a_duplicate(pool
         "nothing sent back"
     );
     let items = client
-        .list_unmatched_gateway_items(operator(pb::ListUnmatchedGatewayItemsRequest::default()))
+        .list_unmatched_gateway_items(finance(pb::ListUnmatchedGatewayItemsRequest::default()))
         .await
         .unwrap()
         .into_inner()
@@ -581,7 +582,7 @@ async fn finding_5_a_webhook_before_its_attempt_is_recorded_gets_retry_later_and
         pb::WebhookOutcome::Ignored
     );
     let items = client
-        .list_unmatched_gateway_items(operator(pb::ListUnmatchedGatewayItemsRequest::default()))
+        .list_unmatched_gateway_items(finance(pb::ListUnmatchedGatewayItemsRequest::default()))
         .await
         .unwrap()
         .into_inner()
@@ -589,7 +590,7 @@ async fn finding_5_a_webhook_before_its_attempt_is_recorded_gets_retry_later_and
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].kind, "UNKNOWN_REFERENCE");
     let found = client
-        .reconcile_ledger(operator(pb::ReconcileLedgerRequest {}))
+        .reconcile_ledger(finance(pb::ReconcileLedgerRequest {}))
         .await
         .unwrap()
         .into_inner()
@@ -698,7 +699,7 @@ async fn finding_6_no_gateway_call_holds_a_lock_or_a_pooled_connection(pool: PgP
     assert_eq!(applied, pb::WebhookOutcome::Applied);
     tokio::time::timeout(
         bounded,
-        client.get_trial_balance(operator(pb::GetTrialBalanceRequest::default())),
+        client.get_trial_balance(finance(pb::GetTrialBalanceRequest::default())),
     )
     .await
     .expect("the books are read meanwhile")
@@ -730,6 +731,7 @@ async fn finding_7_lowering_a_milestone_while_a_bank_transfer_is_pending_posts_w
             schedule: vec![payment("full", amount)],
             contract_version: 2,
             hold_until: None,
+            reason: String::new(),
         })
     };
 
@@ -1018,7 +1020,7 @@ async fn finding_10b_direct_movements_name_the_schedule_and_settled_claims_and_a
     .unwrap_err();
     assert_eq!(active.code(), Code::FailedPrecondition, "{active:?}");
     let refund_active = client
-        .refund_to_buyer(operator(pb::RefundToBuyerRequest {
+        .refund_to_buyer(finance(pb::RefundToBuyerRequest {
             idempotency_key: "rf-1".into(),
             escrow_account_id: id.clone(),
             amount: usd(100),
@@ -1105,7 +1107,7 @@ async fn finding_14_a_buyer_refund_is_sent_against_the_funding_attempts_charge(p
     let deposit = fund_card(&mut client, &id, "deposit", 6_000).await;
     let balance = fund_card(&mut client, &id, "balance", 4_000).await;
     client
-        .refund_to_buyer(operator(pb::RefundToBuyerRequest {
+        .refund_to_buyer(finance(pb::RefundToBuyerRequest {
             idempotency_key: "cancel".into(),
             escrow_account_id: id.clone(),
             amount: usd(8_000),
@@ -1270,7 +1272,7 @@ async fn escrow_killed_between_the_gateway_call_and_recording_its_answer_charges
     assert_eq!(faulty.made(Call::Charge).len(), 1, "escrow called once");
     assert_eq!(escrow.gateway.money_movements(), 1, "charged once");
     let statement = client
-        .get_escrow_statement(operator(pb::GetEscrowStatementRequest {
+        .get_escrow_statement(finance(pb::GetEscrowStatementRequest {
             escrow_account_id: id.clone(),
             page: None,
         }))

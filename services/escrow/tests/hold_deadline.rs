@@ -27,7 +27,7 @@ async fn hold_timer(pool: &PgPool, account: &str) -> Option<(String, OffsetDateT
 
 async fn differences(client: &mut Client) -> Vec<pb::LedgerDifference> {
     client
-        .reconcile_ledger(operator(pb::ReconcileLedgerRequest {}))
+        .reconcile_ledger(finance(pb::ReconcileLedgerRequest {}))
         .await
         .unwrap()
         .into_inner()
@@ -87,7 +87,7 @@ async fn money_held_needs_a_live_timer_or_an_open_freeze(pool: PgPool) {
         acc.hold_until
     );
     let held = client
-        .list_held_accounts(operator(pb::ListHeldAccountsRequest::default()))
+        .list_held_accounts(finance(pb::ListHeldAccountsRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -153,7 +153,7 @@ async fn money_held_needs_a_live_timer_or_an_open_freeze(pool: PgPool) {
     // Money moved out: nothing to report.
     for id in [&fired, &deleted] {
         client
-            .refund_to_buyer(operator(pb::RefundToBuyerRequest {
+            .refund_to_buyer(finance(pb::RefundToBuyerRequest {
                 idempotency_key: format!("cancel-{id}"),
                 escrow_account_id: id.clone(),
                 amount: None,
@@ -315,6 +315,7 @@ async fn closing_cancels_and_amending_moves_the_hold_deadline(pool: PgPool) {
 
     let id = open(&mut client, "c-amend", 1_000).await.escrow_account_id;
     let amend = |key: &str, due_days: i64, hold_until| pb::AmendEscrowScheduleRequest {
+        reason: String::new(),
         idempotency_key: key.into(),
         escrow_account_id: id.clone(),
         schedule: vec![pb::ScheduledPayment {

@@ -1586,7 +1586,7 @@ impl System {
                 },
             ))))
         } else {
-            answered(block(client().refund_to_buyer(support::operator(
+            answered(block(client().refund_to_buyer(support::finance(
                 pb::RefundToBuyerRequest {
                     idempotency_key: key,
                     escrow_account_id: id,
@@ -1743,9 +1743,10 @@ impl System {
             }
             Step::Payout => {
                 let key = self.key("payout");
-                answered(block(client().run_supplier_payouts(support::operator(
+                answered(block(client().run_supplier_payouts(support::finance(
                     pb::RunSupplierPayoutsRequest {
                         idempotency_key: key,
+                        reason: "the weekly run".into(),
                         supplier_id: self.supplier(),
                         currency_code: String::new(),
                     },

@@ -164,7 +164,7 @@ async fn an_overpaid_bank_credit_funds_the_milestone_and_only_the_excess_is_unma
         assert_eq!(back[0].source_reference, attempt.gateway_reference);
     }
     let items = client
-        .list_unmatched_gateway_items(operator(pb::ListUnmatchedGatewayItemsRequest::default()))
+        .list_unmatched_gateway_items(finance(pb::ListUnmatchedGatewayItemsRequest::default()))
         .await
         .expect("unmatched items")
         .into_inner()

@@ -99,9 +99,9 @@ pub fn ensure_may_act(principal: &Principal, supplier: &Supplier) -> Result<(), 
 }
 
 /// Whether `principal` sees the private view of `supplier` (contacts,
-/// licence number, owner): its owner, operators and services.
+/// licence number, owner): its owner, staff, platform back ends and services.
 pub fn sees_private_view(principal: &Principal, supplier: &Supplier) -> bool {
-    principal.is_staff_or_service()
+    principal.sees_everything()
         || (principal.role == Role::Supplier && principal.subject == supplier.owner_principal_id)
 }
 

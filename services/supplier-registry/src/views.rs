@@ -94,7 +94,7 @@ pub fn reservation_to_proto(r: &Reservation) -> Result<pb::CoverReservation, Ser
 
 /// Reviewers are named to operators, services and themselves only.
 pub fn review_to_proto(principal: &Principal, r: &ReviewRow) -> pb::Review {
-    let named = principal.is_staff_or_service() || principal.subject == r.buyer_principal_id;
+    let named = principal.sees_everything() || principal.subject == r.buyer_principal_id;
     pb::Review {
         supplier_id: r.supplier_id.to_string(),
         contract_id: r.contract_id.clone(),

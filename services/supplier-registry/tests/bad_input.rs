@@ -87,6 +87,7 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "registration with every top-level field wrong",
             Call::RegisterSupplier(pb::RegisterSupplierRequest {
+                reason: String::new(),
                 idempotency_key: String::new(),
                 legal_name: "A".into(),
                 country_code: "XX".into(),
@@ -100,6 +101,7 @@ fn cases(id: &str) -> Vec<Case> {
                 "country_code",
                 "idempotency_key",
                 "legal_name",
+                "reason",
             ],
         ),
         case(
@@ -180,6 +182,7 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "contacts update with no key, bad id, no contacts",
             Call::UpdateSupplierContacts(pb::UpdateSupplierContactsRequest {
+                reason: "trust and safety review".into(),
                 idempotency_key: String::new(),
                 supplier_id: "12345".into(),
                 contacts: vec![],
@@ -189,6 +192,7 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "contacts update of a real supplier with a bad email",
             Call::UpdateSupplierContacts(pb::UpdateSupplierContactsRequest {
+                reason: "trust and safety review".into(),
                 idempotency_key: "contacts-1".into(),
                 supplier_id: id(),
                 contacts: vec![pb::Contact {
@@ -201,6 +205,7 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "contacts update with a NUL in a name",
             Call::UpdateSupplierContacts(pb::UpdateSupplierContactsRequest {
+                reason: "trust and safety review".into(),
                 idempotency_key: "contacts-2".into(),
                 supplier_id: id(),
                 contacts: vec![pb::Contact {
@@ -214,11 +219,12 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "submission without key or id",
             Call::SubmitVerification(pb::SubmitVerificationRequest::default()),
-            &["idempotency_key", "supplier_id"],
+            &["idempotency_key", "reason", "supplier_id"],
         ),
         case(
             "submission of a real supplier without key",
             Call::SubmitVerification(pb::SubmitVerificationRequest {
+                reason: "trust and safety review".into(),
                 idempotency_key: String::new(),
                 supplier_id: id(),
             }),
@@ -228,6 +234,7 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "verification with a truncated UUID",
             Call::VerifySupplier(pb::VerifySupplierRequest {
+                reason: "licence checked against the registry".into(),
                 idempotency_key: "verify-1".into(),
                 supplier_id: id()[..35].to_string(),
             }),
@@ -236,6 +243,7 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "verification without key",
             Call::VerifySupplier(pb::VerifySupplierRequest {
+                reason: "licence checked against the registry".into(),
                 idempotency_key: String::new(),
                 supplier_id: UNKNOWN_ID.into(),
             }),
@@ -282,6 +290,7 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "enrolment without a limit",
             Call::EnrollTradeAssurance(pb::EnrollTradeAssuranceRequest {
+                reason: "enrolled after review".into(),
                 idempotency_key: "enrol-1".into(),
                 supplier_id: id(),
                 ta_limit: None,
@@ -291,6 +300,7 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "enrolment in an unknown currency",
             Call::EnrollTradeAssurance(pb::EnrollTradeAssuranceRequest {
+                reason: "enrolled after review".into(),
                 idempotency_key: "enrol-2".into(),
                 supplier_id: id(),
                 ta_limit: money("XYZ", 100_000),
@@ -300,6 +310,7 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "enrolment with a zero limit in lower-case currency, no key",
             Call::EnrollTradeAssurance(pb::EnrollTradeAssuranceRequest {
+                reason: "enrolled after review".into(),
                 idempotency_key: String::new(),
                 supplier_id: id(),
                 ta_limit: money("usd", 0),
@@ -314,6 +325,7 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "limit change to a negative amount",
             Call::SetTradeAssuranceLimit(pb::SetTradeAssuranceLimitRequest {
+                reason: "credit review".into(),
                 idempotency_key: "limit-1".into(),
                 supplier_id: id(),
                 ta_limit: usd(-1),
@@ -323,6 +335,7 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "limit change with a made-up currency and a bad id",
             Call::SetTradeAssuranceLimit(pb::SetTradeAssuranceLimitRequest {
+                reason: "credit review".into(),
                 idempotency_key: "limit-2".into(),
                 supplier_id: "not-a-uuid".into(),
                 ta_limit: money("DOLLARS", 5_000),
@@ -332,6 +345,7 @@ fn cases(id: &str) -> Vec<Case> {
         case(
             "limit change in another currency than the current limit",
             Call::SetTradeAssuranceLimit(pb::SetTradeAssuranceLimitRequest {
+                reason: "credit review".into(),
                 idempotency_key: "limit-3".into(),
                 supplier_id: id(),
                 ta_limit: money("EUR", 500_000),

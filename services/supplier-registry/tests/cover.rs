@@ -70,7 +70,7 @@ async fn fifty_concurrent_reservations_never_exceed_the_limit(pool: PgPool) {
                 supplier_id: id.clone(),
             },
             OPERATOR,
-            Role::Operator,
+            Role::TrustSafety,
         ))
         .await
         .unwrap()

@@ -40,6 +40,7 @@ async fn register_in(client: &mut Client, licence: &str, country: &str) -> Strin
 async fn submit(client: &mut Client, id: &str) -> Result<pb::Supplier, tonic::Status> {
     client
         .submit_verification(owner(pb::SubmitVerificationRequest {
+            reason: String::new(),
             idempotency_key: key(),
             supplier_id: id.into(),
         }))
@@ -49,7 +50,8 @@ async fn submit(client: &mut Client, id: &str) -> Result<pb::Supplier, tonic::St
 
 async fn verify(client: &mut Client, id: &str) -> Result<pb::Supplier, tonic::Status> {
     client
-        .verify_supplier(operator(pb::VerifySupplierRequest {
+        .verify_supplier(trust_safety(pb::VerifySupplierRequest {
+            reason: "licence checked against the registry".into(),
             idempotency_key: key(),
             supplier_id: id.into(),
         }))
@@ -63,7 +65,7 @@ async fn reject(
     reason: &str,
 ) -> Result<pb::Supplier, tonic::Status> {
     client
-        .reject_verification(operator(pb::RejectVerificationRequest {
+        .reject_verification(trust_safety(pb::RejectVerificationRequest {
             idempotency_key: key(),
             supplier_id: id.into(),
             reason: reason.into(),
@@ -78,7 +80,8 @@ async fn enrol(
     limit: Option<ta_proto::common::Money>,
 ) -> Result<pb::Supplier, tonic::Status> {
     client
-        .enroll_trade_assurance(operator(pb::EnrollTradeAssuranceRequest {
+        .enroll_trade_assurance(trust_safety(pb::EnrollTradeAssuranceRequest {
+            reason: "enrolled after review".into(),
             idempotency_key: key(),
             supplier_id: id.into(),
             ta_limit: limit,
@@ -93,7 +96,8 @@ async fn set_limit(
     limit: Option<ta_proto::common::Money>,
 ) -> Result<pb::Supplier, tonic::Status> {
     client
-        .set_trade_assurance_limit(operator(pb::SetTradeAssuranceLimitRequest {
+        .set_trade_assurance_limit(trust_safety(pb::SetTradeAssuranceLimitRequest {
+            reason: "credit review".into(),
             idempotency_key: key(),
             supplier_id: id.into(),
             ta_limit: limit,
@@ -109,7 +113,7 @@ async fn set_status(
     reason: &str,
 ) -> pb::Supplier {
     client
-        .set_supplier_status(operator(pb::SetSupplierStatusRequest {
+        .set_supplier_status(trust_safety(pb::SetSupplierStatusRequest {
             idempotency_key: key(),
             supplier_id: id.into(),
             status: status as i32,
@@ -372,13 +376,14 @@ async fn a_licence_registers_once_per_country(pool: PgPool) {
     for (subject, role, owner_id) in [
         (SUPPLIER, Role::Supplier, ""),
         ("supplier-other", Role::Supplier, ""),
-        (OPERATOR, Role::Operator, "supplier-third"),
+        (OPERATOR, Role::TrustSafety, "supplier-third"),
     ] {
         let status = client
             .register_supplier(as_role(
                 pb::RegisterSupplierRequest {
                     legal_name: "Acme Copycat Ltd".into(),
                     owner_principal_id: owner_id.into(),
+                    reason: "onboarding on the factory's behalf".into(),
                     ..registration(&key(), "LIC-DUP")
                 },
                 subject,
@@ -444,7 +449,7 @@ async fn an_operator_registers_a_supplier_on_its_behalf(pool: PgPool) {
     const ONBOARDED: &str = "supplier-onboarded";
 
     let status = client
-        .register_supplier(operator(registration(&key(), "LIC-BEHALF")))
+        .register_supplier(trust_safety(registration(&key(), "LIC-BEHALF")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -452,8 +457,9 @@ async fn an_operator_registers_a_supplier_on_its_behalf(pool: PgPool) {
     assert_eq!(Snapshot::take(&pool).await.rows("suppliers"), 0);
 
     let registered = client
-        .register_supplier(operator(pb::RegisterSupplierRequest {
+        .register_supplier(trust_safety(pb::RegisterSupplierRequest {
             owner_principal_id: ONBOARDED.into(),
+            reason: "onboarding call with the factory".into(),
             ..registration(&key(), "LIC-BEHALF")
         }))
         .await
@@ -468,6 +474,7 @@ async fn an_operator_registers_a_supplier_on_its_behalf(pool: PgPool) {
     let updated = client
         .update_supplier_contacts(as_role(
             pb::UpdateSupplierContactsRequest {
+                reason: String::new(),
                 idempotency_key: key(),
                 supplier_id: id.clone(),
                 contacts: vec![contact()],

@@ -26,6 +26,7 @@ async fn a_request_past_the_server_deadline_gets_deadline_exceeded_and_changes_n
     let status = client
         .submit_verification(as_role(
             pb::SubmitVerificationRequest {
+                reason: String::new(),
                 idempotency_key: "sub-1".into(),
                 supplier_id: id.clone(),
             },
@@ -61,6 +62,7 @@ async fn a_request_past_the_server_deadline_gets_deadline_exceeded_and_changes_n
     let retried = client
         .submit_verification(as_role(
             pb::SubmitVerificationRequest {
+                reason: String::new(),
                 idempotency_key: "sub-1".into(),
                 supplier_id: id,
             },
@@ -89,6 +91,7 @@ async fn a_caller_deadline_ends_the_lock_wait_in_postgres_too(pool: PgPool) {
         .unwrap();
     let mut request = as_role(
         pb::SubmitVerificationRequest {
+            reason: String::new(),
             idempotency_key: "sub-deadline".into(),
             supplier_id: id.clone(),
         },

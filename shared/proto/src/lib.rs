@@ -59,6 +59,9 @@ pub struct MethodAccess {
     pub roles: &'static [common::Role],
     /// Service principals allowed, by name (the token's subject).
     pub services: &'static [&'static str],
+    /// Whether the method changes something (its request carries an
+    /// idempotency key).
+    pub mutating: bool,
     /// Whether the client sends a stream (uploads).
     pub client_streaming: bool,
     /// Whether the server answers with a stream (feeds, downloads).
@@ -82,9 +85,19 @@ pub mod access {
     }
 }
 
-/// A mutating request: it carries the client-chosen idempotency key.
+/// A mutating request: it carries the client-chosen idempotency key, and what
+/// the audit trail records of a staff caller's request (generated from the
+/// protos).
 pub trait IdempotentRequest: prost::Message + Default {
+    /// The message's `google.protobuf.Any` type URL.
+    const TYPE_URL: &'static str;
     fn idempotency_key(&self) -> &str;
+    /// The reason the caller gave (its `reason` field; empty without one).
+    fn reason(&self) -> &str;
+    /// The kind and id of the resource acted on: the request's first `*_id`
+    /// field other than a principal's (`("supplier", id)`, `("row", "42")`
+    /// for a plain `id`), or empty when it has none (a new supplier).
+    fn resource(&self) -> (&'static str, String);
 }
 
 include!(concat!(env!("OUT_DIR"), "/keyed.rs"));

@@ -296,6 +296,11 @@ impl Violations {
         self.0.is_empty()
     }
 
+    /// Whether a violation of `field` was recorded.
+    pub fn mentions(&self, field: &str) -> bool {
+        self.0.iter().any(|v| v.field == field)
+    }
+
     /// How many violations were recorded so far (to tell whether a part of a
     /// request added any).
     pub fn len(&self) -> usize {

@@ -116,6 +116,11 @@ impl IdempotencyKeys {
         }
     }
 
+    /// The service's schema.
+    pub fn schema(&self) -> &'static str {
+        self.schema
+    }
+
     /// Creates the table ([`TABLE`]) in the schema (which must exist: the
     /// service's migrations create it) unless it is there. Replicas starting
     /// together take turns (two concurrent `CREATE TABLE IF NOT EXISTS` of one

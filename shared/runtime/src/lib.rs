@@ -1,7 +1,8 @@
 //! The common runtime of every Trade Assurance service: configuration,
-//! telemetry, authentication, error mapping, money, Postgres, idempotency and
-//! the gRPC server bootstrap. Written once here, used by all four services.
+//! telemetry, authentication, error mapping, money, Postgres, idempotency, the
+//! staff audit trail and the gRPC server bootstrap. Written once here, used by all four services.
 
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;

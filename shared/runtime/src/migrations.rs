@@ -1,5 +1,6 @@
 //! A service's schema brought up to date: its own migrations, then the tables
-//! the runtime owns in every service's schema (the idempotency keys).
+//! the runtime owns in every service's schema (the idempotency keys, the
+//! audit trail).
 //!
 //! Contract, dispute and escrow once created `idempotency_keys` in their
 //! first migration (`0001_idempotency_keys.sql`); the runtime creates it now
@@ -14,14 +15,14 @@ use std::borrow::Cow;
 
 use sqlx::{AssertSqlSafe, PgPool, migrate::Migrator};
 
-use crate::idempotency::IdempotencyKeys;
+use crate::{audit, idempotency::IdempotencyKeys};
 
 /// Migrations a service had and the runtime took over: (version, the
 /// description sqlx recorded from the file name).
 pub const RETIRED: &[(i64, &str)] = &[(1, "idempotency keys")];
 
 /// Runs `migrator` on `pool`, then installs the runtime's tables in `keys`'
-/// schema.
+/// schema: the idempotency keys and the audit trail.
 ///
 /// # Errors
 /// The database is unreachable, a migration failed, or the database holds a
@@ -38,7 +39,10 @@ pub async fn apply(
         .map_err(|e| e.to_string())?;
     keys.install(pool)
         .await
-        .map_err(|e| format!("idempotency_keys: {e}"))
+        .map_err(|e| format!("idempotency_keys: {e}"))?;
+    audit::install(pool, keys.schema())
+        .await
+        .map_err(|e| format!("audit_entries: {e}"))
 }
 
 /// `migrator` with sqlx's missing-version check off: [`refuse_unknown_versions`]

@@ -3,8 +3,10 @@
 //! 1. the caller (principal and method path) set by the auth layer;
 //! 2. the idempotency key's shape, and the handler's parsing of the request
 //!    into a domain command, all field violations reported together;
-//! 3. one transaction: apply the command, then record the answer under the
-//!    key (principal, method path) as its last statement; a serialization
+//! 3. one transaction: apply the command, then, when staff act, the audit
+//!    entry (who, duty, method, resource, reason, trace, request), then the
+//!    answer under the key (principal, method path) as its last statement;
+//!    a serialization
 //!    failure or deadlock (a concurrent change won) reruns the transaction a
 //!    bounded number of times;
 //! 4. the stored answer, or the replayed one for a retried key.
@@ -21,6 +23,7 @@ use ta_proto::IdempotentRequest;
 
 use crate::{
     ServiceError, Violations,
+    audit::{self, AuditTrail},
     auth::{self, Caller, Principal},
     idempotency::{IdempotencyKeys, KeyScope, validate_key},
 };
@@ -33,12 +36,15 @@ const SERIALIZATION_RETRIES: u32 = 3;
 pub struct Mutations {
     pool: PgPool,
     keys: IdempotencyKeys,
+    audit: AuditTrail,
 }
 
 impl Mutations {
-    /// `schema` is the service's own schema (its `idempotency_keys` table).
+    /// `schema` is the service's own schema (its `idempotency_keys` and
+    /// `audit_entries` tables).
     pub fn new(pool: PgPool, schema: &'static str) -> Self {
         Self {
+            audit: AuditTrail::new(pool.clone(), schema),
             pool,
             keys: IdempotencyKeys::new(schema),
         }
@@ -92,15 +98,38 @@ impl Mutations {
         Q: IdempotentRequest,
         R: prost::Message + Default,
     {
+        let audit = prepared.audit_entry();
         self.keys
-            .run(&self.pool, &prepared.scope(), &prepared.request, answer)
+            .run(
+                &self.pool,
+                &prepared.scope(),
+                &prepared.request,
+                async |tx| {
+                    let response = answer(tx).await?;
+                    self.audit_in(tx, audit.as_ref()).await?;
+                    Ok(response)
+                },
+            )
             .await
     }
 
-    /// Checks a mutating request: the caller, the key's shape, and `parse`,
+    /// Writes a staff action's entry in its transaction.
+    async fn audit_in(
+        &self,
+        tx: &mut PgConnection,
+        entry: Option<&audit::Entry>,
+    ) -> Result<(), ServiceError> {
+        match entry {
+            Some(entry) => self.audit.record(tx, entry).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a mutating request: the caller, the key's shape, `parse`,
     /// which turns the request into a command and records every bad field in
     /// the violations it is given (it may return early with
-    /// `InvalidArgument(vec![])` once it recorded why).
+    /// `InvalidArgument(vec![])` once it recorded why), and a staff caller's
+    /// reason.
     pub fn prepare<Q, C>(
         &self,
         request: tonic::Request<Q>,
@@ -117,6 +146,7 @@ impl Mutations {
         if let Err(ServiceError::InvalidArgument(more)) = &parsed {
             violations.extend(more.iter().cloned());
         }
+        audit::check_reason(&caller.principal, request.reason(), &mut violations);
         if !violations.is_empty() {
             return Err(violations.into_error().into());
         }
@@ -143,11 +173,17 @@ impl Mutations {
         A: AsyncFnOnce(&mut PgConnection) -> Result<R, ServiceError>,
     {
         let scope = prepared.scope();
+        let audit = prepared.audit_entry();
         let mut attempt = 0;
         loop {
+            let work = apply();
             let outcome = self
                 .keys
-                .run(&self.pool, &scope, &prepared.request, apply())
+                .run(&self.pool, &scope, &prepared.request, async |tx| {
+                    let response = work(tx).await?;
+                    self.audit_in(tx, audit.as_ref()).await?;
+                    Ok(response)
+                })
                 .await;
             match outcome {
                 Err(ServiceError::Aborted(reason)) if attempt < SERIALIZATION_RETRIES => {
@@ -207,6 +243,11 @@ pub struct Prepared<Q, C> {
 impl<Q: IdempotentRequest, C> Prepared<Q, C> {
     pub fn principal(&self) -> &Principal {
         &self.caller.principal
+    }
+
+    /// The audit trail's entry of this request, when staff make it.
+    fn audit_entry(&self) -> Option<audit::Entry> {
+        audit::Entry::of(&self.caller.principal, &self.caller.method, &self.request)
     }
 
     /// The caller's key, scoped to the caller and the method.

@@ -28,6 +28,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
+    audit::{self, AuditTrail},
     auth::{AuthLayer, MethodPolicy, TokenVerifier},
     config::{CommonConfig, ServerConfig},
     db,
@@ -272,7 +273,7 @@ async fn serve_on(
     let (health, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness {
         health: health.clone(),
-        grpc_services: spec.grpc_services,
+        grpc_services: served_services(spec),
     };
     readiness.set(ServingStatus::NotServing).await;
     health
@@ -350,8 +351,10 @@ async fn serve_on(
         }
         None => None,
     };
+    let policy = policy.with_declared(&[audit::SERVICE_NAME]);
     let router = middleware(&config.server, Arc::new(verifier), Arc::new(policy))
         .add_routes(routes)
+        .add_service(AuditTrail::new(pool.clone(), spec.schema).into_server())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -508,17 +511,25 @@ fn reflection_builder(
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name("grpc.health.v1.Health")
         .with_service_name(reflection_service);
-    for name in spec.grpc_services {
-        builder = builder.with_service_name(*name);
+    for name in served_services(spec) {
+        builder = builder.with_service_name(name);
     }
     builder
+}
+
+/// The gRPC services a process serves: its service's own, and the audit
+/// trail every process serves.
+fn served_services(spec: &ServiceSpec) -> Vec<&'static str> {
+    let mut names = spec.grpc_services.to_vec();
+    names.push(audit::SERVICE_NAME);
+    names
 }
 
 /// The readiness statuses: the server as a whole (`""`) and each served service.
 #[derive(Clone)]
 struct Readiness {
     health: HealthReporter,
-    grpc_services: &'static [&'static str],
+    grpc_services: Vec<&'static str>,
 }
 
 impl Readiness {

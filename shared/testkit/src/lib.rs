@@ -249,3 +249,62 @@ pub fn command_line_with_secrets(service: &str) -> (Vec<String>, [&'static str; 
     ];
     (args.map(str::to_owned).to_vec(), secrets)
 }
+
+/// Every audit entry of the service on `channel`, oldest first, as a member
+/// of staff on support duty reads them.
+pub async fn audit_entries(channel: Channel) -> Vec<ta_proto::ops::AuditEntry> {
+    use ta_proto::ops::{
+        ListAuditEntriesRequest, audit_trail_service_client::AuditTrailServiceClient,
+    };
+
+    let mut client = AuditTrailServiceClient::new(channel);
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_audit_entries(authorized(
+                ListAuditEntriesRequest {
+                    page: Some(ta_proto::common::PageRequest {
+                        page_size: 100,
+                        page_token,
+                    }),
+                    ..Default::default()
+                },
+                "support-1",
+                Role::Support,
+            ))
+            .await
+            .expect("the audit trail")
+            .into_inner();
+        entries.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    entries.reverse();
+    entries
+}
+
+/// The method names (`VerifySupplier`, ...) of `entries`, in their order.
+pub fn audited_methods(entries: &[ta_proto::ops::AuditEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| e.method.rsplit('/').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The RPCs of `service` (its full name) that change something and admit a
+/// staff duty: each must leave one audit entry per call.
+pub fn staff_mutations(service: &str) -> Vec<&'static str> {
+    ta_proto::access::of_service(service)
+        .filter(|m| m.mutating)
+        .filter(|m| {
+            m.roles
+                .iter()
+                .filter_map(|r| Role::from_proto(*r))
+                .any(|r| r.is_staff() && r != Role::Support)
+        })
+        .filter_map(|m| m.path.rsplit('/').next())
+        .collect()
+}

@@ -169,21 +169,21 @@ mod tests {
             "the caller's quota"
         );
         // The same subject in another role is another caller.
-        let operator = open("contract", Role::Operator).expect("another caller");
+        let platform = open("contract", Role::Platform).expect("another caller");
         assert_eq!(
-            code(open("ops-1", Role::Operator)),
+            code(open("ops-1", Role::Platform)),
             Some(Code::Unavailable),
             "the process's limit"
         );
 
         drop(second);
         let again = open("contract", Role::Service).expect("a place freed by a closed stream");
-        drop((first, again, operator));
+        drop((first, again, platform));
         for _ in 0..2 {
-            std::mem::forget(open("ops-1", Role::Operator).expect("all places free again"));
+            std::mem::forget(open("ops-1", Role::Platform).expect("all places free again"));
         }
         assert!(
-            open("ops-1", Role::Operator).is_err(),
+            open("ops-1", Role::Platform).is_err(),
             "forgotten streams stay counted"
         );
     }

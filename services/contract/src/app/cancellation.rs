@@ -1,4 +1,4 @@
-//! Cancelling before shipment: asked by a party or an operator, or decided
+//! Cancelling before shipment: asked by a party or an arbiter, or decided
 //! by a deadline (a payment overdue, nothing shipped, escrow's hold
 //! deadline).
 
@@ -84,7 +84,7 @@ pub async fn cancel(
         .await
 }
 
-/// A party or an operator cancels (why: `cmd.text`). A funded contract's
+/// A party or an arbiter cancels (why: `cmd.text`). A funded contract's
 /// buyer may cancel only once the shipment deadline passed unshipped.
 pub async fn cancel_contract(
     tx: &mut PgConnection,
@@ -94,7 +94,7 @@ pub async fn cancel_contract(
     now: OffsetDateTime,
 ) -> Result<pb::Contract, ServiceError> {
     let mut contract = lock_contract(tx, cmd.contract_id).await?;
-    if principal.role != Role::Operator {
+    if principal.role != Role::Arbiter {
         let party = party_of(principal, &contract)?;
         if contract.negotiation.status == Status::Funded
             && party == Party::Buyer

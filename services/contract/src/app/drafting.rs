@@ -98,7 +98,7 @@ impl Registry {
 /// A new contract's first terms, for a supplier.
 pub struct CreateDraft {
     pub supplier_id: Uuid,
-    /// Named by an operator or a service; a buyer creates its own.
+    /// Named by staff or a service; a buyer creates its own.
     pub buyer_principal_id: Option<String>,
     /// The terms as sent, with the server's figures stamped.
     pub proto: pb::ContractTerms,
@@ -123,7 +123,7 @@ pub struct ById {
 }
 
 /// The buyer a draft names (`requested`): a buyer creates its own contracts
-/// (none named: the caller), operators and services name one.
+/// (none named: the caller), staff and services name one.
 pub fn buyer_of(principal: &Principal, requested: &str, v: &mut Violations) -> Option<String> {
     match principal.role {
         Role::Buyer => {

@@ -1,4 +1,4 @@
-//! A claim's parties act on it as a whole: the buyer or an operator
+//! A claim's parties act on it as a whole: the buyer or an arbiter
 //! escalates it to an arbiter (or the negotiation runs out, see
 //! [`super::reactions`]), the buyer withdraws it, the supplier rejects it.
 
@@ -22,7 +22,7 @@ use crate::{
 
 type Event = pb::DisputeEventType;
 
-/// The buyer (after its window) or an operator escalates the claim.
+/// The buyer (after its window) or an arbiter escalates the claim.
 pub async fn escalate_claim(
     tx: &mut PgConnection,
     flows: &Flows,
@@ -33,7 +33,7 @@ pub async fn escalate_claim(
 ) -> Result<pb::Claim, ServiceError> {
     let mut claim = claims::lock_claim(tx, claim_id).await?;
     let by = match principal.role {
-        Role::Operator => Escalator::Operator,
+        Role::Arbiter => Escalator::Arbiter,
         _ => {
             require_buyer(principal, &claim)?;
             Escalator::Buyer
@@ -68,7 +68,7 @@ pub async fn escalate(
     flows.cancel_escalation(tx, claim).await?;
     let who = match by {
         Escalator::Buyer => "the buyer",
-        Escalator::Operator => "an operator",
+        Escalator::Arbiter => "an arbiter",
         Escalator::Timer => "itself (the negotiation ran out)",
     };
     flows

@@ -171,7 +171,7 @@ impl Reason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Escalator {
     Buyer,
-    Operator,
+    Arbiter,
     Timer,
 }
 
@@ -438,7 +438,7 @@ impl Claim {
     }
 
     /// Hands the claim to an arbiter: the buyer once the negotiation window
-    /// passed, an operator at any time, the timer once automatic escalation
+    /// passed, an arbiter at any time, the timer once automatic escalation
     /// is due. An open offer lapses.
     pub fn escalate(&mut self, by: Escalator, now: OffsetDateTime) -> Result<(), ServiceError> {
         let next = self.status.next(Action::Escalate)?;
@@ -623,7 +623,7 @@ mod tests {
         assert_eq!(c.status, Status::Escalated);
         assert_eq!(c.offers[0].status, OfferStatus::Lapsed);
         let mut early = claim();
-        early.escalate(Escalator::Operator, FILED).unwrap();
+        early.escalate(Escalator::Arbiter, FILED).unwrap();
         let mut timed = claim();
         timed
             .escalate(Escalator::Timer, FILED + Duration::days(7))
@@ -638,7 +638,7 @@ mod tests {
             c.decide(Outcome::FullRefund, "x", &policy).is_err(),
             "not escalated"
         );
-        c.escalate(Escalator::Operator, FILED).unwrap();
+        c.escalate(Escalator::Arbiter, FILED).unwrap();
         assert!(matches!(
             c.decide(Outcome::FullRefund, "  ", &policy),
             Err(ServiceError::InvalidArgument(_))
@@ -654,13 +654,13 @@ mod tests {
         assert_eq!(c.status, Status::Decided);
 
         let mut full = claim();
-        full.escalate(Escalator::Operator, FILED).unwrap();
+        full.escalate(Escalator::Arbiter, FILED).unwrap();
         let all = full
             .decide(Outcome::FullRefund, "never shipped", &policy)
             .unwrap();
         assert_eq!((all.refund, all.penalty_points), (usd(100_000), 12));
         let mut release = claim();
-        release.escalate(Escalator::Operator, FILED).unwrap();
+        release.escalate(Escalator::Arbiter, FILED).unwrap();
         let none = release
             .decide(Outcome::ReleaseToSupplier, "goods as agreed", &policy)
             .unwrap();
@@ -681,7 +681,7 @@ mod tests {
         );
         assert_eq!(policy.for_reason(Reason::Damage), policy);
         let mut c = claim();
-        c.escalate(Escalator::Operator, FILED).unwrap();
+        c.escalate(Escalator::Arbiter, FILED).unwrap();
         let decided = c
             .decide(Outcome::FullRefund, "never came", &strict)
             .unwrap();
@@ -695,7 +695,7 @@ mod tests {
         c.withdraw(FILED).unwrap();
         assert_eq!(c.offers[0].status, OfferStatus::Lapsed);
         assert!(c.withdraw(FILED).is_err());
-        assert!(c.escalate(Escalator::Operator, FILED).is_err());
+        assert!(c.escalate(Escalator::Arbiter, FILED).is_err());
         assert!(c.accept_offer("o-1", Party::Buyer, FILED).is_err());
     }
 

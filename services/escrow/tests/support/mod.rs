@@ -184,8 +184,9 @@ pub fn as_role<T>(message: T, subject: &str, role: Role) -> tonic::Request<T> {
     }
 }
 
-pub fn operator<T>(message: T) -> tonic::Request<T> {
-    as_role(message, OPERATOR, Role::Operator)
+/// A member of staff on finance duty.
+pub fn finance<T>(message: T) -> tonic::Request<T> {
+    as_role(message, OPERATOR, Role::Finance)
 }
 
 pub fn buyer<T>(message: T) -> tonic::Request<T> {
@@ -194,6 +195,11 @@ pub fn buyer<T>(message: T) -> tonic::Request<T> {
 
 pub fn contract<T>(message: T) -> tonic::Request<T> {
     as_role(message, "contract", Role::Service)
+}
+
+/// A member of staff on arbiter duty.
+pub fn arbiter<T>(message: T) -> tonic::Request<T> {
+    as_role(message, OPERATOR, Role::Arbiter)
 }
 
 pub fn dispute<T>(message: T) -> tonic::Request<T> {
@@ -233,6 +239,7 @@ pub fn open_request(
         financing_partner_id: String::new(),
         supplier_owner_principal_id: SUPPLIER_OWNER.into(),
         hold_until: due_in(30),
+        reason: String::new(),
     }
 }
 
@@ -351,7 +358,7 @@ pub fn webhook(
 
 pub async fn account(client: &mut Client, id: &str) -> pb::GetEscrowAccountResponse {
     client
-        .get_escrow_account(operator(pb::GetEscrowAccountRequest {
+        .get_escrow_account(finance(pb::GetEscrowAccountRequest {
             escrow_account_id: id.into(),
             contract_id: String::new(),
         }))
@@ -368,7 +375,7 @@ pub fn minor(money: &Option<Money>) -> i64 {
 /// balance sums to zero.
 pub async fn assert_sound(client: &mut Client) {
     let found = client
-        .reconcile_ledger(operator(pb::ReconcileLedgerRequest {}))
+        .reconcile_ledger(finance(pb::ReconcileLedgerRequest {}))
         .await
         .expect("reconcile")
         .into_inner();
@@ -378,7 +385,7 @@ pub async fn assert_sound(client: &mut Client) {
         found.differences
     );
     let trial = client
-        .get_trial_balance(operator(pb::GetTrialBalanceRequest::default()))
+        .get_trial_balance(finance(pb::GetTrialBalanceRequest::default()))
         .await
         .expect("trial balance")
         .into_inner();
@@ -459,9 +466,7 @@ pub async fn events_until(
 ) -> Vec<pb::EscrowEvent> {
     use futures_util::StreamExt;
     let mut stream = client
-        .stream_escrow_events(operator(pb::StreamEscrowEventsRequest {
-            after_sequence: 0,
-        }))
+        .stream_escrow_events(finance(pb::StreamEscrowEventsRequest { after_sequence: 0 }))
         .await
         .expect("stream")
         .into_inner();
@@ -582,7 +587,7 @@ pub async fn transfers(
     direction: pb::GatewayTransferDirection,
 ) -> Vec<pb::GatewayTransfer> {
     let mut all = client
-        .list_gateway_transfers(operator(pb::ListGatewayTransfersRequest {
+        .list_gateway_transfers(finance(pb::ListGatewayTransfersRequest {
             direction: direction as i32,
             page: Some(ta_proto::common::PageRequest {
                 page_size: 100,
@@ -647,7 +652,7 @@ pub async fn pay_all(client: &mut Client, direction: pb::GatewayTransferDirectio
 /// A posted balance of the trial balance, by kind, in USD.
 pub async fn trial_posted(client: &mut Client, kind: pb::LedgerAccountKind) -> i64 {
     let trial = client
-        .get_trial_balance(operator(pb::GetTrialBalanceRequest {
+        .get_trial_balance(finance(pb::GetTrialBalanceRequest {
             currency_code: "USD".into(),
         }))
         .await

@@ -84,6 +84,8 @@ pub fn registration(key: &str, licence: &str) -> pb::RegisterSupplierRequest {
             phone: "+8613800138000".into(),
         }],
         owner_principal_id: String::new(),
+        // Only staff must give one; a supplier's is not recorded anywhere.
+        reason: "onboarding review".into(),
     }
 }
 
@@ -109,6 +111,7 @@ pub async fn badged_supplier(client: &mut Client, licence: &str, limit_minor: i6
     client
         .submit_verification(as_role(
             pb::SubmitVerificationRequest {
+                reason: String::new(),
                 idempotency_key: format!("sub-{id}"),
                 supplier_id: id.clone(),
             },
@@ -120,23 +123,25 @@ pub async fn badged_supplier(client: &mut Client, licence: &str, limit_minor: i6
     client
         .verify_supplier(as_role(
             pb::VerifySupplierRequest {
+                reason: "licence checked against the registry".into(),
                 idempotency_key: format!("ver-{id}"),
                 supplier_id: id.clone(),
             },
             OPERATOR,
-            Role::Operator,
+            Role::TrustSafety,
         ))
         .await
         .expect("verify");
     client
         .enroll_trade_assurance(as_role(
             pb::EnrollTradeAssuranceRequest {
+                reason: "enrolled after review".into(),
                 idempotency_key: format!("enr-{id}"),
                 supplier_id: id.clone(),
                 ta_limit: usd(limit_minor),
             },
             OPERATOR,
-            Role::Operator,
+            Role::TrustSafety,
         ))
         .await
         .expect("enrol");
@@ -303,7 +308,7 @@ impl Call {
                 Auth::Valid("dispute", Role::Service)
             }
             Call::SubmitReview(_) => Auth::Valid(BUYER, Role::Buyer),
-            _ => Auth::Valid(OPERATOR, Role::Operator),
+            _ => Auth::Valid(OPERATOR, Role::TrustSafety),
         }
     }
 }
@@ -325,19 +330,23 @@ pub fn every_call(supplier_id: &str, key: &str) -> Vec<Call> {
     vec![
         Call::RegisterSupplier(pb::RegisterSupplierRequest {
             owner_principal_id: SUPPLIER.into(),
+            reason: "trust and safety review".into(),
             ..registration(&key("register"), &format!("LIC-{}", key("register")))
         }),
         Call::GetSupplier(pb::GetSupplierRequest { supplier_id: id() }),
         Call::UpdateSupplierContacts(pb::UpdateSupplierContactsRequest {
+            reason: "trust and safety review".into(),
             idempotency_key: key("contacts"),
             supplier_id: id(),
             contacts: vec![contact()],
         }),
         Call::SubmitVerification(pb::SubmitVerificationRequest {
+            reason: "trust and safety review".into(),
             idempotency_key: key("submit"),
             supplier_id: id(),
         }),
         Call::VerifySupplier(pb::VerifySupplierRequest {
+            reason: "licence checked against the registry".into(),
             idempotency_key: key("verify"),
             supplier_id: id(),
         }),
@@ -347,11 +356,13 @@ pub fn every_call(supplier_id: &str, key: &str) -> Vec<Call> {
             reason: "licence scan unreadable".into(),
         }),
         Call::EnrollTradeAssurance(pb::EnrollTradeAssuranceRequest {
+            reason: "enrolled after review".into(),
             idempotency_key: key("enrol"),
             supplier_id: id(),
             ta_limit: usd(100_000),
         }),
         Call::SetTradeAssuranceLimit(pb::SetTradeAssuranceLimitRequest {
+            reason: "credit review".into(),
             idempotency_key: key("limit"),
             supplier_id: id(),
             ta_limit: usd(200_000),
@@ -419,7 +430,7 @@ pub fn every_call(supplier_id: &str, key: &str) -> Vec<Call> {
     ]
 }
 
-/// Reads a supplier as an operator.
+/// Reads a supplier as trust and safety.
 pub async fn supplier(client: &mut Client, id: &str) -> pb::Supplier {
     client
         .get_supplier(as_role(
@@ -427,7 +438,7 @@ pub async fn supplier(client: &mut Client, id: &str) -> pb::Supplier {
                 supplier_id: id.into(),
             },
             OPERATOR,
-            Role::Operator,
+            Role::TrustSafety,
         ))
         .await
         .expect("get supplier")
@@ -436,9 +447,9 @@ pub async fn supplier(client: &mut Client, id: &str) -> pb::Supplier {
         .expect("supplier")
 }
 
-/// `message` from the operator.
-pub fn operator<T>(message: T) -> tonic::Request<T> {
-    as_role(message, OPERATOR, Role::Operator)
+/// `message` from a member of staff on trust and safety duty.
+pub fn trust_safety<T>(message: T) -> tonic::Request<T> {
+    as_role(message, OPERATOR, Role::TrustSafety)
 }
 
 /// `message` from the service the access declaration in the proto names

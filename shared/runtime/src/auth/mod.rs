@@ -7,7 +7,7 @@
 //! * Keys say who they are: a service's own key (a JWK carrying
 //!   [`JWK_SERVICE_MEMBER`]) signs only that service's tokens, a people's
 //!   issuer key only people's tokens, so neither kind of key can stand in for
-//!   the other, and contract's key cannot say `role: operator` or
+//!   the other, and contract's key cannot say `role: finance` or
 //!   `sub: dispute`.
 //! * Audiences: each service has its own (`AUTH_JWT_AUDIENCE`, by default its
 //!   name). A service principal's token must name the called service; a
@@ -69,13 +69,30 @@ pub const MAX_SUBJECT_LEN: usize = 128;
 pub const JWK_SERVICE_MEMBER: &str = "ta_service";
 
 /// What a caller is, as carried in the `role` claim.
+///
+/// Staff act in one duty at a time ([`Role::is_staff`]): a token says which,
+/// each method's access option names the duties it admits, and every change
+/// a staff member makes is written to the service's audit trail. The one
+/// all-powerful `operator` of earlier releases is gone: a token claiming it is
+/// refused as an unknown role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Role {
     Buyer,
     Supplier,
     Inspector,
-    Operator,
+    /// Staff: supplier onboarding, verification, limits, restrictions.
+    TrustSafety,
+    /// Staff: escalations, claim decisions, freezes, cancellations.
+    Arbiter,
+    /// Staff: direct releases and refunds, settlements, payouts, escrow
+    /// corrections, the ledger's reports, re-driving parked work.
+    Finance,
+    /// Staff who read what the other duties read and change nothing.
+    Support,
+    /// A platform back end: reads views and event feeds, changes nothing.
+    Platform,
     /// Another Trade Assurance service calling on its own behalf; its subject
     /// is the service's name (`contract`, `dispute`, ...).
     Service,
@@ -83,23 +100,39 @@ pub enum Role {
 
 impl Role {
     /// Every role, in declaration order.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 9] = [
         Role::Buyer,
         Role::Supplier,
         Role::Inspector,
-        Role::Operator,
+        Role::TrustSafety,
+        Role::Arbiter,
+        Role::Finance,
+        Role::Support,
+        Role::Platform,
         Role::Service,
     ];
 
-    /// The wire name, as in the `role` claim (`"buyer"`, ...).
+    /// The wire name, as in the `role` claim (`"buyer"`, `"trust_safety"`, ...).
     pub const fn as_str(self) -> &'static str {
         match self {
             Role::Buyer => "buyer",
             Role::Supplier => "supplier",
             Role::Inspector => "inspector",
-            Role::Operator => "operator",
+            Role::TrustSafety => "trust_safety",
+            Role::Arbiter => "arbiter",
+            Role::Finance => "finance",
+            Role::Support => "support",
+            Role::Platform => "platform",
             Role::Service => "service",
         }
+    }
+
+    /// A person on the platform's staff, acting in one of the duties.
+    pub const fn is_staff(self) -> bool {
+        matches!(
+            self,
+            Role::TrustSafety | Role::Arbiter | Role::Finance | Role::Support
+        )
     }
 
     /// The role as the API shows it (`Actor.role`).
@@ -109,21 +142,31 @@ impl Role {
             Role::Buyer => Pb::Buyer,
             Role::Supplier => Pb::Supplier,
             Role::Inspector => Pb::Inspector,
-            Role::Operator => Pb::Operator,
+            Role::TrustSafety => Pb::TrustSafety,
+            Role::Arbiter => Pb::Arbiter,
+            Role::Finance => Pb::Finance,
+            Role::Support => Pb::Support,
+            Role::Platform => Pb::Platform,
             Role::Service => Pb::Service,
         }
     }
 
-    /// The role of an access declaration in `proto/`.
+    /// The role of an access declaration in `proto/` (the retired operator
+    /// role admits nobody).
     pub fn from_proto(role: ta_proto::common::Role) -> Option<Role> {
         use ta_proto::common::Role as Pb;
+        #[allow(deprecated)]
         match role {
             Pb::Buyer => Some(Role::Buyer),
             Pb::Supplier => Some(Role::Supplier),
             Pb::Inspector => Some(Role::Inspector),
-            Pb::Operator => Some(Role::Operator),
+            Pb::TrustSafety => Some(Role::TrustSafety),
+            Pb::Arbiter => Some(Role::Arbiter),
+            Pb::Finance => Some(Role::Finance),
+            Pb::Support => Some(Role::Support),
+            Pb::Platform => Some(Role::Platform),
             Pb::Service => Some(Role::Service),
-            Pb::Unspecified => None,
+            Pb::Operator | Pb::Unspecified => None,
         }
     }
 }
@@ -136,7 +179,10 @@ impl fmt::Display for Role {
 
 /// The string is not the (lowercase) name of a [`Role`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role `{0}` (expected one of buyer, supplier, inspector, operator, service)")]
+#[error(
+    "unknown role `{0}` (expected one of buyer, supplier, inspector, trust_safety, arbiter, \
+     finance, support, platform, service)"
+)]
 pub struct ParseRoleError(pub String);
 
 impl FromStr for Role {
@@ -160,10 +206,12 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// Operators and services see everything (the private view of a
-    /// resource); people see what they own or what is public.
-    pub fn is_staff_or_service(&self) -> bool {
-        matches!(self.role, Role::Operator | Role::Service)
+    /// Staff, platform back ends and services see every resource (its
+    /// private view); buyers, suppliers and inspectors see what they are a
+    /// party to or what is public. What each may change is the access
+    /// options' business.
+    pub fn sees_everything(&self) -> bool {
+        self.role.is_staff() || matches!(self.role, Role::Platform | Role::Service)
     }
 }
 

@@ -40,7 +40,13 @@ impl MethodPolicy {
     /// names, e.g. `tradeassurance.escrow.v1.EscrowService`).
     #[must_use]
     pub fn declared_for(services: &[&str]) -> Self {
-        let mut policy = Self::new();
+        Self::new().with_declared(services)
+    }
+
+    /// Adds the declared access of the gRPC services named.
+    #[must_use]
+    pub fn with_declared(self, services: &[&str]) -> Self {
+        let mut policy = self;
         for service in services {
             for declared in ta_proto::access::of_service(service) {
                 let access = policy.methods.entry(declared.path.to_owned()).or_default();

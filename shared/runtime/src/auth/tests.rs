@@ -104,6 +104,8 @@ fn role_round_trips_through_str_and_serde() {
     }
     assert!("Buyer".parse::<Role>().is_err());
     assert!("admin".parse::<Role>().is_err());
+    assert!("operator".parse::<Role>().is_err());
+    assert!(Role::ALL.iter().filter(|r| r.is_staff()).count() == 4);
 }
 
 // --- verification ------------------------------------------------------------
@@ -155,30 +157,30 @@ fn rs256_keys_are_picked_by_kid() {
         let t = token(
             &rs256_issuer(key, kid),
             "ops-1",
-            Role::Operator,
+            Role::TrustSafety,
             PLATFORM_AUDIENCE,
         );
-        assert_eq!(verifier.verify(&t).unwrap().role, Role::Operator);
+        assert_eq!(verifier.verify(&t).unwrap().role, Role::TrustSafety);
     }
     // Key a's signature under key b's kid, an unknown kid, and no kid at all.
     let swapped = token(
         &rs256_issuer("a", "key-b"),
         "ops-1",
-        Role::Operator,
+        Role::TrustSafety,
         PLATFORM_AUDIENCE,
     );
     assert_eq!(verifier.verify(&swapped), Err(AuthError::BadSignature));
     let unknown = token(
         &rs256_issuer("c", "key-c"),
         "ops-1",
-        Role::Operator,
+        Role::TrustSafety,
         PLATFORM_AUDIENCE,
     );
     assert_eq!(verifier.verify(&unknown), Err(AuthError::UnknownKey));
     let pem = private_pem("a");
     let no_kid = jsonwebtoken::encode(
         &Header::new(Algorithm::RS256),
-        &claims_json("operator"),
+        &claims_json("trust_safety"),
         &EncodingKey::from_rsa_pem(&pem).unwrap(),
     )
     .unwrap();
@@ -226,16 +228,16 @@ fn a_services_key_signs_only_its_own_service_tokens() {
         verifier.verify(&dispute),
         Ok(principal("dispute", Role::Service))
     );
-    let operator = token(&people, "ops-1", Role::Operator, PLATFORM_AUDIENCE);
+    let operator = token(&people, "ops-1", Role::TrustSafety, PLATFORM_AUDIENCE);
     assert_eq!(
         verifier.verify(&operator),
-        Ok(principal("ops-1", Role::Operator))
+        Ok(principal("ops-1", Role::TrustSafety))
     );
 
     // Contract's key claiming to be an operator, dispute, or anyone else.
     for (subject, role, audience) in [
-        ("contract", Role::Operator, PLATFORM_AUDIENCE),
-        ("ops-1", Role::Operator, PLATFORM_AUDIENCE),
+        ("contract", Role::TrustSafety, PLATFORM_AUDIENCE),
+        ("ops-1", Role::TrustSafety, PLATFORM_AUDIENCE),
         ("dispute", Role::Service, SERVICE),
         ("contract", Role::Buyer, SERVICE),
         ("supplier-1", Role::Supplier, PLATFORM_AUDIENCE),
@@ -269,7 +271,12 @@ fn a_services_key_signs_only_its_own_service_tokens() {
         SERVICE,
     )
     .unwrap();
-    let hs_operator = token(&hs256_issuer(), "ops-1", Role::Operator, PLATFORM_AUDIENCE);
+    let hs_operator = token(
+        &hs256_issuer(),
+        "ops-1",
+        Role::TrustSafety,
+        PLATFORM_AUDIENCE,
+    );
     assert!(both.verify(&hs_operator).is_ok());
     let hs_service = token(&hs256_issuer(), "contract", Role::Service, SERVICE);
     assert_eq!(both.verify(&hs_service), Err(AuthError::KeyNotForPrincipal));
@@ -305,7 +312,7 @@ fn a_rotated_key_set_is_picked_up_without_a_restart() {
     let new_key = token(
         &rs256_issuer("c", "key-c"),
         "ops-1",
-        Role::Operator,
+        Role::TrustSafety,
         PLATFORM_AUDIENCE,
     );
     assert_eq!(verifier.verify(&new_key), Err(AuthError::UnknownKey));
@@ -315,7 +322,7 @@ fn a_rotated_key_set_is_picked_up_without_a_restart() {
     let old_key = token(
         &rs256_issuer("a", "key-a"),
         "ops-1",
-        Role::Operator,
+        Role::TrustSafety,
         PLATFORM_AUDIENCE,
     );
     let mut picked_up = false;
@@ -351,7 +358,7 @@ fn hs256_is_off_where_a_key_set_is_configured_unless_allowed() {
     assert!(message.contains("AUTH_JWT_ALLOW_HS256"), "{message}");
     assert!(!message.contains(SECRET));
 
-    let hs = hs256_token(&claims_json("operator"));
+    let hs = hs256_token(&claims_json("trust_safety"));
     let rs_only = TokenVerifier::from_config(&jwks_config(&jwks), SERVICE).unwrap();
     assert_eq!(
         rs_only.verify(&hs),
@@ -384,12 +391,16 @@ fn bad_tokens_are_refused_with_their_reason() {
         verifier.verify(&hs256_token(&claims)),
         Err(AuthError::WrongIssuer)
     );
-    let mut claims = claims_json("buyer");
-    claims["role"] = serde_json::json!("admin");
-    assert_eq!(
-        verifier.verify(&hs256_token(&claims)),
-        Err(AuthError::UnknownRole("admin".into()))
-    );
+    // `operator`, the one staff role of earlier releases, is retired: staff
+    // act in a duty.
+    for retired in ["admin", "operator"] {
+        let mut claims = claims_json("buyer");
+        claims["role"] = serde_json::json!(retired);
+        assert_eq!(
+            verifier.verify(&hs256_token(&claims)),
+            Err(AuthError::UnknownRole(retired.into()))
+        );
+    }
     let mut claims = claims_json("buyer");
     claims.as_object_mut().unwrap().remove("role");
     assert_eq!(
@@ -426,7 +437,7 @@ fn bad_tokens_are_refused_with_their_reason() {
     let alg_none = format!(
         "{}.{}.",
         b64(r#"{"alg":"none","typ":"JWT"}"#),
-        b64(&claims_json("operator").to_string())
+        b64(&claims_json("trust_safety").to_string())
     );
     assert_eq!(verifier.verify(&alg_none), Err(AuthError::Malformed));
     assert_eq!(verifier.verify("garbage"), Err(AuthError::Malformed));
@@ -683,7 +694,7 @@ fn the_declared_policy_names_services_one_by_one() {
     assert_eq!(policy.decide(RECORD_PENALTY, &contract), Decision::Denied);
     // Service-only: an operator may not reserve a supplier's cover either.
     assert_eq!(
-        policy.decide(RESERVE_COVER, &principal("ops", Role::Operator)),
+        policy.decide(RESERVE_COVER, &principal("ops", Role::TrustSafety)),
         Decision::Denied
     );
     assert_eq!(
@@ -726,7 +737,7 @@ async fn call(
     });
     let policy = MethodPolicy::new()
         .allow(GET_SUPPLIER, &[Role::Buyer])
-        .allow(VERIFY_SUPPLIER, &[Role::Operator])
+        .allow(VERIFY_SUPPLIER, &[Role::TrustSafety])
         .allow_services(VERIFY_SUPPLIER, &["contract"]);
     let service = AuthLayer::new(Arc::new(hs256_verifier()), Arc::new(policy)).layer(inner);
     let mut builder = http::Request::builder()
@@ -767,11 +778,11 @@ async fn the_layer_authenticates_then_authorizes() {
         assert_eq!(seen, None);
     }
 
-    let (status, seen) = call(bearer("ops", Role::Operator), GET_SUPPLIER).await;
+    let (status, seen) = call(bearer("ops", Role::TrustSafety), GET_SUPPLIER).await;
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert_eq!(
         status.message(),
-        "role operator may not call SupplierRegistryService/GetSupplier"
+        "role trust_safety may not call SupplierRegistryService/GetSupplier"
     );
     assert_eq!(seen, None);
     let (status, _) = call(bearer("dispute", Role::Service), VERIFY_SUPPLIER).await;

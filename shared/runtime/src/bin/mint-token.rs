@@ -6,7 +6,7 @@
 //! ```text
 //! AUTH_DEV_MODE=true AUTH_JWT_HS256_SECRET=... mint-token --subject buyer-1 --role buyer --ttl 30m
 //! AUTH_DEV_MODE=true AUTH_JWT_HS256_SECRET=... mint-token --subject contract --role service --audience escrow
-//! mint-token --subject ops-1 --role operator --signing-key-file key.pem --kid ops-2026
+//! mint-token --subject fin-1 --role finance --signing-key-file key.pem --kid ops-2026
 //! ```
 //!
 //! Only the token goes to stdout; errors go to stderr with exit code 2.

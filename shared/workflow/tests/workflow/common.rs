@@ -135,7 +135,8 @@ pub fn config(database_url: &str, extra: &[&str]) -> (CommonConfig, WorkflowConf
     (cli.common, cli.workflow)
 }
 
-/// Migrates the test schemas and installs the workflow tables in both.
+/// Migrates the test schemas and installs the workflow tables in both, and
+/// the audit trail in the caller's.
 pub async fn prepare(pool: &PgPool) {
     MIGRATOR.run(pool).await.expect("test migrations");
     ta_workflow::install(pool, probe_schema())
@@ -144,6 +145,11 @@ pub async fn prepare(pool: &PgPool) {
     ta_workflow::install(pool, caller_schema())
         .await
         .expect("workflow tables in caller");
+    // The admin service runs over the caller's schema: its re-drives are
+    // audited there (the probe's own schema gets it from the server).
+    ta_runtime::audit::install(pool, "caller")
+        .await
+        .expect("audit trail in caller");
 }
 
 /// A pool of its own, as another process would have.

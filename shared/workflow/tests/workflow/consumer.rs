@@ -108,15 +108,15 @@ async fn a_consumer_killed_mid_stream_resumes_with_no_gap_and_no_duplicate(pool:
     probe.stop().await;
 }
 
-fn operator<T>(message: T) -> tonic::Request<T> {
-    ta_testkit::authorized(message, OPERATOR, ta_runtime::auth::Role::Operator)
+fn finance<T>(message: T) -> tonic::Request<T> {
+    ta_testkit::authorized(message, OPERATOR, ta_runtime::auth::Role::Finance)
 }
 
 async fn parked_events(
     admin: &mut WorkflowAdminServiceClient<tonic::transport::Channel>,
 ) -> Vec<ops::ParkedFeedEvent> {
     admin
-        .list_parked_feed_events(operator(ops::ListParkedFeedEventsRequest::default()))
+        .list_parked_feed_events(finance(ops::ListParkedFeedEventsRequest::default()))
         .await
         .expect("list parked events")
         .into_inner()
@@ -127,7 +127,7 @@ async fn feed_events_parked(
     admin: &mut WorkflowAdminServiceClient<tonic::transport::Channel>,
 ) -> u64 {
     admin
-        .get_workflow_backlog(operator(ops::GetWorkflowBacklogRequest {}))
+        .get_workflow_backlog(finance(ops::GetWorkflowBacklogRequest {}))
         .await
         .expect("backlog")
         .into_inner()
@@ -182,9 +182,10 @@ async fn an_event_that_keeps_failing_is_parked_and_the_feed_goes_on(pool: PgPool
     let redrive = ops::RedriveFeedEventRequest {
         idempotency_key: "redrive-e-3".into(),
         id: parked[0].id,
+        reason: "the callee is back".into(),
     };
     admin
-        .redrive_feed_event(operator(redrive))
+        .redrive_feed_event(finance(redrive))
         .await
         .expect("re-drive");
     eventually("the re-driven event applied", WAIT, || async {
@@ -201,9 +202,10 @@ async fn an_event_that_keeps_failing_is_parked_and_the_feed_goes_on(pool: PgPool
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].sequence, 6);
     let again = admin
-        .redrive_feed_event(operator(ops::RedriveFeedEventRequest {
+        .redrive_feed_event(finance(ops::RedriveFeedEventRequest {
             idempotency_key: "redrive-e-3-again".into(),
             id: parked[0].id,
+            reason: "the callee is back".into(),
         }))
         .await
         .expect_err("applied, not parked");
@@ -250,9 +252,10 @@ async fn a_gap_in_the_feed_is_recorded_for_an_operator_and_what_follows_is_appli
     assert!(parked[0].last_error.contains("never arrived"));
     // Nothing to apply: re-driving acknowledges it.
     admin
-        .redrive_feed_event(operator(ops::RedriveFeedEventRequest {
+        .redrive_feed_event(finance(ops::RedriveFeedEventRequest {
             idempotency_key: "ack-gap".into(),
             id: parked[0].id,
+            reason: "the callee is back".into(),
         }))
         .await
         .expect("acknowledged");

@@ -338,8 +338,8 @@ async fn a_failing_completion_runs_again_without_calling_again(pool: PgPool) {
     probe.stop().await;
 }
 
-fn operator<T>(message: T) -> tonic::Request<T> {
-    ta_testkit::authorized(message, OPERATOR, Role::Operator)
+fn finance<T>(message: T) -> tonic::Request<T> {
+    ta_testkit::authorized(message, OPERATOR, Role::Finance)
 }
 
 #[sqlx::test(migrations = false)]
@@ -368,7 +368,7 @@ async fn rows_that_keep_failing_are_parked_visible_and_re_drivable(pool: PgPool)
     running.stop().await;
 
     let parked = admin
-        .list_parked_outbox_rows(operator(ops::ListParkedOutboxRowsRequest::default()))
+        .list_parked_outbox_rows(finance(ops::ListParkedOutboxRowsRequest::default()))
         .await
         .expect("list parked")
         .into_inner()
@@ -389,7 +389,7 @@ async fn rows_that_keep_failing_are_parked_visible_and_re_drivable(pool: PgPool)
         .expect("timer");
     tx.commit().await.expect("commit");
     let backlog = admin
-        .get_workflow_backlog(operator(ops::GetWorkflowBacklogRequest {}))
+        .get_workflow_backlog(finance(ops::GetWorkflowBacklogRequest {}))
         .await
         .expect("backlog")
         .into_inner();
@@ -404,15 +404,16 @@ async fn rows_that_keep_failing_are_parked_visible_and_re_drivable(pool: PgPool)
             Role::Buyer,
         ))
         .await
-        .expect_err("operators only");
+        .expect_err("staff only");
     assert_eq!(denied.code(), Code::PermissionDenied);
 
     let redrive = ops::RedriveOutboxRowRequest {
         idempotency_key: "redrive-1".into(),
         id: row.id,
+        reason: "the callee is back".into(),
     };
     let redriven = admin
-        .redrive_outbox_row(operator(redrive.clone()))
+        .redrive_outbox_row(finance(redrive.clone()))
         .await
         .expect("re-drive")
         .into_inner()
@@ -420,7 +421,7 @@ async fn rows_that_keep_failing_are_parked_visible_and_re_drivable(pool: PgPool)
         .expect("row");
     assert_eq!((redriven.id, redriven.attempts), (row.id, 0));
     let replayed = admin
-        .redrive_outbox_row(operator(redrive))
+        .redrive_outbox_row(finance(redrive))
         .await
         .expect("a retried re-drive replays")
         .into_inner();
@@ -441,21 +442,40 @@ async fn rows_that_keep_failing_are_parked_visible_and_re_drivable(pool: PgPool)
     assert_eq!(calls.calls(&effect_key("parked")), 1);
 
     let not_parked = admin
-        .redrive_outbox_row(operator(ops::RedriveOutboxRowRequest {
+        .redrive_outbox_row(finance(ops::RedriveOutboxRowRequest {
             idempotency_key: "redrive-2".into(),
             id: row.id,
+            reason: "the callee is back".into(),
         }))
         .await
         .expect_err("a completed row is not parked");
     assert_eq!(not_parked.code(), Code::FailedPrecondition);
     let unknown = admin
-        .redrive_outbox_row(operator(ops::RedriveOutboxRowRequest {
+        .redrive_outbox_row(finance(ops::RedriveOutboxRowRequest {
             idempotency_key: "redrive-3".into(),
             id: 999_999,
+            reason: "the callee is back".into(),
         }))
         .await
         .expect_err("unknown row");
     assert_eq!(unknown.code(), Code::NotFound);
+    // One audit entry: the re-drive that happened, not its replay nor the
+    // refused ones.
+    let audited: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT method, role, resource_id, reason FROM caller.audit_entries ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("audit entries");
+    assert_eq!(
+        audited,
+        [(
+            "/tradeassurance.ops.v1.WorkflowAdminService/RedriveOutboxRow".to_owned(),
+            "finance".to_owned(),
+            row.id.to_string(),
+            "the callee is back".to_owned(),
+        )]
+    );
     probe.stop().await;
 }
 
@@ -640,7 +660,7 @@ async fn an_escalated_refusal_is_parked_for_an_operator_and_re_driving_calls_aga
     );
     assert_eq!(calls.calls(&effect_key("stuck-money")), 1);
     let parked = admin
-        .list_parked_outbox_rows(operator(ops::ListParkedOutboxRowsRequest::default()))
+        .list_parked_outbox_rows(finance(ops::ListParkedOutboxRowsRequest::default()))
         .await
         .expect("list parked")
         .into_inner()
@@ -654,7 +674,7 @@ async fn an_escalated_refusal_is_parked_for_an_operator_and_re_driving_calls_aga
         "{parked:?}"
     );
     let backlog = admin
-        .get_workflow_backlog(operator(ops::GetWorkflowBacklogRequest {}))
+        .get_workflow_backlog(finance(ops::GetWorkflowBacklogRequest {}))
         .await
         .expect("backlog")
         .into_inner();
@@ -664,9 +684,10 @@ async fn an_escalated_refusal_is_parked_for_an_operator_and_re_driving_calls_aga
     // (the probe kept no answer for its refusal) and the handler gets it.
     calls.refuse("stuck-money", false);
     let redriven = admin
-        .redrive_outbox_row(operator(ops::RedriveOutboxRowRequest {
+        .redrive_outbox_row(finance(ops::RedriveOutboxRowRequest {
             idempotency_key: "redrive-escalated".into(),
             id: parked[0].id,
+            reason: "the callee is back".into(),
         }))
         .await
         .expect("re-drive")
@@ -686,7 +707,7 @@ async fn an_escalated_refusal_is_parked_for_an_operator_and_re_driving_calls_aga
     running.stop().await;
     assert_eq!(calls.calls(&effect_key("stuck-money")), 2, "called again");
     let backlog = admin
-        .get_workflow_backlog(operator(ops::GetWorkflowBacklogRequest {}))
+        .get_workflow_backlog(finance(ops::GetWorkflowBacklogRequest {}))
         .await
         .expect("backlog")
         .into_inner();

@@ -133,7 +133,7 @@ async fn a_written_call_and_a_re_driven_one_wake_the_relay(pool: PgPool) {
         .list_parked_outbox_rows(ta_testkit::authorized(
             ops::ListParkedOutboxRowsRequest::default(),
             OPERATOR,
-            Role::Operator,
+            Role::Finance,
         ))
         .await
         .expect("list parked")
@@ -145,9 +145,10 @@ async fn a_written_call_and_a_re_driven_one_wake_the_relay(pool: PgPool) {
             ops::RedriveOutboxRowRequest {
                 idempotency_key: "redrive-w-3".into(),
                 id: parked[0].id,
+                reason: "the callee is back".into(),
             },
             OPERATOR,
-            Role::Operator,
+            Role::Finance,
         ))
         .await
         .expect("re-drive");
