@@ -62,9 +62,9 @@ run: tools ## Build and run the four services on 127.0.0.1:50051-50054 and the s
 demo: ## Against a running `make run`: one order told as a story through grpcurl (about 3 minutes)
 	@exec scripts/demo.sh
 
-token: ## Print a dev JWT: make token ROLE=operator SUBJECT=ops-1 [TTL=1h] [AUDIENCE=escrow]
+token: ## Print a dev JWT: make token ROLE=trust_safety SUBJECT=ts-1 [TTL=1h] [AUDIENCE=escrow]
 	@if [[ -z "$(ROLE)" || -z "$(SUBJECT)" ]]; then
-	  echo "usage: make token ROLE=<buyer|supplier|inspector|operator|service> SUBJECT=<id> [TTL=1h] [AUDIENCE=<service called>]" >&2
+	  echo "usage: make token ROLE=<buyer|supplier|inspector|trust_safety|arbiter|finance|support|platform|service> SUBJECT=<id> [TTL=1h] [AUDIENCE=<service called>]" >&2
 	  exit 2
 	fi
 	cargo build --quiet --workspace --bin mint-token >&2

@@ -134,15 +134,18 @@ RUN="$(date +%s)-$RANDOM"
 ANNA=$(token buyer-anna-$RUN buyer)
 ZHANG=$(token supplier-zhang-$RUN supplier)
 SGS=$(token agency-sgs-$RUN inspector)
-ARBITER=$(token arbiter-olu operator)
+# Staff act in one duty at a time, each with its own token.
+TRUST=$(token ts-mei trust_safety)
+ARBITER=$(token arbiter-olu arbiter)
+FINANCE=$(token finance-ines finance)
 
 printf '%sTrade Assurance, one order from the first call to the arbiter'"'"'s decision%s\n' "$BOLD" "$RESET"
-say "Against the platform of 'make run' (contract $CONTRACT_ADDR, escrow $ESCROW_ADDR, dispute $DISPUTE_ADDR, supplier-registry $SUPPLIER_REGISTRY_ADDR). One day of the contract's terms lasts $CONTRACT_TERM_DAY here, so the weeks of this story pass in minutes. The tokens: \$ANNA (the buyer, a shop in Hamburg), \$ZHANG (the supplier's owner, a ceramics factory in Jingdezhen), \$SGS (the inspection agency), \$ARBITER (a platform operator). Make your own with: make token ROLE=buyer SUBJECT=anna"
+say "Against the platform of 'make run' (contract $CONTRACT_ADDR, escrow $ESCROW_ADDR, dispute $DISPUTE_ADDR, supplier-registry $SUPPLIER_REGISTRY_ADDR). One day of the contract's terms lasts $CONTRACT_TERM_DAY here, so the weeks of this story pass in minutes. The tokens: \$ANNA (the buyer, a shop in Hamburg), \$ZHANG (the supplier's owner, a ceramics factory in Jingdezhen), \$SGS (the inspection agency), and the platform's staff, each in one duty: \$TRUST (trust and safety), \$ARBITER (an arbiter), \$FINANCE (finance). Every change staff make carries a reason, kept in the service's audit trail. Make your own with: make token ROLE=buyer SUBJECT=anna"
 
 # ---- 1. the supplier --------------------------------------------------------------------
 
 chapter "The supplier earns the Trade Assurance badge"
-say "The factory registers itself; an operator checks its business licence and enrols it in Trade Assurance with a limit of 50,000.00 USD: the most it may have under protection at once."
+say "The factory registers itself; trust and safety checks its business licence and enrols it in Trade Assurance with a limit of 50,000.00 USD: the most it may have under protection at once."
 rpc ZHANG registry RegisterSupplier '{"idempotency_key": "register-'$RUN'",
   "legal_name": "Jingdezhen Example Ceramics Co.", "country_code": "CN",
   "business_licence_number": "DEMO'"${RUN//-/}"'",
@@ -151,10 +154,11 @@ rpc ZHANG registry RegisterSupplier '{"idempotency_key": "register-'$RUN'",
 SUPPLIER_ID=$(jq -r .supplier.supplierId <<<"$ANSWER")
 rpc ZHANG registry SubmitVerification '{"idempotency_key": "submit-'$RUN'", "supplier_id": "'$SUPPLIER_ID'"}' \
   '.supplier.verificationStatus'
-rpc ARBITER registry VerifySupplier '{"idempotency_key": "verify-'$RUN'", "supplier_id": "'$SUPPLIER_ID'"}' \
+rpc TRUST registry VerifySupplier '{"idempotency_key": "verify-'$RUN'", "supplier_id": "'$SUPPLIER_ID'",
+  "reason": "business licence checked against the national enterprise registry"}' \
   '.supplier.verificationStatus'
-rpc ARBITER registry EnrollTradeAssurance '{"idempotency_key": "enrol-'$RUN'", "supplier_id": "'$SUPPLIER_ID'",
-  "ta_limit": '"$(usd 5000000)"'}' "$money"' .supplier | {tradeAssuranceBadge, taLimit: (.taLimit | money)}'
+rpc TRUST registry EnrollTradeAssurance '{"idempotency_key": "enrol-'$RUN'", "supplier_id": "'$SUPPLIER_ID'",
+  "ta_limit": '"$(usd 5000000)"', "reason": "factory audit passed; limit sized to its export volume"}' "$money"' .supplier | {tradeAssuranceBadge, taLimit: (.taLimit | money)}'
 
 # ---- 2. the contract --------------------------------------------------------------------
 
@@ -276,7 +280,7 @@ rpc ANNA dispute EscalateClaim '{"idempotency_key": "escalate-'$RUN'", "claim_id
 # ---- 6. the decision --------------------------------------------------------------------
 
 chapter "The arbiter decides a partial refund"
-say "An operator reads both sides and refunds 450.00 USD. Through dispute's outbox, in this order: escrow settles the claim in one transaction (the refund, the rest released to the factory since the goods arrived, the freeze lifted), contract closes the claim and completes, supplier-registry records the penalty points."
+say "An arbiter reads both sides and refunds 450.00 USD. Through dispute's outbox, in this order: escrow settles the claim in one transaction (the refund, the rest released to the factory since the goods arrived, the freeze lifted), contract closes the claim and completes, supplier-registry records the penalty points."
 rpc ARBITER dispute DecideClaim '{"idempotency_key": "decide-'$RUN'", "claim_id": "'$CLAIM_ID'",
   "outcome": "CLAIM_OUTCOME_PARTIAL_REFUND", "refund_amount": '"$(usd 45000)"',
   "reason": "shipped after the deadline after a failed inspection; the buyer lost a sales window"}' \
@@ -292,15 +296,15 @@ say "The claim's timeline, as buyer and supplier see it:"
 rpc ANNA dispute GetClaimTimeline '{"claim_id": "'$CLAIM_ID'", "page": {"page_size": 50}}' "$timeline" raw
 say "The contract's timeline:"
 rpc ANNA contract GetContractTimeline '{"contract_id": "'$CONTRACT_ID'", "page": {"page_size": 100}}' "$timeline" raw
-say "The money: escrow's ledger for this account (every posting balanced; the balances sum to zero)."
-rpc ARBITER escrow GetEscrowStatement '{"escrow_account_id": "'$ACCOUNT_ID'", "page": {"page_size": 100}}' \
+say "The money, as finance reads it: escrow's ledger for this account (every posting balanced; the balances sum to zero)."
+rpc FINANCE escrow GetEscrowStatement '{"escrow_account_id": "'$ACCOUNT_ID'", "page": {"page_size": 100}}' \
   "$money"' {account: (.account | {status, funded: (.fundedTotal | money), released: (.releasedTotal | money), refunded: (.refundedTotal | money), held: (.held | money)}),
    balances: [.balances[] | "\(.account.kind | sub("LEDGER_ACCOUNT_KIND_"; "") | ascii_downcase): \(.posted | money)"]}'
 say "The factory's standing: the penalty points of a partial refund, the cover freed."
 rpc ZHANG registry GetSupplier '{"supplier_id": "'$SUPPLIER_ID'"}' \
   "$money"' .supplier | {status, tradeAssuranceBadge, penaltyPoints, taLimit: (.taLimit | money), coverReserved: (.coverReserved | money)}'
-say "And escrow's reconciliation of the whole ledger: no differences."
-rpc ARBITER escrow ReconcileLedger '{}' '{differences: (.differences // [] | length), accountsChecked, postingsChecked}'
+say "And finance's reconciliation of the whole ledger: no differences."
+rpc FINANCE escrow ReconcileLedger '{}' '{differences: (.differences // [] | length), accountsChecked, postingsChecked}'
 
 printf '\n%sThe story is over.%s Contract %s, claim %s. Every call above can be typed again as printed.\n' \
   "$BOLD" "$RESET" "$CONTRACT_ID" "$CLAIM_ID"

@@ -297,9 +297,10 @@ In another terminal, from $REPO_ROOT:
 
   export PATH="\$PWD/.venv/bin:\$PATH"        # grpcurl 1.8.6
 
-  # a token (roles: buyer, supplier, inspector, operator, service; TTL=1h by default;
-  # a service's token names the service it calls: AUDIENCE=supplier-registry)
-  TOKEN=\$(make token ROLE=operator SUBJECT=ops-1)
+  # a token (roles: buyer, supplier, inspector; staff duties trust_safety, arbiter,
+  # finance, support; platform (a back end reading views and feeds); service.
+  # TTL=1h by default; a service's token names the service it calls: AUDIENCE=supplier-registry)
+  TOKEN=\$(make token ROLE=trust_safety SUBJECT=ts-1)
 
   # what is there (reflection)
   grpcurl -plaintext $SUPPLIER_REGISTRY_ADDR list
@@ -317,14 +318,16 @@ In another terminal, from $REPO_ROOT:
   curl -s http://$GATEWAY_SANDBOX_ADDR/sandbox/events
   curl -s -X PUT -d '{"latency_ms": 300}' http://$GATEWAY_SANDBOX_ADDR/sandbox/faults
 
-  # register a supplier (as an operator, on behalf of supplier principal supplier-1)
+  # register a supplier (as trust and safety, on behalf of supplier principal supplier-1;
+  # every change staff make says why: the reason goes to the audit trail)
   grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{
     "idempotency_key": "$idem_key",
     "legal_name": "Shenzhen Example Electronics Co., Ltd.",
     "country_code": "CN",
     "business_licence_number": "$demo_licence",
     "contacts": [{"name": "Li Wei", "email": "li.wei@example.com"}],
-    "owner_principal_id": "supplier-1"
+    "owner_principal_id": "supplier-1",
+    "reason": "onboarding call with the supplier, licence seen"
   }' $SUPPLIER_REGISTRY_ADDR tradeassurance.supplier.v1.SupplierRegistryService/RegisterSupplier
 
 EOF

@@ -983,7 +983,12 @@ impl ScenarioReport {
 struct Tokens {
     contract_to_escrow: MetadataValue<Ascii>,
     contract_to_registry: MetadataValue<Ascii>,
-    operator: MetadataValue<Ascii>,
+    /// Staff verifying and enrolling the bench's supplier.
+    trust_safety: MetadataValue<Ascii>,
+    /// Staff reading statements after the run.
+    support: MetadataValue<Ascii>,
+    /// Staff reconciling the ledger after the run.
+    finance: MetadataValue<Ascii>,
 }
 
 impl Tokens {
@@ -991,7 +996,9 @@ impl Tokens {
         Self {
             contract_to_escrow: service_bearer("contract", "escrow"),
             contract_to_registry: service_bearer("contract", "supplier-registry"),
-            operator: bearer("bench-operator", Role::Operator),
+            trust_safety: bearer("bench-trust-safety", Role::TrustSafety),
+            support: bearer("bench-support", Role::Support),
+            finance: bearer("bench-finance", Role::Finance),
         }
     }
 }
@@ -1604,6 +1611,8 @@ async fn open_and_fund(
         financing_partner_id: String::new(),
         supplier_owner_principal_id: format!("{run}-supplier-owner"),
         hold_until: Some(timestamp_in(Duration::from_secs(60 * 86_400))),
+        // Contract's own call: only staff give a reason.
+        reason: String::new(),
     };
     let started = Instant::now();
     let opened = escrow
@@ -1857,10 +1866,10 @@ async fn release_and_tally(
     true
 }
 
-/// Every page of one account's statement, read as an operator.
+/// Every page of one account's statement, read as support staff.
 async fn read_statement(
     escrow: &mut EscrowServiceClient<Channel>,
-    operator: &MetadataValue<Ascii>,
+    support: &MetadataValue<Ascii>,
     account_id: &str,
 ) -> Result<GetEscrowStatementResponse> {
     let mut all = GetEscrowStatementResponse::default();
@@ -1874,7 +1883,7 @@ async fn read_statement(
             }),
         };
         let page = escrow
-            .get_escrow_statement(authorized(request, operator))
+            .get_escrow_statement(authorized(request, support))
             .await
             .map_err(|s| {
                 format!(
@@ -1915,19 +1924,19 @@ async fn check_tally(
             .map(|id| (id.clone(), tally.accounts[id].acceptance_expected))
             .collect();
         let channel = channel_connected(escrow_addr).await?;
-        let operator = tokens.operator.clone();
+        let support = tokens.support.clone();
         tasks.push(tokio::spawn(async move {
             let mut escrow = EscrowServiceClient::new(channel);
             let deadline = Instant::now() + STEP_PATIENCE;
             let mut statements = Vec::new();
             for (id, acceptance) in mine {
-                let mut statement = read_statement(&mut escrow, &operator, &id).await?;
+                let mut statement = read_statement(&mut escrow, &support, &id).await?;
                 while acceptance
                     && !tally::shows_acceptance(&statement)
                     && Instant::now() < deadline
                 {
                     tokio::time::sleep(STATUS_POLL * 10).await;
-                    statement = read_statement(&mut escrow, &operator, &id).await?;
+                    statement = read_statement(&mut escrow, &support, &id).await?;
                 }
                 statements.push((id, statement));
             }
@@ -1978,6 +1987,7 @@ async fn setup_cover_supplier(
                     phone: String::new(),
                 }],
                 owner_principal_id: String::new(),
+                reason: String::new(),
             },
             &owner,
         ))
@@ -1992,6 +2002,7 @@ async fn setup_cover_supplier(
             SubmitVerificationRequest {
                 idempotency_key: format!("submit-{run}"),
                 supplier_id: supplier_id.clone(),
+                reason: String::new(),
             },
             &owner,
         ))
@@ -2001,8 +2012,9 @@ async fn setup_cover_supplier(
             VerifySupplierRequest {
                 idempotency_key: format!("verify-{run}"),
                 supplier_id: supplier_id.clone(),
+                reason: "bench supplier: licence checked".into(),
             },
-            &tokens.operator,
+            &tokens.trust_safety,
         ))
         .await?;
     registry
@@ -2011,8 +2023,9 @@ async fn setup_cover_supplier(
                 idempotency_key: format!("enrol-{run}"),
                 supplier_id: supplier_id.clone(),
                 ta_limit: usd(1_000_000_000_000_000),
+                reason: "bench supplier: cover for every contract of the run".into(),
             },
-            &tokens.operator,
+            &tokens.trust_safety,
         ))
         .await?;
     Ok((supplier_id, owner_id))
@@ -2073,10 +2086,10 @@ async fn echo_worker(channel: Channel, pacer: &mut Pacer, recorder: &mut Recorde
     }
 }
 
-/// Escrow's ReconcileLedger as an operator: (differences, (accounts, postings, holds) checked).
+/// Escrow's ReconcileLedger as finance: (differences, (accounts, postings, holds) checked).
 async fn reconcile(escrow_addr: &str, tokens: &Tokens) -> Result<(usize, (u64, u64, u64))> {
     let mut escrow = EscrowServiceClient::new(channel(escrow_addr)?);
-    let mut request = authorized(ReconcileLedgerRequest {}, &tokens.operator);
+    let mut request = authorized(ReconcileLedgerRequest {}, &tokens.finance);
     request.set_timeout(Duration::from_secs(300));
     let answer = escrow.reconcile_ledger(request).await?.into_inner();
     for d in answer.differences.iter().take(5) {

@@ -5,8 +5,8 @@
 //! movement written twice under two ids, one never written, or one written
 //! that no caller was told about. So every caller counts what it was told
 //! (each FundEscrow's funding attempt, each ReleaseToSupplier's posting, in
-//! minor units), and after the run each account's statement is read as an
-//! operator and must hold exactly those movements: each once, with its
+//! minor units), and after the run each account's statement is read by
+//! support staff and must hold exactly those movements: each once, with its
 //! amount, between the right ledger accounts, and nothing else.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -44,6 +44,35 @@ pub fn days(n: u64) -> Duration {
     Duration::from_secs(n * 86_400)
 }
 
+/// Tokens of the platform's staff, one per duty (staff act in one duty at a
+/// time), and of a back end reading views and feeds.
+#[derive(Clone, Debug)]
+pub struct Staff {
+    /// Supplier onboarding, verification, Trade Assurance limits, restrictions.
+    pub trust_safety: String,
+    /// Escalations, claim decisions, freezes, evidence, cancelling on a party's behalf.
+    pub arbiter: String,
+    /// Direct releases and refunds, settlements, payouts, re-driving parked work.
+    pub finance: String,
+    /// Read-only: every view, the ledger's reports, the workflow backlog.
+    pub support: String,
+    /// A back end: reads views and event feeds, never changes anything.
+    pub platform: String,
+}
+
+impl Staff {
+    /// One token per duty, each with a subject of its own.
+    pub fn mint() -> Self {
+        Self {
+            trust_safety: mint("ts-journey", Role::TrustSafety),
+            arbiter: mint("arbiter-journey", Role::Arbiter),
+            finance: mint("finance-journey", Role::Finance),
+            support: mint("support-journey", Role::Support),
+            platform: mint("platform-journey", Role::Platform),
+        }
+    }
+}
+
 /// The three services a contract's life needs, and the payment gateway.
 pub struct Platform {
     pub database: TestDatabase,
@@ -53,7 +82,8 @@ pub struct Platform {
     pub contract: Service,
     contract_env: Vec<(String, String)>,
     escrow_env: Vec<(String, String)>,
-    pub operator: String,
+    /// Staff tokens, one per duty.
+    pub staff: Staff,
     /// `http` or `https` (under TLS): the scheme of the peer URLs.
     scheme: &'static str,
     /// The TLS settings every service gets (none in plaintext).
@@ -134,7 +164,7 @@ impl Platform {
             contract,
             contract_env: env,
             escrow_env,
-            operator: mint("ops-journey", Role::Operator),
+            staff: Staff::mint(),
             scheme,
             tls_env,
             transport,
@@ -204,14 +234,16 @@ impl Platform {
         );
         self.registry.call_ok(
             &registry_method("VerifySupplier"),
-            Some(&self.operator),
-            &json!({ "idempotency_key": format!("verify-{id}"), "supplier_id": id }),
+            Some(&self.staff.trust_safety),
+            &json!({ "idempotency_key": format!("verify-{id}"), "supplier_id": id,
+                     "reason": "business licence checked against the registry" }),
         );
         if let Some(limit) = limit_minor {
             self.registry.call_ok(
                 &registry_method("EnrollTradeAssurance"),
-                Some(&self.operator),
-                &json!({ "idempotency_key": format!("enrol-{id}"), "supplier_id": id, "ta_limit": usd(limit) }),
+                Some(&self.staff.trust_safety),
+                &json!({ "idempotency_key": format!("enrol-{id}"), "supplier_id": id, "ta_limit": usd(limit),
+                         "reason": "three years of clean trade history" }),
             );
         }
         id
@@ -221,7 +253,7 @@ impl Platform {
     pub fn cover(&self, supplier_id: &str) -> (i64, i64) {
         let cover = self.registry.call_ok(
             &registry_method("GetCover"),
-            Some(&self.operator),
+            Some(&self.staff.support),
             &json!({ "supplier_id": supplier_id }),
         );
         (
@@ -248,7 +280,7 @@ impl Platform {
     pub fn get_contract(&self, contract_id: &str) -> Value {
         self.contract_ok(
             "GetContract",
-            &self.operator,
+            &self.staff.support,
             &json!({ "contract_id": contract_id }),
         )["contract"]
             .clone()
@@ -275,7 +307,7 @@ impl Platform {
     pub fn timeline_actions(&self, contract_id: &str) -> Vec<String> {
         let timeline = self.contract_ok(
             "GetContractTimeline",
-            &self.operator,
+            &self.staff.platform,
             &json!({ "contract_id": contract_id, "page": { "page_size": 100 } }),
         );
         timeline["entries"]
@@ -292,7 +324,7 @@ impl Platform {
     pub fn escrow_account(&self, contract_id: &str) -> Value {
         self.escrow.call_ok(
             &escrow_method("GetEscrowAccount"),
-            Some(&self.operator),
+            Some(&self.staff.platform),
             &json!({ "contract_id": contract_id }),
         )
     }
@@ -321,7 +353,7 @@ impl Platform {
     pub fn assert_ledger_reconciles(&self) {
         let report = self.escrow.call_ok(
             &escrow_method("ReconcileLedger"),
-            Some(&self.operator),
+            Some(&self.staff.finance),
             &json!({}),
         );
         let differences = report["differences"]

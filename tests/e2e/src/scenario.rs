@@ -184,7 +184,7 @@ impl Platform {
     pub fn statement(&self, account_id: &str) -> Value {
         let mut statement = self.escrow.call_ok(
             &escrow_method("GetEscrowStatement"),
-            Some(&self.operator),
+            Some(&self.staff.support),
             &json!({ "escrow_account_id": account_id, "page": { "page_size": 100 } }),
         );
         let mut token = statement["nextPageToken"]
@@ -194,7 +194,7 @@ impl Platform {
         while !token.is_empty() {
             let page = self.escrow.call_ok(
                 &escrow_method("GetEscrowStatement"),
-                Some(&self.operator),
+                Some(&self.staff.support),
                 &json!({ "escrow_account_id": account_id,
                          "page": { "page_size": 100, "page_token": token } }),
             );
@@ -334,7 +334,7 @@ impl Platform {
 
 // ---- The supplier's standing -----------------------------------------------------
 
-/// A supplier as buyers and operators judge it (GetSupplier, private view).
+/// A supplier as buyers and staff judge it (GetSupplier, private view).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Standing {
     pub status: String,
@@ -351,7 +351,7 @@ impl Platform {
     pub fn supplier_view(&self, supplier_id: &str) -> Value {
         self.registry.call_ok(
             &registry_method("GetSupplier"),
-            Some(&self.operator),
+            Some(&self.staff.support),
             &json!({ "supplier_id": supplier_id }),
         )["supplier"]
             .clone()
@@ -388,7 +388,7 @@ impl Platform {
     pub fn cover_reservations(&self, supplier_id: &str) -> BTreeMap<String, i64> {
         let cover = self.registry.call_ok(
             &registry_method("GetCover"),
-            Some(&self.operator),
+            Some(&self.staff.platform),
             &json!({ "supplier_id": supplier_id }),
         );
         cover["activeReservations"]
@@ -411,7 +411,7 @@ impl Platform {
         loop {
             let page = self.contract_ok(
                 "ListContracts",
-                &self.operator,
+                &self.staff.platform,
                 &json!({ "supplier_id": supplier_id,
                          "page": { "page_size": 100, "page_token": token } }),
             );
@@ -431,10 +431,11 @@ impl Platform {
 
 /// A service's workflow backlog: (outbox rows waiting, parked rows, timers
 /// overdue).
-pub fn backlog(service: &Service, operator: &str) -> (i64, i64, i64) {
+/// `support`: a staff token (any duty reads the backlog).
+pub fn backlog(service: &Service, support: &str) -> (i64, i64, i64) {
     let backlog = service.call_ok(
         &format!("{WORKFLOW_ADMIN_SERVICE}/GetWorkflowBacklog"),
-        Some(operator),
+        Some(support),
         &json!({}),
     );
     (
@@ -446,14 +447,14 @@ pub fn backlog(service: &Service, operator: &str) -> (i64, i64, i64) {
 
 /// Waits until none of `services` has an outbox row waiting or a timer
 /// overdue (a parked row fails the wait at once: nothing would deliver it).
-pub fn wait_quiet(services: &[&Service], operator: &str) {
+pub fn wait_quiet(services: &[&Service], support: &str) {
     wait_until(
         PATIENCE,
         "every outbox delivered and every due timer fired",
         || {
             let mut busy = Vec::new();
             for service in services {
-                let (pending, parked, overdue) = backlog(service, operator);
+                let (pending, parked, overdue) = backlog(service, support);
                 assert_eq!(parked, 0, "{} parked outbox rows", service.name);
                 if pending > 0 || overdue > 0 {
                     busy.push(format!(
@@ -706,11 +707,14 @@ pub fn upload_evidence(
                 ..Default::default()
             },
         )),
+        // A party's upload: only staff give a reason.
+        reason: String::new(),
     }];
     for chunk in file.bytes.chunks(1024 * 1024) {
         messages.push(pb::UploadEvidenceRequest {
             idempotency_key: String::new(),
             part: Some(upload_evidence_request::Part::Chunk(chunk.to_vec())),
+            reason: String::new(),
         });
     }
     runtime().block_on(async {

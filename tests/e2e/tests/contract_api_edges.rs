@@ -232,7 +232,7 @@ fn bad_input_strangers_and_stale_edits_are_refused_and_change_nothing() {
     assert_eq!(forged.code, "InvalidArgument", "{forged:#?}");
     let unprotected = platform.contract_ok(
         "ListContracts",
-        &platform.operator,
+        &platform.staff.support,
         &json!({ "protection": "PROTECTION_NONE", "statuses": ["CONTRACT_STATUS_DRAFT"] }),
     );
     assert_eq!(unprotected["contracts"].as_array().map(Vec::len), Some(2));
@@ -314,7 +314,7 @@ fn the_event_feed_streams_every_step_in_order_from_a_cursor() {
         let mut args = call_args(
             &platform.contract.addr(),
             &contract_method("StreamContractEvents"),
-            Some(&platform.operator),
+            Some(&platform.staff.platform),
             &json!({ "after_sequence": after }),
         );
         // The feed stays open for new events; three seconds read the backlog.
@@ -385,7 +385,7 @@ fn the_event_feed_streams_every_step_in_order_from_a_cursor() {
             &buyer,
             &json!({ "after_sequence": 0 }),
         )
-        .expect_err("operators and services only");
+        .expect_err("staff and back ends only");
     assert_eq!(denied.code, "PermissionDenied", "{denied:#?}");
 }
 

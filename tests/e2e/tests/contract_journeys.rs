@@ -314,7 +314,7 @@ fn a_late_shipment_lets_the_buyer_cancel_with_a_full_refund() {
     });
     let statement = platform.escrow.call_ok(
         &escrow_method("GetEscrowStatement"),
-        Some(&platform.operator),
+        Some(&platform.staff.support),
         &json!({ "escrow_account_id": account }),
     );
     let refunded = statement["postings"]
@@ -405,7 +405,7 @@ fn amendments_move_the_cover_within_the_limit_and_are_refused_beyond_it() {
     assert_eq!(platform.cover(&supplier_id), (280_000, 120_000));
     let statement = platform.escrow.call_ok(
         &escrow_method("GetEscrowStatement"),
-        Some(&platform.operator),
+        Some(&platform.staff.support),
         &json!({ "escrow_account_id": escrow_id }),
     );
     let refunded: i64 = statement["postings"]
@@ -483,7 +483,7 @@ fn activation_is_refused_without_the_badge_or_over_the_limit_and_unprotected_ord
             .escrow
             .call(
                 &escrow_method("GetEscrowAccount"),
-                Some(&platform.operator),
+                Some(&platform.staff.platform),
                 &json!({ "contract_id": id }),
             )
             .expect_err("no escrow was opened");
@@ -576,7 +576,7 @@ fn a_contract_killed_between_the_second_signature_and_its_calls_activates_exactl
 
     let cover = platform.registry.call_ok(
         &registry_method("GetCover"),
-        Some(&platform.operator),
+        Some(&platform.staff.platform),
         &json!({ "supplier_id": supplier_id }),
     );
     let reservations = cover["activeReservations"]

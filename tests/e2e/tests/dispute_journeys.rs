@@ -111,7 +111,7 @@ fn timeline_actions(dispute: &Service, token: &str, claim_id: &str) -> Vec<Strin
 fn penalty_points(platform: &Platform, supplier_id: &str) -> i64 {
     let supplier = platform.registry.call_ok(
         &registry_method("GetSupplier"),
-        Some(&platform.operator),
+        Some(&platform.staff.support),
         &json!({ "supplier_id": supplier_id }),
     );
     int(&supplier["supplier"]["penaltyPoints"])
@@ -124,7 +124,7 @@ fn wait_response_rate(platform: &Platform, supplier_id: &str, want: (i64, i64)) 
     wait_until(PATIENCE, "the supplier's response rate", || {
         let supplier = platform.registry.call_ok(
             &registry_method("GetSupplier"),
-            Some(&platform.operator),
+            Some(&platform.staff.platform),
             &json!({ "supplier_id": supplier_id }),
         )["supplier"]
             .clone();
@@ -153,7 +153,7 @@ fn freezes(account: &Value) -> usize {
 fn claim_postings(platform: &Platform, account_id: &str, claim_id: &str) -> Vec<(String, i64)> {
     let statement = platform.escrow.call_ok(
         &escrow_method("GetEscrowStatement"),
-        Some(&platform.operator),
+        Some(&platform.staff.support),
         &json!({ "escrow_account_id": account_id, "page": { "page_size": 100 } }),
     );
     let mut postings: Vec<(String, i64)> = statement["postings"]
@@ -267,11 +267,14 @@ fn upload_messages(u: &Upload<'_>) -> Vec<pb::UploadEvidenceRequest> {
                 ..Default::default()
             },
         )),
+        // A party's upload: only staff give a reason.
+        reason: String::new(),
     }];
     for chunk in u.bytes.chunks(1024 * 1024) {
         messages.push(pb::UploadEvidenceRequest {
             idempotency_key: String::new(),
             part: Some(upload_evidence_request::Part::Chunk(chunk.to_vec())),
+            reason: String::new(),
         });
     }
     messages
@@ -343,7 +346,7 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
     let owner = "supplier-damaged";
     let buyer = mint(BUYER, Role::Buyer);
     let supplier = mint(owner, Role::Supplier);
-    let operator = platform.operator.clone();
+    let arbiter = platform.staff.arbiter.clone();
     let supplier_id = platform.supplier(owner, Some(1_000_000));
     let (contract_id, account_id) =
         platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
@@ -634,22 +637,33 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
     assert_eq!(escalated["claim"]["status"], "CLAIM_STATUS_ESCALATED");
     assert_eq!(escalated["claim"]["escalatedBy"]["principalId"], BUYER);
 
-    // The operator decides a partial refund; escrow splits the money, the
+    // An arbiter decides a partial refund; escrow splits the money, the
     // contract completes, the supplier is penalised.
-    let not_operator = dcall(
+    let not_arbiter = dcall(
         &dispute,
         "DecideClaim",
         &buyer,
         &json!({ "idempotency_key": "decide-x", "claim_id": claim_id, "outcome": "CLAIM_OUTCOME_FULL_REFUND", "reason": "x" }),
     )
-    .expect_err("operators decide");
-    assert_eq!(not_operator.code, "PermissionDenied", "{not_operator:#?}");
+    .expect_err("arbiters decide");
+    assert_eq!(not_arbiter.code, "PermissionDenied", "{not_arbiter:#?}");
+    for staff in [&platform.staff.finance, &platform.staff.support] {
+        let other_duty = dcall(
+            &dispute,
+            "DecideClaim",
+            staff,
+            &json!({ "idempotency_key": "decide-y", "claim_id": claim_id,
+                     "outcome": "CLAIM_OUTCOME_FULL_REFUND", "reason": "not my duty" }),
+        )
+        .expect_err("arbiters decide");
+        assert_eq!(other_duty.code, "PermissionDenied", "{other_duty:#?}");
+    }
     let decision = json!({ "idempotency_key": "decide-1", "claim_id": claim_id,
         "outcome": "CLAIM_OUTCOME_PARTIAL_REFUND", "refund_amount": usd(120_000),
         "reason": "photos show 15 of 40 cartons crushed" });
-    let decided = dcall_ok(&dispute, "DecideClaim", &operator, &decision);
+    let decided = dcall_ok(&dispute, "DecideClaim", &arbiter, &decision);
     assert_eq!(decided["claim"]["status"], "CLAIM_STATUS_DECIDED");
-    let replayed = dcall_ok(&dispute, "DecideClaim", &operator, &decision);
+    let replayed = dcall_ok(&dispute, "DecideClaim", &arbiter, &decision);
     assert_eq!(
         replayed["claim"]["resolution"],
         decided["claim"]["resolution"]
@@ -657,7 +671,7 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
     let twice = dcall(
         &dispute,
         "DecideClaim",
-        &operator,
+        &arbiter,
         &json!({ "idempotency_key": "decide-2", "claim_id": claim_id, "outcome": "CLAIM_OUTCOME_FULL_REFUND", "reason": "again" }),
     )
     .expect_err("decided once");
@@ -790,8 +804,8 @@ fn a_withdrawn_claim_resumes_the_contract_for_good_and_a_late_one_is_refused_wit
     let reopened = dcall(
         &dispute,
         "EscalateClaim",
-        &platform.operator,
-        &json!({ "idempotency_key": "reopen", "claim_id": claim_id, "reason": "reopen" }),
+        &platform.staff.arbiter,
+        &json!({ "idempotency_key": "reopen", "claim_id": claim_id, "reason": "the buyer asked to reopen" }),
     )
     .expect_err("withdrawn is final");
     assert_eq!(reopened.code, "FailedPrecondition", "{reopened:#?}");
@@ -907,7 +921,7 @@ fn an_unsettled_claim_escalates_by_itself_a_release_completes_and_a_full_refund_
     dcall_ok(
         &dispute,
         "DecideClaim",
-        &platform.operator,
+        &platform.staff.arbiter,
         &json!({ "idempotency_key": "decide", "claim_id": claim_id,
                  "outcome": "CLAIM_OUTCOME_RELEASE_TO_SUPPLIER", "reason": "QC-1 within tolerance on re-test" }),
     );
@@ -960,13 +974,13 @@ fn an_unsettled_claim_escalates_by_itself_a_release_completes_and_a_full_refund_
     dcall_ok(
         &dispute,
         "EscalateClaim",
-        &platform.operator,
+        &platform.staff.arbiter,
         &json!({ "idempotency_key": "escalate-2", "claim_id": refund_claim, "reason": "counterfeit goods reported" }),
     );
     dcall_ok(
         &dispute,
         "DecideClaim",
-        &platform.operator,
+        &platform.staff.arbiter,
         &json!({ "idempotency_key": "decide-2", "claim_id": refund_claim, "outcome": "CLAIM_OUTCOME_FULL_REFUND",
                  "reason": "the goods are not the ones agreed", "penalty_points": 24 }),
     );
@@ -991,7 +1005,7 @@ fn an_unsettled_claim_escalates_by_itself_a_release_completes_and_a_full_refund_
     wait_response_rate(&platform, &supplier_id, (2, 5_000));
     let restricted = platform.registry.call_ok(
         &registry_method("GetSupplier"),
-        Some(&platform.operator),
+        Some(&platform.staff.support),
         &json!({ "supplier_id": supplier_id }),
     )["supplier"]
         .clone();
@@ -1215,7 +1229,7 @@ fn settlements_between_the_parties_and_counter_offers_refund_without_a_penalty_a
     );
     platform.assert_ledger_reconciles();
 
-    // The feed: operators only; every step in order, resumable from a cursor.
+    // The feed: staff and back ends only; every step in order, resumable from a cursor.
     let denied = runtime().block_on(async {
         let mut c = client(&dispute).await;
         c.stream_dispute_events(authorized(
@@ -1226,10 +1240,10 @@ fn settlements_between_the_parties_and_counter_offers_refund_without_a_penalty_a
         .map(|_| ())
     });
     assert_eq!(
-        denied.expect_err("operators only").code(),
+        denied.expect_err("staff and back ends only").code(),
         tonic::Code::PermissionDenied
     );
-    let events = feed_events(&dispute, &platform.operator, 0);
+    let events = feed_events(&dispute, &platform.staff.platform, 0);
     let of_full: Vec<pb::DisputeEventType> = events
         .iter()
         .filter(|e| e.claim.as_ref().is_some_and(|c| c.claim_id == full_claim))
@@ -1247,7 +1261,7 @@ fn settlements_between_the_parties_and_counter_offers_refund_without_a_penalty_a
         ]
     );
     assert!(events.windows(2).all(|w| w[0].sequence < w[1].sequence));
-    let later = feed_events(&dispute, &platform.operator, events[4].sequence);
+    let later = feed_events(&dispute, &platform.staff.support, events[4].sequence);
     assert_eq!(later.len(), events.len() - 5);
 }
 
@@ -1279,8 +1293,8 @@ fn a_dispute_killed_after_a_decision_moves_the_money_once_when_restarted() {
     dcall_ok(
         &first,
         "EscalateClaim",
-        &platform.operator,
-        &json!({ "idempotency_key": "escalate", "claim_id": claim_id, "reason": "urgent" }),
+        &platform.staff.arbiter,
+        &json!({ "idempotency_key": "escalate", "claim_id": claim_id, "reason": "the buyer's season starts next week" }),
     );
     first.kill();
 
@@ -1297,7 +1311,7 @@ fn a_dispute_killed_after_a_decision_moves_the_money_once_when_restarted() {
     dcall_ok(
         &slow,
         "DecideClaim",
-        &platform.operator,
+        &platform.staff.arbiter,
         &json!({ "idempotency_key": "decide", "claim_id": claim_id, "outcome": "CLAIM_OUTCOME_PARTIAL_REFUND",
                  "refund_amount": usd(120_000), "reason": "half the shipment damaged" }),
     );
@@ -1446,13 +1460,13 @@ fn a_claim_racing_the_acceptance_loses_or_wins_alone_and_a_late_shipment_claim_r
     dcall_ok(
         &dispute,
         "EscalateClaim",
-        &platform.operator,
-        &json!({ "idempotency_key": "escalate-late", "claim_id": claim_id, "reason": "late" }),
+        &platform.staff.arbiter,
+        &json!({ "idempotency_key": "escalate-late", "claim_id": claim_id, "reason": "the supplier missed the shipment deadline" }),
     );
     dcall_ok(
         &dispute,
         "DecideClaim",
-        &platform.operator,
+        &platform.staff.arbiter,
         &json!({ "idempotency_key": "decide-late", "claim_id": claim_id, "outcome": "CLAIM_OUTCOME_PARTIAL_REFUND",
                  "refund_amount": usd(50_000), "reason": "shipped nothing by the deadline",
                  "new_shipment_deadline": at(days(10)) }),

@@ -128,7 +128,7 @@ fn the_five_steps_verify_the_supplier_agree_the_specification_pay_into_escrow_sh
     let dispute = platform.spawn_dispute(store.path(), &fast_dispute(&[]));
     let owner = "supplier-five-steps";
     let (buyer, supplier) = party_tokens("buyer-five-steps", owner);
-    let ops = platform.operator.clone();
+    let trust_safety = platform.staff.trust_safety.clone();
 
     // 1. Verify that the supplier offers Trade Assurance: registered, it has
     // no badge; verified and enrolled with a limit, buyers find it by badge,
@@ -161,13 +161,15 @@ fn the_five_steps_verify_the_supplier_agree_the_specification_pay_into_escrow_sh
     );
     platform.registry.call_ok(
         &registry_method("VerifySupplier"),
-        Some(&ops),
-        &json!({ "idempotency_key": "verify", "supplier_id": supplier_id }),
+        Some(&trust_safety),
+        &json!({ "idempotency_key": "verify", "supplier_id": supplier_id,
+                 "reason": "business licence 91360200MA35XYZ12K matches the registry" }),
     );
     platform.registry.call_ok(
         &registry_method("EnrollTradeAssurance"),
-        Some(&ops),
-        &json!({ "idempotency_key": "enrol", "supplier_id": supplier_id, "ta_limit": usd(1_000_000) }),
+        Some(&trust_safety),
+        &json!({ "idempotency_key": "enrol", "supplier_id": supplier_id, "ta_limit": usd(1_000_000),
+                 "reason": "factory audit passed; limit per the export volume" }),
     );
     let public = platform.registry.call_ok(
         &registry_method("GetSupplier"),
@@ -494,7 +496,7 @@ fn a_supplier_without_trade_assurance_gets_no_protected_contract_only_an_unprote
         .escrow
         .call(
             &escrow_method("GetEscrowAccount"),
-            Some(&platform.operator),
+            Some(&platform.staff.platform),
             &json!({ "contract_id": id }),
         )
         .expect_err("no escrow");
@@ -588,7 +590,7 @@ fn a_supplier_without_trade_assurance_gets_no_protected_contract_only_an_unprote
     // No money ever entered the ledger; the supplier's standing is unchanged.
     let trial = platform.escrow.call_ok(
         &escrow_method("GetTrialBalance"),
-        Some(&platform.operator),
+        Some(&platform.staff.finance),
         &json!({}),
     );
     let moved: i64 = trial["currencies"]
@@ -1060,7 +1062,7 @@ fn products_damaged_on_arrival_are_refunded_in_full_after_a_damage_claim_with_ph
     let escalated = escalate_when_allowed(&dispute, &buyer, &claim_id);
     assert_eq!(escalated["claim"]["status"], "CLAIM_STATUS_ESCALATED");
     let (seen, bytes) =
-        download_evidence(&dispute, &platform.operator, &photo_id).expect("downloads");
+        download_evidence(&dispute, &platform.staff.arbiter, &photo_id).expect("downloads");
     assert_eq!(bytes, photo);
     assert_eq!(
         seen.metadata.expect("metadata").sha256_hex,
@@ -1069,7 +1071,7 @@ fn products_damaged_on_arrival_are_refunded_in_full_after_a_damage_claim_with_ph
     dcall_ok(
         &dispute,
         "DecideClaim",
-        &platform.operator,
+        &platform.staff.arbiter,
         &json!({ "idempotency_key": "decide", "claim_id": claim_id, "outcome": "CLAIM_OUTCOME_FULL_REFUND",
                  "reason": "the photos show most of the lot broken on arrival; the goods go back at the supplier's cost" }),
     );
@@ -1162,7 +1164,7 @@ fn a_delayed_order_is_claimed_after_its_deadline_and_refunded_and_the_supplier_l
     let dispute = platform.spawn_dispute(store.path(), &fast_dispute(&[]));
     let owner = "supplier-delayed";
     let (buyer, supplier) = party_tokens("buyer-delayed", owner);
-    let ops = platform.operator.clone();
+    let arbiter = platform.staff.arbiter.clone();
     let supplier_id = platform.supplier(owner, Some(1_000_000));
     let with_deadlines = |shipment: Duration, delivery: Duration| {
         let mut t = prepaid();
@@ -1277,7 +1279,7 @@ fn a_delayed_order_is_claimed_after_its_deadline_and_refunded_and_the_supplier_l
     dcall_ok(
         &dispute,
         "DecideClaim",
-        &ops,
+        &arbiter,
         &json!({ "idempotency_key": "decide-unshipped", "claim_id": unshipped_claim,
                  "outcome": "CLAIM_OUTCOME_FULL_REFUND", "reason": "not shipped by the agreed deadline" }),
     );
@@ -1293,13 +1295,13 @@ fn a_delayed_order_is_claimed_after_its_deadline_and_refunded_and_the_supplier_l
     dcall_ok(
         &dispute,
         "EscalateClaim",
-        &ops,
+        &arbiter,
         &json!({ "idempotency_key": "escalate-late", "claim_id": late_claim, "reason": "lateness is on record" }),
     );
     dcall_ok(
         &dispute,
         "DecideClaim",
-        &ops,
+        &arbiter,
         &json!({ "idempotency_key": "decide-late", "claim_id": late_claim, "outcome": "CLAIM_OUTCOME_PARTIAL_REFUND",
                  "refund_amount": usd(31_000), "reason": "shipped after the deadline: 10 % back" }),
     );
@@ -1330,13 +1332,13 @@ fn a_delayed_order_is_claimed_after_its_deadline_and_refunded_and_the_supplier_l
     dcall_ok(
         &dispute,
         "EscalateClaim",
-        &ops,
+        &arbiter,
         &json!({ "idempotency_key": "escalate-lost", "claim_id": lost_claim, "reason": "carrier has no trace" }),
     );
     dcall_ok(
         &dispute,
         "DecideClaim",
-        &ops,
+        &arbiter,
         &json!({ "idempotency_key": "decide-lost", "claim_id": lost_claim, "outcome": "CLAIM_OUTCOME_FULL_REFUND",
                  "reason": "not delivered by the delivery deadline" }),
     );
@@ -1547,7 +1549,7 @@ fn quality_below_the_contract_is_claimed_against_its_criteria_with_an_inspection
     let listed = dcall_ok(
         &dispute,
         "ListEvidence",
-        &platform.operator,
+        &platform.staff.arbiter,
         &json!({ "claim_id": claim_id }),
     );
     let listed: Vec<(String, Value)> = listed["evidence"]
@@ -1582,7 +1584,7 @@ fn quality_below_the_contract_is_claimed_against_its_criteria_with_an_inspection
         (&own.evidence_id, &own_report),
     ] {
         let (_, downloaded) =
-            download_evidence(&dispute, &platform.operator, evidence_id).expect("downloads");
+            download_evidence(&dispute, &platform.staff.arbiter, evidence_id).expect("downloads");
         assert_eq!(&downloaded, bytes);
     }
 
@@ -1590,7 +1592,7 @@ fn quality_below_the_contract_is_claimed_against_its_criteria_with_an_inspection
     dcall_ok(
         &dispute,
         "DecideClaim",
-        &platform.operator,
+        &platform.staff.arbiter,
         &json!({ "idempotency_key": "decide", "claim_id": claim_id, "outcome": "CLAIM_OUTCOME_PARTIAL_REFUND",
                  "refund_amount": usd(155_000),
                  "reason": "QC-1 fails on the lab's 125 samples; the factory checked 5" }),
@@ -2012,7 +2014,7 @@ fn attempt_of(platform: &Platform, contract_id: &str, attempt_id: &Value) -> Val
 fn late_credits(platform: &Platform) -> Vec<Value> {
     platform.escrow.call_ok(
         &escrow_method("ListUnmatchedGatewayItems"),
-        Some(&platform.operator),
+        Some(&platform.staff.finance),
         &json!({}),
     )["items"]
         .as_array()
@@ -2024,7 +2026,7 @@ fn late_credits(platform: &Platform) -> Vec<Value> {
 fn listed_as_held(platform: &Platform, contract_id: &str) -> i64 {
     let held = platform.escrow.call_ok(
         &escrow_method("ListHeldAccounts"),
-        Some(&platform.operator),
+        Some(&platform.staff.support),
         &json!({ "page": { "page_size": 100 } }),
     );
     held["accounts"]
@@ -2300,7 +2302,10 @@ fn a_bank_credit_arriving_while_the_overdue_cancellation_is_on_its_way_to_escrow
     );
     platform.contract.kill();
     platform.contract = platform.spawn_contract(&[]);
-    wait_quiet(&[&platform.contract, &platform.escrow], &platform.operator);
+    wait_quiet(
+        &[&platform.contract, &platform.escrow],
+        &platform.staff.support,
+    );
 
     // The order is cancelled: whatever reached escrow for it goes back.
     let settled = wait_until(

@@ -24,7 +24,7 @@ use tonic::{
     transport::Channel,
 };
 
-const OPERATOR: &str = "ops-1";
+const TRUST_SAFETY: &str = "ts-1";
 const SUPPLIER: &str = "supplier-fault";
 const CLIENTS: usize = 8;
 const AMOUNT_MINOR: i64 = 100;
@@ -119,6 +119,7 @@ async fn badged_supplier(client: &mut SupplierRegistryServiceClient<Channel>) ->
                     phone: String::new(),
                 }],
                 owner_principal_id: String::new(),
+                reason: String::new(),
             },
             SUPPLIER,
             Role::Supplier,
@@ -134,6 +135,7 @@ async fn badged_supplier(client: &mut SupplierRegistryServiceClient<Channel>) ->
             pb::SubmitVerificationRequest {
                 idempotency_key: "sub-1".into(),
                 supplier_id: supplier.clone(),
+                reason: String::new(),
             },
             SUPPLIER,
             Role::Supplier,
@@ -145,9 +147,10 @@ async fn badged_supplier(client: &mut SupplierRegistryServiceClient<Channel>) ->
             pb::VerifySupplierRequest {
                 idempotency_key: "ver-1".into(),
                 supplier_id: supplier.clone(),
+                reason: "licence checked against the registry".into(),
             },
-            OPERATOR,
-            Role::Operator,
+            TRUST_SAFETY,
+            Role::TrustSafety,
         ))
         .await
         .expect("verify");
@@ -157,9 +160,10 @@ async fn badged_supplier(client: &mut SupplierRegistryServiceClient<Channel>) ->
                 idempotency_key: "enr-1".into(),
                 supplier_id: supplier.clone(),
                 ta_limit: usd(1_000_000_000_000),
+                reason: "cover for the fault drill's contracts".into(),
             },
-            OPERATOR,
-            Role::Operator,
+            TRUST_SAFETY,
+            Role::TrustSafety,
         ))
         .await
         .expect("enrol");
@@ -482,6 +486,7 @@ fn undecodable_requests_are_invalid_argument_on_every_service_and_change_nothing
                 business_licence_number: "LIC-RAW-1".into(),
                 contacts: vec![],
                 owner_principal_id: String::new(),
+                reason: String::new(),
             }
             .encode_to_vec();
             // legal_name (field 2) again, not UTF-8: decoding fails after a valid prefix.

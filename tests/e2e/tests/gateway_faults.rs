@@ -14,7 +14,7 @@
 //!
 //! After each: the money at the gateway (the sandbox's own books) equals the
 //! ledger's (`GetTrialBalance`), and `ReconcileLedger` reports nothing but
-//! the operator items the test made on purpose ([`assert_gateway_matches_ledger`]).
+//! the items for finance the test made on purpose ([`assert_gateway_matches_ledger`]).
 //! No test asserts how fast anything is: they assert outcomes and order, and
 //! print the latencies the issue names.
 
@@ -38,7 +38,7 @@ const SUCCEEDED: &str = "FUNDING_STATUS_SUCCEEDED";
 
 // --- accounts opened on escrow directly ---------------------------------------------
 
-/// An escrow account of one payment (`full`) opened by the operator, as
+/// An escrow account of one payment (`full`) opened by finance, as
 /// contract would open it; contract ignores its events (no such contract).
 struct Account {
     id: String,
@@ -51,7 +51,7 @@ fn open_account(platform: &Platform, tag: &str, supplier_id: &str, amount_minor:
     let buyer_subject = format!("buyer-{tag}");
     let opened = platform.escrow.call_ok(
         &escrow_method("OpenEscrowAccount"),
-        Some(&platform.operator),
+        Some(&platform.staff.finance),
         &json!({
             "idempotency_key": format!("open-{tag}"),
             "contract_id": unique_name(&format!("contract-{tag}")),
@@ -61,6 +61,7 @@ fn open_account(platform: &Platform, tag: &str, supplier_id: &str, amount_minor:
             "schedule": [{ "milestone_id": "full", "amount": usd(amount_minor), "due_at": at(days(3)) }],
             "payment_scheme": "ESCROW_PAYMENT_SCHEME_DIRECT",
             "hold_until": at(days(60)),
+            "reason": "escrow for an order agreed off-platform, per the buyer's request",
         }),
     );
     Account {
@@ -75,12 +76,12 @@ fn open_account(platform: &Platform, tag: &str, supplier_id: &str, amount_minor:
 }
 
 /// Everything the account holds released to its supplier (the goods accepted).
-fn release_all(escrow: &Service, operator: &str, account: &Account) {
+fn release_all(escrow: &Service, finance: &str, account: &Account) {
     let released = escrow.call_ok(
         &escrow_method("ReleaseToSupplier"),
-        Some(operator),
+        Some(finance),
         &json!({ "idempotency_key": format!("accept-{}", account.id),
-                 "escrow_account_id": account.id, "reason": "goods accepted",
+                 "escrow_account_id": account.id, "reason": "buyer confirmed acceptance by email",
                  "purpose": { "acceptance": true } }),
     );
     assert_eq!(
@@ -91,10 +92,10 @@ fn release_all(escrow: &Service, operator: &str, account: &Account) {
 }
 
 /// The account's funding attempts, newest first.
-fn attempts(escrow: &Service, operator: &str, account_id: &str) -> Vec<Value> {
+fn attempts(escrow: &Service, support: &str, account_id: &str) -> Vec<Value> {
     escrow.call_ok(
         &escrow_method("GetEscrowAccount"),
-        Some(operator),
+        Some(support),
         &json!({ "escrow_account_id": account_id }),
     )["fundingAttempts"]
         .as_array()
@@ -102,11 +103,11 @@ fn attempts(escrow: &Service, operator: &str, account_id: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn run_payouts(escrow: &Service, operator: &str, key: &str) -> Vec<Value> {
+fn run_payouts(escrow: &Service, finance: &str, key: &str) -> Vec<Value> {
     escrow.call_ok(
         &escrow_method("RunSupplierPayouts"),
-        Some(operator),
-        &json!({ "idempotency_key": key }),
+        Some(finance),
+        &json!({ "idempotency_key": key, "reason": "daily payout run" }),
     )["payouts"]
         .as_array()
         .cloned()
@@ -116,7 +117,7 @@ fn run_payouts(escrow: &Service, operator: &str, key: &str) -> Vec<Value> {
 fn payouts(platform: &Platform) -> Vec<Value> {
     platform.escrow.call_ok(
         &escrow_method("ListGatewayTransfers"),
-        Some(&platform.operator),
+        Some(&platform.staff.finance),
         &json!({ "direction": PAYOUT, "page": { "page_size": 100 } }),
     )["transfers"]
         .as_array()
@@ -178,7 +179,7 @@ fn trial_line(trial: &Value, kind: &str) -> (i64, i64) {
 fn trial_balance(platform: &Platform) -> Value {
     platform.escrow.call_ok(
         &escrow_method("GetTrialBalance"),
-        Some(&platform.operator),
+        Some(&platform.staff.support),
         &json!({ "currency_code": "USD" }),
     )
 }
@@ -188,10 +189,10 @@ fn trial_balance(platform: &Platform) -> Value {
 /// bank credits, minus out through paid payouts and refunds) is exactly
 /// what escrow's `gateway_clearing` says (its balance is minus that cash),
 /// nothing is pending on either side, and `ReconcileLedger` reports nothing
-/// but `operator_items` (the kinds of the operator items the test made on
+/// but `finance_items` (the kinds of the items for finance the test made on
 /// purpose): every balance agrees with its postings, no money sits held
-/// without a live deadline, a freeze or an operator's item.
-fn assert_gateway_matches_ledger(platform: &Platform, operator_items: &[&str]) {
+/// without a live deadline, a freeze or an item for finance.
+fn assert_gateway_matches_ledger(platform: &Platform, finance_items: &[&str]) {
     let (books, clearing) = wait_until(PATIENCE, "the gateway's books to equal the ledger", || {
         let books = platform.gateway.books_of("USD");
         let trial = trial_balance(platform);
@@ -229,7 +230,7 @@ fn assert_gateway_matches_ledger(platform: &Platform, operator_items: &[&str]) {
     );
     let report = platform.escrow.call_ok(
         &escrow_method("ReconcileLedger"),
-        Some(&platform.operator),
+        Some(&platform.staff.finance),
         &json!({}),
     );
     let mut kinds: Vec<String> = report["differences"]
@@ -239,7 +240,7 @@ fn assert_gateway_matches_ledger(platform: &Platform, operator_items: &[&str]) {
         .map(|d| d["kind"].as_str().unwrap_or_default().to_owned())
         .collect();
     kinds.sort();
-    let mut expected: Vec<String> = operator_items.iter().map(|k| (*k).to_owned()).collect();
+    let mut expected: Vec<String> = finance_items.iter().map(|k| (*k).to_owned()).collect();
     expected.sort();
     assert_eq!(kinds, expected, "ReconcileLedger: {report:#}");
     let trial = trial_balance(platform);
@@ -378,7 +379,7 @@ fn a_slow_gateway_under_16_concurrent_fundings_leaves_reads_webhooks_and_other_a
 
     platform.gateway.set_faults(&json!({ "latency_ms": 300 }));
     let addr = format!("http://{}", platform.escrow.addr());
-    let operator = platform.operator.clone();
+    let support = platform.staff.support.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -421,8 +422,8 @@ fn a_slow_gateway_under_16_concurrent_fundings_leaves_reads_webhooks_and_other_a
         let reads = {
             let mut client = EscrowServiceClient::new(channel.clone());
             let (next, done, issued) = (next.clone(), done.clone(), issued.clone());
-            let (operator, ids) = (
-                operator.clone(),
+            let (support, ids) = (
+                support.clone(),
                 burst.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
             );
             tokio::spawn(async move {
@@ -437,7 +438,7 @@ fn a_slow_gateway_under_16_concurrent_fundings_leaves_reads_webhooks_and_other_a
                             escrow_account_id: ids[i % ids.len()].clone(),
                             contract_id: String::new(),
                         },
-                        &operator,
+                        &support,
                     );
                     let at = Instant::now();
                     let issued = next();
@@ -472,7 +473,7 @@ fn a_slow_gateway_under_16_concurrent_fundings_leaves_reads_webhooks_and_other_a
         // The bank's credit, reported by the gateway's webhook.
         let credit = {
             let mut client = EscrowServiceClient::new(channel.clone());
-            let (operator, id) = (operator.clone(), bank.id.clone());
+            let (support, id) = (support.clone(), bank.id.clone());
             let gateway_url = gateway_url.clone();
             let bank_transfer = bank_transfer.clone();
             tokio::spawn(async move {
@@ -490,7 +491,7 @@ fn a_slow_gateway_under_16_concurrent_fundings_leaves_reads_webhooks_and_other_a
                                 escrow_account_id: id.clone(),
                                 contract_id: String::new(),
                             },
-                            &operator,
+                            &support,
                         ))
                         .await
                         .expect("read the bank account")
@@ -590,7 +591,7 @@ fn a_slow_gateway_under_16_concurrent_fundings_leaves_reads_webhooks_and_other_a
         "the gateway took each funding once"
     );
     for account in burst.iter().chain([&other]) {
-        let all = attempts(&platform.escrow, &platform.operator, &account.id);
+        let all = attempts(&platform.escrow, &platform.staff.support, &account.id);
         assert_eq!(all.len(), 1, "{all:#?}");
         assert_eq!(all[0]["status"], SUCCEEDED);
         let charged: Vec<&Value> = charges
@@ -650,7 +651,7 @@ fn three_suppliers_owed(platform: &Platform, tag: &str) -> Vec<Account> {
         .collect();
     for account in &accounts {
         platform.pay_by_card(&account.buyer, &account.id, "full", account.amount_minor);
-        release_all(&platform.escrow, &platform.operator, account);
+        release_all(&platform.escrow, &platform.staff.finance, account);
     }
     accounts
 }
@@ -732,7 +733,7 @@ fn the_second_payout_of_a_run_failing_is_sent_again_and_every_supplier_is_paid_o
     platform
         .gateway
         .set_faults(&json!({ "fail_nth": { "kind": "payout", "n": 2 } }));
-    let run = run_payouts(&platform.escrow, &platform.operator, "run-1");
+    let run = run_payouts(&platform.escrow, &platform.staff.finance, "run-1");
     let answered = statuses(&run);
     eprintln!("the run answered {answered:?}");
     assert_eq!(answered, ["PENDING", "SENDING", "PENDING"], "{run:#?}");
@@ -753,7 +754,7 @@ fn the_second_payout_of_a_run_failing_is_sent_again_and_every_supplier_is_paid_o
     assert_eq!(platform.gateway.operation(&second_key), None);
     // A second run meanwhile finds nothing owed: the money is on its way.
     assert_eq!(
-        run_payouts(&platform.escrow, &platform.operator, "run-2"),
+        run_payouts(&platform.escrow, &platform.staff.finance, "run-2"),
         Vec::<Value>::new()
     );
 
@@ -781,12 +782,12 @@ fn a_payout_paid_after_its_expiry_is_posted_once_and_paid_once() {
     );
     let account = open_account(&platform, "late-payout", "supplier-late", 250_000);
     platform.pay_by_card(&account.buyer, &account.id, "full", account.amount_minor);
-    release_all(&platform.escrow, &platform.operator, &account);
+    release_all(&platform.escrow, &platform.staff.finance, &account);
 
     platform
         .gateway
         .set_faults(&json!({ "hold_settlement": true }));
-    let run = run_payouts(&platform.escrow, &platform.operator, "run-1");
+    let run = run_payouts(&platform.escrow, &platform.staff.finance, "run-1");
     assert_eq!(run.len(), 1, "{run:#?}");
     assert_eq!(
         run[0]["status"], "GATEWAY_TRANSFER_STATUS_PENDING",
@@ -809,18 +810,18 @@ fn a_payout_paid_after_its_expiry_is_posted_once_and_paid_once() {
         "asked about again: {unknown:#}"
     );
     // Unvoided: the money is still on its way, not owed again, so a run
-    // pays nothing more; ReconcileLedger lists it for an operator.
+    // pays nothing more; ReconcileLedger lists it for finance.
     assert_eq!(
         trial_line(&trial_balance(&platform), "SUPPLIER_PAYABLE"),
         (account.amount_minor, -account.amount_minor)
     );
     assert_eq!(
-        run_payouts(&platform.escrow, &platform.operator, "run-2"),
+        run_payouts(&platform.escrow, &platform.staff.finance, "run-2"),
         Vec::<Value>::new()
     );
     let report = platform.escrow.call_ok(
         &escrow_method("ReconcileLedger"),
-        Some(&platform.operator),
+        Some(&platform.staff.support),
         &json!({}),
     );
     let kinds: Vec<&str> = report["differences"]
@@ -936,7 +937,7 @@ fn escrow_killed_between_the_charge_and_its_record_learns_it_by_the_status_query
             .ok_or_else(|| "no charge yet".to_owned())
     });
     assert_eq!(charge["status"], "succeeded", "{charge:#}");
-    let pending = attempts(&platform.escrow, &platform.operator, &account);
+    let pending = attempts(&platform.escrow, &platform.staff.support, &account);
     assert_eq!(pending.len(), 1, "{pending:#?}");
     assert_eq!(
         pending[0]["status"], "FUNDING_STATUS_PENDING",
@@ -953,7 +954,7 @@ fn escrow_killed_between_the_charge_and_its_record_learns_it_by_the_status_query
     platform.restart_escrow(&[("ESCROW_GATEWAY_CHECK_AFTER", "500ms")]);
 
     let settled = wait_until(PATIENCE, "the attempt to be settled", || {
-        let all = attempts(&platform.escrow, &platform.operator, &account);
+        let all = attempts(&platform.escrow, &platform.staff.support, &account);
         match all.as_slice() {
             [one] if one["status"] != "FUNDING_STATUS_PENDING" => Ok(one.clone()),
             _ => Err(format!("{all:#?}")),
@@ -1026,7 +1027,7 @@ fn escrow_killed_between_the_charge_and_its_record_learns_it_by_the_status_query
 /// waits for the charge's answer: applied once (the answer, and the event
 /// delivered again, are the same charge). An event naming a payment escrow
 /// does not know is answered 503 with Retry-After and recorded nowhere
-/// within ESCROW_WEBHOOK_RETRY_WINDOW, and kept for an operator after it.
+/// within ESCROW_WEBHOOK_RETRY_WINDOW, and kept for finance after it.
 #[test]
 fn a_webhook_that_overtakes_the_charge_s_answer_applies_once_and_an_unknown_one_waits_its_window() {
     let platform = Platform::start_with(&[("ESCROW_WEBHOOK_RETRY_WINDOW", "3s")], &[]);
@@ -1048,7 +1049,7 @@ fn a_webhook_that_overtakes_the_charge_s_answer_applies_once_and_an_unknown_one_
     let mut seen_while_waiting = false;
     let answer = loop {
         let done = fund.as_mut().is_some_and(Background::finished);
-        let all = attempts(&platform.escrow, &platform.operator, &account.id);
+        let all = attempts(&platform.escrow, &platform.staff.support, &account.id);
         if !done && all.first().is_some_and(|a| a["status"] == SUCCEEDED) {
             seen_while_waiting = true;
         }
@@ -1132,7 +1133,7 @@ fn a_webhook_that_overtakes_the_charge_s_answer_applies_once_and_an_unknown_one_
     let unmatched = || {
         platform.escrow.call_ok(
             &escrow_method("ListUnmatchedGatewayItems"),
-            Some(&platform.operator),
+            Some(&platform.staff.support),
             &json!({}),
         )["items"]
             .as_array()
@@ -1142,7 +1143,7 @@ fn a_webhook_that_overtakes_the_charge_s_answer_applies_once_and_an_unknown_one_
     assert_eq!(unmatched(), Vec::<Value>::new(), "recorded nowhere");
     let report = platform.escrow.call_ok(
         &escrow_method("ReconcileLedger"),
-        Some(&platform.operator),
+        Some(&platform.staff.support),
         &json!({}),
     );
     assert!(
@@ -1219,16 +1220,16 @@ fn two_escrow_replicas_sharing_the_gateway_pay_every_supplier_once() {
         }
     });
     for (i, account) in accounts.iter().enumerate() {
-        release_all(replicas[(i + 1) % 2], &platform.operator, account);
+        release_all(replicas[(i + 1) % 2], &platform.staff.finance, account);
     }
 
     // Both replicas run the payouts at the same moment.
     let answers: Arc<Mutex<Vec<Vec<Value>>>> = Arc::default();
     thread::scope(|scope| {
         for (i, escrow) in replicas.iter().enumerate() {
-            let (answers, operator) = (answers.clone(), platform.operator.clone());
+            let (answers, finance) = (answers.clone(), platform.staff.finance.clone());
             scope.spawn(move || {
-                let run = run_payouts(escrow, &operator, &format!("run-on-{i}"));
+                let run = run_payouts(escrow, &finance, &format!("run-on-{i}"));
                 answers.lock().expect("answers").push(run);
             });
         }

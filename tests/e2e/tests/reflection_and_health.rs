@@ -7,6 +7,8 @@ use e2e_tests::*;
 
 const SUPPLIER_PROTO: &str = "proto/tradeassurance/supplier/v1/supplier_registry.proto";
 const SUPPLIER_PACKAGE: &str = "tradeassurance.supplier.v1";
+/// Every process serves its audit trail of staff changes.
+const AUDIT_TRAIL_SERVICE: &str = "tradeassurance.ops.v1.AuditTrailService";
 
 /// `grpcurl -plaintext <flags...> <addr> <args...>` that must succeed; its stdout.
 fn grpcurl_ok(flags: &[&str], addr: &str, args: &[&str]) -> String {
@@ -91,7 +93,10 @@ fn reflection_and_health_of_the_four_services() {
         .map(String::as_str)
         .filter(|s| !is_reflection(s))
         .collect();
-    assert_eq!(api, BTreeSet::from([HEALTH_SERVICE, SUPPLIER_SERVICE]));
+    assert_eq!(
+        api,
+        BTreeSet::from([HEALTH_SERVICE, SUPPLIER_SERVICE, AUDIT_TRAIL_SERVICE])
+    );
 
     // --- describe the service: every RPC of the proto --------------------------------------
     let proto = std::fs::read_to_string(repo_root().join(SUPPLIER_PROTO)).expect("read the proto");
@@ -170,14 +175,17 @@ fn reflection_and_health_of_the_four_services() {
         let serves: &[&str] = match service.name.as_str() {
             ESCROW => &[
                 "tradeassurance.escrow.v1.EscrowService",
+                AUDIT_TRAIL_SERVICE,
                 "tradeassurance.ops.v1.WorkflowAdminService",
             ],
             CONTRACT => &[
                 "tradeassurance.contract.v1.ContractService",
+                AUDIT_TRAIL_SERVICE,
                 "tradeassurance.ops.v1.WorkflowAdminService",
             ],
             _ => &[
                 "tradeassurance.dispute.v1.DisputeService",
+                AUDIT_TRAIL_SERVICE,
                 "tradeassurance.ops.v1.WorkflowAdminService",
             ],
         };

@@ -122,8 +122,8 @@ struct World<'a> {
 }
 
 impl World<'_> {
-    fn operator(&self) -> &str {
-        &self.platform.operator
+    fn arbiter(&self) -> &str {
+        &self.platform.staff.arbiter
     }
 
     /// Drives order `n` to its stage; returns what it became.
@@ -320,12 +320,12 @@ impl World<'_> {
             Stage::ClaimDecided => {
                 dispute(
                     "EscalateClaim",
-                    self.operator(),
-                    json!({ "reason": "rolling" }),
+                    self.arbiter(),
+                    json!({ "reason": "the parties stopped answering each other" }),
                 );
                 dispute(
                     "DecideClaim",
-                    self.operator(),
+                    self.arbiter(),
                     json!({ "outcome": "CLAIM_OUTCOME_PARTIAL_REFUND", "refund_amount": usd(total / 4),
                             "reason": "a quarter of the cartons crushed" }),
                 );
@@ -396,7 +396,7 @@ fn many_orders_in_every_stage_leave_the_ledger_the_cover_and_the_claims_consiste
     assert_eq!(orders.len(), jobs.len());
     wait_quiet(
         &[&platform.contract, &platform.escrow, &dispute],
-        &platform.operator,
+        &platform.staff.support,
     );
 
     // Every order is where it was driven to, by the contract's own list.
@@ -421,7 +421,7 @@ fn many_orders_in_every_stage_leave_the_ledger_the_cover_and_the_claims_consiste
     // 1. The ledger: no difference, every currency sums to zero.
     let report = platform.escrow.call_ok(
         &escrow_method("ReconcileLedger"),
-        Some(&platform.operator),
+        Some(&platform.staff.finance),
         &json!({}),
     );
     assert!(
@@ -431,7 +431,7 @@ fn many_orders_in_every_stage_leave_the_ledger_the_cover_and_the_claims_consiste
     assert!(int(&report["postingsChecked"]) > 0, "{report:#}");
     let trial = platform.escrow.call_ok(
         &escrow_method("GetTrialBalance"),
-        Some(&platform.operator),
+        Some(&platform.staff.support),
         &json!({}),
     );
     for currency in trial["currencies"].as_array().expect("currencies") {
@@ -531,7 +531,7 @@ fn many_orders_in_every_stage_leave_the_ledger_the_cover_and_the_claims_consiste
     // 4. No money without a live deadline or an open claim.
     let listed = platform.escrow.call_ok(
         &escrow_method("ListHeldAccounts"),
-        Some(&platform.operator),
+        Some(&platform.staff.finance),
         &json!({ "page": { "page_size": 100 } }),
     );
     let listed = listed["accounts"].as_array().cloned().unwrap_or_default();
@@ -554,7 +554,7 @@ fn many_orders_in_every_stage_leave_the_ledger_the_cover_and_the_claims_consiste
             Some([freeze]) => {
                 let claim_id = freeze["claimId"].as_str().unwrap_or_default();
                 assert!(open_claims.contains(claim_id), "{entry:#}");
-                let claim = get_claim(&dispute, &platform.operator, claim_id);
+                let claim = get_claim(&dispute, &platform.staff.platform, claim_id);
                 assert_eq!(claim["status"], "CLAIM_STATUS_NEGOTIATING", "{claim:#}");
             }
             _ => {
@@ -577,7 +577,7 @@ fn many_orders_in_every_stage_leave_the_ledger_the_cover_and_the_claims_consiste
     let claims = dcall_ok(
         &dispute,
         "ListClaims",
-        &platform.operator,
+        &platform.staff.support,
         &json!({ "page": { "page_size": 100 } }),
     );
     let claims = claims["claims"].as_array().cloned().unwrap_or_default();

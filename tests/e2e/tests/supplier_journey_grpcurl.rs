@@ -30,8 +30,10 @@ fn a_supplier_from_registration_to_search_through_grpcurl() {
 
     let supplier_principal = "supplier-e2e-1";
     let supplier = mint(supplier_principal, Role::Supplier);
-    // The operator's token comes from the mint-token CLI, as a developer gets one.
-    let operator = mint_with_cli("ops-e2e-1", Role::Operator);
+    // Staff tokens come from the mint-token CLI, as a developer gets one:
+    // trust and safety to verify and enrol, support to look.
+    let trust_safety = mint_with_cli("ts-e2e-1", Role::TrustSafety);
+    let support = mint_with_cli("support-e2e-1", Role::Support);
     let service = mint_service("contract", "supplier-registry");
     let buyer_principal = "buyer-e2e-1";
     let buyer = mint(buyer_principal, Role::Buyer);
@@ -103,10 +105,21 @@ fn a_supplier_from_registration_to_search_through_grpcurl() {
         submitted["supplier"]["verificationStatus"],
         "VERIFICATION_STATUS_SUBMITTED"
     );
+    // Staff say why they change something: no reason, no verification.
+    let unexplained = registry
+        .call(
+            &method("VerifySupplier"),
+            Some(&trust_safety),
+            &json!({ "idempotency_key": "verify-0", "supplier_id": id }),
+        )
+        .expect_err("a staff mutation needs a reason");
+    assert_eq!(unexplained.code, "InvalidArgument", "{unexplained:#?}");
+    assert!(unexplained.stderr.contains("reason"), "{unexplained:#?}");
     let verified = registry.call_ok(
         &method("VerifySupplier"),
-        Some(&operator),
-        &json!({ "idempotency_key": "verify-1", "supplier_id": id }),
+        Some(&trust_safety),
+        &json!({ "idempotency_key": "verify-1", "supplier_id": id,
+                 "reason": "business licence checked against the national registry" }),
     );
     assert_eq!(
         verified["supplier"]["verificationStatus"],
@@ -117,8 +130,9 @@ fn a_supplier_from_registration_to_search_through_grpcurl() {
     // --- Trade Assurance: 10 000.00 USD --------------------------------------------------
     let enrolled = registry.call_ok(
         &method("EnrollTradeAssurance"),
-        Some(&operator),
-        &json!({ "idempotency_key": "enrol-1", "supplier_id": id, "ta_limit": usd(1_000_000) }),
+        Some(&trust_safety),
+        &json!({ "idempotency_key": "enrol-1", "supplier_id": id, "ta_limit": usd(1_000_000),
+                 "reason": "two years of on-time orders, audited factory" }),
     );
     let s = &enrolled["supplier"];
     assert_eq!(s["enrolled"], true);
@@ -148,7 +162,7 @@ fn a_supplier_from_registration_to_search_through_grpcurl() {
     assert_eq!(retried, reserved);
     let cover = registry.call_ok(
         &method("GetCover"),
-        Some(&operator),
+        Some(&support),
         &json!({ "supplier_id": id }),
     );
     assert_eq!(int(&cover["taLimit"]["amountMinor"]), 1_000_000);
@@ -179,7 +193,7 @@ fn a_supplier_from_registration_to_search_through_grpcurl() {
     assert_eq!(too_much.exit_code, Some(64 + 9), "{too_much:#?}");
     let cover = registry.call_ok(
         &method("GetCover"),
-        Some(&operator),
+        Some(&support),
         &json!({ "supplier_id": id }),
     );
     assert_eq!(int(&cover["coverReserved"]["amountMinor"]), 250_000);
@@ -234,10 +248,10 @@ fn a_supplier_from_registration_to_search_through_grpcurl() {
     assert_eq!(reviewed["supplier"]["averageRatingCenti"], 400);
 
     // --- search -------------------------------------------------------------------------------
-    // Another supplier in the same country, registered by an operator, without the badge.
+    // Another supplier in the same country, registered by trust and safety, without the badge.
     let other = registry.call_ok(
         &method("RegisterSupplier"),
-        Some(&operator),
+        Some(&trust_safety),
         &json!({
             "idempotency_key": "register-other",
             "legal_name": "Saigon Textiles Co.",
@@ -245,6 +259,7 @@ fn a_supplier_from_registration_to_search_through_grpcurl() {
             "business_licence_number": "0309876543",
             "contacts": [{ "name": "Tran Thi Binh", "email": "binh@example.com" }],
             "owner_principal_id": "supplier-e2e-2",
+            "reason": "onboarded at the Canton Fair booth",
         }),
     );
     let other_id = other["supplier"]["supplierId"]

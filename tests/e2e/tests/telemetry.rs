@@ -525,10 +525,10 @@ fn without_otel_variables_nothing_is_exported_and_nothing_connects() {
     drop(runtime);
 }
 
-/// One claim decided by an operator: the decision's effects run in all four
+/// One claim decided by an arbiter: the decision's effects run in all four
 /// services (dispute's outbox calls escrow, contract and supplier-registry;
 /// contract's own outbox then calls supplier-registry and escrow), and every
-/// span of them belongs to the operator's trace, each server span a child of
+/// span of them belongs to the arbiter's trace, each server span a child of
 /// a client span of its caller.
 #[test]
 fn a_decided_claim_is_one_trace_across_the_four_services() {
@@ -564,7 +564,7 @@ fn a_decided_claim_is_one_trace_across_the_four_services() {
     let claim = |id: &str| {
         dispute.call_ok(
             &dispute_method("GetClaim"),
-            Some(&platform.operator),
+            Some(&platform.staff.support),
             &json!({ "claim_id": id }),
         )["claim"]
             .clone()
@@ -579,7 +579,7 @@ fn a_decided_claim_is_one_trace_across_the_four_services() {
     });
     dispute.call_ok(
         &dispute_method("EscalateClaim"),
-        Some(&platform.operator),
+        Some(&platform.staff.arbiter),
         &json!({ "idempotency_key": "traced-escalate", "claim_id": claim_id, "reason": "clear-cut damage" }),
     );
 
@@ -587,7 +587,7 @@ fn a_decided_claim_is_one_trace_across_the_four_services() {
     let args = vec![
         "-plaintext".to_owned(),
         "-H".into(),
-        format!("authorization: Bearer {}", platform.operator),
+        format!("authorization: Bearer {}", platform.staff.arbiter),
         "-H".into(),
         format!("traceparent: 00-{TRACE_ID}-{CALLER_SPAN_ID}-01"),
         "-d".into(),

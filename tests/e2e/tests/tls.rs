@@ -243,11 +243,11 @@ fn under_mutual_tls_only_a_client_with_a_certificate_of_the_ca_is_served() {
         "reflection over mutual TLS: {}",
         output_text(&listed)
     );
-    let operator = mint("ops-tls", Role::Operator);
+    let support = mint("support-tls", Role::Support);
     let missing = registry
         .call(
             &registry_method("GetSupplier"),
-            Some(&operator),
+            Some(&support),
             &json!({ "supplier_id": "01890a5d-ac96-774b-bcce-b302099a8057" }),
         )
         .expect_err("no such supplier");

@@ -5,9 +5,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use e2e_tests::scenario::{base64, hmac_sha256};
 use e2e_tests::{
     MINT_TOKEN, SERVICES, SUPPLIER_REGISTRY, SUPPLIER_SERVICE, Service, TEST_SECRET,
-    TEST_WEBHOOK_SECRET, TempDir, free_port, fresh_database, json, run_binary,
+    TEST_WEBHOOK_SECRET, TempDir, Value, free_port, fresh_database, json, run_binary,
 };
 use ta_runtime::auth::{Claims, DEV_HS256_SECRET, PLATFORM_AUDIENCE, Role, TokenIssuer};
 use ta_testkit::{TEST_ISSUER, jwk_set, rs256_fixture_key, rs256_issuer};
@@ -88,19 +89,22 @@ fn a_services_key_signs_only_its_own_service_and_people_keys_no_service() {
         code(&registry, "RecordPenalty", &dispute, &penalty),
         "InvalidArgument"
     );
-    let operator = mint_rs256("a", "people-1", "ops-1", "operator", "trade-assurance");
-    assert_eq!(code(&registry, "GetSupplier", &operator, &get), "NotFound");
-
-    // Contract's key claiming to be an operator, or dispute.
-    let as_operator = mint_rs256("b", "contract-1", "ops-1", "operator", "trade-assurance");
+    let trust_safety = mint_rs256("a", "people-1", "ts-1", "trust_safety", "trade-assurance");
     assert_eq!(
-        code(&registry, "GetSupplier", &as_operator, &get),
+        code(&registry, "GetSupplier", &trust_safety, &get),
+        "NotFound"
+    );
+
+    // Contract's key claiming a staff duty, or dispute.
+    let as_finance = mint_rs256("b", "contract-1", "finance-1", "finance", "trade-assurance");
+    assert_eq!(
+        code(&registry, "GetSupplier", &as_finance, &get),
         "Unauthenticated"
     );
-    let contract_as_operator =
-        mint_rs256("b", "contract-1", "contract", "operator", "trade-assurance");
+    let contract_as_arbiter =
+        mint_rs256("b", "contract-1", "contract", "arbiter", "trade-assurance");
     assert_eq!(
-        code(&registry, "GetSupplier", &contract_as_operator, &get),
+        code(&registry, "GetSupplier", &contract_as_arbiter, &get),
         "Unauthenticated"
     );
     let as_dispute = mint_rs256("b", "contract-1", "dispute", "service", SUPPLIER_REGISTRY);
@@ -123,12 +127,12 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// An operator's token (test secret) issued at `iat`, expiring at `exp`.
-fn operator_token(iat: u64, exp: u64) -> String {
+/// A support agent's token (test secret) issued at `iat`, expiring at `exp`.
+fn support_token(iat: u64, exp: u64) -> String {
     ta_testkit::issuer()
         .sign(&Claims {
-            sub: "ops-1".into(),
-            role: Role::Operator,
+            sub: "support-1".into(),
+            role: Role::Support,
             iss: TEST_ISSUER.into(),
             aud: PLATFORM_AUDIENCE.into(),
             exp,
@@ -136,6 +140,28 @@ fn operator_token(iat: u64, exp: u64) -> String {
             nbf: None,
         })
         .expect("test token")
+}
+
+/// `claims` as they are (whatever their role), signed with the test secret:
+/// a compact HS256 JWT.
+fn hs256_token(claims: &Value) -> String {
+    let part = |bytes: &[u8]| {
+        base64(bytes)
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_")
+    };
+    let signed = format!(
+        "{}.{}",
+        part(
+            json!({ "alg": "HS256", "typ": "JWT" })
+                .to_string()
+                .as_bytes()
+        ),
+        part(claims.to_string().as_bytes())
+    );
+    let signature = part(&hmac_sha256(TEST_SECRET.as_bytes(), signed.as_bytes()));
+    format!("{signed}.{signature}")
 }
 
 #[test]
@@ -148,17 +174,35 @@ fn a_token_beyond_the_maximum_lifetime_or_issued_in_the_future_is_refused() {
 
     // An hour (the default maximum) passes authentication; two hours, or an
     // issue time ten minutes ahead, do not.
-    let hour = operator_token(now, now + 3_600);
+    let hour = support_token(now, now + 3_600);
     assert_eq!(code(&registry, "GetSupplier", &hour, &get), "NotFound");
-    let two_hours = operator_token(now, now + 7_200);
+    let two_hours = support_token(now, now + 7_200);
     assert_eq!(
         code(&registry, "GetSupplier", &two_hours, &get),
         "Unauthenticated"
     );
-    let ahead = operator_token(now + 600, now + 1_200);
+    let ahead = support_token(now + 600, now + 1_200);
     assert_eq!(
         code(&registry, "GetSupplier", &ahead, &get),
         "Unauthenticated"
+    );
+
+    // A well-signed, current token in the role `operator` of earlier
+    // releases: an unknown role now, refused like any bad token.
+    let mut claims = json!({
+        "sub": "ops-1", "role": "operator", "iss": TEST_ISSUER, "aud": PLATFORM_AUDIENCE,
+        "iat": now, "exp": now + 600,
+    });
+    assert_eq!(
+        code(&registry, "GetSupplier", &hs256_token(&claims), &get),
+        "Unauthenticated",
+        "the role operator is retired"
+    );
+    claims["role"] = json!("support");
+    assert_eq!(
+        code(&registry, "GetSupplier", &hs256_token(&claims), &get),
+        "NotFound",
+        "the same token in a duty passes"
     );
 
     // A process configured for longer accepts the two hours.
@@ -184,6 +228,17 @@ fn a_token_beyond_the_maximum_lifetime_or_issued_in_the_future_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("AUTH_JWT_MAX_LIFETIME"), "{stderr}");
+    let retired = run_binary(
+        MINT_TOKEN,
+        &[
+            ("AUTH_JWT_HS256_SECRET", TEST_SECRET),
+            ("AUTH_DEV_MODE", "true"),
+        ],
+        &["--subject", "ops-1", "--role", "operator", "--ttl", "1h"],
+    );
+    let stderr = String::from_utf8_lossy(&retired.stderr);
+    assert_eq!(retired.status.code(), Some(2), "{stderr}");
+    assert!(retired.stdout.is_empty(), "no token for the role operator");
 }
 
 #[test]
@@ -221,7 +276,7 @@ fn each_binary_refuses_the_development_secret_without_the_development_flag() {
     }
 
     // mint-token (behind `make token`) likewise.
-    let args = ["--subject", "ops-1", "--role", "operator", "--ttl", "1h"];
+    let args = ["--subject", "ts-1", "--role", "trust_safety", "--ttl", "1h"];
     let refused = run_binary(
         MINT_TOKEN,
         &[("AUTH_JWT_HS256_SECRET", DEV_HS256_SECRET)],
@@ -264,8 +319,8 @@ fn each_binary_refuses_the_development_secret_without_the_development_flag() {
     );
     let test_signed = TokenIssuer::hs256(TEST_SECRET, TEST_ISSUER)
         .mint(
-            "ops-1",
-            Role::Operator,
+            "finance-1",
+            Role::Finance,
             PLATFORM_AUDIENCE,
             std::time::Duration::from_secs(600),
         )
