@@ -14,7 +14,9 @@ mutual) each:
      requests and limits, SHUTDOWN_READINESS_DELAY below the grace period,
      secrets referenced and never inlined, no HS256 secret; with TLS on, the
      certificate, key and CAs from a mounted Secret, https:// peer URLs, the
-     probes on the plaintext health-only listener;
+     probes on the plaintext health-only listener, under mutual TLS
+     GRPC_TLS_BIND_SERVICE_IDENTITY said, and each cert-manager Certificate
+     naming its service (DNS names, SPIFFE ID, server and client auth);
   5. the NetworkPolicies equal the call graph in proto/'s access options;
 and once: checkov on deploy/k8s/ and the Dockerfile, zero failed checks.
 

@@ -7,7 +7,9 @@ tests beside this file. Everything runs offline:
   rendering applies values.schema.json, as `helm install` does.
 - kubernetes-validate checks every rendered object, strictly (unknown fields
   refused), against the lowest Kubernetes version Chart.yaml's kubeVersion
-  allows, and the newest one the validator knows.
+  allows, and the newest one the validator knows; cert-manager's
+  Certificates, which it has no schema for, are checked against the fields
+  of cert-manager.io/v1 here.
 - The NetworkPolicies are compared with the call graph read from the `access`
   options in proto/: who may call whom, and nothing else.
 - checkov scans the rendered manifests and the Dockerfile; any skip is declared
@@ -194,11 +196,62 @@ def kube_versions() -> list[str]:
     return [lowest] if lowest == newest else [lowest, newest]
 
 
+# cert-manager.io/v1 Certificate: the fields of its spec, and the values of
+# the enumerations the chart uses (kubernetes-validate has no schema for it).
+CERTIFICATE_SPEC_FIELDS = {
+    "subject", "literalSubject", "commonName", "duration", "renewBefore", "renewBeforePercentage",
+    "dnsNames", "ipAddresses", "uris", "otherNames", "emailAddresses", "secretName", "secretTemplate",
+    "keystores", "issuerRef", "isCA", "usages", "privateKey", "encodeUsagesInRequest",
+    "revisionHistoryLimit", "additionalOutputFormats", "nameConstraints",
+}
+CERTIFICATE_USAGES = {
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any", "server auth",
+    "client auth", "code signing", "email protection", "s/mime", "ipsec end system", "ipsec tunnel",
+    "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc",
+}
+PRIVATE_KEY_FIELDS = {"rotationPolicy": {"Never", "Always"}, "encoding": {"PKCS1", "PKCS8"},
+                      "algorithm": {"RSA", "ECDSA", "Ed25519"}, "size": None}
+
+
+def certificate_shape_problems(obj: dict[str, Any]) -> list[str]:
+    """A cert-manager.io/v1 Certificate: known fields only, of the right types."""
+    where = f"Certificate/{obj.get('metadata', {}).get('name')}"
+    problems = [f"{where}: unknown top-level field {k}" for k in sorted(set(obj) - {"apiVersion", "kind", "metadata", "spec"})]
+    spec = obj.get("spec") or {}
+    problems += [f"{where}: spec.{k} is not a field of cert-manager.io/v1 Certificate"
+                 for k in sorted(set(spec) - CERTIFICATE_SPEC_FIELDS)]
+    if not isinstance(spec.get("secretName"), str) or not spec.get("secretName"):
+        problems.append(f"{where}: spec.secretName is required")
+    issuer = spec.get("issuerRef")
+    if not isinstance(issuer, dict) or not issuer.get("name") or set(issuer) - {"name", "kind", "group"}:
+        problems.append(f"{where}: spec.issuerRef must be {{name, kind, group}} with a name, is {issuer}")
+    for field in ("dnsNames", "uris", "usages", "ipAddresses", "emailAddresses"):
+        value = spec.get(field, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{where}: spec.{field} must be a list of strings")
+    problems += [f"{where}: spec.usages: unknown usage {u!r}" for u in spec.get("usages", [])
+                 if isinstance(u, str) and u not in CERTIFICATE_USAGES]
+    for field, value in (spec.get("privateKey") or {}).items():
+        if field not in PRIVATE_KEY_FIELDS:
+            problems.append(f"{where}: spec.privateKey.{field} is not a field")
+        elif PRIVATE_KEY_FIELDS[field] is None and not isinstance(value, int):
+            problems.append(f"{where}: spec.privateKey.{field} must be an integer")
+        elif PRIVATE_KEY_FIELDS[field] is not None and value not in PRIVATE_KEY_FIELDS[field]:
+            problems.append(f"{where}: spec.privateKey.{field} must be one of {sorted(PRIVATE_KEY_FIELDS[field])}")
+    return problems
+
+
 def validate_objects(objects: list[dict[str, Any]], versions: list[str] | None = None) -> list[str]:
-    """kubernetes-validate --strict on every object, for every version."""
+    """kubernetes-validate --strict on every object, for every version;
+    cert-manager's Certificates against its fields."""
     import kubernetes_validate.utils as kv
 
     problems = []
+    for obj in objects:
+        if obj.get("apiVersion") == "cert-manager.io/v1" and obj.get("kind") == "Certificate":
+            problems += certificate_shape_problems(obj)
+    objects = [o for o in objects if o.get("apiVersion") != "cert-manager.io/v1" or o.get("kind") != "Certificate"]
     for version in versions or kube_versions():
         for obj in objects:
             where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')} (Kubernetes {version})"
@@ -562,6 +615,8 @@ def _tls_problems(where: str, config: dict[str, str], port: int) -> tuple[list[s
     if "GRPC_TLS_CERT_FILE" not in config:
         if "GRPC_TLS_CLIENT_CA_FILE" in config:
             return [f"{where}: GRPC_TLS_CLIENT_CA_FILE without GRPC_TLS_CERT_FILE"], port
+        if config.get("GRPC_TLS_BIND_SERVICE_IDENTITY") == "true":
+            return [f"{where}: GRPC_TLS_BIND_SERVICE_IDENTITY=true without TLS"], port
         return [], port
     problems = []
     if "GRPC_TLS_KEY_FILE" not in config:
@@ -572,6 +627,18 @@ def _tls_problems(where: str, config: dict[str, str], port: int) -> tuple[list[s
             problems.append(f"{where}: {key} must be https:// with TLS on, is {url}")
     if peers and "PEER_TLS_CA_FILE" not in config:
         problems.append(f"{where}: calls peers over TLS without PEER_TLS_CA_FILE")
+    # Under mutual TLS the chart says whether tokens are bound to the client
+    # certificate (never left to the binary's default); without client
+    # certificates binding cannot be on (the binary would refuse to start).
+    bind = config.get("GRPC_TLS_BIND_SERVICE_IDENTITY")
+    if "GRPC_TLS_CLIENT_CA_FILE" in config:
+        if bind not in ("true", "false"):
+            problems.append(f"{where}: under mutual TLS, GRPC_TLS_BIND_SERVICE_IDENTITY must be \"true\" or "
+                            f"\"false\", is {bind}")
+    elif bind == "true":
+        problems.append(f"{where}: GRPC_TLS_BIND_SERVICE_IDENTITY=true without GRPC_TLS_CLIENT_CA_FILE (mutual TLS)")
+    if "GRPC_TLS_EDGE_GATEWAYS" in config and bind != "true":
+        problems.append(f"{where}: GRPC_TLS_EDGE_GATEWAYS without GRPC_TLS_BIND_SERVICE_IDENTITY=true")
     m = re.fullmatch(r"0\.0\.0\.0:(\d+)", config.get("GRPC_HEALTH_LISTEN_ADDR", ""))
     if not m or int(m.group(1)) == port:
         problems.append(f"{where}: with TLS on, Kubernetes' gRPC probes (plaintext) need GRPC_HEALTH_LISTEN_ADDR "
@@ -670,7 +737,42 @@ def pod_problems(objects: list[dict[str, Any]], texts: Iterable[str]) -> list[st
                     problems.append(f"{where}: {setting} is not in a mounted Secret")
         if component != SANDBOX and "AUTH_JWT_JWKS_FILE" not in config:
             problems.append(f"{where}: AUTH_JWT_JWKS_FILE is not set")
+        if component != SANDBOX and "GRPC_TLS_CERT_FILE" in config and by_kind["Certificate"]:
+            directory = str(Path(config["GRPC_TLS_CERT_FILE"]).parent)
+            volume = next((v for v in pod.get("volumes", []) if v["name"] == mounts.get(directory)), {})
+            secret = (volume.get("secret") or {}).get("secretName")
+            problems += _certificate_problems(where, component, secret, config, by_kind["Certificate"])
     problems += _gateway_wiring_problems(settings)
+    return problems
+
+
+SPIFFE_ID = re.compile(r"spiffe://[a-z0-9._-]+/([A-Za-z0-9._-]+)")
+
+
+def _certificate_problems(where: str, component: str, secret: str | None, config: dict[str, str],
+                          certificates: dict[str, dict[str, Any]]) -> list[str]:
+    """With cert-manager's Certificates rendered: the service's mounted
+    Secret is one's, for its Service's DNS names (its callers verify them),
+    naming the service by exactly one SPIFFE ID spiffe://<trust
+    domain>/<service> (tokens are bound to it), to serve and, under mutual
+    TLS or when calling peers, to be presented as client certificate."""
+    certificate = next((c for c in certificates.values() if c["spec"].get("secretName") == secret), None)
+    if certificate is None:
+        return [f"{where}: no Certificate writes its TLS Secret {secret}"]
+    spec, problems = certificate["spec"], []
+    name = f"{RELEASE}-{component}"
+    missing = {name, f"{name}.{NAMESPACE}.svc"} - set(spec.get("dnsNames") or [])
+    if missing:
+        problems.append(f"Certificate/{certificate['metadata']['name']}: dnsNames lack {sorted(missing)}")
+    named = [m.group(1) if (m := SPIFFE_ID.fullmatch(u)) else None for u in spec.get("uris") or []]
+    if named != [component]:
+        problems.append(f"Certificate/{certificate['metadata']['name']}: uris must be exactly "
+                        f"[spiffe://<trust domain>/{component}], are {spec.get('uris')}")
+    usages = set(spec.get("usages") or [])
+    needed = {"server auth"} | ({"client auth"} if "PEER_TLS_CA_FILE" in config
+                                or "GRPC_TLS_CLIENT_CA_FILE" in config else set())
+    if not needed <= usages:
+        problems.append(f"Certificate/{certificate['metadata']['name']}: usages lack {sorted(needed - usages)}")
     return problems
 
 

@@ -181,6 +181,54 @@ def test_tls_on_renders_tls_listeners_https_peers_and_plaintext_probes(tls_objec
     assert container["readinessProbe"]["grpc"]["port"] == 50070
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "trade-assurance-contract-tls"
+    # Tokens bound to the client certificate, each service's naming it.
+    assert config["GRPC_TLS_BIND_SERVICE_IDENTITY"] == "true"
+    assert "GRPC_TLS_EDGE_GATEWAYS" not in config
+    certificate = find(tls_objects, "Certificate", "trade-assurance-contract")
+    assert certificate["spec"]["secretName"] == "trade-assurance-contract-tls"
+    assert certificate["spec"]["uris"] == ["spiffe://trade-assurance/contract"]
+    assert certificate["spec"]["dnsNames"] == ["trade-assurance-contract",
+                                               "trade-assurance-contract.trade-assurance.svc"]
+    assert {"server auth", "client auth"} <= set(certificate["spec"]["usages"])
+    assert dc.validate_objects([certificate], versions=dc.kube_versions()[:1]) == []
+
+
+def test_certificates_and_binding_follow_the_values():
+    tls = dc.environment_values("tls")
+    edge = copy.deepcopy(tls)
+    edge["tls"]["edgeGateways"] = ["ingress", "api-gateway"]
+    edge["tls"]["trustDomain"] = "platform.example"
+    objects = dc.load_objects(dc.render(edge).values())
+    assert dc.pod_problems(objects, []) == []
+    config = find(objects, "ConfigMap", "trade-assurance-escrow")["data"]
+    assert config["GRPC_TLS_EDGE_GATEWAYS"] == "ingress,api-gateway"
+    assert find(objects, "Certificate", "trade-assurance-escrow")["spec"]["uris"] == \
+        ["spiffe://platform.example/escrow"]
+    # Turned off: said explicitly, and no edge gateways.
+    off = copy.deepcopy(edge)
+    off["tls"]["bindServiceIdentity"] = False
+    objects = dc.load_objects(dc.render(off).values())
+    assert dc.pod_problems(objects, []) == []
+    config = find(objects, "ConfigMap", "trade-assurance-escrow")["data"]
+    assert config["GRPC_TLS_BIND_SERVICE_IDENTITY"] == "false"
+    assert "GRPC_TLS_EDGE_GATEWAYS" not in config
+    # No issuer: no Certificate (the Secrets come from elsewhere).
+    own = copy.deepcopy(tls)
+    own["tls"]["certManager"]["issuerRef"]["name"] = ""
+    objects = dc.load_objects(dc.render(own).values())
+    assert not [o for o in objects if o["kind"] == "Certificate"]
+    assert dc.pod_problems(objects, []) == []
+    # Without client certificates the setting is not rendered.
+    one_way = copy.deepcopy(tls)
+    one_way["tls"]["mutual"] = False
+    objects = dc.load_objects(dc.render(one_way).values())
+    assert "GRPC_TLS_BIND_SERVICE_IDENTITY" not in find(objects, "ConfigMap", "trade-assurance-escrow")["data"]
+    assert dc.pod_problems(objects, []) == []
+    # The schema refuses an edge gateway that is not a workload name.
+    bad = copy.deepcopy(tls)
+    bad["tls"]["edgeGateways"] = ["edge/gateway"]
+    with pytest.raises(Exception):
+        dc.render(bad)
 
 
 def test_tls_miswiring_is_caught(tls_objects):
@@ -196,6 +244,47 @@ def test_tls_miswiring_is_caught(tls_objects):
     deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = [
         m for m in deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] if m["name"] != "tls"]
     assert any("GRPC_TLS_CERT_FILE is not in a mounted Secret" in p for p in dc.pod_problems(objects, []))
+
+
+def test_identity_binding_miswiring_is_caught(tls_objects):
+    objects = copy.deepcopy(tls_objects)
+    contract = find(objects, "ConfigMap", "trade-assurance-contract")["data"]
+    del contract["GRPC_TLS_BIND_SERVICE_IDENTITY"]
+    escrow = find(objects, "ConfigMap", "trade-assurance-escrow")["data"]
+    del escrow["GRPC_TLS_CLIENT_CA_FILE"]
+    dispute = find(objects, "ConfigMap", "trade-assurance-dispute")["data"]
+    dispute["GRPC_TLS_BIND_SERVICE_IDENTITY"] = "false"
+    dispute["GRPC_TLS_EDGE_GATEWAYS"] = "ingress"
+    find(objects, "Certificate", "trade-assurance-supplier-registry")["spec"]["uris"] = \
+        ["spiffe://trade-assurance/contract"]
+    find(objects, "Certificate", "trade-assurance-escrow")["spec"]["usages"] = ["server auth"]
+    problems = dc.pod_problems(objects, [])
+    assert any("Deployment/trade-assurance-contract: under mutual TLS, GRPC_TLS_BIND_SERVICE_IDENTITY" in p
+               for p in problems), problems
+    assert any("Deployment/trade-assurance-escrow: GRPC_TLS_BIND_SERVICE_IDENTITY=true without" in p
+               for p in problems), problems
+    assert any("Deployment/trade-assurance-dispute: GRPC_TLS_EDGE_GATEWAYS without" in p for p in problems), problems
+    assert any("Certificate/trade-assurance-supplier-registry: uris must be exactly" in p for p in problems), problems
+    assert not any("Certificate/trade-assurance-escrow: usages" in p for p in problems), \
+        "escrow calls no peer and, without the client CA, needs no client auth"
+    find(objects, "Certificate", "trade-assurance-contract")["spec"]["usages"] = ["server auth"]
+    find(objects, "Certificate", "trade-assurance-dispute")["spec"]["secretName"] = "elsewhere"
+    problems = dc.pod_problems(objects, [])
+    assert any("Certificate/trade-assurance-contract: usages lack ['client auth']" in p for p in problems), problems
+    assert any("Deployment/trade-assurance-dispute: no Certificate writes its TLS Secret" in p
+               for p in problems), problems
+
+
+def test_a_malformed_certificate_is_caught(tls_objects):
+    certificate = copy.deepcopy(find(tls_objects, "Certificate", "trade-assurance-escrow"))
+    certificate["spec"]["dnsName"] = ["typo"]
+    certificate["spec"]["usages"].append("client authentication")
+    certificate["spec"]["privateKey"]["rotationPolicy"] = "Sometimes"
+    del certificate["spec"]["issuerRef"]["name"]
+    problems = dc.validate_objects([certificate], versions=dc.kube_versions()[:1])
+    for expected in ("spec.dnsName is not a field", "unknown usage 'client authentication'",
+                     "spec.privateKey.rotationPolicy", "spec.issuerRef"):
+        assert any(expected in p for p in problems), (expected, problems)
 
 
 def test_wrong_probe_name_is_caught(default_objects):

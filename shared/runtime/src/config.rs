@@ -153,6 +153,23 @@ pub struct TlsConfig {
         requires = "grpc_tls_cert_file"
     )]
     pub grpc_tls_client_ca_file: Option<PathBuf>,
+    /// Under mutual TLS, accept a token only from a client certificate that
+    /// stands for its principal: a service's token (role service, sub
+    /// contract) from a certificate whose SPIFFE ID (URI SAN) is
+    /// spiffe://<trust domain>/contract, a person's token from one that names
+    /// no workload or an edge gateway (GRPC_TLS_EDGE_GATEWAYS); any other is
+    /// refused UNAUTHENTICATED. true needs GRPC_TLS_CLIENT_CA_FILE [default:
+    /// true with GRPC_TLS_CLIENT_CA_FILE, else false].
+    #[arg(long, env = "GRPC_TLS_BIND_SERVICE_IDENTITY",
+          value_name = "GRPC_TLS_BIND_SERVICE_IDENTITY", action = clap::ArgAction::Set)]
+    pub grpc_tls_bind_service_identity: Option<bool>,
+    /// The workloads (the last part of their SPIFFE ID, e.g. ingress for
+    /// spiffe://<trust domain>/ingress) whose client certificates may carry
+    /// people's tokens although they name a workload, comma-separated; the
+    /// edge gateways that pass on browsers' and apps' calls [default: none].
+    #[arg(long, env = "GRPC_TLS_EDGE_GATEWAYS", value_name = "GRPC_TLS_EDGE_GATEWAYS",
+          value_delimiter = ',', value_parser = workload_name)]
+    pub grpc_tls_edge_gateways: Vec<String>,
     /// CA certificates that sign the other services' certificates: calls to an
     /// https:// peer URL (CONTRACT_URL, ...) are verified with them. Required
     /// by an https:// peer URL; http:// URLs stay plaintext.
@@ -184,11 +201,38 @@ impl Default for TlsConfig {
             grpc_tls_cert_file: None,
             grpc_tls_key_file: None,
             grpc_tls_client_ca_file: None,
+            grpc_tls_bind_service_identity: None,
+            grpc_tls_edge_gateways: Vec::new(),
             peer_tls_ca_file: None,
             peer_tls_cert_file: None,
             peer_tls_key_file: None,
             tls_reload_interval: Duration::from_secs(5),
         }
+    }
+}
+
+/// Whether `name` can be a workload's name, the one segment of the path of
+/// a SPIFFE ID `spiffe://<trust domain>/<name>` ([`crate::tls`]): ASCII
+/// letters, digits, `.`, `-` and `_`, not `.` or `..` (e.g. `contract`,
+/// `supplier-registry`).
+pub fn is_workload_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// A workload's name (GRPC_TLS_EDGE_GATEWAYS), see [`is_workload_name`].
+fn workload_name(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if is_workload_name(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "`{value}` is not a workload name (letters, digits, '.', '-' and '_', as in spiffe://<trust domain>/<name>)"
+        ))
     }
 }
 
@@ -310,6 +354,46 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn bad_identity_binding_settings_name_their_variable() {
+        #[derive(clap::Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            tls: TlsConfig,
+        }
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(
+                std::iter::once("svc").chain(args.iter().copied()),
+            )
+        };
+        for (args, variable) in [
+            (
+                ["--grpc-tls-bind-service-identity", "yes"],
+                "GRPC_TLS_BIND_SERVICE_IDENTITY",
+            ),
+            (
+                ["--grpc-tls-edge-gateways", "ingress,edge/gateway"],
+                "GRPC_TLS_EDGE_GATEWAYS",
+            ),
+            (
+                ["--grpc-tls-edge-gateways", "ingress,,x"],
+                "GRPC_TLS_EDGE_GATEWAYS",
+            ),
+        ] {
+            let error = parse(&args).unwrap_err().to_string();
+            assert!(error.contains(variable), "{args:?}: {error}");
+        }
+        let cli = parse(&[
+            "--grpc-tls-bind-service-identity",
+            "false",
+            "--grpc-tls-edge-gateways",
+            "ingress, api-gateway",
+        ])
+        .unwrap();
+        assert_eq!(cli.tls.grpc_tls_bind_service_identity, Some(false));
+        assert_eq!(cli.tls.grpc_tls_edge_gateways, ["ingress", "api-gateway"]);
     }
 
     #[test]

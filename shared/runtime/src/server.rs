@@ -10,7 +10,10 @@
 //! reflection too), mutual TLS with `GRPC_TLS_CLIENT_CA_FILE`; the
 //! certificates are re-read when they change ([`crate::tls`]). Handshakes
 //! run beside the accept loop, each bounded in time, so a slow or silent
-//! client holds up nobody. `GRPC_HEALTH_LISTEN_ADDR` adds a plaintext
+//! client holds up nobody. Each accepted connection carries who its client
+//! is by its certificate ([`crate::tls::ClientIdentity`]) to every request;
+//! under mutual TLS with `GRPC_TLS_BIND_SERVICE_IDENTITY` (the default) the
+//! auth layer accepts a token only from a certificate that stands for it. `GRPC_HEALTH_LISTEN_ADDR` adds a plaintext
 //! listener with the health service only (and its reflection), for probes
 //! that cannot speak TLS.
 //!
@@ -35,7 +38,7 @@ use crate::{
     idempotency::IdempotencyKeys,
     middleware::{AdmissionLayer, DeadlineLayer, RpcMetricsLayer, StatusHygieneLayer},
     migrations, telemetry,
-    tls::{ServerTls, Tls},
+    tls::{ServerTls, ServiceIdentityBinding, Tls, TlsConnection},
 };
 
 /// The health service name that reports liveness only.
@@ -203,6 +206,10 @@ async fn start(
         %address,
         tls = tls.server.is_some(),
         mutual_tls = tls.server.as_ref().is_some_and(ServerTls::mutual),
+        bind_service_identity = tls
+            .server
+            .as_ref()
+            .is_some_and(|tls| tls.service_identity_binding().is_some()),
         "listening"
     );
     let health_listener = match config.server.health_listen_addr {
@@ -352,12 +359,22 @@ async fn serve_on(
         None => None,
     };
     let policy = policy.with_declared(&[audit::SERVICE_NAME]);
-    let router = middleware(&config.server, Arc::new(verifier), Arc::new(policy))
-        .add_routes(routes)
-        .add_service(AuditTrail::new(pool.clone(), spec.schema).into_server())
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let binding = listeners
+        .tls
+        .as_ref()
+        .and_then(ServerTls::service_identity_binding)
+        .cloned();
+    let router = middleware(
+        &config.server,
+        Arc::new(verifier),
+        Arc::new(policy),
+        binding,
+    )
+    .add_routes(routes)
+    .add_service(AuditTrail::new(pool.clone(), spec.schema).into_server())
+    .add_service(health_service)
+    .add_service(reflection_v1)
+    .add_service(reflection_v1alpha);
     let server: BoxFuture<'_, Result<(), tonic::transport::Error>> = match listeners.tls {
         Some(tls) => Box::pin(
             router.serve_with_incoming_shutdown(tls_handshakes(listeners.grpc, tls), on_shutdown),
@@ -434,15 +451,14 @@ fn no_delay(
     })
 }
 
-/// The connections of `listener` once their TLS handshake succeeded. A
-/// failed handshake (a plaintext client, no or a wrong client certificate)
-/// closes that connection and is logged; it never stops the server.
+/// The connections of `listener` once their TLS handshake succeeded, each
+/// with who its client is by its certificate. A failed handshake (a
+/// plaintext client, no or a wrong client certificate) closes that
+/// connection and is logged; it never stops the server.
 fn tls_handshakes(
     listener: tokio::net::TcpListener,
     tls: ServerTls,
-) -> impl tokio_stream::Stream<
-    Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
-> {
+) -> impl tokio_stream::Stream<Item = std::io::Result<TlsConnection>> {
     use futures_util::StreamExt as _;
     let acceptor = tls.acceptor();
     no_delay(listener)
@@ -455,7 +471,7 @@ fn tls_handshakes(
                 };
                 let peer = stream.peer_addr().ok();
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => Some(Ok(tls)),
+                    Ok(Ok(tls)) => Some(Ok(TlsConnection::new(tls))),
                     Ok(Err(error)) => {
                         tracing::info!(?peer, %error, "TLS handshake failed: connection closed");
                         None
@@ -475,6 +491,7 @@ fn middleware(
     config: &ServerConfig,
     verifier: Arc<TokenVerifier>,
     policy: Arc<MethodPolicy>,
+    binding: Option<ServiceIdentityBinding>,
 ) -> tonic::transport::Server<Middleware> {
     tonic::transport::Server::builder()
         // Detect dead peers so drained connections do not linger.
@@ -493,8 +510,9 @@ fn middleware(
         .layer(DeadlineLayer::new(config.request_timeout))
         // Undecodable requests INVALID_ARGUMENT, oversized ones RESOURCE_EXHAUSTED (tonic says otherwise).
         .layer(StatusHygieneLayer)
-        // Authentication (JWT) and per-method authorization; health and reflection are public.
-        .layer(AuthLayer::new(verifier, policy))
+        // Authentication (JWT, bound to the client certificate under mutual TLS) and
+        // per-method authorization; health and reflection are public.
+        .layer(AuthLayer::new(verifier, policy).binding_service_identity(binding))
 }
 
 /// Reflection v1 and v1alpha (grpcurl before 1.8.8 speaks only v1alpha) list

@@ -73,25 +73,49 @@ impl Transport {
     }
 }
 
+/// The trust domain of the test certificates' SPIFFE IDs.
+pub const TEST_TRUST_DOMAIN: &str = "trade-assurance.test";
+
+/// The SPIFFE ID that names `service` in the test certificates,
+/// `spiffe://trade-assurance.test/<service>`.
+pub fn spiffe_id(service: &str) -> String {
+    format!("spiffe://{TEST_TRUST_DOMAIN}/{service}")
+}
+
 /// PEM files (written by the test) for services over mutual TLS: one CA
-/// signs every service's certificate (valid for 127.0.0.1 and localhost)
-/// and the test client's.
+/// signs each service's own certificate (valid for 127.0.0.1 and localhost,
+/// naming the service by its SPIFFE ID, [`spiffe_id`]), which it serves
+/// and presents to its peers, and the test client's (naming no workload).
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
     pub ca: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
+    /// Each service's certificate and key, by the service's name.
+    pub services: Vec<(String, PathBuf, PathBuf)>,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
 }
 
 impl TlsFiles {
-    /// The settings of a service that serves mutual TLS only and calls its
-    /// (https://) peers with its own certificate as client certificate.
-    pub fn service_env(&self) -> Vec<(String, String)> {
+    /// The certificate and key of `service`.
+    ///
+    /// # Panics
+    /// When there is none for it.
+    pub fn identity(&self, service: &str) -> (PathBuf, PathBuf) {
+        self.services
+            .iter()
+            .find(|(name, _, _)| name == service)
+            .map(|(_, cert, key)| (cert.clone(), key.clone()))
+            .unwrap_or_else(|| panic!("no certificate for {service}"))
+    }
+
+    /// The settings of `service` serving mutual TLS only with its own
+    /// certificate and calling its (https://) peers with it as client
+    /// certificate.
+    pub fn service_env(&self, service: &str) -> Vec<(String, String)> {
+        let (cert, key) = self.identity(service);
         [
-            ("GRPC_TLS_CERT_FILE", &self.server_cert),
-            ("GRPC_TLS_KEY_FILE", &self.server_key),
+            ("GRPC_TLS_CERT_FILE", &cert),
+            ("GRPC_TLS_KEY_FILE", &key),
             ("GRPC_TLS_CLIENT_CA_FILE", &self.ca),
             ("PEER_TLS_CA_FILE", &self.ca),
         ]
@@ -105,6 +129,14 @@ impl TlsFiles {
         Transport::Tls {
             ca: self.ca.clone(),
             identity: Some((self.client_cert.clone(), self.client_key.clone())),
+        }
+    }
+
+    /// grpcurl presenting `service`'s own certificate.
+    pub fn transport_as(&self, service: &str) -> Transport {
+        Transport::Tls {
+            ca: self.ca.clone(),
+            identity: Some(self.identity(service)),
         }
     }
 }

@@ -7,8 +7,9 @@
 //!
 //! [`Platform::start_tls`] starts the same platform over mutual TLS: every
 //! gRPC listener TLS only and requiring a client certificate, the services
-//! calling each other at https:// URLs with their own certificate, the
-//! harness's grpcurl presenting the test client's.
+//! calling each other at https:// URLs each with its own certificate (which
+//! names it: tokens are bound to it), the harness's grpcurl presenting the
+//! test client's.
 
 use std::{
     io::{Read, Write},
@@ -86,8 +87,8 @@ pub struct Platform {
     pub staff: Staff,
     /// `http` or `https` (under TLS): the scheme of the peer URLs.
     scheme: &'static str,
-    /// The TLS settings every service gets (none in plaintext).
-    tls_env: Vec<(String, String)>,
+    /// The certificates the services use (none in plaintext).
+    tls: Option<TlsFiles>,
     /// How the harness's calls reach the services.
     pub transport: Transport,
 }
@@ -118,11 +119,12 @@ impl Platform {
         contract_env: &[(&str, &str)],
     ) -> Self {
         let database = fresh_database();
-        let (scheme, tls_env, transport) = match tls {
-            Some(tls) => ("https", tls.service_env(), tls.transport()),
-            None => ("http", Vec::new(), Transport::Plaintext),
+        let (scheme, transport) = match tls {
+            Some(tls) => ("https", tls.transport()),
+            None => ("http", Transport::Plaintext),
         };
-        let mut fast: Vec<(String, String)> = [
+        let tls_env = |service: &str| tls.map(|tls| tls.service_env(service)).unwrap_or_default();
+        let fast: Vec<(String, String)> = [
             ("DATABASE_URL", database.url.as_str()),
             ("WORKFLOW_OUTBOX_POLL_INTERVAL", "100ms"),
             ("WORKFLOW_TIMER_POLL_INTERVAL", "100ms"),
@@ -131,7 +133,6 @@ impl Platform {
         .chain(every_env)
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-        fast.extend(tls_env.iter().cloned());
         // Escrow's webhook endpoint, where the gateway delivers.
         let webhooks = format!("127.0.0.1:{}", free_port());
         let gateway = GatewaySandbox::start(
@@ -139,14 +140,18 @@ impl Platform {
             &format!("http://{webhooks}/v1/gateway-webhooks"),
             &[],
         );
-        let mut registry = spawn_with(SUPPLIER_REGISTRY, &fast, &transport);
+        let mut registry_env = fast.clone();
+        registry_env.extend(tls_env(SUPPLIER_REGISTRY));
+        let mut registry = spawn_with(SUPPLIER_REGISTRY, &registry_env, &transport);
         let mut escrow_env = fast.clone();
+        escrow_env.extend(tls_env(ESCROW));
         escrow_env.push(("ESCROW_GATEWAY_URL".into(), gateway.base_url()));
         escrow_env.push(("ESCROW_WEBHOOK_LISTEN_ADDR".into(), webhooks));
         let mut escrow = spawn_with(ESCROW, &escrow_env, &transport);
         registry.wait_serving();
         escrow.wait_serving();
         let mut env = fast;
+        env.extend(tls_env(CONTRACT));
         env.push((
             "SUPPLIER_REGISTRY_URL".into(),
             format!("{scheme}://{}", registry.addr()),
@@ -166,7 +171,7 @@ impl Platform {
             escrow_env,
             staff: Staff::mint(),
             scheme,
-            tls_env,
+            tls: tls.cloned(),
             transport,
         };
         platform.contract.wait_serving();
@@ -480,7 +485,9 @@ impl Platform {
             ),
             ("EVIDENCE_STORE".into(), evidence_dir.display().to_string()),
         ];
-        env.extend(self.tls_env.iter().cloned());
+        if let Some(tls) = &self.tls {
+            env.extend(tls.service_env(DISPUTE));
+        }
         for (k, v) in extra {
             env.retain(|(key, _)| key != k);
             env.push(((*k).to_owned(), (*v).to_owned()));

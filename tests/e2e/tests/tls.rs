@@ -4,9 +4,12 @@
 //! CA, is refused and one signed by the CA is served (health and reflection
 //! included, and the probes' plaintext listener serves health only); a
 //! certificate rotated on disk is served to the next connection
-//! without a restart, a bad one is refused and the previous one stays; and a
-//! whole journey (all four services, the sandbox gateway) runs with mutual
-//! TLS between the services.
+//! without a restart, a bad one is refused and the previous one stays; a
+//! token is accepted only from a client certificate that stands for its
+//! principal (a service's SPIFFE ID for a service's token; no workload, or
+//! an edge gateway, for a person's); and a whole journey (all four
+//! services, the sandbox gateway) runs with mutual TLS between the
+//! services, each calling with its own certificate.
 
 use std::{
     fs,
@@ -59,12 +62,23 @@ impl Pki {
 
     /// A certificate for 127.0.0.1 and localhost, for servers and clients
     /// alike, with `serial`: written to `<name>.crt` and `<name>.key` (each
-    /// replaced at once, as a Secret's update is).
+    /// replaced at once, as a Secret's update is). It names no workload.
     fn issue(&self, name: &str, serial: u64) -> (PathBuf, PathBuf) {
+        self.issue_naming(name, serial, None)
+    }
+
+    /// [`Self::issue`] naming the workload `spiffe` by its SPIFFE ID
+    /// ([`spiffe_id`]).
+    fn issue_naming(&self, name: &str, serial: u64, spiffe: Option<&str>) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params =
             rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
                 .expect("params");
+        if let Some(workload) = spiffe {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                spiffe_id(workload).try_into().expect("a URI"),
+            ));
+        }
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
@@ -83,15 +97,22 @@ impl Pki {
         (crt, pem)
     }
 
-    /// The files of a platform over mutual TLS: the services' certificate
-    /// (serial 1) and the test client's (serial 100).
+    /// The files of a platform over mutual TLS: each service's own
+    /// certificate naming it (serials 1 to 4) and the test client's, which
+    /// names no workload (serial 100).
     fn files(&self) -> TlsFiles {
-        let (server_cert, server_key) = self.issue("server", 1);
+        let services = SERVICES
+            .iter()
+            .zip(1..)
+            .map(|(service, serial)| {
+                let (cert, key) = self.issue_naming(service, serial, Some(service));
+                ((*service).to_owned(), cert, key)
+            })
+            .collect();
         let (client_cert, client_key) = self.issue("client", 100);
         TlsFiles {
             ca: self.ca(),
-            server_cert,
-            server_key,
+            services,
             client_cert,
             client_key,
         }
@@ -195,7 +216,7 @@ fn under_mutual_tls_only_a_client_with_a_certificate_of_the_ca_is_served() {
     let database = fresh_database();
     let pki = Pki::new("mtls");
     let files = pki.files();
-    let settings = files.service_env();
+    let settings = files.service_env(SUPPLIER_REGISTRY);
     let mut env = tls_env(&settings);
     env.push(("DATABASE_URL", &database.url));
     // The probes' plaintext listener: the health service only.
@@ -344,6 +365,7 @@ fn bad_tls_settings_stop_the_process_naming_the_variable() {
     let cert = cert.display().to_string();
     let key = key.display().to_string();
     let missing = missing.display().to_string();
+    let ca = pki.ca().display().to_string();
     for (env, variable) in [
         (
             vec![
@@ -365,6 +387,33 @@ fn bad_tls_settings_stop_the_process_naming_the_variable() {
             "GRPC_TLS_CLIENT_CA_FILE",
         ),
         (vec![("PEER_TLS_CA_FILE", key.as_str())], "PEER_TLS_CA_FILE"),
+        (
+            vec![
+                ("GRPC_TLS_CERT_FILE", cert.as_str()),
+                ("GRPC_TLS_KEY_FILE", key.as_str()),
+                ("GRPC_TLS_CLIENT_CA_FILE", ca.as_str()),
+                ("GRPC_TLS_BIND_SERVICE_IDENTITY", "yes"),
+            ],
+            "GRPC_TLS_BIND_SERVICE_IDENTITY",
+        ),
+        // Binding without client certificates: nothing to bind to.
+        (
+            vec![
+                ("GRPC_TLS_CERT_FILE", cert.as_str()),
+                ("GRPC_TLS_KEY_FILE", key.as_str()),
+                ("GRPC_TLS_BIND_SERVICE_IDENTITY", "true"),
+            ],
+            "GRPC_TLS_BIND_SERVICE_IDENTITY",
+        ),
+        (
+            vec![
+                ("GRPC_TLS_CERT_FILE", cert.as_str()),
+                ("GRPC_TLS_KEY_FILE", key.as_str()),
+                ("GRPC_TLS_CLIENT_CA_FILE", ca.as_str()),
+                ("GRPC_TLS_EDGE_GATEWAYS", "ingress,edge/gateway"),
+            ],
+            "GRPC_TLS_EDGE_GATEWAYS",
+        ),
     ] {
         let mut env = env;
         env.extend([
@@ -378,6 +427,146 @@ fn bad_tls_settings_stop_the_process_naming_the_variable() {
         let said = output_text(&output);
         assert!(said.contains(variable), "{env:?}: {said}");
     }
+}
+
+/// What `token` gets from a call to supplier-registry's `method` over
+/// `transport`: `Ok` when the call passed authentication and authorization
+/// (the handler answered, e.g. NOT_FOUND for the made-up supplier), else
+/// the refusal's code and message.
+fn admitted(
+    registry: &Service,
+    transport: &Transport,
+    method: &str,
+    token: &str,
+) -> Result<(), (String, String)> {
+    let supplier = "01890a5d-ac96-774b-bcce-b302099a8057";
+    let body = if method == "RecordPenalty" {
+        json!({
+            "idempotency_key": "penalty-binding",
+            "supplier_id": supplier,
+            "claim_id": "01890a5d-ac96-774b-bcce-b302099a8058",
+            "points": 6,
+            "reason": "quality mismatch upheld"
+        })
+    } else {
+        json!({ "supplier_id": supplier })
+    };
+    match call_over(
+        transport,
+        &registry.addr(),
+        &registry_method(method),
+        Some(token),
+        &body,
+    ) {
+        Err(error) if ["Unauthenticated", "PermissionDenied"].contains(&error.code.as_str()) => {
+            Err((error.code, error.message))
+        }
+        Err(error) => {
+            assert_eq!(error.code, "NotFound", "{method}: {error:#?}");
+            Ok(())
+        }
+        Ok(answer) => panic!("{method}: the made-up supplier was found: {answer}"),
+    }
+}
+
+#[test]
+fn under_mutual_tls_a_token_passes_only_from_the_certificate_of_its_principal() {
+    let database = fresh_database();
+    let pki = Pki::new("binding");
+    let files = pki.files();
+    let settings = files.service_env(SUPPLIER_REGISTRY);
+    let mut env = tls_env(&settings);
+    env.push(("DATABASE_URL", &database.url));
+    // The edge gateway `ingress` may carry people's tokens (no setting is
+    // needed for GRPC_TLS_BIND_SERVICE_IDENTITY: on under mutual TLS).
+    env.push(("GRPC_TLS_EDGE_GATEWAYS", "ingress"));
+    let mut registry = Service::spawn(SUPPLIER_REGISTRY, &env);
+    registry.transport = files.transport();
+    registry.wait_serving();
+    registry.wait_log("bind_service_identity=true");
+
+    let as_contract = files.transport_as(CONTRACT);
+    let as_dispute = files.transport_as(DISPUTE);
+    let anonymous = files.transport();
+    let ingress = Transport::Tls {
+        ca: files.ca.clone(),
+        identity: Some(pki.issue_naming("ingress", 200, Some("ingress"))),
+    };
+    let backoffice = Transport::Tls {
+        ca: files.ca.clone(),
+        identity: Some(pki.issue_naming("backoffice", 201, Some("backoffice"))),
+    };
+    let contract = mint_service(CONTRACT, SUPPLIER_REGISTRY);
+    let dispute = mint_service(DISPUTE, SUPPLIER_REGISTRY);
+    let buyer = mint("buyer-binding", Role::Buyer);
+
+    // A service's token from its own certificate: served.
+    assert_eq!(
+        admitted(&registry, &as_contract, "GetSupplier", &contract),
+        Ok(())
+    );
+    assert_eq!(
+        admitted(&registry, &as_dispute, "RecordPenalty", &dispute),
+        Ok(())
+    );
+
+    // Contract's workload with dispute's token, for a method dispute may
+    // call: refused, and the log names both identities.
+    let (code, message) =
+        admitted(&registry, &as_contract, "RecordPenalty", &dispute).expect_err("refused");
+    assert_eq!(code, "Unauthenticated", "{message}");
+    assert!(
+        message.contains(&spiffe_id(CONTRACT)) && message.contains("does not name service dispute"),
+        "{message}"
+    );
+    registry.wait_log("the token's principal is not the client certificate's");
+    let log = registry.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("the token's principal is not the client certificate's"))
+        .expect("the refusal is logged");
+    assert!(
+        line.contains("token_subject=dispute") && line.contains(&spiffe_id(CONTRACT)),
+        "{line}"
+    );
+
+    // A person's token from a service's certificate: refused.
+    let (code, _) = admitted(&registry, &as_contract, "GetSupplier", &buyer).expect_err("refused");
+    assert_eq!(code, "Unauthenticated");
+    // A service's token from a certificate naming no workload: refused.
+    let (code, _) = admitted(&registry, &anonymous, "GetSupplier", &contract).expect_err("refused");
+    assert_eq!(code, "Unauthenticated");
+    // A person's token from a certificate naming no workload (a back end),
+    // or the edge gateway: served; from another workload's: refused.
+    assert_eq!(
+        admitted(&registry, &anonymous, "GetSupplier", &buyer),
+        Ok(())
+    );
+    assert_eq!(admitted(&registry, &ingress, "GetSupplier", &buyer), Ok(()));
+    let (code, _) = admitted(&registry, &backoffice, "GetSupplier", &buyer).expect_err("refused");
+    assert_eq!(code, "Unauthenticated");
+    // The method policy still applies after the binding: contract's own
+    // token for dispute's method.
+    let (code, _) =
+        admitted(&registry, &as_contract, "RecordPenalty", &contract).expect_err("refused");
+    assert_eq!(code, "PermissionDenied");
+
+    // GRPC_TLS_BIND_SERVICE_IDENTITY=false: mutual TLS as before, the
+    // certificate is not compared with the token.
+    let mut env = tls_env(&settings);
+    env.push(("DATABASE_URL", &database.url));
+    env.push(("GRPC_TLS_BIND_SERVICE_IDENTITY", "false"));
+    let mut unbound = Service::spawn(SUPPLIER_REGISTRY, &env);
+    unbound.transport = files.transport();
+    unbound.wait_serving();
+    assert_eq!(
+        admitted(&unbound, &as_contract, "RecordPenalty", &dispute),
+        Ok(())
+    );
+    assert_eq!(
+        admitted(&unbound, &as_contract, "GetSupplier", &buyer),
+        Ok(())
+    );
 }
 
 #[test]
@@ -453,6 +642,22 @@ fn the_whole_journey_runs_over_mutual_tls() {
             !service.log().contains("PEER_TLS_CA_FILE is not set"),
             "{}",
             service.log()
+        );
+    }
+    // Every call between the services came from the caller's own
+    // certificate: each server bound the tokens, and refused none.
+    for service in [
+        &platform.registry,
+        &platform.escrow,
+        &platform.contract,
+        &dispute,
+    ] {
+        let log = service.log();
+        assert!(log.contains("bind_service_identity=true"), "{log}");
+        assert!(
+            !log.contains("the token's principal is not the client certificate's"),
+            "{}: {log}",
+            service.name
         );
     }
 }
