@@ -662,10 +662,10 @@ impl ContractService for ContractApi {
             .mutations
             .read(async |conn| {
                 let contract = get_contract(conn, id).await?;
+                check_can_read(&principal, &contract)?;
                 if principal.role == Role::Inspector {
                     return Err(not_party());
                 }
-                check_can_read(&principal, &contract)?;
                 let (entries, next_page_token) = page_timeline(conn, id, page).await?;
                 Ok(pb::GetContractTimelineResponse {
                     entries,

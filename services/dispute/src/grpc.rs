@@ -335,7 +335,10 @@ impl DisputeService for DisputeApi {
             .read(async |conn| {
                 let evidence = evidence::get_evidence(conn, id).await?;
                 let claim = claims::get_claim(conn, evidence.claim_id).await?;
-                app::check_can_read(&principal, &claim)?;
+                // Evidence of a claim the caller may not see does not exist
+                // for it: answered as an evidence id that does not.
+                app::check_can_read(&principal, &claim)
+                    .map_err(|_| ServiceError::unseen(evidence::EVIDENCE, id))?;
                 Ok(evidence)
             })
             .await?;

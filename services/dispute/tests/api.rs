@@ -135,8 +135,9 @@ async fn only_the_parties_and_operators_reach_a_claim(pool: PgPool) {
         (BUYER, Role::Buyer, Code::Ok),
         (OWNER, Role::Supplier, Code::Ok),
         ("ops-1", Role::Arbiter, Code::Ok),
-        ("buyer-2", Role::Buyer, Code::PermissionDenied),
-        ("owner-2", Role::Supplier, Code::PermissionDenied),
+        // Strangers are told it does not exist; inspectors may not call.
+        ("buyer-2", Role::Buyer, Code::NotFound),
+        ("owner-2", Role::Supplier, Code::NotFound),
         ("agency-1", Role::Inspector, Code::PermissionDenied),
     ] {
         assert_eq!(
@@ -183,14 +184,13 @@ async fn only_the_parties_and_operators_reach_a_claim(pool: PgPool) {
         code(d.client.make_offer(offer(BUYER, Role::Buyer, "o-1")).await),
         Code::PermissionDenied
     );
-    assert_eq!(
-        code(
-            d.client
-                .make_offer(offer("owner-2", Role::Supplier, "o-2"))
-                .await
-        ),
-        Code::PermissionDenied
-    );
+    let stranger = d
+        .client
+        .make_offer(offer("owner-2", Role::Supplier, "o-2"))
+        .await
+        .expect_err("another supplier's offer");
+    assert_eq!(stranger.code(), Code::NotFound, "{stranger:?}");
+    assert_eq!(stranger.message(), format!("claim {id} not found"));
     let made = d
         .client
         .make_offer(offer(OWNER, Role::Supplier, "o-3"))
@@ -310,7 +310,8 @@ async fn evidence_is_checked_while_it_streams_and_stored_by_its_hash(pool: PgPoo
         ))
         .await
         .expect_err("not a party");
-    assert_eq!(stranger.code(), Code::PermissionDenied);
+    assert_eq!(stranger.code(), Code::NotFound, "{stranger:?}");
+    assert_eq!(stranger.message(), format!("claim {id} not found"));
 
     let stored = d
         .client

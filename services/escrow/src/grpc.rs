@@ -4,16 +4,16 @@
 //! append the feed's events in the same transaction), and answers in proto. Who may
 //! call which RPC is the proto's access option, enforced by the server's
 //! auth layer; here only the per-resource checks (a buyer or supplier
-//! reaches only accounts it is a party to). Gateway calls are the use
+//! reaches only accounts it is a party to; any other account is answered as
+//! one that does not exist, `app::may_see`). Gateway calls are the use
 //! cases' (see `app::funding` and `app::transfers`).
 
 use std::sync::Arc;
 
-use sqlx::PgConnection;
 use ta_proto::escrow::{self as pb, escrow_service_server::EscrowService};
 use ta_runtime::{
     ServiceError, Violations,
-    auth::{self, Principal, Role},
+    auth::{self, Role},
     paging,
     pipeline::Mutations,
     text::validate_reference,
@@ -24,7 +24,6 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     app::{self, context::Flows, events::account_view, settlement::Outflow},
-    domain::EscrowAccount,
     storage::{
         self, accounts, attempts, gateway_events, reconciliation, statement,
         transfers::{self, TransferFilter},
@@ -85,30 +84,6 @@ impl EscrowApi {
     }
 }
 
-// ---- Who may see what --------------------------------------------------------
-
-/// Buyers reach their own accounts, suppliers (their owner principals) theirs;
-/// operators and services every account.
-async fn check_party(
-    conn: &mut PgConnection,
-    principal: &Principal,
-    account: &EscrowAccount,
-) -> Result<(), ServiceError> {
-    match principal.role {
-        Role::Buyer if principal.subject == account.buyer_principal_id => Ok(()),
-        Role::Supplier
-            if accounts::get_terms(conn, account.id)
-                .await?
-                .supplier_owner_principal_id
-                == principal.subject =>
-        {
-            Ok(())
-        }
-        _ if principal.sees_everything() => Ok(()),
-        _ => Err(app::not_party()),
-    }
-}
-
 #[tonic::async_trait]
 impl EscrowService for EscrowApi {
     async fn open_escrow_account(
@@ -152,17 +127,23 @@ impl EscrowService for EscrowApi {
             }
         };
         finish(v)?;
+        // What an account that does not exist is answered, as it was asked
+        // for; an account the caller may not see is answered the same.
+        let missing = || match by_id {
+            Some(id) => ServiceError::unseen(accounts::ACCOUNT, id),
+            None => ServiceError::unseen("escrow account of contract", &req.contract_id),
+        };
         self.mutations
             .read(async |conn| {
                 let account = match by_id {
                     Some(id) => accounts::get_account(conn, id).await?,
                     None => accounts::find_by_contract(conn, &req.contract_id)
                         .await?
-                        .ok_or_else(|| {
-                            ServiceError::not_found("escrow account of contract", &req.contract_id)
-                        })?,
+                        .ok_or_else(missing)?,
                 };
-                check_party(conn, &principal, &account).await?;
+                if !app::may_see(conn, &principal, &account).await? {
+                    return Err(missing());
+                }
                 let attempts = attempts::list_attempts_of(conn, account.id).await?;
                 Ok(Response::new(pb::GetEscrowAccountResponse {
                     account: Some(account_view(conn, &account).await?),
@@ -308,7 +289,9 @@ impl EscrowService for EscrowApi {
         self.mutations
             .read(async |conn| {
                 let account = accounts::get_account(conn, id).await?;
-                check_party(conn, &principal, &account).await?;
+                if !app::may_see(conn, &principal, &account).await? {
+                    return Err(ServiceError::unseen(accounts::ACCOUNT, id));
+                }
                 let rows = statement::page_postings(conn, id, after, limit).await?;
                 let (rows, next) = paging::split_page(rows, limit, |p| {
                     paging::token("statement", &[&p.seq.to_string()])

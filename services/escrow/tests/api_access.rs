@@ -335,7 +335,8 @@ async fn buyers_and_suppliers_reach_only_their_own_accounts(pool: PgPool) {
         .await
         .unwrap();
     let before = Snapshot::take(&pool).await;
-    // Others do not.
+    // Others are told it does not exist, as for an id that does not.
+    let not_found = format!("escrow account {id} not found");
     let strangers = [
         (OTHER_BUYER, Role::Buyer),
         (OTHER_SUPPLIER_OWNER, Role::Supplier),
@@ -347,12 +348,30 @@ async fn buyers_and_suppliers_reach_only_their_own_accounts(pool: PgPool) {
             .get_escrow_account(as_role(get(), subject, role))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::PermissionDenied, "{subject} {role}");
+        assert_eq!(status.code(), Code::NotFound, "{subject} {role}");
+        assert_eq!(status.message(), not_found, "{subject} {role}");
+        let by_contract = client
+            .get_escrow_account(as_role(
+                pb::GetEscrowAccountRequest {
+                    escrow_account_id: String::new(),
+                    contract_id: "c-own".into(),
+                },
+                subject,
+                role,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(by_contract.code(), Code::NotFound, "{subject} {role}");
+        assert_eq!(
+            by_contract.message(),
+            "escrow account of contract c-own not found"
+        );
         let status = client
             .get_escrow_statement(as_role(statement(), subject, role))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::PermissionDenied, "{subject} {role}");
+        assert_eq!(status.code(), Code::NotFound, "{subject} {role}");
+        assert_eq!(status.message(), not_found, "{subject} {role}");
     }
     let status = client
         .fund_escrow(as_role(
@@ -362,7 +381,8 @@ async fn buyers_and_suppliers_reach_only_their_own_accounts(pool: PgPool) {
         ))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.message(), not_found);
     let status = client
         .list_gateway_transfers(as_role(
             pb::ListGatewayTransfersRequest {

@@ -86,6 +86,9 @@ pub struct Penalty {
     pub reason: String,
 }
 
+/// What NOT_FOUND calls a completed contract a review names.
+const COMPLETED_CONTRACT: &str = "completed contract";
+
 /// Suppliers act only on what they own; every other role the method's
 /// access declaration lets in may act on any supplier.
 pub fn ensure_may_act(principal: &Principal, supplier: &Supplier) -> Result<(), ServiceError> {
@@ -301,7 +304,10 @@ impl Registry {
         Ok(())
     }
 
-    /// Only the buyer of a completed contract reviews it, once.
+    /// Only the buyer of a completed contract reviews it, once. To another
+    /// buyer the contract is answered as one that does not exist ("completed
+    /// contract <id> not found"), so reviews cannot probe which contract ids
+    /// a supplier completed.
     pub async fn submit_review(
         &self,
         tx: &mut PgConnection,
@@ -312,12 +318,12 @@ impl Registry {
         let (supplier_of_contract, buyer) = storage::completed_contract(tx, &command.contract_id)
             .await?
             .filter(|(supplier_id, _)| *supplier_id == command.supplier_id)
-            .ok_or_else(|| ServiceError::not_found("completed contract", &command.contract_id))?;
+            .ok_or_else(|| ServiceError::not_found(COMPLETED_CONTRACT, &command.contract_id))?;
         if buyer != principal.subject {
-            return Err(ServiceError::PermissionDenied(format!(
-                "only the buyer of contract {} may review it",
-                command.contract_id
-            )));
+            return Err(ServiceError::unseen(
+                COMPLETED_CONTRACT,
+                &command.contract_id,
+            ));
         }
         let review = ReviewRow {
             contract_id: command.contract_id.clone(),

@@ -282,11 +282,27 @@ async fn a_buyer_may_not_review_another_buyers_contract(pool: PgPool) {
         .submit_review(as_role(review.clone(), OTHER_BUYER, Role::Buyer))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied);
+    // Answered as a contract it never completed: reviews cannot probe.
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.message(), "completed contract contract-1 not found");
+    let unknown = client
+        .submit_review(as_role(
+            pb::SubmitReviewRequest {
+                idempotency_key: "review-unknown".into(),
+                contract_id: "contract-unknown".into(),
+                ..review.clone()
+            },
+            OTHER_BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), status.code());
     assert_eq!(
-        status.message(),
-        "only the buyer of contract contract-1 may review it"
+        unknown.message().replace("contract-unknown", "<id>"),
+        status.message().replace("contract-1", "<id>")
     );
+    assert_eq!(unknown.details(), status.details());
     assert_eq!(
         Snapshot::take(&pool).await,
         before,

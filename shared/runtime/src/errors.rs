@@ -46,6 +46,9 @@ pub enum ServiceError {
     /// so clients can tell it from a real conflict.
     #[error("idempotency key `{key}` was already used for a different {method} request")]
     IdempotencyKeyReused { key: String, method: String },
+    /// A caller who may see the resource but not do this to it (a party in
+    /// the wrong position, e.g. the supplier on a buyer's step). A caller who
+    /// may not see the resource at all is told [`ServiceError::unseen`].
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
@@ -132,6 +135,17 @@ impl ServiceError {
             resource,
             id: id.to_string(),
         }
+    }
+
+    /// What a caller is told about `resource` `id` that exists but that it
+    /// may not see (it is no party to it): exactly what an id that does not
+    /// exist is told, [`ServiceError::not_found`] (`NOT_FOUND`, the same
+    /// message, no details), so that nobody learns which ids exist by asking
+    /// for ones it may not see. `resource` and `id` must be what the lookup of
+    /// a missing id names (the same words, the id as the caller sent it or as
+    /// storage prints it).
+    pub fn unseen(resource: &'static str, id: impl fmt::Display) -> Self {
+        Self::not_found(resource, id)
     }
 
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
@@ -477,6 +491,18 @@ mod tests {
             let status = Status::from(ServiceError::from(error));
             assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         }
+    }
+
+    #[test]
+    fn an_unseen_resource_is_answered_as_a_missing_one() {
+        let unseen = Status::from(ServiceError::unseen("contract", "c-1"));
+        let missing = Status::from(ServiceError::not_found("contract", "c-1"));
+        assert_eq!(unseen.code(), Code::NotFound);
+        assert_eq!(unseen.code(), missing.code());
+        assert_eq!(unseen.message(), missing.message());
+        assert_eq!(unseen.message(), "contract c-1 not found");
+        assert_eq!(unseen.details(), missing.details());
+        assert!(unseen.details().is_empty());
     }
 
     #[test]

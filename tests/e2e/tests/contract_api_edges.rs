@@ -100,6 +100,7 @@ fn bad_input_strangers_and_stale_edits_are_refused_and_change_nothing() {
             .expect_err("refused");
         assert_eq!(err.code, code, "{err:#?}");
     }
+    // A stranger is told the contract does not exist, as for a random id.
     let stranger = mint("buyer-stranger", Role::Buyer);
     for method in [
         "GetContract",
@@ -109,7 +110,8 @@ fn bad_input_strangers_and_stale_edits_are_refused_and_change_nothing() {
         let err = platform
             .contract_call(method, &stranger, &json!({ "contract_id": id }))
             .expect_err("not a party");
-        assert_eq!(err.code, "PermissionDenied", "{method}: {err:#?}");
+        assert_eq!(err.code, "NotFound", "{method}: {err:#?}");
+        assert_eq!(err.message, format!("contract {id} not found"), "{method}");
     }
     let outsider_inspector = platform
         .contract_call(
@@ -119,7 +121,7 @@ fn bad_input_strangers_and_stale_edits_are_refused_and_change_nothing() {
         )
         .expect_err("no agency is named");
     assert_eq!(
-        outsider_inspector.code, "PermissionDenied",
+        outsider_inspector.code, "NotFound",
         "{outsider_inspector:#?}"
     );
     let wrong_role = platform

@@ -56,12 +56,13 @@ fn an_order_from_signature_to_release_with_a_failed_then_passing_inspection() {
         .to_owned();
     assert_eq!(platform.cover(&supplier_id), (310_000, 690_000));
 
-    // Someone else's buyer sees nothing of it.
+    // Someone else's buyer sees nothing of it: not even that it exists.
     let stranger = mint("buyer-stranger", Role::Buyer);
     let denied = platform
         .contract_call("GetContract", &stranger, &json!({ "contract_id": id }))
         .expect_err("not a party");
-    assert_eq!(denied.code, "PermissionDenied", "{denied:#?}");
+    assert_eq!(denied.code, "NotFound", "{denied:#?}");
+    assert_eq!(denied.message, format!("contract {id} not found"));
 
     // Deposit, then balance; the contract follows escrow's feed.
     platform.pay_by_card(&buyer, &account, "deposit", 93_000);
@@ -965,11 +966,13 @@ fn the_agency_stores_its_report_files_by_their_hash_in_the_store_dispute_shares(
 
     let pdf: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let sha = sha256_hex(&pdf);
-    // Only the named agency; a wrong hash stores nothing.
+    // Only the named agency (to another the contract does not exist); a
+    // wrong hash stores nothing.
     let other = mint("agency-other", Role::Inspector);
     let denied =
         upload_inspection_file(&platform, &other, &id, &sha, &pdf).expect_err("not the agency");
-    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert_eq!(denied.code(), tonic::Code::NotFound, "{denied:?}");
+    assert_eq!(denied.message(), format!("contract {id} not found"));
     let wrong = upload_inspection_file(&platform, &inspector, &id, &"0".repeat(64), &pdf)
         .expect_err("the hash differs");
     assert_eq!(wrong.code(), tonic::Code::InvalidArgument, "{wrong:?}");

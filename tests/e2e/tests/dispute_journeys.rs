@@ -351,7 +351,7 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
     let (contract_id, account_id) =
         platform.delivered_contract(&buyer, &supplier, &supplier_id, 90, 30);
 
-    // Only the contract's buyer files.
+    // Only the contract's buyer files; to another the contract does not exist.
     let stranger = mint("buyer-stranger", Role::Buyer);
     let denied = file_claim(
         &dispute,
@@ -362,7 +362,8 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
         1000,
     )
     .expect_err("not the buyer");
-    assert_eq!(denied.code, "PermissionDenied", "{denied:#?}");
+    assert_eq!(denied.code, "NotFound", "{denied:#?}");
+    assert_eq!(denied.message, format!("contract {contract_id} not found"));
     let too_much = file_claim(
         &dispute,
         &buyer,
@@ -433,7 +434,7 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
     )
     .expect_err("the window is open");
     assert_eq!(early.code, "FailedPrecondition", "{early:#?}");
-    // Nobody else sees the claim.
+    // Nobody else sees the claim, not even that it exists.
     let other_supplier = mint("supplier-other", Role::Supplier);
     let hidden = dcall(
         &dispute,
@@ -442,7 +443,8 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
         &json!({ "claim_id": claim_id }),
     )
     .expect_err("not a party");
-    assert_eq!(hidden.code, "PermissionDenied", "{hidden:#?}");
+    assert_eq!(hidden.code, "NotFound", "{hidden:#?}");
+    assert_eq!(hidden.message, format!("claim {claim_id} not found"));
 
     // Evidence: a photo up, down by its hash, the same bytes.
     let photo = file_bytes(300_000, 7);
@@ -469,7 +471,11 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
     assert_eq!(sha256_hex(&bytes), photo_sha);
     assert_eq!(bytes, photo);
     let stranger_download = download(&dispute, &other_supplier, &evidence_id).expect_err("hidden");
-    assert_eq!(stranger_download.code(), tonic::Code::PermissionDenied);
+    assert_eq!(stranger_download.code(), tonic::Code::NotFound);
+    assert_eq!(
+        stranger_download.message(),
+        format!("evidence {evidence_id} not found")
+    );
 
     // A 20 MB video in 1 MiB chunks, and back with the same SHA-256.
     let video = file_bytes(20_000_000, 11);
@@ -608,9 +614,10 @@ fn a_damage_claim_negotiated_escalated_and_decided_splits_the_money() {
         &json!({ "idempotency_key": "accept-y", "claim_id": claim_id, "offer_id": offer_id }),
     )
     .expect_err("not a party");
+    assert_eq!(stranger_accepts.code, "NotFound", "{stranger_accepts:#?}");
     assert_eq!(
-        stranger_accepts.code, "PermissionDenied",
-        "{stranger_accepts:#?}"
+        stranger_accepts.message,
+        format!("claim {claim_id} not found")
     );
     let rejected = dcall_ok(
         &dispute,

@@ -2523,7 +2523,9 @@ fn a_third_party_inspection_before_shipment_blocks_a_failing_lot_and_lets_a_pass
             ),
         )
         .expect_err("only the agency named in the contract");
-    assert_eq!(intruder.code, "PermissionDenied", "{intruder:#?}");
+    // To another agency the contract does not exist.
+    assert_eq!(intruder.code, "NotFound", "{intruder:#?}");
+    assert_eq!(intruder.message, format!("contract {reworked} not found"));
 
     // Walls fine, lead release 0.8 mg/L over the 0.5 allowed: both lots fail.
     let failing = [

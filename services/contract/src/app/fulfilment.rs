@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{
     ACCEPTANCE_DUE, Flows, SHIPMENT_DUE, Step, UNSHIPPED_CANCEL, cancellation::cancel,
-    drafting::ById, funded_minor, require_party, step, system,
+    check_can_read, drafting::ById, funded_minor, require_party, step, system,
 };
 use crate::{
     domain::{
@@ -144,13 +144,15 @@ pub fn inspection_file(
 }
 
 /// Only the agency the signed terms name, and only between signing and
-/// shipment, uploads an inspection file for a contract.
+/// shipment, uploads an inspection file for a contract; another agency is
+/// told the contract does not exist.
 pub async fn check_inspection_upload(
     conn: &mut PgConnection,
     principal: &Principal,
     contract_id: Uuid,
 ) -> Result<(), ServiceError> {
     let contract = get_contract(conn, contract_id).await?;
+    check_can_read(principal, &contract)?;
     if contract.progress.inspection_agency.is_empty()
         || contract.progress.inspection_agency != principal.subject
     {
@@ -193,8 +195,9 @@ async fn check_report_files(
     v.finish(())
 }
 
-/// The named agency files its report between signing and shipment; a
-/// failed criterion holds the shipment until a passing re-inspection.
+/// The named agency files its report between signing and shipment (another
+/// agency is told the contract does not exist); a failed criterion holds the
+/// shipment until a passing re-inspection.
 pub async fn submit_inspection_report(
     tx: &mut PgConnection,
     flows: &Flows,
@@ -204,6 +207,7 @@ pub async fn submit_inspection_report(
     now: OffsetDateTime,
 ) -> Result<(pb::InspectionReport, pb::Contract), ServiceError> {
     let mut contract = lock_contract(tx, cmd.contract_id).await?;
+    check_can_read(principal, &contract)?;
     if contract.progress.inspection_agency.is_empty()
         || contract.progress.inspection_agency != principal.subject
     {

@@ -34,7 +34,9 @@ use crate::{
     domain::{negotiation::Party, terms::Terms},
     effects,
     storage::{
-        contracts::{ContractFilter, ContractRecord, current_version, get_contract, save_contract},
+        contracts::{
+            CONTRACT, ContractFilter, ContractRecord, current_version, get_contract, save_contract,
+        },
         fulfilment::{latest_report, shipments},
         payments::{Payment, payments},
         timeline::append_timeline,
@@ -255,12 +257,16 @@ pub async fn read_contract(
 
 // ---- Who may do what ---------------------------------------------------------
 
+/// A caller who may see the contract but is neither of its parties (the
+/// named agency, an operator) on a step only a party takes.
 pub fn not_party() -> ServiceError {
     ServiceError::PermissionDenied("the caller is not a party to this contract".into())
 }
 
-/// The caller's side of the contract, if it is a party.
+/// The caller's side of the contract, if it is a party. A caller who may not
+/// see it is told it does not exist ([`check_can_read`]).
 pub fn party_of(principal: &Principal, contract: &ContractRecord) -> Result<Party, ServiceError> {
+    check_can_read(principal, contract)?;
     match principal.role {
         Role::Buyer if principal.subject == contract.buyer_principal_id => Ok(Party::Buyer),
         Role::Supplier if principal.subject == contract.supplier_principal_id => {
@@ -333,8 +339,10 @@ pub fn assignments_agency(
     }
 }
 
-/// The parties, the agency named for inspection, staff, platform back ends
-/// and services.
+/// The parties, the agency named for inspection, staff, platform back
+/// ends and services see
+/// the contract; anyone else is told what an id that does not exist is told
+/// ("contract <id> not found"), so that asking cannot tell which ids exist.
 pub fn check_can_read(
     principal: &Principal,
     contract: &ContractRecord,
@@ -347,10 +355,9 @@ pub fn check_can_read(
         {
             Ok(())
         }
-        Role::Inspector => Err(ServiceError::PermissionDenied(
-            "only the inspection agency named in the signed terms reads this contract".into(),
-        )),
-        _ => party_of(principal, contract).map(|_| ()),
+        Role::Buyer if principal.subject == contract.buyer_principal_id => Ok(()),
+        Role::Supplier if principal.subject == contract.supplier_principal_id => Ok(()),
+        _ => Err(ServiceError::unseen(CONTRACT, contract.contract_id)),
     }
 }
 

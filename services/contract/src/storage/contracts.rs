@@ -233,7 +233,7 @@ async fn load(
         .bind(contract_id)
         .fetch_optional(&mut *conn)
         .await?
-        .ok_or_else(|| ServiceError::not_found("contract", contract_id))?;
+        .ok_or_else(|| ServiceError::not_found(CONTRACT, contract_id))?;
     let signatures: Vec<SignatureRow> = sqlx::query_as(
         "SELECT version, party, principal_id, signed_at FROM contract.signatures \
          WHERE contract_id = $1 ORDER BY signed_at, party",
@@ -247,6 +247,11 @@ async fn load(
         .collect::<Result<Vec<_>, _>>()?;
     row.into_record(signatures)
 }
+
+/// What NOT_FOUND calls a contract: "contract <id> not found", for an id
+/// that does not exist and, through `app::check_can_read`, for one the caller
+/// may not see.
+pub const CONTRACT: &str = "contract";
 
 /// The contract, locked for the rest of the caller's transaction.
 pub async fn lock_contract(

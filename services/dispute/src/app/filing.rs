@@ -30,6 +30,11 @@ use crate::{
 
 type Event = pb::DisputeEventType;
 
+/// What NOT_FOUND calls the contract a claim is filed on: "contract <id> not
+/// found", as the caller sent the id, for a contract that does not exist and
+/// for one the caller may not see.
+const CONTRACT: &str = "contract";
+
 /// Reads of the contract and its escrow account when a claim is filed, with
 /// dispute's own service token.
 pub struct Reads {
@@ -88,7 +93,7 @@ impl Reads {
                     .ok_or_else(|| ServiceError::internal("contract answered no contract"))
             }
             Err(status) if status.code() == tonic::Code::NotFound => {
-                Err(ServiceError::not_found("contract", contract_id))
+                Err(ServiceError::not_found(CONTRACT, contract_id))
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
                 Err(ServiceError::invalid("contract_id", "is not a contract id"))
@@ -149,9 +154,17 @@ pub async fn check(
 ) -> Result<Filing, ServiceError> {
     let (contract, signed) = reads.contract(&cmd.contract_id).await?;
     if principal.role != Role::Buyer || contract.buyer_principal_id != principal.subject {
-        return Err(ServiceError::PermissionDenied(
-            "only the contract's buyer files a claim on it".into(),
-        ));
+        // Who may see the contract (its supplier's owner, staff) is
+        // refused; anyone else is answered as for a contract that does not
+        // exist, as `Reads::contract` answers it.
+        let sees = principal.sees_everything()
+            || (principal.role == Role::Supplier
+                && contract.supplier_principal_id == principal.subject);
+        return Err(if sees {
+            ServiceError::PermissionDenied("only the contract's buyer files a claim on it".into())
+        } else {
+            ServiceError::unseen(CONTRACT, &cmd.contract_id)
+        });
     }
     let criteria: Vec<&str> = signed
         .terms

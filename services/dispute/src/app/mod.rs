@@ -39,7 +39,7 @@ use crate::{
     effects,
     storage::{
         self, StoredActor,
-        claims::{ClaimFilter, ClaimRecord},
+        claims::{CLAIM, ClaimFilter, ClaimRecord},
         timeline,
     },
     views,
@@ -86,18 +86,22 @@ pub fn is_supplier_answer(actor: &Actor, event: pb::DisputeEventType) -> bool {
 
 // ---- Who may do what ---------------------------------------------------------
 
+/// A caller who may see the claim (an operator) but is neither of its
+/// parties, on a step only a party takes.
 fn not_party() -> ServiceError {
     ServiceError::PermissionDenied("the caller is not a party to this claim".into())
 }
 
-/// The claim's buyer, the owner of its supplier, staff, platform back ends
-/// and services.
+/// The claim's buyer, the owner of its supplier, staff, platform back
+/// ends and services see
+/// the claim; anyone else is told what an id that does not exist is told
+/// ("claim <id> not found"), so that asking cannot tell which claims exist.
 pub fn check_can_read(principal: &Principal, claim: &ClaimRecord) -> Result<(), ServiceError> {
     match principal.role {
         _ if principal.sees_everything() => Ok(()),
         Role::Buyer if principal.subject == claim.buyer_principal_id => Ok(()),
         Role::Supplier if principal.subject == claim.supplier_principal_id => Ok(()),
-        _ => Err(not_party()),
+        _ => Err(ServiceError::unseen(CLAIM, claim.claim_id)),
     }
 }
 
@@ -120,7 +124,10 @@ pub fn narrow_to_caller(principal: &Principal, filter: &mut ClaimFilter, v: &mut
     }
 }
 
+/// The claim's buyer; a party in another position is refused, anyone who
+/// may not see the claim told it does not exist.
 fn require_buyer(principal: &Principal, claim: &ClaimRecord) -> Result<(), ServiceError> {
+    check_can_read(principal, claim)?;
     if principal.role == Role::Buyer && principal.subject == claim.buyer_principal_id {
         Ok(())
     } else {
@@ -130,7 +137,10 @@ fn require_buyer(principal: &Principal, claim: &ClaimRecord) -> Result<(), Servi
     }
 }
 
+/// The claim's supplier (its owner); a party in another position is
+/// refused, anyone who may not see the claim told it does not exist.
 fn require_supplier(principal: &Principal, claim: &ClaimRecord) -> Result<(), ServiceError> {
+    check_can_read(principal, claim)?;
     if principal.role == Role::Supplier && principal.subject == claim.supplier_principal_id {
         Ok(())
     } else {
@@ -142,6 +152,7 @@ fn require_supplier(principal: &Principal, claim: &ClaimRecord) -> Result<(), Se
 
 /// The caller's side of the claim: its buyer or its supplier's owner.
 fn party_of(principal: &Principal, claim: &ClaimRecord) -> Result<Party, ServiceError> {
+    check_can_read(principal, claim)?;
     match principal.role {
         Role::Buyer if principal.subject == claim.buyer_principal_id => Ok(Party::Buyer),
         Role::Supplier if principal.subject == claim.supplier_principal_id => Ok(Party::Supplier),

@@ -266,6 +266,11 @@ pub async fn save_claim(
     offers::save_offers(tx, c.claim_id, &c.claim).await
 }
 
+/// What NOT_FOUND calls a claim: "claim <id> not found", for an id that
+/// does not exist and, through `app::check_can_read`, for one the caller may
+/// not see.
+pub const CLAIM: &str = "claim";
+
 /// The claim, locked for the rest of the transaction.
 pub async fn lock_claim(
     tx: &mut PgConnection,
@@ -277,7 +282,7 @@ pub async fn lock_claim(
     .bind(claim_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let row = row.ok_or_else(|| ServiceError::not_found("claim", claim_id))?;
+    let row = row.ok_or_else(|| ServiceError::not_found(CLAIM, claim_id))?;
     record_of(tx, row).await
 }
 
@@ -291,7 +296,7 @@ pub async fn get_claim(
     .bind(claim_id)
     .fetch_optional(&mut *conn)
     .await?;
-    let row = row.ok_or_else(|| ServiceError::not_found("claim", claim_id))?;
+    let row = row.ok_or_else(|| ServiceError::not_found(CLAIM, claim_id))?;
     record_of(conn, row).await
 }
 

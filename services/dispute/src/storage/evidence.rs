@@ -64,6 +64,10 @@ pub async fn insert_evidence(
     Ok((existing, false))
 }
 
+/// What NOT_FOUND calls an evidence record: "evidence <id> not found", for
+/// an id that does not exist and for one of a claim the caller may not see.
+pub const EVIDENCE: &str = "evidence";
+
 pub async fn get_evidence(
     conn: &mut PgConnection,
     evidence_id: Uuid,
@@ -74,7 +78,7 @@ pub async fn get_evidence(
     .bind(evidence_id)
     .fetch_optional(conn)
     .await?;
-    row.ok_or_else(|| ServiceError::not_found("evidence", evidence_id))
+    row.ok_or_else(|| ServiceError::not_found(EVIDENCE, evidence_id))
 }
 
 /// A claim's evidence, oldest first, after the `(uploaded_at, evidence_id)`

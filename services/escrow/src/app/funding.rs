@@ -151,7 +151,14 @@ async fn open_attempt(
     let now = timestamps::now();
     let account = accounts::lock_account(conn, cmd.account_id).await?;
     if principal.subject != account.buyer_principal_id {
-        return Err(super::not_party());
+        // Only its buyer funds it; anyone who may not see the account is
+        // answered as for one that does not exist.
+        if !super::may_see(conn, principal, &account).await? {
+            return Err(ServiceError::unseen(accounts::ACCOUNT, cmd.account_id));
+        }
+        return Err(ServiceError::PermissionDenied(
+            "only the account's buyer funds it".into(),
+        ));
     }
     if let Some(existing) = attempts::attempt_by_gateway_key(conn, gateway_key).await? {
         let same = existing.escrow_account_id == account.id

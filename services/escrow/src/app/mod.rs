@@ -9,7 +9,13 @@
 //! and the timers in step with a change; `reactions` is what a timer firing
 //! does; `worker` runs what no request waits for.
 
-use ta_runtime::ServiceError;
+use sqlx::PgConnection;
+use ta_runtime::{
+    ServiceError,
+    auth::{Principal, Role},
+};
+
+use crate::{domain::EscrowAccount, storage};
 
 pub mod accounts;
 pub mod amendments;
@@ -23,7 +29,24 @@ pub mod settlement;
 pub mod transfers;
 pub mod worker;
 
-/// A buyer or supplier asking about an account it is not a party to.
-pub fn not_party() -> ServiceError {
-    ServiceError::PermissionDenied("the caller is not a party to this escrow account".into())
+/// Whether the caller may see the account at all: its buyer, the owner of
+/// its supplier, staff, back ends and services. Anyone else is told what an id that
+/// does not exist is told (`ServiceError::unseen`), so that asking cannot
+/// tell which accounts exist.
+pub async fn may_see(
+    conn: &mut PgConnection,
+    principal: &Principal,
+    account: &EscrowAccount,
+) -> Result<bool, ServiceError> {
+    Ok(match principal.role {
+        _ if principal.sees_everything() => true,
+        Role::Buyer => principal.subject == account.buyer_principal_id,
+        Role::Supplier => {
+            storage::accounts::get_terms(conn, account.id)
+                .await?
+                .supplier_owner_principal_id
+                == principal.subject
+        }
+        _ => false,
+    })
 }

@@ -157,6 +157,10 @@ async fn load(
     }))
 }
 
+/// What NOT_FOUND calls an escrow account: "escrow account <id> not found",
+/// for an id that does not exist and for one the caller may not see.
+pub const ACCOUNT: &str = "escrow account";
+
 /// Reads an account and holds its row lock until the transaction ends.
 pub async fn lock_account(
     conn: &mut PgConnection,
@@ -164,7 +168,7 @@ pub async fn lock_account(
 ) -> Result<EscrowAccount, ServiceError> {
     load(conn, "id = $1", id, true)
         .await?
-        .ok_or_else(|| ServiceError::not_found("escrow account", id))
+        .ok_or_else(|| ServiceError::not_found(ACCOUNT, id))
 }
 
 /// Reads the account a funding attempt pays into and holds its row lock:
@@ -184,7 +188,7 @@ const ATTEMPT_ACCOUNT: &str =
 pub async fn get_account(conn: &mut PgConnection, id: Uuid) -> Result<EscrowAccount, ServiceError> {
     load(conn, "id = $1", id, false)
         .await?
-        .ok_or_else(|| ServiceError::not_found("escrow account", id))
+        .ok_or_else(|| ServiceError::not_found(ACCOUNT, id))
 }
 
 pub async fn find_by_contract(
@@ -490,7 +494,7 @@ pub async fn read_details(
     .bind(account_id)
     .fetch_optional(&mut *conn)
     .await?
-    .ok_or_else(|| ServiceError::not_found("escrow account", account_id))?;
+    .ok_or_else(|| ServiceError::not_found(ACCOUNT, account_id))?;
     let (
         Some(scheme),
         Some(financing_partner_id),
