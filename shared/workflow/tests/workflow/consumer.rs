@@ -210,6 +210,20 @@ async fn an_event_that_keeps_failing_is_parked_and_the_feed_goes_on(pool: PgPool
         .await
         .expect_err("applied, not parked");
     assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    // Finance's one re-drive is one audit entry; the refused one left none.
+    let audited: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT method, role, resource_id FROM caller.audit_entries ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("audit entries");
+    assert_eq!(
+        audited,
+        [(
+            "/tradeassurance.ops.v1.WorkflowAdminService/RedriveFeedEvent".to_owned(),
+            "finance".to_owned(),
+            parked[0].id.to_string(),
+        )]
+    );
     probe.stop().await;
 }
 
