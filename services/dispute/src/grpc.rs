@@ -39,7 +39,7 @@ use crate::{
     },
     domain::claim::{Outcome, Party, Reason, Remedy},
     storage::{
-        claims::{self, ClaimFilter, ClaimRecord},
+        claims::{self, ClaimRecord},
         evidence, timeline,
     },
     views::{self, evidence_proto},
@@ -589,44 +589,7 @@ impl DisputeService for DisputeApi {
         let mut v = Violations::new();
         let limit = paging::page_size(req.page.as_ref(), &mut v);
         let after = paging::cursor(req.page.as_ref(), "claims", &mut v, time_cursor);
-        let mut filter = ClaimFilter::default();
-        for (field, value, slot) in [
-            ("contract_id", &req.contract_id, &mut filter.contract_id),
-            ("supplier_id", &req.supplier_id, &mut filter.supplier_id),
-            (
-                "buyer_principal_id",
-                &req.buyer_principal_id,
-                &mut filter.buyer_principal_id,
-            ),
-        ] {
-            if !value.is_empty() {
-                validate_reference(field, value, &mut v);
-                *slot = Some(value.clone());
-            }
-        }
-        for (i, status) in req.statuses.iter().enumerate() {
-            match pb::ClaimStatus::try_from(*status)
-                .ok()
-                .and_then(views::status_from_proto)
-            {
-                Some(s) => filter.statuses.push(s),
-                None => v.add(format!("statuses[{i}]"), "is not a claim status"),
-            }
-        }
-        if req.reason != 0 {
-            filter.reason = ta_proto::common::ClaimReason::try_from(req.reason)
-                .ok()
-                .and_then(views::reason_from_proto);
-            if filter.reason.is_none() {
-                v.add("reason", "is not a claim reason");
-            }
-        }
-        if let Some(at) = req.filed_after.as_ref() {
-            filter.filed_after = timestamps::from_proto(at);
-            if filter.filed_after.is_none() {
-                v.add("filed_after", "is not a valid timestamp");
-            }
-        }
+        let mut filter = parse::claim_filter(&req, timestamps::now(), &mut v);
         app::narrow_to_caller(&principal, &mut filter, &mut v);
         finish(v)?;
         self.mutations

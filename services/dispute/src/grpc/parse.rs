@@ -9,6 +9,7 @@ use ta_runtime::{
     money::Money,
     paging,
     text::{optional_text, require_text, validate_reference},
+    timestamps,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -16,6 +17,8 @@ use uuid::Uuid;
 use crate::{
     app::{Respond, evidence::Upload, offers::Proposal},
     domain::claim::Outcome,
+    storage::claims::{ClaimFilter, DecisionOverdue},
+    views,
 };
 
 pub(super) const MAX_TEXT: usize = 4000;
@@ -201,4 +204,65 @@ pub(super) fn parse_offer(
         outcome,
         message,
     })
+}
+
+/// What a ListClaims request asks for, before it is narrowed to what the
+/// caller may see.
+pub(super) fn claim_filter(
+    req: &pb::ListClaimsRequest,
+    now: OffsetDateTime,
+    v: &mut Violations,
+) -> ClaimFilter {
+    let mut filter = ClaimFilter::default();
+    for (field, value, slot) in [
+        ("contract_id", &req.contract_id, &mut filter.contract_id),
+        ("supplier_id", &req.supplier_id, &mut filter.supplier_id),
+        (
+            "buyer_principal_id",
+            &req.buyer_principal_id,
+            &mut filter.buyer_principal_id,
+        ),
+    ] {
+        if !value.is_empty() {
+            validate_reference(field, value, v);
+            *slot = Some(value.clone());
+        }
+    }
+    for (i, status) in req.statuses.iter().enumerate() {
+        match pb::ClaimStatus::try_from(*status)
+            .ok()
+            .and_then(views::status_from_proto)
+        {
+            Some(s) => filter.statuses.push(s),
+            None => v.add(format!("statuses[{i}]"), "is not a claim status"),
+        }
+    }
+    if req.reason != 0 {
+        filter.reason = ta_proto::common::ClaimReason::try_from(req.reason)
+            .ok()
+            .and_then(views::reason_from_proto);
+        if filter.reason.is_none() {
+            v.add("reason", "is not a claim reason");
+        }
+    }
+    for (field, at, slot) in [
+        ("filed_after", req.filed_after.as_ref(), &mut filter.filed_after),
+        ("filed_before", req.filed_before.as_ref(), &mut filter.filed_before),
+    ] {
+        if let Some(at) = at {
+            *slot = timestamps::from_proto(at);
+            if slot.is_none() {
+                v.add(field, "is not a valid timestamp");
+            }
+        }
+    }
+    if let (Some(after), Some(before)) = (filter.filed_after, filter.filed_before)
+        && before <= after
+    {
+        v.add("filed_before", "must be later than filed_after");
+    }
+    filter.decision_overdue = req
+        .decision_overdue
+        .map(|overdue| DecisionOverdue { overdue, now });
+    filter
 }

@@ -1,7 +1,7 @@
 //! A claim's row: inserted when filed, locked and saved with its offers at
 //! every step, read and listed for the API, counted for the gauges.
 
-use sqlx::{FromRow, PgConnection};
+use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder, Row as _};
 use ta_runtime::{
     OrConflict, ServiceError,
     money::{Currency, Money},
@@ -326,7 +326,84 @@ pub struct ClaimFilter {
     pub supplier_id: Option<String>,
     pub statuses: Vec<Status>,
     pub reason: Option<Reason>,
+    /// Filed at or after.
     pub filed_after: Option<OffsetDateTime>,
+    /// Filed before.
+    pub filed_before: Option<OffsetDateTime>,
+    /// Only the claims whose decision is overdue at `now` (or only the others).
+    pub decision_overdue: Option<DecisionOverdue>,
+}
+
+/// An escalated claim's decision is overdue once its `decision_due_at`
+/// (escalation + the arbiters' decision target) has passed; the gauge
+/// `ta.dispute.decisions_overdue` counts the same claims.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecisionOverdue {
+    /// True: the overdue claims; false: all others.
+    pub overdue: bool,
+    pub now: OffsetDateTime,
+}
+
+/// The listing's statement, newest filed first: only the conditions the
+/// filter sets, so each shape is planned on the index that serves it (see
+/// `migrations/0005_claim_lists.sql`).
+fn listing_query(
+    filter: &ClaimFilter,
+    after: Option<(OffsetDateTime, Uuid)>,
+    limit: i64,
+    prefix: &str,
+) -> QueryBuilder<Postgres> {
+    let mut q = QueryBuilder::new(format!(
+        "{prefix}SELECT {CLAIM_COLUMNS} FROM dispute.claims WHERE true"
+    ));
+    for (column, value) in [
+        ("buyer_principal_id", &filter.buyer_principal_id),
+        ("supplier_principal_id", &filter.supplier_principal_id),
+        ("contract_id", &filter.contract_id),
+        ("supplier_id", &filter.supplier_id),
+    ] {
+        if let Some(value) = value {
+            q.push(format!(" AND {column} = ")).push_bind(value.clone());
+        }
+    }
+    if !filter.statuses.is_empty() {
+        let statuses: Vec<&'static str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        q.push(" AND status = ANY(").push_bind(statuses).push(")");
+    }
+    if let Some(reason) = filter.reason {
+        q.push(" AND reason = ").push_bind(reason.as_str());
+    }
+    if let Some(at) = filter.filed_after {
+        q.push(" AND filed_at >= ").push_bind(at);
+    }
+    if let Some(at) = filter.filed_before {
+        q.push(" AND filed_at < ").push_bind(at);
+    }
+    match filter.decision_overdue {
+        // Spelled as the partial index `claims_escalated_by_filing` is.
+        Some(DecisionOverdue { overdue: true, now }) => {
+            q.push(" AND status = 'escalated' AND decision_due_at < ")
+                .push_bind(now);
+        }
+        Some(DecisionOverdue { overdue: false, now }) => {
+            q.push(
+                " AND (status <> 'escalated' OR decision_due_at IS NULL OR decision_due_at >= ",
+            )
+            .push_bind(now)
+            .push(")");
+        }
+        None => {}
+    }
+    if let Some((at, id)) = after {
+        q.push(" AND (filed_at, claim_id) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    q.push(" ORDER BY filed_at DESC, claim_id DESC LIMIT ")
+        .push_bind(limit);
+    q
 }
 
 /// Claims newest first, after the `(filed_at, claim_id)` cursor.
@@ -336,36 +413,32 @@ pub async fn list_claims(
     after: Option<(OffsetDateTime, Uuid)>,
     limit: i64,
 ) -> Result<Vec<ClaimRecord>, ServiceError> {
-    let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-    let rows: Vec<ClaimRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {CLAIM_COLUMNS} FROM dispute.claims WHERE \
-         ($1::text IS NULL OR buyer_principal_id = $1) AND \
-         ($2::text IS NULL OR supplier_principal_id = $2) AND \
-         ($3::text IS NULL OR contract_id = $3) AND \
-         ($4::text IS NULL OR supplier_id = $4) AND \
-         (cardinality($5::text[]) = 0 OR status = ANY($5)) AND \
-         ($6::text IS NULL OR reason = $6) AND \
-         ($7::timestamptz IS NULL OR filed_at >= $7) AND \
-         ($8::timestamptz IS NULL OR (filed_at, claim_id) < ($8, $9)) \
-         ORDER BY filed_at DESC, claim_id DESC LIMIT $10"
-    )))
-    .bind(filter.buyer_principal_id.as_deref())
-    .bind(filter.supplier_principal_id.as_deref())
-    .bind(filter.contract_id.as_deref())
-    .bind(filter.supplier_id.as_deref())
-    .bind(&statuses)
-    .bind(filter.reason.map(Reason::as_str))
-    .bind(filter.filed_after)
-    .bind(after.map(|(at, _)| at))
-    .bind(after.map_or(Uuid::nil(), |(_, id)| id))
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<ClaimRow> = listing_query(filter, after, limit, "")
+        .build_query_as()
+        .fetch_all(&mut *conn)
+        .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         out.push(record_of(conn, row).await?);
     }
     Ok(out)
+}
+
+/// Postgres's plan of exactly the statement [`list_claims`] runs, as
+/// `EXPLAIN (FORMAT JSON)` gives it: for the tests that check each filter
+/// shape is served by an index.
+pub async fn explain_list_claims(
+    conn: &mut PgConnection,
+    filter: &ClaimFilter,
+    after: Option<(OffsetDateTime, Uuid)>,
+    limit: i64,
+) -> Result<String, ServiceError> {
+    let row = listing_query(filter, after, limit, "EXPLAIN (FORMAT JSON) ")
+        .build()
+        .fetch_one(&mut *conn)
+        .await?;
+    // `json` travels as its text.
+    Ok(row.try_get_unchecked::<String, _>(0)?)
 }
 
 // ---- Figures ---------------------------------------------------------------------
