@@ -90,6 +90,17 @@ pub struct Config {
     #[arg(long, env = "DISPUTE_PEER_TIMEOUT", value_name = "DISPUTE_PEER_TIMEOUT",
           default_value = "5s", value_parser = DurationRange::new(Duration::from_millis(100), Duration::from_secs(60)))]
     pub peer_timeout: Duration,
+    /// How often the cross-service reconciliation runs in the background
+    /// (its count of differences is the `ta.reconciliation.differences`
+    /// gauge).
+    #[arg(long, env = "RECONCILIATION_INTERVAL", value_name = "RECONCILIATION_INTERVAL",
+          default_value = "5m", value_parser = DurationRange::new(Duration::from_secs(1), Duration::from_secs(86_400)))]
+    pub reconciliation_interval: Duration,
+    /// Rows any side changed less than this long ago are left out of the
+    /// reconciliation (work in flight); ReconcilePlatform may ask otherwise.
+    #[arg(long, env = "RECONCILIATION_SETTLED_FOR", value_name = "RECONCILIATION_SETTLED_FOR",
+          default_value = "1m", value_parser = DurationRange::new(Duration::ZERO, Duration::from_secs(86_400)))]
+    pub reconciliation_settled_for: Duration,
 }
 
 impl Config {

@@ -46,6 +46,9 @@ use crate::{
 };
 
 mod parse;
+mod reconciliation;
+
+pub use reconciliation::ReconciliationApi;
 
 use parse::{
     MAX_REASON, MAX_TEXT, claim_id, finish, parse_offer, parse_upload, references, respond,

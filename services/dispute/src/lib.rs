@@ -15,7 +15,10 @@ pub mod views;
 
 use std::{sync::Arc, time::Duration};
 
-use ta_proto::dispute::dispute_service_server::DisputeServiceServer;
+use ta_proto::{
+    dispute::dispute_service_server::DisputeServiceServer,
+    ops::reconciliation_service_server::ReconciliationServiceServer,
+};
 use ta_runtime::server::{Api, ServiceSpec};
 use ta_workflow::{admin, outbox::Outbox, service_api::WorkflowApi, timers::Timers};
 
@@ -24,12 +27,14 @@ use ta_objects::Store as EvidenceStore;
 use crate::app::{Flows, reactions};
 
 pub const DISPUTE_SERVICE: &str = "tradeassurance.dispute.v1.DisputeService";
+/// The cross-service reconciliation, served by this process only.
+pub const RECONCILIATION_SERVICE: &str = "tradeassurance.ops.v1.ReconciliationService";
 
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "dispute",
     schema: storage::SCHEMA,
     default_port: 50054,
-    grpc_services: &[DISPUTE_SERVICE, admin::SERVICE_NAME],
+    grpc_services: &[DISPUTE_SERVICE, RECONCILIATION_SERVICE, admin::SERVICE_NAME],
     migrator: &storage::MIGRATOR,
 };
 
@@ -62,7 +67,8 @@ impl Links {
 }
 
 /// The service's routes, policy, preparation (the workflow tables) and
-/// background work (outbox relay, timers, janitor).
+/// background work (outbox relay, timers, janitor, the periodic
+/// reconciliation).
 pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
     let schema = storage::schema();
     let workflow = WorkflowApi::new(&pool, schema);
@@ -73,20 +79,32 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
         settings: config.settings(),
     });
     let limit = config.common.server.max_message_bytes;
+    let reads = app::filing::Reads {
+        peers: links.calls.peers.clone(),
+        credentials: links.calls.credentials.clone(),
+        timeout: config.peer_timeout,
+    };
+    let reconciliation = ReconciliationServiceServer::new(grpc::ReconciliationApi::new(
+        pool.clone(),
+        reads.clone(),
+        config.reconciliation_settled_for,
+    ));
     let dispute = DisputeServiceServer::new(grpc::DisputeApi::new(
         pool.clone(),
         flows.clone(),
-        app::filing::Reads {
-            peers: links.calls.peers.clone(),
-            credentials: links.calls.credentials.clone(),
-            timeout: config.peer_timeout,
-        },
+        reads.clone(),
         links.store.clone(),
         config.workflow.feed.clone(),
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
     let resume_window = config.store.upload_resume_window;
+    let reconcile = Reconcile {
+        pool: pool.clone(),
+        reads,
+        every: config.reconciliation_interval,
+        settled_for: config.reconciliation_settled_for,
+    };
     workflow
         .relay(
             links.calls,
@@ -97,8 +115,12 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
         )
         .timers(reactions::Timers { flows }, config.workflow.timers.clone())
         .janitor(config.workflow.retention)
-        .into_api(tonic::service::Routes::new(dispute), &SPEC)
+        .into_api(
+            tonic::service::Routes::new(dispute).add_service(reconciliation),
+            &SPEC,
+        )
         .with_background(move |draining| report_claims(pool, draining))
+        .with_background(move |draining| reconcile.run(draining))
         .with_background(move |draining| sweep_partials(links.store, resume_window, draining))
 }
 
@@ -130,6 +152,49 @@ async fn report_claims(pool: sqlx::PgPool, draining: ta_workflow::Shutdown) {
         }
     })
     .await;
+}
+
+/// The periodic cross-service reconciliation.
+struct Reconcile {
+    pool: sqlx::PgPool,
+    reads: app::filing::Reads,
+    every: Duration,
+    settled_for: Duration,
+}
+
+impl Reconcile {
+    /// Compares the services' records every `every` and publishes
+    /// `ta.reconciliation.differences` by `kind`; each difference is logged
+    /// as a warning, so an operator sees both sides' figures.
+    async fn run(self, draining: ta_workflow::Shutdown) {
+        use ta_runtime::telemetry::{KeyValue, gauge, sample_every};
+        let differences = gauge(
+            "ta.reconciliation.differences",
+            "Differences between what the services record of the same orders",
+            "{difference}",
+        );
+        #[allow(clippy::cast_precision_loss)]
+        sample_every(self.every, draining, || async {
+            match app::reconciliation::run(&self.reads, &self.pool, self.settled_for).await {
+                Ok(reconciled) => {
+                    for kind in domain::reconciliation::Kind::ALL {
+                        let n = reconciled.report.count(kind);
+                        differences.set(n as f64, &[KeyValue::new("kind", kind.as_str())]);
+                    }
+                    for difference in &reconciled.report.differences {
+                        tracing::warn!(
+                            kind = difference.kind.as_str(),
+                            contract_id = difference.ids.contract_id,
+                            summary = difference.summary,
+                            "the services' records differ"
+                        );
+                    }
+                }
+                Err(error) => tracing::info!(%error, "reconciliation not run; next time"),
+            }
+        })
+        .await;
+    }
 }
 
 /// Removes resumable uploads left untouched past their window, every minute.

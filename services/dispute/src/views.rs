@@ -4,7 +4,7 @@
 use ta_objects::Kind;
 use ta_proto::{
     common::{Actor as PbActor, ClaimReason as PbReason},
-    dispute as pb,
+    dispute as pb, ops,
 };
 use ta_runtime::{auth::Actor, money::Money, timestamps};
 use time::OffsetDateTime;
@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use crate::{
     domain::{
         claim::{Offer, OfferStatus, Outcome, Party, Reason, Remedy},
+        reconciliation::{Difference, Figure, Kind as DifferenceKind, Reconciled},
         status::Status,
     },
     storage::{StoredActor, claims::ClaimRecord, evidence::EvidenceRecord},
@@ -195,5 +196,61 @@ pub fn evidence_proto(e: &EvidenceRecord) -> pb::Evidence {
             Actor::stored(e.uploaded_by_principal_id.clone(), &e.uploaded_by_role).to_proto(),
         ),
         uploaded_at: Some(timestamps::to_proto(e.uploaded_at)),
+    }
+}
+
+/// The most differences one answer lists; all are counted.
+const DIFFERENCES_LISTED: usize = 1_000;
+
+pub fn reconciliation_proto(outcome: &Reconciled) -> ops::ReconcilePlatformResponse {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    ops::ReconcilePlatformResponse {
+        checked_at: Some(timestamps::to_proto(outcome.checked_at)),
+        differences: outcome
+            .report
+            .differences
+            .iter()
+            .take(DIFFERENCES_LISTED)
+            .map(difference_proto)
+            .collect(),
+        differences_total: count(outcome.report.differences.len()),
+        reservations_checked: count(outcome.reservations),
+        contracts_checked: count(outcome.contracts),
+        accounts_checked: count(outcome.accounts),
+        claims_checked: count(outcome.claims),
+        rows_unsettled: count(outcome.report.unsettled),
+    }
+}
+
+fn difference_proto(difference: &Difference) -> ops::Difference {
+    let figure = |f: &Figure| ops::Figure {
+        service: f.service.to_owned(),
+        state: f.state.clone(),
+        amount: f.amount.map(Money::to_proto),
+    };
+    ops::Difference {
+        kind: difference_kind_proto(difference.kind) as i32,
+        contract_id: difference.ids.contract_id.clone(),
+        supplier_id: difference.ids.supplier_id.clone(),
+        escrow_account_id: difference.ids.escrow_account_id.clone(),
+        claim_id: difference.ids.claim_id.clone(),
+        left: Some(figure(&difference.left)),
+        right: Some(figure(&difference.right)),
+        summary: difference.summary.clone(),
+    }
+}
+
+fn difference_kind_proto(kind: DifferenceKind) -> ops::DifferenceKind {
+    use ops::DifferenceKind as P;
+    match kind {
+        DifferenceKind::CoverWithoutContract => P::CoverWithoutContract,
+        DifferenceKind::CoverOfEndedContract => P::CoverOfEndedContract,
+        DifferenceKind::CoverAmountDiffers => P::CoverAmountDiffers,
+        DifferenceKind::ContractWithoutCover => P::ContractWithoutCover,
+        DifferenceKind::ContractWithoutOpenAccount => P::ContractWithoutOpenAccount,
+        DifferenceKind::AccountTotalDiffers => P::AccountTotalDiffers,
+        DifferenceKind::MoneyHeldForEndedContract => P::MoneyHeldForEndedContract,
+        DifferenceKind::OpenClaimWithoutFreeze => P::OpenClaimWithoutFreeze,
+        DifferenceKind::FreezeWithoutOpenClaim => P::FreezeWithoutOpenClaim,
     }
 }

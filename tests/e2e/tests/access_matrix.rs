@@ -45,6 +45,7 @@ const SERVICE_PRINCIPALS: [&str; 6] = [
 
 const WORKFLOW_ADMIN: &str = "tradeassurance.ops.v1.WorkflowAdminService";
 const AUDIT_TRAIL: &str = "tradeassurance.ops.v1.AuditTrailService";
+const RECONCILIATION: &str = "tradeassurance.ops.v1.ReconciliationService";
 
 /// The gRPC services each binary serves.
 const SERVED: [(&str, &[&str]); 4] = [
@@ -75,6 +76,7 @@ const SERVED: [(&str, &[&str]); 4] = [
         DISPUTE,
         &[
             "tradeassurance.dispute.v1.DisputeService",
+            RECONCILIATION,
             WORKFLOW_ADMIN,
             AUDIT_TRAIL,
         ],

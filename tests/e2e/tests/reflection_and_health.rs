@@ -186,6 +186,7 @@ fn reflection_and_health_of_the_four_services() {
             _ => &[
                 "tradeassurance.dispute.v1.DisputeService",
                 AUDIT_TRAIL_SERVICE,
+                "tradeassurance.ops.v1.ReconciliationService",
                 "tradeassurance.ops.v1.WorkflowAdminService",
             ],
         };

@@ -35,8 +35,10 @@ type Event = pb::DisputeEventType;
 /// for one the caller may not see.
 const CONTRACT: &str = "contract";
 
-/// Reads of the contract and its escrow account when a claim is filed, with
-/// dispute's own service token.
+/// Reads of other services with dispute's own service token: the contract
+/// and its escrow account when a claim is filed, and every side of the
+/// cross-service reconciliation.
+#[derive(Clone)]
 pub struct Reads {
     pub peers: Peers,
     pub credentials: Arc<ServiceCredentials>,
@@ -44,7 +46,7 @@ pub struct Reads {
 }
 
 impl Reads {
-    fn request<T>(&self, target: &str, message: T) -> Result<Request<T>, ServiceError> {
+    pub(crate) fn request<T>(&self, target: &str, message: T) -> Result<Request<T>, ServiceError> {
         let bearer = self
             .credentials
             .bearer(target)
@@ -56,7 +58,7 @@ impl Reads {
         Ok(request)
     }
 
-    fn channel(&self, target: &str) -> Result<tonic::transport::Channel, ServiceError> {
+    pub(crate) fn channel(&self, target: &str) -> Result<tonic::transport::Channel, ServiceError> {
         self.peers.channel(target).ok_or_else(|| {
             ServiceError::Unavailable(format!("{target}'s address is not configured"))
         })

@@ -4,7 +4,8 @@
 //! (escalation, withdrawal, the supplier's rejection), [`evidence`],
 //! [`offers`], [`decisions`] (an arbiter's decision; a resolution carried
 //! out), [`closing`] (escrow, the contract and supplier-registry told of
-//! the outcome), and [`reactions`] (outbox answers, the escalation timer).
+//! the outcome), [`reactions`] (outbox answers, the escalation timer), and
+//! [`reconciliation`] (the four services' records compared).
 //!
 //! Each runs in the caller's transaction on a locked claim, applies the
 //! domain's rules, saves, tells the story (timeline and feed) and writes the
@@ -19,6 +20,7 @@ pub mod filing;
 pub mod offers;
 pub mod opening;
 pub mod reactions;
+pub mod reconciliation;
 
 use sqlx::PgConnection;
 use ta_proto::dispute as pb;

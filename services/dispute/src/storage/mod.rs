@@ -8,10 +8,12 @@
 //! - [`offers`]: a claim's offers, loaded and saved with it.
 //! - [`evidence`]: evidence records (the files are in the evidence store).
 //! - [`timeline`]: the claim's numbered story.
+//! - [`reconciliation`]: the claims compared with escrow's freezes.
 
 pub mod claims;
 pub mod evidence;
 pub mod offers;
+pub mod reconciliation;
 pub mod timeline;
 
 use sqlx::migrate::Migrator;
