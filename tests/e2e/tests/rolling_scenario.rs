@@ -599,4 +599,22 @@ fn many_orders_in_every_stage_leave_the_ledger_the_cover_and_the_claims_consiste
             assert!(!claim["effectsCompletedAt"].is_null(), "{claim:#}");
         }
     }
+
+    // 6. The cross-service reconciliation, which reads the same books through
+    //    the services' APIs, finds nothing either.
+    let reconciled = dispute.call_ok(
+        "tradeassurance.ops.v1.ReconciliationService/ReconcilePlatform",
+        Some(&platform.staff.finance),
+        &json!({ "settled_for": "0s" }),
+    );
+    assert_eq!(
+        reconciled["differencesTotal"].as_i64().unwrap_or(0),
+        0,
+        "{reconciled:#}"
+    );
+    assert!(
+        reconciled["contractsChecked"].as_i64().unwrap_or(0) > 0
+            && reconciled["accountsChecked"].as_i64().unwrap_or(0) > 0,
+        "{reconciled:#}"
+    );
 }
