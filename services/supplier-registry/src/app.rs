@@ -7,16 +7,21 @@
 use sqlx::PgConnection;
 use ta_runtime::{
     ServiceError,
-    auth::{Principal, Role},
+    auth::{Actor, Principal, Role},
     money::Money,
     timestamps,
 };
+use ta_workflow::feed::Feed;
 use uuid::Uuid;
 
 use crate::{
     domain::{Contact, NewSupplier, PenaltyPolicy, Status, Supplier},
     storage::{self, Reservation, Reserved, ReviewRow},
+    views::{self, SupplierFact},
 };
+
+/// The registry's event feed (`StreamSupplierEvents`).
+pub const FEED: &str = "supplier-registry";
 
 /// A change to one supplier's profile, verification, enrolment or status.
 #[derive(Clone, Debug)]
@@ -101,23 +106,37 @@ pub fn ensure_may_act(principal: &Principal, supplier: &Supplier) -> Result<(), 
     Ok(())
 }
 
-/// Whether `principal` sees the private view of `supplier` (contacts,
-/// licence number, owner): its owner, staff, platform back ends and services.
-pub fn sees_private_view(principal: &Principal, supplier: &Supplier) -> bool {
-    principal.sees_everything()
-        || (principal.role == Role::Supplier && principal.subject == supplier.owner_principal_id)
-}
-
-/// The registry's rules that depend on configuration.
-#[derive(Clone, Copy, Debug)]
+/// The registry's rules that depend on configuration, and its feed.
+#[derive(Clone, Debug)]
 pub struct Registry {
     pub penalty_policy: PenaltyPolicy,
+    /// Where every change others follow is told, in its transaction.
+    pub feed: Feed,
 }
 
 impl Registry {
+    /// Appends the events of `facts` about `supplier` (as it is after the
+    /// change) by `actor`, in the change's transaction.
+    async fn tell(
+        &self,
+        tx: &mut PgConnection,
+        actor: &Actor,
+        supplier: &Supplier,
+        facts: &[SupplierFact<'_>],
+    ) -> Result<(), ServiceError> {
+        for fact in facts {
+            let (kind, event) = views::supplier_event(fact, actor, supplier);
+            self.feed
+                .append(tx, kind, &supplier.id.to_string(), &event)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub async fn register(
         &self,
         tx: &mut PgConnection,
+        principal: &Principal,
         command: &Register,
     ) -> Result<Supplier, ServiceError> {
         let supplier = Supplier::register(
@@ -126,11 +145,19 @@ impl Registry {
             timestamps::now(),
         );
         storage::insert_supplier(tx, &supplier).await?;
+        self.tell(
+            tx,
+            &Actor::of(principal),
+            &supplier,
+            &[SupplierFact::Registered],
+        )
+        .await?;
         tracing::info!(supplier_id = %supplier.id, "supplier registered");
         Ok(supplier)
     }
 
-    /// Locks the supplier, checks the caller may act on it, applies the change.
+    /// Locks the supplier, checks the caller may act on it, applies the
+    /// change and tells the feed (contacts are no event).
     pub async fn change(
         &self,
         tx: &mut PgConnection,
@@ -140,18 +167,43 @@ impl Registry {
     ) -> Result<Supplier, ServiceError> {
         let mut supplier = storage::lock_supplier(tx, supplier_id).await?;
         ensure_may_act(principal, &supplier)?;
-        match change.clone() {
-            SupplierChange::Contacts(contacts) => supplier.contacts = contacts,
-            SupplierChange::SubmitVerification => supplier.submit_verification()?,
-            SupplierChange::Verify => supplier.verify()?,
+        let fact = match change.clone() {
+            SupplierChange::Contacts(contacts) => {
+                supplier.contacts = contacts;
+                None
+            }
+            SupplierChange::SubmitVerification => {
+                supplier.submit_verification(timestamps::now())?;
+                Some(SupplierFact::VerificationSubmitted)
+            }
+            SupplierChange::Verify => {
+                supplier.verify()?;
+                Some(SupplierFact::Verified)
+            }
             SupplierChange::RejectVerification { reason } => {
                 supplier.reject_verification(reason)?;
+                Some(SupplierFact::VerificationRejected)
             }
-            SupplierChange::Enroll { limit } => supplier.enroll(limit)?,
-            SupplierChange::SetLimit { limit } => supplier.set_limit(limit)?,
-            SupplierChange::SetStatus { status, reason } => supplier.set_status(status, reason),
-        }
+            SupplierChange::Enroll { limit } => {
+                supplier.enroll(limit)?;
+                Some(SupplierFact::Enrolled)
+            }
+            SupplierChange::SetLimit { limit } => {
+                let previous = supplier.ta_limit;
+                supplier.set_limit(limit)?;
+                Some(SupplierFact::LimitSet { previous })
+            }
+            SupplierChange::SetStatus { status, reason } => {
+                let previous = supplier.status;
+                supplier.set_status(status, reason);
+                Some(SupplierFact::StatusChanged { previous })
+            }
+        };
         storage::update_supplier(tx, &mut supplier).await?;
+        if let Some(fact) = fact {
+            self.tell(tx, &Actor::of(principal), &supplier, &[fact])
+                .await?;
+        }
         Ok(supplier)
     }
 
@@ -384,9 +436,11 @@ impl Registry {
     pub async fn record_penalty(
         &self,
         tx: &mut PgConnection,
+        principal: &Principal,
         command: &Penalty,
     ) -> Result<(Supplier, bool), ServiceError> {
         let mut supplier = storage::lock_supplier(tx, command.supplier_id).await?;
+        let (status_before, limit_before) = (supplier.status, supplier.ta_limit);
         let points = i32::try_from(command.points).unwrap_or(i32::MAX);
         let recorded = storage::insert_penalty(
             tx,
@@ -400,6 +454,24 @@ impl Registry {
             None => {
                 let restricted = supplier.record_penalty(command.points, self.penalty_policy);
                 storage::update_supplier(tx, &mut supplier).await?;
+                // The penalty, then what it changed, each as its own event.
+                let mut facts = vec![SupplierFact::PenaltyRecorded {
+                    claim_id: &command.claim_id,
+                    points: command.points,
+                    reason: &command.reason,
+                }];
+                if supplier.status != status_before {
+                    facts.push(SupplierFact::StatusChanged {
+                        previous: status_before,
+                    });
+                }
+                if supplier.ta_limit != limit_before {
+                    facts.push(SupplierFact::LimitSet {
+                        previous: limit_before,
+                    });
+                }
+                self.tell(tx, &Actor::of(principal), &supplier, &facts)
+                    .await?;
                 if restricted {
                     tracing::warn!(supplier_id = %supplier.id, points = supplier.penalty_points,
                         "supplier restricted by penalty points");

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use ta_runtime::config::CommonConfig;
+use ta_workflow::config::FeedConfig;
 
 use crate::domain::PenaltyPolicy;
 
@@ -12,6 +13,9 @@ use crate::domain::PenaltyPolicy;
 pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
+    /// The event feed's streams (`WORKFLOW_FEED_*`).
+    #[command(flatten)]
+    pub feed: FeedConfig,
     /// Penalty points at which a supplier is restricted.
     #[arg(long, env = "PENALTY_RESTRICTION_THRESHOLD", value_name = "PENALTY_RESTRICTION_THRESHOLD",
           default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..))]

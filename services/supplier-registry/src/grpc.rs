@@ -4,14 +4,21 @@
 //! with the protobuf `views` in the view the caller may see. Who may call what
 //! is declared on each RPC in `proto/` and enforced by the server's auth layer.
 
+mod parse;
+
 use ta_proto::supplier::{self as pb, supplier_registry_service_server::SupplierRegistryService};
 use ta_runtime::{
     ServiceError, Violations,
     auth::{self, Role},
-    money::{Currency, Money, is_country_code},
+    money::Money,
     paging,
     pipeline::Mutations,
     text::require_text,
+};
+use ta_workflow::{
+    config::FeedConfig,
+    feed::{EventStream, Feed},
+    feed_stream,
 };
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
@@ -26,20 +33,32 @@ use crate::{
         NewSupplier, PenaltyPolicy, Status as SupplierStatus, is_storable, validate_contacts,
         validate_reference,
     },
-    storage::{self, SearchFilter},
+    storage,
     views::{reservation_to_proto, review_to_proto, supplier_for, supplier_to_proto},
 };
 
 pub struct RegistryService {
     mutations: Mutations,
     registry: app::Registry,
+    feed_config: FeedConfig,
 }
 
 impl RegistryService {
-    pub fn new(pool: sqlx::PgPool, penalty_policy: PenaltyPolicy) -> Self {
+    /// The registry over `pool`, telling its changes to `feed` (served with
+    /// `feed_config`'s limits).
+    pub fn new(
+        pool: sqlx::PgPool,
+        penalty_policy: PenaltyPolicy,
+        feed: Feed,
+        feed_config: FeedConfig,
+    ) -> Self {
         Self {
             mutations: Mutations::new(pool, storage::SCHEMA),
-            registry: app::Registry { penalty_policy },
+            registry: app::Registry {
+                penalty_policy,
+                feed,
+            },
+            feed_config,
         }
     }
 
@@ -110,7 +129,6 @@ fn inquiry(supplier_id: &str, inquiry_id: &str, violations: &mut Violations) -> 
     }
 }
 
-const SUPPLIER_PAGES: &str = "suppliers";
 const REVIEW_PAGES: &str = "reviews";
 
 type Answer<T> = Result<Response<T>, Status>;
@@ -146,7 +164,8 @@ impl SupplierRegistryService for RegistryService {
             .execute(&prepared, || {
                 async |tx| {
                     let command = &prepared.command;
-                    let supplier = self.registry.register(tx, command).await?;
+                    let principal = prepared.principal();
+                    let supplier = self.registry.register(tx, principal, command).await?;
                     Ok(pb::RegisterSupplierResponse {
                         supplier: Some(supplier_to_proto(&supplier, true)),
                     })
@@ -314,69 +333,11 @@ impl SupplierRegistryService for RegistryService {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
-        let limit = paging::page_size(req.page.as_ref(), &mut v);
-        let after_id =
-            paging::cursor(
-                req.page.as_ref(),
-                SUPPLIER_PAGES,
-                &mut v,
-                |fields| match fields {
-                    [id] => Uuid::try_parse(id).ok(),
-                    _ => None,
-                },
-            );
-        if !req.country_code.is_empty() && !is_country_code(&req.country_code) {
-            v.add(
-                "country_code",
-                "must be an ISO 3166-1 alpha-2 code such as CN",
-            );
-        }
-        let min_rating = match req.min_average_rating_centi {
-            0 => None,
-            n @ 100..=500 => Some(i64::from(n)),
-            _ => {
-                v.add("min_average_rating_centi", "must be 0 (any) or 100-500");
-                None
-            }
-        };
-        let min_response_rate = match req.min_response_rate_basis_points {
-            0 => None,
-            n @ 1..=10_000 => Some(i64::from(n)),
-            _ => {
-                v.add(
-                    "min_response_rate_basis_points",
-                    "must be 0 (any) or 1-10000",
-                );
-                None
-            }
-        };
-        let min_cover = req.min_cover_remaining.as_ref().and_then(|m| {
-            let currency = Currency::parse(&m.currency_code);
-            if currency.is_none() {
-                v.add(
-                    "min_cover_remaining.currency_code",
-                    "must be an ISO 4217 currency code such as USD",
-                );
-            }
-            if m.amount_minor < 0 {
-                v.add("min_cover_remaining.amount_minor", "must not be negative");
-            }
-            currency.map(|c| Money::new(m.amount_minor, c))
-        });
+        let filter = parse::search(&req, &principal, &mut v)?;
         v.finish(())?;
-        let filter = SearchFilter {
-            has_badge: req.has_trade_assurance_badge,
-            verified: req.verified,
-            country_code: (!req.country_code.is_empty()).then(|| req.country_code.clone()),
-            min_average_rating_centi: min_rating,
-            min_cover_remaining: min_cover,
-            min_response_rate_basis_points: min_response_rate,
-            after_id,
-            limit: limit + 1,
-        };
         let found = storage::search_suppliers(self.pool(), &filter).await?;
-        let (found, next_page_token) = paging::split_page(found, limit, |s| {
-            paging::token(SUPPLIER_PAGES, &[&s.id.to_string()])
+        let (found, next_page_token) = paging::split_page(found, filter.limit - 1, |s| {
+            parse::supplier_token(filter.sort, filter.sort.key_of(s), s.id)
         });
         Ok(Response::new(pb::SearchSuppliersResponse {
             suppliers: found.iter().map(|s| supplier_for(&principal, s)).collect(),
@@ -484,6 +445,27 @@ impl SupplierRegistryService for RegistryService {
                 .iter()
                 .map(reservation_to_proto)
                 .collect::<Result<_, _>>()?,
+        }))
+    }
+
+    async fn list_cover_reservations(
+        &self,
+        request: Request<pb::ListCoverReservationsRequest>,
+    ) -> Answer<pb::ListCoverReservationsResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let filter = parse::reservations(&req, &mut v);
+        v.finish(())?;
+        let found = storage::list_cover_reservations(self.pool(), &filter).await?;
+        let (found, next_page_token) = paging::split_page(found, filter.limit - 1, |r| {
+            parse::reservation_token(r.reserved_at, &r.contract_id)
+        });
+        Ok(Response::new(pb::ListCoverReservationsResponse {
+            reservations: found
+                .iter()
+                .map(reservation_to_proto)
+                .collect::<Result<_, _>>()?,
+            next_page_token,
         }))
     }
 
@@ -659,7 +641,8 @@ impl SupplierRegistryService for RegistryService {
                 async |tx| {
                     let principal = prepared.principal();
                     let command = &prepared.command;
-                    let (supplier, restricted) = self.registry.record_penalty(tx, command).await?;
+                    let (supplier, restricted) =
+                        self.registry.record_penalty(tx, principal, command).await?;
                     Ok(pb::RecordPenaltyResponse {
                         supplier: Some(supplier_for(principal, &supplier)),
                         restricted_by_this_penalty: restricted,
@@ -667,5 +650,19 @@ impl SupplierRegistryService for RegistryService {
                 }
             })
             .await
+    }
+
+    type StreamSupplierEventsStream = EventStream<pb::StreamSupplierEventsResponse>;
+
+    async fn stream_supplier_events(
+        &self,
+        request: Request<pb::StreamSupplierEventsRequest>,
+    ) -> Result<Response<Self::StreamSupplierEventsStream>, Status> {
+        feed_stream::serve(
+            &self.registry.feed,
+            self.pool().clone(),
+            &self.feed_config,
+            request,
+        )
     }
 }

@@ -8,7 +8,7 @@
 //! writes with one guarded statement ([`reserve_if_unchanged`]), which the
 //! database serializes on the row just as well.
 
-use sqlx::{FromRow, PgConnection, PgPool, migrate::Migrator, types::Json};
+use sqlx::{FromRow, PgConnection, PgPool, Postgres, QueryBuilder, migrate::Migrator, types::Json};
 use ta_runtime::{
     OrConflict, ServiceError,
     idempotency::IdempotencyKeys,
@@ -24,6 +24,13 @@ pub const SCHEMA: &str = "supplier_registry";
 
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
+/// The service's schema, as the workflow machinery (the event feed)
+/// addresses it.
+pub fn schema() -> ta_workflow::Schema {
+    // A constant that is a plain identifier.
+    ta_workflow::Schema::new(SCHEMA).unwrap_or_else(|_| unreachable!())
+}
+
 pub fn idempotency_keys() -> IdempotencyKeys {
     IdempotencyKeys::new(SCHEMA)
 }
@@ -31,7 +38,8 @@ pub fn idempotency_keys() -> IdempotencyKeys {
 const SUPPLIER_COLUMNS: &str = "id, owner_principal_id, legal_name, country_code, \
     business_licence_number, contacts, verification, verification_rejection_reason, status, \
     status_reason, ta_limit_currency, ta_limit_minor, cover_reserved_minor, rating_sum, \
-    review_count, inquiry_count, replied_inquiry_count, penalty_points, created_at, updated_at";
+    review_count, inquiry_count, replied_inquiry_count, penalty_points, verification_submitted_at, \
+    created_at, updated_at";
 
 #[derive(FromRow)]
 struct SupplierRow {
@@ -53,6 +61,7 @@ struct SupplierRow {
     inquiry_count: i64,
     replied_inquiry_count: i64,
     penalty_points: i32,
+    verification_submitted_at: Option<OffsetDateTime>,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
 }
@@ -89,6 +98,7 @@ impl TryFrom<SupplierRow> for Supplier {
             inquiry_count: row.inquiry_count,
             replied_inquiry_count: row.replied_inquiry_count,
             penalty_points: row.penalty_points,
+            verification_submitted_at: row.verification_submitted_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -129,7 +139,7 @@ pub async fn update_supplier(tx: &mut PgConnection, s: &mut Supplier) -> Result<
          verification_rejection_reason = $4, status = $5, status_reason = $6, enrolled = $7, \
          ta_limit_currency = $8, ta_limit_minor = $9, cover_reserved_minor = $10, rating_sum = $11, \
          review_count = $12, inquiry_count = $13, replied_inquiry_count = $14, penalty_points = $15, \
-         updated_at = $16 WHERE id = $1",
+         updated_at = $16, verification_submitted_at = $17 WHERE id = $1",
     )
     .bind(s.id)
     .bind(Json(&s.contacts))
@@ -147,6 +157,7 @@ pub async fn update_supplier(tx: &mut PgConnection, s: &mut Supplier) -> Result<
     .bind(s.replied_inquiry_count)
     .bind(s.penalty_points)
     .bind(s.updated_at)
+    .bind(s.verification_submitted_at)
     .execute(tx)
     .await?;
     Ok(())
@@ -179,7 +190,60 @@ async fn fetch_supplier(
         .try_into()
 }
 
-/// Filters of a supplier search; `None` means "any".
+/// The order of a supplier search; every order ends with the supplier id, so
+/// it is total and a page continues it exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SupplierSort {
+    /// By id (registration order: ids are UUIDv7).
+    #[default]
+    Id,
+    /// Highest average rating first.
+    AverageRating,
+    /// Highest response rate first.
+    ResponseRate,
+    /// Most remaining cover first, in the filter's currency.
+    CoverRemaining,
+    /// Oldest verification submission first; never-submitted left out.
+    SubmittedAt,
+}
+
+/// A supplier's value of the sort key (the id aside).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    /// [`SupplierSort::Id`]: the id is the key.
+    Id,
+    /// Ratings, rates and cover amounts.
+    Number(i64),
+    /// A submission time.
+    Time(OffsetDateTime),
+}
+
+impl SupplierSort {
+    /// `supplier`'s key in this order; the columns the search sorts on hold
+    /// the same figures (see migration 0004).
+    pub fn key_of(self, supplier: &Supplier) -> SortKey {
+        match self {
+            Self::Id => SortKey::Id,
+            Self::AverageRating => SortKey::Number(i64::from(supplier.average_rating_centi())),
+            Self::ResponseRate => SortKey::Number(i64::from(supplier.response_rate_basis_points())),
+            Self::CoverRemaining => {
+                SortKey::Number(supplier.cover().map_or(0, |c| c.remaining.amount_minor))
+            }
+            Self::SubmittedAt => supplier
+                .verification_submitted_at
+                .map_or(SortKey::Id, SortKey::Time),
+        }
+    }
+}
+
+/// Where a search page continues: after the supplier with this key and id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SearchCursor {
+    pub key: SortKey,
+    pub id: Uuid,
+}
+
+/// Filters of a supplier search; `None` and empty mean "any".
 #[derive(Default, Debug)]
 pub struct SearchFilter {
     pub has_badge: Option<bool>,
@@ -188,44 +252,150 @@ pub struct SearchFilter {
     pub min_average_rating_centi: Option<i64>,
     pub min_cover_remaining: Option<Money>,
     pub min_response_rate_basis_points: Option<i64>,
-    pub after_id: Option<Uuid>,
+    /// Words every one of which starts a word of the legal name.
+    pub name_words: Vec<String>,
+    pub verifications: Vec<Verification>,
+    pub statuses: Vec<Status>,
+    /// Only suppliers this principal owns.
+    pub owner_principal_id: Option<String>,
+    pub sort: SupplierSort,
+    pub after: Option<SearchCursor>,
     pub limit: i64,
 }
 
-/// The minimum rating is compared with the average as shown
-/// ([`Supplier::average_rating_centi`], rounded half up), so a supplier shown
-/// with 467 is found by a minimum of 467.
+/// The full-text query of `words`: each a prefix of a word of the name. The
+/// words hold letters and digits only (see the transport's parsing), so
+/// nothing in them is tsquery syntax.
+fn name_tsquery(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| format!("{}:*", w.to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(" & ")
+}
+
+/// The search as one statement after `prefix` (the select list, or an
+/// EXPLAIN of it): only the conditions the filter sets, so each shape of
+/// search is a statement of its own and its plan (also a cached generic one)
+/// uses the index that serves it.
+fn search_query(prefix: &str, f: &SearchFilter) -> QueryBuilder<Postgres> {
+    let mut q = QueryBuilder::new(prefix);
+    q.push(format!(
+        " {SUPPLIER_COLUMNS} FROM supplier_registry.suppliers s WHERE true"
+    ));
+    if let Some(badge) = f.has_badge {
+        q.push(" AND (s.verification = 'verified' AND s.enrolled AND s.status = 'active') = ")
+            .push_bind(badge);
+    }
+    if let Some(verified) = f.verified {
+        q.push(" AND (s.verification = 'verified') = ")
+            .push_bind(verified);
+    }
+    if let Some(country) = &f.country_code {
+        q.push(" AND s.country_code = ").push_bind(country);
+    }
+    // The minimum rating is compared with the average as shown
+    // ([`Supplier::average_rating_centi`], rounded half up), so a supplier
+    // shown with 467 is found by a minimum of 467.
+    if let Some(rating) = f.min_average_rating_centi {
+        q.push(" AND s.review_count > 0 AND s.average_rating_centi >= ")
+            .push_bind(rating);
+    }
+    if let Some(cover) = f.min_cover_remaining {
+        q.push(" AND s.ta_limit_currency = ")
+            .push_bind(cover.currency.to_string())
+            .push(" AND s.cover_remaining_minor >= ")
+            .push_bind(cover.amount_minor);
+    }
+    if let Some(rate) = f.min_response_rate_basis_points {
+        q.push(" AND s.inquiry_count > 0 AND s.response_rate_basis_points >= ")
+            .push_bind(rate);
+    }
+    if !f.name_words.is_empty() {
+        q.push(" AND to_tsvector('simple', s.legal_name) @@ to_tsquery('simple', ")
+            .push_bind(name_tsquery(&f.name_words))
+            .push(")");
+    }
+    if !f.verifications.is_empty() {
+        let names: Vec<&str> = f.verifications.iter().map(|v| v.as_str()).collect();
+        q.push(" AND s.verification = ANY(")
+            .push_bind(names)
+            .push(")");
+    }
+    if !f.statuses.is_empty() {
+        let names: Vec<&str> = f.statuses.iter().map(|s| s.as_str()).collect();
+        q.push(" AND s.status = ANY(").push_bind(names).push(")");
+    }
+    if let Some(owner) = &f.owner_principal_id {
+        q.push(" AND s.owner_principal_id = ").push_bind(owner);
+    }
+    let (key_column, descending) = match f.sort {
+        SupplierSort::Id => ("", false),
+        SupplierSort::AverageRating => ("s.average_rating_centi", true),
+        SupplierSort::ResponseRate => ("s.response_rate_basis_points", true),
+        SupplierSort::CoverRemaining => ("s.cover_remaining_minor", true),
+        SupplierSort::SubmittedAt => ("s.verification_submitted_at", false),
+    };
+    if f.sort == SupplierSort::SubmittedAt {
+        q.push(" AND s.verification_submitted_at IS NOT NULL");
+    }
+    let after = if descending { " < " } else { " > " };
+    match f.after.map(|c| (c.key, c.id)) {
+        None => {}
+        Some((SortKey::Id, id)) => {
+            q.push(" AND s.id").push(after).push_bind(id);
+        }
+        Some((SortKey::Number(key), id)) => {
+            q.push(format!(" AND ({key_column}, s.id){after}("))
+                .push_bind(key)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        Some((SortKey::Time(key), id)) => {
+            q.push(format!(" AND ({key_column}, s.id){after}("))
+                .push_bind(key)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+    }
+    match (f.sort, descending) {
+        (SupplierSort::Id, _) => q.push(" ORDER BY s.id"),
+        (_, true) => q.push(format!(" ORDER BY {key_column} DESC, s.id DESC")),
+        (_, false) => q.push(format!(" ORDER BY {key_column}, s.id")),
+    };
+    q.push(" LIMIT ").push_bind(f.limit);
+    q
+}
+
+/// Suppliers matching `f`, in its order, from its cursor on.
 pub async fn search_suppliers(
     pool: &PgPool,
     f: &SearchFilter,
 ) -> Result<Vec<Supplier>, ServiceError> {
-    let sql = format!(
-        "SELECT {SUPPLIER_COLUMNS} FROM supplier_registry.suppliers s WHERE \
-         ($1::boolean IS NULL OR (s.verification = 'verified' AND s.enrolled AND s.status = 'active') = $1) \
-         AND ($2::boolean IS NULL OR (s.verification = 'verified') = $2) \
-         AND ($3::text IS NULL OR s.country_code = $3) \
-         AND ($4::bigint IS NULL OR (s.review_count > 0 \
-              AND (s.rating_sum * 200 + s.review_count) / NULLIF(2 * s.review_count, 0) >= $4)) \
-         AND ($5::text IS NULL OR (s.ta_limit_currency = $5 \
-              AND GREATEST(s.ta_limit_minor - s.cover_reserved_minor, 0) >= $6)) \
-         AND ($7::uuid IS NULL OR s.id > $7) \
-         AND ($9::bigint IS NULL OR (s.inquiry_count > 0 \
-              AND s.replied_inquiry_count * 10000 / s.inquiry_count >= $9)) \
-         ORDER BY s.id LIMIT $8"
-    );
-    let rows = sqlx::query_as::<_, SupplierRow>(sqlx::AssertSqlSafe(sql))
-        .bind(f.has_badge)
-        .bind(f.verified)
-        .bind(&f.country_code)
-        .bind(f.min_average_rating_centi)
-        .bind(f.min_cover_remaining.map(|m| m.currency.to_string()))
-        .bind(f.min_cover_remaining.map_or(0, |m| m.amount_minor))
-        .bind(f.after_id)
-        .bind(f.limit)
-        .bind(f.min_response_rate_basis_points)
+    let rows: Vec<SupplierRow> = search_query("SELECT", f)
+        .build_query_as()
         .fetch_all(pool)
         .await?;
     rows.into_iter().map(Supplier::try_from).collect()
+}
+
+/// The plan Postgres makes for [`search_suppliers`] of `f`, as `EXPLAIN
+/// (FORMAT JSON)` tells it: for checking that an index serves each shape.
+pub async fn explain_search(
+    pool: &PgPool,
+    f: &SearchFilter,
+) -> Result<serde_json::Value, ServiceError> {
+    explain(pool, search_query("EXPLAIN (FORMAT JSON) SELECT", f)).await
+}
+
+async fn explain(
+    pool: &PgPool,
+    mut query: QueryBuilder<Postgres>,
+) -> Result<serde_json::Value, ServiceError> {
+    let (plan,): (Json<serde_json::Value>,) = query.build_query_as().fetch_one(pool).await?;
+    Ok(plan.0)
 }
 
 #[derive(Clone, Debug, PartialEq, FromRow)]
@@ -476,6 +646,64 @@ pub async fn list_active_reservations(
         .bind(supplier_id)
         .fetch_all(pool)
         .await?)
+}
+
+/// Filters of a listing of cover reservations; `None` means "any".
+#[derive(Default, Debug)]
+pub struct ReservationFilter {
+    pub supplier_id: Option<Uuid>,
+    pub contract_id: Option<String>,
+    /// Active (true) or released (false) only.
+    pub active: Option<bool>,
+    /// The page continues after (`reserved_at`, `contract_id`).
+    pub after: Option<(OffsetDateTime, String)>,
+    pub limit: i64,
+}
+
+fn reservations_query(prefix: &str, f: &ReservationFilter) -> QueryBuilder<Postgres> {
+    let mut q = QueryBuilder::new(prefix);
+    q.push(format!(
+        " {RESERVATION_COLUMNS} FROM supplier_registry.cover_reservations WHERE true"
+    ));
+    if let Some(supplier) = f.supplier_id {
+        q.push(" AND supplier_id = ").push_bind(supplier);
+    }
+    if let Some(contract) = &f.contract_id {
+        q.push(" AND contract_id = ").push_bind(contract);
+    }
+    if let Some(active) = f.active {
+        q.push(" AND status = ")
+            .push_bind(if active { "active" } else { "released" });
+    }
+    if let Some((at, contract)) = &f.after {
+        q.push(" AND (reserved_at, contract_id) < (")
+            .push_bind(*at)
+            .push(", ")
+            .push_bind(contract)
+            .push(")");
+    }
+    q.push(" ORDER BY reserved_at DESC, contract_id DESC LIMIT ")
+        .push_bind(f.limit);
+    q
+}
+
+/// Cover reservations matching `f`, newest first.
+pub async fn list_cover_reservations(
+    pool: &PgPool,
+    f: &ReservationFilter,
+) -> Result<Vec<Reservation>, ServiceError> {
+    Ok(reservations_query("SELECT", f)
+        .build_query_as()
+        .fetch_all(pool)
+        .await?)
+}
+
+/// The plan of [`list_cover_reservations`] of `f` (`EXPLAIN (FORMAT JSON)`).
+pub async fn explain_cover_reservations(
+    pool: &PgPool,
+    f: &ReservationFilter,
+) -> Result<serde_json::Value, ServiceError> {
+    explain(pool, reservations_query("EXPLAIN (FORMAT JSON) SELECT", f)).await
 }
 
 /// Records a completed contract; false when it was already recorded.

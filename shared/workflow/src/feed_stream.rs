@@ -9,7 +9,7 @@
 
 use prost::Message;
 use sqlx::PgPool;
-use ta_proto::{contract, dispute, escrow};
+use ta_proto::{contract, dispute, escrow, supplier};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -100,6 +100,20 @@ impl FeedRequest for dispute::StreamDisputeEventsRequest {
     fn respond(mut event: Self::Event, sequence: u64, _: Option<String>) -> Self::Response {
         event.sequence = sequence;
         dispute::StreamDisputeEventsResponse { event: Some(event) }
+    }
+}
+
+impl FeedRequest for supplier::StreamSupplierEventsRequest {
+    type Event = supplier::SupplierEvent;
+    type Response = supplier::StreamSupplierEventsResponse;
+
+    fn after_sequence(&self) -> u64 {
+        self.after_sequence
+    }
+
+    fn respond(mut event: Self::Event, sequence: u64, _: Option<String>) -> Self::Response {
+        event.sequence = sequence;
+        supplier::StreamSupplierEventsResponse { event: Some(event) }
     }
 }
 

@@ -136,6 +136,8 @@ pub struct Supplier {
     pub inquiry_count: i64,
     pub replied_inquiry_count: i64,
     pub penalty_points: i32,
+    /// When the verification was last submitted; `None` if it never was.
+    pub verification_submitted_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -164,6 +166,7 @@ impl Supplier {
             inquiry_count: 0,
             replied_inquiry_count: 0,
             penalty_points: 0,
+            verification_submitted_at: None,
             created_at: now,
             updated_at: now,
         }
@@ -228,9 +231,11 @@ impl Supplier {
         Ok(())
     }
 
-    pub fn submit_verification(&mut self) -> Result<(), ServiceError> {
+    /// Submits the verification `at` that time: the queue is in that order.
+    pub fn submit_verification(&mut self, at: OffsetDateTime) -> Result<(), ServiceError> {
         self.apply_verification(VerificationAction::Submit, "submit verification")?;
         self.verification_rejection_reason.clear();
+        self.verification_submitted_at = Some(at);
         Ok(())
     }
 

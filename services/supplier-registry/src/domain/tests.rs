@@ -21,7 +21,7 @@ fn supplier() -> Supplier {
 
 fn badged(limit: i64) -> Supplier {
     let mut s = supplier();
-    s.submit_verification().unwrap();
+    s.submit_verification(OffsetDateTime::UNIX_EPOCH).unwrap();
     s.verify().unwrap();
     s.enroll(usd(limit)).unwrap();
     s
@@ -67,11 +67,23 @@ fn refused_transitions_name_the_current_state() {
 #[test]
 fn rejection_keeps_the_reason_until_resubmission() {
     let mut s = supplier();
-    s.submit_verification().unwrap();
+    let first = OffsetDateTime::UNIX_EPOCH;
+    let second = first + time::Duration::days(2);
+    assert_eq!(s.verification_submitted_at, None);
+    s.submit_verification(first).unwrap();
+    assert_eq!(s.verification_submitted_at, Some(first));
     s.reject_verification("licence expired".into()).unwrap();
     assert_eq!(s.verification_rejection_reason, "licence expired");
-    s.submit_verification().unwrap();
+    s.submit_verification(second).unwrap();
     assert_eq!(s.verification_rejection_reason, "");
+    assert_eq!(
+        s.verification_submitted_at,
+        Some(second),
+        "the queue orders by the latest submission"
+    );
+    // A refused submission changes nothing, its time neither.
+    assert!(s.submit_verification(first).is_err(), "already submitted");
+    assert_eq!(s.verification_submitted_at, Some(second));
 }
 
 #[test]
@@ -82,7 +94,7 @@ fn badge_needs_verified_enrolled_and_active() {
         s.enroll(usd(1_000)).is_err(),
         "enrolment needs verification"
     );
-    s.submit_verification().unwrap();
+    s.submit_verification(OffsetDateTime::UNIX_EPOCH).unwrap();
     s.verify().unwrap();
     assert!(!s.has_badge(), "not enrolled yet");
     s.enroll(usd(1_000)).unwrap();
