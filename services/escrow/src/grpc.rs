@@ -344,28 +344,7 @@ impl EscrowService for EscrowApi {
         } else if principal.role == Role::Supplier {
             v.add("supplier_id", "is required for a supplier (its own)");
         }
-        let direction = match pb::GatewayTransferDirection::try_from(req.direction) {
-            Ok(pb::GatewayTransferDirection::Unspecified) => None,
-            Ok(pb::GatewayTransferDirection::Payout) => Some("payout"),
-            Ok(pb::GatewayTransferDirection::BuyerRefund) => Some("buyer_refund"),
-            Ok(pb::GatewayTransferDirection::SuspenseRefund) => Some("suspense_refund"),
-            Err(_) => {
-                v.add("direction", "is not a transfer direction");
-                None
-            }
-        };
-        let status = match pb::GatewayTransferStatus::try_from(req.status) {
-            Ok(pb::GatewayTransferStatus::Unspecified) => None,
-            Ok(pb::GatewayTransferStatus::Pending) => Some("pending"),
-            Ok(pb::GatewayTransferStatus::Paid) => Some("paid"),
-            Ok(pb::GatewayTransferStatus::Failed) => Some("failed"),
-            Ok(pb::GatewayTransferStatus::Sending) => Some("sending"),
-            Ok(pb::GatewayTransferStatus::Unknown) => Some("unknown"),
-            Err(_) => {
-                v.add("status", "is not a transfer status");
-                None
-            }
-        };
+        let (direction, status, kinds) = parse::transfer_filter(&req, &mut v);
         finish(v)?;
         self.mutations
             .read(async |conn| {
@@ -383,6 +362,8 @@ impl EscrowService for EscrowApi {
                         supplier_id: (!req.supplier_id.is_empty()).then(|| req.supplier_id.clone()),
                         direction,
                         status,
+                        kinds,
+                        reference: (!req.reference.is_empty()).then(|| req.reference.clone()),
                         after,
                         limit,
                     },
@@ -393,6 +374,37 @@ impl EscrowService for EscrowApi {
                 });
                 Ok(Response::new(pb::ListGatewayTransfersResponse {
                     transfers: rows.iter().map(views::transfer_proto).collect(),
+                    next_page_token: next,
+                }))
+            })
+            .await
+    }
+
+    async fn list_escrow_accounts(
+        &self,
+        request: Request<pb::ListEscrowAccountsRequest>,
+    ) -> Result<Response<pb::ListEscrowAccountsResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let limit = paging::page_size(req.page.as_ref(), &mut v);
+        let after = time_cursor(req.page.as_ref(), "accounts", &mut v);
+        let after = uuid_cursor(after, &mut v);
+        let mut filter = parse::account_filter(&req, &mut v);
+        finish(v)?;
+        app::scope_accounts(&principal, &mut filter)?;
+        self.mutations
+            .read(async |conn| {
+                let rows = accounts::list_accounts(conn, &filter, after, limit + 1).await?;
+                let (rows, next) = paging::split_page(rows, limit, |(a, _)| {
+                    time_token("accounts", a.created_at, &a.id.to_string())
+                });
+                let accounts = rows
+                    .iter()
+                    .map(|(account, details)| views::account_proto(account, details))
+                    .collect::<Result<_, _>>()?;
+                Ok(Response::new(pb::ListEscrowAccountsResponse {
+                    accounts,
                     next_page_token: next,
                 }))
             })

@@ -120,6 +120,7 @@ calls! {
     GetEscrowStatement(GetEscrowStatementRequest) => get_escrow_statement,
     RunSupplierPayouts(RunSupplierPayoutsRequest) => run_supplier_payouts,
     ListGatewayTransfers(ListGatewayTransfersRequest) => list_gateway_transfers,
+    ListEscrowAccounts(ListEscrowAccountsRequest) => list_escrow_accounts,
     ReconcileLedger(ReconcileLedgerRequest) => reconcile_ledger,
     GetTrialBalance(GetTrialBalanceRequest) => get_trial_balance,
     ListHeldAccounts(ListHeldAccountsRequest) => list_held_accounts,
@@ -208,6 +209,7 @@ fn every_call(id: &str, key: &str) -> Vec<Call> {
             supplier_id: SUPPLIER_ID.into(),
             ..Default::default()
         }),
+        Call::ListEscrowAccounts(pb::ListEscrowAccountsRequest::default()),
         Call::ReconcileLedger(pb::ReconcileLedgerRequest {}),
         Call::GetTrialBalance(pb::GetTrialBalanceRequest::default()),
         Call::ListHeldAccounts(pb::ListHeldAccountsRequest::default()),

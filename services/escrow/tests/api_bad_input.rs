@@ -315,13 +315,15 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
                     supplier_id: String::new(),
                     direction: 7,
                     status: 9,
+                    kind: 4,
+                    reference: "a reference with spaces".into(),
                 },
                 SUPPLIER_OWNER,
                 ta_runtime::auth::Role::Supplier,
             ))
             .await
             .map(drop),
-        vec!["direction", "status", "supplier_id"],
+        vec!["direction", "kind", "reference", "status", "supplier_id"],
     ));
     cases.push((
         "trial balance",

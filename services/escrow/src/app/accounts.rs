@@ -43,11 +43,12 @@ fn refuse_if_closed(account: &EscrowAccount, action: &str) -> Result<(), Service
 pub async fn open_account(
     conn: &mut PgConnection,
     new: NewAccount,
+    supplier_owner: &str,
     now: OffsetDateTime,
 ) -> Result<EscrowAccount, ServiceError> {
     let contract_id = new.contract_id.clone();
     let account = EscrowAccount::open(Uuid::now_v7(), new, now)?;
-    if accounts::insert_account(conn, &account).await? {
+    if accounts::insert_account(conn, &account, supplier_owner).await? {
         return Ok(account);
     }
     accounts::find_by_contract(conn, &contract_id)
@@ -313,7 +314,13 @@ pub async fn open_escrow_account(
     cmd: &Open,
 ) -> Result<pb::OpenEscrowAccountResponse, ServiceError> {
     let now = timestamps::now();
-    let account = open_account(conn, cmd.new.clone(), now).await?;
+    let account = open_account(
+        conn,
+        cmd.new.clone(),
+        &cmd.terms.supplier_owner_principal_id,
+        now,
+    )
+    .await?;
     if !accounts::terms_exist(conn, account.id).await? {
         accounts::insert_terms(conn, account.id, &cmd.terms).await?;
         flows.sync_deadlines(conn, &account).await?;

@@ -15,7 +15,10 @@ use ta_runtime::{
     auth::{Principal, Role},
 };
 
-use crate::{domain::EscrowAccount, storage};
+use crate::{
+    domain::EscrowAccount,
+    storage::{self, accounts::AccountFilter},
+};
 
 pub mod accounts;
 pub mod amendments;
@@ -49,4 +52,36 @@ pub async fn may_see(
         }
         _ => false,
     })
+}
+
+/// Narrows an account listing to what the caller may see: a buyer its own
+/// accounts (naming another buyer is PERMISSION_DENIED, as ListContracts
+/// answers), a supplier those of the suppliers it owns (its other filters
+/// narrow that further); staff, back ends and services see every account.
+pub fn scope_accounts(
+    principal: &Principal,
+    filter: &mut AccountFilter,
+) -> Result<(), ServiceError> {
+    match principal.role {
+        _ if principal.sees_everything() => {}
+        Role::Buyer => {
+            if filter
+                .buyer_principal_id
+                .as_ref()
+                .is_some_and(|b| *b != principal.subject)
+            {
+                return Err(ServiceError::PermissionDenied(
+                    "a buyer lists only its own escrow accounts".into(),
+                ));
+            }
+            filter.buyer_principal_id = Some(principal.subject.clone());
+        }
+        Role::Supplier => filter.supplier_owner_principal_id = Some(principal.subject.clone()),
+        _ => {
+            return Err(ServiceError::PermissionDenied(
+                "only parties, staff and the platform list escrow accounts".into(),
+            ));
+        }
+    }
+    Ok(())
 }

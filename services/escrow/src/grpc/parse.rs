@@ -21,8 +21,8 @@ use crate::{
         funding::{Fund, Method},
         settlement::{Close, Outflow, Settle},
     },
-    domain::{NewAccount, Settles, account::hold_until_problem},
-    storage::accounts::{Scheme, Terms},
+    domain::{NewAccount, Settles, Status as AccountStatus, account::hold_until_problem},
+    storage::accounts::{AccountFilter, Scheme, Terms},
 };
 
 /// The longest reason a request may give.
@@ -359,6 +359,109 @@ pub(super) fn optional_currency(code: &str, v: &mut Violations) -> Option<Curren
         );
     }
     c
+}
+
+/// ListEscrowAccounts: the filters asked for (the caller's scope is
+/// app's to add).
+pub(super) fn account_filter(
+    req: &pb::ListEscrowAccountsRequest,
+    v: &mut Violations,
+) -> AccountFilter {
+    let optional = |field: &str, value: &str, v: &mut Violations| {
+        (!value.is_empty()).then(|| reference(field, value, v))
+    };
+    let mut statuses = Vec::new();
+    for (i, status) in req.statuses.iter().enumerate() {
+        match pb::EscrowAccountStatus::try_from(*status) {
+            Ok(pb::EscrowAccountStatus::AwaitingFunding) => {
+                statuses.push(AccountStatus::AwaitingFunding)
+            }
+            Ok(pb::EscrowAccountStatus::PartiallyFunded) => {
+                statuses.push(AccountStatus::PartiallyFunded)
+            }
+            Ok(pb::EscrowAccountStatus::Funded) => statuses.push(AccountStatus::Funded),
+            Ok(pb::EscrowAccountStatus::Closed) => statuses.push(AccountStatus::Closed),
+            _ => v.add(format!("statuses[{i}]"), "is not an escrow account status"),
+        }
+    }
+    let created_after = optional_time("created_after", req.created_after.as_ref(), v);
+    let created_before = optional_time("created_before", req.created_before.as_ref(), v);
+    if let (Some(after), Some(before)) = (created_after, created_before)
+        && after > before
+    {
+        v.add("created_after", "must not be after created_before");
+    }
+    AccountFilter {
+        buyer_principal_id: optional("buyer_principal_id", &req.buyer_principal_id, v),
+        supplier_owner_principal_id: None,
+        supplier_id: optional("supplier_id", &req.supplier_id, v),
+        contract_id: optional("contract_id", &req.contract_id, v),
+        statuses,
+        currency: optional_currency(&req.currency_code, v),
+        created_after,
+        created_before,
+        holding_money: req.holding_money,
+    }
+}
+
+/// An optional timestamp: unset is `None`, one out of range a violation.
+fn optional_time(
+    field: &str,
+    at: Option<&prost_types::Timestamp>,
+    v: &mut Violations,
+) -> Option<OffsetDateTime> {
+    let at = at?;
+    let parsed = timestamps::from_proto(at);
+    if parsed.is_none() {
+        v.add(field, "is not a valid timestamp");
+    }
+    parsed
+}
+
+/// ListGatewayTransfers: the filters asked for.
+pub(super) fn transfer_filter(
+    req: &pb::ListGatewayTransfersRequest,
+    v: &mut Violations,
+) -> (
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static [&'static str]>,
+) {
+    let direction = match pb::GatewayTransferDirection::try_from(req.direction) {
+        Ok(pb::GatewayTransferDirection::Unspecified) => None,
+        Ok(pb::GatewayTransferDirection::Payout) => Some("payout"),
+        Ok(pb::GatewayTransferDirection::BuyerRefund) => Some("buyer_refund"),
+        Ok(pb::GatewayTransferDirection::SuspenseRefund) => Some("suspense_refund"),
+        Err(_) => {
+            v.add("direction", "is not a transfer direction");
+            None
+        }
+    };
+    let status = match pb::GatewayTransferStatus::try_from(req.status) {
+        Ok(pb::GatewayTransferStatus::Unspecified) => None,
+        Ok(pb::GatewayTransferStatus::Pending) => Some("pending"),
+        Ok(pb::GatewayTransferStatus::Paid) => Some("paid"),
+        Ok(pb::GatewayTransferStatus::Failed) => Some("failed"),
+        Ok(pb::GatewayTransferStatus::Sending) => Some("sending"),
+        Ok(pb::GatewayTransferStatus::Unknown) => Some("unknown"),
+        Err(_) => {
+            v.add("status", "is not a transfer status");
+            None
+        }
+    };
+    let kind: Option<&'static [&'static str]> = match pb::GatewayTransferKind::try_from(req.kind) {
+        Ok(pb::GatewayTransferKind::Unspecified) => None,
+        Ok(pb::GatewayTransferKind::Payout) => Some(&["payout"]),
+        Ok(pb::GatewayTransferKind::Refund) => Some(&["buyer_refund", "suspense_refund"]),
+        Err(_) => {
+            v.add("kind", "is not a transfer kind");
+            None
+        }
+    };
+    if !req.reference.is_empty() {
+        validate_reference("reference", &req.reference, v);
+    }
+    (direction, status, kind)
 }
 
 pub(super) fn invalid() -> ServiceError {

@@ -328,33 +328,59 @@ pub struct TransferFilter {
     pub supplier_id: Option<String>,
     pub direction: Option<&'static str>,
     pub status: Option<&'static str>,
+    /// Any of these directions (a kind: payouts, or refunds of either sort).
+    pub kinds: Option<&'static [&'static str]>,
+    /// Matched exactly against the transfer's id, the gateway's id of it,
+    /// the payment a refund goes back against and the attempt it refunds.
+    pub reference: Option<String>,
     /// Continue after (created_at, id), newest first.
     pub after: Option<(OffsetDateTime, Uuid)>,
     pub limit: i64,
 }
 
+/// A page of transfers, newest first, after the cursor: only the filters
+/// given, so each is served by its index (see migration 0008).
 pub async fn list_transfers(
     conn: &mut PgConnection,
     f: &TransferFilter,
 ) -> Result<Vec<TransferRow>, ServiceError> {
-    let (at, id) = f
-        .after
-        .map_or((None, None), |(at, id)| (Some(at), Some(id)));
-    Ok(
-        sqlx::query_as::<_, TransferRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM escrow.gateway_transfers \
-         WHERE ($1::text IS NULL OR supplier_id = $1) AND ($2::text IS NULL OR direction = $2) \
-           AND ($3::text IS NULL OR status = $3) \
-           AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5)) \
-         ORDER BY created_at DESC, id DESC LIMIT $6"
-        )))
-        .bind(&f.supplier_id)
-        .bind(f.direction)
-        .bind(f.status)
-        .bind(at)
-        .bind(id)
-        .bind(f.limit + 1)
-        .fetch_all(&mut *conn)
-        .await?,
-    )
+    let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(format!(
+        "SELECT {COLUMNS} FROM escrow.gateway_transfers WHERE true"
+    ));
+    if let Some(supplier) = &f.supplier_id {
+        q.push(" AND supplier_id = ").push_bind(supplier);
+    }
+    if let Some(direction) = f.direction {
+        q.push(" AND direction = ").push_bind(direction);
+    }
+    if let Some(kinds) = f.kinds {
+        q.push(" AND direction = ANY(").push_bind(kinds).push(")");
+    }
+    if let Some(status) = f.status {
+        q.push(" AND status = ").push_bind(status);
+    }
+    if let Some(reference) = &f.reference {
+        q.push(" AND (gateway_reference = ")
+            .push_bind(reference)
+            .push(" OR source_reference = ")
+            .push_bind(reference);
+        // Escrow's own ids are UUIDs: the transfer's, or the attempt refunded.
+        if let Ok(id) = Uuid::parse_str(reference) {
+            q.push(" OR id = ")
+                .push_bind(id)
+                .push(" OR funding_attempt_id = ")
+                .push_bind(id);
+        }
+        q.push(")");
+    }
+    if let Some((at, id)) = f.after {
+        q.push(" AND (created_at, id) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(f.limit + 1);
+    Ok(q.build_query_as().fetch_all(&mut *conn).await?)
 }
