@@ -207,6 +207,7 @@ pub fn contract_proto(
         amendment_signatures: n.amendment_signatures.iter().map(signature_proto).collect(),
         claim_pending_confirmation: p.claim_pending,
         agreed_shipment_deadline: ts(p.agreed_shipment_deadline),
+        external_reference: contract.external_reference.clone().unwrap_or_default(),
         created_at: Some(timestamps::to_proto(contract.created_at)),
         updated_at: Some(timestamps::to_proto(contract.updated_at)),
     })

@@ -326,6 +326,7 @@ impl Harness {
             supplier_id: self.supplier_id.to_string(),
             buyer_principal_id: BUYER.into(),
             terms: Some(terms(300)),
+            ..Default::default()
         }
     }
 
@@ -943,6 +944,7 @@ async fn seeded(pool: &PgPool, status: Status, stored: &pb::ContractTerms) -> Co
             signed_at: Some(now - time::Duration::days(60)),
             ..Progress::default()
         },
+        external_reference: None,
         created_at: now,
         updated_at: now,
     };

@@ -54,6 +54,7 @@ fn draft() -> (ContractRecord, VersionRecord) {
         activation_refusal: String::new(),
         cancellation_reason: String::new(),
         progress: Progress::default(),
+        external_reference: None,
         created_at: now,
         updated_at: now,
     };

@@ -31,7 +31,9 @@ use crate::{
     },
     effects,
     storage::{
-        contracts::{ContractRecord, Progress, insert_contract, lock_contract},
+        contracts::{
+            ContractRecord, Progress, contract_with_reference, insert_contract, lock_contract,
+        },
         versions::{LoadedTerms, VersionRecord, insert_version},
     },
     views::version_proto,
@@ -103,6 +105,38 @@ pub struct CreateDraft {
     /// The terms as sent, with the server's figures stamped.
     pub proto: pb::ContractTerms,
     pub terms: Terms,
+    /// The buyer's own order reference ([`external_reference`]).
+    pub external_reference: Option<String>,
+}
+
+/// The most characters of a buyer's order reference.
+pub const MAX_EXTERNAL_REFERENCE: usize = 128;
+
+/// The buyer's order reference a draft carries: optional, 1-128 printable
+/// characters kept exactly as sent (it is matched exactly), and set by the
+/// buyer only (it is the buyer's shop's number, unique among its contracts).
+pub fn external_reference(principal: &Principal, sent: &str, v: &mut Violations) -> Option<String> {
+    if sent.is_empty() {
+        return None;
+    }
+    if principal.role != Role::Buyer {
+        v.add(
+            "external_reference",
+            "only the buyer sets its own order reference",
+        );
+    }
+    check_external_reference("external_reference", sent, v);
+    Some(sent.to_owned())
+}
+
+/// 1-128 printable characters (no control characters).
+pub fn check_external_reference(field: &str, value: &str, v: &mut Violations) {
+    let length = value.chars().count();
+    v.require(
+        (1..=MAX_EXTERNAL_REFERENCE).contains(&length) && !value.chars().any(char::is_control),
+        field,
+        "must be 1-128 printable characters",
+    );
 }
 
 /// A new version of the terms: a revised draft or a proposed amendment.
@@ -191,6 +225,17 @@ pub async fn create_draft(
     owner: &str,
     now: OffsetDateTime,
 ) -> Result<(pb::Contract, pb::ContractVersion), ServiceError> {
+    let buyer = cmd
+        .buyer_principal_id
+        .as_deref()
+        .unwrap_or(&principal.subject);
+    if let Some(reference) = &cmd.external_reference
+        && let Some(existing) = contract_with_reference(tx, buyer, reference).await?
+    {
+        return Err(ServiceError::AlreadyExists(format!(
+            "contract {existing} already has the buyer's external reference {reference:?}"
+        )));
+    }
     let id = Uuid::now_v7();
     let mut record = ContractRecord {
         contract_id: id,
@@ -208,6 +253,7 @@ pub async fn create_draft(
         activation_refusal: String::new(),
         cancellation_reason: String::new(),
         progress: Progress::default(),
+        external_reference: cmd.external_reference.clone(),
         created_at: now,
         updated_at: now,
     };
