@@ -2249,6 +2249,7 @@ async fn one_order(
         idempotency_key: format!("accept-{key}"),
         contract_id: contract_id.clone(),
         note: "all good".into(),
+        ..Default::default()
     };
     let accepted = recorder
         .time(
@@ -2335,6 +2336,7 @@ fn order_terms() -> ContractTerms {
                 trigger: PaymentTrigger::AfterSigning as i32,
                 due_days: 30,
                 amount: None,
+                lot: 0,
             }],
             pay_later: None,
         }),

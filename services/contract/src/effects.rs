@@ -30,6 +30,9 @@ pub mod completion {
     /// The acceptance's release answered: the account can close (a refusal
     /// goes to the operators' queue, unless there was nothing to release).
     pub const MONEY_MOVED: &str = "money_moved";
+    /// A lot's milestone release answered: no longer pending (a refusal
+    /// with money still held goes to the operators' queue).
+    pub const LOT_RELEASED: &str = "lot_released";
     /// CloseEscrowAccount answered: a refusal leaves money held that nobody
     /// moves, so it goes to the operators' queue.
     pub const ESCROW_CLOSED: &str = "escrow_closed";
@@ -207,6 +210,38 @@ pub fn release_all(
             }),
         },
         completion: completion::MONEY_MOVED,
+    })
+}
+
+/// One payment milestone released to the supplier because its lot was
+/// accepted (none without an escrow account): its own amount under its own
+/// purpose (`release:milestone:<id>` moves money once, whatever the key),
+/// keyed by the contract, the lot and the milestone.
+pub fn release_lot_milestone(
+    contract: &ContractRecord,
+    lot: u32,
+    milestone_id: &str,
+    amount: Money,
+) -> Option<Call<escrow_pb::ReleaseToSupplierRequest>> {
+    let account = contract.escrow_account_id.as_ref()?;
+    Some(Call {
+        callee: &ESCROW_CALLS,
+        method: "ReleaseToSupplier",
+        request: escrow_pb::ReleaseToSupplierRequest {
+            idempotency_key: format!(
+                "contract:{}:release-lot-{lot}:{milestone_id}",
+                contract.contract_id
+            ),
+            escrow_account_id: account.clone(),
+            amount: Some(amount.to_proto()),
+            reason: format!("lot {lot} accepted: milestone {milestone_id}"),
+            purpose: Some(escrow_pb::Purpose {
+                purpose: Some(escrow_pb::purpose::Purpose::MilestoneId(
+                    milestone_id.to_owned(),
+                )),
+            }),
+        },
+        completion: completion::LOT_RELEASED,
     })
 }
 

@@ -74,13 +74,22 @@ pub fn report_proto(record: &ReportRecord) -> Result<pb::InspectionReport, Servi
         .map_err(|_| ServiceError::internal("a stored inspection report does not decode"))
 }
 
-fn shipment_proto(s: &ShipmentRecord) -> pb::Shipment {
+/// A shipment (a lot) with its own receipt, acceptance and release.
+fn shipment_proto(s: &ShipmentRecord, currency: ta_runtime::money::Currency) -> pb::Shipment {
     pb::Shipment {
         carrier: s.carrier.clone(),
         tracking_number: s.tracking_number.clone(),
         shipped_at: Some(timestamps::to_proto(s.shipped_at)),
         late: s.late,
         r#final: s.r#final,
+        lot: s.lot(),
+        received_at: ts(s.received_at),
+        acceptance_due_at: ts(s.acceptance_due_at),
+        accepted_at: ts(s.accepted_at),
+        acceptance: acceptance_proto(s.acceptance.as_deref()) as i32,
+        released_milestone_ids: s.released_milestones.clone(),
+        released: (!s.released_milestones.is_empty()).then(|| money(s.released_minor, currency)),
+        release_pending: !s.release_pending.is_empty(),
     }
 }
 
@@ -172,7 +181,10 @@ pub fn contract_proto(
         ..Default::default()
     });
 
-    let all_shipments: Vec<pb::Shipment> = shipments.iter().map(shipment_proto).collect();
+    let all_shipments: Vec<pb::Shipment> = shipments
+        .iter()
+        .map(|s| shipment_proto(s, contract.total.currency))
+        .collect();
     Ok(pb::Contract {
         contract_id: contract.contract_id.to_string(),
         buyer_principal_id: contract.buyer_principal_id.clone(),

@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    ACCEPTANCE_DUE, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, Step, UNSHIPPED_CANCEL, contract_view,
-    drafting::ById, step, system,
+    ACCEPTANCE_DUE, CLAIM_CONFIRMATION, Flows, LOT_ACCEPTANCE_DUE, SHIPMENT_DUE, Step,
+    UNSHIPPED_CANCEL, contract_view, drafting::ById, lots, step, system,
 };
 use crate::{
     domain::{
@@ -25,7 +25,7 @@ use crate::{
     effects,
     storage::{
         contracts::{ContractRecord, current_version, lock_contract},
-        fulfilment::shipments,
+        fulfilment::{accept_remaining_lots, shift_lot_deadlines, shipments},
         versions::load_terms,
     },
     views::readable_time,
@@ -214,7 +214,11 @@ pub async fn record_claim_opened(
             open_claim_id: contract.open_claim_id.as_deref(),
             terms: &loaded.terms,
             shipped_at: shipments.iter().find(|s| s.r#final).map(|s| s.shipped_at),
-            received_at: contract.progress.received_at,
+            received_at: contract
+                .progress
+                .received_at
+                .or_else(|| lots::open_lot_receipt(&shipments)),
+            lot_release_pending: lots::release_pending(&shipments),
             day: flows.settings.day,
         },
         reason,
@@ -230,6 +234,10 @@ pub async fn record_claim_opened(
     flows.timers.cancel(tx, SHIPMENT_DUE, &subject).await?;
     flows.timers.cancel(tx, UNSHIPPED_CANCEL, &subject).await?;
     flows.timers.cancel(tx, ACCEPTANCE_DUE, &subject).await?;
+    flows
+        .timers
+        .cancel(tx, LOT_ACCEPTANCE_DUE, &subject)
+        .await?;
     flows
         .schedule_at(
             tx,
@@ -325,6 +333,10 @@ async fn resume(
         .timers
         .cancel(tx, CLAIM_CONFIRMATION, &contract.contract_id.to_string())
         .await?;
+    // Lots received before the final shipment: their acceptance deadlines
+    // were paused with the rest.
+    shift_lot_deadlines(tx, contract.contract_id, paused).await?;
+    lots::schedule_lot_timer(tx, flows, contract.contract_id, now).await?;
     match contract.negotiation.status {
         Status::Shipped | Status::Delivered => {
             if let Some(due) = contract.progress.acceptance_due_at.as_mut() {
@@ -477,6 +489,7 @@ pub async fn record_claim_closed(
             contract.progress.paused_at = None;
             contract.progress.accepted_at = Some(now);
             contract.progress.acceptance = Some("claim_outcome".into());
+            accept_remaining_lots(tx, contract.contract_id, "claim_outcome", false, now).await?;
             flows.cancel_timers(tx, contract.contract_id).await?;
             flows
                 .outbox
@@ -508,6 +521,16 @@ pub async fn record_claim_closed(
             )
         }
         pb::ClaimClosure::PartialRefund | pb::ClaimClosure::ReleaseToSupplier => {
+            // A goods claim before the final shipment was about the lots
+            // received and not accepted: its decision settles them (their
+            // milestones go with the final acceptance, on what is held).
+            let about_lots = !matches!(
+                contract.progress.claim_reason.as_deref(),
+                Some("LateShipment" | "NotReceived")
+            );
+            if about_lots {
+                accept_remaining_lots(tx, contract.contract_id, "claim_outcome", true, now).await?;
+            }
             resume(tx, flows, contract, now).await?;
             if let Some(deadline) = closed.new_shipment_deadline {
                 contract.progress.agreed_shipment_deadline = Some(deadline);

@@ -17,11 +17,12 @@ use uuid::Uuid;
 
 use super::{
     ACCEPTANCE_DUE, Flows, SHIPMENT_DUE, Step, UNSHIPPED_CANCEL, cancellation::cancel,
-    check_can_read, drafting::ById, funded_minor, require_party, step, system,
+    check_can_read, funded_minor, lots, require_party, step, system,
 };
 use crate::{
     domain::{
         fulfilment::{check_inspection_results, check_shipment},
+        lots::{LotTarget, check_lot_shipment, target},
         negotiation::{Party, Protection},
         quality::Outcome,
         status::{Action, Status},
@@ -31,7 +32,8 @@ use crate::{
     storage::{
         contracts::{ContractRecord, current_version, get_contract, lock_contract},
         fulfilment::{
-            ReportRecord, ShipmentRecord, insert_report, insert_shipment, latest_report, shipments,
+            NewShipment, ReportRecord, accept_remaining_lots, insert_report, insert_shipment,
+            latest_report, shipments,
         },
         payments::payments,
         versions::load_terms,
@@ -55,13 +57,25 @@ pub struct Ship {
     pub tracking_number: String,
     pub shipped_at: OffsetDateTime,
     pub r#final: bool,
+    /// The lot the request names (0: whichever is next).
+    pub lot: u32,
 }
 
-/// When the buyer received the goods.
+/// When the buyer received the goods (`lot`: a lot before the final one,
+/// 0 for the final shipment).
 #[derive(Clone, Copy)]
 pub struct Receipt {
     pub contract_id: Uuid,
     pub received_at: OffsetDateTime,
+    pub lot: u32,
+}
+
+/// The buyer accepts the goods: the whole order (`lot` 0, or the final
+/// lot), or a lot before the final one; a note is optional.
+pub struct Accept {
+    pub contract_id: Uuid,
+    pub lot: u32,
+    pub note: String,
 }
 
 /// The states in which goods have not shipped yet but the contract is signed.
@@ -304,12 +318,18 @@ pub async fn record_shipment(
     if let Some(deadline) = contract.progress.shipment_deadline {
         loaded.terms.shipment_deadline = deadline;
     }
+    let recorded = shipments(tx, cmd.contract_id).await?.len();
+    let next_lot = u32::try_from(recorded)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    let lots = loaded.terms.lots();
+    check_lot_shipment(lots, next_lot, cmd.lot, cmd.r#final)?;
     let latest = latest_report(tx, cmd.contract_id).await?;
     let late = check_shipment(&loaded.terms, latest.map(|r| r.passed), cmd.shipped_at)?;
-    insert_shipment(
+    let lot = insert_shipment(
         tx,
         cmd.contract_id,
-        &ShipmentRecord {
+        &NewShipment {
             carrier: cmd.carrier.clone(),
             tracking_number: cmd.tracking_number.clone(),
             shipped_at: cmd.shipped_at,
@@ -322,6 +342,11 @@ pub async fn record_shipment(
         " LATE (after the shipment deadline)"
     } else {
         ""
+    };
+    let which = if lots == 0 {
+        String::new()
+    } else {
+        format!("lot {lot} of {lots} ")
     };
     let detail = if cmd.r#final {
         contract.negotiation.status = next;
@@ -336,14 +361,19 @@ pub async fn record_shipment(
             .schedule_at(tx, ACCEPTANCE_DUE, cmd.contract_id, due, now)
             .await?;
         format!(
-            "shipped{lateness} with {} ({}); the goods must arrive by {}",
+            "{which}shipped{lateness} with {} ({}); the goods must arrive by {}",
             cmd.carrier,
             cmd.tracking_number,
             readable_time(loaded.terms.delivery_deadline)
         )
-    } else {
+    } else if lots == 0 {
         format!(
             "part shipment{lateness} with {} ({}); more follow",
+            cmd.carrier, cmd.tracking_number
+        )
+    } else {
+        format!(
+            "{which}shipped{lateness} with {} ({}); its acceptance releases the milestones the terms tie to it",
             cmd.carrier, cmd.tracking_number
         )
     };
@@ -370,9 +400,21 @@ pub async fn confirm_receipt(
     let Receipt {
         contract_id,
         received_at,
+        lot,
     } = *cmd;
     let mut contract = lock_contract(tx, contract_id).await?;
     require_party(principal, &contract, Party::Buyer)?;
+    let loaded = load_terms(tx, contract_id, contract.negotiation.signed_version).await?;
+    if let LotTarget::Lot(lot) = target(loaded.terms.lots(), lot)? {
+        let actor = Actor::of(principal);
+        let on = lots::OnLot {
+            terms: &loaded.terms,
+            actor: &actor,
+            lot,
+            now,
+        };
+        return lots::receive_lot(tx, flows, &mut contract, &on, received_at).await;
+    }
     contract.negotiation.status = contract.negotiation.status.next(Action::ConfirmReceipt)?;
     let shipped_at = shipments(tx, contract_id)
         .await?
@@ -385,7 +427,6 @@ pub async fn confirm_receipt(
             "must not be before the shipment",
         ));
     }
-    let loaded = load_terms(tx, contract_id, contract.negotiation.signed_version).await?;
     let day = flows.settings.day;
     let due = acceptance_after_receipt(&loaded.terms, received_at, day);
     contract.progress.received_at = Some(received_at);
@@ -413,31 +454,36 @@ pub async fn confirm_receipt(
         .await
 }
 
-/// The buyer accepts the goods explicitly (a note optional, `cmd.text`).
+/// The buyer accepts the goods explicitly: the whole order, or a lot
+/// before the final one (its milestones released, the contract goes on).
 pub async fn accept_goods(
     tx: &mut PgConnection,
     flows: &Flows,
     principal: &Principal,
-    cmd: &ById,
+    cmd: &Accept,
     now: OffsetDateTime,
 ) -> Result<pb::Contract, ServiceError> {
     let mut contract = lock_contract(tx, cmd.contract_id).await?;
     require_party(principal, &contract, Party::Buyer)?;
-    accept(
-        tx,
-        flows,
-        &mut contract,
-        &Actor::of(principal),
-        "explicit",
-        &cmd.text,
-        now,
-    )
-    .await
+    let actor = Actor::of(principal);
+    let loaded = load_terms(tx, cmd.contract_id, contract.negotiation.signed_version).await?;
+    if let LotTarget::Lot(lot) = target(loaded.terms.lots(), cmd.lot)? {
+        let on = lots::OnLot {
+            terms: &loaded.terms,
+            actor: &actor,
+            lot,
+            now,
+        };
+        return lots::accept_lot(tx, flows, &mut contract, &on, "explicit", &cmd.note).await;
+    }
+    accept(tx, flows, &mut contract, &actor, "explicit", &cmd.note, now).await
 }
 
 /// The goods are accepted (explicitly, automatically, or by a claim's
-/// outcome): the money held goes to the supplier, the cover is freed, and the
-/// completed contract lets the buyer review.
+/// outcome): the money held goes to the supplier (what lots accepted before
+/// released is gone already; the release takes whatever escrow still
+/// holds), the lots not accepted on their own are accepted with it, the
+/// cover is freed, and the completed contract lets the buyer review.
 pub async fn accept(
     tx: &mut PgConnection,
     flows: &Flows,
@@ -455,7 +501,13 @@ pub async fn accept(
     }
     flows.cancel_timers(tx, contract.contract_id).await?;
     let payments = payments(tx, contract.contract_id).await?;
-    let held = Money::new(funded_minor(&payments)?, contract.total.currency);
+    let lot_shipments = shipments(tx, contract.contract_id).await?;
+    let by_lots = lots::released_by_lots(&lot_shipments)?;
+    let held = Money::new(
+        funded_minor(&payments)?.saturating_sub(by_lots).max(0),
+        contract.total.currency,
+    );
+    accept_remaining_lots(tx, contract.contract_id, kind, false, now).await?;
     let protected = contract.negotiation.protection == Protection::TradeAssurance;
     if protected {
         flows
@@ -482,7 +534,13 @@ pub async fn accept(
     } else {
         format!(" (\"{note}\")")
     };
-    let detail = if protected {
+    let detail = if protected && by_lots > 0 {
+        format!(
+            "{how}{note}; {} released to the supplier ({} released earlier with accepted lots), cover freed, completed",
+            readable(held),
+            readable(Money::new(by_lots, contract.total.currency))
+        )
+    } else if protected {
         format!(
             "{how}{note}; {} released to the supplier, cover freed, completed",
             readable(held)

@@ -1,7 +1,8 @@
 //! The contract's use cases, one module per stage: `drafting` (draft,
 //! revise, sign), `activation` (cover and escrow after both signed),
 //! `amendments`, `funding` (escrow's payments), `fulfilment` (inspection,
-//! shipment, receipt, acceptance, the deadlines), `cancellation`, `claims`
+//! shipment, receipt, acceptance, the deadlines), `lots` (lots before the
+//! final shipment and their releases), `cancellation`, `claims`
 //! (dispute's calls), `settlement` (escrow's answers about the money it
 //! holds) and `reactions` (outbox answers, escrow's feed, timers). Each runs
 //! in the caller's transaction on a contract it locked: it applies the state
@@ -15,6 +16,7 @@ pub mod claims;
 pub mod drafting;
 pub mod fulfilment;
 pub mod funding;
+pub mod lots;
 pub mod reactions;
 pub mod settlement;
 
@@ -56,6 +58,9 @@ pub const UNSHIPPED_CANCEL: &str = "unshipped_cancel";
 pub const ACCEPTANCE_DUE: &str = "acceptance_due";
 /// A claim recorded but not yet confirmed by dispute: subject the contract id.
 pub const CLAIM_CONFIRMATION: &str = "claim_confirmation";
+/// When the earliest received lot before the final one counts as accepted
+/// (see [`lots`]): subject the contract id.
+pub const LOT_ACCEPTANCE_DUE: &str = "lot_acceptance_due";
 
 /// Durations the contract's timers use.
 #[derive(Clone, Copy, Debug)]
@@ -159,6 +164,7 @@ impl Flows {
             UNSHIPPED_CANCEL,
             ACCEPTANCE_DUE,
             CLAIM_CONFIRMATION,
+            LOT_ACCEPTANCE_DUE,
         ] {
             self.timers.cancel(tx, kind, &subject).await?;
         }

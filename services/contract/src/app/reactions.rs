@@ -17,8 +17,8 @@ use ta_workflow::{
 use uuid::Uuid;
 
 use super::{
-    ACCEPTANCE_DUE, CLAIM_CONFIRMATION, Flows, SHIPMENT_DUE, UNSHIPPED_CANCEL, activation,
-    amendments, claims, fulfilment, funding, settlement,
+    ACCEPTANCE_DUE, CLAIM_CONFIRMATION, Flows, LOT_ACCEPTANCE_DUE, SHIPMENT_DUE, UNSHIPPED_CANCEL,
+    activation, amendments, claims, fulfilment, funding, lots, settlement,
 };
 use crate::{effects::completion, storage::contracts::exists};
 
@@ -126,6 +126,10 @@ impl CompletionHandler for Completions {
                 )
                 .await
             }
+            completion::LOT_RELEASED => {
+                let request: escrow_pb::ReleaseToSupplierRequest = delivery.decode_request()?;
+                lots::lot_released(tx, &request, answer.refusal(), now).await
+            }
             _ => Ok(delivery.follow_up_answered(answer)),
         }
     }
@@ -218,6 +222,7 @@ impl TimerHandler for Timers {
             ACCEPTANCE_DUE => fulfilment::acceptance_due(tx, &self.flows, id, now).await,
             UNSHIPPED_CANCEL => fulfilment::unshipped_cancel(tx, &self.flows, id, now).await,
             CLAIM_CONFIRMATION => claims::claim_confirmation_due(tx, &self.flows, id, now).await,
+            LOT_ACCEPTANCE_DUE => lots::lot_acceptance_due(tx, &self.flows, id, now).await,
             other => Err(ServiceError::internal(format!(
                 "unknown contract timer kind {other}"
             ))),

@@ -25,7 +25,7 @@ use crate::{
 
 /// A timeline entry from escrow's side that changes nothing of the
 /// contract's state (an operator item, a deadline that passed early).
-async fn note(
+pub(super) async fn note(
     tx: &mut PgConnection,
     contract: &ContractRecord,
     action: &str,

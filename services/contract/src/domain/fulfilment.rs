@@ -178,7 +178,11 @@ pub struct ClaimFacts<'a> {
     pub open_claim_id: Option<&'a str>,
     pub terms: &'a Terms,
     pub shipped_at: Option<OffsetDateTime>,
+    /// The final shipment's receipt, or before it the latest receipt of a
+    /// lot not accepted yet (a goods claim about that lot).
     pub received_at: Option<OffsetDateTime>,
+    /// A lot whose release escrow has not answered yet.
+    pub lot_release_pending: Option<u32>,
     /// How long one day of the terms lasts (a day, except in tests and demos).
     pub day: Duration,
 }
@@ -195,7 +199,8 @@ fn refused(reason: &'static str, message: String) -> ServiceError {
 /// claim at a time; goods claims (quality, damage, quantity, other) only after
 /// receipt and within the claim window; a late-shipment claim only once the
 /// shipment deadline passed (shipped late or not at all); a non-delivery claim
-/// only once the delivery deadline passed without receipt.
+/// only once the delivery deadline passed without receipt; none while a
+/// lot's release is on its way to escrow.
 pub fn check_claim(
     facts: &ClaimFacts<'_>,
     reason: ClaimReason,
@@ -211,6 +216,14 @@ pub fn check_claim(
         return Err(refused(
             "CLAIM_ALREADY_OPEN",
             format!("claim {open} is already open on this contract"),
+        ));
+    }
+    if let Some(lot) = facts.lot_release_pending {
+        return Err(refused(
+            super::lots::LOT_RELEASE_PENDING,
+            format!(
+                "lot {lot} was accepted and escrow is releasing its milestones: file the claim again once the release went through, against what escrow then holds"
+            ),
         ));
     }
     if !facts.status.holds_money() {

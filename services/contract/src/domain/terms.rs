@@ -83,6 +83,9 @@ pub struct PaymentMilestone {
     pub trigger: Trigger,
     pub due_days: u32,
     pub amount: Money,
+    /// The shipment lot whose acceptance releases it (1, 2, ...); 0 with the
+    /// final acceptance. See [`super::lots`].
+    pub lot: u32,
 }
 
 impl PaymentMilestone {
@@ -904,6 +907,8 @@ fn payment_terms(
         &milestones_field,
         "the shares must sum to 10000 basis points (100 %)",
     );
+    let lots: Vec<u32> = terms.milestones.iter().map(|m| m.lot).collect();
+    super::lots::check_lot_terms(&lots, &milestones_field, violations);
     let pay_later = match (scheme, terms.pay_later.as_ref()) {
         (Some(Scheme::PayLater), Some(p)) => {
             let partner = p.financing_partner_id.trim();
@@ -976,6 +981,7 @@ fn schedule(milestones: &[pb::PaymentMilestone], total: Money) -> Option<Vec<Pay
                 trigger,
                 due_days: m.due_days,
                 amount: Money::new(amount, total.currency),
+                lot: m.lot,
             })
         })
         .collect()

@@ -35,6 +35,7 @@ fn milestone(
         trigger: trigger.into(),
         due_days,
         amount: None,
+        lot: 0,
     }
 }
 
@@ -440,6 +441,7 @@ mod fulfilment {
             terms: &terms,
             shipped_at: Some(terms.shipment_deadline - Duration::days(2)),
             received_at: Some(received),
+            lot_release_pending: None,
             day: Duration::days(1),
         };
         let within = received + Duration::days(30);
@@ -476,6 +478,14 @@ mod fulfilment {
         assert_eq!(
             reason_of(check_claim(&completed, ClaimReason::Damaged, within).unwrap_err()),
             "NOTHING_HELD"
+        );
+        let releasing = ClaimFacts {
+            lot_release_pending: Some(1),
+            ..facts.clone()
+        };
+        assert_eq!(
+            reason_of(check_claim(&releasing, ClaimReason::Damaged, within).unwrap_err()),
+            "LOT_RELEASE_PENDING"
         );
 
         // Before shipment: late shipment once the deadline passed unshipped;
@@ -600,4 +610,81 @@ fn stored_terms_read_back_without_todays_request_rules() {
     let mut broken = sent.clone();
     broken.payment_terms = None;
     assert!(Terms::stored(&broken, signed.total).is_err());
+}
+
+mod lot_terms {
+    use super::*;
+    use crate::domain::lots::{lot_release, milestones_of};
+
+    /// 40 % with lot 1, 60 % with lot 2 (the final shipment).
+    fn in_two_lots(first: u32, second: u32) -> pb::ContractTerms {
+        let mut t = terms();
+        let payment = t.payment_terms.as_mut().unwrap();
+        payment.milestones = vec![
+            pb::PaymentMilestone {
+                lot: first,
+                ..milestone("first-lot", 4_000, pb::PaymentTrigger::AfterSigning, 3)
+            },
+            pb::PaymentMilestone {
+                lot: second,
+                ..milestone(
+                    "second-lot",
+                    6_000,
+                    pb::PaymentTrigger::BeforeShipmentDeadline,
+                    2,
+                )
+            },
+        ];
+        t
+    }
+
+    #[test]
+    fn milestones_tied_to_lots_are_validated_with_the_terms() {
+        let terms = validate(&in_two_lots(1, 2)).expect("valid");
+        assert_eq!(terms.lots(), 2);
+        assert_eq!(terms.milestones[0].lot, 1);
+        assert_eq!(validate(&in_two_lots(1, 0)).unwrap().lots(), 1);
+        assert_eq!(validate(&in_two_lots(0, 0)).unwrap().lots(), 0);
+        let gap = validate(&in_two_lots(1, 3)).unwrap_err();
+        assert!(
+            gap.contains("terms.payment_terms.milestones: the lots must be numbered 1..3"),
+            "{gap}"
+        );
+        let far = validate(&in_two_lots(1, 12)).unwrap_err();
+        assert!(
+            far.contains("terms.payment_terms.milestones[1].lot"),
+            "{far}"
+        );
+    }
+
+    #[test]
+    fn a_lot_releases_its_funded_milestones_and_leaves_the_rest_to_the_final() {
+        let terms = validate(&in_two_lots(1, 2)).expect("valid");
+        let release = lot_release(&terms, 1, |_| true).unwrap();
+        assert_eq!(
+            release.milestones,
+            vec![("first-lot".to_owned(), terms.milestones[0].amount)]
+        );
+        assert_eq!(release.total, terms.milestones[0].amount);
+        assert_eq!(
+            release.total.amount_minor * 10_000 / terms.total.amount_minor,
+            4_000,
+            "40 % of the total"
+        );
+        let unfunded = lot_release(&terms, 1, |_| false).unwrap();
+        assert!(unfunded.milestones.is_empty());
+        assert_eq!(unfunded.unfunded, vec!["first-lot".to_owned()]);
+        assert_eq!(unfunded.total.amount_minor, 0);
+        assert_eq!(milestones_of(&terms, 2).count(), 1);
+    }
+
+    #[test]
+    fn stored_terms_keep_their_lots() {
+        let mut sent = in_two_lots(1, 2);
+        let terms = validate(&sent).expect("valid");
+        terms.stamp(&mut sent);
+        let stored = Terms::stored(&sent, terms.total).expect("stored");
+        assert_eq!(stored.lots(), 2);
+        assert_eq!(stored.milestones[1].lot, 2);
+    }
 }
