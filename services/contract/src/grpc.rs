@@ -33,19 +33,18 @@ use crate::{
         fulfilment::{self, Accept, Inspect, Receipt, Ship},
         not_party,
     },
-    domain::{negotiation::Protection, terms::Terms},
+    domain::terms::Terms,
     storage::{
-        contracts::{
-            ContractFilter, ContractRecord, get_contract, list_contracts,
-            list_inspection_assignments,
-        },
+        contracts::{get_contract, list_contracts, list_inspection_assignments},
         fulfilment::list_reports,
         timeline::page_timeline,
     },
-    views::{self, report_proto},
+    views::report_proto,
 };
 
 const MAX_NOTE: usize = 1000;
+
+mod parse;
 
 type Answer<T> = Result<Response<T>, Status>;
 
@@ -198,16 +197,6 @@ fn finish(v: Violations) -> Result<(), ServiceError> {
     v.finish(())
 }
 
-fn contract_token(c: &ContractRecord) -> String {
-    paging::token(
-        "contracts",
-        &[
-            &c.created_at.unix_timestamp_nanos().to_string(),
-            &c.contract_id.to_string(),
-        ],
-    )
-}
-
 fn time_cursor(fields: &[&str]) -> Option<(OffsetDateTime, Uuid)> {
     let [nanos, id] = fields else { return None };
     let at = OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().ok()?).ok()?;
@@ -295,6 +284,7 @@ fn draft(
         Uuid::nil()
     });
     let buyer_principal_id = drafting::buyer_of(principal, &req.buyer_principal_id, v);
+    let external_reference = drafting::external_reference(principal, &req.external_reference, v);
     let terms = Terms::validate(req.terms.as_ref(), "terms", now, Some(day), v);
     let terms = terms.ok_or_else(recorded)?;
     Ok(CreateDraft {
@@ -302,6 +292,7 @@ fn draft(
         buyer_principal_id,
         proto: terms_proto_with_figures(&terms, req.terms.as_ref()),
         terms,
+        external_reference,
     })
 }
 
@@ -326,45 +317,6 @@ fn claim_closing(req: &pb::RecordClaimClosedRequest, v: &mut Violations) -> Clai
         refunded: req.refunded.clone(),
         new_shipment_deadline,
     }
-}
-
-/// The contracts a listing asks for, within those the caller may see.
-fn listing_filter(
-    req: &pb::ListContractsRequest,
-    principal: &Principal,
-    v: &mut Violations,
-) -> Result<ContractFilter, ServiceError> {
-    let mut filter = ContractFilter::default();
-    if !req.supplier_id.is_empty() {
-        match Uuid::parse_str(&req.supplier_id) {
-            Ok(id) => filter.supplier_id = Some(id),
-            Err(_) => v.add("supplier_id", "must be a supplier id (UUID)"),
-        }
-    }
-    if !req.buyer_principal_id.is_empty() {
-        validate_reference("buyer_principal_id", &req.buyer_principal_id, v);
-        filter.buyer_principal_id = Some(req.buyer_principal_id.clone());
-    }
-    for (i, status) in req.statuses.iter().enumerate() {
-        match pb::ContractStatus::try_from(*status)
-            .ok()
-            .and_then(views::status_from_proto)
-        {
-            Some(s) => filter.statuses.push(s),
-            None => v.add(format!("statuses[{i}]"), "is not a contract status"),
-        }
-    }
-    filter.protection = match pb::Protection::try_from(req.protection) {
-        Ok(pb::Protection::Unspecified) => None,
-        Ok(pb::Protection::TradeAssurance) => Some(Protection::TradeAssurance),
-        Ok(pb::Protection::None) => Some(Protection::None),
-        Err(_) => {
-            v.add("protection", "is not a protection");
-            None
-        }
-    };
-    app::scope_listing(principal, &mut filter)?;
-    Ok(filter)
 }
 
 #[tonic::async_trait]
@@ -449,15 +401,16 @@ impl ContractService for ContractApi {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
-        let limit = paging::page_size(req.page.as_ref(), &mut v);
-        let after = paging::cursor(req.page.as_ref(), "contracts", &mut v, time_cursor);
-        let filter = listing_filter(&req, &principal, &mut v)?;
+        let mut listing = parse::contract_listing(&req, &principal, &mut v)?;
         finish(v)?;
+        let (limit, order) = (listing.limit, listing.order);
+        listing.limit += 1;
         let answer = self
             .mutations
             .read(async |conn| {
-                let rows = list_contracts(conn, &filter, after, limit + 1).await?;
-                let (rows, next) = paging::split_page(rows, limit, contract_token);
+                let rows = list_contracts(conn, &listing).await?;
+                let (rows, next) =
+                    paging::split_page(rows, limit, |c| parse::contract_token(order, c));
                 Ok(pb::ListContractsResponse {
                     contracts: app::contract_views(conn, &rows, self.day()).await?,
                     next_page_token: next,
