@@ -83,11 +83,11 @@ fn escrow_accounts_are_listed_to_their_parties_staff_and_the_platform_and_refund
     );
     assert_eq!(
         listed_ok(&platform, &other_buyer, json!({})),
-        [theirs.clone()]
+        std::slice::from_ref(&theirs)
     );
     assert_eq!(
         listed_ok(&platform, &other_owner, json!({})),
-        [theirs.clone()]
+        std::slice::from_ref(&theirs)
     );
     // Strangers get nothing of anyone's, whatever they name.
     let stranger_buyer = mint("buyer-lists-stranger", Role::Buyer);
@@ -132,7 +132,7 @@ fn escrow_accounts_are_listed_to_their_parties_staff_and_the_platform_and_refund
             json!({ "statuses": ["ESCROW_ACCOUNT_STATUS_FUNDED"], "currency_code": "USD",
                     "created_after": created, "created_before": at(days(1)) })
         ),
-        [paid.clone()]
+        std::slice::from_ref(&paid)
     );
     assert_eq!(
         listed_ok(
@@ -201,7 +201,7 @@ fn escrow_accounts_are_listed_to_their_parties_staff_and_the_platform_and_refund
             &buyer,
             json!({ "statuses": ["ESCROW_ACCOUNT_STATUS_CLOSED"] })
         ),
-        [paid.clone()]
+        std::slice::from_ref(&paid)
     );
     wait_until(PATIENCE, "the refunds to be sent", || {
         let refunds = transfers(&platform, json!({ "kind": "GATEWAY_TRANSFER_KIND_REFUND" }));
