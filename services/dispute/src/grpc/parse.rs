@@ -246,8 +246,16 @@ pub(super) fn claim_filter(
         }
     }
     for (field, at, slot) in [
-        ("filed_after", req.filed_after.as_ref(), &mut filter.filed_after),
-        ("filed_before", req.filed_before.as_ref(), &mut filter.filed_before),
+        (
+            "filed_after",
+            req.filed_after.as_ref(),
+            &mut filter.filed_after,
+        ),
+        (
+            "filed_before",
+            req.filed_before.as_ref(),
+            &mut filter.filed_before,
+        ),
     ] {
         if let Some(at) = at {
             *slot = timestamps::from_proto(at);

@@ -385,12 +385,13 @@ fn listing_query(
             q.push(" AND status = 'escalated' AND decision_due_at < ")
                 .push_bind(now);
         }
-        Some(DecisionOverdue { overdue: false, now }) => {
-            q.push(
-                " AND (status <> 'escalated' OR decision_due_at IS NULL OR decision_due_at >= ",
-            )
-            .push_bind(now)
-            .push(")");
+        Some(DecisionOverdue {
+            overdue: false,
+            now,
+        }) => {
+            q.push(" AND (status <> 'escalated' OR decision_due_at IS NULL OR decision_due_at >= ")
+                .push_bind(now)
+                .push(")");
         }
         None => {}
     }
