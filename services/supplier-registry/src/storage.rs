@@ -316,15 +316,29 @@ fn search_query(prefix: &str, f: &SearchFilter) -> QueryBuilder<Postgres> {
             .push_bind(name_tsquery(&f.name_words))
             .push(")");
     }
-    if !f.verifications.is_empty() {
-        let names: Vec<&str> = f.verifications.iter().map(|v| v.as_str()).collect();
-        q.push(" AND s.verification = ANY(")
-            .push_bind(names)
-            .push(")");
+    // One value is an equality, so an index on the column and the order
+    // (the verification queue) returns rows in order, with no sort.
+    match f.verifications.as_slice() {
+        [] => {}
+        [one] => {
+            q.push(" AND s.verification = ").push_bind(one.as_str());
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|v| v.as_str()).collect();
+            q.push(" AND s.verification = ANY(")
+                .push_bind(names)
+                .push(")");
+        }
     }
-    if !f.statuses.is_empty() {
-        let names: Vec<&str> = f.statuses.iter().map(|s| s.as_str()).collect();
-        q.push(" AND s.status = ANY(").push_bind(names).push(")");
+    match f.statuses.as_slice() {
+        [] => {}
+        [one] => {
+            q.push(" AND s.status = ").push_bind(one.as_str());
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+            q.push(" AND s.status = ANY(").push_bind(names).push(")");
+        }
     }
     if let Some(owner) = &f.owner_principal_id {
         q.push(" AND s.owner_principal_id = ").push_bind(owner);

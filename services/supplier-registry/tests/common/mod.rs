@@ -148,8 +148,9 @@ pub async fn badged_supplier(client: &mut Client, licence: &str, limit_minor: i6
     id
 }
 
-/// The tables of the registry's schema, for "nothing was written" checks.
-pub const TABLES: [&str; 7] = [
+/// The tables of the registry's schema, for "nothing was written" checks:
+/// its own and the feed's events.
+pub const TABLES: [&str; 8] = [
     "suppliers",
     "cover_reservations",
     "completed_contracts",
@@ -157,6 +158,7 @@ pub const TABLES: [&str; 7] = [
     "inquiries",
     "penalties",
     "idempotency_keys",
+    "workflow_feed_events",
 ];
 
 /// Row count and a digest of the contents of every registry table: equal
@@ -168,8 +170,15 @@ impl Snapshot {
     pub async fn take(pool: &PgPool) -> Self {
         let mut tables = Vec::new();
         for table in TABLES {
+            // An event's sequence is given after its commit, by whichever
+            // stream reads the feed first: what was appended is the rest.
+            let row = if table == "workflow_feed_events" {
+                "(t.id, t.feed, t.kind, t.subject_id, t.payload)::text"
+            } else {
+                "t::text"
+            };
             let sql = format!(
-                "SELECT count(*), COALESCE(md5(string_agg(t::text, '|' ORDER BY t::text)), '') \
+                "SELECT count(*), COALESCE(md5(string_agg({row}, '|' ORDER BY {row})), '') \
                  FROM supplier_registry.{table} t"
             );
             let (count, digest): (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -286,12 +295,14 @@ calls! {
     AdjustCover(AdjustCoverRequest) => adjust_cover,
     ReleaseCover(ReleaseCoverRequest) => release_cover,
     GetCover(GetCoverRequest) => get_cover,
+    ListCoverReservations(ListCoverReservationsRequest) => list_cover_reservations,
     RecordCompletedContract(RecordCompletedContractRequest) => record_completed_contract,
     SubmitReview(SubmitReviewRequest) => submit_review,
     ListReviews(ListReviewsRequest) => list_reviews,
     RecordInquiry(RecordInquiryRequest) => record_inquiry,
     RecordInquiryReply(RecordInquiryReplyRequest) => record_inquiry_reply,
     RecordPenalty(RecordPenaltyRequest) => record_penalty,
+    StreamSupplierEvents(StreamSupplierEventsRequest) => stream_supplier_events,
 }
 
 impl Call {
@@ -393,6 +404,10 @@ pub fn every_call(supplier_id: &str, key: &str) -> Vec<Call> {
             contract_id: "contract-1".into(),
         }),
         Call::GetCover(pb::GetCoverRequest { supplier_id: id() }),
+        Call::ListCoverReservations(pb::ListCoverReservationsRequest {
+            supplier_id: id(),
+            ..Default::default()
+        }),
         Call::RecordCompletedContract(pb::RecordCompletedContractRequest {
             idempotency_key: key("completed"),
             supplier_id: id(),
@@ -427,6 +442,7 @@ pub fn every_call(supplier_id: &str, key: &str) -> Vec<Call> {
             points: 3,
             reason: "quality mismatch upheld".into(),
         }),
+        Call::StreamSupplierEvents(pb::StreamSupplierEventsRequest { after_sequence: 0 }),
     ]
 }
 
