@@ -6,7 +6,10 @@ mod support;
 
 use escrow::{
     domain::Status,
-    storage::accounts::{self, AccountFilter},
+    storage::{
+        accounts::{self, AccountFilter},
+        transfers::{self as gateway_transfers, TransferFilter},
+    },
 };
 use serde_json::Value;
 use sqlx::PgPool;
@@ -550,6 +553,11 @@ fn node_type(node: &Value) -> &str {
     node.get("Node Type").and_then(Value::as_str).unwrap_or("")
 }
 
+/// An index scan, or the heap scan of a bitmap built from indexes.
+fn through_an_index(node: &Value) -> bool {
+    node_type(node).contains("Index") || node_type(node) == "Bitmap Heap Scan"
+}
+
 #[sqlx::test(migrations = false)]
 async fn every_filter_shape_reads_the_accounts_through_an_index(pool: PgPool) {
     let escrow = start(pool).await;
@@ -673,8 +681,7 @@ async fn every_filter_shape_reads_the_accounts_through_an_index(pool: PgPool) {
                 "{name} (after {after:?}) reads every account:\n{pretty}"
             );
             assert!(
-                all.iter()
-                    .any(|n| on_accounts(n) && node_type(n).contains("Index")),
+                all.iter().any(|n| on_accounts(n) && through_an_index(n)),
                 "{name} (after {after:?}) uses no index of the accounts:\n{pretty}"
             );
         }
@@ -717,6 +724,159 @@ async fn every_filter_shape_reads_the_accounts_through_an_index(pool: PgPool) {
     .unwrap();
     assert_eq!(i64::try_from(holding.len()).unwrap(), held);
     assert_eq!(held, 1_200, "seed-N holds money when N ends in 0, 3 or 6");
+}
+
+/// Seeds `count` gateway transfers straight into the tables (each with its
+/// hold): a third each payouts (to 50 suppliers), buyer refunds and
+/// suspense refunds, in every status, one a minute.
+async fn seed_transfers(pool: &PgPool, count: i32) {
+    for statement in [
+        "INSERT INTO escrow.ledger_accounts (id, kind, owner, currency, non_negative, eager) \
+         VALUES ('00000000-0000-0000-0000-00000000000a', 'suspense', 'platform', 'USD', false, true), \
+                ('00000000-0000-0000-0000-00000000000b', 'gateway_clearing', 'platform', 'USD', \
+                 false, true)",
+        "INSERT INTO escrow.transfers (id, purpose_scope, purpose) \
+         SELECT md5('seed-' || i)::uuid, 'seed', 'seed-' || i FROM generate_series(1, $1) AS i",
+        "INSERT INTO escrow.holds (id, debit_account_id, credit_account_id, currency, \
+           amount_minor, status, expires_at) \
+         SELECT md5('seed-' || i)::uuid, '00000000-0000-0000-0000-00000000000a', \
+           '00000000-0000-0000-0000-00000000000b', 'USD', 100, 'pending', \
+           now() + interval '1 day' FROM generate_series(1, $1) AS i",
+        "INSERT INTO escrow.gateway_transfers (id, direction, status, supplier_id, currency, \
+           amount_minor, gateway_reference, created_at, resolved_at, gateway_key, \
+           source_reference, beneficiary) \
+         SELECT md5('seed-' || i)::uuid, \
+           (ARRAY['payout', 'buyer_refund', 'suspense_refund'])[i % 3 + 1], \
+           (ARRAY['sending', 'pending', 'unknown', 'paid', 'failed'])[i % 5 + 1], \
+           CASE WHEN i % 3 = 0 THEN 'supplier-' || (i % 50) END, 'USD', 100, \
+           CASE WHEN i % 5 <> 0 THEN 'gw-' || i END, now() - i * interval '1 minute', \
+           CASE WHEN i % 5 >= 3 THEN now() END, 'seed:' || i, \
+           CASE WHEN i % 3 <> 0 THEN 'ch-' || i END, 'seed-' || i \
+         FROM generate_series(1, $1) AS i",
+        "ANALYZE escrow.gateway_transfers",
+    ] {
+        let query = sqlx::query(statement);
+        let query = if statement.contains("$1") {
+            query.bind(count)
+        } else {
+            query
+        };
+        query.execute(pool).await.unwrap();
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn every_transfer_filter_reads_the_transfers_through_an_index(pool: PgPool) {
+    let escrow = start(pool).await;
+    seed_transfers(&escrow.pool, 4_000).await;
+    let now = timestamps::now();
+    let base = || TransferFilter {
+        supplier_id: None,
+        direction: None,
+        status: None,
+        kinds: None,
+        reference: None,
+        after: None,
+        limit: 20,
+    };
+    let seeded_id = sqlx::query_scalar::<_, Uuid>("SELECT md5('seed-77')::uuid")
+        .fetch_one(&escrow.pool)
+        .await
+        .unwrap();
+    let shapes: Vec<(&str, TransferFilter)> = vec![
+        ("unfiltered", base()),
+        (
+            "a supplier's",
+            TransferFilter {
+                supplier_id: Some("supplier-7".into()),
+                ..base()
+            },
+        ),
+        (
+            "by direction",
+            TransferFilter {
+                direction: Some("suspense_refund"),
+                ..base()
+            },
+        ),
+        (
+            "refunds",
+            TransferFilter {
+                kinds: Some(&["buyer_refund", "suspense_refund"]),
+                ..base()
+            },
+        ),
+        (
+            "by status",
+            TransferFilter {
+                status: Some("unknown"),
+                ..base()
+            },
+        ),
+        (
+            "by the gateway's reference",
+            TransferFilter {
+                reference: Some("ch-77".into()),
+                ..base()
+            },
+        ),
+        (
+            "by escrow's id",
+            TransferFilter {
+                reference: Some(seeded_id.to_string()),
+                ..base()
+            },
+        ),
+        (
+            "refunds by reference, in a status",
+            TransferFilter {
+                kinds: Some(&["buyer_refund", "suspense_refund"]),
+                reference: Some("gw-77".into()),
+                status: Some("pending"),
+                ..base()
+            },
+        ),
+        (
+            "a supplier's in a status, after a cursor",
+            TransferFilter {
+                supplier_id: Some("supplier-9".into()),
+                status: Some("paid"),
+                after: Some((now - time::Duration::hours(5), Uuid::max())),
+                ..base()
+            },
+        ),
+    ];
+    let mut conn = escrow.pool.acquire().await.unwrap();
+    for (name, filter) in &shapes {
+        let plan = gateway_transfers::explain_list_transfers(&mut conn, filter)
+            .await
+            .unwrap();
+        let mut all = Vec::new();
+        nodes(&plan[0]["Plan"], &mut all);
+        let on_transfers =
+            |n: &Value| n.get("Relation Name").and_then(Value::as_str) == Some("gateway_transfers");
+        let pretty = serde_json::to_string_pretty(&plan).unwrap();
+        assert!(
+            !all.iter()
+                .any(|n| on_transfers(n) && node_type(n) == "Seq Scan"),
+            "{name} reads every transfer:\n{pretty}"
+        );
+        assert!(
+            all.iter().any(|n| on_transfers(n) && through_an_index(n)),
+            "{name} uses no index of the transfers:\n{pretty}"
+        );
+    }
+    // By escrow's id, the one transfer.
+    let found = gateway_transfers::list_transfers(
+        &mut conn,
+        &TransferFilter {
+            reference: Some(seeded_id.to_string()),
+            ..base()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(found.iter().map(|t| t.id).collect::<Vec<_>>(), [seeded_id]);
 }
 
 // ---- Gateway transfers: what an unmatched item names finds its refund -------

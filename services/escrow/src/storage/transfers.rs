@@ -344,8 +344,29 @@ pub async fn list_transfers(
     conn: &mut PgConnection,
     f: &TransferFilter,
 ) -> Result<Vec<TransferRow>, ServiceError> {
+    Ok(transfer_page_query("", f)
+        .build_query_as()
+        .fetch_all(&mut *conn)
+        .await?)
+}
+
+/// The plan Postgres makes for [`list_transfers`]' statement with these
+/// filters (`EXPLAIN (FORMAT JSON)`), for tests that check an index serves
+/// each listing.
+pub async fn explain_list_transfers(
+    conn: &mut PgConnection,
+    f: &TransferFilter,
+) -> Result<serde_json::Value, ServiceError> {
+    let mut query = transfer_page_query("EXPLAIN (FORMAT JSON) ", f);
+    let (sqlx::types::Json(plan),): (sqlx::types::Json<serde_json::Value>,) =
+        query.build_query_as().fetch_one(&mut *conn).await?;
+    Ok(plan)
+}
+
+/// [`list_transfers`]' statement; `prefix` goes before it (`EXPLAIN ...`).
+fn transfer_page_query(prefix: &str, f: &TransferFilter) -> sqlx::QueryBuilder<sqlx::Postgres> {
     let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(format!(
-        "SELECT {COLUMNS} FROM escrow.gateway_transfers WHERE true"
+        "{prefix}SELECT {COLUMNS} FROM escrow.gateway_transfers WHERE true"
     ));
     if let Some(supplier) = &f.supplier_id {
         q.push(" AND supplier_id = ").push_bind(supplier);
@@ -382,5 +403,5 @@ pub async fn list_transfers(
     }
     q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(f.limit + 1);
-    Ok(q.build_query_as().fetch_all(&mut *conn).await?)
+    q
 }
