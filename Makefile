@@ -106,6 +106,14 @@ deploy-check: deploy-tools ## Lint, render, validate and scan the Helm chart; fa
 	# The checks themselves: each must catch what it is there for.
 	.venv/bin/python -m pytest -q -p no:cacheprovider deploy/tools
 
+# make chaos CHAOS_ARGS='--seed 42 --duration 5m' (ta-chaos --help lists them).
+CHAOS_ARGS ?= --duration 30m
+
+.PHONY: chaos
+chaos: ## Seeded chaos run (30 min): the real binaries under kills, pauses, Postgres restarts, gateway and network faults, then the checker (RELIABILITY.md)
+	cargo build --bins -p supplier-registry -p escrow -p contract -p dispute -p payment-gateway-sandbox -p ta-bench
+	"$$CARGO_TARGET_DIR/debug/ta-chaos" $(CHAOS_ARGS)
+
 # make bench BENCH_ARGS='--clients 8 --seconds 12 ...' (ta-bench --help lists them).
 BENCH_ARGS ?=
 

@@ -127,6 +127,31 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Stops the server (`pg_ctl stop -m fast`: every connection cut, no
+    /// wait for the clients) and starts it again on its port: the chaos
+    /// run's Postgres restart.
+    pub fn restart(&self) -> Result<()> {
+        let data_dir = self.root.join("data");
+        for action in ["stop", "start"] {
+            let out = script_command(&self.script, &data_dir)
+                .arg(action)
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", self.script.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{} {action} (TA_PG_DATA_DIR={}): {}",
+                    self.script.display(),
+                    data_dir.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
 fn script_command(script: &Path, data_dir: &Path) -> Command {
     let mut command = Command::new(script);
     command

@@ -12,6 +12,7 @@
 //! the generator's tally of acknowledged movements is compared with escrow's
 //! statements ([`tally`]) and the ledger is reconciled.
 
+pub mod chaos;
 pub mod cluster;
 pub mod tally;
 

@@ -151,6 +151,8 @@ impl Mutations {
             return Err(violations.into_error().into());
         }
         Ok(Prepared {
+            #[cfg(debug_assertions)]
+            defect_key: test_defect::forgotten_key(&caller.method, request.idempotency_key()),
             caller,
             request,
             command: parsed?,
@@ -238,6 +240,10 @@ pub struct Prepared<Q, C> {
     caller: Caller,
     request: Q,
     pub command: C,
+    /// The test-only defect's stand-in key (debug builds only; see
+    /// [`test_defect`]).
+    #[cfg(debug_assertions)]
+    defect_key: Option<String>,
 }
 
 impl<Q: IdempotentRequest, C> Prepared<Q, C> {
@@ -252,11 +258,39 @@ impl<Q: IdempotentRequest, C> Prepared<Q, C> {
 
     /// The caller's key, scoped to the caller and the method.
     pub fn scope(&self) -> KeyScope<'_> {
+        #[cfg(debug_assertions)]
+        if let Some(key) = &self.defect_key {
+            return KeyScope {
+                principal_id: &self.caller.principal.subject,
+                method: &self.caller.method,
+                key,
+            };
+        }
         KeyScope {
             principal_id: &self.caller.principal.subject,
             method: &self.caller.method,
             key: self.request.idempotency_key(),
         }
+    }
+}
+
+/// A DELIBERATE DEFECT FOR TESTS ONLY, compiled into debug builds alone
+/// (`cfg(debug_assertions)`; a release build has no trace of it): with
+/// `TA_TEST_DEFECT_SKIP_IDEMPOTENCY` set to a full method path (e.g.
+/// `/tradeassurance.escrow.v1.EscrowService/ReleaseToSupplier`), that
+/// method's mutations run under a fresh stand-in key every call, so the
+/// idempotency lookup never finds the earlier answer and a retried request
+/// is worked again as a new one. The chaos run's checker (`bench`, `make
+/// chaos`) must catch it; nothing else may set it.
+#[cfg(debug_assertions)]
+mod test_defect {
+    pub const VARIABLE: &str = "TA_TEST_DEFECT_SKIP_IDEMPOTENCY";
+
+    /// The stand-in key when the defect is switched on for `method`.
+    pub fn forgotten_key(method: &str, key: &str) -> Option<String> {
+        let target = std::env::var(VARIABLE).ok()?;
+        (!target.is_empty() && target == method)
+            .then(|| format!("{key}#defect-{}", uuid::Uuid::new_v4()))
     }
 }
 
