@@ -53,6 +53,7 @@ const SERVED: [(&str, &[&str]); 4] = [
         SUPPLIER_REGISTRY,
         &[
             "tradeassurance.supplier.v1.SupplierRegistryService",
+            WORKFLOW_ADMIN,
             AUDIT_TRAIL,
         ],
     ),

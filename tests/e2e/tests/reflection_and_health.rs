@@ -9,6 +9,8 @@ const SUPPLIER_PROTO: &str = "proto/tradeassurance/supplier/v1/supplier_registry
 const SUPPLIER_PACKAGE: &str = "tradeassurance.supplier.v1";
 /// Every process serves its audit trail of staff changes.
 const AUDIT_TRAIL_SERVICE: &str = "tradeassurance.ops.v1.AuditTrailService";
+/// Every process serves the workflow admin service over its schema (the registry for its feed).
+const WORKFLOW_ADMIN: &str = "tradeassurance.ops.v1.WorkflowAdminService";
 
 /// `grpcurl -plaintext <flags...> <addr> <args...>` that must succeed; its stdout.
 fn grpcurl_ok(flags: &[&str], addr: &str, args: &[&str]) -> String {
@@ -95,7 +97,12 @@ fn reflection_and_health_of_the_four_services() {
         .collect();
     assert_eq!(
         api,
-        BTreeSet::from([HEALTH_SERVICE, SUPPLIER_SERVICE, AUDIT_TRAIL_SERVICE])
+        BTreeSet::from([
+            HEALTH_SERVICE,
+            SUPPLIER_SERVICE,
+            AUDIT_TRAIL_SERVICE,
+            WORKFLOW_ADMIN
+        ])
     );
 
     // --- describe the service: every RPC of the proto --------------------------------------
