@@ -26,7 +26,6 @@ use crate::{
         negotiation::{Party, Protection},
         quality::Outcome,
         status::{Action, Status},
-        terms::Terms,
     },
     effects,
     storage::{
@@ -87,16 +86,6 @@ pub fn before_shipment(status: Status) -> bool {
             | Status::Funded
             | Status::SignedUnprotected
     )
-}
-
-/// When received goods count as accepted: the later of the inspection period
-/// and the claim window, so a claim within the window is payable from escrow.
-pub fn acceptance_after_receipt(
-    terms: &Terms,
-    received_at: OffsetDateTime,
-    day: time::Duration,
-) -> OffsetDateTime {
-    received_at + day * terms.inspection_period_days.max(terms.claim_window_days)
 }
 
 /// An inspection file about to be uploaded: the contract, its size and hash.
@@ -428,7 +417,7 @@ pub async fn confirm_receipt(
         ));
     }
     let day = flows.settings.day;
-    let due = acceptance_after_receipt(&loaded.terms, received_at, day);
+    let due = loaded.terms.acceptance_after_receipt(received_at, day);
     contract.progress.received_at = Some(received_at);
     contract.progress.acceptance_due_at = Some(due);
     flows

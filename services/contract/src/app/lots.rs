@@ -16,10 +16,7 @@ use ta_workflow::Handled;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{
-    Flows, LOT_ACCEPTANCE_DUE, Step, fulfilment::acceptance_after_receipt, funded_minor,
-    settlement::note, step, system,
-};
+use super::{Flows, LOT_ACCEPTANCE_DUE, Step, funded_minor, note, step, system};
 use crate::{
     domain::{
         lots::{
@@ -145,7 +142,7 @@ pub async fn receive_lot(
         lot_facts(&shipments, lot).as_ref(),
         received_at,
     )?;
-    let due = acceptance_after_receipt(terms, received_at, flows.settings.day);
+    let due = terms.acceptance_after_receipt(received_at, flows.settings.day);
     record_lot_receipt(tx, id, lot, received_at, Some(due)).await?;
     schedule_lot_timer(tx, flows, id, now).await?;
     let window_ends = received_at + flows.settings.day * terms.claim_window_days;

@@ -215,6 +215,33 @@ fn funded_minor(payments: &[Payment]) -> Result<i64, ServiceError> {
         .ok_or_else(|| ServiceError::internal("the funded payments' sum overflows an i64"))
 }
 
+/// A timeline entry from escrow's side that changes nothing of the
+/// contract's state (an operator item, a deadline that passed early).
+pub async fn note(
+    tx: &mut PgConnection,
+    contract: &ContractRecord,
+    action: &str,
+    detail: String,
+    money: Option<Money>,
+    now: OffsetDateTime,
+) -> Result<(), ServiceError> {
+    append_timeline(
+        tx,
+        contract.contract_id,
+        &TimelineEntry {
+            entry: 0,
+            occurred_at: now,
+            actor_principal_id: effects::ESCROW.into(),
+            actor_role: "service".into(),
+            kind: action.into(),
+            description: detail,
+            money,
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Escrow, as the actor of what its answers and its feed change.
 fn escrow_actor() -> Actor {
     Actor {

@@ -8,47 +8,17 @@ use ta_runtime::{
     ServiceError,
     money::{Money, readable},
 };
-use ta_workflow::{Handled, timeline::TimelineEntry};
+use ta_workflow::Handled;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Flows, cancellation::cancel, fulfilment::accept, system};
+use super::{Flows, cancellation::cancel, fulfilment::accept, note, system};
 use crate::{
     domain::status::Status,
     effects,
-    storage::{
-        contracts::{ContractRecord, find_by_escrow_account, lock_contract},
-        timeline::append_timeline,
-    },
+    storage::contracts::{find_by_escrow_account, lock_contract},
     views::readable_time,
 };
-
-/// A timeline entry from escrow's side that changes nothing of the
-/// contract's state (an operator item, a deadline that passed early).
-pub(super) async fn note(
-    tx: &mut PgConnection,
-    contract: &ContractRecord,
-    action: &str,
-    detail: String,
-    money: Option<Money>,
-    now: OffsetDateTime,
-) -> Result<(), ServiceError> {
-    append_timeline(
-        tx,
-        contract.contract_id,
-        &TimelineEntry {
-            entry: 0,
-            occurred_at: now,
-            actor_principal_id: effects::ESCROW.into(),
-            actor_role: "service".into(),
-            kind: action.into(),
-            description: detail,
-            money,
-        },
-    )
-    .await
-    .map(|_| ())
-}
 
 /// Whether a refused release had nothing to move: escrow held nothing more
 /// (what the acceptance would have released went with a claim's settlement

@@ -4,7 +4,8 @@
 //!
 //! - A milestone names its lot (`lot`, 1..=[`MAX_LOTS`]); 0 releases it
 //!   with the final acceptance, as everything is without lots. The lots
-//!   named are 1..N without a gap ([`check_lot_terms`]).
+//!   named are 1..N without a gap (checked with the terms,
+//!   [`super::terms::check_lot_terms`]).
 //! - Shipments are lots in the order they are recorded: the first is lot 1.
 //!   Under lot terms lots 1..N-1 are part shipments and lot N is the final
 //!   one ([`check_lot_shipment`]); without lot terms shipments are numbered
@@ -20,62 +21,20 @@
 //!   ([`LOT_RELEASE_PENDING`]): what a claim may touch is what escrow holds
 //!   once the release went through.
 
-use ta_runtime::{ServiceError, Violations, money::Money};
+pub use super::terms::MAX_LOTS;
+use ta_runtime::{ServiceError, money::Money};
 use time::OffsetDateTime;
 
+#[cfg(test)]
+use super::terms::check_lot_terms;
 use super::{
     status::Status,
     terms::{PaymentMilestone, Terms},
 };
 
-/// At most this many lots (a deposit-and-balance schedule has at most 10
-/// milestones).
-pub const MAX_LOTS: u32 = 10;
-
 /// The reason code of a claim recorded while a lot's release is on its way
 /// to escrow: the claim would freeze money that is leaving.
 pub const LOT_RELEASE_PENDING: &str = "LOT_RELEASE_PENDING";
-
-/// Checks the milestones' lots (`lots[i]` of `milestones[i]`) under
-/// `field` (`terms.payment_terms.milestones`): each 0..=[`MAX_LOTS`], and
-/// the lots named form 1..N without a gap.
-pub fn check_lot_terms(lots: &[u32], field: &str, violations: &mut Violations) {
-    let mut named = [false; MAX_LOTS as usize + 1];
-    for (i, &lot) in lots.iter().enumerate() {
-        if lot > MAX_LOTS {
-            violations.add(
-                format!("{field}[{i}].lot"),
-                format!(
-                    "must be 0 (released with the final acceptance) or a shipment lot 1-{MAX_LOTS}"
-                ),
-            );
-        } else if let Some(slot) = usize::try_from(lot).ok().and_then(|l| named.get_mut(l)) {
-            *slot = true;
-        }
-    }
-    let last = named.iter().rposition(|n| *n).unwrap_or(0);
-    let missing: Vec<String> = (1..last)
-        .filter(|l| !named[*l])
-        .map(|l| l.to_string())
-        .collect();
-    if !missing.is_empty() {
-        violations.add(
-            field,
-            format!(
-                "the lots must be numbered 1..{last} without a gap (lot {last} is the final shipment); no milestone names lot {}",
-                missing.join(", ")
-            ),
-        );
-    }
-}
-
-impl Terms {
-    /// How many lots the terms ship in (N, the final one's number); 0 when
-    /// no milestone is tied to a lot.
-    pub fn lots(&self) -> u32 {
-        self.milestones.iter().map(|m| m.lot).max().unwrap_or(0)
-    }
-}
 
 /// Which shipment a receipt or an acceptance is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,6 +261,8 @@ pub fn next_lot_due(lots: &[(u32, Option<OffsetDateTime>, bool)]) -> Option<Offs
 #[cfg(test)]
 mod tests {
     use time::{Duration, macros::datetime};
+
+    use ta_runtime::Violations;
 
     use super::*;
 

@@ -437,6 +437,23 @@ impl Terms {
             + day * self.claim_window_days.max(self.inspection_period_days)
     }
 
+    /// When received goods (the order, or a lot before the final one) count
+    /// as accepted: the later of the inspection period and the claim window,
+    /// so a claim within the window is payable from escrow.
+    pub fn acceptance_after_receipt(
+        &self,
+        received_at: OffsetDateTime,
+        day: Duration,
+    ) -> OffsetDateTime {
+        received_at + day * self.inspection_period_days.max(self.claim_window_days)
+    }
+
+    /// How many lots the terms ship in (N, the final one's number); 0 when
+    /// no milestone is tied to a lot. See [`super::lots`].
+    pub fn lots(&self) -> u32 {
+        self.milestones.iter().map(|m| m.lot).max().unwrap_or(0)
+    }
+
     /// Writes the figures the server owns into the terms as sent: each line
     /// total, each milestone's amount, and the claim window's default.
     pub fn stamp(&self, terms: &mut pb::ContractTerms) {
@@ -908,7 +925,7 @@ fn payment_terms(
         "the shares must sum to 10000 basis points (100 %)",
     );
     let lots: Vec<u32> = terms.milestones.iter().map(|m| m.lot).collect();
-    super::lots::check_lot_terms(&lots, &milestones_field, violations);
+    check_lot_terms(&lots, &milestones_field, violations);
     let pay_later = match (scheme, terms.pay_later.as_ref()) {
         (Some(Scheme::PayLater), Some(p)) => {
             let partner = p.financing_partner_id.trim();
@@ -951,6 +968,43 @@ fn payment_terms(
         );
     }
     Some((scheme, milestones, pay_later))
+}
+
+/// At most this many lots (a deposit-and-balance schedule has at most 10
+/// milestones).
+pub const MAX_LOTS: u32 = 10;
+
+/// Checks the milestones' lots (`lots[i]` of `milestones[i]`) under
+/// `field` (`terms.payment_terms.milestones`): each 0..=[`MAX_LOTS`], and
+/// the lots named form 1..N without a gap.
+pub fn check_lot_terms(lots: &[u32], field: &str, violations: &mut Violations) {
+    let mut named = [false; MAX_LOTS as usize + 1];
+    for (i, &lot) in lots.iter().enumerate() {
+        if lot > MAX_LOTS {
+            violations.add(
+                format!("{field}[{i}].lot"),
+                format!(
+                    "must be 0 (released with the final acceptance) or a shipment lot 1-{MAX_LOTS}"
+                ),
+            );
+        } else if let Some(slot) = usize::try_from(lot).ok().and_then(|l| named.get_mut(l)) {
+            *slot = true;
+        }
+    }
+    let last = named.iter().rposition(|n| *n).unwrap_or(0);
+    let missing: Vec<String> = (1..last)
+        .filter(|l| !named[*l])
+        .map(|l| l.to_string())
+        .collect();
+    if !missing.is_empty() {
+        violations.add(
+            field,
+            format!(
+                "the lots must be numbered 1..{last} without a gap (lot {last} is the final shipment); no milestone names lot {}",
+                missing.join(", ")
+            ),
+        );
+    }
 }
 
 /// Each milestone's amount: its share of the total rounded down, the last one
