@@ -130,13 +130,13 @@ fn searches_queues_reservations_and_the_feed_through_grpcurl() {
         Some(&staff.trust_safety),
         &queue,
     );
-    assert_eq!(ids(&first), [b1.clone()]);
+    assert_eq!(ids(&first), std::slice::from_ref(&b1));
     let token = first["nextPageToken"].as_str().expect("a next page");
     assert!(!token.is_empty());
     let mut next = queue.clone();
     next["page"]["page_token"] = json!(token);
     let second = registry.call_ok(&method("SearchSuppliers"), Some(&staff.trust_safety), &next);
-    assert_eq!(ids(&second), [a1.clone()]);
+    assert_eq!(ids(&second), std::slice::from_ref(&a1));
     assert_eq!(second["nextPageToken"], "");
     // The queue is the staff's: a buyer or a supplier asking for it is refused.
     for token in [&buyer, &supplier_a] {
@@ -203,7 +203,7 @@ fn searches_queues_reservations_and_the_feed_through_grpcurl() {
         Some(&buyer),
         &json!({ "name_query": "jingdezhen tool" }),
     );
-    assert_eq!(ids(&words), [a2.clone()]);
+    assert_eq!(ids(&words), std::slice::from_ref(&a2));
 
     // --- a supplier account's own suppliers, and nothing of another's -------------------
     let owned = |token: &str, name_query: &str| {
@@ -223,7 +223,7 @@ fn searches_queues_reservations_and_the_feed_through_grpcurl() {
             "its owner's private view"
         );
     }
-    assert_eq!(ids(&owned(&supplier_b, "")), [b1.clone()]);
+    assert_eq!(ids(&owned(&supplier_b, "")), std::slice::from_ref(&b1));
     assert!(
         ids(&owned(&supplier_b, "jingdezhen")).is_empty(),
         "B asking for A's names gets nothing"
