@@ -484,7 +484,7 @@ pub fn reconcile(books: &Books, settled_before: OffsetDateTime) -> Report {
         }
     }
 
-    report.differences.sort_by(|a, b| a.kind.cmp(&b.kind));
+    report.differences.sort_by_key(|d| d.kind);
     report
 }
 
