@@ -627,13 +627,27 @@ fn account_page_query(
         q.push(" AND a.created_at < ").push_bind(at);
     }
     // What is held is the balance of the account's `escrow_held` (the
-    // totals the view shows sum to it): found through its (kind, owner)
-    // index, never by reading every account.
-    if let Some(held) = f.holding_money {
-        q.push(if held { " AND " } else { " AND NOT " }).push(
-            "EXISTS (SELECT 1 FROM escrow.ledger_accounts l \
-             WHERE l.kind = 'escrow_held' AND l.owner = a.id::text AND l.balance_minor > 0)",
-        );
+    // totals the view shows sum to it). The balance has no index (every
+    // posting changes it, and an index on it would make each of those a
+    // non-HOT update), so the escrow_held rows are read; the accounts
+    // themselves never are read whole.
+    match f.holding_money {
+        // The accounts holding money by primary key, however few or many.
+        Some(true) => {
+            q.push(
+                " AND a.id = ANY(ARRAY(SELECT l.owner::uuid FROM escrow.ledger_accounts l \
+                 WHERE l.kind = 'escrow_held' AND l.balance_minor > 0))",
+            );
+        }
+        // The others in the listing's order, each checked by the (kind,
+        // owner) index.
+        Some(false) => {
+            q.push(
+                " AND NOT EXISTS (SELECT 1 FROM escrow.ledger_accounts l \
+                 WHERE l.kind = 'escrow_held' AND l.owner = a.id::text AND l.balance_minor > 0)",
+            );
+        }
+        None => {}
     }
     if let Some((at, id)) = after {
         q.push(" AND (a.created_at, a.id) < (")
