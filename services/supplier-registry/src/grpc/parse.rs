@@ -299,3 +299,72 @@ pub fn reservations(
         limit: limit + 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields_of(token: &str) -> Vec<String> {
+        let mut v = Violations::new();
+        let page = ta_proto::common::PageRequest {
+            page_size: 0,
+            page_token: token.to_owned(),
+        };
+        paging::cursor(Some(&page), SUPPLIER_PAGES, &mut v, |fields| {
+            Some(fields.iter().map(|f| (*f).to_owned()).collect::<Vec<_>>())
+        })
+        .expect("a suppliers token")
+    }
+
+    fn cursor_of(sort: SupplierSort, token: &str) -> Option<SearchCursor> {
+        let fields = fields_of(token);
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+        supplier_cursor(sort, &fields)
+    }
+
+    #[test]
+    fn a_token_continues_exactly_the_order_it_was_issued_for() {
+        let id = Uuid::now_v7();
+        // Postgres keeps microseconds; a token keeps what it was given.
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_765_000_000_123_456_000).unwrap();
+        let keys = [
+            (SupplierSort::Id, SortKey::Id),
+            (SupplierSort::AverageRating, SortKey::Number(467)),
+            (SupplierSort::ResponseRate, SortKey::Number(0)),
+            (SupplierSort::CoverRemaining, SortKey::Number(9_000_000_000)),
+            (SupplierSort::SubmittedAt, SortKey::Time(at)),
+        ];
+        for (sort, key) in keys {
+            let token = supplier_token(sort, key, id);
+            assert_eq!(
+                cursor_of(sort, &token),
+                Some(SearchCursor { key, id }),
+                "{sort:?}"
+            );
+            for (other, _) in keys.iter().filter(|(other, _)| *other != sort) {
+                assert_eq!(cursor_of(*other, &token), None, "{sort:?} as {other:?}");
+            }
+        }
+        // The id order's tokens are the ones it always issued: `[id]`.
+        assert_eq!(
+            fields_of(&supplier_token(SupplierSort::Id, SortKey::Id, id)),
+            [id.to_string()]
+        );
+    }
+
+    #[test]
+    fn name_queries_are_words_of_letters_and_digits() {
+        let mut v = Violations::new();
+        assert_eq!(
+            name_words(" Shenzhen-Acme & (ceramics:*) 3 Müller ", &mut v),
+            ["Shenzhen", "Acme", "ceramics", "3", "Müller"]
+        );
+        assert_eq!(name_words("", &mut v), Vec::<String>::new());
+        assert!(v.is_empty());
+        for bad in [" &|!():* ", &"x".repeat(201), "a b c d e f g h i j k"] {
+            let mut v = Violations::new();
+            name_words(bad, &mut v);
+            assert!(v.into_error().to_string().contains("name_query"), "{bad:?}");
+        }
+    }
+}
