@@ -583,6 +583,32 @@ async fn the_first_lots_acceptance_releases_its_milestone_once_and_the_final_wha
         "{timeline:?}"
     );
 
+    // An amendment keeps what lot 1 released: a higher price would change
+    // the released milestone's amount.
+    let mut dearer = terms(1, 2);
+    dearer.line_items[0].unit_price = pb_usd(400);
+    let amended = h
+        .client
+        .propose_amendment(authorized(
+            pb::ProposeAmendmentRequest {
+                idempotency_key: "amend-dearer".into(),
+                contract_id: id.clone(),
+                base_version: 1,
+                terms: Some(dearer),
+                change_note: "4.00 USD a mug".into(),
+            },
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .expect_err("lot 1's milestone is released");
+    assert_eq!(field_of(&amended), ["terms.payment_terms.milestones"]);
+    assert!(
+        amended.message().contains("milestone first"),
+        "{}",
+        amended.message()
+    );
+
     // Lot 2 is the final shipment: shipped as a part it is refused.
     let part = h
         .ship(&id, "ship-2-part", 0, false)

@@ -23,12 +23,14 @@ use super::{
 };
 use crate::{
     domain::{
+        lots::check_lot_amendment,
         negotiation::{Amended, Protection},
         status::{Action, Status},
     },
     effects::{self, completion},
     storage::{
         contracts::{ContractRecord, find_by_escrow_account, lock_contract},
+        fulfilment::shipments,
         payments::{Payment, replace_payments},
         versions::{self, VersionRecord, insert_version, load_terms},
     },
@@ -43,6 +45,24 @@ pub async fn propose(
     cmd: &Revise,
     now: OffsetDateTime,
 ) -> Result<(pb::Contract, pb::ContractVersion), ServiceError> {
+    // Lots shipped and released stay as they are: checked under the
+    // contract's lock, which write_new_version takes again.
+    let contract = lock_contract(tx, cmd.contract_id).await?;
+    party_of(principal, &contract)?;
+    if contract.negotiation.signed_version != 0 {
+        let signed = load_terms(tx, cmd.contract_id, contract.negotiation.signed_version).await?;
+        let shipped = shipments(tx, cmd.contract_id).await?;
+        let released: Vec<String> = shipped
+            .iter()
+            .flat_map(|s| s.released_milestones.iter().cloned())
+            .collect();
+        check_lot_amendment(
+            &signed.terms,
+            &cmd.terms,
+            u32::try_from(shipped.len()).unwrap_or(u32::MAX),
+            &released,
+        )?;
+    }
     write_new_version(
         tx,
         flows,

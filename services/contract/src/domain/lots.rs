@@ -240,6 +240,47 @@ pub fn milestones_of(terms: &Terms, lot: u32) -> impl Iterator<Item = &PaymentMi
     terms.milestones.iter().filter(move |m| m.lot == lot)
 }
 
+/// An amendment proposed once `shipped` lots shipped keeps the lots: the
+/// terms' number of lots, and every milestone a lot's acceptance released
+/// (`released`), with its lot and its amount: that money has left escrow.
+///
+/// # Errors
+/// `InvalidArgument` on `terms.payment_terms.milestones`.
+pub fn check_lot_amendment(
+    signed: &Terms,
+    proposed: &Terms,
+    shipped: u32,
+    released: &[String],
+) -> Result<(), ServiceError> {
+    let field = "terms.payment_terms.milestones";
+    if shipped > 0 && proposed.lots() != signed.lots() {
+        return Err(ServiceError::invalid(
+            field,
+            format!(
+                "{shipped} shipment(s) were recorded under terms of {} lot(s): an amendment keeps the number of lots",
+                signed.lots()
+            ),
+        ));
+    }
+    for id in released {
+        let before = signed.milestones.iter().find(|m| &m.milestone_id == id);
+        let after = proposed.milestones.iter().find(|m| &m.milestone_id == id);
+        let kept = match (before, after) {
+            (Some(b), Some(a)) => a.lot == b.lot && a.amount == b.amount,
+            _ => false,
+        };
+        if !kept {
+            return Err(ServiceError::invalid(
+                field,
+                format!(
+                    "milestone {id} was released to the supplier with its lot: an amendment keeps it, its lot and its amount"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The lots before the final one whose acceptance deadline has passed at
 /// `now`, received and not accepted: `(lot, due)` pairs.
 pub fn lots_due(lots: &[(u32, Option<OffsetDateTime>, bool)], now: OffsetDateTime) -> Vec<u32> {
@@ -375,6 +416,57 @@ mod tests {
             ..lot
         };
         assert!(check_lot_acceptance(Status::Funded, 1, Some(&accepted)).is_err());
+    }
+
+    #[test]
+    fn an_amendment_after_lots_shipped_keeps_them_and_what_they_released() {
+        use ta_runtime::money::Currency;
+
+        use crate::domain::{
+            negotiation::Protection,
+            terms::{Inspection, Scheme, Trigger},
+        };
+        let usd = |minor| Money::new(minor, Currency::parse("USD").unwrap());
+        let milestone = |id: &str, lot, amount| PaymentMilestone {
+            milestone_id: id.into(),
+            share_basis_points: 5_000,
+            trigger: Trigger::AfterSigning,
+            due_days: 1,
+            amount: usd(amount),
+            lot,
+        };
+        let terms = |milestones| Terms {
+            protection: Protection::TradeAssurance,
+            title: "mugs".into(),
+            line_items: Vec::new(),
+            quality_criteria: Vec::new(),
+            shipment_deadline: NOW,
+            delivery_deadline: NOW,
+            inspection: Inspection::None,
+            scheme: Scheme::DepositAndBalance,
+            milestones,
+            pay_later: None,
+            inspection_period_days: 1,
+            claim_window_days: 1,
+            total: usd(1_000),
+        };
+        let signed = terms(vec![milestone("a", 1, 400), milestone("b", 2, 600)]);
+        let three_lots = terms(vec![
+            milestone("a", 1, 400),
+            milestone("b", 2, 300),
+            milestone("c", 3, 300),
+        ]);
+        assert!(check_lot_amendment(&signed, &three_lots, 0, &[]).is_ok());
+        assert!(matches!(
+            check_lot_amendment(&signed, &three_lots, 1, &[]),
+            Err(ServiceError::InvalidArgument(_))
+        ));
+        let more_for_b = terms(vec![milestone("a", 1, 400), milestone("b", 2, 700)]);
+        assert!(check_lot_amendment(&signed, &more_for_b, 1, &["a".into()]).is_ok());
+        let less_for_a = terms(vec![milestone("a", 1, 300), milestone("b", 2, 700)]);
+        assert!(check_lot_amendment(&signed, &less_for_a, 1, &["a".into()]).is_err());
+        let a_moved = terms(vec![milestone("a", 2, 400), milestone("b", 1, 600)]);
+        assert!(check_lot_amendment(&signed, &a_moved, 1, &["a".into()]).is_err());
     }
 
     #[test]
