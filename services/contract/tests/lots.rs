@@ -781,3 +781,61 @@ async fn a_claim_waits_while_a_lots_release_is_on_its_way_and_a_refused_release_
     let blocked = h.accept(&id, "accept-2", 0).await.expect_err("in dispute");
     assert_eq!(blocked.code(), Code::FailedPrecondition);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_cancellation_waits_for_a_lots_release_and_then_refunds_only_what_is_held(pool: PgPool) {
+    let mut h = start(&pool, "1d").await;
+    let funded = h.funded().await;
+    let id = funded.contract_id.clone();
+    h.ship(&id, "ship-1", 0, false).await.expect("lot 1");
+    h.escrow.answer(
+        "ReleaseToSupplier",
+        |_: escrow_pb::ReleaseToSupplierRequest| {
+            Err::<escrow_pb::ReleaseToSupplierResponse, _>(RpcStatus::unavailable("escrow down"))
+        },
+    );
+    h.accept(&id, "accept-1", 1).await.expect("lot 1 accepted");
+    let cancel = |key: &'static str| pb::CancelContractRequest {
+        idempotency_key: key.into(),
+        contract_id: id.clone(),
+        reason: "the factory cannot make lot 2".into(),
+    };
+    let waits = h
+        .client
+        .cancel_contract(authorized(cancel("cancel-1"), OWNER, Role::Supplier))
+        .await
+        .expect_err("lot 1's release first");
+    assert_eq!(waits.code(), Code::FailedPrecondition);
+    assert!(
+        waits.message().contains("escrow is releasing"),
+        "{}",
+        waits.message()
+    );
+    assert!(
+        h.escrow
+            .requests::<escrow_pb::CloseEscrowAccountRequest>("CloseEscrowAccount")
+            .is_empty(),
+        "nothing refunds lot 1's money before its release"
+    );
+    h.escrow.answer("ReleaseToSupplier", |(): ()| Ok(()));
+    h.wait_for(&id, "lot 1 released", |c| !c.shipments[0].release_pending)
+        .await;
+    let cancelled = h
+        .client
+        .cancel_contract(authorized(cancel("cancel-2"), OWNER, Role::Supplier))
+        .await
+        .expect("cancelled")
+        .into_inner()
+        .contract
+        .expect("contract");
+    assert_eq!(cancelled.status(), pb::ContractStatus::Cancelled);
+    let timeline = h.timeline(&id).await;
+    let (_, detail) = timeline
+        .iter()
+        .find(|(action, _)| action == "contract.cancelled")
+        .expect("cancelled");
+    assert!(
+        detail.contains("1,800.00 USD refunded"),
+        "lot 1's 1,200.00 USD stays the supplier's: {detail}"
+    );
+}

@@ -11,7 +11,7 @@ use ta_runtime::{
 };
 use time::OffsetDateTime;
 
-use super::{Flows, Step, drafting::ById, funded_minor, party_of};
+use super::{Flows, Step, drafting::ById, funded_minor, lots, party_of};
 use crate::{
     domain::{
         negotiation::Party,
@@ -20,12 +20,16 @@ use crate::{
     effects,
     storage::{
         contracts::{ContractRecord, lock_contract},
+        fulfilment::shipments,
         payments::payments,
     },
 };
 
 /// Cancels before shipment: timers stop, the cover is released, anything
-/// funded goes back to the buyer and the escrow account closes.
+/// funded goes back to the buyer and the escrow account closes. What the
+/// acceptance of a lot released stays the supplier's; while such a release
+/// is on its way to escrow the cancellation waits (refused, and a timer's
+/// tried again), so the close cannot refund the lot's money first.
 pub async fn cancel(
     tx: &mut PgConnection,
     flows: &Flows,
@@ -38,11 +42,20 @@ pub async fn cancel(
         contract.negotiation.status,
         Status::AwaitingPayment | Status::PartiallyFunded | Status::Funded
     );
-    contract.negotiation.status = contract.negotiation.status.next(Action::Cancel)?;
+    let next = contract.negotiation.status.next(Action::Cancel)?;
+    let lot_shipments = shipments(tx, contract.contract_id).await?;
+    if let Some(lot) = lots::release_pending(&lot_shipments) {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "lot {lot} was accepted and escrow is releasing its milestones: cancel once the release went through"
+        )));
+    }
+    contract.negotiation.status = next;
     contract.cancellation_reason = reason.to_owned();
     flows.cancel_timers(tx, contract.contract_id).await?;
     let payments = payments(tx, contract.contract_id).await?;
-    let funded = funded_minor(&payments)?;
+    let funded = funded_minor(&payments)?
+        .saturating_sub(lots::released_by_lots(&lot_shipments)?)
+        .max(0);
     if had_cover {
         flows
             .outbox
