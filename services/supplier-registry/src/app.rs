@@ -340,6 +340,27 @@ impl Registry {
         Ok((reservation, supplier))
     }
 
+    /// A staff correction of cover left reserved for a contract that ended
+    /// or never existed: the release `release_cover` makes, refused when
+    /// nothing is reserved any more, so a second correction under another
+    /// key says so instead of answering as if it had released something.
+    pub async fn release_stranded_cover(
+        &self,
+        tx: &mut PgConnection,
+        command: &ReleaseCover,
+    ) -> Result<(Reservation, Supplier), ServiceError> {
+        // An unknown supplier is NOT_FOUND as such, as in `release_cover`.
+        storage::lock_supplier(tx, command.supplier_id).await?;
+        let reservation = reservation_of(tx, command.supplier_id, &command.contract_id).await?;
+        if reservation.status != "active" {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "the cover reservation for contract {} is {}: nothing to release",
+                command.contract_id, reservation.status
+            )));
+        }
+        self.release_cover(tx, command).await
+    }
+
     pub async fn record_completed_contract(
         &self,
         tx: &mut PgConnection,

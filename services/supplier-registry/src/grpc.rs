@@ -425,6 +425,31 @@ impl SupplierRegistryService for RegistryService {
             .await
     }
 
+    async fn release_stranded_cover(
+        &self,
+        request: Request<pb::ReleaseStrandedCoverRequest>,
+    ) -> Answer<pb::ReleaseStrandedCoverResponse> {
+        let prepared = self.mutations.prepare(request, |req, _, v| {
+            Ok(ReleaseCover {
+                supplier_id: parse_id("supplier_id", &req.supplier_id, v),
+                contract_id: reference("contract_id", &req.contract_id, v),
+            })
+        })?;
+        self.mutations
+            .execute(&prepared, || {
+                async |tx| {
+                    let command = &prepared.command;
+                    let (reservation, supplier) =
+                        self.registry.release_stranded_cover(tx, command).await?;
+                    Ok(pb::ReleaseStrandedCoverResponse {
+                        reservation: Some(reservation_to_proto(&reservation)?),
+                        cover_remaining: supplier.cover().map(|c| c.remaining.to_proto()),
+                    })
+                }
+            })
+            .await
+    }
+
     async fn get_cover(
         &self,
         request: Request<pb::GetCoverRequest>,

@@ -124,7 +124,7 @@ async fn callers_the_proto_does_not_declare_are_permission_denied(pool: PgPool) 
         }
     }
     assert_eq!(cells, RPCS.len() * (PEOPLE.len() + SERVICES.len()));
-    assert_eq!(RPCS.len(), 22);
+    assert_eq!(RPCS.len(), 23);
     // Least privilege: most cells are refused, each service calls only its own.
     assert!(refused > cells / 2, "{refused} of {cells} refused");
     for service in ["escrow", "supplier-registry", "payment-gateway"] {

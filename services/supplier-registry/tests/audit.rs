@@ -99,6 +99,43 @@ async fn each_trust_and_safety_change_leaves_one_entry(pool: PgPool) {
         }))
         .await
         .expect("limit");
+    // Cover contract reserved for a contract it never made: trust and safety
+    // releases it, once; a second correction finds nothing to release.
+    client
+        .reserve_cover(as_role(
+            pb::ReserveCoverRequest {
+                idempotency_key: "stranded".into(),
+                supplier_id: id.clone(),
+                contract_id: "contract-stranded".into(),
+                amount: usd(250_000),
+            },
+            "contract",
+            Role::Service,
+        ))
+        .await
+        .expect("reserved");
+    let stranded = |key: &str| pb::ReleaseStrandedCoverRequest {
+        idempotency_key: key.into(),
+        supplier_id: id.clone(),
+        contract_id: "contract-stranded".into(),
+        reason: "reconciliation: COVER_WITHOUT_CONTRACT".into(),
+    };
+    let released = client
+        .release_stranded_cover(ts(stranded("ts-stranded")))
+        .await
+        .expect("released")
+        .into_inner();
+    assert_eq!(
+        released.reservation.unwrap().status,
+        pb::CoverReservationStatus::Released as i32
+    );
+    assert_eq!(released.cover_remaining.unwrap().amount_minor, 8_000_000);
+    let again = client
+        .release_stranded_cover(ts(stranded("ts-stranded-2")))
+        .await
+        .expect_err("nothing left to release");
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    assert!(again.message().contains("released"), "{again:?}");
     client
         .set_supplier_status(ts(pb::SetSupplierStatusRequest {
             idempotency_key: "ts-status".into(),
@@ -144,6 +181,7 @@ async fn each_trust_and_safety_change_leaves_one_entry(pool: PgPool) {
             "VerifySupplier",
             "EnrollTradeAssurance",
             "SetTradeAssuranceLimit",
+            "ReleaseStrandedCover",
             "SetSupplierStatus",
         ]
     );

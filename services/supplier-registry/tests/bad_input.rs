@@ -601,6 +601,22 @@ fn cases(id: &str) -> Vec<Case> {
             }),
             &["contract_id"],
         ),
+        // ReleaseStrandedCover
+        case(
+            "stranded cover without key, id, contract or reason",
+            Call::ReleaseStrandedCover(pb::ReleaseStrandedCoverRequest::default()),
+            &["contract_id", "idempotency_key", "reason", "supplier_id"],
+        ),
+        case(
+            "stranded cover of a non-UUID supplier, reason too long",
+            Call::ReleaseStrandedCover(pb::ReleaseStrandedCoverRequest {
+                idempotency_key: "stranded-1".into(),
+                supplier_id: "acme".into(),
+                contract_id: "contract-1".into(),
+                reason: "x".repeat(1_001),
+            }),
+            &["reason", "supplier_id"],
+        ),
         // GetCover
         case(
             "cover of a non-UUID",

@@ -2,8 +2,9 @@
 //! books report nothing; three inconsistencies introduced on purpose (cover
 //! reserved for a contract nobody knows, a cancelled contract whose escrow
 //! account still holds its money, an open claim whose freeze was lifted)
-//! are each reported with both sides' figures; fresh rows wait until they
-//! settle; only staff may ask.
+//! are each reported with both sides' figures, and the stranded cover is
+//! corrected by trust and safety; fresh rows wait until they settle; only
+//! staff may ask.
 
 use std::collections::BTreeSet;
 
@@ -79,7 +80,10 @@ fn each_inconsistency_is_reported_with_both_sides_and_consistent_books_report_no
                  "reason": "CLAIM_REASON_QUALITY_MISMATCH", "quality_criterion_ids": ["QC-1"],
                  "amount_claimed": usd(100_000), "description": "the glaze is cracked" }),
     );
-    let claim_id = filed["claim"]["claimId"].as_str().expect("claim id").to_owned();
+    let claim_id = filed["claim"]["claimId"]
+        .as_str()
+        .expect("claim id")
+        .to_owned();
     wait_until(PATIENCE, "the claim negotiates", || {
         let claim = dispute.call_ok(
             &dispute_method("GetClaim"),
@@ -126,8 +130,16 @@ fn each_inconsistency_is_reported_with_both_sides_and_consistent_books_report_no
     let report = reconcile(&dispute, &staff.finance, &everything).expect("reconcile");
     let want: BTreeSet<(String, String, String)> = [
         ("DIFFERENCE_KIND_COVER_WITHOUT_CONTRACT", ghost, ""),
-        ("DIFFERENCE_KIND_COVER_OF_ENDED_CONTRACT", ended.as_str(), ""),
-        ("DIFFERENCE_KIND_MONEY_HELD_FOR_ENDED_CONTRACT", ended.as_str(), ""),
+        (
+            "DIFFERENCE_KIND_COVER_OF_ENDED_CONTRACT",
+            ended.as_str(),
+            "",
+        ),
+        (
+            "DIFFERENCE_KIND_MONEY_HELD_FOR_ENDED_CONTRACT",
+            ended.as_str(),
+            "",
+        ),
         (
             "DIFFERENCE_KIND_OPEN_CLAIM_WITHOUT_FREEZE",
             claimed.as_str(),
@@ -154,7 +166,10 @@ fn each_inconsistency_is_reported_with_both_sides_and_consistent_books_report_no
         ("contract", "CONTRACT_STATUS_CANCELLED", Some(310_000))
     );
     assert!(
-        held["summary"].as_str().unwrap_or_default().contains("3,100.00 USD"),
+        held["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("3,100.00 USD"),
         "{held:#}"
     );
     let unfrozen = difference(&report, "DIFFERENCE_KIND_OPEN_CLAIM_WITHOUT_FREEZE");
@@ -162,18 +177,39 @@ fn each_inconsistency_is_reported_with_both_sides_and_consistent_books_report_no
     assert_eq!(unfrozen["left"]["state"], "CLAIM_STATUS_NEGOTIATING");
     assert_eq!(unfrozen["right"]["state"], "no freeze for the claim");
 
+    // Trust and safety corrects the stranded cover (audited, with the
+    // finding as its reason); the next comparison no longer reports it.
+    platform.registry.call_ok(
+        &registry_method("ReleaseStrandedCover"),
+        Some(&staff.trust_safety),
+        &json!({ "idempotency_key": "correct-ghost", "supplier_id": supplier_id,
+                 "contract_id": ghost, "reason": "reconciliation: COVER_WITHOUT_CONTRACT" }),
+    );
+    let corrected = reconcile(&dispute, &staff.support, &everything).expect("reconcile");
+    assert_eq!(count(&corrected, "differencesTotal"), 3, "{corrected:#}");
+    assert!(
+        !differences(&corrected)
+            .iter()
+            .any(|(kind, _, _)| kind == "DIFFERENCE_KIND_COVER_WITHOUT_CONTRACT"),
+        "{corrected:#}"
+    );
+
     // With the default settling time every row above is too fresh to judge.
     let fresh = reconcile(&dispute, &staff.trust_safety, &json!({})).expect("reconcile");
     assert_eq!(count(&fresh, "differencesTotal"), 0, "{fresh:#}");
-    assert!(count(&fresh, "rowsUnsettled") >= 4, "{fresh:#}");
+    assert!(count(&fresh, "rowsUnsettled") >= 3, "{fresh:#}");
 
     // Only staff may ask, and a settling time beyond a day is refused.
     for token in [&buyer, &supplier, &staff.platform] {
         let refused = reconcile(&dispute, token, &everything).expect_err("not staff");
         assert_eq!(refused.code, "PermissionDenied", "{refused:#?}");
     }
-    let refused = reconcile(&dispute, &staff.support, &json!({ "settled_for": "90000s" }))
-        .expect_err("too long");
+    let refused = reconcile(
+        &dispute,
+        &staff.support,
+        &json!({ "settled_for": "90000s" }),
+    )
+    .expect_err("too long");
     assert_eq!(refused.code, "InvalidArgument", "{refused:#?}");
     assert!(refused.message.contains("settled_for"), "{refused:#?}");
 }

@@ -294,6 +294,7 @@ calls! {
     ReserveCover(ReserveCoverRequest) => reserve_cover,
     AdjustCover(AdjustCoverRequest) => adjust_cover,
     ReleaseCover(ReleaseCoverRequest) => release_cover,
+    ReleaseStrandedCover(ReleaseStrandedCoverRequest) => release_stranded_cover,
     GetCover(GetCoverRequest) => get_cover,
     ListCoverReservations(ListCoverReservationsRequest) => list_cover_reservations,
     RecordCompletedContract(RecordCompletedContractRequest) => record_completed_contract,
@@ -402,6 +403,12 @@ pub fn every_call(supplier_id: &str, key: &str) -> Vec<Call> {
             idempotency_key: key("release"),
             supplier_id: id(),
             contract_id: "contract-1".into(),
+        }),
+        Call::ReleaseStrandedCover(pb::ReleaseStrandedCoverRequest {
+            idempotency_key: key("release-stranded"),
+            supplier_id: id(),
+            contract_id: "contract-1".into(),
+            reason: "reconciliation: COVER_WITHOUT_CONTRACT".into(),
         }),
         Call::GetCover(pb::GetCoverRequest { supplier_id: id() }),
         Call::ListCoverReservations(pb::ListCoverReservationsRequest {
