@@ -460,6 +460,12 @@ impl Client {
                         self.fail(account_id, "FundEscrow answered no attempt");
                         return false;
                     };
+                    self.note(
+                        "(funding attempt)",
+                        &attempt.funding_attempt_id,
+                        &[contract_id, account_id],
+                        format!("{:?} {}", attempt.status(), attempt.failure_message),
+                    );
                     match attempt.status() {
                         FundingStatus::Succeeded => {
                             self.told.tally.funded(
