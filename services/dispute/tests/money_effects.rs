@@ -551,3 +551,79 @@ async fn a_claim_or_evidence_retried_after_it_succeeded_replays_its_first_answer
         .expect_err("a new claim reads the contract");
     assert_eq!(refused.code(), Code::Unavailable);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_claim_above_what_the_freeze_found_held_is_refused_and_the_freeze_lifted(pool: PgPool) {
+    let mut h = start(&pool).await;
+    // Filing read 3,000.00 USD held; by the freeze a lot's release had left
+    // 500.00 USD, less than the 1,000.00 USD claimed.
+    h.contract.answer("AbandonClaimOpening", |(): ()| Ok(()));
+    h.escrow
+        .answer("FreezeEscrow", |_: escrow_pb::FreezeEscrowRequest| {
+            Ok(escrow_pb::FreezeEscrowResponse {
+                account: Some(account(50_000)),
+            })
+        });
+    let filed = h
+        .client
+        .file_claim(authorized(
+            file_request("file-1", &Uuid::now_v7().to_string()),
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .expect("filed")
+        .into_inner()
+        .claim
+        .expect("claim");
+    let client = h.client.clone();
+    let id = filed.claim_id.clone();
+    eventually("the claim refused", || {
+        let mut client = client.clone();
+        let id = id.clone();
+        async move {
+            let claim = client
+                .get_claim(authorized(
+                    pb::GetClaimRequest { claim_id: id },
+                    BUYER,
+                    Role::Buyer,
+                ))
+                .await
+                .expect("claim")
+                .into_inner()
+                .claim
+                .expect("claim");
+            claim.status() == pb::ClaimStatus::Refused
+        }
+    })
+    .await;
+    let claim = h.claim(&filed.claim_id).await;
+    assert!(
+        claim
+            .refusal_reason
+            .starts_with("HELD_BELOW_CLAIM: escrow holds 500.00 USD"),
+        "{claim:?}"
+    );
+    let (escrow, contract) = (&h.escrow, &h.contract);
+    eventually("the freeze lifted and the contract told", || async {
+        escrow
+            .requests::<escrow_pb::UnfreezeEscrowRequest>("UnfreezeEscrow")
+            .len()
+            == 1
+            && contract
+                .requests::<contract_pb::AbandonClaimOpeningRequest>("AbandonClaimOpening")
+                .len()
+                == 1
+    })
+    .await;
+    let unfrozen = h
+        .escrow
+        .requests::<escrow_pb::UnfreezeEscrowRequest>("UnfreezeEscrow");
+    assert_eq!(unfrozen[0].claim_id, filed.claim_id);
+    assert_eq!(
+        h.escrow
+            .requests::<escrow_pb::SettleClaimRequest>("SettleClaim")
+            .len(),
+        0
+    );
+}

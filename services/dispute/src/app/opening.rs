@@ -102,11 +102,38 @@ pub async fn escrow_frozen(
         return Ok(());
     }
     match outcome {
+        // Money left the account between filing's read and the freeze (a
+        // lot's release landing): the claim asks more than is held now, so
+        // it is refused, the freeze lifted and the buyer may file again for
+        // at most what is held.
+        Ok(Some(held))
+            if held.currency == claim.currency()
+                && held.amount_minor < claim.claim.amount_claimed.amount_minor =>
+        {
+            let why = format!(
+                "HELD_BELOW_CLAIM: escrow holds {}, less than the {} claimed; file again for at most what it holds",
+                readable(held),
+                readable(claim.claim.amount_claimed)
+            );
+            flows
+                .outbox
+                .write(
+                    tx,
+                    effects::unfreeze(
+                        &claim,
+                        "the claim asks more than is held",
+                        completion::NOTHING,
+                    ),
+                )
+                .await?;
+            flows
+                .outbox
+                .write(tx, effects::abandon_opening(&claim, &why))
+                .await?;
+            refuse(tx, flows, &mut claim, &why, now).await
+        }
         Ok(held) => {
-            if let Some(held) = held.filter(|h| {
-                h.currency == claim.currency()
-                    && h.amount_minor >= claim.claim.amount_claimed.amount_minor
-            }) {
+            if let Some(held) = held.filter(|h| h.currency == claim.currency()) {
                 claim.claim.held = held;
                 claims::save_claim(tx, &mut claim, now).await?;
             }
