@@ -8,6 +8,7 @@
 //! | `POST /v1/pay_later` | 200 `pending`, with the loan reference |
 //! | `POST /v1/payouts`, `POST /v1/refunds` | 200 `pending` |
 //! | `GET /v1/operations/{idempotency_key}` | 200 the operation, 404 never seen |
+//! | `POST /v1/operations/{idempotency_key}/void` | 200 the operation, or `voided`: nothing will ever be done under the key (422 `operation_voided` after) |
 //! | `POST /sandbox/bank_transfers/{id}/credit` `{amount_minor?}` | 200 credited |
 //! | `POST /sandbox/pay_later/{id}/disburse`, `.../reject` `{failure_code?}` | 200 |
 //! | `POST /sandbox/transfers/{id}/pay`, `.../fail` `{failure_code?, failure_message?}` | 200 |
@@ -68,7 +69,8 @@ pub fn router(shared: AppState) -> Router {
         .route("/v1/pay_later", post(pay_later))
         .route("/v1/payouts", post(payout))
         .route("/v1/refunds", post(refund))
-        .route("/v1/operations/{key}", get(operation));
+        .route("/v1/operations/{key}", get(operation))
+        .route("/v1/operations/{key}/void", post(void));
     let control = Router::new()
         .route("/sandbox/bank_transfers/{id}/credit", post(credit))
         .route("/sandbox/pay_later/{id}/disburse", post(disburse))
@@ -219,6 +221,10 @@ async fn refund(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> R
 
 async fn operation(State(s): State<AppState>, Path(key): Path<String>) -> Response {
     ok(s.gateway.operation(&key).await)
+}
+
+async fn void(State(s): State<AppState>, Path(key): Path<String>) -> Response {
+    ok(s.gateway.void(&key).await)
 }
 
 // --- /sandbox -----------------------------------------------------------------------

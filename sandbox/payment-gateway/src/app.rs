@@ -207,8 +207,12 @@ impl Gateway {
                 .map_err(internal)?,
             _ => None,
         };
+        storage::lock_key(&mut tx, key).await.map_err(internal)?;
         if let Some(existing) = storage::find_by_key(&mut tx, key).await.map_err(internal)? {
             return replay(&existing, request).map(Some);
+        }
+        if storage::is_voided(&mut tx, key).await.map_err(internal)? {
+            return Err(Refusal::voided(key));
         }
         let new = match request {
             Request::Charge(charge) => charge_operation(key, charge, card),
@@ -285,6 +289,22 @@ impl Gateway {
             .map_err(internal)?
             .map(|row| row.view())
             .ok_or_else(|| Refusal::NotFound(format!("no operation has the key {key}")))
+    }
+
+    /// What the gateway did under `key`, or, when nothing, the key voided so
+    /// that nothing ever will be (a hosted gateway's "technical cancel"): a
+    /// client that gave up on an unanswered call learns for good whether it
+    /// acted. Waits for a call under the key that is being recorded.
+    pub async fn void(&self, key: &str) -> Result<Value, Refusal> {
+        self.enter().await?;
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        storage::lock_key(&mut tx, key).await.map_err(internal)?;
+        if let Some(row) = storage::find_by_key(&mut tx, key).await.map_err(internal)? {
+            return Ok(row.view());
+        }
+        storage::void_key(&mut tx, key).await.map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
+        Ok(json!({ "idempotency_key": key, "status": "voided" }))
     }
 
     // --- settlement -----------------------------------------------------------------

@@ -721,3 +721,49 @@ impl JsonText for reqwest::Response {
         serde_json::from_str(&self.text().await.unwrap()).unwrap()
     }
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_voided_key_never_acts_and_a_used_one_answers_its_operation(pool: PgPool) {
+    let sandbox = Sandbox::start(pool, options()).await;
+    // A client gave up on a call that never arrived: the key is voided, and
+    // the call arriving late (or a retry) moves nothing.
+    let voided = sandbox
+        .control("/v1/operations/late-1/void", &serde_json::json!({}))
+        .await;
+    assert_eq!(voided.status, 200, "{voided:?}");
+    assert_eq!(voided.body["status"], "voided");
+    let late = sandbox
+        .post(
+            "/v1/charges",
+            "late-1",
+            &charge("attempt-9", 1_000, "tok_visa"),
+        )
+        .await;
+    assert_eq!(late.status, 422, "{late:?}");
+    assert_eq!(late.error_code(), "operation_voided");
+    let again = sandbox
+        .control("/v1/operations/late-1/void", &serde_json::json!({}))
+        .await;
+    assert_eq!(again.body["status"], "voided");
+    assert_eq!(sandbox.operation("late-1").await.status, 404);
+    let books = sandbox.books("USD").await;
+    assert_eq!(books["charges_minor"].as_i64().unwrap_or(0), 0, "{books}");
+
+    // Voiding a key the gateway acted under answers what it did instead.
+    let charged = sandbox
+        .post(
+            "/v1/charges",
+            "done-1",
+            &charge("attempt-10", 2_000, "tok_visa"),
+        )
+        .await;
+    assert_eq!(charged.status, 200);
+    let found = sandbox
+        .control("/v1/operations/done-1/void", &serde_json::json!({}))
+        .await;
+    assert_eq!(found.status, 200, "{found:?}");
+    assert_eq!(found.body["status"], "succeeded");
+    assert_eq!(found.body["id"], charged.body["id"]);
+    assert_eq!(sandbox.books("USD").await["charges_minor"], 2_000);
+    sandbox.stop().await.unwrap();
+}

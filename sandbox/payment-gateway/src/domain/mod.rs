@@ -175,6 +175,14 @@ impl Refusal {
         }
     }
 
+    /// 422 `operation_voided`: the key was voided; nothing is done under it.
+    pub fn voided(key: &str) -> Self {
+        Refusal::Unprocessable {
+            code: "operation_voided",
+            message: format!("the key {key} was voided: nothing is done under it"),
+        }
+    }
+
     pub fn key_reused() -> Self {
         Refusal::Unprocessable {
             code: "idempotency_key_reused",

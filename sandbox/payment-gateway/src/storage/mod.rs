@@ -160,6 +160,38 @@ pub async fn find_by_key(
         .await
 }
 
+/// Serialises, until the transaction ends, everything done under `key`:
+/// acting under it and voiding it.
+pub async fn lock_key(conn: &mut PgConnection, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(key)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Whether `key` was voided.
+pub async fn is_voided(conn: &mut PgConnection, key: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM gateway_sandbox.voided_keys WHERE idempotency_key = $1)",
+    )
+    .bind(key)
+    .fetch_one(conn)
+    .await
+}
+
+/// Voids `key` (no-op when it is already).
+pub async fn void_key(conn: &mut PgConnection, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO gateway_sandbox.voided_keys (idempotency_key) VALUES ($1) \
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(key)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
 /// The operation `id`, locked until the transaction ends.
 pub async fn lock(conn: &mut PgConnection, id: &str) -> Result<Option<OperationRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM gateway_sandbox.operations WHERE id = $1 FOR UPDATE")

@@ -18,8 +18,9 @@
 //! phases) leaves the attempt "awaiting the gateway's answer": the caller
 //! hears UNAVAILABLE and may retry with the same key, and the gateway worker
 //! asks the gateway by key once the attempt's `check_at` passes: what the
-//! gateway did is recorded; a key it never saw fails the attempt
-//! (`gateway_unreachable`) and frees the payment for another try. A webhook
+//! gateway did is recorded; a key it never saw is voided there (nothing can
+//! be done under it afterwards, even by a call still on its way) and fails
+//! the attempt (`gateway_unreachable`), freeing the payment for another try. A webhook
 //! may also settle an attempt before its answer is recorded: the webhook
 //! names the attempt, which exists from phase 1 on.
 
@@ -445,7 +446,10 @@ pub async fn resolve_unanswered(flows: &Flows, pool: &sqlx::PgPool) -> Result<us
         let Some(key) = attempt.gateway_key.as_deref() else {
             continue;
         };
-        let answer = match flows.gateway.operation(key).await {
+        // Voided, not merely looked up: a call under the key still on its
+        // way (held in a paused gateway, a client's retry in flight) would
+        // otherwise take the money after the attempt was failed.
+        let answer = match flows.gateway.void_unless_done(key).await {
             Ok(None) => StartAnswer::Rejected {
                 code: "gateway_unreachable".into(),
                 message: "the payment gateway never received the payment".into(),

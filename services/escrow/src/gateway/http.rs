@@ -415,11 +415,27 @@ impl PaymentGateway for HttpGateway {
             }
             return Err(refused(status, Some(&json), b""));
         }
+        operation_of(json).map(Some)
+    }
+
+    async fn void_unless_done(&self, key: &str) -> Result<Option<Operation>, GatewayError> {
+        let url = self.url(&["v1", "operations", key, "void"])?;
+        match self.send(Method::POST, url, None, None).await? {
+            (status, json) if status.is_success() && json["status"] == "voided" => Ok(None),
+            (status, json) if status.is_success() => operation_of(json).map(Some),
+            (status, json) => Err(refused(status, Some(&json), b"")),
+        }
+    }
+}
+
+/// The gateway's record of one operation.
+fn operation_of(json: Value) -> Result<Operation, GatewayError> {
+    {
         let answer: OperationAnswer = parse("operation", json)?;
         let currency = Currency::parse(&answer.currency)
             .ok_or_else(|| unreadable("currency", format!("`{}`", answer.currency)))?;
         let bank_instructions = answer.instructions.map(|i| i.of(answer.id.clone()));
-        Ok(Some(Operation {
+        Ok(Operation {
             kind: kind_of(&answer.kind)?,
             bank_instructions,
             loan_reference: answer.loan_reference,
@@ -428,7 +444,7 @@ impl PaymentGateway for HttpGateway {
             amount: Money::new(answer.amount_minor, currency),
             settled_minor: answer.settled_minor,
             status: status_of(&answer.status, answer.failure_code, answer.failure_message)?,
-        }))
+        })
     }
 }
 

@@ -42,6 +42,8 @@ struct State {
     by_key: HashMap<String, Stored>,
     /// Money actually charged or sent, per key (a retry adds nothing).
     moved: HashMap<String, Money>,
+    /// Keys voided by `void_unless_done`: nothing is done under them.
+    voided: std::collections::HashSet<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +98,17 @@ impl InMemoryGateway {
         state
             .by_key
             .insert(key.to_owned(), Stored { operation, answer });
+    }
+
+    /// Refuses a new payment under a voided key.
+    fn refuse_voided(&self, key: &str) -> Result<(), GatewayError> {
+        if self.lock().voided.contains(key) {
+            return Err(GatewayError::Rejected {
+                code: "operation_voided".into(),
+                message: format!("the key {key} was voided"),
+            });
+        }
+        Ok(())
     }
 
     fn replay(&self, key: &str) -> Option<Answer> {
@@ -157,6 +170,7 @@ impl PaymentGateway for InMemoryGateway {
         card_token: &str,
         amount: Money,
     ) -> Result<CardCharge, GatewayError> {
+        self.refuse_voided(key)?;
         if let Some(Answer::Card(charge)) = self.replay(key) {
             return Ok(charge);
         }
@@ -209,6 +223,7 @@ impl PaymentGateway for InMemoryGateway {
         _payer_name: &str,
         amount: Money,
     ) -> Result<BankInstructions, GatewayError> {
+        self.refuse_voided(key)?;
         if let Some(Answer::Bank(instructions)) = self.replay(key) {
             return Ok(instructions);
         }
@@ -240,6 +255,7 @@ impl PaymentGateway for InMemoryGateway {
         _repayment_months: u32,
         amount: Money,
     ) -> Result<PayLaterApplication, GatewayError> {
+        self.refuse_voided(key)?;
         if let Some(Answer::PayLater(application)) = self.replay(key) {
             return Ok(application);
         }
@@ -287,6 +303,15 @@ impl PaymentGateway for InMemoryGateway {
     async fn operation(&self, key: &str) -> Result<Option<Operation>, GatewayError> {
         Ok(self.lock().by_key.get(key).map(|s| s.operation.clone()))
     }
+
+    async fn void_unless_done(&self, key: &str) -> Result<Option<Operation>, GatewayError> {
+        let mut state = self.lock();
+        let done = state.by_key.get(key).map(|s| s.operation.clone());
+        if done.is_none() {
+            state.voided.insert(key.to_owned());
+        }
+        Ok(done)
+    }
 }
 
 #[cfg(test)]
@@ -297,6 +322,27 @@ mod tests {
 
     fn usd(minor: i64) -> Money {
         Money::new(minor, Currency::parse("USD").unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_voided_key_charges_nothing_and_a_charged_one_is_not_voided() {
+        let gateway = InMemoryGateway::new();
+        assert!(gateway.void_unless_done("late").await.unwrap().is_none());
+        let late = gateway
+            .charge_card("late", "a1", "tok_visa", usd(100))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&late, GatewayError::Rejected { code, .. } if code == "operation_voided"),
+            "{late:?}"
+        );
+        assert!(gateway.operation("late").await.unwrap().is_none());
+        gateway
+            .charge_card("done", "a2", "tok_visa", usd(100))
+            .await
+            .unwrap();
+        let done = gateway.void_unless_done("done").await.unwrap().unwrap();
+        assert_eq!(done.status, OperationStatus::Succeeded);
     }
 
     #[tokio::test]

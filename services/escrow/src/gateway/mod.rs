@@ -181,4 +181,11 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// What the gateway did under `key`; `None` when it never saw the key
     /// (so nothing moved and the call may be sent, or given up, safely).
     async fn operation(&self, key: &str) -> Result<Option<Operation>, GatewayError>;
+
+    /// What the gateway did under `key`, or, when it never saw the key, the
+    /// key voided so that nothing will ever be done under it (`None`): a
+    /// call under it still on its way (held in a paused gateway, a retry in
+    /// flight) is refused when it arrives. Only this makes "never saw it"
+    /// final enough to fail a payment.
+    async fn void_unless_done(&self, key: &str) -> Result<Option<Operation>, GatewayError>;
 }

@@ -295,4 +295,12 @@ impl PaymentGateway for FaultyGateway {
         )
         .await
     }
+
+    async fn void_unless_done(&self, key: &str) -> Result<Option<Operation>, GatewayError> {
+        self.around(
+            made(Call::Status, key, "", "void", None),
+            self.books.void_unless_done(key),
+        )
+        .await
+    }
 }
