@@ -215,6 +215,11 @@ impl Harness {
 
     /// A claim filed, recorded by the contract, frozen and confirmed.
     async fn negotiating_claim(&mut self) -> String {
+        self.filed_until(pb::ClaimStatus::Negotiating).await
+    }
+
+    /// Files a claim and waits until its opening ends in `status`.
+    async fn filed_until(&mut self, status: pb::ClaimStatus) -> String {
         let filed = self
             .client
             .file_claim(authorized(
@@ -229,7 +234,7 @@ impl Harness {
             .expect("claim");
         let client = self.client.clone();
         let id = filed.claim_id.clone();
-        eventually("the claim negotiating", || {
+        eventually(&format!("the claim {status:?}"), || {
             let mut client = client.clone();
             let id = id.clone();
             async move {
@@ -244,7 +249,7 @@ impl Harness {
                     .into_inner()
                     .claim
                     .expect("claim");
-                claim.status() == pb::ClaimStatus::Negotiating
+                claim.status() == status
             }
         })
         .await;
@@ -564,40 +569,8 @@ async fn a_claim_above_what_the_freeze_found_held_is_refused_and_the_freeze_lift
                 account: Some(account(50_000)),
             })
         });
-    let filed = h
-        .client
-        .file_claim(authorized(
-            file_request("file-1", &Uuid::now_v7().to_string()),
-            BUYER,
-            Role::Buyer,
-        ))
-        .await
-        .expect("filed")
-        .into_inner()
-        .claim
-        .expect("claim");
-    let client = h.client.clone();
-    let id = filed.claim_id.clone();
-    eventually("the claim refused", || {
-        let mut client = client.clone();
-        let id = id.clone();
-        async move {
-            let claim = client
-                .get_claim(authorized(
-                    pb::GetClaimRequest { claim_id: id },
-                    BUYER,
-                    Role::Buyer,
-                ))
-                .await
-                .expect("claim")
-                .into_inner()
-                .claim
-                .expect("claim");
-            claim.status() == pb::ClaimStatus::Refused
-        }
-    })
-    .await;
-    let claim = h.claim(&filed.claim_id).await;
+    let claim_id = h.filed_until(pb::ClaimStatus::Refused).await;
+    let claim = h.claim(&claim_id).await;
     assert!(
         claim
             .refusal_reason
@@ -619,7 +592,7 @@ async fn a_claim_above_what_the_freeze_found_held_is_refused_and_the_freeze_lift
     let unfrozen = h
         .escrow
         .requests::<escrow_pb::UnfreezeEscrowRequest>("UnfreezeEscrow");
-    assert_eq!(unfrozen[0].claim_id, filed.claim_id);
+    assert_eq!(unfrozen[0].claim_id, claim_id);
     assert_eq!(
         h.escrow
             .requests::<escrow_pb::SettleClaimRequest>("SettleClaim")
