@@ -4,10 +4,7 @@
 //! through the API: who sees which contracts, and the buyer's
 //! `external_reference` (checked, unique per buyer, replayed, searchable).
 
-use clap::Parser;
 use contract::{
-    Links, SPEC, api,
-    config::Config,
     domain::status::Status,
     storage::{
         MIGRATOR,
@@ -18,20 +15,19 @@ use contract::{
 };
 use sqlx::{PgConnection, PgPool};
 use ta_proto::{
-    common::{Money as PbMoney, PageRequest},
+    common::PageRequest,
     contract::{self as pb, contract_service_client::ContractServiceClient},
-    supplier as supplier_pb,
 };
-use ta_runtime::{
-    auth::Role,
-    money::{Currency, Money},
-    timestamps,
-};
-use ta_testkit::{RunningService, authorized, database_url};
-use ta_workflow::testing::{self, FakePeer};
+use ta_runtime::auth::Role;
+use ta_testkit::{RunningService, authorized};
+use ta_workflow::testing::FakePeer;
 use time::{OffsetDateTime, macros::datetime};
 use tonic::{Code, transport::Channel};
 use uuid::Uuid;
+
+mod support;
+
+use support::{BUYER, OWNER, Peers, TempDir, at, pb_usd, serve};
 
 static MIGRATOR_REF: &sqlx::migrate::Migrator = &MIGRATOR;
 
@@ -423,9 +419,7 @@ async fn filters_orders_and_cursors_list_every_contract_once_in_order(pool: PgPo
 
 // ---- Through the API ------------------------------------------------------------
 
-const BUYER: &str = "buyer-1";
 const OTHER_BUYER: &str = "buyer-2";
-const OWNER: &str = "owner-1";
 
 struct Harness {
     _server: RunningService,
@@ -436,68 +430,18 @@ struct Harness {
     _store: TempDir,
 }
 
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The contract service with a registry that knows `OWNER`'s supplier.
+/// The contract service with the fake peers of `support`.
 async fn start(pool: &PgPool) -> Harness {
-    let registry = FakePeer::start::<testing::Registry>().await;
-    let escrow = FakePeer::start::<testing::Escrow>().await;
-    registry.answer("GetSupplier", |r: supplier_pb::GetSupplierRequest| {
-        Ok(supplier_pb::GetSupplierResponse {
-            supplier: Some(supplier_pb::Supplier {
-                supplier_id: r.supplier_id,
-                owner_principal_id: OWNER.into(),
-                ..Default::default()
-            }),
-        })
-    });
-    let store = std::env::temp_dir().join(format!("contract-lists-{}", Uuid::now_v7()));
-    let url = database_url(pool);
-    let (registry_url, escrow_url, store_dir) =
-        (registry.url(), escrow.url(), store.display().to_string());
-    let config = Config::try_parse_from([
-        "contract",
-        "--database-url",
-        &url,
-        "--auth-jwt-hs256-secret",
-        ta_testkit::TEST_SECRET,
-        "--log-format",
-        "text",
-        "--evidence-store",
-        &store_dir,
-        "--supplier-registry-url",
-        &registry_url,
-        "--escrow-url",
-        &escrow_url,
-    ])
-    .expect("config");
-    let links =
-        Links::from_config(SPEC.name, &config.workflow, &config.common.auth).expect("links");
-    let objects = ta_objects::Store::from_config(&config.store).expect("store");
-    let service = api(&config, pool.clone(), links, objects);
-    let server = RunningService::start(&SPEC, config.common.clone(), pool.clone(), service).await;
+    let peers = Peers::start().await;
+    let (server, store) = serve(pool, &peers, &[]).await;
     Harness {
         client: ContractServiceClient::new(server.channel.clone()),
         _server: server,
-        _registry: registry,
-        _escrow: escrow,
+        _registry: peers.registry,
+        _escrow: peers.escrow,
         supplier_id: Uuid::now_v7(),
-        _store: TempDir(store),
+        _store: store,
     }
-}
-
-fn pb_usd(amount_minor: i64) -> Option<PbMoney> {
-    Some(Money::new(amount_minor, Currency::parse("USD").unwrap()).to_proto())
-}
-
-fn at(from_now: time::Duration) -> Option<prost_types::Timestamp> {
-    Some(timestamps::to_proto(timestamps::now() + from_now))
 }
 
 /// 1,000 mugs at 3.00 USD: 30 % deposit after signing, the balance before

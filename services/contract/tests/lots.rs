@@ -10,51 +10,33 @@
 
 use std::{sync::Arc, time::Duration};
 
-use clap::Parser;
 use contract::{
-    Links, SPEC, api,
     app::{FEED, Flows, Settings, reactions::EscrowEvents},
-    config::Config,
     storage::{MIGRATOR as CONTRACT_MIGRATOR, schema},
 };
 use sqlx::PgPool;
 use ta_proto::{
-    common::{ClaimReason, Money as PbMoney},
+    common::ClaimReason,
     contract::{self as pb, contract_service_client::ContractServiceClient},
-    escrow as escrow_pb, supplier as supplier_pb,
+    escrow as escrow_pb,
 };
-use ta_runtime::{
-    auth::Role,
-    money::{Currency, Money},
-    timestamps,
-};
-use ta_testkit::{RunningService, authorized, database_url, from_service};
+use ta_runtime::auth::Role;
+use ta_testkit::{RunningService, authorized, from_service};
 use ta_workflow::{
-    consumer::EventHandler,
-    feed::Feed,
-    outbox::Outbox,
-    testing::{self, FakePeer},
-    timers::Timers,
+    consumer::EventHandler, feed::Feed, outbox::Outbox, testing::FakePeer, timers::Timers,
 };
 use tonic::{Code, Status as RpcStatus, transport::Channel};
 use uuid::Uuid;
 
+mod support;
+
+use support::{BUYER, OWNER, Peers, QUICK_WORKFLOW, TempDir, WAIT, at, eventually, pb_usd, serve};
+
 static MIGRATOR: &sqlx::migrate::Migrator = &CONTRACT_MIGRATOR;
 
-const BUYER: &str = "buyer-1";
-const OWNER: &str = "owner-1";
-const WAIT: Duration = Duration::from_secs(30);
 /// 40 % with lot 1.
 const FIRST: i64 = 120_000;
 const SECOND: i64 = 180_000;
-
-fn pb_usd(amount_minor: i64) -> Option<PbMoney> {
-    Some(Money::new(amount_minor, Currency::parse("USD").unwrap()).to_proto())
-}
-
-fn at(from_now: time::Duration) -> Option<prost_types::Timestamp> {
-    Some(timestamps::to_proto(timestamps::now() + from_now))
-}
 
 /// 1,000 mugs at 3.00 USD in two lots: milestone `first` (40 %) with lot
 /// `first_lot`, `second` (60 %) with lot `second_lot`.
@@ -116,101 +98,31 @@ struct Harness {
     _registry: FakePeer,
     supplier_id: Uuid,
     pool: PgPool,
+    _store: TempDir,
 }
 
-/// The contract service with a registry that reserves any cover and an
-/// escrow that opens any account and releases what it is asked to; one day
-/// of the terms lasts `term_day`.
+/// The contract service with the fake peers of `support`; one day of the
+/// terms lasts `term_day`.
 async fn start(pool: &PgPool, term_day: &str) -> Harness {
-    let registry = FakePeer::start::<testing::Registry>().await;
-    let escrow = FakePeer::start::<testing::Escrow>().await;
-    registry.answer("GetSupplier", |r: supplier_pb::GetSupplierRequest| {
-        Ok(supplier_pb::GetSupplierResponse {
-            supplier: Some(supplier_pb::Supplier {
-                supplier_id: r.supplier_id,
-                owner_principal_id: OWNER.into(),
-                ..Default::default()
-            }),
-        })
-    });
-    for method in ["ReserveCover", "ReleaseCover", "RecordCompletedContract"] {
-        registry.answer(method, |(): ()| Ok(()));
-    }
-    escrow.answer(
-        "OpenEscrowAccount",
-        |r: escrow_pb::OpenEscrowAccountRequest| {
-            Ok(escrow_pb::OpenEscrowAccountResponse {
-                account: Some(escrow_pb::EscrowAccount {
-                    escrow_account_id: format!("acct-{}", r.contract_id),
-                    contract_id: r.contract_id,
-                    ..Default::default()
-                }),
-            })
-        },
-    );
-    escrow.answer("ReleaseToSupplier", |(): ()| Ok(()));
-    escrow.answer("CloseEscrowAccount", |(): ()| Ok(()));
-    let store = std::env::temp_dir().join(format!("contract-lots-{}", Uuid::now_v7()));
-    let url = database_url(pool);
-    let (registry_url, escrow_url, store_dir) =
-        (registry.url(), escrow.url(), store.display().to_string());
-    let config = Config::try_parse_from([
-        "contract",
-        "--database-url",
-        &url,
-        "--auth-jwt-hs256-secret",
-        ta_testkit::TEST_SECRET,
-        "--log-format",
-        "text",
-        "--evidence-store",
-        &store_dir,
-        "--supplier-registry-url",
-        &registry_url,
-        "--escrow-url",
-        &escrow_url,
+    let peers = Peers::start().await;
+    let mut settings = QUICK_WORKFLOW.to_vec();
+    settings.extend([
         "--term-day",
         term_day,
-        "--workflow-outbox-poll-interval",
-        "20ms",
-        "--workflow-outbox-backoff-base",
-        "20ms",
         "--workflow-outbox-backoff-cap",
         "100ms",
         "--workflow-outbox-max-attempts",
         "10000",
-        "--workflow-consumer-reconnect-base",
-        "200ms",
-        "--workflow-timer-poll-interval",
-        "50ms",
-    ])
-    .expect("config");
-    let links =
-        Links::from_config(SPEC.name, &config.workflow, &config.common.auth).expect("links");
-    let objects = ta_objects::Store::from_config(&config.store).expect("store");
-    let service = api(&config, pool.clone(), links, objects);
-    let server = RunningService::start(&SPEC, config.common.clone(), pool.clone(), service).await;
+    ]);
+    let (server, store) = serve(pool, &peers, &settings).await;
     Harness {
         client: ContractServiceClient::new(server.channel.clone()),
         _server: server,
-        escrow,
-        _registry: registry,
+        escrow: peers.escrow,
+        _registry: peers.registry,
         supplier_id: Uuid::now_v7(),
         pool: pool.clone(),
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        _store: store,
     }
 }
 

@@ -7,13 +7,10 @@
 //! and the answers at the edges of drafting (deadlines beyond the horizon, a
 //! currency the supplier's Trade Assurance limit is not in).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use clap::Parser;
 use contract::{
-    Links, SPEC, api,
     app::{Flows, reactions::EscrowEvents},
-    config::Config,
     domain::{
         negotiation::{Negotiation, Protection},
         status::Status,
@@ -54,36 +51,24 @@ use ta_runtime::{
     money::{Currency, Money},
     timestamps,
 };
-use ta_testkit::{RunningService, authorized, database_url, from_service};
+use ta_testkit::{RunningService, authorized, from_service};
 use ta_workflow::{
-    Handled,
-    consumer::EventHandler,
-    feed::Feed,
-    outbox::Outbox,
-    testing::{self, FakePeer},
-    timers::Timers,
+    Handled, consumer::EventHandler, feed::Feed, outbox::Outbox, testing::FakePeer, timers::Timers,
 };
 use time::OffsetDateTime;
 use tonic::{Code, Status as RpcStatus, transport::Channel};
 use uuid::Uuid;
 
+mod support;
+
+use support::{BUYER, OWNER, Peers, QUICK_WORKFLOW, TempDir, at, eventually, pb_usd, serve};
+
 static MIGRATOR: &sqlx::migrate::Migrator = &storage::MIGRATOR;
 
-const BUYER: &str = "buyer-1";
-const OWNER: &str = "owner-1";
 const OPERATOR: &str = "ops-1";
-const WAIT: Duration = Duration::from_secs(30);
 
 fn usd(amount_minor: i64) -> Money {
     Money::new(amount_minor, Currency::parse("USD").unwrap())
-}
-
-fn pb_usd(amount_minor: i64) -> Option<PbMoney> {
-    Some(usd(amount_minor).to_proto())
-}
-
-fn at(from_now: time::Duration) -> Option<prost_types::Timestamp> {
-    Some(timestamps::to_proto(timestamps::now() + from_now))
 }
 
 /// 1,000 mugs at 3.00 USD: 30 % deposit after signing, the balance before
@@ -152,107 +137,20 @@ struct Harness {
     _store: TempDir,
 }
 
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The contract service with a registry that knows `OWNER`'s supplier and
-/// reserves any cover, and an escrow that opens any account.
+/// The contract service with the fake peers of `support`.
 async fn start(pool: &PgPool) -> Harness {
-    let registry = FakePeer::start::<testing::Registry>().await;
-    let escrow = FakePeer::start::<testing::Escrow>().await;
-    registry.answer("GetSupplier", |r: supplier_pb::GetSupplierRequest| {
-        Ok(supplier_pb::GetSupplierResponse {
-            supplier: Some(supplier_pb::Supplier {
-                supplier_id: r.supplier_id,
-                owner_principal_id: OWNER.into(),
-                ..Default::default()
-            }),
-        })
-    });
-    for method in [
-        "ReserveCover",
-        "AdjustCover",
-        "ReleaseCover",
-        "RecordCompletedContract",
-    ] {
-        registry.answer(method, |(): ()| Ok(()));
-    }
-    escrow.answer(
-        "OpenEscrowAccount",
-        |r: escrow_pb::OpenEscrowAccountRequest| {
-            Ok(escrow_pb::OpenEscrowAccountResponse {
-                account: Some(escrow_pb::EscrowAccount {
-                    escrow_account_id: format!("acct-{}", r.contract_id),
-                    contract_id: r.contract_id,
-                    ..Default::default()
-                }),
-            })
-        },
-    );
-    escrow.answer("CloseEscrowAccount", |(): ()| Ok(()));
-    let store = std::env::temp_dir().join(format!("contract-money-{}", Uuid::now_v7()));
-    let url = database_url(pool);
-    let (registry_url, escrow_url, store_dir) =
-        (registry.url(), escrow.url(), store.display().to_string());
-    let config = Config::try_parse_from([
-        "contract",
-        "--database-url",
-        &url,
-        "--auth-jwt-hs256-secret",
-        ta_testkit::TEST_SECRET,
-        "--log-format",
-        "text",
-        "--evidence-store",
-        &store_dir,
-        "--supplier-registry-url",
-        &registry_url,
-        "--escrow-url",
-        &escrow_url,
-        "--workflow-outbox-poll-interval",
-        "20ms",
-        "--workflow-outbox-backoff-base",
-        "20ms",
-        "--workflow-outbox-backoff-cap",
-        "200ms",
-        "--workflow-consumer-reconnect-base",
-        "200ms",
-        "--workflow-timer-poll-interval",
-        "50ms",
-    ])
-    .expect("config");
-    let links =
-        Links::from_config(SPEC.name, &config.workflow, &config.common.auth).expect("links");
-    let objects = ta_objects::Store::from_config(&config.store).expect("store");
-    let service = api(&config, pool.clone(), links, objects);
-    let server = RunningService::start(&SPEC, config.common.clone(), pool.clone(), service).await;
+    let peers = Peers::start().await;
+    let mut settings = QUICK_WORKFLOW.to_vec();
+    settings.extend(["--workflow-outbox-backoff-cap", "200ms"]);
+    let (server, store) = serve(pool, &peers, &settings).await;
     Harness {
         client: ContractServiceClient::new(server.channel.clone()),
         admin: WorkflowAdminServiceClient::new(server.channel.clone()),
         _server: server,
-        registry,
-        escrow,
+        registry: peers.registry,
+        escrow: peers.escrow,
         supplier_id: Uuid::now_v7(),
-        _store: TempDir(store),
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        _store: store,
     }
 }
 

@@ -1,0 +1,153 @@
+//! What the contract service's API tests share: the contract process served
+//! on the test's database, against fake peers (a registry that knows
+//! `OWNER`'s supplier and reserves any cover, an escrow that opens any
+//! account and moves what it is asked to), and small helpers.
+//!
+//! Each test file uses part of it.
+#![allow(dead_code)]
+
+use std::{future::Future, time::Duration};
+
+use clap::Parser;
+use contract::{Links, SPEC, api, config::Config};
+use sqlx::PgPool;
+use ta_proto::{common::Money as PbMoney, escrow as escrow_pb, supplier as supplier_pb};
+use ta_runtime::{
+    money::{Currency, Money},
+    timestamps,
+};
+use ta_testkit::{RunningService, database_url};
+use ta_workflow::testing::{self, FakePeer};
+use uuid::Uuid;
+
+pub const BUYER: &str = "buyer-1";
+pub const OWNER: &str = "owner-1";
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn pb_usd(amount_minor: i64) -> Option<PbMoney> {
+    Some(Money::new(amount_minor, Currency::parse("USD").unwrap()).to_proto())
+}
+
+pub fn at(from_now: time::Duration) -> Option<prost_types::Timestamp> {
+    Some(timestamps::to_proto(timestamps::now() + from_now))
+}
+
+/// Waits until `condition` holds, for at most [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A directory removed when dropped (the inspection files' store).
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The fake supplier-registry and escrow the contract calls.
+pub struct Peers {
+    pub registry: FakePeer,
+    pub escrow: FakePeer,
+}
+
+impl Peers {
+    /// A registry that knows `OWNER`'s supplier and answers every cover call,
+    /// an escrow that opens any account and answers releases and closings.
+    pub async fn start() -> Self {
+        let registry = FakePeer::start::<testing::Registry>().await;
+        let escrow = FakePeer::start::<testing::Escrow>().await;
+        registry.answer("GetSupplier", |r: supplier_pb::GetSupplierRequest| {
+            Ok(supplier_pb::GetSupplierResponse {
+                supplier: Some(supplier_pb::Supplier {
+                    supplier_id: r.supplier_id,
+                    owner_principal_id: OWNER.into(),
+                    ..Default::default()
+                }),
+            })
+        });
+        for method in [
+            "ReserveCover",
+            "AdjustCover",
+            "ReleaseCover",
+            "RecordCompletedContract",
+        ] {
+            registry.answer(method, |(): ()| Ok(()));
+        }
+        escrow.answer(
+            "OpenEscrowAccount",
+            |r: escrow_pb::OpenEscrowAccountRequest| {
+                Ok(escrow_pb::OpenEscrowAccountResponse {
+                    account: Some(escrow_pb::EscrowAccount {
+                        escrow_account_id: format!("acct-{}", r.contract_id),
+                        contract_id: r.contract_id,
+                        ..Default::default()
+                    }),
+                })
+            },
+        );
+        for method in ["ReleaseToSupplier", "CloseEscrowAccount"] {
+            escrow.answer(method, |(): ()| Ok(()));
+        }
+        Self { registry, escrow }
+    }
+}
+
+/// Quick workflow settings: outbox and timers polled every few ms.
+pub const QUICK_WORKFLOW: &[&str] = &[
+    "--workflow-outbox-poll-interval",
+    "20ms",
+    "--workflow-outbox-backoff-base",
+    "20ms",
+    "--workflow-consumer-reconnect-base",
+    "200ms",
+    "--workflow-timer-poll-interval",
+    "50ms",
+];
+
+/// The contract service on `pool`, calling `peers`, with `settings` added
+/// to the configuration; serving when returned, with its files' store.
+pub async fn serve(pool: &PgPool, peers: &Peers, settings: &[&str]) -> (RunningService, TempDir) {
+    let store = std::env::temp_dir().join(format!("contract-tests-{}", Uuid::now_v7()));
+    let (url, registry_url, escrow_url, store_dir) = (
+        database_url(pool),
+        peers.registry.url(),
+        peers.escrow.url(),
+        store.display().to_string(),
+    );
+    let mut args = vec![
+        "contract",
+        "--database-url",
+        &url,
+        "--auth-jwt-hs256-secret",
+        ta_testkit::TEST_SECRET,
+        "--log-format",
+        "text",
+        "--evidence-store",
+        &store_dir,
+        "--supplier-registry-url",
+        &registry_url,
+        "--escrow-url",
+        &escrow_url,
+    ];
+    args.extend_from_slice(settings);
+    let config = Config::try_parse_from(args).expect("config");
+    let links =
+        Links::from_config(SPEC.name, &config.workflow, &config.common.auth).expect("links");
+    let objects = ta_objects::Store::from_config(&config.store).expect("store");
+    let service = api(&config, pool.clone(), links, objects);
+    let server = RunningService::start(&SPEC, config.common.clone(), pool.clone(), service).await;
+    (server, TempDir(store))
+}
