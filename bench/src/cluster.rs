@@ -5,7 +5,7 @@
 //!
 //! The cluster is made by the project's own `scripts/dev-postgres.sh` with
 //! `TA_PG_DATA_DIR` (a separate cluster: system binaries, initdb as the
-//! `postgres` user when root, 127.0.0.1 on a free port from 54329 up), then
+//! `postgres` user when root, 127.0.0.1 on a port the OS hands out), then
 //! the mode is set with `ALTER SYSTEM` and a restart, and checked. The
 //! restart also loads `pg_stat_statements`, for each scenario's statement
 //! profile.
@@ -50,13 +50,22 @@ pub struct Cluster {
     pub durability: Durability,
     script: PathBuf,
     root: PathBuf,
+    /// Its own port, handed out by the OS: the script's default range is
+    /// shared with the dev cluster and the tests' clusters, and a port
+    /// picked from it could be taken by another cluster while this one
+    /// restarts (its own set-up restarts it once; the chaos run, often).
+    port: u16,
 }
 
 impl Cluster {
     pub fn start(script: &Path, durability: Durability) -> Result<Self> {
         let root = std::env::temp_dir().join(unique_name("ta-bench-pg"));
         let data_dir = root.join("data");
-        let out = script_command(script, &data_dir)
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map_err(|e| format!("no free port for the cluster: {e}"))?
+            .port();
+        let out = script_command(script, &data_dir, port)
             .arg("start")
             .output()
             .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
@@ -65,6 +74,7 @@ impl Cluster {
             durability,
             script: script.to_owned(),
             root,
+            port,
         };
         if !out.status.success() || cluster.url.is_empty() {
             return Err(format!(
@@ -89,7 +99,7 @@ impl Cluster {
             "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
         )?;
         for action in ["stop", "start"] {
-            let out = script_command(script, &data_dir)
+            let out = script_command(script, &data_dir, port)
                 .arg(action)
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
@@ -134,7 +144,7 @@ impl Cluster {
     pub fn restart(&self) -> Result<()> {
         let data_dir = self.root.join("data");
         for action in ["stop", "start"] {
-            let out = script_command(&self.script, &data_dir)
+            let out = script_command(&self.script, &data_dir, self.port)
                 .arg(action)
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", self.script.display()))?;
@@ -152,12 +162,12 @@ impl Cluster {
     }
 }
 
-fn script_command(script: &Path, data_dir: &Path) -> Command {
+fn script_command(script: &Path, data_dir: &Path, port: u16) -> Command {
     let mut command = Command::new(script);
     command
         // Set, the script would hand back that server instead of starting one.
         .env_remove("DATABASE_URL")
-        .env_remove("TA_PG_PORT")
+        .env("TA_PG_PORT", port.to_string())
         .env("TA_PG_DATA_DIR", data_dir)
         .env("TA_PG_DB", "ta_bench");
     command
@@ -165,7 +175,7 @@ fn script_command(script: &Path, data_dir: &Path) -> Command {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let out = script_command(&self.script, &self.root.join("data"))
+        let out = script_command(&self.script, &self.root.join("data"), self.port)
             .arg("destroy")
             .output();
         match out {
