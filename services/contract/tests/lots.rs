@@ -201,20 +201,7 @@ fn refusal_reason(status: &RpcStatus) -> Option<String> {
 
 impl Harness {
     async fn contract(&mut self, id: &str) -> pb::Contract {
-        self.client
-            .get_contract(authorized(
-                pb::GetContractRequest {
-                    contract_id: id.into(),
-                    version: 0,
-                },
-                BUYER,
-                Role::Buyer,
-            ))
-            .await
-            .expect("get contract")
-            .into_inner()
-            .contract
-            .expect("contract")
+        support::contract(&mut self.client, id).await
     }
 
     async fn wait_for(
@@ -238,25 +225,7 @@ impl Harness {
     }
 
     async fn timeline(&mut self, id: &str) -> Vec<(String, String)> {
-        self.client
-            .get_contract_timeline(authorized(
-                pb::GetContractTimelineRequest {
-                    contract_id: id.into(),
-                    page: Some(ta_proto::common::PageRequest {
-                        page_size: 100,
-                        page_token: String::new(),
-                    }),
-                },
-                BUYER,
-                Role::Buyer,
-            ))
-            .await
-            .expect("timeline")
-            .into_inner()
-            .entries
-            .into_iter()
-            .map(|e| (e.action, e.detail))
-            .collect()
+        support::timeline(&mut self.client, id).await
     }
 
     async fn draft(&mut self, terms: pb::ContractTerms) -> Result<pb::Contract, RpcStatus> {

@@ -11,13 +11,19 @@ use std::{future::Future, time::Duration};
 use clap::Parser;
 use contract::{Links, SPEC, api, config::Config};
 use sqlx::PgPool;
-use ta_proto::{common::Money as PbMoney, escrow as escrow_pb, supplier as supplier_pb};
+use ta_proto::{
+    common::{Money as PbMoney, PageRequest},
+    contract::{self as pb, contract_service_client::ContractServiceClient},
+    escrow as escrow_pb, supplier as supplier_pb,
+};
 use ta_runtime::{
+    auth::Role,
     money::{Currency, Money},
     timestamps,
 };
-use ta_testkit::{RunningService, database_url};
+use ta_testkit::{RunningService, authorized, database_url};
 use ta_workflow::testing::{self, FakePeer};
+use tonic::transport::Channel;
 use uuid::Uuid;
 
 pub const BUYER: &str = "buyer-1";
@@ -150,4 +156,48 @@ pub async fn serve(pool: &PgPool, peers: &Peers, settings: &[&str]) -> (RunningS
     let service = api(&config, pool.clone(), links, objects);
     let server = RunningService::start(&SPEC, config.common.clone(), pool.clone(), service).await;
     (server, TempDir(store))
+}
+
+/// The contract as its buyer reads it.
+pub async fn contract(client: &mut ContractServiceClient<Channel>, id: &str) -> pb::Contract {
+    client
+        .get_contract(authorized(
+            pb::GetContractRequest {
+                contract_id: id.into(),
+                version: 0,
+            },
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .expect("get contract")
+        .into_inner()
+        .contract
+        .expect("contract")
+}
+
+/// The contract's timeline (action, detail), oldest first, as its buyer reads it.
+pub async fn timeline(
+    client: &mut ContractServiceClient<Channel>,
+    id: &str,
+) -> Vec<(String, String)> {
+    client
+        .get_contract_timeline(authorized(
+            pb::GetContractTimelineRequest {
+                contract_id: id.into(),
+                page: Some(PageRequest {
+                    page_size: 100,
+                    page_token: String::new(),
+                }),
+            },
+            BUYER,
+            Role::Buyer,
+        ))
+        .await
+        .expect("timeline")
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| (e.action, e.detail))
+        .collect()
 }
