@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use clap::Parser;
-use ta_runtime::config::{CommonConfig, DurationRange, Secret};
+use ta_runtime::{
+    config::{CommonConfig, DurationRange, Secret},
+    group_commit::GroupCommitConfig,
+};
 use ta_workflow::WorkflowConfig;
 
 use crate::{app::context::Settings, gateway::signature::WebhookSecret};
@@ -71,6 +74,17 @@ pub struct Config {
         value_name = "ESCROW_WEBHOOK_LISTEN_ADDR"
     )]
     pub webhook_listen_addr: Option<std::net::SocketAddr>,
+    /// Group commit: the most keyed calls (releases, refunds, settlements,
+    /// freezes, account changes) that arrive together and share one
+    /// transaction, each in its own savepoint; 1 gives every call its own.
+    #[arg(long, env = "ESCROW_GROUP_COMMIT_MAX_ITEMS", value_name = "ESCROW_GROUP_COMMIT_MAX_ITEMS",
+          default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub group_commit_max_items: u16,
+    /// Group commit: how many shared transactions may be open at once
+    /// (each holds a pooled connection until it commits).
+    #[arg(long, env = "ESCROW_GROUP_COMMIT_BATCHES", value_name = "ESCROW_GROUP_COMMIT_BATCHES",
+          default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub group_commit_batches: u16,
     /// The payment gateway's base URL, e.g. the sandbox process at
     /// http://127.0.0.1:50060 (calls go to `<url>/v1/...`). The binary
     /// refuses to start without it; only in-process tests pay through the
@@ -99,6 +113,13 @@ fn webhook_secret(text: &str) -> Result<WebhookSecret, String> {
 }
 
 impl Config {
+    pub fn group_commit(&self) -> GroupCommitConfig {
+        GroupCommitConfig {
+            max_items: usize::from(self.group_commit_max_items),
+            batches_in_flight: usize::from(self.group_commit_batches),
+        }
+    }
+
     pub fn settings(&self) -> Settings {
         Settings {
             webhook_secret: self.webhook_secret.clone(),

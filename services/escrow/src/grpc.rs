@@ -14,6 +14,7 @@ use ta_proto::escrow::{self as pb, escrow_service_server::EscrowService};
 use ta_runtime::{
     ServiceError, Violations,
     auth::{self, Role},
+    group_commit::GroupCommitConfig,
     paging,
     pipeline::Mutations,
     text::validate_reference,
@@ -45,9 +46,16 @@ pub struct EscrowApi {
 }
 
 impl EscrowApi {
-    pub fn new(pool: sqlx::PgPool, flows: Arc<Flows>, feed_config: FeedConfig) -> Self {
+    /// Keyed calls answered by one transaction share it with concurrent
+    /// ones as `group` says (group commit).
+    pub fn new(
+        pool: sqlx::PgPool,
+        flows: Arc<Flows>,
+        feed_config: FeedConfig,
+        group: GroupCommitConfig,
+    ) -> Self {
         Self {
-            mutations: Mutations::new(pool, storage::SCHEMA),
+            mutations: Mutations::new(pool, storage::SCHEMA).grouped(group),
             flows,
             feed_config,
         }

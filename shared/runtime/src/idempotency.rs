@@ -276,6 +276,69 @@ impl IdempotencyKeys {
     }
 }
 
+impl IdempotencyKeys {
+    /// [`IdempotencyKeys::run`] for one item of a shared transaction (group
+    /// commit): the work and its key inside a savepoint of `conn`, released
+    /// when the key is recorded and rolled back otherwise, so the item
+    /// changes nothing else in the transaction when it fails. The answer
+    /// holds only once the transaction commits.
+    pub async fn run_in_savepoint<Q, R>(
+        &self,
+        conn: &mut PgConnection,
+        scope: &KeyScope<'_>,
+        request: &Q,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<R, ServiceError>,
+    ) -> Result<R, ServiceError>
+    where
+        Q: Message,
+        R: Message + Default,
+    {
+        use sqlx::Connection as _;
+        let fingerprint = Fingerprint::of(request);
+        let mut savepoint = conn.begin().await?;
+        let outcome = match work(&mut savepoint).await {
+            Ok(response) => {
+                match self
+                    .record(&mut savepoint, scope, &fingerprint, &response)
+                    .await
+                {
+                    Ok(true) => Ok(Some(response)),
+                    Ok(false) => Ok(None),
+                    Err(error) => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(Some(response)) => {
+                savepoint.commit().await?;
+                Ok(response)
+            }
+            Ok(None) => {
+                // A twin recorded the key first, in this transaction or a
+                // committed one: its answer is the answer.
+                savepoint.rollback().await?;
+                match self.stored_for(&mut *conn, scope, &fingerprint).await? {
+                    Some(response) => Ok(response),
+                    None => Err(ServiceError::Aborted(
+                        "the key's other run is no longer recorded".into(),
+                    )),
+                }
+            }
+            Err(error) => {
+                if savepoint.rollback().await.is_err() {
+                    return Err(error);
+                }
+                match self.stored_for(&mut *conn, scope, &fingerprint).await {
+                    Ok(Some(response)) => Ok(response),
+                    Err(reused @ ServiceError::IdempotencyKeyReused { .. }) => Err(reused),
+                    Ok(None) | Err(_) => Err(error),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod durations;
 pub mod errors;
+pub mod group_commit;
 pub mod idempotency;
 pub mod middleware;
 pub mod migrations;

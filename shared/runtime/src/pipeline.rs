@@ -16,7 +16,7 @@
 //! The key scope comes from the route, never from a hand-typed method name, so
 //! two RPCs whose requests encode alike cannot share keys.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::{PgConnection, PgPool};
 use ta_proto::IdempotentRequest;
@@ -25,6 +25,7 @@ use crate::{
     ServiceError, Violations,
     audit::{self, AuditTrail},
     auth::{self, Caller, Principal},
+    group_commit::{GroupCommit, GroupCommitConfig},
     idempotency::{IdempotencyKeys, KeyScope, validate_key},
 };
 
@@ -37,6 +38,9 @@ pub struct Mutations {
     pool: PgPool,
     keys: IdempotencyKeys,
     audit: AuditTrail,
+    /// Set when concurrent mutations share transactions
+    /// ([`Mutations::grouped`]).
+    group: Option<Arc<GroupCommit>>,
 }
 
 impl Mutations {
@@ -47,7 +51,22 @@ impl Mutations {
             audit: AuditTrail::new(pool.clone(), schema),
             pool,
             keys: IdempotencyKeys::new(schema),
+            group: None,
         }
+    }
+
+    /// The same pipeline with [`Mutations::execute`]'s transactions shared
+    /// by concurrent requests (group commit); a `max_items` of 1 keeps one
+    /// transaction per request.
+    #[must_use]
+    pub fn grouped(mut self, config: GroupCommitConfig) -> Self {
+        self.group = (config.max_items > 1).then(|| Arc::new(GroupCommit::new(config)));
+        self
+    }
+
+    /// What group commit did so far, when it is on.
+    pub fn group_stats(&self) -> Option<crate::group_commit::GroupStats> {
+        self.group.as_ref().map(|group| group.stats())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -161,7 +180,9 @@ impl Mutations {
 
     /// Runs a prepared mutation once under its key: the function `apply`
     /// returns changes the service's state in the transaction and builds the
-    /// answer. A rerun after a lost race asks `apply` for a fresh one.
+    /// answer. A rerun after a lost race asks `apply` for a fresh one. When
+    /// grouped, the transaction may be shared with concurrent requests
+    /// ([`crate::group_commit`]): the answer comes after its commit.
     // `apply` makes an `AsyncFnOnce` rather than being an `AsyncFn`: the
     // futures of the latter are not provably `Send` for tonic today.
     pub async fn execute<Q, C, R, A>(
@@ -179,14 +200,27 @@ impl Mutations {
         let mut attempt = 0;
         loop {
             let work = apply();
-            let outcome = self
-                .keys
-                .run(&self.pool, &scope, &prepared.request, async |tx| {
-                    let response = work(tx).await?;
-                    self.audit_in(tx, audit.as_ref()).await?;
-                    Ok(response)
-                })
-                .await;
+            let item = async |tx: &mut PgConnection| {
+                let response = work(tx).await?;
+                self.audit_in(tx, audit.as_ref()).await?;
+                Ok(response)
+            };
+            let outcome = match &self.group {
+                None => {
+                    self.keys
+                        .run(&self.pool, &scope, &prepared.request, item)
+                        .await
+                }
+                Some(group) => {
+                    group
+                        .run(&self.pool, async |conn| {
+                            self.keys
+                                .run_in_savepoint(conn, &scope, &prepared.request, item)
+                                .await
+                        })
+                        .await
+                }
+            };
             match outcome {
                 Err(ServiceError::Aborted(reason)) if attempt < SERIALIZATION_RETRIES => {
                     attempt += 1;
