@@ -6,9 +6,10 @@
 //! 3. one transaction: apply the command, then, when staff act, the audit
 //!    entry (who, duty, method, resource, reason, trace, request), then the
 //!    answer under the key (principal, method path) as its last statement;
-//!    a serialization
-//!    failure or deadlock (a concurrent change won) reruns the transaction a
-//!    bounded number of times;
+//!    a serialization failure or deadlock (a concurrent change won) reruns it
+//!    a bounded number of times; with group commit ([`Mutations::grouped`])
+//!    the transaction is shared with concurrent requests and this request's
+//!    part of it is one savepoint ([`crate::group_commit`]);
 //! 4. the stored answer, or the replayed one for a retried key.
 //!
 //! A handler is then two steps: `prepare` with its parse function (pure), and
