@@ -68,9 +68,17 @@ fn main() -> ExitCode {
     };
     if args.print_schedule {
         let schedule = chaos::schedule::Schedule::generate(seed, args.duration, density);
-        println!("seed {seed}: {} faults", schedule.faults.len());
+        println!(
+            "seed {seed}: {} faults, and {} cuts of the links beside them",
+            schedule.faults.len(),
+            schedule.cuts.len()
+        );
         for fault in &schedule.faults {
             println!("  {fault}");
+        }
+        println!("cuts:");
+        for cut in &schedule.cuts {
+            println!("  {cut}");
         }
         return ExitCode::SUCCESS;
     }

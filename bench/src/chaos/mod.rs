@@ -14,7 +14,9 @@
 
 pub mod checker;
 pub mod history;
+pub mod orders;
 pub mod platform;
+pub mod proxy;
 pub mod schedule;
 pub mod workload;
 
@@ -166,6 +168,8 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         supplier_owner,
         contract_to_escrow: tokens.contract_to_escrow.clone(),
         support: tokens.support.clone(),
+        finance: tokens.finance.clone(),
+        arbiter: ta_testkit::bearer("chaos-arbiter", ta_runtime::auth::Role::Arbiter),
     };
 
     let history = History::new(Instant::now());
@@ -184,12 +188,31 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
             (
                 channel(platform.addr(schedule::Target::Contract))?,
                 channel(platform.addr(schedule::Target::Escrow))?,
+                channel(platform.addr(schedule::Target::Dispute))?,
             ),
             parties.clone(),
         );
         tasks.push(tokio::spawn(client.run()));
     }
 
+    // The second lane: the links' cuts, beside the other faults.
+    let cuts = {
+        let links = platform.links.clone();
+        let cuts = schedule.cuts.clone();
+        tokio::spawn(async move {
+            let mut injected: BTreeMap<String, usize> = BTreeMap::new();
+            for fault in cuts {
+                tokio::time::sleep_until((phase_start + fault.at).into()).await;
+                if let FaultKind::CutCalls { link, mode } = fault.kind {
+                    links[&link].set(mode);
+                    tokio::time::sleep(fault.hold).await;
+                    links[&link].set(proxy::Mode::Open);
+                }
+                *injected.entry(fault.kind.name()).or_default() += 1;
+            }
+            injected
+        })
+    };
     let mut injected: BTreeMap<String, usize> = BTreeMap::new();
     let mut crashes = Vec::new();
     for fault in &schedule.faults {
@@ -199,8 +222,12 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         *injected.entry(fault.kind.name()).or_default() += 1;
     }
     tokio::time::sleep_until(stop_at.into()).await;
+    for (kind, n) in cuts.await? {
+        *injected.entry(kind).or_default() += n;
+    }
     crashes.extend(restart_crashed(&mut platform).await?);
     platform.set_gateway_faults("{}").await?;
+    platform.open_links();
     lost.set(0.0);
 
     let mut told = Told::default();
@@ -255,8 +282,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
 /// started again so the run goes on.
 async fn restart_crashed(platform: &mut ChaosPlatform) -> Result<Vec<String>> {
     let crashed = platform.crashed();
-    for target in schedule::Target::ALL {
-        let proc = platform.proc_mut(target);
+    for proc in platform.procs.values_mut() {
         if proc.pid().is_some() && proc.exited().is_some() {
             proc.kill9();
         }
@@ -270,18 +296,20 @@ async fn restart_crashed(platform: &mut ChaosPlatform) -> Result<Vec<String>> {
 
 async fn inject(platform: &mut ChaosPlatform, lost: &LostAnswers, fault: &Fault) -> Result<()> {
     match &fault.kind {
-        FaultKind::Kill(target) => {
-            platform.proc_mut(*target).kill9();
+        FaultKind::Kill(target, replica) => {
+            platform.proc_mut(*target, *replica).kill9();
             tokio::time::sleep(fault.hold).await;
-            let proc = platform.proc_mut(*target);
+            let proc = platform.proc_mut(*target, *replica);
             proc.start()?;
             proc.wait_ready(Duration::from_secs(90)).await?;
         }
-        FaultKind::Pause(target) => {
-            platform.proc_mut(*target).signal("-STOP")?;
+        FaultKind::Pause(target, replica) => {
+            platform.proc_mut(*target, *replica).signal("-STOP")?;
             tokio::time::sleep(fault.hold).await;
-            platform.proc_mut(*target).signal("-CONT")?;
+            platform.proc_mut(*target, *replica).signal("-CONT")?;
         }
+        // The second lane's; never in `faults`.
+        FaultKind::CutCalls { .. } => {}
         FaultKind::PostgresRestart => {
             tokio::task::block_in_place(|| platform.cluster.restart())?;
         }

@@ -1,21 +1,32 @@
-//! The whole platform as real processes for the chaos run: supplier-registry,
-//! escrow, contract, dispute and the sandbox payment gateway, on a
-//! throwaway Postgres cluster of their own ([`Cluster`]), so the schedule
-//! may restart that Postgres without touching anyone else's. Every process
-//! can be killed and started again on the same address (its peers' URLs
-//! and the gateway's webhook URL stay right), or paused.
+//! The whole platform as real processes for the chaos run: two replicas
+//! each of supplier-registry, escrow, contract and dispute, and the sandbox
+//! payment gateway, on a throwaway Postgres cluster of their own
+//! ([`Cluster`]), so the schedule may restart that Postgres without
+//! touching anyone else's. Every process can be killed and started again on
+//! the same address, or paused.
+//!
+//! Nobody names a replica: the clients and the checker call a service
+//! through its front (a [`Proxy`] that spreads connections over both
+//! replicas and is never cut), the services call each other through a
+//! link (another proxy over the callee's replicas, which the schedule may
+//! cut: [`Link`]), and the gateway's webhooks reach escrow's two HTTP
+//! endpoints through a link too.
 
 use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
 use ta_testkit::{HealthStatus, TEST_SECRET, wait_for_health};
 
-use super::schedule::Target;
+use super::{
+    proxy::{Mode, Proxy},
+    schedule::{Link, Target},
+};
 use crate::{
     Database, Result, channel,
     cluster::{Cluster, Durability},
@@ -28,6 +39,7 @@ const WEBHOOK_SECRET: &str = "chaos-webhook-secret-of-at-least-32-bytes";
 /// One service process, restartable in place.
 pub struct Proc {
     pub target: Target,
+    pub replica: u8,
     binary: PathBuf,
     pub addr: String,
     env: Vec<(String, String)>,
@@ -39,15 +51,16 @@ pub struct Proc {
 impl Proc {
     fn new(
         bin_dir: &Path,
-        target: Target,
+        (target, replica): (Target, u8),
         env: Vec<(String, String)>,
         log_dir: &Path,
     ) -> Result<Self> {
         let addr = format!("127.0.0.1:{}", free_port()?);
         Ok(Self {
             target,
+            replica,
             binary: bin_dir.join(target.binary()),
-            log_path: log_dir.join(format!("{}.log", target.binary())),
+            log_path: log_dir.join(format!("{}-{replica}.log", target.binary())),
             addr,
             env,
             child: None,
@@ -111,8 +124,9 @@ impl Proc {
         let child = self.child.as_mut()?;
         match child.try_wait() {
             Ok(Some(status)) => Some(format!(
-                "{} exited by itself ({status}); see {}",
+                "{} replica {} exited by itself ({status}); see {}",
                 self.target.binary(),
+                self.replica,
                 self.log_path.display()
             )),
             _ => None,
@@ -202,7 +216,12 @@ pub async fn http(
 
 /// The platform of one chaos run.
 pub struct ChaosPlatform {
-    pub procs: BTreeMap<Target, Proc>,
+    /// Every process, by service and replica.
+    pub procs: BTreeMap<(Target, u8), Proc>,
+    /// Per service: the proxy the clients and the checker call.
+    pub fronts: BTreeMap<Target, Proxy>,
+    /// The links the schedule may cut.
+    pub links: BTreeMap<Link, Arc<Proxy>>,
     // Dropped after the processes (fields drop in order): the database,
     // then the cluster.
     pub database: Database,
@@ -212,8 +231,9 @@ pub struct ChaosPlatform {
 
 impl ChaosPlatform {
     /// A fresh cluster (made by `script`, the project's dev-postgres.sh),
-    /// one database on it, and the five processes serving. `extra_env` is
-    /// given to every service (the test-only defect switch, say).
+    /// one database on it, the proxies, and every process serving.
+    /// `extra_env` is given to every service (the test-only defect switch,
+    /// say).
     pub async fn start(
         script: &Path,
         bin_dir: &Path,
@@ -235,7 +255,7 @@ impl ChaosPlatform {
         let database = Database::create(&cluster.url, "chaos")?;
         let common: Vec<(String, String)> = [
             ("DATABASE_URL", database.url.as_str()),
-            ("DATABASE_MAX_CONNECTIONS", "8"),
+            ("DATABASE_MAX_CONNECTIONS", "6"),
             ("WORKFLOW_OUTBOX_POLL_INTERVAL", "100ms"),
             ("WORKFLOW_TIMER_POLL_INTERVAL", "100ms"),
         ]
@@ -250,81 +270,127 @@ impl ChaosPlatform {
                 .chain(more.iter().map(|(k, v)| ((*k).to_owned(), v.clone())))
                 .collect()
         };
-        let webhooks = format!("127.0.0.1:{}", free_port()?);
-        let mut registry = Proc::new(bin_dir, Target::Registry, with(&[]), log_dir)?;
-        let mut gateway = Proc::new(
-            bin_dir,
-            Target::Gateway,
-            with(&[
-                (
-                    "GATEWAY_SANDBOX_WEBHOOK_URL",
-                    format!("http://{webhooks}/v1/gateway-webhooks"),
-                ),
-                ("GATEWAY_SANDBOX_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
-                ("GATEWAY_SANDBOX_SETTLE_AFTER", "500ms".into()),
-                ("GATEWAY_SANDBOX_POLL_INTERVAL", "100ms".into()),
-                ("GATEWAY_SANDBOX_WEBHOOK_RETRY_BASE", "200ms".into()),
-                ("GATEWAY_SANDBOX_WEBHOOK_RETRY_CAP", "2s".into()),
-            ]),
-            log_dir,
-        )?;
-        let mut escrow = Proc::new(bin_dir, Target::Escrow, Vec::new(), log_dir)?;
-        escrow.env = with(&[
-            ("ESCROW_GATEWAY_URL", format!("http://{}", gateway.addr)),
-            ("ESCROW_WEBHOOK_LISTEN_ADDR", webhooks),
-            ("ESCROW_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
-            ("ESCROW_GATEWAY_CHECK_AFTER", "2s".into()),
-        ]);
-        let mut contract = Proc::new(bin_dir, Target::Contract, Vec::new(), log_dir)?;
-        contract.env = with(&[
-            ("SUPPLIER_REGISTRY_URL", format!("http://{}", registry.addr)),
-            ("ESCROW_URL", format!("http://{}", escrow.addr)),
-        ]);
+        // Addresses first: the proxies need them before anyone starts.
+        let mut procs: BTreeMap<(Target, u8), Proc> = BTreeMap::new();
+        for target in Target::ALL {
+            for replica in 0..target.replicas() {
+                procs.insert(
+                    (target, replica),
+                    Proc::new(bin_dir, (target, replica), Vec::new(), log_dir)?,
+                );
+            }
+        }
+        let addrs = |target: Target| -> Vec<String> {
+            (0..target.replicas())
+                .map(|r| procs[&(target, r)].addr.clone())
+                .collect()
+        };
+        let mut fronts = BTreeMap::new();
+        for target in Target::ALL {
+            fronts.insert(target, Proxy::start(addrs(target)).await?);
+        }
+        let webhook_addrs: Vec<String> = (0..Target::Escrow.replicas())
+            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Result<_>>()?;
+        let mut links = BTreeMap::new();
+        for (link, backends) in [
+            (Link::ToRegistry, addrs(Target::Registry)),
+            (Link::ToEscrow, addrs(Target::Escrow)),
+            (Link::ToContract, addrs(Target::Contract)),
+            (Link::Webhooks, webhook_addrs.clone()),
+        ] {
+            links.insert(link, Arc::new(Proxy::start(backends).await?));
+        }
+        let url = |link: Link| format!("http://{}", links[&link].addr);
+        let gateway_addr = procs[&(Target::Gateway, 0)].addr.clone();
         let evidence = log_dir.join("evidence");
         fs::create_dir_all(&evidence)?;
-        let mut dispute = Proc::new(bin_dir, Target::Dispute, Vec::new(), log_dir)?;
-        dispute.env = with(&[
-            ("SUPPLIER_REGISTRY_URL", format!("http://{}", registry.addr)),
-            ("CONTRACT_URL", format!("http://{}", contract.addr)),
-            ("ESCROW_URL", format!("http://{}", escrow.addr)),
-            ("EVIDENCE_STORE", evidence.display().to_string()),
-        ]);
-        // Each creates its schema on first start: one after the other.
-        for proc in [
-            &mut registry,
-            &mut gateway,
-            &mut escrow,
-            &mut contract,
-            &mut dispute,
-        ] {
-            proc.start()?;
-            proc.wait_ready(Duration::from_secs(90)).await?;
+        for ((target, replica), proc) in &mut procs {
+            proc.env = match target {
+                Target::Registry => with(&[("PENALTY_RESTRICTION_THRESHOLD", "4000000000".into())]),
+                Target::Gateway => with(&[
+                    (
+                        "GATEWAY_SANDBOX_WEBHOOK_URL",
+                        format!("{}/v1/gateway-webhooks", url(Link::Webhooks)),
+                    ),
+                    ("GATEWAY_SANDBOX_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
+                    ("GATEWAY_SANDBOX_SETTLE_AFTER", "500ms".into()),
+                    ("GATEWAY_SANDBOX_AUTO_CREDIT_AFTER", "1s".into()),
+                    ("GATEWAY_SANDBOX_POLL_INTERVAL", "100ms".into()),
+                    ("GATEWAY_SANDBOX_WEBHOOK_RETRY_BASE", "200ms".into()),
+                    ("GATEWAY_SANDBOX_WEBHOOK_RETRY_CAP", "2s".into()),
+                ]),
+                Target::Escrow => with(&[
+                    ("ESCROW_GATEWAY_URL", format!("http://{gateway_addr}")),
+                    (
+                        "ESCROW_WEBHOOK_LISTEN_ADDR",
+                        webhook_addrs[usize::from(*replica)].clone(),
+                    ),
+                    ("ESCROW_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
+                    ("ESCROW_GATEWAY_CHECK_AFTER", "2s".into()),
+                    ("ESCROW_GATEWAY_WORKER_POLL", "1s".into()),
+                    ("ESCROW_PAYOUT_INTERVAL", "5s".into()),
+                    ("ESCROW_PAYOUT_EXPIRY", "20s".into()),
+                ]),
+                Target::Contract => with(&[
+                    ("SUPPLIER_REGISTRY_URL", url(Link::ToRegistry)),
+                    ("ESCROW_URL", url(Link::ToEscrow)),
+                ]),
+                Target::Dispute => with(&[
+                    ("SUPPLIER_REGISTRY_URL", url(Link::ToRegistry)),
+                    ("CONTRACT_URL", url(Link::ToContract)),
+                    ("ESCROW_URL", url(Link::ToEscrow)),
+                    ("EVIDENCE_STORE", evidence.display().to_string()),
+                ]),
+            };
         }
-        let procs = [registry, gateway, escrow, contract, dispute]
-            .into_iter()
-            .map(|p| (p.target, p))
-            .collect();
+        // Each creates its schema on first start: one after the other.
+        for target in [
+            Target::Gateway,
+            Target::Registry,
+            Target::Escrow,
+            Target::Contract,
+            Target::Dispute,
+        ] {
+            for replica in 0..target.replicas() {
+                let proc = procs
+                    .get_mut(&(target, replica))
+                    .expect("every replica is made");
+                proc.start()?;
+                proc.wait_ready(Duration::from_secs(90)).await?;
+            }
+        }
         Ok(Self {
             procs,
+            fronts,
+            links,
             database,
             cluster,
             log_dir: log_dir.to_owned(),
         })
     }
 
+    /// Where the clients and the checker call `target` (either replica).
     pub fn addr(&self, target: Target) -> &str {
-        &self.procs[&target].addr
+        &self.fronts[&target].addr
     }
 
-    pub fn proc_mut(&mut self, target: Target) -> &mut Proc {
+    pub fn proc_mut(&mut self, target: Target, replica: u8) -> &mut Proc {
         self.procs
-            .get_mut(&target)
-            .expect("every target is started")
+            .get_mut(&(target, replica))
+            .expect("every replica is started")
     }
 
     /// Any process that died without the schedule killing it.
     pub fn crashed(&mut self) -> Vec<String> {
         self.procs.values_mut().filter_map(Proc::exited).collect()
+    }
+
+    /// Opens every link again.
+    pub fn open_links(&self) {
+        for link in self.links.values() {
+            link.set(Mode::Open);
+        }
     }
 
     /// Replaces the gateway's faults (its control API).

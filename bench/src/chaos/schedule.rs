@@ -7,6 +7,8 @@
 
 use std::{collections::BTreeMap, fmt, time::Duration};
 
+use super::proxy::Mode;
+
 /// SplitMix64.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -59,6 +61,17 @@ impl Target {
         Self::Gateway,
     ];
 
+    /// How many processes of it run: two of each service (all are
+    /// stateless over Postgres; relays, timers and feed consumers lease
+    /// their work in the database), one sandbox gateway (it stands for an
+    /// outside party).
+    pub fn replicas(self) -> u8 {
+        match self {
+            Self::Gateway => 1,
+            _ => 2,
+        }
+    }
+
     pub fn binary(self) -> &'static str {
         match self {
             Self::Registry => "supplier-registry",
@@ -73,11 +86,11 @@ impl Target {
 /// What one fault does.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FaultKind {
-    /// SIGKILL, then the same binary started again on the same address
-    /// after `hold`.
-    Kill(Target),
-    /// SIGSTOP, SIGCONT after `hold`.
-    Pause(Target),
+    /// SIGKILL of one replica, then the same binary started again on the
+    /// same address after `hold`.
+    Kill(Target, u8),
+    /// SIGSTOP of one replica, SIGCONT after `hold`.
+    Pause(Target, u8),
     /// `pg_ctl stop -m fast` and start of the run's own cluster.
     PostgresRestart,
     /// The sandbox gateway's answers delayed (`latency_ms` + jitter) for `hold`.
@@ -97,20 +110,58 @@ pub enum FaultKind {
     /// the way back for `hold` (the service acted; the client retries under
     /// the same key, as after a timeout).
     LostAnswers { share: f64 },
+    /// The calls of one link between processes cut for `hold`, nobody
+    /// killed: the harness's proxy in front of the callee refuses them,
+    /// carries them but drops the answers, or stalls them.
+    CutCalls { link: Link, mode: Mode },
+}
+
+/// A link between processes that goes through a harness proxy the
+/// schedule can cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Link {
+    /// Contract's and dispute's outbox relays to supplier-registry.
+    ToRegistry,
+    /// Contract's and dispute's relays to escrow, and contract's pull of
+    /// escrow's feed.
+    ToEscrow,
+    /// Dispute's relay to contract.
+    ToContract,
+    /// The gateway's webhooks to escrow's HTTP endpoints.
+    Webhooks,
+}
+
+impl Link {
+    pub const ALL: [Link; 4] = [
+        Self::ToRegistry,
+        Self::ToEscrow,
+        Self::ToContract,
+        Self::Webhooks,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ToRegistry => "calls to supplier-registry",
+            Self::ToEscrow => "calls to escrow",
+            Self::ToContract => "calls to contract",
+            Self::Webhooks => "webhooks to escrow",
+        }
+    }
 }
 
 impl FaultKind {
     /// The kind's name in the counts.
     pub fn name(&self) -> String {
         match self {
-            Self::Kill(t) => format!("kill -9 {}", t.binary()),
-            Self::Pause(t) => format!("SIGSTOP/SIGCONT {}", t.binary()),
+            Self::Kill(t, _) => format!("kill -9 {}", t.binary()),
+            Self::Pause(t, _) => format!("SIGSTOP/SIGCONT {}", t.binary()),
             Self::PostgresRestart => "postgres restart".into(),
             Self::GatewayLatency { .. } => "gateway latency".into(),
             Self::GatewayFailures { .. } => "gateway 503s".into(),
             Self::GatewayTimeouts { .. } => "gateway acts, answer lost".into(),
             Self::WebhookChaos { .. } => "webhooks duplicated/reordered/delayed/lost".into(),
             Self::LostAnswers { .. } => "client answers lost".into(),
+            Self::CutCalls { link, mode } => format!("{} {}", link.name(), mode.name()),
         }
     }
 }
@@ -138,12 +189,17 @@ impl fmt::Display for Fault {
     }
 }
 
-/// The faults of one run, one after another (a fault ends before the next
-/// starts; the next comes a seeded gap later).
+/// The faults of one run in two lanes, each one fault after another (a
+/// fault ends before the next of its lane starts; the next comes a seeded
+/// gap later): the processes', Postgres's, the gateway's and the clients'
+/// faults in `faults`, and beside them the cuts of the links between
+/// processes in `cuts`, drawn from a stream of their own (so `faults` is
+/// the schedule the seed gave before cuts existed).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schedule {
     pub seed: u64,
     pub faults: Vec<Fault>,
+    pub cuts: Vec<Fault>,
 }
 
 /// How dense the schedule is.
@@ -154,6 +210,9 @@ pub struct Density {
     /// Gaps between faults are drawn from `min_gap..=max_gap`.
     pub min_gap: Duration,
     pub max_gap: Duration,
+    /// Gaps between cuts of the links, likewise.
+    pub min_cut_gap: Duration,
+    pub max_cut_gap: Duration,
 }
 
 impl Default for Density {
@@ -162,6 +221,8 @@ impl Default for Density {
             warmup: Duration::from_secs(3),
             min_gap: Duration::from_millis(500),
             max_gap: Duration::from_secs(4),
+            min_cut_gap: Duration::from_secs(2),
+            max_cut_gap: Duration::from_secs(12),
         }
     }
 }
@@ -174,6 +235,8 @@ impl Density {
             warmup: Duration::from_secs(2),
             min_gap: Duration::from_millis(200),
             max_gap: Duration::from_millis(1_500),
+            min_cut_gap: Duration::from_millis(1_000),
+            max_cut_gap: Duration::from_millis(5_000),
         }
     }
 }
@@ -195,8 +258,8 @@ impl Schedule {
             // Weights: process faults are the point; the gateway's and the
             // network's are cheap and frequent.
             let (kind, hold) = match rng.below(100) {
-                0..=21 => (FaultKind::Kill(target), rng.millis(100, 2_500)),
-                22..=39 => (FaultKind::Pause(target), rng.millis(500, 6_000)),
+                0..=21 => (FaultKind::Kill(target, 0), rng.millis(100, 2_500)),
+                22..=39 => (FaultKind::Pause(target, 0), rng.millis(500, 6_000)),
                 40..=47 => (FaultKind::PostgresRestart, Duration::ZERO),
                 48..=57 => (
                     FaultKind::GatewayLatency {
@@ -232,6 +295,12 @@ impl Schedule {
                 ),
             };
             let gateway_seed = rng.next_u64();
+            // The replica is drawn from the fault's own seed, so the stream
+            // (and every later fault) is what it was with one replica.
+            let mut kind = kind;
+            if let FaultKind::Kill(t, r) | FaultKind::Pause(t, r) = &mut kind {
+                *r = ((gateway_seed >> 17) % u64::from(t.replicas())) as u8;
+            }
             faults.push(Fault {
                 at,
                 kind,
@@ -240,13 +309,43 @@ impl Schedule {
             });
             at += hold + gap(&mut rng);
         }
-        Self { seed, faults }
+        let cuts = Self::cuts(seed, duration, density);
+        Self { seed, faults, cuts }
+    }
+
+    /// The second lane: cuts of the links between processes.
+    fn cuts(seed: u64, duration: Duration, density: Density) -> Vec<Fault> {
+        let mut rng = Rng::new(seed ^ 0x6375_745F_6C69_6E6B);
+        let mut cuts = Vec::new();
+        let mut at = density.warmup
+            + rng.millis(
+                density.min_cut_gap.as_millis() as u64,
+                density.max_cut_gap.as_millis() as u64,
+            );
+        while at < duration {
+            let link = Link::ALL[rng.below(Link::ALL.len() as u64) as usize];
+            let mode = [Mode::Refuse, Mode::Drop, Mode::Stall][rng.below(3) as usize];
+            let hold = rng.millis(1_000, 6_000);
+            let gateway_seed = rng.next_u64();
+            cuts.push(Fault {
+                at,
+                kind: FaultKind::CutCalls { link, mode },
+                hold,
+                gateway_seed,
+            });
+            at += hold
+                + rng.millis(
+                    density.min_cut_gap.as_millis() as u64,
+                    density.max_cut_gap.as_millis() as u64,
+                );
+        }
+        cuts
     }
 
     /// How many faults of each kind.
     pub fn counts(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
-        for f in &self.faults {
+        for f in self.faults.iter().chain(&self.cuts) {
             *counts.entry(f.kind.name()).or_default() += 1;
         }
         counts
@@ -265,7 +364,9 @@ mod tests {
         let c = Schedule::generate(43, d, Density::default());
         assert_eq!(a, b);
         assert_ne!(a.faults, c.faults);
+        assert_ne!(a.cuts, c.cuts);
         assert!(a.faults.len() > 50, "{}", a.faults.len());
+        assert!(a.cuts.len() > 20, "{}", a.cuts.len());
     }
 
     #[test]
@@ -287,21 +388,35 @@ mod tests {
         }
         for t in Target::ALL {
             assert!(
-                counts.contains_key(&FaultKind::Kill(t).name()),
+                counts.contains_key(&FaultKind::Kill(t, 0).name()),
                 "{counts:?}"
             );
             assert!(
-                counts.contains_key(&FaultKind::Pause(t).name()),
+                counts.contains_key(&FaultKind::Pause(t, 0).name()),
                 "{counts:?}"
             );
+            for r in 0..t.replicas() {
+                assert!(
+                    s.faults.iter().any(|f| f.kind == FaultKind::Kill(t, r)),
+                    "{t:?} replica {r} never killed"
+                );
+            }
         }
-        for pair in s.faults.windows(2) {
-            assert!(
-                pair[0].at + pair[0].hold < pair[1].at,
-                "{} / {}",
-                pair[0],
-                pair[1]
-            );
+        for link in Link::ALL {
+            for mode in [Mode::Refuse, Mode::Drop, Mode::Stall] {
+                let kind = FaultKind::CutCalls { link, mode };
+                assert!(counts.contains_key(&kind.name()), "{counts:?}");
+            }
+        }
+        for lane in [&s.faults, &s.cuts] {
+            for pair in lane.windows(2) {
+                assert!(
+                    pair[0].at + pair[0].hold < pair[1].at,
+                    "{} / {}",
+                    pair[0],
+                    pair[1]
+                );
+            }
         }
     }
 
