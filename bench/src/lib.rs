@@ -170,10 +170,10 @@ impl Service {
             .env("LOG_FORMAT", "text")
             .env("LOG_LEVEL", "warn")
             .env("OTEL_SDK_DISABLED", "true")
-            // Settings under comparison (e.g. `ESCROW_GROUP_COMMIT_MAX_ITEMS=1`
-            // for one transaction per call) reach the services from the
-            // bench's own environment.
-            .envs(std::env::vars().filter(|(k, _)| k.starts_with("ESCROW_GROUP_COMMIT_")))
+            // Settings under comparison (e.g. `GROUP_COMMIT_MAX_ITEMS=1` for
+            // one transaction per call) reach the services from the bench's
+            // own environment.
+            .envs(std::env::vars().filter(|(k, _)| k.starts_with("GROUP_COMMIT_")))
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -22,6 +22,10 @@ pub struct Config {
     pub common: CommonConfig,
     #[command(flatten)]
     pub workflow: WorkflowConfig,
+    /// Releases, refunds, settlements, freezes and account changes that
+    /// arrive together share transactions (`GROUP_COMMIT_*`).
+    #[command(flatten)]
+    pub group_commit: GroupCommitConfig,
     /// The secret the payment gateway signs its webhooks with (HMAC-SHA256),
     /// at least 32 bytes. Required: no default outside development scripts.
     #[arg(long, env = "ESCROW_WEBHOOK_SECRET", value_name = "ESCROW_WEBHOOK_SECRET",
@@ -74,17 +78,6 @@ pub struct Config {
         value_name = "ESCROW_WEBHOOK_LISTEN_ADDR"
     )]
     pub webhook_listen_addr: Option<std::net::SocketAddr>,
-    /// Group commit: the most keyed calls (releases, refunds, settlements,
-    /// freezes, account changes) that arrive together and share one
-    /// transaction, each in its own savepoint; 1 gives every call its own.
-    #[arg(long, env = "ESCROW_GROUP_COMMIT_MAX_ITEMS", value_name = "ESCROW_GROUP_COMMIT_MAX_ITEMS",
-          default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub group_commit_max_items: u16,
-    /// Group commit: how many shared transactions may be open at once
-    /// (each holds a pooled connection until it commits).
-    #[arg(long, env = "ESCROW_GROUP_COMMIT_BATCHES", value_name = "ESCROW_GROUP_COMMIT_BATCHES",
-          default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub group_commit_batches: u16,
     /// The payment gateway's base URL, e.g. the sandbox process at
     /// http://127.0.0.1:50060 (calls go to `<url>/v1/...`). The binary
     /// refuses to start without it; only in-process tests pay through the
@@ -113,13 +106,6 @@ fn webhook_secret(text: &str) -> Result<WebhookSecret, String> {
 }
 
 impl Config {
-    pub fn group_commit(&self) -> GroupCommitConfig {
-        GroupCommitConfig {
-            max_items: usize::from(self.group_commit_max_items),
-            batches_in_flight: usize::from(self.group_commit_batches),
-        }
-    }
-
     pub fn settings(&self) -> Settings {
         Settings {
             webhook_secret: self.webhook_secret.clone(),

@@ -71,7 +71,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool, gateway: Arc<dyn Payment
         pool.clone(),
         flows.clone(),
         config.workflow.feed.clone(),
-        config.group_commit(),
+        config.group_commit,
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);

@@ -1,7 +1,7 @@
 //! The supplier registry's configuration: the common runtime's plus its policy.
 
 use clap::Parser;
-use ta_runtime::config::CommonConfig;
+use ta_runtime::{config::CommonConfig, group_commit::GroupCommitConfig};
 use ta_workflow::config::FeedConfig;
 
 use crate::domain::PenaltyPolicy;
@@ -16,6 +16,11 @@ pub struct Config {
     /// The event feed's streams (`WORKFLOW_FEED_*`).
     #[command(flatten)]
     pub feed: FeedConfig,
+    /// Cover reservations and other changes that arrive together share
+    /// transactions (`GROUP_COMMIT_*`): one supplier's row is then updated
+    /// by one transaction for many reservations.
+    #[command(flatten)]
+    pub group_commit: GroupCommitConfig,
     /// Penalty points at which a supplier is restricted.
     #[arg(long, env = "PENALTY_RESTRICTION_THRESHOLD", value_name = "PENALTY_RESTRICTION_THRESHOLD",
           default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..))]

@@ -10,6 +10,7 @@ use ta_proto::supplier::{self as pb, supplier_registry_service_server::SupplierR
 use ta_runtime::{
     ServiceError, Violations,
     auth::{self, Role},
+    group_commit::GroupCommitConfig,
     money::Money,
     paging,
     pipeline::Mutations,
@@ -45,15 +46,17 @@ pub struct RegistryService {
 
 impl RegistryService {
     /// The registry over `pool`, telling its changes to `feed` (served with
-    /// `feed_config`'s limits).
+    /// `feed_config`'s limits), its concurrent changes sharing transactions
+    /// as `group` says.
     pub fn new(
         pool: sqlx::PgPool,
         penalty_policy: PenaltyPolicy,
         feed: Feed,
         feed_config: FeedConfig,
+        group: GroupCommitConfig,
     ) -> Self {
         Self {
-            mutations: Mutations::new(pool, storage::SCHEMA),
+            mutations: Mutations::new(pool, storage::SCHEMA).grouped(group),
             registry: app::Registry {
                 penalty_policy,
                 feed,

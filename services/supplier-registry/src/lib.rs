@@ -36,6 +36,7 @@ pub fn api(config: &config::Config, pool: sqlx::PgPool) -> Api {
         config.penalty_policy(),
         workflow.feed(app::FEED),
         config.feed.clone(),
+        config.group_commit,
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);

@@ -36,13 +36,22 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, Semaphore, watch};
 
 use crate::{ServiceError, db};
 
-/// How requests are gathered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How requests are gathered: the settings of a service that groups its
+/// keyed calls (escrow, supplier-registry).
+#[derive(clap::Args, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GroupCommitConfig {
-    /// The most items one transaction holds; 1 turns grouping off.
-    pub max_items: usize,
-    /// How many batch transactions may be open at once.
-    pub batches_in_flight: usize,
+    /// Group commit: the most concurrent keyed calls that share one
+    /// transaction, each in its own savepoint; 1 gives every call its own.
+    #[arg(long = "group-commit-max-items", env = "GROUP_COMMIT_MAX_ITEMS",
+          value_name = "GROUP_COMMIT_MAX_ITEMS", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_items: u16,
+    /// Group commit: how many shared transactions may be open at once (each
+    /// holds a pooled connection until it commits).
+    #[arg(long = "group-commit-batches", env = "GROUP_COMMIT_BATCHES",
+          value_name = "GROUP_COMMIT_BATCHES", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub batches_in_flight: u16,
 }
 
 /// What grouping did so far (for tests and the logs).
@@ -171,7 +180,7 @@ impl GroupCommit {
                 batches_in_flight: config.batches_in_flight.max(1),
             },
             open: Mutex::new(Open::default()),
-            slots: Semaphore::new(config.batches_in_flight.max(1)),
+            slots: Semaphore::new(usize::from(config.batches_in_flight.max(1))),
             batches: AtomicU64::new(0),
             items: AtomicU64::new(0),
             rerun_batches: AtomicU64::new(0),
@@ -210,7 +219,7 @@ impl GroupCommit {
             .open
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if open.joined < self.config.max_items
+        if open.joined < usize::from(self.config.max_items)
             && let Some(batch) = open.batch.clone()
         {
             open.joined += 1;

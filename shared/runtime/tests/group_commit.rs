@@ -303,7 +303,7 @@ async fn batches_answer_and_change_what_one_by_one_does(pool: PgPool) {
         ledger(&pool, together).await;
         let count = 12 + rng.below(30) as usize;
         let commands = commands(&mut rng, count);
-        let max_items = 2 + rng.below(12) as usize;
+        let max_items = 2 + rng.below(12) as u16;
 
         let serial = Mutations::new(pool.clone(), one_by_one);
         let mut expected = Vec::new();
