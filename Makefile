@@ -110,7 +110,7 @@ deploy-check: deploy-tools ## Lint, render, validate and scan the Helm chart; fa
 CHAOS_ARGS ?= --duration 30m
 
 .PHONY: chaos
-chaos: ## Seeded chaos run (30 min): the real binaries under kills, pauses, Postgres restarts, gateway and network faults, then the checker (RELIABILITY.md)
+chaos: ## Seeded chaos run (30 min): two replicas of each service under kills, pauses, Postgres restarts, gateway faults, cut links and lost answers, then the checker (RELIABILITY.md)
 	cargo build --bins -p supplier-registry -p escrow -p contract -p dispute -p payment-gateway-sandbox -p ta-bench
 	"$$CARGO_TARGET_DIR/debug/ta-chaos" $(CHAOS_ARGS)
 

@@ -824,7 +824,7 @@ async fn orders_and_cover(
         {
             report.violation(
                 "claims",
-                &claim_told.claim_id,
+                &order.contract_id,
                 format!(
                     "claim {}: the client was told {:?}; it is {claim_status:?}, effects {}; the contract is {status:?}",
                     claim_told.claim_id,

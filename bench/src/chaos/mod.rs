@@ -251,6 +251,9 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         &mut check,
     )
     .await?;
+    if !check.violations.is_empty() {
+        dump_evidence(&platform, &check);
+    }
     let shown = check
         .violations
         .iter()
@@ -276,6 +279,70 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         shown,
         log_dir: config.log_dir.clone(),
     })
+}
+
+/// Before the run's database goes: the funding attempts, gateway events
+/// and the gateway's operations of every account a violation names, into
+/// `<log dir>/evidence.txt`, so a finding can be read row by row.
+fn dump_evidence(platform: &ChaosPlatform, check: &CheckReport) {
+    let ids: Vec<String> = check
+        .violations
+        .iter()
+        .flat_map(|v| {
+            v.what
+                .split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+                .chain(std::iter::once(v.entity.as_str()))
+                .filter(|w| w.len() == 36 && w.matches('-').count() == 4)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|id| format!("'{id}'"))
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let ids = ids.join(",");
+    let attempts = format!(
+        "SELECT id FROM escrow.funding_attempts WHERE escrow_account_id::text IN ({ids}) \
+         OR id::text IN ({ids})"
+    );
+    let mut text = String::new();
+    for (what, sql) in [
+        (
+            "funding attempts",
+            format!(
+                "SELECT row_to_json(a) FROM escrow.funding_attempts a WHERE id IN ({attempts}) \
+                 ORDER BY created_at"
+            ),
+        ),
+        (
+            "gateway events",
+            format!(
+                "SELECT row_to_json(e) FROM escrow.gateway_events e \
+                 WHERE funding_attempt_id IN ({attempts}) ORDER BY received_at"
+            ),
+        ),
+        (
+            "gateway operations",
+            format!(
+                "SELECT row_to_json(o) FROM gateway_sandbox.operations o \
+                 WHERE o.idempotency_key LIKE ANY (SELECT '%' || id::text || '%' FROM ({attempts}) x) \
+                 OR o.client_reference IN (SELECT id::text FROM ({attempts}) y) \
+                 OR o.id IN (SELECT gateway_reference FROM escrow.funding_attempts WHERE id IN ({attempts})) \
+                 OR o.id IN (SELECT gateway_reference FROM escrow.gateway_events WHERE funding_attempt_id IN ({attempts})) \
+                 ORDER BY o.id"
+            ),
+        ),
+    ] {
+        let rows = crate::psql(&platform.database.url, &sql).unwrap_or_else(|e| e.to_string());
+        text.push_str(&format!("== {what}\n{rows}\n"));
+    }
+    let path = platform.log_dir.join("evidence.txt");
+    if std::fs::write(&path, text).is_ok() {
+        println!("   rows of the accounts named: {}", path.display());
+    }
 }
 
 /// A process that died without the schedule killing it is a finding; it is

@@ -593,6 +593,9 @@ impl Client {
         (minor, method): (i64, Method),
     ) -> Option<(String, i64)> {
         let mut waiting: Option<String> = None;
+        // Every attempt this client started for the milestone: when escrow
+        // says the payment is funded, one of them brought the money.
+        let mut started: Vec<String> = Vec::new();
         for n in 0.. {
             if Instant::now() >= self.give_up_at {
                 self.fail(account_id, &format!("{milestone} never funded"));
@@ -711,6 +714,7 @@ impl Client {
                             ));
                         }
                         FundingStatus::Pending => {
+                            started.push(attempt.funding_attempt_id.clone());
                             self.told
                                 .pending_attempts
                                 .insert(attempt.funding_attempt_id.clone());
@@ -729,13 +733,40 @@ impl Client {
                 }
                 // Nothing due any more: a PENDING attempt brought it; the
                 // loop finds its posting.
-                Err(s)
-                    if waiting.is_some()
-                        && (s.code() == Code::InvalidArgument
-                            || (s.code() == Code::FailedPrecondition
-                                && s.message().contains("already funded"))) =>
-                {
+                Err(s) if s.code() == Code::InvalidArgument && waiting.is_some() => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                // Funded, and not by the attempt waited for: by an earlier
+                // one of this client's (found in the statement), else an
+                // answer no correct platform gives.
+                Err(s)
+                    if s.code() == Code::FailedPrecondition
+                        && s.message().contains("already funded")
+                        && !started.is_empty() =>
+                {
+                    let statement = self.statement(account_id).await;
+                    let posted = statement.and_then(|st| {
+                        st.postings
+                            .iter()
+                            .find(|p| started.contains(&p.funding_attempt_id))
+                            .map(|p| {
+                                (
+                                    p.funding_attempt_id.clone(),
+                                    p.amount.as_ref().map_or(0, |a| a.amount_minor),
+                                )
+                            })
+                    });
+                    if let Some((attempt, amount)) = posted {
+                        self.note(
+                            "(funded by an earlier attempt)",
+                            &attempt,
+                            &[contract_id, account_id],
+                            format!("funding posted {amount} minor"),
+                        );
+                        return Some((attempt, amount));
+                    }
+                    self.fail(account_id, &format!("FundEscrow {milestone}: {s:?}"));
+                    return None;
                 }
                 Err(s) => {
                     self.fail(account_id, &format!("FundEscrow {milestone}: {s:?}"));
