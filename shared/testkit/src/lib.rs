@@ -1,6 +1,12 @@
 //! Test support shared by every service's tests and the end-to-end tests:
-//! a service served in-process on `127.0.0.1:0`, tokens for each role, and
-//! waiting for health.
+//! a service served in-process on `127.0.0.1:0` and its test command line,
+//! tokens for each role, waiting for health or for a condition, the access
+//! matrix ([`access`]), a finance operator at the workflow admin API
+//! ([`operator`]), snapshots of a schema's tables and the fields a refusal
+//! names.
+
+pub mod access;
+pub mod operator;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -26,7 +32,6 @@ use tonic_health::pb::{
 pub const TEST_SECRET: &str = ta_runtime::auth::TEST_HS256_SECRET;
 pub const TEST_ISSUER: &str = "trade-assurance";
 
-/// Signs test tokens.
 /// The URL of the database behind `pool` (a `#[sqlx::test]` database), for
 /// a service's `--database-url`.
 pub fn database_url(pool: &PgPool) -> String {
@@ -40,6 +45,120 @@ pub fn database_url(pool: &PgPool) -> String {
     )
 }
 
+/// The command line `service`'s tests start it with: the database behind
+/// `pool`, the test JWT secret and plain-text logs, then `flags`.
+pub fn command_line(service: &str, pool: &PgPool, flags: &[&str]) -> Vec<String> {
+    let url = database_url(pool);
+    let mut args = [
+        service,
+        "--database-url",
+        &url,
+        "--auth-jwt-hs256-secret",
+        TEST_SECRET,
+        "--log-format",
+        "text",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend(flags.iter().map(|flag| (*flag).to_owned()));
+    args
+}
+
+/// How long [`eventually`] waits.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until `condition` holds, for at most [`WAIT`], asking every 25 ms.
+///
+/// # Panics
+/// When it still does not hold after [`WAIT`], naming `what`.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// `amount_minor` US cents as the protos carry money.
+pub fn usd(amount_minor: i64) -> Option<ta_proto::common::Money> {
+    Some(ta_proto::common::Money {
+        currency_code: "USD".into(),
+        amount_minor,
+    })
+}
+
+/// The fields named by the `google.rpc.BadRequest` details of `status`,
+/// sorted; each violation must say what is wrong with its field.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let bad_request = details
+        .bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest details in {status:?}"));
+    for violation in &bad_request.field_violations {
+        assert!(
+            !violation.description.is_empty(),
+            "violation of {} without a description",
+            violation.field
+        );
+    }
+    let mut fields: Vec<String> = bad_request
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    fields.sort();
+    fields
+}
+
+/// Row counts and digests of tables of a schema: equal snapshots mean
+/// nothing was inserted, updated or deleted in between.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot(Vec<(&'static str, i64, String)>);
+
+impl Snapshot {
+    /// `tables` of `schema`, each row read as `row(table)`: an SQL
+    /// expression of the row `t`, e.g. `t::text`.
+    pub async fn take(
+        pool: &PgPool,
+        schema: &str,
+        tables: &[&'static str],
+        row: impl Fn(&str) -> &'static str,
+    ) -> Self {
+        let mut counted = Vec::new();
+        for &table in tables {
+            let row = row(table);
+            let sql = format!(
+                "SELECT count(*), COALESCE(md5(string_agg({row}, '|' ORDER BY {row})), '') \
+                 FROM {schema}.{table} t"
+            );
+            let (count, digest): (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_one(pool)
+                .await
+                .expect("snapshot");
+            counted.push((table, count, digest));
+        }
+        Self(counted)
+    }
+
+    /// The rows `table` had.
+    pub fn rows(&self, table: &str) -> i64 {
+        self.0
+            .iter()
+            .find(|(name, _, _)| *name == table)
+            .map(|(_, count, _)| *count)
+            .expect("known table")
+    }
+}
+
+/// Signs test tokens.
 pub fn issuer() -> TokenIssuer {
     TokenIssuer::hs256(TEST_SECRET, TEST_ISSUER)
 }
