@@ -9,75 +9,14 @@ use sqlx::PgPool;
 use support::*;
 use ta_proto::escrow as pb;
 use ta_runtime::auth::Role;
+use ta_testkit::access::{Caller, PEOPLE, SERVICES, check_refusals, declared_rpcs};
 use tonic::Code;
 
-const PEOPLE: [Role; 8] = [
-    Role::Buyer,
-    Role::Supplier,
-    Role::Inspector,
-    Role::TrustSafety,
-    Role::Arbiter,
-    Role::Finance,
-    Role::Support,
-    Role::Platform,
-];
-const SERVICES: [&str; 6] = [
-    "contract",
-    "escrow",
-    "dispute",
-    "supplier-registry",
-    "messaging",
-    "payment-gateway",
-];
-
-#[derive(Clone, Copy, Debug)]
-enum Caller {
-    Person(Role),
-    Service(&'static str),
-}
-
-impl Caller {
-    fn all() -> impl Iterator<Item = Caller> {
-        PEOPLE
-            .into_iter()
-            .map(Caller::Person)
-            .chain(SERVICES.into_iter().map(Caller::Service))
-    }
-
-    /// People act as the parties of the account under test, so only the
-    /// role can be what is refused.
-    fn request<T>(self, message: T) -> tonic::Request<T> {
-        match self {
-            Caller::Person(Role::Buyer) => as_role(message, BUYER, Role::Buyer),
-            Caller::Person(Role::Supplier) => as_role(message, SUPPLIER_OWNER, Role::Supplier),
-            Caller::Person(role) if role.is_staff() || role == Role::Platform => {
-                as_role(message, OPERATOR, role)
-            }
-            Caller::Person(role) => as_role(message, "inspector-1", role),
-            Caller::Service(name) => as_role(message, name, Role::Service),
-        }
-    }
-
-    fn declared_for(self, rpc: &str) -> bool {
-        let access = ta_proto::access::of_service(ESCROW_SERVICE)
-            .find(|m| m.path.ends_with(&format!("/{rpc}")))
-            .unwrap_or_else(|| panic!("{rpc} is not declared"));
-        match self {
-            Caller::Person(role) => access
-                .roles
-                .iter()
-                .filter_map(|r| Role::from_proto(*r))
-                .any(|r| r == role),
-            Caller::Service(name) => access.services.contains(&name),
-        }
-    }
-
-    fn refusal(self, rpc: &str) -> String {
-        match self {
-            Caller::Person(role) => format!("role {role} may not call EscrowService/{rpc}"),
-            Caller::Service(name) => format!("service {name} may not call EscrowService/{rpc}"),
-        }
-    }
+/// People act as the parties of the account under test, so only the role
+/// can be what is refused.
+fn request<T>(caller: Caller, message: T) -> tonic::Request<T> {
+    let (subject, role) = caller.principal(BUYER, SUPPLIER_OWNER, OPERATOR);
+    as_role(message, subject, role)
 }
 
 macro_rules! calls {
@@ -98,7 +37,7 @@ macro_rules! calls {
 
             async fn send(self, client: &mut Client, caller: Caller) -> Result<(), tonic::Status> {
                 match self {
-                    $(Call::$rpc(message) => client.$method(caller.request(message)).await.map(drop)),+
+                    $(Call::$rpc(message) => client.$method(request(caller, message)).await.map(drop)),+
                 }
             }
         }
@@ -220,13 +159,9 @@ fn every_call(id: &str, key: &str) -> Vec<Call> {
 
 #[test]
 fn every_rpc_of_the_service_declares_who_may_call_it_and_is_listed_here() {
-    let mut declared: Vec<&str> = ta_proto::access::of_service(ESCROW_SERVICE)
-        .map(|m| m.path.rsplit('/').next().unwrap())
-        .collect();
     let mut rpcs = RPCS.to_vec();
-    declared.sort_unstable();
     rpcs.sort_unstable();
-    assert_eq!(declared, rpcs);
+    assert_eq!(declared_rpcs(ESCROW_SERVICE), rpcs);
     assert_eq!(every_call("x", "k").len(), RPCS.len());
 }
 
@@ -239,35 +174,20 @@ async fn callers_the_proto_does_not_declare_are_refused_and_change_nothing(pool:
         ..
     } = start(pool).await;
     let id = open(&mut client, "c-matrix", 100).await.escrow_account_id;
-    let before = Snapshot::take(&pool).await;
-    let (mut refused, mut cells) = (0, 0);
-    for call in every_call(&id, "k") {
-        let rpc = call.rpc();
-        for caller in Caller::all() {
-            cells += 1;
-            if caller.declared_for(rpc) {
-                continue;
-            }
-            let status = call
-                .clone()
-                .send(&mut client, caller)
-                .await
-                .expect_err(&format!("{caller:?} may call {rpc}"));
-            assert_eq!(status.code(), Code::PermissionDenied, "{caller:?} {rpc}");
-            assert_eq!(status.message(), caller.refusal(rpc), "{caller:?} {rpc}");
-            refused += 1;
-        }
-    }
+    let before = snapshot(&pool).await;
+    let (refused, cells) = check_refusals(
+        ESCROW_SERVICE,
+        every_call(&id, "k"),
+        Call::rpc,
+        async |call, caller| call.send(&mut client, caller).await,
+    )
+    .await;
     assert_eq!(cells, RPCS.len() * (PEOPLE.len() + SERVICES.len()));
     assert!(
         refused > cells / 2,
         "least privilege: {refused} of {cells} refused"
     );
-    assert_eq!(
-        Snapshot::take(&pool).await,
-        before,
-        "refusals write nothing"
-    );
+    assert_eq!(snapshot(&pool).await, before, "refusals write nothing");
     // Each service principal calls only what is its own.
     for (service, own) in [
         ("escrow", 0),
@@ -277,7 +197,7 @@ async fn callers_the_proto_does_not_declare_are_refused_and_change_nothing(pool:
     ] {
         let allowed = RPCS
             .iter()
-            .filter(|rpc| Caller::Service(service).declared_for(rpc))
+            .filter(|rpc| Caller::Service(service).declared_for(ESCROW_SERVICE, rpc))
             .count();
         assert_eq!(allowed, own, "{service}");
     }
@@ -294,13 +214,13 @@ async fn callers_the_proto_declares_get_past_authorization(pool: PgPool) {
     for (n, caller) in Caller::all().enumerate() {
         for call in every_call(&id, &format!("k{n}")) {
             let rpc = call.rpc();
-            if !caller.declared_for(rpc) {
+            if !caller.declared_for(ESCROW_SERVICE, rpc) {
                 continue;
             }
             if let Err(status) = call.send(&mut client, caller).await {
                 assert_ne!(
                     status.message(),
-                    caller.refusal(rpc),
+                    caller.refusal(ESCROW_SERVICE, rpc),
                     "{caller:?} is declared for {rpc}"
                 );
                 assert_ne!(status.code(), Code::Unauthenticated, "{caller:?} {rpc}");
@@ -336,7 +256,7 @@ async fn buyers_and_suppliers_reach_only_their_own_accounts(pool: PgPool) {
         .get_escrow_statement(as_role(statement(), SUPPLIER_OWNER, Role::Supplier))
         .await
         .unwrap();
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
     // Others are told it does not exist, as for an id that does not.
     let not_found = format!("escrow account {id} not found");
     let strangers = [
@@ -397,5 +317,5 @@ async fn buyers_and_suppliers_reach_only_their_own_accounts(pool: PgPool) {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert_eq!(Snapshot::take(&pool).await, before, "nothing written");
+    assert_eq!(snapshot(&pool).await, before, "nothing written");
 }

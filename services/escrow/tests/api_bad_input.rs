@@ -24,7 +24,7 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
         ..
     } = start(pool).await;
     let id = open(&mut client, "c-bad", 1_000).await.escrow_account_id;
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
 
     let mut cases: Vec<(&str, Result<(), tonic::Status>, Vec<&str>)> = Vec::new();
 
@@ -341,9 +341,5 @@ async fn bad_requests_name_every_bad_field_and_write_nothing(pool: PgPool) {
         assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
         assert_eq!(violated_fields(&status), fields, "{name}");
     }
-    assert_eq!(
-        Snapshot::take(&pool).await,
-        before,
-        "bad input wrote nothing"
-    );
+    assert_eq!(snapshot(&pool).await, before, "bad input wrote nothing");
 }

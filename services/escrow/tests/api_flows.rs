@@ -326,7 +326,7 @@ async fn a_bank_transfer_waits_for_a_signed_credit_and_forged_or_replayed_ones_c
     assert!(!instructions.payment_reference.is_empty());
     let reference = pending.gateway_reference.clone();
 
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
     let good = webhook(
         "evt-credit-1",
         "bank_transfer.credited",
@@ -365,7 +365,7 @@ async fn a_bank_transfer_waits_for_a_signed_credit_and_forged_or_replayed_ones_c
         assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
     }
     assert_eq!(
-        Snapshot::take(&pool).await,
+        snapshot(&pool).await,
         before,
         "refused events change nothing"
     );
@@ -380,7 +380,7 @@ async fn a_bank_transfer_waits_for_a_signed_credit_and_forged_or_replayed_ones_c
         applied.funding_attempt.unwrap().status,
         pb::FundingStatus::Succeeded as i32
     );
-    let after_first = Snapshot::take(&pool).await;
+    let after_first = snapshot(&pool).await;
     // The same event again, under its key or re-signed under another key.
     let replay = client
         .handle_gateway_webhook(gateway(good))
@@ -417,7 +417,7 @@ async fn a_bank_transfer_waits_for_a_signed_credit_and_forged_or_replayed_ones_c
         .unwrap()
         .into_inner();
     assert_eq!(late_failure.outcome, pb::WebhookOutcome::Duplicate as i32);
-    let postings_after: i64 = Snapshot::take(&pool).await.rows("postings");
+    let postings_after: i64 = snapshot(&pool).await.rows("postings");
     assert_eq!(postings_after, after_first.rows("postings"), "applied once");
     let acc = account(&mut client, &id).await.account.unwrap();
     assert_eq!(acc.status, pb::EscrowAccountStatus::Funded as i32);

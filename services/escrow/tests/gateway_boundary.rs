@@ -422,7 +422,7 @@ async fn finding_4_a_credit_without_amount_minor_is_invalid_and_changes_nothing(
         .into_inner()
         .funding_attempt
         .unwrap();
-    let before = Snapshot::take(&escrow.pool).await;
+    let before = snapshot(&escrow.pool).await;
     let no_amount = Event::new(
         "evt-credit-1",
         "bank_transfer.credited",
@@ -446,7 +446,7 @@ async fn finding_4_a_credit_without_amount_minor_is_invalid_and_changes_nothing(
         );
     }
     assert_eq!(
-        Snapshot::take(&escrow.pool).await,
+        snapshot(&escrow.pool).await,
         before,
         "a malformed credit changes nothing, not even its event id"
     );
@@ -495,14 +495,14 @@ async fn finding_5_a_webhook_before_its_attempt_is_recorded_gets_retry_later_and
         .unwrap()
         .expect("the gateway has it")
         .reference;
-    let before = Snapshot::take(&escrow.pool).await;
+    let before = snapshot(&escrow.pool).await;
     let credit = Event::new("evt-early", "bank_transfer.credited", &reference).usd(20_000);
     assert_eq!(
         deliver(&mut client, &credit).await,
         pb::WebhookOutcome::RetryLater
     );
     assert_eq!(
-        Snapshot::take(&escrow.pool).await,
+        snapshot(&escrow.pool).await,
         before,
         "nothing recorded, not even the event id"
     );
@@ -961,7 +961,7 @@ async fn finding_10b_direct_movements_name_the_schedule_and_settled_claims_and_a
     .await;
     fund_card(&mut client, &id, "deposit", 6_000).await;
     fund_card(&mut client, &id, "balance", 4_000).await;
-    let before = Snapshot::take(&escrow.pool).await;
+    let before = snapshot(&escrow.pool).await;
 
     let not_scheduled = release(
         &mut client,
@@ -996,7 +996,7 @@ async fn finding_10b_direct_movements_name_the_schedule_and_settled_claims_and_a
         "{never_froze:?}"
     );
     assert_eq!(
-        Snapshot::take(&escrow.pool).await.rows("postings"),
+        snapshot(&escrow.pool).await.rows("postings"),
         before.rows("postings")
     );
 

@@ -360,7 +360,7 @@ async fn opening_needs_a_hold_deadline_after_the_schedule(pool: PgPool) {
         pool,
         ..
     } = start(pool).await;
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
     let due = due_in(7);
     for (hold_until, why) in [
         (None, "missing"),
@@ -381,5 +381,5 @@ async fn opening_needs_a_hold_deadline_after_the_schedule(pool: PgPool) {
         assert_eq!(refused.code(), Code::InvalidArgument, "{why}: {refused:?}");
         assert_eq!(violated_fields(&refused), ["hold_until"], "{why}");
     }
-    assert_eq!(Snapshot::take(&pool).await, before, "nothing recorded");
+    assert_eq!(snapshot(&pool).await, before, "nothing recorded");
 }

@@ -15,6 +15,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use ta_proto::{common::PageRequest, escrow as pb};
 use ta_runtime::{auth::Role, money::Currency, timestamps};
+use ta_testkit::access::STAFF_AND_PLATFORM;
 use tonic::Code;
 use uuid::Uuid;
 
@@ -118,13 +119,7 @@ async fn parties_list_only_their_own_accounts_and_staff_and_the_platform_all(poo
     let all = pb::ListEscrowAccountsRequest::default;
 
     // Staff duties and the platform see every account, newest first.
-    for role in [
-        Role::TrustSafety,
-        Role::Arbiter,
-        Role::Finance,
-        Role::Support,
-        Role::Platform,
-    ] {
+    for role in STAFF_AND_PLATFORM {
         assert_eq!(
             listed(&mut client, OPERATOR, role, all()).await.unwrap(),
             ["c-3", "c-2", "c-1"],

@@ -66,7 +66,7 @@ async fn a_lowercase_currency_is_an_invalid_field_not_a_mismatch(pool: PgPool) {
     let escrow = start(pool).await;
     let mut client = escrow.client.clone();
     let (id, attempt) = bank_attempt(&mut client, "c-lowercase", 20_000).await;
-    let before = Snapshot::take(&escrow.pool).await;
+    let before = snapshot(&escrow.pool).await;
 
     // "usd" is no ISO 4217 code: an invalid field, never compared.
     let mut lowercase = credit("evt-credit", &attempt).usd(20_000);
@@ -93,7 +93,7 @@ async fn a_lowercase_currency_is_an_invalid_field_not_a_mismatch(pool: PgPool) {
     no_reference.reference = String::new();
     refused_on(&mut client, &no_reference, "payload.data.reference").await;
     assert_eq!(
-        Snapshot::take(&escrow.pool).await,
+        snapshot(&escrow.pool).await,
         before,
         "nothing of a refused event is recorded, not even its id"
     );

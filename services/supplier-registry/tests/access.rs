@@ -12,6 +12,9 @@ use common::*;
 use sqlx::PgPool;
 use ta_proto::supplier as pb;
 use ta_runtime::auth::{Role, TokenIssuer};
+use ta_testkit::access::{
+    Caller, PEOPLE, SERVICES, check_refusals, declared_roles, declared_rpcs, declared_services,
+};
 use tonic::Code;
 
 const UNKNOWN_ID: &str = "0190c5a2-7a2b-7c3d-8e4f-5a6b7c8d9e0f";
@@ -19,110 +22,37 @@ const UNKNOWN_ID: &str = "0190c5a2-7a2b-7c3d-8e4f-5a6b7c8d9e0f";
 const OTHER_SUPPLIER: &str = "supplier-globex";
 const OTHER_BUYER: &str = "buyer-2";
 
-/// Every kind of caller: the people's roles, and each service principal of
-/// the platform (and the outside ones the protos name).
-const PEOPLE: [Role; 8] = [
-    Role::Buyer,
-    Role::Supplier,
-    Role::Inspector,
-    Role::TrustSafety,
-    Role::Arbiter,
-    Role::Finance,
-    Role::Support,
-    Role::Platform,
-];
-const SERVICES: [&str; 6] = [
-    "contract",
-    "escrow",
-    "dispute",
-    "supplier-registry",
-    "messaging",
-    "payment-gateway",
-];
-
-#[derive(Clone, Copy, Debug)]
-enum Caller {
-    Person(Role),
-    Service(&'static str),
-}
-
-impl Caller {
-    fn all() -> impl Iterator<Item = Caller> {
-        PEOPLE
-            .into_iter()
-            .map(Caller::Person)
-            .chain(SERVICES.into_iter().map(Caller::Service))
-    }
-
-    /// The supplier role acts as the owner of the supplier under test, so
-    /// only the role can be what is refused.
-    fn auth(self) -> Auth<'static> {
-        match self {
-            Caller::Person(Role::Buyer) => Auth::Valid(BUYER, Role::Buyer),
-            Caller::Person(Role::Supplier) => Auth::Valid(SUPPLIER, Role::Supplier),
-            Caller::Person(role) if role.is_staff() || role == Role::Platform => {
-                Auth::Valid(OPERATOR, role)
-            }
-            Caller::Person(role) => Auth::Valid("inspector-1", role),
-            Caller::Service(name) => Auth::Valid(name, Role::Service),
-        }
-    }
-
-    /// Whether the access option of `rpc` in the proto lets this caller in.
-    fn declared_for(self, rpc: &str) -> bool {
-        match self {
-            Caller::Person(role) => declared_roles(rpc).contains(&role),
-            Caller::Service(name) => declared_services(rpc).contains(&name),
-        }
-    }
-
-    fn refusal(self, rpc: &str) -> String {
-        match self {
-            Caller::Person(role) => {
-                format!("role {role} may not call SupplierRegistryService/{rpc}")
-            }
-            Caller::Service(name) => {
-                format!("service {name} may not call SupplierRegistryService/{rpc}")
-            }
-        }
-    }
+/// The supplier role acts as the owner of the supplier under test, so only
+/// the role can be what is refused.
+fn auth(caller: Caller) -> Auth<'static> {
+    let (subject, role) = caller.principal(BUYER, SUPPLIER, OPERATOR);
+    Auth::Valid(subject, role)
 }
 
 #[test]
 fn every_rpc_of_the_service_declares_who_may_call_it() {
-    let mut declared: Vec<&str> = ta_proto::access::of_service(REGISTRY_SERVICE)
-        .map(|m| m.path.rsplit('/').next().unwrap())
-        .collect();
     let mut rpcs = RPCS.to_vec();
-    declared.sort_unstable();
     rpcs.sort_unstable();
-    assert_eq!(declared, rpcs, "the declarations cover exactly the RPCs");
+    assert_eq!(
+        declared_rpcs(REGISTRY_SERVICE),
+        rpcs,
+        "the declarations cover exactly the RPCs"
+    );
 }
 
 #[sqlx::test(migrations = false)]
 async fn callers_the_proto_does_not_declare_are_permission_denied(pool: PgPool) {
     let Registry { server, mut client } = start(pool.clone()).await;
     let id = badged_supplier(&mut client, "LIC-ROLES", 100_000).await;
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
 
-    let (mut refused, mut cells) = (0, 0);
-    for call in every_call(&id, "k") {
-        let rpc = call.rpc();
-        for caller in Caller::all() {
-            cells += 1;
-            if caller.declared_for(rpc) {
-                continue;
-            }
-            let status = call
-                .clone()
-                .send(&mut client, caller.auth())
-                .await
-                .expect_err(&format!("{caller:?} may call {rpc}"));
-            assert_eq!(status.code(), Code::PermissionDenied, "{caller:?} {rpc}");
-            assert_eq!(status.message(), caller.refusal(rpc), "{caller:?} {rpc}");
-            refused += 1;
-        }
-    }
+    let (refused, cells) = check_refusals(
+        REGISTRY_SERVICE,
+        every_call(&id, "k"),
+        Call::rpc,
+        async |call, caller| call.send(&mut client, auth(caller)).await,
+    )
+    .await;
     assert_eq!(cells, RPCS.len() * (PEOPLE.len() + SERVICES.len()));
     assert_eq!(RPCS.len(), 23);
     // Least privilege: most cells are refused, each service calls only its own.
@@ -130,11 +60,11 @@ async fn callers_the_proto_does_not_declare_are_permission_denied(pool: PgPool) 
     for service in ["escrow", "supplier-registry", "payment-gateway"] {
         assert!(
             RPCS.iter()
-                .all(|rpc| !Caller::Service(service).declared_for(rpc)),
+                .all(|rpc| !Caller::Service(service).declared_for(REGISTRY_SERVICE, rpc)),
             "{service} calls nothing here"
         );
     }
-    assert_eq!(Snapshot::take(&pool).await, before, "a refused call wrote");
+    assert_eq!(snapshot(&pool).await, before, "a refused call wrote");
     server.stop().await.unwrap();
 }
 
@@ -154,8 +84,8 @@ async fn callers_the_proto_declares_get_past_authorization(pool: PgPool) {
             }
             other => other,
         };
-        for caller in Caller::all().filter(|c| c.declared_for(rpc)) {
-            let outcome = call.clone().send(&mut client, caller.auth()).await;
+        for caller in Caller::all().filter(|c| c.declared_for(REGISTRY_SERVICE, rpc)) {
+            let outcome = call.clone().send(&mut client, auth(caller)).await;
             let code = outcome.err().map_or(Code::Ok, |s| s.code());
             let expected = match rpc {
                 "RegisterSupplier" => Code::InvalidArgument,
@@ -168,7 +98,7 @@ async fn callers_the_proto_declares_get_past_authorization(pool: PgPool) {
         }
     }
     assert!(admitted >= RPCS.len(), "every RPC admits someone");
-    assert_eq!(Snapshot::take(&pool).await.rows("idempotency_keys"), 0);
+    assert_eq!(snapshot(&pool).await.rows("idempotency_keys"), 0);
     server.stop().await.unwrap();
 }
 
@@ -192,7 +122,7 @@ async fn a_supplier_may_not_act_on_another_suppliers_profile(pool: PgPool) {
         }))
         .await
         .unwrap();
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
 
     let calls: Vec<Call> = every_call(&id, "k")
         .into_iter()
@@ -238,7 +168,7 @@ async fn a_supplier_may_not_act_on_another_suppliers_profile(pool: PgPool) {
         "{}",
         status.message()
     );
-    assert_eq!(Snapshot::take(&pool).await, before, "a refused call wrote");
+    assert_eq!(snapshot(&pool).await, before, "a refused call wrote");
 
     // The owner may do each of them, under the very same keys.
     for call in calls {
@@ -270,7 +200,7 @@ async fn a_buyer_may_not_review_another_buyers_contract(pool: PgPool) {
         }))
         .await
         .unwrap();
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
 
     let review = pb::SubmitReviewRequest {
         idempotency_key: "review-1".into(),
@@ -304,11 +234,7 @@ async fn a_buyer_may_not_review_another_buyers_contract(pool: PgPool) {
         status.message().replace("contract-1", "<id>")
     );
     assert_eq!(unknown.details(), status.details());
-    assert_eq!(
-        Snapshot::take(&pool).await,
-        before,
-        "a refused review wrote"
-    );
+    assert_eq!(snapshot(&pool).await, before, "a refused review wrote");
 
     let own = client
         .submit_review(as_role(
@@ -332,7 +258,7 @@ async fn a_buyer_may_not_review_another_buyers_contract(pool: PgPool) {
 async fn every_rpc_needs_a_valid_token(pool: PgPool) {
     let Registry { server, mut client } = start(pool.clone()).await;
     let id = badged_supplier(&mut client, "LIC-TOKENS", 100_000).await;
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
 
     let forged = ta_runtime::auth::bearer_metadata(
         &TokenIssuer::hs256("some-other-secret-of-enough-bytes", ta_testkit::TEST_ISSUER)
@@ -351,11 +277,11 @@ async fn every_rpc_needs_a_valid_token(pool: PgPool) {
     for call in calls {
         let rpc = call.rpc();
         // A caller the RPC admits, so only the token is wrong.
-        let (subject, role) = match declared_roles(rpc).first() {
+        let (subject, role) = match declared_roles(REGISTRY_SERVICE, rpc).first() {
             Some(Role::Buyer) => (BUYER, Role::Buyer),
             Some(Role::Supplier) => (SUPPLIER, Role::Supplier),
             Some(&role) => (OPERATOR, role),
-            None => (declared_services(rpc)[0], Role::Service),
+            None => (declared_services(REGISTRY_SERVICE, rpc)[0], Role::Service),
         };
         let cases = [
             (Auth::Missing, "missing bearer token"),
@@ -378,7 +304,7 @@ async fn every_rpc_needs_a_valid_token(pool: PgPool) {
         }
     }
     assert_eq!(
-        Snapshot::take(&pool).await,
+        snapshot(&pool).await,
         before,
         "an unauthenticated call wrote"
     );

@@ -840,7 +840,7 @@ fn cases(id: &str) -> Vec<Case> {
 async fn every_rpc_refuses_invalid_fields_and_writes_nothing(pool: PgPool) {
     let Registry { server, mut client } = start(pool.clone()).await;
     let id = populated(&mut client).await;
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
     for table in TABLES {
         assert!(before.rows(table) > 0, "{table} is seeded");
     }
@@ -882,7 +882,7 @@ async fn every_rpc_refuses_invalid_fields_and_writes_nothing(pool: PgPool) {
             );
         }
         assert_eq!(
-            Snapshot::take(&pool).await,
+            snapshot(&pool).await,
             before,
             "{rpc}: {what} wrote something"
         );
@@ -905,7 +905,7 @@ async fn a_refused_request_does_not_use_up_its_idempotency_key(pool: PgPool) {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&refused), ["country_code"]);
-    assert_eq!(Snapshot::take(&pool).await.rows("idempotency_keys"), 0);
+    assert_eq!(snapshot(&pool).await.rows("idempotency_keys"), 0);
 
     // The corrected request under the same key runs.
     let supplier = client
@@ -920,7 +920,7 @@ async fn a_refused_request_does_not_use_up_its_idempotency_key(pool: PgPool) {
         .supplier
         .unwrap();
     assert_eq!(supplier.country_code, "CN");
-    let after = Snapshot::take(&pool).await;
+    let after = snapshot(&pool).await;
     assert_eq!(after.rows("suppliers"), 1);
     assert_eq!(after.rows("idempotency_keys"), 1);
     server.stop().await.unwrap();

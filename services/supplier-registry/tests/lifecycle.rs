@@ -370,7 +370,7 @@ async fn verification_is_submitted_then_verified_or_rejected_and_resubmitted(poo
 async fn a_licence_registers_once_per_country(pool: PgPool) {
     let Registry { server, mut client } = start(pool.clone()).await;
     register(&mut client, "LIC-DUP").await;
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
 
     // Another key, another account, another name: still the same licence in CN.
     for (subject, role, owner_id) in [
@@ -397,12 +397,12 @@ async fn a_licence_registers_once_per_country(pool: PgPool) {
             "a supplier with business licence LIC-DUP in CN is already registered"
         );
     }
-    assert_eq!(Snapshot::take(&pool).await, before);
+    assert_eq!(snapshot(&pool).await, before);
 
     // The same licence number in another country is another company.
     let german = register_in(&mut client, "LIC-DUP", "DE").await;
     assert_eq!(supplier(&mut client, &german).await.country_code, "DE");
-    assert_eq!(Snapshot::take(&pool).await.rows("suppliers"), 2);
+    assert_eq!(snapshot(&pool).await.rows("suppliers"), 2);
     server.stop().await.unwrap();
 }
 
@@ -421,7 +421,7 @@ async fn a_retried_registration_returns_the_same_supplier(pool: PgPool) {
         .expect("a retry is answered, not refused")
         .into_inner();
     assert_eq!(retry, first, "the retry replays the first response");
-    let after = Snapshot::take(&pool).await;
+    let after = snapshot(&pool).await;
     assert_eq!(after.rows("suppliers"), 1);
     assert_eq!(after.rows("idempotency_keys"), 1);
 
@@ -439,7 +439,7 @@ async fn a_retried_registration_returns_the_same_supplier(pool: PgPool) {
         Some("IDEMPOTENCY_KEY_REUSED".to_owned()),
         "a reused key is told apart from a real conflict"
     );
-    assert_eq!(Snapshot::take(&pool).await, after);
+    assert_eq!(snapshot(&pool).await, after);
     server.stop().await.unwrap();
 }
 
@@ -454,7 +454,7 @@ async fn an_operator_registers_a_supplier_on_its_behalf(pool: PgPool) {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&status), ["owner_principal_id"]);
-    assert_eq!(Snapshot::take(&pool).await.rows("suppliers"), 0);
+    assert_eq!(snapshot(&pool).await.rows("suppliers"), 0);
 
     let registered = client
         .register_supplier(trust_safety(pb::RegisterSupplierRequest {
@@ -572,7 +572,7 @@ async fn enrolment_needs_verification(pool: PgPool) {
 async fn the_limit_keeps_its_currency(pool: PgPool) {
     let Registry { server, mut client } = start(pool.clone()).await;
     let id = badged_supplier(&mut client, "LIC-CURRENCY", 100_000).await;
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
     let status = set_limit(&mut client, &id, money("EUR", 200_000))
         .await
         .unwrap_err();
@@ -584,7 +584,7 @@ async fn the_limit_keeps_its_currency(pool: PgPool) {
             .contains("must be USD, the currency of the current limit"),
         "{status:?}"
     );
-    assert_eq!(Snapshot::take(&pool).await, before);
+    assert_eq!(snapshot(&pool).await, before);
 
     let raised = set_limit(&mut client, &id, usd(250_000)).await.unwrap();
     assert_eq!(amount(raised.ta_limit), usd_amount(250_000));
@@ -717,7 +717,7 @@ async fn a_completed_contract_is_reviewed_once_by_its_buyer(pool: PgPool) {
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
     assert!(status.message().contains("contract-1"), "{status:?}");
-    assert_eq!(Snapshot::take(&pool).await.rows("completed_contracts"), 2);
+    assert_eq!(snapshot(&pool).await.rows("completed_contracts"), 2);
 
     let first = review(&mut client, BUYER, &id, "contract-1", 5)
         .await
@@ -740,7 +740,7 @@ async fn a_completed_contract_is_reviewed_once_by_its_buyer(pool: PgPool) {
         .unwrap();
     assert_eq!((second.review_count, second.average_rating_centi), (2, 450));
 
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
     let status = review(&mut client, BUYER, &id, "contract-1", 1)
         .await
         .unwrap_err();
@@ -749,7 +749,7 @@ async fn a_completed_contract_is_reviewed_once_by_its_buyer(pool: PgPool) {
         status.message(),
         "contract contract-1 has already been reviewed"
     );
-    assert_eq!(Snapshot::take(&pool).await, before);
+    assert_eq!(snapshot(&pool).await, before);
     let stored = supplier(&mut client, &id).await;
     assert_eq!((stored.review_count, stored.average_rating_centi), (2, 450));
     server.stop().await.unwrap();
@@ -902,11 +902,11 @@ async fn the_response_rate_counts_each_inquiry_and_reply_once(pool: PgPool) {
         (one.inquiry_count, one.response_rate_basis_points),
         (3, 3333)
     );
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
     let repeated = reply(&mut client, &id, "inq-1").await;
     assert_eq!(repeated.response_rate_basis_points, 3333);
     assert_eq!(
-        Snapshot::take(&pool).await.rows("inquiries"),
+        snapshot(&pool).await.rows("inquiries"),
         before.rows("inquiries")
     );
 
@@ -952,7 +952,7 @@ async fn penalties_count_once_per_dispute_and_restrict_at_the_threshold(pool: Pg
     assert_eq!(s.status(), pb::SupplierStatus::Active);
 
     // The same dispute again, under another key: nothing changes.
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
     let again = penalty(&mut client, &id, "dispute-1", 10).await.unwrap();
     assert!(!again.restricted_by_this_penalty);
     assert_eq!(again.supplier.unwrap().penalty_points, 10);
@@ -968,7 +968,7 @@ async fn penalties_count_once_per_dispute_and_restrict_at_the_threshold(pool: Pg
             "claim dispute-1 already has a different penalty recorded"
         );
     }
-    let after = Snapshot::take(&pool).await;
+    let after = snapshot(&pool).await;
     assert_eq!(after.rows("penalties"), before.rows("penalties"));
     assert_eq!(after.rows("suppliers"), before.rows("suppliers"));
     assert_eq!(supplier(&mut client, &other).await.penalty_points, 0);
@@ -1011,7 +1011,7 @@ async fn penalties_count_once_per_dispute_and_restrict_at_the_threshold(pool: Pg
     assert_eq!(s.penalty_points, 29);
     assert_eq!(s.status(), pb::SupplierStatus::Restricted);
     assert_eq!(amount(s.ta_limit), usd_amount(50_000));
-    assert_eq!(Snapshot::take(&pool).await.rows("penalties"), 4);
+    assert_eq!(snapshot(&pool).await.rows("penalties"), 4);
     server.stop().await.unwrap();
 }
 

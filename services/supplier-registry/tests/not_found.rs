@@ -31,7 +31,7 @@ async fn every_rpc_naming_an_unknown_supplier_is_not_found(pool: PgPool) {
             call.send(&mut client, caller).await.expect("seed");
         }
     }
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
 
     // A listing's supplier filter is no lookup: an unknown one lists nothing
     // (tests/search.rs), and the feed names no supplier.
@@ -65,7 +65,7 @@ async fn every_rpc_naming_an_unknown_supplier_is_not_found(pool: PgPool) {
             format!("supplier {UNKNOWN_ID} not found"),
             "{rpc}"
         );
-        assert_eq!(Snapshot::take(&pool).await, before, "{rpc} wrote something");
+        assert_eq!(snapshot(&pool).await, before, "{rpc} wrote something");
     }
     server.stop().await.unwrap();
 }
@@ -73,7 +73,7 @@ async fn every_rpc_naming_an_unknown_supplier_is_not_found(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_supplier_role_on_an_unknown_supplier_is_not_found(pool: PgPool) {
     let Registry { server, mut client } = start(pool.clone()).await;
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
     for call in every_call(UNKNOWN_ID, "k") {
         if !matches!(
             call,
@@ -92,7 +92,7 @@ async fn a_supplier_role_on_an_unknown_supplier_is_not_found(pool: PgPool) {
         assert_eq!(status.code(), Code::NotFound, "{rpc}: {status:?}");
         assert!(status.message().contains(UNKNOWN_ID), "{rpc}: {status:?}");
     }
-    assert_eq!(Snapshot::take(&pool).await, before);
+    assert_eq!(snapshot(&pool).await, before);
     server.stop().await.unwrap();
 }
 
@@ -111,7 +111,7 @@ async fn releasing_cover_of_an_unknown_contract_is_not_found(pool: PgPool) {
         }))
         .await
         .unwrap();
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
 
     for contract in ["contract-never-reserved", "contract-b"] {
         let status = client
@@ -128,7 +128,7 @@ async fn releasing_cover_of_an_unknown_contract_is_not_found(pool: PgPool) {
             format!("cover reservation for contract {contract} not found")
         );
     }
-    assert_eq!(Snapshot::take(&pool).await, before);
+    assert_eq!(snapshot(&pool).await, before);
     // The other supplier's hold is untouched.
     assert_eq!(
         supplier(&mut client, &other)
@@ -156,7 +156,7 @@ async fn reviewing_a_contract_never_completed_is_not_found(pool: PgPool) {
         }))
         .await
         .unwrap();
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
 
     let review = |contract: &str, key: &str| {
         buyer(pb::SubmitReviewRequest {
@@ -178,7 +178,7 @@ async fn reviewing_a_contract_never_completed_is_not_found(pool: PgPool) {
             format!("completed contract {contract} not found")
         );
     }
-    assert_eq!(Snapshot::take(&pool).await, before);
+    assert_eq!(snapshot(&pool).await, before);
 
     // Once the contract completes, the same request under the same key works:
     // the refusal was not stored against the key.
@@ -217,7 +217,7 @@ async fn replying_to_an_unknown_inquiry_is_not_found(pool: PgPool) {
         }))
         .await
         .unwrap();
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
 
     for inquiry in ["inquiry-unknown", "inquiry-other"] {
         for (subject, role) in [("dispute", Role::Service), (SUPPLIER, Role::Supplier)] {
@@ -237,6 +237,6 @@ async fn replying_to_an_unknown_inquiry_is_not_found(pool: PgPool) {
             assert_eq!(status.message(), format!("inquiry {inquiry} not found"));
         }
     }
-    assert_eq!(Snapshot::take(&pool).await, before);
+    assert_eq!(snapshot(&pool).await, before);
     server.stop().await.unwrap();
 }

@@ -79,7 +79,7 @@ async fn a_contract_completed_concurrently_with_another_supplier(pool: PgPool) {
         &first,
     )
     .await;
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
 
     let mut racer = client.clone();
     let status = racing(&pool, conflict, async move {
@@ -95,7 +95,7 @@ async fn a_contract_completed_concurrently_with_another_supplier(pool: PgPool) {
     .await;
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     assert!(status.message().contains("contract-1"), "{status:?}");
-    let after = Snapshot::take(&pool).await;
+    let after = snapshot(&pool).await;
     assert_eq!(after.rows("completed_contracts"), 1, "only the winner's");
     assert_eq!(
         after.rows("idempotency_keys"),
@@ -118,7 +118,7 @@ async fn a_contract_covered_concurrently_by_another_supplier(pool: PgPool) {
         &first,
     )
     .await;
-    let before = Snapshot::take(&pool).await;
+    let before = snapshot(&pool).await;
 
     let mut racer = client.clone();
     let racer_id = second.clone();
@@ -135,7 +135,7 @@ async fn a_contract_covered_concurrently_by_another_supplier(pool: PgPool) {
     .await;
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     assert!(status.message().contains("contract-1"), "{status:?}");
-    let after = Snapshot::take(&pool).await;
+    let after = snapshot(&pool).await;
     assert_eq!(after.rows("cover_reservations"), 1, "only the winner's");
     assert_eq!(
         after.rows("idempotency_keys"),
@@ -176,7 +176,7 @@ async fn a_licence_registered_concurrently(pool: PgPool) {
         status.message(),
         "a supplier with business licence LIC-RACE in CN is already registered"
     );
-    let after = Snapshot::take(&pool).await;
+    let after = snapshot(&pool).await;
     assert_eq!(after.rows("suppliers"), 1);
     assert_eq!(after.rows("idempotency_keys"), 0);
     server.stop().await.unwrap();

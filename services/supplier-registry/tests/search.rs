@@ -20,6 +20,7 @@ use ta_runtime::{
     auth::Role,
     money::{Currency, Money},
 };
+use ta_testkit::access::STAFF_AND_PLATFORM;
 use tonic::Code;
 
 const OTHER_SUPPLIER: &str = "supplier-globex";
@@ -845,13 +846,7 @@ async fn staff_filters_from_parties_are_permission_denied(pool: PgPool) {
                  back ends"
             );
         }
-        for role in [
-            Role::TrustSafety,
-            Role::Arbiter,
-            Role::Finance,
-            Role::Support,
-            Role::Platform,
-        ] {
+        for role in STAFF_AND_PLATFORM {
             client
                 .search_suppliers(as_role(request.clone(), OPERATOR, role))
                 .await

@@ -134,23 +134,19 @@ async fn serve(
     gateway: InMemoryGateway,
     gateway_api: Arc<dyn PaymentGateway>,
 ) -> Escrow {
-    let url = database_url(&pool);
-    let mut args = vec![
+    let mut args = ta_testkit::command_line(
         "escrow",
-        "--database-url",
-        &url,
-        "--auth-jwt-hs256-secret",
-        ta_testkit::TEST_SECRET,
-        "--log-format",
-        "text",
-        "--webhook-secret",
-        WEBHOOK_SECRET,
-        "--workflow-timer-poll-interval",
-        "50ms",
-        "--workflow-feed-poll-interval",
-        "50ms",
-    ];
-    args.extend_from_slice(flags);
+        &pool,
+        &[
+            "--webhook-secret",
+            WEBHOOK_SECRET,
+            "--workflow-timer-poll-interval",
+            "50ms",
+            "--workflow-feed-poll-interval",
+            "50ms",
+        ],
+    );
+    args.extend(flags.iter().map(|flag| (*flag).to_owned()));
     let config = Config::try_parse_from(args).expect("config");
     let service_api = api(&config, pool.clone(), gateway_api.clone());
     let server =
@@ -166,14 +162,8 @@ async fn serve(
     }
 }
 
-use ta_testkit::database_url;
-
-pub fn usd(amount_minor: i64) -> Option<Money> {
-    Some(Money {
-        currency_code: "USD".into(),
-        amount_minor,
-    })
-}
+#[allow(unused_imports)] // each test file uses part of it
+pub use ta_testkit::{Snapshot, usd, violated_fields};
 
 /// A request as `subject` in `role` (a service's token names escrow).
 pub fn as_role<T>(message: T, subject: &str, role: Role) -> tonic::Request<T> {
@@ -412,51 +402,9 @@ pub const TABLES: [&str; 14] = [
     "workflow_feed_events",
 ];
 
-/// Row counts and digests of every escrow table: equal snapshots mean
-/// nothing was inserted, updated or deleted in between.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Snapshot(Vec<(&'static str, i64, String)>);
-
-impl Snapshot {
-    pub async fn take(pool: &PgPool) -> Self {
-        let mut tables = Vec::new();
-        for table in TABLES {
-            let sql = format!(
-                "SELECT count(*), COALESCE(md5(string_agg(t::text, '|' ORDER BY t::text)), '') \
-                 FROM escrow.{table} t"
-            );
-            let row: (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .fetch_one(pool)
-                .await
-                .expect("snapshot");
-            tables.push((table, row.0, row.1));
-        }
-        Self(tables)
-    }
-
-    pub fn rows(&self, table: &str) -> i64 {
-        self.0
-            .iter()
-            .find(|(name, _, _)| *name == table)
-            .map(|(_, count, _)| *count)
-            .expect("known table")
-    }
-}
-
-/// The fields named by the `google.rpc.BadRequest` details of `status`, sorted.
-pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    use tonic_types::StatusExt;
-    let details = status.get_error_details();
-    let bad_request = details
-        .bad_request()
-        .unwrap_or_else(|| panic!("no BadRequest details in {status:?}"));
-    let mut fields: Vec<String> = bad_request
-        .field_violations
-        .iter()
-        .map(|v| v.field.clone())
-        .collect();
-    fields.sort();
-    fields
+/// Row counts and digests of every escrow table (see [`TABLES`]).
+pub async fn snapshot(pool: &PgPool) -> Snapshot {
+    Snapshot::take(pool, "escrow", &TABLES, |_| "t::text").await
 }
 
 /// The events of the feed from the start, until `wanted` arrived (bounded).

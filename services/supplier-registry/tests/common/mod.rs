@@ -36,17 +36,7 @@ pub async fn start(pool: PgPool) -> Registry {
 
 /// Like [`start`], with more configuration flags (e.g. `--request-timeout 1s`).
 pub async fn start_with(pool: PgPool, flags: &[&str]) -> Registry {
-    let url = database_url(&pool);
-    let mut args = vec![
-        "supplier-registry",
-        "--database-url",
-        &url,
-        "--auth-jwt-hs256-secret",
-        ta_testkit::TEST_SECRET,
-        "--log-format",
-        "text",
-    ];
-    args.extend_from_slice(flags);
+    let args = ta_testkit::command_line("supplier-registry", &pool, flags);
     let config = Config::try_parse_from(args).expect("config");
     let common = config.common.clone();
     let service_api = api(&config, pool.clone());
@@ -55,14 +45,8 @@ pub async fn start_with(pool: PgPool, flags: &[&str]) -> Registry {
     Registry { server, client }
 }
 
-use ta_testkit::database_url;
-
-pub fn usd(amount_minor: i64) -> Option<Money> {
-    Some(Money {
-        currency_code: "USD".into(),
-        amount_minor,
-    })
-}
+#[allow(unused_imports)] // each test file uses part of it
+pub use ta_testkit::{Snapshot, usd, violated_fields};
 
 pub fn as_role<T>(message: T, subject: &str, role: Role) -> tonic::Request<T> {
     if role == Role::Service {
@@ -161,65 +145,18 @@ pub const TABLES: [&str; 8] = [
     "workflow_feed_events",
 ];
 
-/// Row count and a digest of the contents of every registry table: equal
-/// snapshots mean nothing was inserted, updated or deleted in between.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Snapshot(Vec<(&'static str, i64, String)>);
-
-impl Snapshot {
-    pub async fn take(pool: &PgPool) -> Self {
-        let mut tables = Vec::new();
-        for table in TABLES {
-            // An event's sequence is given after its commit, by whichever
-            // stream reads the feed first: what was appended is the rest.
-            let row = if table == "workflow_feed_events" {
-                "(t.id, t.feed, t.kind, t.subject_id, t.payload)::text"
-            } else {
-                "t::text"
-            };
-            let sql = format!(
-                "SELECT count(*), COALESCE(md5(string_agg({row}, '|' ORDER BY {row})), '') \
-                 FROM supplier_registry.{table} t"
-            );
-            let (count, digest): (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .fetch_one(pool)
-                .await
-                .expect("snapshot");
-            tables.push((table, count, digest));
+/// Row counts and digests of every registry table (see [`TABLES`]).
+pub async fn snapshot(pool: &PgPool) -> Snapshot {
+    // An event's sequence is given after its commit, by whichever stream
+    // reads the feed first: what was appended is the rest.
+    Snapshot::take(pool, "supplier_registry", &TABLES, |table| {
+        if table == "workflow_feed_events" {
+            "(t.id, t.feed, t.kind, t.subject_id, t.payload)::text"
+        } else {
+            "t::text"
         }
-        Self(tables)
-    }
-
-    pub fn rows(&self, table: &str) -> i64 {
-        self.0
-            .iter()
-            .find(|(name, _, _)| *name == table)
-            .map(|(_, count, _)| *count)
-            .expect("known table")
-    }
-}
-
-/// The fields named by the `google.rpc.BadRequest` details of `status`, sorted.
-pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    use tonic_types::StatusExt;
-    let details = status.get_error_details();
-    let bad_request = details
-        .bad_request()
-        .unwrap_or_else(|| panic!("no BadRequest details in {status:?}"));
-    for violation in &bad_request.field_violations {
-        assert!(
-            !violation.description.is_empty(),
-            "violation of {} without a description",
-            violation.field
-        );
-    }
-    let mut fields: Vec<String> = bad_request
-        .field_violations
-        .iter()
-        .map(|v| v.field.clone())
-        .collect();
-    fields.sort();
-    fields
+    })
+    .await
 }
 
 /// How a raw request authenticates.
@@ -484,32 +421,11 @@ pub fn service<T>(message: T) -> tonic::Request<T> {
         .next()
         .and_then(|name| name.strip_suffix("Request"))
         .expect("a request message");
-    let caller = declared_services(rpc)
+    let caller = ta_testkit::access::declared_services(REGISTRY_SERVICE, rpc)
         .first()
         .copied()
         .unwrap_or_else(|| panic!("no service may call {rpc}"));
     as_role(message, caller, Role::Service)
-}
-
-/// The service principals the proto lets call `rpc`.
-pub fn declared_services(rpc: &str) -> &'static [&'static str] {
-    ta_proto::access::of_service(REGISTRY_SERVICE)
-        .find(|m| m.path.ends_with(&format!("/{rpc}")))
-        .map(|m| m.services)
-        .unwrap_or_else(|| panic!("{rpc} is not declared"))
-}
-
-/// The user roles the proto lets call `rpc`.
-pub fn declared_roles(rpc: &str) -> Vec<Role> {
-    ta_proto::access::of_service(REGISTRY_SERVICE)
-        .find(|m| m.path.ends_with(&format!("/{rpc}")))
-        .map(|m| {
-            m.roles
-                .iter()
-                .filter_map(|r| Role::from_proto(*r))
-                .collect()
-        })
-        .unwrap_or_else(|| panic!("{rpc} is not declared"))
 }
 
 pub fn money(currency: &str, amount_minor: i64) -> Option<Money> {
