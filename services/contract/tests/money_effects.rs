@@ -51,7 +51,7 @@ use ta_runtime::{
     money::{Currency, Money},
     timestamps,
 };
-use ta_testkit::{RunningService, authorized, from_service};
+use ta_testkit::{RunningService, authorized, from_service, operator};
 use ta_workflow::{
     Handled, consumer::EventHandler, feed::Feed, outbox::Outbox, testing::FakePeer, timers::Timers,
 };
@@ -163,23 +163,7 @@ impl Harness {
         let client = self.client.clone();
         eventually(&format!("contract {status:?}"), || {
             let mut client = client.clone();
-            async move {
-                let got = client
-                    .get_contract(authorized(
-                        pb::GetContractRequest {
-                            contract_id: id.into(),
-                            version: 0,
-                        },
-                        BUYER,
-                        Role::Buyer,
-                    ))
-                    .await
-                    .expect("get contract")
-                    .into_inner()
-                    .contract
-                    .expect("contract");
-                got.status() == status
-            }
+            async move { support::contract(&mut client, id).await.status() == status }
         })
         .await;
         self.contract(id).await
@@ -240,16 +224,7 @@ impl Harness {
     }
 
     async fn parked(&mut self) -> Vec<ops::OutboxRow> {
-        self.admin
-            .list_parked_outbox_rows(authorized(
-                ops::ListParkedOutboxRowsRequest::default(),
-                OPERATOR,
-                Role::Finance,
-            ))
-            .await
-            .expect("parked rows")
-            .into_inner()
-            .rows
+        operator::parked(&mut self.admin, OPERATOR).await
     }
 }
 
@@ -522,39 +497,19 @@ async fn a_refused_release_or_close_goes_to_the_operators_queue_and_is_re_driven
         .expect("accepted");
 
     let mut admin = h.admin.clone();
-    eventually("the refused release parked for an operator", || {
-        let mut admin = admin.clone();
-        async move {
-            let rows = admin
-                .list_parked_outbox_rows(authorized(
-                    ops::ListParkedOutboxRowsRequest::default(),
-                    OPERATOR,
-                    Role::Finance,
-                ))
-                .await
-                .expect("parked")
-                .into_inner()
-                .rows;
-            rows.iter().any(|r| r.escalated)
-        }
-    })
+    let parked = operator::escalated(
+        &admin,
+        OPERATOR,
+        "the refused release parked for an operator",
+    )
     .await;
-    let parked = h.parked().await;
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert!(parked[0].method.ends_with("/ReleaseToSupplier"));
     assert!(
         parked[0].last_error.contains("PURPOSE_ALREADY_SETTLED"),
         "{parked:?}"
     );
-    let backlog = admin
-        .get_workflow_backlog(authorized(
-            ops::GetWorkflowBacklogRequest {},
-            OPERATOR,
-            Role::Finance,
-        ))
-        .await
-        .expect("backlog")
-        .into_inner();
+    let backlog = operator::backlog(&mut admin, OPERATOR).await;
     assert_eq!(backlog.outbox_parked, 1);
     assert!(
         h.escrow
@@ -583,31 +538,11 @@ async fn a_refused_release_or_close_goes_to_the_operators_queue_and_is_re_driven
             ))
         },
     );
-    admin
-        .redrive_outbox_row(authorized(
-            ops::RedriveOutboxRowRequest {
-                idempotency_key: "redrive-release".into(),
-                id: parked[0].id,
-                reason: "the callee is back".into(),
-            },
-            OPERATOR,
-            Role::Finance,
-        ))
-        .await
-        .expect("re-driven");
+    operator::redrive(&mut admin, OPERATOR, "redrive-release", parked[0].id).await;
     eventually("the refused close parked in turn", || {
         let mut admin = admin.clone();
         async move {
-            let rows = admin
-                .list_parked_outbox_rows(authorized(
-                    ops::ListParkedOutboxRowsRequest::default(),
-                    OPERATOR,
-                    Role::Finance,
-                ))
-                .await
-                .expect("parked")
-                .into_inner()
-                .rows;
+            let rows = operator::parked(&mut admin, OPERATOR).await;
             rows.len() == 1 && rows[0].method.ends_with("/CloseEscrowAccount")
         }
     })
@@ -637,18 +572,7 @@ async fn a_refused_release_or_close_goes_to_the_operators_queue_and_is_re_driven
         },
     );
     let close = h.parked().await[0].id;
-    admin
-        .redrive_outbox_row(authorized(
-            ops::RedriveOutboxRowRequest {
-                idempotency_key: "redrive-close".into(),
-                id: close,
-                reason: "the callee is back".into(),
-            },
-            OPERATOR,
-            Role::Finance,
-        ))
-        .await
-        .expect("re-driven");
+    operator::redrive(&mut admin, OPERATOR, "redrive-close", close).await;
     let pool = &pool;
     eventually("the close completed", || async move {
         sqlx::query_scalar::<_, String>("SELECT status FROM contract.workflow_outbox WHERE id = $1")

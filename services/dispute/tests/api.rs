@@ -23,7 +23,7 @@ use ta_runtime::{
     money::{Currency, Money},
     timestamps,
 };
-use ta_testkit::{RunningService, authorized, database_url};
+use ta_testkit::{RunningService, authorized};
 use tonic::{Code, transport::Channel};
 use uuid::Uuid;
 
@@ -40,21 +40,17 @@ struct Dispute {
 
 async fn start(pool: &PgPool) -> Dispute {
     let evidence_dir = std::env::temp_dir().join(format!("dispute-api-{}", Uuid::now_v7()));
-    let url = database_url(pool);
     let dir = evidence_dir.display().to_string();
-    let config = Config::try_parse_from([
+    let config = Config::try_parse_from(ta_testkit::command_line(
         "dispute",
-        "--database-url",
-        &url,
-        "--auth-jwt-hs256-secret",
-        ta_testkit::TEST_SECRET,
-        "--log-format",
-        "text",
-        "--evidence-store",
-        &dir,
-        "--evidence-max-photo-bytes",
-        "100000",
-    ])
+        pool,
+        &[
+            "--evidence-store",
+            &dir,
+            "--evidence-max-photo-bytes",
+            "100000",
+        ],
+    ))
     .expect("config");
     let links = Links::from_config(&config).expect("links");
     let service_api = api(&config, pool.clone(), links);

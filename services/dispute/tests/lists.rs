@@ -20,7 +20,7 @@ use ta_proto::{
     dispute::{self as pb, dispute_service_client::DisputeServiceClient},
 };
 use ta_runtime::{auth::Role, timestamps};
-use ta_testkit::{RunningService, authorized, database_url};
+use ta_testkit::{RunningService, authorized};
 use time::{Duration, OffsetDateTime, macros::datetime};
 use tonic::{Code, transport::Channel};
 use uuid::Uuid;
@@ -351,19 +351,12 @@ impl Drop for Dispute {
 
 async fn start(pool: &PgPool) -> Dispute {
     let evidence_dir = std::env::temp_dir().join(format!("dispute-lists-{}", Uuid::now_v7()));
-    let url = database_url(pool);
     let dir = evidence_dir.display().to_string();
-    let config = Config::try_parse_from([
+    let config = Config::try_parse_from(ta_testkit::command_line(
         "dispute",
-        "--database-url",
-        &url,
-        "--auth-jwt-hs256-secret",
-        ta_testkit::TEST_SECRET,
-        "--log-format",
-        "text",
-        "--evidence-store",
-        &dir,
-    ])
+        pool,
+        &["--evidence-store", &dir],
+    ))
     .expect("config");
     let links = Links::from_config(&config).expect("links");
     let service_api = api(&config, pool.clone(), links);

@@ -4,23 +4,18 @@
 //! the operators' queue and is re-driven, and a retried filing or upload
 //! replays its first answer.
 
-use std::time::Duration;
-
 use clap::Parser;
 use dispute::{Links, SPEC, api, config::Config, storage};
 use sqlx::PgPool;
 use ta_proto::{
-    common::{ClaimReason, Money as PbMoney},
+    common::ClaimReason,
     contract as contract_pb,
     dispute::{self as pb, dispute_service_client::DisputeServiceClient, upload_evidence_request},
     escrow as escrow_pb,
     ops::{self as ops, workflow_admin_service_client::WorkflowAdminServiceClient},
 };
-use ta_runtime::{
-    auth::Role,
-    money::{Currency, Money},
-};
-use ta_testkit::{RunningService, authorized, database_url};
+use ta_runtime::auth::Role;
+use ta_testkit::{RunningService, authorized, eventually, operator, usd};
 use ta_workflow::testing::{self, FakePeer};
 use tonic::{Code, Status, transport::Channel};
 use uuid::Uuid;
@@ -30,11 +25,6 @@ static MIGRATOR: &sqlx::migrate::Migrator = &storage::MIGRATOR;
 const BUYER: &str = "buyer-1";
 const OWNER: &str = "owner-1";
 const OPERATOR: &str = "ops-1";
-const WAIT: Duration = Duration::from_secs(30);
-
-fn usd(amount_minor: i64) -> Option<PbMoney> {
-    Some(Money::new(amount_minor, Currency::parse("USD").unwrap()).to_proto())
-}
 
 struct Harness {
     _server: RunningService,
@@ -125,36 +115,32 @@ async fn start(pool: &PgPool) -> Harness {
         registry.answer(method, |(): ()| Ok(()));
     }
     let evidence = std::env::temp_dir().join(format!("dispute-money-{}", Uuid::now_v7()));
-    let (url, contract_url, escrow_url, registry_url, dir) = (
-        database_url(pool),
+    let (contract_url, escrow_url, registry_url, dir) = (
         contract.url(),
         escrow.url(),
         registry.url(),
         evidence.display().to_string(),
     );
-    let config = Config::try_parse_from([
+    let config = Config::try_parse_from(ta_testkit::command_line(
         "dispute",
-        "--database-url",
-        &url,
-        "--auth-jwt-hs256-secret",
-        ta_testkit::TEST_SECRET,
-        "--log-format",
-        "text",
-        "--evidence-store",
-        &dir,
-        "--contract-url",
-        &contract_url,
-        "--escrow-url",
-        &escrow_url,
-        "--supplier-registry-url",
-        &registry_url,
-        "--workflow-outbox-poll-interval",
-        "20ms",
-        "--workflow-outbox-backoff-base",
-        "20ms",
-        "--workflow-outbox-backoff-cap",
-        "200ms",
-    ])
+        pool,
+        &[
+            "--evidence-store",
+            &dir,
+            "--contract-url",
+            &contract_url,
+            "--escrow-url",
+            &escrow_url,
+            "--supplier-registry-url",
+            &registry_url,
+            "--workflow-outbox-poll-interval",
+            "20ms",
+            "--workflow-outbox-backoff-base",
+            "20ms",
+            "--workflow-outbox-backoff-cap",
+            "200ms",
+        ],
+    ))
     .expect("config");
     let links = Links::from_config(&config).expect("links");
     let service = api(&config, pool.clone(), links);
@@ -167,21 +153,6 @@ async fn start(pool: &PgPool) -> Harness {
         escrow,
         _registry: registry,
         evidence,
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -287,16 +258,7 @@ impl Harness {
     }
 
     async fn parked(&mut self) -> Vec<ops::OutboxRow> {
-        self.admin
-            .list_parked_outbox_rows(authorized(
-                ops::ListParkedOutboxRowsRequest::default(),
-                OPERATOR,
-                Role::Finance,
-            ))
-            .await
-            .expect("parked")
-            .into_inner()
-            .rows
+        operator::parked(&mut self.admin, OPERATOR).await
     }
 }
 
@@ -337,38 +299,11 @@ async fn a_refused_settlement_goes_to_the_operators_queue_and_is_re_driven(pool:
         });
     let id = h.negotiating_claim().await;
     h.decide_partial_refund(&id).await;
-    let admin = h.admin.clone();
-    eventually("the refused settlement parked", || {
-        let mut admin = admin.clone();
-        async move {
-            let rows = admin
-                .list_parked_outbox_rows(authorized(
-                    ops::ListParkedOutboxRowsRequest::default(),
-                    OPERATOR,
-                    Role::Finance,
-                ))
-                .await
-                .expect("parked")
-                .into_inner()
-                .rows;
-            rows.iter().any(|r| r.escalated)
-        }
-    })
-    .await;
-    let parked = h.parked().await;
+    let parked = operator::escalated(&h.admin, OPERATOR, "the refused settlement parked").await;
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert!(parked[0].method.ends_with("/SettleClaim"));
     assert!(parked[0].last_error.contains("PURPOSE_ALREADY_SETTLED"));
-    let backlog = h
-        .admin
-        .get_workflow_backlog(authorized(
-            ops::GetWorkflowBacklogRequest {},
-            OPERATOR,
-            Role::Finance,
-        ))
-        .await
-        .expect("backlog")
-        .into_inner();
+    let backlog = operator::backlog(&mut h.admin, OPERATOR).await;
     assert_eq!(backlog.outbox_parked, 1);
     assert!(
         h.contract
@@ -395,18 +330,7 @@ async fn a_refused_settlement_goes_to_the_operators_queue_and_is_re_driven(pool:
     // The operator resolves it at escrow and re-drives: settled, then the
     // contract is told.
     h.escrow.answer("SettleClaim", |(): ()| Ok(()));
-    h.admin
-        .redrive_outbox_row(authorized(
-            ops::RedriveOutboxRowRequest {
-                idempotency_key: "redrive-settle".into(),
-                id: parked[0].id,
-                reason: "the callee is back".into(),
-            },
-            OPERATOR,
-            Role::Finance,
-        ))
-        .await
-        .expect("re-driven");
+    operator::redrive(&mut h.admin, OPERATOR, "redrive-settle", parked[0].id).await;
     let contract = &h.contract;
     eventually("the contract told after the re-drive", || async {
         !contract

@@ -6,52 +6,27 @@
 //! Each test file uses part of it.
 #![allow(dead_code)]
 
-use std::{future::Future, time::Duration};
-
 use clap::Parser;
 use contract::{Links, SPEC, api, config::Config};
 use sqlx::PgPool;
 use ta_proto::{
-    common::{Money as PbMoney, PageRequest},
+    common::PageRequest,
     contract::{self as pb, contract_service_client::ContractServiceClient},
     escrow as escrow_pb, supplier as supplier_pb,
 };
-use ta_runtime::{
-    auth::Role,
-    money::{Currency, Money},
-    timestamps,
-};
-use ta_testkit::{RunningService, authorized, database_url};
+use ta_runtime::{auth::Role, timestamps};
+use ta_testkit::{RunningService, authorized};
 use ta_workflow::testing::{self, FakePeer};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 pub const BUYER: &str = "buyer-1";
 pub const OWNER: &str = "owner-1";
-pub const WAIT: Duration = Duration::from_secs(30);
-
-pub fn pb_usd(amount_minor: i64) -> Option<PbMoney> {
-    Some(Money::new(amount_minor, Currency::parse("USD").unwrap()).to_proto())
-}
+#[allow(unused_imports)] // each test file uses part of it
+pub use ta_testkit::{WAIT, eventually, usd as pb_usd};
 
 pub fn at(from_now: time::Duration) -> Option<prost_types::Timestamp> {
     Some(timestamps::to_proto(timestamps::now() + from_now))
-}
-
-/// Waits until `condition` holds, for at most [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// A directory removed when dropped (the inspection files' store).
@@ -127,28 +102,24 @@ pub const QUICK_WORKFLOW: &[&str] = &[
 /// to the configuration; serving when returned, with its files' store.
 pub async fn serve(pool: &PgPool, peers: &Peers, settings: &[&str]) -> (RunningService, TempDir) {
     let store = std::env::temp_dir().join(format!("contract-tests-{}", Uuid::now_v7()));
-    let (url, registry_url, escrow_url, store_dir) = (
-        database_url(pool),
+    let (registry_url, escrow_url, store_dir) = (
         peers.registry.url(),
         peers.escrow.url(),
         store.display().to_string(),
     );
-    let mut args = vec![
+    let mut args = ta_testkit::command_line(
         "contract",
-        "--database-url",
-        &url,
-        "--auth-jwt-hs256-secret",
-        ta_testkit::TEST_SECRET,
-        "--log-format",
-        "text",
-        "--evidence-store",
-        &store_dir,
-        "--supplier-registry-url",
-        &registry_url,
-        "--escrow-url",
-        &escrow_url,
-    ];
-    args.extend_from_slice(settings);
+        pool,
+        &[
+            "--evidence-store",
+            &store_dir,
+            "--supplier-registry-url",
+            &registry_url,
+            "--escrow-url",
+            &escrow_url,
+        ],
+    );
+    args.extend(settings.iter().map(|setting| (*setting).to_owned()));
     let config = Config::try_parse_from(args).expect("config");
     let links =
         Links::from_config(SPEC.name, &config.workflow, &config.common.auth).expect("links");
