@@ -303,13 +303,11 @@ fn claim_closing(req: &pb::RecordClaimClosedRequest, v: &mut Violations) -> Clai
     if closure == pb::ClaimClosure::Unspecified {
         v.add("closure", "is required");
     }
-    let new_shipment_deadline = req.new_shipment_deadline.as_ref().and_then(|at| {
-        let parsed = timestamps::from_proto(at);
-        if parsed.is_none() {
-            v.add("new_shipment_deadline", "is not a valid timestamp");
-        }
-        parsed
-    });
+    let new_shipment_deadline = timestamps::parse_optional(
+        "new_shipment_deadline",
+        req.new_shipment_deadline.as_ref(),
+        v,
+    );
     ClaimClose {
         contract_id,
         claim_id: req.claim_id.clone(),

@@ -204,15 +204,8 @@ fn parse_filter(request: &pb::ListAuditEntriesRequest) -> Result<Filter, Service
     let principal_id = short("principal_id", &request.principal_id, &mut violations);
     let resource_id = short("resource_id", &request.resource_id, &mut violations);
     let method = short("method", &request.method, &mut violations);
-    let mut instant = |field: &str, at: Option<&prost_types::Timestamp>| {
-        at.and_then(|at| {
-            let parsed = timestamps::from_proto(at);
-            violations.require(parsed.is_some(), field, "is not a valid timestamp");
-            parsed
-        })
-    };
-    let since = instant("since", request.since.as_ref());
-    let until = instant("until", request.until.as_ref());
+    let since = timestamps::parse_optional("since", request.since.as_ref(), &mut violations);
+    let until = timestamps::parse_optional("until", request.until.as_ref(), &mut violations);
     let limit = paging::page_size(request.page.as_ref(), &mut violations);
     let before_id = paging::cursor(request.page.as_ref(), LISTING, &mut violations, |fields| {
         fields.first().and_then(|id| id.parse::<i64>().ok())

@@ -2,6 +2,8 @@
 
 use time::OffsetDateTime;
 
+use crate::Violations;
+
 /// Now, at the microsecond precision Postgres keeps, so that what a call
 /// returns equals what a later read (or an idempotent replay) returns.
 pub fn now() -> OffsetDateTime {
@@ -26,6 +28,21 @@ pub fn from_proto(at: &prost_types::Timestamp) -> Option<OffsetDateTime> {
         i128::from(at.seconds) * 1_000_000_000 + i128::from(at.nanos),
     )
     .ok()
+}
+
+/// The request field `field`, an optional timestamp: unset is `None`; one
+/// `time` cannot represent is a violation of `field` (and `None`).
+pub fn parse_optional(
+    field: &str,
+    at: Option<&prost_types::Timestamp>,
+    v: &mut Violations,
+) -> Option<OffsetDateTime> {
+    let at = at?;
+    let parsed = from_proto(at);
+    if parsed.is_none() {
+        v.add(field, "is not a valid timestamp");
+    }
+    parsed
 }
 
 #[cfg(test)]
@@ -53,5 +70,24 @@ mod tests {
             nanos: -1,
         };
         assert_eq!(from_proto(&bad_nanos), None);
+    }
+
+    #[test]
+    fn an_optional_timestamp_is_none_when_unset_and_a_violation_when_out_of_range() {
+        let mut v = Violations::new();
+        assert_eq!(parse_optional("at", None, &mut v), None);
+        assert!(v.is_empty());
+        let at = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        };
+        assert_eq!(parse_optional("at", Some(&at), &mut v), from_proto(&at));
+        assert!(v.is_empty());
+        let out_of_range = prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        };
+        assert_eq!(parse_optional("at", Some(&out_of_range), &mut v), None);
+        assert!(!v.is_empty());
     }
 }

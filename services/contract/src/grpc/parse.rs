@@ -54,27 +54,14 @@ fn order(sort: i32, v: &mut Violations) -> ContractOrder {
     }
 }
 
-fn instant(
-    field: &str,
-    at: Option<&prost_types::Timestamp>,
-    v: &mut Violations,
-) -> Option<OffsetDateTime> {
-    let at = at?;
-    let parsed = timestamps::from_proto(at);
-    if parsed.is_none() {
-        v.add(field, "is not a valid timestamp");
-    }
-    parsed
-}
-
 /// `[after, before)`, each bound optional; `before` must be later.
 fn range(
     (after_field, after): (&str, Option<&prost_types::Timestamp>),
     (before_field, before): (&str, Option<&prost_types::Timestamp>),
     v: &mut Violations,
 ) -> (Option<OffsetDateTime>, Option<OffsetDateTime>) {
-    let after = instant(after_field, after, v);
-    let before = instant(before_field, before, v);
+    let after = timestamps::parse_optional(after_field, after, v);
+    let before = timestamps::parse_optional(before_field, before, v);
     if let (Some(a), Some(b)) = (after, before)
         && b <= a
     {

@@ -257,11 +257,8 @@ pub(super) fn claim_filter(
             &mut filter.filed_before,
         ),
     ] {
-        if let Some(at) = at {
-            *slot = timestamps::from_proto(at);
-            if slot.is_none() {
-                v.add(field, "is not a valid timestamp");
-            }
+        if at.is_some() {
+            *slot = timestamps::parse_optional(field, at, v);
         }
     }
     if let (Some(after), Some(before)) = (filter.filed_after, filter.filed_before)

@@ -65,16 +65,12 @@ pub fn scope_accounts(
     match principal.role {
         _ if principal.sees_everything() => {}
         Role::Buyer => {
-            if filter
-                .buyer_principal_id
-                .as_ref()
-                .is_some_and(|b| *b != principal.subject)
-            {
+            let named_another = principal.narrow_to_self(&mut filter.buyer_principal_id);
+            if named_another {
                 return Err(ServiceError::PermissionDenied(
                     "a buyer lists only its own escrow accounts".into(),
                 ));
             }
-            filter.buyer_principal_id = Some(principal.subject.clone());
         }
         Role::Supplier => filter.supplier_owner_principal_id = Some(principal.subject.clone()),
         _ => {

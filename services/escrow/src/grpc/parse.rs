@@ -384,8 +384,9 @@ pub(super) fn account_filter(
             _ => v.add(format!("statuses[{i}]"), "is not an escrow account status"),
         }
     }
-    let created_after = optional_time("created_after", req.created_after.as_ref(), v);
-    let created_before = optional_time("created_before", req.created_before.as_ref(), v);
+    let created_after = timestamps::parse_optional("created_after", req.created_after.as_ref(), v);
+    let created_before =
+        timestamps::parse_optional("created_before", req.created_before.as_ref(), v);
     if let (Some(after), Some(before)) = (created_after, created_before)
         && after > before
     {
@@ -402,20 +403,6 @@ pub(super) fn account_filter(
         created_before,
         holding_money: req.holding_money,
     }
-}
-
-/// An optional timestamp: unset is `None`, one out of range a violation.
-fn optional_time(
-    field: &str,
-    at: Option<&prost_types::Timestamp>,
-    v: &mut Violations,
-) -> Option<OffsetDateTime> {
-    let at = at?;
-    let parsed = timestamps::from_proto(at);
-    if parsed.is_none() {
-        v.add(field, "is not a valid timestamp");
-    }
-    parsed
 }
 
 /// ListGatewayTransfers: the filters asked for.

@@ -206,6 +206,17 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Narrows a listing's filter on a party (`named`, e.g. its buyer) to
+    /// this principal: the filter names the caller afterwards. Answers
+    /// whether the caller had named someone else, which each service
+    /// refuses in its own way.
+    #[must_use]
+    pub fn narrow_to_self(&self, named: &mut Option<String>) -> bool {
+        let named_another = named.as_ref().is_some_and(|n| *n != self.subject);
+        *named = Some(self.subject.clone());
+        named_another
+    }
+
     /// Staff, platform back ends and services see every resource (its
     /// private view); buyers, suppliers and inspectors see what they are a
     /// party to or what is public. What each may change is the access

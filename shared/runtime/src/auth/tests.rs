@@ -799,3 +799,20 @@ async fn the_layer_authenticates_then_authorizes() {
     assert_eq!(caller.principal, principal("contract", Role::Service));
     assert_eq!(caller.method, VERIFY_SUPPLIER);
 }
+
+#[test]
+fn a_listing_filter_is_narrowed_to_the_caller_who_is_told_when_it_named_another() {
+    let buyer = Principal {
+        subject: "buyer-1".into(),
+        role: Role::Buyer,
+    };
+    for (named, named_another) in [
+        (None, false),
+        (Some("buyer-1".to_owned()), false),
+        (Some("buyer-2".to_owned()), true),
+    ] {
+        let mut filter = named.clone();
+        assert_eq!(buyer.narrow_to_self(&mut filter), named_another, "{named:?}");
+        assert_eq!(filter.as_deref(), Some("buyer-1"), "{named:?}");
+    }
+}
