@@ -20,11 +20,9 @@ use ta_runtime::{
     pipeline::Mutations,
     server::{Api, ServiceSpec},
 };
-use ta_workflow::{
-    admin, consumer::Consumer, outbox::Outbox, service_api::WorkflowApi, timers::Timers,
-};
+use ta_workflow::{admin, consumer::Consumer, service_api::WorkflowApi};
 
-use crate::app::{Flows, reactions};
+use crate::app::reactions;
 
 pub const CONTRACT_SERVICE: &str = "tradeassurance.contract.v1.ContractService";
 
@@ -51,12 +49,7 @@ pub fn api(
 ) -> Api {
     let schema = storage::schema();
     let workflow = WorkflowApi::new(&pool, schema);
-    let flows = Arc::new(Flows {
-        feed: workflow.feed(app::FEED),
-        timers: Timers::new(schema),
-        outbox: Outbox::new(schema),
-        settings: config.settings(),
-    });
+    let flows = Arc::new(workflow.flows(app::FEED, config.settings()));
     let limit = config.common.server.max_message_bytes;
     let contract = ContractServiceServer::new(
         grpc::ContractApi::new(

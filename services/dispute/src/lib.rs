@@ -20,11 +20,11 @@ use ta_proto::{
     ops::reconciliation_service_server::ReconciliationServiceServer,
 };
 use ta_runtime::server::{Api, ServiceSpec};
-use ta_workflow::{admin, outbox::Outbox, service_api::WorkflowApi, timers::Timers};
+use ta_workflow::{admin, service_api::WorkflowApi};
 
 use ta_objects::Store as EvidenceStore;
 
-use crate::app::{Flows, reactions};
+use crate::app::reactions;
 
 pub const DISPUTE_SERVICE: &str = "tradeassurance.dispute.v1.DisputeService";
 /// The cross-service reconciliation, served by this process only.
@@ -72,12 +72,7 @@ impl Links {
 pub fn api(config: &config::Config, pool: sqlx::PgPool, links: Links) -> Api {
     let schema = storage::schema();
     let workflow = WorkflowApi::new(&pool, schema);
-    let flows = Arc::new(Flows {
-        feed: workflow.feed(app::FEED),
-        timers: Timers::new(schema),
-        outbox: Outbox::new(schema),
-        settings: config.settings(),
-    });
+    let flows = Arc::new(workflow.flows(app::FEED, config.settings()));
     let limit = config.common.server.max_message_bytes;
     let reads = app::filing::Reads {
         peers: links.calls.peers.clone(),

@@ -10,6 +10,9 @@
 //!   [`consumer`] applies them with a durable cursor.
 //! * [`timers`]: due actions claimed with `FOR UPDATE SKIP LOCKED` and fired
 //!   once, in the same transaction as the service's handler.
+//! * [`flows`]: what a service's use cases tell and ask through (its feed,
+//!   timers and outbox, and its settings), and one step of an aggregate's
+//!   story told in its timeline and its feed.
 //! * [`timeline`]: an aggregate's readable history (steps numbered without
 //!   gaps, in the service's own table) and the page its RPC answers.
 //! * [`callees`]: the services as outbox calls name them.
@@ -34,6 +37,7 @@ pub mod consumer;
 pub mod credentials;
 pub mod feed;
 pub mod feed_stream;
+pub mod flows;
 mod install;
 pub mod janitor;
 pub mod outbox;
@@ -51,6 +55,7 @@ pub mod wake;
 pub mod workers;
 
 pub use config::WorkflowConfig;
+pub use flows::{Flows, Step};
 pub use install::{INSTALLED_VERSION, install};
 pub use schema::Schema;
 pub use wake::Wakeups;

@@ -21,6 +21,7 @@ use crate::{
     admin::WorkflowAdmin,
     config::{OutboxConfig, TimerConfig},
     feed::Feed,
+    flows::Flows,
     install,
     janitor::Janitor,
     outbox::{CompletionHandler, Outbox, Relay},
@@ -65,6 +66,18 @@ impl WorkflowApi {
         Feed::new(self.schema, name)
             .ending_on(self.streams_end())
             .waking_on(&self.wakeups)
+    }
+
+    /// What the service's use cases tell and ask through: its feed `feed`
+    /// (see [`WorkflowApi::feed`]), its timers and its outbox, with its
+    /// `settings`.
+    pub fn flows<S>(&self, feed: &'static str, settings: S) -> Flows<S> {
+        Flows {
+            feed: self.feed(feed),
+            timers: Timers::new(self.schema),
+            outbox: Outbox::new(self.schema),
+            settings,
+        }
     }
 
     /// The schema's wake-ups, for a worker of the service's own that waits

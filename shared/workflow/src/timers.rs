@@ -74,6 +74,23 @@ impl Timers {
         Self { schema }
     }
 
+    /// Schedules (or moves) the timer `kind` of `subject_id` to fire at
+    /// `at`, `now` being the caller's clock: at once when `at` has passed.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn schedule_at(
+        &self,
+        tx: &mut PgConnection,
+        kind: &str,
+        subject_id: &str,
+        at: time::OffsetDateTime,
+        now: time::OffsetDateTime,
+    ) -> Result<i64, ServiceError> {
+        let after = Duration::try_from(at - now).unwrap_or_default();
+        self.schedule_after(tx, kind, subject_id, after, &[]).await
+    }
+
     /// Schedules `kind` for `subject_id` `after` from now (the database's
     /// now), replacing the scheduled one if there is one; returns its id.
     pub async fn schedule_after(

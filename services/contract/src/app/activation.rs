@@ -10,7 +10,7 @@ use ta_workflow::timeline::TimelineEntry;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Flows, SHIPMENT_DUE, schedule, step, system};
+use super::{ContractFlows, Flows, SHIPMENT_DUE, Step, schedule, system};
 use crate::{
     domain::{negotiation::Protection, status::Status, terms::cover_refusal_reason},
     effects,
@@ -56,7 +56,7 @@ pub async fn both_signed(
                 tx,
                 contract,
                 actor,
-                step(
+                Step::new(
                     pb::ContractEventType::Signed,
                     "contract.signed",
                     format!(
@@ -82,7 +82,7 @@ pub async fn both_signed(
             tx,
             contract,
             actor,
-            step(
+            Step::new(
                 pb::ContractEventType::Activated,
                 "contract.signed_unprotected",
                 format!(
@@ -192,7 +192,7 @@ pub async fn escrow_opened(
             tx,
             &mut contract,
             &system(),
-            step(
+            Step::new(
                 pb::ContractEventType::Activated,
                 "contract.activated",
                 format!(
@@ -225,7 +225,7 @@ async fn activation_refused(
             tx,
             contract,
             &system(),
-            step(
+            Step::new(
                 pb::ContractEventType::ActivationRefused,
                 "contract.activation_refused",
                 format!("activation refused, back to draft (both must sign again): {reason}"),

@@ -15,11 +15,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Flows, SHIPMENT_DUE, Step, UNSHIPPED_CANCEL,
+    ContractFlows, Flows, SHIPMENT_DUE, Step, UNSHIPPED_CANCEL,
     drafting::{ById, Revise, write_new_version},
     escrow_actor,
     funding::funding_target,
-    party_of, schedule, step, system,
+    party_of, schedule, system,
 };
 use crate::{
     domain::{
@@ -87,7 +87,7 @@ pub async fn propose(
             contract.negotiation.propose_amendment(cmd.base_version)
         },
         |contract, version| {
-            step(
+            Step::new(
                 pb::ContractEventType::AmendmentProposed,
                 "amendment.proposed",
                 format!(
@@ -144,7 +144,7 @@ pub async fn sign_amendment(
                     tx,
                     &mut contract,
                     &actor,
-                    step(
+                    Step::new(
                         pb::ContractEventType::Signed,
                         "amendment.signed",
                         format!(
@@ -163,7 +163,7 @@ pub async fn sign_amendment(
                     tx,
                     &mut contract,
                     &actor,
-                    step(
+                    Step::new(
                         pb::ContractEventType::Signed,
                         "amendment.signed",
                         format!(
@@ -197,7 +197,7 @@ pub async fn withdraw(
             tx,
             &mut contract,
             &Actor::of(principal),
-            step(
+            Step::new(
                 pb::ContractEventType::AmendmentWithdrawn,
                 "amendment.withdrawn",
                 format!(
@@ -233,7 +233,7 @@ pub async fn cover_adjusted(
                 tx,
                 &mut contract,
                 &system(),
-                step(
+                Step::new(
                     pb::ContractEventType::AmendmentRefused,
                     "amendment.refused",
                     format!(
@@ -351,7 +351,7 @@ pub async fn apply_amendment(
             tx,
             contract,
             actor,
-            step(
+            Step::new(
                 pb::ContractEventType::Amended,
                 "contract.amended",
                 format!(

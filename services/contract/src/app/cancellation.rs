@@ -11,7 +11,7 @@ use ta_runtime::{
 };
 use time::OffsetDateTime;
 
-use super::{Flows, Step, drafting::ById, funded_minor, lots, party_of};
+use super::{ContractFlows, Flows, Step, drafting::ById, funded_minor, lots, party_of};
 use crate::{
     domain::{
         negotiation::Party,

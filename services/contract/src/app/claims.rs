@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    ACCEPTANCE_DUE, CLAIM_CONFIRMATION, Flows, LOT_ACCEPTANCE_DUE, SHIPMENT_DUE, Step,
-    UNSHIPPED_CANCEL, contract_view, drafting::ById, lots, step, system,
+    ACCEPTANCE_DUE, CLAIM_CONFIRMATION, ContractFlows, Flows, LOT_ACCEPTANCE_DUE, SHIPMENT_DUE,
+    Step, UNSHIPPED_CANCEL, contract_view, drafting::ById, lots, system,
 };
 use crate::{
     domain::{
@@ -252,7 +252,7 @@ pub async fn record_claim_opened(
             tx,
             contract,
             actor,
-            step(
+            Step::new(
                 pb::ContractEventType::ClaimOpened,
                 "claim.recorded",
                 format!(
@@ -287,7 +287,7 @@ pub async fn confirm_claim_opened(
             tx,
             contract,
             actor,
-            step(
+            Step::new(
                 pb::ContractEventType::ClaimOpened,
                 "claim.opened",
                 format!("claim {claim_id} opened by dispute; escrow frozen for it"),
@@ -395,7 +395,7 @@ pub async fn abandon_claim_opening(
             tx,
             contract,
             actor,
-            step(
+            Step::new(
                 pb::ContractEventType::ClaimClosed,
                 "claim.abandoned",
                 format!("claim {claim_id} was not opened ({reason}); the contract resumes"),

@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 use tonic::Request;
 use uuid::Uuid;
 
-use super::{Flows, Step, activation::both_signed, party_of, step};
+use super::{ContractFlows, Flows, Step, activation::both_signed, party_of};
 use crate::{
     domain::{
         negotiation::{Negotiation, Protection, Signed},
@@ -264,7 +264,7 @@ pub async fn create_draft(
             tx,
             &mut record,
             &Actor::of(principal),
-            step(
+            Step::new(
                 pb::ContractEventType::DraftCreated,
                 "draft.created",
                 format!(
@@ -352,7 +352,7 @@ pub async fn revise_draft(
             Ok(version)
         },
         |_, version| {
-            step(
+            Step::new(
                 pb::ContractEventType::DraftRevised,
                 "draft.revised",
                 format!(
@@ -389,7 +389,7 @@ pub async fn sign(
                     tx,
                     &mut contract,
                     &actor,
-                    step(
+                    Step::new(
                         pb::ContractEventType::Signed,
                         "contract.signed",
                         format!(

@@ -16,8 +16,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    ACCEPTANCE_DUE, Flows, SHIPMENT_DUE, Step, UNSHIPPED_CANCEL, cancellation::cancel,
-    check_can_read, funded_minor, lots, require_party, step, system,
+    ACCEPTANCE_DUE, ContractFlows, Flows, SHIPMENT_DUE, Step, UNSHIPPED_CANCEL,
+    cancellation::cancel, check_can_read, funded_minor, lots, require_party, system,
 };
 use crate::{
     domain::{
@@ -279,7 +279,7 @@ pub async fn submit_inspection_report(
             tx,
             &mut contract,
             &Actor::of(principal),
-            step(
+            Step::new(
                 pb::ContractEventType::InspectionReported,
                 "inspection.reported",
                 detail,
@@ -371,7 +371,7 @@ pub async fn record_shipment(
             tx,
             &mut contract,
             &Actor::of(principal),
-            step(pb::ContractEventType::Shipped, "goods.shipped", detail),
+            Step::new(pb::ContractEventType::Shipped, "goods.shipped", detail),
             now,
         )
         .await
@@ -429,7 +429,7 @@ pub async fn confirm_receipt(
             tx,
             &mut contract,
             &Actor::of(principal),
-            step(
+            Step::new(
                 pb::ContractEventType::ReceiptConfirmed,
                 "goods.received",
                 format!(
@@ -592,7 +592,7 @@ pub async fn shipment_due(
             tx,
             &mut contract,
             &system(),
-            step(
+            Step::new(
                 pb::ContractEventType::DeadlinePassed,
                 "deadline.shipment_passed",
                 detail,

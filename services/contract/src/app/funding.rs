@@ -11,7 +11,7 @@ use ta_runtime::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Flows, Step, cancellation::cancel, funded_minor, system};
+use super::{ContractFlows, Flows, Step, cancellation::cancel, funded_minor, system};
 use crate::{
     domain::status::{Action, Status},
     effects,

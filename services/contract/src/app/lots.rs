@@ -16,7 +16,7 @@ use ta_workflow::Handled;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Flows, LOT_ACCEPTANCE_DUE, Step, funded_minor, note, step, system};
+use super::{ContractFlows, Flows, LOT_ACCEPTANCE_DUE, Step, funded_minor, note, system};
 use crate::{
     domain::{
         lots::{
@@ -151,7 +151,7 @@ pub async fn receive_lot(
             tx,
             contract,
             actor,
-            step(
+            Step::new(
                 pb::ContractEventType::ReceiptConfirmed,
                 "lot.received",
                 format!(

@@ -28,7 +28,7 @@ use ta_runtime::{
     money::Money,
     text::validate_reference,
 };
-use ta_workflow::{feed::Feed, outbox::Outbox, timeline::TimelineEntry, timers::Timers};
+use ta_workflow::timeline::TimelineEntry;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -41,7 +41,7 @@ use crate::{
         },
         fulfilment::{latest_report, shipments},
         payments::{Payment, payments},
-        timeline::append_timeline,
+        timeline::{append_timeline, timeline_table},
         versions::load_terms,
     },
     views::{self, ContractFacts},
@@ -77,39 +77,46 @@ pub fn system() -> Actor {
 }
 
 /// What every use case tells and asks through: the feed, the timers, the
-/// outbox, and the durations they run on. Dispute's has the same four parts;
-/// the settings and the methods on it are each service's own, so each keeps
-/// its struct (and builds it alike in lib.rs).
-pub struct Flows {
-    pub feed: Feed,
-    pub timers: Timers,
-    pub outbox: Outbox,
-    pub settings: Settings,
-}
+/// outbox, and the durations they run on ([`Settings`]).
+pub type Flows = ta_workflow::Flows<Settings>;
 
 /// One step of a contract's story.
-pub struct Step<'a> {
-    pub event: pb::ContractEventType,
-    /// Machine-readable action, e.g. `contract.signed`.
-    pub action: &'a str,
-    /// Readable: who did what and why.
-    pub detail: String,
-    pub money: Option<Money>,
-}
+pub type Step<'a> = ta_workflow::Step<'a, pb::ContractEventType>;
 
-fn step(event: pb::ContractEventType, action: &'static str, detail: String) -> Step<'static> {
-    Step {
-        event,
-        action,
-        detail,
-        money: None,
-    }
-}
-
-impl Flows {
+/// The contract's steps and timers on its [`Flows`].
+#[allow(async_fn_in_trait)] // called on `Flows` itself, whose futures are `Send`
+pub trait ContractFlows {
     /// Saves the locked contract and tells its story: a timeline entry and a
     /// feed event carrying the contract after the step. Returns the view.
-    pub async fn record(
+    async fn record(
+        &self,
+        tx: &mut PgConnection,
+        contract: &mut ContractRecord,
+        actor: &Actor,
+        step: Step<'_>,
+        now: OffsetDateTime,
+    ) -> Result<pb::Contract, ServiceError>;
+
+    /// Schedules (or moves) the timer `kind` of a contract to fire at `at`.
+    async fn schedule_at(
+        &self,
+        tx: &mut PgConnection,
+        kind: &str,
+        contract_id: Uuid,
+        at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), ServiceError>;
+
+    /// Cancels every timer of a contract.
+    async fn cancel_timers(
+        &self,
+        tx: &mut PgConnection,
+        contract_id: Uuid,
+    ) -> Result<(), ServiceError>;
+}
+
+impl ContractFlows for Flows {
+    async fn record(
         &self,
         tx: &mut PgConnection,
         contract: &mut ContractRecord,
@@ -118,27 +125,23 @@ impl Flows {
         now: OffsetDateTime,
     ) -> Result<pb::Contract, ServiceError> {
         save_contract(tx, contract, now).await?;
-        append_timeline(
-            tx,
-            contract.contract_id,
-            &TimelineEntry::step(now, actor, step.action, step.detail, step.money),
-        )
-        .await?;
         let view = contract_view(tx, contract, self.settings.day).await?;
         let event = views::contract_event(step.event, actor, now, view.clone());
-        self.feed
-            .append(
-                tx,
-                step.event.as_str_name(),
-                &contract.contract_id.to_string(),
-                &event,
-            )
-            .await?;
+        let kind = step.event.as_str_name();
+        let entry = step.entry(now, actor);
+        self.tell_step(
+            tx,
+            timeline_table(),
+            contract.contract_id,
+            &entry,
+            kind,
+            &event,
+        )
+        .await?;
         Ok(view)
     }
 
-    /// Schedules (or moves) the timer `kind` of a contract to fire at `at`.
-    pub async fn schedule_at(
+    async fn schedule_at(
         &self,
         tx: &mut PgConnection,
         kind: &str,
@@ -146,14 +149,13 @@ impl Flows {
         at: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<(), ServiceError> {
-        let after = std::time::Duration::try_from(at - now).unwrap_or_default();
         self.timers
-            .schedule_after(tx, kind, &contract_id.to_string(), after, &[])
+            .schedule_at(tx, kind, &contract_id.to_string(), at, now)
             .await?;
         Ok(())
     }
 
-    pub async fn cancel_timers(
+    async fn cancel_timers(
         &self,
         tx: &mut PgConnection,
         contract_id: Uuid,
@@ -332,16 +334,12 @@ pub fn scope_listing(
 ) -> Result<(), ServiceError> {
     match principal.role {
         Role::Buyer => {
-            if filter
-                .buyer_principal_id
-                .as_ref()
-                .is_some_and(|b| *b != principal.subject)
-            {
+            let named_another = principal.narrow_to_self(&mut filter.buyer_principal_id);
+            if named_another {
                 return Err(ServiceError::PermissionDenied(
                     "a buyer lists only its own contracts".into(),
                 ));
             }
-            filter.buyer_principal_id = Some(principal.subject.clone());
         }
         Role::Supplier => filter.supplier_principal_id = Some(principal.subject.clone()),
         _ => {}

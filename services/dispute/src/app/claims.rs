@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Flows, Respond, check_counter_evidence, require_buyer, require_supplier, step, stored,
+    ClaimFlows, Flows, Respond, Step, check_counter_evidence, require_buyer, require_supplier,
+    stored,
 };
 use crate::{
     domain::claim::Escalator,
@@ -76,7 +77,7 @@ pub async fn escalate(
             tx,
             claim,
             actor,
-            step(
+            Step::new(
                 Event::Escalated,
                 "claim.escalated",
                 format!("escalated by {who}: {reason}"),
@@ -118,7 +119,7 @@ pub async fn withdraw_claim(
             tx,
             claim,
             actor,
-            step(Event::Withdrawn, "claim.withdrawn", detail),
+            Step::new(Event::Withdrawn, "claim.withdrawn", detail),
             now,
         )
         .await
@@ -145,7 +146,7 @@ pub async fn reject_claim(
             tx,
             &mut claim,
             &Actor::of(principal),
-            step(
+            Step::new(
                 pb::DisputeEventType::ClaimRejectedBySupplier,
                 "claim.rejected_by_supplier",
                 format!(

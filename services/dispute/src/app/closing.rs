@@ -11,7 +11,7 @@ use ta_workflow::{Handled, timeline::TimelineEntry};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Flows, step, system};
+use super::{ClaimFlows, Flows, Step, system};
 use crate::{
     effects,
     storage::{
@@ -120,7 +120,7 @@ async fn effects_completed(
             tx,
             claim,
             &system(),
-            step(
+            Step::new(
                 Event::EffectsCompleted,
                 "claim.effects_completed",
                 "escrow, the contract and supplier-registry acknowledged the outcome".into(),

@@ -11,7 +11,7 @@ use ta_runtime::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Flows, step, stored, with_money};
+use super::{ClaimFlows, Flows, Step, stored};
 use crate::{
     domain::claim::Outcome,
     effects,
@@ -116,6 +116,6 @@ pub async fn resolve(
             ),
         ),
     };
-    let s = with_money(step(event, action, detail), resolution.refund);
+    let s = Step::new(event, action, detail).with_money(resolution.refund);
     flows.record(tx, claim, actor, s, now).await
 }

@@ -12,7 +12,7 @@ use ta_runtime::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Flows, check_can_read, is_open, step};
+use super::{ClaimFlows, Flows, Step, check_can_read, is_open};
 use crate::storage::{
     claims,
     evidence::{self, EvidenceRecord},
@@ -85,7 +85,7 @@ pub async fn add_evidence(
     )
     .await?;
     if new {
-        let mut s = step(
+        let s = Step::new(
             pb::DisputeEventType::EvidenceAdded,
             "evidence.added",
             format!(
@@ -98,9 +98,9 @@ pub async fn add_evidence(
                 cmd.sha256_hex
             ),
         );
-        s.evidence_id = evidence.evidence_id.to_string();
+        let evidence_id = evidence.evidence_id.to_string();
         flows
-            .record(tx, &mut claim, &Actor::of(principal), s, now)
+            .record_evidence(tx, &mut claim, &Actor::of(principal), s, evidence_id, now)
             .await?;
     }
     Ok(evidence)

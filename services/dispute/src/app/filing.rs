@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Status};
 use uuid::Uuid;
 
-use super::{Flows, step, with_money};
+use super::{ClaimFlows, Flows, Step};
 use crate::{
     domain::claim::{Claim, Policy, Reason, Remedy},
     effects,
@@ -301,7 +301,8 @@ pub async fn file_claim(
             tx,
             claim,
             actor,
-            with_money(step(Event::ClaimFiled, "claim.filed", detail), amount),
+            Step::new(Event::ClaimFiled, "claim.filed", detail).with_money(amount),
+            String::new(),
             now,
         )
         .await

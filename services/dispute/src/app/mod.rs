@@ -27,9 +27,7 @@ use ta_proto::dispute as pb;
 use ta_runtime::{
     ServiceError, Violations,
     auth::{Actor, Principal, Role},
-    money::Money,
 };
-use ta_workflow::{feed::Feed, outbox::Outbox, timeline::TimelineEntry, timers::Timers};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -112,14 +110,10 @@ pub fn check_can_read(principal: &Principal, claim: &ClaimRecord) -> Result<(), 
 pub fn narrow_to_caller(principal: &Principal, filter: &mut ClaimFilter, v: &mut Violations) {
     match principal.role {
         Role::Buyer => {
-            if filter
-                .buyer_principal_id
-                .as_ref()
-                .is_some_and(|b| *b != principal.subject)
-            {
+            let named_another = principal.narrow_to_self(&mut filter.buyer_principal_id);
+            if named_another {
                 v.add("buyer_principal_id", "a buyer lists only its own claims");
             }
-            filter.buyer_principal_id = Some(principal.subject.clone());
         }
         Role::Supplier => filter.supplier_principal_id = Some(principal.subject.clone()),
         _ => {}
@@ -196,47 +190,18 @@ async fn check_counter_evidence(
 // ---- The claim's story ---------------------------------------------------------
 
 /// What every use case tells and asks through: the feed, the timers, the
-/// outbox, and the durations they run on. Contract's has the same four parts;
-/// the settings and the methods on it are each service's own, so each keeps
-/// its struct (and builds it alike in lib.rs).
-pub struct Flows {
-    pub feed: Feed,
-    pub timers: Timers,
-    pub outbox: Outbox,
-    pub settings: Settings,
-}
+/// outbox, and the durations and points the claims follow ([`Settings`]).
+pub type Flows = ta_workflow::Flows<Settings>;
 
 /// One step of a claim's story.
-pub struct Step<'a> {
-    pub event: pb::DisputeEventType,
-    /// Machine-readable action, e.g. `claim.filed`.
-    pub action: &'a str,
-    /// Readable: who did what and why.
-    pub detail: String,
-    pub money: Option<Money>,
-    /// For evidence events.
-    pub evidence_id: String,
-}
+pub type Step<'a> = ta_workflow::Step<'a, pb::DisputeEventType>;
 
-pub fn step(event: pb::DisputeEventType, action: &str, detail: String) -> Step<'_> {
-    Step {
-        event,
-        action,
-        detail,
-        money: None,
-        evidence_id: String::new(),
-    }
-}
-
-fn with_money(mut s: Step<'_>, money: Money) -> Step<'_> {
-    s.money = Some(money);
-    s
-}
-
-impl Flows {
+/// A claim's steps and its escalation timer on its [`Flows`].
+#[allow(async_fn_in_trait)] // called on `Flows` itself, whose futures are `Send`
+pub trait ClaimFlows {
     /// Saves the locked claim and tells its story: a timeline entry and a
     /// feed event carrying the claim after the step. Returns the view.
-    pub async fn record(
+    async fn record(
         &self,
         tx: &mut PgConnection,
         claim: &mut ClaimRecord,
@@ -244,43 +209,94 @@ impl Flows {
         step: Step<'_>,
         now: OffsetDateTime,
     ) -> Result<pb::Claim, ServiceError> {
-        storage::claims::save_claim(tx, claim, now).await?;
-        self.tell(tx, claim, actor, step, now).await
+        self.record_evidence(tx, claim, actor, step, String::new(), now)
+            .await
     }
 
-    /// The timeline entry and feed event of a step whose claim row is saved,
-    /// and the supplier's response rate: the claim opening is an inquiry to
-    /// the supplier, its first answer the reply (see [`is_supplier_answer`]).
-    pub async fn tell(
+    /// [`ClaimFlows::record`] of a step whose feed event names the evidence
+    /// `evidence_id` (empty for other steps).
+    async fn record_evidence(
+        &self,
+        tx: &mut PgConnection,
+        claim: &mut ClaimRecord,
+        actor: &Actor,
+        step: Step<'_>,
+        evidence_id: String,
+        now: OffsetDateTime,
+    ) -> Result<pb::Claim, ServiceError>;
+
+    /// The timeline entry and feed event (naming the evidence `evidence_id`,
+    /// if any) of a step whose claim row is saved, and the supplier's
+    /// response rate: the claim opening is an inquiry to the supplier, its
+    /// first answer the reply (see [`is_supplier_answer`]).
+    async fn tell(
         &self,
         tx: &mut PgConnection,
         claim: &ClaimRecord,
         actor: &Actor,
         step: Step<'_>,
+        evidence_id: String,
+        now: OffsetDateTime,
+    ) -> Result<pb::Claim, ServiceError>;
+
+    /// Schedules the automatic escalation of a claim that opened.
+    async fn schedule_escalation(
+        &self,
+        tx: &mut PgConnection,
+        claim: &ClaimRecord,
+        now: OffsetDateTime,
+    ) -> Result<(), ServiceError>;
+
+    async fn cancel_escalation(
+        &self,
+        tx: &mut PgConnection,
+        claim: &ClaimRecord,
+    ) -> Result<(), ServiceError>;
+}
+
+impl ClaimFlows for Flows {
+    async fn record_evidence(
+        &self,
+        tx: &mut PgConnection,
+        claim: &mut ClaimRecord,
+        actor: &Actor,
+        step: Step<'_>,
+        evidence_id: String,
         now: OffsetDateTime,
     ) -> Result<pb::Claim, ServiceError> {
-        timeline::append_timeline(
-            tx,
-            claim.claim_id,
-            &TimelineEntry::step(now, actor, step.action, step.detail, step.money),
-        )
-        .await?;
+        storage::claims::save_claim(tx, claim, now).await?;
+        self.tell(tx, claim, actor, step, evidence_id, now).await
+    }
+
+    async fn tell(
+        &self,
+        tx: &mut PgConnection,
+        claim: &ClaimRecord,
+        actor: &Actor,
+        step: Step<'_>,
+        evidence_id: String,
+        now: OffsetDateTime,
+    ) -> Result<pb::Claim, ServiceError> {
         let count = storage::evidence::count_evidence(tx, claim.claim_id).await?;
         let view = views::claim_proto(claim, count);
-        let event = views::event(step.event, now, actor, view.clone(), step.evidence_id);
-        self.feed
-            .append(
-                tx,
-                step.event.as_str_name(),
-                &claim.claim_id.to_string(),
-                &event,
-            )
-            .await?;
-        if step.event == pb::DisputeEventType::ClaimOpened {
+        let event = views::event(step.event, now, actor, view.clone(), evidence_id);
+        let kind = step.event.as_str_name();
+        let told = step.event;
+        let entry = step.entry(now, actor);
+        self.tell_step(
+            tx,
+            timeline::timeline_table(),
+            claim.claim_id,
+            &entry,
+            kind,
+            &event,
+        )
+        .await?;
+        if told == pb::DisputeEventType::ClaimOpened {
             self.outbox
                 .write(tx, effects::record_inquiry(claim))
                 .await?;
-        } else if is_supplier_answer(actor, step.event) {
+        } else if is_supplier_answer(actor, told) {
             self.outbox
                 .write(tx, effects::record_inquiry_reply(claim, "inquiry-reply"))
                 .await?;
@@ -288,22 +304,26 @@ impl Flows {
         Ok(view)
     }
 
-    /// Schedules the automatic escalation of a claim that opened.
-    pub async fn schedule_escalation(
+    async fn schedule_escalation(
         &self,
         tx: &mut PgConnection,
         claim: &ClaimRecord,
         now: OffsetDateTime,
     ) -> Result<(), ServiceError> {
-        let after =
-            std::time::Duration::try_from(claim.claim.auto_escalate_at - now).unwrap_or_default();
+        let claim_id = claim.claim_id.to_string();
         self.timers
-            .schedule_after(tx, AUTO_ESCALATION, &claim.claim_id.to_string(), after, &[])
+            .schedule_at(
+                tx,
+                AUTO_ESCALATION,
+                &claim_id,
+                claim.claim.auto_escalate_at,
+                now,
+            )
             .await?;
         Ok(())
     }
 
-    pub async fn cancel_escalation(
+    async fn cancel_escalation(
         &self,
         tx: &mut PgConnection,
         claim: &ClaimRecord,

@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Flows, Respond, check_counter_evidence, decisions, party_of, require_buyer, require_supplier,
-    step,
+    ClaimFlows, Flows, Respond, Step, check_counter_evidence, decisions, party_of, require_buyer,
+    require_supplier,
 };
 use crate::{
     domain::claim::{Outcome, Party},
@@ -54,7 +54,7 @@ pub async fn propose(
         Outcome::PartialRefund(m) => m,
         _ => claim.claim.held,
     };
-    let mut s = step(
+    let mut s = Step::new(
         pb::DisputeEventType::OfferMade,
         match by {
             Party::Supplier => "offer.made",
@@ -139,7 +139,7 @@ pub async fn reject_offer(
             tx,
             &mut claim,
             &Actor::of(principal),
-            step(
+            Step::new(
                 pb::DisputeEventType::OfferRejected,
                 "offer.rejected",
                 format!(

@@ -13,7 +13,7 @@ use ta_runtime::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Flows, step, system};
+use super::{ClaimFlows, Flows, Step, system};
 use crate::{
     domain::status::Status,
     effects::{self, completion},
@@ -39,7 +39,7 @@ async fn refuse(
             tx,
             claim,
             &system(),
-            step(
+            Step::new(
                 Event::ClaimRefused,
                 "claim.refused",
                 format!("claim refused: {why}"),
@@ -195,7 +195,7 @@ pub async fn claim_confirmed(
             tx,
             &mut claim,
             &system(),
-            step(Event::ClaimOpened, "claim.opened", detail),
+            Step::new(Event::ClaimOpened, "claim.opened", detail),
             now,
         )
         .await?;
