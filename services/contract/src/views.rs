@@ -240,7 +240,10 @@ pub fn version_proto(loaded: &LoadedTerms) -> pb::ContractVersion {
     }
 }
 
-/// The feed event of a step: the contract after it.
+/// The feed event of a step: the contract after it. Escrow's
+/// `escrow_event` and dispute's `event` open alike (`sequence` left to the
+/// feed, the type, the time), but each fills its own generated message,
+/// which share no Rust type to write that once for.
 pub fn contract_event(
     event: pb::ContractEventType,
     actor: &Actor,

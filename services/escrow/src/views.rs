@@ -458,7 +458,9 @@ pub struct EventFacts<'a> {
 }
 
 /// The feed's event of `kind` about `account` (shown as `shown`, after the
-/// change), saying `facts`; its sequence is the feed's to set.
+/// change), saying `facts`; its sequence is the feed's to set. The contract's
+/// `contract_event` opens alike, but each fills its own generated message,
+/// which share no Rust type to write that once for.
 pub fn escrow_event(
     kind: pb::EscrowEventType,
     account: &EscrowAccount,

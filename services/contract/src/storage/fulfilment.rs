@@ -18,6 +18,10 @@ pub struct ReportRecord {
     pub submitted_at: OffsetDateTime,
 }
 
+/// Stores a report of `contract_id`. Its signature has the shape of escrow's
+/// `insert_terms` and `insert_attempt_gateway` (a child row under its
+/// parent's id); the tables, columns and conflicts are each its own, so
+/// there is nothing to share.
 pub async fn insert_report(
     tx: &mut PgConnection,
     contract_id: Uuid,

@@ -332,6 +332,10 @@ pub struct Terms {
     pub contract_version: i32,
 }
 
+/// Stores an account's terms, once. The signature has the shape of the
+/// contract's `insert_report` (a child row under its parent's id); the
+/// tables, columns and conflicts are each its own, so there is nothing to
+/// share.
 pub async fn insert_terms(
     conn: &mut PgConnection,
     account_id: Uuid,

@@ -308,7 +308,10 @@ pub struct AttemptGateway {
 }
 
 /// Records the gateway's side of an attempt; a second answer (the start
-/// call's after a webhook's, say) fills what the first left out.
+/// call's after a webhook's, say) fills what the first left out. The
+/// signature has the shape of the contract's `insert_report` (a child row
+/// under its parent's id); the SQL is each its own, so there is nothing to
+/// share.
 pub async fn insert_attempt_gateway(
     conn: &mut PgConnection,
     attempt_id: Uuid,
