@@ -812,7 +812,11 @@ fn a_listing_filter_is_narrowed_to_the_caller_who_is_told_when_it_named_another(
         (Some("buyer-2".to_owned()), true),
     ] {
         let mut filter = named.clone();
-        assert_eq!(buyer.narrow_to_self(&mut filter), named_another, "{named:?}");
+        assert_eq!(
+            buyer.narrow_to_self(&mut filter),
+            named_another,
+            "{named:?}"
+        );
         assert_eq!(filter.as_deref(), Some("buyer-1"), "{named:?}");
     }
 }
