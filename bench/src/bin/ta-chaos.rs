@@ -39,6 +39,10 @@ struct Args {
     /// /tradeassurance.escrow.v1.EscrowService/ReleaseToSupplier.
     #[arg(long)]
     defect: Option<String>,
+    /// Buyers waiting on a PENDING bank transfer or Pay Later do not try
+    /// again under a new key meanwhile.
+    #[arg(long)]
+    patient_buyers: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
         density,
         defect: args.defect,
         patience: args.patience,
+        impatient: !args.patient_buyers,
     };
     println!(
         "chaos: seed {seed}, {:?} of faults, {} clients, binaries in {}, logs in {}",

@@ -56,6 +56,10 @@ pub struct ChaosConfig {
     /// How long the clients keep retrying after the schedule ends, and how
     /// long the platform may take to quiesce.
     pub patience: Duration,
+    /// Buyers waiting on a PENDING funding try again under a new key now
+    /// and then (see RELIABILITY.md's findings: escrow may start a second
+    /// attempt for a payment funded a moment before).
+    pub impatient: bool,
 }
 
 /// What a run did and found.
@@ -170,6 +174,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         support: tokens.support.clone(),
         finance: tokens.finance.clone(),
         arbiter: ta_testkit::bearer("chaos-arbiter", ta_runtime::auth::Role::Arbiter),
+        impatient: config.impatient,
     };
 
     let history = History::new(Instant::now());
@@ -308,6 +313,10 @@ fn dump_evidence(platform: &ChaosPlatform, check: &CheckReport) {
         "SELECT id FROM escrow.funding_attempts WHERE escrow_account_id::text IN ({ids}) \
          OR id::text IN ({ids})"
     );
+    let operations = format!(
+        "SELECT o.id FROM gateway_sandbox.operations o WHERE o.idempotency_key IN \
+         (SELECT gateway_key FROM escrow.funding_attempts WHERE id IN ({attempts}))"
+    );
     let mut text = String::new();
     for (what, sql) in [
         (
@@ -321,18 +330,15 @@ fn dump_evidence(platform: &ChaosPlatform, check: &CheckReport) {
             "gateway events",
             format!(
                 "SELECT row_to_json(e) FROM escrow.gateway_events e \
-                 WHERE funding_attempt_id IN ({attempts}) ORDER BY received_at"
+                 WHERE funding_attempt_id IN ({attempts}) OR gateway_reference IN ({operations}) \
+                 ORDER BY received_at"
             ),
         ),
         (
             "gateway operations",
             format!(
                 "SELECT row_to_json(o) FROM gateway_sandbox.operations o \
-                 WHERE o.idempotency_key LIKE ANY (SELECT '%' || id::text || '%' FROM ({attempts}) x) \
-                 OR o.client_reference IN (SELECT id::text FROM ({attempts}) y) \
-                 OR o.id IN (SELECT gateway_reference FROM escrow.funding_attempts WHERE id IN ({attempts})) \
-                 OR o.id IN (SELECT gateway_reference FROM escrow.gateway_events WHERE funding_attempt_id IN ({attempts})) \
-                 ORDER BY o.id"
+                 WHERE o.id IN ({operations}) OR o.source_id IN ({operations}) ORDER BY o.id"
             ),
         ),
     ] {

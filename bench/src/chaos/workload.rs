@@ -263,6 +263,10 @@ pub struct Parties {
     pub support: MetadataValue<Ascii>,
     pub finance: MetadataValue<Ascii>,
     pub arbiter: MetadataValue<Ascii>,
+    /// Buyers waiting on a PENDING funding try again now and then under a
+    /// new key (escrow must refuse while the attempt is pending or once the
+    /// payment is funded).
+    pub impatient: bool,
 }
 
 /// One client.
@@ -609,7 +613,9 @@ impl Client {
                 // attempt is pending (each probe notes what escrow showed
                 // of the attempt just before).
                 match self.attempt_status(account_id, &attempt).await {
-                    Some((FundingStatus::Pending, _)) | None if n % 3 != 2 => {
+                    Some((FundingStatus::Pending, _)) | None
+                        if !self.parties.impatient || n % 3 != 2 =>
+                    {
                         tokio::time::sleep(Duration::from_millis(300)).await;
                         continue;
                     }
