@@ -42,6 +42,7 @@ fn config(duration: Duration, defect: Option<&str>) -> ChaosConfig {
         // findings), which `make chaos` shows until it is fixed; the short
         // run of `make test` checks everything else.
         impatient: false,
+        service_env: Vec::new(),
     }
 }
 

@@ -43,6 +43,16 @@ struct Args {
     /// again under a new key meanwhile.
     #[arg(long)]
     patient_buyers: bool,
+    /// A setting for every service process, KEY=VALUE (repeatable), e.g.
+    /// GROUP_COMMIT_MAX_ITEMS=1.
+    #[arg(long = "service-env", value_parser = parse_env)]
+    service_env: Vec<(String, String)>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s}: not KEY=VALUE"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -105,6 +115,7 @@ fn main() -> ExitCode {
         defect: args.defect,
         patience: args.patience,
         impatient: !args.patient_buyers,
+        service_env: args.service_env,
     };
     println!(
         "chaos: seed {seed}, {:?} of faults, {} clients, binaries in {}, logs in {}",

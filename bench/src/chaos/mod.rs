@@ -56,6 +56,9 @@ pub struct ChaosConfig {
     /// How long the clients keep retrying after the schedule ends, and how
     /// long the platform may take to quiesce.
     pub patience: Duration,
+    /// More settings for every service process (`KEY`, `VALUE`), e.g. a
+    /// group commit setting to compare a finding on and off.
+    pub service_env: Vec<(String, String)>,
     /// Buyers waiting on a PENDING funding try again under a new key now
     /// and then (see RELIABILITY.md's findings: escrow may start a second
     /// attempt for a payment funded a moment before).
@@ -150,6 +153,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         .defect
         .iter()
         .map(|m| ("TA_TEST_DEFECT_SKIP_IDEMPOTENCY".to_owned(), m.clone()))
+        .chain(config.service_env.iter().cloned())
         .collect();
     let mut platform = ChaosPlatform::start(
         &config.postgres_script,
