@@ -13,6 +13,9 @@
 //!   cannot be handed to another task) and inside its own savepoint: a
 //!   failing item rolls back to its savepoint and cannot fail the others.
 //!   Each records its own idempotency key before it releases the savepoint.
+//!   The leader's item, first in the transaction, needs no savepoint: when
+//!   it fails the transaction is rolled back and a fresh one chained before
+//!   any member runs, so a batch of one costs what a lone transaction does.
 //! - **An answer only after the commit.** Every item waits for the batch's
 //!   end: committed, it answers its own result; otherwise all answer the
 //!   batch's failure (the database went away: UNAVAILABLE), or rerun (below).
@@ -200,12 +203,14 @@ impl GroupCommit {
     }
 
     /// Runs `item` in the open batch, or leads a new one, and answers once
-    /// the batch ended. `item` must leave the connection as it found it
-    /// (its own savepoint released or rolled back).
+    /// the batch ended. `item` is told whether it is the transaction's first
+    /// (which may roll the whole transaction back and chain a new one when
+    /// it fails); a later one must leave the transaction as it found it
+    /// unless it succeeds (its own savepoint released or rolled back).
     pub async fn run<R>(
         &self,
         pool: &PgPool,
-        item: impl AsyncFnOnce(&mut PgConnection) -> Result<R, ServiceError>,
+        item: impl AsyncFnOnce(&mut PgConnection, bool) -> Result<R, ServiceError>,
     ) -> Result<R, ServiceError> {
         match self.seat() {
             Seat::Member(batch) => self.as_member(&batch, item).await,
@@ -257,7 +262,7 @@ impl GroupCommit {
     async fn as_member<R>(
         &self,
         batch: &Arc<Batch>,
-        item: impl AsyncFnOnce(&mut PgConnection) -> Result<R, ServiceError>,
+        item: impl AsyncFnOnce(&mut PgConnection, bool) -> Result<R, ServiceError>,
     ) -> Result<R, ServiceError> {
         let mut seat = MemberSeat {
             batch,
@@ -268,7 +273,7 @@ impl GroupCommit {
         let own = match tx.as_mut() {
             Some(tx) if !batch.is_poisoned() => {
                 seat.running = true;
-                let own = item(tx).await;
+                let own = item(tx, false).await;
                 seat.running = false;
                 Some(own)
             }
@@ -284,7 +289,7 @@ impl GroupCommit {
         pool: &PgPool,
         batch: &Arc<Batch>,
         mut tx: OwnedMutexGuard<Option<Transaction<'static, Postgres>>>,
-        item: impl AsyncFnOnce(&mut PgConnection) -> Result<R, ServiceError>,
+        item: impl AsyncFnOnce(&mut PgConnection, bool) -> Result<R, ServiceError>,
     ) -> Result<R, ServiceError> {
         let mut lead = Lead {
             group: self,
@@ -293,7 +298,7 @@ impl GroupCommit {
         };
         let _slot = self.slots.acquire().await;
         let own = match db::begin(pool).await {
-            Ok(begun) => item(tx.insert(begun)).await,
+            Ok(begun) => item(tx.insert(begun), true).await,
             Err(error) => {
                 drop(tx);
                 lead.end(End::of(&error));

@@ -278,13 +278,17 @@ impl IdempotencyKeys {
 
 impl IdempotencyKeys {
     /// [`IdempotencyKeys::run`] for one item of a shared transaction (group
-    /// commit): the work and its key inside a savepoint of `conn`, released
-    /// when the key is recorded and rolled back otherwise, so the item
-    /// changes nothing else in the transaction when it fails. The answer
-    /// holds only once the transaction commits.
-    pub async fn run_in_savepoint<Q, R>(
+    /// commit): the work and its key, rolled back when the key is not
+    /// recorded so the item changes nothing else in the transaction. The
+    /// transaction's first item (`first`) needs no savepoint: its failure
+    /// rolls the whole transaction back and opens the next at once
+    /// (`ROLLBACK AND CHAIN`; the deadline's `SET LOCAL`s end with it, the
+    /// connection's statement limit stays); later items run in a savepoint.
+    /// The answer holds only once the transaction commits.
+    pub async fn run_in_shared<Q, R>(
         &self,
         conn: &mut PgConnection,
+        first: bool,
         scope: &KeyScope<'_>,
         request: &Q,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<R, ServiceError>,
@@ -295,47 +299,57 @@ impl IdempotencyKeys {
     {
         use sqlx::Connection as _;
         let fingerprint = Fingerprint::of(request);
-        let mut savepoint = conn.begin().await?;
-        let outcome = match work(&mut savepoint).await {
-            Ok(response) => {
-                match self
-                    .record(&mut savepoint, scope, &fingerprint, &response)
-                    .await
-                {
-                    Ok(true) => Ok(Some(response)),
-                    Ok(false) => Ok(None),
-                    Err(error) => Err(error),
-                }
+        let outcome = if first {
+            let outcome = self.work_and_record(conn, scope, &fingerprint, work).await;
+            if !matches!(outcome, Ok(Some(_))) {
+                sqlx::raw_sql("ROLLBACK AND CHAIN")
+                    .execute(&mut *conn)
+                    .await?;
             }
-            Err(error) => Err(error),
+            outcome
+        } else {
+            let mut savepoint = conn.begin().await?;
+            let outcome = self
+                .work_and_record(&mut savepoint, scope, &fingerprint, work)
+                .await;
+            match outcome {
+                Ok(Some(_)) => savepoint.commit().await?,
+                _ => savepoint.rollback().await?,
+            }
+            outcome
         };
         match outcome {
-            Ok(Some(response)) => {
-                savepoint.commit().await?;
-                Ok(response)
-            }
-            Ok(None) => {
-                // A twin recorded the key first, in this transaction or a
-                // committed one: its answer is the answer.
-                savepoint.rollback().await?;
-                match self.stored_for(&mut *conn, scope, &fingerprint).await? {
-                    Some(response) => Ok(response),
-                    None => Err(ServiceError::Aborted(
-                        "the key's other run is no longer recorded".into(),
-                    )),
-                }
-            }
-            Err(error) => {
-                if savepoint.rollback().await.is_err() {
-                    return Err(error);
-                }
-                match self.stored_for(&mut *conn, scope, &fingerprint).await {
-                    Ok(Some(response)) => Ok(response),
-                    Err(reused @ ServiceError::IdempotencyKeyReused { .. }) => Err(reused),
-                    Ok(None) | Err(_) => Err(error),
-                }
-            }
+            Ok(Some(response)) => Ok(response),
+            // A twin recorded the key first, in this transaction or a
+            // committed one: its answer is the answer.
+            Ok(None) => match self.stored_for(&mut *conn, scope, &fingerprint).await? {
+                Some(response) => Ok(response),
+                None => Err(ServiceError::Aborted(
+                    "the key's other run is no longer recorded".into(),
+                )),
+            },
+            Err(error) => match self.stored_for(&mut *conn, scope, &fingerprint).await {
+                Ok(Some(response)) => Ok(response),
+                Err(reused @ ServiceError::IdempotencyKeyReused { .. }) => Err(reused),
+                Ok(None) | Err(_) => Err(error),
+            },
         }
+    }
+
+    /// The work, then its answer under the key: `Some` when recorded,
+    /// `None` when another run holds the key.
+    async fn work_and_record<R: Message>(
+        &self,
+        conn: &mut PgConnection,
+        scope: &KeyScope<'_>,
+        fingerprint: &Fingerprint,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<R, ServiceError>,
+    ) -> Result<Option<R>, ServiceError> {
+        let response = work(conn).await?;
+        Ok(self
+            .record(conn, scope, fingerprint, &response)
+            .await?
+            .then_some(response))
     }
 }
 

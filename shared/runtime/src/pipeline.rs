@@ -214,9 +214,9 @@ impl Mutations {
                 }
                 Some(group) => {
                     group
-                        .run(&self.pool, async |conn| {
+                        .run(&self.pool, async |conn, first| {
                             self.keys
-                                .run_in_savepoint(conn, &scope, &prepared.request, item)
+                                .run_in_shared(conn, first, &scope, &prepared.request, item)
                                 .await
                         })
                         .await
