@@ -94,6 +94,11 @@ struct Batch {
     end: watch::Sender<End>,
     /// A member or the leader was dropped mid-work: nothing may commit.
     poisoned: AtomicBool,
+    /// A savepoint statement failed: the transaction may have lost earlier
+    /// items' work without an error of its own (a `COMMIT` of an aborted
+    /// transaction rolls back and reports no error), so it must not commit;
+    /// how the batch then ends.
+    broken: Mutex<Option<End>>,
 }
 
 /// How a batch ended, as every item of it is told.
@@ -146,7 +151,26 @@ impl Batch {
             pending: watch::Sender::new(0),
             end: watch::Sender::new(End::Open),
             poisoned: AtomicBool::new(false),
+            broken: Mutex::new(None),
         }
+    }
+
+    fn break_with(&self, error: &ServiceError) {
+        let mut broken = self
+            .broken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        broken.get_or_insert(match End::of(error) {
+            End::Unavailable => End::Unavailable,
+            _ => End::Rerun,
+        });
+    }
+
+    fn broken(&self) -> Option<End> {
+        self.broken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn poison(&self) {
@@ -203,14 +227,12 @@ impl GroupCommit {
     }
 
     /// Runs `item` in the open batch, or leads a new one, and answers once
-    /// the batch ended. `item` is told whether it is the transaction's first
-    /// (which may roll the whole transaction back and chain a new one when
-    /// it fails); a later one must leave the transaction as it found it
-    /// unless it succeeds (its own savepoint released or rolled back).
+    /// the batch ended. `item` brackets its work with its [`Part`]: `open`
+    /// before, then `keep` or `discard`.
     pub async fn run<R>(
         &self,
         pool: &PgPool,
-        item: impl AsyncFnOnce(&mut PgConnection, bool) -> Result<R, ServiceError>,
+        item: impl AsyncFnOnce(&mut PgConnection, Part<'_>) -> Result<R, ServiceError>,
     ) -> Result<R, ServiceError> {
         match self.seat() {
             Seat::Member(batch) => self.as_member(&batch, item).await,
@@ -262,7 +284,7 @@ impl GroupCommit {
     async fn as_member<R>(
         &self,
         batch: &Arc<Batch>,
-        item: impl AsyncFnOnce(&mut PgConnection, bool) -> Result<R, ServiceError>,
+        item: impl AsyncFnOnce(&mut PgConnection, Part<'_>) -> Result<R, ServiceError>,
     ) -> Result<R, ServiceError> {
         let mut seat = MemberSeat {
             batch,
@@ -273,7 +295,14 @@ impl GroupCommit {
         let own = match tx.as_mut() {
             Some(tx) if !batch.is_poisoned() => {
                 seat.running = true;
-                let own = item(tx, false).await;
+                let own = item(
+                    tx,
+                    Part {
+                        batch,
+                        first: false,
+                    },
+                )
+                .await;
                 seat.running = false;
                 Some(own)
             }
@@ -289,7 +318,7 @@ impl GroupCommit {
         pool: &PgPool,
         batch: &Arc<Batch>,
         mut tx: OwnedMutexGuard<Option<Transaction<'static, Postgres>>>,
-        item: impl AsyncFnOnce(&mut PgConnection, bool) -> Result<R, ServiceError>,
+        item: impl AsyncFnOnce(&mut PgConnection, Part<'_>) -> Result<R, ServiceError>,
     ) -> Result<R, ServiceError> {
         let mut lead = Lead {
             group: self,
@@ -298,7 +327,7 @@ impl GroupCommit {
         };
         let _slot = self.slots.acquire().await;
         let own = match db::begin(pool).await {
-            Ok(begun) => item(tx.insert(begun), true).await,
+            Ok(begun) => item(tx.insert(begun), Part { batch, first: true }).await,
             Err(error) => {
                 drop(tx);
                 lead.end(End::of(&error));
@@ -315,16 +344,16 @@ impl GroupCommit {
             }
         }
         let taken = batch.tx.lock().await.take();
-        let end = match taken {
-            Some(tx) if !batch.is_poisoned() => match tx.commit().await {
+        let end = match (taken, batch.broken()) {
+            (Some(tx), None) if !batch.is_poisoned() => match tx.commit().await {
                 Ok(()) => End::Committed,
                 Err(error) => End::of(&ServiceError::from(error)),
             },
-            Some(tx) => {
+            (Some(tx), broken) => {
                 db::rollback(tx).await;
-                End::Rerun
+                broken.unwrap_or(End::Rerun)
             }
-            None => End::Rerun,
+            (None, broken) => broken.unwrap_or(End::Rerun),
         };
         lead.end(end.clone());
         end.conclude(Some(own))
@@ -382,6 +411,62 @@ impl Drop for Lead<'_> {
         if !self.ended {
             self.batch.poison();
             self.end(End::Rerun);
+        }
+    }
+}
+
+/// One item's part of a shared transaction: a savepoint, or for the
+/// transaction's first item the transaction itself (its failure rolls the
+/// transaction back and chains a fresh one, a batch of one then costing
+/// what a lone transaction does). The statements are sent here rather than
+/// through sqlx's nested transactions: a failed `SAVEPOINT` there rolls the
+/// whole transaction back and forgets it, after which the batch's `COMMIT`
+/// would be skipped yet reported as done. A failure of any of them breaks
+/// the batch: it is rolled back and no item of it is acknowledged.
+pub struct Part<'a> {
+    batch: &'a Batch,
+    first: bool,
+}
+
+impl Part<'_> {
+    /// Before the item's first statement.
+    pub async fn open(&self, conn: &mut PgConnection) -> Result<(), ServiceError> {
+        if self.first {
+            return Ok(());
+        }
+        self.bracket(conn, "SAVEPOINT group_item").await
+    }
+
+    /// The item's work stays in the transaction.
+    pub async fn keep(&self, conn: &mut PgConnection) -> Result<(), ServiceError> {
+        if self.first {
+            return Ok(());
+        }
+        self.bracket(conn, "RELEASE SAVEPOINT group_item").await
+    }
+
+    /// The item's work is undone; the transaction goes on without it.
+    pub async fn discard(&self, conn: &mut PgConnection) -> Result<(), ServiceError> {
+        let statement = if self.first {
+            "ROLLBACK AND CHAIN"
+        } else {
+            "ROLLBACK TO SAVEPOINT group_item; RELEASE SAVEPOINT group_item"
+        };
+        self.bracket(conn, statement).await
+    }
+
+    async fn bracket(
+        &self,
+        conn: &mut PgConnection,
+        statement: &'static str,
+    ) -> Result<(), ServiceError> {
+        match sqlx::raw_sql(statement).execute(&mut *conn).await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let error = ServiceError::from(error);
+                self.batch.break_with(&error);
+                Err(error)
+            }
         }
     }
 }

@@ -28,7 +28,10 @@ use sha2::{Digest, Sha256};
 // The only dynamic SQL: the schema name, a service's own constant.
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-use crate::errors::{ServiceError, Violations};
+use crate::{
+    errors::{ServiceError, Violations},
+    group_commit::Part,
+};
 
 /// Checks the key's shape: 1-128 characters of `[A-Za-z0-9._:-]`.
 pub fn validate_key(key: &str, violations: &mut Violations) {
@@ -278,17 +281,13 @@ impl IdempotencyKeys {
 
 impl IdempotencyKeys {
     /// [`IdempotencyKeys::run`] for one item of a shared transaction (group
-    /// commit): the work and its key, rolled back when the key is not
-    /// recorded so the item changes nothing else in the transaction. The
-    /// transaction's first item (`first`) needs no savepoint: its failure
-    /// rolls the whole transaction back and opens the next at once
-    /// (`ROLLBACK AND CHAIN`; the deadline's `SET LOCAL`s end with it, the
-    /// connection's statement limit stays); later items run in a savepoint.
-    /// The answer holds only once the transaction commits.
+    /// commit): the work and its key inside the item's [`Part`], undone
+    /// when the key is not recorded so the item changes nothing else in the
+    /// transaction. The answer holds only once the transaction commits.
     pub async fn run_in_shared<Q, R>(
         &self,
         conn: &mut PgConnection,
-        first: bool,
+        part: Part<'_>,
         scope: &KeyScope<'_>,
         request: &Q,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<R, ServiceError>,
@@ -297,27 +296,14 @@ impl IdempotencyKeys {
         Q: Message,
         R: Message + Default,
     {
-        use sqlx::Connection as _;
         let fingerprint = Fingerprint::of(request);
-        let outcome = if first {
-            let outcome = self.work_and_record(conn, scope, &fingerprint, work).await;
-            if !matches!(outcome, Ok(Some(_))) {
-                sqlx::raw_sql("ROLLBACK AND CHAIN")
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            outcome
+        part.open(conn).await?;
+        let outcome = self.work_and_record(conn, scope, &fingerprint, work).await;
+        if matches!(outcome, Ok(Some(_))) {
+            part.keep(conn).await?;
         } else {
-            let mut savepoint = conn.begin().await?;
-            let outcome = self
-                .work_and_record(&mut savepoint, scope, &fingerprint, work)
-                .await;
-            match outcome {
-                Ok(Some(_)) => savepoint.commit().await?,
-                _ => savepoint.rollback().await?,
-            }
-            outcome
-        };
+            part.discard(conn).await?;
+        }
         match outcome {
             Ok(Some(response)) => Ok(response),
             // A twin recorded the key first, in this transaction or a

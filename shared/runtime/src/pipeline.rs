@@ -214,9 +214,9 @@ impl Mutations {
                 }
                 Some(group) => {
                     group
-                        .run(&self.pool, async |conn, first| {
+                        .run(&self.pool, async |conn, part| {
                             self.keys
-                                .run_in_shared(conn, first, &scope, &prepared.request, item)
+                                .run_in_shared(conn, part, &scope, &prepared.request, item)
                                 .await
                         })
                         .await
