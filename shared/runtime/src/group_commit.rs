@@ -52,7 +52,7 @@ pub struct GroupCommitConfig {
     /// Group commit: how many shared transactions may be open at once (each
     /// holds a pooled connection until it commits).
     #[arg(long = "group-commit-batches", env = "GROUP_COMMIT_BATCHES",
-          value_name = "GROUP_COMMIT_BATCHES", default_value_t = 2,
+          value_name = "GROUP_COMMIT_BATCHES", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub batches_in_flight: u16,
 }
