@@ -83,7 +83,9 @@ pub type Flows = ta_workflow::Flows<Settings>;
 /// One step of a contract's story.
 pub type Step<'a> = ta_workflow::Step<'a, pb::ContractEventType>;
 
-/// The contract's steps and timers on its [`Flows`].
+/// The contract's steps and timers on its [`Flows`]. Dispute declares its
+/// own (`ClaimFlows`) in the same shape over its claim records and views:
+/// the shared part is `ta_workflow::Flows`, the steps are each service's.
 #[allow(async_fn_in_trait)] // called on `Flows` itself, whose futures are `Send`
 pub trait ContractFlows {
     /// Saves the locked contract and tells its story: a timeline entry and a

@@ -196,7 +196,10 @@ pub type Flows = ta_workflow::Flows<Settings>;
 /// One step of a claim's story.
 pub type Step<'a> = ta_workflow::Step<'a, pb::DisputeEventType>;
 
-/// A claim's steps and its escalation timer on its [`Flows`].
+/// A claim's steps and its escalation timer on its [`Flows`]. Contract
+/// declares its own (`ContractFlows`) in the same shape over its contract
+/// records and views: the shared part is `ta_workflow::Flows`, the steps are
+/// each service's.
 #[allow(async_fn_in_trait)] // called on `Flows` itself, whose futures are `Send`
 pub trait ClaimFlows {
     /// Saves the locked claim and tells its story: a timeline entry and a
