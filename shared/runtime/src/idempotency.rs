@@ -242,39 +242,42 @@ impl IdempotencyKeys {
     {
         let fingerprint = Fingerprint::of(request);
         let mut tx = crate::db::begin(pool).await?;
-        let outcome = match work(&mut tx).await {
-            Ok(response) => match self.record(&mut tx, scope, &fingerprint, &response).await {
-                Ok(true) => Ok(Some(response)),
-                Ok(false) => Ok(None),
-                Err(error) => Err(error),
-            },
-            Err(error) => Err(error),
-        };
+        let outcome = self
+            .work_and_record(&mut tx, scope, &fingerprint, work)
+            .await;
+        if let Ok(Some(_)) = &outcome {
+            tx.commit().await?;
+        } else {
+            crate::db::rollback(tx).await;
+        }
+        self.settle(pool, scope, &fingerprint, outcome).await
+    }
+
+    /// The answer of a run whose work and key were committed or undone:
+    /// its own when it recorded the key; when a twin recorded it first, the
+    /// twin's; when the work failed, the first answer of a run that
+    /// committed under the key (a retry meets the state that run left, an
+    /// account already funded), else the failure.
+    async fn settle<R: Message + Default>(
+        &self,
+        conn: impl sqlx::PgExecutor<'_>,
+        scope: &KeyScope<'_>,
+        fingerprint: &Fingerprint,
+        outcome: Result<Option<R>, ServiceError>,
+    ) -> Result<R, ServiceError> {
         match outcome {
-            Ok(Some(response)) => {
-                tx.commit().await?;
-                Ok(response)
-            }
-            Ok(None) => {
-                // A twin recorded the key first: its answer is the answer.
-                crate::db::rollback(tx).await;
-                match self.stored_for(pool, scope, &fingerprint).await? {
-                    Some(response) => Ok(response),
-                    None => Err(ServiceError::Aborted(
-                        "the key's other run is no longer recorded".into(),
-                    )),
-                }
-            }
-            Err(error) => {
-                crate::db::rollback(tx).await;
-                // A retry of a run that committed meets the state that run
-                // left (an account already funded): the first answer stands.
-                match self.stored_for(pool, scope, &fingerprint).await {
-                    Ok(Some(response)) => Ok(response),
-                    Err(reused @ ServiceError::IdempotencyKeyReused { .. }) => Err(reused),
-                    Ok(None) | Err(_) => Err(error),
-                }
-            }
+            Ok(Some(response)) => Ok(response),
+            Ok(None) => match self.stored_for(conn, scope, fingerprint).await? {
+                Some(response) => Ok(response),
+                None => Err(ServiceError::Aborted(
+                    "the key's other run is no longer recorded".into(),
+                )),
+            },
+            Err(error) => match self.stored_for(conn, scope, fingerprint).await {
+                Ok(Some(response)) => Ok(response),
+                Err(reused @ ServiceError::IdempotencyKeyReused { .. }) => Err(reused),
+                Ok(None) | Err(_) => Err(error),
+            },
         }
     }
 }
@@ -304,22 +307,7 @@ impl IdempotencyKeys {
         } else {
             part.discard(conn).await?;
         }
-        match outcome {
-            Ok(Some(response)) => Ok(response),
-            // A twin recorded the key first, in this transaction or a
-            // committed one: its answer is the answer.
-            Ok(None) => match self.stored_for(&mut *conn, scope, &fingerprint).await? {
-                Some(response) => Ok(response),
-                None => Err(ServiceError::Aborted(
-                    "the key's other run is no longer recorded".into(),
-                )),
-            },
-            Err(error) => match self.stored_for(&mut *conn, scope, &fingerprint).await {
-                Ok(Some(response)) => Ok(response),
-                Err(reused @ ServiceError::IdempotencyKeyReused { .. }) => Err(reused),
-                Ok(None) | Err(_) => Err(error),
-            },
-        }
+        self.settle(&mut *conn, scope, &fingerprint, outcome).await
     }
 
     /// The work, then its answer under the key: `Some` when recorded,
